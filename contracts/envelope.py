@@ -1,0 +1,152 @@
+"""The envelope around every event, and parsing that names the field at fault."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from typing import Any, Generic, TypeVar
+from uuid import UUID, uuid4
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from .codes import RegionCode
+from .events import PAYLOAD_BY_TYPE, Payload
+
+P = TypeVar("P", bound=Payload)
+
+MAX_EVENT_BYTES = 64 * 1024
+# DivisionsImported carries a whole county's communities; NATS's default max_payload is 1 MiB.
+MAX_DIVISIONS_BYTES = 1024 * 1024
+# Clocks disagree a little; an event from further in the future than this is refused.
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+class Envelope(BaseModel, Generic[P]):
+    """`event_id` is the idempotency key: a consumer applies an event id at most once."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    event_id: UUID
+    type: str = Field(min_length=1, max_length=64)
+    version: int = Field(ge=1)
+    occurred_at: AwareDatetime
+    recorded_at: AwareDatetime
+    source: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:/-]+$")
+    region: RegionCode
+    payload: P
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class ContractError(ValueError):
+    """An event or command that breaks its contract; `errors` name each field at fault."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        self.errors = errors
+        super().__init__(self.reason)
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(f"{e.field}: {e.message}" for e in self.errors)
+
+    @classmethod
+    def single(cls, field: str, message: str) -> ContractError:
+        return cls([FieldError(field=field, message=message)])
+
+    @classmethod
+    def from_validation(cls, error: ValidationError, prefix: str = "") -> ContractError:
+        errors = []
+        for e in error.errors(include_url=False):
+            loc = ".".join(str(p) for p in e["loc"])
+            message = e["msg"].removeprefix("Value error, ")
+            # Model-level validators name their field at the start of their message.
+            if not loc and ": " in message:
+                loc, message = message.split(": ", 1)
+            errors.append(FieldError(field=prefix + loc if loc else prefix.rstrip(".") or "$",
+                                     message=message))
+        return cls(errors)
+
+
+def max_bytes(event_type: str) -> int:
+    return MAX_DIVISIONS_BYTES if event_type == "DivisionsImported" else MAX_EVENT_BYTES
+
+
+def parse_event(raw: bytes | str | dict[str, Any]) -> Envelope[Payload]:
+    """Validate an incoming event: size, JSON, envelope, known type and version, payload, region.
+
+    Raises ContractError naming the field; nothing is returned half-validated.
+    """
+    if isinstance(raw, bytes | str):
+        size = len(raw.encode() if isinstance(raw, str) else raw)
+        if size > MAX_DIVISIONS_BYTES:
+            raise ContractError.single("$", f"message of {size} bytes exceeds {MAX_DIVISIONS_BYTES}")
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ContractError.single("$", f"not JSON: {e}") from None
+    else:
+        data, size = raw, 0
+    if not isinstance(data, dict):
+        raise ContractError.single("$", "an event must be a JSON object")
+    event_type = data.get("type")
+    payload_cls = PAYLOAD_BY_TYPE.get(event_type) if isinstance(event_type, str) else None
+    if payload_cls is None:
+        raise ContractError.single("type", f"unknown event type {event_type!r}")
+    if size > max_bytes(payload_cls.TYPE):
+        raise ContractError.single("$", f"{payload_cls.TYPE} of {size} bytes exceeds "
+                                        f"{max_bytes(payload_cls.TYPE)}")
+    version = data.get("version")
+    if version != payload_cls.VERSION:
+        raise ContractError.single(
+            "version", f"unsupported version {version!r} of {payload_cls.TYPE} "
+                       f"(supported: {payload_cls.VERSION})")
+    try:
+        envelope = Envelope[payload_cls].model_validate(data)  # type: ignore[valid-type]
+    except ValidationError as e:
+        raise ContractError.from_validation(e) from None
+    check_envelope(envelope)
+    return envelope  # type: ignore[no-any-return]
+
+
+def check_envelope(envelope: Envelope[Any]) -> None:
+    if envelope.type != envelope.payload.TYPE:
+        raise ContractError.single("type", f"{envelope.type} does not match its payload")
+    if envelope.occurred_at > datetime.now(timezone.utc) + CLOCK_SKEW:
+        raise ContractError.single("occurred_at", f"{envelope.occurred_at.isoformat()} is in the future")
+    region = envelope.payload.region_of()
+    if region is not None and region != envelope.region:
+        raise ContractError.single("region", f"{envelope.region} differs from the payload's {region}")
+
+
+def make_event(
+    payload: P,
+    *,
+    source: str,
+    region: str | None = None,
+    occurred_at: datetime | None = None,
+    event_id: UUID | None = None,
+) -> Envelope[P]:
+    """Wrap a payload in its envelope; `region` defaults to the one the payload names."""
+    now = datetime.now(timezone.utc)
+    region = region or payload.region_of()
+    if region is None:
+        raise ContractError.single("region", f"{payload.TYPE} needs the region it concerns")
+    envelope = Envelope[type(payload)](  # type: ignore[misc]
+        event_id=event_id or uuid4(),
+        type=payload.TYPE,
+        version=payload.VERSION,
+        occurred_at=occurred_at or now,
+        recorded_at=now,
+        source=source,
+        region=region,
+        payload=payload,
+    )
+    check_envelope(envelope)
+    return envelope  # type: ignore[no-any-return]
+
+
+def encode(envelope: Envelope[Any]) -> bytes:
+    return envelope.model_dump_json().encode()

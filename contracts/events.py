@@ -1,0 +1,541 @@
+"""The payloads of every event of DESIGN §5, version 1.
+
+Each payload class names its `TYPE`, `VERSION` and the bounded `CONTEXT` that publishes it, and
+`region_of()` gives the division code its envelope's `region` must carry, so the subject a
+message is published on always agrees with what it is about.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal
+from uuid import UUID, uuid4
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from .codes import CommunityCode, CountyCode, RegionCode, SocialCreditCode, TownshipCode, tier_of
+
+CHINA = timezone(timedelta(hours=8))
+
+
+def _not_future(day: date) -> date:
+    # Dates are civil dates in China; a day of slack keeps a publisher west of UTC+8 valid.
+    if day > datetime.now(CHINA).date() + timedelta(days=1):
+        raise ValueError(f"{day.isoformat()} is in the future")
+    return day
+
+
+PastOrToday = Annotated[date, AfterValidator(_not_future)]
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+Reason = Annotated[str, Field(min_length=1, max_length=1000)]
+
+
+class ManagementTier(StrEnum):
+    REGISTERED = "registered"
+    FILED = "filed"
+    GUIDED = "guided"
+
+
+class LegalForm(StrEnum):
+    SOCIAL_GROUP = "social_group"
+    SOCIAL_SERVICE_AGENCY = "social_service_agency"
+    FOUNDATION = "foundation"
+
+
+class Category(StrEnum):
+    RESIDENT_SERVICES = "resident_services"
+    CHARITY = "charity"
+    CULTURE_SPORTS = "culture_sports"
+    MEDIATION = "mediation"
+    NEIGHBOURLY_HELP = "neighbourly_help"
+    RURAL_REVITALIZATION = "rural_revitalization"
+
+
+class OrganizationClass(StrEnum):
+    FUNCTIONAL = "functional"
+    INTEREST = "interest"
+
+
+CLASS_OF_CATEGORY: dict[Category, OrganizationClass] = {
+    Category.RESIDENT_SERVICES: OrganizationClass.FUNCTIONAL,
+    Category.MEDIATION: OrganizationClass.FUNCTIONAL,
+    Category.RURAL_REVITALIZATION: OrganizationClass.FUNCTIONAL,
+    Category.CULTURE_SPORTS: OrganizationClass.INTEREST,
+    Category.CHARITY: OrganizationClass.INTEREST,
+    Category.NEIGHBOURLY_HELP: OrganizationClass.INTEREST,
+}
+
+
+class EndKind(StrEnum):
+    DEREGISTERED = "deregistered"
+    REVOKED = "revoked"
+
+
+class PartyKind(StrEnum):
+    INDEPENDENT_BRANCH = "independent_branch"
+    JOINT_BRANCH = "joint_branch"
+    ACTIVITY_BRANCH = "activity_branch"
+    LIAISON = "liaison"
+
+
+class TownshipKind(StrEnum):
+    STREET = "street"
+    TOWN = "town"
+    TOWNSHIP = "township"
+    SPECIAL = "special"
+
+
+class CommunityKind(StrEnum):
+    URBAN = "urban"
+    RURAL = "rural"
+    OTHER = "other"
+
+
+class TargetStatus(StrEnum):
+    MET = "met"
+    ON_TRACK = "on_track"
+    AT_RISK = "at_risk"
+    MISSED = "missed"
+
+
+class Payload(BaseModel):
+    """Base of every event payload. Unknown fields are kept (a newer publisher may add some)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    TYPE: ClassVar[str]
+    VERSION: ClassVar[int] = 1
+    CONTEXT: ClassVar[str]
+
+    def region_of(self) -> str | None:
+        """The division code this payload is about, when the payload itself names one."""
+        return None
+
+
+# --- registry ---------------------------------------------------------------------------------
+
+
+class OrganizationFiled(Payload):
+    """A community social organization filed at its township, or recorded as guided."""
+
+    TYPE = "OrganizationFiled"
+    CONTEXT = "registry"
+    organization_id: UUID = Field(default_factory=uuid4)
+    name: Name
+    community_code: CommunityCode
+    tier: Literal[ManagementTier.FILED, ManagementTier.GUIDED] = ManagementTier.FILED
+    category: Category
+    filing_number: str | None = Field(default=None, max_length=64)
+    filed_on: PastOrToday
+
+    def region_of(self) -> str:
+        return self.community_code
+
+
+class OrganizationRegistered(Payload):
+    """Registered by the county civil-affairs bureau; upgrades a filed organization, same id."""
+
+    TYPE = "OrganizationRegistered"
+    CONTEXT = "registry"
+    organization_id: UUID = Field(default_factory=uuid4)
+    name: Name
+    community_code: CommunityCode
+    social_credit_code: SocialCreditCode
+    legal_form: LegalForm
+    category: Category
+    registered_on: PastOrToday
+
+    @model_validator(mode="after")
+    def _credit_code_agrees_with_form(self) -> OrganizationRegistered:
+        kind = {LegalForm.SOCIAL_GROUP: "1", LegalForm.SOCIAL_SERVICE_AGENCY: "2",
+                LegalForm.FOUNDATION: "3"}[self.legal_form]
+        if self.social_credit_code[0] != "5":
+            raise ValueError("social_credit_code: position 1 must be 5 (civil affairs)")
+        if self.social_credit_code[1] not in (kind, "9"):
+            raise ValueError(
+                f"social_credit_code: position 2 is {self.social_credit_code[1]!r}, "
+                f"but legal_form {self.legal_form.value} needs {kind!r}"
+            )
+        return self
+
+    def region_of(self) -> str:
+        return self.community_code
+
+
+class OrganizationUpdated(Payload):
+    """A change of an active organization's attributes; only the fields given change."""
+
+    TYPE = "OrganizationUpdated"
+    CONTEXT = "registry"
+    organization_id: UUID
+    effective_on: PastOrToday
+    name: Name | None = None
+    category: Category | None = None
+    community_code: CommunityCode | None = None
+    brand: bool | None = None
+    brand_projects: int | None = Field(default=None, ge=0, le=1000)
+    hub_demonstration: bool | None = None
+    rating: Literal["1A", "2A", "3A", "4A", "5A"] | None = None
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> OrganizationUpdated:
+        fields = ("name", "category", "community_code", "brand", "brand_projects",
+                  "hub_demonstration", "rating")
+        if all(getattr(self, f) is None for f in fields):
+            raise ValueError(f"an update must change at least one of {', '.join(fields)}")
+        return self
+
+    def region_of(self) -> str | None:
+        return self.community_code
+
+
+class OrganizationDeregistered(Payload):
+    """Deregistered (注销) or revoked (撤销): it stops counting from `ended_on`."""
+
+    TYPE = "OrganizationDeregistered"
+    CONTEXT = "registry"
+    organization_id: UUID
+    kind: EndKind = EndKind.DEREGISTERED
+    reason: Reason
+    ended_on: PastOrToday
+
+
+class HubEstablished(Payload):
+    """An organization becomes the hub of a township (or a county)."""
+
+    TYPE = "HubEstablished"
+    CONTEXT = "registry"
+    hub_id: UUID = Field(default_factory=uuid4)
+    organization_id: UUID
+    region_code: RegionCode
+    name: Name | None = None
+    leader_person_id: UUID | None = None
+    established_on: PastOrToday
+
+    @model_validator(mode="after")
+    def _township_or_county(self) -> HubEstablished:
+        if tier_of(self.region_code) not in ("township", "county"):
+            raise ValueError("region_code: a hub serves a township (9 digits) or a county (6 digits)")
+        return self
+
+    def region_of(self) -> str:
+        return self.region_code
+
+
+class HubDissolved(Payload):
+    TYPE = "HubDissolved"
+    CONTEXT = "registry"
+    hub_id: UUID
+    reason: Reason | None = None
+    dissolved_on: PastOrToday
+
+
+class IncubationBaseOpened(Payload):
+    """A base opened at a township, county or city, covering the townships it lists."""
+
+    TYPE = "IncubationBaseOpened"
+    CONTEXT = "registry"
+    base_id: UUID = Field(default_factory=uuid4)
+    name: Name
+    region_code: RegionCode
+    covered_townships: list[TownshipCode] = Field(min_length=1, max_length=5000)
+    opened_on: PastOrToday
+
+    @model_validator(mode="after")
+    def _covers_its_own_townships(self) -> IncubationBaseOpened:
+        if tier_of(self.region_code) not in ("township", "county", "city"):
+            raise ValueError("region_code: a base opens at a township, county or city")
+        outside = [t for t in self.covered_townships if not t.startswith(self.region_code)]
+        if outside:
+            raise ValueError(
+                f"covered_townships: {', '.join(outside[:5])} not under region {self.region_code}"
+            )
+        return self
+
+    def region_of(self) -> str:
+        return self.region_code
+
+
+class IncubationBaseClosed(Payload):
+    TYPE = "IncubationBaseClosed"
+    CONTEXT = "registry"
+    base_id: UUID
+    closed_on: PastOrToday
+
+
+class PartyOrganizationFormed(Payload):
+    """A party branch or liaison that covers one organization, or several (a joint branch)."""
+
+    TYPE = "PartyOrganizationFormed"
+    CONTEXT = "registry"
+    party_organization_id: UUID = Field(default_factory=uuid4)
+    kind: PartyKind
+    organization_ids: list[UUID] = Field(min_length=1, max_length=500)
+    members: int = Field(default=0, ge=0, le=100_000)
+    formed_on: PastOrToday
+
+    @model_validator(mode="after")
+    def _members_fit_kind(self) -> PartyOrganizationFormed:
+        if self.kind is PartyKind.INDEPENDENT_BRANCH and self.members < 3:
+            raise ValueError("members: an independent branch needs at least 3 formal party members")
+        if self.kind is PartyKind.INDEPENDENT_BRANCH and len(self.organization_ids) != 1:
+            raise ValueError("organization_ids: an independent branch covers exactly one organization")
+        return self
+
+
+class PartyOrganizationDissolved(Payload):
+    TYPE = "PartyOrganizationDissolved"
+    CONTEXT = "registry"
+    party_organization_id: UUID
+    dissolved_on: PastOrToday
+
+
+# --- divisions --------------------------------------------------------------------------------
+
+
+class DivisionRef(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    code: RegionCode
+    name: Name
+
+
+class TownshipDivision(DivisionRef):
+    kind: TownshipKind
+
+
+class CommunityDivision(DivisionRef):
+    kind: CommunityKind
+
+
+class DivisionsImported(Payload):
+    """The divisions of one county in one edition of the NBS codes, with their kinds.
+
+    Published per county so that a message stays far below NATS's payload limit; a re-import of
+    the same edition publishes the same event ids, which consumers drop as duplicates.
+    """
+
+    TYPE = "DivisionsImported"
+    CONTEXT = "divisions"
+    edition: str = Field(min_length=4, max_length=20)
+    province: DivisionRef
+    city: DivisionRef
+    county: DivisionRef
+    townships: list[TownshipDivision] = Field(max_length=2000)
+    communities: list[CommunityDivision] = Field(max_length=20000)
+
+    @model_validator(mode="after")
+    def _nested(self) -> DivisionsImported:
+        if not (self.city.code.startswith(self.province.code)
+                and self.county.code.startswith(self.city.code)):
+            raise ValueError("county: province, city and county codes are not nested")
+        townships = {t.code for t in self.townships}
+        for t in self.townships:
+            if tier_of(t.code) != "township" or not t.code.startswith(self.county.code):
+                raise ValueError(f"townships: {t.code} is not a township of {self.county.code}")
+        for c in self.communities:
+            if tier_of(c.code) != "community" or c.code[:9] not in townships:
+                raise ValueError(f"communities: {c.code} is not under a listed township")
+        return self
+
+    def region_of(self) -> str:
+        return self.county.code
+
+
+class DivisionChanged(Payload):
+    TYPE = "DivisionChanged"
+    CONTEXT = "divisions"
+    code: RegionCode
+    change: Literal["renamed", "merged", "recoded", "abolished"]
+    name: Name | None = None
+    successor_code: RegionCode | None = None
+    effective_on: PastOrToday
+
+    def region_of(self) -> str:
+        return self.code
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+class TrainingSessionScheduled(Payload):
+    TYPE = "TrainingSessionScheduled"
+    CONTEXT = "training"
+    session_id: UUID = Field(default_factory=uuid4)
+    organizer_region: RegionCode
+    topic: Name
+    starts_on: date
+    ends_on: date
+    capacity: int = Field(ge=1, le=100_000)
+    mode: Literal["on_site", "online"] = "on_site"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TrainingSessionScheduled:
+        if self.ends_on < self.starts_on:
+            raise ValueError("ends_on: a session cannot end before it starts")
+        return self
+
+    def region_of(self) -> str:
+        return self.organizer_region
+
+
+class TrainingCompleted(Payload):
+    """One person-time: a person completed a session. Only an opaque person id travels."""
+
+    TYPE = "TrainingCompleted"
+    CONTEXT = "training"
+    completion_id: UUID = Field(default_factory=uuid4)
+    session_id: UUID
+    person_id: UUID
+    organizer_region: RegionCode
+    county_code: CountyCode
+    completed_on: PastOrToday
+
+    def region_of(self) -> str:
+        return self.organizer_region
+
+
+class TalentPoolMemberAdded(Payload):
+    TYPE = "TalentPoolMemberAdded"
+    CONTEXT = "training"
+    person_id: UUID
+    county_code: CountyCode
+    role: Literal["cso_leader", "social_worker", "volunteer", "hub_leader"]
+    added_on: PastOrToday
+
+    def region_of(self) -> str:
+        return self.county_code
+
+
+class TalentPoolMemberRemoved(Payload):
+    TYPE = "TalentPoolMemberRemoved"
+    CONTEXT = "training"
+    person_id: UUID
+    county_code: CountyCode
+    reason: Reason
+    removed_on: PastOrToday
+
+    def region_of(self) -> str:
+        return self.county_code
+
+
+# --- targets ----------------------------------------------------------------------------------
+
+
+class CoverageChanged(Payload):
+    """The figures of one region after a burst of events (coalesced: at most one a second)."""
+
+    TYPE = "CoverageChanged"
+    CONTEXT = "targets"
+    region_code: RegionCode
+    figures: dict[str, float]
+
+    def region_of(self) -> str:
+        return self.region_code
+
+
+class TargetStatusChanged(Payload):
+    TYPE = "TargetStatusChanged"
+    CONTEXT = "targets"
+    target_id: str = Field(min_length=1, max_length=200)
+    region_code: RegionCode
+    metric: str
+    previous_status: TargetStatus | None
+    status: TargetStatus
+    value: float | None
+    threshold: float
+    deadline: date
+
+    def region_of(self) -> str:
+        return self.region_code
+
+
+class TaskStatusChanged(Payload):
+    TYPE = "TaskStatusChanged"
+    CONTEXT = "targets"
+    plan_id: str
+    task_no: str
+    region_code: RegionCode
+    previous_status: str | None
+    status: str
+    by: str | None = None
+    note: str | None = Field(default=None, max_length=4000)
+
+    def region_of(self) -> str:
+        return self.region_code
+
+
+class TaskOverdue(Payload):
+    TYPE = "TaskOverdue"
+    CONTEXT = "targets"
+    plan_id: str
+    task_no: str
+    region_code: RegionCode
+    lead_unit: str | None = None
+    deadline: date
+
+    def region_of(self) -> str:
+        return self.region_code
+
+
+class PlanAccepted(Payload):
+    TYPE = "PlanAccepted"
+    CONTEXT = "targets"
+    plan_id: str
+    region_code: RegionCode
+    by: str | None = None
+
+    def region_of(self) -> str:
+        return self.region_code
+
+
+class BusGapDetected(Payload):
+    """A consumer found the stream behind what it had already applied: the bus lost messages."""
+
+    TYPE = "BusGapDetected"
+    CONTEXT = "targets"
+    stream: str
+    consumer: str
+    applied_sequence: int
+    stream_last_sequence: int
+
+
+# --- notify -----------------------------------------------------------------------------------
+
+
+class NotificationSent(Payload):
+    TYPE = "NotificationSent"
+    CONTEXT = "notify"
+    delivery_id: UUID
+    subscription_id: UUID
+    channel: Literal["email", "webhook", "inbox"]
+    event_id: UUID
+    attempts: int = Field(ge=1)
+
+
+class NotificationFailed(Payload):
+    TYPE = "NotificationFailed"
+    CONTEXT = "notify"
+    delivery_id: UUID
+    subscription_id: UUID
+    channel: Literal["email", "webhook", "inbox"]
+    event_id: UUID
+    attempts: int = Field(ge=1)
+    error: str = Field(max_length=4000)
+
+
+PAYLOADS: tuple[type[Payload], ...] = (
+    OrganizationFiled, OrganizationRegistered, OrganizationUpdated, OrganizationDeregistered,
+    HubEstablished, HubDissolved, IncubationBaseOpened, IncubationBaseClosed,
+    PartyOrganizationFormed, PartyOrganizationDissolved,
+    DivisionsImported, DivisionChanged,
+    TrainingSessionScheduled, TrainingCompleted, TalentPoolMemberAdded, TalentPoolMemberRemoved,
+    CoverageChanged, TargetStatusChanged, TaskStatusChanged, TaskOverdue, PlanAccepted,
+    BusGapDetected, NotificationSent, NotificationFailed,
+)
+PAYLOAD_BY_TYPE: dict[str, type[Payload]] = {p.TYPE: p for p in PAYLOADS}
+
+
+def payload_fields(payload: Payload) -> dict[str, Any]:
+    """The payload as JSON-ready data, unknown fields included."""
+    return payload.model_dump(mode="json")

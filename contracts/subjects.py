@@ -1,0 +1,101 @@
+"""Subjects and JetStream streams: `cso.<context>.<event>.<province>.<city>.<county>`.
+
+A `Topology` carries an optional namespace so that tests (or a second tenant) can share one NATS
+server; production uses the empty namespace and exactly the subjects documented here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .codes import tier_of
+from .events import PAYLOAD_BY_TYPE
+
+# A region above county tier leaves the lower tokens as "_" so every subject has six tokens.
+ABSENT = "_"
+CONTEXTS = ("registry", "divisions", "training", "targets", "notify", "intake")
+
+
+def snake(event_type: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", event_type).lower()
+
+
+def region_tokens(region: str) -> tuple[str, str, str]:
+    tier_of(region)
+    province = region[:2]
+    city = region[:4] if len(region) >= 4 else ABSENT
+    county = region[:6] if len(region) >= 6 else ABSENT
+    return province, city, county
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    name: str
+    subjects: tuple[str, ...]
+    description: str
+    retention: Literal["limits", "interest", "workqueue"] = "limits"
+    storage: Literal["file", "memory"] = "file"
+    duplicate_window_seconds: float = 120.0
+    max_age_days: float | None = None
+
+
+@dataclass(frozen=True)
+class Topology:
+    namespace: str = ""
+    streams: tuple[StreamSpec, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.namespace and not re.fullmatch(r"[a-z0-9_]+", self.namespace):
+            raise ValueError("namespace: lowercase letters, digits and _ only")
+        object.__setattr__(self, "streams", tuple(
+            StreamSpec(name=self.stream(spec.name), subjects=tuple(self._ns(s) for s in spec.subjects),
+                       description=spec.description, retention=spec.retention,
+                       duplicate_window_seconds=spec.duplicate_window_seconds,
+                       max_age_days=spec.max_age_days)
+            for spec in STREAMS))
+
+    def _ns(self, subject: str) -> str:
+        return f"{self.namespace}.{subject}" if self.namespace else subject
+
+    def stream(self, name: str) -> str:
+        return f"{self.namespace.upper()}_{name}" if self.namespace else name
+
+    def event_subject(self, event_type: str, region: str, context: str | None = None) -> str:
+        payload = PAYLOAD_BY_TYPE.get(event_type)
+        if payload is None:
+            raise ValueError(f"type: unknown event type {event_type!r}")
+        province, city, county = region_tokens(region)
+        ctx = context or payload.CONTEXT
+        return self._ns(f"cso.{ctx}.{snake(event_type)}.{province}.{city}.{county}")
+
+    def intake_subject(self, event_type: str, region: str) -> str:
+        """Where an outside system publishes a registry fact for registry to validate and record."""
+        return self.event_subject(event_type, region, context="intake")
+
+    def context_subjects(self, context: str) -> str:
+        return self._ns(f"cso.{context}.>")
+
+    def deadletter_subject(self, service: str) -> str:
+        return self._ns(f"cso.deadletter.{service}")
+
+    def command_subject(self, service: str, command: str) -> str:
+        # Commands are core NATS request-reply, outside every stream's subjects on purpose.
+        return self._ns(f"cso.cmd.{service}.{command}")
+
+    def query_subject(self, service: str, query: str) -> str:
+        return self._ns(f"cso.query.{service}.{query}")
+
+
+STREAMS: tuple[StreamSpec, ...] = (
+    StreamSpec("CSO_INTAKE", ("cso.intake.>",),
+               "Registry facts published by outside systems, before registry validates them"),
+    StreamSpec("CSO_REGISTRY", ("cso.registry.>",), "Accepted registry facts (registry's outbox)"),
+    StreamSpec("CSO_DIVISIONS", ("cso.divisions.>",), "Division reference data, per county"),
+    StreamSpec("CSO_TRAINING", ("cso.training.>",), "Training facts (training's outbox)"),
+    StreamSpec("CSO_TARGETS", ("cso.targets.>",), "Coverage and target status changes"),
+    StreamSpec("CSO_NOTIFY", ("cso.notify.>",), "Notification outcomes"),
+    StreamSpec("CSO_DEADLETTER", ("cso.deadletter.>",),
+               "Messages a consumer refused, with the reason", max_age_days=90),
+)

@@ -1,0 +1,1 @@
+"""cso's shared runtime: settings, bus, outbox, idempotent consumers, local stack and CLI."""

@@ -1,0 +1,226 @@
+"""A durable JetStream pull consumer that applies each event exactly once, a batch per transaction.
+
+Per pull: parse and validate every message (a broken one is dead-lettered at once), claim the event
+ids in the service's inbox (an id already there is a duplicate: skipped), let the handler apply the
+fresh ones inside the same transaction, commit, then ack. Any number of replicas may share the
+durable consumer: JetStream hands each message to one of them, and the inbox's primary key makes a
+redelivered message that another replica already applied a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Protocol
+from uuid import UUID
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from prometheus_client import Counter, Gauge, Histogram
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from contracts import ContractError, Envelope, Topology, parse_event
+
+log = logging.getLogger(__name__)
+
+APPLIED = Counter("cso_events_applied_total", "Events applied", ["service", "type"])
+DUPLICATES = Counter("cso_events_duplicate_total", "Events skipped as already applied", ["service"])
+DEADLETTERED = Counter("cso_deadletter_total", "Messages sent to the dead-letter subject",
+                       ["service", "stream"])
+LAG = Gauge("cso_consumer_lag", "Messages in the stream not yet delivered to the consumer",
+            ["service", "stream"])
+BATCH_SECONDS = Histogram("cso_batch_seconds", "Time to apply one pulled batch", ["service"])
+
+
+class Rejected(Exception):
+    """The event is well-formed but cannot be applied (e.g. an unknown community): dead-letter it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field, self.message = field, message
+        super().__init__(f"{field}: {message}")
+
+
+class NotYet(Rejected):
+    """It may apply once an earlier fact arrives (out of order): retry later, then dead-letter."""
+
+
+class Handler(Protocol):
+    async def apply(self, conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> dict[UUID, Rejected]:
+        """Apply fresh events in the caller's transaction. Return the rejected ones; a rejected
+        event must leave no effect behind (use a savepoint per event where that is possible)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Subscription:
+    stream: str          # base stream name, e.g. "CSO_REGISTRY"; the topology adds the namespace
+    subject: str         # e.g. topology.context_subjects("registry")
+    durable: str         # shared by every replica of the service
+
+
+async def publish_deadletter(js: JetStreamContext, topology: Topology, service: str,
+                             msg: Msg, reason: str) -> None:
+    meta = msg.metadata
+    record = {
+        "service": service,
+        "reason": reason,
+        "subject": msg.subject,
+        "stream": meta.stream,
+        "stream_seq": meta.sequence.stream,
+        "deliveries": meta.num_delivered,
+        "dead_lettered_at": datetime.now(timezone.utc).isoformat(),
+        "data": msg.data.decode("utf-8", errors="replace")[:65536],
+    }
+    await js.publish(topology.deadletter_subject(service), json.dumps(record).encode(),
+                     headers={"Cso-Reason": reason[:512].replace("\n", " "),
+                              "Nats-Msg-Id": f"dl:{meta.stream}:{meta.sequence.stream}"})
+    DEADLETTERED.labels(service, meta.stream).inc()
+    log.warning("dead-lettered %s seq %s: %s", meta.stream, meta.sequence.stream, reason)
+
+
+class Consumer:
+    def __init__(self, *, nc: Client, engine: AsyncEngine, topology: Topology, schema: str,
+                 service: str, subscription: Subscription, handler: Handler,
+                 batch: int = 500, max_deliver: int = 5, ack_wait: float = 30.0) -> None:
+        self.nc, self.js = nc, nc.jetstream()
+        self.engine, self.topology, self.schema, self.service = engine, topology, schema, service
+        self.sub, self.handler = subscription, handler
+        self.batch, self.max_deliver, self.ack_wait = batch, max_deliver, ack_wait
+        self.stream = topology.stream(subscription.stream)
+        self._task: asyncio.Task[None] | None = None
+        self.idle = asyncio.Event()
+
+    async def _subscribe(self) -> Any:
+        config = ConsumerConfig(
+            durable_name=self.sub.durable, ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL, ack_wait=self.ack_wait,
+            # The consumer dead-letters by itself; JetStream must keep redelivering until then.
+            max_deliver=-1, max_ack_pending=self.batch * 4, filter_subject=self.sub.subject)
+        return await self.js.pull_subscribe(self.sub.subject, durable=self.sub.durable,
+                                            stream=self.stream, config=config)
+
+    async def run(self) -> None:
+        psub = await self._subscribe()
+        while True:
+            try:
+                msgs = await psub.fetch(self.batch, timeout=1.0)
+            except NatsTimeout:
+                self.idle.set()
+                await self._record_lag(psub)
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s: fetch from %s failed; retrying", self.service, self.stream)
+                await asyncio.sleep(1)
+                continue
+            self.idle.clear()
+            with BATCH_SECONDS.labels(self.service).time():
+                await self.process(msgs)
+
+    async def _record_lag(self, psub: Any) -> None:
+        with contextlib.suppress(Exception):
+            info = await psub.consumer_info()
+            LAG.labels(self.service, self.stream).set(info.num_pending + info.num_ack_pending)
+
+    async def process(self, msgs: list[Msg]) -> None:
+        valid: list[tuple[Msg, Envelope[Any]]] = []
+        for msg in msgs:
+            try:
+                valid.append((msg, parse_event(msg.data)))
+            except ContractError as e:
+                await self._deadletter(msg, e.reason)
+        if not valid:
+            return
+        try:
+            rejected = await self._apply(valid)
+        except Exception as e:
+            if len(valid) > 1:
+                # Isolate the message that breaks the batch; the others still apply.
+                for one in valid:
+                    await self._apply_alone(one)
+                return
+            await self._failed(valid[0][0], f"{type(e).__name__}: {e}")
+            return
+        await self._settle(valid, rejected)
+
+    async def _apply_alone(self, one: tuple[Msg, Envelope[Any]]) -> None:
+        try:
+            rejected = await self._apply([one])
+        except Exception as e:
+            log.exception("%s: applying %s failed", self.service, one[1].event_id)
+            await self._failed(one[0], f"{type(e).__name__}: {e}")
+            return
+        await self._settle([one], rejected)
+
+    async def _apply(self, valid: list[tuple[Msg, Envelope[Any]]]) -> dict[UUID, Rejected]:
+        async with self.engine.begin() as conn:
+            fresh = await self._claim(conn, valid)
+            rejected = await self.handler.apply(conn, fresh) if fresh else {}
+            retry = {eid for eid, r in rejected.items() if isinstance(r, NotYet)}
+            if retry:
+                # Forget the claim so the retried delivery is not taken for a duplicate.
+                await conn.execute(text(f'DELETE FROM "{self.schema}".inbox WHERE event_id = ANY(:ids)'),
+                                   {"ids": list(retry)})
+            last = max(m.metadata.sequence.stream for m, _ in valid)
+            await conn.execute(text(
+                f'INSERT INTO "{self.schema}".consumer_position (stream, last_seq) VALUES (:s, :q) '
+                "ON CONFLICT (stream) DO UPDATE SET last_seq = GREATEST(consumer_position.last_seq, "
+                "excluded.last_seq), updated_at = now()"), {"s": self.stream, "q": last})
+        for _, env in valid:
+            if env.event_id in {e.event_id for e in fresh} and env.event_id not in rejected:
+                APPLIED.labels(self.service, env.type).inc()
+        return rejected
+
+    async def _claim(self, conn: AsyncConnection,
+                     valid: list[tuple[Msg, Envelope[Any]]]) -> list[Envelope[Any]]:
+        seen: dict[UUID, tuple[Msg, Envelope[Any]]] = {}
+        for msg, env in valid:
+            seen.setdefault(env.event_id, (msg, env))
+        claimed = set((await conn.execute(text(
+            f'INSERT INTO "{self.schema}".inbox (event_id, stream, stream_seq) '
+            "SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:streams AS text[]), "
+            "CAST(:seqs AS bigint[])) ON CONFLICT DO NOTHING RETURNING event_id"),
+            {"ids": list(seen), "streams": [self.stream] * len(seen),
+             "seqs": [m.metadata.sequence.stream for m, _ in seen.values()]})).scalars())
+        DUPLICATES.labels(self.service).inc(len(valid) - len(claimed))
+        return [env for eid, (_, env) in seen.items() if eid in claimed]
+
+    async def _settle(self, valid: list[tuple[Msg, Envelope[Any]]],
+                      rejected: dict[UUID, Rejected]) -> None:
+        for msg, env in valid:
+            reason = rejected.get(env.event_id)
+            if reason is None:
+                await msg.ack()
+            elif isinstance(reason, NotYet) and msg.metadata.num_delivered < self.max_deliver:
+                await msg.nak(delay=min(2.0 ** msg.metadata.num_delivered, 30.0))
+            else:
+                await self._deadletter(msg, str(reason))
+
+    async def _failed(self, msg: Msg, reason: str) -> None:
+        if msg.metadata.num_delivered >= self.max_deliver:
+            await self._deadletter(msg, f"failed {msg.metadata.num_delivered} times: {reason}")
+        else:
+            await msg.nak(delay=min(2.0 ** msg.metadata.num_delivered, 30.0))
+
+    async def _deadletter(self, msg: Msg, reason: str) -> None:
+        await publish_deadletter(self.js, self.topology, self.service, msg, reason)
+        await msg.ack()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name=f"consumer-{self.service}-{self.stream}")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

@@ -1,0 +1,58 @@
+"""The async engine, and alembic migrations run per service into the service's own schema."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from .settings import async_url
+
+
+def make_engine(database_url: str, pool_size: int = 10) -> AsyncEngine:
+    return create_async_engine(async_url(database_url), pool_size=pool_size, max_overflow=10,
+                               pool_pre_ping=True)
+
+
+def alembic_config(migrations: Path, schema: str, database_url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(migrations))
+    config.set_main_option("sqlalchemy.url", async_url(database_url))
+    config.attributes["schema"] = schema
+    return config
+
+
+def migrate(migrations: Path, schema: str, database_url: str, revision: str = "head") -> None:
+    """Bring one service's schema to `revision` (blocking; run it as a one-shot job)."""
+    command.upgrade(alembic_config(migrations, schema, database_url), revision)
+
+
+async def migrate_async(migrations: Path, schema: str, database_url: str) -> None:
+    await asyncio.to_thread(migrate, migrations, schema, database_url)
+
+
+def run_env(config: Config) -> None:
+    """The body of every service's migrations/env.py: online migrations over asyncpg."""
+    from alembic import context
+
+    schema: str = config.attributes["schema"]
+
+    def run(connection: Connection) -> None:
+        connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        context.configure(connection=connection, version_table_schema=schema,
+                          include_schemas=True, transaction_per_migration=True)
+        with context.begin_transaction():
+            context.run_migrations(schema=schema)
+        connection.commit()
+
+    async def main() -> None:
+        engine = create_async_engine(config.get_main_option("sqlalchemy.url") or "")
+        async with engine.connect() as conn:
+            await conn.run_sync(run)
+        await engine.dispose()
+
+    asyncio.run(main())

@@ -1,0 +1,150 @@
+"""The transactional outbox: a service's events commit with its state, then a relay publishes them.
+
+Published rows are kept (for `outbox_retention_days`) with the stream sequence JetStream gave them,
+so the outbox is also a log the service can replay if the bus ever loses messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+from nats.js import JetStreamContext
+from prometheus_client import Counter, Gauge
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from contracts import Envelope, Topology, encode
+
+log = logging.getLogger(__name__)
+
+PUBLISHED = Counter("cso_outbox_published_total", "Outbox events published", ["service"])
+BACKLOG = Gauge("cso_outbox_backlog", "Outbox events not yet published", ["service"])
+
+
+def ddl(schema: str) -> list[str]:
+    """Tables every service keeps in its own schema: outbox, inbox (dedup), consumer positions."""
+    return [
+        f"""CREATE TABLE "{schema}".outbox (
+            seq bigserial PRIMARY KEY,
+            event_id uuid NOT NULL UNIQUE,
+            subject text NOT NULL,
+            type text NOT NULL,
+            aggregate_id text,
+            data bytea NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            published_at timestamptz,
+            stream text,
+            stream_seq bigint)""",
+        f'CREATE INDEX outbox_unpublished ON "{schema}".outbox (seq) WHERE published_at IS NULL',
+        f'CREATE INDEX outbox_aggregate ON "{schema}".outbox (aggregate_id, seq)',
+        f"""CREATE TABLE "{schema}".inbox (
+            event_id uuid PRIMARY KEY,
+            stream text NOT NULL,
+            stream_seq bigint NOT NULL,
+            applied_at timestamptz NOT NULL DEFAULT now())""",
+        f"""CREATE TABLE "{schema}".consumer_position (
+            stream text PRIMARY KEY,
+            last_seq bigint NOT NULL,
+            updated_at timestamptz NOT NULL DEFAULT now())""",
+    ]
+
+
+async def add(conn: AsyncConnection, schema: str, topology: Topology,
+              events: Iterable[tuple[Envelope[Any], str | None]]) -> int:
+    """Stage events in the caller's transaction; they are published only if it commits."""
+    rows = [{"event_id": e.event_id, "subject": topology.event_subject(e.type, e.region),
+             "type": e.type, "aggregate_id": aggregate, "data": encode(e)}
+            for e, aggregate in events]
+    if rows:
+        await conn.execute(text(
+            f'INSERT INTO "{schema}".outbox (event_id, subject, type, aggregate_id, data) '
+            "VALUES (:event_id, :subject, :type, :aggregate_id, :data) "
+            "ON CONFLICT (event_id) DO NOTHING"), rows)
+    return len(rows)
+
+
+class Relay:
+    """Publishes unpublished outbox rows in order, pipelined, each with `Nats-Msg-Id` = event id.
+
+    JetStream drops a second publish of the same id inside its duplicate window, and every consumer
+    drops an event id it has already applied, so a crash between publish and marking the row
+    published costs a harmless re-publish, never a double count.
+    """
+
+    def __init__(self, engine: AsyncEngine, js: JetStreamContext, schema: str, service: str,
+                 batch: int = 500, poll_seconds: float = 0.5,
+                 retention: timedelta = timedelta(days=30)) -> None:
+        self.engine, self.js, self.schema, self.service = engine, js, schema, service
+        self.batch, self.poll_seconds, self.retention = batch, poll_seconds, retention
+        self.wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def notify(self) -> None:
+        self.wake.set()
+
+    async def publish_pending(self) -> int:
+        """Publish one batch; returns how many rows it published."""
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(text(
+                f'SELECT seq, event_id, subject, data FROM "{self.schema}".outbox '
+                "WHERE published_at IS NULL ORDER BY seq LIMIT :n FOR UPDATE SKIP LOCKED"),
+                {"n": self.batch})).all()
+            if not rows:
+                return 0
+            acks = await asyncio.gather(*(
+                self.js.publish(r.subject, bytes(r.data), headers={"Nats-Msg-Id": str(r.event_id)})
+                for r in rows))
+            await conn.execute(text(
+                f'UPDATE "{self.schema}".outbox SET published_at = now(), stream = :stream, '
+                "stream_seq = :stream_seq WHERE seq = :seq"),
+                [{"seq": r.seq, "stream": a.stream, "stream_seq": a.seq} for r, a in zip(rows, acks)])
+        PUBLISHED.labels(self.service).inc(len(rows))
+        return len(rows)
+
+    async def backlog(self) -> int:
+        async with self.engine.connect() as conn:
+            n = (await conn.execute(text(
+                f'SELECT count(*) FROM "{self.schema}".outbox WHERE published_at IS NULL'))).scalar_one()
+        BACKLOG.labels(self.service).set(n)
+        return int(n)
+
+    async def purge(self) -> int:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(text(
+                f'DELETE FROM "{self.schema}".outbox WHERE published_at < now() - :keep'),
+                {"keep": self.retention})
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+    async def run(self) -> None:
+        last_purge = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                while await self.publish_pending() == self.batch:
+                    pass
+                if loop.time() - last_purge > 3600:
+                    await self.purge()
+                    last_purge = loop.time()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The bus or the database is away; the rows wait in the outbox.
+                log.exception("outbox relay of %s failed; retrying", self.service)
+                await asyncio.sleep(1)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), self.poll_seconds)
+            self.wake.clear()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name=f"outbox-relay-{self.service}")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

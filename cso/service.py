@@ -1,0 +1,145 @@
+"""What every cso service runs: database engine, NATS connection, streams, outbox relay, consumers,
+a FastStream broker for request-reply, and the HTTP endpoints operators expect."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from faststream.nats import NatsBroker
+from faststream.nats.prometheus import NatsPrometheusMiddleware
+from nats.aio.client import Client
+from prometheus_client import REGISTRY, make_asgi_app
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from contracts import ContractError, FieldError, Topology
+
+from . import bus
+from .consumer import Consumer, Handler, Subscription
+from .database import make_engine
+from .outbox import Relay
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """One replica of a service. Stateless between messages: any number may run side by side."""
+
+    def __init__(self, name: str, schema: str, settings: Settings | None = None) -> None:
+        self.name, self.schema = name, schema
+        self.settings = settings or Settings()
+        self.topology: Topology = self.settings.topology
+        self.engine: AsyncEngine = make_engine(self.settings.database_url)
+        # Access logs per request at DEBUG: commands are counted by the Prometheus middleware instead.
+        self.broker = NatsBroker(self.settings.nats_url, max_reconnect_attempts=-1,
+                                 log_level=logging.DEBUG,
+                                 middlewares=[NatsPrometheusMiddleware(registry=REGISTRY,
+                                                                       app_name=name)])
+        self.nc: Client | None = None
+        self.relay: Relay | None = None
+        self.consumers: list[Consumer] = []
+        self._subscriptions: list[tuple[Subscription, Handler]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: list[Callable[[], Any]] = []
+
+    def consume(self, subscription: Subscription, handler: Handler) -> None:
+        self._subscriptions.append((subscription, handler))
+
+    def on_request(self, subject: str, handler: Callable[..., Any]) -> None:
+        """A request-reply endpoint (core NATS, queue group per service: one replica answers)."""
+        self.broker.subscriber(subject, queue=self.name)(handler)
+
+    def every(self, job: Callable[[], Any]) -> None:
+        """A background coroutine function started with the service and cancelled at stop."""
+        self._background.append(job)
+
+    async def start(self, with_relay: bool = True) -> None:
+        self.nc = await bus.connect(self.settings.nats_url, name=self.name)
+        js = self.nc.jetstream()
+        await bus.ensure_streams(js, self.topology)
+        if with_relay:
+            self.relay = Relay(self.engine, js, self.schema, self.name, batch=self.settings.batch_size,
+                               retention=timedelta(days=self.settings.outbox_retention_days))
+            self.relay.start()
+        for sub, handler in self._subscriptions:
+            consumer = Consumer(nc=self.nc, engine=self.engine, topology=self.topology,
+                                schema=self.schema, service=self.name, subscription=sub,
+                                handler=handler, batch=self.settings.batch_size,
+                                max_deliver=self.settings.max_deliver)
+            consumer.start()
+            self.consumers.append(consumer)
+        self._tasks = [asyncio.create_task(job()) for job in self._background]
+        await self.broker.start()
+
+    async def stop(self) -> None:
+        await self.broker.stop()
+        for task in self._tasks:
+            task.cancel()
+        for consumer in self.consumers:
+            await consumer.stop()
+        if self.relay:
+            await self.relay.stop()
+        if self.nc:
+            await self.nc.drain()
+        await self.engine.dispose()
+
+    async def readiness(self) -> dict[str, str]:
+        checks: dict[str, str] = {}
+        try:
+            async with self.engine.connect() as conn:
+                await asyncio.wait_for(conn.execute(text("SELECT 1")), 2)
+            checks["database"] = "ok"
+        except Exception as e:
+            checks["database"] = f"unreachable: {type(e).__name__}"
+        checks["nats"] = "ok" if self.nc is not None and self.nc.is_connected else "unreachable"
+        return checks
+
+    def http(self, title: str) -> FastAPI:
+        """The service's HTTP app: lifespan runs the runtime; /healthz, /readyz, /metrics built in."""
+
+        @asynccontextmanager
+        async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+            await self.start()
+            try:
+                yield
+            finally:
+                await self.stop()
+
+        app = FastAPI(title=title, lifespan=lifespan)
+        app.mount("/metrics", make_asgi_app())
+
+        @app.get("/healthz")
+        async def healthz() -> dict[str, str]:
+            return {"status": "ok", "service": self.name}
+
+        @app.get("/readyz")
+        async def readyz() -> JSONResponse:
+            checks = await self.readiness()
+            ok = all(v == "ok" for v in checks.values())
+            return JSONResponse({"status": "ok" if ok else "unavailable", **checks},
+                                status_code=200 if ok else 503)
+
+        @app.exception_handler(ContractError)
+        async def contract_error(_: Request, e: ContractError) -> JSONResponse:
+            return JSONResponse(errors_body(e.errors), status_code=422)
+
+        @app.exception_handler(RequestValidationError)
+        async def request_error(_: Request, e: RequestValidationError) -> JSONResponse:
+            errors = [FieldError(field=".".join(str(p) for p in err["loc"] if p != "body") or "$",
+                                 message=err["msg"]) for err in e.errors()]
+            return JSONResponse(errors_body(errors), status_code=422)
+
+        return app
+
+
+def errors_body(errors: list[FieldError]) -> dict[str, Any]:
+    return {"ok": False, "errors": [e.model_dump() for e in errors]}

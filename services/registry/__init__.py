@@ -1,0 +1,1 @@
+"""registry: organizations, filing and registration, hubs, incubation bases, party organizations."""

@@ -1,0 +1,154 @@
+"""registry's edges: commands over HTTP and NATS request-reply, facts from outside systems and
+division reference data from JetStream, and the read API."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from faststream.nats import NatsMessage
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from contracts import ContractError, Envelope, make_event
+from contracts import events as ev
+from contracts.envelope import MAX_EVENT_BYTES
+from cso.consumer import Rejected, Subscription
+from cso.service import Runtime, errors_body
+
+from . import store
+from .record import REGISTRY_FACTS, record
+
+SERVICE = "registry"
+
+COMMANDS: dict[str, type[ev.Payload]] = {
+    "file": ev.OrganizationFiled,
+    "register": ev.OrganizationRegistered,
+    "update": ev.OrganizationUpdated,
+    "deregister": ev.OrganizationDeregistered,
+    "establish_hub": ev.HubEstablished,
+    "dissolve_hub": ev.HubDissolved,
+    "open_base": ev.IncubationBaseOpened,
+    "close_base": ev.IncubationBaseClosed,
+    "form_party": ev.PartyOrganizationFormed,
+    "dissolve_party": ev.PartyOrganizationDissolved,
+}
+
+
+class FactsHandler:
+    """Facts published by outside systems on `cso.intake.…`: validated and recorded one by one,
+    each in a savepoint, so a rejected fact leaves nothing behind while its batch commits."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def apply(self, conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> dict[UUID, Rejected]:
+        rejected: dict[UUID, Rejected] = {}
+        for envelope in events:
+            if not isinstance(envelope.payload, REGISTRY_FACTS):
+                rejected[envelope.event_id] = Rejected("type", f"{envelope.type} is not a registry fact")
+                continue
+            savepoint = await conn.begin_nested()
+            try:
+                await record(conn, envelope, self.runtime.topology)
+                await savepoint.commit()
+            except Rejected as e:
+                await savepoint.rollback()
+                rejected[envelope.event_id] = e
+        if len(rejected) < len(events) and self.runtime.relay:
+            self.runtime.relay.notify()
+        return rejected
+
+
+class DivisionsHandler:
+    async def apply(self, conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> dict[UUID, Rejected]:
+        for envelope in events:
+            if isinstance(envelope.payload, ev.DivisionsImported):
+                await store.upsert_divisions(conn, envelope.payload)
+        return {}
+
+
+async def execute(runtime: Runtime, command: str, body: bytes, source: str) -> tuple[int, dict[str, Any]]:
+    """Run one command; (HTTP status, typed result). The same result goes back over NATS."""
+    try:
+        payload_cls = COMMANDS.get(command)
+        if payload_cls is None:
+            raise ContractError.single("command", f"unknown command {command!r}; one of {', '.join(COMMANDS)}")
+        if len(body) > MAX_EVENT_BYTES:
+            raise ContractError.single("$", f"body of {len(body)} bytes exceeds {MAX_EVENT_BYTES}")
+        try:
+            data = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ContractError.single("$", f"not JSON: {e}") from None
+        try:
+            payload = payload_cls.model_validate(data)
+        except ValidationError as e:
+            raise ContractError.from_validation(e) from None
+        # Commands about an existing record take the record's region (record() fills it in).
+        envelope = make_event(payload, source=source, region=payload.region_of() or "00")
+    except ContractError as e:
+        return 422, errors_body(e.errors)
+    try:
+        async with runtime.engine.begin() as conn:
+            done = await record(conn, envelope, runtime.topology, check_region=False)
+    except Rejected as e:
+        status = 404 if e.field.endswith("_id") and "no " in e.message else 409
+        return status, errors_body(ContractError.single(e.field, e.message).errors)
+    if runtime.relay:
+        runtime.relay.notify()
+    return 200, {"ok": True, "event_id": str(envelope.event_id), "type": envelope.type,
+                 "id": done.aggregate_id, "region": done.region}
+
+
+def build(runtime: Runtime) -> FastAPI:
+    topology = runtime.topology
+    runtime.consume(Subscription("CSO_INTAKE", topology.context_subjects("intake"), "registry-intake"),
+                    FactsHandler(runtime))
+    runtime.consume(Subscription("CSO_DIVISIONS", topology.context_subjects("divisions"),
+                                 "registry-divisions"), DivisionsHandler())
+
+    # One subscriber for every command, so an unknown command gets a typed error, not silence.
+    async def on_command(msg: NatsMessage) -> bytes:
+        command = msg.raw_message.subject.rsplit(".", 1)[-1]
+        source = (msg.headers or {}).get("Cso-Source", "nats-command")
+        _, result = await execute(runtime, command, msg.body, source)
+        return json.dumps(result, default=str).encode()
+
+    runtime.on_request(topology.command_subject(SERVICE, "*"), on_command)
+
+    app = runtime.http("cso registry")
+
+    @app.post("/commands/{command}")
+    async def command(command: str, request: Request) -> JSONResponse:
+        """Run a registry command; the body is the payload of the event it produces."""
+        source = request.headers.get("x-cso-source", "http-api")
+        status, result = await execute(runtime, command, await request.body(), source)
+        return JSONResponse(result, status_code=status)
+
+    @app.get("/organizations/{org_id}")
+    async def organization(org_id: UUID) -> dict[str, Any]:
+        async with runtime.engine.connect() as conn:
+            view = await store.organization_view(conn, org_id)
+        if view is None:
+            raise HTTPException(404, detail=f"organization_id: no organization {org_id}")
+        return view
+
+    @app.get("/regions/{code}/organizations")
+    async def organizations(code: str, limit: int = Query(50, ge=1, le=1000),
+                            after: UUID | None = None,
+                            status: str | None = Query(None, pattern="^(active|deregistered|revoked)$"),
+                            ) -> dict[str, Any]:
+        if not code.isdigit() or len(code) not in (2, 4, 6, 9, 12):
+            raise HTTPException(422, detail=f"code: {code!r} is not a division code")
+        async with runtime.engine.connect() as conn:
+            if not await store.division_known(conn, code):
+                raise HTTPException(404, detail=f"code: unknown region {code}")
+            items = await store.organizations_in(conn, code, status, limit, after)
+        return {"region": code, "items": items,
+                "next_after": str(items[-1]["id"]) if len(items) == limit else None}
+
+    return app

@@ -1,0 +1,115 @@
+"""Real servers for the tests: testcontainers where a Docker engine answers, else the URLs in
+CSO_DATABASE_URL / CSO_NATS_URL, else nats-server and PostgreSQL started from their PyPI wheels.
+
+Each test gets its own database and its own NATS namespace (streams and subjects), so tests can
+run in parallel against one pair of servers.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import nats
+import pytest
+
+from cso.settings import Settings
+
+
+def _admin_dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+@pytest.fixture(scope="session")
+def servers_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="cso-test-") as d:
+        path = Path(d)
+        path.chmod(0o755)
+        yield path
+
+
+@pytest.fixture(scope="session")
+def nats_url(servers_dir: Path) -> Iterator[str]:
+    if url := os.environ.get("CSO_NATS_URL"):
+        yield url
+        return
+    from cso import servers
+
+    if servers.docker_answers():
+        from testcontainers.nats import NatsContainer
+
+        with NatsContainer(image="nats:2.11", jetstream=True) as container:  # type: ignore[call-arg]
+            yield container.nats_uri()
+        return
+    handle = servers.start_nats(servers_dir / "nats")
+    try:
+        yield handle.url
+    finally:
+        servers.stop(handle)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(servers_dir: Path) -> Iterator[str]:
+    if url := os.environ.get("CSO_DATABASE_URL"):
+        yield _admin_dsn(url)
+        return
+    from cso import servers
+
+    if servers.docker_answers():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16", driver=None) as container:
+            yield container.get_connection_url()
+        return
+    handle = servers.start_postgres(servers_dir / "postgres")
+    try:
+        yield handle.url
+    finally:
+        servers.stop(handle)
+
+
+def _with_database(url: str, name: str) -> str:
+    base, _, _ = url.rpartition("/")
+    return f"{base}/{name}"
+
+
+@pytest.fixture
+async def database_url(postgres_url: str) -> AsyncIterator[str]:
+    name = f"cso_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield _with_database(postgres_url, name)
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def settings(database_url: str, nats_url: str) -> AsyncIterator[Settings]:
+    namespace = f"t{uuid.uuid4().hex[:10]}"
+    yield Settings(database_url=database_url, nats_url=nats_url, namespace=namespace,
+                   max_deliver=3)
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        for info in await js.streams_info():
+            if info.config.name and info.config.name.startswith(namespace.upper() + "_"):
+                await js.delete_stream(info.config.name)
+    finally:
+        await nc.close()
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[nats.NATS]:
+    client = await nats.connect(nats_url)
+    yield client
+    await client.close()
