@@ -1,0 +1,1 @@
+"""targets' pure domain: coverage contributions, metrics, target catalogue and status. No I/O."""

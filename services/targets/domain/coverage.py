@@ -1,0 +1,124 @@
+"""Coverage as a sum of contributions, one per entity, kept per region, counter and month.
+
+An entity (an organization, a township's hub coverage, a county's divisions, a person in a talent
+pool …) has a *timeline*: the states it was in, each from a date on, plus one-off *pulses* (a
+filing, a training completion). Its contribution is the telescoped difference of the vectors of
+consecutive states, put at the month each state began, plus its pulses; the value of a counter as
+of the end of month M is the sum of the deltas of months ≤ M.
+
+When facts about an entity arrive (in any order, late, twice), its timeline is recomputed from all
+its facts, and coverage moves by contribution(new) − contribution(old): O(tiers × counters) rows,
+never a recount. Because the timeline depends only on the set of facts, not their arrival order,
+the projection does not either.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from contracts.codes import ancestors
+
+# Reference data (communities, townships) counts from here on: before any plan this system serves.
+EPOCH = date(2000, 1, 1)
+
+Vector = Counter[tuple[str, str]]            # (region, counter) -> amount
+Contribution = Counter[tuple[str, str, date]]  # (region, counter, month) -> delta
+State = tuple[Any, ...]
+
+
+def month_of(day: date) -> date:
+    return day.replace(day=1)
+
+
+def coverage_regions(code: str) -> list[str]:
+    """The regions a fact at `code` counts in: its province, city, county and township."""
+    return ancestors(code)[:4]
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """States (None = not counted) each holding from its date on, sorted; and one-off pulses."""
+
+    kind: str
+    segments: tuple[tuple[date, State | None], ...] = ()
+    pulses: tuple[tuple[date, State], ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind,
+                "segments": [[d.isoformat(), list(s) if s is not None else None] for d, s in self.segments],
+                "pulses": [[d.isoformat(), list(p)] for d, p in self.pulses]}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Timeline:
+        return cls(kind=data["kind"],
+                   segments=tuple((date.fromisoformat(d), tuple(s) if s is not None else None)
+                                  for d, s in data["segments"]),
+                   pulses=tuple((date.fromisoformat(d), tuple(p)) for d, p in data["pulses"]))
+
+
+VectorOf = Callable[[State], Vector]
+_VECTORS: dict[str, tuple[VectorOf, VectorOf]] = {}
+
+
+def vectors(kind: str, state: VectorOf, pulse: VectorOf | None = None) -> None:
+    """Register how states and pulses of an entity kind count."""
+    _VECTORS[kind] = (state, pulse or (lambda _: Counter()))
+
+
+def contribution(timeline: Timeline | None) -> Contribution:
+    out: Contribution = Counter()
+    if timeline is None:
+        return out
+    state_vector, pulse_vector = _VECTORS[timeline.kind]
+    previous: Vector = Counter()
+    for day, state in timeline.segments:
+        current = state_vector(state) if state is not None else Counter()
+        month = month_of(day)
+        for key in previous.keys() | current.keys():
+            delta = current.get(key, 0) - previous.get(key, 0)
+            if delta:
+                out[(key[0], key[1], month)] += delta
+        previous = current
+    for day, pulse in timeline.pulses:
+        for (region, counter), amount in pulse_vector(pulse).items():
+            out[(region, counter, month_of(day))] += amount
+    return out
+
+
+def difference(old: Timeline | None, new: Timeline | None) -> Contribution:
+    delta = contribution(new)
+    delta.subtract(contribution(old))
+    return Counter({k: v for k, v in delta.items() if v})
+
+
+def total(contributions: Iterable[Contribution]) -> Contribution:
+    out: Contribution = Counter()
+    for c in contributions:
+        out.update(c)
+    return Counter({k: v for k, v in out.items() if v})
+
+
+def as_of(deltas: Mapping[tuple[str, str, date], int], month: date) -> Counter[tuple[str, str]]:
+    """Counter values at the end of `month`, from per-month deltas."""
+    out: Counter[tuple[str, str]] = Counter()
+    for (region, counter, m), delta in deltas.items():
+        if m <= month:
+            out[(region, counter)] += delta
+    return Counter({k: v for k, v in out.items() if v})
+
+
+def squash(segments: Sequence[tuple[date, State | None]]) -> tuple[tuple[date, State | None], ...]:
+    """Drop segments that repeat the state before them (keeps stored timelines small)."""
+    out: list[tuple[date, State | None]] = []
+    for day, state in sorted(segments, key=lambda s: s[0]):
+        if out and out[-1][0] == day:
+            out[-1] = (day, state)
+        elif not out or out[-1][1] != state:
+            out.append((day, state))
+    if out and out[0][1] is None:
+        out.pop(0)
+    return tuple(out)

@@ -1,0 +1,336 @@
+"""Timelines of the things coverage counts, folded from their facts (pure, order-independent).
+
+Facts are sorted by (the date they take effect, when they occurred, event id) before folding, so
+the same set of facts gives the same timeline whatever order they arrived in. A fact that cannot
+take effect yet (a deregistration whose filing has not arrived) simply leaves the entity uncounted
+until the missing fact arrives; nothing is lost.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+from uuid import UUID
+
+from contracts import events as ev
+from contracts.codes import tier_of
+
+from .coverage import EPOCH, State, Timeline, Vector, coverage_regions, squash, vectors
+
+
+@dataclass(frozen=True)
+class Fact:
+    occurred_at: datetime
+    event_id: UUID
+    payload: ev.Payload
+
+    @property
+    def effective(self) -> date:
+        return effective_date(self.payload)
+
+    @property
+    def order(self) -> tuple[date, datetime, str]:
+        return (self.effective, self.occurred_at, str(self.event_id))
+
+
+def effective_date(p: ev.Payload) -> date:
+    match p:
+        case ev.OrganizationFiled():
+            return p.filed_on
+        case ev.OrganizationRegistered():
+            return p.registered_on
+        case ev.OrganizationUpdated():
+            return p.effective_on
+        case ev.OrganizationDeregistered():
+            return p.ended_on
+        case ev.HubEstablished():
+            return p.established_on
+        case ev.HubDissolved():
+            return p.dissolved_on
+        case ev.IncubationBaseOpened():
+            return p.opened_on
+        case ev.IncubationBaseClosed():
+            return p.closed_on
+        case ev.PartyOrganizationFormed():
+            return p.formed_on
+        case ev.PartyOrganizationDissolved():
+            return p.dissolved_on
+        case ev.TalentPoolMemberAdded():
+            return p.added_on
+        case ev.TalentPoolMemberRemoved():
+            return p.removed_on
+        case ev.TrainingCompleted():
+            return p.completed_on
+        case _:
+            return EPOCH
+
+
+def entity_key(p: ev.Payload) -> str | None:
+    """The entity a fact is about (None: targets does not count it)."""
+    match p:
+        case (ev.OrganizationFiled() | ev.OrganizationRegistered() | ev.OrganizationUpdated()
+              | ev.OrganizationDeregistered()):
+            return f"org:{p.organization_id}"
+        case ev.HubEstablished() | ev.HubDissolved():
+            return f"hub:{p.hub_id}"
+        case ev.IncubationBaseOpened() | ev.IncubationBaseClosed():
+            return f"base:{p.base_id}"
+        case ev.PartyOrganizationFormed() | ev.PartyOrganizationDissolved():
+            return f"party:{p.party_organization_id}"
+        case ev.DivisionsImported():
+            return f"div:{p.county.code}"
+        case ev.TalentPoolMemberAdded() | ev.TalentPoolMemberRemoved() | ev.TrainingCompleted():
+            return f"person:{p.person_id}"
+        case _:
+            return None
+
+
+def _sorted(facts: Sequence[Fact]) -> list[Fact]:
+    return sorted(facts, key=lambda f: f.order)
+
+
+# --- intervals: hubs, bases, party organizations ----------------------------------------------
+
+@dataclass(frozen=True)
+class Interval:
+    region: str
+    start: date
+    end: date | None
+    members: tuple[str, ...] = ()   # covered townships (base) or organization ids (party)
+
+    def active_on(self, day: date) -> bool:
+        return self.start <= day and (self.end is None or day < self.end)
+
+
+def interval(facts: Sequence[Fact]) -> Interval | None:
+    """A hub, base or party organization from its facts; None until its opening fact is known."""
+    opened: Interval | None = None
+    end: date | None = None
+    for f in _sorted(facts):
+        p = f.payload
+        match p:
+            case ev.HubEstablished():
+                opened = Interval(p.region_code, p.established_on, None)
+            case ev.IncubationBaseOpened():
+                opened = Interval(p.region_code, p.opened_on, None, tuple(sorted(p.covered_townships)))
+            case ev.PartyOrganizationFormed():
+                opened = Interval("", p.formed_on, None,
+                                  tuple(sorted(str(o) for o in p.organization_ids)))
+            case ev.HubDissolved() | ev.IncubationBaseClosed() | ev.PartyOrganizationDissolved():
+                day = effective_date(p)
+                end = day if end is None else min(end, day)
+    if opened is None:
+        return None
+    if end is not None and end < opened.start:
+        end = opened.start
+    return Interval(opened.region, opened.start, end, opened.members)
+
+
+def interval_timeline(kind: str, iv: Interval | None) -> Timeline:
+    if iv is None:
+        return Timeline(kind)
+    segments: list[tuple[date, State | None]] = [(iv.start, (iv.region,))]
+    if iv.end is not None:
+        segments.append((iv.end, None))
+    return Timeline(kind, squash(segments))
+
+
+def _count_at(region: str, counter: str) -> Vector:
+    return Counter({(r, counter): 1 for r in coverage_regions(region)})
+
+
+vectors("hub", lambda s: _count_at(s[0], "hubs"))
+vectors("base", lambda s: _count_at(s[0], "bases"))
+
+
+# --- a township's hub or base coverage ---------------------------------------------------------
+
+def covered_timeline(kind: str, township: str, township_kind: str | None,
+                     intervals: Sequence[Interval]) -> Timeline:
+    """A township is covered while at least one of `intervals` is active (union of intervals)."""
+    if township_kind not in ("street", "town", "township"):
+        return Timeline(kind)
+    days = sorted({iv.start for iv in intervals} | {iv.end for iv in intervals if iv.end})
+    segments = [(d, (township, township_kind) if any(iv.active_on(d) for iv in intervals) else None)
+                for d in days]
+    return Timeline(kind, squash(segments))
+
+
+def _coverage_vector(suffix: str) -> Any:
+    def vector(state: State) -> Vector:
+        township, kind = state
+        return _count_at(township, f"{'streets' if kind == 'street' else 'towns'}_with_{suffix}")
+    return vector
+
+
+vectors("hubcov", _coverage_vector("hub"))
+vectors("basecov", _coverage_vector("base"))
+
+
+# --- divisions: communities and townships ------------------------------------------------------
+
+def divisions_timeline(facts: Sequence[Fact]) -> Timeline:
+    """A county's townships and communities as counted: the newest import of the county wins."""
+    imports = [f.payload for f in facts if isinstance(f.payload, ev.DivisionsImported)]
+    if not imports:
+        return Timeline("div")
+    latest = max(zip(imports, facts, strict=False),
+                 key=lambda pf: (pf[0].edition, pf[1].occurred_at, str(pf[1].event_id)))[0]
+    urban: Counter[str] = Counter()
+    rural: Counter[str] = Counter()
+    for c in latest.communities:
+        if c.kind is ev.CommunityKind.URBAN:
+            urban[c.code[:9]] += 1
+        elif c.kind is ev.CommunityKind.RURAL:
+            rural[c.code[:9]] += 1
+    state = tuple((t.code, t.kind.value, urban[t.code], rural[t.code]) for t in latest.townships)
+    return Timeline("div", ((EPOCH, state),))
+
+
+def _divisions_vector(state: State) -> Vector:
+    out: Vector = Counter()
+    for township, kind, urban, rural in state:
+        for r in coverage_regions(township):
+            if kind == "street":
+                out[(r, "streets")] += 1
+            elif kind in ("town", "township"):
+                out[(r, "towns")] += 1
+            if urban:
+                out[(r, "communities_urban")] += urban
+            if rural:
+                out[(r, "communities_rural")] += rural
+    return out
+
+
+vectors("div", _divisions_vector)
+
+
+# --- organizations -----------------------------------------------------------------------------
+
+def organization_timeline(facts: Sequence[Fact], parties: Sequence[Interval],
+                          community_kinds: Mapping[str, str]) -> Timeline:
+    """An organization's counted states: where it is, its tier, category and class, the kind of
+    its community, whether a party organization covers it, brand and demonstration flags."""
+    ordered = _sorted(facts)
+    starts = [f for f in ordered if isinstance(f.payload, ev.OrganizationFiled | ev.OrganizationRegistered)]
+    if not starts:
+        return Timeline("org")
+    days = sorted({f.effective for f in ordered} | {p.start for p in parties}
+                  | {p.end for p in parties if p.end})
+    segments: list[tuple[date, State | None]] = []
+    for day in days:
+        attrs: dict[str, Any] = {}
+        ended = False
+        for f in ordered:
+            if f.effective > day:
+                break
+            p = f.payload
+            match p:
+                case ev.OrganizationFiled():
+                    attrs.setdefault("tier", p.tier.value)
+                    attrs.setdefault("community", p.community_code)
+                    attrs.setdefault("category", p.category.value)
+                case ev.OrganizationRegistered():
+                    attrs.update(tier="registered", community=p.community_code,
+                                 category=p.category.value)
+                case ev.OrganizationUpdated():
+                    attrs.update({k: v for k, v in (
+                        ("community", p.community_code), ("category", p.category and p.category.value),
+                        ("brand", p.brand), ("brand_projects", p.brand_projects),
+                        ("demo", p.hub_demonstration)) if v is not None})
+                case ev.OrganizationDeregistered():
+                    ended = True
+        if ended or "tier" not in attrs:
+            segments.append((day, None))
+            continue
+        community = attrs["community"]
+        party = any(pi.active_on(day) for pi in parties)
+        segments.append((day, (community, attrs["tier"], attrs["category"],
+                               community_kinds.get(community, "other"), party,
+                               bool(attrs.get("brand")), int(attrs.get("brand_projects") or 0),
+                               bool(attrs.get("demo")))))
+    # A filing counts once, in the year it happened, whatever became of the organization later.
+    filings = [f.payload for f in starts if isinstance(f.payload, ev.OrganizationFiled)]
+    pulses: list[tuple[date, State]] = [
+        (p.filed_on, (p.community_code, ev.CLASS_OF_CATEGORY[p.category].value))
+        for p in filings[:1] if p.tier is ev.ManagementTier.FILED]
+    return Timeline("org", squash(segments), tuple(pulses))
+
+
+def _organization_vector(state: State) -> Vector:
+    community, tier, category, community_kind, party, brand, projects, demo = state
+    out: Vector = Counter()
+    counters = ["orgs", f"orgs_{tier}", f"orgs_cat_{category}",
+                f"orgs_{ev.CLASS_OF_CATEGORY[ev.Category(category)].value}"]
+    if community_kind in ("urban", "rural"):
+        counters.append(f"orgs_{community_kind}")
+    if party:
+        counters.append("orgs_party_covered")
+    if brand:
+        counters.append("brand_orgs")
+    if demo:
+        counters.append("hub_demo_orgs")
+    for r in coverage_regions(community):
+        for c in counters:
+            out[(r, c)] += 1
+        if projects:
+            out[(r, "brand_projects")] += projects
+    return out
+
+
+vectors("org", _organization_vector,
+        lambda pulse: _count_at(pulse[0], f"filings_{pulse[1]}"))
+
+
+# --- people in talent pools --------------------------------------------------------------------
+
+def person_timeline(facts: Sequence[Fact]) -> Timeline:
+    """In the pool (of a county) between additions and removals; trained from the first completion;
+    each completion a person-time at the organizer's region."""
+    ordered = _sorted(facts)
+    completions: dict[UUID, ev.TrainingCompleted] = {}
+    for f in ordered:
+        if isinstance(f.payload, ev.TrainingCompleted):
+            completions.setdefault(f.payload.completion_id, f.payload)
+    first_trained = min((c.completed_on for c in completions.values()), default=None)
+    days = sorted({f.effective for f in ordered})
+    segments: list[tuple[date, State | None]] = []
+    for day in days:
+        county: str | None = None
+        for f in ordered:
+            if f.effective > day:
+                break
+            if isinstance(f.payload, ev.TalentPoolMemberAdded):
+                county = f.payload.county_code
+            elif isinstance(f.payload, ev.TalentPoolMemberRemoved):
+                county = None
+        trained = first_trained is not None and first_trained <= day
+        segments.append((day, (county, trained) if county else None))
+    pulses = tuple((c.completed_on, (c.organizer_region,)) for c in
+                   sorted(completions.values(), key=lambda c: str(c.completion_id)))
+    return Timeline("person", squash(segments), pulses)
+
+
+def _person_vector(state: State) -> Vector:
+    county, trained = state
+    out = _count_at(county, "pool_members")
+    if trained:
+        out.update(_count_at(county, "pool_members_trained"))
+    return out
+
+
+vectors("person", _person_vector, lambda pulse: _count_at(pulse[0], "training_person_times"))
+
+
+def region_of_timeline(timeline: Timeline) -> str | None:
+    """Where an entity currently counts (for finding the entities of a county)."""
+    for _, state in reversed(timeline.segments):
+        if state is not None:
+            first = state[0]
+            if isinstance(first, str) and first.isdigit():
+                tier_of(first)
+                return first
+    return None

@@ -1,0 +1,101 @@
+"""What coverage counts, and the figures targets are set on.
+
+Counters are integers kept per region and month (as deltas, so any month's value is a sum and
+events can arrive in any order). Figures are what plans name: counts, shares and averages derived
+from counters at read time, never stored, so they cannot disagree with the counters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from contracts.events import Category, CommunityKind, ManagementTier, OrganizationClass
+
+CATEGORY_COUNTERS = tuple(f"orgs_cat_{c.value}" for c in Category)
+COUNTERS: tuple[str, ...] = (
+    "orgs",                                   # active organizations
+    *(f"orgs_{t.value}" for t in ManagementTier),   # by management tier
+    *CATEGORY_COUNTERS,
+    *(f"orgs_{k.value}" for k in OrganizationClass),  # functional / interest & volunteer
+    "orgs_urban", "orgs_rural",               # organizations in urban / rural communities
+    "communities_urban", "communities_rural",
+    "streets", "towns",                       # towns = 镇 + 乡 (plans' 乡镇)
+    "streets_with_hub", "towns_with_hub",
+    "streets_with_base", "towns_with_base",
+    "hubs", "bases",
+    "orgs_party_covered", "brand_orgs", "brand_projects", "hub_demo_orgs",
+    "filings_functional", "filings_interest",  # cumulative: a year's new filings is a difference
+    "training_person_times",                  # cumulative completions (人次)
+    "pool_members", "pool_members_trained",
+    "exam_passes",
+)
+COMMUNITY_KINDS = {CommunityKind.URBAN.value, CommunityKind.RURAL.value}
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A figure plans set targets on: numerator / denominator (or a count when no denominator).
+
+    `yearly` figures are the growth of a cumulative counter within one calendar year.
+    """
+
+    name: str
+    numerator: tuple[str, ...]
+    denominator: tuple[str, ...] = ()
+    kind: Literal["count", "share", "average"] = "count"
+    yearly: bool = False
+    description: str = ""
+
+
+FIGURES: dict[str, Figure] = {f.name: f for f in (
+    Figure("orgs", ("orgs",), description="active organizations"),
+    Figure("avg_orgs_per_urban_community", ("orgs_urban",), ("communities_urban",), "average",
+           description="organizations per urban community"),
+    Figure("avg_orgs_per_rural_community", ("orgs_rural",), ("communities_rural",), "average",
+           description="organizations per rural community"),
+    Figure("streets_with_hub_share", ("streets_with_hub",), ("streets",), "share",
+           description="share of streets with an active hub"),
+    Figure("towns_with_hub_share", ("towns_with_hub",), ("towns",), "share",
+           description="share of towns and townships with an active hub"),
+    Figure("townships_with_hub_share", ("streets_with_hub", "towns_with_hub"), ("streets", "towns"),
+           "share", description="share of streets, towns and townships with an active hub"),
+    Figure("streets_with_base_share", ("streets_with_base",), ("streets",), "share",
+           description="share of streets covered by an incubation base"),
+    Figure("towns_with_base_share", ("towns_with_base",), ("towns",), "share",
+           description="share of towns and townships covered by an incubation base"),
+    Figure("party_covered_share", ("orgs_party_covered",), ("orgs",), "share",
+           description="share of organizations covered by party organizations"),
+    Figure("brand_organizations", ("brand_orgs",), description="brand organizations"),
+    Figure("brand_projects", ("brand_projects",), description="brand projects"),
+    Figure("hub_demonstration_orgs", ("hub_demo_orgs",), description="hub demonstration organizations"),
+    Figure("new_filings_functional", ("filings_functional",), yearly=True,
+           description="new filings of functional service organizations in the year"),
+    Figure("new_filings_interest", ("filings_interest",), yearly=True,
+           description="new filings of interest and volunteer organizations in the year"),
+    Figure("training_person_times", ("training_person_times",),
+           description="core-talent training person-times, cumulative"),
+    Figure("pool_trained_share", ("pool_members_trained",), ("pool_members",), "share",
+           description="share of talent-pool members trained at least once"),
+    Figure("exam_passes", ("exam_passes",), description="social-work qualification exam passes"),
+)}
+
+
+def figure(name: str, counters: Mapping[str, int], year_start: Mapping[str, int] | None = None
+           ) -> float | None:
+    """A figure's value from counters (as of some date). For a yearly figure, `year_start` holds
+    the counters as of the end of the previous year. None when a share has nothing to divide by."""
+    spec = FIGURES[name]
+    top = sum(counters.get(c, 0) for c in spec.numerator)
+    if spec.yearly:
+        top -= sum((year_start or {}).get(c, 0) for c in spec.numerator)
+    if not spec.denominator:
+        return float(top)
+    bottom = sum(counters.get(c, 0) for c in spec.denominator)
+    return top / bottom if bottom else None
+
+
+def figures(counters: Mapping[str, int]) -> dict[str, float | None]:
+    """Every non-yearly figure of one region."""
+    return {name: figure(name, counters) for name, spec in FIGURES.items() if not spec.yearly}
