@@ -113,7 +113,8 @@ class Consumer:
         while True:
             try:
                 msgs = await psub.fetch(self.batch, timeout=1.0)
-            except NatsTimeout:
+            except (NatsTimeout, TimeoutError):
+                # An empty pull: nothing waiting (nats-py raises either error depending on path).
                 self.idle.set()
                 await self._record_lag(psub)
                 continue

@@ -81,16 +81,25 @@ class Runtime:
         await self.broker.start()
 
     async def stop(self) -> None:
-        await self.broker.stop()
+        """Stop taking work, then let go of connections; a part that hangs does not hold the rest."""
+        async def bounded(step: Any, what: str) -> None:
+            try:
+                await asyncio.wait_for(step, 10)
+            except Exception:
+                log.exception("%s: stopping %s failed", self.name, what)
+
+        await bounded(self.broker.stop(), "broker")
         for task in self._tasks:
             task.cancel()
+        if self._tasks:
+            await bounded(asyncio.gather(*self._tasks, return_exceptions=True), "background tasks")
         for consumer in self.consumers:
-            await consumer.stop()
+            await bounded(consumer.stop(), "consumer")
         if self.relay:
-            await self.relay.stop()
+            await bounded(self.relay.stop(), "outbox relay")
         if self.nc:
-            await self.nc.drain()
-        await self.engine.dispose()
+            await bounded(self.nc.close(), "nats")
+        await bounded(self.engine.dispose(), "database pool")
 
     async def readiness(self) -> dict[str, str]:
         checks: dict[str, str] = {}

@@ -98,3 +98,25 @@ async def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: 
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s (last: {result!r})")
         await asyncio.sleep(interval)
+
+
+@asynccontextmanager
+async def fresh_database(postgres_url: str) -> AsyncIterator[str]:
+    import uuid as _uuid
+
+    import asyncpg
+
+    name = f"cso_test_{_uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield postgres_url.rpartition("/")[0] + "/" + name
+    finally:
+        admin = await asyncpg.connect(postgres_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()

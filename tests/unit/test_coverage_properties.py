@@ -105,28 +105,17 @@ def to_facts(payloads: list[ev.Payload]) -> list[ent.Fact]:
 
 
 def project(facts: list[ent.Fact]) -> dict[str, cov.Timeline]:
-    """Every entity's timeline from a set of facts (what the store computes per affected entity)."""
+    """Every entity's timeline from a set of facts, through the same function the service uses."""
     by_key: dict[str, list[ent.Fact]] = defaultdict(list)
+    links: list[tuple[str, str]] = []
     for f in facts:
         key = ent.entity_key(f.payload)
         if key:
             by_key[key].append(f)
-    intervals = {k: ent.interval(v) for k, v in by_key.items() if k.split(":")[0] in ("hub", "base", "party")}
-    timelines: dict[str, cov.Timeline] = {}
-    for key, fs in by_key.items():
-        kind = key.split(":")[0]
-        if kind == "org":
-            oid = key.split(":", 1)[1]
-            parties = [iv for k, iv in intervals.items() if k.startswith("party:") and iv and oid in iv.members]
-            timelines[key] = ent.organization_timeline(fs, parties, COMMUNITIES)
-        elif kind in ("hub", "base"):
-            timelines[key] = ent.interval_timeline(kind, intervals[key])
-    for township, tkind in TOWNSHIPS.items():
-        hubs = [iv for k, iv in intervals.items() if k.startswith("hub:") and iv and iv.region == township]
-        bases = [iv for k, iv in intervals.items() if k.startswith("base:") and iv and township in iv.members]
-        timelines[f"hubcov:{township}"] = ent.covered_timeline("hubcov", township, tkind, hubs)
-        timelines[f"basecov:{township}"] = ent.covered_timeline("basecov", township, tkind, bases)
-    return timelines
+            links += ent.memberships(key, f.payload)
+    keys = ({k for k in by_key if not k.startswith("party:")}
+            | {f"hubcov:{t}" for t in TOWNSHIPS} | {f"basecov:{t}" for t in TOWNSHIPS})
+    return ent.timelines_for(keys, by_key, sorted(set(links)), COMMUNITIES | TOWNSHIPS)
 
 
 def month_end(m: date) -> date:

@@ -9,7 +9,7 @@ until the missing fact arrives; nothing is lost.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -334,3 +334,50 @@ def region_of_timeline(timeline: Timeline) -> str | None:
                 tier_of(first)
                 return first
     return None
+
+
+# --- every affected entity at once -------------------------------------------------------------
+
+Links = Sequence[tuple[str, str]]   # (owner key, member): party→"org:<id>", hub/base→township
+
+
+def memberships(key: str, p: ev.Payload) -> list[tuple[str, str]]:
+    """The links a fact establishes: whom a party organization covers, where a hub or base serves."""
+    match p:
+        case ev.PartyOrganizationFormed():
+            return [(key, f"org:{o}") for o in p.organization_ids]
+        case ev.HubEstablished() if len(p.region_code) == 9:
+            return [(key, p.region_code)]
+        case ev.IncubationBaseOpened():
+            return [(key, t) for t in p.covered_townships]
+        case _:
+            return []
+
+
+def timelines_for(keys: Iterable[str], facts: Mapping[str, Sequence[Fact]], links: Links,
+                  kinds: Mapping[str, str]) -> dict[str, Timeline]:
+    """The timeline of each entity in `keys`, given the facts of those entities and of the party
+    organizations, hubs and bases linked to them, and the kinds of communities and townships."""
+    owners = {o for o, _ in links} | {k for k in keys if k.split(":", 1)[0] in ("hub", "base")}
+    intervals = {o: interval(facts.get(o, ())) for o in owners}
+    by_member: dict[str, dict[str, list[Interval]]] = {}
+    for owner, member in links:
+        iv = intervals.get(owner)
+        if iv is not None:
+            by_member.setdefault(owner.split(":", 1)[0], {}).setdefault(member, []).append(iv)
+    out: dict[str, Timeline] = {}
+    for key in keys:
+        kind, ident = key.split(":", 1)
+        if kind == "org":
+            out[key] = organization_timeline(facts.get(key, ()), by_member.get("party", {}).get(key, []),
+                                             kinds)
+        elif kind in ("hub", "base"):
+            out[key] = interval_timeline(kind, intervals.get(key))
+        elif kind in ("hubcov", "basecov"):
+            served = by_member.get(kind[:-3], {}).get(ident, [])
+            out[key] = covered_timeline(kind, ident, kinds.get(ident), served)
+        elif kind == "div":
+            out[key] = divisions_timeline(facts.get(key, ()))
+        elif kind == "person":
+            out[key] = person_timeline(facts.get(key, ()))
+    return out

@@ -1,0 +1,227 @@
+"""targets' edges: consumers of registry, training and divisions events; the coalescing loop
+(CoverageChanged, target statuses, the daily tick); HTTP and NATS read API; catalogue writes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from faststream.nats import NatsMessage
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cso.consumer import Subscription
+from cso.service import Runtime, errors_body
+from contracts import FieldError
+
+from . import evaluation, store, views
+from .domain.catalogue import DEFAULT_CATALOGUE, CatalogueError, TargetSpec, load_catalogue, parse_catalogue
+from .projection import ProjectionHandler
+
+SERVICE = "targets"
+SCHEMA = store.SCHEMA
+log = logging.getLogger(__name__)
+
+
+async def load_specs(conn: AsyncConnection) -> list[TargetSpec]:
+    rows = (await conn.execute(text(f"SELECT spec FROM {SCHEMA}.target ORDER BY id"))).scalars().all()
+    return parse_catalogue({"targets": list(rows)}, "targets.target") if rows else []
+
+
+async def seed_catalogue(conn: AsyncConnection, path: Path) -> int:
+    """Load the default catalogue once (a fresh database); later changes go through the API."""
+    if (await conn.execute(text(f"SELECT 1 FROM {SCHEMA}.target LIMIT 1"))).first():
+        return 0
+    import yaml
+
+    load_catalogue(path)  # validates the whole file before anything is written
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))["targets"]
+    for item in raw:
+        await upsert_spec(conn, item, str(path))
+    return len(raw)
+
+
+async def upsert_spec(conn: AsyncConnection, item: dict[str, Any], origin: str) -> TargetSpec:
+    spec = parse_catalogue({"targets": [item]}, origin)[0]
+    await conn.execute(text(
+        f"INSERT INTO {SCHEMA}.target (id, spec, retired, origin) VALUES (:id, CAST(:spec AS jsonb), :r, :o) "
+        "ON CONFLICT (id) DO UPDATE SET spec = excluded.spec, retired = excluded.retired, "
+        "origin = excluded.origin, updated_at = now()"),
+        {"id": spec.id, "spec": json.dumps(item, default=str, ensure_ascii=False), "r": spec.retired,
+         "o": origin})
+    return spec
+
+
+class Coalescer:
+    """Once a second: figures of moved regions out, their targets re-evaluated; daily: every target."""
+
+    def __init__(self, runtime: Runtime, clock: evaluation.Clock, interval: float = 1.0) -> None:
+        self.runtime, self.clock, self.interval = runtime, clock, interval
+        self.resync = asyncio.Event()
+        self.resync.set()
+        self.wake = asyncio.Event()
+        self.evaluated_on: Any = None
+
+    async def step(self) -> None:
+        today = self.clock.today()
+        topology = self.runtime.topology
+        async with self.runtime.engine.begin() as conn:
+            if self.resync.is_set():
+                self.resync.clear()
+                await evaluation.sync_instances(conn, await load_specs(conn))
+                self.evaluated_on = None
+            if self.evaluated_on != today:
+                await evaluation.evaluate_instances(conn, topology, today)
+                self.evaluated_on = today
+            await evaluation.drain_dirty(conn, topology, today)
+        if self.runtime.relay:
+            self.runtime.relay.notify()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("targets: evaluation failed; retrying")
+            await asyncio.sleep(self.interval)
+
+
+def build(runtime: Runtime, clock: evaluation.Clock | None = None,
+          catalogue: Path | None = None) -> FastAPI:
+    topology = runtime.topology
+    clock = clock or evaluation.Clock()
+    catalogue = catalogue or Path(os.environ.get("CSO_TARGETS_CATALOGUE") or DEFAULT_CATALOGUE)
+    coalescer = Coalescer(runtime, clock)
+    runtime.coalescer = coalescer  # type: ignore[attr-defined]
+    handler = ProjectionHandler()
+    for stream, context in (("CSO_REGISTRY", "registry"), ("CSO_TRAINING", "training"),
+                            ("CSO_DIVISIONS", "divisions")):
+        runtime.consume(Subscription(stream, topology.context_subjects(context), f"targets-{context}"),
+                        handler if context != "divisions" else DivisionsProjection(coalescer))
+
+    async def seed() -> None:
+        async with runtime.engine.begin() as conn:
+            # One replica seeds; the others wait on the lock and find the table filled.
+            await conn.execute(text(f"LOCK TABLE {SCHEMA}.target IN EXCLUSIVE MODE"))
+            await seed_catalogue(conn, catalogue)
+        await coalescer.run()
+
+    runtime.every(seed)
+
+    async def answer(view: Callable[[AsyncConnection], Awaitable[Any]]) -> tuple[int, Any]:
+        try:
+            async with runtime.engine.connect() as conn:
+                return 200, await view(conn)
+        except views.ViewError as e:
+            return e.status, errors_body([FieldError(field=e.field, message=e.message)])
+
+    # NATS request-reply: cso.query.targets.<coverage|targets|at_risk|series>, a JSON object body.
+    async def on_query(msg: NatsMessage) -> bytes:
+        name = msg.raw_message.subject.rsplit(".", 1)[-1]
+        try:
+            q = json.loads(msg.body or b"{}")
+            if not isinstance(q, dict):
+                raise ValueError("a query is a JSON object")
+        except ValueError as e:
+            return json.dumps(errors_body([FieldError(field="$", message=str(e))])).encode()
+        region = str(q.get("region", ""))
+        queries: dict[str, Callable[[AsyncConnection], Awaitable[Any]]] = {
+            "coverage": lambda c: views.coverage(c, region, views.parse_day(q.get("as_of"))),
+            "targets": lambda c: views.targets(c, region),
+            "at_risk": lambda c: views.at_risk(c, region),
+            "series": lambda c: views.series(c, region, str(q.get("figure", ""))),
+        }
+        if name not in queries:
+            return json.dumps(errors_body([FieldError(field="query", message=f"unknown query {name!r}")])).encode()
+        status, body = await answer(lambda c: _checked(c, region, queries[name]))
+        return json.dumps(body, default=str, ensure_ascii=False).encode()
+
+    runtime.on_request(topology.query_subject(SERVICE, "*"), on_query)
+
+    app = runtime.http("cso targets")
+
+    async def respond(view: Callable[[AsyncConnection], Awaitable[Any]]) -> JSONResponse:
+        status, body = await answer(view)
+        return JSONResponse(json.loads(json.dumps(body, default=str)), status_code=status)
+
+    @app.get("/coverage/{region}")
+    async def get_coverage(region: str, as_of: str | None = None) -> JSONResponse:
+        """A region's counters and figures with its children's (drill-down), as of a date if given."""
+        return await respond(lambda c: views.coverage(c, region, views.parse_day(as_of)))
+
+    @app.get("/coverage/{region}/series")
+    async def get_series(region: str, figure: str = Query(...)) -> JSONResponse:
+        return await respond(lambda c: views.series(c, region, figure))
+
+    @app.get("/regions/{region}/targets")
+    async def get_targets(region: str) -> JSONResponse:
+        return await respond(lambda c: _checked(c, region, lambda c2: views.targets(c2, region)))
+
+    @app.get("/targets/at-risk")
+    async def get_at_risk(under: str = Query(...)) -> JSONResponse:
+        return await respond(lambda c: views.at_risk(c, under))
+
+    @app.get("/targets")
+    async def get_catalogue() -> JSONResponse:
+        async with runtime.engine.connect() as conn:
+            rows = (await conn.execute(text(
+                f"SELECT id, spec, retired, origin, updated_at FROM {SCHEMA}.target ORDER BY id"))).mappings().all()
+        return JSONResponse(json.loads(json.dumps([dict(r) for r in rows], default=str)))
+
+    @app.put("/targets/{target_id}")
+    async def put_target(target_id: str, request: Request) -> JSONResponse:
+        """Add or replace a target; the body is one catalogue entry (its id must match the path)."""
+        try:
+            item = json.loads(await request.body())
+        except ValueError as e:
+            raise HTTPException(422, detail=f"$: not JSON: {e}") from None
+        if not isinstance(item, dict) or item.get("id") != target_id:
+            return JSONResponse(errors_body([FieldError(field="id", message="must equal the path's id")]), 422)
+        try:
+            async with runtime.engine.begin() as conn:
+                spec = await upsert_spec(conn, item, "api")
+        except CatalogueError as e:
+            return JSONResponse(errors_body([FieldError(field="target", message=p) for p in e.problems]), 422)
+        coalescer.resync.set()
+        return JSONResponse({"ok": True, "id": spec.id})
+
+    @app.delete("/targets/{target_id}")
+    async def retire_target(target_id: str) -> JSONResponse:
+        async with runtime.engine.begin() as conn:
+            result = await conn.execute(text(
+                f"UPDATE {SCHEMA}.target SET retired = true, spec = jsonb_set(spec, '{{retired}}', 'true'), "
+                "updated_at = now() WHERE id = :id"), {"id": target_id})
+        if result.rowcount == 0:  # type: ignore[attr-defined]
+            raise HTTPException(404, detail=f"id: no target {target_id}")
+        coalescer.resync.set()
+        return JSONResponse({"ok": True, "id": target_id, "retired": True})
+
+    return app
+
+
+async def _checked(conn: AsyncConnection, region: str,
+                   view: Callable[[AsyncConnection], Awaitable[Any]]) -> Any:
+    await views.known_region(conn, region)
+    return await view(conn)
+
+
+class DivisionsProjection(ProjectionHandler):
+    """Divisions count like any fact, and may add regions that tier-wide targets expand over."""
+
+    def __init__(self, coalescer: Coalescer) -> None:
+        super().__init__()
+        self.coalescer = coalescer
+
+    async def apply(self, conn: AsyncConnection, events: Any) -> Any:
+        result = await super().apply(conn, events)
+        self.coalescer.resync.set()
+        return result

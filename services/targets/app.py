@@ -1,0 +1,24 @@
+"""targets as a process: `uvicorn --factory services.targets.app:create_app` (CSO_* settings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from cso.database import migrate
+from cso.service import Runtime
+from cso.settings import Settings
+
+from . import api, store
+from .evaluation import Clock
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def create_app(settings: Settings | None = None, clock: Clock | None = None) -> FastAPI:
+    return api.build(Runtime(api.SERVICE, store.SCHEMA, settings), clock)
+
+
+def run_migrations(settings: Settings | None = None) -> None:
+    migrate(MIGRATIONS, store.SCHEMA, (settings or Settings()).database_url)

@@ -1,0 +1,115 @@
+"""Applying a pulled batch of events to coverage: facts in, affected entities' timelines
+recomputed, coverage moved by the difference. One transaction per batch, O(tiers) rows per event."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from contracts import Envelope
+from contracts import events as ev
+from cso.consumer import Rejected
+
+from . import store
+from .domain import coverage as cov
+from .domain import entities as ent
+
+
+# Divisions decide how organizations and townships count (urban/rural, street/town). A batch that
+# imports divisions must not interleave with one that reads them, or each misses the other's rows:
+# divisions take this lock exclusively, every other batch shares it (shared holders never wait).
+DIVISIONS_LOCK = 0x63736F_646976  # "cso" "div"
+
+
+async def apply_facts(conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> set[str]:
+    """Record the facts of `events` and bring every affected entity's contribution up to date.
+    Returns the regions whose coverage moved."""
+    imports = any(isinstance(e.payload, ev.DivisionsImported) for e in events)
+    await conn.execute(text(f"SELECT pg_advisory_xact_lock{'' if imports else '_shared'}(:k)"),
+                       {"k": DIVISIONS_LOCK})
+    rows, pairs, direct = [], [], set()
+    for e in events:
+        key = ent.entity_key(e.payload)
+        if key is None:
+            continue
+        if isinstance(e.payload, ev.DivisionsImported):
+            await store.upsert_divisions(conn, e.payload)
+        rows.append((e.event_id, key, e.type, ent.effective_date(e.payload), e.occurred_at,
+                     e.payload.model_dump_json()))
+        pairs += ent.memberships(key, e.payload)
+        direct.add(key)
+    await store.insert_facts(conn, rows)
+    await store.insert_memberships(conn, pairs)
+    return await recompute(conn, direct)
+
+
+async def recompute(conn: AsyncConnection, direct: set[str]) -> set[str]:
+    """Recompute the timelines of the entities whose facts (or whose inputs) are in `direct`."""
+    by_kind: dict[str, set[str]] = {}
+    for key in direct:
+        by_kind.setdefault(key.split(":", 1)[0], set()).add(key)
+    orgs = set(by_kind.get("org", ()))
+    hubcov: set[str] = set()
+    basecov: set[str] = set()
+    for owner, member in await store.members_of(conn, by_kind.get("party", set())
+                                                | by_kind.get("hub", set()) | by_kind.get("base", set())):
+        if owner.startswith("party:"):
+            orgs.add(member)
+        elif owner.startswith("hub:"):
+            hubcov.add(member)
+        else:
+            basecov.add(member)
+    for div in by_kind.get("div", ()):
+        county = div.split(":", 1)[1]
+        orgs.update(await store.entity_keys_in(conn, ["org"], county))
+        townships = await store.townships_under(conn, county)
+        hubcov.update(townships)
+        basecov.update(townships)
+
+    targets = (orgs | {f"hubcov:{t}" for t in hubcov} | {f"basecov:{t}" for t in basecov}
+               | by_kind.get("hub", set()) | by_kind.get("base", set()) | by_kind.get("div", set())
+               | by_kind.get("person", set()))
+    if not targets:
+        return set()
+    stored = await store.lock_timelines(conn, targets)
+
+    # Inputs: facts of the entities, of the party organizations covering the organizations, of the
+    # hubs and bases serving the townships; kinds of their communities and townships.
+    links = (await store.owners_of(conn, orgs, "party:") + await store.owners_of(conn, hubcov, "hub:")
+             + await store.owners_of(conn, basecov, "base:"))
+    facts = await store.facts_of(conn, targets | {o for o, _ in links})
+    communities = {getattr(f.payload, "community_code", None) for o in orgs for f in facts.get(o, [])}
+    kinds = await store.division_kinds(conn, {c for c in communities if c} | hubcov | basecov)
+    new = ent.timelines_for(targets, facts, links, kinds)
+
+    delta: cov.Contribution = Counter()
+    changed: dict[str, tuple[cov.Timeline, str | None]] = {}
+    for key, timeline in new.items():
+        if timeline != stored.get(key):
+            delta.update(cov.difference(stored.get(key), timeline))
+            changed[key] = (timeline, ent.region_of_timeline(timeline) or _fallback_region(key))
+    await store.save_timelines(conn, changed)
+    return await store.add_coverage(conn, delta)
+
+
+def _fallback_region(key: str) -> str | None:
+    ident = key.split(":", 1)[1]
+    return ident if ident.isdigit() else None
+
+
+class ProjectionHandler:
+    """The consumer handler: everything on registry's, training's and divisions' streams counts."""
+
+    def __init__(self, on_moved: Any = None) -> None:
+        self.on_moved = on_moved
+
+    async def apply(self, conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> dict[UUID, Rejected]:
+        moved = await apply_facts(conn, events)
+        if moved and self.on_moved:
+            self.on_moved()
+        return {}

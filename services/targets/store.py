@@ -1,0 +1,212 @@
+"""targets' SQL, in its own schema: facts, entity timelines, coverage deltas, divisions, targets."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import date
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from contracts import PAYLOAD_BY_TYPE
+from contracts import events as ev
+
+from .domain.coverage import Contribution, Timeline
+from .domain.entities import Fact
+
+SCHEMA = "targets"
+
+
+async def insert_facts(conn: AsyncConnection, rows: Sequence[tuple[UUID, str, str, date, Any, str]]) -> None:
+    """rows: (event_id, entity_key, type, effective, occurred_at, payload json)."""
+    if not rows:
+        return
+    ids, keys, types, effective, occurred, payloads = (list(c) for c in zip(*rows, strict=True))
+    await conn.execute(text(
+        f"INSERT INTO {SCHEMA}.fact (event_id, entity_key, type, effective, occurred_at, payload) "
+        "SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:keys AS text[]), CAST(:types AS text[]), "
+        "CAST(:eff AS date[]), CAST(:occ AS timestamptz[]), CAST(:payloads AS jsonb[])) "
+        "ON CONFLICT (event_id) DO NOTHING"),
+        {"ids": ids, "keys": keys, "types": types, "eff": effective, "occ": occurred,
+         "payloads": payloads})
+
+
+async def insert_memberships(conn: AsyncConnection, pairs: Iterable[tuple[str, str]]) -> None:
+    pairs = sorted(set(pairs))
+    if pairs:
+        await conn.execute(text(
+            f"INSERT INTO {SCHEMA}.membership (owner_key, member) "
+            "SELECT * FROM unnest(CAST(:o AS text[]), CAST(:m AS text[])) ON CONFLICT DO NOTHING"),
+            {"o": [p[0] for p in pairs], "m": [p[1] for p in pairs]})
+
+
+async def members_of(conn: AsyncConnection, owners: Iterable[str]) -> list[tuple[str, str]]:
+    rows = await conn.execute(text(
+        f"SELECT owner_key, member FROM {SCHEMA}.membership WHERE owner_key = ANY(:o)"),
+        {"o": sorted(set(owners))})
+    return [(r[0], r[1]) for r in rows]
+
+
+async def owners_of(conn: AsyncConnection, members: Iterable[str], prefix: str) -> list[tuple[str, str]]:
+    rows = await conn.execute(text(
+        f"SELECT owner_key, member FROM {SCHEMA}.membership WHERE member = ANY(:m) "
+        "AND owner_key LIKE :p"), {"m": sorted(set(members)), "p": prefix + "%"})
+    return [(r[0], r[1]) for r in rows]
+
+
+async def facts_of(conn: AsyncConnection, keys: Iterable[str]) -> dict[str, list[Fact]]:
+    rows = await conn.execute(text(
+        f"SELECT entity_key, event_id, type, occurred_at, payload FROM {SCHEMA}.fact "
+        "WHERE entity_key = ANY(:k)"), {"k": sorted(set(keys))})
+    out: dict[str, list[Fact]] = defaultdict(list)
+    for key, event_id, type_, occurred_at, payload in rows:
+        out[key].append(Fact(occurred_at, event_id, PAYLOAD_BY_TYPE[type_].model_validate(payload)))
+    return out
+
+
+async def entity_keys_in(conn: AsyncConnection, kinds: Sequence[str], prefix: str) -> list[str]:
+    rows = await conn.execute(text(
+        f"SELECT key FROM {SCHEMA}.entity WHERE kind = ANY(:k) AND region LIKE :p"),
+        {"k": list(kinds), "p": prefix + "%"})
+    return [r[0] for r in rows]
+
+
+async def lock_timelines(conn: AsyncConnection, keys: Iterable[str]) -> dict[str, Timeline | None]:
+    """Lock the entities (creating missing rows), in key order so replicas never deadlock, and
+    return their stored timelines. Read after the lock: a replica that recomputed the same entity
+    a moment ago has committed, and its facts and timeline are visible now."""
+    ordered = sorted(set(keys))
+    if not ordered:
+        return {}
+    await conn.execute(text(
+        f"INSERT INTO {SCHEMA}.entity (key, kind) SELECT k, split_part(k, ':', 1) "
+        "FROM unnest(CAST(:k AS text[])) AS k ORDER BY k ON CONFLICT DO NOTHING"), {"k": ordered})
+    rows = await conn.execute(text(
+        f"SELECT key, timeline FROM {SCHEMA}.entity WHERE key = ANY(:k) ORDER BY key FOR UPDATE"),
+        {"k": ordered})
+    return {key: Timeline.from_json(tl) if tl else None for key, tl in rows}
+
+
+async def save_timelines(conn: AsyncConnection, timelines: dict[str, tuple[Timeline, str | None]]) -> None:
+    if not timelines:
+        return
+    keys = sorted(timelines)
+    await conn.execute(text(
+        f"UPDATE {SCHEMA}.entity e SET timeline = CAST(t.tl AS jsonb), region = t.region "
+        "FROM unnest(CAST(:k AS text[]), CAST(:tl AS text[]), CAST(:r AS text[])) AS t(key, tl, region) "
+        "WHERE e.key = t.key"),
+        {"k": keys, "tl": [json.dumps(timelines[k][0].to_json()) for k in keys],
+         "r": [timelines[k][1] for k in keys]})
+
+
+async def add_coverage(conn: AsyncConnection, delta: Contribution) -> set[str]:
+    """Move coverage by a batch's net contribution; returns the regions that moved."""
+    items = sorted((k, v) for k, v in delta.items() if v)
+    if not items:
+        return set()
+    await conn.execute(text(
+        f"INSERT INTO {SCHEMA}.coverage (region, counter, month, delta) "
+        "SELECT * FROM unnest(CAST(:r AS text[]), CAST(:c AS text[]), CAST(:m AS date[]), "
+        "CAST(:d AS bigint[])) ON CONFLICT (region, counter, month) "
+        "DO UPDATE SET delta = coverage.delta + excluded.delta"),
+        {"r": [k[0] for k, _ in items], "c": [k[1] for k, _ in items], "m": [k[2] for k, _ in items],
+         "d": [v for _, v in items]})
+    now: dict[tuple[str, str], int] = defaultdict(int)
+    for (region, counter, _), v in items:
+        now[(region, counter)] += v
+    flat = sorted((k, v) for k, v in now.items() if v)
+    if flat:
+        await conn.execute(text(
+            f"INSERT INTO {SCHEMA}.coverage_now (region, counter, value) "
+            "SELECT * FROM unnest(CAST(:r AS text[]), CAST(:c AS text[]), CAST(:v AS bigint[])) "
+            "ON CONFLICT (region, counter) DO UPDATE SET value = coverage_now.value + excluded.value"),
+            {"r": [k[0] for k, _ in flat], "c": [k[1] for k, _ in flat], "v": [v for _, v in flat]})
+    regions = {k[0] for k, _ in items}
+    await conn.execute(text(
+        f"INSERT INTO {SCHEMA}.dirty_region (region) SELECT * FROM unnest(CAST(:r AS text[])) "
+        "ON CONFLICT DO NOTHING"), {"r": sorted(regions)})
+    return regions
+
+
+async def upsert_divisions(conn: AsyncConnection, d: ev.DivisionsImported) -> None:
+    rows = [(d.province.code, d.province.name, "province", None, None),
+            (d.city.code, d.city.name, "city", None, d.province.code),
+            (d.county.code, d.county.name, "county", None, d.city.code)]
+    rows += [(t.code, t.name, "township", t.kind.value, d.county.code) for t in d.townships]
+    rows += [(c.code, c.name, "community", c.kind.value, c.code[:9]) for c in d.communities]
+    await conn.execute(text(
+        f"INSERT INTO {SCHEMA}.division (code, name, tier, kind, parent_code, edition) "
+        "SELECT c, n, t, k, p, :e FROM unnest(CAST(:c AS text[]), CAST(:n AS text[]), "
+        "CAST(:t AS text[]), CAST(:k AS text[]), CAST(:p AS text[])) AS x(c, n, t, k, p) "
+        "ON CONFLICT (code) DO UPDATE SET name = excluded.name, kind = excluded.kind, "
+        "parent_code = excluded.parent_code, edition = excluded.edition"),
+        {"c": [r[0] for r in rows], "n": [r[1] for r in rows], "t": [r[2] for r in rows],
+         "k": [r[3] for r in rows], "p": [r[4] for r in rows], "e": d.edition})
+
+
+async def division_kinds(conn: AsyncConnection, codes: Iterable[str]) -> dict[str, str]:
+    rows = await conn.execute(text(
+        f"SELECT code, kind FROM {SCHEMA}.division WHERE code = ANY(:c)"), {"c": sorted(set(codes))})
+    return {r[0]: r[1] for r in rows if r[1]}
+
+
+async def townships_under(conn: AsyncConnection, county: str) -> list[str]:
+    rows = await conn.execute(text(
+        f"SELECT code FROM {SCHEMA}.division WHERE tier = 'township' AND code LIKE :p"),
+        {"p": county + "%"})
+    return [r[0] for r in rows]
+
+
+# --- reads -------------------------------------------------------------------------------------
+
+async def division(conn: AsyncConnection, code: str) -> dict[str, Any] | None:
+    row = (await conn.execute(text(
+        f"SELECT code, name, tier, kind, parent_code FROM {SCHEMA}.division WHERE code = :c"),
+        {"c": code})).mappings().first()
+    return dict(row) if row else None
+
+
+async def children(conn: AsyncConnection, code: str) -> list[dict[str, Any]]:
+    rows = (await conn.execute(text(
+        f"SELECT code, name, tier, kind FROM {SCHEMA}.division WHERE parent_code = :c "
+        "AND tier <> 'community' ORDER BY code"), {"c": code})).mappings().all()
+    return [dict(r) for r in rows]
+
+
+async def regions_of_tier(conn: AsyncConnection, under: str, tier: str) -> list[str]:
+    rows = await conn.execute(text(
+        f"SELECT code FROM {SCHEMA}.division WHERE tier = :t AND code LIKE :p ORDER BY code"),
+        {"t": tier, "p": under + "%"})
+    return [r[0] for r in rows]
+
+
+async def counters_now(conn: AsyncConnection, regions: Sequence[str]) -> dict[str, dict[str, int]]:
+    rows = await conn.execute(text(
+        f"SELECT region, counter, value FROM {SCHEMA}.coverage_now WHERE region = ANY(:r)"),
+        {"r": list(regions)})
+    out: dict[str, dict[str, int]] = {r: {} for r in regions}
+    for region, counter, value in rows:
+        out[region][counter] = int(value)
+    return out
+
+
+async def counters_as_of(conn: AsyncConnection, regions: Sequence[str], month: date) -> dict[str, dict[str, int]]:
+    """Counter values at the end of `month` (a first-of-month date or any day in it)."""
+    rows = await conn.execute(text(
+        f"SELECT region, counter, sum(delta) FROM {SCHEMA}.coverage WHERE region = ANY(:r) "
+        "AND month <= :m GROUP BY region, counter"), {"r": list(regions), "m": month.replace(day=1)})
+    out: dict[str, dict[str, int]] = {r: {} for r in regions}
+    for region, counter, value in rows:
+        out[region][counter] = int(value)
+    return out
+
+
+async def monthly(conn: AsyncConnection, region: str, counters: Sequence[str]) -> list[tuple[date, str, int]]:
+    rows = await conn.execute(text(
+        f"SELECT month, counter, delta FROM {SCHEMA}.coverage WHERE region = :r AND counter = ANY(:c) "
+        "ORDER BY month"), {"r": region, "c": list(counters)})
+    return [(r[0], r[1], int(r[2])) for r in rows]

@@ -1,0 +1,108 @@
+"""targets' read side, shared by HTTP and NATS request-reply: coverage with drill-down, targets
+with status and history, targets at risk, a figure's monthly series."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from contracts.codes import tier_of
+
+from . import store
+from .domain.metrics import FIGURES, figure, figures
+
+SCHEMA = store.SCHEMA
+
+
+class ViewError(Exception):
+    def __init__(self, status: int, field: str, message: str) -> None:
+        self.status, self.field, self.message = status, field, message
+        super().__init__(f"{field}: {message}")
+
+
+async def known_region(conn: AsyncConnection, code: str) -> dict[str, Any]:
+    try:
+        tier_of(code)
+    except ValueError as e:
+        raise ViewError(422, "region", str(e)) from None
+    region = await store.division(conn, code)
+    if region is None:
+        raise ViewError(404, "region", f"unknown region {code}")
+    return region
+
+
+def parse_day(value: str | None, field: str = "as_of") -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ViewError(422, field, f"{value!r} is not a date (YYYY-MM-DD)") from None
+
+
+async def coverage(conn: AsyncConnection, code: str, as_of: date | None = None) -> dict[str, Any]:
+    region = await known_region(conn, code)
+    kids = await store.children(conn, code)
+    codes = [code] + [k["code"] for k in kids]
+    counters = (await store.counters_as_of(conn, codes, as_of) if as_of
+                else await store.counters_now(conn, codes))
+
+    def row(info: dict[str, Any]) -> dict[str, Any]:
+        c = counters[info["code"]]
+        return {**info, "counters": c, "figures": figures(c)}
+
+    return {**row(region), "as_of": as_of.isoformat() if as_of else None,
+            "targets": await targets(conn, code, history=False),
+            "children": [row(k) for k in kids]}
+
+
+async def targets(conn: AsyncConnection, code: str, history: bool = True) -> list[dict[str, Any]]:
+    rows = (await conn.execute(text(
+        f"SELECT id, target_id, region, figure, threshold, deadline, status, value, evaluated_at, "
+        f"instance->>'title' AS title, instance->>'source' AS source, instance->>'comparison' AS comparison, "
+        f"instance->>'year' AS year FROM {SCHEMA}.target_instance WHERE region = :r ORDER BY deadline, id"),
+        {"r": code})).mappings().all()
+    out = [dict(r) for r in rows]
+    if history and out:
+        hist = (await conn.execute(text(
+            f"SELECT instance_id, previous_status, status, value, on_day, changed_at "
+            f"FROM {SCHEMA}.target_history WHERE instance_id = ANY(:ids) ORDER BY changed_at"),
+            {"ids": [r["id"] for r in out]})).mappings().all()
+        for r in out:
+            r["history"] = [dict(h) for h in hist if h["instance_id"] == r["id"]]
+    return out
+
+
+async def at_risk(conn: AsyncConnection, under: str) -> list[dict[str, Any]]:
+    await known_region(conn, under)
+    rows = (await conn.execute(text(
+        f"SELECT t.id, t.target_id, t.region, d.name AS region_name, t.figure, t.threshold, t.deadline, "
+        f"t.status, t.value FROM {SCHEMA}.target_instance t LEFT JOIN {SCHEMA}.division d ON d.code = t.region "
+        "WHERE t.region LIKE :p AND t.status IN ('at_risk', 'missed') ORDER BY t.deadline, t.id"),
+        {"p": under + "%"})).mappings().all()
+    return [dict(r) for r in rows]
+
+
+async def series(conn: AsyncConnection, code: str, name: str) -> list[dict[str, Any]]:
+    await known_region(conn, code)
+    spec = FIGURES.get(name)
+    if spec is None:
+        raise ViewError(422, "figure", f"unknown figure {name!r}; one of {', '.join(FIGURES)}")
+    counters = spec.numerator + spec.denominator
+    running: dict[str, int] = {}
+    out: list[dict[str, Any]] = []
+    year_start: dict[str, int] = {}
+    for month, counter, delta in await store.monthly(conn, code, counters):
+        if out and out[-1]["month"] != month.isoformat() and month.year != date.fromisoformat(out[-1]["month"]).year:
+            year_start = dict(running)
+        running[counter] = running.get(counter, 0) + delta
+        point = {"month": month.isoformat(),
+                 "value": figure(name, running, year_start if spec.yearly else None)}
+        if out and out[-1]["month"] == point["month"]:
+            out[-1] = point
+        else:
+            out.append(point)
+    return out

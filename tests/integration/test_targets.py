@@ -1,0 +1,216 @@
+"""targets end to end on real NATS and PostgreSQL: a few thousand facts through registry, two
+targets replicas on one durable consumer, projections equal to a SQL recount at every tier; the
+same events shuffled and duplicated give the same per-month coverage; a rebuild equals both."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import dataclasses
+import json
+import random
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+
+import asyncpg
+import httpx
+import nats
+import pytest
+
+from contracts import make_event
+from contracts import events as ev
+from cso.divisions import DEMO_DIVISIONS, publish_divisions
+from cso.settings import Settings
+from services.registry.app import create_app as registry_app
+from services.registry.app import run_migrations as registry_migrations
+from services.targets import app as targets
+from services.targets.domain import coverage as cov
+from tests.recount import projected, recount
+from tests.scenario import workload
+from tests.support import eventually, fresh_database, publish, running
+
+pytestmark = pytest.mark.integration
+
+REGISTRY_COUNTERS = {"orgs", "orgs_registered", "orgs_filed", "orgs_guided", "orgs_functional",
+                     "orgs_interest", "orgs_urban", "orgs_rural", "communities_urban",
+                     "communities_rural", "streets", "towns", "streets_with_hub", "towns_with_hub",
+                     "streets_with_base", "towns_with_base", "hubs", "bases", "orgs_party_covered",
+                     "brand_orgs", "brand_projects", "hub_demo_orgs", "filings_functional",
+                     "filings_interest"} | {f"orgs_cat_{c.value}" for c in ev.Category}
+
+
+def demo_codes() -> tuple[list[str], list[str]]:
+    with open(DEMO_DIVISIONS / "villages.csv", encoding="utf-8") as f:
+        communities = [row["code"] for row in csv.DictReader(f)]
+    with open(DEMO_DIVISIONS / "streets.csv", encoding="utf-8") as f:
+        townships = [row["code"] for row in csv.DictReader(f)]
+    return communities, townships
+
+
+async def migrate(settings: Settings) -> None:
+    await asyncio.to_thread(registry_migrations, settings)
+    await asyncio.to_thread(targets.run_migrations, settings)
+
+
+async def count(dsn: str, sql: str) -> int:
+    db = await asyncpg.connect(dsn)
+    try:
+        return int(await db.fetchval(sql))
+    finally:
+        await db.close()
+
+
+async def settled(dsn: str, extra: int) -> None:
+    """Wait until registry has published everything it accepted and targets has applied all of it
+    (plus `extra` events published straight to other streams)."""
+
+    async def caught_up() -> bool:
+        published = await count(dsn, "SELECT count(*) FROM registry.outbox WHERE published_at IS NOT NULL")
+        pending = await count(dsn, "SELECT count(*) FROM registry.outbox WHERE published_at IS NULL")
+        applied = await count(dsn, "SELECT count(*) FROM targets.inbox")
+        return pending == 0 and applied == published + extra
+
+    await eventually(caught_up, timeout=120, interval=0.2)
+
+
+@pytest.fixture
+async def stack(settings: Settings, nc: nats.NATS) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    await migrate(settings)
+    async with AsyncExitStack() as stack:
+        _, reg = await stack.enter_async_context(running(registry_app, settings))
+        # Two replicas of targets on the same durable consumers: neither may double count.
+        _, tgt = await stack.enter_async_context(running(targets.create_app, settings))
+        await stack.enter_async_context(running(targets.create_app, settings))
+        await publish_divisions(nc.jetstream(), settings.topology, DEMO_DIVISIONS)
+        await eventually(lambda: _equals(count(settings.database_url,
+                                               "SELECT count(*) FROM targets.division WHERE tier = 'community'"),
+                                         1494), timeout=30)
+        yield reg, tgt
+
+
+async def _equals(value: object, expected: int) -> bool:
+    return await value == expected  # type: ignore[misc]
+
+
+async def test_projections_equal_recount_and_survive_shuffling(
+        stack: tuple[httpx.AsyncClient, httpx.AsyncClient], settings: Settings, nc: nats.NATS,
+        postgres_url: str) -> None:
+    communities, townships = demo_codes()
+    facts = workload(7, communities, townships)
+    t = settings.topology
+    training = [f for f in facts if f.CONTEXT == "training"]
+    regions = regions_of(facts)
+    for fact in facts:
+        if fact.CONTEXT == "registry":
+            region = fact.region_of() or regions[_subject_id(fact)]
+            await publish(nc, t.intake_subject(fact.TYPE, region),
+                          make_event(fact, source="city-register", region=region))
+    for fact in training:
+        await publish(nc, t.event_subject(fact.TYPE, fact.region_of() or ""), make_event(fact, source="training"))
+    await asyncio.sleep(1)
+    await settled(settings.database_url, extra=len(training) + 12)
+
+    dead = await count(settings.database_url,
+                       "SELECT count(*) FROM registry.inbox WHERE stream LIKE '%CSO_INTAKE'") - \
+        await count(settings.database_url, "SELECT count(*) FROM registry.outbox")
+    expected = await recount(settings.database_url)
+    actual = await projected(settings.database_url, REGISTRY_COUNTERS)
+    assert dead <= 0, f"{dead} intake facts were refused: {await dead_letters(nc, settings)}"
+    assert sum(actual.values()) > 10_000
+    diff = {k: (actual.get(k), expected.get(k)) for k in actual.keys() | expected.keys()
+            if actual.get(k) != expected.get(k)}
+    assert not diff, dict(list(diff.items())[:20])
+    # Every tier is there, down to townships.
+    assert {len(r) for r, _ in actual} == {2, 4, 6, 9}
+
+    persons = training_expected(training)
+    actual_training = await projected(settings.database_url,
+                                      {"training_person_times", "pool_members", "pool_members_trained"})
+    assert actual_training == persons
+
+    # The read API agrees with the tables and drills down.
+    body = (await stack[1].get("/coverage/5111")).json()
+    assert body["counters"]["orgs"] == expected[("5111", "orgs")]
+    assert {c["code"] for c in body["children"]} == {k for k, _ in expected if len(k) == 6 and k.startswith("5111")}
+
+    # The same events, shuffled and partly duplicated, into a fresh targets: same coverage per month.
+    live = await coverage_by_month(settings.database_url)
+    async with fresh_database(postgres_url) as other_db:
+        other = dataclasses.replace(settings, database_url=other_db, namespace=settings.namespace + "b")
+        await asyncio.to_thread(targets.run_migrations, other)
+        db = await asyncpg.connect(settings.database_url)
+        rows = [bytes(r["data"]) for r in await db.fetch("SELECT data FROM registry.outbox")]
+        await db.close()
+        rows += [make_event(f, source="training").model_dump_json().encode() for f in training]
+        rng = random.Random(3)
+        rows += rng.sample(rows, len(rows) // 10)
+        rng.shuffle(rows)
+        async with running(targets.create_app, other):
+            await publish_divisions(nc.jetstream(), other.topology, DEMO_DIVISIONS)
+            for data in rows:
+                e = json.loads(data)
+                await publish(nc, other.topology.event_subject(e["type"], e["region"]), data)
+            await eventually(lambda: _equals(count(other_db, "SELECT count(*) FROM targets.inbox"),
+                                             len(set(rows)) + 12), timeout=120)
+            assert await coverage_by_month(other_db) == live
+        js = nc.jetstream()
+        for s in other.topology.streams:
+            await js.delete_stream(s.name)
+
+
+def _subject_id(fact: ev.Payload) -> str:
+    for field in ("organization_id", "hub_id", "base_id", "party_organization_id"):
+        if hasattr(fact, field):
+            return str(getattr(fact, field))
+    raise AssertionError(fact)
+
+
+def regions_of(facts: list[ev.Payload]) -> dict[str, str]:
+    """What an outside system knows: the region of each record it publishes facts about."""
+    out: dict[str, str] = {}
+    for f in facts:
+        match f:
+            case ev.OrganizationFiled() | ev.OrganizationRegistered():
+                out[str(f.organization_id)] = f.community_code
+            case ev.HubEstablished():
+                out[str(f.hub_id)] = f.region_code
+            case ev.IncubationBaseOpened():
+                out[str(f.base_id)] = f.region_code
+            case ev.PartyOrganizationFormed():
+                out[str(f.party_organization_id)] = out[str(f.organization_ids[0])][:6]
+    return out
+
+
+def training_expected(training: list[ev.Payload]) -> Counter[tuple[str, str]]:
+    out: Counter[tuple[str, str]] = Counter()
+    removed = {p.person_id for p in training if isinstance(p, ev.TalentPoolMemberRemoved)}
+    trained = {p.person_id for p in training if isinstance(p, ev.TrainingCompleted)}
+    for p in training:
+        if isinstance(p, ev.TrainingCompleted):
+            for r in cov.coverage_regions(p.organizer_region):
+                out[(r, "training_person_times")] += 1
+        elif isinstance(p, ev.TalentPoolMemberAdded) and p.person_id not in removed:
+            for r in cov.coverage_regions(p.county_code):
+                out[(r, "pool_members")] += 1
+                if p.person_id in trained:
+                    out[(r, "pool_members_trained")] += 1
+    return out
+
+
+async def coverage_by_month(dsn: str) -> dict[tuple[str, str, str], int]:
+    db = await asyncpg.connect(dsn)
+    try:
+        rows = await db.fetch("SELECT region, counter, month, delta FROM targets.coverage WHERE delta <> 0")
+        return {(r["region"], r["counter"], r["month"].isoformat()): int(r["delta"]) for r in rows}
+    finally:
+        await db.close()
+
+
+async def dead_letters(nc: nats.NATS, settings: Settings) -> list[str]:
+    sub = await nc.jetstream().pull_subscribe(settings.topology.deadletter_subject("registry"), durable=None,
+                                              stream=settings.topology.stream("CSO_DEADLETTER"))
+    try:
+        return [json.loads(m.data)["reason"] for m in await sub.fetch(50, timeout=2)]
+    except Exception as e:
+        return [repr(e)]

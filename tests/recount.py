@@ -1,0 +1,80 @@
+"""The correctness oracle: every counter recounted from scratch in SQL over registry's own tables
+(what is on record today), for comparison with targets' incrementally maintained coverage."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import asyncpg
+
+FUNCTIONAL = ("resident_services", "mediation", "rural_revitalization")
+
+# Each query yields (region code, counter, value) for one tier's code length.
+_ORGS = """
+SELECT left(o.community_code, {n}) AS region, x.counter, count(*) FROM registry.organization o
+LEFT JOIN registry.community c ON c.code = o.community_code
+CROSS JOIN LATERAL (VALUES ('orgs'), ('orgs_' || o.tier), ('orgs_cat_' || o.category),
+    (CASE WHEN o.category IN ('resident_services', 'mediation', 'rural_revitalization')
+          THEN 'orgs_functional' ELSE 'orgs_interest' END),
+    (CASE WHEN c.kind IN ('urban', 'rural') THEN 'orgs_' || c.kind END),
+    (CASE WHEN EXISTS (SELECT 1 FROM registry.party_coverage pc JOIN registry.party_organization p
+                       ON p.id = pc.party_organization_id
+                       WHERE pc.organization_id = o.id AND p.ended_on IS NULL)
+          THEN 'orgs_party_covered' END),
+    (CASE WHEN o.brand THEN 'brand_orgs' END),
+    (CASE WHEN o.hub_demonstration THEN 'hub_demo_orgs' END)) AS x(counter)
+WHERE o.status = 'active' AND x.counter IS NOT NULL GROUP BY 1, 2
+UNION ALL
+SELECT left(community_code, {n}), 'brand_projects', sum(brand_projects) FROM registry.organization
+WHERE status = 'active' GROUP BY 1
+UNION ALL
+SELECT left(code, {n}), 'communities_' || kind, count(*) FROM registry.community
+WHERE kind IN ('urban', 'rural') GROUP BY 1, 2
+UNION ALL
+SELECT left(code, {n}), CASE kind WHEN 'street' THEN 'streets' ELSE 'towns' END, count(*)
+FROM registry.township WHERE kind IN ('street', 'town', 'township') GROUP BY 1, 2
+UNION ALL
+SELECT left(t.code, {n}), CASE t.kind WHEN 'street' THEN 'streets_with_hub' ELSE 'towns_with_hub' END, count(*)
+FROM registry.township t WHERE t.kind IN ('street', 'town', 'township')
+AND EXISTS (SELECT 1 FROM registry.hub h WHERE h.region_code = t.code AND h.ended_on IS NULL) GROUP BY 1, 2
+UNION ALL
+SELECT left(t.code, {n}), CASE t.kind WHEN 'street' THEN 'streets_with_base' ELSE 'towns_with_base' END, count(*)
+FROM registry.township t WHERE t.kind IN ('street', 'town', 'township')
+AND EXISTS (SELECT 1 FROM registry.base_township bt JOIN registry.incubation_base b ON b.id = bt.base_id
+            WHERE bt.township_code = t.code AND b.ended_on IS NULL) GROUP BY 1, 2
+UNION ALL
+SELECT left(region_code, {n}), 'hubs', count(*) FROM registry.hub
+WHERE ended_on IS NULL AND length(region_code) >= {n} GROUP BY 1
+UNION ALL
+SELECT left(region_code, {n}), 'bases', count(*) FROM registry.incubation_base
+WHERE ended_on IS NULL AND length(region_code) >= {n} GROUP BY 1
+UNION ALL
+SELECT left(region, {n}), 'filings_' || CASE WHEN payload->'payload'->>'category' IN
+    ('resident_services', 'mediation', 'rural_revitalization') THEN 'functional' ELSE 'interest' END, count(*)
+FROM (SELECT convert_from(data, 'UTF8')::jsonb AS payload, convert_from(data, 'UTF8')::jsonb->>'region' AS region
+      FROM registry.outbox WHERE type = 'OrganizationFiled') f
+WHERE payload->'payload'->>'tier' = 'filed' GROUP BY 1, 2
+"""
+
+
+async def recount(dsn: str) -> Counter[tuple[str, str]]:
+    """(region, counter) -> value at province, city, county and township tier."""
+    db = await asyncpg.connect(dsn)
+    try:
+        out: Counter[tuple[str, str]] = Counter()
+        for n in (2, 4, 6, 9):
+            for region, counter, value in await db.fetch(_ORGS.format(n=n)):
+                if value:
+                    out[(region, counter)] += int(value)
+        return out
+    finally:
+        await db.close()
+
+
+async def projected(dsn: str, counters: set[str] | None = None) -> Counter[tuple[str, str]]:
+    db = await asyncpg.connect(dsn)
+    try:
+        rows = await db.fetch("SELECT region, counter, value FROM targets.coverage_now WHERE value <> 0")
+        return Counter({(r, c): int(v) for r, c, v in rows if counters is None or c in counters})
+    finally:
+        await db.close()
