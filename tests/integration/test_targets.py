@@ -21,11 +21,13 @@ import pytest
 from contracts import make_event
 from contracts import events as ev
 from cso.divisions import DEMO_DIVISIONS, publish_divisions
+from cso.database import make_engine
 from cso.settings import Settings
 from services.registry.app import create_app as registry_app
 from services.registry.app import run_migrations as registry_migrations
 from services.targets import app as targets
 from services.targets.domain import coverage as cov
+from services.targets.rebuild import rebuild
 from tests.recount import projected, recount
 from tests.scenario import workload
 from tests.support import eventually, fresh_database, publish, running
@@ -128,6 +130,23 @@ async def test_projections_equal_recount_and_survive_shuffling(
     actual_training = await projected(settings.database_url,
                                       {"training_person_times", "pool_members", "pool_members_trained"})
     assert actual_training == persons
+
+    # A rebuild from the fact log equals the live projection row for row, and can be put in place.
+    engine = make_engine(settings.database_url)
+    try:
+        report = await rebuild(engine)
+        assert report.equal and report.rows > 1000, report.differences[:10]
+        before = await coverage_by_month(settings.database_url)
+        db = await asyncpg.connect(settings.database_url)
+        await db.execute("UPDATE targets.coverage SET delta = delta + 1 WHERE region = '5111' AND counter = 'orgs'")
+        await db.close()
+        damaged = await rebuild(engine)
+        assert not damaged.equal and {d[0][:2] for d in damaged.differences} == {("5111", "orgs")}
+        assert (await rebuild(engine, apply=True)).applied
+        assert await coverage_by_month(settings.database_url) == before
+        assert (await rebuild(engine)).equal
+    finally:
+        await engine.dispose()
 
     # The read API agrees with the tables and drills down.
     body = (await stack[1].get("/coverage/5111")).json()

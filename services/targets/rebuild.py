@@ -1,0 +1,121 @@
+"""Rebuild every projection from targets' fact log, compare it with the live tables row for row,
+and optionally put the rebuilt one in place, all while the consumers keep running.
+
+The comparison reads one REPEATABLE READ snapshot, so facts arriving meanwhile neither count in
+the rebuild nor in the live tables it is compared with. `--apply` locks the projection tables for
+the swap only: consumers wait (their facts are already committed to the log), then diff against the
+rebuilt timelines, so nothing is lost or counted twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from contracts import PAYLOAD_BY_TYPE
+
+from . import store
+from .domain import coverage as cov
+from .domain import entities as ent
+
+SCHEMA = store.SCHEMA
+
+
+@dataclass
+class Report:
+    entities: int = 0
+    facts: int = 0
+    rows: int = 0
+    differences: list[tuple[tuple[str, str, date], int, int]] = field(default_factory=list)
+    applied: bool = False
+
+    @property
+    def equal(self) -> bool:
+        return not self.differences
+
+
+async def _rebuilt(conn: AsyncConnection) -> tuple[dict[str, cov.Timeline], cov.Contribution, int]:
+    facts: dict[str, list[ent.Fact]] = defaultdict(list)
+    links: set[tuple[str, str]] = set()
+    count = 0
+    result = await conn.stream(text(
+        f"SELECT entity_key, event_id, type, occurred_at, payload FROM {SCHEMA}.fact"))
+    async for key, event_id, type_, occurred_at, payload in result:
+        p = PAYLOAD_BY_TYPE[type_].model_validate(payload)
+        facts[key].append(ent.Fact(occurred_at, event_id, p))
+        links.update(ent.memberships(key, p))
+        count += 1
+    kinds = {code: kind for code, kind in await conn.execute(text(
+        f"SELECT code, kind FROM {SCHEMA}.division WHERE kind IS NOT NULL"))}
+    townships = {m for o, m in links if not o.startswith("party:")}
+    keys = ({k for k in facts if not k.startswith("party:")}
+            | {f"hubcov:{t}" for t in townships} | {f"basecov:{t}" for t in townships})
+    timelines = ent.timelines_for(keys, facts, sorted(links), kinds)
+    return timelines, cov.total(cov.contribution(t) for t in timelines.values()), count
+
+
+async def _live(conn: AsyncConnection) -> dict[tuple[str, str, date], int]:
+    rows = await conn.execute(text(
+        f"SELECT region, counter, month, delta FROM {SCHEMA}.coverage WHERE delta <> 0"))
+    return {(r, c, m): int(d) for r, c, m, d in rows}
+
+
+async def rebuild(engine: AsyncEngine, apply: bool = False) -> Report:
+    report = Report()
+    async with engine.connect() as conn:
+        conn = await conn.execution_options(isolation_level="REPEATABLE READ")
+        async with conn.begin():
+            timelines, expected, report.facts = await _rebuilt(conn)
+            live = await _live(conn)
+    report.entities, report.rows = len(timelines), len(expected)
+    for key in sorted(expected.keys() | live.keys()):
+        if expected.get(key, 0) != live.get(key, 0):
+            report.differences.append((key, live.get(key, 0), expected.get(key, 0)))
+    if apply:
+        async with engine.begin() as conn:
+            await conn.execute(text(
+                f"LOCK TABLE {SCHEMA}.entity, {SCHEMA}.coverage, {SCHEMA}.coverage_now IN EXCLUSIVE MODE"))
+            timelines, expected, report.facts = await _rebuilt(conn)
+            await conn.execute(text(f"DELETE FROM {SCHEMA}.coverage"))
+            await conn.execute(text(f"DELETE FROM {SCHEMA}.coverage_now"))
+            await conn.execute(text(f"UPDATE {SCHEMA}.entity SET timeline = NULL"))
+            await store.lock_timelines(conn, timelines)
+            await store.save_timelines(conn, {k: (t, ent.region_of_timeline(t)) for k, t in timelines.items()})
+            await store.add_coverage(conn, expected)
+        report.applied = True
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m services.targets.rebuild [--apply]` with CSO_DATABASE_URL set."""
+    from cso.database import make_engine
+    from cso.settings import Settings
+
+    args = argv if argv is not None else sys.argv[1:]
+
+    async def run() -> Report:
+        engine = make_engine(Settings().database_url)
+        try:
+            return await rebuild(engine, apply="--apply" in args)
+        finally:
+            await engine.dispose()
+
+    report = asyncio.run(run())
+    summary: dict[str, Any] = {"facts": report.facts, "entities": report.entities, "rows": report.rows,
+                               "differences": len(report.differences), "applied": report.applied}
+    print(json.dumps(summary))
+    for (region, counter, month), live, rebuilt in report.differences[:50]:
+        print(f"{region} {counter} {month}: live {live}, rebuilt {rebuilt}")
+    return 0 if report.equal or report.applied else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
