@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from contracts import Envelope, Topology
 from contracts import events as ev
 from cso import outbox
-from cso.consumer import Rejected
+from cso.consumer import NotYet, Rejected
 
 from . import domain, store
 
@@ -30,6 +30,16 @@ REGISTRY_FACTS: tuple[type[ev.Payload], ...] = (
 class Recorded:
     aggregate_id: str
     region: str
+
+
+async def _community_known(conn: AsyncConnection, code: str) -> bool:
+    """Known, or a Rejected; NotYet while the county's divisions have not arrived (they come on
+    another stream, and a fact may overtake them), so the fact is retried rather than lost."""
+    if await store.community_known(conn, code):
+        return True
+    if not await store.region_known(conn, code[:6]):
+        raise NotYet("community_code", f"divisions of county {code[:6]} are not loaded yet")
+    return False
 
 
 def _same_region(envelope: Envelope[Any], region: str, check: bool = True) -> None:
@@ -50,19 +60,19 @@ async def record(conn: AsyncConnection, envelope: Envelope[Any], topology: Topol
     match fact:
         case ev.OrganizationFiled():
             org = domain.file(await store.load_organization(conn, fact.organization_id),
-                              await store.community_known(conn, fact.community_code), fact)
+                              await _community_known(conn, fact.community_code), fact)
             await store.save_organization(conn, org, eid, source)
             done = Recorded(str(org.id), org.community_code)
         case ev.OrganizationRegistered():
             org = domain.register(
                 await store.load_organization(conn, fact.organization_id),
-                await store.community_known(conn, fact.community_code),
+                await _community_known(conn, fact.community_code),
                 await store.credit_code_holder(conn, fact.social_credit_code), fact)
             await store.save_organization(conn, org, eid, source)
             done = Recorded(str(org.id), org.community_code)
         case ev.OrganizationUpdated():
             existing = await store.load_organization(conn, fact.organization_id)
-            known = fact.community_code is None or await store.community_known(conn, fact.community_code)
+            known = fact.community_code is None or await _community_known(conn, fact.community_code)
             org = domain.update(existing, known, fact)
             if fact.community_code is None and existing is not None:
                 _same_region(envelope, existing.community_code, check_region)

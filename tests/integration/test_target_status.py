@@ -1,0 +1,101 @@
+"""Leshan's targets on a scripted scenario: 沙湾区 (511111) reaches 15 organizations per urban and
+8 per rural community and is `met`; 五通桥区 (511112) falls behind and is `at_risk`; its deadline
+passes (a controlled clock) and it is `missed`. Each change is a TargetStatusChanged on the bus."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import uuid
+from datetime import date, timedelta
+
+import httpx
+import nats
+import pytest
+
+from contracts import make_event
+from contracts import events as ev
+from cso.divisions import DEMO_DIVISIONS, publish_divisions
+from cso.settings import Settings
+from services.registry.app import create_app as registry_app
+from services.registry.app import run_migrations as registry_migrations
+from services.targets import app as targets
+from services.targets.evaluation import Clock
+from tests.support import eventually, publish, recording, running
+
+pytestmark = pytest.mark.integration
+
+URBAN = "leshan-avg-urban-class-a"
+RURAL = "leshan-avg-rural-class-a"
+
+
+def communities(county: str) -> dict[str, list[str]]:
+    from cso.divisions.classify import community_kind
+
+    out: dict[str, list[str]] = {"urban": [], "rural": []}
+    with open(DEMO_DIVISIONS / "villages.csv", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            kind = community_kind(row["name"]).value
+            if row["code"].startswith(county) and kind in out:
+                out[kind].append(row["code"])
+    return out
+
+
+def filings(codes: list[str], per_community: int, start: date) -> list[ev.OrganizationFiled]:
+    return [ev.OrganizationFiled(organization_id=uuid.uuid4(), name=f"组织{i}", community_code=code,
+                                 category="culture_sports", filed_on=start + timedelta(days=i % 700))
+            for code in codes for i in range(per_community)]
+
+
+async def test_leshan_statuses_move_and_are_published(settings: Settings, nc: nats.NATS) -> None:
+    await asyncio.to_thread(registry_migrations, settings)
+    await asyncio.to_thread(targets.run_migrations, settings)
+    clock = Clock(fixed=date(2025, 6, 30))
+    t = settings.topology
+    async with running(registry_app, settings), \
+            running(lambda s: targets.create_app(s, clock), settings) as (_, api), \
+            recording(nc, t.context_subjects("targets"), t.stream("CSO_TARGETS")) as bus:
+        await publish_divisions(nc.jetstream(), t, DEMO_DIVISIONS)
+        shawan, wutongqiao = communities("511111"), communities("511112")
+        facts = (filings(shawan["urban"], 15, date(2023, 1, 1)) + filings(shawan["rural"], 8, date(2023, 1, 1))
+                 + filings(wutongqiao["urban"][:5], 1, date(2024, 1, 1)))
+        for fact in facts:
+            await publish(nc, t.intake_subject(fact.TYPE, fact.community_code),
+                          make_event(fact, source="leshan-register"))
+
+        def statuses() -> dict[str, list[str | None]]:
+            out: dict[str, list[str | None]] = {}
+            for e in bus.events("TargetStatusChanged"):
+                out.setdefault(e["payload"]["target_id"], []).append(e["payload"]["status"])
+            return out
+
+        async def shawan_met() -> bool:
+            s = statuses()
+            return s.get(f"{URBAN}@511111", [None])[-1] == "met" and s.get(f"{RURAL}@511111", [None])[-1] == "met"
+
+        await eventually(shawan_met, timeout=60, interval=0.2)
+        s = statuses()
+        assert s[f"{URBAN}@511112"][-1] == "at_risk"
+        body = (await api.get("/regions/511111/targets")).json()
+        urban = next(x for x in body if x["id"] == f"{URBAN}@511111")
+        assert urban["status"] == "met" and urban["value"] == pytest.approx(15.0)
+        assert [h["status"] for h in urban["history"]][-1] == "met"
+        risky = {x["id"] for x in (await api.get("/targets/at-risk", params={"under": "5111"})).json()}
+        assert f"{URBAN}@511112" in risky and f"{URBAN}@511111" not in risky
+
+        # The deadline (2025-12-31) passes: what was behind is missed, what was met stays met.
+        clock.fixed = date(2026, 1, 2)
+
+        async def missed() -> bool:
+            return statuses().get(f"{URBAN}@511112", [None])[-1] == "missed"
+
+        await eventually(missed, timeout=30, interval=0.2)
+        assert statuses()[f"{URBAN}@511111"][-1] == "met"
+        changed = [e for e in bus.events("TargetStatusChanged") if e["payload"]["target_id"] == f"{URBAN}@511112"]
+        assert changed[-1]["payload"]["previous_status"] == "at_risk"
+        assert changed[-1]["region"] == "511112"
+        # Figures of a burst are coalesced: far fewer CoverageChanged than events applied.
+        coverage = [e for e in bus.events("CoverageChanged") if e["region"] == "511111"]
+        assert 1 <= len(coverage) < len(facts) / 10
+        assert json.loads(bus.messages[0].data)["source"] == "cso-targets"
