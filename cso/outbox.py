@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
@@ -22,6 +23,7 @@ from contracts import Envelope, Topology, encode
 
 log = logging.getLogger(__name__)
 
+CRASH_AFTER_PUBLISH = os.environ.get("CSO_FAULT_CRASH_AFTER_PUBLISH") == "1"
 PUBLISHED = Counter("cso_outbox_published_total", "Outbox events published", ["service"])
 BACKLOG = Gauge("cso_outbox_backlog", "Outbox events not yet published", ["service"])
 
@@ -99,6 +101,9 @@ class Relay:
             acks = await asyncio.gather(*(
                 self.js.publish(r.subject, bytes(r.data), headers={"Nats-Msg-Id": str(r.event_id)})
                 for r in rows))
+            if CRASH_AFTER_PUBLISH:
+                # Fault injection (tests/faults): die between publish and commit, as a kill -9 would.
+                os._exit(137)
             await conn.execute(text(
                 f'UPDATE "{self.schema}".outbox SET published_at = now(), stream = :stream, '
                 "stream_seq = :stream_seq WHERE seq = :seq"),
