@@ -108,7 +108,7 @@ def parse_event(raw: bytes | str | dict[str, Any]) -> Envelope[Payload]:
     except ValidationError as e:
         raise ContractError.from_validation(e) from None
     check_envelope(envelope)
-    return envelope  # type: ignore[no-any-return]
+    return envelope
 
 
 def check_envelope(envelope: Envelope[Any]) -> None:
@@ -134,7 +134,7 @@ def make_event(
     region = region or payload.region_of()
     if region is None:
         raise ContractError.single("region", f"{payload.TYPE} needs the region it concerns")
-    envelope = Envelope[type(payload)](  # type: ignore[misc]
+    envelope = Envelope[type(payload)](  # type: ignore[misc,operator]
         event_id=event_id or uuid4(),
         type=payload.TYPE,
         version=payload.VERSION,

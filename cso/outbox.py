@@ -107,7 +107,7 @@ class Relay:
             await conn.execute(text(
                 f'UPDATE "{self.schema}".outbox SET published_at = now(), stream = :stream, '
                 "stream_seq = :stream_seq WHERE seq = :seq"),
-                [{"seq": r.seq, "stream": a.stream, "stream_seq": a.seq} for r, a in zip(rows, acks)])
+                [{"seq": r.seq, "stream": a.stream, "stream_seq": a.seq} for r, a in zip(rows, acks, strict=True)])
         PUBLISHED.labels(self.service).inc(len(rows))
         return len(rows)
 

@@ -16,6 +16,7 @@ import uuid
 from datetime import date, datetime, timezone
 
 import nats
+from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 
@@ -54,9 +55,9 @@ async def main() -> None:
 
     nc = await nats.connect(args.nats)
     js = nc.jetstream()
-    receipt: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
+    receipt: asyncio.Future[dict[str, object]] = asyncio.get_running_loop().create_future()
 
-    async def on_event(msg) -> None:
+    async def on_event(msg: Msg) -> None:
         data = json.loads(msg.data)
         if data.get("event_id") == event["event_id"] and not receipt.done():
             receipt.set_result({"subject": msg.subject, **data})

@@ -17,9 +17,9 @@ from faststream.nats import NatsMessage
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from contracts import FieldError
 from cso.consumer import Subscription
 from cso.service import Runtime, errors_body
-from contracts import FieldError
 
 from . import evaluation, store, views
 from .domain.catalogue import DEFAULT_CATALOGUE, CatalogueError, TargetSpec, load_catalogue, parse_catalogue
@@ -42,7 +42,7 @@ async def seed_catalogue(conn: AsyncConnection, path: Path) -> int:
     import yaml
 
     load_catalogue(path)  # validates the whole file before anything is written
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))["targets"]
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))["targets"]  # noqa: ASYNC240 (once, at start)
     for item in raw:
         await upsert_spec(conn, item, str(path))
     return len(raw)
@@ -142,7 +142,7 @@ def build(runtime: Runtime, clock: evaluation.Clock | None = None,
         }
         if name not in queries:
             return json.dumps(errors_body([FieldError(field="query", message=f"unknown query {name!r}")])).encode()
-        status, body = await answer(lambda c: _checked(c, region, queries[name]))
+        _, body = await answer(lambda c: _checked(c, region, queries[name]))
         return json.dumps(body, default=str, ensure_ascii=False).encode()
 
     runtime.on_request(topology.query_subject(SERVICE, "*"), on_query)
