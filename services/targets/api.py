@@ -148,6 +148,7 @@ def build(runtime: Runtime, clock: evaluation.Clock | None = None,
     runtime.on_request(topology.query_subject(SERVICE, "*"), on_query)
 
     app = runtime.http("cso targets")
+    app.state.runtime, app.state.clock = runtime, clock
 
     async def respond(view: Callable[[AsyncConnection], Awaitable[Any]]) -> JSONResponse:
         status, body = await answer(view)
