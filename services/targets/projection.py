@@ -19,7 +19,6 @@ from . import store
 from .domain import coverage as cov
 from .domain import entities as ent
 
-
 # Divisions decide how organizations and townships count (urban/rural, street/town). A batch that
 # imports divisions must not interleave with one that reads them, or each misses the other's rows:
 # divisions take this lock exclusively, every other batch shares it (shared holders never wait).

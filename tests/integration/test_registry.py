@@ -19,7 +19,7 @@ from contracts import codes, make_event
 from contracts import events as ev
 from cso.settings import Settings
 from services.registry.app import create_app, run_migrations
-from tests.support import GUANGHAN, eventually, publish, publish_divisions, recording, running
+from tests.support import eventually, publish, publish_divisions, recording, running
 
 pytestmark = pytest.mark.integration
 

@@ -10,12 +10,11 @@ import json
 import uuid
 from datetime import date, timedelta
 
-import httpx
 import nats
 import pytest
 
-from contracts import make_event
 from contracts import events as ev
+from contracts import make_event
 from cso.divisions import DEMO_DIVISIONS, publish_divisions
 from cso.settings import Settings
 from services.registry.app import create_app as registry_app

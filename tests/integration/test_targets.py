@@ -18,10 +18,10 @@ import httpx
 import nats
 import pytest
 
-from contracts import make_event
 from contracts import events as ev
-from cso.divisions import DEMO_DIVISIONS, publish_divisions
+from contracts import make_event
 from cso.database import make_engine
+from cso.divisions import DEMO_DIVISIONS, publish_divisions
 from cso.settings import Settings
 from services.registry.app import create_app as registry_app
 from services.registry.app import run_migrations as registry_migrations
