@@ -490,10 +490,11 @@ class PlanAccepted(Payload):
 
 
 class BusGapDetected(Payload):
-    """A consumer found the stream behind what it had already applied: the bus lost messages."""
+    """A service found a stream behind what it had published or applied: the bus lost messages.
+    Its envelope's region is "00", the whole country."""
 
     TYPE = "BusGapDetected"
-    CONTEXT = "targets"
+    CONTEXT = "ops"
     stream: str
     consumer: str
     applied_sequence: int

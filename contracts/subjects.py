@@ -15,7 +15,7 @@ from .events import PAYLOAD_BY_TYPE
 
 # A region above county tier leaves the lower tokens as "_" so every subject has six tokens.
 ABSENT = "_"
-CONTEXTS = ("registry", "divisions", "training", "targets", "notify", "intake")
+CONTEXTS = ("registry", "divisions", "training", "targets", "notify", "intake", "ops")
 
 
 def snake(event_type: str) -> str:
@@ -96,6 +96,7 @@ STREAMS: tuple[StreamSpec, ...] = (
     StreamSpec("CSO_TRAINING", ("cso.training.>",), "Training facts (training's outbox)"),
     StreamSpec("CSO_TARGETS", ("cso.targets.>",), "Coverage and target status changes"),
     StreamSpec("CSO_NOTIFY", ("cso.notify.>",), "Notification outcomes"),
+    StreamSpec("CSO_OPS", ("cso.ops.>",), "Operational events: gaps found in the bus and their repair"),
     StreamSpec("CSO_DEADLETTER", ("cso.deadletter.>",),
                "Messages a consumer refused, with the reason", max_age_days=90),
 )

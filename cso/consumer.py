@@ -109,9 +109,11 @@ class Consumer:
                                             stream=self.stream, config=config)
 
     async def run(self) -> None:
-        psub = await self._subscribe()
+        psub = None
         while True:
             try:
+                if psub is None:
+                    psub = await self._subscribe()
                 msgs = await psub.fetch(self.batch, timeout=1.0)
             except (NatsTimeout, TimeoutError):
                 # An empty pull: nothing waiting (nats-py raises either error depending on path).
@@ -120,15 +122,27 @@ class Consumer:
                 continue
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("%s: fetch from %s failed; retrying", self.service, self.stream)
+            except Exception as e:
+                # The server restarted, or the stream or consumer is gone: subscribe afresh.
+                log.warning("%s: pulling from %s failed (%s); subscribing again", self.service, self.stream, e)
+                psub = None
                 await asyncio.sleep(1)
                 continue
             self.idle.clear()
             with BATCH_SECONDS.labels(self.service).time():
                 await self.process(msgs)
 
+    async def restart(self, from_start: bool = False) -> None:
+        """Start pulling again; from the stream's first message when the bus lost what we had."""
+        await self.stop()
+        if from_start:
+            with contextlib.suppress(Exception):
+                await self.js.delete_consumer(self.stream, self.sub.durable)
+        self.start()
+
     async def _record_lag(self, psub: Any) -> None:
+        if psub is None:
+            return
         with contextlib.suppress(Exception):
             info = await psub.consumer_info()
             LAG.labels(self.service, self.stream).set(info.num_pending + info.num_ack_pending)

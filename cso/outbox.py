@@ -53,6 +53,13 @@ def ddl(schema: str) -> list[str]:
             stream text PRIMARY KEY,
             last_seq bigint NOT NULL,
             updated_at timestamptz NOT NULL DEFAULT now())""",
+        # The identity of each stream as last seen (its creation time), to notice a recreated one.
+        f"""CREATE TABLE "{schema}".bus_stream (
+            stream text PRIMARY KEY,
+            created timestamptz,
+            last_seq bigint NOT NULL,
+            deleted bigint NOT NULL DEFAULT 0,
+            checked_at timestamptz NOT NULL DEFAULT now())""",
     ]
 
 
@@ -121,7 +128,7 @@ class Relay:
     async def purge(self) -> int:
         async with self.engine.begin() as conn:
             result = await conn.execute(text(
-                f'DELETE FROM "{self.schema}".outbox WHERE published_at < now() - :keep'),
+                f'DELETE FROM "{self.schema}".outbox WHERE published_at < now() - CAST(:keep AS interval)'),
                 {"keep": self.retention})
         return int(result.rowcount)  # type: ignore[attr-defined]
 
@@ -133,8 +140,8 @@ class Relay:
                 while await self.publish_pending() == self.batch:
                     pass
                 if loop.time() - last_purge > 3600:
-                    await self.purge()
                     last_purge = loop.time()
+                    await self.purge()
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from contracts import ContractError, FieldError, Topology
 
 from . import bus
+from .buswatch import BusWatch
 from .consumer import Consumer, Handler, Subscription
 from .database import make_engine
 from .outbox import Relay
@@ -77,6 +78,8 @@ class Runtime:
                                 max_deliver=self.settings.max_deliver)
             consumer.start()
             self.consumers.append(consumer)
+        self.bus_watch = BusWatch(self, interval=self.settings.bus_check_seconds)
+        self._background.append(self.bus_watch.run)
         self._tasks = [asyncio.create_task(job()) for job in self._background]
         await self.broker.start()
 

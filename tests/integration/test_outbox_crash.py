@@ -89,3 +89,26 @@ async def test_crash_between_publish_and_commit_publishes_once(settings: Setting
         assert seq == 1
     finally:
         await db.close()
+
+
+async def test_purge_drops_only_published_rows_past_retention(settings: Settings) -> None:
+    from datetime import timedelta
+
+    from cso.database import make_engine
+    from cso.outbox import Relay
+
+    await asyncio.to_thread(run_migrations, settings)
+    engine = make_engine(settings.database_url)
+    db = await asyncpg.connect(settings.database_url)
+    try:
+        await db.execute(
+            "INSERT INTO registry.outbox (event_id, subject, type, data, published_at) VALUES "
+            "(gen_random_uuid(), 's', 'T', '', now() - interval '40 days'), "
+            "(gen_random_uuid(), 's', 'T', '', now() - interval '1 day'), "
+            "(gen_random_uuid(), 's', 'T', '', NULL)")
+        relay = Relay(engine, None, "registry", "registry", retention=timedelta(days=30))  # type: ignore[arg-type]
+        assert await relay.purge() == 1
+        assert await db.fetchval("SELECT count(*) FROM registry.outbox") == 2
+    finally:
+        await db.close()
+        await engine.dispose()

@@ -1,0 +1,489 @@
+"""`cso`: the operator's command line. The local stack (up, down, status), migrations, divisions,
+publishing events from a file, and coverage as a table. The work is done in cso.stack and the
+services; this module wires commands and prints."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import threading
+import urllib.error
+import urllib.parse
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.cells import cell_len
+from rich.console import Console
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from .stack import SERVICES, Part, Stack, StackError, http_get, recorded, redact
+
+app = typer.Typer(
+    name="cso",
+    help="cso: coverage of community social organization cultivation plans, tier by tier.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+divisions_app = typer.Typer(help="Division reference data (NBS statistical division codes).",
+                            no_args_is_help=True)
+app.add_typer(divisions_app, name="divisions")
+
+DataDir = Annotated[Path, typer.Option("--data-dir", help="Where the local stack keeps its data, "
+                                                          "logs and stack.json.")]
+DEFAULT_DATA_DIR = Path(".cso")
+STATE_STYLE = {"ready": "green", "up": "green", "not ready": "yellow", "down": "red"}
+STATUS_STYLE = {"met": "green", "on_track": "", "at_risk": "yellow", "missed": "red"}
+
+
+def _console() -> Console:
+    # Made per command (not at import) so COLUMNS and redirections of the moment apply.
+    return Console(highlight=False)
+
+
+def _err_console() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    _err_console().print(f"[red]error:[/red] {escape(message)}")
+    return typer.Exit(code)
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(name) or None
+
+
+def _namespace(data_dir: Path) -> str:
+    if (value := _env("CSO_NAMESPACE")) is not None:
+        return value
+    state = Stack(data_dir).state
+    return str(state.get("namespace") or "") if not state.get("stopped_at") else ""
+
+
+def _nats_url(data_dir: Path) -> str:
+    url = _env("CSO_NATS_URL") or recorded(data_dir, "nats")
+    if url is None:
+        raise fail(f"no NATS: set CSO_NATS_URL, or start the local stack (`cso up --data-dir {data_dir}`)")
+    return url
+
+
+# ---------------------------------------------------------------- the local stack
+
+
+def listen_table(state: dict[str, Any]) -> Table:
+    """Where each part listens: its URL, and under it what else it serves."""
+    nats, pg = state["nats"], state["postgres"]
+    rows: list[tuple[str, str, str, str]] = [
+        ("nats", str(nats["pid"] or "-"), nats["url"],
+         f"monitor {nats['monitor_url']}" if nats.get("monitor_url") else "CSO_NATS_URL"),
+        ("postgres", str(pg["pid"] or "-"), redact(pg["url"]), "" if pg.get("managed") else "CSO_DATABASE_URL"),
+        *((name, str(info["pid"]), info["url"],
+           " ".join(e.removeprefix(info["url"]) for e in info["endpoints"]))
+          for name, info in state["services"].items()),
+    ]
+    table = Table(title="cso is up", title_justify="left")
+    table.add_column("part", style="bold", no_wrap=True)
+    table.add_column("pid", justify="right", no_wrap=True)
+    table.add_column("listens on", min_width=max(len(r[2]) for r in rows))
+    for name, pid, url, extra in rows:
+        table.add_row(name, pid, escape(url) + (f"\n[dim]{escape(extra)}[/dim]" if extra else ""))
+    return table
+
+
+@app.command()
+def up(
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    registry_port: Annotated[int, typer.Option(help="registry's HTTP port")] = 8001,
+    targets_port: Annotated[int, typer.Option(help="targets' HTTP port")] = 8002,
+    demo: Annotated[bool, typer.Option("--demo/--no-demo",
+                                       help="Publish the demo divisions (乐山市, 广汉市).")] = True,
+) -> None:
+    """Start the local stack and stay in the foreground; Ctrl-C (or `cso down`) stops it.
+
+    NATS and PostgreSQL come from CSO_NATS_URL / CSO_DATABASE_URL if set, else are started from
+    the venv's wheels under DATA_DIR (a later `cso up` reuses their data).
+    """
+    console = _console()
+    running, interrupted, stop = threading.Event(), threading.Event(), threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if running.is_set():
+            stop.set()
+        elif not interrupted.is_set():
+            # Still starting: unwind start(), which stops whatever it had started.
+            interrupted.set()
+            raise KeyboardInterrupt
+
+    stack = Stack(data_dir, registry_port=registry_port, targets_port=targets_port, demo=demo,
+                  nats_url=_env("CSO_NATS_URL"), database_url=_env("CSO_DATABASE_URL"),
+                  namespace=_env("CSO_NAMESPACE") or "", owner_pid=os.getpid(),
+                  log=lambda m: console.print(f"[dim]· {escape(m)}[/dim]"))
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    code = 0
+    try:
+        try:
+            state = stack.start()
+        except StackError as e:
+            raise fail(f"cso up: {e}") from None
+        except KeyboardInterrupt:
+            console.print("interrupted while starting; everything started was stopped")
+            raise typer.Exit(130) from None
+        running.set()
+        console.print(listen_table(state))
+        console.print(f"data and logs in {stack.data_dir}; Ctrl-C or `cso down` stops the stack")
+        died = stack.supervise(stop)
+        for d in died:
+            code = 1
+            _err_console().print(Panel(escape(d.tail), title=f"{d.name} {d.how}",
+                                       subtitle=str(d.log), border_style="red"))
+        console.print("stopping" if not died else "a service died; stopping the stack")
+    finally:
+        interrupted.set()
+        running.set()  # further signals only set `stop`, which is already on its way
+        stack.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    console.print("stopped")
+    raise typer.Exit(code)
+
+
+@app.command()
+def down(data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
+    """Stop the local stack in DATA_DIR (started by `cso up` in another terminal)."""
+    console = _console()
+    stack = Stack(data_dir, log=lambda m: console.print(f"[dim]· {escape(m)}[/dim]"))
+    stopped = stack.stop_recorded()
+    if stopped:
+        console.print(f"stopped: {', '.join(stopped)}")
+    else:
+        console.print(f"nothing was running from {stack.data_dir}")
+
+
+def status_table(parts: list[Part]) -> Table:
+    """Each part: up/ready, pid, its URL and under it what the check said."""
+    table = Table()
+    table.add_column("part", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("pid", justify="right", no_wrap=True)
+    table.add_column("url", min_width=max([3, *(len(p.url or "") for p in parts)]))
+    for p in parts:
+        style = STATE_STYLE[p.state]
+        detail = f"\n[dim]{escape(p.detail)}[/dim]" if p.detail else ""
+        table.add_row(p.name, f"[{style}]{p.state}[/{style}]", str(p.pid or "-"),
+                      escape(p.url or "-") + detail)
+    return table
+
+
+@app.command()
+def status(data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
+    """Which parts of the local stack are up, where they listen, whether they are ready.
+
+    Exit code 0 when every part is ready, 1 otherwise.
+    """
+    console = _console()
+    stack = Stack(data_dir)
+    parts = stack.status()
+    state = stack.state
+    if not state:
+        console.print(f"no stack recorded in {stack.data_dir} (`cso up` starts one)")
+    elif state.get("stopped_at"):
+        console.print(f"stack in {stack.data_dir}: stopped at {state['stopped_at']}")
+    else:
+        owner = state.get("owner_pid")
+        console.print(f"stack in {stack.data_dir}: started at {state.get('started_at')}"
+                      + (f" by cso up (pid {owner})" if owner else ""))
+    console.print(status_table(parts))
+    raise typer.Exit(0 if all(p.state in ("ready", "up") for p in parts) else 1)
+
+
+# ---------------------------------------------------------------- migrations and data
+
+
+class Which(StrEnum):
+    registry = "registry"
+    targets = "targets"
+    all = "all"
+
+
+@app.command()
+def migrate(
+    which: Annotated[Which, typer.Argument(help="Whose schema to migrate.")] = Which.all,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+) -> None:
+    """Bring service schemas to the latest migration, in CSO_DATABASE_URL (else the local stack's)."""
+    from .settings import Settings
+    from .stack import migrate_one
+
+    url = _env("CSO_DATABASE_URL") or recorded(data_dir, "database")
+    if url is None:
+        raise fail("no database: set CSO_DATABASE_URL, or start the local stack "
+                   f"(`cso up --data-dir {data_dir}`)", 2)
+    settings = Settings(database_url=url)
+    names = [s.name for s in SERVICES] if which is Which.all else [which.value]
+    console = _console()
+    for name in names:
+        try:
+            migrate_one(name, settings)
+        except Exception as e:
+            raise fail(f"{name}: migration failed on {redact(url)}: {type(e).__name__}: {e}") from None
+        console.print(f"{name}: schema {name} at the latest migration on {redact(url)}")
+
+
+@divisions_app.command("import")
+def divisions_import(
+    path: Annotated[Path | None, typer.Argument(
+        help="Directory of NBS CSV files (provinces, cities, areas, streets, villages; .csv or "
+             ".csv.gz). Default: the demo edition shipped with cso.",
+        exists=True, file_okay=False)] = None,
+    only: Annotated[str | None, typer.Option(
+        help="Comma-separated code prefixes of at most 6 digits (province, city, county).")] = None,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+) -> None:
+    """Publish DivisionsImported, one event per county, to CSO_NATS_URL (else the local stack's).
+
+    Event ids derive from the content, so importing the same edition again changes nothing.
+    """
+    from .divisions import DEMO_DIVISIONS, NbsFormatError
+    from .stack import import_divisions
+
+    directory = path or DEMO_DIVISIONS
+    prefixes = [p.strip() for p in only.split(",") if p.strip()] if only else None
+    url = _nats_url(data_dir)
+    try:
+        count = asyncio.run(import_divisions(url, _namespace(data_dir), directory, prefixes))
+    except (NbsFormatError, ValueError) as e:
+        raise fail(str(e), 2) from None
+    except ConnectionError as e:
+        raise fail(f"NATS: {e}") from None
+    except Exception as e:
+        raise fail(f"publishing to {url} failed: {type(e).__name__}: {e}") from None
+    _console().print(f"published {count} {'county' if count == 1 else 'counties'} from {directory} to {url}")
+
+
+@app.command()
+def publish(
+    file: Annotated[Path, typer.Argument(help="JSON lines: one event envelope per line.",
+                                         exists=True, dir_okay=False, readable=True)],
+    intake: Annotated[bool, typer.Option(
+        "--intake/--direct",
+        help="--intake: registry facts go to registry's intake subjects, to be validated and "
+             "recorded by registry (other events on their own subjects). --direct: every event on "
+             "its own subject.")] = True,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+) -> None:
+    """Publish events from a file to CSO_NATS_URL (else the local stack's), Nats-Msg-Id = event_id.
+
+    Every line is validated first; if any is bad, the errors are listed and nothing is published.
+    """
+    from contracts import ContractError, Topology, encode, parse_event
+    from services.registry.record import REGISTRY_FACTS
+
+    topology = Topology(_namespace(data_dir))
+    messages: list[tuple[str, bytes, str]] = []
+    errors: list[str] = []
+    with file.open(encoding="utf-8", errors="surrogateescape") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                envelope = parse_event(line.encode("utf-8", errors="surrogateescape"))
+                if intake and isinstance(envelope.payload, REGISTRY_FACTS):
+                    subject = topology.intake_subject(envelope.type, envelope.region)
+                else:
+                    subject = topology.event_subject(envelope.type, envelope.region)
+            except ContractError as e:
+                errors.extend(f"line {number}: {err.field}: {err.message}" for err in e.errors)
+                continue
+            except ValueError as e:
+                errors.append(f"line {number}: {e}")
+                continue
+            messages.append((subject, encode(envelope), str(envelope.event_id)))
+    if errors:
+        err = _err_console()
+        for message in errors:
+            err.print(f"[red]{escape(message)}[/red]")
+        raise fail(f"{file}: {len(errors)} error(s); nothing was published", 2)
+    if not messages:
+        _console().print(f"{file}: no events")
+        return
+    url = _nats_url(data_dir)
+    try:
+        duplicates = asyncio.run(_publish(url, topology, messages))
+    except ConnectionError as e:
+        raise fail(f"NATS: {e}") from None
+    except Exception as e:
+        raise fail(f"publishing to {url} failed: {type(e).__name__}: {e} (publishing the file again "
+                   "is safe: event ids make repeats no-ops)") from None
+    to_intake = sum(1 for subject, _, _ in messages if ".intake." in f".{subject}")
+    where = [f"{to_intake} on intake subjects for registry to validate"] if to_intake else []
+    if len(messages) > to_intake:
+        where.append(f"{len(messages) - to_intake} on their own subjects")
+    _console().print(f"published {len(messages)} events from {file} to {url} ({', '.join(where)})")
+    if duplicates:
+        _console().print(f"{duplicates} of them were already in the stream (same event_id): no-ops")
+
+
+async def _publish(url: str, topology: Any, messages: list[tuple[str, bytes, str]]) -> int:
+    """Publish in order, awaiting each ack; how many the stream already had (duplicates)."""
+    from .bus import ensure_streams
+    from .stack import connect_nats
+
+    nc = await connect_nats(url, "cso-publish")
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js, topology)
+        duplicates = 0
+        for subject, data, msg_id in messages:
+            ack = await js.publish(subject, data, headers={"Nats-Msg-Id": msg_id})
+            duplicates += bool(ack.duplicate)
+        return duplicates
+    finally:
+        await nc.close()
+
+
+# ---------------------------------------------------------------- coverage
+
+
+def _fmt(value: float | None, kind: str) -> str:
+    if value is None:
+        return "–"
+    if kind == "share":
+        percent = round(value * 100, 1)
+        return f"{percent:.0f}%" if percent == int(percent) else f"{percent:.1f}%"
+    if kind == "average":
+        return f"{value:.2f}"
+    return f"{value:,.0f}"
+
+
+def _base_share(counters: dict[str, int]) -> float | None:
+    covered = counters.get("streets_with_base", 0) + counters.get("towns_with_base", 0)
+    total = counters.get("streets", 0) + counters.get("towns", 0)
+    return covered / total if total else None
+
+
+COVERAGE_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("avg_orgs_per_urban_community", "avg/\nurban", "average"),
+    ("avg_orgs_per_rural_community", "avg/\nrural", "average"),
+    ("streets_with_hub_share", "street\nhub", "share"),
+    ("towns_with_hub_share", "town\nhub", "share"),
+    ("base_share", "base\ncov.", "share"),
+    ("orgs", "orgs", "count"),
+    ("party_covered_share", "party\ncov.", "share"),
+    ("training_person_times", "train.\np-times", "count"),
+)
+LEGEND = ("avg/urban, avg/rural: organizations per urban / rural community; street hub, town hub: "
+          "share of streets / of towns and townships with an active hub; base cov.: share of streets, "
+          "towns and townships covered by an incubation base; orgs: active organizations; party cov.: "
+          "share of organizations covered by party organizations; train. p-times: core-talent "
+          "training person-times (cumulative)")
+COMPARISON = {">=": "≥", "<=": "≤"}
+
+
+def coverage_table(body: dict[str, Any]) -> Table:
+    as_of = f" as of {body['as_of']}" if body.get("as_of") else ""
+    rows = [body, *body["children"]]
+    table = Table(title=f"coverage of {body['code']} {body['name']} ({body['tier']}){as_of}",
+                  title_justify="left", caption=LEGEND, caption_justify="left", box=box.SIMPLE_HEAD,
+                  collapse_padding=True, pad_edge=False)
+    # Codes and names are what a row is; the figures give way first on a narrow terminal.
+    table.add_column("code", no_wrap=True, min_width=max(len(r["code"]) for r in rows))
+    table.add_column("name", no_wrap=True, min_width=max(cell_len(r["name"]) for r in rows))
+    for _, header, _ in COVERAGE_COLUMNS:
+        table.add_column(header, justify="right")
+
+    def cells(row: dict[str, Any]) -> list[str]:
+        figures = {**row["figures"], "base_share": _base_share(row["counters"])}
+        return [_fmt(figures.get(name), kind) for name, _, kind in COVERAGE_COLUMNS]
+
+    table.add_row(body["code"], escape(body["name"]), *cells(body), style="bold",
+                  end_section=bool(body["children"]))
+    for child in body["children"]:
+        table.add_row(child["code"], escape(child["name"]), *cells(child))
+    return table
+
+
+def targets_table(body: dict[str, Any], width: int = 200) -> Table:
+    from services.targets.domain.metrics import FIGURES
+
+    table = Table(title=f"targets of {body['code']} {body['name']}", title_justify="left",
+                  box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+    rows: list[tuple[str, str, str, str, str, str]] = []
+    for t in body["targets"]:
+        spec = FIGURES.get(t["figure"])
+        kind = spec.kind if spec else "count"
+        status = t["status"] or "pending"
+        style = STATUS_STYLE.get(status, "")
+        value = None if t["value"] is None else float(t["value"])
+        comparison = t.get("comparison") or ">="
+        threshold = f"{COMPARISON.get(comparison, comparison)} {_fmt(float(t['threshold']), kind)}"
+        label = t["target_id"] + (f" ({t['year']})" if t.get("year") else "")
+        rows.append((label, f"[{style}]{status}[/{style}]" if style else status, _fmt(value, kind),
+                     threshold, str(t["deadline"]), escape(t.get("title") or "")))
+    # Everything but the title keeps its width; the title folds into what is left, if enough is.
+    used = 0
+    for i, (header, justify) in enumerate((("target", "left"), ("status", "left"), ("value", "right"),
+                                           ("threshold", "right"), ("deadline", "left"))):
+        column = max([len(header), *(cell_len(Text.from_markup(r[i]).plain) for r in rows)])
+        table.add_column(header, justify=justify, no_wrap=True, min_width=column)  # type: ignore[arg-type]
+        used += column + 2
+    with_title = width - used >= 20
+    if with_title:
+        table.add_column("title", overflow="fold")
+    for row in rows:
+        table.add_row(*(row if with_title else row[:-1]))
+    return table
+
+
+def _targets_url(url: str | None, data_dir: Path) -> str:
+    return (url or _env("CSO_TARGETS_URL") or recorded(data_dir, "targets")
+            or "http://127.0.0.1:8002").rstrip("/")
+
+
+@app.command()
+def coverage(
+    region: Annotated[str, typer.Argument(help="Division code: 2, 4, 6, 9 or 12 digits.")],
+    as_of: Annotated[str | None, typer.Option("--as-of", help="Coverage as of a day (YYYY-MM-DD).")] = None,
+    url: Annotated[str | None, typer.Option(
+        help="targets' base URL. Default: CSO_TARGETS_URL, else the local stack's.")] = None,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+) -> None:
+    """A region and its children with the key figures, then the region's targets."""
+    base = _targets_url(url, data_dir)
+    query = f"?{urllib.parse.urlencode({'as_of': as_of})}" if as_of else ""
+    target = f"{base}/coverage/{urllib.parse.quote(region, safe='')}{query}"
+    try:
+        code, body = http_get(target, timeout=30)
+    except (OSError, urllib.error.URLError) as e:
+        raise fail(f"targets does not answer at {base}: {e}") from None
+    if code in (404, 422):
+        raise fail(_error_text(body), 2)
+    if code != 200 or not isinstance(body, dict):
+        raise fail(f"GET {target}: {code} {body}")
+    console = _console()
+    console.print(coverage_table(body))
+    if body["targets"]:
+        console.print(targets_table(body, console.width))
+    else:
+        console.print(f"no targets set for {body['code']} {escape(body['name'])}")
+
+
+def _error_text(body: Any) -> str:
+    if isinstance(body, dict):
+        if isinstance(body.get("errors"), list):
+            return "; ".join(f"{e.get('field')}: {e.get('message')}" for e in body["errors"])
+        if "detail" in body:
+            return str(body["detail"])
+    return json.dumps(body, ensure_ascii=False) if not isinstance(body, str) else body
+
+
+if __name__ == "__main__":
+    app()

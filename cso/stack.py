@@ -1,0 +1,687 @@
+"""The local stack behind `cso up`: NATS and PostgreSQL (from the venv's wheels, or the servers
+CSO_NATS_URL / CSO_DATABASE_URL name), the database and its migrations, registry and targets as
+uvicorn processes, and the demo divisions.
+
+Everything lives under one data dir (default `.cso`): `nats/` and `postgres/` hold the servers'
+data (a later start reuses it), `logs/` the services' output, and `stack.json` where each part
+listens and its pid, so `cso status`, `cso down` and the other commands find a stack that another
+process started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from . import servers
+from .settings import Settings
+
+STACK_FILE = "stack.json"
+DATABASE = "cso"
+ROOT = Path(__file__).resolve().parents[1]
+READY_TIMEOUT = 60.0
+DIVISIONS_TIMEOUT = 60.0
+STOP_TIMEOUT = 15.0
+ENDPOINTS = ("/healthz", "/readyz", "/metrics", "/docs")
+
+State = Literal["ready", "up", "not ready", "down"]
+
+
+class StackError(RuntimeError):
+    """The stack cannot start (or a part of it died); the message says why, with a log tail."""
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    factory: str  # module:function for `uvicorn --factory`
+    migrations: str  # module with run_migrations(settings)
+
+
+SERVICES: tuple[ServiceSpec, ...] = (
+    ServiceSpec("registry", "services.registry.app:create_app", "services.registry.app"),
+    ServiceSpec("targets", "services.targets.app:create_app", "services.targets.app"),
+)
+
+
+@dataclass(frozen=True)
+class Part:
+    """One part of the stack as `status()` sees it."""
+
+    name: str
+    state: State
+    url: str | None
+    pid: int | None = None
+    detail: str = ""
+    managed: bool = True  # started by the stack (False: a server named by CSO_*_URL)
+
+
+@dataclass
+class _Service:
+    spec: ServiceSpec
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+    log_start: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass(frozen=True)
+class Died:
+    """A service process that exited while the stack was running."""
+
+    name: str
+    returncode: int | None
+    log: Path
+    tail: str
+
+    @property
+    def how(self) -> str:
+        code = self.returncode
+        if code is not None and code < 0:
+            try:
+                return f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"was killed by signal {-code}"
+        return f"exited with code {code}"
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def _opener() -> urllib.request.OpenerDirector:
+    # An explicit empty ProxyHandler: an http_proxy in the environment must not see 127.0.0.1.
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, Any]:
+    """(status, JSON body or text) of a GET; raises OSError when nothing answers."""
+    try:
+        with _opener().open(url, timeout=timeout) as resp:
+            status, raw = int(resp.status), resp.read()
+    except urllib.error.HTTPError as e:
+        status, raw = e.code, e.read()
+    try:
+        return status, json.loads(raw or b"null")
+    except ValueError:
+        return status, raw.decode(errors="replace")
+
+
+def _alive(pid: int | None) -> bool:
+    """True while pid runs (a zombie, dead but not yet reaped, counts as gone)."""
+    if not pid or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _is_service(pid: int | None, factory: str) -> bool:
+    """pid is alive and still runs that uvicorn app (guards against pid reuse)."""
+    if not _alive(pid):
+        return False
+    assert pid is not None
+    line = _cmdline(pid)
+    return not Path(f"/proc/{pid}").exists() or ("uvicorn" in line and factory in line)
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def tail(path: Path, offset: int = 0, lines: int = 30) -> str:
+    """The last lines of a log, from offset on (this run's part)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+    except OSError as e:
+        return f"(no log at {path}: {e})"
+    return "\n".join(text.splitlines()[-lines:]) or "(log is empty)"
+
+
+def with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+def redact(url: str) -> str:
+    """A URL safe to print: the password (if any) replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def ensure_database(admin_url: str, database: str = DATABASE) -> bool:
+    """Create `database` on the server of admin_url if it is missing; True if it was created."""
+    import importlib
+
+    asyncpg: Any = importlib.import_module("asyncpg")  # untyped; Any keeps mypy quiet without stubs
+    conn = await asyncpg.connect(admin_url, timeout=10)
+    try:
+        if await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database):
+            return False
+        try:
+            await conn.execute(f'CREATE DATABASE "{database}"')
+        except asyncpg.DuplicateDatabaseError:
+            return False  # created by someone else meanwhile
+        return True
+    finally:
+        await conn.close()
+
+
+def read_stack_file(data_dir: Path) -> dict[str, Any] | None:
+    try:
+        raw = json.loads((Path(data_dir) / STACK_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return raw if isinstance(raw, dict) else None
+
+
+def _write_stack_file(data_dir: Path, state: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=".stack.", suffix=".json")
+    with os.fdopen(fd, "w") as out:
+        json.dump(state, out, indent=2)
+        out.write("\n")
+    # 0600: a CSO_DATABASE_URL recorded here may carry a password.
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, data_dir / STACK_FILE)
+
+
+def recorded(data_dir: Path, key: str) -> str | None:
+    """A URL of a running local stack from its stack.json: "nats", "database" or a service name."""
+    state = read_stack_file(data_dir)
+    if state is None or state.get("stopped_at"):
+        return None
+    if key == "nats":
+        value = state.get("nats", {}).get("url")
+    elif key == "database":
+        value = state.get("postgres", {}).get("url")
+    else:
+        value = state.get("services", {}).get(key, {}).get("url")
+    return str(value) if value else None
+
+
+# ---------------------------------------------------------------- the stack
+
+
+@dataclass
+class Stack:
+    """NATS, PostgreSQL, registry and targets on one machine, data kept under `data_dir`.
+
+    `nats_url` / `database_url` name servers to use instead of starting ones from the wheels.
+    `owner_pid` is the process that keeps the stack running (`cso up`): `stop_recorded` (`cso
+    down`) asks it to stop; without one it stops the recorded processes itself.
+    """
+
+    data_dir: Path = field(default_factory=lambda: Path(".cso"))
+    registry_port: int = 8001
+    targets_port: int = 8002
+    demo: bool = True
+    nats_url: str | None = None
+    database_url: str | None = None
+    namespace: str = ""
+    owner_pid: int | None = None
+    ready_timeout: float = READY_TIMEOUT
+    log: Callable[[str], None] = lambda _message: None
+
+    _nats: servers.ServerHandle | None = field(default=None, init=False, repr=False)
+    _postgres: servers.ServerHandle | None = field(default=None, init=False, repr=False)
+    _services: dict[str, _Service] = field(default_factory=dict, init=False, repr=False)
+    _state: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).expanduser().absolute()
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """What stack.json says (after start(): this run's urls and pids)."""
+        return self._state or read_stack_file(self.data_dir) or {}
+
+    def port_of(self, name: str) -> int:
+        return {"registry": self.registry_port, "targets": self.targets_port}[name]
+
+    # ------------------------------------------------------------ start
+
+    def start(self) -> dict[str, Any]:
+        """Bring everything up; on any failure stop what was started and raise StackError."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.logs_dir.mkdir(exist_ok=True)
+        try:
+            self._refuse_running()
+            self._clear_leftovers()
+            for spec in SERVICES:
+                port = self.port_of(spec.name)
+                if not _port_free(port):
+                    raise StackError(f"{spec.name}: port {port} on 127.0.0.1 is already in use; "
+                                     f"choose another with --{spec.name}-port")
+            nats_url, monitor_url = self._start_nats()
+            database_url, admin_url = self._start_postgres()
+            settings = Settings(database_url=database_url, nats_url=nats_url, namespace=self.namespace)
+            self._migrate(settings)
+            for spec in SERVICES:
+                self._spawn(spec, settings)
+            for service in self._services.values():
+                self._wait_ready(service)
+            self._state = self._describe(nats_url, monitor_url, database_url, admin_url)
+            _write_stack_file(self.data_dir, self._state)
+            if self.demo:
+                self._import_demo(settings)
+            return self._state
+        except BaseException:
+            self.stop()
+            raise
+
+    def _refuse_running(self) -> None:
+        state = read_stack_file(self.data_dir)
+        if state is None or state.get("stopped_at"):
+            return
+        owner = state.get("owner_pid")
+        if isinstance(owner, int) and owner != os.getpid() and _alive(owner):
+            raise StackError(f"a stack is already running from {self.data_dir} (cso up, pid {owner}); "
+                             f"`cso status` shows it, `cso down` stops it")
+
+    def _clear_leftovers(self) -> None:
+        """Services of an earlier run whose owner died without stopping them hold their ports."""
+        state = read_stack_file(self.data_dir) or {}
+        for spec in SERVICES:
+            pid = state.get("services", {}).get(spec.name, {}).get("pid")
+            if isinstance(pid, int) and _is_service(pid, spec.factory):
+                self.log(f"stopping {spec.name} left over from an earlier run (pid {pid})")
+                _terminate(pid)
+
+    def _start_nats(self) -> tuple[str, str | None]:
+        if self.nats_url:
+            if not servers.answers(self.nats_url):
+                raise StackError(f"NATS at {self.nats_url} (CSO_NATS_URL) does not answer")
+            self.log(f"using NATS at {self.nats_url}")
+            return self.nats_url, None
+        self.log("starting nats-server")
+        try:
+            self._nats = servers.start_nats(self.data_dir / "nats")
+        except servers.ServerStartError as e:
+            raise StackError(f"nats-server did not start: {e}") from None
+        return self._nats.url, self._nats.monitor_url
+
+    def _start_postgres(self) -> tuple[str, str]:
+        if self.database_url:
+            if not servers.answers(self.database_url):
+                raise StackError(f"PostgreSQL at {redact(self.database_url)} (CSO_DATABASE_URL) "
+                                 "does not answer")
+            self.log(f"using PostgreSQL at {redact(self.database_url)}")
+            name = urlsplit(self.database_url).path.lstrip("/")
+            if name and name != "postgres":
+                try:
+                    if asyncio.run(ensure_database(with_database(self.database_url, "postgres"), name)):
+                        self.log(f"created database {name}")
+                except Exception as e:
+                    # No rights on the server's postgres db, say: the migrations will tell.
+                    self.log(f"could not check for database {name}: {type(e).__name__}: {e}")
+            return self.database_url, self.database_url
+        self.log("starting PostgreSQL")
+        try:
+            self._postgres = servers.start_postgres(self.data_dir / "postgres")
+        except servers.ServerStartError as e:
+            raise StackError(f"PostgreSQL did not start: {e}") from None
+        admin_url = self._postgres.url
+        try:
+            if asyncio.run(ensure_database(admin_url)):
+                self.log(f"created database {DATABASE}")
+        except Exception as e:
+            raise StackError(f"creating database {DATABASE} on {admin_url} failed: "
+                             f"{type(e).__name__}: {e}") from e
+        return with_database(admin_url, DATABASE), admin_url
+
+    def _migrate(self, settings: Settings) -> None:
+        for spec in SERVICES:
+            self.log(f"migrating {spec.name}")
+            try:
+                migrate_one(spec.name, settings)
+            except Exception as e:
+                raise StackError(f"migrating {spec.name} on {redact(settings.database_url)} failed: "
+                                 f"{type(e).__name__}: {e}") from e
+
+    def _spawn(self, spec: ServiceSpec, settings: Settings) -> None:
+        port = self.port_of(spec.name)
+        log = self.logs_dir / f"{spec.name}.log"
+        env = {**os.environ, "CSO_DATABASE_URL": settings.database_url, "CSO_NATS_URL": settings.nats_url,
+               "CSO_NAMESPACE": settings.namespace, "PYTHONUNBUFFERED": "1"}
+        # No access log: the readiness polls would bury what the service itself says.
+        cmd = [sys.executable, "-m", "uvicorn", "--factory", spec.factory,
+               "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
+        with log.open("ab") as out:
+            start = out.tell()
+            out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd[1:])}\n".encode())
+            out.flush()
+            # Own session: Ctrl-C in the terminal reaches `cso up` only, which stops the services
+            # itself, in order, before the servers they use.
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    cwd=ROOT, env=env, start_new_session=True)
+        self.log(f"starting {spec.name} on http://127.0.0.1:{port} (pid {proc.pid})")
+        self._services[spec.name] = _Service(spec, port, proc, log, start)
+
+    def _wait_ready(self, service: _Service) -> None:
+        deadline = time.monotonic() + self.ready_timeout
+        last = "no answer"
+        while True:
+            code = service.proc.poll()
+            if code is not None:
+                raise StackError(f"{service.spec.name} exited with code {code} while starting; "
+                                 f"log tail of {service.log}:\n{tail(service.log, service.log_start)}")
+            try:
+                status, body = http_get(f"{service.url}/readyz", timeout=2)
+                if status == 200:
+                    return
+                last = f"{status} {body}"
+            except OSError as e:
+                last = str(e)
+            if time.monotonic() >= deadline:
+                raise StackError(f"{service.spec.name} not ready within {self.ready_timeout:.0f}s "
+                                 f"(/readyz: {last}); log tail of {service.log}:\n"
+                                 f"{tail(service.log, service.log_start)}")
+            time.sleep(0.2)
+
+    def _describe(self, nats_url: str, monitor_url: str | None, database_url: str,
+                  admin_url: str) -> dict[str, Any]:
+        return {
+            "data_dir": str(self.data_dir),
+            "owner_pid": self.owner_pid,
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "stopped_at": None,
+            "namespace": self.namespace,
+            "nats": {"url": nats_url, "monitor_url": monitor_url,
+                     "pid": self._nats.pid if self._nats else None, "managed": self._nats is not None},
+            "postgres": {"url": database_url, "admin_url": admin_url,
+                         "pid": self._postgres.pid if self._postgres else None,
+                         "managed": self._postgres is not None},
+            "services": {name: {"url": s.url, "port": s.port, "pid": s.proc.pid, "log": str(s.log),
+                                "endpoints": [s.url + e for e in ENDPOINTS]}
+                         for name, s in self._services.items()},
+        }
+
+    def _import_demo(self, settings: Settings) -> None:
+        from .divisions import DEMO_DIVISIONS, county_payloads
+
+        self.log(f"publishing the demo divisions from {DEMO_DIVISIONS}")
+        count = asyncio.run(import_divisions(settings.nats_url, settings.namespace, DEMO_DIVISIONS))
+        counties = [p.county.code for p in county_payloads(DEMO_DIVISIONS)]
+        self.log(f"published {count} counties; waiting for registry and targets to apply them")
+        self._wait_divisions(counties)
+
+    def _wait_divisions(self, counties: Sequence[str]) -> None:
+        """Until both services know every county (registry's region API, targets' coverage)."""
+        urls = {s.spec.name: s.url for s in self._services.values()}
+        pending = [f"{urls['registry']}/regions/{c}/organizations?limit=1" for c in counties]
+        pending += [f"{urls['targets']}/coverage/{c}" for c in counties]
+        deadline = time.monotonic() + DIVISIONS_TIMEOUT
+        while pending:
+            still: list[str] = []
+            for url in pending:
+                try:
+                    ok = http_get(url)[0] == 200
+                except OSError:
+                    ok = False
+                if not ok:
+                    still.append(url)
+            pending = still
+            if not pending:
+                return
+            if died := self.dead():
+                raise StackError(f"{died[0].name} {died[0].how} while applying the divisions; "
+                                 f"log tail of {died[0].log}:\n{died[0].tail}")
+            if time.monotonic() >= deadline:
+                raise StackError(f"the divisions were not applied within {DIVISIONS_TIMEOUT:.0f}s "
+                                 f"(still unknown at {pending[0]}); see {self.logs_dir}")
+            time.sleep(0.3)
+
+    # ------------------------------------------------------------ running
+
+    def dead(self) -> list[Died]:
+        """Services this stack started that have exited since."""
+        out = []
+        for name, s in self._services.items():
+            code = s.proc.poll()
+            if code is not None:
+                out.append(Died(name, code, s.log, tail(s.log, s.log_start)))
+        return out
+
+    def supervise(self, stop: threading.Event, interval: float = 1.0) -> list[Died]:
+        """Block until `stop` is set or a service dies; returns the dead ones (empty: stopped)."""
+        while not stop.wait(interval):
+            if died := self.dead():
+                return died
+        return []
+
+    # ------------------------------------------------------------ stop
+
+    def stop(self) -> None:
+        """Stop what this Stack started: services first, then NATS and PostgreSQL. Idempotent."""
+        with self._lock:
+            services = list(self._services.values())
+            for s in services:
+                if s.proc.poll() is None:
+                    self.log(f"stopping {s.spec.name} (pid {s.proc.pid})")
+                    with contextlib.suppress(ProcessLookupError):
+                        s.proc.send_signal(signal.SIGTERM)
+            for s in services:
+                try:
+                    s.proc.wait(STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    self.log(f"{s.spec.name} did not stop within {STOP_TIMEOUT:.0f}s; killing it")
+                    s.proc.kill()
+                    s.proc.wait()
+            self._services.clear()
+            for attr in ("_nats", "_postgres"):
+                handle: servers.ServerHandle | None = getattr(self, attr)
+                if handle is not None:
+                    self.log(f"stopping {'nats-server' if handle.kind == 'nats' else 'PostgreSQL'} "
+                             f"(pid {handle.pid})")
+                    servers.stop(handle)
+                    setattr(self, attr, None)
+            if self._state:
+                self._state["stopped_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+                _write_stack_file(self.data_dir, self._state)
+                self._state = {}
+
+    def stop_recorded(self, timeout: float = 60.0) -> list[str]:
+        """`cso down`: stop the stack recorded in data_dir, started by any process.
+
+        If its owner (`cso up`) runs, it is asked to stop (SIGTERM) and does so in order; else the
+        recorded services are terminated and the servers in the data dir stopped. Returns what
+        was stopped.
+        """
+        state = read_stack_file(self.data_dir) or {}
+        stopped: list[str] = []
+        owner = state.get("owner_pid")
+        if isinstance(owner, int) and owner != os.getpid() and _alive(owner) and not state.get("stopped_at"):
+            self.log(f"asking cso up (pid {owner}) to stop")
+            os.kill(owner, signal.SIGTERM)
+            if _wait_gone(owner, timeout):
+                stopped.append(f"cso up (pid {owner})")
+            else:
+                self.log(f"cso up (pid {owner}) did not stop within {timeout:.0f}s; stopping its parts")
+        for spec in SERVICES:
+            pid = state.get("services", {}).get(spec.name, {}).get("pid")
+            if isinstance(pid, int) and _is_service(pid, spec.factory):
+                self.log(f"stopping {spec.name} (pid {pid})")
+                _terminate(pid)
+                stopped.append(spec.name)
+        for kind in ("nats", "postgres"):
+            handle = servers.running(self.data_dir / kind, kind)
+            if handle is not None:
+                self.log(f"stopping {kind} (pid {handle.pid})")
+                servers.stop(handle)
+                stopped.append(kind)
+        if state and not state.get("stopped_at"):
+            state["stopped_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            _write_stack_file(self.data_dir, state)
+        return stopped
+
+    # ------------------------------------------------------------ status
+
+    def status(self) -> list[Part]:
+        """Each part recorded in data_dir: is it up, where, and is it ready."""
+        state = self.state
+        parts: list[Part] = []
+        nats = state.get("nats") or {}
+        handle = servers.running(self.data_dir / "nats", "nats")
+        if nats.get("managed", True):
+            url = handle.url if handle else nats.get("url")
+            monitor = handle.monitor_url if handle else nats.get("monitor_url")
+            ready = handle is not None and monitor is not None and _nats_healthy(monitor)
+            parts.append(Part("nats", "ready" if ready else ("not ready" if handle else "down"), url,
+                              handle.pid if handle else None,
+                              f"monitor {monitor}" if monitor else ""))
+        else:
+            url = nats.get("url")
+            up = isinstance(url, str) and servers.answers(url)
+            parts.append(Part("nats", "up" if up else "down", url, None, "CSO_NATS_URL", managed=False))
+
+        pg = state.get("postgres") or {}
+        handle = servers.running(self.data_dir / "postgres", "postgres")
+        url = pg.get("url") or (with_database(handle.url, DATABASE) if handle else None)
+        if pg.get("managed", True):
+            parts.append(Part("postgres", "ready" if handle else "down", url,
+                              handle.pid if handle else None, f"database {DATABASE}" if url else ""))
+        else:
+            up = isinstance(url, str) and servers.answers(url)
+            parts.append(Part("postgres", "up" if up else "down", redact(url) if url else None, None,
+                              "CSO_DATABASE_URL", managed=False))
+
+        for spec in SERVICES:
+            info = state.get("services", {}).get(spec.name) or {}
+            url = info.get("url")
+            pid = info.get("pid")
+            if not url or not _is_service(pid, spec.factory):
+                parts.append(Part(spec.name, "down", url))
+                continue
+            try:
+                code, body = http_get(f"{url}/readyz", timeout=3)
+            except OSError as e:
+                parts.append(Part(spec.name, "not ready", url, pid, f"/readyz: {e}"))
+                continue
+            checks = ", ".join(f"{k} {v}" for k, v in body.items() if k != "status") \
+                if isinstance(body, dict) else str(body)
+            parts.append(Part(spec.name, "ready" if code == 200 else "not ready", url, pid,
+                              f"/readyz {code}: {checks}"))
+        return parts
+
+
+def _nats_healthy(monitor_url: str) -> bool:
+    try:
+        code, body = http_get(f"{monitor_url}/healthz", timeout=2)
+    except OSError:
+        return False
+    return code == 200 and isinstance(body, dict) and body.get("status") == "ok"
+
+
+def _terminate(pid: int, timeout: float = STOP_TIMEOUT) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    if not _wait_gone(pid, timeout):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        _wait_gone(pid, 5)
+
+
+def migrate_one(name: str, settings: Settings) -> None:
+    """Run one service's migrations (its schema in settings.database_url) to head."""
+    import importlib
+
+    spec = next((s for s in SERVICES if s.name == name), None)
+    if spec is None:
+        raise ValueError(f"unknown service {name!r}; one of {', '.join(s.name for s in SERVICES)}")
+    module = importlib.import_module(spec.migrations)
+    module.run_migrations(settings)
+
+
+async def connect_nats(url: str, name: str) -> Any:
+    """A NATS connection for one command: fails fast (no retry loop, no tracebacks printed)."""
+    import nats
+
+    if not servers.answers(url, timeout=3):
+        raise ConnectionError(f"nothing answers at {url}")
+
+    async def quiet(_error: Exception) -> None:
+        return None
+
+    return await nats.connect(url, name=name, connect_timeout=5, allow_reconnect=False,
+                              max_reconnect_attempts=0, error_cb=quiet)
+
+
+async def import_divisions(nats_url: str, namespace: str, directory: Path,
+                           only: Sequence[str] | None = None) -> int:
+    """Publish DivisionsImported per county (streams created if missing); how many counties."""
+    from contracts import Topology
+
+    from . import bus
+    from .divisions import publish_divisions
+
+    topology = Topology(namespace)
+    nc = await connect_nats(nats_url, "cso-divisions")
+    try:
+        js = nc.jetstream()
+        await bus.ensure_streams(js, topology)
+        return await publish_divisions(js, topology, directory, only=only)
+    finally:
+        await nc.close()
+
+
+__all__ = ["DATABASE", "SERVICES", "Died", "Part", "Stack", "StackError", "connect_nats", "ensure_database",
+           "http_get", "import_divisions", "migrate_one", "read_stack_file", "recorded", "redact"]

@@ -1,0 +1,462 @@
+"""cso's Grafana dashboards as code (grafana-foundation-sdk).
+
+    python infra/grafana/generate.py           # (re)write infra/grafana/dashboards/*.json
+    python infra/grafana/generate.py --check   # exit 1 if a committed file differs from the code
+
+Grafana provisions the JSON files (infra/grafana/provisioning/dashboards/dashboards.yml); edit
+this file, not the JSON, then run it and commit both. tests/infra/test_grafana.py checks that
+the committed JSON is exactly this generator's output.
+
+Datasources are referenced by fixed uids, provisioned by
+infra/grafana/provisioning/datasources/datasources.yml: `prometheus` and `postgres` (a read-only
+role on the `targets` schema). SQL panels read targets' tables; Prometheus panels read the
+services' metrics (cso_coverage only has province, city and county series: townships are SQL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from grafana_foundation_sdk.builders import bargauge, stat, table, timeseries
+from grafana_foundation_sdk.builders import common as cb
+from grafana_foundation_sdk.builders import dashboard as db
+from grafana_foundation_sdk.builders import prometheus as prom
+from grafana_foundation_sdk.cog import builder as cogbuilder
+from grafana_foundation_sdk.cog import variants as cogvariants
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common as cm
+from grafana_foundation_sdk.models import dashboard as dm
+
+OUT = Path(__file__).resolve().parent / "dashboards"
+
+PROMETHEUS = dm.DataSourceRef(type_val="prometheus", uid="prometheus")
+POSTGRES = dm.DataSourceRef(type_val="grafana-postgresql-datasource", uid="postgres")
+
+COVERAGE_UID = "cso-coverage"
+AT_RISK_UID = "cso-targets-at-risk"
+PIPELINE_UID = "cso-pipeline"
+SERVICES = ("registry", "targets", "training", "notify")
+STATUSES = ("met", "on_track", "at_risk", "missed")
+STATUS_COLORS = {"met": "green", "on_track": "blue", "at_risk": "orange", "missed": "red"}
+
+# Figures as targets computes them (services/targets/domain/metrics.py): numerator counters,
+# denominator counters (none: a count), Grafana unit.
+FIGURES: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
+    "orgs": (("orgs",), (), "short"),
+    "avg_orgs_per_urban_community": (("orgs_urban",), ("communities_urban",), "short"),
+    "avg_orgs_per_rural_community": (("orgs_rural",), ("communities_rural",), "short"),
+    "streets_with_hub_share": (("streets_with_hub",), ("streets",), "percentunit"),
+    "towns_with_hub_share": (("towns_with_hub",), ("towns",), "percentunit"),
+    "streets_with_base_share": (("streets_with_base",), ("streets",), "percentunit"),
+    "towns_with_base_share": (("towns_with_base",), ("towns",), "percentunit"),
+    "party_covered_share": (("orgs_party_covered",), ("orgs",), "percentunit"),
+    "training_person_times": (("training_person_times",), (), "short"),
+}
+SHARES = tuple(f for f, (_, _, unit) in FIGURES.items() if unit == "percentunit")
+AVERAGES = ("avg_orgs_per_urban_community", "avg_orgs_per_rural_community")
+
+
+# --- queries --------------------------------------------------------------------------------
+
+class SqlQuery(cogvariants.Dataquery):
+    """A raw-SQL query of Grafana's PostgreSQL datasource (the SDK has no builder for it)."""
+
+    def __init__(self, sql: str, fmt: str = "table", ref_id: str = "A") -> None:
+        self.sql, self.fmt, self.ref_id = sql, fmt, ref_id
+
+    def to_json(self) -> dict[str, object]:
+        return {"datasource": POSTGRES.to_json(), "editorMode": "code", "format": self.fmt,
+                "rawQuery": True, "rawSql": self.sql, "refId": self.ref_id}
+
+
+class Sql(cogbuilder.Builder[cogvariants.Dataquery]):
+    def __init__(self, sql: str, fmt: str = "table", ref_id: str = "A") -> None:
+        self._query = SqlQuery(" ".join(sql.split()), fmt, ref_id)
+
+    def build(self) -> cogvariants.Dataquery:
+        return self._query
+
+
+def promql(expr: str, legend: str = "", ref_id: str = "A", instant: bool = False) -> prom.Dataquery:
+    q = prom.Dataquery().expr(" ".join(expr.split())).ref_id(ref_id).datasource(PROMETHEUS)
+    if legend:
+        q = q.legend_format(legend)
+    return q.instant() if instant else q.range()
+
+
+REGION = "${region:sqlstring}"
+SCOPE = "${scope:sqlstring}"
+
+
+def counters_pivot(where: str) -> str:
+    """One row per region with one column per counter the figures need."""
+    counters = sorted({c for num, den, _ in FIGURES.values() for c in (*num, *den)})
+    columns = ", ".join(f"COALESCE(SUM(value) FILTER (WHERE counter = '{c}'), 0) AS {c}"
+                        for c in counters)
+    return f"SELECT region, {columns} FROM targets.coverage_now WHERE {where} GROUP BY region"
+
+
+def figure_columns(alias: str) -> str:
+    def side(counters: Sequence[str]) -> str:
+        return " + ".join(f"{alias}.{c}" for c in counters)
+
+    out = []
+    for name, (num, den, _) in FIGURES.items():
+        expr = (f"({side(num)})" if not den else
+                f"({side(num)})::float8 / NULLIF({side(den)}, 0)")
+        out.append(f"{expr} AS {name}")
+    return ", ".join(out)
+
+
+def coverage_link(field: str = "code") -> list[dict[str, object]]:
+    return [{"title": f"Drill down: coverage of ${{__data.fields.{field}}}",
+             "url": f"/d/{COVERAGE_UID}/coverage-vs-targets?${{__url_time_range}}"
+                    f"&var-region=${{__data.fields.{field}}}"}]
+
+
+def links_on(panel: Any, fields: Iterable[str], link_field: str = "code") -> Any:
+    for name in fields:
+        panel = panel.override_by_name(name, [dm.DynamicConfigValue(id_val="links",
+                                                                    value=coverage_link(link_field))])
+    return panel
+
+
+def status_mappings() -> list[dm.ValueMapping]:
+    return [dm.ValueMap(options={s: dm.ValueMappingResult(text=s.replace("_", " "), color=c, index=i)
+                                 for i, (s, c) in enumerate(STATUS_COLORS.items())})]
+
+
+def units(panel: Any, fields: Iterable[str]) -> Any:
+    for name in fields:
+        panel = panel.override_by_name(name, [dm.DynamicConfigValue(id_val="unit",
+                                                                    value=FIGURES[name][2])])
+    return panel
+
+
+def region_variable(name: str, label: str, include_all: bool = False) -> db.QueryVariable:
+    v = (db.QueryVariable(name).label(label).datasource(POSTGRES)
+         .query("SELECT name || ' (' || code || ')' AS __text, code AS __value "
+                "FROM targets.division WHERE tier IN ('province', 'city', 'county') ORDER BY code")
+         .refresh(dm.VariableRefresh.ON_DASHBOARD_LOAD).sort(dm.VariableSort.DISABLED)
+         .allow_custom_value(True))
+    if include_all:
+        # Grafana does not format a custom "All" value: ${scope:sqlstring} becomes this text as
+        # it stands, so it must already be the SQL literal (the empty prefix matches every region).
+        v = v.include_all(True).all_value("''")
+    return v
+
+
+# --- (a) coverage vs targets ----------------------------------------------------------------
+
+def coverage_dashboard() -> db.Dashboard:
+    here = Sql(f"""
+        SELECT {figure_columns('c')}
+        FROM ({counters_pivot(f'region = {REGION}')}) c""")
+    path = Sql(f"""
+        SELECT code, name, tier FROM targets.division
+        WHERE code IN (left({REGION}, 2), left({REGION}, 4), left({REGION}, 6), left({REGION}, 9))
+        ORDER BY length(code)""")
+    children = Sql(f"""
+        WITH kids AS (
+          SELECT code, name, tier, kind FROM targets.division
+          WHERE parent_code = {REGION} AND tier IN ('city', 'county', 'township'))
+        SELECT k.code, k.name, k.tier, k.kind, {figure_columns('c')}
+        FROM kids k LEFT JOIN ({counters_pivot('region IN (SELECT code FROM kids)')}) c
+          ON c.region = k.code
+        ORDER BY k.code""")
+    by_status = Sql(f"""
+        SELECT {', '.join(f"count(*) FILTER (WHERE status = '{s}') AS {s}" for s in STATUSES)}
+        FROM targets.target_instance WHERE region LIKE {REGION} || '%'""")
+    region_targets = Sql(f"""
+        SELECT target_id AS target, figure, threshold, value, deadline, status, evaluated_at
+        FROM targets.target_instance WHERE region = {REGION}
+        ORDER BY deadline, target_id""")
+
+    status_stat = (stat.Panel().title("Targets by status in ${region} and below")
+                   .description("target_instance rows of this region and every region under it.")
+                   .datasource(POSTGRES).with_target(by_status).span(8).height(6)
+                   .color_mode(cm.BigValueColorMode.BACKGROUND).graph_mode(cm.BigValueGraphMode.NONE)
+                   .reduce_options(cb.ReduceDataOptions().values(False).calcs(["lastNotNull"])
+                                   .fields("/.*/")))
+    for s, color in STATUS_COLORS.items():
+        status_stat = status_stat.override_by_name(s, [dm.DynamicConfigValue(
+            id_val="color", value={"mode": "fixed", "fixedColor": color})])
+
+    return (
+        db.Dashboard("Coverage vs targets").uid(COVERAGE_UID).tags(["cso", "coverage", "targets"])
+        .description("Coverage of a region and its children, tier by tier, against its targets. "
+                     "Click a child (or a step of the path) to drill down; townships come from SQL.")
+        .time("now-90d", "now").refresh("1m").timezone("browser").editable()
+        .with_variable(region_variable("region", "Region"))
+        .with_variable(db.CustomVariable("figure").label("Figure (children over time)")
+                       .values(",".join(FIGURES)).current(dm.VariableOption(
+                           selected=True, text="orgs", value="orgs")))
+        .with_row(db.Row("${region}: coverage now (PostgreSQL)"))
+        .with_panel(links_on(table.Panel().title("Path").datasource(POSTGRES).with_target(path)
+                             .description("The region's ancestors: click one to go up.")
+                             .span(4).height(6), ["code", "name"]))
+        .with_panel(units(stat.Panel().title("Coverage of ${region}").datasource(POSTGRES)
+                          .description("Figures from targets.coverage_now, computed as targets "
+                                       "computes them (shares of nothing are empty).")
+                          .with_target(here).span(12).height(6)
+                          .graph_mode(cm.BigValueGraphMode.NONE)
+                          .reduce_options(cb.ReduceDataOptions().values(False)
+                                          .calcs(["lastNotNull"]).fields("/.*/")), FIGURES))
+        .with_panel(status_stat)
+        .with_panel(units(links_on(table.Panel().title("Children of ${region}: drill down")
+                                   .description("Cities of a province, counties of a city, "
+                                                "townships of a county. Click a code or name.")
+                                   .datasource(POSTGRES).with_target(children)
+                                   .span(24).height(12).filterable(True), ["code", "name"]),
+                          FIGURES))
+        .with_panel(table.Panel().title("Targets of ${region}").datasource(POSTGRES)
+                    .with_target(region_targets).span(24).height(8)
+                    .override_by_name("status", [
+                        dm.DynamicConfigValue(id_val="mappings", value=status_mappings()),
+                        dm.DynamicConfigValue(id_val="custom.cellOptions",
+                                              value={"type": "color-background"})]))
+        .with_row(db.Row("${region} over time (Prometheus: province, city and county tiers)"))
+        .with_panel(timeseries.Panel().title("Shares").datasource(PROMETHEUS).unit("percentunit")
+                    .min(0).max(1).span(8).height(8)
+                    .with_target(promql(
+                        f'max by (figure) (cso_coverage{{region="$region", '
+                        f'figure=~"{"|".join(SHARES)}"}})', "{{figure}}")))
+        .with_panel(timeseries.Panel().title("Organizations per community").datasource(PROMETHEUS)
+                    .span(8).height(8)
+                    .with_target(promql(
+                        f'max by (figure) (cso_coverage{{region="$region", '
+                        f'figure=~"{"|".join(AVERAGES)}"}})', "{{figure}}")))
+        .with_panel(timeseries.Panel().title("Organizations and training person-times")
+                    .datasource(PROMETHEUS).span(8).height(8)
+                    .with_target(promql(
+                        'max by (figure) (cso_coverage{region="$region", '
+                        'figure=~"orgs|training_person_times"})', "{{figure}}")))
+        .with_panel(timeseries.Panel().title("Children of ${region}: ${figure}")
+                    .description("Cities of a province, counties of a city (no township series: "
+                                 "see the table above).")
+                    .datasource(PROMETHEUS).span(12).height(9)
+                    .with_target(promql(
+                        'max by (region) (cso_coverage{region=~"${region}[0-9]{2}", '
+                        'figure="$figure"})', "{{region}}")))
+        .with_panel(timeseries.Panel().title("Targets by status over time, ${region} and below")
+                    .datasource(PROMETHEUS).span(12).height(9)
+                    .with_target(promql(
+                        'count by (status) (max by (target, region, status) '
+                        '(cso_target_status{region=~"${region}.*"}) == 1)', "{{status}}")))
+    )
+
+
+# --- (b) targets at risk --------------------------------------------------------------------
+
+def at_risk_dashboard() -> db.Dashboard:
+    counts = Sql(f"""
+        SELECT count(*) FILTER (WHERE status = 'at_risk') AS at_risk,
+               count(*) FILTER (WHERE status = 'missed') AS missed
+        FROM targets.target_instance WHERE region LIKE {SCOPE} || '%'""")
+    at_risk = Sql(f"""
+        SELECT ti.status, ti.region AS code, d.name, d.tier, ti.target_id AS target, ti.figure,
+               ti.threshold, ti.value,
+               CASE WHEN ti.threshold <> 0 THEN ti.value / ti.threshold END AS progress,
+               ti.deadline, ti.deadline - current_date AS days_left,
+               (SELECT max(h.changed_at) FROM targets.target_history h
+                 WHERE h.instance_id = ti.id AND h.status = ti.status) AS since
+        FROM targets.target_instance ti
+        LEFT JOIN targets.division d ON d.code = ti.region
+        WHERE ti.status IN ('at_risk', 'missed') AND ti.region LIKE {SCOPE} || '%'
+        ORDER BY ti.status = 'missed' DESC, ti.deadline, ti.region, ti.target_id""")
+    changes = Sql(f"""
+        SELECT date_trunc('day', h.changed_at) AS time, h.status AS metric, count(*) AS value
+        FROM targets.target_history h JOIN targets.target_instance ti ON ti.id = h.instance_id
+        WHERE $__timeFilter(h.changed_at) AND h.status IN ('at_risk', 'missed')
+          AND ti.region LIKE {SCOPE} || '%'
+        GROUP BY 1, 2 ORDER BY 1""", fmt="time_series")
+    recent = Sql(f"""
+        SELECT h.changed_at, h.on_day, ti.region AS code, d.name, ti.target_id AS target,
+               h.previous_status, h.status, h.value
+        FROM targets.target_history h JOIN targets.target_instance ti ON ti.id = h.instance_id
+        LEFT JOIN targets.division d ON d.code = ti.region
+        WHERE $__timeFilter(h.changed_at) AND ti.region LIKE {SCOPE} || '%'
+        ORDER BY h.changed_at DESC LIMIT 200""")
+    status_overrides = [dm.DynamicConfigValue(id_val="mappings", value=status_mappings()),
+                        dm.DynamicConfigValue(id_val="custom.cellOptions",
+                                              value={"type": "color-background"})]
+
+    return (
+        db.Dashboard("Targets at risk").uid(AT_RISK_UID).tags(["cso", "targets"])
+        .description("Target instances whose straight-line trajectory says they will be missed "
+                     "(at_risk) or whose deadline passed unmet (missed).")
+        .time("now-90d", "now").refresh("5m").timezone("browser").editable()
+        .with_variable(region_variable("scope", "Within region", include_all=True))
+        .with_panel(stat.Panel().title("At risk / missed").datasource(POSTGRES).with_target(counts)
+                    .span(6).height(6).color_mode(cm.BigValueColorMode.BACKGROUND)
+                    .graph_mode(cm.BigValueGraphMode.NONE)
+                    .override_by_name("at_risk", [dm.DynamicConfigValue(
+                        id_val="color", value={"mode": "fixed", "fixedColor": "orange"})])
+                    .override_by_name("missed", [dm.DynamicConfigValue(
+                        id_val="color", value={"mode": "fixed", "fixedColor": "red"})]))
+        .with_panel(timeseries.Panel().title("Status changes into at_risk / missed, per day")
+                    .datasource(POSTGRES).with_target(changes).span(18).height(6)
+                    .draw_style(cm.GraphDrawStyle.BARS).fill_opacity(60))
+        .with_panel(links_on(table.Panel().title("Targets at risk or missed").datasource(POSTGRES)
+                             .with_target(at_risk).span(24).height(14).filterable(True)
+                             .override_by_name("status", status_overrides)
+                             .override_by_name("progress", [dm.DynamicConfigValue(
+                                 id_val="unit", value="percentunit")])
+                             .override_by_name("days_left", [dm.DynamicConfigValue(
+                                 id_val="unit", value="d")]), ["code", "name"]))
+        .with_panel(links_on(table.Panel().title("Recent status changes").datasource(POSTGRES)
+                             .with_target(recent).span(24).height(10)
+                             .override_by_name("status", status_overrides)
+                             .override_by_name("previous_status", status_overrides),
+                             ["code", "name"]))
+    )
+
+
+# --- (c) pipeline health --------------------------------------------------------------------
+
+def pipeline_dashboard() -> db.Dashboard:
+    svc = 'service=~"$service"'
+    return (
+        db.Dashboard("Pipeline health").uid(PIPELINE_UID).tags(["cso", "pipeline", "nats"])
+        .description("Events applied, consumer lag, batch latency, dead letters and outbox "
+                     "backlog per service (replicas summed or, for shared state, maxed).")
+        .time("now-3h", "now").refresh("30s").timezone("browser").editable()
+        .with_variable(db.CustomVariable("service").label("Service").values(",".join(SERVICES))
+                       .multi(True).include_all(True).all_value(".*")
+                       .current(dm.VariableOption(selected=True, text=["All"], value=["$__all"])))
+        .with_row(db.Row("Throughput"))
+        .with_panel(stat.Panel().title("Replicas up").datasource(PROMETHEUS).span(6).height(6)
+                    .graph_mode(cm.BigValueGraphMode.NONE)
+                    .with_target(promql('sum by (job) (up{job=~"$service"})', "{{job}}",
+                                        instant=True)))
+        .with_panel(timeseries.Panel().title("Events applied /s").unit("ops").datasource(PROMETHEUS)
+                    .span(9).height(6)
+                    .with_target(promql(f"sum by (service) (rate(cso_events_applied_total{{{svc}}}"
+                                        "[$__rate_interval]))", "{{service}}")))
+        .with_panel(timeseries.Panel().title("Events applied /s by type").unit("ops")
+                    .datasource(PROMETHEUS).span(9).height(6)
+                    .with_target(promql(f"sum by (service, type) (rate(cso_events_applied_total"
+                                        f"{{{svc}}}[$__rate_interval]))", "{{service}} {{type}}")))
+        .with_panel(timeseries.Panel().title("Duplicates skipped /s").unit("ops")
+                    .datasource(PROMETHEUS).span(8).height(7)
+                    .with_target(promql(f"sum by (service) (rate(cso_events_duplicate_total"
+                                        f"{{{svc}}}[$__rate_interval]))", "{{service}}")))
+        .with_panel(timeseries.Panel().title("Messages received /s (FastStream)").unit("ops")
+                    .datasource(PROMETHEUS).span(8).height(7)
+                    .with_target(promql('sum by (app_name) (rate(faststream_received_messages_total'
+                                        '{app_name=~"$service"}[$__rate_interval]))',
+                                        "{{app_name}}")))
+        .with_panel(timeseries.Panel().title("Handler exceptions /s (FastStream)").unit("ops")
+                    .datasource(PROMETHEUS).span(8).height(7)
+                    .with_target(promql('sum by (app_name) (rate('
+                                        'faststream_received_processed_messages_exceptions_total'
+                                        '{app_name=~"$service"}[$__rate_interval]))',
+                                        "{{app_name}}")))
+        .with_row(db.Row("Lag and latency"))
+        .with_panel(timeseries.Panel().title("Consumer lag (messages not yet delivered)")
+                    .datasource(PROMETHEUS).span(12).height(8)
+                    .with_target(promql(f"max by (service, stream) (cso_consumer_lag{{{svc}}})",
+                                        "{{service}} ← {{stream}}")))
+        .with_panel(timeseries.Panel().title("JetStream pending per durable consumer (NATS)")
+                    .datasource(PROMETHEUS).span(12).height(8)
+                    .with_target(promql("max by (stream_name, consumer_name) "
+                                        "(jetstream_consumer_num_pending)",
+                                        "{{consumer_name}} ← {{stream_name}}", ref_id="A"))
+                    .with_target(promql("max by (stream_name, consumer_name) "
+                                        "(jetstream_consumer_num_ack_pending)",
+                                        "{{consumer_name}} ← {{stream_name}} (ack pending)",
+                                        ref_id="B")))
+        .with_panel(timeseries.Panel().title("Batch latency (p50 / p95 / p99)").unit("s")
+                    .datasource(PROMETHEUS).span(24).height(8)
+                    .with_target(promql(
+                        f"histogram_quantile(0.5, sum by (service, le) (rate(cso_batch_seconds_bucket"
+                        f"{{{svc}}}[$__rate_interval])))", "{{service}} p50", ref_id="A"))
+                    .with_target(promql(
+                        f"histogram_quantile(0.95, sum by (service, le) (rate(cso_batch_seconds_bucket"
+                        f"{{{svc}}}[$__rate_interval])))", "{{service}} p95", ref_id="B"))
+                    .with_target(promql(
+                        f"histogram_quantile(0.99, sum by (service, le) (rate(cso_batch_seconds_bucket"
+                        f"{{{svc}}}[$__rate_interval])))", "{{service}} p99", ref_id="C")))
+        .with_row(db.Row("Failures and outbox"))
+        .with_panel(bargauge.Panel().title("Dead letters in the time range").datasource(PROMETHEUS)
+                    .span(8).height(8)
+                    .with_target(promql(f"sum by (service, stream) (increase(cso_deadletter_total"
+                                        f"{{{svc}}}[$__range]))", "{{service}} ← {{stream}}",
+                                        instant=True))
+                    .thresholds(db.ThresholdsConfig().mode(dm.ThresholdsMode.ABSOLUTE).steps([
+                        dm.Threshold(value=None, color="green"),
+                        dm.Threshold(value=1, color="red")])))
+        .with_panel(timeseries.Panel().title("Dead letters /s").unit("ops").datasource(PROMETHEUS)
+                    .span(8).height(8)
+                    .with_target(promql(f"sum by (service, stream) (rate(cso_deadletter_total"
+                                        f"{{{svc}}}[$__rate_interval]))", "{{service}} ← {{stream}}")))
+        .with_panel(timeseries.Panel().title("Outbox backlog and published /s").datasource(PROMETHEUS)
+                    .span(8).height(8)
+                    .with_target(promql(f"max by (service) (cso_outbox_backlog{{{svc}}})",
+                                        "{{service}} backlog", ref_id="A"))
+                    .with_target(promql(f"sum by (service) (rate(cso_outbox_published_total"
+                                        f"{{{svc}}}[$__rate_interval]))", "{{service}} published/s",
+                                        ref_id="B")))
+        .with_panel(bargauge.Panel().title("Bus gaps found in the time range (streams that lost messages)")
+                    .description("cso/buswatch.py: a stream recreated, gone backwards or reporting "
+                                 "lost messages; the services refill it from their outboxes.")
+                    .datasource(PROMETHEUS).span(24).height(5)
+                    .with_target(promql(f"sum by (service, stream, side) (increase(cso_bus_gaps_total"
+                                        f"{{{svc}}}[$__range]))", "{{service}} {{side}} {{stream}}",
+                                        instant=True))
+                    .thresholds(db.ThresholdsConfig().mode(dm.ThresholdsMode.ABSOLUTE).steps([
+                        dm.Threshold(value=None, color="green"),
+                        dm.Threshold(value=1, color="red")])))
+    )
+
+
+# --- output ---------------------------------------------------------------------------------
+
+DASHBOARDS = {
+    "cso-coverage.json": coverage_dashboard,
+    "cso-targets-at-risk.json": at_risk_dashboard,
+    "cso-pipeline.json": pipeline_dashboard,
+}
+
+
+def as_json(builder: db.Dashboard) -> dict[str, Any]:
+    """The dashboard as plain JSON data, panels numbered 1, 2, ... in layout order."""
+    data: dict[str, Any] = json.loads(json.dumps(builder.build(), cls=JSONEncoder))
+    for number, panel in enumerate(data.get("panels", []), start=1):
+        panel["id"] = number
+    return data
+
+
+def render() -> dict[str, str]:
+    """File name -> file text, exactly as committed."""
+    return {name: json.dumps(as_json(make()), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+            for name, make in DASHBOARDS.items()}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="compare, write nothing")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    stale = []
+    for name, text in render().items():
+        path = args.out / name
+        if args.check:
+            if not path.exists() or path.read_text(encoding="utf-8") != text:
+                stale.append(name)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+    if stale:
+        print(f"stale: {', '.join(stale)}: run python {Path(__file__).name}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

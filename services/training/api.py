@@ -1,0 +1,300 @@
+"""training's edges: commands over HTTP and NATS request-reply, attendance sheets, division reference
+data and registry's facts from JetStream, and the read API."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+import re
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from faststream.nats import NatsMessage
+from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from contracts import ContractError, Envelope
+from contracts import events as ev
+from contracts.envelope import MAX_EVENT_BYTES
+from cso.consumer import Rejected, Subscription
+from cso.service import Runtime, errors_body
+
+from . import domain, sheet, store
+from .commands import COMMANDS, AttendanceSheet, today
+from .record import Context, attendance_sheet, handle, hub_leader, organization_fact
+
+SERVICE = "training"
+log = logging.getLogger(__name__)
+
+# Only for development and tests: production sets CSO_TRAINING_PII_KEY (a secret of ≥ 32 bytes).
+DEV_PII_KEY = "cso-training-dev-key-not-for-production"
+_SOURCE = re.compile(r"^[A-Za-z0-9_.:/-]{1,100}$")
+
+
+def pii_key() -> bytes:
+    key = os.environ.get("CSO_TRAINING_PII_KEY")
+    if not key:
+        log.warning("CSO_TRAINING_PII_KEY is not set: ID numbers are hashed with the development key")
+        key = DEV_PII_KEY
+    return key.encode()
+
+
+class DivisionsHandler:
+    async def apply(self, conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> dict[UUID, Rejected]:
+        for envelope in events:
+            if isinstance(envelope.payload, ev.DivisionsImported):
+                await store.upsert_divisions(conn, envelope.payload)
+        return {}
+
+
+class RegistryHandler:
+    """registry's accepted facts: organizations (where they are), and hubs with a leader, whose
+    leader enters the pool of the hub's county. Each in a savepoint: a rejected one leaves nothing."""
+
+    def __init__(self, runtime: Runtime, key: bytes) -> None:
+        self.runtime, self.key = runtime, key
+
+    async def apply(self, conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> dict[UUID, Rejected]:
+        rejected: dict[UUID, Rejected] = {}
+        staged = False
+        ctx = Context(self.runtime.topology, self.key, SERVICE, today())
+        for envelope in events:
+            fact = envelope.payload
+            savepoint = await conn.begin_nested()
+            try:
+                if isinstance(fact, ev.HubEstablished) and fact.leader_person_id is not None:
+                    staged = await hub_leader(conn, envelope, ctx) or staged
+                else:
+                    await organization_fact(conn, envelope)
+                await savepoint.commit()
+            except Rejected as e:
+                await savepoint.rollback()
+                rejected[envelope.event_id] = e
+        if staged and self.runtime.relay:
+            self.runtime.relay.notify()
+        return rejected
+
+
+def _status(e: Rejected) -> int:
+    return 404 if e.field.endswith("_id") and e.message.startswith("no ") else 409
+
+
+def _context(runtime: Runtime, key: bytes, source: str) -> Context:
+    if not _SOURCE.fullmatch(source):
+        raise ContractError.single("source", "1-100 characters of A-Z a-z 0-9 _ . : / -")
+    return Context(runtime.topology, key, source, today())
+
+
+async def execute(runtime: Runtime, key: bytes, command: str, body: bytes,
+                  source: str) -> tuple[int, dict[str, Any]]:
+    """Run one command; (HTTP status, typed result). The same result goes back over NATS."""
+    try:
+        cmd_cls = COMMANDS.get(command)
+        if cmd_cls is None:
+            raise ContractError.single("command", f"unknown command {command!r}; one of {', '.join(COMMANDS)}")
+        limit = 2 * sheet.MAX_SHEET_BYTES if cmd_cls is AttendanceSheet else MAX_EVENT_BYTES
+        if len(body) > limit:
+            raise ContractError.single("$", f"body of {len(body)} bytes exceeds {limit}")
+        try:
+            data = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ContractError.single("$", f"not JSON: {e}") from None
+        try:
+            cmd = cmd_cls.model_validate(data)
+        except ValidationError as e:
+            raise ContractError.from_validation(e) from None
+        ctx = _context(runtime, key, source)
+    except ContractError as e:
+        return 422, errors_body(e.errors)
+    if isinstance(cmd, AttendanceSheet):
+        if cmd.sheet is not None:
+            raw = cmd.sheet.encode()
+        else:
+            try:
+                raw = base64.b64decode(cmd.sheet_base64 or "", validate=True)
+            except binascii.Error:
+                return 422, errors_body(ContractError.single("sheet_base64", "not base64").errors)
+        return await upload(runtime, ctx, cmd.session_id, raw, cmd.dry_run, cmd.accept_partial)
+    try:
+        async with runtime.engine.begin() as conn:
+            done = await handle(conn, cmd, ctx)
+    except Rejected as e:
+        return _status(e), errors_body(ContractError.single(e.field, e.message).errors)
+    except IntegrityError:
+        # Two commands raced for the same person or place; the loser may simply retry.
+        log.info("command %s lost a race; refused", command)
+        return 409, errors_body(ContractError.single("$", "a concurrent change conflicted; retry").errors)
+    if done.events and runtime.relay:
+        runtime.relay.notify()
+    return 200, done.reply()
+
+
+async def upload(runtime: Runtime, ctx: Context, session_id: UUID, data: bytes, dry_run: bool,
+                 accept_partial: bool) -> tuple[int, dict[str, Any]]:
+    """An attendance sheet: the row-by-row report, and the attendance written only if every row is
+    good (or the caller explicitly accepts a partial sheet). A dry run writes nothing."""
+    try:
+        async with runtime.engine.begin() as conn:
+            report, applied = await attendance_sheet(conn, session_id, data, ctx, dry_run, accept_partial)
+    except sheet.SheetError as e:
+        return 422, errors_body(ContractError.single(e.field, e.message).errors)
+    except Rejected as e:
+        return _status(e), errors_body(ContractError.single(e.field, e.message).errors)
+    body = sheet_reply(session_id, report, dry_run, applied)
+    if dry_run or applied or report.clean:
+        return 200, body
+    return 422, body
+
+
+def sheet_reply(session_id: UUID, report: domain.SheetReport, dry_run: bool, applied: bool) -> dict[str, Any]:
+    return {
+        "ok": report.clean, "session_id": str(session_id), "dry_run": dry_run, "applied": applied,
+        "rows": report.rows, "accepted": len(report.accepted), "rejected": [p.as_dict() for p in report.rejected],
+        "attendance": [{"row": a.row, "person_id": str(a.person_id), "attended": a.attended}
+                       for a in report.accepted],
+        "note": None if applied or dry_run or report.clean else
+        "nothing was written: fix the rejected rows, or resend with accept_partial=true",
+    }
+
+
+def _masked(row: dict[str, Any]) -> dict[str, Any]:
+    """A person's row for the read API: name and phone masked, the ID number only masked anyway."""
+    out = dict(row)
+    if "name" in out:
+        out["name"] = domain.mask_name(out["name"])
+    if "phone" in out:
+        out["phone"] = domain.mask_phone(out["phone"])
+    return out
+
+
+def _county(code: str) -> str:
+    if not code.isdigit() or len(code) != 6:
+        raise HTTPException(422, detail=f"code: {code!r} is not a county code (6 digits)")
+    return code
+
+
+def build(runtime: Runtime) -> FastAPI:
+    topology = runtime.topology
+    key = pii_key()
+    runtime.consume(Subscription("CSO_DIVISIONS", topology.context_subjects("divisions"),
+                                 "training-divisions"), DivisionsHandler())
+    runtime.consume(Subscription("CSO_REGISTRY", topology.context_subjects("registry"), "training-registry"),
+                    RegistryHandler(runtime, key))
+
+    # One subscriber for every command, so an unknown command gets a typed error, not silence.
+    async def on_command(msg: NatsMessage) -> bytes:
+        command = msg.raw_message.subject.rsplit(".", 1)[-1]
+        source = (msg.headers or {}).get("Cso-Source", "nats-command")
+        _, result = await execute(runtime, key, command, msg.body, source)
+        return json.dumps(result, default=str).encode()
+
+    runtime.on_request(topology.command_subject(SERVICE, "*"), on_command)
+
+    app = runtime.http("cso training")
+
+    @app.post("/commands/{command}")
+    async def command(command: str, request: Request) -> JSONResponse:
+        """Run a training command (add_member, update_member, remove_member, schedule, enrol,
+        withdraw, attend, complete, cancel, record_exam, select_outstanding, attendance_sheet)."""
+        source = request.headers.get("x-cso-source", "http-api")
+        status, result = await execute(runtime, key, command, await request.body(), source)
+        return JSONResponse(json.loads(json.dumps(result, default=str)), status_code=status)
+
+    @app.post("/sessions/{session_id}/attendance")
+    async def attendance(session_id: UUID, request: Request, dry_run: bool = False,
+                         accept_partial: bool = False) -> JSONResponse:
+        """Upload an attendance sheet (the CSV file as the body: 姓名,身份证号,手机号,签到; UTF-8 with or
+        without BOM, or GBK). All rows or nothing, unless accept_partial=true; dry_run=true only reports."""
+        try:
+            ctx = _context(runtime, key, request.headers.get("x-cso-source", "http-api"))
+        except ContractError as e:
+            return JSONResponse(errors_body(e.errors), status_code=422)
+        data = await request.body()
+        if len(data) > sheet.MAX_SHEET_BYTES:
+            return JSONResponse(errors_body(ContractError.single(
+                "sheet", f"{len(data)} bytes exceeds {sheet.MAX_SHEET_BYTES}").errors), status_code=413)
+        status, result = await upload(runtime, ctx, session_id, data, dry_run, accept_partial)
+        return JSONResponse(result, status_code=status)
+
+    @app.get("/counties/{code}/pool")
+    async def pool(code: str, include_removed: bool = False) -> dict[str, Any]:
+        """A county's core-talent pool, each member with their training count (completions)."""
+        county = _county(code)
+        async with runtime.engine.connect() as conn:
+            name = await store.county_name(conn, county)
+            if name is None:
+                raise HTTPException(404, detail=f"code: unknown county {county}")
+            members = [_masked(m) for m in await store.pool_view(conn, county, include_removed)]
+        current = [m for m in members if m["removed_on"] is None]
+        return {"county": county, "name": name, "members": members, "total": len(current),
+                "trained": sum(1 for m in current if m["trainings"] > 0),
+                "by_role": {r: sum(1 for m in current if m["role"] == r) for r in domain.ROLES}}
+
+    @app.get("/counties/{code}/exams")
+    async def exams(code: str, year: int | None = Query(None, ge=1990, le=2100)) -> dict[str, Any]:
+        """Social-work qualification exam takers and passes of the county's pool, per year and level."""
+        county = _county(code)
+        async with runtime.engine.connect() as conn:
+            figures = await store.exam_figures(conn, county, year)
+        return {"county": county, "year": year, "figures": figures}
+
+    @app.get("/counties/{code}/outstanding")
+    async def outstanding(code: str, year: int | None = Query(None, ge=1990, le=2100)) -> dict[str, Any]:
+        """Outstanding organizations and leaders the county selected (per year)."""
+        county = _county(code)
+        async with runtime.engine.connect() as conn:
+            items = await store.outstanding_view(conn, county, year)
+        counts: dict[str, dict[str, int]] = {}
+        for item in items:
+            per_year = counts.setdefault(str(item["year"]), {"organization": 0, "leader": 0})
+            per_year[item["kind"]] += 1
+        return {"county": county, "year": year, "items": items, "counts": counts}
+
+    @app.get("/sessions/{session_id}")
+    async def session(session_id: UUID) -> dict[str, Any]:
+        """A session and its roster (names masked)."""
+        async with runtime.engine.connect() as conn:
+            view = await store.session_view(conn, session_id)
+        if view is None:
+            raise HTTPException(404, detail=f"session_id: no session {session_id}")
+        roster = [_masked(r) for r in view["roster"]]
+        enrolled = [r for r in roster if r["status"] == "enrolled"]
+        return view | {"roster": roster, "enrolled": len(enrolled),
+                       "attended": sum(1 for r in enrolled if r["attended"]),
+                       "completed": sum(1 for r in roster if r["completion_id"] is not None)}
+
+    @app.get("/regions/{code}/sessions")
+    async def sessions(code: str, limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
+        if not code.isdigit() or len(code) not in (2, 4, 6, 9):
+            raise HTTPException(422, detail=f"code: {code!r} is not a division code")
+        async with runtime.engine.connect() as conn:
+            items = await store.sessions_in(conn, code, limit)
+        return {"region": code, "items": items}
+
+    @app.get("/people/{person_id}")
+    async def person(person_id: UUID) -> dict[str, Any]:
+        """A person (masked), their pool memberships and exams."""
+        async with runtime.engine.connect() as conn:
+            view = await store.person_view(conn, person_id)
+        if view is None:
+            raise HTTPException(404, detail=f"person_id: no person {person_id}")
+        return _masked(view)
+
+    @app.get("/people/{person_id}/trainings")
+    async def trainings(person_id: UUID) -> dict[str, Any]:
+        """A person's training history: every session they enrolled in, and what came of it."""
+        async with runtime.engine.connect() as conn:
+            if await store.load_person(conn, person_id, lock=False) is None:
+                raise HTTPException(404, detail=f"person_id: no person {person_id}")
+            items = await store.trainings_of(conn, person_id)
+        return {"person_id": str(person_id), "items": items,
+                "completed": sum(1 for i in items if i["completion_id"] is not None)}
+
+    return app

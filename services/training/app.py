@@ -1,0 +1,24 @@
+"""training as a process: `uvicorn --factory services.training.app:create_app` (CSO_* settings, and
+CSO_TRAINING_PII_KEY: the secret ID numbers are hashed with)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from cso.database import migrate
+from cso.service import Runtime
+from cso.settings import Settings
+
+from . import api, store
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    return api.build(Runtime(api.SERVICE, store.SCHEMA, settings))
+
+
+def run_migrations(settings: Settings | None = None) -> None:
+    migrate(MIGRATIONS, store.SCHEMA, (settings or Settings()).database_url)

@@ -1,0 +1,354 @@
+"""training's SQL: its own schema, nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, fields
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from contracts.events import DivisionsImported
+
+from .domain import Completion, Enrolment, Membership, Organization, Person, Session
+
+SCHEMA = "training"
+_PERSON = [f.name for f in fields(Person)]
+_MEMBERSHIP = [f.name for f in fields(Membership)]
+_SESSION = [f.name for f in fields(Session)]
+
+
+# --- reference data: divisions and organizations -----------------------------------------------
+
+async def upsert_divisions(conn: AsyncConnection, d: DivisionsImported) -> None:
+    await conn.execute(text(
+        f"INSERT INTO {SCHEMA}.county (code, name, city_code, province_code, edition) "
+        "VALUES (:code, :name, :city, :prov, :edition) "
+        "ON CONFLICT (code) DO UPDATE SET name = excluded.name, edition = excluded.edition"),
+        {"code": d.county.code, "name": d.county.name, "city": d.city.code, "prov": d.province.code,
+         "edition": d.edition})
+    if d.townships:
+        await conn.execute(text(
+            f"INSERT INTO {SCHEMA}.township (code, name, county_code, edition) "
+            "SELECT * FROM unnest(CAST(:c AS text[]), CAST(:n AS text[]), CAST(:p AS text[]), "
+            "CAST(:e AS text[])) ON CONFLICT (code) DO UPDATE SET name = excluded.name, "
+            "edition = excluded.edition"),
+            {"c": [t.code for t in d.townships], "n": [t.name for t in d.townships],
+             "p": [d.county.code] * len(d.townships), "e": [d.edition] * len(d.townships)})
+
+
+async def region_known(conn: AsyncConnection, code: str) -> bool:
+    """A city, county or township training knows from the divisions stream."""
+    table = {4: ("county", "city_code"), 6: ("county", "code"), 9: ("township", "code")}.get(len(code))
+    if table is None:
+        return False
+    return (await conn.execute(text(f"SELECT 1 FROM {SCHEMA}.{table[0]} WHERE {table[1]} = :c LIMIT 1"),
+                               {"c": code})).first() is not None
+
+
+async def county_known(conn: AsyncConnection, code: str) -> bool:
+    return len(code) == 6 and await region_known(conn, code)
+
+
+async def upsert_organization(conn: AsyncConnection, org_id: UUID, community_code: str | None,
+                              status: str | None, event_id: UUID) -> None:
+    """What training needs of an organization: where it is and whether it is active. A change of
+    an organization not seen yet is skipped (registry publishes its creation first)."""
+    if community_code is not None and status == "active":
+        await conn.execute(text(
+            f"INSERT INTO {SCHEMA}.organization (id, community_code, status, last_event_id) "
+            "VALUES (:id, :c, 'active', :e) ON CONFLICT (id) DO UPDATE SET "
+            "community_code = excluded.community_code, last_event_id = excluded.last_event_id"),
+            {"id": org_id, "c": community_code, "e": event_id})
+        return
+    await conn.execute(text(
+        f"UPDATE {SCHEMA}.organization SET community_code = coalesce(:c, community_code), "
+        "status = coalesce(:s, status), last_event_id = :e WHERE id = :id"),
+        {"id": org_id, "c": community_code, "s": status, "e": event_id})
+
+
+async def load_organization(conn: AsyncConnection, org_id: UUID | None) -> Organization | None:
+    if org_id is None:
+        return None
+    row = (await conn.execute(text(
+        f"SELECT id, community_code, status FROM {SCHEMA}.organization WHERE id = :id"),
+        {"id": org_id})).mappings().first()
+    return Organization(**row) if row else None
+
+
+# --- people and pools --------------------------------------------------------------------------
+
+async def load_person(conn: AsyncConnection, person_id: UUID | None, lock: bool = True) -> Person | None:
+    if person_id is None:
+        return None
+    row = (await conn.execute(text(
+        f"SELECT {', '.join(_PERSON)} FROM {SCHEMA}.person WHERE id = :id"
+        + (" FOR UPDATE" if lock else "")), {"id": person_id})).mappings().first()
+    return Person(**row) if row else None
+
+
+async def person_by_hash(conn: AsyncConnection, digest: str | None) -> Person | None:
+    if digest is None:
+        return None
+    row = (await conn.execute(text(
+        f"SELECT {', '.join(_PERSON)} FROM {SCHEMA}.person WHERE id_hash = :h FOR UPDATE"),
+        {"h": digest})).mappings().first()
+    return Person(**row) if row else None
+
+
+async def person_by_contact(conn: AsyncConnection, phone: str | None, name: str,
+                            id_hash: str | None) -> Person | None:
+    """The person with this phone and name (the oldest if several). When the command gives an ID
+    number, only someone on record without one (or with the same) is the same person."""
+    if phone is None:
+        return None
+    row = (await conn.execute(text(
+        f"SELECT {', '.join(_PERSON)} FROM {SCHEMA}.person WHERE phone = :p AND name = :n "
+        "AND (CAST(:h AS text) IS NULL OR id_hash IS NULL OR id_hash = :h) "
+        "ORDER BY created_at, id LIMIT 1 FOR UPDATE"),
+        {"p": phone, "n": name, "h": id_hash})).mappings().first()
+    return Person(**row) if row else None
+
+
+async def save_person(conn: AsyncConnection, person: Person, source: str) -> None:
+    assignments = ", ".join(f"{c} = excluded.{c}" for c in _PERSON if c != "id")
+    await conn.execute(text(
+        f"INSERT INTO {SCHEMA}.person ({', '.join(_PERSON)}, updated_by) "
+        f"VALUES ({', '.join(':' + c for c in _PERSON)}, :source) "
+        f"ON CONFLICT (id) DO UPDATE SET {assignments}, updated_at = now(), "
+        "updated_by = excluded.updated_by"), asdict(person) | {"source": source})
+
+
+async def load_membership(conn: AsyncConnection, person_id: UUID | None) -> Membership | None:
+    """The person's current membership, else their latest one."""
+    if person_id is None:
+        return None
+    row = (await conn.execute(text(
+        f"SELECT {', '.join(_MEMBERSHIP)} FROM {SCHEMA}.membership WHERE person_id = :p "
+        "ORDER BY (removed_on IS NULL) DESC, added_on DESC, seq DESC LIMIT 1 FOR UPDATE"),
+        {"p": person_id})).mappings().first()
+    return Membership(**row) if row else None
+
+
+async def insert_membership(conn: AsyncConnection, m: Membership, event_id: UUID, source: str) -> None:
+    await conn.execute(text(
+        f"INSERT INTO {SCHEMA}.membership ({', '.join(_MEMBERSHIP)}, added_event_id, updated_by) "
+        f"VALUES ({', '.join(':' + c for c in _MEMBERSHIP)}, :event_id, :source)"),
+        asdict(m) | {"event_id": event_id, "source": source})
+
+
+async def update_membership(conn: AsyncConnection, m: Membership, source: str) -> None:
+    """Change the person's active membership (role, organization, or its end)."""
+    await conn.execute(text(
+        f"UPDATE {SCHEMA}.membership SET role = :role, organization_id = :organization_id, "
+        "removed_on = :removed_on, removal_reason = :removal_reason, updated_at = now(), "
+        "updated_by = :source WHERE person_id = :person_id AND removed_on IS NULL"),
+        asdict(m) | {"source": source})
+
+
+async def counties_of(conn: AsyncConnection, person_ids: Sequence[UUID]) -> dict[UUID, str]:
+    """Each person's pool county: the current membership's, else the latest one's."""
+    rows = (await conn.execute(text(
+        f"SELECT DISTINCT ON (person_id) person_id, county_code FROM {SCHEMA}.membership "
+        "WHERE person_id = ANY(:ids) ORDER BY person_id, (removed_on IS NULL) DESC, added_on DESC, "
+        "seq DESC"), {"ids": list(person_ids)})).all()
+    return {r.person_id: r.county_code for r in rows}
+
+
+async def hub_known(conn: AsyncConnection, hub_id: UUID) -> bool:
+    return (await conn.execute(text(f"SELECT 1 FROM {SCHEMA}.hub_leader WHERE hub_id = :h"),
+                               {"h": hub_id})).first() is not None
+
+
+async def insert_hub_leader(conn: AsyncConnection, hub_id: UUID, person_id: UUID, county: str,
+                            added: bool, event_id: UUID) -> None:
+    await conn.execute(text(
+        f"INSERT INTO {SCHEMA}.hub_leader (hub_id, person_id, county_code, added_to_pool, event_id) "
+        "VALUES (:h, :p, :c, :a, :e) ON CONFLICT (hub_id) DO NOTHING"),
+        {"h": hub_id, "p": person_id, "c": county, "a": added, "e": event_id})
+
+
+# --- sessions ----------------------------------------------------------------------------------
+
+async def load_session(conn: AsyncConnection, session_id: UUID, lock: bool = True) -> Session | None:
+    row = (await conn.execute(text(
+        f"SELECT {', '.join(_SESSION)} FROM {SCHEMA}.session WHERE id = :id"
+        + (" FOR UPDATE" if lock else "")), {"id": session_id})).mappings().first()
+    return Session(**row) if row else None
+
+
+async def save_session(conn: AsyncConnection, s: Session, source: str) -> None:
+    assignments = ", ".join(f"{c} = excluded.{c}" for c in _SESSION if c != "id")
+    await conn.execute(text(
+        f"INSERT INTO {SCHEMA}.session ({', '.join(_SESSION)}, updated_by) "
+        f"VALUES ({', '.join(':' + c for c in _SESSION)}, :source) "
+        f"ON CONFLICT (id) DO UPDATE SET {assignments}, updated_at = now(), "
+        "updated_by = excluded.updated_by"), asdict(s) | {"source": source})
+
+
+async def load_enrolments(conn: AsyncConnection, session_id: UUID) -> dict[UUID, Enrolment]:
+    rows = (await conn.execute(text(
+        f"SELECT session_id, person_id, status, attended FROM {SCHEMA}.enrolment "
+        "WHERE session_id = :s FOR UPDATE"), {"s": session_id})).mappings().all()
+    return {r["person_id"]: Enrolment(**r) for r in rows}
+
+
+async def save_enrolments(conn: AsyncConnection, enrolments: Sequence[Enrolment], source: str) -> None:
+    if not enrolments:
+        return
+    await conn.execute(text(
+        f"INSERT INTO {SCHEMA}.enrolment (session_id, person_id, status, attended, updated_by) "
+        "VALUES (:session_id, :person_id, :status, :attended, :source) "
+        "ON CONFLICT (session_id, person_id) DO UPDATE SET status = excluded.status, "
+        "attended = excluded.attended, updated_at = now(), updated_by = excluded.updated_by"),
+        [asdict(e) | {"source": source} for e in enrolments])
+
+
+async def release_enrolments(conn: AsyncConnection, session_id: UUID, source: str) -> int:
+    result = await conn.execute(text(
+        f"UPDATE {SCHEMA}.enrolment SET status = 'released', updated_at = now(), updated_by = :source "
+        "WHERE session_id = :s AND status = 'enrolled'"), {"s": session_id, "source": source})
+    return int(result.rowcount)
+
+
+async def insert_completions(conn: AsyncConnection, completions: Sequence[Completion], source: str) -> None:
+    if completions:
+        # The unique (session_id, person_id) is the last word on one completion per person per session.
+        await conn.execute(text(
+            f"INSERT INTO {SCHEMA}.completion (id, session_id, person_id, organizer_region, county_code, "
+            "completed_on, updated_by) VALUES (:id, :session_id, :person_id, :organizer_region, "
+            ":county_code, :completed_on, :source)"),
+            [asdict(c) | {"source": source} for c in completions])
+
+
+async def people_by_hash(conn: AsyncConnection, digests: Sequence[str]) -> dict[str, UUID]:
+    rows = (await conn.execute(text(
+        f"SELECT id_hash, id FROM {SCHEMA}.person WHERE id_hash = ANY(:h)"), {"h": list(digests)})).all()
+    return {r.id_hash: r.id for r in rows}
+
+
+async def people_by_contact(conn: AsyncConnection, contacts: Sequence[tuple[str, str]]
+                            ) -> dict[tuple[str, str], list[UUID]]:
+    if not contacts:
+        return {}
+    rows = (await conn.execute(text(
+        f"SELECT phone, name, id FROM {SCHEMA}.person WHERE (phone, name) IN "
+        "(SELECT * FROM unnest(CAST(:p AS text[]), CAST(:n AS text[]))) ORDER BY created_at, id"),
+        {"p": [c[0] for c in contacts], "n": [c[1] for c in contacts]})).all()
+    out: dict[tuple[str, str], list[UUID]] = {}
+    for r in rows:
+        out.setdefault((r.phone, r.name), []).append(r.id)
+    return out
+
+
+# --- exams and selections ----------------------------------------------------------------------
+
+async def upsert_exam(conn: AsyncConnection, person_id: UUID, year: int, level: str, passed: bool,
+                      county: str, source: str) -> None:
+    await conn.execute(text(
+        f"INSERT INTO {SCHEMA}.exam (person_id, year, level, passed, county_code, updated_by) "
+        "VALUES (:p, :y, :l, :passed, :c, :source) ON CONFLICT (person_id, year, level) DO UPDATE "
+        "SET passed = excluded.passed, county_code = excluded.county_code, updated_at = now(), "
+        "updated_by = excluded.updated_by"),
+        {"p": person_id, "y": year, "l": level, "passed": passed, "c": county, "source": source})
+
+
+async def selected(conn: AsyncConnection, county: str, year: int, kind: str, subject: UUID) -> bool:
+    return (await conn.execute(text(
+        f"SELECT 1 FROM {SCHEMA}.outstanding WHERE county_code = :c AND year = :y AND kind = :k "
+        "AND subject_id = :s"), {"c": county, "y": year, "k": kind, "s": subject})).first() is not None
+
+
+async def insert_outstanding(conn: AsyncConnection, county: str, year: int, kind: str, subject: UUID,
+                             title: str | None, source: str) -> None:
+    await conn.execute(text(
+        f"INSERT INTO {SCHEMA}.outstanding (county_code, year, kind, subject_id, title, updated_by) "
+        "VALUES (:c, :y, :k, :s, :t, :source)"),
+        {"c": county, "y": year, "k": kind, "s": subject, "t": title, "source": source})
+
+
+# --- read side ---------------------------------------------------------------------------------
+
+async def pool_view(conn: AsyncConnection, county: str, include_removed: bool) -> list[dict[str, Any]]:
+    rows = (await conn.execute(text(
+        f"SELECT m.person_id, m.role, m.organization_id, m.added_on, m.removed_on, m.removal_reason, "
+        "p.name, p.phone, p.id_masked, "
+        f"(SELECT count(*) FROM {SCHEMA}.completion c WHERE c.person_id = m.person_id) AS trainings "
+        f"FROM {SCHEMA}.membership m JOIN {SCHEMA}.person p ON p.id = m.person_id "
+        "WHERE m.county_code = :c AND (:all OR m.removed_on IS NULL) "
+        "ORDER BY m.added_on, m.person_id"), {"c": county, "all": include_removed})).mappings().all()
+    return [dict(r) for r in rows]
+
+
+async def county_name(conn: AsyncConnection, county: str) -> str | None:
+    name: str | None = (await conn.execute(text(
+        f"SELECT name FROM {SCHEMA}.county WHERE code = :c"), {"c": county})).scalar()
+    return name
+
+
+async def session_view(conn: AsyncConnection, session_id: UUID) -> dict[str, Any] | None:
+    row = (await conn.execute(text(
+        f"SELECT * FROM {SCHEMA}.session WHERE id = :id"), {"id": session_id})).mappings().first()
+    if row is None:
+        return None
+    roster = (await conn.execute(text(
+        "SELECT e.person_id, e.status, e.attended, e.enrolled_at, p.name, c.completed_on, "
+        "c.id AS completion_id "
+        f"FROM {SCHEMA}.enrolment e JOIN {SCHEMA}.person p ON p.id = e.person_id "
+        f"LEFT JOIN {SCHEMA}.completion c ON c.session_id = e.session_id AND c.person_id = e.person_id "
+        "WHERE e.session_id = :id ORDER BY e.enrolled_at, e.person_id"), {"id": session_id})).mappings().all()
+    return dict(row) | {"roster": [dict(r) for r in roster]}
+
+
+async def sessions_in(conn: AsyncConnection, region: str, limit: int) -> list[dict[str, Any]]:
+    rows = (await conn.execute(text(
+        f"SELECT s.*, (SELECT count(*) FROM {SCHEMA}.enrolment e WHERE e.session_id = s.id "
+        "AND e.status = 'enrolled') AS enrolled, "
+        f"(SELECT count(*) FROM {SCHEMA}.completion c WHERE c.session_id = s.id) AS completions "
+        f"FROM {SCHEMA}.session s WHERE s.organizer_region LIKE :prefix "
+        "ORDER BY s.starts_on DESC, s.id LIMIT :n"), {"prefix": region + "%", "n": limit})).mappings().all()
+    return [dict(r) for r in rows]
+
+
+async def person_view(conn: AsyncConnection, person_id: UUID) -> dict[str, Any] | None:
+    row = (await conn.execute(text(
+        f"SELECT id, name, phone, id_masked, created_at, updated_at FROM {SCHEMA}.person WHERE id = :id"),
+        {"id": person_id})).mappings().first()
+    if row is None:
+        return None
+    memberships = (await conn.execute(text(
+        f"SELECT county_code, role, organization_id, added_on, removed_on, removal_reason "
+        f"FROM {SCHEMA}.membership WHERE person_id = :id ORDER BY added_on, seq"),
+        {"id": person_id})).mappings().all()
+    exams = (await conn.execute(text(
+        f"SELECT year, level, passed, county_code FROM {SCHEMA}.exam WHERE person_id = :id "
+        "ORDER BY year, level"), {"id": person_id})).mappings().all()
+    return dict(row) | {"memberships": [dict(m) for m in memberships], "exams": [dict(e) for e in exams]}
+
+
+async def trainings_of(conn: AsyncConnection, person_id: UUID) -> list[dict[str, Any]]:
+    rows = (await conn.execute(text(
+        "SELECT s.id AS session_id, s.topic, s.organizer_region, s.starts_on, s.ends_on, s.mode, "
+        "s.status AS session_status, e.status AS enrolment, e.attended, c.id AS completion_id, "
+        f"c.completed_on FROM {SCHEMA}.enrolment e JOIN {SCHEMA}.session s ON s.id = e.session_id "
+        f"LEFT JOIN {SCHEMA}.completion c ON c.session_id = e.session_id AND c.person_id = e.person_id "
+        "WHERE e.person_id = :p ORDER BY s.starts_on, s.id"), {"p": person_id})).mappings().all()
+    return [dict(r) for r in rows]
+
+
+async def exam_figures(conn: AsyncConnection, county: str, year: int | None) -> list[dict[str, Any]]:
+    rows = (await conn.execute(text(
+        f"SELECT year, level, count(*) AS takers, count(*) FILTER (WHERE passed) AS passed "
+        f"FROM {SCHEMA}.exam WHERE county_code = :c AND (CAST(:y AS integer) IS NULL OR year = :y) "
+        "GROUP BY year, level ORDER BY year, level"), {"c": county, "y": year})).mappings().all()
+    return [dict(r) for r in rows]
+
+
+async def outstanding_view(conn: AsyncConnection, county: str, year: int | None) -> list[dict[str, Any]]:
+    rows = (await conn.execute(text(
+        f"SELECT year, kind, subject_id, title, selected_at FROM {SCHEMA}.outstanding "
+        "WHERE county_code = :c AND (CAST(:y AS integer) IS NULL OR year = :y) "
+        "ORDER BY year, kind, selected_at, subject_id"), {"c": county, "y": year})).mappings().all()
+    return [dict(r) for r in rows]

