@@ -104,6 +104,7 @@ def up(
     data_dir: DataDir = DEFAULT_DATA_DIR,
     registry_port: Annotated[int, typer.Option(help="registry's HTTP port")] = 8001,
     targets_port: Annotated[int, typer.Option(help="targets' HTTP port")] = 8002,
+    training_port: Annotated[int, typer.Option(help="training's HTTP port")] = 8003,
     demo: Annotated[bool, typer.Option("--demo/--no-demo",
                                        help="Publish the demo divisions (乐山市, 广汉市).")] = True,
 ) -> None:
@@ -123,7 +124,8 @@ def up(
             interrupted.set()
             raise KeyboardInterrupt
 
-    stack = Stack(data_dir, registry_port=registry_port, targets_port=targets_port, demo=demo,
+    stack = Stack(data_dir, registry_port=registry_port, targets_port=targets_port,
+                  training_port=training_port, demo=demo,
                   nats_url=_env("CSO_NATS_URL"), database_url=_env("CSO_DATABASE_URL"),
                   namespace=_env("CSO_NAMESPACE") or "", owner_pid=os.getpid(),
                   log=lambda m: console.print(f"[dim]· {escape(m)}[/dim]"))

@@ -57,6 +57,7 @@ class ServiceSpec:
 SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("registry", "services.registry.app:create_app", "services.registry.app"),
     ServiceSpec("targets", "services.targets.app:create_app", "services.targets.app"),
+    ServiceSpec("training", "services.training.app:create_app", "services.training.app"),
 )
 
 
@@ -268,6 +269,7 @@ class Stack:
     data_dir: Path = field(default_factory=lambda: Path(".cso"))
     registry_port: int = 8001
     targets_port: int = 8002
+    training_port: int = 8003
     demo: bool = True
     nats_url: str | None = None
     database_url: str | None = None
@@ -295,7 +297,8 @@ class Stack:
         return self._state or read_stack_file(self.data_dir) or {}
 
     def port_of(self, name: str) -> int:
-        return {"registry": self.registry_port, "targets": self.targets_port}[name]
+        return {"registry": self.registry_port, "targets": self.targets_port,
+                "training": self.training_port}[name]
 
     # ------------------------------------------------------------ start
 

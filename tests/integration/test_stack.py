@@ -90,7 +90,8 @@ def test_stack_up_file_coverage_restart_and_cli(tmp_path: Path) -> None:
            "CSO_NATS_URL": ""}
     pids: list[int] = []
 
-    stack = Stack(data_dir, registry_port=servers.free_port(), targets_port=servers.free_port())
+    stack = Stack(data_dir, registry_port=servers.free_port(), targets_port=servers.free_port(),
+                  training_port=servers.free_port())
     try:
         state = stack.start()
         registry, targets = state["services"]["registry"]["url"], state["services"]["targets"]["url"]
@@ -100,7 +101,7 @@ def test_stack_up_file_coverage_restart_and_cli(tmp_path: Path) -> None:
         assert json.loads((data_dir / "stack.json").read_text())["nats"]["url"] == nats_url
         for url in (registry, targets):
             assert http_get(f"{url}/readyz") == (200, {"status": "ok", "database": "ok", "nats": "ok"})
-        assert [p.state for p in stack.status()] == ["ready"] * 4
+        assert [p.state for p in stack.status()] == ["ready"] * 5
 
         status, body = post(f"{registry}/commands/file", {
             "name": "西城社区书画协会", "community_code": COMMUNITY, "category": "culture_sports",
@@ -144,6 +145,7 @@ def test_stack_up_file_coverage_restart_and_cli(tmp_path: Path) -> None:
 
     # Started again on the same data dir: the organizations are still there.
     again = Stack(data_dir, registry_port=servers.free_port(), targets_port=servers.free_port(),
+                  training_port=servers.free_port(),
                   demo=False)
     try:
         state = again.start()
