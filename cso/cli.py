@@ -213,6 +213,7 @@ def status(data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
 class Which(StrEnum):
     registry = "registry"
     targets = "targets"
+    training = "training"
     all = "all"
 
 
@@ -238,6 +239,40 @@ def migrate(
         except Exception as e:
             raise fail(f"{name}: migration failed on {redact(url)}: {type(e).__name__}: {e}") from None
         console.print(f"{name}: schema {name} at the latest migration on {redact(url)}")
+
+
+@app.command()
+def rebuild(
+    apply: Annotated[bool, typer.Option("--apply", help="Put the rebuilt projection in place.")] = False,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+) -> None:
+    """Rebuild targets' projections from its fact log and compare them row for row with the live
+    ones (consumers keep running); with --apply, swap the rebuilt ones in. Exit 1 on differences."""
+    import asyncio
+
+    from services.targets.rebuild import rebuild as run_rebuild
+
+    from .database import make_engine
+
+    url = _env("CSO_DATABASE_URL") or recorded(data_dir, "database")
+    if url is None:
+        raise fail("no database: set CSO_DATABASE_URL, or start the local stack", 2)
+
+    async def go() -> Any:
+        engine = make_engine(url)
+        try:
+            return await run_rebuild(engine, apply=apply)
+        finally:
+            await engine.dispose()
+
+    report = asyncio.run(go())
+    console = _console()
+    console.print(f"facts {report.facts}, entities {report.entities}, coverage rows {report.rows}, "
+                  f"differences {len(report.differences)}" + (", applied" if report.applied else ""))
+    for (region, counter, month), live, rebuilt in report.differences[:50]:
+        console.print(f"  {region} {counter} {month}: live {live}, rebuilt {rebuilt}")
+    if report.differences and not report.applied:
+        raise typer.Exit(1)
 
 
 @divisions_app.command("import")

@@ -83,6 +83,39 @@ async def test_leshan_statuses_move_and_are_published(settings: Settings, nc: na
         risky = {x["id"] for x in (await api.get("/targets/at-risk", params={"under": "5111"})).json()}
         assert f"{URBAN}@511112" in risky and f"{URBAN}@511111" not in risky
 
+        # The same read API over NATS request-reply; an unknown region is refused with the field.
+        reply = json.loads((await nc.request(t.query_subject("targets", "coverage"),
+                                             json.dumps({"region": "511111"}).encode(), timeout=5)).data)
+        assert reply["counters"]["orgs"] == len(shawan["urban"]) * 15 + len(shawan["rural"]) * 8
+        unknown = json.loads((await nc.request(t.query_subject("targets", "coverage"),
+                                               json.dumps({"region": "519999"}).encode(), timeout=5)).data)
+        assert unknown["ok"] is False and unknown["errors"][0]["field"] == "region"
+        assert (await api.get("/coverage/51x")).status_code == 422
+        assert (await api.get("/coverage/5111", params={"as_of": "2024-13-01"})).status_code == 422
+        as_of = (await api.get("/coverage/511111", params={"as_of": "2022-12-31"})).json()
+        assert as_of["counters"].get("orgs", 0) == 0  # every filing is dated 2023 or later
+
+        # Targets are added, replaced and retired through the API, and validated on the way in.
+        spec = {"id": "test-shawan-orgs", "title": "沙湾区组织数", "figure": "orgs", "scope_region": "511111",
+                "threshold": 100, "start": "2023-01-01", "deadline": "2026-12-31", "source": "test"}
+        assert (await api.put("/targets/test-shawan-orgs", json=spec)).status_code == 200
+        bad = await api.put("/targets/test-bad", json=spec | {"id": "test-bad", "figure": "nonsense"})
+        assert bad.status_code == 422 and "figure" in bad.text
+
+        async def added_and_met() -> bool:
+            rows = (await api.get("/regions/511111/targets")).json()
+            return any(r["id"] == "test-shawan-orgs@511111" and r["status"] == "met" for r in rows)
+
+        await eventually(added_and_met, timeout=20, interval=0.2)
+        assert (await api.delete("/targets/test-shawan-orgs")).status_code == 200
+
+        async def retired() -> bool:
+            rows = (await api.get("/regions/511111/targets")).json()
+            return not any(r["target_id"] == "test-shawan-orgs" for r in rows)
+
+        await eventually(retired, timeout=20, interval=0.2)
+        assert (await api.delete("/targets/never-was")).status_code == 404
+
         # The deadline (2025-12-31) passes: what was behind is missed, what was met stays met.
         clock.fixed = date(2026, 1, 2)
 

@@ -76,6 +76,8 @@ FIGURES: dict[str, Figure] = {f.name: f for f in (
            description="new filings of interest and volunteer organizations in the year"),
     Figure("training_person_times", ("training_person_times",),
            description="core-talent training person-times, cumulative"),
+    Figure("training_person_times_in_year", ("training_person_times",), yearly=True,
+           description="core-talent training person-times within the year"),
     Figure("pool_trained_share", ("pool_members_trained",), ("pool_members",), "share",
            description="share of talent-pool members trained at least once"),
     Figure("exam_passes", ("exam_passes",), description="social-work qualification exam passes"),
