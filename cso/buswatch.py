@@ -60,8 +60,8 @@ class BusWatch:
                 "AND stream IS NOT NULL GROUP BY stream"))).all())
             applied = dict((await conn.execute(text(
                 f'SELECT stream, last_seq FROM "{schema}".consumer_position'))).all())
-            seen = {r[0]: (r[1], r[2]) for r in (await conn.execute(text(
-                f'SELECT stream, created, deleted FROM "{schema}".bus_stream'))).all()}
+            seen = {r[0]: (r[1], r[2], r[3]) for r in (await conn.execute(text(
+                f'SELECT stream, created, last_seq, messages FROM "{schema}".bus_stream'))).all()}
         gaps: list[Gap] = []
         for stream in sorted(set(acked) | set(applied) | {c.stream for c in rt.consumers}):
             try:
@@ -70,24 +70,30 @@ class BusWatch:
                 continue
             last, created = info.state.last_seq, info.created
             lost = len(info.state.lost.msgs or []) if info.state.lost and info.state.lost.msgs else 0
-            # cso never deletes from its streams: messages missing inside one were lost.
-            deleted = info.state.num_deleted or 0
+            messages = info.state.messages
             before = seen.get(stream)
-            if before is not None and deleted > before[1]:
-                lost += deleted - before[1]
             recreated = before is not None and before[0] is not None and created is not None \
                 and abs((before[0] - created).total_seconds()) > 0.001
+            if before is not None and not recreated and not info.config.max_age:
+                # cso never deletes from a stream without an age limit: fewer messages than we saw
+                # plus those appended since means some vanished (a truncated block loses them
+                # without a trace but the jump of its first sequence).
+                expected = before[2] + max(0, last - before[1])
+                if messages < expected:
+                    lost += expected - messages
             for side, known in (("producer", acked.get(stream)), ("consumer", applied.get(stream))):
                 if known and (recreated or last < known or lost):
-                    gaps.append(Gap(stream, side, int(known), last, recreated, lost))
+                    gap = Gap(stream, side, int(known), last, recreated, lost)
+                    # Repair before recording the stream's new state: if this check dies
+                    # half-way, the next one still sees the gap.
+                    await self.repair(gap)
+                    gaps.append(gap)
             async with rt.engine.begin() as conn:
                 await conn.execute(text(
-                    f'INSERT INTO "{schema}".bus_stream (stream, created, last_seq, deleted) VALUES (:s, :c, :l, :d) '
+                    f'INSERT INTO "{schema}".bus_stream (stream, created, last_seq, messages) VALUES (:s, :c, :l, :m) '
                     "ON CONFLICT (stream) DO UPDATE SET created = excluded.created, last_seq = excluded.last_seq, "
-                    "deleted = excluded.deleted, checked_at = now()"),
-                    {"s": stream, "c": created, "l": last, "d": deleted})
-        for gap in gaps:
-            await self.repair(gap)
+                    "messages = excluded.messages, checked_at = now()"),
+                    {"s": stream, "c": created, "l": last, "m": messages})
         return gaps
 
     async def repair(self, gap: Gap) -> None:

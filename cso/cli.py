@@ -105,6 +105,7 @@ def up(
     registry_port: Annotated[int, typer.Option(help="registry's HTTP port")] = 8001,
     targets_port: Annotated[int, typer.Option(help="targets' HTTP port")] = 8002,
     training_port: Annotated[int, typer.Option(help="training's HTTP port")] = 8003,
+    notify_port: Annotated[int, typer.Option(help="notify's HTTP port")] = 8004,
     demo: Annotated[bool, typer.Option("--demo/--no-demo",
                                        help="Publish the demo divisions (乐山市, 广汉市).")] = True,
 ) -> None:
@@ -125,7 +126,7 @@ def up(
             raise KeyboardInterrupt
 
     stack = Stack(data_dir, registry_port=registry_port, targets_port=targets_port,
-                  training_port=training_port, demo=demo,
+                  training_port=training_port, notify_port=notify_port, demo=demo,
                   nats_url=_env("CSO_NATS_URL"), database_url=_env("CSO_DATABASE_URL"),
                   namespace=_env("CSO_NAMESPACE") or "", owner_pid=os.getpid(),
                   log=lambda m: console.print(f"[dim]· {escape(m)}[/dim]"))
@@ -214,6 +215,7 @@ class Which(StrEnum):
     registry = "registry"
     targets = "targets"
     training = "training"
+    notify = "notify"
     all = "all"
 
 

@@ -58,7 +58,7 @@ def ddl(schema: str) -> list[str]:
             stream text PRIMARY KEY,
             created timestamptz,
             last_seq bigint NOT NULL,
-            deleted bigint NOT NULL DEFAULT 0,
+            messages bigint NOT NULL DEFAULT 0,
             checked_at timestamptz NOT NULL DEFAULT now())""",
     ]
 

@@ -58,6 +58,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("registry", "services.registry.app:create_app", "services.registry.app"),
     ServiceSpec("targets", "services.targets.app:create_app", "services.targets.app"),
     ServiceSpec("training", "services.training.app:create_app", "services.training.app"),
+    ServiceSpec("notify", "services.notify.app:create_app", "services.notify.app"),
 )
 
 
@@ -270,6 +271,7 @@ class Stack:
     registry_port: int = 8001
     targets_port: int = 8002
     training_port: int = 8003
+    notify_port: int = 8004
     demo: bool = True
     nats_url: str | None = None
     database_url: str | None = None
@@ -298,7 +300,7 @@ class Stack:
 
     def port_of(self, name: str) -> int:
         return {"registry": self.registry_port, "targets": self.targets_port,
-                "training": self.training_port}[name]
+                "training": self.training_port, "notify": self.notify_port}[name]
 
     # ------------------------------------------------------------ start
 

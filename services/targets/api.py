@@ -23,6 +23,7 @@ from cso.service import Runtime, errors_body
 
 from . import evaluation, store, views
 from .domain.catalogue import DEFAULT_CATALOGUE, CatalogueError, TargetSpec, load_catalogue, parse_catalogue
+from .plans import api as plans_api
 from .projection import ProjectionHandler
 
 SERVICE = "targets"
@@ -127,6 +128,8 @@ def build(runtime: Runtime, clock: evaluation.Clock | None = None,
     # NATS request-reply: cso.query.targets.<coverage|targets|at_risk|series>, a JSON object body.
     async def on_query(msg: NatsMessage) -> bytes:
         name = msg.raw_message.subject.rsplit(".", 1)[-1]
+        if name == "plan":
+            return await plans_api.query(runtime, clock, None, msg.body)
         try:
             q = json.loads(msg.body or b"{}")
             if not isinstance(q, dict):
@@ -149,6 +152,7 @@ def build(runtime: Runtime, clock: evaluation.Clock | None = None,
 
     app = runtime.http("cso targets")
     app.state.runtime, app.state.clock = runtime, clock
+    plans_api.mount(app, runtime, clock)
 
     async def respond(view: Callable[[AsyncConnection], Awaitable[Any]]) -> JSONResponse:
         status, body = await answer(view)

@@ -91,7 +91,7 @@ def test_stack_up_file_coverage_restart_and_cli(tmp_path: Path) -> None:
     pids: list[int] = []
 
     stack = Stack(data_dir, registry_port=servers.free_port(), targets_port=servers.free_port(),
-                  training_port=servers.free_port())
+                  training_port=servers.free_port(), notify_port=servers.free_port())
     try:
         state = stack.start()
         registry, targets = state["services"]["registry"]["url"], state["services"]["targets"]["url"]
@@ -101,7 +101,7 @@ def test_stack_up_file_coverage_restart_and_cli(tmp_path: Path) -> None:
         assert json.loads((data_dir / "stack.json").read_text())["nats"]["url"] == nats_url
         for url in (registry, targets):
             assert http_get(f"{url}/readyz") == (200, {"status": "ok", "database": "ok", "nats": "ok"})
-        assert [p.state for p in stack.status()] == ["ready"] * 5
+        assert [p.state for p in stack.status()] == ["ready"] * 6
 
         status, body = post(f"{registry}/commands/file", {
             "name": "西城社区书画协会", "community_code": COMMUNITY, "category": "culture_sports",
@@ -145,7 +145,7 @@ def test_stack_up_file_coverage_restart_and_cli(tmp_path: Path) -> None:
 
     # Started again on the same data dir: the organizations are still there.
     again = Stack(data_dir, registry_port=servers.free_port(), targets_port=servers.free_port(),
-                  training_port=servers.free_port(),
+                  training_port=servers.free_port(), notify_port=servers.free_port(),
                   demo=False)
     try:
         state = again.start()

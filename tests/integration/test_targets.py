@@ -63,11 +63,14 @@ async def count(dsn: str, sql: str) -> int:
         await db.close()
 
 
-async def settled(dsn: str, extra: int) -> None:
-    """Wait until registry has published everything it accepted and targets has applied all of it
-    (plus `extra` events published straight to other streams)."""
+async def settled(dsn: str, extra: int, intake: int) -> None:
+    """Wait until registry has recorded all `intake` facts (some wait for its divisions and are
+    retried), published everything it accepted, and targets has applied all of it (plus `extra`
+    events published straight to other streams)."""
 
     async def caught_up() -> bool:
+        if await count(dsn, "SELECT count(*) FROM registry.inbox WHERE stream LIKE '%CSO_INTAKE'") < intake:
+            return False
         published = await count(dsn, "SELECT count(*) FROM registry.outbox WHERE published_at IS NOT NULL")
         pending = await count(dsn, "SELECT count(*) FROM registry.outbox WHERE published_at IS NULL")
         applied = await count(dsn, "SELECT count(*) FROM targets.inbox")
@@ -111,7 +114,8 @@ async def test_projections_equal_recount_and_survive_shuffling(
     for fact in training:
         await publish(nc, t.event_subject(fact.TYPE, fact.region_of() or ""), make_event(fact, source="training"))
     await asyncio.sleep(1)
-    await settled(settings.database_url, extra=len(training) + 12)
+    await settled(settings.database_url, extra=len(training) + 12,
+                  intake=sum(f.CONTEXT == "registry" for f in facts))
 
     dead = await count(settings.database_url,
                        "SELECT count(*) FROM registry.inbox WHERE stream LIKE '%CSO_INTAKE'") - \

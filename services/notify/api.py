@@ -1,0 +1,178 @@
+"""notify's edges: consumers of targets, registry, training and divisions events; the send loop and
+the scheduler; the HTTP API for subscriptions, the in-app inbox and deliveries."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+from uuid import UUID, uuid4
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+
+from contracts import ContractError, FieldError
+from cso.consumer import Subscription
+from cso.service import Runtime, errors_body
+
+from . import store
+from .config import NotifyConfig
+from .domain import SubscriptionIn
+from .routing import Catalogue, Clock, EventsHandler, Scheduler
+from .sender import Sender
+
+SERVICE = "notify"
+CONSUMED = (("CSO_TARGETS", "targets"), ("CSO_REGISTRY", "registry"), ("CSO_TRAINING", "training"),
+            ("CSO_DIVISIONS", "divisions"))
+
+
+def _json(body: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse(json.loads(json.dumps(body, default=str, ensure_ascii=False)), status_code=status)
+
+
+def _not_found(field: str, message: str) -> JSONResponse:
+    return JSONResponse(errors_body([FieldError(field=field, message=message)]), status_code=404)
+
+
+def _mask(secret: str | None) -> str | None:
+    return None if secret is None else "…" + secret[-4:]
+
+
+def subscription_view(row: dict[str, Any], show_secret: bool = False) -> dict[str, Any]:
+    """A stored subscription as the API shows it; the webhook secret only when it was just set."""
+    webhook = None
+    if row["webhook_url"]:
+        secret = row["webhook_secret"]
+        webhook = {"url": row["webhook_url"], "secret": secret if show_secret else _mask(secret)}
+    digest_time = row["digest_time"]
+    return {
+        "id": row["id"], "recipient": row["recipient"], "language": row["language"],
+        "channels": {"email": row["email"], "webhook": webhook, "inbox": row["inbox"]},
+        "events": list(row["events"]), "statuses": list(row["statuses"]) if row["statuses"] is not None else None,
+        "region": row["region"], "include_subregions": row["include_subregions"],
+        "frequency": row["frequency"], "digest_time": digest_time.strftime("%H:%M") if digest_time else None,
+        "timezone": row["timezone"], "created_at": row["created_at"], "updated_at": row["updated_at"],
+    }
+
+
+def _values(sub: SubscriptionIn, sub_id: UUID, secret: str | None) -> dict[str, Any]:
+    return {"id": sub_id, "recipient": sub.recipient, "language": sub.language,
+            "email": sub.channels.email,
+            "webhook_url": sub.channels.webhook.url if sub.channels.webhook else None,
+            "webhook_secret": secret, "inbox": sub.channels.inbox, "events": list(sub.events),
+            "statuses": [s.value for s in sub.statuses] if sub.statuses is not None else None,
+            "region": sub.region, "include_subregions": sub.include_subregions, "frequency": sub.frequency,
+            "digest_time": sub.effective_digest_time, "timezone": sub.timezone}
+
+
+async def _parse(request: Request) -> SubscriptionIn:
+    raw = await request.body()
+    if len(raw) > 64 * 1024:
+        raise ContractError.single("$", f"body of {len(raw)} bytes exceeds {64 * 1024}")
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ContractError.single("$", f"not JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ContractError.single("$", "a subscription is a JSON object")
+    try:
+        return SubscriptionIn.model_validate(data)
+    except ValidationError as e:
+        raise ContractError.from_validation(e) from None
+
+
+def build(runtime: Runtime, clock: Clock | None = None, config: NotifyConfig | None = None) -> FastAPI:
+    topology = runtime.topology
+    clock = clock or Clock()
+    config = config or NotifyConfig()
+    catalogue = Catalogue.load(config.catalogue)
+    sender = Sender(runtime, config)
+    scheduler = Scheduler(runtime, config, clock, catalogue, sender)
+    handler = EventsHandler(clock, catalogue, sender)
+    for stream, context in CONSUMED:
+        runtime.consume(Subscription(stream, topology.context_subjects(context), f"notify-{context}"), handler)
+    runtime.every(sender.run)
+    runtime.every(scheduler.run)
+
+    app = runtime.http("cso notify")
+    app.state.runtime, app.state.clock, app.state.config = runtime, clock, config
+    app.state.sender, app.state.scheduler = sender, scheduler
+
+    @app.post("/subscriptions", status_code=201)
+    async def create_subscription(request: Request) -> JSONResponse:
+        """Subscribe a recipient; the response shows the webhook secret, once."""
+        sub = await _parse(request)
+        secret = None
+        if sub.channels.webhook is not None:
+            secret = sub.channels.webhook.secret or secrets.token_urlsafe(32)
+        async with runtime.engine.begin() as conn:
+            row = await store.insert_subscription(conn, _values(sub, uuid4(), secret))
+        return _json(subscription_view(row, show_secret=True), 201)
+
+    @app.get("/subscriptions")
+    async def list_subscriptions(recipient: str | None = None, region: str | None = None,
+                                 limit: int = Query(100, ge=1, le=1000), after: UUID | None = None
+                                 ) -> JSONResponse:
+        async with runtime.engine.connect() as conn:
+            rows = await store.list_subscriptions(conn, recipient, region, limit, after)
+        return _json({"items": [subscription_view(r) for r in rows],
+                      "next_after": rows[-1]["id"] if len(rows) == limit else None})
+
+    @app.get("/subscriptions/{sub_id}")
+    async def get_subscription(sub_id: UUID) -> JSONResponse:
+        async with runtime.engine.connect() as conn:
+            row = await store.load_subscription(conn, sub_id)
+        if row is None:
+            return _not_found("id", f"no subscription {sub_id}")
+        return _json(subscription_view(row))
+
+    @app.put("/subscriptions/{sub_id}")
+    async def replace_subscription(sub_id: UUID, request: Request) -> JSONResponse:
+        """Replace a subscription; a webhook keeps its secret unless a new one is given."""
+        sub = await _parse(request)
+        async with runtime.engine.begin() as conn:
+            old = await store.load_subscription(conn, sub_id, lock=True)
+            if old is None:
+                return _not_found("id", f"no subscription {sub_id}")
+            secret, fresh = None, False
+            if sub.channels.webhook is not None:
+                secret = sub.channels.webhook.secret or old["webhook_secret"]
+                if secret is None:
+                    secret = secrets.token_urlsafe(32)
+                fresh = secret != old["webhook_secret"]
+            row = await store.update_subscription(conn, _values(sub, sub_id, secret))
+        assert row is not None
+        return _json(subscription_view(row, show_secret=fresh))
+
+    @app.delete("/subscriptions/{sub_id}")
+    async def delete_subscription(sub_id: UUID) -> Response:
+        async with runtime.engine.begin() as conn:
+            cancelled = await store.delete_subscription(conn, sub_id)
+        if cancelled is None:
+            return _not_found("id", f"no subscription {sub_id}")
+        return _json({"ok": True, "id": sub_id, "cancelled_deliveries": cancelled})
+
+    @app.get("/inbox/{recipient}")
+    async def inbox(recipient: str, unread: bool = False, limit: int = Query(50, ge=1, le=500)) -> JSONResponse:
+        """A recipient's in-app messages, newest first (only the unread ones with unread=true)."""
+        async with runtime.engine.connect() as conn:
+            return _json(await store.inbox(conn, recipient, unread, limit))
+
+    @app.post("/inbox/{recipient}/{message_id}/read")
+    async def read(recipient: str, message_id: UUID) -> JSONResponse:
+        async with runtime.engine.begin() as conn:
+            row = await store.mark_read(conn, recipient, message_id)
+        if row is None:
+            return _not_found("id", f"no message {message_id} in the inbox of {recipient}")
+        return _json({"ok": True, "id": row.id, "read_at": row.read_at})
+
+    @app.get("/deliveries")
+    async def deliveries(subscription_id: UUID | None = None, event_id: UUID | None = None,
+                         status: str | None = Query(None, pattern="^(pending|sent|failed|cancelled)$"),
+                         limit: int = Query(100, ge=1, le=1000)) -> JSONResponse:
+        """Deliveries (the send queue and its history), oldest first."""
+        async with runtime.engine.connect() as conn:
+            return _json({"items": await store.deliveries(conn, subscription_id, event_id, status, limit)})
+
+    return app

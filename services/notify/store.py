@@ -1,0 +1,325 @@
+"""notify's SQL: its own schema, nothing else."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from contracts.events import DivisionsImported
+
+from .domain import Channel, Language, Message, Notice, Rule, delivery_id
+
+SCHEMA = "notify"
+
+
+# --- divisions --------------------------------------------------------------------------------
+
+async def upsert_divisions(conn: AsyncConnection, d: DivisionsImported) -> None:
+    rows = [(d.province.code, d.province.name), (d.city.code, d.city.name), (d.county.code, d.county.name)]
+    rows += [(t.code, t.name) for t in d.townships] + [(c.code, c.name) for c in d.communities]
+    await conn.execute(text(
+        f"INSERT INTO {SCHEMA}.division (code, name, edition) "
+        "SELECT * FROM unnest(CAST(:c AS text[]), CAST(:n AS text[]), CAST(:e AS text[])) "
+        "ON CONFLICT (code) DO UPDATE SET name = excluded.name, edition = excluded.edition, "
+        "updated_at = now() WHERE division.edition <= excluded.edition"),
+        {"c": [r[0] for r in rows], "n": [r[1] for r in rows], "e": [d.edition] * len(rows)})
+
+
+async def names(conn: AsyncConnection, codes: Iterable[str]) -> dict[str, str]:
+    wanted = sorted(set(codes))
+    if not wanted:
+        return {}
+    rows = (await conn.execute(text(f"SELECT code, name FROM {SCHEMA}.division WHERE code = ANY(:c)"),
+                               {"c": wanted})).all()
+    return {r.code: r.name for r in rows}
+
+
+# --- subscriptions ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Subscriber:
+    """A stored subscription: its rule, and how to reach it."""
+
+    rule: Rule
+    recipient: str
+    language: Language
+    channels: tuple[Channel, ...]
+    frequency: str
+    timezone: str
+    digest_time: Any
+
+
+_SUB_COLUMNS = ("id, recipient, language, email, webhook_url, webhook_secret, inbox, events, statuses, "
+                "region, include_subregions, frequency, digest_time, timezone, created_at, updated_at")
+
+
+def _subscriber(row: Any) -> Subscriber:
+    channels: list[Channel] = []
+    if row.email:
+        channels.append("email")
+    if row.webhook_url:
+        channels.append("webhook")
+    if row.inbox:
+        channels.append("inbox")
+    rule = Rule(id=row.id, region=row.region, include_subregions=row.include_subregions,
+                events=frozenset(row.events),
+                statuses=frozenset(row.statuses) if row.statuses is not None else None,
+                created_at=row.created_at)
+    return Subscriber(rule=rule, recipient=row.recipient, language=row.language, channels=tuple(channels),
+                      frequency=row.frequency, timezone=row.timezone, digest_time=row.digest_time)
+
+
+async def subscribers_for(conn: AsyncConnection, kinds: Iterable[str]) -> list[Subscriber]:
+    """Every live subscription naming one of these event kinds (matched in Python after)."""
+    rows = (await conn.execute(text(
+        f"SELECT {_SUB_COLUMNS} FROM {SCHEMA}.subscription "
+        "WHERE deleted_at IS NULL AND events && CAST(:k AS text[]) ORDER BY id"),
+        {"k": sorted(set(kinds))})).all()
+    return [_subscriber(r) for r in rows]
+
+
+async def digest_subscribers(conn: AsyncConnection) -> list[Subscriber]:
+    """Digest subscriptions, and any other that still holds undigested items (it switched)."""
+    rows = (await conn.execute(text(
+        f"SELECT {_SUB_COLUMNS} FROM {SCHEMA}.subscription s WHERE deleted_at IS NULL "
+        f"AND (frequency = 'digest' OR EXISTS (SELECT 1 FROM {SCHEMA}.digest_item i "
+        "WHERE i.subscription_id = s.id AND i.digest_event_id IS NULL)) ORDER BY id"))).all()
+    return [_subscriber(r) for r in rows]
+
+
+async def insert_subscription(conn: AsyncConnection, values: dict[str, Any]) -> dict[str, Any]:
+    row = (await conn.execute(text(
+        f"INSERT INTO {SCHEMA}.subscription (id, recipient, language, email, webhook_url, webhook_secret, "
+        "inbox, events, statuses, region, include_subregions, frequency, digest_time, timezone) VALUES "
+        "(:id, :recipient, :language, :email, :webhook_url, :webhook_secret, :inbox, :events, :statuses, "
+        f":region, :include_subregions, :frequency, :digest_time, :timezone) RETURNING {_SUB_COLUMNS}"),
+        values)).mappings().one()
+    return dict(row)
+
+
+async def update_subscription(conn: AsyncConnection, values: dict[str, Any]) -> dict[str, Any] | None:
+    row = (await conn.execute(text(
+        f"UPDATE {SCHEMA}.subscription SET recipient = :recipient, language = :language, email = :email, "
+        "webhook_url = :webhook_url, webhook_secret = :webhook_secret, inbox = :inbox, events = :events, "
+        "statuses = :statuses, region = :region, include_subregions = :include_subregions, "
+        "frequency = :frequency, digest_time = :digest_time, timezone = :timezone, updated_at = now() "
+        f"WHERE id = :id AND deleted_at IS NULL RETURNING {_SUB_COLUMNS}"), values)).mappings().first()
+    return dict(row) if row else None
+
+
+async def load_subscription(conn: AsyncConnection, sub_id: UUID, lock: bool = False) -> dict[str, Any] | None:
+    row = (await conn.execute(text(
+        f"SELECT {_SUB_COLUMNS} FROM {SCHEMA}.subscription WHERE id = :id AND deleted_at IS NULL"
+        + (" FOR UPDATE" if lock else "")), {"id": sub_id})).mappings().first()
+    return dict(row) if row else None
+
+
+async def list_subscriptions(conn: AsyncConnection, recipient: str | None, region: str | None,
+                             limit: int, after: UUID | None) -> list[dict[str, Any]]:
+    rows = (await conn.execute(text(
+        f"SELECT {_SUB_COLUMNS} FROM {SCHEMA}.subscription WHERE deleted_at IS NULL "
+        "AND (CAST(:recipient AS text) IS NULL OR recipient = :recipient) "
+        "AND (CAST(:region AS text) IS NULL OR region = :region) "
+        "AND (CAST(:after AS uuid) IS NULL OR id > :after) ORDER BY id LIMIT :limit"),
+        {"recipient": recipient, "region": region, "after": after, "limit": limit})).mappings().all()
+    return [dict(r) for r in rows]
+
+
+async def delete_subscription(conn: AsyncConnection, sub_id: UUID) -> int | None:
+    """Soft delete (deliveries keep their history); its pending deliveries are cancelled."""
+    row = (await conn.execute(text(
+        f"UPDATE {SCHEMA}.subscription SET deleted_at = now() WHERE id = :id AND deleted_at IS NULL "
+        "RETURNING id"), {"id": sub_id})).first()
+    if row is None:
+        return None
+    result = await conn.execute(text(
+        f"UPDATE {SCHEMA}.delivery SET status = 'cancelled', lease_until = NULL, "
+        "last_error = 'subscription deleted' WHERE subscription_id = :id AND status = 'pending'"),
+        {"id": sub_id})
+    return int(result.rowcount)
+
+
+# --- routing: deliveries and digest items ------------------------------------------------------
+
+def webhook_data(notice: Notice, message: Message, path: str) -> dict[str, Any]:
+    """The structured part of a notification (the webhook body carries it, the inbox keeps it)."""
+    return {"event_id": str(notice.event_id), "kind": notice.kind, "region": notice.region,
+            "region_path": path, "occurred_at": notice.occurred_at.isoformat(),
+            "subject": message.subject, "text": message.text,
+            "payload": json.loads(json.dumps(dict(notice.payload), default=str))}
+
+
+async def enqueue(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> int:
+    """Insert deliveries; one that exists already (same event, subscription, channel) is skipped."""
+    if not rows:
+        return 0
+    result = await conn.execute(text(
+        f"INSERT INTO {SCHEMA}.delivery (id, event_id, subscription_id, channel, kind, region, recipient, "
+        "subject, body, data) VALUES (:id, :event_id, :subscription_id, :channel, :kind, :region, "
+        ":recipient, :subject, :body, CAST(:data AS jsonb)) "
+        "ON CONFLICT (event_id, subscription_id, channel) DO NOTHING"), list(rows))
+    return int(result.rowcount)
+
+
+def delivery_rows(sub: Subscriber, notice: Notice, message: Message, path: str) -> list[dict[str, Any]]:
+    data = json.dumps(webhook_data(notice, message, path), ensure_ascii=False)
+    return [{"id": delivery_id(notice.event_id, sub.rule.id, channel), "event_id": notice.event_id,
+             "subscription_id": sub.rule.id, "channel": channel, "kind": notice.kind,
+             "region": notice.region, "recipient": sub.recipient, "subject": message.subject,
+             "body": message.text, "data": data} for channel in sub.channels]
+
+
+async def add_digest_items(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        await conn.execute(text(
+            f"INSERT INTO {SCHEMA}.digest_item (subscription_id, event_id, kind, region, headline, "
+            "recorded_at) VALUES (:subscription_id, :event_id, :kind, :region, :headline, :recorded_at) "
+            "ON CONFLICT (subscription_id, event_id) DO NOTHING"), list(rows))
+
+
+async def start_digest(conn: AsyncConnection, sub_id: UUID, day: date, event_id: UUID) -> bool:
+    """Claim the (subscription, day) digest; False when it was made already (here or elsewhere)."""
+    row = (await conn.execute(text(
+        f"INSERT INTO {SCHEMA}.digest (subscription_id, day, event_id) VALUES (:s, :d, :e) "
+        "ON CONFLICT DO NOTHING RETURNING day"), {"s": sub_id, "d": day, "e": event_id})).first()
+    return row is not None
+
+
+async def take_digest_items(conn: AsyncConnection, sub_id: UUID, digest_event: UUID, until: datetime
+                            ) -> list[Any]:
+    rows = (await conn.execute(text(
+        f"UPDATE {SCHEMA}.digest_item SET digest_event_id = :e WHERE subscription_id = :s "
+        "AND digest_event_id IS NULL AND recorded_at <= :until "
+        "RETURNING event_id, kind, region, headline, recorded_at"),
+        {"e": digest_event, "s": sub_id, "until": until})).all()
+    await conn.execute(text(f"UPDATE {SCHEMA}.digest SET items = :n WHERE event_id = :e"),
+                       {"n": len(rows), "e": digest_event})
+    return list(rows)
+
+
+async def start_reminder(conn: AsyncConnection, target_id: str, deadline: date, offset: int,
+                         event_id: UUID) -> bool:
+    row = (await conn.execute(text(
+        f"INSERT INTO {SCHEMA}.reminder (target_id, deadline, offset_days, event_id) "
+        "VALUES (:t, :d, :o, :e) ON CONFLICT DO NOTHING RETURNING event_id"),
+        {"t": target_id, "d": deadline, "o": offset, "e": event_id})).first()
+    return row is not None
+
+
+async def count_reminder(conn: AsyncConnection, event_id: UUID, recipients: int) -> None:
+    await conn.execute(text(f"UPDATE {SCHEMA}.reminder SET recipients = :n WHERE event_id = :e"),
+                       {"n": recipients, "e": event_id})
+
+
+async def done_reminders(conn: AsyncConnection) -> set[tuple[str, date, int]]:
+    rows = (await conn.execute(text(f"SELECT target_id, deadline, offset_days FROM {SCHEMA}.reminder"))).all()
+    return {(r.target_id, r.deadline, r.offset_days) for r in rows}
+
+
+# --- the send queue ---------------------------------------------------------------------------
+
+_CLAIMED = ("d.id, d.event_id, d.subscription_id, d.channel, d.kind, d.region, d.recipient, d.subject, "
+            "d.body, d.data, d.attempts, d.claim_token, s.email, s.webhook_url, s.webhook_secret, "
+            "s.inbox, s.deleted_at")
+
+
+async def claim(conn: AsyncConnection, n: int, lease_seconds: float, token: UUID) -> list[Any]:
+    """Lease up to n due deliveries (SKIP LOCKED: replicas never wait on, nor take, each other's);
+    an expired lease (its sender died) makes a delivery due again. Counts the attempt."""
+    return list((await conn.execute(text(
+        f"WITH picked AS (SELECT id FROM {SCHEMA}.delivery WHERE status = 'pending' "
+        "AND next_attempt_at <= now() AND (lease_until IS NULL OR lease_until < now()) "
+        "ORDER BY next_attempt_at, id LIMIT :n FOR UPDATE SKIP LOCKED) "
+        f"UPDATE {SCHEMA}.delivery d SET lease_until = now() + CAST(:lease AS double precision) "
+        "* interval '1 second', claim_token = :token, attempts = d.attempts + 1 "
+        f"FROM picked, {SCHEMA}.subscription s WHERE d.id = picked.id AND s.id = d.subscription_id "
+        f"RETURNING {_CLAIMED}"), {"n": n, "lease": lease_seconds, "token": token})).all())
+
+
+async def mark_sent(conn: AsyncConnection, delivery: UUID, token: UUID) -> Any:
+    """Sent, if this sender still holds the lease (else another took it over: it reports)."""
+    return (await conn.execute(text(
+        f"UPDATE {SCHEMA}.delivery SET status = 'sent', sent_at = now(), lease_until = NULL, "
+        "last_error = NULL WHERE id = :id AND claim_token = :t AND status = 'pending' "
+        "RETURNING id, event_id, subscription_id, channel, region, attempts"),
+        {"id": delivery, "t": token})).first()
+
+
+async def mark_failed(conn: AsyncConnection, delivery: UUID, token: UUID, error: str) -> Any:
+    return (await conn.execute(text(
+        f"UPDATE {SCHEMA}.delivery SET status = 'failed', failed_at = now(), lease_until = NULL, "
+        "last_error = :e WHERE id = :id AND claim_token = :t AND status = 'pending' "
+        "RETURNING id, event_id, subscription_id, channel, region, attempts"),
+        {"id": delivery, "t": token, "e": error[:4000]})).first()
+
+
+async def mark_cancelled(conn: AsyncConnection, delivery: UUID, token: UUID, reason: str) -> None:
+    await conn.execute(text(
+        f"UPDATE {SCHEMA}.delivery SET status = 'cancelled', lease_until = NULL, last_error = :e "
+        "WHERE id = :id AND claim_token = :t AND status = 'pending'"),
+        {"id": delivery, "t": token, "e": reason})
+
+
+async def schedule_retry(conn: AsyncConnection, delivery: UUID, token: UUID, error: str,
+                         delay_seconds: float) -> bool:
+    row = (await conn.execute(text(
+        f"UPDATE {SCHEMA}.delivery SET lease_until = NULL, last_error = :e, next_attempt_at = now() + "
+        "CAST(:delay AS double precision) * interval '1 second' "
+        "WHERE id = :id AND claim_token = :t AND status = 'pending' RETURNING id"),
+        {"id": delivery, "t": token, "e": error[:4000], "delay": delay_seconds})).first()
+    return row is not None
+
+
+async def put_in_inbox(conn: AsyncConnection, d: Any) -> None:
+    await conn.execute(text(
+        f"INSERT INTO {SCHEMA}.inbox_message (id, recipient, subscription_id, event_id, kind, region, "
+        "subject, body, data) VALUES (:id, :recipient, :sub, :event, :kind, :region, :subject, :body, "
+        "CAST(:data AS jsonb)) ON CONFLICT (id) DO NOTHING"),
+        {"id": d.id, "recipient": d.recipient, "sub": d.subscription_id, "event": d.event_id,
+         "kind": d.kind, "region": d.region, "subject": d.subject, "body": d.body,
+         "data": json.dumps(d.data, ensure_ascii=False)})
+
+
+async def queue_depth(conn: AsyncConnection) -> int:
+    return int((await conn.execute(text(
+        f"SELECT count(*) FROM {SCHEMA}.delivery WHERE status = 'pending'"))).scalar_one())
+
+
+# --- read side --------------------------------------------------------------------------------
+
+async def inbox(conn: AsyncConnection, recipient: str, unread: bool, limit: int) -> dict[str, Any]:
+    rows = (await conn.execute(text(
+        f"SELECT id, subscription_id, event_id, kind, region, subject, body, data, created_at, read_at "
+        f"FROM {SCHEMA}.inbox_message WHERE recipient = :r AND (NOT :unread OR read_at IS NULL) "
+        "ORDER BY created_at DESC, id LIMIT :limit"),
+        {"r": recipient, "unread": unread, "limit": limit})).mappings().all()
+    count = (await conn.execute(text(
+        f"SELECT count(*) FROM {SCHEMA}.inbox_message WHERE recipient = :r AND read_at IS NULL"),
+        {"r": recipient})).scalar_one()
+    return {"recipient": recipient, "unread": int(count), "items": [dict(r) for r in rows]}
+
+
+async def mark_read(conn: AsyncConnection, recipient: str, message_id: UUID) -> Any:
+    return (await conn.execute(text(
+        f"UPDATE {SCHEMA}.inbox_message SET read_at = coalesce(read_at, now()) "
+        "WHERE id = :id AND recipient = :r RETURNING id, read_at"),
+        {"id": message_id, "r": recipient})).first()
+
+
+async def deliveries(conn: AsyncConnection, subscription_id: UUID | None, event_id: UUID | None,
+                     status: str | None, limit: int) -> list[dict[str, Any]]:
+    rows = (await conn.execute(text(
+        f"SELECT id, event_id, subscription_id, channel, kind, region, recipient, subject, status, "
+        f"attempts, next_attempt_at, last_error, created_at, sent_at, failed_at FROM {SCHEMA}.delivery "
+        "WHERE (CAST(:sub AS uuid) IS NULL OR subscription_id = :sub) "
+        "AND (CAST(:event AS uuid) IS NULL OR event_id = :event) "
+        "AND (CAST(:status AS text) IS NULL OR status = :status) ORDER BY created_at, id LIMIT :limit"),
+        {"sub": subscription_id, "event": event_id, "status": status, "limit": limit})).mappings().all()
+    return [dict(r) for r in rows]

@@ -1,0 +1,402 @@
+"""Plans' edges inside the targets service: HTTP routes, NATS request-reply, and a background loop
+that loads the bundled plans, adds lines for new divisions, flags overdue tasks (TaskOverdue) and
+keeps the `cso_tasks_overdue` gauge.
+
+`mount(app, runtime, clock)` wires it all into targets' app (services/targets/api.py build())."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from faststream.nats import NatsMessage
+from prometheus_client import Gauge
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from contracts import FieldError
+from cso.service import Runtime, errors_body
+
+from ..evaluation import Clock
+from ..views import ViewError
+from . import domain as d
+from . import store, views
+
+log = logging.getLogger(__name__)
+SERVICE = "targets"
+BUNDLED = Path(__file__).parent / "data"
+BY_HEADER = "x-cso-by"
+OVERDUE = Gauge("cso_tasks_overdue", "Overdue plan tasks (counted for their lead unit) and lines of expanded "
+                "tasks (counted for their township or county), per plan", ["plan", "unit"])
+
+
+def bundled_dir() -> Path | None:
+    """Where the plans loaded at start live: CSO_TARGETS_PLANS (a directory; 'none' for no
+    plans), else the two reference plans shipped in services/targets/plans/data/."""
+    value = os.environ.get("CSO_TARGETS_PLANS", "").strip()
+    if value.lower() in ("none", "off", "-"):
+        return None
+    return Path(value) if value else BUNDLED
+
+
+class PlanLoop:
+    """Once a second: load bundled plans (once their divisions are known), add lines for new
+    divisions, flag overdue tasks and lines, refresh the overdue gauge."""
+
+    def __init__(self, runtime: Runtime, clock: Clock, directory: Path | None, interval: float = 1.0) -> None:
+        self.runtime, self.clock, self.interval = runtime, clock, interval
+        self.bundled: list[tuple[str, str]] = []
+        if directory is not None and directory.is_dir():
+            self.bundled = [(p.name, p.read_text(encoding="utf-8"))
+                            for p in sorted(directory.iterdir()) if p.suffix in (".yaml", ".yml", ".json")]
+        self.seeded: dict[str, str] = {}   # file name -> hash of the text dealt with
+        self.waiting: set[str] = set()
+        self.labels: set[tuple[str, str]] = set()
+        self.divisions_seen: int | None = None  # the divisions stream position lines were synced at
+
+    def resync_targets(self) -> None:
+        coalescer = getattr(self.runtime, "coalescer", None)
+        if coalescer is not None:
+            coalescer.resync.set()
+
+    async def seed(self) -> None:
+        for name, source in self.bundled:
+            digest = d.source_hash(source)
+            if self.seeded.get(name) == digest:
+                continue
+            origin = f"bundled:{name}"
+            async with self.runtime.engine.begin() as conn:
+                try:
+                    data = d.read_plan_text(source, name)
+                    codes = sorted(d.referenced_codes(data))
+                    known = await store.known_regions(conn, codes)
+                    missing = [c for c in codes if c not in known]
+                    if missing:
+                        if name not in self.waiting:
+                            log.info("plans: %s waits for divisions %s", name, ", ".join(missing))
+                            self.waiting.add(name)
+                        continue
+                    plan = d.parse_plan(data, name, known, strict=False)
+                except d.PlanError as e:
+                    log.error("plans: bundled plan %s is invalid:\n%s", name, e)
+                    self.seeded[name] = digest
+                    continue
+                await store.lock_plan(conn, plan.id)
+                if await store.seed_hash(conn, plan.id) != digest:
+                    result = await store.import_plan(conn, plan, origin, by="cso-targets", seed=digest)
+                    for warning in plan.warnings:
+                        log.warning("plans: %s", warning)
+                    log.info("plans: loaded %s (%s, revision %s)", name, plan.id, result["revision"])
+            self.seeded[name] = digest
+            self.waiting.discard(name)
+            self.resync_targets()
+
+    async def step(self) -> None:
+        coalescer = getattr(self.runtime, "coalescer", None)
+        # Plans' targets go into the catalogue table only after targets seeded its default
+        # catalogue (which it does only into an empty table) and evaluated once.
+        if self.bundled and (coalescer is None or coalescer.evaluated_on is not None):
+            await self.seed()
+        today = self.clock.today()
+        async with self.runtime.engine.begin() as conn:
+            # Lines follow the divisions: sync them when the divisions consumer has moved.
+            seen = await store.divisions_position(conn, self.runtime.topology.stream("CSO_DIVISIONS"))
+            if seen != self.divisions_seen:
+                await store.sync_lines(conn)
+            flagged = await store.sweep_overdue(conn, self.runtime.topology, today)
+            counts = await store.overdue_counts(conn, today)
+        self.divisions_seen = seen
+        for label in self.labels - set(counts):
+            OVERDUE.labels(*label).set(0)
+        for label, n in counts.items():
+            OVERDUE.labels(*label).set(n)
+        self.labels |= set(counts)
+        if flagged and self.runtime.relay:
+            self.runtime.relay.notify()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("plans: background step failed; retrying")
+            await asyncio.sleep(self.interval)
+
+
+# --- shared by HTTP and NATS ------------------------------------------------------------------
+
+
+def _body(status: int, field: str, message: str) -> tuple[int, Any]:
+    return status, errors_body([FieldError(field=field, message=message)])
+
+
+async def _answer(runtime: Runtime, view: Callable[[AsyncConnection], Awaitable[Any]]) -> tuple[int, Any]:
+    try:
+        async with runtime.engine.connect() as conn:
+            return 200, await view(conn)
+    except ViewError as e:
+        return _body(e.status, e.field, e.message)
+
+
+def _queries(clock: Clock, q: dict[str, Any]) -> dict[str, Callable[[AsyncConnection], Awaitable[Any]]]:
+    today = clock.today()
+    plan, task, unit = str(q.get("plan", "")), str(q.get("task", "")), str(q.get("unit", ""))
+    return {
+        "plans": lambda c: views.plans(c, today),
+        "ledger": lambda c: views.ledger(c, plan, today),
+        "task": lambda c: views.task(c, plan, task, today),
+        "lines": lambda c: views.lines(c, plan, task, today),
+        "todo": lambda c: views.todo(c, unit, today),
+        "revisions": lambda c: views.revisions(c, plan),
+    }
+
+
+async def query(runtime: Runtime, clock: Clock, name: str | None, body: bytes | None) -> bytes:
+    """Answer a NATS query: `name` one of plans, ledger ({plan}), task ({plan, task}), lines
+    ({plan, task}), todo ({unit}), revisions ({plan}); the body a JSON object. Without a name
+    (the single subject cso.query.targets.plan) the body's "view" names it, else it follows from
+    the keys given: task -> task, plan -> ledger, unit -> todo, none -> plans."""
+    try:
+        q = json.loads(body or b"{}")
+        if not isinstance(q, dict):
+            raise ValueError("a query is a JSON object")
+    except ValueError as e:
+        return json.dumps(errors_body([FieldError(field="$", message=str(e))])).encode()
+    queries = _queries(clock, q)
+    if name is None:
+        name = str(q.get("view") or ("task" if q.get("task") else "ledger" if q.get("plan")
+                                     else "todo" if q.get("unit") else "plans"))
+    if name not in queries:
+        return json.dumps(errors_body([FieldError(
+            field="query", message=f"unknown query {name!r}; one of {', '.join(queries)}")])).encode()
+    _, answer = await _answer(runtime, queries[name])
+    return json.dumps(answer, default=str, ensure_ascii=False).encode()
+
+
+def _json(status: int, body: Any) -> JSONResponse:
+    return JSONResponse(json.loads(json.dumps(body, default=str)), status_code=status)
+
+
+def header_text(request: Request, name: str) -> str | None:
+    """A header's text: percent-encoded UTF-8 (``X-Cso-By: %E5%BC%A0%E4%B8%89``) or raw UTF-8."""
+    raw = request.headers.get(name)
+    if raw is None:
+        return None
+    try:
+        raw = raw.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        pass
+    return unquote(raw).strip() or None
+
+
+def _actor(request: Request, body: dict[str, Any]) -> str | None:
+    by = body.get("by")
+    if isinstance(by, str) and by.strip():
+        return by.strip()
+    return header_text(request, BY_HEADER)
+
+
+async def _object(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as e:
+        raise ViewError(422, "$", f"not JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise ViewError(422, "$", "expected a JSON object")
+    return body
+
+
+async def _read_limited(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > d.MAX_EVIDENCE_BYTES:
+        raise d.EvidenceError("content", f"{declared} bytes; evidence is at most {d.MAX_EVIDENCE_BYTES} "
+                              "bytes (10 MB)", 413)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > d.MAX_EVIDENCE_BYTES:
+            raise d.EvidenceError("content", f"more than {d.MAX_EVIDENCE_BYTES} bytes; evidence is at most "
+                                  "10 MB", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _inline_evidence(body: dict[str, Any]) -> list[tuple[d.EvidenceFile, bytes]]:
+    raw = body.get("evidence")
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ViewError(422, "evidence", "expected a list of {filename, content_base64}")
+    out = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or not isinstance(item.get("filename"), str) \
+                or not isinstance(item.get("content_base64"), str):
+            raise ViewError(422, f"evidence[{i}]", "expected {filename, content_base64}")
+        try:
+            content = base64.b64decode(item["content_base64"], validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise ViewError(422, f"evidence[{i}].content_base64", f"not base64: {e}") from None
+        try:
+            out.append((d.check_evidence(item["filename"], content), content))
+        except d.EvidenceError as e:
+            raise d.EvidenceError(f"evidence[{i}].{e.field}", e.message, e.status) from None
+    return out
+
+
+async def _guarded(work: Callable[[], Awaitable[JSONResponse]]) -> JSONResponse:
+    try:
+        return await work()
+    except ViewError as e:
+        return _json(*_body(e.status, e.field, e.message))
+    except d.TransitionError as e:
+        return _json(*_body(e.status, e.field, e.message))
+    except d.EvidenceError as e:
+        return _json(*_body(e.status, e.field, e.message))
+    except d.PlanError as e:
+        return _json(422, errors_body([FieldError(field=p.path, message=str(p)) for p in e.problems]))
+
+
+def mount(app: FastAPI, runtime: Runtime, clock: Clock) -> None:
+    """Add plans' HTTP routes and NATS queries to targets' app, and its background loop."""
+    topology = runtime.topology
+    loop = PlanLoop(runtime, clock, bundled_dir())
+    runtime.every(loop.run)
+
+    async def on_query(msg: NatsMessage) -> bytes:
+        return await query(runtime, clock, msg.raw_message.subject.rsplit(".", 1)[-1], msg.body)
+
+    # cso.query.targets.plan.<plans|ledger|task|lines|todo|revisions>: one token below "plan", so
+    # targets' own cso.query.targets.* subscription does not see these.
+    runtime.on_request(topology.query_subject(SERVICE, "plan.*"), on_query)
+
+    async def respond(view: Callable[[AsyncConnection], Awaitable[Any]]) -> JSONResponse:
+        return _json(*await _answer(runtime, view))
+
+    def published() -> None:
+        if runtime.relay:
+            runtime.relay.notify()
+
+    async def import_file(request: Request, expect_id: str | None) -> JSONResponse:
+        source = (await request.body()).decode("utf-8", errors="replace")
+        origin = request.query_params.get("file") or header_text(request, "x-cso-file") or "upload"
+        by = header_text(request, BY_HEADER)
+        async with runtime.engine.begin() as conn:
+            plan = await store.parse(conn, source, origin, strict=True)
+            if expect_id is not None and plan.id != expect_id:
+                raise ViewError(422, "plan.id", f"{origin}: plan.id {plan.id!r} differs from the path's {expect_id!r}")
+            result = await store.import_plan(conn, plan, origin, by=by)
+        loop.resync_targets()
+        return _json(200, {"ok": True, **result})
+
+    @app.post("/plans")
+    async def post_plan(request: Request) -> JSONResponse:
+        """Import a plan file (YAML or JSON, the format of plans/README.md): an upsert; a changed
+        plan gets a new revision with the diff. `?file=` names the file in error messages."""
+        return await _guarded(lambda: import_file(request, None))
+
+    @app.put("/plans/{plan_id}")
+    async def put_plan(plan_id: str, request: Request) -> JSONResponse:
+        return await _guarded(lambda: import_file(request, plan_id))
+
+    @app.get("/plans")
+    async def get_plans() -> JSONResponse:
+        return await respond(lambda c: views.plans(c, clock.today()))
+
+    @app.get("/plans/{plan_id}")
+    async def get_ledger(plan_id: str) -> JSONResponse:
+        """The plan's ledger: its tasks overdue first, then by state; its completion share."""
+        return await respond(lambda c: views.ledger(c, plan_id, clock.today()))
+
+    @app.get("/plans/{plan_id}/revisions")
+    async def get_revisions(plan_id: str) -> JSONResponse:
+        return await respond(lambda c: views.revisions(c, plan_id))
+
+    @app.get("/plans/{plan_id}/tasks/{task_no}")
+    async def get_task(plan_id: str, task_no: str) -> JSONResponse:
+        return await respond(lambda c: views.task(c, plan_id, task_no, clock.today()))
+
+    @app.get("/plans/{plan_id}/tasks/{task_no}/lines")
+    async def get_lines(plan_id: str, task_no: str) -> JSONResponse:
+        """Per-township (or per-county) progress of an expanded task."""
+        return await respond(lambda c: views.lines(c, plan_id, task_no, clock.today()))
+
+    @app.get("/plans/{plan_id}/evidence/{evidence_id}")
+    async def get_evidence(plan_id: str, evidence_id: str) -> Response:
+        try:
+            async with runtime.engine.connect() as conn:
+                row = await views.evidence_file(conn, plan_id, evidence_id)
+        except ViewError as e:
+            return _json(*_body(e.status, e.field, e.message))
+        return Response(bytes(row.content), media_type=row.media_type, headers={
+            "Content-Disposition": f"attachment; filename*=UTF-8''{_quote(row.filename)}",
+            "X-Checksum-Sha256": row.sha256})
+
+    async def upload(request: Request, plan_id: str, task_no: str, line: str) -> JSONResponse:
+        filename = request.query_params.get("filename") or header_text(request, "x-cso-filename") or ""
+        content = await _read_limited(request)
+        file = d.check_evidence(filename, content)
+        async with runtime.engine.begin() as conn:
+            stored = await store.add_evidence(conn, plan_id, task_no, line, file, content,
+                                              header_text(request, BY_HEADER), clock.today())
+        return _json(201, {"ok": True, **stored})
+
+    @app.post("/plans/{plan_id}/tasks/{task_no}/evidence")
+    async def post_evidence(plan_id: str, task_no: str, request: Request) -> JSONResponse:
+        """Attach an evidence file (the raw body; `?filename=report.pdf`): pdf, jpg, png, docx or
+        xlsx by content, at most 10 MB; kept with its SHA-256."""
+        return await _guarded(lambda: upload(request, plan_id, task_no, ""))
+
+    @app.post("/plans/{plan_id}/tasks/{task_no}/lines/{line}/evidence")
+    async def post_line_evidence(plan_id: str, task_no: str, line: str, request: Request) -> JSONResponse:
+        return await _guarded(lambda: upload(request, plan_id, task_no, line))
+
+    async def move(request: Request, plan_id: str, task_no: str, line: str, action: str) -> JSONResponse:
+        body = await _object(request)
+        by = _actor(request, body)
+        if by is None:
+            raise ViewError(422, "by", f"who {action}s: give 'by' in the body or the {BY_HEADER} header")
+        note = body.get("reason") if action == d.Action.RETURN.value and body.get("reason") else body.get("note")
+        if note is not None and not isinstance(note, str):
+            raise ViewError(422, "note", "expected text")
+        evidence = _inline_evidence(body)
+        async with runtime.engine.begin() as conn:
+            result = await store.transition(conn, topology, plan_id=plan_id, task_no=task_no, line=line,
+                                            action=action, by=by, note=note, today=clock.today(),
+                                            evidence=evidence)
+        published()
+        return _json(200, {"ok": True, **result})
+
+    @app.post("/plans/{plan_id}/tasks/{task_no}/lines/{line}/{action}")
+    async def post_line_action(plan_id: str, task_no: str, line: str, action: str, request: Request) -> JSONResponse:
+        """start | submit | accept | return one township's (or county's) line of an expanded task."""
+        return await _guarded(lambda: move(request, plan_id, task_no, line, action))
+
+    @app.post("/plans/{plan_id}/tasks/{task_no}/{action}")
+    async def post_action(plan_id: str, task_no: str, action: str, request: Request) -> JSONResponse:
+        """start | submit (note + evidence) | accept | return (reason) a task; body {by, note,
+        reason, evidence: [{filename, content_base64}]}, or `by` in the X-Cso-By header."""
+        return await _guarded(lambda: move(request, plan_id, task_no, "", action))
+
+    @app.get("/units/{unit}/todo")
+    async def get_todo(unit: str) -> JSONResponse:
+        """What a unit has open across plans, overdue first."""
+        return await respond(lambda c: views.todo(c, unit, clock.today()))
+
+
+def _quote(name: str) -> str:
+    return quote(name, safe="")

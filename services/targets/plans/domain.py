@@ -1,0 +1,1015 @@
+"""Plans and their task ledgers: the plan file format and its validation, the task state machine,
+evidence checks and the roll-ups the views show. Pure code (no database, no bus, no clock).
+
+A plan file (see README.md in this package) is validated as a whole: `parse_plan` returns a
+`Plan` or raises one `PlanError` listing every problem, each naming the file, the task (its index
+and number) and the field. Nothing of a rejected file is ever applied.
+
+Division codes are checked against what the caller knows (`regions`: code -> tier, from
+targets.division), so a plan can only name regions that exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import re
+import zipfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta
+from enum import StrEnum
+from typing import Any, Literal
+
+import yaml
+
+from contracts.codes import TIERS, tier_of
+
+from ..domain.catalogue import CatalogueError, parse_catalogue
+from ..domain.metrics import FIGURES
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+TASK_NO_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
+MONTH_PATTERN = re.compile(r"^(\d{4})-(\d{2})$")
+DAY_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+MAX_NOTE = 4000  # TaskStatusChanged.note's limit
+
+ExpandTier = Literal["county", "township"]
+Comparison = Literal[">=", "<="]
+
+# Units that stand for "every division of a tier under the plan's scope": a task naming one is
+# carried out by each of them, and gets one progress line per division. Compared after
+# `normalize_unit` (full-width brackets become ASCII ones).
+EXPANSION_MARKERS: dict[str, ExpandTier] = {
+    "各镇(街道)": "township",
+    "各乡镇(街道)": "township",
+    "各街道(镇)": "township",
+    "各街道(乡镇)": "township",
+    "各乡(镇、街道)": "township",
+    "各镇(乡、街道)": "township",
+    "各县区": "county",
+    "各区县": "county",
+    "各县(区)": "county",
+    "各县(市、区)": "county",
+    "各县(市,区)": "county",
+}
+
+_PLAN_KEYS = {"id", "title", "scope", "issued", "issuers", "issuer", "period", "phases",
+              "implementing", "acceptance"}
+_TASK_KEYS = {"no", "title", "lead", "co", "due", "community", "targets"}
+_TARGET_KEYS = {"metric", "threshold", "comparison", "due", "untracked"}
+_TOP_KEYS = {"plan", "work_plans", "tasks"}
+
+
+def normalize_unit(unit: str) -> str:
+    """A unit's name as compared and stored: trimmed, full-width brackets and commas as ASCII."""
+    return (unit.strip().replace("（", "(").replace("）", ")").replace("，", ",")
+            .replace(" ", "").replace("\u3000", ""))
+
+
+def month_end(year: int, month: int) -> date:
+    first_next = date(year + (month == 12), month % 12 + 1, 1)
+    return first_next - timedelta(days=1)
+
+
+def task_key(no: str) -> tuple[tuple[int, int | str], ...]:
+    """Natural order of task numbers: 1.2 < 1.10 < 2.1, numbers before letters."""
+    parts: list[tuple[int, int | str]] = []
+    for part in re.split(r"[.-]", no):
+        parts.append((0, int(part)) if part.isdigit() else (1, part))
+    return tuple(parts)
+
+
+# --- the plan ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    start: date | None
+    until: date | None
+
+
+@dataclass(frozen=True)
+class WorkPlan:
+    no: str
+    title: str
+    tasks: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PlanTarget:
+    """A figure a task promises. Tracked targets join the target catalogue as `target_id`;
+    untracked ones (a metric cso does not compute) are recorded with the task only."""
+
+    metric: str
+    threshold: float
+    comparison: Comparison
+    due: str | None
+    deadline: date
+    untracked: bool
+    target_id: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"metric": self.metric, "threshold": self.threshold, "comparison": self.comparison,
+                "due": self.due, "deadline": self.deadline.isoformat(), "untracked": self.untracked,
+                "target_id": self.target_id}
+
+
+@dataclass(frozen=True)
+class Task:
+    no: str
+    title: str
+    lead: str
+    co: tuple[str, ...]
+    due: str | None
+    deadline: date
+    community: str | None
+    scope_region: str
+    expands: ExpandTier | None
+    work_plan: str | None
+    targets: tuple[PlanTarget, ...]
+
+    @property
+    def units(self) -> tuple[str, ...]:
+        return (self.lead, *self.co)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"no": self.no, "title": self.title, "lead": self.lead, "co": list(self.co),
+                "due": self.due, "deadline": self.deadline.isoformat(), "community": self.community,
+                "scope_region": self.scope_region, "expands": self.expands,
+                "work_plan": self.work_plan, "targets": [t.to_json() for t in self.targets]}
+
+
+@dataclass(frozen=True)
+class Plan:
+    id: str
+    title: str
+    scope: str
+    issued: date | None
+    issuers: tuple[str, ...]
+    period_from: date | None
+    period_until: date | None
+    phases: tuple[Phase, ...]
+    implementing: str | None
+    acceptance: str | None
+    starts: date          # when counting starts: period.from, else the issue date
+    opens: date           # no deadline may fall before it: the issue date, else period.from
+    ends: date | None     # no deadline may fall after it: period.until, else the last phase's until
+    work_plans: tuple[WorkPlan, ...]
+    tasks: tuple[Task, ...]
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The canonical document: what is stored, compared and diffed between revisions."""
+
+        def day(d: date | None) -> str | None:
+            return d.isoformat() if d else None
+
+        return {
+            "id": self.id, "title": self.title, "scope": self.scope, "issued": day(self.issued),
+            "issuers": list(self.issuers),
+            "period": {"from": day(self.period_from), "until": day(self.period_until)},
+            "phases": [{"name": p.name, "from": day(p.start), "until": day(p.until)} for p in self.phases],
+            "implementing": self.implementing, "acceptance": self.acceptance,
+            "starts": day(self.starts), "opens": day(self.opens), "ends": day(self.ends),
+            "work_plans": [{"no": w.no, "title": w.title, "tasks": list(w.tasks)} for w in self.work_plans],
+            "tasks": [t.to_json() for t in self.tasks],
+        }
+
+    def catalogue_items(self) -> list[dict[str, Any]]:
+        """Target catalogue entries (services/targets/catalogue.yaml format) of tracked targets."""
+        return [catalogue_item(self, task, target) for task in self.tasks for target in task.targets
+                if not target.untracked]
+
+
+def catalogue_item(plan: Plan, task: Task, target: PlanTarget) -> dict[str, Any]:
+    return {
+        "id": target.target_id or target_id(plan.id, task.no, target.metric),
+        "title": f"{plan.id} {task.no} {task.title}",
+        "figure": target.metric,
+        "scope_region": task.scope_region,
+        "threshold": target.threshold,
+        "comparison": target.comparison,
+        "start": plan.starts,
+        "deadline": target.deadline,
+        "source": plan.title,
+    }
+
+
+def target_id(plan_id: str, task_no: str, metric: str) -> str:
+    return f"{plan_id}-{task_no}-{metric}"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a plan file: where (e.g. ``tasks[3]`` with label ``no '1.4'``), which
+    field, and what."""
+
+    origin: str
+    location: str
+    label: str
+    field: str
+    message: str
+
+    @property
+    def path(self) -> str:
+        if not self.location:
+            return self.field or "$"
+        return f"{self.location}.{self.field}" if self.field else self.location
+
+    def __str__(self) -> str:
+        where = self.location + (f" ({self.label})" if self.label else "")
+        parts = [self.origin, where, self.field, self.message]
+        return ": ".join(p for p in parts if p)
+
+
+class PlanError(ValueError):
+    """A plan file that cannot be loaded; `problems` lists every problem found."""
+
+    def __init__(self, origin: str, problems: Sequence[Problem]) -> None:
+        self.origin = origin
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class _Problems:
+    def __init__(self, origin: str) -> None:
+        self.origin = origin
+        self.items: list[Problem] = []
+
+    def add(self, location: str, label: str, field_: str, message: str) -> None:
+        self.items.append(Problem(self.origin, location, label, field_, message))
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false. (YAML 1.1 also reads yes/no/on/off as booleans, which
+    would turn the reference files' `no:` key, a task's number, into False.)"""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def read_plan_text(text: str, origin: str) -> object:
+    """Parse a plan file's text (YAML 1.2 booleans; JSON is YAML too)."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader
+    except yaml.YAMLError as exc:
+        raise PlanError(origin, [Problem(origin, "", "", "", f"not valid YAML: {exc}")]) from exc
+
+
+def referenced_codes(data: object) -> set[str]:
+    """The division codes a plan file names (its scope and communities), to look up first."""
+    codes: set[str] = set()
+    if not isinstance(data, dict):
+        return codes
+    plan = data.get("plan")
+    if isinstance(plan, dict) and isinstance(plan.get("scope"), str):
+        codes.add(plan["scope"])
+    tasks = data.get("tasks")
+    for task in tasks if isinstance(tasks, list) else []:
+        if isinstance(task, dict) and isinstance(task.get("community"), str):
+            codes.add(task["community"])
+    return codes
+
+
+def plan_id_of(data: object) -> str | None:
+    if isinstance(data, dict) and isinstance(data.get("plan"), dict):
+        value = data["plan"].get("id")
+        return value if isinstance(value, str) else None
+    return None
+
+
+def _text(value: object, p: _Problems, loc: str, label: str, name: str, required: bool = True
+          ) -> str | None:
+    if value is None:
+        if required:
+            p.add(loc, label, name, "required")
+        return None
+    if not isinstance(value, str) or not value.strip():
+        p.add(loc, label, name, f"expected non-empty text, got {value!r}")
+        return None
+    return value.strip()
+
+
+def _day(value: object, p: _Problems, loc: str, label: str, name: str) -> date | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        p.add(loc, label, name, f"expected a date such as 2024-02-21, got a date and time {value}")
+        return None
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str) and DAY_PATTERN.fullmatch(value.strip()):
+        try:
+            return date.fromisoformat(value.strip())
+        except ValueError as exc:
+            p.add(loc, label, name, f"{value!r} is not a valid date: {exc}")
+            return None
+    p.add(loc, label, name, f"expected a date such as 2024-02-21, got {value!r}")
+    return None
+
+
+def _month(value: object, p: _Problems, loc: str, label: str, name: str) -> tuple[str, date] | None:
+    """A month (``YYYY-MM``) and its last day."""
+    if isinstance(value, str):
+        m = MONTH_PATTERN.fullmatch(value.strip())
+        if m and 1 <= int(m.group(2)) <= 12:
+            return value.strip(), month_end(int(m.group(1)), int(m.group(2)))
+    hint = " (a month, the deadline is its last day)"
+    p.add(loc, label, name, f"expected a month such as 2024-05{hint}, got {value!r}")
+    return None
+
+
+def _code(value: object, p: _Problems, loc: str, label: str, name: str) -> str | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        p.add(loc, label, name, f"a division code must be a quoted string such as '{value}', got the number {value}")
+        return None
+    if not isinstance(value, str):
+        p.add(loc, label, name, f"expected a division code, got {value!r}")
+        return None
+    try:
+        tier_of(value)
+    except ValueError as exc:
+        p.add(loc, label, name, str(exc))
+        return None
+    return value
+
+
+def _unknown_keys(item: Mapping[Any, Any], allowed: set[str], p: _Problems, loc: str, label: str) -> None:
+    for key in sorted(str(k) for k in item if k not in allowed):
+        p.add(loc, label, key, f"unknown field; expected one of {', '.join(sorted(allowed))}")
+
+
+def _units(value: object, p: _Problems, loc: str, label: str, name: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        p.add(loc, label, name, f"expected a list of units, got {type(value).__name__}")
+        return ()
+    out: list[str] = []
+    for i, unit in enumerate(value):
+        if not isinstance(unit, str) or not unit.strip():
+            p.add(loc, label, f"{name}[{i}]", f"expected a unit's name, got {unit!r}")
+            continue
+        normalized = normalize_unit(unit)
+        if normalized in out:
+            p.add(loc, label, f"{name}[{i}]", f"{unit!r} is listed twice")
+            continue
+        out.append(normalized)
+    return tuple(out)
+
+
+def _parse_header(raw: object, p: _Problems) -> dict[str, Any] | None:
+    loc, label = "plan", ""
+    if not isinstance(raw, dict):
+        p.add("plan", "", "", f"expected a mapping of plan fields, got {type(raw).__name__}")
+        return None
+    _unknown_keys(raw, _PLAN_KEYS, p, loc, label)
+    out: dict[str, Any] = {}
+    ident = _text(raw.get("id"), p, loc, label, "id")
+    if ident is not None and not ID_PATTERN.fullmatch(ident):
+        p.add(loc, label, "id", f"{ident!r}: letters, digits, '.', '_' and '-' only")
+        ident = None
+    out["id"] = ident
+    out["title"] = _text(raw.get("title"), p, loc, label, "title")
+    out["scope"] = _code(raw.get("scope"), p, loc, label, "scope") if "scope" in raw else None
+    if "scope" not in raw:
+        p.add(loc, label, "scope", "required: the region the plan covers (a quoted division code)")
+    out["issued"] = _day(raw.get("issued"), p, loc, label, "issued")
+    issuers = list(_units(raw.get("issuers"), p, loc, label, "issuers"))
+    if raw.get("issuer") is not None:
+        one = _text(raw.get("issuer"), p, loc, label, "issuer")
+        if one:
+            issuers.insert(0, normalize_unit(one))
+    out["issuers"] = tuple(dict.fromkeys(issuers))
+    period = raw.get("period")
+    out["period_from"] = out["period_until"] = None
+    if period is not None:
+        if not isinstance(period, dict):
+            p.add(loc, label, "period", f"expected {{from: date, until: date}}, got {period!r}")
+        else:
+            _unknown_keys(period, {"from", "until"}, p, loc, label)
+            out["period_from"] = _day(period.get("from"), p, loc, label, "period.from")
+            out["period_until"] = _day(period.get("until"), p, loc, label, "period.until")
+            if out["period_from"] and out["period_until"] and out["period_until"] < out["period_from"]:
+                p.add(loc, label, "period.until",
+                      f"{out['period_until']} is before period.from {out['period_from']}")
+    phases: list[Phase] = []
+    raw_phases = raw.get("phases")
+    if raw_phases is not None and not isinstance(raw_phases, list):
+        p.add(loc, label, "phases", f"expected a list of phases, got {type(raw_phases).__name__}")
+    for i, ph in enumerate(raw_phases if isinstance(raw_phases, list) else []):
+        name_ = f"phases[{i}]"
+        if not isinstance(ph, dict):
+            p.add(loc, label, name_, f"expected {{name, from, until}}, got {ph!r}")
+            continue
+        for key in sorted(str(k) for k in ph if k not in ("name", "from", "until")):
+            p.add(loc, label, f"{name_}.{key}", "unknown field; expected name, from, until")
+        pname = _text(ph.get("name"), p, loc, label, f"{name_}.name")
+        start = _day(ph.get("from"), p, loc, label, f"{name_}.from")
+        until = _day(ph.get("until"), p, loc, label, f"{name_}.until")
+        if start and until and until < start:
+            p.add(loc, label, f"{name_}.until", f"{until} is before its from {start}")
+        phases.append(Phase(pname or "", start, until))
+    out["phases"] = tuple(phases)
+    out["implementing"] = _text(raw.get("implementing"), p, loc, label, "implementing", required=False)
+    if out["implementing"]:
+        out["implementing"] = normalize_unit(out["implementing"])
+    out["acceptance"] = _text(raw.get("acceptance"), p, loc, label, "acceptance", required=False)
+    opens = out["issued"] or out["period_from"]
+    if opens is None and raw.get("issued") is None and (not isinstance(period, dict) or period.get("from") is None):
+        p.add(loc, label, "issued", "required: the issue date (or give period.from)")
+    out["opens"] = opens
+    out["starts"] = out["period_from"] or out["issued"]
+    ends = out["period_until"]
+    if ends is None and phases and phases[-1].until is not None:
+        ends = phases[-1].until
+    out["ends"] = ends
+    return out
+
+
+def _expansion(units: Sequence[str]) -> tuple[ExpandTier, str] | None:
+    """The finest tier the units expand over, with the marker that said so."""
+    found = [(EXPANSION_MARKERS[u], u) for u in units if u in EXPANSION_MARKERS]
+    if not found:
+        return None
+    return max(found, key=lambda f: TIERS.index(f[0]))
+
+
+def _parse_target(raw: object, p: _Problems, loc: str, label: str, name: str, plan: Mapping[str, Any],
+                  task_no: str | None, task_deadline: date | None, strict: bool,
+                  warnings: list[str]) -> PlanTarget | None:
+    if not isinstance(raw, dict):
+        p.add(loc, label, name, f"expected {{metric, threshold}}, got {raw!r}")
+        return None
+    for key in sorted(str(k) for k in raw if k not in _TARGET_KEYS):
+        p.add(loc, label, f"{name}.{key}", f"unknown field; expected one of {', '.join(sorted(_TARGET_KEYS))}")
+    ok = True
+    metric = _text(raw.get("metric"), p, loc, label, f"{name}.metric")
+    untracked_raw = raw.get("untracked", False)
+    if not isinstance(untracked_raw, bool):
+        p.add(loc, label, f"{name}.untracked", f"expected true or false, got {untracked_raw!r}")
+        ok = False
+    untracked = untracked_raw is True
+    if metric is not None and metric not in FIGURES and not untracked:
+        if strict:
+            p.add(loc, label, f"{name}.metric",
+                  f"unknown metric {metric!r}; known metrics: {', '.join(FIGURES)}. A figure cso does "
+                  "not compute can be recorded with `untracked: true`")
+            ok = False
+        else:
+            untracked = True
+            warnings.append(f"{p.origin}: {loc} ({label}): {name}.metric: {metric!r} is not a metric cso "
+                            "computes; recorded as an untracked target")
+    threshold = raw.get("threshold")
+    if threshold is None:
+        p.add(loc, label, f"{name}.threshold", "required: a target needs a threshold")
+        ok = False
+    elif (isinstance(threshold, bool) or not isinstance(threshold, int | float)
+          or not math.isfinite(float(threshold)) or threshold < 0):
+        p.add(loc, label, f"{name}.threshold", f"expected a number ≥ 0, got {threshold!r}")
+        ok = False
+    comparison = raw.get("comparison", ">=")
+    if comparison not in (">=", "<="):
+        p.add(loc, label, f"{name}.comparison", f"expected '>=' or '<=', got {comparison!r}")
+        ok = False
+    due: str | None = None
+    deadline = task_deadline
+    if raw.get("due") is not None:
+        month = _month(raw.get("due"), p, loc, label, f"{name}.due")
+        if month is None:
+            ok = False
+        else:
+            due, deadline = month
+            ok = _within(deadline, plan, p, loc, label, f"{name}.due") and ok
+            if task_deadline is not None and deadline > task_deadline:
+                p.add(loc, label, f"{name}.due",
+                      f"{deadline} is after the task's own deadline {task_deadline}")
+                ok = False
+    if not ok or metric is None or deadline is None or task_no is None or plan.get("id") is None:
+        return None
+    assert isinstance(threshold, int | float)
+    return PlanTarget(metric=metric, threshold=float(threshold),
+                      comparison=">=" if comparison == ">=" else "<=", due=due, deadline=deadline,
+                      untracked=untracked,
+                      target_id=None if untracked else target_id(plan["id"], task_no, metric))
+
+
+def _within(deadline: date, plan: Mapping[str, Any], p: _Problems, loc: str, label: str, name: str) -> bool:
+    opens: date | None = plan.get("opens")
+    ends: date | None = plan.get("ends")
+    if opens is not None and deadline < opens:
+        what = "issued" if plan.get("issued") else "starts (period.from)"
+        p.add(loc, label, name, f"deadline {deadline} is before the plan {what} on {opens}")
+        return False
+    if ends is not None and deadline > ends:
+        p.add(loc, label, name, f"deadline {deadline} is after the plan ends on {ends}")
+        return False
+    return True
+
+
+def parse_plan(data: object, origin: str, regions: Mapping[str, str], *, strict: bool = True) -> Plan:
+    """Validate a parsed plan file and return its `Plan`, or raise `PlanError` with every problem.
+
+    `regions` maps known division codes to their tier (at least the plan's scope and every
+    community it names). `strict` (files users supply): a target on a metric cso does not
+    compute is an error unless it says ``untracked: true``; not strict (the plans bundled with
+    the service): it becomes an untracked target and a warning.
+    """
+    p = _Problems(origin)
+    if not isinstance(data, dict):
+        p.add("", "", "", f"expected a mapping with 'plan' and 'tasks', got {type(data).__name__}")
+        raise PlanError(origin, p.items)
+    for key in sorted(str(k) for k in data if k not in _TOP_KEYS):
+        p.add("", "", key, "unknown top-level key; expected plan, work_plans, tasks")
+    if "plan" not in data:
+        p.add("", "", "plan", "required: the plan's header (id, title, scope, issued…)")
+    header = _parse_header(data.get("plan"), p) if "plan" in data else None
+    plan: dict[str, Any] = header or {}
+    warnings: list[str] = []
+
+    scope: str | None = plan.get("scope")
+    scope_tier: str | None = None
+    if scope is not None:
+        known = regions.get(scope)
+        if known is None:
+            p.add("plan", "", "scope", f"unknown region {scope!r}: not in targets.division "
+                  "(import the divisions first)")
+            scope = None
+        elif known == "community":
+            p.add("plan", "", "scope", f"{scope!r} is a community; a plan covers a province, city, county "
+                  "or township")
+            scope = None
+        else:
+            scope_tier = known
+
+    raw_tasks = data.get("tasks")
+    tasks: list[Task] = []
+    if not isinstance(raw_tasks, list) or not raw_tasks:
+        got = "nothing" if raw_tasks is None else repr(raw_tasks) if not isinstance(raw_tasks, list) else "[]"
+        p.add("", "", "tasks", f"expected a non-empty list of tasks, got {got}")
+        raw_tasks = []
+    first_at: dict[str, int] = {}
+    for index, raw in enumerate(raw_tasks):
+        loc = f"tasks[{index}]"
+        if not isinstance(raw, dict):
+            p.add(loc, "", "", f"expected a mapping of task fields, got {type(raw).__name__}")
+            continue
+        no_raw = raw.get("no")
+        label = f"no {no_raw!r}" if isinstance(no_raw, str | int | float) and not isinstance(no_raw, bool) else ""
+        _unknown_keys(raw, _TASK_KEYS, p, loc, label)
+        no: str | None = None
+        if isinstance(no_raw, int | float) and not isinstance(no_raw, bool):
+            p.add(loc, label, "no", f"a task number must be a quoted string such as '{no_raw}' "
+                  f"(unquoted, 1.10 would read as 1.1), got the number {no_raw}")
+        elif no_raw is None:
+            p.add(loc, label, "no", "required: the task's number")
+        elif not isinstance(no_raw, str) or not TASK_NO_PATTERN.fullmatch(no_raw.strip()):
+            p.add(loc, label, "no", f"expected a task number such as '1.4', got {no_raw!r}")
+        else:
+            no = no_raw.strip()
+            if no in first_at:
+                p.add(loc, label, "no", f"duplicate task number {no!r} (first at tasks[{first_at[no]}])")
+                no = None
+            else:
+                first_at[no] = index
+        title = _text(raw.get("title"), p, loc, label, "title")
+        lead_raw = raw.get("lead")
+        lead: str | None
+        if lead_raw is None:
+            lead = plan.get("implementing")
+            if lead is None:
+                p.add(loc, label, "lead", "required: no lead unit, and the plan names no implementing units")
+        else:
+            lead_text = _text(lead_raw, p, loc, label, "lead")
+            lead = normalize_unit(lead_text) if lead_text else None
+        co = _units(raw.get("co"), p, loc, label, "co")
+        if lead is not None and lead in co:
+            p.add(loc, label, "co", f"{lead!r} is the lead unit; list it once")
+
+        due: str | None = None
+        deadline: date | None = None
+        if raw.get("due") is not None:
+            month = _month(raw.get("due"), p, loc, label, "due")
+            if month is not None:
+                due, deadline = month
+                if not _within(deadline, plan, p, loc, label, "due"):
+                    deadline = None
+        elif plan.get("ends") is not None:
+            deadline = plan["ends"]
+        elif header is not None:
+            p.add(loc, label, "due", "required: the plan has no end date to default to")
+
+        community: str | None = None
+        if raw.get("community") is not None:
+            community = _code(raw.get("community"), p, loc, label, "community")
+            if community is not None:
+                known = regions.get(community)
+                if known is None:
+                    p.add(loc, label, "community", f"unknown community {community!r}: not in targets.division")
+                    community = None
+                elif known != "community":
+                    p.add(loc, label, "community", f"{community!r} is a {known}, not a community")
+                    community = None
+                elif scope is not None and not community.startswith(scope):
+                    p.add(loc, label, "community", f"{community!r} is not under the plan's scope {scope!r}")
+                    community = None
+
+        expands: ExpandTier | None = None
+        units = ((lead,) if lead else ()) + co
+        expansion = _expansion(units)
+        if expansion is not None and raw.get("community") is None and scope_tier is not None:
+            tier, marker = expansion
+            if TIERS.index(tier) <= [str(t) for t in TIERS].index(scope_tier):
+                which = "lead" if marker == lead else "co"
+                p.add(loc, label, which, f"{marker!r} means every {tier} under the scope, but the plan's "
+                      f"scope {scope!r} is a {scope_tier}")
+            else:
+                expands = tier
+
+        targets: list[PlanTarget] = []
+        raw_targets = raw.get("targets")
+        if raw_targets is not None and not isinstance(raw_targets, list):
+            p.add(loc, label, "targets", f"expected a list of targets, got {type(raw_targets).__name__}")
+            raw_targets = []
+        if raw_targets and raw.get("community") is not None:
+            p.add(loc, label, "targets", "a task scoped to one community cannot carry targets: figures are kept "
+                  "for provinces, cities, counties and townships")
+            raw_targets = []
+        seen_metrics: dict[str, int] = {}
+        for t_index, t_raw in enumerate(raw_targets or []):
+            name = f"targets[{t_index}]"
+            target = _parse_target(t_raw, p, loc, label, name, plan, no, deadline, strict, warnings)
+            if target is None:
+                continue
+            if target.metric in seen_metrics:
+                p.add(loc, label, f"{name}.metric",
+                      f"{target.metric!r} is already a target of this task (targets[{seen_metrics[target.metric]}])")
+                continue
+            seen_metrics[target.metric] = t_index
+            targets.append(target)
+
+        if no is None or title is None or lead is None or deadline is None or scope is None:
+            continue
+        tasks.append(Task(no=no, title=title, lead=lead, co=co, due=due, deadline=deadline,
+                          community=community, scope_region=community or scope, expands=expands,
+                          work_plan=None, targets=tuple(targets)))
+
+    work_plans: list[WorkPlan] = []
+    in_work_plan: dict[str, str] = {}
+    raw_wps = data.get("work_plans")
+    if raw_wps is not None and not isinstance(raw_wps, list):
+        p.add("", "", "work_plans", f"expected a list, got {type(raw_wps).__name__}")
+        raw_wps = []
+    for index, wp in enumerate(raw_wps or []):
+        loc = f"work_plans[{index}]"
+        if not isinstance(wp, dict):
+            p.add(loc, "", "", f"expected {{no, title, tasks}}, got {wp!r}")
+            continue
+        _unknown_keys(wp, {"no", "title", "tasks"}, p, loc, "")
+        wno = wp.get("no")
+        if isinstance(wno, bool) or not isinstance(wno, int | str) or not str(wno).strip():
+            p.add(loc, "", "no", f"expected a work plan number, got {wno!r}")
+            continue
+        wlabel = f"no {wno!r}"
+        wtitle = _text(wp.get("title"), p, loc, wlabel, "title")
+        members = wp.get("tasks")
+        if not isinstance(members, list):
+            p.add(loc, wlabel, "tasks", f"expected a list of task numbers, got {members!r}")
+            continue
+        ok_members: list[str] = []
+        for i, member in enumerate(members):
+            if not isinstance(member, str) or member not in first_at:
+                p.add(loc, wlabel, f"tasks[{i}]", f"{member!r} is not a task of this plan")
+            elif member in in_work_plan:
+                p.add(loc, wlabel, f"tasks[{i}]", f"task {member!r} is already in work plan {in_work_plan[member]!r}")
+            else:
+                in_work_plan[member] = str(wno)
+                ok_members.append(member)
+        work_plans.append(WorkPlan(str(wno), wtitle or "", tuple(ok_members)))
+
+    if p.items or header is None:
+        raise PlanError(origin, p.items)
+
+    tasks = [replace(t, work_plan=in_work_plan.get(t.no)) for t in tasks]
+    result = Plan(id=plan["id"], title=plan["title"], scope=plan["scope"], issued=plan["issued"],
+                  issuers=plan["issuers"], period_from=plan["period_from"],
+                  period_until=plan["period_until"], phases=plan["phases"],
+                  implementing=plan["implementing"], acceptance=plan["acceptance"],
+                  starts=plan["starts"], opens=plan["opens"], ends=plan["ends"],
+                  work_plans=tuple(work_plans), tasks=tuple(tasks), warnings=tuple(warnings))
+    _check_catalogue(result, p)
+    if p.items:
+        raise PlanError(origin, p.items)
+    return result
+
+
+def _check_catalogue(plan: Plan, p: _Problems) -> None:
+    """Tracked targets must make valid catalogue entries (e.g. a share's threshold is at most 1)."""
+    for index, task in enumerate(plan.tasks):
+        for t_index, target in enumerate(task.targets):
+            if target.untracked:
+                continue
+            try:
+                parse_catalogue({"targets": [catalogue_item(plan, task, target)]}, p.origin)
+            except CatalogueError as exc:
+                for line in exc.problems:
+                    # "<origin>: targets[0] (id '…'): <field>: <message>" -> "<field>: <message>"
+                    detail = line.split("): ", 1)[-1]
+                    fld, _, message = detail.partition(": ")
+                    fld = "metric" if fld == "figure" else fld
+                    p.add(f"tasks[{index}]", f"no {task.no!r}", f"targets[{t_index}].{fld}", message or detail)
+
+
+def load_plan(text: str, origin: str, regions: Mapping[str, str], *, strict: bool = True) -> Plan:
+    return parse_plan(read_plan_text(text, origin), origin, regions, strict=strict)
+
+
+def source_hash(text: str | bytes) -> str:
+    return hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()
+
+
+# --- revisions -------------------------------------------------------------------------------
+
+
+def diff_plans(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
+    """What changed between two canonical documents (`Plan.to_json`): plan fields as
+    ``{field: {from, to}}``, tasks added, removed and changed field by field."""
+    if old is None:
+        return {"created": True, "plan": {}, "tasks": {"added": [t["no"] for t in new["tasks"]],
+                                                       "removed": [], "changed": {}}}
+    plan_changes = {k: {"from": old.get(k), "to": new.get(k)} for k in sorted(set(old) | set(new))
+                    if k != "tasks" and old.get(k) != new.get(k)}
+    old_tasks = {t["no"]: t for t in old.get("tasks", [])}
+    new_tasks = {t["no"]: t for t in new.get("tasks", [])}
+    changed: dict[str, Any] = {}
+    for no in sorted(set(old_tasks) & set(new_tasks), key=task_key):
+        a, b = old_tasks[no], new_tasks[no]
+        fields = {k: {"from": a.get(k), "to": b.get(k)} for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+        if fields:
+            changed[no] = fields
+    return {"created": False, "plan": plan_changes,
+            "tasks": {"added": sorted(set(new_tasks) - set(old_tasks), key=task_key),
+                      "removed": sorted(set(old_tasks) - set(new_tasks), key=task_key),
+                      "changed": changed}}
+
+
+# --- the state machine -----------------------------------------------------------------------
+
+
+class TaskState(StrEnum):
+    """A task's (or a township line's) progress. `returned` is passed through: a returned
+    submission goes back to `in_progress` at once, so it is never a stored state."""
+
+    NOT_STARTED = "not_started"
+    IN_PROGRESS = "in_progress"
+    SUBMITTED = "submitted"
+    RETURNED = "returned"
+    ACCEPTED = "accepted"
+
+
+class Action(StrEnum):
+    START = "start"
+    SUBMIT = "submit"
+    ACCEPT = "accept"
+    RETURN = "return"
+
+
+STORED_STATES = (TaskState.NOT_STARTED, TaskState.IN_PROGRESS, TaskState.SUBMITTED, TaskState.ACCEPTED)
+MOVES: dict[Action, tuple[TaskState, TaskState]] = {
+    Action.START: (TaskState.NOT_STARTED, TaskState.IN_PROGRESS),
+    Action.SUBMIT: (TaskState.IN_PROGRESS, TaskState.SUBMITTED),
+    Action.ACCEPT: (TaskState.SUBMITTED, TaskState.ACCEPTED),
+    Action.RETURN: (TaskState.SUBMITTED, TaskState.RETURNED),
+}
+
+
+@dataclass(frozen=True)
+class Step:
+    previous: TaskState
+    status: TaskState
+    note: str | None
+
+
+class TransitionError(Exception):
+    """A move the state machine refuses: 409 (not from this state), 422 (something missing)."""
+
+    def __init__(self, status: int, field_: str, message: str) -> None:
+        self.status, self.field, self.message = status, field_, message
+        super().__init__(f"{field_}: {message}")
+
+
+def allowed_actions(state: TaskState) -> list[Action]:
+    return [a for a, (frm, _) in MOVES.items() if frm is state]
+
+
+def transition(current: TaskState, action: Action | str, *, what: str, note: str | None = None,
+               evidence_files: int = 0, open_lines: Sequence[str] = ()) -> list[Step]:
+    """The steps an action takes from `current`, or `TransitionError`.
+
+    - start: not_started -> in_progress;
+    - submit: in_progress -> submitted, with a self-assessment `note` and at least one evidence file;
+    - accept: submitted -> accepted, only when every township line (`open_lines`: those not
+      accepted, described) is accepted;
+    - return: submitted -> returned -> in_progress, with the reason as `note`.
+    """
+    try:
+        act = Action(action)
+    except ValueError:
+        raise TransitionError(422, "action", f"unknown action {action!r}; one of "
+                              f"{', '.join(a.value for a in Action)}") from None
+    frm, to = MOVES[act]
+    if current is not frm:
+        allowed = allowed_actions(current)
+        then = (f"from {current.value} it can only be {', '.join(a.value for a in allowed)}"
+                if allowed else "an accepted task is final")
+        raise TransitionError(409, "state", f"cannot {act.value} {what}: it is {current.value}, and "
+                              f"{act.value} needs it {frm.value}; {then}")
+    text = note.strip() if note else None
+    if text is not None and len(text) > MAX_NOTE:
+        raise TransitionError(422, "note", f"at most {MAX_NOTE} characters, got {len(text)}")
+    if act is Action.SUBMIT:
+        if not text:
+            raise TransitionError(422, "note", f"submitting {what} needs a self-assessment note")
+        if evidence_files < 1:
+            raise TransitionError(409, "evidence", f"cannot submit {what} without evidence: attach at least "
+                                  "one file (pdf, jpg, png, docx or xlsx)")
+    if act is Action.RETURN and not text:
+        raise TransitionError(422, "reason", f"returning {what} needs the reason")
+    if act is Action.ACCEPT and open_lines:
+        shown = "; ".join(open_lines[:20]) + ("; …" if len(open_lines) > 20 else "")
+        raise TransitionError(409, "lines", f"cannot accept {what} while {len(open_lines)} of its lines "
+                              f"are not accepted: {shown}")
+    steps = [Step(frm, to, text)]
+    if act is Action.RETURN:
+        steps.append(Step(TaskState.RETURNED, TaskState.IN_PROGRESS, None))
+    return steps
+
+
+# --- roll-ups --------------------------------------------------------------------------------
+
+
+def is_overdue(state: TaskState, deadline: date, today: date) -> bool:
+    """Overdue: the deadline has passed (today is after it) and it is not accepted."""
+    return state is not TaskState.ACCEPTED and today > deadline
+
+
+def days_overdue(state: TaskState, deadline: date, today: date) -> int:
+    return (today - deadline).days if is_overdue(state, deadline, today) else 0
+
+
+def rollup(states: Iterable[TaskState]) -> dict[str, Any]:
+    """Counts of a set of tasks or lines by state, and the share accepted (None when empty)."""
+    by_state = {s.value: 0 for s in STORED_STATES}
+    total = 0
+    for s in states:
+        by_state[s.value] = by_state.get(s.value, 0) + 1
+        total += 1
+    accepted = by_state[TaskState.ACCEPTED.value]
+    return {"total": total, "by_state": by_state, "accepted": accepted,
+            "share": accepted / total if total else None}
+
+
+def task_progress(state: TaskState, line_states: Sequence[TaskState]) -> float:
+    """1 for an accepted task; else the share of its lines accepted (0 without lines)."""
+    if state is TaskState.ACCEPTED:
+        return 1.0
+    if line_states:
+        return sum(s is TaskState.ACCEPTED for s in line_states) / len(line_states)
+    return 0.0
+
+
+def completion(tasks: Sequence[tuple[TaskState, Sequence[TaskState]]]) -> dict[str, Any]:
+    """A plan's completion: `share` = tasks accepted / tasks; `progress` also credits the
+    accepted lines of tasks not yet accepted (the mean of `task_progress`)."""
+    summary = rollup(state for state, _ in tasks)
+    summary["progress"] = (sum(task_progress(s, lines) for s, lines in tasks) / len(tasks)) if tasks else None
+    return summary
+
+
+STATE_RANK = {TaskState.NOT_STARTED: 0, TaskState.IN_PROGRESS: 1, TaskState.RETURNED: 1,
+              TaskState.SUBMITTED: 2, TaskState.ACCEPTED: 3}
+
+
+def ledger_key(state: TaskState, deadline: date, no: str, today: date
+               ) -> tuple[int, int, int, date, tuple[tuple[int, int | str], ...]]:
+    """Ledger order: overdue first (longest overdue first), then by state (least advanced
+    first), deadline and task number."""
+    late = days_overdue(state, deadline, today)
+    return (0 if late else 1, -late, STATE_RANK[state], deadline, task_key(no))
+
+
+# --- evidence --------------------------------------------------------------------------------
+
+MAX_EVIDENCE_BYTES = 10 * 1024 * 1024
+MEDIA_TYPES = {
+    "pdf": "application/pdf",
+    "jpg": "image/jpeg",
+    "png": "image/png",
+    "docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+}
+EXTENSIONS = {"pdf": "pdf", "jpg": "jpg", "jpeg": "jpg", "png": "png", "docx": "docx", "xlsx": "xlsx"}
+
+
+@dataclass(frozen=True)
+class EvidenceFile:
+    filename: str
+    file_type: str
+    media_type: str
+    size: int
+    sha256: str
+
+
+class EvidenceError(ValueError):
+    """A file refused as evidence; `status` is the HTTP answer (413 too large, 415 not an
+    accepted type, 422 otherwise)."""
+
+    def __init__(self, field_: str, message: str, status: int = 422) -> None:
+        self.field, self.message, self.status = field_, message, status
+        super().__init__(f"{field_}: {message}")
+
+
+def sniff(content: bytes) -> str | None:
+    """The evidence type by its magic bytes (Office files: a zip holding their main part)."""
+    if content.startswith(b"%PDF-"):
+        return "pdf"
+    if content.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if content.startswith(b"\xff\xd8\xff"):
+        return "jpg"
+    if content.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(io.BytesIO(content)) as z:
+                names = set(z.namelist())
+        except (zipfile.BadZipFile, ValueError, OSError):
+            return None
+        if "[Content_Types].xml" in names:
+            if "word/document.xml" in names:
+                return "docx"
+            if "xl/workbook.xml" in names:
+                return "xlsx"
+    return None
+
+
+def check_evidence(filename: str, content: bytes) -> EvidenceFile:
+    """Accept a pdf, jpg, png, docx or xlsx of at most 10 MB whose name's extension agrees with
+    its content; raise `EvidenceError` naming what is wrong."""
+    name = (filename or "").strip()
+    if not name or "/" in name or "\\" in name or len(name) > 255 or any(ord(c) < 32 for c in name):
+        raise EvidenceError("filename", f"expected a plain file name such as report.pdf, got {filename!r}")
+    ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    if ext not in EXTENSIONS:
+        raise EvidenceError("filename", f"{name!r}: evidence is a .pdf, .jpg, .png, .docx or .xlsx file", 415)
+    if not content:
+        raise EvidenceError("content", f"{name!r} is empty")
+    if len(content) > MAX_EVIDENCE_BYTES:
+        raise EvidenceError("content", f"{name!r} is {len(content)} bytes; evidence is at most "
+                            f"{MAX_EVIDENCE_BYTES} bytes (10 MB)", 413)
+    kind = sniff(content)
+    if kind is None:
+        raise EvidenceError("content", f"{name!r} is not a pdf, jpg, png, docx or xlsx file by its content", 415)
+    if kind != EXTENSIONS[ext]:
+        raise EvidenceError("content", f"{name!r} is named .{ext} but its content is a {kind} file", 415)
+    return EvidenceFile(filename=name, file_type=kind, media_type=MEDIA_TYPES[kind], size=len(content),
+                        sha256=hashlib.sha256(content).hexdigest())
+
+
+__all__ = [
+    "EXPANSION_MARKERS",
+    "MAX_EVIDENCE_BYTES",
+    "Action",
+    "EvidenceError",
+    "EvidenceFile",
+    "Plan",
+    "PlanError",
+    "PlanTarget",
+    "Problem",
+    "Step",
+    "Task",
+    "TaskState",
+    "TransitionError",
+    "check_evidence",
+    "completion",
+    "diff_plans",
+    "is_overdue",
+    "ledger_key",
+    "load_plan",
+    "month_end",
+    "normalize_unit",
+    "parse_plan",
+    "read_plan_text",
+    "referenced_codes",
+    "rollup",
+    "task_key",
+    "transition",
+]

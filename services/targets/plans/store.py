@@ -1,0 +1,345 @@
+"""Plans' writes, in targets' schema: imports (an upsert with a revision per change), progress
+lines, state transitions with their events (outbox), evidence files, the overdue sweep.
+
+Every write happens in the caller's transaction, so a plan, its tasks, its catalogue targets and
+its events commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from contracts import Envelope, Topology, make_event
+from contracts import events as ev
+from contracts.events import CHINA
+from cso import outbox
+
+from ..store import SCHEMA
+from ..views import ViewError
+from . import domain as d
+
+SOURCE = "cso-targets"
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+async def known_regions(conn: AsyncConnection, codes: Sequence[str]) -> dict[str, str]:
+    rows = await conn.execute(text(f"SELECT code, tier FROM {SCHEMA}.division WHERE code = ANY(:c)"),
+                              {"c": sorted(set(codes))})
+    return {r[0]: r[1] for r in rows}
+
+
+async def parse(conn: AsyncConnection, source: str, origin: str, *, strict: bool = True) -> d.Plan:
+    """Read and validate a plan file's text against today's divisions (`PlanError` if invalid)."""
+    data = d.read_plan_text(source, origin)
+    regions = await known_regions(conn, sorted(d.referenced_codes(data)))
+    return d.parse_plan(data, origin, regions, strict=strict)
+
+
+async def lock_plan(conn: AsyncConnection, plan_id: str) -> None:
+    """Serialize imports of one plan across replicas (a transaction-scoped advisory lock)."""
+    await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"cso.targets.plan:{plan_id}"})
+
+
+async def seed_hash(conn: AsyncConnection, plan_id: str) -> str | None:
+    return (await conn.execute(text(f"SELECT seed_hash FROM {SCHEMA}.plan WHERE id = :id"),
+                               {"id": plan_id})).scalar()
+
+
+async def import_plan(conn: AsyncConnection, plan: d.Plan, origin: str, by: str | None = None,
+                      seed: str | None = None) -> dict[str, Any]:
+    """Insert or update a plan. An unchanged plan writes nothing; a changed one gets a new
+    revision holding the diff. Removed tasks are kept (with their history) but hidden; their
+    catalogue targets are retired. Returns {plan_id, revision, changed, diff, warnings}."""
+    from .. import api as targets_api  # the catalogue's writer (imported late: it imports us)
+
+    await lock_plan(conn, plan.id)
+    row = (await conn.execute(text(
+        f"SELECT document, revision, seed_hash FROM {SCHEMA}.plan WHERE id = :id FOR UPDATE"),
+        {"id": plan.id})).first()
+    document = plan.to_json()
+    warnings = list(plan.warnings)
+    if row is not None and row.document == document:
+        if seed is not None and row.seed_hash != seed:
+            await conn.execute(text(f"UPDATE {SCHEMA}.plan SET seed_hash = :h WHERE id = :id"),
+                               {"h": seed, "id": plan.id})
+        return {"plan_id": plan.id, "revision": row.revision, "changed": False, "diff": None,
+                "warnings": warnings}
+    diff = d.diff_plans(row.document if row is not None else None, document)
+    revision = (row.revision if row is not None else 0) + 1
+    await conn.execute(text(
+        f"INSERT INTO {SCHEMA}.plan (id, title, scope, document, revision, origin, warnings, seed_hash) "
+        "VALUES (:id, :title, :scope, CAST(:doc AS jsonb), :rev, :origin, CAST(:w AS jsonb), :seed) "
+        "ON CONFLICT (id) DO UPDATE SET title = excluded.title, scope = excluded.scope, "
+        "document = excluded.document, revision = excluded.revision, origin = excluded.origin, "
+        "warnings = excluded.warnings, seed_hash = COALESCE(excluded.seed_hash, plan.seed_hash), "
+        "imported_at = now()"),
+        {"id": plan.id, "title": plan.title, "scope": plan.scope, "doc": _json(document), "rev": revision,
+         "origin": origin, "w": _json(warnings), "seed": seed})
+    await conn.execute(text(
+        f"INSERT INTO {SCHEMA}.plan_revision (plan_id, revision, origin, by, diff, document) "
+        "VALUES (:id, :rev, :origin, :by, CAST(:diff AS jsonb), CAST(:doc AS jsonb))"),
+        {"id": plan.id, "rev": revision, "origin": origin, "by": by, "diff": _json(diff),
+         "doc": _json(document)})
+    nos = [t.no for t in plan.tasks]
+    for position, task in enumerate(plan.tasks):
+        await conn.execute(text(
+            f"INSERT INTO {SCHEMA}.plan_task (plan_id, task_no, position, title, lead, co, deadline, "
+            "scope_region, expands, work_plan, targets, removed) VALUES (:p, :no, :pos, :title, :lead, "
+            ":co, :deadline, :region, :expands, :wp, CAST(:targets AS jsonb), false) "
+            "ON CONFLICT (plan_id, task_no) DO UPDATE SET position = excluded.position, "
+            "title = excluded.title, lead = excluded.lead, co = excluded.co, deadline = excluded.deadline, "
+            "scope_region = excluded.scope_region, expands = excluded.expands, "
+            "work_plan = excluded.work_plan, targets = excluded.targets, removed = false"),
+            {"p": plan.id, "no": task.no, "pos": position, "title": task.title, "lead": task.lead,
+             "co": list(task.co), "deadline": task.deadline, "region": task.scope_region,
+             "expands": task.expands, "wp": task.work_plan,
+             "targets": _json([t.to_json() for t in task.targets])})
+        await conn.execute(text(
+            f"INSERT INTO {SCHEMA}.plan_progress (plan_id, task_no, line, region, unit) "
+            "VALUES (:p, :no, '', :region, :lead) ON CONFLICT (plan_id, task_no, line) DO UPDATE "
+            "SET region = excluded.region, unit = excluded.unit, removed = false"),
+            {"p": plan.id, "no": task.no, "region": task.scope_region, "lead": task.lead})
+    await conn.execute(text(
+        f"UPDATE {SCHEMA}.plan_task SET removed = true WHERE plan_id = :p AND NOT (task_no = ANY(:nos))"),
+        {"p": plan.id, "nos": nos})
+    await conn.execute(text(
+        f"UPDATE {SCHEMA}.plan_progress SET removed = true WHERE plan_id = :p AND NOT (task_no = ANY(:nos))"),
+        {"p": plan.id, "nos": nos})
+    await sync_lines(conn, plan.id)
+    items = plan.catalogue_items()
+    for item in items:
+        await targets_api.upsert_spec(conn, item, plan.id)
+    await conn.execute(text(
+        f"UPDATE {SCHEMA}.target SET retired = true, spec = jsonb_set(spec, '{{retired}}', 'true'), "
+        "updated_at = now() WHERE origin = :p AND NOT retired AND NOT (id = ANY(:ids))"),
+        {"p": plan.id, "ids": [i["id"] for i in items]})
+    # A plan accepted before a new task was added is open again.
+    await conn.execute(text(
+        f"UPDATE {SCHEMA}.plan SET accepted_at = NULL, accepted_on = NULL, accepted_by = NULL "
+        f"WHERE id = :p AND accepted_at IS NOT NULL AND EXISTS (SELECT 1 FROM {SCHEMA}.plan_progress "
+        "WHERE plan_id = :p AND line = '' AND NOT removed AND state <> 'accepted')"), {"p": plan.id})
+    return {"plan_id": plan.id, "revision": revision, "changed": True, "diff": diff, "warnings": warnings}
+
+
+async def sync_lines(conn: AsyncConnection, plan_id: str | None = None) -> None:
+    """One progress line per division an expanded task covers (new divisions get theirs); lines
+    of divisions no longer covered are hidden, not deleted. Accepted tasks get no new lines."""
+    await conn.execute(text(
+        f"INSERT INTO {SCHEMA}.plan_progress (plan_id, task_no, line, region, unit) "
+        f"SELECT t.plan_id, t.task_no, dv.code, dv.code, dv.name FROM {SCHEMA}.plan_task t "
+        f"JOIN {SCHEMA}.plan_progress own ON own.plan_id = t.plan_id AND own.task_no = t.task_no AND own.line = '' "
+        f"JOIN {SCHEMA}.division dv ON dv.tier = t.expands AND dv.code LIKE t.scope_region || '%' "
+        "WHERE NOT t.removed AND t.expands IS NOT NULL AND own.state <> 'accepted' "
+        "AND (CAST(:p AS text) IS NULL OR t.plan_id = :p) "
+        f"AND NOT EXISTS (SELECT 1 FROM {SCHEMA}.plan_progress x WHERE x.plan_id = t.plan_id "
+        "AND x.task_no = t.task_no AND x.line = dv.code AND NOT x.removed AND x.unit = dv.name) "
+        "ON CONFLICT (plan_id, task_no, line) DO UPDATE SET unit = excluded.unit, removed = false"),
+        {"p": plan_id})
+    await conn.execute(text(
+        f"UPDATE {SCHEMA}.plan_progress p SET removed = true FROM {SCHEMA}.plan_task t "
+        "WHERE p.plan_id = t.plan_id AND p.task_no = t.task_no AND p.line <> '' AND NOT p.removed "
+        "AND (CAST(:p AS text) IS NULL OR t.plan_id = :p) "
+        "AND (t.removed OR t.expands IS NULL OR NOT p.line LIKE t.scope_region || '%' "
+        f"OR NOT EXISTS (SELECT 1 FROM {SCHEMA}.division dv WHERE dv.code = p.line AND dv.tier = t.expands))"),
+        {"p": plan_id})
+
+
+async def divisions_position(conn: AsyncConnection, stream: str) -> int:
+    """How far targets has applied the divisions stream (moves with every divisions batch)."""
+    value = (await conn.execute(text(f"SELECT last_seq FROM {SCHEMA}.consumer_position WHERE stream = :s"),
+                                {"s": stream})).scalar()
+    return int(value or 0)
+
+
+# --- progress ----------------------------------------------------------------------------------
+
+
+async def _progress(conn: AsyncConnection, plan_id: str, task_no: str, line: str, lock: bool
+                    ) -> tuple[Any, Any]:
+    plan = (await conn.execute(text(
+        f"SELECT id, scope, accepted_at FROM {SCHEMA}.plan WHERE id = :p" + (" FOR UPDATE" if lock else "")),
+        {"p": plan_id})).first()
+    if plan is None:
+        raise ViewError(404, "plan", f"no plan {plan_id!r}")
+    row = (await conn.execute(text(
+        f"SELECT p.*, t.deadline, t.lead FROM {SCHEMA}.plan_progress p JOIN {SCHEMA}.plan_task t "
+        "USING (plan_id, task_no) WHERE p.plan_id = :p AND p.task_no = :no AND p.line = :line "
+        "AND NOT p.removed AND NOT t.removed" + (" FOR UPDATE OF p" if lock else "")),
+        {"p": plan_id, "no": task_no, "line": line})).first()
+    if row is None:
+        task = (await conn.execute(text(
+            f"SELECT 1 FROM {SCHEMA}.plan_task WHERE plan_id = :p AND task_no = :no AND NOT removed"),
+            {"p": plan_id, "no": task_no})).first()
+        if task is None:
+            raise ViewError(404, "task", f"plan {plan_id!r} has no task {task_no!r}")
+        raise ViewError(404, "line", f"task {task_no!r} of plan {plan_id!r} has no line {line!r}")
+    return plan, row
+
+
+def describe(task_no: str, line: str, unit: str) -> str:
+    return f"task {task_no}" if not line else f"task {task_no} in {unit} ({line})"
+
+
+async def _store_evidence(conn: AsyncConnection, plan_id: str, task_no: str, line: str, file: d.EvidenceFile,
+                          content: bytes, by: str | None, today: date) -> dict[str, Any]:
+    evidence_id = uuid.uuid4()
+    await conn.execute(text(
+        f"INSERT INTO {SCHEMA}.plan_evidence (id, plan_id, task_no, line, filename, file_type, media_type, "
+        "size, sha256, content, uploaded_by, uploaded_on) VALUES (:id, :p, :no, :line, :fn, :ft, :mt, :size, "
+        ":sha, :content, :by, :day)"),
+        {"id": evidence_id, "p": plan_id, "no": task_no, "line": line, "fn": file.filename,
+         "ft": file.file_type, "mt": file.media_type, "size": file.size, "sha": file.sha256,
+         "content": content, "by": by, "day": today})
+    return {"id": str(evidence_id), "filename": file.filename, "type": file.file_type,
+            "media_type": file.media_type, "size": file.size, "sha256": file.sha256, "uploaded_by": by,
+            "uploaded_on": today.isoformat()}
+
+
+async def add_evidence(conn: AsyncConnection, plan_id: str, task_no: str, line: str, file: d.EvidenceFile,
+                       content: bytes, by: str | None, today: date) -> dict[str, Any]:
+    """Attach a checked file to a task or line that is being worked on (not submitted or accepted:
+    a submission under review and an accepted task keep the evidence they had)."""
+    _, row = await _progress(conn, plan_id, task_no, line, lock=True)
+    state = d.TaskState(row.state)
+    if state in (d.TaskState.SUBMITTED, d.TaskState.ACCEPTED):
+        raise ViewError(409, "state", f"cannot add evidence to {describe(task_no, line, row.unit)}: it is "
+                        f"{state.value}; evidence is added before submitting")
+    return await _store_evidence(conn, plan_id, task_no, line, file, content, by, today)
+
+
+def _event(payload: Any, event_id: uuid.UUID | None = None, occurred_at: datetime | None = None) -> Envelope[Any]:
+    return make_event(payload, source=SOURCE, event_id=event_id, occurred_at=occurred_at)
+
+
+async def transition(conn: AsyncConnection, topology: Topology, *, plan_id: str, task_no: str, line: str,
+                     action: str, by: str, note: str | None, today: date,
+                     evidence: Sequence[tuple[d.EvidenceFile, bytes]] = ()) -> dict[str, Any]:
+    """Apply an action to a task (line '') or one of its lines; stage TaskStatusChanged per step,
+    and PlanAccepted when the last task of a plan is accepted. Raises ViewError (404) or
+    TransitionError (409/422)."""
+    plan, row = await _progress(conn, plan_id, task_no, line, lock=True)
+    what = describe(task_no, line, row.unit)
+    try:
+        act = d.Action(action)
+    except ValueError:
+        raise d.TransitionError(404, "action", f"unknown action {action!r}; one of "
+                                f"{', '.join(a.value for a in d.Action)}") from None
+    state = d.TaskState(row.state)
+    if evidence and act is not d.Action.SUBMIT:
+        raise d.TransitionError(422, "evidence", f"evidence comes with a submission, not with {act.value}")
+    if evidence and state is d.TaskState.IN_PROGRESS:
+        for file, content in evidence:
+            await _store_evidence(conn, plan_id, task_no, line, file, content, by, today)
+    files = int((await conn.execute(text(
+        f"SELECT count(*) FROM {SCHEMA}.plan_evidence WHERE plan_id = :p AND task_no = :no AND line = :line"),
+        {"p": plan_id, "no": task_no, "line": line})).scalar_one())
+    open_lines: list[str] = []
+    if act is d.Action.ACCEPT and not line:
+        open_lines = [f"{r.line} {r.unit} ({r.state})" for r in await conn.execute(text(
+            f"SELECT line, unit, state FROM {SCHEMA}.plan_progress WHERE plan_id = :p AND task_no = :no "
+            "AND line <> '' AND NOT removed AND state <> 'accepted' ORDER BY line"),
+            {"p": plan_id, "no": task_no})]
+    steps = d.transition(state, act, what=what, note=note, evidence_files=files, open_lines=open_lines)
+    final = steps[-1].status
+    text_note = steps[0].note
+    await conn.execute(text(
+        f"UPDATE {SCHEMA}.plan_progress SET state = :s, updated_by = :by, updated_on = :day, updated_at = now(), "
+        "submissions = submissions + :sub, returns = returns + :ret, "
+        "note = CASE WHEN :sub = 1 THEN :note ELSE note END, "
+        "reason = CASE WHEN :ret = 1 THEN :note WHEN :s = 'accepted' THEN NULL ELSE reason END "
+        "WHERE plan_id = :p AND task_no = :no AND line = :line"),
+        {"s": final.value, "by": by, "day": today, "sub": int(act is d.Action.SUBMIT),
+         "ret": int(act is d.Action.RETURN), "note": text_note, "p": plan_id, "no": task_no, "line": line})
+    if act is d.Action.SUBMIT:
+        await conn.execute(text(
+            f"UPDATE {SCHEMA}.plan_evidence SET submission = (SELECT submissions FROM {SCHEMA}.plan_progress "
+            "WHERE plan_id = :p AND task_no = :no AND line = :line) "
+            "WHERE plan_id = :p AND task_no = :no AND line = :line AND submission IS NULL"),
+            {"p": plan_id, "no": task_no, "line": line})
+    events: list[tuple[Envelope[Any], str | None]] = []
+    aggregate = f"{plan_id}/{task_no}/{line}"
+    for step in steps:
+        await conn.execute(text(
+            f"INSERT INTO {SCHEMA}.plan_task_history (plan_id, task_no, line, action, previous_status, status, "
+            "by, note, on_day) VALUES (:p, :no, :line, :a, :prev, :s, :by, :note, :day)"),
+            {"p": plan_id, "no": task_no, "line": line, "a": act.value, "prev": step.previous.value,
+             "s": step.status.value, "by": by, "note": step.note, "day": today})
+        events.append((_event(ev.TaskStatusChanged(
+            plan_id=plan_id, task_no=task_no, region_code=row.region, previous_status=step.previous.value,
+            status=step.status.value, by=by, note=step.note)), aggregate))
+    plan_accepted = False
+    if final is d.TaskState.ACCEPTED and not line and plan.accepted_at is None:
+        still_open = (await conn.execute(text(
+            f"SELECT count(*) FROM {SCHEMA}.plan_progress WHERE plan_id = :p AND line = '' AND NOT removed "
+            "AND state <> 'accepted'"), {"p": plan_id})).scalar_one()
+        if still_open == 0:
+            plan_accepted = True
+            await conn.execute(text(
+                f"UPDATE {SCHEMA}.plan SET accepted_at = now(), accepted_on = :day, accepted_by = :by "
+                "WHERE id = :p"), {"day": today, "by": by, "p": plan_id})
+            events.append((_event(ev.PlanAccepted(plan_id=plan_id, region_code=plan.scope, by=by)), plan_id))
+    await outbox.add(conn, SCHEMA, topology, events)
+    return {"plan_id": plan_id, "task_no": task_no, "line": line or None, "region": row.region,
+            "unit": row.unit, "previous_status": state.value, "status": final.value,
+            "steps": [{"previous_status": s.previous.value, "status": s.status.value, "note": s.note}
+                      for s in steps],
+            "by": by, "on": today.isoformat(), "plan_accepted": plan_accepted}
+
+
+# --- overdue -----------------------------------------------------------------------------------
+
+
+def overdue_event_id(plan_id: str, task_no: str, deadline: date) -> uuid.UUID:
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"cso:targets:task-overdue:{plan_id}:{task_no}:{deadline.isoformat()}")
+
+
+async def sweep_overdue(conn: AsyncConnection, topology: Topology, today: date) -> int:
+    """Flag what passed its deadline unaccepted (once per deadline) and stage TaskOverdue for
+    each task (its lines are flagged, and counted per township, without an event each)."""
+    rows = (await conn.execute(text(
+        f"SELECT p.plan_id, p.task_no, p.line, p.region, p.unit, p.state, t.deadline, t.lead "
+        f"FROM {SCHEMA}.plan_progress p JOIN {SCHEMA}.plan_task t USING (plan_id, task_no) "
+        "WHERE NOT p.removed AND NOT t.removed AND p.state <> 'accepted' AND t.deadline < :today "
+        "AND p.overdue_for IS DISTINCT FROM t.deadline "
+        "ORDER BY p.plan_id, p.task_no, p.line FOR UPDATE OF p SKIP LOCKED"), {"today": today})).all()
+    if not rows:
+        return 0
+    now = datetime.now(timezone.utc)
+    events: list[tuple[Envelope[Any], str | None]] = []
+    for r in rows:
+        await conn.execute(text(
+            f"UPDATE {SCHEMA}.plan_progress SET overdue_for = :d WHERE plan_id = :p AND task_no = :no "
+            "AND line = :line"), {"d": r.deadline, "p": r.plan_id, "no": r.task_no, "line": r.line})
+        await conn.execute(text(
+            f"INSERT INTO {SCHEMA}.plan_task_history (plan_id, task_no, line, action, previous_status, status, "
+            "by, note, on_day) VALUES (:p, :no, :line, 'overdue', :s, :s, NULL, :note, :day)"),
+            {"p": r.plan_id, "no": r.task_no, "line": r.line, "s": r.state,
+             "note": f"deadline {r.deadline.isoformat()} passed unaccepted", "day": today})
+        if r.line == "":
+            passed = datetime.combine(r.deadline + timedelta(days=1), time(0), CHINA)
+            events.append((_event(
+                ev.TaskOverdue(plan_id=r.plan_id, task_no=r.task_no, region_code=r.region, lead_unit=r.lead,
+                               deadline=r.deadline),
+                event_id=overdue_event_id(r.plan_id, r.task_no, r.deadline), occurred_at=min(passed, now)),
+                f"{r.plan_id}/{r.task_no}/"))
+    await outbox.add(conn, SCHEMA, topology, events)
+    return len(rows)
+
+
+async def overdue_counts(conn: AsyncConnection, today: date) -> dict[tuple[str, str], int]:
+    """Overdue tasks (under their lead unit) and lines (under their division's name) per plan."""
+    rows = await conn.execute(text(
+        f"SELECT p.plan_id, p.unit, count(*) FROM {SCHEMA}.plan_progress p JOIN {SCHEMA}.plan_task t "
+        "USING (plan_id, task_no) WHERE NOT p.removed AND NOT t.removed AND p.state <> 'accepted' "
+        "AND t.deadline < :today GROUP BY p.plan_id, p.unit"), {"today": today})
+    return {(r[0], r[1]): int(r[2]) for r in rows}

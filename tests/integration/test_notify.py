@@ -1,0 +1,632 @@
+"""notify against real NATS JetStream and PostgreSQL, a real SMTP server on loopback (aiosmtpd) and
+real HTTP webhook receivers (an asyncio server in the test): every channel, signatures, retries,
+failures, a crash mid-send, digests, reminders, and the subscription API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email
+import email.policy
+import json
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+from uuid import UUID, uuid4
+
+import asyncpg
+import httpx
+import nats
+import pytest
+from aiosmtpd.controller import Controller
+from fastapi import FastAPI
+from nats.aio.client import Client as NATS
+
+from contracts import Envelope, make_event
+from contracts import events as ev
+from cso.settings import Settings
+from services.notify.app import create_app, run_migrations
+from services.notify.config import NotifyConfig
+from services.notify.domain import verify
+from services.notify.routing import Clock
+from tests.support import eventually, publish, recording, running
+
+pytestmark = pytest.mark.integration
+
+# Real NBS 2023 codes and names of 乐山市 市中区 (511102).
+SHIZHONG = ev.DivisionsImported(
+    edition="2023",
+    province=ev.DivisionRef(code="51", name="四川省"),
+    city=ev.DivisionRef(code="5111", name="乐山市"),
+    county=ev.DivisionRef(code="511102", name="市中区"),
+    townships=[ev.TownshipDivision(code="511102004", name="大佛街道", kind="street"),
+               ev.TownshipDivision(code="511102006", name="通江街道", kind="street")],
+    communities=[ev.CommunityDivision(code="511102004001", name="篦子街社区居委会", kind="urban"),
+                 ev.CommunityDivision(code="511102006001", name="通江社区居委会", kind="urban")],
+)
+SHIZHONG_PATH = "四川省 乐山市 市中区"
+# 2026-03-02 09:00 in Shanghai: every catalogue deadline is past, so no reminder interferes.
+MORNING = datetime(2026, 3, 2, 1, 0, tzinfo=timezone.utc)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- a real SMTP server -----------------------------------------------------------------------
+
+class Mailbox:
+    def __init__(self) -> None:
+        self.messages: list[email.message.EmailMessage] = []
+        self.rcpts: list[list[str]] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        self.messages.append(msg)
+        self.rcpts.append(list(envelope.rcpt_tos))
+        return "250 OK"
+
+    def to(self, address: str) -> list[email.message.EmailMessage]:
+        return [m for m, r in zip(self.messages, self.rcpts, strict=True) if address in r]
+
+
+@pytest.fixture
+async def smtp() -> AsyncIterator[tuple[Mailbox, int]]:
+    box, port = Mailbox(), free_port()
+    controller = Controller(box, hostname="127.0.0.1", port=port)
+    await asyncio.to_thread(controller.start)
+    try:
+        yield box, port
+    finally:
+        await asyncio.to_thread(controller.stop)
+
+
+# --- a real HTTP webhook receiver -------------------------------------------------------------
+
+@dataclass
+class Hit:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float = field(default_factory=time.monotonic)
+
+    @property
+    def delivery(self) -> str:
+        return self.headers["x-cso-delivery"]
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Receiver:
+    """Answers by path: /ok 200; /flaky 500 twice then 200; /dead 503; /slow-once hangs the first
+    request (the sender times out) then 200; /gated holds every request until `gate` opens (a
+    request whose client goes away meanwhile is dropped, never answered)."""
+
+    def __init__(self) -> None:
+        self.arrived: list[Hit] = []
+        self.accepted: list[Hit] = []
+        self.dropped: list[Hit] = []
+        self.gate = asyncio.Event()
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def on(self, path: str) -> list[Hit]:
+        return [h for h in self.accepted if h.path == path]
+
+    def seen(self, path: str) -> list[Hit]:
+        return [h for h in self.arrived if h.path == path]
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+
+    async def _decide(self, hit: Hit, reader: asyncio.StreamReader) -> int | None:
+        earlier = len(self.seen(hit.path)) - 1
+        if hit.path == "/flaky":
+            return 500 if earlier < 2 else 200
+        if hit.path == "/dead":
+            return 503
+        if hit.path == "/slow-once" and earlier == 0:
+            await asyncio.sleep(30)
+        if hit.path == "/gated":
+            gate = asyncio.ensure_future(self.gate.wait())
+            eof = asyncio.ensure_future(reader.read(1))
+            done, pending = await asyncio.wait({gate, eof}, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if eof in done:
+                return None
+        return 200
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    return
+                _, path, _ = line.decode().split(" ", 2)
+                headers: dict[str, str] = {}
+                while (h := await reader.readline()) not in (b"\r\n", b"\n", b""):
+                    key, value = h.decode().split(":", 1)
+                    headers[key.strip().lower()] = value.strip()
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                hit = Hit(path, headers, body)
+                self.arrived.append(hit)
+                status = await self._decide(hit, reader)
+                if status is None:
+                    self.dropped.append(hit)
+                    return
+                writer.write(f"HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n".encode())
+                await writer.drain()
+                if 200 <= status < 300:
+                    self.accepted.append(hit)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            return
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    r = Receiver()
+    await r.start()
+    yield r
+    r.gate.set()
+    await r.stop()
+
+
+# --- notify, running ----------------------------------------------------------------------------
+
+def test_config(smtp_port: int = 1, **over: Any) -> NotifyConfig:
+    base: dict[str, Any] = dict(
+        smtp_host="127.0.0.1", smtp_port=smtp_port, smtp_from="cso-notify@test.local", max_attempts=4,
+        retry_base_seconds=0.1, retry_max_seconds=0.4, send_timeout_seconds=1.5, lease_seconds=3.0,
+        pool_size=16, poll_seconds=0.1, schedule_seconds=0.1)
+    return NotifyConfig(**(base | over))
+
+
+test_config.__test__ = False  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+async def migrated(settings: Settings) -> Settings:
+    await asyncio.to_thread(run_migrations, settings)
+    return settings
+
+
+@asynccontextmanager
+async def notify(settings: Settings, config: NotifyConfig, clock: Clock | None = None,
+                 divisions: bool = True) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    clock = clock or Clock(fixed=MORNING)
+    async with running(lambda s: create_app(s, clock=clock, config=config), settings) as (app, client):
+        if divisions:
+            nc = await nats.connect(settings.nats_url)
+            try:
+                await publish(nc, settings.topology.event_subject("DivisionsImported", "511102"),
+                              make_event(SHIZHONG, source="test-divisions"))
+            finally:
+                await nc.close()
+            await eventually(lambda: scalar(settings, "SELECT count(*) = 7 FROM notify.division"))
+        yield app, client
+
+
+async def scalar(settings: Settings, sql: str, *args: Any) -> Any:
+    db = await asyncpg.connect(settings.database_url)
+    try:
+        return await db.fetchval(sql, *args)
+    finally:
+        await db.close()
+
+
+async def rows(settings: Settings, sql: str, *args: Any) -> list[asyncpg.Record]:
+    db = await asyncpg.connect(settings.database_url)
+    try:
+        return list(await db.fetch(sql, *args))
+    finally:
+        await db.close()
+
+
+def status_changed(status: str = "at_risk", target: str = "leshan-avg-urban-class-a", value: float = 9.5,
+                   previous: str | None = "on_track", region: str = "511102") -> Envelope[Any]:
+    payload = ev.TargetStatusChanged(
+        target_id=f"{target}@{region}", region_code=region, metric="avg_orgs_per_urban_community",
+        previous_status=previous, status=status, value=value, threshold=15.0, deadline=date(2025, 12, 31))
+    return make_event(payload, source="cso-targets")
+
+
+async def publish_status(nc: NATS, settings: Settings, envelope: Envelope[Any],
+                         msg_id: str | None = None) -> None:
+    subject = settings.topology.event_subject("TargetStatusChanged", envelope.region)
+    await publish(nc, subject, envelope, msg_id=msg_id)
+
+
+async def subscribe(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
+    response = await client.post("/subscriptions", json=body)
+    assert response.status_code == 201, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def waiting(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    async def probe() -> bool:
+        return check()
+    return probe
+
+
+def notify_bus(nc: NATS, settings: Settings) -> Any:
+    t = settings.topology
+    return recording(nc, t.context_subjects("notify"), t.stream("CSO_NOTIFY"))
+
+
+# --- tests ------------------------------------------------------------------------------------
+
+async def test_at_risk_reaches_every_channel_once(migrated: Settings, nc: NATS, receiver: Receiver,
+                                                  smtp: tuple[Mailbox, int]) -> None:
+    box, port = smtp
+    settings = migrated
+    async with notify(settings, test_config(port)) as (_, api), notify_bus(nc, settings) as bus:
+        sub = await subscribe(api, recipient="leshan.mzj", region="511102", channels={
+            "email": "mzj@leshan.test", "webhook": {"url": receiver.url("/ok")}, "inbox": True})
+        secret = sub["channels"]["webhook"]["secret"]
+        assert len(secret) >= 32
+        watcher = await subscribe(api, recipient="coverage.watch", region="511102",
+                                  events=["CoverageChanged"], channels={"inbox": True})
+
+        # CoverageChanged reaches only who asked for it; the status change reaches every channel.
+        coverage = make_event(ev.CoverageChanged(region_code="511102", figures={
+            "avg_orgs_per_urban_community": 9.5, "streets_with_hub_share": 0.5}), source="cso-targets")
+        await publish(nc, settings.topology.event_subject("CoverageChanged", "511102"), coverage)
+        change = status_changed()
+        await publish_status(nc, settings, change)
+
+        await eventually(waiting(lambda: len(box.messages) == 1 and len(receiver.on("/ok")) == 1))
+        await eventually(lambda: inbox_count(api, "leshan.mzj", 1))
+        await eventually(lambda: inbox_count(api, "coverage.watch", 1))
+
+        # E-mail: Chinese, the region's full path, what changed, the figure, threshold and deadline.
+        mail = box.messages[0]
+        assert box.rcpts[0] == ["mzj@leshan.test"]
+        title = "一类县区城市社区平均拥有社区社会组织不少于15个"
+        assert mail["Subject"].startswith(f"【目标状态变化】{SHIZHONG_PATH} {title}")
+        text = mail.get_content()
+        for part in ("进展正常 → 有风险", "当前值：9.5", "目标值：≥ 15", "截止日期：2025-12-31",
+                     f"地区：{SHIZHONG_PATH}", str(change.event_id)):
+            assert part in text, (part, text)
+
+        # Webhook: the signature verifies with the subscriber's secret, as a receiver would check it.
+        hit = receiver.on("/ok")[0]
+        assert verify(secret, hit.headers["x-cso-timestamp"], hit.headers["x-cso-signature"], hit.body,
+                      time.time())
+        assert not verify("not-the-secret-at-all", hit.headers["x-cso-timestamp"],
+                          hit.headers["x-cso-signature"], hit.body, time.time())
+        body = hit.json()
+        assert body["event_id"] == str(change.event_id) and body["region_path"] == SHIZHONG_PATH
+        assert body["payload"]["status"] == "at_risk" and body["subscription_id"] == sub["id"]
+        assert hit.delivery == body["delivery_id"]
+
+        # Inbox: unread, then read.
+        unread = (await api.get("/inbox/leshan.mzj", params={"unread": "true"})).json()
+        assert unread["unread"] == 1 and "有风险" in unread["items"][0]["subject"]
+        message_id = unread["items"][0]["id"]
+        assert (await api.post(f"/inbox/leshan.mzj/{message_id}/read")).status_code == 200
+        assert (await api.get("/inbox/leshan.mzj", params={"unread": "true"})).json()["items"] == []
+        assert len((await api.get("/inbox/leshan.mzj")).json()["items"]) == 1
+        assert (await api.post(f"/inbox/someone.else/{message_id}/read")).status_code == 404
+        watched = (await api.get("/inbox/coverage.watch")).json()["items"][0]
+        assert watched["kind"] == "CoverageChanged" and "50%" in watched["body"]
+
+        # Outcomes on the bus: one NotificationSent per channel.
+        await eventually(waiting(lambda: len(bus.events("NotificationSent")) == 4))
+        mine = [e["payload"] for e in bus.events("NotificationSent") if e["payload"]["subscription_id"] == sub["id"]]
+        assert sorted(p["channel"] for p in mine) == ["email", "inbox", "webhook"]
+        assert {p["event_id"] for p in mine} == {str(change.event_id)}
+        assert watcher["id"] in {e["payload"]["subscription_id"] for e in bus.events("NotificationSent")}
+
+        # The same event again (another message id, so JetStream keeps it): nothing is sent twice.
+        await publish_status(nc, settings, change, msg_id="again")
+        await publish_status(nc, settings, status_changed(status="on_track", previous="at_risk"))
+        await eventually(waiting(lambda: len(box.messages) == 2))
+        await asyncio.sleep(0.5)
+        assert len(box.messages) == 2 and len(receiver.on("/ok")) == 2
+        assert await scalar(settings, "SELECT count(*) FROM notify.delivery") == 7
+
+        metrics = (await api.get("/metrics/")).text
+        for series in ('cso_notify_deliveries_total{channel="email",outcome="sent"}',
+                       "cso_notify_queue_depth", 'cso_notify_retries_total{channel="webhook"}'):
+            assert series in metrics
+        assert (await api.get("/healthz")).json()["status"] == "ok"
+        ready = (await api.get("/readyz")).json()
+        assert ready["status"] == "ok" and ready["database"] == "ok", ready
+
+
+async def inbox_count(api: httpx.AsyncClient, recipient: str, n: int) -> bool:
+    return len((await api.get(f"/inbox/{recipient}")).json()["items"]) == n
+
+
+async def test_retries_failures_and_slow_receivers(migrated: Settings, nc: NATS, receiver: Receiver) -> None:
+    settings = migrated
+    async with notify(settings, test_config()) as (_, api), notify_bus(nc, settings) as bus:
+        subs = {path: await subscribe(api, recipient=f"r{i}", region="511102",
+                                      channels={"webhook": {"url": receiver.url(path)}})
+                for i, path in enumerate(("/slow-once", "/flaky", "/dead", "/ok"))}
+        change = status_changed()
+        await publish_status(nc, settings, change)
+
+        # A receiver that hangs holds its own slot only: the others are served meanwhile.
+        # (It is served before the slow one's first attempt even timed out.)
+        await eventually(waiting(lambda: len(receiver.on("/ok")) == 1))
+        assert len(receiver.seen("/slow-once")) <= 1 and not receiver.on("/slow-once")
+
+        # Fails twice, then succeeds: one delivery accepted, after three attempts of the same delivery.
+        await eventually(waiting(lambda: len(receiver.on("/flaky")) == 1))
+        flaky = receiver.seen("/flaky")
+        assert len(flaky) == 3 and len({h.delivery for h in flaky}) == 1
+        # The timed-out one is retried and arrives once.
+        await eventually(waiting(lambda: len(receiver.on("/slow-once")) == 1))
+
+        # Always fails: `failed` after the last attempt, NotificationFailed on the bus, metric counted.
+        def failed() -> list[dict[str, Any]]:
+            return [e["payload"] for e in bus.events("NotificationFailed")]
+
+        await eventually(waiting(lambda: len(failed()) == 1))
+        assert failed()[0]["subscription_id"] == subs["/dead"]["id"]
+        assert failed()[0]["attempts"] == 4 and "503" in failed()[0]["error"]
+        assert len(receiver.seen("/dead")) == 4
+        expected = {subs["/slow-once"]["id"]: ("sent", 2), subs["/flaky"]["id"]: ("sent", 3),
+                    subs["/dead"]["id"]: ("failed", 4), subs["/ok"]["id"]: ("sent", 1)}
+
+        async def states() -> bool:
+            return {r["subscription_id"]: (r["status"], r["attempts"]) for r in await rows(
+                settings, "SELECT subscription_id::text, status, attempts FROM notify.delivery")} == expected
+
+        await eventually(states)
+        await eventually(waiting(lambda: len(bus.events("NotificationSent")) == 3))
+        dead = (await api.get("/deliveries", params={"status": "failed"})).json()["items"]
+        assert len(dead) == 1 and "503" in dead[0]["last_error"]
+        metrics = (await api.get("/metrics/")).text
+        assert 'cso_notify_failed_total{channel="webhook"}' in metrics
+        assert _metric(metrics, 'cso_notify_retries_total{channel="webhook"}') >= 6  # 1 + 2 + 3
+
+
+def _metric(text: str, series: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{series} not in /metrics")
+
+
+async def test_killed_mid_send_loses_and_repeats_nothing(migrated: Settings, nc: NATS,
+                                                         receiver: Receiver) -> None:
+    settings = migrated
+    # Sends may hang up to 4 s (the gated ones are cut short by the kill); leases last 5 s.
+    config = test_config(send_timeout_seconds=4.0, lease_seconds=5.0)
+    body = dict(region="511102", events=["TargetStatusChanged"])
+    first = [status_changed(target=f"t{i}", value=float(i)) for i in range(5)]
+    later = [status_changed(target=f"t{i}", value=float(i)) for i in range(5, 10)]
+    async with contextlib.AsyncExitStack() as stack:
+        async with notify(settings, config) as (_, api):
+            bus = await stack.enter_async_context(notify_bus(nc, settings))
+            await subscribe(api, recipient="fast", channels={"webhook": {"url": receiver.url("/ok")}}, **body)
+            await subscribe(api, recipient="held", channels={"webhook": {"url": receiver.url("/gated")}}, **body)
+            await subscribe(api, recipient="reader", channels={"inbox": True}, **body)
+            for envelope in first:
+                await publish_status(nc, settings, envelope)
+            # Mid-send: the gated receiver holds five requests in flight when notify goes down.
+            await eventually(waiting(lambda: len(receiver.on("/ok")) == 5
+                                     and len({h.delivery for h in receiver.seen("/gated")}) == 5))
+            await eventually(lambda: inbox_count(api, "reader", 5))
+        # notify is gone (its sends cancelled, its leases left behind): the receiver got nothing.
+        await eventually(waiting(lambda: len(receiver.dropped) == len(receiver.seen("/gated"))))
+        assert receiver.on("/gated") == []
+        for envelope in later:  # while notify is down
+            await publish_status(nc, settings, envelope)
+        receiver.gate.set()
+        async with notify(settings, config, divisions=False) as (_, api):
+            await eventually(waiting(lambda: len(receiver.on("/gated")) == 10 and len(receiver.on("/ok")) == 10),
+                             timeout=15)
+            await eventually(lambda: inbox_count(api, "reader", 10))
+            await eventually(waiting(lambda: len(bus.events("NotificationSent")) >= 30))
+            await asyncio.sleep(0.5)
+        for path in ("/ok", "/gated"):
+            accepted = receiver.on(path)
+            assert len(accepted) == 10 and len({h.delivery for h in accepted}) == 10
+            assert {h.json()["event_id"] for h in accepted} == {str(e.event_id) for e in first + later}
+        sent = [e["payload"]["delivery_id"] for e in bus.events("NotificationSent")]
+        assert len(sent) == 30 and len(set(sent)) == 30
+        assert await scalar(settings, "SELECT count(*) FROM notify.delivery WHERE status = 'sent'") == 30
+        assert await scalar(settings, "SELECT count(*) FROM notify.delivery") == 30
+        assert await scalar(settings, "SELECT count(*) FROM notify.inbox_message") == 10
+
+
+async def test_digest_one_message_per_day(migrated: Settings, nc: NATS, smtp: tuple[Mailbox, int]) -> None:
+    box, port = smtp
+    settings = migrated
+    clock = Clock(fixed=MORNING)
+    async with notify(settings, test_config(port), clock) as (_, api):
+        sub = await subscribe(api, recipient="daily", region="5111", include_subregions=True,
+                              frequency="digest", digest_time="18:00",
+                              channels={"email": "daily@leshan.test", "inbox": True})
+        assert sub["digest_time"] == "18:00" and sub["timezone"] == "Asia/Shanghai"
+        await subscribe(api, recipient="now", region="511102", channels={"inbox": True})
+        changes = [status_changed(), status_changed(target="leshan-avg-rural-class-a", status="met", value=8.5),
+                   status_changed(status="missed", previous="at_risk")]
+        for envelope in changes:
+            await publish_status(nc, settings, envelope)
+        await eventually(lambda: scalar(settings, "SELECT count(*) = 3 FROM notify.digest_item"))
+        await eventually(lambda: inbox_count(api, "now", 3))
+        await asyncio.sleep(0.3)
+        assert box.messages == [] and await inbox_count(api, "daily", 0)
+
+        clock.fixed = MORNING + timedelta(hours=9, seconds=30)   # 18:00:30 in Shanghai
+        await eventually(waiting(lambda: len(box.messages) == 1))
+        await eventually(lambda: inbox_count(api, "daily", 1))
+        mail = box.messages[0]
+        assert mail["Subject"] == "【每日摘要】四川省 乐山市 2026-03-02 共 3 项变化"
+        text = mail.get_content()
+        assert text.count(f"09:00 {SHIZHONG_PATH} ") == 3 and "有风险 → 未完成" in text and "已达标" in text
+
+        # Later that day: a new change waits for tomorrow's digest; no second digest today.
+        await publish_status(nc, settings, status_changed(status="at_risk", previous="missed"))
+        await eventually(lambda: scalar(settings, "SELECT count(*) = 4 FROM notify.digest_item"))
+        clock.fixed = MORNING + timedelta(hours=10)
+        await asyncio.sleep(0.5)
+        assert len(box.messages) == 1
+        clock.fixed = MORNING + timedelta(days=1, hours=9, seconds=1)
+        await eventually(waiting(lambda: len(box.messages) == 2))
+        assert box.messages[1]["Subject"] == "【每日摘要】四川省 乐山市 2026-03-03 共 1 项变化"
+        await asyncio.sleep(0.3)
+        assert len(box.messages) == 2
+        assert await scalar(settings, "SELECT count(*) FROM notify.digest") == 2
+
+        # Switching to immediate loses nothing: what was waiting goes out as a last digest.
+        await publish_status(nc, settings, status_changed(status="met", previous="at_risk", value=15.5))
+        await eventually(lambda: scalar(settings, "SELECT count(*) = 5 FROM notify.digest_item"))
+        switched = await api.put(f"/subscriptions/{sub['id']}", json={
+            "recipient": "daily", "region": "5111", "include_subregions": True,
+            "channels": {"email": "daily@leshan.test", "inbox": True}})
+        assert switched.status_code == 200 and switched.json()["frequency"] == "immediate"
+        await eventually(waiting(lambda: len(box.messages) == 3))
+        assert box.messages[2]["Subject"] == "【每日摘要】四川省 乐山市 2026-03-03 共 1 项变化"
+        await publish_status(nc, settings, status_changed(status="at_risk", previous="met"))
+        await eventually(waiting(lambda: len(box.messages) == 4))
+        assert box.messages[3]["Subject"].startswith("【目标状态变化】")
+
+
+async def test_organization_filed_reaches_its_township(migrated: Settings, nc: NATS,
+                                                       receiver: Receiver) -> None:
+    settings = migrated
+    async with notify(settings, test_config()) as (_, api):
+        events = ["OrganizationFiled", "HubDissolved"]
+        here = await subscribe(api, recipient="dafo.street", region="511102004", include_subregions=True,
+                               events=events, channels={"inbox": True, "webhook": {"url": receiver.url("/ok")}})
+        await subscribe(api, recipient="tongjiang.street", region="511102006", include_subregions=True,
+                        events=events, channels={"inbox": True})
+        filing = make_event(ev.OrganizationFiled(
+            name="篦子街社区舞蹈队", community_code="511102004001", category="culture_sports",
+            filing_number="SZ-2026-001", filed_on=date(2026, 3, 1)), source="cso-registry")
+        await publish(nc, settings.topology.event_subject("OrganizationFiled", "511102004001"), filing)
+        await eventually(lambda: inbox_count(api, "dafo.street", 1))
+        item = (await api.get("/inbox/dafo.street")).json()["items"][0]
+        path = "四川省 乐山市 市中区 大佛街道 篦子街社区居委会"
+        assert item["subject"] == f"【社区社会组织备案】{path} 篦子街社区舞蹈队"
+        assert item["body"].startswith("社区社会组织备案：篦子街社区舞蹈队\n")
+        assert f"地区：{path}" in item["body"] and "类别：文体活动类" in item["body"]
+        assert "备案号：SZ-2026-001" in item["body"]
+        await eventually(waiting(lambda: len(receiver.on("/ok")) == 1))
+        assert receiver.on("/ok")[0].json()["payload"]["name"] == "篦子街社区舞蹈队"
+        # A hub dissolved in the township (its envelope carries the hub's region).
+        dissolved = make_event(ev.HubDissolved(hub_id=uuid4(), reason="合并", dissolved_on=date(2026, 3, 1)),
+                               source="cso-registry", region="511102004")
+        await publish(nc, settings.topology.event_subject("HubDissolved", "511102004"), dissolved)
+        await eventually(lambda: inbox_count(api, "dafo.street", 2))
+        await asyncio.sleep(0.3)
+        assert await inbox_count(api, "tongjiang.street", 0)
+        assert here["include_subregions"] is True
+
+
+async def test_deadline_reminders_once_each(migrated: Settings) -> None:
+    settings = migrated
+
+    def at(day: date) -> datetime:  # 09:00 in Shanghai
+        return datetime(day.year, day.month, day.day, 1, 0, tzinfo=timezone.utc)
+
+    clock = Clock(fixed=at(date(2025, 9, 1)))   # nothing due within 90 days yet
+    async with notify(settings, test_config(), clock) as (_, api):
+        await subscribe(api, recipient="county", region="511102", channels={"inbox": True})
+        await subscribe(api, recipient="city", region="5111", events=["DeadlineReminder"],
+                        channels={"inbox": True}, language="en")
+        await subscribe(api, recipient="deaf", region="511102", events=["TargetStatusChanged"],
+                        channels={"inbox": True})
+
+        async def subjects(recipient: str) -> list[str]:
+            return sorted(i["subject"] for i in (await api.get(f"/inbox/{recipient}")).json()["items"])
+
+        await asyncio.sleep(0.3)
+        assert await scalar(settings, "SELECT count(*) FROM notify.reminder") == 0
+        clock.fixed = at(date(2025, 10, 2))      # 90 days before 2025-12-31
+        await eventually(lambda: inbox_count(api, "county", 2))
+        county = await subjects("county")
+        # 511102 is a class A county: its two class A targets (scoped to the city, listing it).
+        assert all(s.startswith("【目标截止提醒】四川省 乐山市 距截止日期 2025-12-31 还有 90 天：一类县区")
+                   for s in county), county
+        assert any("一类县区城市社区平均拥有社区社会组织不少于15个（目标 ≥ 15）" in s for s in county), county
+        # The city hears of every target scoped to it that falls due on 2025-12-31 (14 of them).
+        await eventually(lambda: inbox_count(api, "city", 14))
+        assert all(s.startswith("[Deadline reminder] 四川省 乐山市: 90 days to the 2025-12-31 deadline")
+                   for s in await subjects("city"))
+
+        clock.fixed = at(date(2025, 10, 3))
+        await asyncio.sleep(0.5)
+        assert await inbox_count(api, "county", 2)
+        clock.fixed = at(date(2025, 12, 1))      # 30 days before
+        await eventually(lambda: inbox_count(api, "county", 4))
+        assert sum("还有 30 天" in s for s in await subjects("county")) == 2
+        clock.fixed = at(date(2025, 12, 24))     # 7 days before
+        await eventually(lambda: inbox_count(api, "county", 6))
+        clock.fixed = at(date(2025, 12, 31))
+        await asyncio.sleep(0.5)
+        assert await inbox_count(api, "county", 6) and await inbox_count(api, "city", 42)
+        assert await inbox_count(api, "deaf", 0)
+        offsets = await rows(settings, "SELECT offset_days, count(*) AS n FROM notify.reminder "
+                                       "WHERE deadline = '2025-12-31' GROUP BY 1 ORDER BY 1")
+        assert [(r["offset_days"], r["n"]) for r in offsets] == [(7, 14), (30, 14), (90, 14)]
+
+
+async def test_subscription_api(migrated: Settings) -> None:
+    settings = migrated
+    async with notify(settings, test_config(), divisions=False) as (_, api):
+        bad = await api.post("/subscriptions", json={
+            "recipient": "x", "region": "5111x", "channels": {"email": "nope"},
+            "events": ["TargetStatusChanged", "Gossip"], "frequency": "hourly"})
+        assert bad.status_code == 422
+        fields = {e["field"] for e in bad.json()["errors"]}
+        assert {"region", "channels.email", "events.1", "frequency"} <= fields, fields
+        assert (await api.post("/subscriptions", content=b"{oops")).json()["errors"][0]["field"] == "$"
+        none = await api.post("/subscriptions", json={"recipient": "x", "region": "5111", "channels": {}})
+        assert none.status_code == 422 and none.json()["errors"][0]["field"] == "channels"
+
+        made = await subscribe(api, recipient="leshan.mzj", region="5111", statuses=["at_risk", "missed"],
+                               channels={"webhook": {"url": "https://example.test/hook",
+                                                     "secret": "a-secret-of-enough-length"}})
+        sid = made["id"]
+        assert made["channels"]["webhook"]["secret"] == "a-secret-of-enough-length"
+        got = (await api.get(f"/subscriptions/{sid}")).json()
+        assert got["channels"]["webhook"]["secret"] == "…ngth" and got["statuses"] == ["at_risk", "missed"]
+        assert got["events"] == ["TargetStatusChanged", "DeadlineReminder"] and got["frequency"] == "immediate"
+        listed = (await api.get("/subscriptions", params={"recipient": "leshan.mzj"})).json()["items"]
+        assert [s["id"] for s in listed] == [sid]
+
+        put = await api.put(f"/subscriptions/{sid}", json={
+            "recipient": "leshan.mzj", "region": "511102", "frequency": "digest", "digest_time": "08:30",
+            "channels": {"webhook": {"url": "https://example.test/hook2"}, "inbox": True}})
+        assert put.status_code == 200, put.text
+        after = put.json()
+        assert after["region"] == "511102" and after["digest_time"] == "08:30"
+        assert after["channels"]["webhook"]["secret"] == "…ngth"    # kept, not shown again
+        assert (await api.put(f"/subscriptions/{sid}", json={"recipient": "leshan.mzj", "region": "511102",
+                                                            "channels": {"inbox": True},
+                                                            "timezone": "Nowhere/City"})).status_code == 422
+        assert (await api.put(f"/subscriptions/{uuid4()}", json={"recipient": "a", "region": "51",
+                                                                 "channels": {"inbox": True}})).status_code == 404
+        assert (await api.delete(f"/subscriptions/{sid}")).json()["ok"] is True
+        assert (await api.get(f"/subscriptions/{sid}")).status_code == 404
+        assert (await api.delete(f"/subscriptions/{sid}")).status_code == 404
+        assert (await api.get("/subscriptions", params={"recipient": "leshan.mzj"})).json()["items"] == []
+        assert UUID(sid)

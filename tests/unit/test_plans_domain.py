@@ -1,0 +1,346 @@
+"""Plan files: both reference plans load; every bad file is rejected as a whole, each problem naming
+the file, the task and the field; revisions diff; the task state machine and the roll-ups."""
+
+from __future__ import annotations
+
+import csv
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from services.targets.plans import domain as d
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLED = REPO / "services" / "targets" / "plans" / "data"
+SHARED = Path("/work/shared/data/plans")
+DEMO = REPO / "data" / "divisions" / "demo"
+GUANGHAN = "guanghan-2024-chuangtese.yaml"
+CITY = "city-2021-2023-special-action.yaml"
+
+
+def demo_regions() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, tier in (("provinces", "province"), ("cities", "city"), ("areas", "county"),
+                       ("streets", "township"), ("villages", "community")):
+        with open(DEMO / f"{name}.csv", encoding="utf-8") as f:
+            out.update({row["code"]: tier for row in csv.DictReader(f)})
+    return out
+
+
+REGIONS = demo_regions()
+
+
+def plan_files() -> list[Path]:
+    files = sorted(BUNDLED.glob("*.yaml"))
+    if SHARED.is_dir():
+        files += sorted(SHARED.glob("*.yaml"))
+    return files
+
+
+@pytest.mark.parametrize("path", plan_files(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_reference_plans_load(path: Path) -> None:
+    plan = d.load_plan(path.read_text(encoding="utf-8"), path.name, REGIONS, strict=False)
+    if path.name == GUANGHAN:
+        assert plan.id == "guanghan-2024-chuangtese" and len(plan.tasks) == 13 and not plan.warnings
+        t14 = next(t for t in plan.tasks if t.no == "1.4")
+        assert t14.deadline == date(2024, 6, 30) and t14.expands == "township" and t14.lead == "市民政局"
+        t15 = next(t for t in plan.tasks if t.no == "1.5")
+        assert [(x.metric, x.threshold, x.deadline, x.target_id) for x in t15.targets] == [
+            ("brand_organizations", 3.0, date(2024, 11, 30), "guanghan-2024-chuangtese-1.5-brand_organizations"),
+            ("brand_projects", 3.0, date(2024, 11, 30), "guanghan-2024-chuangtese-1.5-brand_projects")]
+        t21 = next(t for t in plan.tasks if t.no == "2.1")
+        assert t21.scope_region == "510681001014" and t21.expands is None and t21.lead == "雒城街道"
+        assert next(t for t in plan.tasks if t.no == "1.1").expands is None
+        assert plan.opens == date(2024, 2, 21) and plan.ends is None
+        # Strict (a user's upload) loads it the same.
+        assert d.load_plan(path.read_text(encoding="utf-8"), path.name, REGIONS) == plan
+    else:
+        assert plan.id == "city-2021-2023-special-action" and len(plan.tasks) == 19
+        assert plan.ends == date(2023, 12, 31) and all(t.deadline == date(2023, 12, 31) for t in plan.tasks)
+        assert {t.work_plan for t in plan.tasks} == {"1", "2", "3", "4", "5", "6"}
+        assert all(t.lead == "各县区" and t.expands == "county" for t in plan.tasks)
+        t7 = next(t for t in plan.tasks if t.no == "7")
+        assert [(x.metric, x.deadline) for x in t7.targets] == [
+            ("streets_with_hub_share", date(2021, 12, 31)), ("towns_with_hub_share", date(2022, 12, 31))]
+        t18 = next(t for t in plan.tasks if t.no == "18")
+        assert all(x.untracked and x.target_id is None for x in t18.targets)
+        assert len(plan.warnings) == 3 and "innovation_bases_counties" in plan.warnings[0]
+        assert "tasks[17] (no '18')" in plan.warnings[0]
+        items = plan.catalogue_items()
+        assert {i["figure"] for i in items} == {"streets_with_hub_share", "towns_with_hub_share",
+                                                "pool_trained_share"}
+
+
+def test_bundled_copies_are_the_shared_files() -> None:
+    if not SHARED.is_dir():
+        pytest.skip("no shared data directory")
+    for path in SHARED.glob("*.yaml"):
+        assert (BUNDLED / path.name).read_bytes() == path.read_bytes()
+
+
+def test_unknown_metric_is_an_error_in_a_users_file_unless_untracked() -> None:
+    source = (BUNDLED / CITY).read_text(encoding="utf-8")
+    with pytest.raises(d.PlanError) as e:
+        d.load_plan(source, "upload.yaml", REGIONS)
+    lines = [str(p) for p in e.value.problems]
+    assert len(lines) == 3
+    assert lines[0].startswith("upload.yaml: tasks[17] (no '18'): targets[0].metric: unknown metric "
+                               "'innovation_bases_counties'")
+    assert e.value.problems[0].path == "tasks[17].targets[0].metric"
+    marked = source.replace("{metric: innovation_bases_counties, threshold: 2}",
+                            "{metric: innovation_bases_counties, threshold: 2, untracked: true}")
+    marked = marked.replace("threshold: 10}", "threshold: 10, untracked: true}").replace(
+        "threshold: 20}]", "threshold: 20, untracked: true}]")
+    plan = d.load_plan(marked, "upload.yaml", REGIONS)
+    assert not plan.warnings and all(x.untracked for x in plan.tasks[17].targets)
+
+
+def guanghan() -> dict[str, Any]:
+    data = d.read_plan_text((BUNDLED / GUANGHAN).read_text(encoding="utf-8"), GUANGHAN)
+    assert isinstance(data, dict)
+    return data
+
+
+def task(data: dict[str, Any], no: str) -> dict[str, Any]:
+    return next(t for t in data["tasks"] if t["no"] == no)
+
+
+def set_in(task_no: str, /, **fields: Any) -> Any:
+    def change(data: dict[str, Any]) -> None:
+        task(data, task_no).update(fields)
+    return change
+
+
+def drop_threshold(data: dict[str, Any]) -> None:
+    del task(data, "1.5")["targets"][0]["threshold"]
+
+
+def plan_field(**fields: Any) -> Any:
+    def change(data: dict[str, Any]) -> None:
+        data["plan"].update(fields)
+    return change
+
+
+def end_plan(data: dict[str, Any]) -> None:
+    data["plan"]["phases"][-1]["until"] = date(2024, 12, 31)
+    task(data, "2.1")["due"] = "2025-01"
+
+
+# (change, field path, words in the message)
+BAD: list[tuple[str, Any, str, str]] = [
+    ("unknown scope", plan_field(scope="510699"), "plan.scope", "unknown region '510699'"),
+    ("unquoted scope", plan_field(scope=510681), "plan.scope", "quoted string"),
+    ("scope a community", plan_field(scope="510681001014"), "plan.scope", "is a community"),
+    ("unknown community", set_in("2.1", community="510681001999"), "tasks[9].community",
+     "unknown community '510681001999'"),
+    ("community elsewhere", set_in("2.1", community="511102004001"), "tasks[9].community",
+     "not under the plan's scope"),
+    ("community is a township", set_in("2.1", community="510681001"), "tasks[9].community", "is a township"),
+    ("unknown metric", set_in("1.5", targets=[{"metric": "brand_orgs", "threshold": 3}]),
+     "tasks[4].targets[0].metric", "unknown metric 'brand_orgs'"),
+    ("duplicate number", set_in("1.6", no="1.5"), "tasks[5].no", "duplicate task number '1.5' (first at tasks[4])"),
+    ("deadline before issue", set_in("1.1", due="2024-01"), "tasks[0].due",
+     "deadline 2024-01-31 is before the plan issued on 2024-02-21"),
+    ("deadline after the end", end_plan, "tasks[9].due", "deadline 2025-01-31 is after the plan ends on 2024-12-31"),
+    ("target due after the end", set_in("1.5", targets=[{"metric": "brand_organizations", "threshold": 3,
+                                                          "due": "2025-03"}]),
+     "tasks[4].targets[0].due", "after the task's own deadline 2024-11-30"),
+    ("target without threshold", drop_threshold, "tasks[4].targets[0].threshold", "a target needs a threshold"),
+    ("share above 1", set_in("1.5", targets=[{"metric": "towns_with_hub_share", "threshold": 80}]),
+     "tasks[4].targets[0].threshold", "share"),
+    ("negative threshold", set_in("1.5", targets=[{"metric": "brand_projects", "threshold": -1}]),
+     "tasks[4].targets[0].threshold", "≥ 0"),
+    ("metric twice", set_in("1.5", targets=[{"metric": "brand_projects", "threshold": 1},
+                                            {"metric": "brand_projects", "threshold": 2}]),
+     "tasks[4].targets[1].metric", "already a target"),
+    ("unquoted number", set_in("1.1", no=1.1), "tasks[0].no", "quoted string"),
+    ("day as due", set_in("1.1", due="2024-05-31"), "tasks[0].due", "a month such as 2024-05"),
+    ("month 13", set_in("1.1", due="2024-13"), "tasks[0].due", "a month"),
+    ("no title", set_in("1.1", title=None), "tasks[0].title", "required"),
+    ("unknown field", set_in("1.1", deadline="2024-05"), "tasks[0].deadline", "unknown field"),
+    ("community task with targets", set_in("2.1", targets=[{"metric": "orgs", "threshold": 1}]),
+     "tasks[9].targets", "one community cannot carry targets"),
+    ("lead also co", set_in("1.1", co=["市民政局"]), "tasks[0].co", "is the lead unit"),
+    ("no issue date", plan_field(issued=None), "plan.issued", "required"),
+    ("bad plan id", plan_field(id="广汉 plan"), "plan.id", "letters, digits"),
+]
+
+
+@pytest.mark.parametrize(("change", "path", "words"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_files_are_rejected_naming_file_task_and_field(change: Any, path: str, words: str) -> None:
+    data = guanghan()
+    change(data)
+    with pytest.raises(d.PlanError) as e:
+        d.parse_plan(data, "bad.yaml", REGIONS)
+    problems = e.value.problems
+    hits = [p for p in problems if p.path == path]
+    assert hits, [str(p) for p in problems]
+    assert words in hits[0].message, str(hits[0])
+    line = str(hits[0])
+    assert line.startswith("bad.yaml: ")
+    if path.startswith("tasks["):
+        index = path.split("]")[0] + "]"
+        assert f"{index} (no " in line  # the task, by index and number
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    data = guanghan()
+    task(data, "1.1")["due"] = "2023-05"
+    task(data, "1.6")["no"] = "1.5"
+    del task(data, "1.5")["targets"][1]["threshold"]
+    with pytest.raises(d.PlanError) as e:
+        d.parse_plan(data, "bad.yaml", REGIONS)
+    assert {p.path for p in e.value.problems} == {"tasks[0].due", "tasks[5].no", "tasks[4].targets[1].threshold"}
+
+
+def test_yaml_no_key_is_a_task_number_and_not_a_boolean() -> None:
+    data = d.read_plan_text('tasks:\n  - {no: "1.1", title: x, on: yes}\n', "x.yaml")
+    assert data == {"tasks": [{"no": "1.1", "title": "x", "on": "yes"}]}
+    with pytest.raises(d.PlanError, match=r"x\.yaml: not valid YAML"):
+        d.read_plan_text("plan: [", "x.yaml")
+
+
+def test_not_a_mapping_and_no_tasks() -> None:
+    with pytest.raises(d.PlanError, match="expected a mapping"):
+        d.parse_plan([1, 2], "x.yaml", REGIONS)
+    data = guanghan()
+    data["tasks"] = []
+    with pytest.raises(d.PlanError) as e:
+        d.parse_plan(data, "x.yaml", REGIONS)
+    assert e.value.problems[0].path == "tasks"
+
+
+def test_expansion_markers() -> None:
+    data = guanghan()
+    task(data, "1.1")["co"] = ["市委组织部", "各镇（街道）"]  # full-width brackets
+    plan = d.parse_plan(data, "x.yaml", REGIONS)
+    t11 = plan.tasks[0]
+    assert t11.expands == "township" and t11.co == ("市委组织部", "各镇(街道)")
+    data = guanghan()
+    data["plan"]["scope"] = "510681001"
+    for t in data["tasks"]:
+        t.pop("community", None)
+    with pytest.raises(d.PlanError) as e:
+        d.parse_plan(data, "x.yaml", REGIONS)
+    assert any(p.path == "tasks[1].co" and "every township" in p.message for p in e.value.problems)
+
+
+def test_work_plans_are_checked() -> None:
+    data = d.read_plan_text((BUNDLED / CITY).read_text(encoding="utf-8"), CITY)
+    assert isinstance(data, dict)
+    data["work_plans"][1]["tasks"].append("1")
+    data["work_plans"][2]["tasks"].append("99")
+    with pytest.raises(d.PlanError) as e:
+        d.parse_plan(data, CITY, REGIONS, strict=False)
+    assert {p.path for p in e.value.problems} == {"work_plans[1].tasks[3]", "work_plans[2].tasks[4]"}
+
+
+def test_diff_between_revisions() -> None:
+    old = d.parse_plan(guanghan(), "a.yaml", REGIONS).to_json()
+    data = guanghan()
+    task(data, "1.4")["due"] = "2024-07"
+    data["tasks"] = [t for t in data["tasks"] if t["no"] != "2.4"]
+    data["tasks"].append({"no": "2.5", "title": "新任务", "lead": "汉州街道", "due": "2024-12"})
+    data["plan"]["title"] = "新标题"
+    new = d.parse_plan(data, "b.yaml", REGIONS).to_json()
+    diff = d.diff_plans(old, new)
+    assert diff["plan"] == {"title": {"from": "广汉市城乡社区治理“创特色”工程实施方案", "to": "新标题"}}
+    assert diff["tasks"]["added"] == ["2.5"] and diff["tasks"]["removed"] == ["2.4"]
+    assert diff["tasks"]["changed"] == {"1.4": {"deadline": {"from": "2024-06-30", "to": "2024-07-31"},
+                                                "due": {"from": "2024-06", "to": "2024-07"}}}
+    assert d.diff_plans(None, new)["created"] is True
+    assert d.diff_plans(new, new)["tasks"] == {"added": [], "removed": [], "changed": {}}
+
+
+def test_document_round_trips_through_json() -> None:
+    import json
+
+    plan = d.parse_plan(guanghan(), "a.yaml", REGIONS)
+    assert json.loads(json.dumps(plan.to_json(), ensure_ascii=False)) == plan.to_json()
+
+
+def test_month_end_and_task_order() -> None:
+    assert d.month_end(2024, 2) == date(2024, 2, 29) and d.month_end(2024, 12) == date(2024, 12, 31)
+    assert sorted(["1.10", "2.1", "1.2", "1.9", "10", "9"], key=d.task_key) == ["1.2", "1.9", "1.10", "2.1", "9", "10"]
+
+
+# --- state machine -----------------------------------------------------------------------------
+
+S = d.TaskState
+
+
+def test_walk_through_the_states() -> None:
+    what = "task 1.4"
+    assert d.transition(S.NOT_STARTED, "start", what=what) == [d.Step(S.NOT_STARTED, S.IN_PROGRESS, None)]
+    assert d.transition(S.IN_PROGRESS, "submit", what=what, note=" 自评 ", evidence_files=1) == [
+        d.Step(S.IN_PROGRESS, S.SUBMITTED, "自评")]
+    assert d.transition(S.SUBMITTED, "return", what=what, note="缺材料") == [
+        d.Step(S.SUBMITTED, S.RETURNED, "缺材料"), d.Step(S.RETURNED, S.IN_PROGRESS, None)]
+    assert d.transition(S.SUBMITTED, "accept", what=what) == [d.Step(S.SUBMITTED, S.ACCEPTED, None)]
+
+
+@pytest.mark.parametrize(("state", "action", "status", "words"), [
+    (S.NOT_STARTED, "submit", 409, "cannot submit task 1.4: it is not_started, and submit needs it in_progress"),
+    (S.IN_PROGRESS, "start", 409, "from in_progress it can only be submit"),
+    (S.IN_PROGRESS, "accept", 409, "accept needs it submitted"),
+    (S.SUBMITTED, "start", 409, "from submitted it can only be accept, return"),
+    (S.ACCEPTED, "return", 409, "an accepted task is final"),
+    (S.IN_PROGRESS, "finish", 422, "unknown action 'finish'"),
+])
+def test_invalid_transitions(state: d.TaskState, action: str, status: int, words: str) -> None:
+    with pytest.raises(d.TransitionError) as e:
+        d.transition(state, action, what="task 1.4", note="n", evidence_files=1)
+    assert e.value.status == status and words in e.value.message
+
+
+def test_what_a_move_needs() -> None:
+    with pytest.raises(d.TransitionError) as e:
+        d.transition(S.IN_PROGRESS, "submit", what="task 1.4", evidence_files=1)
+    assert (e.value.status, e.value.field) == (422, "note")
+    with pytest.raises(d.TransitionError) as e:
+        d.transition(S.IN_PROGRESS, "submit", what="task 1.4", note="自评")
+    assert (e.value.status, e.value.field) == (409, "evidence")
+    with pytest.raises(d.TransitionError) as e:
+        d.transition(S.SUBMITTED, "return", what="task 1.4", note="  ")
+    assert (e.value.status, e.value.field) == (422, "reason")
+    with pytest.raises(d.TransitionError) as e:
+        d.transition(S.SUBMITTED, "accept", what="task 1.4", open_lines=["510681001 雒城街道 (in_progress)"])
+    assert e.value.status == 409 and "1 of its lines are not accepted: 510681001 雒城街道" in e.value.message
+    with pytest.raises(d.TransitionError) as e:
+        d.transition(S.IN_PROGRESS, "submit", what="task 1.4", note="x" * 4001, evidence_files=1)
+    assert e.value.field == "note"
+
+
+def test_rollups_and_ledger_order() -> None:
+    today = date(2024, 6, 5)
+    assert d.is_overdue(S.IN_PROGRESS, date(2024, 5, 31), today)
+    assert not d.is_overdue(S.ACCEPTED, date(2024, 5, 31), today)
+    assert not d.is_overdue(S.NOT_STARTED, today, today)  # due today is not late yet
+    assert d.rollup([S.ACCEPTED, S.SUBMITTED, S.ACCEPTED, S.NOT_STARTED]) == {
+        "total": 4, "accepted": 2, "share": 0.5,
+        "by_state": {"not_started": 1, "in_progress": 0, "submitted": 1, "accepted": 2}}
+    assert d.rollup([])["share"] is None
+    assert d.task_progress(S.IN_PROGRESS, [S.ACCEPTED, S.SUBMITTED, S.ACCEPTED, S.IN_PROGRESS]) == 0.5
+    assert d.task_progress(S.ACCEPTED, [S.IN_PROGRESS]) == 1.0
+    c = d.completion([(S.ACCEPTED, []), (S.IN_PROGRESS, [S.ACCEPTED, S.IN_PROGRESS]), (S.NOT_STARTED, [])])
+    assert c["share"] == pytest.approx(1 / 3) and c["progress"] == pytest.approx(0.5)
+    rows = [("1.1", S.IN_PROGRESS, date(2024, 5, 31)), ("1.4", S.ACCEPTED, date(2024, 6, 30)),
+            ("1.2", S.NOT_STARTED, date(2024, 5, 31)), ("1.9", S.SUBMITTED, date(2024, 4, 30)),
+            ("1.5", S.NOT_STARTED, date(2024, 11, 30)), ("1.6", S.SUBMITTED, date(2024, 11, 30))]
+    ordered = [no for no, s, dl in sorted(rows, key=lambda r: d.ledger_key(r[1], r[2], r[0], today))]
+    assert ordered == ["1.9", "1.2", "1.1", "1.5", "1.6", "1.4"]
+
+
+def test_a_catalogue_item_per_tracked_target() -> None:
+    plan = d.parse_plan(guanghan(), "a.yaml", REGIONS)
+    items = plan.catalogue_items()
+    assert [i["id"] for i in items] == ["guanghan-2024-chuangtese-1.5-brand_organizations",
+                                        "guanghan-2024-chuangtese-1.5-brand_projects"]
+    assert items[0]["scope_region"] == "510681" and items[0]["start"] == date(2024, 2, 21)
+    assert items[0]["deadline"] == date(2024, 11, 30) and items[0]["threshold"] == 3.0
+    from services.targets.domain.catalogue import parse_catalogue
+
+    assert len(parse_catalogue(yaml.safe_load(yaml.safe_dump({"targets": items}, allow_unicode=True)), "x")) == 2
