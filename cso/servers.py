@@ -105,7 +105,7 @@ def answers(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
-def _port_is_free(port: int) -> bool:
+def port_is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         # Without SO_REUSEADDR a port left in TIME_WAIT by the previous run reads as busy,
         # although the server (which sets it) could bind it again.
@@ -122,7 +122,7 @@ def _pick_port(wanted: int | None, previous: object) -> int:
         return wanted
     # Reusing the last run's port keeps the URL stable across a stop/start or kill/start,
     # so clients that reconnect by URL (fault tests) find the server again.
-    if isinstance(previous, int) and previous > 0 and _port_is_free(previous):
+    if isinstance(previous, int) and previous > 0 and port_is_free(previous):
         return previous
     return free_port()
 

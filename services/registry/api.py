@@ -11,12 +11,11 @@ from uuid import UUID
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from faststream.nats import NatsMessage
-from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import ContractError, Envelope, make_event
 from contracts import events as ev
-from contracts.envelope import MAX_EVENT_BYTES
+from cso.commands import parse_command
 from cso.consumer import Rejected, Subscription
 from cso.service import Runtime, errors_body
 
@@ -75,19 +74,7 @@ class DivisionsHandler:
 async def execute(runtime: Runtime, command: str, body: bytes, source: str) -> tuple[int, dict[str, Any]]:
     """Run one command; (HTTP status, typed result). The same result goes back over NATS."""
     try:
-        payload_cls = COMMANDS.get(command)
-        if payload_cls is None:
-            raise ContractError.single("command", f"unknown command {command!r}; one of {', '.join(COMMANDS)}")
-        if len(body) > MAX_EVENT_BYTES:
-            raise ContractError.single("$", f"body of {len(body)} bytes exceeds {MAX_EVENT_BYTES}")
-        try:
-            data = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ContractError.single("$", f"not JSON: {e}") from None
-        try:
-            payload = payload_cls.model_validate(data)
-        except ValidationError as e:
-            raise ContractError.from_validation(e) from None
+        payload = parse_command(COMMANDS, command, body)
         # Commands about an existing record take the record's region (record() fills it in).
         envelope = make_event(payload, source=source, region=payload.region_of() or "00")
     except ContractError as e:

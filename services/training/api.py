@@ -16,13 +16,13 @@ from uuid import UUID
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from faststream.nats import NatsMessage
-from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import ContractError, Envelope
 from contracts import events as ev
 from contracts.envelope import MAX_EVENT_BYTES
+from cso.commands import parse_command
 from cso.consumer import Rejected, Subscription
 from cso.service import Runtime, errors_body
 
@@ -96,20 +96,8 @@ async def execute(runtime: Runtime, key: bytes, command: str, body: bytes,
                   source: str) -> tuple[int, dict[str, Any]]:
     """Run one command; (HTTP status, typed result). The same result goes back over NATS."""
     try:
-        cmd_cls = COMMANDS.get(command)
-        if cmd_cls is None:
-            raise ContractError.single("command", f"unknown command {command!r}; one of {', '.join(COMMANDS)}")
-        limit = 2 * sheet.MAX_SHEET_BYTES if cmd_cls is AttendanceSheet else MAX_EVENT_BYTES
-        if len(body) > limit:
-            raise ContractError.single("$", f"body of {len(body)} bytes exceeds {limit}")
-        try:
-            data = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ContractError.single("$", f"not JSON: {e}") from None
-        try:
-            cmd = cmd_cls.model_validate(data)
-        except ValidationError as e:
-            raise ContractError.from_validation(e) from None
+        limit = 2 * sheet.MAX_SHEET_BYTES if COMMANDS.get(command) is AttendanceSheet else MAX_EVENT_BYTES
+        cmd = parse_command(COMMANDS, command, body, limit)
         ctx = _context(runtime, key, source)
     except ContractError as e:
         return 422, errors_body(e.errors)

@@ -1,0 +1,32 @@
+"""Parsing a command's body (HTTP or NATS request-reply) into its typed model, field-named errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from contracts import ContractError
+from contracts.envelope import MAX_EVENT_BYTES
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_command(commands: Mapping[str, type[M]], command: str, body: bytes,
+                  limit: int = MAX_EVENT_BYTES) -> M:
+    """The body of `command` validated as its model; ContractError naming the field otherwise."""
+    model = commands.get(command)
+    if model is None:
+        raise ContractError.single("command", f"unknown command {command!r}; one of {', '.join(commands)}")
+    if len(body) > limit:
+        raise ContractError.single("$", f"body of {len(body)} bytes exceeds {limit}")
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ContractError.single("$", f"not JSON: {e}") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ContractError.from_validation(e) from None
