@@ -515,6 +515,87 @@ def coverage(
         console.print(f"no targets set for {body['code']} {escape(body['name'])}")
 
 
+def ledger_table(body: dict[str, Any]) -> Table:
+    """A plan's tasks, overdue first, with their state, lead unit, deadline and targets."""
+    plan, done = body["plan"], body["completion"]
+    table = Table(title=f"{plan.get('id')} {escape(str(plan.get('title', '')))} — accepted "
+                        f"{done['accepted']}/{done['total']} ({done['share']:.0%}), as of {body['as_of']}",
+                  title_justify="left", box=box.SIMPLE_HEAD)
+    for header in ("task", "state", "lead", "deadline", "targets", "title"):
+        table.add_column(header, overflow="fold", no_wrap=header in ("task", "state", "deadline"))
+    for t in body["tasks"]:
+        state = "overdue" if t.get("overdue") else t["state"]
+        style = {"overdue": "red", "accepted": "green", "submitted": "cyan", "in_progress": "yellow"}.get(state, "")
+        lines = t.get("lines") or {}
+        if lines:
+            state += f" ({lines.get('accepted', 0)}/{lines.get('total', 0)} lines)"
+        targets = ", ".join(f"{x['metric']} {x.get('status') or ''}".strip() for x in t.get("targets") or [])
+        table.add_row(str(t["no"]), f"[{style}]{state}[/{style}]" if style else state, escape(str(t.get("lead") or "")),
+                      str(t.get("deadline") or ""), escape(targets), escape(str(t.get("title") or "")))
+    return table
+
+
+@app.command()
+def replay(
+    service: Annotated[Which, typer.Argument(help="Whose outbox to publish again.")],
+    since: Annotated[str, typer.Option(help="A time (ISO 8601) or an outbox sequence number.")],
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+) -> None:
+    """Publish a service's events again from its outbox (kept for its retention period), e.g. after
+    the bus lost messages. The running service's relay sends them; consumers drop what they have."""
+    import asyncio
+    from datetime import datetime
+
+    import asyncpg
+
+    if service is Which.all:
+        raise fail("name one service", 2)
+    url = _env("CSO_DATABASE_URL") or recorded(data_dir, "database")
+    if url is None:
+        raise fail("no database: set CSO_DATABASE_URL, or start the local stack", 2)
+    if since.isdigit():
+        where, arg = "seq >= $1", int(since)
+    else:
+        try:
+            moment: Any = datetime.fromisoformat(since)
+        except ValueError:
+            raise fail(f"--since: {since!r} is neither a time (ISO 8601) nor a sequence number", 2) from None
+        where, arg = "created_at >= $1", moment if moment.tzinfo else moment.astimezone()
+
+    async def go() -> int:
+        db = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            status = await db.execute(
+                f'UPDATE "{service.value}".outbox SET published_at = NULL, stream_seq = NULL WHERE {where}', arg)
+            return int(status.split()[-1])
+        finally:
+            await db.close()
+
+    count = asyncio.run(go())
+    _console().print(f"{service.value}: {count} events queued for publishing again")
+
+
+@app.command()
+def plan(
+    plan_id: Annotated[str, typer.Argument(help="The plan's id, e.g. guanghan-2024-chuangtese.")],
+    url: Annotated[str | None, typer.Option(
+        help="targets' base URL. Default: CSO_TARGETS_URL, else the local stack's.")] = None,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+) -> None:
+    """A plan's task ledger: every task with its state (overdue first), lead unit and targets."""
+    base = _targets_url(url, data_dir)
+    target = f"{base}/plans/{urllib.parse.quote(plan_id, safe='')}"
+    try:
+        code, body = http_get(target, timeout=30)
+    except (OSError, urllib.error.URLError) as e:
+        raise fail(f"targets does not answer at {base}: {e}") from None
+    if code in (404, 422):
+        raise fail(_error_text(body), 2)
+    if code != 200 or not isinstance(body, dict):
+        raise fail(f"GET {target}: {code} {body}")
+    _console().print(ledger_table(body))
+
+
 def _error_text(body: Any) -> str:
     if isinstance(body, dict):
         if isinstance(body.get("errors"), list):

@@ -191,8 +191,9 @@ class Consumer:
                 f'INSERT INTO "{self.schema}".consumer_position (stream, last_seq) VALUES (:s, :q) '
                 "ON CONFLICT (stream) DO UPDATE SET last_seq = GREATEST(consumer_position.last_seq, "
                 "excluded.last_seq), updated_at = now()"), {"s": self.stream, "q": last})
+        applied = {e.event_id for e in fresh} - rejected.keys()
         for _, env in valid:
-            if env.event_id in {e.event_id for e in fresh} and env.event_id not in rejected:
+            if env.event_id in applied:
                 APPLIED.labels(self.service, env.type).inc()
         return rejected
 

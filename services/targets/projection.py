@@ -49,6 +49,12 @@ async def apply_facts(conn: AsyncConnection, events: Sequence[Envelope[Any]]) ->
 
 async def recompute(conn: AsyncConnection, direct: set[str]) -> set[str]:
     """Recompute the timelines of the entities whose facts (or whose inputs) are in `direct`."""
+    if not direct:
+        return set()
+    # Lock the entities the facts are about first: a replica that is applying other facts of the
+    # same hub, base or party organization commits before we read which townships or organizations
+    # they link to, so a link it has just written is not missed.
+    await store.lock_timelines(conn, direct)
     by_kind: dict[str, set[str]] = {}
     for key in direct:
         by_kind.setdefault(key.split(":", 1)[0], set()).add(key)

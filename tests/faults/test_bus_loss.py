@@ -79,6 +79,14 @@ async def caught_up(dsn: str, fed: int) -> bool:
         await db.close()
 
 
+async def count_applied(dsn: str) -> int:
+    db = await asyncpg.connect(dsn)
+    try:
+        return int(await db.fetchval("SELECT count(*) FROM targets.inbox"))
+    finally:
+        await db.close()
+
+
 async def gap_announced(dsn: str) -> bool:
     db = await asyncpg.connect(dsn)
     try:
@@ -146,6 +154,20 @@ async def test_gap_is_detected_and_refilled(loss: str, settings: Settings, own_n
             await eventually(lambda: equal_to_recount(settings.database_url), timeout=30, interval=0.5)
             # Registry found the gap in its own stream and said so (once the repair is under way).
             await eventually(lambda: gap_announced(settings.database_url), timeout=30, interval=0.5)
+
+            # By hand, too: `cso replay` publishes the outbox again; nothing counts twice.
+            from typer.testing import CliRunner
+
+            from cso.cli import app as cli
+
+            applied = await count_applied(settings.database_url)
+            result = await asyncio.to_thread(
+                CliRunner().invoke, cli, ["replay", "registry", "--since", "2000-01-01T00:00:00+00:00"],
+                env={"CSO_DATABASE_URL": settings.database_url})
+            assert result.exit_code == 0 and "queued" in result.output, result.output
+            await eventually(lambda: caught_up(settings.database_url, fed), timeout=60, interval=0.3)
+            assert await count_applied(settings.database_url) == applied
+            assert await equal_to_recount(settings.database_url)
     finally:
         await nc.close()
 

@@ -118,6 +118,15 @@ def test_stack_up_file_coverage_restart_and_cli(tmp_path: Path) -> None:
         result = runner.invoke(app, ["coverage", "999999", "--url", targets], env=env)
         assert result.exit_code == 2 and "unknown region 999999" in result.output
 
+        # cso plan: the Guanghan ledger (the bundled plans load once divisions are in).
+        def ledger() -> bool:
+            r = runner.invoke(app, ["plan", "guanghan-2024-chuangtese", "--url", targets], env=env)
+            return r.exit_code == 0 and "1.4" in r.output and "市民政局" in r.output
+
+        eventually(ledger)
+        result = runner.invoke(app, ["plan", "no-such-plan", "--url", targets], env=env)
+        assert result.exit_code == 2
+
         # cso publish: a bad line refuses the whole file, naming the line; nothing reaches NATS.
         good, bad = filed("金山社区志愿服务队"), filed("坏的").replace(f'"region":"{COMMUNITY}"',
                                                                      '"region":"5106810"')
