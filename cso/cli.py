@@ -498,15 +498,7 @@ def coverage(
     """A region and its children with the key figures, then the region's targets."""
     base = _targets_url(url, data_dir)
     query = f"?{urllib.parse.urlencode({'as_of': as_of})}" if as_of else ""
-    target = f"{base}/coverage/{urllib.parse.quote(region, safe='')}{query}"
-    try:
-        code, body = http_get(target, timeout=30)
-    except (OSError, urllib.error.URLError) as e:
-        raise fail(f"targets does not answer at {base}: {e}") from None
-    if code in (404, 422):
-        raise fail(_error_text(body), 2)
-    if code != 200 or not isinstance(body, dict):
-        raise fail(f"GET {target}: {code} {body}")
+    body = _get_from_targets(base, f"/coverage/{urllib.parse.quote(region, safe='')}{query}")
     console = _console()
     console.print(coverage_table(body))
     if body["targets"]:
@@ -584,7 +576,12 @@ def plan(
 ) -> None:
     """A plan's task ledger: every task with its state (overdue first), lead unit and targets."""
     base = _targets_url(url, data_dir)
-    target = f"{base}/plans/{urllib.parse.quote(plan_id, safe='')}"
+    _console().print(ledger_table(_get_from_targets(base, f"/plans/{urllib.parse.quote(plan_id, safe='')}")))
+
+
+def _get_from_targets(base: str, path: str) -> dict[str, Any]:
+    """A JSON object from targets' read API; its 404/422 reason exits 2, anything else 1."""
+    target = base + path
     try:
         code, body = http_get(target, timeout=30)
     except (OSError, urllib.error.URLError) as e:
@@ -593,7 +590,7 @@ def plan(
         raise fail(_error_text(body), 2)
     if code != 200 or not isinstance(body, dict):
         raise fail(f"GET {target}: {code} {body}")
-    _console().print(ledger_table(body))
+    return body
 
 
 def _error_text(body: Any) -> str:

@@ -192,7 +192,7 @@ def _adopting_orphans() -> Iterator[None]:
                 _prctl(_PR_SET_CHILD_SUBREAPER, 0)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False
     with _children_lock:
@@ -239,7 +239,7 @@ def _wait_dead(pid: int, timeout: float) -> bool:
         with _children_lock:
             _children.pop(pid, None)
         return True
-    while _pid_alive(pid):
+    while pid_alive(pid):
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.02)
@@ -256,7 +256,7 @@ def _children_of(ppid: int) -> list[int]:
 
 def _wait_all_dead(pids: list[int], timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while any(_pid_alive(pid) for pid in pids) and time.monotonic() < deadline:
+    while any(pid_alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.02)
 
 
@@ -331,7 +331,7 @@ def running(data_dir: Path, kind: Kind) -> ServerHandle | None:
     if state is None or state.get("kind") != kind:
         return None
     handle = _handle_from_state(data_dir, state)
-    if handle is None or not _pid_alive(handle.pid) or not _pid_is(handle.pid, kind):
+    if handle is None or not pid_alive(handle.pid) or not _pid_is(handle.pid, kind):
         return None
     if not answers(handle.url):
         return None
@@ -404,7 +404,7 @@ def _stop_stale(data_dir: Path, kind: Kind, timeout: float) -> None:
     if state is None or state.get("kind") != kind:
         return
     handle = _handle_from_state(data_dir, state)
-    if handle is not None and _pid_alive(handle.pid) and _pid_is(handle.pid, kind):
+    if handle is not None and pid_alive(handle.pid) and _pid_is(handle.pid, kind):
         _stop_unlocked(handle, timeout)
 
 
@@ -697,7 +697,7 @@ def _clear_stale_socket_locks(sock_dir: Path) -> None:
             pid = int(lock.read_text().splitlines()[0].strip())
         except (OSError, IndexError, ValueError):
             continue
-        if not (_pid_alive(pid) and _pid_is(pid, "postgres")):
+        if not (pid_alive(pid) and _pid_is(pid, "postgres")):
             lock.unlink(missing_ok=True)
             (sock_dir / lock.name.removesuffix(".lock")).unlink(missing_ok=True)
 
@@ -707,7 +707,7 @@ def _clear_old_postmaster(data_dir: Path, run_as: _RunAs | None, timeout: float)
     pid = _postmaster_pid(pgdata)
     if pid is None:
         return
-    if _pid_alive(pid) and _pid_is(pid, "postgres"):
+    if pid_alive(pid) and _pid_is(pid, "postgres"):
         # A postmaster we have no usable state for (or that stopped answering): it holds the
         # data dir, so stop it and start one with our settings.
         paths = _pg_paths(data_dir, run_as)
@@ -716,9 +716,9 @@ def _clear_old_postmaster(data_dir: Path, run_as: _RunAs | None, timeout: float)
              "-t", str(int(timeout)), "stop"],
             run_as, paths.cwd, timeout + 5,
         )  # fmt: skip
-        if code != 0 or _pid_alive(pid):
+        if code != 0 or pid_alive(pid):
             _kill_postmaster(pid, timeout)
-    if not _pid_alive(pid):
+    if not pid_alive(pid):
         # postgres' own stale-lock check treats a zombie pid as a live postmaster.
         (pgdata / "postmaster.pid").unlink(missing_ok=True)
 
@@ -793,7 +793,7 @@ def start_postgres(
         pid = _postmaster_pid(pgdata)
         url = f"postgresql://{PG_SUPERUSER}@127.0.0.1:{pg_port}/postgres"
         if code != 0 or pid is None or not answers(url):
-            if pid is not None and _pid_alive(pid):
+            if pid is not None and pid_alive(pid):
                 _kill_postmaster(pid, 5)
             _drop_socket_dir(pgdata)
             raise ServerStartError(
@@ -824,7 +824,7 @@ def start_postgres(
 def _stop_unlocked(handle: ServerHandle, timeout: float) -> None:
     pid = handle.pid
     if handle.kind == "nats":
-        if _pid_alive(pid) and _pid_is(pid, "nats"):
+        if pid_alive(pid) and _pid_is(pid, "nats"):
             # SIGTERM makes nats-server shut down cleanly and flush JetStream to disk.
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
@@ -837,7 +837,7 @@ def _stop_unlocked(handle: ServerHandle, timeout: float) -> None:
         return
 
     pgdata = handle.data_dir / PG_DATA
-    if _pid_alive(pid) and _pid_is(pid, "postgres"):
+    if pid_alive(pid) and _pid_is(pid, "postgres"):
         run_as = _pg_run_as()
         paths = _pg_paths(handle.data_dir, run_as)
         code = -1
@@ -849,7 +849,7 @@ def _stop_unlocked(handle: ServerHandle, timeout: float) -> None:
             )  # fmt: skip
         if code != 0 or not _wait_dead(pid, 2):
             _kill_postmaster(pid, 5)
-    if not _pid_alive(pid):
+    if not pid_alive(pid):
         if _postmaster_pid(pgdata) == pid:
             (pgdata / "postmaster.pid").unlink(missing_ok=True)
         _drop_socket_dir(pgdata)
@@ -862,7 +862,7 @@ def stop(handle: ServerHandle, timeout: float = 20) -> None:
 
 def kill(handle: ServerHandle) -> None:
     """SIGKILL, no shutdown: simulates a crash. Data written so far stays on disk."""
-    if not (_pid_alive(handle.pid) and _pid_is(handle.pid, handle.kind)):
+    if not (pid_alive(handle.pid) and _pid_is(handle.pid, handle.kind)):
         return
     if handle.kind == "postgres":
         _kill_postmaster(handle.pid, 10)

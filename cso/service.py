@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
@@ -151,6 +151,18 @@ class Runtime:
             return JSONResponse(errors_body(errors), status_code=422)
 
         return app
+
+
+async def repeat(step: Callable[[], Awaitable[Any]], interval: float, what: str) -> None:
+    """Run `step` every `interval` seconds for ever; a failing step is logged and tried again."""
+    while True:
+        try:
+            await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s failed; retrying", what)
+        await asyncio.sleep(interval)
 
 
 def errors_body(errors: list[FieldError]) -> dict[str, Any]:

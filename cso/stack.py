@@ -129,19 +129,7 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, Any]:
 
 def _alive(pid: int | None) -> bool:
     """True while pid runs (a zombie, dead but not yet reaped, counts as gone)."""
-    if not pid or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in ("Z", "X")
+    return bool(pid) and servers.pid_alive(pid)  # type: ignore[arg-type]
 
 
 def _cmdline(pid: int) -> str:

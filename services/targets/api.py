@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import FieldError
 from cso.consumer import Subscription
-from cso.service import Runtime, errors_body
+from cso.service import Runtime, errors_body, repeat
 
 from . import evaluation, store, views
 from .domain.catalogue import DEFAULT_CATALOGUE, CatalogueError, TargetSpec, load_catalogue, parse_catalogue
@@ -86,14 +86,7 @@ class Coalescer:
             self.runtime.relay.notify()
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.step()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("targets: evaluation failed; retrying")
-            await asyncio.sleep(self.interval)
+        await repeat(self.step, self.interval, "targets: evaluation")
 
 
 def build(runtime: Runtime, clock: evaluation.Clock | None = None,

@@ -123,7 +123,7 @@ def test_stack_up_file_coverage_restart_and_cli(tmp_path: Path) -> None:
             r = runner.invoke(app, ["plan", "guanghan-2024-chuangtese", "--url", targets], env=env)
             return r.exit_code == 0 and "1.4" in r.output and "市民政局" in r.output
 
-        eventually(ledger)
+        eventually(ledger, timeout=45)  # plans load once divisions and the catalogue are in
         result = runner.invoke(app, ["plan", "no-such-plan", "--url", targets], env=env)
         assert result.exit_code == 2
 

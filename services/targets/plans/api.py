@@ -6,7 +6,6 @@ keeps the `cso_tasks_overdue` gauge.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
@@ -24,7 +23,7 @@ from prometheus_client import Gauge
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import FieldError
-from cso.service import Runtime, errors_body
+from cso.service import Runtime, errors_body, repeat
 
 from ..evaluation import Clock
 from ..views import ViewError
@@ -124,14 +123,7 @@ class PlanLoop:
             self.runtime.relay.notify()
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.step()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("plans: background step failed; retrying")
-            await asyncio.sleep(self.interval)
+        await repeat(self.step, self.interval, "plans: background step")
 
 
 # --- shared by HTTP and NATS ------------------------------------------------------------------
