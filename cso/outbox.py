@@ -139,6 +139,7 @@ class Relay:
             try:
                 while await self.publish_pending() == self.batch:
                     pass
+                await self.backlog()
                 if loop.time() - last_purge > 3600:
                     last_purge = loop.time()
                     await self.purge()
