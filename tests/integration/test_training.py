@@ -473,3 +473,45 @@ async def test_dates_are_checked(training: httpx.AsyncClient, nc: nats.NATS, set
     assert fields(early) == ["completed_on"]
     done = await command(nc, settings, "complete", {"session_id": session, "person_ids": [alice]})
     assert done["ok"] and done["completed_on"] == days_ago(9)
+
+
+async def test_completions_move_the_person_times_targets(settings: Settings, nc: nats.NATS) -> None:
+    """Training → NATS → targets: completions at a Leshan session move the figure of Leshan's
+    "1,000 person-times by 2025" target, and flip a target set on the same figure to met."""
+    from datetime import date
+
+    from cso.divisions import DEMO_DIVISIONS
+    from cso.divisions import publish_divisions as publish_demo
+    from services.targets import app as targets
+    from services.targets.evaluation import Clock
+
+    await asyncio.to_thread(run_migrations, settings)
+    await asyncio.to_thread(targets.run_migrations, settings)
+    clock = Clock(fixed=date(2025, 12, 1))  # before the Leshan deadline, so its status follows the figure
+    async with running(create_app, settings), \
+            running(lambda s: targets.create_app(s, clock), settings) as (_, api):
+        await publish_demo(nc.jetstream(), settings.topology, DEMO_DIVISIONS)
+        await divisions_loaded(settings, "training", "county", 12)
+        assert (await api.put("/targets/test-leshan-3-person-times", json={
+            "id": "test-leshan-3-person-times", "title": "3 人次", "figure": "training_person_times",
+            "scope_region": "5111", "threshold": 3, "start": "2025-01-01", "deadline": "2027-12-31",
+            "source": "test"})).status_code == 200
+        people = [await add(nc, settings, name=f"骨干{i}", serial=200 + i, county_code="511102",
+                            id_number=id_number(serial=200 + i, region="511102")) for i in range(3)]
+        session = await schedule(nc, settings, organizer_region="5111")
+        for person in people:
+            assert (await command(nc, settings, "enrol", {"session_id": session, "person_id": person}))["ok"]
+            assert (await command(nc, settings, "attend", {"session_id": session, "person_id": person}))["ok"]
+        assert (await command(nc, settings, "complete", {"session_id": session}))["ok"]
+
+        async def moved() -> dict[str, Any] | None:
+            rows = {r["target_id"]: r for r in (await api.get("/regions/5111/targets")).json()}
+            leshan, mine = rows.get("leshan-training-person-times"), rows.get("test-leshan-3-person-times")
+            if leshan and mine and leshan["value"] == 3 and mine["status"] == "met":
+                return leshan
+            return None
+
+        leshan = await eventually(moved, timeout=30)
+        assert leshan["status"] == "at_risk"  # 3 of 1,000 by 2025-12-31
+        body = (await api.get("/coverage/511102")).json()
+        assert body["counters"]["pool_members"] == 3 and body["counters"]["pool_members_trained"] == 3
