@@ -419,6 +419,22 @@ class TalentPoolMemberRemoved(Payload):
         return self.county_code
 
 
+class QualificationExamRecorded(Payload):
+    """A social-work qualification exam taken by a person of a county's pool, and whether it was
+    passed. A correction for the same person, year and level replaces the earlier record."""
+
+    TYPE = "QualificationExamRecorded"
+    CONTEXT = "training"
+    person_id: UUID
+    county_code: CountyCode
+    year: int = Field(ge=2000, le=2100)
+    level: Literal["assistant", "intermediate", "senior"] = "assistant"
+    passed: bool
+
+    def region_of(self) -> str:
+        return self.county_code
+
+
 # --- targets ----------------------------------------------------------------------------------
 
 
@@ -531,7 +547,7 @@ PAYLOADS: tuple[type[Payload], ...] = (
     PartyOrganizationFormed, PartyOrganizationDissolved,
     DivisionsImported, DivisionChanged,
     TrainingSessionScheduled, TrainingCompleted, TalentPoolMemberAdded, TalentPoolMemberRemoved,
-    CoverageChanged, TargetStatusChanged, TaskStatusChanged, TaskOverdue, PlanAccepted,
+    QualificationExamRecorded, CoverageChanged, TargetStatusChanged, TaskStatusChanged, TaskOverdue, PlanAccepted,
     BusGapDetected, NotificationSent, NotificationFailed,
 )
 PAYLOAD_BY_TYPE: dict[str, type[Payload]] = {p.TYPE: p for p in PAYLOADS}

@@ -140,7 +140,12 @@ async def handle(conn: AsyncConnection, cmd: Command, ctx: Context) -> Done:
             county = domain.exam_county(await store.load_person(conn, cmd.person_id, lock=False),
                                         cmd.person_id, await store.load_membership(conn, cmd.person_id))
             await store.upsert_exam(conn, cmd.person_id, cmd.year, cmd.level, cmd.passed, county, ctx.source)
-            return Done(str(cmd.person_id), county)
+            # The same record again is the same event; a corrected result is a new one.
+            exam = ev.QualificationExamRecorded(person_id=cmd.person_id, county_code=county, year=cmd.year,
+                                                level=cmd.level, passed=cmd.passed)
+            events = await _stage(conn, ctx, [(exam, str(cmd.person_id), uuid5(
+                domain.TRAINING, f"exam:{cmd.person_id}:{cmd.year}:{cmd.level}:{cmd.passed}"))])
+            return Done(str(cmd.person_id), county, events=events)
         case SelectOutstanding():
             subject = cmd.subject
             leader = cmd.kind == "leader"

@@ -416,10 +416,13 @@ async def test_pool_rules(training: httpx.AsyncClient, nc: nats.NATS, settings: 
         "county_code": COUNTY, "year": 2023, "kind": "leader", "person_id": alice})
     assert again.status_code == 409 and again.json()["errors"][0]["field"] == "person_id"
     async with recording(nc, t.context_subjects("training"), t.stream("CSO_TRAINING")) as bus:
-        await eventually(lambda: _count(bus, 3))
+        await eventually(lambda: _count(bus, 5))
         assert [(e["type"], e["payload"]["person_id"]) for e in bus.events()] == [
             ("TalentPoolMemberAdded", alice), ("TalentPoolMemberRemoved", alice),
-            ("TalentPoolMemberAdded", alice)]
+            ("TalentPoolMemberAdded", alice), ("QualificationExamRecorded", alice),
+            ("QualificationExamRecorded", alice)]
+        assert [(e["payload"]["year"], e["payload"]["passed"]) for e in bus.events("QualificationExamRecorded")] \
+            == [(2022, False), (2023, True)]
         assert bus.events("TalentPoolMemberRemoved")[0]["payload"]["reason"] == "调离本县"
 
 
@@ -515,3 +518,19 @@ async def test_completions_move_the_person_times_targets(settings: Settings, nc:
         assert leshan["status"] == "at_risk"  # 3 of 1,000 by 2025-12-31
         body = (await api.get("/coverage/511102")).json()
         assert body["counters"]["pool_members"] == 3 and body["counters"]["pool_members_trained"] == 3
+
+        # Exam passes travel as QualificationExamRecorded; a correction replaces the earlier record.
+        for passed in (False, True):
+            reply = await command(nc, settings, "record_exam", {"person_id": people[0], "year": 2025,
+                                                                 "passed": passed})
+            assert reply["ok"], reply
+        assert (await command(nc, settings, "record_exam", {"person_id": people[1], "year": 2025,
+                                                            "passed": False}))["ok"]
+
+        async def passes() -> int:
+            counters = (await api.get("/coverage/511102")).json()["counters"]
+            return int(counters.get("exam_passes", 0))
+
+        await eventually(passes, timeout=20)
+        await asyncio.sleep(1)
+        assert await passes() == 1

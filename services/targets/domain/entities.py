@@ -64,6 +64,8 @@ def effective_date(p: ev.Payload) -> date:
             return p.removed_on
         case ev.TrainingCompleted():
             return p.completed_on
+        case ev.QualificationExamRecorded():
+            return date(p.year, 1, 1)
         case _:
             return EPOCH
 
@@ -82,7 +84,8 @@ def entity_key(p: ev.Payload) -> str | None:
             return f"party:{p.party_organization_id}"
         case ev.DivisionsImported():
             return f"div:{p.county.code}"
-        case ev.TalentPoolMemberAdded() | ev.TalentPoolMemberRemoved() | ev.TrainingCompleted():
+        case (ev.TalentPoolMemberAdded() | ev.TalentPoolMemberRemoved() | ev.TrainingCompleted()
+              | ev.QualificationExamRecorded()):
             return f"person:{p.person_id}"
         case _:
             return None
@@ -311,7 +314,13 @@ def person_timeline(facts: Sequence[Fact]) -> Timeline:
         segments.append((day, (county, trained) if county else None))
     pulses = tuple((c.completed_on, (c.organizer_region,)) for c in
                    sorted(completions.values(), key=lambda c: str(c.completion_id)))
-    return Timeline("person", squash(segments), pulses)
+    # One exam per person, year and level: the latest record (a correction) decides.
+    exams: dict[tuple[int, str], ev.QualificationExamRecorded] = {}
+    for f in sorted(ordered, key=lambda f: (f.occurred_at, str(f.event_id))):
+        if isinstance(f.payload, ev.QualificationExamRecorded):
+            exams[(f.payload.year, f.payload.level)] = f.payload
+    passes = tuple((date(year, 1, 1), ("exam", e.county_code)) for (year, _), e in sorted(exams.items()) if e.passed)
+    return Timeline("person", squash(segments), pulses + passes)
 
 
 def _person_vector(state: State) -> Vector:
@@ -322,7 +331,13 @@ def _person_vector(state: State) -> Vector:
     return out
 
 
-vectors("person", _person_vector, lambda pulse: _count_at(pulse[0], "training_person_times"))
+def _person_pulse(pulse: State) -> Vector:
+    if pulse[0] == "exam":
+        return _count_at(pulse[1], "exam_passes")
+    return _count_at(pulse[0], "training_person_times")
+
+
+vectors("person", _person_vector, _person_pulse)
 
 
 def region_of_timeline(timeline: Timeline) -> str | None:
