@@ -1,6 +1,6 @@
 """The local stack behind `cso up`: NATS and PostgreSQL (from the venv's wheels, or the servers
-CSO_NATS_URL / CSO_DATABASE_URL name), the database and its migrations, registry and targets as
-uvicorn processes, and the demo divisions.
+CSO_NATS_URL / CSO_DATABASE_URL name), the database and its migrations, the four services (registry,
+targets, training, notify) as uvicorn processes, and the demo divisions.
 
 Everything lives under one data dir (default `.cso`): `nats/` and `postgres/` hold the servers'
 data (a later start reuses it), `logs/` the services' output, and `stack.json` where each part
@@ -241,7 +241,7 @@ def recorded(data_dir: Path, key: str) -> str | None:
 
 @dataclass
 class Stack:
-    """NATS, PostgreSQL, registry and targets on one machine, data kept under `data_dir`.
+    """NATS, PostgreSQL and the four services on one machine, data kept under `data_dir`.
 
     `nats_url` / `database_url` name servers to use instead of starting ones from the wheels.
     `owner_pid` is the process that keeps the stack running (`cso up`): `stop_recorded` (`cso

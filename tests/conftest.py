@@ -1,5 +1,5 @@
-"""Real servers for the tests: testcontainers where a Docker engine answers, else the URLs in
-CSO_DATABASE_URL / CSO_NATS_URL, else nats-server and PostgreSQL started from their PyPI wheels.
+"""Real servers for the tests: the URLs in CSO_DATABASE_URL / CSO_NATS_URL where set, else
+testcontainers where a Docker engine answers, else nats-server and PostgreSQL from their PyPI wheels.
 
 Each test gets its own database and its own NATS namespace (streams and subjects), so tests can
 run in parallel against one pair of servers.
