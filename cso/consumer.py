@@ -49,6 +49,10 @@ class Rejected(Exception):
         super().__init__(f"{field}: {message}")
 
 
+class OutOfScope(Rejected):
+    """The caller may not touch this region (its token's scope): refused, nothing written."""
+
+
 class NotYet(Rejected):
     """It may apply once an earlier fact arrives (out of order): retry later, then dead-letter."""
 

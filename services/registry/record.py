@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from contracts import Envelope, Topology
 from contracts import events as ev
 from cso import outbox
-from cso.consumer import NotYet, Rejected
+from cso.consumer import NotYet, OutOfScope, Rejected
 
 from . import domain, store
 
@@ -48,11 +48,13 @@ def _same_region(envelope: Envelope[Any], region: str, check: bool = True) -> No
 
 
 async def record(conn: AsyncConnection, envelope: Envelope[Any], topology: Topology,
-                 check_region: bool = True) -> Recorded:
+                 check_region: bool = True, scope: str | None = None) -> Recorded:
     """Apply one fact in the caller's transaction; raises Rejected (nothing written) if it breaks a rule.
 
     A fact from outside must name the region of the record it touches (`check_region`); a command
-    need not, and its event takes the record's region.
+    need not, and its event takes the record's region. `scope` is the region prefix the caller may
+    write (a token's region); a record outside it raises OutOfScope and the caller's transaction
+    rolls back.
     """
     fact = envelope.payload
     source = envelope.source
@@ -122,6 +124,8 @@ async def record(conn: AsyncConnection, envelope: Envelope[Any], topology: Topol
             done = Recorded(str(party.id), party.region_code)
         case _:
             raise Rejected("type", f"registry does not record {envelope.type}")
+    if scope is not None and not done.region.startswith(scope):
+        raise OutOfScope("region", f"{done.region} is outside the caller's region {scope}")
     _same_region(envelope, done.region, check_region)
     if envelope.region != done.region:
         envelope = envelope.model_copy(update={"region": done.region})
