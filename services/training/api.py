@@ -28,7 +28,7 @@ from cso.service import Runtime, errors_body
 
 from . import domain, sheet, store
 from .commands import COMMANDS, AttendanceSheet, today
-from .record import Context, attendance_sheet, handle, hub_leader, organization_fact
+from .record import Context, attendance_sheet, handle, hub_leader, organization_facts
 
 SERVICE = "training"
 log = logging.getLogger(__name__)
@@ -65,18 +65,23 @@ class RegistryHandler:
         rejected: dict[UUID, Rejected] = {}
         staged = False
         ctx = Context(self.runtime.topology, self.key, SERVICE, today())
+        pending: list[Envelope[Any]] = []
         for envelope in events:
             fact = envelope.payload
+            if not (isinstance(fact, ev.HubEstablished) and fact.leader_person_id is not None):
+                pending.append(envelope)
+                continue
+            # A hub leader may refer to an organization of the same batch: save those first.
+            await organization_facts(conn, pending)
+            pending = []
             savepoint = await conn.begin_nested()
             try:
-                if isinstance(fact, ev.HubEstablished) and fact.leader_person_id is not None:
-                    staged = await hub_leader(conn, envelope, ctx) or staged
-                else:
-                    await organization_fact(conn, envelope)
+                staged = await hub_leader(conn, envelope, ctx) or staged
                 await savepoint.commit()
             except Rejected as e:
                 await savepoint.rollback()
                 rejected[envelope.event_id] = e
+        await organization_facts(conn, pending)
         if staged and self.runtime.relay:
             self.runtime.relay.notify()
         return rejected

@@ -9,6 +9,7 @@ nothing here puts a name, a phone or an ID number into an event or a log line un
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -275,18 +276,41 @@ async def hub_leader(conn: AsyncConnection, envelope: Envelope[Any], ctx: Contex
     return True
 
 
-async def organization_fact(conn: AsyncConnection, envelope: Envelope[Any]) -> None:
-    """Where organizations are and whether they are active (to link pool members and selections)."""
-    fact = envelope.payload
-    match fact:
-        case ev.OrganizationFiled() | ev.OrganizationRegistered():
-            await store.upsert_organization(conn, fact.organization_id, fact.community_code, "active",
-                                            envelope.event_id)
-        case ev.OrganizationUpdated() if fact.community_code is not None:
-            await store.upsert_organization(conn, fact.organization_id, fact.community_code, None,
-                                            envelope.event_id)
-        case ev.OrganizationDeregistered():
-            await store.upsert_organization(conn, fact.organization_id, None, fact.kind.value,
-                                            envelope.event_id)
-        case _:
-            pass
+@dataclass
+class OrganizationChange:
+    """An organization's changes within one batch, folded: where it is, its status, the last event."""
+
+    event_id: UUID
+    created: bool = False
+    community_code: str | None = None
+    status: str | None = None
+
+
+def fold_organization_facts(envelopes: Sequence[Envelope[Any]]) -> dict[UUID, OrganizationChange]:
+    """Where organizations are and whether they are active (to link pool members and selections),
+    folded per organization in order, so a whole batch is saved with two statements."""
+    changes: dict[UUID, OrganizationChange] = {}
+    for envelope in envelopes:
+        fact = envelope.payload
+        match fact:
+            case ev.OrganizationFiled() | ev.OrganizationRegistered():
+                change = changes.setdefault(fact.organization_id, OrganizationChange(envelope.event_id))
+                change.created, change.community_code = True, fact.community_code
+            case ev.OrganizationUpdated() if fact.community_code is not None:
+                change = changes.setdefault(fact.organization_id, OrganizationChange(envelope.event_id))
+                change.community_code = fact.community_code
+            case ev.OrganizationDeregistered():
+                change = changes.setdefault(fact.organization_id, OrganizationChange(envelope.event_id))
+                change.status = fact.kind.value
+            case _:
+                continue
+        change.event_id = envelope.event_id
+    return changes
+
+
+async def organization_facts(conn: AsyncConnection, envelopes: Sequence[Envelope[Any]]) -> None:
+    changes = fold_organization_facts(envelopes)
+    await store.save_organizations(conn, [(i, c.community_code, c.status, c.event_id)
+                                          for i, c in changes.items() if c.created])
+    await store.update_organizations(conn, [(i, c.community_code, c.status, c.event_id)
+                                            for i, c in changes.items() if not c.created])

@@ -52,21 +52,27 @@ async def county_known(conn: AsyncConnection, code: str) -> bool:
     return len(code) == 6 and await region_known(conn, code)
 
 
-async def upsert_organization(conn: AsyncConnection, org_id: UUID, community_code: str | None,
-                              status: str | None, event_id: UUID) -> None:
-    """What training needs of an organization: where it is and whether it is active. A change of
-    an organization not seen yet is skipped (registry publishes its creation first)."""
-    if community_code is not None and status == "active":
+async def save_organizations(conn: AsyncConnection,
+                             rows: list[tuple[UUID, str | None, str | None, UUID]]) -> None:
+    """Organizations registry created (id, community, status if it ended too, last event)."""
+    if rows:
         await conn.execute(text(
             f"INSERT INTO {SCHEMA}.organization (id, community_code, status, last_event_id) "
-            "VALUES (:id, :c, 'active', :e) ON CONFLICT (id) DO UPDATE SET "
-            "community_code = excluded.community_code, last_event_id = excluded.last_event_id"),
-            {"id": org_id, "c": community_code, "e": event_id})
-        return
-    await conn.execute(text(
-        f"UPDATE {SCHEMA}.organization SET community_code = coalesce(:c, community_code), "
-        "status = coalesce(:s, status), last_event_id = :e WHERE id = :id"),
-        {"id": org_id, "c": community_code, "s": status, "e": event_id})
+            "VALUES (:id, :c, coalesce(:s, 'active'), :e) ON CONFLICT (id) DO UPDATE SET "
+            "community_code = excluded.community_code, status = coalesce(:s, organization.status), "
+            "last_event_id = excluded.last_event_id"),
+            [{"id": i, "c": c, "s": s, "e": e} for i, c, s, e in rows])
+
+
+async def update_organizations(conn: AsyncConnection,
+                               rows: list[tuple[UUID, str | None, str | None, UUID]]) -> None:
+    """Moves and endings of organizations. One not seen yet is skipped (registry publishes its
+    creation first)."""
+    if rows:
+        await conn.execute(text(
+            f"UPDATE {SCHEMA}.organization SET community_code = coalesce(:c, community_code), "
+            "status = coalesce(:s, status), last_event_id = :e WHERE id = :id"),
+            [{"id": i, "c": c, "s": s, "e": e} for i, c, s, e in rows])
 
 
 async def load_organization(conn: AsyncConnection, org_id: UUID | None) -> Organization | None:
