@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import date
 from typing import Any
 from uuid import UUID
@@ -145,8 +145,11 @@ async def load(conn: AsyncConnection, facts: Sequence[ev.Payload]) -> Ledger:
 
 def _changes(before: Any, after: Any) -> dict[str, Any]:
     """The audit's record of a change: each field that differs, as [before, after]."""
-    old = asdict(before) if before is not None else {}
-    return {k: [old.get(k), v] for k, v in asdict(after).items() if k != "id" and old.get(k) != v}
+    # Shallow: the records hold only scalars, and dataclasses.asdict deep-copies every value.
+    names = [f.name for f in fields(after) if f.name != "id"]
+    if before is None:
+        return {k: [None, v] for k in names if (v := getattr(after, k)) is not None}
+    return {k: [old, new] for k in names if (old := getattr(before, k)) != (new := getattr(after, k))}
 
 
 def _same_region(envelope: Envelope[Any], region: str, check: bool) -> None:

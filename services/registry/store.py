@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, fields
+from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -40,7 +40,8 @@ async def save_organizations(conn: AsyncConnection, changed: list[tuple[Organiza
         f"VALUES ({', '.join(':' + c for c in _ORG_COLUMNS)}, :source, :event_id) "
         f"ON CONFLICT (id) DO UPDATE SET {assignments}, updated_at = now(), "
         "updated_by = excluded.updated_by, last_event_id = excluded.last_event_id"),
-        [asdict(org) | {"event_id": event_id, "source": source} for org, event_id, source in changed])
+        [{c: getattr(org, c) for c in _ORG_COLUMNS} | {"event_id": event_id, "source": source}
+         for org, event_id, source in changed])
 
 
 async def known_communities(conn: AsyncConnection, codes: list[str]) -> set[str]:
