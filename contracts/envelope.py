@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timedelta, timezone
 from typing import Any, Generic, TypeVar
 from uuid import UUID, uuid4
@@ -86,11 +87,35 @@ def max_bytes(event_type: str) -> int:
     return MAX_DIVISIONS_BYTES if event_type == "DivisionsImported" else MAX_EVENT_BYTES
 
 
+# Where an event names its type; only a guess, which validation of the whole event then confirms.
+_TYPE_GUESS = re.compile(rb'"type"\s*:\s*"([A-Za-z]{1,64})"')
+
+
+def _parse_valid(raw: bytes) -> Envelope[Payload] | None:
+    """The fast path for a valid event: pydantic parses and validates the JSON in one pass (about
+    three times faster than json.loads then model_validate). None when anything is off: the full
+    path then finds the field at fault."""
+    guess = _TYPE_GUESS.search(raw)
+    payload_cls = PAYLOAD_BY_TYPE.get(guess.group(1).decode()) if guess else None
+    if payload_cls is None or len(raw) > max_bytes(payload_cls.TYPE):
+        return None
+    try:
+        envelope: Envelope[Payload] = envelope_class(payload_cls).model_validate_json(raw)
+        if envelope.type != payload_cls.TYPE or envelope.version != payload_cls.VERSION:
+            return None
+        check_envelope(envelope)
+    except (ValidationError, ContractError):
+        return None
+    return envelope
+
+
 def parse_event(raw: bytes | str | dict[str, Any]) -> Envelope[Payload]:
     """Validate an incoming event: size, JSON, envelope, known type and version, payload, region.
 
     Raises ContractError naming the field; nothing is returned half-validated.
     """
+    if isinstance(raw, bytes) and (valid := _parse_valid(raw)) is not None:
+        return valid
     if isinstance(raw, bytes | str):
         size = len(raw.encode() if isinstance(raw, str) else raw)
         if size > MAX_DIVISIONS_BYTES:
