@@ -242,10 +242,13 @@ def _list(values: Iterable[str], indent: str) -> str:
     return f"[\n{inner}\n{indent}]"
 
 
-def bcrypt_hash(password: str, rounds: int = 11) -> str:
+BCRYPT_ROUNDS = 11  # nats-server checks a hash at every connect: costly enough, not more
+
+
+def bcrypt_hash(password: str) -> str:
     import bcrypt
 
-    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds)).decode()
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(BCRYPT_ROUNDS)).decode()
 
 
 def password_value(user: str, mode: PasswordMode, env: Mapping[str, str] | None = None) -> str:
