@@ -12,7 +12,7 @@ Who may say what on the bus (issue #8):
   publish registry facts only on `cso.intake.<event>.<province>.<city>.<county>` subjects inside that
   region, and watch for their receipts (`cso.registry.<event>.…` in the same region, plain core NATS).
   No JetStream API at all: it cannot create or delete streams or consumers.
-- `admin`: operators and the `cso` command line (replay, publish, rebuild, cleanup): everything.
+- `admin`: operators (`cso publish`, the `nats` command line, cleanup): everything.
 
 Every user has its own inbox prefix, `_INBOX_<user>` (the client connects with `inbox_prefix`), so no
 user can read the replies and pulled messages meant for another. `render()` writes the

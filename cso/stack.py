@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -638,8 +639,10 @@ async def connect_nats(url: str, name: str) -> Any:
     if not servers.answers(url, timeout=3):
         raise ConnectionError(f"nothing answers at {redact(url)}")
 
-    async def quiet(_error: Exception) -> None:
-        return None
+    async def quiet(error: Exception) -> None:
+        # A refused publish reaches the caller only as a timeout: say which subject was refused.
+        if "permissions violation" in str(error).lower():
+            logging.getLogger(__name__).warning("NATS refused it: %s", error)
 
     return await nats.connect(url, name=name, connect_timeout=5, allow_reconnect=False,
                               max_reconnect_attempts=0, error_cb=quiet,
