@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from faststream.nats import NatsBroker
 from faststream.nats.prometheus import NatsPrometheusMiddleware
+from faststream.nats.security import NatsUserPassword
 from nats.aio.client import Client
 from prometheus_client import REGISTRY, make_asgi_app
 from sqlalchemy import text
@@ -41,10 +42,12 @@ class Runtime:
         self.topology: Topology = self.settings.topology
         self.engine: AsyncEngine = make_engine(self.settings.database_url)
         # Access logs per request at DEBUG: commands are counted by the Prometheus middleware instead.
+        self.nats_options = self.settings.nats_options()
         self.broker = NatsBroker(self.settings.nats_url, max_reconnect_attempts=-1,
                                  log_level=logging.DEBUG,
                                  middlewares=[NatsPrometheusMiddleware(registry=REGISTRY,
-                                                                       app_name=name)])
+                                                                       app_name=name)],
+                                 **broker_options(self.nats_options))
         self.nc: Client | None = None
         self.relay: Relay | None = None
         self.consumers: list[Consumer] = []
@@ -64,7 +67,7 @@ class Runtime:
         self._background.append(job)
 
     async def start(self, with_relay: bool = True) -> None:
-        self.nc = await bus.connect(self.settings.nats_url, name=self.name)
+        self.nc = await bus.connect(self.settings.nats_url, name=self.name, **self.nats_options)
         js = self.nc.jetstream()
         await bus.ensure_streams(js, self.topology)
         if with_relay:
@@ -163,6 +166,16 @@ async def repeat(step: Callable[[], Awaitable[Any]], interval: float, what: str)
         except Exception:
             log.exception("%s failed; retrying", what)
         await asyncio.sleep(interval)
+
+
+def broker_options(options: dict[str, Any]) -> dict[str, Any]:
+    """FastStream's spelling of Settings.nats_options(): credentials as `security`."""
+    out: dict[str, Any] = {}
+    if "inbox_prefix" in options:
+        out["inbox_prefix"] = options["inbox_prefix"]
+    if "user" in options:
+        out["security"] = NatsUserPassword(options["user"], options["password"])
+    return out
 
 
 def errors_body(errors: list[FieldError]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -29,7 +30,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from . import servers
-from .settings import Settings
+from .settings import Settings, redact
 
 STACK_FILE = "stack.json"
 DATABASE = "cso"
@@ -175,15 +176,6 @@ def tail(path: Path, offset: int = 0, lines: int = 30) -> str:
 def with_database(url: str, database: str) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path=f"/{database}"))
-
-
-def redact(url: str) -> str:
-    """A URL safe to print: the password (if any) replaced by ***."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 async def ensure_database(admin_url: str, database: str = DATABASE) -> bool:
@@ -335,8 +327,8 @@ class Stack:
     def _start_nats(self) -> tuple[str, str | None]:
         if self.nats_url:
             if not servers.answers(self.nats_url):
-                raise StackError(f"NATS at {self.nats_url} (CSO_NATS_URL) does not answer")
-            self.log(f"using NATS at {self.nats_url}")
+                raise StackError(f"NATS at {redact(self.nats_url)} (CSO_NATS_URL) does not answer")
+            self.log(f"using NATS at {redact(self.nats_url)}")
             return self.nats_url, None
         self.log("starting nats-server")
         try:
@@ -577,7 +569,8 @@ class Stack:
         else:
             url = nats.get("url")
             up = isinstance(url, str) and servers.answers(url)
-            parts.append(Part("nats", "up" if up else "down", url, None, "CSO_NATS_URL", managed=False))
+            parts.append(Part("nats", "up" if up else "down", redact(url) if isinstance(url, str) else None, None,
+                              "CSO_NATS_URL", managed=False))
 
         pg = state.get("postgres") or {}
         handle = servers.running(self.data_dir / "postgres", "postgres")
@@ -638,17 +631,22 @@ def migrate_one(name: str, settings: Settings) -> None:
 
 
 async def connect_nats(url: str, name: str) -> Any:
-    """A NATS connection for one command: fails fast (no retry loop, no tracebacks printed)."""
+    """A NATS connection for one command: fails fast (no retry loop, no tracebacks printed).
+
+    Credentials come with the URL or from CSO_NATS_USER / CSO_NATS_PASSWORD (see Settings)."""
     import nats
 
     if not servers.answers(url, timeout=3):
-        raise ConnectionError(f"nothing answers at {url}")
+        raise ConnectionError(f"nothing answers at {redact(url)}")
 
-    async def quiet(_error: Exception) -> None:
-        return None
+    async def quiet(error: Exception) -> None:
+        # A refused publish reaches the caller only as a timeout: say which subject was refused.
+        if "permissions violation" in str(error).lower():
+            logging.getLogger(__name__).warning("NATS refused it: %s", error)
 
     return await nats.connect(url, name=name, connect_timeout=5, allow_reconnect=False,
-                              max_reconnect_attempts=0, error_cb=quiet)
+                              max_reconnect_attempts=0, error_cb=quiet,
+                              **Settings(nats_url=url).nats_options())
 
 
 async def import_divisions(nats_url: str, namespace: str, directory: Path,
