@@ -144,7 +144,7 @@ async def provision(admin_url: str, passwords: Mapping[str, str | None] | None =
             await _roles(conn, roles, verifiers, report)
             await _database(conn, database, roles, report)
             for service, schema in SCHEMAS.items():
-                await _schema(conn, schema, roles[service], report)
+                await _schema(conn, service, schema, roles[service], report)
                 await _schema_acl(conn, schema, roles, report)
             await _dashboard(conn, roles[DASHBOARD], report)
             report.problems = await audit(conn, prefix)
@@ -221,9 +221,15 @@ async def _database(conn: Any, database: str, roles: Mapping[str, str], report: 
                 f"schema public: {role} lost CREATE")
 
 
-async def _schema(conn: Any, schema: str, role: str, report: Report) -> None:
+async def _schema(conn: Any, service: str, schema: str, role: str, report: Report) -> None:
     """The schema exists, owned by role, and so is everything in it."""
     owner = await conn.fetchval("SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = $1", schema)
+    if owner is not None and owner != role and _NAME.fullmatch(owner.removesuffix(f"_{service}")) \
+            and owner.endswith(f"_{service}"):
+        # Another prefix's role: most likely the wrong --prefix, not an installation to take over.
+        raise ProvisionError(f"schema {schema} belongs to {owner}, the {service} role of another prefix: "
+                             f"give that prefix, or hand the schema over first "
+                             f"(ALTER SCHEMA {schema} OWNER TO {role})")
     if owner is None:
         await _run(conn, report, await conn.fetchval(
             "SELECT format('CREATE SCHEMA %I AUTHORIZATION %I', $1::text, $2::text)", schema, role),
@@ -310,7 +316,8 @@ async def _schema_acl(conn: Any, schema: str, roles: Mapping[str, str], report: 
     for r in rows:
         column = f" ({await conn.fetchval('SELECT quote_ident($1)', r['col'])})" if r["col"] else ""
         await _run(conn, report, f"REVOKE {r['privilege_type']}{column} ON {r['target']} FROM {r['who']} CASCADE",
-                   f"{r['target'].split(' ', 1)[1]}{column}: {r['name']} lost {r['privilege_type']}")
+                   f"{'schema ' if r['target'].startswith('SCHEMA ') else ''}{r['target'].split(' ', 1)[1]}"
+                   f"{column}: {r['name']} lost {r['privilege_type']}")
     defaults = await conn.fetch("""
         SELECT format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %I REVOKE ALL ON %s FROM %s',
                       pg_get_userbyid(d.defaclrole), n.nspname,

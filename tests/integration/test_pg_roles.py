@@ -196,6 +196,14 @@ async def test_provision_makes_least_privilege_roles_and_is_idempotent(provision
     assert again.problems == []
 
 
+async def test_another_prefix_does_not_take_the_schemas_over(provisioned: Provisioned) -> None:
+    other = f"{provisioned.prefix}x"
+    with pytest.raises(roles.ProvisionError, match=f"belongs to {provisioned.role('registry')}"):
+        await roles.provision(provisioned.admin_url, prefix=other)
+    assert await value(provisioned.admin_url, "SELECT count(*) FROM pg_roles WHERE rolname LIKE $1",
+                       f"{other}\\_%") == 0  # one transaction: nothing of it stayed
+
+
 # --- migrations and the services under their roles ------------------------------------------
 
 async def test_migrations_run_as_each_owner(provisioned: Provisioned, settings: Settings) -> None:
@@ -410,6 +418,7 @@ async def test_provision_takes_over_schemas_an_admin_migrated(admin: tuple[str, 
         assert f"registry.names: owner -> {prefix}_registry" in report.actions
         assert f"training.level: owner -> {prefix}_training" in report.actions
         assert f"targets.coverage_now: {legacy} lost SELECT" in report.actions
+        assert f"schema targets: {legacy} lost USAGE" in report.actions
         assert "registry.organization (name): PUBLIC lost SELECT" in report.actions
         for service, schema in roles.SCHEMAS.items():
             assert set((await owners(admin_url, schema)).values()) == {roles.role_name(service, prefix)}
