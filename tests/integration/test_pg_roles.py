@@ -28,10 +28,12 @@ from contracts import events as ev
 from contracts import make_event
 from cso import roles
 from cso.cli import app as cli
+from cso.database import make_engine
 from cso.settings import Settings
 from services.notify import app as notify
 from services.registry import app as registry
 from services.targets import app as targets
+from services.targets.rebuild import rebuild
 from services.training import app as training
 from services.training.domain import id_check_character
 from tests.infra.test_infra_grafana import SEED, dashboards, panels, substitute
@@ -277,6 +279,13 @@ async def test_services_do_their_work_under_their_roles(
                 timeout=30)
         assert await value(p.admin_url, "SELECT count(*) FROM registry.organization") == 1
         assert await value(p.admin_url, "SELECT count(*) FROM registry.outbox WHERE published_at IS NULL") == 0
+        # `cso rebuild --apply` as targets' role: its fact log read, its projection tables locked and swapped.
+        engine = make_engine(p.urls["targets"])
+        try:
+            rebuilt = await rebuild(engine, apply=True)
+        finally:
+            await engine.dispose()
+        assert rebuilt.facts >= 1 and rebuilt.equal
 
         # Writes of training and notify through their APIs.
         id_number = "51068119850312123" + id_check_character("51068119850312123")
