@@ -224,8 +224,7 @@ async def _database(conn: Any, database: str, roles: Mapping[str, str], report: 
 async def _schema(conn: Any, service: str, schema: str, role: str, report: Report) -> None:
     """The schema exists, owned by role, and so is everything in it."""
     owner = await conn.fetchval("SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = $1", schema)
-    if owner is not None and owner != role and _NAME.fullmatch(owner.removesuffix(f"_{service}")) \
-            and owner.endswith(f"_{service}"):
+    if owner is not None and owner != role and re.fullmatch(rf"[a-z_][a-z0-9_]*_{service}", owner):
         # Another prefix's role: most likely the wrong --prefix, not an installation to take over.
         raise ProvisionError(f"schema {schema} belongs to {owner}, the {service} role of another prefix: "
                              f"give that prefix, or hand the schema over first "
