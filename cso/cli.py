@@ -36,6 +36,8 @@ app = typer.Typer(
 divisions_app = typer.Typer(help="Division reference data (NBS statistical division codes).",
                             no_args_is_help=True)
 app.add_typer(divisions_app, name="divisions")
+db_app = typer.Typer(help="The database: roles and privileges.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
 
 DataDir = Annotated[Path, typer.Option("--data-dir", help="Where the local stack keeps its data, "
                                                           "logs and stack.json.")]
@@ -275,6 +277,48 @@ def rebuild(
         console.print(f"  {region} {counter} {month}: live {live}, rebuilt {rebuilt}")
     if report.differences and not report.applied:
         raise typer.Exit(1)
+
+
+@db_app.command("roles")
+def db_roles(
+    prefix: Annotated[str, typer.Option(
+        help="Role names are PREFIX_<service> and PREFIX_dashboard (roles are per server: give each "
+             "cso database on one server its own prefix).")] = "cso",
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+) -> None:
+    """Create or update one login role per service, owning its schema and nothing else, and a
+    read-only dashboard role, in the database of CSO_ADMIN_DATABASE_URL (else the local stack's).
+
+    Safe to run again: it also hands schemas created by another user to their service's role and
+    revokes privileges outside the model. Passwords come from the environment only:
+    CSO_<SERVICE>_DB_PASSWORD, or the password in CSO_<SERVICE>_DATABASE_URL (SERVICE: REGISTRY,
+    TARGETS, TRAINING, NOTIFY, DASHBOARD). A role whose password is not given keeps its own.
+    Exit 1 if the database still departs from the model afterwards (each finding is printed).
+    """
+    from .roles import ProvisionError, passwords_from_env, provision
+
+    url = _env("CSO_ADMIN_DATABASE_URL") or recorded(data_dir, "database")
+    if url is None:
+        raise fail("no database: set CSO_ADMIN_DATABASE_URL (a superuser of the cso database), or start "
+                   f"the local stack (`cso up --data-dir {data_dir}`)", 2)
+    try:
+        passwords = passwords_from_env(os.environ, prefix)
+        report = asyncio.run(provision(url, passwords, prefix=prefix))
+    except (ProvisionError, ValueError) as e:
+        raise fail(str(e), 2) from None
+    except Exception as e:
+        raise fail(f"provisioning roles on {redact(url)} failed: {type(e).__name__}: {e}") from None
+    console = _console()
+    for action in report.actions:
+        console.print(f"· {escape(action)}")
+    roles = ", ".join(f"{service} {role}" for service, role in report.roles.items())
+    console.print(f"database {report.database} on {redact(url)}: roles {roles}"
+                  + ("" if report.actions else " (nothing to change)"))
+    if report.problems:
+        err = _err_console()
+        for problem in report.problems:
+            err.print(f"[yellow]{escape(problem)}[/yellow]")
+        raise fail(f"{len(report.problems)} departure(s) from the role model remain")
 
 
 @divisions_app.command("import")
