@@ -30,18 +30,25 @@ async def load_organizations(conn: AsyncConnection, ids: list[UUID]) -> dict[UUI
     return {i: found.get(i) for i in ids}
 
 
+_ORG_TYPES = {"id": "uuid", "filed_on": "date", "registered_on": "date", "ended_on": "date",
+              "brand": "boolean", "brand_projects": "integer", "hub_demonstration": "boolean"}
+
+
 async def save_organizations(conn: AsyncConnection, changed: list[tuple[Organization, UUID, str]]) -> None:
-    """Upsert each organization's state after the batch, with the last event that changed it."""
+    """Upsert each organization's state after the batch, with the last event that changed it: one
+    statement over arrays (each organization once, so ON CONFLICT meets each row at most once)."""
     if not changed:
         return
-    assignments = ", ".join(f"{c} = excluded.{c}" for c in _ORG_COLUMNS if c != "id")
+    columns = [*_ORG_COLUMNS, "updated_by", "last_event_id"]
+    arrays = {c: [getattr(org, c) for org, _, _ in changed] for c in _ORG_COLUMNS}
+    arrays["updated_by"] = [source for _, _, source in changed]
+    arrays["last_event_id"] = [event_id for _, event_id, _ in changed]
+    types = _ORG_TYPES | {"last_event_id": "uuid"}
+    assignments = ", ".join(f"{c} = excluded.{c}" for c in columns if c != "id")
     await conn.execute(text(
-        f"INSERT INTO {SCHEMA}.organization ({', '.join(_ORG_COLUMNS)}, updated_by, last_event_id) "
-        f"VALUES ({', '.join(':' + c for c in _ORG_COLUMNS)}, :source, :event_id) "
-        f"ON CONFLICT (id) DO UPDATE SET {assignments}, updated_at = now(), "
-        "updated_by = excluded.updated_by, last_event_id = excluded.last_event_id"),
-        [{c: getattr(org, c) for c in _ORG_COLUMNS} | {"event_id": event_id, "source": source}
-         for org, event_id, source in changed])
+        f"INSERT INTO {SCHEMA}.organization ({', '.join(columns)}) SELECT * FROM unnest("
+        + ", ".join(f"CAST(:{c} AS {types.get(c, 'text')}[])" for c in columns)
+        + f") ON CONFLICT (id) DO UPDATE SET {assignments}, updated_at = now()"), arrays)
 
 
 async def known_communities(conn: AsyncConnection, codes: list[str]) -> set[str]:
@@ -112,10 +119,13 @@ async def end_intervals(conn: AsyncConnection, kind: str, ended: Sequence[tuple[
 async def insert_audit(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
     """Who changed which record, when, from which system, and what changed: kept with the record."""
     if rows:
+        columns = ["event_id", "record_kind", "record_id", "type", "actor", "source", "region", "changes"]
+        types = {"event_id": "uuid", "record_id": "uuid"}
         await conn.execute(text(
-            f"INSERT INTO {SCHEMA}.audit (event_id, record_kind, record_id, type, actor, source, region, "
-            "changes) VALUES (:event_id, :record_kind, :record_id, :type, :actor, :source, :region, "
-            "CAST(:changes AS jsonb)) ON CONFLICT (event_id) DO NOTHING"), rows)
+            f"INSERT INTO {SCHEMA}.audit ({', '.join(columns)}) SELECT e, k, i, t, a, s, r, CAST(c AS jsonb) "
+            "FROM unnest(" + ", ".join(f"CAST(:{c} AS {types.get(c, 'text')}[])" for c in columns)
+            + ") WITH ORDINALITY AS u(e, k, i, t, a, s, r, c, n) ORDER BY n"),
+            {c: [row[c] for row in rows] for c in columns})
 
 
 async def upsert_divisions(conn: AsyncConnection, d: DivisionsImported) -> None:

@@ -9,9 +9,11 @@ down_revision = "0002"
 
 
 def upgrade(schema: str) -> None:
+    # No unique index on event_id: the inbox, in the same transaction, already lets an event
+    # through once; the audit is read per record.
     op.execute(f"""CREATE TABLE "{schema}".audit (
         seq bigserial PRIMARY KEY,
-        event_id uuid NOT NULL UNIQUE,
+        event_id uuid NOT NULL,
         record_kind text NOT NULL CHECK (record_kind IN ('organization', 'hub', 'base', 'party')),
         record_id uuid NOT NULL,
         type text NOT NULL,
