@@ -207,8 +207,10 @@ def app_client(**over: Any) -> httpx.AsyncClient:
     runtime = Runtime("authtest", "authtest", settings(**over))
     app = runtime.http("auth test")
 
+    registrar = Depends(runtime.auth.role("registrar"))
+
     @app.post("/write/{region}")
-    async def write(region: str, who: Principal = Depends(runtime.auth.role("registrar"))) -> dict[str, Any]:
+    async def write(region: str, who: Principal = registrar) -> dict[str, Any]:
         who.require_region(region)
         return {"ok": True, "sub": who.sub}
 
