@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from faststream.nats import NatsBroker
@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from contracts import ContractError, FieldError, Topology
 
 from . import bus
+from .auth import Auth, AuthError
 from .buswatch import BusWatch
 from .consumer import Consumer, Handler, Subscription
 from .database import make_engine
@@ -40,6 +41,7 @@ class Runtime:
         self.name, self.schema = name, schema
         self.settings = settings or Settings()
         self.topology: Topology = self.settings.topology
+        self.auth = Auth.from_settings(self.settings)  # who may call the HTTP API (cso/auth.py)
         self.engine: AsyncEngine = make_engine(self.settings.database_url)
         # Access logs per request at DEBUG: commands are counted by the Prometheus middleware instead.
         self.nats_options = self.settings.nats_options()
@@ -129,7 +131,8 @@ class Runtime:
             finally:
                 await self.stop()
 
-        app = FastAPI(title=title, lifespan=lifespan)
+        # With CSO_READ_AUTH=scoped every GET needs a token (the guard does nothing otherwise).
+        app = FastAPI(title=title, lifespan=lifespan, dependencies=[Depends(self.auth.read_guard)])
         app.mount("/metrics", make_asgi_app())
 
         @app.get("/healthz")
@@ -146,6 +149,13 @@ class Runtime:
         @app.exception_handler(ContractError)
         async def contract_error(_: Request, e: ContractError) -> JSONResponse:
             return JSONResponse(errors_body(e.errors), status_code=422)
+
+        @app.exception_handler(AuthError)
+        async def auth_error(_: Request, e: AuthError) -> JSONResponse:
+            challenge = 'Bearer realm="cso"' + (', error="invalid_token"' if e.field.startswith("token") else "")
+            headers = {"WWW-Authenticate": challenge} if e.status == 401 else None
+            return JSONResponse(errors_body([FieldError(field=e.field, message=e.message)]),
+                                status_code=e.status, headers=headers)
 
         @app.exception_handler(RequestValidationError)
         async def request_error(_: Request, e: RequestValidationError) -> JSONResponse:

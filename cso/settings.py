@@ -34,6 +34,18 @@ class Settings:
     bus_check_seconds: float = field(default_factory=lambda: float(_env("CSO_BUS_CHECK_SECONDS", "5")))
     outbox_retention_days: int = field(
         default_factory=lambda: int(_env("CSO_OUTBOX_RETENTION_DAYS", "30")))
+    # HTTP bearer tokens (cso/auth.py): "off" (local stack, tests) or "jwt"; reads of coverage
+    # "open" (no token) or "scoped" (a token, and a region in the path within the token's).
+    auth: str = field(default_factory=lambda: _env("CSO_AUTH", "off"))
+    read_auth: str = field(default_factory=lambda: _env("CSO_READ_AUTH", "open"))
+    # HS256 secret(s) and/or RS256/ES256 public key(s) (PEM text, or a path to a PEM file): the
+    # previous secret is accepted too while tokens signed with it are still about (rotation).
+    jwt_secret: str = field(default_factory=lambda: _env("CSO_JWT_SECRET", ""), repr=False)
+    jwt_previous_secret: str = field(default_factory=lambda: _env("CSO_JWT_PREVIOUS_SECRET", ""),
+                                     repr=False)
+    jwt_public_key: str = field(default_factory=lambda: _env("CSO_JWT_PUBLIC_KEY", ""), repr=False)
+    jwt_issuer: str = field(default_factory=lambda: _env("CSO_JWT_ISSUER", ""))
+    jwt_audience: str = field(default_factory=lambda: _env("CSO_JWT_AUDIENCE", ""))
 
     def __repr__(self) -> str:
         # Never print a password: not the NATS one, not one inside a URL.

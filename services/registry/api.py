@@ -8,13 +8,14 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from faststream.nats import NatsMessage
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import ContractError, Envelope, make_event
 from contracts import events as ev
+from cso.auth import Principal
 from cso.commands import parse_command
 from cso.consumer import OutOfScope, Rejected, Subscription
 from cso.service import Runtime, errors_body
@@ -109,12 +110,16 @@ def build(runtime: Runtime) -> FastAPI:
     runtime.on_request(topology.command_subject(SERVICE, "*"), on_command)
 
     app = runtime.http("cso registry")
+    registrar = Depends(runtime.auth.role("registrar"))
 
     @app.post("/commands/{command}")
-    async def command(command: str, request: Request) -> JSONResponse:
-        """Run a registry command; the body is the payload of the event it produces."""
+    async def command(command: str, request: Request,
+                      who: Principal = registrar) -> JSONResponse:
+        """Run a registry command; the body is the payload of the event it produces. Needs a
+        token with the registrar role; the record must lie within the token's region."""
         source = request.headers.get("x-cso-source", "http-api")
-        status, result = await execute(runtime, command, await request.body(), source)
+        actor = who.sub if who.authenticated else None
+        status, result = await execute(runtime, command, await request.body(), source, who.scope, actor)
         return JSONResponse(result, status_code=status)
 
     @app.get("/organizations/{org_id}")

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from contracts import Envelope, Topology, make_event
 from contracts import events as ev
 from cso import outbox
-from cso.consumer import Rejected
+from cso.consumer import OutOfScope, Rejected
 
 from . import domain, sheet, store
 from .commands import (
@@ -76,16 +76,34 @@ def _hash(ctx: Context, id_number: str | None) -> tuple[str | None, str | None]:
     return domain.id_hash(ctx.pii_key, id_number), domain.mask_id(id_number)
 
 
-async def handle(conn: AsyncConnection, cmd: Command, ctx: Context) -> Done:
-    """Apply one command; raises Rejected (the caller rolls back) if it breaks a rule."""
+def in_scope(region: str | None, scope: str | None) -> None:
+    """Raise OutOfScope unless `region` lies within `scope`, the region prefix the caller may
+    write (its token's; None: no limit, "" national). An unknown region is only a national caller's."""
+    if scope is None or scope == "" or (region is not None and region.startswith(scope)):
+        return
+    raise OutOfScope("region", f"{region or 'a record without a region'} is outside your region {scope}")
+
+
+async def handle(conn: AsyncConnection, cmd: Command, ctx: Context, scope: str | None = None) -> Done:
+    """Apply one command; raises Rejected (the caller rolls back) if it breaks a rule, OutOfScope
+    if what it touches lies outside `scope` (checked as soon as the region is known)."""
+    done = await _handle(conn, cmd, ctx, scope)
+    in_scope(done.region, scope)
+    return done
+
+
+async def _handle(conn: AsyncConnection, cmd: Command, ctx: Context, scope: str | None) -> Done:
     match cmd:
         case AddMember():
+            in_scope(cmd.county_code, scope)
             return await _add_member(conn, cmd, ctx)
         case UpdateMember():
-            return await _update_member(conn, cmd, ctx)
+            return await _update_member(conn, cmd, ctx, scope)
         case RemoveMember():
-            membership = domain.remove_member(cmd.person_id, await store.load_membership(conn, cmd.person_id),
-                                              cmd.reason, cmd.removed_on)
+            current = await store.load_membership(conn, cmd.person_id)
+            if current is not None:
+                in_scope(current.county_code, scope)
+            membership = domain.remove_member(cmd.person_id, current, cmd.reason, cmd.removed_on)
             await store.update_membership(conn, membership, ctx.source)
             events = await _stage(conn, ctx, [(ev.TalentPoolMemberRemoved(
                 person_id=cmd.person_id, county_code=membership.county_code, reason=cmd.reason,
@@ -93,6 +111,7 @@ async def handle(conn: AsyncConnection, cmd: Command, ctx: Context) -> Done:
             log.info("person %s left the pool of %s", cmd.person_id, membership.county_code)
             return Done(str(cmd.person_id), membership.county_code, events)
         case ScheduleSession():
+            in_scope(cmd.organizer_region, scope)
             scheduled = domain.schedule(
                 await store.load_session(conn, cmd.session_id),
                 await store.region_known(conn, cmd.organizer_region),
@@ -106,7 +125,7 @@ async def handle(conn: AsyncConnection, cmd: Command, ctx: Context) -> Done:
                 mode=cmd.mode), str(scheduled.id), None)])
             return Done(str(scheduled.id), scheduled.organizer_region, events)
         case Enrol():
-            session = await store.load_session(conn, cmd.session_id)     # locked: places are counted
+            session = await _session(conn, cmd.session_id, scope)     # locked: places are counted
             enrolments = await store.load_enrolments(conn, cmd.session_id)
             taken = sum(1 for e in enrolments.values() if e.status == "enrolled")
             enrolment = domain.enrol(session, cmd.session_id,
@@ -117,22 +136,22 @@ async def handle(conn: AsyncConnection, cmd: Command, ctx: Context) -> Done:
             return Done(str(cmd.session_id), session.organizer_region,
                         extra={"enrolled": taken + 1, "capacity": session.capacity})
         case Withdraw():
-            session = await store.load_session(conn, cmd.session_id)
+            session = await _session(conn, cmd.session_id, scope)
             enrolments = await store.load_enrolments(conn, cmd.session_id)
             enrolment = domain.withdraw(session, cmd.session_id, enrolments.get(cmd.person_id), cmd.person_id)
             await store.save_enrolments(conn, [enrolment], ctx.source)
             return Done(str(cmd.session_id), session.organizer_region if session else None)
         case RecordAttendance():
-            session = await store.load_session(conn, cmd.session_id)
+            session = await _session(conn, cmd.session_id, scope)
             enrolments = await store.load_enrolments(conn, cmd.session_id)
             enrolment = domain.attend(session, cmd.session_id, enrolments.get(cmd.person_id), cmd.person_id,
                                       cmd.attended, ctx.today)
             await store.save_enrolments(conn, [enrolment], ctx.source)
             return Done(str(cmd.session_id), session.organizer_region if session else None)
         case CompleteSession():
-            return await _complete(conn, cmd, ctx)
+            return await _complete(conn, cmd, ctx, scope)
         case CancelSession():
-            cancelled = domain.cancel(await store.load_session(conn, cmd.session_id), cmd.session_id,
+            cancelled = domain.cancel(await _session(conn, cmd.session_id, scope), cmd.session_id,
                                       cmd.reason, cmd.cancelled_on)
             await store.save_session(conn, cancelled, ctx.source)
             released = await store.release_enrolments(conn, cmd.session_id, ctx.source)
@@ -140,6 +159,7 @@ async def handle(conn: AsyncConnection, cmd: Command, ctx: Context) -> Done:
         case RecordExam():
             county = domain.exam_county(await store.load_person(conn, cmd.person_id, lock=False),
                                         cmd.person_id, await store.load_membership(conn, cmd.person_id))
+            in_scope(county, scope)
             await store.upsert_exam(conn, cmd.person_id, cmd.year, cmd.level, cmd.passed, county, ctx.source)
             # The same record again is the same event; a corrected result is a new one.
             exam = ev.QualificationExamRecorded(person_id=cmd.person_id, county_code=county, year=cmd.year,
@@ -148,6 +168,7 @@ async def handle(conn: AsyncConnection, cmd: Command, ctx: Context) -> Done:
                 domain.TRAINING, f"exam:{cmd.person_id}:{cmd.year}:{cmd.level}:{cmd.passed}"))])
             return Done(str(cmd.person_id), county, events=events)
         case SelectOutstanding():
+            in_scope(cmd.county_code, scope)
             subject = cmd.subject
             leader = cmd.kind == "leader"
             domain.select_outstanding(
@@ -161,6 +182,14 @@ async def handle(conn: AsyncConnection, cmd: Command, ctx: Context) -> Done:
             return Done(str(subject), cmd.county_code)
         case _:
             raise Rejected("command", f"training has no command {type(cmd).__name__}")
+
+
+async def _session(conn: AsyncConnection, session_id: UUID, scope: str | None) -> domain.Session | None:
+    """The session (locked), refused if it is organized outside the caller's region."""
+    session = await store.load_session(conn, session_id)
+    if session is not None:
+        in_scope(session.organizer_region, scope)
+    return session
 
 
 async def _add_member(conn: AsyncConnection, cmd: AddMember, ctx: Context) -> Done:
@@ -189,9 +218,11 @@ async def _add_member(conn: AsyncConnection, cmd: AddMember, ctx: Context) -> Do
                 extra={"person_id": str(added.person.id), "new_person": added.new_person})
 
 
-async def _update_member(conn: AsyncConnection, cmd: UpdateMember, ctx: Context) -> Done:
+async def _update_member(conn: AsyncConnection, cmd: UpdateMember, ctx: Context, scope: str | None) -> Done:
     digest, masked = _hash(ctx, cmd.id_number)
     membership = await store.load_membership(conn, cmd.person_id)
+    if membership is not None:
+        in_scope(membership.county_code, scope)
     person, changed = domain.update_member(
         await store.load_person(conn, cmd.person_id), cmd.person_id, membership,
         await store.person_by_hash(conn, digest), await store.load_organization(conn, cmd.organization_id),
@@ -204,8 +235,8 @@ async def _update_member(conn: AsyncConnection, cmd: UpdateMember, ctx: Context)
     return Done(str(person.id), membership.county_code if membership else None)
 
 
-async def _complete(conn: AsyncConnection, cmd: CompleteSession, ctx: Context) -> Done:
-    session = await store.load_session(conn, cmd.session_id)
+async def _complete(conn: AsyncConnection, cmd: CompleteSession, ctx: Context, scope: str | None) -> Done:
+    session = await _session(conn, cmd.session_id, scope)
     enrolments = await store.load_enrolments(conn, cmd.session_id)
     counties = await store.counties_of(conn, list(enrolments))
     completed, completions = domain.complete(session, cmd.session_id, enrolments, counties, cmd.person_ids,
@@ -226,12 +257,14 @@ async def _complete(conn: AsyncConnection, cmd: CompleteSession, ctx: Context) -
 # --- attendance sheets -----------------------------------------------------------------------------
 
 async def attendance_sheet(conn: AsyncConnection, session_id: UUID, data: bytes, ctx: Context,
-                           dry_run: bool, accept_partial: bool) -> tuple[domain.SheetReport, bool]:
+                           dry_run: bool, accept_partial: bool, scope: str | None = None
+                           ) -> tuple[domain.SheetReport, bool]:
     """Check a sheet row by row and, unless it is a dry run, apply it: all of it, or (with any row
     rejected) nothing unless `accept_partial`. Returns the report and whether anything was written.
-    Raises sheet.SheetError if the sheet cannot be read, Rejected if the session takes no attendance."""
+    Raises sheet.SheetError if the sheet cannot be read, Rejected if the session takes no attendance,
+    OutOfScope if the session is organized outside `scope`."""
     rows = sheet.parse(data)
-    session = await store.load_session(conn, session_id)
+    session = await _session(conn, session_id, scope)
     enrolments = await store.load_enrolments(conn, session_id)
     domain.attendable(session, session_id, ctx.today)
     keys = domain.row_keys(rows, ctx.pii_key, ctx.today)
