@@ -106,7 +106,7 @@ async def _handle(conn: AsyncConnection, cmd: Command, ctx: Context, scope: str 
             membership = domain.remove_member(cmd.person_id, current, cmd.reason, cmd.removed_on)
             await store.update_membership(conn, membership, ctx.source)
             events = await _stage(conn, ctx, [(ev.TalentPoolMemberRemoved(
-                person_id=cmd.person_id, county_code=membership.county_code, reason=cmd.reason,
+                person_id=cmd.person_id, county_code=membership.county_code, reason=cmd.reason_code.value,
                 removed_on=cmd.removed_on), str(cmd.person_id), None)])
             log.info("person %s left the pool of %s", cmd.person_id, membership.county_code)
             return Done(str(cmd.person_id), membership.county_code, events)

@@ -384,9 +384,10 @@ async def test_personal_data_masked_exported_erased_and_never_on_the_bus(
             await nats_command(nc, settings, "attend", {"session_id": past, "person_id": person})
         await nats_command(nc, settings, "complete", {"session_id": past})
         await nats_command(nc, settings, "record_exam", {"person_id": alice, "year": 2023, "passed": True})
-        # The removal reason is free text that travels on the bus (TalentPoolMemberRemoved.reason):
-        # officials must not write names there. Stored, it is erased with the person.
-        await nats_command(nc, settings, "remove_member", {"person_id": carol, "reason": "本人申请退出"})
+        # The removal reason is the official's free text: stored (erased with the person), while
+        # the bus carries only a code (TalentPoolMemberRemoved.reason).
+        await nats_command(nc, settings, "remove_member", {"person_id": carol, "reason": "王芳本人申请退出",
+                                                           "reason_code": "resigned"})
 
         official = auth(COUNTY, "trainer", sub="gh.official")
         reader = auth(COUNTY, "pii_reader", sub="gh.privacy")
