@@ -421,6 +421,9 @@ class TalentPoolMemberAdded(Payload):
 
 
 class TalentPoolMemberRemoved(Payload):
+    """A person left a county's talent pool. `reason` is a code (training publishes left_county,
+    resigned, no_longer_active, deceased or other), never free text: personal data stays off the bus."""
+
     TYPE = "TalentPoolMemberRemoved"
     CONTEXT = "training"
     person_id: UUID
