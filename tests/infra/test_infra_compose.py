@@ -200,3 +200,18 @@ def test_nats_configs_are_valid(conf: str, args: list[str]) -> None:
     result = subprocess.run([server, "-t", "-c", str(REPO / "infra/nats" / conf), *args],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_nats_users_wired_for_the_auth_config() -> None:
+    """With CSO_NATS_CONFIG=nats-auth.conf the server enforces infra/nats/auth.conf: it must get
+    every password that file names, and each service must connect as its own user with it."""
+    result = run_config("config", "--format", "json", env={"CSO_NATS_CONFIG": "nats-auth.conf"})
+    assert result.returncode == 0, result.stderr
+    resolved = json.loads(result.stdout)["services"]
+    assert resolved["nats"]["command"] == ["-c", "/etc/nats/nats-auth.conf"]
+    wanted = set(re.findall(r"password: \$(\w+)", (REPO / "infra/nats/auth.conf").read_text()))
+    assert wanted and wanted <= set(resolved["nats"]["environment"]), wanted - set(resolved["nats"]["environment"])
+    for service in ("registry", "targets", "training", "notify"):
+        env = resolved[service]["environment"]
+        assert env["CSO_NATS_USER"] == service
+        assert env["CSO_NATS_PASSWORD"] == resolved["nats"]["environment"][f"CSO_NATS_{service.upper()}_PASSWORD"]
