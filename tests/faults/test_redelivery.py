@@ -33,6 +33,7 @@ from services.registry.app import run_migrations as registry_migrations
 from tests.faults.conftest import ClusterFactory
 from tests.faults.harness import (
     SEED,
+    STORM_EVENTS,
     Cluster,
     Fact,
     OutsidePublisher,
@@ -115,7 +116,7 @@ def storm_workload(workload: Workload, cluster: Cluster, rng: random.Random) -> 
 
 async def test_redelivery_storm_duplicates_and_out_of_order(cluster_of: ClusterFactory) -> None:
     rng = random.Random(SEED + 6)
-    base = Workload.build()
+    base = Workload.build(STORM_EVENTS)
     async with cluster_of(replicas=2, env={"CSO_ACK_WAIT_SECONDS": "1"}) as cluster:
         workload, duplicates = storm_workload(base, cluster, rng)
         say(f"{duplicates} facts published twice on purpose; 40 follow-ups before their filings")
