@@ -23,7 +23,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     skip = pytest.mark.skip(reason="a full-size fault case: run with CSO_FAULT_FULL=1 (tests/faults/README.md)")
     for item in items:
-        if "full" in item.keywords:
+        if item.get_closest_marker("full") is not None:
             item.add_marker(skip)
 
 

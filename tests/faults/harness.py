@@ -384,12 +384,6 @@ class Cluster:
         self.faults.append("nats-server stopped")
         say("nats-server stopped")
 
-    async def kill_nats(self) -> None:
-        assert self.nats is not None
-        await asyncio.to_thread(servers.kill, self.nats)
-        self.faults.append("nats-server killed (SIGKILL)")
-        say("nats-server killed (SIGKILL)")
-
     async def start_nats(self) -> None:
         assert self.nats is not None
         url = self.nats.url
