@@ -177,26 +177,58 @@ class Consumer:
                 await self._deadletter(msg, e.reason)
         if not valid:
             return
-        try:
-            rejected = await self._apply(valid)
-        except Exception as e:
-            if len(valid) > 1:
-                # Isolate the message that breaks the batch; the others still apply.
-                for one in valid:
-                    await self._apply_alone(one)
+        while True:
+            try:
+                rejected = await self._apply(valid)
+            except Exception as e:
+                if await self._waited_for_database(valid, e):
+                    continue  # the database is back: the whole batch again
+                if len(valid) > 1:
+                    # Isolate the message that breaks the batch; the others still apply.
+                    for one in valid:
+                        await self._apply_alone(one)
+                    return
+                await self._failed(valid[0][0], f"{type(e).__name__}: {e}")
                 return
-            await self._failed(valid[0][0], f"{type(e).__name__}: {e}")
+            await self._settle(valid, rejected)
             return
-        await self._settle(valid, rejected)
 
     async def _apply_alone(self, one: tuple[Msg, Envelope[Any]]) -> None:
-        try:
-            rejected = await self._apply([one])
-        except Exception as e:
-            log.exception("%s: applying %s failed", self.service, one[1].event_id)
-            await self._failed(one[0], f"{type(e).__name__}: {e}")
+        while True:
+            try:
+                rejected = await self._apply([one])
+            except Exception as e:
+                if await self._waited_for_database([one], e):
+                    continue
+                log.exception("%s: applying %s failed", self.service, one[1].event_id)
+                await self._failed(one[0], f"{type(e).__name__}: {e}")
+                return
+            await self._settle([one], rejected)
             return
-        await self._settle([one], rejected)
+
+    async def _database_answers(self) -> bool:
+        try:
+            async with self.engine.connect() as conn:
+                await asyncio.wait_for(conn.execute(text("SELECT 1")), 5)
+            return True
+        except Exception:
+            return False
+
+    async def _waited_for_database(self, held: list[tuple[Msg, Envelope[Any]]], error: Exception) -> bool:
+        """A failure while the database does not answer is the database's, not the messages': it
+        must not use up their retries (and dead-letter good events during an outage). Hold them (in
+        progress, so JetStream does not hand them to another replica) until it answers; True then."""
+        if await self._database_answers():
+            return False
+        log.warning("%s: the database is away (%s: %s); holding %d messages until it answers",
+                    self.service, type(error).__name__, error, len(held))
+        while not await self._database_answers():
+            for msg, _ in held:
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
+            await asyncio.sleep(1)
+        log.info("%s: the database answers again; applying the held messages", self.service)
+        return True
 
     async def _apply(self, valid: list[tuple[Msg, Envelope[Any]]]) -> dict[UUID, Rejected]:
         async with self.engine.begin() as conn:

@@ -80,7 +80,8 @@ class Runtime:
             consumer = Consumer(nc=self.nc, engine=self.engine, topology=self.topology,
                                 schema=self.schema, service=self.name, subscription=sub,
                                 handler=handler, batch=self.settings.batch_size,
-                                max_deliver=self.settings.max_deliver)
+                                max_deliver=self.settings.max_deliver,
+                                ack_wait=self.settings.ack_wait_seconds)
             consumer.start()
             self.consumers.append(consumer)
         self.bus_watch = BusWatch(self, interval=self.settings.bus_check_seconds)

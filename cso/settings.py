@@ -30,6 +30,8 @@ class Settings:
     # A message is retried this many times before it is dead-lettered.
     max_deliver: int = field(default_factory=lambda: int(_env("CSO_MAX_DELIVER", "5")))
     batch_size: int = field(default_factory=lambda: int(_env("CSO_BATCH_SIZE", "500")))
+    # How long JetStream waits for a pulled message's ack before it delivers the message again.
+    ack_wait_seconds: float = field(default_factory=lambda: float(_env("CSO_ACK_WAIT_SECONDS", "30")))
     # How often a service compares what it published and applied with what the streams hold.
     bus_check_seconds: float = field(default_factory=lambda: float(_env("CSO_BUS_CHECK_SECONDS", "5")))
     outbox_retention_days: int = field(
