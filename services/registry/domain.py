@@ -75,12 +75,22 @@ def _require_active(org: Organization | None, org_id: UUID, field: str = "organi
 
 def file(existing: Organization | None, community_known: bool, fact: OrganizationFiled) -> Organization:
     if existing is not None:
+        if _late_filing(existing, fact):
+            # The registration that upgraded this filing overtook it (a redelivery after a crash
+            # reorders them): the filing completes the organization's history, the tier stays.
+            return replace(existing, filed_on=fact.filed_on, filing_number=fact.filing_number)
         raise Rejected("organization_id", f"organization {fact.organization_id} is already on record")
     if not community_known:
         raise Rejected("community_code", f"unknown community {fact.community_code}")
     return Organization(id=fact.organization_id, name=fact.name, community_code=fact.community_code,
                         tier=fact.tier.value, category=fact.category.value,
                         filing_number=fact.filing_number, filed_on=fact.filed_on)
+
+
+def _late_filing(org: Organization, fact: OrganizationFiled) -> bool:
+    return (org.filed_on is None and org.tier == ManagementTier.REGISTERED.value
+            and org.registered_on is not None and fact.filed_on <= org.registered_on
+            and fact.community_code[:6] == org.community_code[:6])
 
 
 def register(existing: Organization | None, community_known: bool, credit_code_holder: UUID | None,
@@ -110,8 +120,11 @@ def update(existing: Organization | None, community_known: bool, fact: Organizat
     if fact.community_code is not None and not community_known:
         raise Rejected("community_code", f"unknown community {fact.community_code}")
     if fact.effective_on < org.started_on:
-        raise Rejected("effective_on", f"{fact.effective_on} is before the organization started on "
-                                       f"{org.started_on}")
+        # Registered with no filing on record: the filing it upgraded may still be on its way (a
+        # fact can overtake another), so retry for a while before refusing.
+        refusal = NotYet if org.filed_on is None and org.tier == ManagementTier.REGISTERED.value else Rejected
+        raise refusal("effective_on", f"{fact.effective_on} is before the organization started on "
+                                      f"{org.started_on}")
     changes = {k: getattr(fact, k) for k in ("name", "community_code", "brand", "brand_projects",
                                              "hub_demonstration", "rating")
                if getattr(fact, k) is not None}

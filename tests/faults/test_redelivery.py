@@ -139,9 +139,6 @@ async def test_redelivery_storm_duplicates_and_out_of_order(cluster_of: ClusterF
     assert skipped["registry"] > duplicates + len(replay)
 
 
-@pytest.mark.xfail(strict=True, reason="registry bug (tests/faults/README.md, 'Known problems'): a registration "
-                                       "that overtakes its filing is taken for a new registration, and the late "
-                                       "filing is refused as 'already on record' and dead-lettered")
 async def test_a_registration_overtaking_its_filing_loses_nothing(settings: Settings, nc: nats.NATS) -> None:
     """Out of order between a filing and the registration that upgrades it. A kill -9 of registry
     makes this happen: the killed consumer's batch comes back after the ack wait, while up to
