@@ -29,7 +29,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from contracts import PAYLOAD_BY_TYPE, ContractError, Envelope, Topology, parse_event
+from contracts import PAYLOAD_BY_TYPE, ContractError, Envelope, Topology, parse_event, snake
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +107,9 @@ def check_subject(topology: Topology, subject: str, envelope: Envelope[Any]) -> 
         raise ContractError.single("type", f"{envelope.type} is not a {context} event")
     expected = topology.event_subject(envelope.type, envelope.region, context=context)
     if subject != expected:
-        raise ContractError.single("region", f"an event about {envelope.region} belongs on {expected}, "
-                                             f"not {subject}")
+        field = "type" if tokens[2:3] != [snake(envelope.type)] else "region"
+        raise ContractError.single(field, f"{envelope.type} about {envelope.region} belongs on {expected}, "
+                                          f"not {subject}")
 
 
 class Consumer:
@@ -182,18 +183,21 @@ class Consumer:
 
     async def process(self, msgs: list[Msg]) -> None:
         valid: list[tuple[Msg, Envelope[Any]]] = []
+        broken: list[tuple[Msg, str]] = []
         for msg in msgs:
             try:
                 envelope = parse_event(msg.data)
                 check_subject(self.topology, msg.subject, envelope)
             except ContractError as e:
-                await self._deadletter(msg, e.reason)
+                broken.append((msg, e.reason))
                 continue
             except Exception as e:  # a contract that breaks on some input must not stop the consumer
                 log.exception("%s: parsing seq %s failed", self.service, msg.metadata.sequence.stream)
-                await self._deadletter(msg, f"$: unreadable ({type(e).__name__}: {e})")
+                broken.append((msg, f"$: unreadable ({type(e).__name__}: {e})"))
                 continue
             valid.append((msg, envelope))
+        # A flood of garbage is dead-lettered a batch at a time, not one round trip after another.
+        await asyncio.gather(*(self._deadletter(msg, reason) for msg, reason in broken))
         if not valid:
             return
         try:

@@ -60,7 +60,7 @@ def test_an_event_on_another_regions_or_contexts_subject_is_refused() -> None:
     leshan = TOPOLOGY.event_subject("OrganizationFiled", "511102001001")
     assert (e := refusal(data, leshan)) and corpus.fields_named(e.reason) == ["region"]
     other_type = TOPOLOGY.event_subject("HubDissolved", filed.region)
-    assert (e := refusal(data, other_type)) and corpus.fields_named(e.reason) == ["region"]
+    assert (e := refusal(data, other_type)) and corpus.fields_named(e.reason) == ["type"]
     completed = corpus.events_for("training")[1]
     on_registry = TOPOLOGY.event_subject("TrainingCompleted", completed.region, context="registry")
     assert (e := refusal(completed.model_dump_json().encode(), on_registry)) \
