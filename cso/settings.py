@@ -25,6 +25,9 @@ class Settings:
     bus_check_seconds: float = field(default_factory=lambda: float(_env("CSO_BUS_CHECK_SECONDS", "5")))
     outbox_retention_days: int = field(
         default_factory=lambda: int(_env("CSO_OUTBOX_RETENTION_DAYS", "30")))
+    # The largest HTTP request body a service takes (a route may allow more, e.g. attendance sheets).
+    http_max_body_bytes: int = field(
+        default_factory=lambda: int(_env("CSO_HTTP_MAX_BODY_BYTES", str(256 * 1024))))
 
     @property
     def topology(self) -> Topology:

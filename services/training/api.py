@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import ContractError, Envelope
 from contracts import events as ev
+from contracts.codes import is_digits
 from contracts.envelope import MAX_EVENT_BYTES
 from cso.commands import parse_command
 from cso.consumer import Rejected, Subscription
@@ -163,7 +164,7 @@ def _masked(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _county(code: str) -> str:
-    if not code.isdigit() or len(code) != 6:
+    if not is_digits(code) or len(code) != 6:
         raise HTTPException(422, detail=f"code: {code!r} is not a county code (6 digits)")
     return code
 
@@ -185,7 +186,9 @@ def build(runtime: Runtime) -> FastAPI:
 
     runtime.on_request(topology.command_subject(SERVICE, "*"), on_command)
 
-    app = runtime.http("cso training")
+    sheets = 2 * sheet.MAX_SHEET_BYTES  # a CSV, or its base64 inside a command
+    app = runtime.http("cso training", large_bodies={"/commands/attendance_sheet": sheets,
+                                                     "/sessions/[^/]+/attendance": sheets})
 
     @app.post("/commands/{command}")
     async def command(command: str, request: Request) -> JSONResponse:
@@ -260,7 +263,7 @@ def build(runtime: Runtime) -> FastAPI:
 
     @app.get("/regions/{code}/sessions")
     async def sessions(code: str, limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
-        if not code.isdigit() or len(code) not in (2, 4, 6, 9):
+        if not is_digits(code) or len(code) not in (2, 4, 6, 9):
             raise HTTPException(422, detail=f"code: {code!r} is not a division code")
         async with runtime.engine.connect() as conn:
             items = await store.sessions_in(conn, code, limit)

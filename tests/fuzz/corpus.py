@@ -25,6 +25,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from contracts import Envelope, Topology, codes, make_event
 from contracts import events as ev
@@ -294,7 +295,7 @@ def _kind(name: str, prop: dict[str, Any], defs: dict[str, Any]) -> str:
             "object": "list"}.get(str(typ), "other")
 
 
-def _values(kind: str, name: str, payload_type: type[ev.Payload]) -> list[Any]:
+def _values(kind: str, name: str) -> list[Any]:
     if kind == "date":
         future_ok = name in ("starts_on", "ends_on", "deadline")
         return PLAUSIBLE_DATE_BAD if future_ok else DATE_BAD
@@ -305,7 +306,7 @@ def _values(kind: str, name: str, payload_type: type[ev.Payload]) -> list[Any]:
 
 
 # Mutations that are valid for a field after all (an optional field may be null, a label empty).
-def _refused(payload_type: type[ev.Payload], name: str, value: Any, nullable: bool) -> bool:
+def _refused(model: type[BaseModel], name: str, value: Any, nullable: bool) -> bool:
     if value is None and nullable:
         return False
     if name == "value" and value == 1.5:  # TargetStatusChanged.value is a float
@@ -318,24 +319,44 @@ def _refused(payload_type: type[ev.Payload], name: str, value: Any, nullable: bo
     return not (name == "figures" and value == {"a": 1})
 
 
+def field_mutations(model: type[BaseModel]) -> Iterator[tuple[str, Callable[[dict[str, Any]], None]]]:
+    """(field, change) for every field of `model`: each required one removed, and each set to every
+    bad value of its kind (a value the field would take after all is left out)."""
+    schema = model.model_json_schema()
+    defs = schema.get("$defs", {})
+    for name, prop in schema["properties"].items():
+        if model.model_fields[name].is_required():
+            yield name, lambda d, n=name: d.pop(n)
+        nullable = any(o.get("type") == "null" for o in prop.get("anyOf", []))
+        for value in _values(_kind(name, prop, defs), name):
+            if _refused(model, name, value, nullable):
+                yield name, lambda d, n=name, v=value: d.__setitem__(n, v)
+
+
+def _label(change: Callable[[dict[str, Any]], None], name: str) -> str:
+    probe: dict[str, Any] = {name: "<kept>"}
+    change(probe)
+    return f"{name}={probe[name]!r:.40}" if name in probe else f"no {name}"
+
+
 def payload_cases(envelope: Envelope[Any]) -> Iterator[Case]:
     """Every field of the payload set to each bad value of its kind, and each required one removed."""
-    payload_type = type(envelope.payload)
-    schema = payload_type.model_json_schema()
-    defs = schema.get("$defs", {})
-    region, kind = envelope.region, envelope.type
-    for name, prop in schema["properties"].items():
-        field_kind = _kind(name, prop, defs)
-        if payload_type.model_fields[name].is_required():
-            yield Case(f"{kind}: no payload.{name}", _mutated(envelope, lambda d, n=name: d["payload"].pop(n)),
-                       f"payload.{name}", region, kind)
-        for value in _values(field_kind, name, payload_type):
-            nullable = any(o.get("type") == "null" for o in prop.get("anyOf", []))
-            if not _refused(payload_type, name, value, nullable):
-                continue
-            label = f"{kind}: payload.{name}={value!r:.40}"
-            yield Case(label, _mutated(envelope, lambda d, n=name, v=value: d["payload"].__setitem__(n, v)),
-                       f"payload.{name}", region, kind)
+    for name, change in field_mutations(type(envelope.payload)):
+        yield Case(f"{envelope.type}: payload.{_label(change, name)}",
+                   _mutated(envelope, lambda d, c=change: c(d["payload"])),
+                   f"payload.{name}", envelope.region, envelope.type)
+
+
+def body_cases(model: type[BaseModel], valid: dict[str, Any], full: bool = True) -> list[tuple[str, bytes, str]]:
+    """A command's valid body with each field mutated: (label, JSON body, field named)."""
+    cases: dict[str, list[tuple[str, bytes, str]]] = {}
+    for name, change in field_mutations(model):
+        body = json.loads(json.dumps(valid))
+        change(body)
+        cases.setdefault(name, []).append((_label(change, name), _dump(body), name))
+    if full:
+        return [c for group in cases.values() for c in group]
+    return [c for group in cases.values() for c in group[:: max(1, len(group) // 2)][:3]]
 
 
 def subscriber_cases(context: str, full: bool = True) -> list[Case]:
