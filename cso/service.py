@@ -61,8 +61,10 @@ class Runtime:
         self._subscriptions.append((subscription, handler))
 
     def on_request(self, subject: str, handler: Callable[..., Any]) -> None:
-        """A request-reply endpoint (core NATS, queue group per service: one replica answers)."""
-        self.broker.subscriber(subject, queue=self.name)(handler)
+        """A request-reply endpoint (core NATS, queue group per service: one replica answers). The
+        handler reads the raw body itself: FastStream's own decoding (json.loads, whatever the body)
+        raised on deep nesting or huge numbers before the handler ran, and no reply went back."""
+        self.broker.subscriber(subject, queue=self.name, decoder=_raw_body)(handler)
 
     def every(self, job: Callable[[], Any]) -> None:
         """A background coroutine function started with the service and cancelled at stop."""
@@ -161,6 +163,10 @@ class Runtime:
             return JSONResponse(errors_body(errors), status_code=422)
 
         return app
+
+
+async def _raw_body(msg: Any) -> Any:
+    return msg.body
 
 
 async def repeat(step: Callable[[], Awaitable[Any]], interval: float, what: str) -> None:

@@ -274,3 +274,61 @@ async def _count(settings: Settings, sql: str, n: int) -> bool:
     rows = await db_rows(settings, sql)
     return bool(rows[0][0] == n)
 
+
+
+# --- request-reply: commands and queries over core NATS ---------------------------------------------
+
+REQUESTS: dict[str, list[str]] = {
+    "registry": [f"cmd.registry.{name}" for name in ("file", "register", "update", "establish_hub", "open_base",
+                                                      "form_party", "nonsense")],
+    "training": [f"cmd.training.{name}" for name in ("add_member", "schedule", "record_exam", "attendance_sheet",
+                                                      "nonsense")],
+    "targets": [f"query.targets.{name}" for name in ("coverage", "targets", "at_risk", "series", "nonsense")]
+    + [f"query.targets.plan.{name}" for name in ("plans", "ledger", "task", "todo", "nonsense")],
+}
+QUERY_BODIES = [json.dumps(q).encode() for q in (
+    {"region": "５１"}, {"region": "\x00"}, {"region": 510681}, {"region": ["51"]}, {"region": "51" * 1000},
+    {"region": COUNTY, "as_of": "9999-99-99"}, {"region": COUNTY, "figure": "{{7*7}}"}, {"plan": "'; --"},
+    {"plan": "x", "task": {"a": 1}}, {"unit": "\ud800"}, {"view": 5})]
+
+
+@pytest.mark.parametrize("service", list(REQUESTS))
+async def test_requests_over_nats_get_a_refusal_naming_the_field(service: str, settings: Settings,
+                                                                 nc: nats.NATS) -> None:
+    create_app, migrate, _ = SERVICES[service]
+    t = settings.topology
+    await asyncio.to_thread(migrate, settings)
+    async with running(create_app, settings) as _:
+        divisions = make_event(GUANGHAN, source="fuzz")
+        await publish(nc, t.event_subject("DivisionsImported", COUNTY), divisions)
+        await eventually(lambda: in_inbox(settings, service, [divisions.event_id]), timeout=30)
+        bodies = [data for _, data, _ in corpus.RAW_GARBAGE if len(data) < nc.max_payload - 1024]
+        bodies += [c.data for c in corpus.draw(corpus.random_garbage_case(), corpus.EXAMPLES)]
+        if service == "targets":
+            bodies += QUERY_BODIES
+        silent, unnamed = [], []
+        for suffix in REQUESTS[service]:
+            subject = f"{t.namespace}.cso.{suffix}"
+            for body in bodies:
+                for headers in ({}, {"Cso-Source": "bad source! \x1b"}):
+                    try:
+                        reply = await nc.request(subject, body, timeout=5, headers=headers or None)
+                    except nats.errors.TimeoutError:
+                        silent.append(f"{suffix} {headers} {body[:60]!r}")
+                        assert len(silent) < 3, f"no reply (a handler raised): {silent}"
+                        continue
+                    answer = json.loads(reply.data)
+                    errors = answer.get("errors") if isinstance(answer, dict) else None
+                    if errors is not None and not all(e.get("field") for e in errors):
+                        unnamed.append(f"{suffix} {body[:60]!r}: {reply.data[:200]!r}")
+        assert not silent, f"no reply (a handler raised): {silent}"
+        assert not unnamed, "\n".join(unnamed)
+        # And a valid request is still answered.
+        valid = {"registry": ("cmd.registry.file", {"name": "有效", "community_code": COMMUNITY,
+                                                    "category": "charity", "filed_on": "2023-03-01"}),
+                 "training": ("cmd.training.add_member", {"county_code": COUNTY, "role": "volunteer",
+                                                          "name": "李四", "phone": "13900139000"}),
+                 "targets": ("query.targets.coverage", {"region": COUNTY})}[service]
+        reply = json.loads((await nc.request(f"{t.namespace}.cso.{valid[0]}", json.dumps(valid[1]).encode(),
+                                             timeout=10)).data)
+        assert "errors" not in reply and reply.get("ok", True), reply
