@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Generic, TypeVar
 from uuid import UUID, uuid4
@@ -90,8 +91,47 @@ def load_json(raw: bytes | str) -> Any:
         raise ContractError.single(e.field, e.message) from None
 
 
+# Envelope[X] is a class pydantic builds on first use and then looks up on every subscript; a hot
+# consumer parses thousands of events a second, so each type's envelope class is kept here.
+_ENVELOPE_OF: dict[type[Payload], type[Envelope[Any]]] = {}
+
+
+def envelope_class(payload_cls: type[Payload]) -> type[Envelope[Any]]:
+    cls = _ENVELOPE_OF.get(payload_cls)
+    if cls is None:
+        cls = _ENVELOPE_OF[payload_cls] = Envelope[payload_cls]  # type: ignore[valid-type]
+    return cls
+
+
 def max_bytes(event_type: str) -> int:
     return MAX_DIVISIONS_BYTES if event_type == "DivisionsImported" else MAX_EVENT_BYTES
+
+
+# Where an event names its type; only a guess, which validation of the whole event then confirms.
+_TYPE_GUESS = re.compile(rb'"type"\s*:\s*"([A-Za-z]{1,64})"')
+
+
+def _parse_valid(raw: bytes) -> Envelope[Payload] | None:
+    """The fast path for a valid event: pydantic parses and validates the JSON in one pass (about
+    three times faster than json.loads then model_validate). None when anything is off: the full
+    path then finds the field at fault."""
+    guess = _TYPE_GUESS.search(raw)
+    payload_cls = PAYLOAD_BY_TYPE.get(guess.group(1).decode()) if guess else None
+    if payload_cls is None or len(raw) > max_bytes(payload_cls.TYPE):
+        return None
+    # What pydantic's JSON parser takes but the strict reading refuses (contracts.jsontext):
+    # control characters and surrogates, nesting, keys given twice (pydantic keeps the last).
+    if (jsontext.SUSPECT_BYTES.search(raw) or raw.count(b"[") + raw.count(b"{") > jsontext.MAX_DEPTH
+            or jsontext.has_duplicate_keys(raw)):
+        return None
+    try:
+        envelope: Envelope[Payload] = envelope_class(payload_cls).model_validate_json(raw)
+        if envelope.type != payload_cls.TYPE or envelope.version != payload_cls.VERSION:
+            return None
+        check_envelope(envelope)
+    except (ValidationError, ContractError):
+        return None
+    return envelope
 
 
 def parse_event(raw: bytes | str | dict[str, Any]) -> Envelope[Payload]:
@@ -99,6 +139,8 @@ def parse_event(raw: bytes | str | dict[str, Any]) -> Envelope[Payload]:
 
     Raises ContractError naming the field; nothing is returned half-validated.
     """
+    if isinstance(raw, bytes) and (valid := _parse_valid(raw)) is not None:
+        return valid
     if isinstance(raw, bytes | str):
         size = len(raw.encode() if isinstance(raw, str) else raw)
         if size > MAX_DIVISIONS_BYTES:
@@ -125,7 +167,7 @@ def parse_event(raw: bytes | str | dict[str, Any]) -> Envelope[Payload]:
             "version", f"unsupported version {version!r} of {payload_cls.TYPE} "
                        f"(supported: {payload_cls.VERSION})")
     try:
-        envelope = Envelope[payload_cls].model_validate(data)  # type: ignore[valid-type]
+        envelope = envelope_class(payload_cls).model_validate(data)
     except ValidationError as e:
         raise ContractError.from_validation(e) from None
     check_envelope(envelope)
@@ -160,7 +202,7 @@ def make_event(
     region = region or payload.region_of()
     if region is None:
         raise ContractError.single("region", f"{payload.TYPE} needs the region it concerns")
-    envelope = Envelope[type(payload)](  # type: ignore[misc,operator]
+    envelope = envelope_class(type(payload))(
         event_id=event_id or uuid4(),
         type=payload.TYPE,
         version=payload.VERSION,
@@ -171,7 +213,7 @@ def make_event(
         payload=payload,
     )
     check_envelope(envelope)
-    return envelope  # type: ignore[no-any-return]
+    return envelope
 
 
 def encode(envelope: Envelope[Any]) -> bytes:

@@ -7,6 +7,7 @@ message is published on always agrees with what it is about.
 
 from __future__ import annotations
 
+import time
 from datetime import date, datetime, timedelta, timezone
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
@@ -23,11 +24,21 @@ CHINA = timezone(timedelta(hours=8))
 # after LATEST. A date outside is a typo (1023 for 2023) or garbage, refused rather than counted.
 EARLIEST = date(1949, 10, 1)
 LATEST = date(2100, 12, 31)
+_latest = (0.0, date.min)
+
+
+def _latest_valid_day() -> date:
+    """Tomorrow in China: dates are civil dates there, and a day of slack keeps a publisher west of
+    UTC+8 valid. Worked out at most once a second (every date field of every event asks)."""
+    global _latest
+    now = time.monotonic()
+    if now - _latest[0] > 1.0:
+        _latest = (now, datetime.now(CHINA).date() + timedelta(days=1))
+    return _latest[1]
 
 
 def _not_future(day: date) -> date:
-    # Dates are civil dates in China; a day of slack keeps a publisher west of UTC+8 valid.
-    if day > datetime.now(CHINA).date() + timedelta(days=1):
+    if day > _latest_valid_day():
         raise ValueError(f"{day.isoformat()} is in the future")
     return _plausible(day)
 
@@ -433,6 +444,9 @@ class TalentPoolMemberAdded(Payload):
 
 
 class TalentPoolMemberRemoved(Payload):
+    """A person left a county's talent pool. `reason` is a code (training publishes left_county,
+    resigned, no_longer_active, deceased or other), never free text: personal data stays off the bus."""
+
     TYPE = "TalentPoolMemberRemoved"
     CONTEXT = "training"
     person_id: UUID

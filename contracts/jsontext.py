@@ -70,21 +70,80 @@ def _int(text: str) -> Any:
     return int(text)
 
 
-def loads(raw: bytes | str) -> Any:
-    """Parse JSON strictly, then `check` it; TextError naming the field on any refusal."""
+# What only a walk through the parsed value can place: an escaped control character or surrogate,
+# a raw DEL or C1 control character. (A raw C0 control character is not JSON at all.)
+SUSPECT = re.compile(r"\\(?:[bf]|u(?:00[01][0-9a-fA-F]|007[fF]|00[89][0-9a-fA-F]|[dD][89a-fA-F][0-9a-fA-F]{2}))"
+                     "|[\x7f-\x9f]")
+SUSPECT_BYTES = re.compile(rb"\\(?:[bf]|u(?:00[01][0-9a-fA-F]|007[fF]|00[89][0-9a-fA-F]|[dD][89a-fA-F][0-9a-fA-F]{2}))"
+                           rb"|\x7f|\xc2[\x80-\x9f]")
+
+
+class _Flagged(Exception):
+    """Something the strict reading refuses: parse again, slowly, to name where it is."""
+
+
+def _pairs_fast(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise _Flagged
+    return out
+
+
+def _flag(_: str) -> Any:
+    raise _Flagged
+
+
+def _float_fast(text: str) -> float:
+    value = float(text)
+    if len(text) > 2 * MAX_NUMBER_DIGITS or not math.isfinite(value):
+        raise _Flagged
+    return value
+
+
+def _int_fast(text: str) -> int:
+    if len(text) > MAX_NUMBER_DIGITS and len(text.lstrip("-")) > MAX_NUMBER_DIGITS:
+        raise _Flagged
+    return int(text)
+
+
+def _decode(raw: bytes | str) -> str:
     try:
-        text = raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else raw
-        data = json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant,
-                          parse_float=_float, parse_int=_int)
-    except TextError:
-        raise
+        return raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else raw
     except UnicodeDecodeError as e:
         raise TextError("$", f"not JSON: not UTF-8 ({e.reason} at byte {e.start})") from None
+
+
+def has_duplicate_keys(raw: bytes | str) -> bool:
+    """Whether some object of the JSON text names a key twice (False for text that is no JSON)."""
+    try:
+        json.loads(raw, object_pairs_hook=_pairs_fast)
+    except _Flagged:
+        return True
+    except (ValueError, RecursionError):
+        return False
+    return False
+
+
+def loads(raw: bytes | str) -> Any:
+    """Parse JSON strictly, then `check` it; TextError naming the field on any refusal. The usual
+    valid text costs one json.loads and a regular expression; only suspect text is walked."""
+    text = _decode(raw)
+    try:
+        data = json.loads(text, object_pairs_hook=_pairs_fast, parse_constant=_flag,
+                          parse_float=_float_fast, parse_int=_int_fast)
+    except _Flagged:
+        data = json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant,
+                          parse_float=_float, parse_int=_int)
+        check(data)
+        raise TextError("$", "refused") from None  # (check names it; not reached)
+    except TextError:
+        raise
     except RecursionError:
         raise TextError("$", "not JSON this service takes: nested too deeply") from None
     except ValueError as e:  # json.JSONDecodeError is one
         raise TextError("$", f"not JSON: {e}") from None
-    check(data)
+    if SUSPECT.search(text) or text.count("[") + text.count("{") > MAX_DEPTH:
+        check(data)
     return data
 
 

@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 
 
 async def connect(url: str, name: str, **options: Any) -> Client:
+    """A long-lived connection that reconnects for ever; `options` may carry `user`, `password`
+    and `inbox_prefix` (Settings.nats_options())."""
     return await nats.connect(url, name=name, max_reconnect_attempts=-1,
                               reconnect_time_wait=0.5, **options)
 

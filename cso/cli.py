@@ -36,6 +36,8 @@ app = typer.Typer(
 divisions_app = typer.Typer(help="Division reference data (NBS statistical division codes).",
                             no_args_is_help=True)
 app.add_typer(divisions_app, name="divisions")
+db_app = typer.Typer(help="The database: roles and privileges.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
 
 DataDir = Annotated[Path, typer.Option("--data-dir", help="Where the local stack keeps its data, "
                                                           "logs and stack.json.")]
@@ -83,7 +85,7 @@ def listen_table(state: dict[str, Any]) -> Table:
     """Where each part listens: its URL, and under it what else it serves."""
     nats, pg = state["nats"], state["postgres"]
     rows: list[tuple[str, str, str, str]] = [
-        ("nats", str(nats["pid"] or "-"), nats["url"],
+        ("nats", str(nats["pid"] or "-"), redact(nats["url"]),
          f"monitor {nats['monitor_url']}" if nats.get("monitor_url") else "CSO_NATS_URL"),
         ("postgres", str(pg["pid"] or "-"), redact(pg["url"]), "" if pg.get("managed") else "CSO_DATABASE_URL"),
         *((name, str(info["pid"]), info["url"],
@@ -277,6 +279,48 @@ def rebuild(
         raise typer.Exit(1)
 
 
+@db_app.command("roles")
+def db_roles(
+    prefix: Annotated[str, typer.Option(
+        help="Role names are PREFIX_<service> and PREFIX_dashboard (roles are per server: give each "
+             "cso database on one server its own prefix).")] = "cso",
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+) -> None:
+    """Create or update one login role per service, owning its schema and nothing else, and a
+    read-only dashboard role, in the database of CSO_ADMIN_DATABASE_URL (else the local stack's).
+
+    Safe to run again: it also hands schemas created by another user to their service's role and
+    revokes privileges outside the model. Passwords come from the environment only:
+    CSO_<SERVICE>_DB_PASSWORD, or the password in CSO_<SERVICE>_DATABASE_URL (SERVICE: REGISTRY,
+    TARGETS, TRAINING, NOTIFY, DASHBOARD). A role whose password is not given keeps its own.
+    Exit 1 if the database still departs from the model afterwards (each finding is printed).
+    """
+    from .roles import ProvisionError, passwords_from_env, provision
+
+    url = _env("CSO_ADMIN_DATABASE_URL") or recorded(data_dir, "database")
+    if url is None:
+        raise fail("no database: set CSO_ADMIN_DATABASE_URL (a superuser of the cso database), or start "
+                   f"the local stack (`cso up --data-dir {data_dir}`)", 2)
+    try:
+        passwords = passwords_from_env(os.environ, prefix)
+        report = asyncio.run(provision(url, passwords, prefix=prefix))
+    except (ProvisionError, ValueError) as e:
+        raise fail(str(e), 2) from None
+    except Exception as e:
+        raise fail(f"provisioning roles on {redact(url)} failed: {type(e).__name__}: {e}") from None
+    console = _console()
+    for action in report.actions:
+        console.print(f"· {escape(action)}")
+    roles = ", ".join(f"{service} {role}" for service, role in report.roles.items())
+    console.print(f"database {report.database} on {redact(url)}: roles {roles}"
+                  + ("" if report.actions else " (nothing to change)"))
+    if report.problems:
+        err = _err_console()
+        for problem in report.problems:
+            err.print(f"[yellow]{escape(problem)}[/yellow]")
+        raise fail(f"{len(report.problems)} departure(s) from the role model remain")
+
+
 @divisions_app.command("import")
 def divisions_import(
     path: Annotated[Path | None, typer.Argument(
@@ -304,8 +348,8 @@ def divisions_import(
     except ConnectionError as e:
         raise fail(f"NATS: {e}") from None
     except Exception as e:
-        raise fail(f"publishing to {url} failed: {type(e).__name__}: {e}") from None
-    _console().print(f"published {count} {'county' if count == 1 else 'counties'} from {directory} to {url}")
+        raise fail(f"publishing to {redact(url)} failed: {type(e).__name__}: {e}") from None
+    _console().print(f"published {count} {'county' if count == 1 else 'counties'} from {directory} to {redact(url)}")
 
 
 @app.command()
@@ -360,13 +404,13 @@ def publish(
     except ConnectionError as e:
         raise fail(f"NATS: {e}") from None
     except Exception as e:
-        raise fail(f"publishing to {url} failed: {type(e).__name__}: {e} (publishing the file again "
+        raise fail(f"publishing to {redact(url)} failed: {type(e).__name__}: {e} (publishing the file again "
                    "is safe: event ids make repeats no-ops)") from None
     to_intake = sum(1 for subject, _, _ in messages if ".intake." in f".{subject}")
     where = [f"{to_intake} on intake subjects for registry to validate"] if to_intake else []
     if len(messages) > to_intake:
         where.append(f"{len(messages) - to_intake} on their own subjects")
-    _console().print(f"published {len(messages)} events from {file} to {url} ({', '.join(where)})")
+    _console().print(f"published {len(messages)} events from {file} to {redact(url)} ({', '.join(where)})")
     if duplicates:
         _console().print(f"{duplicates} of them were already in the stream (same event_id): no-ops")
 
@@ -600,6 +644,69 @@ def _error_text(body: Any) -> str:
         if "detail" in body:
             return str(body["detail"])
     return json.dumps(body, ensure_ascii=False) if not isinstance(body, str) else body
+
+# ---------------------------------------------------------------- NATS users and permissions
+
+
+class PasswordMode(StrEnum):
+    env = "env"
+    bcrypt = "bcrypt"
+    plain = "plain"
+
+
+@app.command("nats-config")
+def nats_config(
+    publisher: Annotated[list[str] | None, typer.Option(
+        "--publisher", "-p", help="An outside publisher system and its region: NAME=REGION, e.g. "
+                                  "leshan-register=5111 (province 2, city 4 or county 6 digits). Repeat.")] = None,
+    namespace: Annotated[str | None, typer.Option(
+        help="Subject namespace (CSO_NAMESPACE); empty in production.")] = None,
+    passwords: Annotated[PasswordMode, typer.Option(
+        help="env: `$CSO_NATS_<USER>_PASSWORD` references that nats-server resolves from its environment; "
+             "bcrypt: hashes of those variables' values now (rotate by regenerating and reloading); "
+             "plain: the values themselves (tests only).")] = PasswordMode.env,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Write here (mode 0600 unless --passwords env) instead of stdout.")] = None,
+    explain: Annotated[bool, typer.Option(
+        "--explain", help="Print who may publish and subscribe what, and the password variables, instead.")] = False,
+) -> None:
+    """The `authorization` block of nats-server for cso: a user per service, the divisions importer,
+    admin, and each outside publisher bound to its region (include it from nats.conf)."""
+    import shlex
+
+    from contracts import Topology
+
+    from .natsauth import Publisher, Users, render
+    from .natsauth import explain as explain_permissions
+
+    try:
+        users = Users(publishers=tuple(Publisher.parse(p) for p in publisher or ()))
+        topology = Topology(namespace if namespace is not None else (_env("CSO_NAMESPACE") or ""))
+        if explain:
+            typer.echo(explain_permissions(topology, users))
+            return
+        args = [f"--publisher {shlex.quote(p.name + '=' + p.region)}" for p in users.publishers]
+        if topology.namespace:
+            args.append(f"--namespace {topology.namespace}")
+        if passwords is not PasswordMode.env:
+            args.append(f"--passwords {passwords.value}")
+        command = " ".join(["cso nats-config", *args])
+        text = render(topology, users, passwords=passwords.value,
+                      header=f"Generated by `{command}`; do not edit, generate again.\n"
+                             "Users, permissions and password rotation: infra/README.md, "
+                             "\"NATS credentials and permissions\".")
+    except ValueError as e:
+        raise fail(str(e), 2) from None
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    if passwords is not PasswordMode.env:
+        tmp.chmod(0o600)
+    tmp.replace(output)
+    _err_console().print(f"wrote {output} ({len(users.publishers)} publishers, passwords: {passwords.value})")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from alembic.config import Config
 from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from . import roles
 from .settings import async_url
 
 
@@ -42,11 +43,20 @@ def run_env(config: Config) -> None:
     schema: str = config.attributes["schema"]
 
     def run(connection: Connection) -> None:
-        connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        owner = connection.execute(text(
+            "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = :s"), {"s": schema}).scalar()
+        if owner is None:
+            connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        elif owner != connection.execute(text("SELECT current_user")).scalar():
+            # Whoever connects (an admin, say), what the migrations create belongs to the schema's
+            # owner: the service's role (cso.roles). A role that may not become it fails here.
+            connection.execute(text(connection.execute(text("SELECT format('SET ROLE %I', CAST(:o AS text))"),
+                                                       {"o": owner}).scalar_one()))
         context.configure(connection=connection, version_table_schema=schema,
                           include_schemas=True, transaction_per_migration=True)
         with context.begin_transaction():
             context.run_migrations(schema=schema)
+        roles.after_migrations(connection, schema)
         connection.commit()
 
     async def main() -> None:

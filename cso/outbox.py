@@ -66,14 +66,18 @@ def ddl(schema: str) -> list[str]:
 async def add(conn: AsyncConnection, schema: str, topology: Topology,
               events: Iterable[tuple[Envelope[Any], str | None]]) -> int:
     """Stage events in the caller's transaction; they are published only if it commits."""
-    rows = [{"event_id": e.event_id, "subject": topology.event_subject(e.type, e.region),
-             "type": e.type, "aggregate_id": aggregate, "data": encode(e)}
+    rows = [(e.event_id, topology.event_subject(e.type, e.region), e.type, aggregate, encode(e))
             for e, aggregate in events]
     if rows:
+        # One statement for the whole batch (an executemany runs the insert once per row), in the
+        # order given: the relay publishes by seq.
+        ids, subjects, types, aggregates, data = (list(c) for c in zip(*rows, strict=True))
         await conn.execute(text(
             f'INSERT INTO "{schema}".outbox (event_id, subject, type, aggregate_id, data) '
-            "VALUES (:event_id, :subject, :type, :aggregate_id, :data) "
-            "ON CONFLICT (event_id) DO NOTHING"), rows)
+            "SELECT e, s, t, a, d FROM unnest(CAST(:e AS uuid[]), CAST(:s AS text[]), CAST(:t AS text[]), "
+            "CAST(:a AS text[]), CAST(:d AS bytea[])) WITH ORDINALITY AS u(e, s, t, a, d, n) ORDER BY n "
+            "ON CONFLICT (event_id) DO NOTHING"),
+            {"e": ids, "s": subjects, "t": types, "a": aggregates, "d": data})
     return len(rows)
 
 
@@ -112,9 +116,11 @@ class Relay:
                 # Fault injection (tests/faults): die between publish and commit, as a kill -9 would.
                 os._exit(137)
             await conn.execute(text(
-                f'UPDATE "{self.schema}".outbox SET published_at = now(), stream = :stream, '
-                "stream_seq = :stream_seq WHERE seq = :seq"),
-                [{"seq": r.seq, "stream": a.stream, "stream_seq": a.seq} for r, a in zip(rows, acks, strict=True)])
+                f'UPDATE "{self.schema}".outbox o SET published_at = now(), stream = u.stream, '
+                "stream_seq = u.stream_seq FROM unnest(CAST(:seq AS bigint[]), CAST(:stream AS text[]), "
+                "CAST(:stream_seq AS bigint[])) AS u(seq, stream, stream_seq) WHERE o.seq = u.seq"),
+                {"seq": [r.seq for r in rows], "stream": [a.stream for a in acks],
+                 "stream_seq": [a.seq for a in acks]})
         PUBLISHED.labels(self.service).inc(len(rows))
         return len(rows)
 

@@ -414,7 +414,15 @@ def start_nats(
     monitor_port: int | None = None,
     *,
     timeout: float = DEFAULT_START_TIMEOUT,
+    config: Path | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> ServerHandle:
+    """Start (or find running) nats-server with JetStream on data_dir.
+
+    `config` is a nats-server configuration file read first (e.g. an `authorization` block from
+    `cso nats-config`); the port, store and log given here override what it says. `env` is added
+    to the server's environment (for the `$VAR` references of such a file).
+    """
     data_dir = _prepare_dir(data_dir)
     with _locked(data_dir):
         existing = running(data_dir, "nats")
@@ -435,6 +443,7 @@ def start_nats(
         store.mkdir(exist_ok=True)
         cmd = [
             str(nats_server_binary()),
+            *(["-c", str(Path(config).absolute())] if config is not None else []),
             "-js",
             "-a", "127.0.0.1",
             "-p", str(client_port),
@@ -454,6 +463,7 @@ def start_nats(
                 stderr=subprocess.STDOUT,
                 cwd=data_dir,
                 start_new_session=True,
+                env={**os.environ, **env} if env else None,
             )
         with _children_lock:
             _children[proc.pid] = proc
@@ -874,6 +884,15 @@ def kill(handle: ServerHandle) -> None:
     _wait_dead(handle.pid, 10)
 
 
+def reload(handle: ServerHandle) -> None:
+    """Make nats-server read its configuration file again (SIGHUP, as `nats-server --signal
+    reload=<pid>` does): changed users and passwords apply without a restart."""
+    if handle.kind != "nats":
+        raise ValueError("only nats-server reloads its configuration here")
+    if pid_alive(handle.pid) and _pid_is(handle.pid, "nats"):
+        os.kill(handle.pid, signal.SIGHUP)
+
+
 # ---------------------------------------------------------------- Docker probe
 
 
@@ -929,6 +948,7 @@ __all__ = [
     "free_port",
     "kill",
     "nats_server_binary",
+    "reload",
     "running",
     "start_nats",
     "start_postgres",

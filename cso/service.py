@@ -12,11 +12,12 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qsl
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from faststream.nats import NatsBroker
 from faststream.nats.prometheus import NatsPrometheusMiddleware
+from faststream.nats.security import NatsUserPassword
 from nats.aio.client import Client
 from prometheus_client import REGISTRY, make_asgi_app
 from sqlalchemy import text
@@ -28,6 +29,7 @@ from contracts import ContractError, FieldError, Topology
 from contracts.jsontext import text_problem
 
 from . import bus
+from .auth import Auth, AuthError
 from .buswatch import BusWatch
 from .consumer import Consumer, Handler, Subscription
 from .database import make_engine
@@ -44,12 +46,15 @@ class Runtime:
         self.name, self.schema = name, schema
         self.settings = settings or Settings()
         self.topology: Topology = self.settings.topology
+        self.auth = Auth.from_settings(self.settings)  # who may call the HTTP API (cso/auth.py)
         self.engine: AsyncEngine = make_engine(self.settings.database_url)
         # Access logs per request at DEBUG: commands are counted by the Prometheus middleware instead.
+        self.nats_options = self.settings.nats_options()
         self.broker = NatsBroker(self.settings.nats_url, max_reconnect_attempts=-1,
                                  log_level=logging.DEBUG,
                                  middlewares=[NatsPrometheusMiddleware(registry=REGISTRY,
-                                                                       app_name=name)])
+                                                                       app_name=name)],
+                                 **broker_options(self.nats_options))
         self.nc: Client | None = None
         self.relay: Relay | None = None
         self.consumers: list[Consumer] = []
@@ -71,7 +76,7 @@ class Runtime:
         self._background.append(job)
 
     async def start(self, with_relay: bool = True) -> None:
-        self.nc = await bus.connect(self.settings.nats_url, name=self.name)
+        self.nc = await bus.connect(self.settings.nats_url, name=self.name, **self.nats_options)
         js = self.nc.jetstream()
         await bus.ensure_streams(js, self.topology)
         if with_relay:
@@ -136,7 +141,8 @@ class Runtime:
             finally:
                 await self.stop()
 
-        app = FastAPI(title=title, lifespan=lifespan)
+        # With CSO_READ_AUTH=scoped every GET needs a token (the guard does nothing otherwise).
+        app = FastAPI(title=title, lifespan=lifespan, dependencies=[Depends(self.auth.read_guard)])
         app.add_middleware(InputLimits, max_body=self.settings.http_max_body_bytes,
                            large_bodies=dict(large_bodies or {}))
         app.mount("/metrics", make_asgi_app())
@@ -155,6 +161,13 @@ class Runtime:
         @app.exception_handler(ContractError)
         async def contract_error(_: Request, e: ContractError) -> JSONResponse:
             return JSONResponse(errors_body(e.errors), status_code=422)
+
+        @app.exception_handler(AuthError)
+        async def auth_error(_: Request, e: AuthError) -> JSONResponse:
+            challenge = 'Bearer realm="cso"' + (', error="invalid_token"' if e.field.startswith("token") else "")
+            headers = {"WWW-Authenticate": challenge} if e.status == 401 else None
+            return JSONResponse(errors_body([FieldError(field=e.field, message=e.message)]),
+                                status_code=e.status, headers=headers)
 
         @app.exception_handler(RequestValidationError)
         async def request_error(_: Request, e: RequestValidationError) -> JSONResponse:
@@ -179,6 +192,16 @@ async def repeat(step: Callable[[], Awaitable[Any]], interval: float, what: str)
         except Exception:
             log.exception("%s failed; retrying", what)
         await asyncio.sleep(interval)
+
+
+def broker_options(options: dict[str, Any]) -> dict[str, Any]:
+    """FastStream's spelling of Settings.nats_options(): credentials as `security`."""
+    out: dict[str, Any] = {}
+    if "inbox_prefix" in options:
+        out["inbox_prefix"] = options["inbox_prefix"]
+    if "user" in options:
+        out["security"] = NatsUserPassword(options["user"], options["password"])
+    return out
 
 
 def errors_body(errors: list[FieldError]) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from contracts import Topology
 
@@ -16,7 +18,14 @@ def _env(name: str, default: str) -> str:
 class Settings:
     database_url: str = field(default_factory=lambda: _env(
         "CSO_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    # May carry credentials (nats://user:password@host:4222); or give them in CSO_NATS_USER and
+    # CSO_NATS_PASSWORD (better: a password with any character, kept out of the URL).
     nats_url: str = field(default_factory=lambda: _env("CSO_NATS_URL", "nats://127.0.0.1:4222"))
+    nats_user: str = field(default_factory=lambda: _env("CSO_NATS_USER", ""))
+    nats_password: str = field(default_factory=lambda: _env("CSO_NATS_PASSWORD", ""), repr=False)
+    # Where replies and pulled messages come; default `_INBOX_<user>` when a user is given (what the
+    # permissions of `cso nats-config` allow), NATS's `_INBOX` otherwise.
+    nats_inbox_prefix: str = field(default_factory=lambda: _env("CSO_NATS_INBOX_PREFIX", ""))
     namespace: str = field(default_factory=lambda: _env("CSO_NAMESPACE", ""))
     # A message is retried this many times before it is dead-lettered.
     max_deliver: int = field(default_factory=lambda: int(_env("CSO_MAX_DELIVER", "5")))
@@ -28,6 +37,24 @@ class Settings:
     # The largest HTTP request body a service takes (a route may allow more, e.g. attendance sheets).
     http_max_body_bytes: int = field(
         default_factory=lambda: int(_env("CSO_HTTP_MAX_BODY_BYTES", str(256 * 1024))))
+    # HTTP bearer tokens (cso/auth.py): "off" (local stack, tests) or "jwt"; reads of coverage
+    # "open" (no token) or "scoped" (a token, and a region in the path within the token's).
+    auth: str = field(default_factory=lambda: _env("CSO_AUTH", "off"))
+    read_auth: str = field(default_factory=lambda: _env("CSO_READ_AUTH", "open"))
+    # HS256 secret(s) and/or RS256/ES256 public key(s) (PEM text, or a path to a PEM file): the
+    # previous secret is accepted too while tokens signed with it are still about (rotation).
+    jwt_secret: str = field(default_factory=lambda: _env("CSO_JWT_SECRET", ""), repr=False)
+    jwt_previous_secret: str = field(default_factory=lambda: _env("CSO_JWT_PREVIOUS_SECRET", ""),
+                                     repr=False)
+    jwt_public_key: str = field(default_factory=lambda: _env("CSO_JWT_PUBLIC_KEY", ""), repr=False)
+    jwt_issuer: str = field(default_factory=lambda: _env("CSO_JWT_ISSUER", ""))
+    jwt_audience: str = field(default_factory=lambda: _env("CSO_JWT_AUDIENCE", ""))
+
+    def __repr__(self) -> str:
+        # Never print a password: not the NATS one, not one inside a URL.
+        shown = {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
+        shown = {k: redact(v) if k.endswith("_url") else v for k, v in shown.items()}
+        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
     @property
     def topology(self) -> Topology:
@@ -36,6 +63,47 @@ class Settings:
     @property
     def async_database_url(self) -> str:
         return async_url(self.database_url)
+
+    @property
+    def nats_username(self) -> str | None:
+        """The NATS user this process connects as (from CSO_NATS_USER or the URL), if any."""
+        return self.nats_user or url_user(self.nats_url)
+
+    def nats_options(self) -> dict[str, Any]:
+        """Keyword arguments for `nats.connect`: credentials (if given apart from the URL) and the
+        inbox prefix. Empty without authentication: the connection is exactly as before."""
+        return nats_options(self.nats_url, self.nats_user, self.nats_password, self.nats_inbox_prefix)
+
+
+def url_user(url: str) -> str | None:
+    """The user named in the first server of a NATS URL (`nats://user:pass@host:port`)."""
+    first = url.split(",")[0].strip()
+    username = urlsplit(first if "://" in first else f"nats://{first}").username
+    return unquote(username) if username else None
+
+
+def nats_options(url: str, user: str = "", password: str = "", inbox_prefix: str = "") -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if user:
+        if url_user(url):
+            raise ValueError("NATS credentials given twice: in CSO_NATS_URL and in CSO_NATS_USER; keep one")
+        if not password:
+            raise ValueError(f"CSO_NATS_USER is {user!r} but CSO_NATS_PASSWORD is not set")
+        options["user"], options["password"] = user, password
+    name = user or url_user(url)
+    prefix = inbox_prefix or (f"_INBOX_{name}" if name else "")
+    if prefix:
+        options["inbox_prefix"] = prefix
+    return options
+
+
+def redact(url: str) -> str:
+    """A URL safe to print: the password (if any) replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def async_url(url: str) -> str:

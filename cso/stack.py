@@ -1,6 +1,8 @@
 """The local stack behind `cso up`: NATS and PostgreSQL (from the venv's wheels, or the servers
 CSO_NATS_URL / CSO_DATABASE_URL name), the database and its migrations, the four services (registry,
-targets, training, notify) as uvicorn processes, and the demo divisions.
+targets, training, notify) as uvicorn processes, and the demo divisions. On its own PostgreSQL the
+stack gives each service its own role, the owner of its schema (cso.roles); on a server named by
+CSO_DATABASE_URL every service uses that URL.
 
 Everything lives under one data dir (default `.cso`): `nats/` and `postgres/` hold the servers'
 data (a later start reuses it), `logs/` the services' output, and `stack.json` where each part
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -29,7 +32,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from . import servers
-from .settings import Settings
+from .settings import Settings, redact
 
 STACK_FILE = "stack.json"
 DATABASE = "cso"
@@ -177,15 +180,6 @@ def with_database(url: str, database: str) -> str:
     return urlunsplit(parts._replace(path=f"/{database}"))
 
 
-def redact(url: str) -> str:
-    """A URL safe to print: the password (if any) replaced by ***."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 async def ensure_database(admin_url: str, database: str = DATABASE) -> bool:
     """Create `database` on the server of admin_url if it is missing; True if it was created."""
     import importlib
@@ -264,6 +258,7 @@ class Stack:
     _nats: servers.ServerHandle | None = field(default=None, init=False, repr=False)
     _postgres: servers.ServerHandle | None = field(default=None, init=False, repr=False)
     _services: dict[str, _Service] = field(default_factory=dict, init=False, repr=False)
+    _roles: dict[str, str] = field(default_factory=dict, init=False, repr=False)
     _state: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -300,6 +295,8 @@ class Stack:
             nats_url, monitor_url = self._start_nats()
             database_url, admin_url = self._start_postgres()
             settings = Settings(database_url=database_url, nats_url=nats_url, namespace=self.namespace)
+            if self._postgres is not None:
+                self._provision_roles(database_url)
             self._migrate(settings)
             for spec in SERVICES:
                 self._spawn(spec, settings)
@@ -335,8 +332,8 @@ class Stack:
     def _start_nats(self) -> tuple[str, str | None]:
         if self.nats_url:
             if not servers.answers(self.nats_url):
-                raise StackError(f"NATS at {self.nats_url} (CSO_NATS_URL) does not answer")
-            self.log(f"using NATS at {self.nats_url}")
+                raise StackError(f"NATS at {redact(self.nats_url)} (CSO_NATS_URL) does not answer")
+            self.log(f"using NATS at {redact(self.nats_url)}")
             return self.nats_url, None
         self.log("starting nats-server")
         try:
@@ -374,11 +371,34 @@ class Stack:
                              f"{type(e).__name__}: {e}") from e
         return with_database(admin_url, DATABASE), admin_url
 
+    def _provision_roles(self, database_url: str) -> None:
+        """Our own PostgreSQL: each service connects as its own role (cso.roles), which owns its
+        schema; local trust authentication, so the roles need no password."""
+        from . import roles
+
+        try:
+            report = asyncio.run(roles.provision(database_url))
+        except Exception as e:
+            raise StackError(f"creating the services' database roles on {redact(database_url)} failed: "
+                             f"{type(e).__name__}: {e}") from e
+        for action in report.actions:
+            self.log(action)
+        self._roles = {spec.name: report.roles[spec.name] for spec in SERVICES}
+
+    def _service_settings(self, name: str, settings: Settings) -> Settings:
+        """settings with the URL of the service's own role (when the stack provisioned roles)."""
+        from dataclasses import replace
+
+        from .roles import role_url
+
+        role = self._roles.get(name)
+        return settings if role is None else replace(settings, database_url=role_url(settings.database_url, role))
+
     def _migrate(self, settings: Settings) -> None:
         for spec in SERVICES:
-            self.log(f"migrating {spec.name}")
+            self.log(f"migrating {spec.name}" + (f" as {self._roles[spec.name]}" if spec.name in self._roles else ""))
             try:
-                migrate_one(spec.name, settings)
+                migrate_one(spec.name, self._service_settings(spec.name, settings))
             except Exception as e:
                 raise StackError(f"migrating {spec.name} on {redact(settings.database_url)} failed: "
                                  f"{type(e).__name__}: {e}") from e
@@ -386,7 +406,8 @@ class Stack:
     def _spawn(self, spec: ServiceSpec, settings: Settings) -> None:
         port = self.port_of(spec.name)
         log = self.logs_dir / f"{spec.name}.log"
-        env = {**os.environ, "CSO_DATABASE_URL": settings.database_url, "CSO_NATS_URL": settings.nats_url,
+        database_url = self._service_settings(spec.name, settings).database_url
+        env = {**os.environ, "CSO_DATABASE_URL": database_url, "CSO_NATS_URL": settings.nats_url,
                "CSO_NAMESPACE": settings.namespace, "PYTHONUNBUFFERED": "1"}
         # No access log: the readiness polls would bury what the service itself says.
         cmd = [sys.executable, "-m", "uvicorn", "--factory", spec.factory,
@@ -437,6 +458,7 @@ class Stack:
                          "pid": self._postgres.pid if self._postgres else None,
                          "managed": self._postgres is not None},
             "services": {name: {"url": s.url, "port": s.port, "pid": s.proc.pid, "log": str(s.log),
+                                "database_role": self._roles.get(name),
                                 "endpoints": [s.url + e for e in ENDPOINTS]}
                          for name, s in self._services.items()},
         }
@@ -577,7 +599,8 @@ class Stack:
         else:
             url = nats.get("url")
             up = isinstance(url, str) and servers.answers(url)
-            parts.append(Part("nats", "up" if up else "down", url, None, "CSO_NATS_URL", managed=False))
+            parts.append(Part("nats", "up" if up else "down", redact(url) if isinstance(url, str) else None, None,
+                              "CSO_NATS_URL", managed=False))
 
         pg = state.get("postgres") or {}
         handle = servers.running(self.data_dir / "postgres", "postgres")
@@ -638,17 +661,22 @@ def migrate_one(name: str, settings: Settings) -> None:
 
 
 async def connect_nats(url: str, name: str) -> Any:
-    """A NATS connection for one command: fails fast (no retry loop, no tracebacks printed)."""
+    """A NATS connection for one command: fails fast (no retry loop, no tracebacks printed).
+
+    Credentials come with the URL or from CSO_NATS_USER / CSO_NATS_PASSWORD (see Settings)."""
     import nats
 
     if not servers.answers(url, timeout=3):
-        raise ConnectionError(f"nothing answers at {url}")
+        raise ConnectionError(f"nothing answers at {redact(url)}")
 
-    async def quiet(_error: Exception) -> None:
-        return None
+    async def quiet(error: Exception) -> None:
+        # A refused publish reaches the caller only as a timeout: say which subject was refused.
+        if "permissions violation" in str(error).lower():
+            logging.getLogger(__name__).warning("NATS refused it: %s", error)
 
     return await nats.connect(url, name=name, connect_timeout=5, allow_reconnect=False,
-                              max_reconnect_attempts=0, error_cb=quiet)
+                              max_reconnect_attempts=0, error_cb=quiet,
+                              **Settings(nats_url=url).nats_options())
 
 
 async def import_divisions(nats_url: str, namespace: str, directory: Path,

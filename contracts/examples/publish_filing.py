@@ -1,23 +1,28 @@
 """Publish an OrganizationFiled to cso the way an outside system does: plain nats-py, no cso code.
 
     python publish_filing.py --nats nats://127.0.0.1:4222 --community 510681001014
+    NATS_PASSWORD=... python publish_filing.py --user deyang-register --community 510681001014
 
 It publishes the fact on the intake subject with Nats-Msg-Id = event_id (so a retry is dropped as
 a duplicate), then waits for cso's receipt: the accepted event, with the same event_id, on
 cso.registry.organization_filed.<province>.<city>.<county>. Keep the event (and publish it again
 with the same id) until the receipt arrives: then it is in cso's database, whatever the bus does.
 A refused fact appears on cso.deadletter.registry with the reason instead.
+
+With --user (password from NATS_PASSWORD) it connects as that cso publisher user, whose permissions
+allow exactly this: publishing intake facts of its region, its own inbox `_INBOX_<user>` (where the
+JetStream ack arrives), and watching the receipts of its region with a plain subscription.
 """
 
 import argparse
 import asyncio
 import json
+import os
 import uuid
 from datetime import date, datetime, timezone
 
 import nats
 from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 
 async def main() -> None:
@@ -28,6 +33,7 @@ async def main() -> None:
     parser.add_argument("--name", default="西城社区志愿服务队")
     parser.add_argument("--category", default="neighbourly_help")
     parser.add_argument("--timeout", type=float, default=10.0)
+    parser.add_argument("--user", default="", help="cso publisher user; password in NATS_PASSWORD")
     args = parser.parse_args()
     prefix = args.prefix + "." if args.prefix else ""
     code = args.community
@@ -53,7 +59,11 @@ async def main() -> None:
         },
     }
 
-    nc = await nats.connect(args.nats)
+    auth = {}
+    if args.user:
+        auth = {"user": args.user, "password": os.environ["NATS_PASSWORD"],
+                "inbox_prefix": f"_INBOX_{args.user}"}
+    nc = await nats.connect(args.nats, **auth)
     js = nc.jetstream()
     receipt: asyncio.Future[dict[str, object]] = asyncio.get_running_loop().create_future()
 
@@ -62,8 +72,9 @@ async def main() -> None:
         if data.get("event_id") == event["event_id"] and not receipt.done():
             receipt.set_result({"subject": msg.subject, **data})
 
-    sub = await js.subscribe(f"{prefix}cso.registry.organization_filed.{county_tokens}", cb=on_event,
-                             config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW))
+    # A plain subscription, made before publishing: the receipt is registry's publish of the event.
+    sub = await nc.subscribe(f"{prefix}cso.registry.organization_filed.{county_tokens}", cb=on_event)
+    await nc.flush()
     ack = await js.publish(f"{prefix}cso.intake.organization_filed.{county_tokens}",
                            json.dumps(event).encode(), headers={"Nats-Msg-Id": event["event_id"]})
     print(json.dumps({"published": event["event_id"], "stream": ack.stream, "seq": ack.seq}))

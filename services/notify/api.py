@@ -8,12 +8,13 @@ import secrets
 from typing import Any
 from uuid import UUID, uuid4
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from contracts import ContractError, FieldError
 from contracts.envelope import load_json
+from cso.auth import Principal
 from cso.consumer import Subscription
 from cso.service import Runtime, errors_body
 
@@ -80,6 +81,13 @@ async def _parse(request: Request) -> SubscriptionIn:
         raise ContractError.from_validation(e) from None
 
 
+def _may_manage(who: Principal, recipient: str, region: str) -> None:
+    """A subscriber manages their own subscriptions (recipient = the token's subject), a notify
+    admin anyone's; either only within the token's region."""
+    who.require_self_or(recipient, "notify_admin")
+    who.require_region(region)
+
+
 def build(runtime: Runtime, clock: Clock | None = None, config: NotifyConfig | None = None) -> FastAPI:
     topology = runtime.topology
     clock = clock or Clock()
@@ -94,13 +102,17 @@ def build(runtime: Runtime, clock: Clock | None = None, config: NotifyConfig | N
     runtime.every(scheduler.run)
 
     app = runtime.http("cso notify")
+    manager = Depends(runtime.auth.role("subscriber", "notify_admin"))
+    # An inbox is its recipient's (the token's subject) or a notify admin's to read.
+    reader = Depends(runtime.auth.caller())
     app.state.runtime, app.state.clock, app.state.config = runtime, clock, config
     app.state.sender, app.state.scheduler = sender, scheduler
 
     @app.post("/subscriptions", status_code=201)
-    async def create_subscription(request: Request) -> JSONResponse:
+    async def create_subscription(request: Request, who: Principal = manager) -> JSONResponse:
         """Subscribe a recipient; the response shows the webhook secret, once."""
         sub = await _parse(request)
+        _may_manage(who, sub.recipient, sub.region)
         secret = None
         if sub.channels.webhook is not None:
             secret = sub.channels.webhook.secret or secrets.token_urlsafe(32)
@@ -126,13 +138,15 @@ def build(runtime: Runtime, clock: Clock | None = None, config: NotifyConfig | N
         return _json(subscription_view(row))
 
     @app.put("/subscriptions/{sub_id}")
-    async def replace_subscription(sub_id: UUID, request: Request) -> JSONResponse:
+    async def replace_subscription(sub_id: UUID, request: Request, who: Principal = manager) -> JSONResponse:
         """Replace a subscription; a webhook keeps its secret unless a new one is given."""
         sub = await _parse(request)
+        _may_manage(who, sub.recipient, sub.region)
         async with runtime.engine.begin() as conn:
             old = await store.load_subscription(conn, sub_id, lock=True)
             if old is None:
                 return _not_found("id", f"no subscription {sub_id}")
+            _may_manage(who, old["recipient"], old["region"])
             secret, fresh = None, False
             if sub.channels.webhook is not None:
                 secret = sub.channels.webhook.secret or old["webhook_secret"]
@@ -144,21 +158,27 @@ def build(runtime: Runtime, clock: Clock | None = None, config: NotifyConfig | N
         return _json(subscription_view(row, show_secret=fresh))
 
     @app.delete("/subscriptions/{sub_id}")
-    async def delete_subscription(sub_id: UUID) -> Response:
+    async def delete_subscription(sub_id: UUID, who: Principal = manager) -> Response:
         async with runtime.engine.begin() as conn:
+            old = await store.load_subscription(conn, sub_id, lock=True)
+            if old is not None:
+                _may_manage(who, old["recipient"], old["region"])
             cancelled = await store.delete_subscription(conn, sub_id)
         if cancelled is None:
             return _not_found("id", f"no subscription {sub_id}")
         return _json({"ok": True, "id": sub_id, "cancelled_deliveries": cancelled})
 
     @app.get("/inbox/{recipient}")
-    async def inbox(recipient: str, unread: bool = False, limit: int = Query(50, ge=1, le=500)) -> JSONResponse:
+    async def inbox(recipient: str, unread: bool = False, limit: int = Query(50, ge=1, le=500),
+                    who: Principal = reader) -> JSONResponse:
         """A recipient's in-app messages, newest first (only the unread ones with unread=true)."""
+        who.require_self_or(recipient, "notify_admin")
         async with runtime.engine.connect() as conn:
             return _json(await store.inbox(conn, recipient, unread, limit))
 
     @app.post("/inbox/{recipient}/{message_id}/read")
-    async def read(recipient: str, message_id: UUID) -> JSONResponse:
+    async def read(recipient: str, message_id: UUID, who: Principal = reader) -> JSONResponse:
+        who.require_self_or(recipient, "notify_admin")
         async with runtime.engine.begin() as conn:
             row = await store.mark_read(conn, recipient, message_id)
         if row is None:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from faststream.nats import NatsMessage
 from pydantic import ValidationError
@@ -17,12 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from contracts import ContractError, Envelope, make_event
 from contracts import events as ev
 from contracts.codes import is_digits
+from cso.auth import Principal
 from cso.commands import parse_command
-from cso.consumer import Rejected, Subscription
+from cso.consumer import OutOfScope, Rejected, Subscription
 from cso.service import Runtime, errors_body
 
 from . import store
-from .record import REGISTRY_FACTS, record
+from .record import REGISTRY_FACTS, record, record_batch
 
 SERVICE = "registry"
 
@@ -41,25 +42,22 @@ COMMANDS: dict[str, type[ev.Payload]] = {
 
 
 class FactsHandler:
-    """Facts published by outside systems on `cso.intake.…`: validated and recorded one by one,
-    each in a savepoint, so a rejected fact leaves nothing behind while its batch commits."""
+    """Facts published by outside systems on `cso.intake.…`: decided in order and saved as one
+    batch (see record_batch); a rejected fact leaves nothing behind while its batch commits."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
     async def apply(self, conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> dict[UUID, Rejected]:
         rejected: dict[UUID, Rejected] = {}
+        facts = []
         for envelope in events:
-            if not isinstance(envelope.payload, REGISTRY_FACTS):
+            if isinstance(envelope.payload, REGISTRY_FACTS):
+                facts.append(envelope)
+            else:
                 rejected[envelope.event_id] = Rejected("type", f"{envelope.type} is not a registry fact")
-                continue
-            savepoint = await conn.begin_nested()
-            try:
-                await record(conn, envelope, self.runtime.topology)
-                await savepoint.commit()
-            except Rejected as e:
-                await savepoint.rollback()
-                rejected[envelope.event_id] = e
+        results = await record_batch(conn, facts, self.runtime.topology) if facts else []
+        rejected.update({e.event_id: r for e, r in zip(facts, results, strict=True) if isinstance(r, Rejected)})
         if len(rejected) < len(events) and self.runtime.relay:
             self.runtime.relay.notify()
         return rejected
@@ -73,8 +71,11 @@ class DivisionsHandler:
         return {}
 
 
-async def execute(runtime: Runtime, command: str, body: bytes, source: str) -> tuple[int, dict[str, Any]]:
-    """Run one command; (HTTP status, typed result). The same result goes back over NATS."""
+async def execute(runtime: Runtime, command: str, body: bytes, source: str, scope: str | None = None,
+                  actor: str | None = None) -> tuple[int, dict[str, Any]]:
+    """Run one command; (HTTP status, typed result). The same result goes back over NATS.
+
+    `scope` limits the regions the caller may write; `actor` (who asked) goes to the audit trail."""
     try:
         payload = parse_command(COMMANDS, command, body)
         # Commands about an existing record take the record's region (record() fills it in).
@@ -85,9 +86,10 @@ async def execute(runtime: Runtime, command: str, body: bytes, source: str) -> t
         return 422, errors_body(ContractError.from_validation(e).errors)
     try:
         async with runtime.engine.begin() as conn:
-            done = await record(conn, envelope, runtime.topology, check_region=False)
+            done = await record(conn, envelope, runtime.topology, check_region=False, scope=scope, actor=actor)
     except Rejected as e:
-        status = 404 if e.field.endswith("_id") and "no " in e.message else 409
+        status = (403 if isinstance(e, OutOfScope) else
+                  404 if e.field.endswith("_id") and "no " in e.message else 409)
         return status, errors_body(ContractError.single(e.field, e.message).errors)
     if runtime.relay:
         runtime.relay.notify()
@@ -112,12 +114,16 @@ def build(runtime: Runtime) -> FastAPI:
     runtime.on_request(topology.command_subject(SERVICE, "*"), on_command)
 
     app = runtime.http("cso registry")
+    registrar = Depends(runtime.auth.role("registrar"))
 
     @app.post("/commands/{command}")
-    async def command(command: str, request: Request) -> JSONResponse:
-        """Run a registry command; the body is the payload of the event it produces."""
+    async def command(command: str, request: Request,
+                      who: Principal = registrar) -> JSONResponse:
+        """Run a registry command; the body is the payload of the event it produces. Needs a
+        token with the registrar role; the record must lie within the token's region."""
         source = request.headers.get("x-cso-source", "http-api")
-        status, result = await execute(runtime, command, await request.body(), source)
+        actor = who.sub if who.authenticated else None
+        status, result = await execute(runtime, command, await request.body(), source, who.scope, actor)
         return JSONResponse(result, status_code=status)
 
     @app.get("/organizations/{org_id}")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from sqlalchemy import text
@@ -13,18 +14,15 @@ from contracts.events import DivisionsImported
 
 from .domain import Interval, Organization
 
+if TYPE_CHECKING:
+    from .record import NewInterval
+
 SCHEMA = "registry"
 _ORG_COLUMNS = [f.name for f in fields(Organization)]
 
 
-async def load_organization(conn: AsyncConnection, org_id: UUID, lock: bool = True) -> Organization | None:
-    row = (await conn.execute(text(
-        f"SELECT {', '.join(_ORG_COLUMNS)} FROM {SCHEMA}.organization WHERE id = :id"
-        + (" FOR UPDATE" if lock else "")), {"id": org_id})).mappings().first()
-    return Organization(**row) if row else None
-
-
 async def load_organizations(conn: AsyncConnection, ids: list[UUID]) -> dict[UUID, Organization | None]:
+    """The organizations, locked in id order (replicas lock in the same order: no deadlock)."""
     rows = (await conn.execute(text(
         f"SELECT {', '.join(_ORG_COLUMNS)} FROM {SCHEMA}.organization WHERE id = ANY(:ids) "
         "ORDER BY id FOR UPDATE"), {"ids": ids})).mappings().all()
@@ -32,90 +30,102 @@ async def load_organizations(conn: AsyncConnection, ids: list[UUID]) -> dict[UUI
     return {i: found.get(i) for i in ids}
 
 
-async def save_organization(conn: AsyncConnection, org: Organization, event_id: UUID, source: str) -> None:
-    values = asdict(org) | {"event_id": event_id, "source": source}
-    assignments = ", ".join(f"{c} = excluded.{c}" for c in _ORG_COLUMNS if c != "id")
+_ORG_TYPES = {"id": "uuid", "filed_on": "date", "registered_on": "date", "ended_on": "date",
+              "brand": "boolean", "brand_projects": "integer", "hub_demonstration": "boolean"}
+
+
+async def save_organizations(conn: AsyncConnection, changed: list[tuple[Organization, UUID, str]]) -> None:
+    """Upsert each organization's state after the batch, with the last event that changed it: one
+    statement over arrays (each organization once, so ON CONFLICT meets each row at most once)."""
+    if not changed:
+        return
+    columns = [*_ORG_COLUMNS, "updated_by", "last_event_id"]
+    arrays = {c: [getattr(org, c) for org, _, _ in changed] for c in _ORG_COLUMNS}
+    arrays["updated_by"] = [source for _, _, source in changed]
+    arrays["last_event_id"] = [event_id for _, event_id, _ in changed]
+    types = _ORG_TYPES | {"last_event_id": "uuid"}
+    assignments = ", ".join(f"{c} = excluded.{c}" for c in columns if c != "id")
     await conn.execute(text(
-        f"INSERT INTO {SCHEMA}.organization ({', '.join(_ORG_COLUMNS)}, updated_by, last_event_id) "
-        f"VALUES ({', '.join(':' + c for c in _ORG_COLUMNS)}, :source, :event_id) "
-        f"ON CONFLICT (id) DO UPDATE SET {assignments}, updated_at = now(), "
-        "updated_by = excluded.updated_by, last_event_id = excluded.last_event_id"), values)
+        f"INSERT INTO {SCHEMA}.organization ({', '.join(columns)}) SELECT * FROM unnest("
+        + ", ".join(f"CAST(:{c} AS {types.get(c, 'text')}[])" for c in columns)
+        + f") ON CONFLICT (id) DO UPDATE SET {assignments}, updated_at = now()"), arrays)
 
 
-async def community_known(conn: AsyncConnection, code: str) -> bool:
-    return (await conn.execute(text(f"SELECT 1 FROM {SCHEMA}.community WHERE code = :c"),
-                               {"c": code})).first() is not None
+async def known_communities(conn: AsyncConnection, codes: list[str]) -> set[str]:
+    return set((await conn.execute(text(
+        f"SELECT code FROM {SCHEMA}.community WHERE code = ANY(:c)"), {"c": codes})).scalars())
 
 
-async def region_known(conn: AsyncConnection, code: str) -> bool:
-    table = {9: "township", 6: "county"}.get(len(code))
-    if table is None:
-        return False
-    return (await conn.execute(text(f"SELECT 1 FROM {SCHEMA}.{table} WHERE code = :c"),
-                               {"c": code})).first() is not None
+async def known_regions(conn: AsyncConnection, codes: list[str]) -> set[str]:
+    """Which of these township (9-digit) or county (6-digit) codes divisions have loaded."""
+    known: set[str] = set()
+    for length, table in ((6, "county"), (9, "township")):
+        subset = [c for c in codes if len(c) == length]
+        if subset:
+            known.update((await conn.execute(text(
+                f"SELECT code FROM {SCHEMA}.{table} WHERE code = ANY(:c)"), {"c": subset})).scalars())
+    return known
 
 
-async def unknown_townships(conn: AsyncConnection, codes: list[str]) -> list[str]:
-    known = set((await conn.execute(text(
-        f"SELECT code FROM {SCHEMA}.township WHERE code = ANY(:c)"), {"c": codes})).scalars())
-    return [c for c in codes if c not in known]
-
-
-async def credit_code_holder(conn: AsyncConnection, code: str) -> UUID | None:
-    holder: UUID | None = (await conn.execute(text(
-        f"SELECT id FROM {SCHEMA}.organization WHERE social_credit_code = :c"), {"c": code})).scalar()
-    return holder
+async def credit_code_holders(conn: AsyncConnection, codes: list[str]) -> dict[str, UUID]:
+    rows = (await conn.execute(text(
+        f"SELECT social_credit_code, id FROM {SCHEMA}.organization WHERE social_credit_code = ANY(:c)"),
+        {"c": codes})).all()
+    return {code: ident for code, ident in rows}
 
 
 _INTERVAL_TABLES = {"hub": "hub", "base": "incubation_base", "party": "party_organization"}
 
 
-async def load_interval(conn: AsyncConnection, kind: str, ident: UUID) -> Interval | None:
+async def load_intervals(conn: AsyncConnection, kind: str, ids: list[UUID]) -> dict[UUID, Interval]:
     table = _INTERVAL_TABLES[kind]
     org = "organization_id" if kind == "hub" else "NULL AS organization_id"
-    row = (await conn.execute(text(
+    rows = (await conn.execute(text(
         f"SELECT id, region_code, started_on, ended_on, {org} FROM {SCHEMA}.{table} "
-        "WHERE id = :id FOR UPDATE"), {"id": ident})).mappings().first()
-    return Interval(**row) if row else None
+        "WHERE id = ANY(:ids) ORDER BY id FOR UPDATE"), {"ids": ids})).mappings().all()
+    return {r["id"]: Interval(**r) for r in rows}
 
 
-async def insert_hub(conn: AsyncConnection, hub: Interval, name: str | None,
-                     leader: UUID | None, source: str) -> None:
+async def insert_intervals(conn: AsyncConnection, kind: str, created: Sequence[NewInterval]) -> None:
+    """Hubs, bases or party organizations created in a batch (already ended, if the batch ended them)."""
+    if not created:
+        return
+    rows = [{"id": n.interval.id, "region": n.interval.region_code, "started": n.interval.started_on,
+             "ended": n.interval.ended_on, "source": n.source, "name": n.name, "org": n.interval.organization_id,
+             "leader": n.leader, "kind": n.party_kind, "members": n.members} for n in created]
+    columns = {"hub": "organization_id, name, leader_person_id", "base": "name",
+               "party": "kind, members"}[kind]
+    values = {"hub": ":org, :name, :leader", "base": ":name", "party": ":kind, :members"}[kind]
     await conn.execute(text(
-        f"INSERT INTO {SCHEMA}.hub (id, organization_id, region_code, name, leader_person_id, "
-        "started_on, updated_by) VALUES (:id, :org, :region, :name, :leader, :started, :source)"),
-        {"id": hub.id, "org": hub.organization_id, "region": hub.region_code, "name": name,
-         "leader": leader, "started": hub.started_on, "source": source})
+        f"INSERT INTO {SCHEMA}.{_INTERVAL_TABLES[kind]} (id, region_code, started_on, ended_on, updated_by, "
+        f"{columns}) VALUES (:id, :region, :started, :ended, :source, {values})"), rows)
+    if kind == "base":
+        await conn.execute(text(
+            f"INSERT INTO {SCHEMA}.base_township (base_id, township_code) VALUES (:b, :t)"),
+            [{"b": n.interval.id, "t": t} for n in created for t in n.townships])
+    elif kind == "party":
+        await conn.execute(text(
+            f"INSERT INTO {SCHEMA}.party_coverage (party_organization_id, organization_id) VALUES (:p, :o)"),
+            [{"p": n.interval.id, "o": o} for n in created for o in n.organization_ids])
 
 
-async def insert_base(conn: AsyncConnection, base: Interval, name: str, townships: list[str],
-                      source: str) -> None:
-    await conn.execute(text(
-        f"INSERT INTO {SCHEMA}.incubation_base (id, name, region_code, started_on, updated_by) "
-        "VALUES (:id, :name, :region, :started, :source)"),
-        {"id": base.id, "name": name, "region": base.region_code, "started": base.started_on,
-         "source": source})
-    await conn.execute(text(
-        f"INSERT INTO {SCHEMA}.base_township (base_id, township_code) VALUES (:b, :t)"),
-        [{"b": base.id, "t": t} for t in sorted(set(townships))])
+async def end_intervals(conn: AsyncConnection, kind: str, ended: Sequence[tuple[Interval, str]]) -> None:
+    if ended:
+        await conn.execute(text(
+            f"UPDATE {SCHEMA}.{_INTERVAL_TABLES[kind]} SET ended_on = :ended, updated_by = :source "
+            "WHERE id = :id"), [{"id": i.id, "ended": i.ended_on, "source": source} for i, source in ended])
 
 
-async def insert_party(conn: AsyncConnection, party: Interval, kind: str, members: int,
-                       organization_ids: list[UUID], source: str) -> None:
-    await conn.execute(text(
-        f"INSERT INTO {SCHEMA}.party_organization (id, kind, members, region_code, started_on, "
-        "updated_by) VALUES (:id, :kind, :members, :region, :started, :source)"),
-        {"id": party.id, "kind": kind, "members": members, "region": party.region_code,
-         "started": party.started_on, "source": source})
-    await conn.execute(text(
-        f"INSERT INTO {SCHEMA}.party_coverage (party_organization_id, organization_id) VALUES (:p, :o)"),
-        [{"p": party.id, "o": o} for o in sorted(set(organization_ids))])
-
-
-async def end_interval(conn: AsyncConnection, kind: str, interval: Interval, source: str) -> None:
-    await conn.execute(text(
-        f"UPDATE {SCHEMA}.{_INTERVAL_TABLES[kind]} SET ended_on = :ended, updated_by = :source "
-        "WHERE id = :id"), {"id": interval.id, "ended": interval.ended_on, "source": source})
+async def insert_audit(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """Who changed which record, when, from which system, and what changed: kept with the record."""
+    if rows:
+        columns = ["event_id", "record_kind", "record_id", "type", "actor", "source", "region", "changes"]
+        types = {"event_id": "uuid", "record_id": "uuid"}
+        await conn.execute(text(
+            f"INSERT INTO {SCHEMA}.audit ({', '.join(columns)}) SELECT e, k, i, t, a, s, r, CAST(c AS jsonb) "
+            "FROM unnest(" + ", ".join(f"CAST(:{c} AS {types.get(c, 'text')}[])" for c in columns)
+            + ") WITH ORDINALITY AS u(e, k, i, t, a, s, r, c, n) ORDER BY n"),
+            {c: [row[c] for row in rows] for c in columns})
 
 
 async def upsert_divisions(conn: AsyncConnection, d: DivisionsImported) -> None:
@@ -167,8 +177,11 @@ async def organization_view(conn: AsyncConnection, org_id: UUID) -> dict[str, An
         f"SELECT p.id, p.kind, p.started_on, p.ended_on FROM {SCHEMA}.party_organization p "
         f"JOIN {SCHEMA}.party_coverage c ON c.party_organization_id = p.id WHERE c.organization_id = :id"),
         {"id": org_id})).mappings().all()
+    audit = (await conn.execute(text(
+        f"SELECT event_id, type, actor, source, recorded_at, changes FROM {SCHEMA}.audit "
+        "WHERE record_id = :id ORDER BY seq"), {"id": org_id})).mappings().all()
     return dict(row) | {"history": [dict(h) for h in history], "hubs": [dict(h) for h in hubs],
-                        "party_organizations": [dict(p) for p in party]}
+                        "party_organizations": [dict(p) for p in party], "audit": [dict(a) for a in audit]}
 
 
 async def organizations_in(conn: AsyncConnection, region: str, status: str | None, limit: int,

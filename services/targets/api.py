@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from faststream.nats import NatsMessage
 from sqlalchemy import text
@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import ContractError, FieldError
 from contracts.envelope import load_json
+from cso.auth import Principal
 from cso.consumer import Subscription
 from cso.service import Runtime, errors_body, repeat
 
@@ -35,6 +36,14 @@ log = logging.getLogger(__name__)
 async def load_specs(conn: AsyncConnection) -> list[TargetSpec]:
     rows = (await conn.execute(text(f"SELECT spec FROM {SCHEMA}.target ORDER BY id"))).scalars().all()
     return parse_catalogue({"targets": list(rows)}, "targets.target") if rows else []
+
+
+async def target_region(conn: AsyncConnection, target_id: str, lock: bool = False) -> str | None:
+    """The scope region of a target in the catalogue (None: no such target)."""
+    region: str | None = (await conn.execute(text(
+        f"SELECT spec->>'scope_region' FROM {SCHEMA}.target WHERE id = :id" + (" FOR UPDATE" if lock else "")),
+        {"id": target_id})).scalar()
+    return region
 
 
 async def seed_catalogue(conn: AsyncConnection, path: Path) -> int:
@@ -147,6 +156,7 @@ def build(runtime: Runtime, clock: evaluation.Clock | None = None,
     app = runtime.http("cso targets", large_bodies=plans_api.LARGE_BODIES)
     app.state.runtime, app.state.clock = runtime, clock
     plans_api.mount(app, runtime, clock)
+    planner = Depends(runtime.auth.role("planner"))
 
     async def respond(view: Callable[[AsyncConnection], Awaitable[Any]]) -> JSONResponse:
         status, body = await answer(view)
@@ -177,13 +187,19 @@ def build(runtime: Runtime, clock: evaluation.Clock | None = None,
         return JSONResponse(json.loads(json.dumps([dict(r) for r in rows], default=str)))
 
     @app.put("/targets/{target_id}")
-    async def put_target(target_id: str, request: Request) -> JSONResponse:
-        """Add or replace a target; the body is one catalogue entry (its id must match the path)."""
+    async def put_target(target_id: str, request: Request,
+                         who: Principal = planner) -> JSONResponse:
+        """Add or replace a target; the body is one catalogue entry (its id must match the path).
+        Needs the planner role; the target's scope region (and the one it replaces) within the token's."""
         item = load_json(await request.body())
         if not isinstance(item, dict) or item.get("id") != target_id:
             return JSONResponse(errors_body([FieldError(field="id", message="must equal the path's id")]), 422)
         try:
             async with runtime.engine.begin() as conn:
+                replaced = await target_region(conn, target_id, lock=True)
+                for region in (replaced, parse_catalogue({"targets": [item]}, "api")[0].scope_region):
+                    if region is not None:
+                        who.require_region(region)
                 spec = await upsert_spec(conn, item, "api")
         except CatalogueError as e:
             return JSONResponse(errors_body([FieldError(field="target", message=p) for p in e.problems]), 422)
@@ -191,8 +207,11 @@ def build(runtime: Runtime, clock: evaluation.Clock | None = None,
         return JSONResponse({"ok": True, "id": spec.id})
 
     @app.delete("/targets/{target_id}")
-    async def retire_target(target_id: str) -> JSONResponse:
+    async def retire_target(target_id: str,
+                            who: Principal = planner) -> JSONResponse:
         async with runtime.engine.begin() as conn:
+            if (region := await target_region(conn, target_id, lock=True)) is not None:
+                who.require_region(region)
             result = await conn.execute(text(
                 f"UPDATE {SCHEMA}.target SET retired = true, spec = jsonb_set(spec, '{{retired}}', 'true'), "
                 "updated_at = now() WHERE id = :id"), {"id": target_id})

@@ -4,7 +4,7 @@ recomputed, coverage moved by the difference. One transaction per batch, O(tiers
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -44,11 +44,13 @@ async def apply_facts(conn: AsyncConnection, events: Sequence[Envelope[Any]]) ->
         direct.add(key)
     await store.insert_facts(conn, rows)
     await store.insert_memberships(conn, pairs)
-    return await recompute(conn, direct)
+    return await recompute(conn, direct, {e.event_id: e.payload for e in events})
 
 
-async def recompute(conn: AsyncConnection, direct: set[str]) -> set[str]:
-    """Recompute the timelines of the entities whose facts (or whose inputs) are in `direct`."""
+async def recompute(conn: AsyncConnection, direct: set[str],
+                    known: Mapping[UUID, ev.Payload] | None = None) -> set[str]:
+    """Recompute the timelines of the entities whose facts (or whose inputs) are in `direct`;
+    `known` are payloads already parsed (the batch's), by event id."""
     if not direct:
         return set()
     # Lock the entities the facts are about first: a replica that is applying other facts of the
@@ -87,7 +89,7 @@ async def recompute(conn: AsyncConnection, direct: set[str]) -> set[str]:
     # hubs and bases serving the townships; kinds of their communities and townships.
     links = (await store.owners_of(conn, orgs, "party:") + await store.owners_of(conn, hubcov, "hub:")
              + await store.owners_of(conn, basecov, "base:"))
-    facts = await store.facts_of(conn, targets | {o for o, _ in links})
+    facts = await store.facts_of(conn, targets | {o for o, _ in links}, known)
     communities = {getattr(f.payload, "community_code", None) for o in orgs for f in facts.get(o, [])}
     kinds = await store.division_kinds(conn, {c for c in communities if c} | hubcov | basecov)
     new = ent.timelines_for(targets, facts, links, kinds)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date
 from typing import Any
 from uuid import UUID
@@ -58,13 +58,19 @@ async def owners_of(conn: AsyncConnection, members: Iterable[str], prefix: str) 
     return [(r[0], r[1]) for r in rows]
 
 
-async def facts_of(conn: AsyncConnection, keys: Iterable[str]) -> dict[str, list[Fact]]:
+async def facts_of(conn: AsyncConnection, keys: Iterable[str],
+                   known: Mapping[UUID, ev.Payload] | None = None) -> dict[str, list[Fact]]:
+    """Every fact of these entities. Payloads in `known` (the batch being applied, already parsed)
+    are not read back and validated again: most facts a backfill recomputes are the batch's own."""
+    known = known or {}
     rows = await conn.execute(text(
-        f"SELECT entity_key, event_id, type, occurred_at, payload FROM {SCHEMA}.fact "
-        "WHERE entity_key = ANY(:k)"), {"k": sorted(set(keys))})
+        f"SELECT entity_key, event_id, type, occurred_at, "
+        "CASE WHEN event_id = ANY(:known) THEN NULL ELSE payload END "
+        f"FROM {SCHEMA}.fact WHERE entity_key = ANY(:k)"), {"k": sorted(set(keys)), "known": list(known)})
     out: dict[str, list[Fact]] = defaultdict(list)
     for key, event_id, type_, occurred_at, payload in rows:
-        out[key].append(Fact(occurred_at, event_id, PAYLOAD_BY_TYPE[type_].model_validate(payload)))
+        parsed = known.get(event_id) or PAYLOAD_BY_TYPE[type_].model_validate(payload)
+        out[key].append(Fact(occurred_at, event_id, parsed))
     return out
 
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from faststream.nats import NatsMessage
 from sqlalchemy.exc import IntegrityError
@@ -23,13 +23,14 @@ from contracts import ContractError, Envelope
 from contracts import events as ev
 from contracts.codes import is_digits
 from contracts.envelope import MAX_EVENT_BYTES
+from cso.auth import PII_READER, Principal
 from cso.commands import parse_command
-from cso.consumer import Rejected, Subscription
+from cso.consumer import OutOfScope, Rejected, Subscription
 from cso.service import Runtime, errors_body
 
-from . import domain, sheet, store
+from . import domain, personal, sheet, store
 from .commands import COMMANDS, AttendanceSheet, today
-from .record import Context, attendance_sheet, handle, hub_leader, organization_fact
+from .record import Context, attendance_sheet, handle, hub_leader, organization_facts
 
 SERVICE = "training"
 log = logging.getLogger(__name__)
@@ -66,24 +67,31 @@ class RegistryHandler:
         rejected: dict[UUID, Rejected] = {}
         staged = False
         ctx = Context(self.runtime.topology, self.key, SERVICE, today())
+        pending: list[Envelope[Any]] = []
         for envelope in events:
             fact = envelope.payload
+            if not (isinstance(fact, ev.HubEstablished) and fact.leader_person_id is not None):
+                pending.append(envelope)
+                continue
+            # A hub leader may refer to an organization of the same batch: save those first.
+            await organization_facts(conn, pending)
+            pending = []
             savepoint = await conn.begin_nested()
             try:
-                if isinstance(fact, ev.HubEstablished) and fact.leader_person_id is not None:
-                    staged = await hub_leader(conn, envelope, ctx) or staged
-                else:
-                    await organization_fact(conn, envelope)
+                staged = await hub_leader(conn, envelope, ctx) or staged
                 await savepoint.commit()
             except Rejected as e:
                 await savepoint.rollback()
                 rejected[envelope.event_id] = e
+        await organization_facts(conn, pending)
         if staged and self.runtime.relay:
             self.runtime.relay.notify()
         return rejected
 
 
 def _status(e: Rejected) -> int:
+    if isinstance(e, OutOfScope):
+        return 403
     return 404 if e.field.endswith("_id") and e.message.startswith("no ") else 409
 
 
@@ -94,8 +102,9 @@ def _context(runtime: Runtime, key: bytes, source: str) -> Context:
 
 
 async def execute(runtime: Runtime, key: bytes, command: str, body: bytes,
-                  source: str) -> tuple[int, dict[str, Any]]:
-    """Run one command; (HTTP status, typed result). The same result goes back over NATS."""
+                  source: str, scope: str | None = None) -> tuple[int, dict[str, Any]]:
+    """Run one command; (HTTP status, typed result). The same result goes back over NATS.
+    `scope`: the region prefix the caller may write (its token's); outside it is a 403."""
     try:
         limit = 2 * sheet.MAX_SHEET_BYTES if COMMANDS.get(command) is AttendanceSheet else MAX_EVENT_BYTES
         cmd = parse_command(COMMANDS, command, body, limit)
@@ -110,10 +119,10 @@ async def execute(runtime: Runtime, key: bytes, command: str, body: bytes,
                 raw = base64.b64decode(cmd.sheet_base64 or "", validate=True)
             except binascii.Error:
                 return 422, errors_body(ContractError.single("sheet_base64", "not base64").errors)
-        return await upload(runtime, ctx, cmd.session_id, raw, cmd.dry_run, cmd.accept_partial)
+        return await upload(runtime, ctx, cmd.session_id, raw, cmd.dry_run, cmd.accept_partial, scope)
     try:
         async with runtime.engine.begin() as conn:
-            done = await handle(conn, cmd, ctx)
+            done = await handle(conn, cmd, ctx, scope)
     except Rejected as e:
         return _status(e), errors_body(ContractError.single(e.field, e.message).errors)
     except IntegrityError:
@@ -126,12 +135,13 @@ async def execute(runtime: Runtime, key: bytes, command: str, body: bytes,
 
 
 async def upload(runtime: Runtime, ctx: Context, session_id: UUID, data: bytes, dry_run: bool,
-                 accept_partial: bool) -> tuple[int, dict[str, Any]]:
+                 accept_partial: bool, scope: str | None = None) -> tuple[int, dict[str, Any]]:
     """An attendance sheet: the row-by-row report, and the attendance written only if every row is
     good (or the caller explicitly accepts a partial sheet). A dry run writes nothing."""
     try:
         async with runtime.engine.begin() as conn:
-            report, applied = await attendance_sheet(conn, session_id, data, ctx, dry_run, accept_partial)
+            report, applied = await attendance_sheet(conn, session_id, data, ctx, dry_run, accept_partial,
+                                                     scope)
     except sheet.SheetError as e:
         return 422, errors_body(ContractError.single(e.field, e.message).errors)
     except Rejected as e:
@@ -153,14 +163,7 @@ def sheet_reply(session_id: UUID, report: domain.SheetReport, dry_run: bool, app
     }
 
 
-def _masked(row: dict[str, Any]) -> dict[str, Any]:
-    """A person's row for the read API: name and phone masked, the ID number only masked anyway."""
-    out = dict(row)
-    if "name" in out:
-        out["name"] = domain.mask_name(out["name"])
-    if "phone" in out:
-        out["phone"] = domain.mask_phone(out["phone"])
-    return out
+_masked = personal.masked
 
 
 def _county(code: str) -> str:
@@ -189,18 +192,23 @@ def build(runtime: Runtime) -> FastAPI:
     sheets = 2 * sheet.MAX_SHEET_BYTES  # a CSV, or its base64 inside a command
     app = runtime.http("cso training", large_bodies={"/commands/attendance_sheet": sheets,
                                                      "/sessions/[^/]+/attendance": sheets})
+    trainer = Depends(runtime.auth.role("trainer"))
+    caller = Depends(runtime.auth.caller())   # personal data: a token in the person's region
 
     @app.post("/commands/{command}")
-    async def command(command: str, request: Request) -> JSONResponse:
+    async def command(command: str, request: Request,
+                      who: Principal = trainer) -> JSONResponse:
         """Run a training command (add_member, update_member, remove_member, schedule, enrol,
-        withdraw, attend, complete, cancel, record_exam, select_outstanding, attendance_sheet)."""
+        withdraw, attend, complete, cancel, record_exam, select_outstanding, attendance_sheet).
+        Needs the trainer role; the county or session it touches must be within the token's region."""
         source = request.headers.get("x-cso-source", "http-api")
-        status, result = await execute(runtime, key, command, await request.body(), source)
+        status, result = await execute(runtime, key, command, await request.body(), source, who.scope)
         return JSONResponse(json.loads(json.dumps(result, default=str)), status_code=status)
 
     @app.post("/sessions/{session_id}/attendance")
     async def attendance(session_id: UUID, request: Request, dry_run: bool = False,
-                         accept_partial: bool = False) -> JSONResponse:
+                         accept_partial: bool = False,
+                         who: Principal = trainer) -> JSONResponse:
         """Upload an attendance sheet (the CSV file as the body: 姓名,身份证号,手机号,签到; UTF-8 with or
         without BOM, or GBK). All rows or nothing, unless accept_partial=true; dry_run=true only reports."""
         try:
@@ -211,18 +219,27 @@ def build(runtime: Runtime) -> FastAPI:
         if len(data) > sheet.MAX_SHEET_BYTES:
             return JSONResponse(errors_body(ContractError.single(
                 "sheet", f"{len(data)} bytes exceeds {sheet.MAX_SHEET_BYTES}").errors), status_code=413)
-        status, result = await upload(runtime, ctx, session_id, data, dry_run, accept_partial)
+        status, result = await upload(runtime, ctx, session_id, data, dry_run, accept_partial, who.scope)
         return JSONResponse(result, status_code=status)
 
     @app.get("/counties/{code}/pool")
-    async def pool(code: str, include_removed: bool = False) -> dict[str, Any]:
-        """A county's core-talent pool, each member with their training count (completions)."""
+    async def pool(code: str, request: Request, include_removed: bool = False, unmasked: bool = False,
+                   who: Principal = caller) -> dict[str, Any]:
+        """A county's core-talent pool, each member with their training count (completions); names
+        and phones masked, unless unmasked=true by a pii_reader of the county (recorded)."""
         county = _county(code)
-        async with runtime.engine.connect() as conn:
+        who.require_region(county, "code")
+        if unmasked:
+            who.require(PII_READER, personal=True)
+        async with runtime.engine.begin() as conn:
             name = await store.county_name(conn, county)
             if name is None:
                 raise HTTPException(404, detail=f"code: unknown county {county}")
-            members = [_masked(m) for m in await store.pool_view(conn, county, include_removed)]
+            members = await store.pool_view(conn, county, include_removed)
+            if unmasked:
+                await personal.record_request(conn, who, "read_unmasked", None, county, personal.source_of(request))
+            else:
+                members = [_masked(m) for m in members]
         current = [m for m in members if m["removed_on"] is None]
         return {"county": county, "name": name, "members": members, "total": len(current),
                 "trained": sum(1 for m in current if m["trainings"] > 0),
@@ -270,22 +287,18 @@ def build(runtime: Runtime) -> FastAPI:
         return {"region": code, "items": items}
 
     @app.get("/people/{person_id}")
-    async def person(person_id: UUID) -> dict[str, Any]:
-        """A person (masked), their pool memberships and exams."""
-        async with runtime.engine.connect() as conn:
-            view = await store.person_view(conn, person_id)
-        if view is None:
-            raise HTTPException(404, detail=f"person_id: no person {person_id}")
-        return _masked(view)
+    async def person(person_id: UUID, request: Request, unmasked: bool = False,
+                     who: Principal = caller) -> dict[str, Any]:
+        """A person (masked; unmasked=true: in full, for a pii_reader of their county, recorded),
+        their pool memberships and exams."""
+        async with runtime.engine.begin() as conn:
+            return await personal.person_view(conn, who, person_id, unmasked, personal.source_of(request))
 
     @app.get("/people/{person_id}/trainings")
-    async def trainings(person_id: UUID) -> dict[str, Any]:
+    async def trainings(person_id: UUID, who: Principal = caller) -> dict[str, Any]:
         """A person's training history: every session they enrolled in, and what came of it."""
         async with runtime.engine.connect() as conn:
-            if await store.load_person(conn, person_id, lock=False) is None:
-                raise HTTPException(404, detail=f"person_id: no person {person_id}")
-            items = await store.trainings_of(conn, person_id)
-        return {"person_id": str(person_id), "items": items,
-                "completed": sum(1 for i in items if i["completion_id"] is not None)}
+            return await personal.trainings_view(conn, who, person_id)
 
+    personal.mount(app, runtime)   # GET /people/{id}/export, DELETE /people/{id}
     return app

@@ -8,6 +8,7 @@ a rejected ID number is never echoed back.
 from __future__ import annotations
 
 from datetime import date, datetime
+from enum import StrEnum
 from typing import Annotated, Literal
 from uuid import UUID, uuid4
 
@@ -83,9 +84,22 @@ class UpdateMember(Command):
         return self
 
 
+class RemovalReason(StrEnum):
+    """Why a person left a pool, as published: a code, never the official's words, because
+    TalentPoolMemberRemoved travels on the bus, where personal data may not go."""
+
+    LEFT_COUNTY = "left_county"
+    RESIGNED = "resigned"
+    NO_LONGER_ACTIVE = "no_longer_active"
+    DECEASED = "deceased"
+    OTHER = "other"
+
+
 class RemoveMember(Command):
     person_id: UUID
+    # The official's own words: kept in training's schema (erased with the person), never published.
     reason: Reason
+    reason_code: RemovalReason = RemovalReason.OTHER
     removed_on: PastOrToday = Field(default_factory=today)
 
 

@@ -9,6 +9,7 @@ nothing here puts a name, a phone or an ID number into an event or a log line un
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -19,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from contracts import Envelope, Topology, make_event
 from contracts import events as ev
 from cso import outbox
-from cso.consumer import Rejected
+from cso.consumer import OutOfScope, Rejected
 
 from . import domain, sheet, store
 from .commands import (
@@ -75,23 +76,42 @@ def _hash(ctx: Context, id_number: str | None) -> tuple[str | None, str | None]:
     return domain.id_hash(ctx.pii_key, id_number), domain.mask_id(id_number)
 
 
-async def handle(conn: AsyncConnection, cmd: Command, ctx: Context) -> Done:
-    """Apply one command; raises Rejected (the caller rolls back) if it breaks a rule."""
+def in_scope(region: str | None, scope: str | None) -> None:
+    """Raise OutOfScope unless `region` lies within `scope`, the region prefix the caller may
+    write (its token's; None: no limit, "" national). An unknown region is only a national caller's."""
+    if scope is None or scope == "" or (region is not None and region.startswith(scope)):
+        return
+    raise OutOfScope("region", f"{region or 'a record without a region'} is outside your region {scope}")
+
+
+async def handle(conn: AsyncConnection, cmd: Command, ctx: Context, scope: str | None = None) -> Done:
+    """Apply one command; raises Rejected (the caller rolls back) if it breaks a rule, OutOfScope
+    if what it touches lies outside `scope` (checked as soon as the region is known)."""
+    done = await _handle(conn, cmd, ctx, scope)
+    in_scope(done.region, scope)
+    return done
+
+
+async def _handle(conn: AsyncConnection, cmd: Command, ctx: Context, scope: str | None) -> Done:
     match cmd:
         case AddMember():
+            in_scope(cmd.county_code, scope)
             return await _add_member(conn, cmd, ctx)
         case UpdateMember():
-            return await _update_member(conn, cmd, ctx)
+            return await _update_member(conn, cmd, ctx, scope)
         case RemoveMember():
-            membership = domain.remove_member(cmd.person_id, await store.load_membership(conn, cmd.person_id),
-                                              cmd.reason, cmd.removed_on)
+            current = await store.load_membership(conn, cmd.person_id)
+            if current is not None:
+                in_scope(current.county_code, scope)
+            membership = domain.remove_member(cmd.person_id, current, cmd.reason, cmd.removed_on)
             await store.update_membership(conn, membership, ctx.source)
             events = await _stage(conn, ctx, [(ev.TalentPoolMemberRemoved(
-                person_id=cmd.person_id, county_code=membership.county_code, reason=cmd.reason,
+                person_id=cmd.person_id, county_code=membership.county_code, reason=cmd.reason_code.value,
                 removed_on=cmd.removed_on), str(cmd.person_id), None)])
             log.info("person %s left the pool of %s", cmd.person_id, membership.county_code)
             return Done(str(cmd.person_id), membership.county_code, events)
         case ScheduleSession():
+            in_scope(cmd.organizer_region, scope)
             scheduled = domain.schedule(
                 await store.load_session(conn, cmd.session_id),
                 await store.region_known(conn, cmd.organizer_region),
@@ -105,7 +125,7 @@ async def handle(conn: AsyncConnection, cmd: Command, ctx: Context) -> Done:
                 mode=cmd.mode), str(scheduled.id), None)])
             return Done(str(scheduled.id), scheduled.organizer_region, events)
         case Enrol():
-            session = await store.load_session(conn, cmd.session_id)     # locked: places are counted
+            session = await _session(conn, cmd.session_id, scope)     # locked: places are counted
             enrolments = await store.load_enrolments(conn, cmd.session_id)
             taken = sum(1 for e in enrolments.values() if e.status == "enrolled")
             enrolment = domain.enrol(session, cmd.session_id,
@@ -116,22 +136,22 @@ async def handle(conn: AsyncConnection, cmd: Command, ctx: Context) -> Done:
             return Done(str(cmd.session_id), session.organizer_region,
                         extra={"enrolled": taken + 1, "capacity": session.capacity})
         case Withdraw():
-            session = await store.load_session(conn, cmd.session_id)
+            session = await _session(conn, cmd.session_id, scope)
             enrolments = await store.load_enrolments(conn, cmd.session_id)
             enrolment = domain.withdraw(session, cmd.session_id, enrolments.get(cmd.person_id), cmd.person_id)
             await store.save_enrolments(conn, [enrolment], ctx.source)
             return Done(str(cmd.session_id), session.organizer_region if session else None)
         case RecordAttendance():
-            session = await store.load_session(conn, cmd.session_id)
+            session = await _session(conn, cmd.session_id, scope)
             enrolments = await store.load_enrolments(conn, cmd.session_id)
             enrolment = domain.attend(session, cmd.session_id, enrolments.get(cmd.person_id), cmd.person_id,
                                       cmd.attended, ctx.today)
             await store.save_enrolments(conn, [enrolment], ctx.source)
             return Done(str(cmd.session_id), session.organizer_region if session else None)
         case CompleteSession():
-            return await _complete(conn, cmd, ctx)
+            return await _complete(conn, cmd, ctx, scope)
         case CancelSession():
-            cancelled = domain.cancel(await store.load_session(conn, cmd.session_id), cmd.session_id,
+            cancelled = domain.cancel(await _session(conn, cmd.session_id, scope), cmd.session_id,
                                       cmd.reason, cmd.cancelled_on)
             await store.save_session(conn, cancelled, ctx.source)
             released = await store.release_enrolments(conn, cmd.session_id, ctx.source)
@@ -139,6 +159,7 @@ async def handle(conn: AsyncConnection, cmd: Command, ctx: Context) -> Done:
         case RecordExam():
             county = domain.exam_county(await store.load_person(conn, cmd.person_id, lock=False),
                                         cmd.person_id, await store.load_membership(conn, cmd.person_id))
+            in_scope(county, scope)
             await store.upsert_exam(conn, cmd.person_id, cmd.year, cmd.level, cmd.passed, county, ctx.source)
             # The same record again is the same event; a corrected result is a new one.
             exam = ev.QualificationExamRecorded(person_id=cmd.person_id, county_code=county, year=cmd.year,
@@ -147,6 +168,7 @@ async def handle(conn: AsyncConnection, cmd: Command, ctx: Context) -> Done:
                 domain.TRAINING, f"exam:{cmd.person_id}:{cmd.year}:{cmd.level}:{cmd.passed}"))])
             return Done(str(cmd.person_id), county, events=events)
         case SelectOutstanding():
+            in_scope(cmd.county_code, scope)
             subject = cmd.subject
             leader = cmd.kind == "leader"
             domain.select_outstanding(
@@ -160,6 +182,14 @@ async def handle(conn: AsyncConnection, cmd: Command, ctx: Context) -> Done:
             return Done(str(subject), cmd.county_code)
         case _:
             raise Rejected("command", f"training has no command {type(cmd).__name__}")
+
+
+async def _session(conn: AsyncConnection, session_id: UUID, scope: str | None) -> domain.Session | None:
+    """The session (locked), refused if it is organized outside the caller's region."""
+    session = await store.load_session(conn, session_id)
+    if session is not None:
+        in_scope(session.organizer_region, scope)
+    return session
 
 
 async def _add_member(conn: AsyncConnection, cmd: AddMember, ctx: Context) -> Done:
@@ -188,9 +218,11 @@ async def _add_member(conn: AsyncConnection, cmd: AddMember, ctx: Context) -> Do
                 extra={"person_id": str(added.person.id), "new_person": added.new_person})
 
 
-async def _update_member(conn: AsyncConnection, cmd: UpdateMember, ctx: Context) -> Done:
+async def _update_member(conn: AsyncConnection, cmd: UpdateMember, ctx: Context, scope: str | None) -> Done:
     digest, masked = _hash(ctx, cmd.id_number)
     membership = await store.load_membership(conn, cmd.person_id)
+    if membership is not None:
+        in_scope(membership.county_code, scope)
     person, changed = domain.update_member(
         await store.load_person(conn, cmd.person_id), cmd.person_id, membership,
         await store.person_by_hash(conn, digest), await store.load_organization(conn, cmd.organization_id),
@@ -203,8 +235,8 @@ async def _update_member(conn: AsyncConnection, cmd: UpdateMember, ctx: Context)
     return Done(str(person.id), membership.county_code if membership else None)
 
 
-async def _complete(conn: AsyncConnection, cmd: CompleteSession, ctx: Context) -> Done:
-    session = await store.load_session(conn, cmd.session_id)
+async def _complete(conn: AsyncConnection, cmd: CompleteSession, ctx: Context, scope: str | None) -> Done:
+    session = await _session(conn, cmd.session_id, scope)
     enrolments = await store.load_enrolments(conn, cmd.session_id)
     counties = await store.counties_of(conn, list(enrolments))
     completed, completions = domain.complete(session, cmd.session_id, enrolments, counties, cmd.person_ids,
@@ -225,12 +257,14 @@ async def _complete(conn: AsyncConnection, cmd: CompleteSession, ctx: Context) -
 # --- attendance sheets -----------------------------------------------------------------------------
 
 async def attendance_sheet(conn: AsyncConnection, session_id: UUID, data: bytes, ctx: Context,
-                           dry_run: bool, accept_partial: bool) -> tuple[domain.SheetReport, bool]:
+                           dry_run: bool, accept_partial: bool, scope: str | None = None
+                           ) -> tuple[domain.SheetReport, bool]:
     """Check a sheet row by row and, unless it is a dry run, apply it: all of it, or (with any row
     rejected) nothing unless `accept_partial`. Returns the report and whether anything was written.
-    Raises sheet.SheetError if the sheet cannot be read, Rejected if the session takes no attendance."""
+    Raises sheet.SheetError if the sheet cannot be read, Rejected if the session takes no attendance,
+    OutOfScope if the session is organized outside `scope`."""
     rows = sheet.parse(data)
-    session = await store.load_session(conn, session_id)
+    session = await _session(conn, session_id, scope)
     enrolments = await store.load_enrolments(conn, session_id)
     domain.attendable(session, session_id, ctx.today)
     keys = domain.row_keys(rows, ctx.pii_key, ctx.today)
@@ -275,18 +309,41 @@ async def hub_leader(conn: AsyncConnection, envelope: Envelope[Any], ctx: Contex
     return True
 
 
-async def organization_fact(conn: AsyncConnection, envelope: Envelope[Any]) -> None:
-    """Where organizations are and whether they are active (to link pool members and selections)."""
-    fact = envelope.payload
-    match fact:
-        case ev.OrganizationFiled() | ev.OrganizationRegistered():
-            await store.upsert_organization(conn, fact.organization_id, fact.community_code, "active",
-                                            envelope.event_id)
-        case ev.OrganizationUpdated() if fact.community_code is not None:
-            await store.upsert_organization(conn, fact.organization_id, fact.community_code, None,
-                                            envelope.event_id)
-        case ev.OrganizationDeregistered():
-            await store.upsert_organization(conn, fact.organization_id, None, fact.kind.value,
-                                            envelope.event_id)
-        case _:
-            pass
+@dataclass
+class OrganizationChange:
+    """An organization's changes within one batch, folded: where it is, its status, the last event."""
+
+    event_id: UUID
+    created: bool = False
+    community_code: str | None = None
+    status: str | None = None
+
+
+def fold_organization_facts(envelopes: Sequence[Envelope[Any]]) -> dict[UUID, OrganizationChange]:
+    """Where organizations are and whether they are active (to link pool members and selections),
+    folded per organization in order, so a whole batch is saved with two statements."""
+    changes: dict[UUID, OrganizationChange] = {}
+    for envelope in envelopes:
+        fact = envelope.payload
+        match fact:
+            case ev.OrganizationFiled() | ev.OrganizationRegistered():
+                change = changes.setdefault(fact.organization_id, OrganizationChange(envelope.event_id))
+                change.created, change.community_code = True, fact.community_code
+            case ev.OrganizationUpdated() if fact.community_code is not None:
+                change = changes.setdefault(fact.organization_id, OrganizationChange(envelope.event_id))
+                change.community_code = fact.community_code
+            case ev.OrganizationDeregistered():
+                change = changes.setdefault(fact.organization_id, OrganizationChange(envelope.event_id))
+                change.status = fact.kind.value
+            case _:
+                continue
+        change.event_id = envelope.event_id
+    return changes
+
+
+async def organization_facts(conn: AsyncConnection, envelopes: Sequence[Envelope[Any]]) -> None:
+    changes = fold_organization_facts(envelopes)
+    await store.save_organizations(conn, [(i, c.community_code, c.status, c.event_id)
+                                          for i, c in changes.items() if c.created])
+    await store.update_organizations(conn, [(i, c.community_code, c.status, c.event_id)
+                                            for i, c in changes.items() if not c.created])

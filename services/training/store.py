@@ -52,21 +52,27 @@ async def county_known(conn: AsyncConnection, code: str) -> bool:
     return len(code) == 6 and await region_known(conn, code)
 
 
-async def upsert_organization(conn: AsyncConnection, org_id: UUID, community_code: str | None,
-                              status: str | None, event_id: UUID) -> None:
-    """What training needs of an organization: where it is and whether it is active. A change of
-    an organization not seen yet is skipped (registry publishes its creation first)."""
-    if community_code is not None and status == "active":
+async def save_organizations(conn: AsyncConnection,
+                             rows: list[tuple[UUID, str | None, str | None, UUID]]) -> None:
+    """Organizations registry created (id, community, status if it ended too, last event)."""
+    if rows:
         await conn.execute(text(
             f"INSERT INTO {SCHEMA}.organization (id, community_code, status, last_event_id) "
-            "VALUES (:id, :c, 'active', :e) ON CONFLICT (id) DO UPDATE SET "
-            "community_code = excluded.community_code, last_event_id = excluded.last_event_id"),
-            {"id": org_id, "c": community_code, "e": event_id})
-        return
-    await conn.execute(text(
-        f"UPDATE {SCHEMA}.organization SET community_code = coalesce(:c, community_code), "
-        "status = coalesce(:s, status), last_event_id = :e WHERE id = :id"),
-        {"id": org_id, "c": community_code, "s": status, "e": event_id})
+            "VALUES (:id, :c, coalesce(:s, 'active'), :e) ON CONFLICT (id) DO UPDATE SET "
+            "community_code = excluded.community_code, status = coalesce(:s, organization.status), "
+            "last_event_id = excluded.last_event_id"),
+            [{"id": i, "c": c, "s": s, "e": e} for i, c, s, e in rows])
+
+
+async def update_organizations(conn: AsyncConnection,
+                               rows: list[tuple[UUID, str | None, str | None, UUID]]) -> None:
+    """Moves and endings of organizations. One not seen yet is skipped (registry publishes its
+    creation first)."""
+    if rows:
+        await conn.execute(text(
+            f"UPDATE {SCHEMA}.organization SET community_code = coalesce(:c, community_code), "
+            "status = coalesce(:s, status), last_event_id = :e WHERE id = :id"),
+            [{"id": i, "c": c, "s": s, "e": e} for i, c, s, e in rows])
 
 
 async def load_organization(conn: AsyncConnection, org_id: UUID | None) -> Organization | None:
@@ -352,3 +358,69 @@ async def outstanding_view(conn: AsyncConnection, county: str, year: int | None)
         "WHERE county_code = :c AND (CAST(:y AS integer) IS NULL OR year = :y) "
         "ORDER BY year, kind, selected_at, subject_id"), {"c": county, "y": year})).mappings().all()
     return [dict(r) for r in rows]
+
+
+# --- personal data rights: the data subject's export, erasure, and who asked -------------------
+
+async def person_county(conn: AsyncConnection, person_id: UUID) -> str | None:
+    """The county whose pool the person is in (or was in last): whose officials may see them."""
+    return (await counties_of(conn, [person_id])).get(person_id)
+
+
+async def audit_personal_data(conn: AsyncConnection, action: str, person_id: UUID | None, county: str | None,
+                              sub: str, region: str, roles: Sequence[str], source: str) -> None:
+    """Who read personal data unmasked, exported or erased it: kept in training's schema."""
+    await conn.execute(text(
+        f"INSERT INTO {SCHEMA}.personal_data_request (action, person_id, county_code, sub, region, roles, "
+        "source) VALUES (:a, :p, :c, :sub, :region, :roles, :source)"),
+        {"a": action, "p": person_id, "c": county, "sub": sub, "region": region, "roles": sorted(roles),
+         "source": source})
+
+
+async def person_export(conn: AsyncConnection, person_id: UUID) -> dict[str, Any] | None:
+    """Everything training holds about a person, unmasked (the data subject's copy)."""
+    row = (await conn.execute(text(
+        f"SELECT id, name, phone, id_masked, (id_hash IS NOT NULL) AS id_number_hashed, created_at, "
+        f"updated_at, updated_by, erased_at FROM {SCHEMA}.person WHERE id = :id"),
+        {"id": person_id})).mappings().first()
+    if row is None:
+        return None
+
+    async def rows(sql: str) -> list[dict[str, Any]]:
+        return [dict(r) for r in (await conn.execute(text(sql), {"id": person_id})).mappings().all()]
+
+    return {
+        "person": dict(row),
+        "memberships": await rows(
+            "SELECT county_code, role, organization_id, added_on, removed_on, removal_reason, hub_id, "
+            f"updated_at, updated_by FROM {SCHEMA}.membership WHERE person_id = :id ORDER BY added_on, seq"),
+        "trainings": await trainings_of(conn, person_id),
+        "exams": await rows(
+            f"SELECT year, level, passed, county_code, updated_at, updated_by FROM {SCHEMA}.exam "
+            "WHERE person_id = :id ORDER BY year, level"),
+        "outstanding": await rows(
+            f"SELECT county_code, year, title, selected_at FROM {SCHEMA}.outstanding "
+            "WHERE kind = 'leader' AND subject_id = :id ORDER BY year"),
+        "hubs_led": await rows(
+            f"SELECT hub_id, county_code, added_to_pool, recorded_at FROM {SCHEMA}.hub_leader "
+            "WHERE person_id = :id ORDER BY recorded_at"),
+        "requests": await rows(
+            f"SELECT action, sub, source, at FROM {SCHEMA}.personal_data_request WHERE person_id = :id "
+            "ORDER BY at, id"),
+    }
+
+
+async def erase_person(conn: AsyncConnection, person_id: UUID, source: str) -> bool:
+    """Erase the person's personal fields (name, phone, ID-number hash and mask, the free-text
+    removal reasons); memberships, enrolments, completions and exams stay, anonymous, so pool,
+    person-time and exam figures do not change. False if there is no such person."""
+    result = await conn.execute(text(
+        f"UPDATE {SCHEMA}.person SET name = NULL, phone = NULL, id_hash = NULL, id_masked = NULL, "
+        "erased_at = coalesce(erased_at, now()), updated_at = now(), updated_by = :source WHERE id = :id"),
+        {"id": person_id, "source": source})
+    if int(result.rowcount) == 0:
+        return False
+    await conn.execute(text(
+        f"UPDATE {SCHEMA}.membership SET removal_reason = NULL WHERE person_id = :id AND removal_reason IS NOT NULL"),
+        {"id": person_id})
+    return True

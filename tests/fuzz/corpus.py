@@ -271,6 +271,12 @@ def envelope_cases(envelope: Envelope[Any]) -> Iterator[Case]:
                lambda d: d["payload"].__setitem__("extra", json.loads("[" * 40 + "]" * 40)))
     yield case("control character in an unknown field", "payload.note_x",
                lambda d: d["payload"].__setitem__("note_x", "\x00"))
+    # Keys given twice: one parser keeps the first, another the last; refused rather than guessed.
+    data = _dump(json.loads(envelope.model_dump_json()))
+    yield Case(f"{kind}: source twice", data.replace(b"{", b'{"source": "other", ', 1), "source", region, kind)
+    yield Case(f"{kind}: a payload key twice",
+               data.replace(b'"payload": {', b'"payload": {"x_dup": 1, "x_dup": 2, ', 1), "payload.x_dup",
+               region, kind)
 
 
 def _kind(name: str, prop: dict[str, Any], defs: dict[str, Any]) -> str:

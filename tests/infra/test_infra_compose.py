@@ -138,6 +138,15 @@ def test_migrate_runs_every_services_migrations_after_postgres(spec: dict[str, A
     script = migrate["command"][-1]
     assert "registry targets training notify" in script
     assert 'python -c "from services.$$service.app import run_migrations; run_migrations()"' in script
+    # Roles first (as the superuser), then each service's migrations as its own role.
+    assert script.splitlines()[0] == "cso db roles"
+    assert 'CSO_DATABASE_URL="$$url" python -c' in script
+    env = migrate["environment"]
+    assert env["CSO_ADMIN_DATABASE_URL"].startswith("postgresql://${POSTGRES_USER:-cso}:")
+    for name in SERVICES:
+        assert env[f"CSO_{name.upper()}_DATABASE_URL"] == spec["services"][name]["environment"]["CSO_DATABASE_URL"]
+    assert env["CSO_DASHBOARD_DATABASE_URL"].startswith("postgresql://cso_dashboard:")
+    assert spec["services"]["grafana"]["environment"]["CSO_GRAFANA_DB_USER"] == "cso_dashboard"
 
 
 @pytest.mark.parametrize("name", SERVICES)
@@ -152,7 +161,7 @@ def test_service_image_start_order_replicas_health(spec: dict[str, Any], name: s
     assert depends["migrate"]["condition"] == "service_completed_successfully"
     assert "/readyz" in " ".join(service["healthcheck"]["test"])
     env = service["environment"]
-    assert env["CSO_DATABASE_URL"].startswith("postgresql://")
+    assert env["CSO_DATABASE_URL"].startswith(f"postgresql://cso_{name}:")  # its own role
     assert env["CSO_NATS_URL"] == "${CSO_NATS_URL:-nats://nats:4222}"
     # Replicas cannot share one host port: each publishes a range.
     assert all(re.fullmatch(r"\$\{[A-Z_]+:-\d+-\d+\}:8000", p) for p in service["ports"])
@@ -191,3 +200,18 @@ def test_nats_configs_are_valid(conf: str, args: list[str]) -> None:
     result = subprocess.run([server, "-t", "-c", str(REPO / "infra/nats" / conf), *args],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_nats_users_wired_for_the_auth_config() -> None:
+    """With CSO_NATS_CONFIG=nats-auth.conf the server enforces infra/nats/auth.conf: it must get
+    every password that file names, and each service must connect as its own user with it."""
+    result = run_config("config", "--format", "json", env={"CSO_NATS_CONFIG": "nats-auth.conf"})
+    assert result.returncode == 0, result.stderr
+    resolved = json.loads(result.stdout)["services"]
+    assert resolved["nats"]["command"] == ["-c", "/etc/nats/nats-auth.conf"]
+    wanted = set(re.findall(r"password: \$(\w+)", (REPO / "infra/nats/auth.conf").read_text()))
+    assert wanted and wanted <= set(resolved["nats"]["environment"]), wanted - set(resolved["nats"]["environment"])
+    for service in ("registry", "targets", "training", "notify"):
+        env = resolved[service]["environment"]
+        assert env["CSO_NATS_USER"] == service
+        assert env["CSO_NATS_PASSWORD"] == resolved["nats"]["environment"][f"CSO_NATS_{service.upper()}_PASSWORD"]

@@ -174,7 +174,13 @@ def test_migration_job_runs_each_service_with_its_own_role(migrate: dict[tuple[s
     job = migrate[("Job", "cso-migrate")]
     pod = job["spec"]["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
-    inits = pod["initContainers"]
+    roles, *inits = pod["initContainers"]
+    # First the roles, as the admin, each password from the URL its service connects with.
+    assert roles["name"] == "db-roles" and roles["command"] == ["cso", "db", "roles"]
+    assert roles["envFrom"] == [{"secretRef": {"name": "cso-db-admin"}}]
+    assert ("Secret", "cso-db-admin") in migrate
+    assert {e["name"]: e["valueFrom"]["secretKeyRef"] for e in roles["env"]} == {
+        f"CSO_{s.upper()}_DATABASE_URL": {"name": f"cso-{s}", "key": "CSO_DATABASE_URL"} for s in SERVICES}
     assert [c["name"] for c in inits] == [f"migrate-{s}" for s in SERVICES]
     for service, container in zip(SERVICES, inits, strict=True):
         assert container["command"] == [

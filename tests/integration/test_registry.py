@@ -109,6 +109,14 @@ async def test_every_command_over_nats_and_http(registry: httpx.AsyncClient, nc:
     view = (await registry.get(f"/organizations/{org}")).json()
     assert view["status"] == "deregistered" and view["tier"] == "registered" and view["brand"] is True
     assert [h["type"] for h in view["history"]][:2] == ["OrganizationFiled", "OrganizationRegistered"]
+    # The audit trail: who changed what, from which system; the HTTP update came from the http-api.
+    audit = {a["type"]: a for a in view["audit"]}
+    assert list(audit) == ["OrganizationFiled", "OrganizationRegistered", "OrganizationUpdated",
+                           "OrganizationDeregistered"]
+    assert audit["OrganizationFiled"]["source"] == "nats-command"
+    assert audit["OrganizationUpdated"]["source"] == "http-api"
+    assert audit["OrganizationUpdated"]["changes"] == {"brand": [False, True]}
+    assert audit["OrganizationRegistered"]["changes"]["tier"] == ["filed", "registered"]
     page = (await registry.get("/regions/510681/organizations", params={"limit": 10})).json()
     assert [o["id"] for o in page["items"]] == [org]
     assert (await registry.get("/regions/519999/organizations")).status_code == 404

@@ -69,6 +69,18 @@ def intake_messages(nats_url: str) -> int:
     return asyncio.run(count())
 
 
+async def database_users(url: str) -> list[str]:
+    """Who else is connected to the database of url."""
+    import asyncpg
+
+    db = await asyncpg.connect(url)
+    try:
+        return [r[0] for r in await db.fetch("SELECT DISTINCT usename FROM pg_stat_activity WHERE "
+                                             "datname = current_database() AND usename <> current_user")]
+    finally:
+        await db.close()
+
+
 def filed(name: str) -> str:
     payload = ev.OrganizationFiled(name=name, community_code=COMMUNITY, category=ev.Category.CHARITY,
                                    filed_on=date(2024, 5, 1))
@@ -102,6 +114,10 @@ def test_stack_up_file_coverage_restart_and_cli(tmp_path: Path) -> None:
         for url in (registry, targets):
             assert http_get(f"{url}/readyz") == (200, {"status": "ok", "database": "ok", "nats": "ok"})
         assert [p.state for p in stack.status()] == ["ready"] * 6
+        # Each service connects as its own role (cso.roles), the owner of its schema.
+        roles = {name: f"cso_{name}" for name in state["services"]}
+        assert {name: s["database_role"] for name, s in state["services"].items()} == roles
+        assert set(asyncio.run(database_users(state["postgres"]["url"]))) == set(roles.values())
 
         status, body = post(f"{registry}/commands/file", {
             "name": "西城社区书画协会", "community_code": COMMUNITY, "category": "culture_sports",

@@ -69,30 +69,61 @@ def vectors(kind: str, state: VectorOf, pulse: VectorOf | None = None) -> None:
     _VECTORS[kind] = (state, pulse or (lambda _: Counter()))
 
 
-def contribution(timeline: Timeline | None) -> Contribution:
-    out: Contribution = Counter()
-    if timeline is None:
-        return out
-    state_vector, pulse_vector = _VECTORS[timeline.kind]
-    previous: Vector = Counter()
-    for day, state in timeline.segments:
+def _state_deltas(timeline: Timeline, start: int, out: Contribution, sign: int) -> None:
+    """Add sign × the telescoped deltas of the segments from `start` on (the one before `start`, if
+    any, is the state they move away from)."""
+    state_vector = _VECTORS[timeline.kind][0]
+    segments = timeline.segments
+    before = segments[start - 1][1] if start > 0 else None
+    previous: Vector = state_vector(before) if before is not None else Counter()
+    for day, state in segments[start:]:
         current = state_vector(state) if state is not None else Counter()
         month = month_of(day)
         for key in previous.keys() | current.keys():
             delta = current.get(key, 0) - previous.get(key, 0)
             if delta:
-                out[(key[0], key[1], month)] += delta
+                out[(key[0], key[1], month)] += sign * delta
         previous = current
-    for day, pulse in timeline.pulses:
-        for (region, counter), amount in pulse_vector(pulse).items():
-            out[(region, counter, month_of(day))] += amount
+
+
+def _pulse_deltas(kind: str, pulses: Counter[tuple[date, State]], out: Contribution) -> None:
+    pulse_vector = _VECTORS[kind][1]
+    for (day, pulse), times in pulses.items():
+        if times:
+            for (region, counter), amount in pulse_vector(pulse).items():
+                out[(region, counter, month_of(day))] += times * amount
+
+
+def contribution(timeline: Timeline | None) -> Contribution:
+    out: Contribution = Counter()
+    if timeline is None:
+        return out
+    _state_deltas(timeline, 0, out, 1)
+    _pulse_deltas(timeline.kind, Counter(timeline.pulses), out)
     return out
 
 
 def difference(old: Timeline | None, new: Timeline | None) -> Contribution:
-    delta = contribution(new)
-    delta.subtract(contribution(old))
-    return Counter({k: v for k, v in delta.items() if v})
+    """contribution(new) − contribution(old), without the parts they share: segments up to the
+    first that differs contribute the same deltas to both, and so do pulses in both."""
+    if old is None or new is None or old.kind != new.kind:
+        delta = contribution(new)
+        delta.subtract(contribution(old))
+        return Counter({k: v for k, v in delta.items() if v})
+    if old == new:
+        return Counter()
+    shared = 0
+    for a, b in zip(old.segments, new.segments, strict=False):
+        if a != b:
+            break
+        shared += 1
+    out: Contribution = Counter()
+    _state_deltas(new, shared, out, 1)
+    _state_deltas(old, shared, out, -1)
+    pulses = Counter(new.pulses)
+    pulses.subtract(Counter(old.pulses))
+    _pulse_deltas(new.kind, pulses, out)
+    return Counter({k: v for k, v in out.items() if v})
 
 
 def total(contributions: Iterable[Contribution]) -> Contribution:

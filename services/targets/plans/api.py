@@ -2,7 +2,10 @@
 that loads the bundled plans, adds lines for new divisions, flags overdue tasks (TaskOverdue) and
 keeps the `cso_tasks_overdue` gauge.
 
-`mount(app, runtime, clock)` wires it all into targets' app (services/targets/api.py build())."""
+`mount(app, runtime, clock)` wires it all into targets' app (services/targets/api.py build()).
+Writes need a token with the planner role (cso/auth.py): importing a plan, within the plan's
+region; evidence, start and submit, within the task's or line's region; accept and return, within
+the plan's region (the issuer reviews)."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from faststream.nats import NatsMessage
 from prometheus_client import Gauge
@@ -25,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from contracts import ContractError, FieldError
 from contracts.envelope import load_json
 from contracts.jsontext import text_problem
+from cso.auth import Principal
 from cso.service import Runtime, errors_body, repeat
 
 from ..evaluation import Clock
@@ -299,7 +303,9 @@ def mount(app: FastAPI, runtime: Runtime, clock: Clock) -> None:
         if runtime.relay:
             runtime.relay.notify()
 
-    async def import_file(request: Request, expect_id: str | None) -> JSONResponse:
+    planner = Depends(runtime.auth.role("planner"))
+
+    async def import_file(request: Request, expect_id: str | None, who: Principal) -> JSONResponse:
         source = (await request.body()).decode("utf-8", errors="replace")
         origin = request.query_params.get("file") or header_text(request, "x-cso-file") or "upload"
         by = header_text(request, BY_HEADER)
@@ -307,19 +313,22 @@ def mount(app: FastAPI, runtime: Runtime, clock: Clock) -> None:
             plan = await store.parse(conn, source, origin, strict=True)
             if expect_id is not None and plan.id != expect_id:
                 raise ViewError(422, "plan.id", f"{origin}: plan.id {plan.id!r} differs from the path's {expect_id!r}")
+            for region in (await store.plan_scope(conn, plan.id), plan.scope):   # the plan it replaces too
+                if region is not None:
+                    who.require_region(region)
             result = await store.import_plan(conn, plan, origin, by=by)
         loop.resync_targets()
         return _json(200, {"ok": True, **result})
 
     @app.post("/plans")
-    async def post_plan(request: Request) -> JSONResponse:
+    async def post_plan(request: Request, who: Principal = planner) -> JSONResponse:
         """Import a plan file (YAML or JSON, the format of plans/README.md): an upsert; a changed
         plan gets a new revision with the diff. `?file=` names the file in error messages."""
-        return await _guarded(lambda: import_file(request, None))
+        return await _guarded(lambda: import_file(request, None, who))
 
     @app.put("/plans/{plan_id}")
-    async def put_plan(plan_id: str, request: Request) -> JSONResponse:
-        return await _guarded(lambda: import_file(request, plan_id))
+    async def put_plan(plan_id: str, request: Request, who: Principal = planner) -> JSONResponse:
+        return await _guarded(lambda: import_file(request, plan_id, who))
 
     @app.get("/plans")
     async def get_plans() -> JSONResponse:
@@ -354,26 +363,30 @@ def mount(app: FastAPI, runtime: Runtime, clock: Clock) -> None:
             "Content-Disposition": f"attachment; filename*=UTF-8''{_quote(row.filename)}",
             "X-Checksum-Sha256": row.sha256})
 
-    async def upload(request: Request, plan_id: str, task_no: str, line: str) -> JSONResponse:
+    async def upload(request: Request, plan_id: str, task_no: str, line: str, who: Principal) -> JSONResponse:
         filename = request.query_params.get("filename") or header_text(request, "x-cso-filename") or ""
         content = await _read_limited(request)
         file = d.check_evidence(filename, content)
         async with runtime.engine.begin() as conn:
+            if (region := await store.progress_region(conn, plan_id, task_no, line)) is not None:
+                who.require_region(region)
             stored = await store.add_evidence(conn, plan_id, task_no, line, file, content,
                                               header_text(request, BY_HEADER), clock.today())
         return _json(201, {"ok": True, **stored})
 
     @app.post("/plans/{plan_id}/tasks/{task_no}/evidence")
-    async def post_evidence(plan_id: str, task_no: str, request: Request) -> JSONResponse:
+    async def post_evidence(plan_id: str, task_no: str, request: Request, who: Principal = planner) -> JSONResponse:
         """Attach an evidence file (the raw body; `?filename=report.pdf`): pdf, jpg, png, docx or
         xlsx by content, at most 10 MB; kept with its SHA-256."""
-        return await _guarded(lambda: upload(request, plan_id, task_no, ""))
+        return await _guarded(lambda: upload(request, plan_id, task_no, "", who))
 
     @app.post("/plans/{plan_id}/tasks/{task_no}/lines/{line}/evidence")
-    async def post_line_evidence(plan_id: str, task_no: str, line: str, request: Request) -> JSONResponse:
-        return await _guarded(lambda: upload(request, plan_id, task_no, line))
+    async def post_line_evidence(plan_id: str, task_no: str, line: str, request: Request,
+                                 who: Principal = planner) -> JSONResponse:
+        return await _guarded(lambda: upload(request, plan_id, task_no, line, who))
 
-    async def move(request: Request, plan_id: str, task_no: str, line: str, action: str) -> JSONResponse:
+    async def move(request: Request, plan_id: str, task_no: str, line: str, action: str,
+                   who: Principal) -> JSONResponse:
         body = await _object(request)
         by = _actor(request, body)
         if by is None:
@@ -383,6 +396,12 @@ def mount(app: FastAPI, runtime: Runtime, clock: Clock) -> None:
             raise ViewError(422, "note", "expected text")
         evidence = _inline_evidence(body)
         async with runtime.engine.begin() as conn:
+            # Work on a task or line is its region's; accepting or returning it, the plan's issuer's.
+            review = action in (d.Action.ACCEPT.value, d.Action.RETURN.value)
+            region = await (store.plan_scope(conn, plan_id) if review
+                            else store.progress_region(conn, plan_id, task_no, line))
+            if region is not None:
+                who.require_region(region)
             result = await store.transition(conn, topology, plan_id=plan_id, task_no=task_no, line=line,
                                             action=action, by=by, note=note, today=clock.today(),
                                             evidence=evidence)
@@ -390,15 +409,17 @@ def mount(app: FastAPI, runtime: Runtime, clock: Clock) -> None:
         return _json(200, {"ok": True, **result})
 
     @app.post("/plans/{plan_id}/tasks/{task_no}/lines/{line}/{action}")
-    async def post_line_action(plan_id: str, task_no: str, line: str, action: str, request: Request) -> JSONResponse:
+    async def post_line_action(plan_id: str, task_no: str, line: str, action: str, request: Request,
+                               who: Principal = planner) -> JSONResponse:
         """start | submit | accept | return one township's (or county's) line of an expanded task."""
-        return await _guarded(lambda: move(request, plan_id, task_no, line, action))
+        return await _guarded(lambda: move(request, plan_id, task_no, line, action, who))
 
     @app.post("/plans/{plan_id}/tasks/{task_no}/{action}")
-    async def post_action(plan_id: str, task_no: str, action: str, request: Request) -> JSONResponse:
+    async def post_action(plan_id: str, task_no: str, action: str, request: Request,
+                          who: Principal = planner) -> JSONResponse:
         """start | submit (note + evidence) | accept | return (reason) a task; body {by, note,
         reason, evidence: [{filename, content_base64}]}, or `by` in the X-Cso-By header."""
-        return await _guarded(lambda: move(request, plan_id, task_no, "", action))
+        return await _guarded(lambda: move(request, plan_id, task_no, "", action, who))
 
     @app.get("/units/{unit}/todo")
     async def get_todo(unit: str) -> JSONResponse:

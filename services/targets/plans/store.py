@@ -343,3 +343,21 @@ async def overdue_counts(conn: AsyncConnection, today: date) -> dict[tuple[str, 
         "USING (plan_id, task_no) WHERE NOT p.removed AND NOT t.removed AND p.state <> 'accepted' "
         "AND t.deadline < :today GROUP BY p.plan_id, p.unit"), {"today": today})
     return {(r[0], r[1]): int(r[2]) for r in rows}
+
+
+# --- whose region ------------------------------------------------------------------------------
+
+
+async def plan_scope(conn: AsyncConnection, plan_id: str) -> str | None:
+    """The region a stored plan covers (None: no such plan)."""
+    scope: str | None = (await conn.execute(text(f"SELECT scope FROM {SCHEMA}.plan WHERE id = :p"),
+                                            {"p": plan_id})).scalar()
+    return scope
+
+
+async def progress_region(conn: AsyncConnection, plan_id: str, task_no: str, line: str) -> str | None:
+    """The region a task ('' line: the task's scope) or one of its lines is carried out in."""
+    region: str | None = (await conn.execute(text(
+        f"SELECT region FROM {SCHEMA}.plan_progress WHERE plan_id = :p AND task_no = :no AND line = :line"),
+        {"p": plan_id, "no": task_no, "line": line})).scalar()
+    return region
