@@ -19,9 +19,14 @@ TIER_LENGTH: dict[Tier, int] = {tier: length for length, tier in TIER_BY_LENGTH.
 TIERS: tuple[Tier, ...] = ("province", "city", "county", "township", "community")
 
 
+def is_digits(code: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes "５" (fullwidth), "٥" (Arabic-Indic) and "²"."""
+    return code.isascii() and code.isdigit()
+
+
 def tier_of(code: str) -> Tier:
     """The tier a statistical division code belongs to, from its length."""
-    if not code.isdigit() or len(code) not in TIER_BY_LENGTH:
+    if not is_digits(code) or len(code) not in TIER_BY_LENGTH:
         raise ValueError(
             f"{code!r} is not a division code: expected 2, 4, 6, 9 or 12 digits"
         )
@@ -41,14 +46,14 @@ def _division(code: str) -> str:
 
 def _of_length(length: int) -> AfterValidator:
     def check(code: str) -> str:
-        if len(code) != length or not code.isdigit():
+        if len(code) != length or not is_digits(code):
             raise ValueError(f"expected a {TIER_BY_LENGTH[length]} code of {length} digits")
         return code
 
     return AfterValidator(check)
 
 
-RegionCode = Annotated[str, StringConstraints(pattern=r"^\d+$"), AfterValidator(_division)]
+RegionCode = Annotated[str, StringConstraints(pattern=r"^[0-9]+$", max_length=12), AfterValidator(_division)]
 CommunityCode = Annotated[str, _of_length(12)]
 TownshipCode = Annotated[str, _of_length(9)]
 CountyCode = Annotated[str, _of_length(6)]
@@ -74,7 +79,7 @@ def validate_uscc(code: str) -> str:
     bad = sorted({ch for ch in code if ch not in _USCC_VALUE})
     if bad:
         raise ValueError(f"characters {''.join(bad)!r} are not allowed in a unified social credit code")
-    if not code[2:8].isdigit():
+    if not is_digits(code[2:8]):
         raise ValueError("positions 3-8 of a unified social credit code must be a division code")
     expected = uscc_check_character(code[:17])
     if code[17] != expected:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import datetime, timedelta, timezone
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 from uuid import UUID, uuid4
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from . import jsontext
 from .codes import RegionCode
-from .events import PAYLOAD_BY_TYPE, Payload
+from .events import CHINA, EARLIEST, PAYLOAD_BY_TYPE, Payload
 
 P = TypeVar("P", bound=Payload)
 
@@ -20,6 +20,18 @@ MAX_EVENT_BYTES = 64 * 1024
 MAX_DIVISIONS_BYTES = 1024 * 1024
 # Clocks disagree a little; an event from further in the future than this is refused.
 CLOCK_SKEW = timedelta(minutes=5)
+# Nothing cso records happened before the People's Republic (1949-10-01, China's civil time).
+EARLIEST_TIME = datetime(EARLIEST.year, EARLIEST.month, EARLIEST.day, tzinfo=CHINA)
+
+
+def _time_text(value: Any) -> Any:
+    # pydantic would read a number as seconds (or milliseconds) since 1970: ambiguous, refused.
+    if isinstance(value, int | float):
+        raise ValueError("a time is written in ISO 8601 with its offset, not as a number")
+    return value
+
+
+Moment = Annotated[AwareDatetime, BeforeValidator(_time_text)]
 
 
 class Envelope(BaseModel, Generic[P]):
@@ -29,9 +41,9 @@ class Envelope(BaseModel, Generic[P]):
 
     event_id: UUID
     type: str = Field(min_length=1, max_length=64)
-    version: int = Field(ge=1)
-    occurred_at: AwareDatetime
-    recorded_at: AwareDatetime
+    version: int = Field(ge=1, strict=True)
+    occurred_at: Moment
+    recorded_at: Moment
     source: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:/-]+$")
     region: RegionCode
     payload: P
@@ -71,6 +83,14 @@ class ContractError(ValueError):
         return cls(errors)
 
 
+def load_json(raw: bytes | str) -> Any:
+    """JSON from outside, strictly (contracts.jsontext): ContractError naming the field otherwise."""
+    try:
+        return jsontext.loads(raw)
+    except jsontext.TextError as e:
+        raise ContractError.single(e.field, e.message) from None
+
+
 # Envelope[X] is a class pydantic builds on first use and then looks up on every subscript; a hot
 # consumer parses thousands of events a second, so each type's envelope class is kept here.
 _ENVELOPE_OF: dict[type[Payload], type[Envelope[Any]]] = {}
@@ -99,6 +119,11 @@ def _parse_valid(raw: bytes) -> Envelope[Payload] | None:
     payload_cls = PAYLOAD_BY_TYPE.get(guess.group(1).decode()) if guess else None
     if payload_cls is None or len(raw) > max_bytes(payload_cls.TYPE):
         return None
+    # What pydantic's JSON parser takes but the strict reading refuses (contracts.jsontext):
+    # control characters and surrogates, nesting, keys given twice (pydantic keeps the last).
+    if (jsontext.SUSPECT_BYTES.search(raw) or raw.count(b"[") + raw.count(b"{") > jsontext.MAX_DEPTH
+            or jsontext.has_duplicate_keys(raw)):
+        return None
     try:
         envelope: Envelope[Payload] = envelope_class(payload_cls).model_validate_json(raw)
         if envelope.type != payload_cls.TYPE or envelope.version != payload_cls.VERSION:
@@ -120,12 +145,13 @@ def parse_event(raw: bytes | str | dict[str, Any]) -> Envelope[Payload]:
         size = len(raw.encode() if isinstance(raw, str) else raw)
         if size > MAX_DIVISIONS_BYTES:
             raise ContractError.single("$", f"message of {size} bytes exceeds {MAX_DIVISIONS_BYTES}")
-        try:
-            data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ContractError.single("$", f"not JSON: {e}") from None
+        data = load_json(raw)
     else:
         data, size = raw, 0
+        try:
+            jsontext.check(data)
+        except jsontext.TextError as e:
+            raise ContractError.single(e.field, e.message) from None
     if not isinstance(data, dict):
         raise ContractError.single("$", "an event must be a JSON object")
     event_type = data.get("type")
@@ -136,7 +162,7 @@ def parse_event(raw: bytes | str | dict[str, Any]) -> Envelope[Payload]:
         raise ContractError.single("$", f"{payload_cls.TYPE} of {size} bytes exceeds "
                                         f"{max_bytes(payload_cls.TYPE)}")
     version = data.get("version")
-    if version != payload_cls.VERSION:
+    if type(version) is not int or version != payload_cls.VERSION:
         raise ContractError.single(
             "version", f"unsupported version {version!r} of {payload_cls.TYPE} "
                        f"(supported: {payload_cls.VERSION})")
@@ -151,8 +177,13 @@ def parse_event(raw: bytes | str | dict[str, Any]) -> Envelope[Payload]:
 def check_envelope(envelope: Envelope[Any]) -> None:
     if envelope.type != envelope.payload.TYPE:
         raise ContractError.single("type", f"{envelope.type} does not match its payload")
-    if envelope.occurred_at > datetime.now(timezone.utc) + CLOCK_SKEW:
-        raise ContractError.single("occurred_at", f"{envelope.occurred_at.isoformat()} is in the future")
+    latest = datetime.now(timezone.utc) + CLOCK_SKEW
+    for field in ("occurred_at", "recorded_at"):
+        moment: datetime = getattr(envelope, field)
+        if moment > latest:
+            raise ContractError.single(field, f"{moment.isoformat()} is in the future")
+        if moment < EARLIEST_TIME:
+            raise ContractError.single(field, f"{moment.isoformat()} is before {EARLIEST.isoformat()}")
     region = envelope.payload.region_of()
     if region is not None and region != envelope.region:
         raise ContractError.single("region", f"{envelope.region} differs from the payload's {region}")

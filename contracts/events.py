@@ -13,13 +13,17 @@ from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 from uuid import UUID, uuid4
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from .codes import CommunityCode, CountyCode, RegionCode, SocialCreditCode, TownshipCode, tier_of
 
 CHINA = timezone(timedelta(hours=8))
 
 
+# Nothing cso records happened before the People's Republic was founded; nothing it plans ends
+# after LATEST. A date outside is a typo (1023 for 2023) or garbage, refused rather than counted.
+EARLIEST = date(1949, 10, 1)
+LATEST = date(2100, 12, 31)
 _latest = (0.0, date.min)
 
 
@@ -36,12 +40,31 @@ def _latest_valid_day() -> date:
 def _not_future(day: date) -> date:
     if day > _latest_valid_day():
         raise ValueError(f"{day.isoformat()} is in the future")
+    return _plausible(day)
+
+
+def _plausible(day: date) -> date:
+    if day < EARLIEST:
+        raise ValueError(f"{day.isoformat()} is before {EARLIEST.isoformat()}")
+    if day > LATEST:
+        raise ValueError(f"{day.isoformat()} is after {LATEST.isoformat()}")
     return day
 
 
-PastOrToday = Annotated[date, AfterValidator(_not_future)]
+def _date_text(value: Any) -> Any:
+    # pydantic would read a number as seconds (or milliseconds) since 1970: ambiguous, refused.
+    if isinstance(value, int | float):
+        raise ValueError("a date is written YYYY-MM-DD, not as a number")
+    return value
+
+
+PastOrToday = Annotated[date, BeforeValidator(_date_text), AfterValidator(_not_future)]
+# A date that may lie ahead (a session's days, a deadline), within EARLIEST..LATEST.
+PlausibleDate = Annotated[date, BeforeValidator(_date_text), AfterValidator(_plausible)]
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 Reason = Annotated[str, Field(min_length=1, max_length=1000)]
+# Identifiers and labels with no tighter rule of their own (plan ids, task numbers, actors).
+Label = Annotated[str, Field(max_length=200)]
 
 
 class ManagementTier(StrEnum):
@@ -115,7 +138,7 @@ class TargetStatus(StrEnum):
 class Payload(BaseModel):
     """Base of every event payload. Unknown fields are kept (a newer publisher may add some)."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
 
     TYPE: ClassVar[str]
     VERSION: ClassVar[int] = 1
@@ -377,8 +400,8 @@ class TrainingSessionScheduled(Payload):
     session_id: UUID = Field(default_factory=uuid4)
     organizer_region: RegionCode
     topic: Name
-    starts_on: date
-    ends_on: date
+    starts_on: PlausibleDate
+    ends_on: PlausibleDate
     capacity: int = Field(ge=1, le=100_000)
     mode: Literal["on_site", "online"] = "on_site"
 
@@ -460,7 +483,7 @@ class CoverageChanged(Payload):
     TYPE = "CoverageChanged"
     CONTEXT = "targets"
     region_code: RegionCode
-    figures: dict[str, float]
+    figures: dict[Label, float] = Field(max_length=500)
 
     def region_of(self) -> str:
         return self.region_code
@@ -471,12 +494,12 @@ class TargetStatusChanged(Payload):
     CONTEXT = "targets"
     target_id: str = Field(min_length=1, max_length=200)
     region_code: RegionCode
-    metric: str
+    metric: Label
     previous_status: TargetStatus | None
     status: TargetStatus
     value: float | None
     threshold: float
-    deadline: date
+    deadline: PlausibleDate
 
     def region_of(self) -> str:
         return self.region_code
@@ -485,12 +508,12 @@ class TargetStatusChanged(Payload):
 class TaskStatusChanged(Payload):
     TYPE = "TaskStatusChanged"
     CONTEXT = "targets"
-    plan_id: str
-    task_no: str
+    plan_id: Label
+    task_no: Label
     region_code: RegionCode
-    previous_status: str | None
-    status: str
-    by: str | None = None
+    previous_status: Label | None
+    status: Label
+    by: Label | None = None
     note: str | None = Field(default=None, max_length=4000)
 
     def region_of(self) -> str:
@@ -500,11 +523,11 @@ class TaskStatusChanged(Payload):
 class TaskOverdue(Payload):
     TYPE = "TaskOverdue"
     CONTEXT = "targets"
-    plan_id: str
-    task_no: str
+    plan_id: Label
+    task_no: Label
     region_code: RegionCode
-    lead_unit: str | None = None
-    deadline: date
+    lead_unit: Label | None = None
+    deadline: PlausibleDate
 
     def region_of(self) -> str:
         return self.region_code
@@ -513,9 +536,9 @@ class TaskOverdue(Payload):
 class PlanAccepted(Payload):
     TYPE = "PlanAccepted"
     CONTEXT = "targets"
-    plan_id: str
+    plan_id: Label
     region_code: RegionCode
-    by: str | None = None
+    by: Label | None = None
 
     def region_of(self) -> str:
         return self.region_code
@@ -527,10 +550,10 @@ class BusGapDetected(Payload):
 
     TYPE = "BusGapDetected"
     CONTEXT = "ops"
-    stream: str
-    consumer: str
-    applied_sequence: int
-    stream_last_sequence: int
+    stream: Label
+    consumer: Label
+    applied_sequence: int = Field(ge=0)
+    stream_last_sequence: int = Field(ge=0)
 
 
 # --- notify -----------------------------------------------------------------------------------
@@ -543,7 +566,7 @@ class NotificationSent(Payload):
     subscription_id: UUID
     channel: Literal["email", "webhook", "inbox"]
     event_id: UUID
-    attempts: int = Field(ge=1)
+    attempts: int = Field(ge=1, le=1000)
 
 
 class NotificationFailed(Payload):
@@ -553,7 +576,7 @@ class NotificationFailed(Payload):
     subscription_id: UUID
     channel: Literal["email", "webhook", "inbox"]
     event_id: UUID
-    attempts: int = Field(ge=1)
+    attempts: int = Field(ge=1, le=1000)
     error: str = Field(max_length=4000)
 
 

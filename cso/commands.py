@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from contracts import ContractError
-from contracts.envelope import MAX_EVENT_BYTES
+from contracts.envelope import MAX_EVENT_BYTES, load_json
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -19,13 +18,12 @@ def parse_command(commands: Mapping[str, type[M]], command: str, body: bytes,
     """The body of `command` validated as its model; ContractError naming the field otherwise."""
     model = commands.get(command)
     if model is None:
-        raise ContractError.single("command", f"unknown command {command!r}; one of {', '.join(commands)}")
+        raise ContractError.single("command", f"unknown command {command[:100]!r}; one of {', '.join(commands)}")
     if len(body) > limit:
         raise ContractError.single("$", f"body of {len(body)} bytes exceeds {limit}")
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ContractError.single("$", f"not JSON: {e}") from None
+    data = load_json(body)
+    if not isinstance(data, dict):
+        raise ContractError.single("$", "a command's body is a JSON object")
     try:
         return model.model_validate(data)
     except ValidationError as e:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,7 +29,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from contracts import ContractError, Envelope, Topology, parse_event
+from contracts import PAYLOAD_BY_TYPE, ContractError, Envelope, Topology, parse_event, snake
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,11 @@ class Subscription:
     durable: str         # shared by every replica of the service
 
 
+def _header_text(text: str) -> str:
+    """A header value can hold neither a line break nor text that is not UTF-8."""
+    return re.sub(r"[\x00-\x1f\x7f]", " ", text.encode("utf-8", "replace").decode("utf-8"))
+
+
 async def publish_deadletter(js: JetStreamContext, topology: Topology, service: str,
                              msg: Msg, reason: str) -> None:
     meta = msg.metadata
@@ -85,10 +91,25 @@ async def publish_deadletter(js: JetStreamContext, topology: Topology, service: 
         "data": msg.data.decode("utf-8", errors="replace")[:65536],
     }
     await js.publish(topology.deadletter_subject(service), json.dumps(record).encode(),
-                     headers={"Cso-Reason": reason[:512].replace("\n", " "),
+                     headers={"Cso-Reason": _header_text(reason[:512]),
                               "Nats-Msg-Id": f"dl:{meta.stream}:{meta.sequence.stream}"})
     DEADLETTERED.labels(service, meta.stream).inc()
     log.warning("dead-lettered %s seq %s: %s", meta.stream, meta.sequence.stream, reason)
+
+
+def check_subject(topology: Topology, subject: str, envelope: Envelope[Any]) -> None:
+    """The subject must be the one the event's type and region give (in its own context, or on
+    intake), so that who may publish where (subject permissions) decides what is accepted."""
+    tokens = subject.removeprefix(f"{topology.namespace}.").split(".")
+    context = tokens[1] if len(tokens) > 1 else ""
+    payload = PAYLOAD_BY_TYPE[envelope.type]
+    if context not in ("intake", payload.CONTEXT):
+        raise ContractError.single("type", f"{envelope.type} is not a {context} event")
+    expected = topology.event_subject(envelope.type, envelope.region, context=context)
+    if subject != expected:
+        field = "type" if tokens[2:3] != [snake(envelope.type)] else "region"
+        raise ContractError.single(field, f"{envelope.type} about {envelope.region} belongs on {expected}, "
+                                          f"not {subject}")
 
 
 class Consumer:
@@ -133,8 +154,17 @@ class Consumer:
                 await asyncio.sleep(1)
                 continue
             self.idle.clear()
-            with BATCH_SECONDS.labels(self.service).time():
-                await self.process(msgs)
+            try:
+                with BATCH_SECONDS.labels(self.service).time():
+                    await self.process(msgs)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Whatever a batch does (a dead letter that cannot be published, a bug), the consumer
+                # lives on: the batch's unacknowledged messages come back after ack_wait.
+                log.exception("%s: a batch from %s failed; its messages will be redelivered",
+                              self.service, self.stream)
+                await asyncio.sleep(1)
 
     async def _pull(self, psub: Any) -> list[Msg]:
         """Wait for the first message, then take at once what else is pending, up to a batch.
@@ -170,11 +200,21 @@ class Consumer:
 
     async def process(self, msgs: list[Msg]) -> None:
         valid: list[tuple[Msg, Envelope[Any]]] = []
+        broken: list[tuple[Msg, str]] = []
         for msg in msgs:
             try:
-                valid.append((msg, parse_event(msg.data)))
+                envelope = parse_event(msg.data)
+                check_subject(self.topology, msg.subject, envelope)
             except ContractError as e:
-                await self._deadletter(msg, e.reason)
+                broken.append((msg, e.reason))
+                continue
+            except Exception as e:  # a contract that breaks on some input must not stop the consumer
+                log.exception("%s: parsing seq %s failed", self.service, msg.metadata.sequence.stream)
+                broken.append((msg, f"$: unreadable ({type(e).__name__}: {e})"))
+                continue
+            valid.append((msg, envelope))
+        # A flood of garbage is dead-lettered a batch at a time, not one round trip after another.
+        await asyncio.gather(*(self._deadletter(msg, reason) for msg, reason in broken))
         if not valid:
             return
         while True:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,8 +22,11 @@ from nats.aio.client import Client
 from prometheus_client import REGISTRY, make_asgi_app
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contracts import ContractError, FieldError, Topology
+from contracts.jsontext import text_problem
 
 from . import bus
 from .auth import Auth, AuthError
@@ -61,8 +66,10 @@ class Runtime:
         self._subscriptions.append((subscription, handler))
 
     def on_request(self, subject: str, handler: Callable[..., Any]) -> None:
-        """A request-reply endpoint (core NATS, queue group per service: one replica answers)."""
-        self.broker.subscriber(subject, queue=self.name)(handler)
+        """A request-reply endpoint (core NATS, queue group per service: one replica answers). The
+        handler reads the raw body itself: FastStream's own decoding (json.loads, whatever the body)
+        raised on deep nesting or huge numbers before the handler ran, and no reply went back."""
+        self.broker.subscriber(subject, queue=self.name, decoder=_raw_body)(handler)
 
     def every(self, job: Callable[[], Any]) -> None:
         """A background coroutine function started with the service and cancelled at stop."""
@@ -121,8 +128,11 @@ class Runtime:
         checks["nats"] = "ok" if self.nc is not None and self.nc.is_connected else "unreachable"
         return checks
 
-    def http(self, title: str) -> FastAPI:
-        """The service's HTTP app: lifespan runs the runtime; /healthz, /readyz, /metrics built in."""
+    def http(self, title: str, large_bodies: Mapping[str, int] | None = None) -> FastAPI:
+        """The service's HTTP app: lifespan runs the runtime; /healthz, /readyz, /metrics built in.
+
+        Request bodies are limited to `settings.http_max_body_bytes`, but on the paths that
+        `large_bodies` matches (regular expressions, whole path) to the size given there."""
 
         @asynccontextmanager
         async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -134,6 +144,8 @@ class Runtime:
 
         # With CSO_READ_AUTH=scoped every GET needs a token (the guard does nothing otherwise).
         app = FastAPI(title=title, lifespan=lifespan, dependencies=[Depends(self.auth.read_guard)])
+        app.add_middleware(InputLimits, max_body=self.settings.http_max_body_bytes,
+                           large_bodies=dict(large_bodies or {}))
         app.mount("/metrics", make_asgi_app())
 
         @app.get("/healthz")
@@ -167,6 +179,10 @@ class Runtime:
         return app
 
 
+async def _raw_body(msg: Any) -> Any:
+    return msg.body
+
+
 async def repeat(step: Callable[[], Awaitable[Any]], interval: float, what: str) -> None:
     """Run `step` every `interval` seconds for ever; a failing step is logged and tried again."""
     while True:
@@ -191,3 +207,84 @@ def broker_options(options: dict[str, Any]) -> dict[str, Any]:
 
 def errors_body(errors: list[FieldError]) -> dict[str, Any]:
     return {"ok": False, "errors": [e.model_dump() for e in errors]}
+
+
+MAX_PATH_BYTES = 2048
+MAX_QUERY_BYTES = 4096
+
+
+class InputLimits:
+    """Refuses, before any route runs: a body over its size (413), a path or query string over
+    its length (414), and a path or query parameter holding control characters, NUL among them
+    (422; PostgreSQL cannot store NUL in text). Bodies are read here, bounded, and handed on whole."""
+
+    def __init__(self, app: ASGIApp, max_body: int, large_bodies: dict[str, int]) -> None:
+        self.app, self.max_body = app, max_body
+        self.large = [(re.compile(pattern), limit) for pattern, limit in large_bodies.items()]
+
+    def limit(self, path: str) -> int:
+        for pattern, limit in self.large:
+            if pattern.fullmatch(path):
+                return limit
+        return self.max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refusal = self.refusal(scope)
+        if refusal is not None:
+            await _refuse(send, *refusal)
+            return
+        limit = self.limit(scope["path"])
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None:
+            if not (declared.isascii() and declared.isdigit()):
+                await _refuse(send, 400, "content-length", "not a number of bytes")
+                return
+            if int(declared) > limit:
+                await _refuse(send, 413, "$", f"body of {int(declared)} bytes exceeds {limit}")
+                return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await _refuse(send, 413, "$", f"body of more than {limit} bytes")
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body: list[Message] = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replay() -> Message:
+            return body.pop() if body else await receive()
+
+        await self.app(scope, replay, send)
+
+    def refusal(self, scope: Scope) -> tuple[int, str, str] | None:
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        if len(raw_path) > MAX_PATH_BYTES:
+            return 414, "path", f"{len(raw_path)} bytes exceeds {MAX_PATH_BYTES}"
+        query: bytes = scope.get("query_string", b"")
+        if len(query) > MAX_QUERY_BYTES:
+            return 414, "query", f"{len(query)} bytes exceeds {MAX_QUERY_BYTES}"
+        if problem := text_problem(scope["path"]):
+            return 422, "path", problem
+        for key, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+            if problem := text_problem(key) or text_problem(value):
+                return 422, key if not text_problem(key) else "query", problem
+        return None
+
+
+async def _refuse(send: Send, status: int, field: str, message: str) -> None:
+    response = JSONResponse(errors_body([FieldError(field=field, message=message)]), status_code=status)
+    await response({"type": "http"}, _no_body, send)
+
+
+async def _no_body() -> Message:
+    return {"type": "http.disconnect"}

@@ -36,6 +36,9 @@ class Settings:
     bus_check_seconds: float = field(default_factory=lambda: float(_env("CSO_BUS_CHECK_SECONDS", "5")))
     outbox_retention_days: int = field(
         default_factory=lambda: int(_env("CSO_OUTBOX_RETENTION_DAYS", "30")))
+    # The largest HTTP request body a service takes (a route may allow more, e.g. attendance sheets).
+    http_max_body_bytes: int = field(
+        default_factory=lambda: int(_env("CSO_HTTP_MAX_BODY_BYTES", str(256 * 1024))))
     # HTTP bearer tokens (cso/auth.py): "off" (local stack, tests) or "jwt"; reads of coverage
     # "open" (no token) or "scoped" (a token, and a region in the path within the token's).
     auth: str = field(default_factory=lambda: _env("CSO_AUTH", "off"))

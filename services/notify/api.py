@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from contracts import ContractError, FieldError
+from contracts.envelope import load_json
 from cso.auth import Principal
 from cso.consumer import Subscription
 from cso.service import Runtime, errors_body
@@ -71,10 +72,7 @@ async def _parse(request: Request) -> SubscriptionIn:
     raw = await request.body()
     if len(raw) > 64 * 1024:
         raise ContractError.single("$", f"body of {len(raw)} bytes exceeds {64 * 1024}")
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ContractError.single("$", f"not JSON: {e}") from None
+    data = load_json(raw)
     if not isinstance(data, dict):
         raise ContractError.single("$", "a subscription is a JSON object")
     try:

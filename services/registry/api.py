@@ -11,10 +11,12 @@ from uuid import UUID
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from faststream.nats import NatsMessage
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import ContractError, Envelope, make_event
 from contracts import events as ev
+from contracts.codes import is_digits
 from cso.auth import Principal
 from cso.commands import parse_command
 from cso.consumer import OutOfScope, Rejected, Subscription
@@ -80,6 +82,8 @@ async def execute(runtime: Runtime, command: str, body: bytes, source: str, scop
         envelope = make_event(payload, source=source, region=payload.region_of() or "00")
     except ContractError as e:
         return 422, errors_body(e.errors)
+    except ValidationError as e:  # the envelope's own fields: a source header that is no source
+        return 422, errors_body(ContractError.from_validation(e).errors)
     try:
         async with runtime.engine.begin() as conn:
             done = await record(conn, envelope, runtime.topology, check_region=False, scope=scope, actor=actor)
@@ -135,7 +139,7 @@ def build(runtime: Runtime) -> FastAPI:
                             after: UUID | None = None,
                             status: str | None = Query(None, pattern="^(active|deregistered|revoked)$"),
                             ) -> dict[str, Any]:
-        if not code.isdigit() or len(code) not in (2, 4, 6, 9, 12):
+        if not is_digits(code) or len(code) not in (2, 4, 6, 9, 12):
             raise HTTPException(422, detail=f"code: {code!r} is not a division code")
         async with runtime.engine.connect() as conn:
             if not await store.division_known(conn, code):

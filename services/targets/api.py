@@ -17,7 +17,8 @@ from faststream.nats import NatsMessage
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from contracts import FieldError
+from contracts import ContractError, FieldError
+from contracts.envelope import load_json
 from cso.auth import Principal
 from cso.consumer import Subscription
 from cso.service import Runtime, errors_body, repeat
@@ -133,11 +134,11 @@ def build(runtime: Runtime, clock: evaluation.Clock | None = None,
         if name == "plan":
             return await plans_api.query(runtime, clock, None, msg.body)
         try:
-            q = json.loads(msg.body or b"{}")
+            q = load_json(msg.body or b"{}")
             if not isinstance(q, dict):
-                raise ValueError("a query is a JSON object")
-        except ValueError as e:
-            return json.dumps(errors_body([FieldError(field="$", message=str(e))])).encode()
+                raise ContractError.single("$", "a query is a JSON object")
+        except ContractError as e:
+            return json.dumps(errors_body(e.errors)).encode()
         region = str(q.get("region", ""))
         queries: dict[str, Callable[[AsyncConnection], Awaitable[Any]]] = {
             "coverage": lambda c: views.coverage(c, region, views.parse_day(q.get("as_of"))),
@@ -152,7 +153,7 @@ def build(runtime: Runtime, clock: evaluation.Clock | None = None,
 
     runtime.on_request(topology.query_subject(SERVICE, "*"), on_query)
 
-    app = runtime.http("cso targets")
+    app = runtime.http("cso targets", large_bodies=plans_api.LARGE_BODIES)
     app.state.runtime, app.state.clock = runtime, clock
     plans_api.mount(app, runtime, clock)
     planner = Depends(runtime.auth.role("planner"))
@@ -190,10 +191,7 @@ def build(runtime: Runtime, clock: evaluation.Clock | None = None,
                          who: Principal = planner) -> JSONResponse:
         """Add or replace a target; the body is one catalogue entry (its id must match the path).
         Needs the planner role; the target's scope region (and the one it replaces) within the token's."""
-        try:
-            item = json.loads(await request.body())
-        except ValueError as e:
-            raise HTTPException(422, detail=f"$: not JSON: {e}") from None
+        item = load_json(await request.body())
         if not isinstance(item, dict) or item.get("id") != target_id:
             return JSONResponse(errors_body([FieldError(field="id", message="must equal the path's id")]), 422)
         try:

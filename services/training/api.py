@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import ContractError, Envelope
 from contracts import events as ev
+from contracts.codes import is_digits
 from contracts.envelope import MAX_EVENT_BYTES
 from cso.auth import PII_READER, Principal
 from cso.commands import parse_command
@@ -166,7 +167,7 @@ _masked = personal.masked
 
 
 def _county(code: str) -> str:
-    if not code.isdigit() or len(code) != 6:
+    if not is_digits(code) or len(code) != 6:
         raise HTTPException(422, detail=f"code: {code!r} is not a county code (6 digits)")
     return code
 
@@ -188,7 +189,9 @@ def build(runtime: Runtime) -> FastAPI:
 
     runtime.on_request(topology.command_subject(SERVICE, "*"), on_command)
 
-    app = runtime.http("cso training")
+    sheets = 2 * sheet.MAX_SHEET_BYTES  # a CSV, or its base64 inside a command
+    app = runtime.http("cso training", large_bodies={"/commands/attendance_sheet": sheets,
+                                                     "/sessions/[^/]+/attendance": sheets})
     trainer = Depends(runtime.auth.role("trainer"))
     caller = Depends(runtime.auth.caller())   # personal data: a token in the person's region
 
@@ -277,7 +280,7 @@ def build(runtime: Runtime) -> FastAPI:
 
     @app.get("/regions/{code}/sessions")
     async def sessions(code: str, limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
-        if not code.isdigit() or len(code) not in (2, 4, 6, 9):
+        if not is_digits(code) or len(code) not in (2, 4, 6, 9):
             raise HTTPException(422, detail=f"code: {code!r} is not a division code")
         async with runtime.engine.connect() as conn:
             items = await store.sessions_in(conn, code, limit)

@@ -15,7 +15,7 @@ from uuid import UUID, uuid4
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from contracts.codes import CountyCode, RegionCode
-from contracts.events import CHINA, Name, PastOrToday, Reason
+from contracts.events import CHINA, Name, PastOrToday, PlausibleDate, Reason
 
 from .domain import ORGANIZER_TIERS, Role, normalize_name, normalize_phone, validate_id_number
 
@@ -107,8 +107,8 @@ class ScheduleSession(Command):
     session_id: UUID = Field(default_factory=uuid4)
     organizer_region: RegionCode
     topic: Name
-    starts_on: date
-    ends_on: date
+    starts_on: PlausibleDate
+    ends_on: PlausibleDate
     capacity: int = Field(ge=1, le=100_000)
     mode: Literal["on_site", "online"] = "on_site"
 

@@ -37,6 +37,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from contracts.codes import TIER_LENGTH, TIERS, tier_of
+from contracts.events import EARLIEST, LATEST
 
 from .metrics import FIGURES
 
@@ -171,11 +172,20 @@ def _as_date(value: Any) -> Any:
     raise PydanticCustomError("date_type", f"expected a date such as 2025-12-31, got {value!r}")
 
 
+def _plausible_date(value: date) -> date:
+    # A target's deadline travels in TargetStatusChanged, whose dates are bounded the same way.
+    if not EARLIEST <= value <= LATEST:
+        raise PydanticCustomError(
+            "date_range", f"{value} is outside {EARLIEST.isoformat()} to {LATEST.isoformat()}"
+        )
+    return value
+
+
 RegionField = Annotated[
     str, BeforeValidator(_code_is_string), Field(strict=True), AfterValidator(_target_region)
 ]
-DateField = Annotated[date, BeforeValidator(_as_date)]
-Text = Annotated[str, StringConstraints(strict=True, strip_whitespace=True, min_length=1)]
+DateField = Annotated[date, BeforeValidator(_as_date), AfterValidator(_plausible_date)]
+Text = Annotated[str, StringConstraints(strict=True, strip_whitespace=True, min_length=1, max_length=1000)]
 Year = Annotated[StrictInt, Field(ge=1949, le=2200)]
 
 
@@ -199,7 +209,7 @@ class _TargetModel(BaseModel):
     yearly_from: Year | None = None
     yearly_until: Year | None = None
     source: Text
-    kind: Annotated[str, Field(strict=True)] | None = None
+    kind: Annotated[str, Field(strict=True, max_length=100)] | None = None
     retired: StrictBool = False
 
 

@@ -25,7 +25,9 @@ from faststream.nats import NatsMessage
 from prometheus_client import Gauge
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from contracts import FieldError
+from contracts import ContractError, FieldError
+from contracts.envelope import load_json
+from contracts.jsontext import text_problem
 from cso.auth import Principal
 from cso.service import Runtime, errors_body, repeat
 
@@ -38,6 +40,8 @@ log = logging.getLogger(__name__)
 SERVICE = "targets"
 BUNDLED = Path(__file__).parent / "data"
 BY_HEADER = "x-cso-by"
+# Evidence files (10 MB each, raw or base64 in a transition's body) on a task's routes.
+LARGE_BODIES = {"/plans/[^/]+/tasks/.+": 16 * 1024 * 1024}
 OVERDUE = Gauge("cso_tasks_overdue", "Overdue plan tasks (counted for their lead unit) and lines of expanded "
                 "tasks (counted for their township or county), per plan", ["plan", "unit"])
 
@@ -164,11 +168,11 @@ async def query(runtime: Runtime, clock: Clock, name: str | None, body: bytes | 
     (the single subject cso.query.targets.plan) the body's "view" names it, else it follows from
     the keys given: task -> task, plan -> ledger, unit -> todo, none -> plans."""
     try:
-        q = json.loads(body or b"{}")
+        q = load_json(body or b"{}")
         if not isinstance(q, dict):
-            raise ValueError("a query is a JSON object")
-    except ValueError as e:
-        return json.dumps(errors_body([FieldError(field="$", message=str(e))])).encode()
+            raise ContractError.single("$", "a query is a JSON object")
+    except ContractError as e:
+        return json.dumps(errors_body(e.errors)).encode()
     queries = _queries(clock, q)
     if name is None:
         name = str(q.get("view") or ("task" if q.get("task") else "ledger" if q.get("plan")
@@ -184,8 +188,12 @@ def _json(status: int, body: Any) -> JSONResponse:
     return JSONResponse(json.loads(json.dumps(body, default=str)), status_code=status)
 
 
+MAX_LABEL = 200  # who acted, a file's name: TaskStatusChanged.by's limit
+
+
 def header_text(request: Request, name: str) -> str | None:
-    """A header's text: percent-encoded UTF-8 (``X-Cso-By: %E5%BC%A0%E4%B8%89``) or raw UTF-8."""
+    """A header's text: percent-encoded UTF-8 (``X-Cso-By: %E5%BC%A0%E4%B8%89``) or raw UTF-8;
+    refused (422 naming the header) if it is too long or holds control characters."""
     raw = request.headers.get(name)
     if raw is None:
         return None
@@ -193,13 +201,21 @@ def header_text(request: Request, name: str) -> str | None:
         raw = raw.encode("latin-1").decode("utf-8")
     except (UnicodeEncodeError, UnicodeDecodeError):
         pass
-    return unquote(raw).strip() or None
+    return _label(unquote(raw).strip(), name) or None
+
+
+def _label(value: str, field: str) -> str:
+    if problem := text_problem(value):
+        raise ViewError(422, field, problem)
+    if len(value) > MAX_LABEL:
+        raise ViewError(422, field, f"at most {MAX_LABEL} characters, got {len(value)}")
+    return value
 
 
 def _actor(request: Request, body: dict[str, Any]) -> str | None:
     by = body.get("by")
     if isinstance(by, str) and by.strip():
-        return by.strip()
+        return _label(by.strip(), "by")
     return header_text(request, BY_HEADER)
 
 
@@ -208,9 +224,9 @@ async def _object(request: Request) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw)
-    except ValueError as e:
-        raise ViewError(422, "$", f"not JSON: {e}") from None
+        body = load_json(raw)
+    except ContractError as e:
+        raise ViewError(422, e.errors[0].field, e.errors[0].message) from None
     if not isinstance(body, dict):
         raise ViewError(422, "$", "expected a JSON object")
     return body

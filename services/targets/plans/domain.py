@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import yaml
 
+from contracts import jsontext
 from contracts.codes import TIERS, tier_of
 
 from ..domain.catalogue import CatalogueError, parse_catalogue
@@ -245,7 +246,13 @@ class _Problems:
 
 class _Loader(yaml.SafeLoader):
     """YAML 1.2 booleans: only true/false. (YAML 1.1 also reads yes/no/on/off as booleans, which
-    would turn the reference files' `no:` key, a task's number, into False.)"""
+    would turn the reference files' `no:` key, a task's number, into False.) No aliases."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a plan file",
+                                              self.peek_event().start_mark)  # type: ignore[no-untyped-call]
+        return super().compose_node(parent, index)
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -257,11 +264,19 @@ _Loader.add_implicit_resolver(
 
 
 def read_plan_text(text: str, origin: str) -> object:
-    """Parse a plan file's text (YAML 1.2 booleans; JSON is YAML too)."""
+    """Parse a plan file's text (YAML 1.2 booleans; JSON is YAML too). Refused: aliases (a few
+    lines of them expand to billions of nodes), nesting the parser cannot follow, and text that
+    cannot be stored (NUL from a "\\0" escape, other control characters)."""
     try:
-        return yaml.load(text, Loader=_Loader)  # a SafeLoader
+        data = yaml.load(text, Loader=_Loader)  # a SafeLoader
+        jsontext.check(data)
     except yaml.YAMLError as exc:
         raise PlanError(origin, [Problem(origin, "", "", "", f"not valid YAML: {exc}")]) from exc
+    except RecursionError:
+        raise PlanError(origin, [Problem(origin, "", "", "", "not valid YAML: nested too deeply")]) from None
+    except jsontext.TextError as exc:
+        raise PlanError(origin, [Problem(origin, exc.field, "", "", exc.message)]) from None
+    return data
 
 
 def referenced_codes(data: object) -> set[str]:
