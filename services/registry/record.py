@@ -226,6 +226,14 @@ def decide(ledger: Ledger, envelope: Envelope[Any], check_region: bool = True,
     if scope is not None and not done.region.startswith(scope):
         raise OutOfScope("region", f"{done.region} is outside the caller's region {scope}")
     _same_region(envelope, done.region, check_region)
+    if isinstance(before, Organization):
+        # A change of an existing organization is also its current county's business: a move or
+        # an upgrade names the new community, and must not let another county take the record.
+        if scope is not None and not before.community_code.startswith(scope):
+            raise OutOfScope("region", f"{before.community_code} is outside the caller's region {scope}")
+        if check_region and before.community_code[:6] != envelope.region[:6]:
+            raise Rejected("region", f"organization {before.id} is in county {before.community_code[:6]}, "
+                                     f"not {envelope.region[:6]}")
 
     # Accepted: from here on the ledger changes.
     if org is not None:

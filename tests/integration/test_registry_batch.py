@@ -170,3 +170,33 @@ async def test_a_rejected_fact_in_a_batch_leaves_nothing(two_registries: tuple[s
     assert [r[1] for r in saved["organization"]] == ["舞蹈队"]
     assert [r[0] for r in saved["outbox"]] == [stream[0].event_id]
     assert not isinstance(results[2], NotYet)
+
+
+async def test_another_county_cannot_take_an_organization(two_registries: tuple[str, str]) -> None:
+    """A move or an upgrade names the new community; the organization's current county must agree:
+    a Leshan system cannot move Guanghan's organization into Leshan, nor can a Leshan-scoped caller."""
+    from tests.integration.test_notify import SHIZHONG
+
+    url, _ = two_registries
+    engine = create_async_engine(async_url(url))
+    async with engine.begin() as conn:
+        await store.upsert_divisions(conn, SHIZHONG)
+    guanghan, leshan = GUANGHAN.communities[0].code, SHIZHONG.communities[0].code
+    filed = ev.OrganizationFiled(organization_id=uuid.uuid4(), name="舞蹈队", community_code=guanghan,
+                                 category="culture_sports", filed_on="2023-03-01")
+    moved = ev.OrganizationUpdated(organization_id=filed.organization_id, effective_on="2023-04-01",
+                                   community_code=leshan)
+    async with engine.begin() as conn:
+        await record(conn, make_event(filed, source="guanghan-register"), TOPOLOGY)
+    async with engine.begin() as conn:
+        taken = await record_batch(conn, [make_event(moved, source="leshan-register")], TOPOLOGY)
+    assert verdict(taken[0]) == ("Rejected", "region")
+    async with engine.begin() as conn:
+        scoped = await record_batch(conn, [make_event(moved, source="http-api")], TOPOLOGY,
+                                    check_region=False, scope="5111")
+    assert verdict(scoped[0]) == ("OutOfScope", "region")
+    # A national (unscoped) command may move it.
+    async with engine.begin() as conn:
+        done = await record_batch(conn, [make_event(moved, source="http-api")], TOPOLOGY, check_region=False)
+    await engine.dispose()
+    assert verdict(done[0]) == ("recorded", str(filed.organization_id), leshan)
