@@ -4,6 +4,8 @@ marked `full`, which are skipped otherwise (see tests/faults/README.md)."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -34,7 +36,8 @@ ClusterFactory = Callable[..., AbstractAsyncContextManager[Cluster]]
 def cluster_of() -> ClusterFactory:
     """`async with cluster_of(replicas=2, env={...}) as cluster:` a cluster of its own, torn down after.
     Its data dir is a fresh temporary dir (pytest's tmp_path is too long a path for some sockets,
-    and the data of a failed case is worth keeping: its path is printed)."""
+    and the data of a failed case is worth keeping: its path is printed; CSO_FAULT_KEEP=1 keeps it
+    for a case that passed too)."""
 
     @asynccontextmanager
     async def make(replicas: int = 1, env: dict[str, str] | None = None) -> AsyncIterator[Cluster]:
@@ -47,11 +50,9 @@ def cluster_of() -> ClusterFactory:
             ok = True
         finally:
             await cluster.close()
-            if ok:
-                import shutil
-
+            if ok and not os.environ.get("CSO_FAULT_KEEP"):
                 shutil.rmtree(root, ignore_errors=True)
             else:
-                print(f"kept the failed case's data and logs in {root}")
+                print(f"kept the case's data and logs in {root}")
 
     return make

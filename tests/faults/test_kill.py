@@ -15,7 +15,6 @@ from tests.faults.harness import (
     KILLS_PER_SERVICE,
     SEED,
     SERVICE_NAMES,
-    Expectation,
     OutsidePublisher,
     Workload,
     kill_mid_batch,
@@ -61,7 +60,7 @@ async def test_kill_9_each_service_repeatedly(cluster_of: ClusterFactory) -> Non
             for task in starting.values():
                 await task
 
-        report = await run_case(cluster, workload, inject, Expectation(resend_allowed=True))
+        report = await run_case(cluster, workload, inject)
     say(f"kills: {hits}")
     assert len(hits) == len(SERVICE_NAMES) * KILLS_PER_SERVICE
     assert report.facts["registry_accepted"] == total

@@ -15,7 +15,6 @@ from tests.faults.harness import (
     OUTAGE_SECONDS,
     SEED,
     SERVICE_NAMES,
-    Expectation,
     OutsidePublisher,
     Replica,
     Workload,
@@ -69,6 +68,6 @@ async def test_every_fault_in_one_run(cluster_of: ClusterFactory) -> None:
             for task in starting.values():
                 await task
 
-        report = await run_case(cluster, workload, inject, Expectation(resend_allowed=True))
+        report = await run_case(cluster, workload, inject)
     say(f"marathon: {len(report.facts['faults'])} faults over {report.facts['events']:,} events")
     assert report.facts["registry_accepted"] == total
