@@ -88,7 +88,9 @@ def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer
     topology = Topology(NAMESPACE)
     users = Users(publishers=(Publisher(CITY, "5111"), Publisher(COUNTY, "511102")))
     names = [*natsauth.SERVICES, natsauth.DIVISIONS, natsauth.ADMIN, CITY, COUNTY]
-    passwords = {n: secrets.token_urlsafe(18) for n in names}
+    # nats-server parses an environment variable's value as a config value: a password starting with a
+    # digit is read as a number and refused (infra/README.md says so); letters first, then hex.
+    passwords = {n: "p" + secrets.token_hex(16) for n in names}
     data_dir = tmp_path_factory.mktemp("nats-auth")
     config = data_dir / "auth.conf"
     config.write_text(natsauth.render(topology, users))
