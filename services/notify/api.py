@@ -10,11 +10,10 @@ from uuid import UUID, uuid4
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
 
-from contracts import ContractError, FieldError
-from contracts.envelope import load_json
+from contracts import FieldError
 from cso.auth import Principal
+from cso.commands import parse_body
 from cso.consumer import Subscription
 from cso.service import Runtime, errors_body
 
@@ -69,16 +68,7 @@ def _values(sub: SubscriptionIn, sub_id: UUID, secret: str | None) -> dict[str, 
 
 
 async def _parse(request: Request) -> SubscriptionIn:
-    raw = await request.body()
-    if len(raw) > 64 * 1024:
-        raise ContractError.single("$", f"body of {len(raw)} bytes exceeds {64 * 1024}")
-    data = load_json(raw)
-    if not isinstance(data, dict):
-        raise ContractError.single("$", "a subscription is a JSON object")
-    try:
-        return SubscriptionIn.model_validate(data)
-    except ValidationError as e:
-        raise ContractError.from_validation(e) from None
+    return parse_body(SubscriptionIn, await request.body(), 64 * 1024, "a subscription")
 
 
 def _may_manage(who: Principal, recipient: str, region: str) -> None:
