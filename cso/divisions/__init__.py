@@ -12,7 +12,7 @@ from .classify import community_kind, township_kind
 from .importer import county_payloads, event_id, publish_divisions
 from .nbs import NbsFormatError
 
-DEMO_DIVISIONS = Path(__file__).resolve().parents[2] / "data" / "divisions" / "demo"
+DEMO_DIVISIONS = Path(__file__).resolve().parent / "demo"  # package data: in every install, images too
 
 __all__ = [
     "DEMO_DIVISIONS",

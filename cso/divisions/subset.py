@@ -1,8 +1,8 @@
 """Cutting a few provinces, cities or counties out of an NBS edition, as plain CSV files.
 
-The demo edition in data/divisions/demo was made with
+The demo edition in cso/divisions/demo was made with
 
-    python -m cso.divisions.subset /work/shared/data/divisions data/divisions/demo 5111 510681
+    python -m cso.divisions.subset /work/shared/data/divisions cso/divisions/demo 5111 510681
 
 which keeps 乐山市 (5111) whole, 广汉市 (510681) whole, and the rows of 四川省 (51) and 德阳市
 (5106) those two need, but no other county of 德阳市.

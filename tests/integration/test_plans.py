@@ -40,7 +40,7 @@ CITY = "city-2021-2023-special-action"
 DATA = Path(plans_api.__file__).parent / "data"
 PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
-GUANGHAN_TOWNSHIPS = 12  # in the demo divisions (data/divisions/demo/streets.csv)
+GUANGHAN_TOWNSHIPS = 12  # in the demo divisions (cso/divisions/demo/streets.csv)
 
 
 def docx() -> bytes:

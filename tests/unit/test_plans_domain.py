@@ -16,7 +16,7 @@ from services.targets.plans import domain as d
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED = REPO / "services" / "targets" / "plans" / "data"
 SHARED = Path("/work/shared/data/plans")
-DEMO = REPO / "data" / "divisions" / "demo"
+DEMO = REPO / "cso" / "divisions" / "demo"
 GUANGHAN = "guanghan-2024-chuangtese.yaml"
 CITY = "city-2021-2023-special-action.yaml"
 

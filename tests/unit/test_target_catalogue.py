@@ -24,7 +24,7 @@ from services.targets.domain.catalogue import (
 from services.targets.domain.metrics import FIGURES
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO_AREAS = REPO / "data" / "divisions" / "demo" / "areas.csv"
+DEMO_AREAS = REPO / "cso" / "divisions" / "demo" / "areas.csv"
 
 CLASS_A = ("511102", "511111", "511112", "511126", "511181")
 CLASS_B = ("511123", "511124", "511129")
