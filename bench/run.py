@@ -291,6 +291,9 @@ async def run(ctx: Context) -> dict[str, Any]:
     procs = [measure.Proc("registry", [ctx.state["services"]["registry"]["pid"]]),
              measure.Proc("targets", [ctx.state["services"]["targets"]["pid"]]),
              measure.Proc("training", [ctx.state["services"]["training"]["pid"]])]
+    # notify hears every registry, targets and training event too: its cost is part of the pipeline's.
+    if "notify" in ctx.state["services"]:
+        procs.append(measure.Proc("notify", [ctx.state["services"]["notify"]["pid"]]))
     procs += [measure.Proc(rep.name, [rep.proc.pid]) for rep in ctx.replicas]
     procs += [measure.Proc("nats-server", [ctx.state["nats"]["pid"]]),
               measure.Proc("postgres", [ctx.state["postgres"]["pid"]], tree=True),

@@ -111,25 +111,27 @@ async def save_timelines(conn: AsyncConnection, timelines: dict[str, tuple[Timel
 
 async def add_coverage(conn: AsyncConnection, delta: Contribution) -> set[str]:
     """Move coverage by a batch's net contribution; returns the regions that moved."""
-    items = sorted((k, v) for k, v in delta.items() if v)
+    # Rows are upserted in key order (ORDER BY, sorted by PostgreSQL rather than in Python, where it
+    # cost more than the statement): replicas then take the rows' locks in one order, no deadlock.
+    items = [(k, v) for k, v in delta.items() if v]
     if not items:
         return set()
     await conn.execute(text(
         f"INSERT INTO {SCHEMA}.coverage (region, counter, month, delta) "
         "SELECT * FROM unnest(CAST(:r AS text[]), CAST(:c AS text[]), CAST(:m AS date[]), "
-        "CAST(:d AS bigint[])) ON CONFLICT (region, counter, month) "
+        "CAST(:d AS bigint[])) ORDER BY 1, 2, 3 ON CONFLICT (region, counter, month) "
         "DO UPDATE SET delta = coverage.delta + excluded.delta"),
         {"r": [k[0] for k, _ in items], "c": [k[1] for k, _ in items], "m": [k[2] for k, _ in items],
          "d": [v for _, v in items]})
     now: dict[tuple[str, str], int] = defaultdict(int)
     for (region, counter, _), v in items:
         now[(region, counter)] += v
-    flat = sorted((k, v) for k, v in now.items() if v)
+    flat = [(k, v) for k, v in now.items() if v]
     if flat:
         await conn.execute(text(
             f"INSERT INTO {SCHEMA}.coverage_now (region, counter, value) "
             "SELECT * FROM unnest(CAST(:r AS text[]), CAST(:c AS text[]), CAST(:v AS bigint[])) "
-            "ON CONFLICT (region, counter) DO UPDATE SET value = coverage_now.value + excluded.value"),
+            "ORDER BY 1, 2 ON CONFLICT (region, counter) DO UPDATE SET value = coverage_now.value + excluded.value"),
             {"r": [k[0] for k, _ in flat], "c": [k[1] for k, _ in flat], "v": [v for _, v in flat]})
     regions = {k[0] for k, _ in items}
     await conn.execute(text(
