@@ -31,6 +31,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contracts import PAYLOAD_BY_TYPE, ContractError, Envelope, Topology, parse_event, snake
 
+from . import database
+
 log = logging.getLogger(__name__)
 
 APPLIED = Counter("cso_events_applied_total", "Events applied", ["service", "type"])
@@ -247,12 +249,7 @@ class Consumer:
             return
 
     async def _database_answers(self) -> bool:
-        try:
-            async with self.engine.connect() as conn:
-                await asyncio.wait_for(conn.execute(text("SELECT 1")), 5)
-            return True
-        except Exception:
-            return False
+        return await database.answers(self.engine)
 
     async def _waited_for_database(self, held: list[tuple[Msg, Envelope[Any]]], error: Exception) -> bool:
         """A failure while the database does not answer is the database's, not the messages': it

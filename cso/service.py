@@ -4,6 +4,9 @@ a FastStream broker for request-reply, and the HTTP endpoints operators expect."
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import json
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -15,7 +18,7 @@ from urllib.parse import parse_qsl
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from faststream.nats import NatsBroker
+from faststream.nats import NatsBroker, NatsMessage
 from faststream.nats.prometheus import NatsPrometheusMiddleware
 from faststream.nats.security import NatsUserPassword
 from nats.aio.client import Client
@@ -28,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from contracts import ContractError, FieldError, Topology
 from contracts.jsontext import text_problem
 
-from . import bus
+from . import bus, database
 from .auth import Auth, AuthError
 from .buswatch import BusWatch
 from .consumer import Consumer, Handler, Subscription
@@ -69,7 +72,33 @@ class Runtime:
         """A request-reply endpoint (core NATS, queue group per service: one replica answers). The
         handler reads the raw body itself: FastStream's own decoding (json.loads, whatever the body)
         raised on deep nesting or huge numbers before the handler ran, and no reply went back."""
-        self.broker.subscriber(subject, queue=self.name, decoder=_raw_body)(handler)
+        self.broker.subscriber(subject, queue=self.name, decoder=_raw_body)(self._answering(handler))
+
+    def _answering(self, handler: Callable[..., Any]) -> Callable[..., Any]:
+        """A handler that fails on our side still answers, at once, what its HTTP twin would (503
+        while the database is away, else 500), instead of leaving the caller to time out; the
+        exception goes on to FastStream, which logs and counts it (the handler-exceptions panel)."""
+        @functools.wraps(handler)
+        async def answering(msg: NatsMessage) -> Any:
+            try:
+                return await handler(msg)
+            except Exception:
+                if msg.reply_to:
+                    _, body = await self.failure(msg.raw_message.subject)
+                    with contextlib.suppress(Exception):
+                        await msg.raw_message.respond(json.dumps(body).encode())
+                raise
+
+        return answering
+
+    async def failure(self, where: str) -> tuple[int, dict[str, Any]]:
+        """What a caller is told when a request failed on our side: never the exception's text."""
+        if await database.answers(self.engine, within=2):
+            log.error("%s: %s failed; see the exception logged with it", self.name, where)
+            return 500, {**errors_body([FieldError(field="$", message="internal error; it has been logged")]),
+                         "status": 500}
+        return 503, {**errors_body([FieldError(field="$", message="the database is unavailable; try again "
+                                                                   "shortly")]), "status": 503}
 
     def every(self, job: Callable[[], Any]) -> None:
         """A background coroutine function started with the service and cancelled at stop."""
@@ -169,6 +198,13 @@ class Runtime:
             headers = {"WWW-Authenticate": challenge} if e.status == 401 else None
             return JSONResponse(errors_body([FieldError(field=e.field, message=e.message)]),
                                 status_code=e.status, headers=headers)
+
+        @app.exception_handler(Exception)
+        async def failed(request: Request, _: Exception) -> JSONResponse:
+            # Starlette logs the exception after this answers; the caller learns only whether to retry.
+            status, body = await self.failure(f"{request.method} {request.url.path}")
+            body.pop("status")
+            return JSONResponse(body, status_code=status, headers={"Retry-After": "5"} if status == 503 else None)
 
         @app.exception_handler(RequestValidationError)
         async def request_error(_: Request, e: RequestValidationError) -> JSONResponse:

@@ -146,9 +146,12 @@ async def evaluate_instances(conn: AsyncConnection, topology: Topology, today: d
 async def drain_dirty(conn: AsyncConnection, topology: Topology, today: date, limit: int = 5000) -> set[str]:
     """Take dirty regions (skipping those another replica holds), publish one CoverageChanged each,
     and re-evaluate their targets."""
+    # Marks taken are deleted by row (ctid), never by region: a mark a batch adds meanwhile stays for
+    # the next step, so a move committed after this step read the counters is published too.
     regions = set((await conn.execute(text(
-        f"DELETE FROM {SCHEMA}.dirty_region WHERE region IN (SELECT region FROM {SCHEMA}.dirty_region "
-        "ORDER BY region LIMIT :n FOR UPDATE SKIP LOCKED) RETURNING region"), {"n": limit})).scalars())
+        f"DELETE FROM {SCHEMA}.dirty_region d USING (SELECT ctid FROM {SCHEMA}.dirty_region "
+        "ORDER BY region LIMIT :n FOR UPDATE SKIP LOCKED) taken WHERE d.ctid = taken.ctid "
+        "RETURNING d.region"), {"n": limit})).scalars())
     if not regions:
         return regions
     counters = await store.counters_now(conn, sorted(regions))

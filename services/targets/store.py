@@ -134,9 +134,10 @@ async def add_coverage(conn: AsyncConnection, delta: Contribution) -> set[str]:
             "ORDER BY 1, 2 ON CONFLICT (region, counter) DO UPDATE SET value = coverage_now.value + excluded.value"),
             {"r": [k[0] for k, _ in flat], "c": [k[1] for k, _ in flat], "v": [v for _, v in flat]})
     regions = {k[0] for k, _ in items}
+    # A mark, not an upsert: a region may be marked many times; the coalescer takes them all.
     await conn.execute(text(
-        f"INSERT INTO {SCHEMA}.dirty_region (region) SELECT * FROM unnest(CAST(:r AS text[])) "
-        "ON CONFLICT DO NOTHING"), {"r": sorted(regions)})
+        f"INSERT INTO {SCHEMA}.dirty_region (region) SELECT * FROM unnest(CAST(:r AS text[]))"),
+        {"r": sorted(regions)})
     return regions
 
 
