@@ -123,7 +123,14 @@ def _public_keys(value: str) -> list[Key]:
     if "-----BEGIN" in value:
         sources = [("CSO_JWT_PUBLIC_KEY", value.encode())]
     else:
-        sources = [(p.strip(), Path(p.strip()).read_bytes()) for p in value.split(",") if p.strip()]
+        sources = []
+        for path in (p.strip() for p in value.split(",") if p.strip()):
+            try:
+                sources.append((path, Path(path).read_bytes()))
+            except OSError as e:
+                # A placeholder left in a manifest lands here: say which setting, fail closed.
+                raise ValueError(f"CSO_JWT_PUBLIC_KEY: {path[:60]!r} is neither PEM text nor a readable "
+                                 f"file ({e.strerror})") from None
     keys: list[Key] = []
     for origin, data in sources:
         blocks = _PEM.findall(data)

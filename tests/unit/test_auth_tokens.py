@@ -77,6 +77,9 @@ def test_off_by_default_and_config_errors() -> None:
         Auth.from_settings(settings(read_auth="closed"))
     with pytest.raises(ValueError, match="no PEM public key"):
         Auth.from_settings(settings(jwt_secret="", jwt_public_key="-----BEGIN nonsense"))
+    # The Kubernetes manifests' placeholder: the service refuses to start, naming the setting.
+    with pytest.raises(ValueError, match=r"CSO_JWT_PUBLIC_KEY: .CHANGE-ME.*neither PEM text nor a readable file"):
+        Auth.from_settings(settings(jwt_secret="", jwt_public_key="CHANGE-ME: the token issuer's public key"))
     ed = ed25519.Ed25519PrivateKey.generate().public_key()
     with pytest.raises(ValueError, match="only RSA"):
         Auth.from_settings(settings(jwt_public_key=pem(ed)))
