@@ -113,10 +113,16 @@ def _decode(raw: bytes | str) -> str:
         raise TextError("$", f"not JSON: not UTF-8 ({e.reason} at byte {e.start})") from None
 
 
+# Built once: json.loads with any hook builds a new decoder per call (measurable per event).
+_FAST_PAIRS = json.JSONDecoder(object_pairs_hook=_pairs_fast)
+_FAST_STRICT = json.JSONDecoder(object_pairs_hook=_pairs_fast, parse_constant=_flag,
+                                parse_float=_float_fast, parse_int=_int_fast)
+
+
 def has_duplicate_keys(raw: bytes | str) -> bool:
     """Whether some object of the JSON text names a key twice (False for text that is no JSON)."""
     try:
-        json.loads(raw, object_pairs_hook=_pairs_fast)
+        _FAST_PAIRS.decode(raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else raw)
     except _Flagged:
         return True
     except (ValueError, RecursionError):
@@ -129,8 +135,7 @@ def loads(raw: bytes | str) -> Any:
     valid text costs one json.loads and a regular expression; only suspect text is walked."""
     text = _decode(raw)
     try:
-        data = json.loads(text, object_pairs_hook=_pairs_fast, parse_constant=_flag,
-                          parse_float=_float_fast, parse_int=_int_fast)
+        data = _FAST_STRICT.decode(text)
     except _Flagged:
         data = json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant,
                           parse_float=_float, parse_int=_int)
