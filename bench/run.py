@@ -42,6 +42,7 @@ from rich.table import Table
 from contracts import Topology
 from cso import servers
 from cso.divisions import DEMO_DIVISIONS, publish_divisions
+from cso.roles import role_url
 from cso.stack import ROOT, SERVICES, Stack, StackError, http_get
 
 from . import floor, measure, profile
@@ -153,7 +154,10 @@ def start_replica(name: str, index: int, state: dict[str, Any], logs: Path) -> R
     """Another uvicorn process of a service, with the same CSO_* environment as the stack's."""
     spec = next(s for s in SERVICES if s.name == name)
     port = servers.free_port()
-    env = {**os.environ, "CSO_DATABASE_URL": state["postgres"]["url"], "CSO_NATS_URL": state["nats"]["url"],
+    # As the stack's own process of that service: its database role, not the superuser.
+    role = state["services"].get(name, {}).get("database_role")
+    database_url = role_url(state["postgres"]["url"], role) if role else state["postgres"]["url"]
+    env = {**os.environ, "CSO_DATABASE_URL": database_url, "CSO_NATS_URL": state["nats"]["url"],
            "CSO_NAMESPACE": state.get("namespace", ""), "PYTHONUNBUFFERED": "1"}
     log = logs / f"{name}-{index}.log"
     cmd = [sys.executable, "-m", "uvicorn", "--factory", spec.factory, "--host", "127.0.0.1",
