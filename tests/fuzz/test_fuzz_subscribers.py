@@ -51,6 +51,9 @@ SERVICES: dict[str, tuple[Callable[[Settings], FastAPI], Callable[[Settings], No
 # Written for refused events too: the inbox claims an event id the handler then refuses (so a
 # redelivery is a duplicate), the position and BusWatch's record move past it.
 BOOKKEEPING = ("inbox", "consumer_position", "bus_stream")
+# When a background job last looked, not what it found: targets' coalescer re-evaluates instances
+# whenever it runs (status and value are compared; target_history records every change).
+WHEN_LOOKED = {"target_instance": "evaluated_at"}
 
 
 async def snapshot(settings: Settings, schema: str) -> dict[str, str]:
@@ -60,8 +63,11 @@ async def snapshot(settings: Settings, schema: str) -> dict[str, str]:
         tables = [r["tablename"] for r in await db.fetch(
             "SELECT tablename FROM pg_tables WHERE schemaname = $1 ORDER BY tablename", schema)
             if r["tablename"] not in BOOKKEEPING]
+        def row(t: str) -> str:
+            return f"(to_jsonb(t) - '{WHEN_LOOKED[t]}')::text" if t in WHEN_LOOKED else "t::text"
+
         return {t: await db.fetchval(
-            f'SELECT count(*) || \':\' || coalesce(md5(string_agg(t::text, \'|\' ORDER BY t::text)), \'\') '
+            f'SELECT count(*) || \':\' || coalesce(md5(string_agg({row(t)}, \'|\' ORDER BY {row(t)})), \'\') '
             f'FROM "{schema}"."{t}" t') for t in tables}
     finally:
         await db.close()
