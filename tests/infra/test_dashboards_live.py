@@ -11,7 +11,6 @@ import json
 import shutil
 import subprocess
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -23,6 +22,7 @@ import pytest
 from cso import servers
 from cso.stack import Stack, connect_nats, recorded
 from tests.infra.test_infra_grafana import dashboards, panels, substitute
+from tests.support import http_json
 
 pytestmark = pytest.mark.integration
 
@@ -41,23 +41,8 @@ def get(url: str) -> Any:
         return json.loads(resp.read())
 
 
-def post(url: str, body: dict[str, Any]) -> Any:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"content-type": "application/json"})
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(request, timeout=10) as resp:
-        return json.loads(resp.read())
 
 
-def post_status(url: str, body: dict[str, Any]) -> tuple[int, Any]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"content-type": "application/json"})
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(request, timeout=15) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 def promql(expr: str) -> str:
@@ -93,10 +78,10 @@ async def test_every_panel_answers_on_a_live_stack(tmp_path: Path) -> None:
         registry = f"http://127.0.0.1:{ports['registry']}"
         first = None
         for i, community in enumerate(["510681001014", "510681001011", "510681002010"] * 3):
-            reply = post(f"{registry}/commands/file", {"name": f"组织{i}", "community_code": community,
+            _, reply = http_json(f"{registry}/commands/file", {"name": f"组织{i}", "community_code": community,
                                                        "category": "culture_sports", "filed_on": "2024-03-01"})
             first = first or reply["id"]
-        post(f"{registry}/commands/establish_hub", {"organization_id": first, "region_code": "510681001",
+        http_json(f"{registry}/commands/establish_hub", {"organization_id": first, "region_code": "510681001",
                                                     "established_on": "2024-04-01"})
         nc = await connect_nats(nats_url, "dashboards-test")
         await nc.jetstream().publish("cso.intake.organization_filed.51.5106.510681", b"not an event")
@@ -117,7 +102,7 @@ async def test_every_panel_answers_on_a_live_stack(tmp_path: Path) -> None:
                 "filed_on": "2024-05-01"}).encode(), timeout=15)
             refused = json.loads(reply.data)
             assert refused["status"] == 503 and not refused["ok"], refused
-            status, body = await asyncio.to_thread(post_status, f"{registry}/commands/file", {
+            status, body = await asyncio.to_thread(http_json, f"{registry}/commands/file", {
                 "name": "数据库不在时", "community_code": "510681001014", "category": "charity",
                 "filed_on": "2024-05-01"})
             assert status == 503 and "database is unavailable" in body["errors"][0]["message"], body

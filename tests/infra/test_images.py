@@ -17,8 +17,6 @@ import os
 import shutil
 import subprocess
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +27,7 @@ import pytest
 import yaml
 
 from cso import servers
+from tests.support import http_json
 
 pytestmark = pytest.mark.integration
 
@@ -93,18 +92,6 @@ def images() -> dict[str, str]:
     return {service: build(service) for service in SERVICES}
 
 
-def http(url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None,
-                                     method="POST" if body is not None else "GET",
-                                     headers={"content-type": "application/json"})
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(request, timeout=5) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
-    except OSError:
-        return 0, None
 
 
 def eventually(check: Any, timeout: float, what: str) -> Any:
@@ -198,7 +185,7 @@ async def test_migrate_job_then_services_serve_from_their_images(
             "-e", f"CSO_NAMESPACE={namespace}", images[service])
     for service in SERVICES:
         url = f"http://127.0.0.1:{ports[service]}"
-        eventually(lambda url=url: http(f"{url}/readyz")[0] == 200, 90, f"{service} ready")
+        eventually(lambda url=url: http_json(f"{url}/readyz")[0] == 200, 90, f"{service} ready")
 
     for service in SERVICES:
         name = f"{prefix}-{service}"
@@ -214,13 +201,13 @@ async def test_migrate_job_then_services_serve_from_their_images(
                "cso", "divisions", "import", "--only", "510681")
     assert "published 1 county" in done.stdout, done.stdout
     registry, targets = (f"http://127.0.0.1:{ports[s]}" for s in ("registry", "targets"))
-    status, body = http(f"{registry}/commands/file", {
+    status, body = http_json(f"{registry}/commands/file", {
         "name": "西城社区书画协会", "community_code": COMMUNITY, "category": "culture_sports",
         "filed_on": "2024-03-01"})
     assert status == 200, body
 
     def counted() -> int | None:
-        status, body = http(f"{targets}/coverage/510681")
+        status, body = http_json(f"{targets}/coverage/510681")
         return 1 if status == 200 and body["counters"].get("orgs") == 1 else None
 
     eventually(counted, 60, "the filing counted by targets")

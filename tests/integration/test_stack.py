@@ -8,8 +8,6 @@ import asyncio
 import json
 import os
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -24,21 +22,13 @@ from contracts import events as ev
 from cso import servers
 from cso.cli import app
 from cso.stack import Stack, connect_nats, http_get
+from tests.support import http_json
 
 pytestmark = pytest.mark.integration
 
 COMMUNITY = "510681001014"  # 西城社区居民委员会, 雒城街道, 广汉市 (in the demo divisions)
 
 
-def post(url: str, body: dict[str, Any]) -> tuple[int, Any]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"content-type": "application/json"})
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(request, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
@@ -119,7 +109,7 @@ def test_stack_up_file_coverage_restart_and_cli(tmp_path: Path) -> None:
         assert {name: s["database_role"] for name, s in state["services"].items()} == roles
         assert set(asyncio.run(database_users(state["postgres"]["url"]))) == set(roles.values())
 
-        status, body = post(f"{registry}/commands/file", {
+        status, body = http_json(f"{registry}/commands/file", {
             "name": "西城社区书画协会", "community_code": COMMUNITY, "category": "culture_sports",
             "filed_on": "2024-03-01"})
         assert status == 200, body
