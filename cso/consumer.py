@@ -249,7 +249,7 @@ class Consumer:
             return
 
     async def _database_answers(self) -> bool:
-        return await database.answers(self.engine)
+        return await database.unreachable(self.engine) is None
 
     async def _waited_for_database(self, held: list[tuple[Msg, Envelope[Any]]], error: Exception) -> bool:
         """A failure while the database does not answer is the database's, not the messages': it

@@ -19,15 +19,15 @@ def make_engine(database_url: str, pool_size: int = 10) -> AsyncEngine:
                                pool_pre_ping=True)
 
 
-async def answers(engine: AsyncEngine, within: float = 5.0) -> bool:
-    """Whether the database takes a query now: tells a failure of the database (wait, try again)
-    from one of the work (a bug, a bad message)."""
+async def unreachable(engine: AsyncEngine, within: float = 5.0) -> str | None:
+    """None when the database takes a query now, else what stopped it (the exception's type name):
+    tells a failure of the database (wait, try again) from one of the work (a bug, a bad message)."""
     try:
         async with engine.connect() as conn:
             await asyncio.wait_for(conn.execute(text("SELECT 1")), within)
-        return True
-    except Exception:
-        return False
+        return None
+    except Exception as e:
+        return type(e).__name__
 
 
 def alembic_config(migrations: Path, schema: str, database_url: str) -> Config:

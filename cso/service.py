@@ -23,7 +23,6 @@ from faststream.nats.prometheus import NatsPrometheusMiddleware
 from faststream.nats.security import NatsUserPassword
 from nats.aio.client import Client
 from prometheus_client import REGISTRY, make_asgi_app
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -84,21 +83,19 @@ class Runtime:
                 return await handler(msg)
             except Exception:
                 if msg.reply_to:
-                    _, body = await self.failure(msg.raw_message.subject)
+                    status, body = await self.failure(msg.raw_message.subject)
                     with contextlib.suppress(Exception):
-                        await msg.raw_message.respond(json.dumps(body).encode())
+                        await msg.raw_message.respond(json.dumps({**body, "status": status}).encode())
                 raise
 
         return answering
 
     async def failure(self, where: str) -> tuple[int, dict[str, Any]]:
         """What a caller is told when a request failed on our side: never the exception's text."""
-        if await database.answers(self.engine, within=2):
+        if await database.unreachable(self.engine, within=2) is None:
             log.error("%s: %s failed; see the exception logged with it", self.name, where)
-            return 500, {**errors_body([FieldError(field="$", message="internal error; it has been logged")]),
-                         "status": 500}
-        return 503, {**errors_body([FieldError(field="$", message="the database is unavailable; try again "
-                                                                   "shortly")]), "status": 503}
+            return 500, errors_body([FieldError(field="$", message="internal error; it has been logged")])
+        return 503, errors_body([FieldError(field="$", message="the database is unavailable; try again shortly")])
 
     def every(self, job: Callable[[], Any]) -> None:
         """A background coroutine function started with the service and cancelled at stop."""
@@ -148,12 +145,8 @@ class Runtime:
 
     async def readiness(self) -> dict[str, str]:
         checks: dict[str, str] = {}
-        try:
-            async with self.engine.connect() as conn:
-                await asyncio.wait_for(conn.execute(text("SELECT 1")), 2)
-            checks["database"] = "ok"
-        except Exception as e:
-            checks["database"] = f"unreachable: {type(e).__name__}"
+        problem = await database.unreachable(self.engine, within=2)
+        checks["database"] = "ok" if problem is None else f"unreachable: {problem}"
         checks["nats"] = "ok" if self.nc is not None and self.nc.is_connected else "unreachable"
         return checks
 
@@ -203,7 +196,6 @@ class Runtime:
         async def failed(request: Request, _: Exception) -> JSONResponse:
             # Starlette logs the exception after this answers; the caller learns only whether to retry.
             status, body = await self.failure(f"{request.method} {request.url.path}")
-            body.pop("status")
             return JSONResponse(body, status_code=status, headers={"Retry-After": "5"} if status == 503 else None)
 
         @app.exception_handler(RequestValidationError)
