@@ -733,12 +733,41 @@ def _clear_old_postmaster(data_dir: Path, run_as: _RunAs | None, timeout: float)
         (pgdata / "postmaster.pid").unlink(missing_ok=True)
 
 
+_SETTING = re.compile(r"[a-z_]+")
+_SETTING_VALUE = re.compile(r"[A-Za-z0-9_.]+")
+
+
+def postgres_sizing(memory: int | None = None) -> dict[str, str]:
+    """Settings for a write-heavy PostgreSQL on a machine with `memory` bytes (default: this one's).
+
+    PostgreSQL's defaults fit a tiny install: 128 MB of shared buffers and a checkpoint for every
+    1 GB of WAL. On a national backfill here (session 15) that meant, at a 2.8 GB database, 4.1M
+    buffers evicted and 3.3M written by the backends themselves, and 13 GB of WAL in 20 minutes,
+    8 GB of it full-page images after 23 checkpoints forced by WAL volume."""
+    if memory is None:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    mb = memory // 2**20
+    return {
+        "shared_buffers": f"{min(max(mb // 4, 128), 8192)}MB",  # the usual quarter of memory
+        "effective_cache_size": f"{max(mb // 2, 256)}MB",
+        "max_wal_size": "16GB",
+        "checkpoint_timeout": "30min",
+        "checkpoint_completion_target": "0.9",
+    }
+
+
 def start_postgres(
     data_dir: Path,
     port: int | None = None,
     *,
+    settings: Mapping[str, str] | None = None,
     timeout: float = DEFAULT_START_TIMEOUT,
 ) -> ServerHandle:
+    """Start (or find running) a PostgreSQL in `data_dir`; `settings` are passed as `-c name=value`
+    (a running server keeps the settings it was started with)."""
+    for name, value in (settings or {}).items():
+        if not (_SETTING.fullmatch(name) and _SETTING_VALUE.fullmatch(value)):
+            raise ValueError(f"PostgreSQL setting {name}={value!r}: name must be [a-z_]+, value [A-Za-z0-9_.]+")
     data_dir = _prepare_dir(data_dir)
     with _locked(data_dir):
         existing = running(data_dir, "postgres")
@@ -790,7 +819,7 @@ def start_postgres(
             f"-h 127.0.0.1 -p {pg_port} -k {sock_dir} "
             # Tests and benchmarks open many pools at once; the default 100 runs out.
             "-c max_connections=200"
-        )
+        ) + "".join(f" -c {name}={value}" for name, value in (settings or {}).items())
         log_start = log.stat().st_size if log.exists() else 0
         # As subreaper while pg_ctl runs, the postmaster becomes our child when pg_ctl exits,
         # so we can reap it after stop/kill.
@@ -948,6 +977,7 @@ __all__ = [
     "free_port",
     "kill",
     "nats_server_binary",
+    "postgres_sizing",
     "reload",
     "running",
     "start_nats",

@@ -25,7 +25,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -253,6 +253,8 @@ class Stack:
     namespace: str = ""
     owner_pid: int | None = None
     ready_timeout: float = READY_TIMEOUT
+    # `-c` settings of a PostgreSQL the stack starts itself (servers.postgres_sizing(), say).
+    postgres_settings: Mapping[str, str] = field(default_factory=dict)
     log: Callable[[str], None] = lambda _message: None
 
     _nats: servers.ServerHandle | None = field(default=None, init=False, repr=False)
@@ -359,7 +361,8 @@ class Stack:
             return self.database_url, self.database_url
         self.log("starting PostgreSQL")
         try:
-            self._postgres = servers.start_postgres(self.data_dir / "postgres")
+            self._postgres = servers.start_postgres(self.data_dir / "postgres",
+                                                    settings=self.postgres_settings)
         except servers.ServerStartError as e:
             raise StackError(f"PostgreSQL did not start: {e}") from None
         admin_url = self._postgres.url

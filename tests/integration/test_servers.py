@@ -125,6 +125,30 @@ async def test_postgres_table_survives_restart(
         await conn.close()
 
 
+async def test_postgres_takes_settings_sized_to_the_machine(
+    tmp_path: Path, cleanup: list[tuple[Path, Kind]]
+) -> None:
+    data_dir = tmp_path / "pg"
+    cleanup.append((data_dir, "postgres"))
+    sized = servers.postgres_sizing(2 * 2**30)
+    assert sized["shared_buffers"] == "512MB" and sized["max_wal_size"] == "16GB"
+    handle = await asyncio.to_thread(servers.start_postgres, data_dir, settings=sized)
+    conn = await asyncpg.connect(handle.url)
+    try:
+        assert await conn.fetchval("SHOW shared_buffers") == "512MB"
+        assert await conn.fetchval("SHOW max_wal_size") == "16GB"
+        assert await conn.fetchval("SHOW checkpoint_timeout") == "30min"
+        assert await conn.fetchval("SHOW max_connections") == "200"
+    finally:
+        await conn.close()
+
+
+def test_postgres_refuses_a_setting_the_shell_would_split(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="shared_buffers"):
+        servers.start_postgres(tmp_path / "pg", settings={"shared_buffers": "1GB -c fsync=off"})
+    assert not (tmp_path / "pg").exists()  # refused before anything was made or started
+
+
 async def test_crash_and_restart_keeps_committed_data(
     tmp_path: Path, cleanup: list[tuple[Path, Kind]]
 ) -> None:
