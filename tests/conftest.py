@@ -19,6 +19,10 @@ import pytest
 
 from cso.settings import Settings
 
+# cso.service.tune_garbage_collector freezes the process's objects at the first service start: in
+# this one process of many services that would keep every earlier test's objects for good.
+os.environ.setdefault("CSO_TUNE_GC", "0")
+
 
 def _admin_dsn(url: str) -> str:
     return url.replace("postgresql+asyncpg://", "postgresql://")
