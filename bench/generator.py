@@ -187,6 +187,11 @@ class Workload:
         self._cum = list(accumulate(weights))
         self._categories = list(CATEGORY_SHARES)
 
+    def forget_caches(self) -> None:
+        """Drop what only speeds up generating (a national run's subjects: millions), before the
+        workload is sent to another process."""
+        self._subjects.clear()
+
     # ------------------------------------------------------------------ helpers
 
     def payloads(self) -> Iterator[DivisionsImported]:

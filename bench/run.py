@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import math
+import multiprocessing
 import os
 import platform
 import shutil
@@ -26,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,7 +48,7 @@ from cso.stack import ROOT, SERVICES, Stack, StackError, http_get
 
 from . import floor, measure, profile
 from .generator import TRAINING_COUNTERS, Workload
-from .publisher import Publisher, paced
+from .publisher import Backfill, Publisher, outside_process, paced, wait_idle
 
 SHARED_DIVISIONS = Path("/work/shared/data/divisions")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -83,6 +84,7 @@ class Options:
     output: Path | None = None
     keep: bool = False
     label: str = ""
+    postgres_settings: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def scope_name(self) -> str:
@@ -126,13 +128,17 @@ def options(argv: Sequence[str] | None = None) -> Options:
     p.add_argument("--output", type=Path, default=None, help="result JSON (default bench/results/<scope>-…json)")
     p.add_argument("--keep", action="store_true", help="keep the stack's temporary data dir")
     p.add_argument("--label", default="", help="a note stored in the result")
+    p.add_argument("--postgres-defaults", action="store_true",
+                   help="PostgreSQL's own defaults (128 MB buffers, 1 GB of WAL between checkpoints) instead "
+                        "of settings sized to this machine (cso.servers.postgres_sizing)")
     a = p.parse_args(argv)
     divisions = a.divisions or (SHARED_DIVISIONS if SHARED_DIVISIONS.exists() else DEMO_DIVISIONS)
     rates = tuple(float(r) for r in a.rates.split(",") if r.strip())
     return Options(scope=a.scope, divisions=divisions, seed=a.seed, replicas=a.replicas, rates=rates,
                    fresh_seconds=a.fresh_seconds, poll_interval=a.poll_interval, floor=not a.no_floor,
                    profile_seconds=a.profile, profile_delay=a.profile_delay, profile_dir=a.profile_dir,
-                   gap=a.gap, window=a.window, timeout=a.timeout, output=a.output, keep=a.keep, label=a.label)
+                   gap=a.gap, window=a.window, timeout=a.timeout, output=a.output, keep=a.keep, label=a.label,
+                   postgres_settings={} if a.postgres_defaults else servers.postgres_sizing())
 
 
 # ------------------------------------------------------------------ extra replicas
@@ -220,31 +226,8 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
-async def consumer_idle(js: JetStreamContext, stream: str, durable: str) -> bool:
-    try:
-        info = await js.consumer_info(stream, durable)
-    except Exception:
-        return False
-    return bool(info.num_pending == 0 and info.num_ack_pending == 0)
-
-
-async def wait_idle(js: JetStreamContext, consumers: Sequence[tuple[str, str]], ctx: Context,
-                    limit: float, what: str) -> float:
-    """Until every (stream, durable) has nothing pending nor unacked, twice in a row; returns when."""
-    deadline = time.monotonic() + limit
-    first: float | None = None
-    while True:
-        now = time.monotonic()
-        if all([await consumer_idle(js, s, d) for s, d in consumers]):
-            if first is not None:
-                return first
-            first = now
-        else:
-            first = None
-        check_alive(ctx)
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not done within {limit:.0f}s")
-        await asyncio.sleep(0.25)
+def alive(ctx: Context) -> Callable[[], None]:
+    return lambda: check_alive(ctx)
 
 
 def check_alive(ctx: Context) -> None:
@@ -274,7 +257,7 @@ async def fetchval(dsn: str, sql: str) -> Any:
 async def settle(js: JetStreamContext, ctx: Context, limit: float) -> dict[str, float]:
     """Wait until registry took all intake, published its outbox, and targets and training applied it."""
     done: dict[str, float] = {}
-    done["registry"] = await wait_idle(js, [("CSO_INTAKE", "registry-intake")], ctx, limit, "registry intake")
+    done["registry"] = await wait_idle(js, [("CSO_INTAKE", "registry-intake")], limit, "registry intake", alive(ctx))
     deadline = time.monotonic() + limit
     while await outbox_backlog(ctx.dsn):
         check_alive(ctx)
@@ -282,8 +265,8 @@ async def settle(js: JetStreamContext, ctx: Context, limit: float) -> dict[str, 
             raise TimeoutError("registry's outbox was not published in time")
         await asyncio.sleep(0.25)
     done["targets"] = await wait_idle(js, [("CSO_REGISTRY", "targets-registry"), ("CSO_TRAINING", "targets-training")],
-                                      ctx, limit, "targets")
-    done["training"] = await wait_idle(js, [("CSO_REGISTRY", "training-registry")], ctx, limit, "training")
+                                      limit, "targets", alive(ctx))
+    done["training"] = await wait_idle(js, [("CSO_REGISTRY", "training-registry")], limit, "training", alive(ctx))
     return done
 
 
@@ -301,7 +284,7 @@ async def run(ctx: Context) -> dict[str, Any]:
     procs += [measure.Proc(rep.name, [rep.proc.pid]) for rep in ctx.replicas]
     procs += [measure.Proc("nats-server", [ctx.state["nats"]["pid"]]),
               measure.Proc("postgres", [ctx.state["postgres"]["pid"]], tree=True),
-              measure.Proc("bench (publisher)", [os.getpid()])]
+              measure.Proc("bench (harness)", [os.getpid()])]
     sampler = measure.Sampler(ctx.dsn, procs)
     await sampler.start()
     try:
@@ -310,7 +293,8 @@ async def run(ctx: Context) -> dict[str, Any]:
         counties = await publish_divisions(js, topology, opts.divisions, only=opts.scope)
         say(f"published the divisions of {counties} counties; waiting for registry, targets and training")
         await wait_idle(js, [("CSO_DIVISIONS", d) for d in ("registry-divisions", "targets-divisions",
-                                                            "training-divisions")], ctx, opts.timeout, "divisions")
+                                                            "training-divisions")],
+                        opts.timeout, "divisions", alive(ctx))
         r["divisions"] = {"counties": counties, "seconds": time.monotonic() - started}
         say(f"divisions loaded in {r['divisions']['seconds']:.1f}s")
 
@@ -319,11 +303,11 @@ async def run(ctx: Context) -> dict[str, Any]:
         metrics_before = {s: [measure.scrape(u) for u in ctx.service_urls(s)] for s in ("registry", "targets")}
         cpu_before, machine_before = sampler.cpu_now(), measure.Machine.busy()
         profiling = asyncio.create_task(run_profiles(ctx, opts)) if opts.profile_seconds else None
-        publisher = Publisher(js, window=opts.window)
-        say("backfill: publishing the workload")
+        say("backfill: publishing the workload (the outside publisher's own process, at the lowest priority)")
         t0 = time.monotonic()
-        barriers = await publish_backfill(publisher, workload, js, ctx)
-        pub = publisher.stats
+        backfill = await publish_outside(ctx, workload, sampler)
+        pub, barriers, workload = backfill.stats, backfill.barriers, backfill.workload
+        t0 = pub.first_at or t0   # from the first publish, not from starting the publisher's process
         say(f"published {pub.count:,} events in {pub.seconds:.1f}s ({pub.count / max(pub.seconds, 1e-9):,.0f}/s); "
             "waiting for the services")
         done = await settle(js, ctx, opts.timeout)
@@ -390,19 +374,33 @@ async def run(ctx: Context) -> dict[str, Any]:
         await nc.close()
 
 
-async def publish_backfill(publisher: Publisher, workload: Workload, js: JetStreamContext, ctx: Context) -> int:
-    """Publish the workload; at a barrier wait (after the acks) until registry took all intake.
-    Returns how many barriers were waited at."""
-    barriers = 0
-    for item in workload.events():
-        if item.barrier:
-            await publisher.flush()
-            await wait_idle(js, [("CSO_INTAKE", "registry-intake")], ctx, ctx.opts.timeout, "barrier")
-            barriers += 1
-            continue
-        await publisher.publish(item)
-    await publisher.flush()
-    return barriers
+async def publish_outside(ctx: Context, workload: Workload, sampler: measure.Sampler) -> Backfill:
+    """The backfill, published by `bench.publisher.outside_process` in a process of its own; its
+    CPU and memory are sampled as "outside publisher"."""
+    spawn = multiprocessing.get_context("spawn")
+    receive, send = spawn.Pipe(duplex=False)
+    proc = spawn.Process(target=outside_process, name="bench-outside-publisher",
+                         args=(ctx.state["nats"]["url"], workload, ctx.opts.window, ctx.opts.timeout, send))
+    proc.start()
+    send.close()
+    assert proc.pid is not None
+    publisher = measure.Proc("outside publisher", [proc.pid])
+    sampler.procs.append(publisher)
+    try:
+        while not receive.poll():
+            if not proc.is_alive() and not receive.poll():
+                raise StackError(f"the outside publisher exited with code {proc.exitcode}")
+            check_alive(ctx)
+            await asyncio.sleep(0.5)
+        done = receive.recv()
+        publisher.sample()   # its last CPU figure, while it still exists (the sampler's own loop goes on)
+    finally:
+        await asyncio.to_thread(proc.join, 30)
+        if proc.is_alive():
+            proc.kill()
+    if not isinstance(done, Backfill):
+        raise StackError(f"the outside publisher failed: {done}")
+    return done
 
 
 def fmt_ms(v: float | None) -> str:
@@ -655,7 +653,9 @@ def render(r: dict[str, Any], out: Console) -> None:
         t.add_row(f"peak RSS {name}", mb(rss),
                   f"CPU in backfill {num(cpu, 1)} s = {num(b['cpu_ms_per_event'].get(name), 2)} ms/event")
     js = r["sizes"]["jetstream"]
-    t.add_row("PostgreSQL database", mb(r["sizes"]["postgres_database_bytes"]), "pg_database_size")
+    pg = r["options"].get("postgres_settings")
+    t.add_row("PostgreSQL database", mb(r["sizes"]["postgres_database_bytes"]), "pg_database_size; " + (
+        ", ".join(f"{k}={v}" for k, v in pg.items()) if isinstance(pg, dict) else "PostgreSQL's default settings"))
     t.add_row("JetStream storage", mb(js.get("jsz_storage_bytes")),
               f"store dir {mb(js.get('store_dir_bytes'))}; {js.get('messages', 0):,} messages")
     h = r["recount_vs_incremental"]
@@ -714,7 +714,8 @@ def benchmark(opts: Options) -> dict[str, Any]:
     data_dir = Path(tempfile.mkdtemp(prefix="cso-bench-"))
     data_dir.chmod(0o755)
     stack = Stack(data_dir, registry_port=servers.free_port(), targets_port=servers.free_port(),
-                  training_port=servers.free_port(), notify_port=servers.free_port(), demo=False, log=say)
+                  training_port=servers.free_port(), notify_port=servers.free_port(), demo=False, log=say,
+                  postgres_settings=opts.postgres_settings)
     replicas: list[Replica] = []
     load_start = measure.load_average()
     try:
@@ -731,7 +732,8 @@ def benchmark(opts: Options) -> dict[str, Any]:
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "options": {"seed": opts.seed, "divisions": str(opts.divisions), "rates": list(opts.rates),
                         "fresh_seconds": opts.fresh_seconds, "gap": opts.gap, "window": opts.window,
-                        "batch_size": os.environ.get("CSO_BATCH_SIZE", "500 (default)")},
+                        "batch_size": os.environ.get("CSO_BATCH_SIZE", "500 (default)"),
+                        "postgres_settings": dict(opts.postgres_settings) or "PostgreSQL's defaults"},
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                         "platform": platform.platform(), "load_average_at_start": load_start},
         })
