@@ -137,36 +137,57 @@ class Consumer:
 
     async def run(self) -> None:
         psub = None
-        while True:
-            try:
-                if psub is None:
-                    psub = await self._subscribe()
-                msgs = await self._pull(psub)
-            except (NatsTimeout, TimeoutError):
-                # An empty pull: nothing waiting (nats-py raises either error depending on path).
-                self.idle.set()
-                await self._record_lag(psub)
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                # The server restarted, or the stream or consumer is gone: subscribe afresh.
-                log.warning("%s: pulling from %s failed (%s); subscribing again", self.service, self.stream, e)
-                psub = None
-                await asyncio.sleep(1)
-                continue
-            self.idle.clear()
-            try:
-                with BATCH_SECONDS.labels(self.service).time():
-                    await self.process(msgs)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # Whatever a batch does (a dead letter that cannot be published, a bug), the consumer
-                # lives on: the batch's unacknowledged messages come back after ack_wait.
-                log.exception("%s: a batch from %s failed; its messages will be redelivered",
-                              self.service, self.stream)
-                await asyncio.sleep(1)
+        try:
+            while True:
+                try:
+                    if psub is None:
+                        psub = await self._subscribe()
+                    msgs = await self._pull(psub)
+                except (NatsTimeout, TimeoutError):
+                    # An empty pull: nothing waiting (nats-py raises either error depending on path).
+                    self.idle.set()
+                    await self._record_lag(psub)
+                    continue
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    # The server restarted, or the stream or consumer is gone: subscribe afresh.
+                    log.warning("%s: pulling from %s failed (%s); subscribing again",
+                                self.service, self.stream, e)
+                    await self._let_go(psub)
+                    psub = None
+                    await asyncio.sleep(1)
+                    continue
+                await self._take(msgs)
+        finally:
+            await self._let_go(psub)
+
+    async def _let_go(self, psub: Any) -> None:
+        """Withdraw the pull still open on the server, and wait until the server has it.
+
+        A stopped consumer leaves its last pull request waiting on the server until it expires. A
+        message published meanwhile would be handed to that request, i.e. to a client that is gone,
+        and come back only after ack_wait (30 s): a replica restarted at once would sit idle over it.
+        The unsubscribe, confirmed by a flush, takes the request's interest away first."""
+        if psub is None:
+            return
+        with contextlib.suppress(Exception):
+            await psub.unsubscribe()
+            await asyncio.wait_for(self.nc.flush(), 2)
+
+    async def _take(self, msgs: list[Msg]) -> None:
+        self.idle.clear()
+        try:
+            with BATCH_SECONDS.labels(self.service).time():
+                await self.process(msgs)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Whatever a batch does (a dead letter that cannot be published, a bug), the consumer
+            # lives on: the batch's unacknowledged messages come back after ack_wait.
+            log.exception("%s: a batch from %s failed; its messages will be redelivered",
+                          self.service, self.stream)
+            await asyncio.sleep(1)
 
     async def _pull(self, psub: Any) -> list[Msg]:
         """Wait for the first message, then take at once what else is pending, up to a batch.

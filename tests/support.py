@@ -89,8 +89,11 @@ async def running(create_app: Callable[[Settings], FastAPI], settings: Settings
             yield app, client
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
-    """Poll an async check until it returns a truthy value (the bus is asynchronous)."""
+async def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
+                     describe: Callable[[], object] | None = None) -> Any:
+    """Poll an async check until it returns a truthy value (the bus is asynchronous).
+
+    `describe` says, when the time is up, what was there instead (a bare False tells nothing)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -98,7 +101,8 @@ async def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: 
         if result:
             return result
         if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s (last: {result!r})")
+            state = f"; {describe()}" if describe else ""
+            raise AssertionError(f"condition not met within {timeout}s (last: {result!r}{state})")
         await asyncio.sleep(interval)
 
 

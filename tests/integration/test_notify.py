@@ -126,6 +126,10 @@ class Receiver:
     def seen(self, path: str) -> list[Hit]:
         return [h for h in self.arrived if h.path == path]
 
+    def tally(self, paths: tuple[str, ...]) -> dict[str, dict[str, int]]:
+        return {path: {"arrived": len(self.seen(path)), "accepted": len(self.on(path)),
+                       "dropped": sum(h.path == path for h in self.dropped)} for path in paths}
+
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
@@ -440,7 +444,7 @@ async def test_killed_mid_send_loses_and_repeats_nothing(migrated: Settings, nc:
         receiver.gate.set()
         async with notify(settings, config, divisions=False) as (_, api):
             await eventually(waiting(lambda: len(receiver.on("/gated")) == 10 and len(receiver.on("/ok")) == 10),
-                             timeout=15)
+                             timeout=15, describe=lambda: receiver.tally(("/gated", "/ok")))
             await eventually(lambda: inbox_count(api, "reader", 10))
             await eventually(waiting(lambda: len(bus.events("NotificationSent")) >= 30))
             await asyncio.sleep(0.5)
