@@ -173,7 +173,8 @@ class Consumer:
             return
         with contextlib.suppress(Exception):
             await psub.unsubscribe()
-            await asyncio.wait_for(self.nc.flush(), 2)
+            if self.nc.is_connected:  # else the server has dropped the request with the connection
+                await asyncio.wait_for(self.nc.flush(), 2)
 
     async def _take(self, msgs: list[Msg]) -> None:
         self.idle.clear()
