@@ -74,7 +74,7 @@ async def test_a_consumer_that_is_gone_is_an_error(nc: NATS, stream: str) -> Non
     await pull.start()
     try:
         await nc.jetstream().delete_consumer(stream, "d")
-        with pytest.raises(PullFailed, match="503|404|409"):
+        with pytest.raises(PullFailed, match=r"pull from \S+: (503|404|409)"):
             await pull.next(10, wait=0.5)
     finally:
         await pull.stop()
