@@ -22,9 +22,9 @@ from uuid import UUID
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
 from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -32,7 +32,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from contracts import PAYLOAD_BY_TYPE, ContractError, Envelope, Topology, parse_event, snake
 
 from . import database
-from .pull import Pull
 
 log = logging.getLogger(__name__)
 
@@ -127,52 +126,55 @@ class Consumer:
         self._task: asyncio.Task[None] | None = None
         self.idle = asyncio.Event()
 
-    async def _subscribe(self) -> Pull:
+    async def _subscribe(self) -> Any:
         config = ConsumerConfig(
             durable_name=self.sub.durable, ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL, ack_wait=self.ack_wait,
             # The consumer dead-letters by itself; JetStream must keep redelivering until then.
             max_deliver=-1, max_ack_pending=self.batch * 4, filter_subject=self.sub.subject)
-        try:
-            await self.js.consumer_info(self.stream, self.sub.durable)
-        except NotFoundError:
-            await self.js.add_consumer(self.stream, config)
-        pull = Pull(self.nc, self.stream, self.sub.durable)
-        await pull.start()
-        return pull
+        return await self.js.pull_subscribe(self.sub.subject, durable=self.sub.durable,
+                                            stream=self.stream, config=config)
 
     async def run(self) -> None:
-        pull: Pull | None = None
+        psub = None
         try:
             while True:
                 try:
-                    if pull is None:
-                        pull = await self._subscribe()
-                    # Waits for the first message, then takes at once what else is pending, up to
-                    # a batch: a quiet stream costs no lingering (at 200 events/s a pull that held
-                    # out for a full batch added up to a second per hop).
-                    msgs = await pull.next(self.batch, wait=1.0)
+                    if psub is None:
+                        psub = await self._subscribe()
+                    msgs = await self._pull(psub)
+                except (NatsTimeout, TimeoutError):
+                    # An empty pull: nothing waiting (nats-py raises either error depending on path).
+                    self.idle.set()
+                    await self._record_lag(psub)
+                    continue
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:
                     # The server restarted, or the stream or consumer is gone: subscribe afresh.
                     log.warning("%s: pulling from %s failed (%s); subscribing again",
                                 self.service, self.stream, e)
-                    if pull is not None:
-                        await pull.stop()
-                    pull = None
+                    await self._let_go(psub)
+                    psub = None
                     await asyncio.sleep(1)
                     continue
-                if not msgs:
-                    self.idle.set()
-                    await self._record_lag()
-                    continue
-                # Delivered but not yet acknowledged, plus what the stream holds beyond the last.
-                LAG.labels(self.service, self.stream).set(msgs[-1].metadata.num_pending + len(msgs))
                 await self._take(msgs)
         finally:
-            if pull is not None:
-                await pull.stop()
+            await self._let_go(psub)
+
+    async def _let_go(self, psub: Any) -> None:
+        """Withdraw the pull still open on the server, and wait until the server has it.
+
+        A stopped consumer leaves its last pull request waiting on the server until it expires. A
+        message published meanwhile would be handed to that request, i.e. to a client that is gone,
+        and come back only after ack_wait (30 s): a replica restarted at once would sit idle over it.
+        The unsubscribe, confirmed by a flush, takes the request's interest away first."""
+        if psub is None:
+            return
+        with contextlib.suppress(Exception):
+            await psub.unsubscribe()
+            if self.nc.is_connected:  # else the server has dropped the request with the connection
+                await asyncio.wait_for(self.nc.flush(), 2)
 
     async def _take(self, msgs: list[Msg]) -> None:
         self.idle.clear()
@@ -188,6 +190,23 @@ class Consumer:
                           self.service, self.stream)
             await asyncio.sleep(1)
 
+    async def _pull(self, psub: Any) -> list[Msg]:
+        """Wait for the first message, then take at once what else is pending, up to a batch.
+
+        nats-py's fetch(n) on a quiet stream holds its pull open until n messages arrived or the
+        timeout passed: at 200 events/s that added up to a second per hop. Asking for one message
+        returns on its arrival; the consumer's pending count then says how many more to take,
+        which a no-wait pull hands over without lingering.
+        """
+        msgs: list[Msg] = await psub.fetch(1, timeout=1.0)
+        info = await psub.consumer_info()
+        LAG.labels(self.service, self.stream).set(info.num_pending + info.num_ack_pending)
+        more = min(self.batch - len(msgs), info.num_pending)
+        if more > 0:
+            with contextlib.suppress(NatsTimeout, TimeoutError):
+                msgs += await psub.fetch(more, timeout=1.0)
+        return msgs
+
     async def restart(self, from_start: bool = False) -> None:
         """Start pulling again; from the stream's first message when the bus lost what we had."""
         await self.stop()
@@ -196,9 +215,11 @@ class Consumer:
                 await self.js.delete_consumer(self.stream, self.sub.durable)
         self.start()
 
-    async def _record_lag(self) -> None:
+    async def _record_lag(self, psub: Any) -> None:
+        if psub is None:
+            return
         with contextlib.suppress(Exception):
-            info = await self.js.consumer_info(self.stream, self.sub.durable)
+            info = await psub.consumer_info()
             LAG.labels(self.service, self.stream).set(info.num_pending + info.num_ack_pending)
 
     async def process(self, msgs: list[Msg]) -> None:
