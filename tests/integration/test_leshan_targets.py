@@ -10,6 +10,7 @@ import json
 import uuid
 from datetime import date, timedelta
 
+import asyncpg
 import nats
 import pytest
 
@@ -59,6 +60,18 @@ async def test_leshan_statuses_move_and_are_published(settings: Settings, nc: na
         shawan, wutongqiao = communities("511111"), communities("511112")
         facts = (filings(shawan["urban"], 15, date(2023, 1, 1)) + filings(shawan["rural"], 8, date(2023, 1, 1))
                  + filings(wutongqiao["urban"][:5], 1, date(2024, 1, 1)))
+        # Divisions and facts travel on different streams: a filing registry reads before it has
+        # applied the divisions names an unknown community and is dead-lettered, as it should be.
+        needed = sorted({fact.community_code for fact in facts})
+        db = await asyncpg.connect(settings.database_url)
+        try:
+            async def communities_known() -> bool:
+                return bool(await db.fetchval("SELECT count(*) FROM registry.community WHERE code = ANY($1)",
+                                              needed) == len(needed))
+
+            await eventually(communities_known, timeout=30)
+        finally:
+            await db.close()
         for fact in facts:
             await publish(nc, t.intake_subject(fact.TYPE, fact.community_code),
                           make_event(fact, source="leshan-register"))
