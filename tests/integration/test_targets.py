@@ -88,9 +88,10 @@ async def stack(settings: Settings, nc: nats.NATS) -> AsyncIterator[tuple[httpx.
         _, tgt = await stack.enter_async_context(running(targets.create_app, settings))
         await stack.enter_async_context(running(targets.create_app, settings))
         await publish_divisions(nc.jetstream(), settings.topology, DEMO_DIVISIONS)
-        await eventually(lambda: _equals(count(settings.database_url,
-                                               "SELECT count(*) FROM targets.division WHERE tier = 'community'"),
-                                         1494), timeout=30)
+        # Both must have them: registry refuses a filing of a community it does not know yet.
+        for sql in ("SELECT count(*) FROM targets.division WHERE tier = 'community'",
+                    "SELECT count(*) FROM registry.community"):
+            await eventually(lambda sql=sql: _equals(count(settings.database_url, sql), 1494), timeout=30)
         yield reg, tgt
 
 
