@@ -412,6 +412,31 @@ def pipeline_dashboard() -> db.Dashboard:
                     .thresholds(db.ThresholdsConfig().mode(dm.ThresholdsMode.ABSOLUTE).steps([
                         dm.Threshold(value=None, color="green"),
                         dm.Threshold(value=1, color="red")])))
+        # notify's own metrics (services/notify/sender.py): one series set whatever $service says.
+        .with_row(db.Row("Notification deliveries (notify)"))
+        .with_panel(bargauge.Panel().title("Delivery failures in the time range")
+                    .description("Deliveries given up (after their last attempt, or at once when the "
+                                 "receiver refused for good): each also published NotificationFailed.")
+                    .datasource(PROMETHEUS).span(6).height(8)
+                    .with_target(promql("sum by (channel) (increase(cso_notify_failed_total[$__range]))",
+                                        "{{channel}}", instant=True))
+                    .thresholds(db.ThresholdsConfig().mode(dm.ThresholdsMode.ABSOLUTE).steps([
+                        dm.Threshold(value=None, color="green"),
+                        dm.Threshold(value=1, color="red")])))
+        .with_panel(timeseries.Panel().title("Deliveries finished /s by channel and outcome").unit("ops")
+                    .datasource(PROMETHEUS).span(6).height(8)
+                    .with_target(promql("sum by (channel, outcome) (rate(cso_notify_deliveries_total"
+                                        "[$__rate_interval]))", "{{channel}} {{outcome}}")))
+        .with_panel(timeseries.Panel().title("Retries scheduled /s").unit("ops")
+                    .description("Failed attempts that will be tried again (timeouts, 5xx, refused "
+                                 "connections), with exponential back-off.")
+                    .datasource(PROMETHEUS).span(6).height(8)
+                    .with_target(promql("sum by (channel) (rate(cso_notify_retries_total"
+                                        "[$__rate_interval]))", "{{channel}}")))
+        .with_panel(timeseries.Panel().title("Deliveries pending").datasource(PROMETHEUS)
+                    .description("Due now or waiting for a retry (shared state: the replicas' max).")
+                    .span(6).height(8)
+                    .with_target(promql("max(cso_notify_queue_depth)", "pending")))
     )
 
 

@@ -11,9 +11,12 @@ import asyncio
 import json
 import shutil
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,7 @@ import pytest
 from cso import servers
 from cso.stack import Stack, connect_nats, recorded
 from tests.infra.test_infra_grafana import dashboards, panels, substitute
-from tests.support import http_json
+from tests.support import eventually, http_json
 
 pytestmark = pytest.mark.integration
 
@@ -43,20 +46,51 @@ def get(url: str) -> Any:
         return json.loads(resp.read())
 
 
+@pytest.fixture
+def hooks() -> Iterator[str]:
+    """A real HTTP receiver that refuses every delivery: /gone for good (410: notify gives up at
+    once), /busy for now (503: notify schedules another attempt)."""
+
+    class Refuse(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(410 if self.path == "/gone" else 503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
-
-
-def promql(expr: str) -> str:
-    for name, value in sorted(VARIABLES.items(), key=lambda kv: -len(kv[0])):
+def promql(expr: str, **overrides: str) -> str:
+    for name, value in sorted((VARIABLES | overrides).items(), key=lambda kv: -len(kv[0])):
         expr = expr.replace("${" + name + "}", value).replace("$" + name, value)
     assert "$" not in expr, expr
     return expr
 
 
+async def positive(base: str, title: str, labels: dict[str, str]) -> bool:
+    """Whether the panel's first query has a series with these labels and a value above 0; rates
+    over the test's whole length, so that one event seen stays seen while the test waits."""
+    (panel,) = [p for d in dashboards().values() for p in panels(d) if p["title"] == title]
+    expr = promql(panel["targets"][0]["expr"], __rate_interval=VARIABLES["__range"])
+    answer = await asyncio.to_thread(get, f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+    return any(all(r["metric"].get(k) == v for k, v in labels.items()) and float(r["value"][1]) > 0
+               for r in answer["data"]["result"])
+
+
 @pytest.mark.skipif(shutil.which("prometheus") is None,
                     reason="prometheus not installed (apt-get install prometheus)")
-async def test_every_panel_answers_on_a_live_stack(tmp_path: Path) -> None:
+async def test_every_panel_answers_on_a_live_stack(tmp_path: Path, hooks: str) -> None:
     titles = {p["title"] for dashboard in dashboards().values() for p in panels(dashboard)}
     assert NATS_PANELS <= titles, NATS_PANELS - titles
     ports = {name: servers.free_port()
@@ -87,6 +121,28 @@ async def test_every_panel_answers_on_a_live_stack(tmp_path: Path) -> None:
              f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{ports['prometheus']}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         base = f"http://127.0.0.1:{ports['prometheus']}"
+
+        # Prometheus has scraped every job once before anything happens: a counter's first sample
+        # taken after its events would hide them from increase() and rate().
+        async def all_scraped() -> bool:
+            try:
+                answer = await asyncio.to_thread(get, f"{base}/api/v1/query?query=up")
+            except OSError:
+                return False
+            up = {r["metric"]["job"]: r["value"][1] for r in answer["data"]["result"]}
+            return len(up) == len(config["scrape_configs"]) and set(up.values()) == {"1"}
+
+        await eventually(all_scraped, timeout=60, interval=0.5)
+
+        # Subscribers of 广汉市's filings: an inbox (delivered), a webhook refusing for good (a
+        # delivery failure), one refusing for now (a retry).
+        for recipient, channels in (("dashboards.inbox", {"inbox": True}),
+                                    ("dashboards.gone", {"webhook": {"url": f"{hooks}/gone"}}),
+                                    ("dashboards.busy", {"webhook": {"url": f"{hooks}/busy"}})):
+            status, sub = http_json(f"http://127.0.0.1:{ports['notify']}/subscriptions", {
+                "recipient": recipient, "channels": channels, "events": ["OrganizationFiled"],
+                "region": "510681", "include_subregions": True})
+            assert status == 201, sub
 
         # Events through the pipeline: filings, a hub, a refused fact (a dead letter).
         registry = f"http://127.0.0.1:{ports['registry']}"
@@ -146,6 +202,13 @@ async def test_every_panel_answers_on_a_live_stack(tmp_path: Path) -> None:
                                 continue
                             if not answer["data"]["result"]:
                                 missing[p["title"]] = t["expr"]
+            # Not only a series: the failures the test caused are counted where operators look.
+            for title, series in (("Delivery failures in the time range", {"channel": "webhook"}),
+                                  ("Retries scheduled /s", {"channel": "webhook"}),
+                                  ("Deliveries finished /s by channel and outcome",
+                                   {"channel": "inbox", "outcome": "sent"})):
+                if title not in missing and not await positive(base, title, series):
+                    missing[title] = f"no {series} above 0 yet"
             if not missing:
                 break
             await asyncio.sleep(2)
