@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from grafana_foundation_sdk.builders import bargauge, stat, table, timeseries
+from grafana_foundation_sdk.builders import barchart, bargauge, stat, table, timeseries
 from grafana_foundation_sdk.builders import common as cb
 from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.builders import prometheus as prom
@@ -59,6 +59,8 @@ FIGURES: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
 }
 SHARES = tuple(f for f, (_, _, unit) in FIGURES.items() if unit == "percentunit")
 AVERAGES = ("avg_orgs_per_urban_community", "avg_orgs_per_rural_community")
+HUBS_AND_BASES = ("streets_with_hub_share", "towns_with_hub_share", "streets_with_base_share",
+                  "towns_with_base_share")
 
 
 # --- queries --------------------------------------------------------------------------------
@@ -101,16 +103,52 @@ def counters_pivot(where: str) -> str:
     return f"SELECT region, {columns} FROM targets.coverage_now WHERE {where} GROUP BY region"
 
 
-def figure_columns(alias: str) -> str:
+def figure_columns(alias: str, names: Iterable[str] = FIGURES) -> str:
     def side(counters: Sequence[str]) -> str:
         return " + ".join(f"{alias}.{c}" for c in counters)
 
     out = []
-    for name, (num, den, _) in FIGURES.items():
+    for name in names:
+        num, den, _ = FIGURES[name]
         expr = (f"({side(num)})" if not den else
                 f"({side(num)})::float8 / NULLIF({side(den)}, 0)")
         out.append(f"{expr} AS {name}")
     return ", ".join(out)
+
+
+CHILDREN = f"""SELECT code, name FROM targets.division
+                WHERE parent_code = {REGION} AND tier IN ('city', 'county', 'township')"""
+
+
+def children_against_targets(figures: Sequence[str]) -> Sql:
+    """One row per child of the region: each figure, and beside it (`<figure>_target`) the
+    threshold of the child's target for it, the one whose deadline comes next (else the one that
+    passed last): for a bar chart of where each child stands against what it must reach."""
+    names = ", ".join(f"'{f}'" for f in figures)
+    thresholds = ", ".join(f"max(threshold) FILTER (WHERE figure = '{f}') AS {f}_target" for f in figures)
+    columns = ", ".join(f"{f}, g.{f}_target" for f in figures)
+    return Sql(f"""
+        WITH kids AS ({CHILDREN}),
+        goal AS (
+          SELECT DISTINCT ON (region, figure) region, figure, threshold
+          FROM targets.target_instance
+          WHERE region IN (SELECT code FROM kids) AND figure IN ({names})
+          ORDER BY region, figure, deadline < current_date, abs(deadline - current_date))
+        SELECT k.name, {columns}
+        FROM kids k
+        LEFT JOIN (SELECT c.region, {figure_columns('c', figures)}
+                   FROM ({counters_pivot('region IN (SELECT code FROM kids)')}) c) f ON f.region = k.code
+        LEFT JOIN (SELECT region, {thresholds} FROM goal GROUP BY region) g ON g.region = k.code
+        ORDER BY k.code""")
+
+
+def against_targets(title: str, figures: Sequence[str], unit: str) -> barchart.Panel:
+    return (barchart.Panel().title(title).datasource(POSTGRES)
+            .description("Each child's figure and, beside it (…_target), the threshold of its "
+                         "target with the next deadline (else the last one passed). No bar: no "
+                         "such target, or a share of nothing.")
+            .with_target(children_against_targets(figures)).span(12).height(9).unit(unit)
+            .x_field("name").x_tick_label_rotation(-45).show_value(cm.VisibilityMode.AUTO))
 
 
 def coverage_link(field: str = "code") -> list[dict[str, object]]:
@@ -214,6 +252,10 @@ def coverage_dashboard() -> db.Dashboard:
                                    .datasource(POSTGRES).with_target(children)
                                    .span(24).height(12).filterable(True), ["code", "name"]),
                           FIGURES))
+        .with_panel(against_targets("Organizations per urban / rural community of the children, "
+                                    "against their targets", AVERAGES, "short"))
+        .with_panel(against_targets("Hub and incubation-base coverage of the children, against "
+                                    "their targets", HUBS_AND_BASES, "percentunit"))
         .with_panel(table.Panel().title("Targets of ${region}").datasource(POSTGRES)
                     .with_target(region_targets).span(24).height(8)
                     .override_by_name("status", [

@@ -121,6 +121,8 @@ def test_coverage_dashboard_covers_tiers_and_drills_down() -> None:
     prom = [t["expr"] for p in panels(d) for t in p["targets"] if "expr" in t]
     assert any("cso_coverage" in e for e in prom) and any("cso_target_status" in e for e in prom)
     sql = [t["rawSql"] for p in panels(d) for t in p["targets"] if "rawSql" in t]
+    bars = [p for p in panels(d) if p["type"] == "barchart"]
+    assert len(bars) == 2 and all(p["options"]["xField"] == "name" for p in bars)
     assert any("targets.target_instance" in s for s in sql)
     assert any("targets.coverage_now" in s for s in sql)
 
@@ -294,3 +296,38 @@ def test_every_promql_query_parses(tmp_path: Path) -> None:
     result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.integration
+async def test_children_against_their_targets(targets_db: asyncpg.Connection) -> None:
+    """The bar charts' thresholds: each child's target with the next deadline, else the last
+    passed; a child without targets or counters still has its row."""
+    await targets_db.execute("""
+        INSERT INTO targets.target_instance
+          (id, target_id, region, figure, threshold, deadline, instance, status, value, evaluated_at) VALUES
+          ('i4', 'urban-10', '511102', 'avg_orgs_per_urban_community', 10, current_date - 100, '{}', 'met', 12,
+           now()),
+          ('i5', 'urban-15', '511102', 'avg_orgs_per_urban_community', 15, current_date + 400, '{}', 'on_track', 12,
+           now()),
+          ('i6', 'streets-hub', '511102', 'streets_with_hub_share', 1, current_date - 10, '{}', 'missed', 0,
+           now()),
+          ('i7', 'streets-hub-old', '511102', 'streets_with_hub_share', 0.5, current_date - 400, '{}', 'missed', 0,
+           now())""")
+    d = dashboards()["cso-coverage.json"]
+
+    async def rows(title: str) -> list[dict[str, Any]]:
+        sql = panel(d, title)["targets"][0]["rawSql"]
+        return [dict(r) for r in await targets_db.fetch(substitute(sql, region="5111"))]
+
+    averages = await rows("Organizations per urban / rural community of the children, against their targets")
+    assert averages == [
+        {"name": "市中区", "avg_orgs_per_urban_community": 12, "avg_orgs_per_urban_community_target": 12,
+         "avg_orgs_per_rural_community": None, "avg_orgs_per_rural_community_target": None},
+        {"name": "沙湾区", "avg_orgs_per_urban_community": None, "avg_orgs_per_urban_community_target": None,
+         "avg_orgs_per_rural_community": None, "avg_orgs_per_rural_community_target": None}]
+    (shizhong, _) = await rows("Hub and incubation-base coverage of the children, against their targets")
+    assert shizhong["streets_with_hub_share_target"] == 1 and shizhong["towns_with_hub_share_target"] is None
+    assert list(shizhong) == ["name", "streets_with_hub_share", "streets_with_hub_share_target",
+                            "towns_with_hub_share", "towns_with_hub_share_target", "streets_with_base_share",
+                            "streets_with_base_share_target", "towns_with_base_share",
+                            "towns_with_base_share_target"]
