@@ -101,9 +101,10 @@ def test_cluster_profile_adds_three_nats_nodes() -> None:
     result = run_config("--profile", "cluster", "config", "--services")
     assert result.returncode == 0, result.stderr
     names = set(result.stdout.split())
-    assert {"nats-1", "nats-2", "nats-3"} <= names
+    cluster = {"nats-1", "nats-2", "nats-3", "nats-exporter-1", "nats-exporter-2", "nats-exporter-3"}
+    assert cluster <= names
     default = set(run_config("config", "--services").stdout.split())
-    assert not {"nats-1", "nats-2", "nats-3"} & default
+    assert not cluster & default and "nats-exporter" in default
 
 
 # --- what the stack needs ---------------------------------------------------------------------
@@ -169,8 +170,13 @@ def test_service_image_start_order_replicas_health(spec: dict[str, Any], name: s
 
 def test_monitoring_is_wired_to_files_that_exist(spec: dict[str, Any]) -> None:
     services = spec["services"]
-    exporter = services["nats-exporter"]
-    assert "-jsz=all" in exporter["command"] and "http://nats:8222" in exporter["command"]
+    # Each NATS server has its exporter beside it, in the same profile, started once it is healthy.
+    for server, exporter_name in (("nats", "nats-exporter"), *((f"nats-{i}", f"nats-exporter-{i}") for i in (1, 2, 3))):
+        exporter = services[exporter_name]
+        assert exporter["command"][-1] == f"http://{server}:8222", exporter_name
+        assert {"-jsz=all", "-varz", "-healthz"} <= set(exporter["command"]), exporter_name
+        assert exporter["depends_on"] == {server: {"condition": "service_healthy"}}, exporter_name
+        assert exporter.get("profiles") == services[server].get("profiles"), exporter_name
     prometheus = " ".join(services["prometheus"]["volumes"])
     assert "./infra/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml" in prometheus
     assert "./infra/prometheus/rules.yml:/etc/prometheus/rules.yml" in prometheus
