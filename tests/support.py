@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import nats
+import pytest
 from fastapi import FastAPI
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
@@ -142,3 +144,12 @@ def http_json(url: str, body: dict[str, Any] | None = None, timeout: float = 10.
         return e.code, json.loads(e.read() or b"null")
     except OSError:
         return 0, None
+
+
+def missing(tool: str, why: str) -> NoReturn:
+    """A check cannot run here for want of `tool`: skipped on a developer's machine, a failure
+    where the tool must be there (CSO_REQUIRE_TOOLS, comma-separated: .ci/run names those it
+    installs), so that CI never goes green on checks it skipped."""
+    if tool in os.environ.get("CSO_REQUIRE_TOOLS", "").split(","):
+        pytest.fail(f"{why} (CSO_REQUIRE_TOOLS names {tool}: this run must not skip it)")
+    pytest.skip(why)

@@ -35,7 +35,7 @@ from cso import servers
 from cso.natsauth import SERVICE_CONSUMERS
 from cso.stack import Stack, connect_nats, recorded
 from tests.infra.test_infra_grafana import dashboards, panels, substitute
-from tests.support import eventually, http_json
+from tests.support import eventually, http_json, missing
 
 pytestmark = pytest.mark.integration
 
@@ -145,9 +145,9 @@ async def positive(base: str, title: str, labels: dict[str, str]) -> bool:
                for r in answer["data"]["result"])
 
 
-@pytest.mark.skipif(shutil.which("prometheus") is None,
-                    reason="prometheus not installed (apt-get install prometheus)")
 async def test_every_panel_answers_on_a_live_stack(tmp_path: Path, hooks: str) -> None:
+    if shutil.which("prometheus") is None:
+        missing("prometheus", "prometheus is not installed (apt-get install -y --no-install-recommends prometheus)")
     titles = {p["title"] for dashboard in dashboards().values() for p in panels(dashboard)}
     assert NATS_PANELS <= titles, NATS_PANELS - titles
     ports = {name: servers.free_port()
@@ -245,9 +245,9 @@ async def test_every_panel_answers_on_a_live_stack(tmp_path: Path, hooks: str) -
         await nc.close()
 
         deadline = time.monotonic() + 60
-        missing: dict[str, str] = {}
+        unanswered: dict[str, str] = {}
         while time.monotonic() < deadline:
-            missing = {}
+            unanswered = {}
             for dashboard in dashboards().values():
                 for p in panels(dashboard):
                     for t in p.get("targets", []):
@@ -256,21 +256,21 @@ async def test_every_panel_answers_on_a_live_stack(tmp_path: Path, hooks: str) -
                                 answer = get(f"{base}/api/v1/query?" + urllib.parse.urlencode(
                                     {"query": promql(t["expr"])}))
                             except OSError as e:
-                                missing[p["title"]] = repr(e)
+                                unanswered[p["title"]] = repr(e)
                                 continue
                             if not answer["data"]["result"]:
-                                missing[p["title"]] = t["expr"]
+                                unanswered[p["title"]] = t["expr"]
             # Not only a series: the failures the test caused are counted where operators look.
             for title, series in (("Delivery failures in the time range", {"channel": "webhook"}),
                                   ("Retries scheduled /s", {"channel": "webhook"}),
                                   ("Deliveries finished /s by channel and outcome",
                                    {"channel": "inbox", "outcome": "sent"})):
-                if title not in missing and not await positive(base, title, series):
-                    missing[title] = f"no {series} above 0 yet"
-            if not missing:
+                if title not in unanswered and not await positive(base, title, series):
+                    unanswered[title] = f"no {series} above 0 yet"
+            if not unanswered:
                 break
             await asyncio.sleep(2)
-        assert not missing, missing
+        assert not unanswered, unanswered
 
         if NATS_EXPORTER:
             live = await asyncio.to_thread(text_of, f"http://127.0.0.1:{ports['nats']}/metrics")

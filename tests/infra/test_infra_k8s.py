@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support import missing
+
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "infra" / "k8s"
 SERVICES = ("registry", "targets", "training", "notify")
@@ -94,7 +96,7 @@ def test_every_manifest_belongs_to_a_kustomization() -> None:
 def test_kubectl_kustomize_builds_and_validates(variant: str) -> None:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        pytest.skip("kubectl is not installed: the kustomizations are resolved by this test module only")
+        missing("kubectl", "kubectl is not installed: the kustomizations are resolved by this test module only")
     result = subprocess.run([kubectl, "kustomize", str(K8S / variant)], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
