@@ -4,7 +4,7 @@
     python infra/grafana/generate.py --check   # exit 1 if a committed file differs from the code
 
 Grafana provisions the JSON files (infra/grafana/provisioning/dashboards/dashboards.yml); edit
-this file, not the JSON, then run it and commit both. tests/infra/test_grafana.py checks that
+this file, not the JSON, then run it and commit both. tests/infra/test_infra_grafana.py checks that
 the committed JSON is exactly this generator's output.
 
 Datasources are referenced by fixed uids, provisioned by

@@ -155,8 +155,10 @@ def test_deployment(default: dict[tuple[str, str], Doc], service: str) -> None:
     assert default[("ConfigMap", f"cso-{service}")]["data"]["SERVICE"] == service
     secret = default[("Secret", f"cso-{service}")]["stringData"]
     assert secret["CSO_DATABASE_URL"].startswith(f"postgresql://cso_{service}:")
-    assert secret["CSO_NATS_URL"].startswith(f"nats://{service}:")
-    assert all("CHANGE-ME" in value for value in secret.values()), "placeholders only"
+    assert secret["CSO_NATS_URL"] == "nats://nats:4222"  # credentials apart, as compose gives them
+    assert secret["CSO_NATS_USER"] == service and secret["CSO_NATS_PASSWORD"]
+    assert all("CHANGE-ME" in value for key, value in secret.items()
+               if key not in {"CSO_NATS_URL", "CSO_NATS_USER"}), "placeholders only"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"http": 8000}
 
