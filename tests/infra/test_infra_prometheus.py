@@ -112,3 +112,14 @@ def test_metrics_used_are_defined_by_the_services() -> None:
     for name in sorted(used):
         base = name.removesuffix("_total")
         assert re.search(rf'"{base}(_total)?"', sources), f"{name} is used but no service defines it"
+
+
+def test_compose_runs_the_prometheus_the_rules_are_tested_with() -> None:
+    """Rule semantics change between major versions (3.x cuts range windows differently), so the
+    Prometheus that compose runs has promtool's major version."""
+    compose = yaml.safe_load((REPO / "compose.yaml").read_text())
+    match = re.search(r"PROMETHEUS_VERSION:-v(\d+)\.", compose["services"]["prometheus"]["image"])
+    assert match, compose["services"]["prometheus"]["image"]
+    version = promtool("--version").stdout
+    tested = re.search(r"version (\d+)\.", version)
+    assert tested and tested[1] == match[1], version
