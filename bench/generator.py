@@ -201,7 +201,7 @@ class Workload:
         key = (context, type_, region if len(region) < 6 else region[:6])
         subject = self._subjects.get(key)
         if subject is None:
-            subject = (self.topology.intake_subject(type_, region) if context == "intake"
+            subject = (self.topology.intake_subject(SOURCE, type_, region) if context == "intake"
                        else self.topology.event_subject(type_, region))
             self._subjects[key] = subject
         return subject

@@ -1,5 +1,10 @@
 """Subjects and JetStream streams: `cso.<context>.<event>.<province>.<city>.<county>`.
 
+Intake, where outside systems publish registry facts, carries the publisher's name as well:
+`cso.intake.<source>.<event>.<province>.<city>.<county>`. The name is the publisher's NATS user, whose
+permissions allow only its own name there, so registry can hold the envelope's `source` to it. The
+six-token form without a source (`cso.intake.<event>.…`, version 1) is for operators only.
+
 A `Topology` carries an optional namespace so that tests (or a second tenant) can share one NATS
 server; production uses the empty namespace and exactly the subjects documented here.
 """
@@ -16,6 +21,8 @@ from .events import PAYLOAD_BY_TYPE
 # A region above county tier leaves the lower tokens as "_" so every subject has six tokens.
 ABSENT = "_"
 CONTEXTS = ("registry", "divisions", "training", "targets", "notify", "intake", "ops")
+# A source that can stand in a subject: the shape of a NATS user name (cso.natsauth.USER_NAME).
+SOURCE_TOKEN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 
 def snake(event_type: str) -> str:
@@ -28,6 +35,20 @@ def region_tokens(region: str) -> tuple[str, str, str]:
     city = region[:4] if len(region) >= 4 else ABSENT
     county = region[:6] if len(region) >= 6 else ABSENT
     return province, city, county
+
+
+@dataclass(frozen=True)
+class IntakeSubject:
+    """An intake subject taken apart: `source` is None on version 1 (operators' form)."""
+
+    source: str | None
+    event: str                      # snake case, e.g. organization_filed
+    region: tuple[str, ...]         # (province, city, county) tokens, "_" where absent
+
+
+def is_source_token(source: str) -> bool:
+    """Can this envelope `source` name a publisher in an intake subject?"""
+    return SOURCE_TOKEN.fullmatch(source) is not None
 
 
 @dataclass(frozen=True)
@@ -70,9 +91,44 @@ class Topology:
         ctx = context or payload.CONTEXT
         return self._ns(f"cso.{ctx}.{snake(event_type)}.{province}.{city}.{county}")
 
-    def intake_subject(self, event_type: str, region: str) -> str:
-        """Where an outside system publishes a registry fact for registry to validate and record."""
+    def intake_subject(self, source: str, event_type: str, region: str) -> str:
+        """Where the outside system `source` (its NATS user) publishes a registry fact for registry
+        to validate and record: `cso.intake.<source>.<event>.<province>.<city>.<county>`."""
+        if not is_source_token(source):
+            raise ValueError(f"source: {source!r} cannot stand in an intake subject "
+                             "(lowercase letters, digits, '-' and '_', at most 63)")
+        province, city, county = region_tokens(region)
+        return self._ns(f"cso.intake.{source}.{self._snake_of(event_type)}.{province}.{city}.{county}")
+
+    def operator_intake_subject(self, event_type: str, region: str) -> str:
+        """Intake version 1, without the publisher's name: `cso.intake.<event>.<province>.<city>.<county>`.
+        registry still accepts it, but only operators (the admin user) may publish there."""
         return self.event_subject(event_type, region, context="intake")
+
+    def intake_subject_for(self, source: str, event_type: str, region: str) -> str:
+        """The intake subject an operator (admin) publishes a fact on: version 2 under the fact's own
+        `source` where that can stand in a subject, else version 1."""
+        if is_source_token(source):
+            return self.intake_subject(source, event_type, region)
+        return self.operator_intake_subject(event_type, region)
+
+    def parse_intake_subject(self, subject: str) -> IntakeSubject | None:
+        """The parts of an intake subject of either version; None if it is not one."""
+        prefix = self._ns("cso.intake.")
+        if not subject.startswith(prefix):
+            return None
+        tokens = subject.removeprefix(prefix).split(".")
+        if len(tokens) == 5:  # version 2: the publisher's name first
+            return IntakeSubject(tokens[0], tokens[1], tuple(tokens[2:]))
+        if len(tokens) == 4:  # version 1 (operators)
+            return IntakeSubject(None, tokens[0], tuple(tokens[1:]))
+        return None
+
+    @staticmethod
+    def _snake_of(event_type: str) -> str:
+        if event_type not in PAYLOAD_BY_TYPE:
+            raise ValueError(f"type: unknown event type {event_type!r}")
+        return snake(event_type)
 
     def context_subjects(self, context: str) -> str:
         return self._ns(f"cso.{context}.>")

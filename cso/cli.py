@@ -380,7 +380,8 @@ def publish(
             try:
                 envelope = parse_event(line.encode("utf-8", errors="surrogateescape"))
                 if intake and isinstance(envelope.payload, REGISTRY_FACTS):
-                    subject = topology.intake_subject(envelope.type, envelope.region)
+                    # Operators (admin) only: under the fact's own source, or version 1 if it has none.
+                    subject = topology.intake_subject_for(envelope.source, envelope.type, envelope.region)
                 else:
                     subject = topology.event_subject(envelope.type, envelope.region)
             except ContractError as e:

@@ -30,6 +30,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contracts import PAYLOAD_BY_TYPE, ContractError, Envelope, Topology, parse_event, snake
+from contracts.subjects import region_tokens
 
 from . import database
 
@@ -107,11 +108,30 @@ def check_subject(topology: Topology, subject: str, envelope: Envelope[Any]) -> 
     payload = PAYLOAD_BY_TYPE[envelope.type]
     if context not in ("intake", payload.CONTEXT):
         raise ContractError.single("type", f"{envelope.type} is not a {context} event")
+    if context == "intake":
+        check_intake_subject(topology, subject, envelope)
+        return
     expected = topology.event_subject(envelope.type, envelope.region, context=context)
     if subject != expected:
         field = "type" if tokens[2:3] != [snake(envelope.type)] else "region"
         raise ContractError.single(field, f"{envelope.type} about {envelope.region} belongs on {expected}, "
                                           f"not {subject}")
+
+
+def check_intake_subject(topology: Topology, subject: str, envelope: Envelope[Any]) -> None:
+    """An intake subject names the publisher (version 2), and NATS lets a publisher's user publish
+    under its own name only: so the envelope's `source` must be that name, or anyone could speak for
+    another system. Version 1 (no name) is the operators' (admin only): their word is taken."""
+    parsed = topology.parse_intake_subject(subject)
+    expected = topology.intake_subject_for(envelope.source, envelope.type, envelope.region)
+    where = f"{envelope.type} about {envelope.region} from {envelope.source} belongs on {expected}, not {subject}"
+    if parsed is None or parsed.event != snake(envelope.type):
+        raise ContractError.single("type", where)
+    if parsed.region != region_tokens(envelope.region):
+        raise ContractError.single("region", where)
+    if parsed.source is not None and parsed.source != envelope.source:
+        raise ContractError.single("source", f"{parsed.source!r} published this on {subject}; its events must "
+                                             f"say source {parsed.source!r}, not {envelope.source!r}")
 
 
 class Consumer:

@@ -9,10 +9,14 @@ Who may say what on the bus (issue #8):
   ack). It subscribes to its own command/query subjects and its own inbox.
 - `divisions`: publishes the division reference data (`cso divisions import`).
 - one user per outside publisher system, bound to a region (province, city or county code): it may
-  publish registry facts only on `cso.intake.<event>.<province>.<city>.<county>` subjects inside that
-  region, and watch for their receipts (`cso.registry.<event>.…` in the same region, plain core NATS).
+  publish registry facts only on `cso.intake.<its name>.<event>.<province>.<city>.<county>` subjects
+  inside that region (registry refuses a fact whose `source` is not that name), and watch for
+  their receipts (`cso.registry.<event>.…` in the same region, plain core NATS).
   No JetStream API at all: it cannot create or delete streams or consumers.
-- `admin`: operators (`cso publish`, the `nats` command line, cleanup): everything.
+- `admin`: operators (`cso publish`, the `nats` command line, cleanup): everything. Only admin may
+  publish on the version 1 intake subjects (`cso.intake.<event>.…`, no publisher name) and send
+  commands (`cso.cmd.…`): there the envelope's `source` and the `Cso-Source` header are the
+  operator's word, which no other user can put there.
 
 Every user has its own inbox prefix, `_INBOX_<user>` (the client connects with `inbox_prefix`), so no
 user can read the replies and pulled messages meant for another. `render()` writes the
@@ -207,11 +211,21 @@ def divisions_permissions(topology: Topology) -> Permissions:
                        (f"{inbox_prefix(DIVISIONS)}.>",), role="divisions importer")
 
 
+def intake_pattern(topology: Topology, publisher: Publisher) -> str:
+    """Where a publisher may publish: `cso.intake.<its name>.<any event>.<its region>`, so that the
+    subject names who published (registry holds the envelope's `source` to it). Exactly seven tokens
+    (`*` for the tokens below its tier, never `>`): nothing it publishes reads as another form."""
+    province, city, county = region_tokens(publisher.region)
+    tier = tier_of(publisher.region)
+    tokens = (province, city if tier != "province" else "*", county if tier == "county" else "*")
+    return _ns(topology, f"cso.intake.{publisher.name}.*.{'.'.join(tokens)}")
+
+
 def publisher_permissions(topology: Topology, publisher: Publisher) -> Permissions:
     tokens = region_pattern(publisher.region)
     return Permissions(
         publisher.name,
-        publish=(_ns(topology, f"cso.intake.*.{tokens}"),),
+        publish=(intake_pattern(topology, publisher),),
         # The JetStream ack of its publish comes to its inbox; its receipts are registry's accepted
         # events of its region, watched with a plain (core NATS) subscription.
         subscribe=(f"{inbox_prefix(publisher.name)}.>", _ns(topology, f"cso.registry.*.{tokens}")),
@@ -320,6 +334,7 @@ __all__ = [
     "allowed",
     "explain",
     "inbox_prefix",
+    "intake_pattern",
     "matches",
     "password_env",
     "permissions",

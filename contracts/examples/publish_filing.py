@@ -3,15 +3,17 @@
     python publish_filing.py --nats nats://127.0.0.1:4222 --community 510681001014
     NATS_PASSWORD=... python publish_filing.py --user deyang-register --community 510681001014
 
-It publishes the fact on the intake subject with Nats-Msg-Id = event_id (so a retry is dropped as
-a duplicate), then waits for cso's receipt: the accepted event, with the same event_id, on
+It publishes the fact on its intake subject, cso.intake.<source>.organization_filed.<province>.
+<city>.<county>, with Nats-Msg-Id = event_id (so a retry is dropped as a duplicate), then waits for
+cso's receipt: the accepted event, with the same event_id, on
 cso.registry.organization_filed.<province>.<city>.<county>. Keep the event (and publish it again
 with the same id) until the receipt arrives: then it is in cso's database, whatever the bus does.
 A refused fact appears on cso.deadletter.registry with the reason instead.
 
 With --user (password from NATS_PASSWORD) it connects as that cso publisher user, whose permissions
-allow exactly this: publishing intake facts of its region, its own inbox `_INBOX_<user>` (where the
-JetStream ack arrives), and watching the receipts of its region with a plain subscription.
+allow exactly this: publishing intake facts of its region under its own name, its own inbox
+`_INBOX_<user>` (where the JetStream ack arrives), and watching the receipts of its region with a
+plain subscription. The event's source is the user's name: registry refuses any other under it.
 """
 
 import argparse
@@ -38,6 +40,8 @@ async def main() -> None:
     prefix = args.prefix + "." if args.prefix else ""
     code = args.community
     county_tokens = f"{code[:2]}.{code[:4]}.{code[:6]}"
+    # The subject names the publisher, and the event's source must be that name.
+    source = args.user or "example-city-register"
 
     now = datetime.now(timezone.utc).isoformat()
     event = {
@@ -46,7 +50,7 @@ async def main() -> None:
         "version": 1,
         "occurred_at": now,
         "recorded_at": now,
-        "source": "example-city-register",
+        "source": source,
         "region": code,
         "payload": {
             "organization_id": str(uuid.uuid4()),
@@ -75,7 +79,7 @@ async def main() -> None:
     # A plain subscription, made before publishing: the receipt is registry's publish of the event.
     sub = await nc.subscribe(f"{prefix}cso.registry.organization_filed.{county_tokens}", cb=on_event)
     await nc.flush()
-    ack = await js.publish(f"{prefix}cso.intake.organization_filed.{county_tokens}",
+    ack = await js.publish(f"{prefix}cso.intake.{source}.organization_filed.{county_tokens}",
                            json.dumps(event).encode(), headers={"Nats-Msg-Id": event["event_id"]})
     print(json.dumps({"published": event["event_id"], "stream": ack.stream, "seq": ack.seq}))
     accepted = await asyncio.wait_for(receipt, args.timeout)

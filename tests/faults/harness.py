@@ -600,8 +600,8 @@ def new_fact(payload: Any, region: str | None = None, event_id: uuid.UUID | None
     envelope = make_event(payload, source=source, region=region, event_id=event_id)
     data = encode(envelope)
     body = json.loads(data)
-    return Fact(Topology("").intake_subject(envelope.type, envelope.region), data, str(envelope.event_id),
-                envelope.type, body["payload"], envelope.region, "intake")
+    subject = Topology("").intake_subject(envelope.source, envelope.type, envelope.region)
+    return Fact(subject, data, str(envelope.event_id), envelope.type, body["payload"], envelope.region, "intake")
 
 
 def envelope_bytes(fact: Fact, **changes: Any) -> bytes:

@@ -60,7 +60,8 @@ async def feed(nc: nats.NATS, settings: Settings, seed: int, organizations: int)
     for fact in facts:
         region = fact.region_of() or regions[str(getattr(fact, "organization_id", None) or getattr(
             fact, "hub_id", None) or getattr(fact, "base_id", None) or fact.party_organization_id)]
-        await publish(nc, t.intake_subject(fact.TYPE, region), make_event(fact, source="city-register", region=region))
+        await publish(nc, t.intake_subject("city-register", fact.TYPE, region),
+                      make_event(fact, source="city-register", region=region))
     return len(facts)
 
 

@@ -158,10 +158,10 @@ async def test_a_registration_overtaking_its_filing_loses_nothing(settings: Sett
         await publish_divisions(nc, t)
         await until(lambda: scalar(settings.database_url, "SELECT count(*) FROM registry.community"), 30,
                     "the divisions reach registry")
-        await publish(nc, t.intake_subject(registration.type, registration.region), registration)
+        await publish(nc, t.intake_subject(registration.source, registration.type, registration.region), registration)
         await until(lambda: scalar(settings.database_url, "SELECT count(*) FROM registry.inbox WHERE stream LIKE "
                                                           "'%CSO_INTAKE'"), 30, "registry taking the registration")
-        await publish(nc, t.intake_subject(filing.type, filing.region), filing)
+        await publish(nc, t.intake_subject(filing.source, filing.type, filing.region), filing)
 
         async def both_taken() -> bool:
             return bool(await scalar(settings.database_url, "SELECT count(*) FROM registry.inbox WHERE stream LIKE "

@@ -217,7 +217,7 @@ async def test_registry_refuses_facts_that_break_a_rule_and_keeps_odd_text_verba
         org = uuid.uuid4()
         filed = make_event(ev.OrganizationFiled(organization_id=org, name="西城社区舞蹈队", community_code=COMMUNITY,
                                                 category="culture_sports", filed_on=date(2023, 3, 1)), source="fuzz")
-        await publish(nc, t.intake_subject(filed.type, COMMUNITY), filed)
+        await publish(nc, t.intake_subject(filed.source, filed.type, COMMUNITY), filed)
         await eventually(lambda: _count(settings, "SELECT count(*) FROM registry.organization", 1))
         before = await settled(settings, "registry")
 
@@ -244,7 +244,7 @@ async def test_registry_refuses_facts_that_break_a_rule_and_keeps_odd_text_verba
             expected = {}
             for payload, region, field in breaking:
                 event = make_event(payload, source="fuzz", region=region)
-                await publish(nc, t.intake_subject(event.type, region), event)
+                await publish(nc, t.intake_subject(event.source, event.type, region), event)
                 expected[str(event.event_id)] = field
 
             async def all_dead() -> bool:
@@ -262,7 +262,7 @@ async def test_registry_refuses_facts_that_break_a_rule_and_keeps_odd_text_verba
             fact = make_event(ev.OrganizationFiled(organization_id=org_id, name=name, community_code=COMMUNITY,
                                                    category="charity", filing_number=name[:64], filed_on=d),
                               source="fuzz")
-            await publish(nc, t.intake_subject(fact.type, COMMUNITY), fact)
+            await publish(nc, t.intake_subject(fact.source, fact.type, COMMUNITY), fact)
         await eventually(lambda: _count(settings, "SELECT count(*) FROM registry.organization", 1 + len(odd)),
                          timeout=30)
         stored = {r["id"]: (r["name"], r["filing_number"]) for r in await db_rows(

@@ -73,7 +73,7 @@ async def test_leshan_statuses_move_and_are_published(settings: Settings, nc: na
         finally:
             await db.close()
         for fact in facts:
-            await publish(nc, t.intake_subject(fact.TYPE, fact.community_code),
+            await publish(nc, t.intake_subject("leshan-register", fact.TYPE, fact.community_code),
                           make_event(fact, source="leshan-register"))
 
         def statuses() -> dict[str, list[str | None]]:

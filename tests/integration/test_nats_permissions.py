@@ -128,10 +128,10 @@ async def admin(auth_server: AuthServer) -> AsyncIterator[Client]:
     await conn.nc.close()
 
 
-def filing(community: str) -> bytes:
+def filing(community: str, source: str = CITY) -> bytes:
     payload = ev.OrganizationFiled(name="篦子街社区志愿服务队", community_code=community,
                                    category=ev.Category.NEIGHBOURLY_HELP, filed_on="2024-05-01")
-    return encode(make_event(payload, source="leshan-civil-affairs-register"))
+    return encode(make_event(payload, source=source))
 
 
 async def messages(js: Any, stream: str) -> int:
@@ -159,14 +159,20 @@ async def test_city_publisher_publishes_in_its_region_only(auth_server: AuthServ
     since = auth_server.log_offset()
     city = await connect(auth_server, CITY)
     try:
-        accepted = t.intake_subject("OrganizationFiled", COMMUNITY)
+        accepted = t.intake_subject(CITY, "OrganizationFiled", COMMUNITY)
         ack = await city.nc.jetstream().publish(accepted, filing(COMMUNITY))
         assert ack.stream == intake and not ack.duplicate
 
-        chengdu = t.intake_subject("OrganizationFiled", CHENGDU_COMMUNITY)
+        chengdu = t.intake_subject(CITY, "OrganizationFiled", CHENGDU_COMMUNITY)
         as_registry = t.event_subject("OrganizationFiled", COMMUNITY)
+        # Under another publisher's name (the county user may publish there), or on the operators'
+        # version 1 subject: either would let it speak for another system.
+        as_county = t.intake_subject(COUNTY, "OrganizationFiled", COMMUNITY)
+        unnamed = t.operator_intake_subject("OrganizationFiled", COMMUNITY)
         await refused_publish(city, chengdu, filing(CHENGDU_COMMUNITY))
         await refused_publish(city, as_registry, filing(COMMUNITY))
+        await refused_publish(city, as_county, filing(COMMUNITY, source=COUNTY))
+        await refused_publish(city, unnamed, filing(COMMUNITY, source=COUNTY))
         # No JetStream API: it can neither delete a stream nor make itself a consumer.
         await refused_publish(city, f"$JS.API.STREAM.DELETE.{registry}")
         await refused_publish(city, f"$JS.API.CONSUMER.CREATE.{registry}")
@@ -182,7 +188,8 @@ async def test_city_publisher_publishes_in_its_region_only(auth_server: AuthServ
     assert last.subject == accepted
     assert await messages(js, registry) == before[registry]
     seen = set(auth_server.violations(since))
-    assert {(CITY, "Publish", chengdu), (CITY, "Publish", as_registry),
+    assert {(CITY, "Publish", chengdu), (CITY, "Publish", as_registry), (CITY, "Publish", as_county),
+            (CITY, "Publish", unnamed),
             (CITY, "Publish", f"$JS.API.STREAM.DELETE.{registry}"),
             (CITY, "Subscription", "_INBOX.>"),
             (CITY, "Subscription", t.event_subject("OrganizationFiled", CHENGDU_COMMUNITY))} <= seen
@@ -193,12 +200,14 @@ async def test_county_publisher_is_held_to_its_county(auth_server: AuthServer, a
     t = auth_server.topology
     county = await connect(auth_server, COUNTY)
     try:
-        ack = await county.nc.jetstream().publish(t.intake_subject("OrganizationFiled", COMMUNITY),
-                                                  filing(COMMUNITY))
+        ack = await county.nc.jetstream().publish(t.intake_subject(COUNTY, "OrganizationFiled", COMMUNITY),
+                                                  filing(COMMUNITY, source=COUNTY))
         assert ack.stream == t.stream("CSO_INTAKE")
         # 沙湾区 511111, same city, another county; and a city-tier fact of its own city.
-        await refused_publish(county, t.intake_subject("OrganizationFiled", "511111100001"))
-        await refused_publish(county, t.intake_subject("HubEstablished", "5111"))
+        await refused_publish(county, t.intake_subject(COUNTY, "OrganizationFiled", "511111100001"))
+        await refused_publish(county, t.intake_subject(COUNTY, "HubEstablished", "5111"))
+        # Its city's publisher covers its county, but the county user cannot use that name.
+        await refused_publish(county, t.intake_subject(CITY, "OrganizationFiled", COMMUNITY))
     finally:
         await county.nc.close()
 
@@ -217,7 +226,8 @@ async def test_a_service_cannot_speak_for_another(auth_server: AuthServer, admin
         own = await targets.nc.jetstream().publish(t.event_subject("CoverageChanged", "5111"), b"{}")
         assert own.stream == t.stream("CSO_TARGETS")
         await refused_publish(targets, t.event_subject("OrganizationFiled", COMMUNITY), filing(COMMUNITY))
-        await refused_publish(targets, t.intake_subject("OrganizationFiled", COMMUNITY), filing(COMMUNITY))
+        await refused_publish(targets, t.intake_subject(CITY, "OrganizationFiled", COMMUNITY), filing(COMMUNITY))
+        await refused_publish(targets, t.operator_intake_subject("OrganizationFiled", COMMUNITY), filing(COMMUNITY))
         await refused_publish(targets, t.deadletter_subject("registry"))
         await refused_publish(targets, f"$JS.API.STREAM.DELETE.{registry_stream}")
         # Not registry's consumer: neither pull its messages nor delete it.
@@ -291,6 +301,33 @@ async def test_services_run_end_to_end_under_their_own_users(auth_server: AuthSe
             published, receipt = (json.loads(line) for line in result.stdout.splitlines())
             assert receipt["event_id"] == published["published"]
             assert receipt["receipt"].startswith(f"{NAMESPACE}.cso.registry.organization_filed.51.5111.511102")
+
+            # Under its own name, Leshan's user claims to be the county's system: NATS lets the
+            # publish through (its name, its region), registry refuses the claim, naming `source`.
+            dead: list[dict[str, Any]] = []
+
+            async def on_dead(msg: Any) -> None:
+                dead.append(json.loads(msg.data))
+
+            dead_sub = await admin.subscribe(t.deadletter_subject("registry"), cb=on_dead)
+            await admin.flush()
+            forged = make_event(ev.OrganizationFiled(
+                name="篦子街社区冒名队", community_code=COMMUNITY, category=ev.Category.CHARITY,
+                filed_on="2024-05-01"), source=COUNTY)
+            city = await connect(server, CITY)
+            try:
+                await city.nc.jetstream().publish(t.intake_subject(CITY, "OrganizationFiled", COMMUNITY),
+                                                  encode(forged), timeout=10)
+            finally:
+                await city.nc.close()
+
+            async def forged_refused() -> bool:
+                return any(json.loads(d["data"])["event_id"] == str(forged.event_id) for d in dead)
+
+            await eventually(forged_refused, timeout=30)
+            await dead_sub.unsubscribe()
+            [reason] = [d["reason"] for d in dead if json.loads(d["data"])["event_id"] == str(forged.event_id)]
+            assert reason.startswith("source: ") and repr(COUNTY) in reason and repr(CITY) in reason, reason
 
             # Request-reply under the services' users: a command to registry, a query to targets.
             reply = await admin.request(t.command_subject("registry", "file"), json.dumps({

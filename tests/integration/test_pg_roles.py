@@ -266,7 +266,7 @@ async def test_services_do_their_work_under_their_roles(
         filed = make_event(ev.OrganizationFiled(name="西城社区书画协会", community_code=COMMUNITY,
                                                 category=ev.Category.CULTURE_SPORTS, filed_on=date(2024, 3, 1)),
                            source="city-register")
-        await publish(nc, settings.topology.intake_subject("OrganizationFiled", COMMUNITY), filed)
+        await publish(nc, settings.topology.intake_subject(filed.source, "OrganizationFiled", COMMUNITY), filed)
 
         async def counted() -> bool:
             response = await clients["targets"].get(f"/coverage/{GUANGHAN.county.code}")

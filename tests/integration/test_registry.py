@@ -179,12 +179,12 @@ async def test_outside_system_publishes_facts(registry: httpx.AsyncClient, nc: n
     bad_data["payload"]["community_code"] = bad_data["region"] = "510681001999"
     async with recording(nc, t.context_subjects("registry"), t.stream("CSO_REGISTRY")) as accepted, \
             recording(nc, t.deadletter_subject("registry"), t.stream("CSO_DEADLETTER")) as dead:
-        await publish(nc, t.intake_subject("OrganizationFiled", COMMUNITY), good)
+        await publish(nc, t.intake_subject("city-register", "OrganizationFiled", COMMUNITY), good)
         # The same event again under another message id: JetStream keeps both, registry applies one.
-        await publish(nc, t.intake_subject("OrganizationFiled", COMMUNITY), good, msg_id="again")
-        await publish(nc, t.intake_subject("OrganizationFiled", "510681001999"),
+        await publish(nc, t.intake_subject("city-register", "OrganizationFiled", COMMUNITY), good, msg_id="again")
+        await publish(nc, t.intake_subject("city-register", "OrganizationFiled", "510681001999"),
                       json.dumps(bad_data).encode())
-        await publish(nc, t.intake_subject("OrganizationFiled", COMMUNITY), b"not json at all")
+        await publish(nc, t.intake_subject("city-register", "OrganizationFiled", COMMUNITY), b"not json at all")
         await eventually(lambda: _count(dead, 2))
         await eventually(lambda: _count(accepted, 1))
         await asyncio.sleep(0.5)
@@ -197,5 +197,38 @@ async def test_outside_system_publishes_facts(registry: httpx.AsyncClient, nc: n
     try:
         assert await db.fetchval("SELECT count(*) FROM registry.organization") == 1
         assert await db.fetchval("SELECT updated_by FROM registry.organization") == "city-register"
+    finally:
+        await db.close()
+
+
+async def test_an_intake_fact_speaks_only_for_the_publisher_its_subject_names(
+        registry: httpx.AsyncClient, nc: nats.NATS, settings: Settings) -> None:
+    """Under `cso.intake.<publisher>.…` (where NATS lets only that publisher's user publish) the
+    envelope's source must be that publisher: a claim to be another system is dead-lettered, naming
+    `source`. The version 1 subject without a name (operators only) keeps the envelope's word."""
+    t = settings.topology
+    forged = make_event(ev.OrganizationFiled.model_validate(filing(filing_number="GH-2023-101")),
+                        source="other-register")
+    own = make_event(ev.OrganizationFiled.model_validate(filing(filing_number="GH-2023-102")),
+                     source="city-register")
+    operators = make_event(ev.OrganizationFiled.model_validate(filing(filing_number="GH-2023-103")),
+                           source="Operators:Bulk-Load")
+    async with recording(nc, t.context_subjects("registry"), t.stream("CSO_REGISTRY")) as accepted, \
+            recording(nc, t.deadletter_subject("registry"), t.stream("CSO_DEADLETTER")) as dead:
+        await publish(nc, t.intake_subject("city-register", "OrganizationFiled", COMMUNITY), forged)
+        await publish(nc, t.intake_subject("city-register", "OrganizationFiled", COMMUNITY), own)
+        await publish(nc, t.operator_intake_subject("OrganizationFiled", COMMUNITY), operators)
+        await eventually(lambda: _count(accepted, 2))
+        await eventually(lambda: _count(dead, 1))
+        await asyncio.sleep(0.5)
+        assert {e["event_id"] for e in accepted.events()} == {str(own.event_id), str(operators.event_id)}
+        [record] = [json.loads(m.data) for m in dead.messages]
+        assert json.loads(record["data"])["event_id"] == str(forged.event_id)
+        assert record["reason"].startswith("source: "), record["reason"]
+        assert "'city-register'" in record["reason"] and "'other-register'" in record["reason"]
+    db = await asyncpg.connect(settings.database_url)
+    try:
+        sources = await db.fetch("SELECT updated_by FROM registry.organization")
+        assert sorted(r["updated_by"] for r in sources) == ["Operators:Bulk-Load", "city-register"]
     finally:
         await db.close()

@@ -110,7 +110,7 @@ async def test_projections_equal_recount_and_survive_shuffling(
     for fact in facts:
         if fact.CONTEXT == "registry":
             region = fact.region_of() or regions[_subject_id(fact)]
-            await publish(nc, t.intake_subject(fact.TYPE, region),
+            await publish(nc, t.intake_subject("city-register", fact.TYPE, region),
                           make_event(fact, source="city-register", region=region))
     for fact in training:
         await publish(nc, t.event_subject(fact.TYPE, fact.region_of() or ""), make_event(fact, source="training"))

@@ -118,10 +118,41 @@ def test_subjects() -> None:
     assert t.event_subject("OrganizationFiled", "510681001014") == \
         "cso.registry.organization_filed.51.5106.510681"
     assert t.event_subject("TargetStatusChanged", "5111") == "cso.targets.target_status_changed.51.5111._"
-    assert t.intake_subject("HubDissolved", "510681001") == "cso.intake.hub_dissolved.51.5106.510681"
+    assert t.intake_subject("guanghan-register", "HubDissolved", "510681001") == \
+        "cso.intake.guanghan-register.hub_dissolved.51.5106.510681"
+    assert t.operator_intake_subject("HubDissolved", "510681001") == "cso.intake.hub_dissolved.51.5106.510681"
     ns = c.Topology("t1")
     assert ns.stream("CSO_REGISTRY") == "T1_CSO_REGISTRY"
     assert all(s.subjects[0].startswith("t1.cso.") for s in ns.streams)
+
+
+def test_intake_subjects_name_the_publisher() -> None:
+    t, ns = c.Topology(), c.Topology("t1")
+    assert ns.intake_subject("leshan", "OrganizationFiled", "5111") == \
+        "t1.cso.intake.leshan.organization_filed.51.5111._"
+    for source in ("Leshan", "a.b", "a b", "", "-lead", "x" * 64, "city:register"):
+        with pytest.raises(ValueError, match="source"):
+            t.intake_subject(source, "OrganizationFiled", "5111")
+    with pytest.raises(ValueError, match="type"):
+        t.intake_subject("leshan", "NoSuchEvent", "5111")
+    # An operator's file: under the fact's own source where it can be a token, else version 1.
+    assert t.intake_subject_for("leshan", "HubEstablished", "511102004") == \
+        "cso.intake.leshan.hub_established.51.5111.511102"
+    assert t.intake_subject_for("Bulk:Load", "HubEstablished", "511102004") == \
+        "cso.intake.hub_established.51.5111.511102"
+
+
+def test_intake_subjects_are_parsed_in_both_versions() -> None:
+    from contracts.subjects import IntakeSubject
+
+    ns = c.Topology("t1")
+    assert ns.parse_intake_subject(ns.intake_subject("leshan", "HubEstablished", "5111")) == \
+        IntakeSubject("leshan", "hub_established", ("51", "5111", "_"))
+    assert ns.parse_intake_subject(ns.operator_intake_subject("HubEstablished", "5111")) == \
+        IntakeSubject(None, "hub_established", ("51", "5111", "_"))
+    for other in ("t1.cso.intake.a.b.c", "t1.cso.intake.a.b.c.d.e.f", "t1.cso.registry.a.b.c.d",
+                  "cso.intake.leshan.hub_established.51.5111._", "t2.cso.intake.a.b.c.d"):
+        assert ns.parse_intake_subject(other) is None, other
 
 
 def test_committed_schemas_match_the_models() -> None:

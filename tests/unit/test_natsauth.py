@@ -63,10 +63,17 @@ def test_publisher_names_are_unique() -> None:
 def test_city_publisher_may_publish_intake_facts_of_its_region_only() -> None:
     t = Topology()
     p = perms(t, Users(publishers=(Publisher("leshan-register", "5111"),)))["leshan-register"]
-    assert p.publish == ("cso.intake.*.51.5111.>",)
-    assert allowed(p, "publish", t.intake_subject("OrganizationFiled", "511102004001"))
-    assert allowed(p, "publish", t.intake_subject("HubEstablished", "511102004"))
-    assert not allowed(p, "publish", t.intake_subject("OrganizationFiled", "510104001001"))  # Chengdu
+    assert p.publish == ("cso.intake.leshan-register.*.51.5111.*",)
+    assert allowed(p, "publish", t.intake_subject("leshan-register", "OrganizationFiled", "511102004001"))
+    assert allowed(p, "publish", t.intake_subject("leshan-register", "HubEstablished", "511102004"))
+    assert allowed(p, "publish", t.intake_subject("leshan-register", "HubEstablished", "5111"))
+    assert not allowed(p, "publish", t.intake_subject("leshan-register", "OrganizationFiled",
+                                                      "510104001001"))  # Chengdu
+    # Only under its own name: not another publisher's, not the operators' version 1 subjects.
+    assert not allowed(p, "publish", t.intake_subject("sichuan-register", "OrganizationFiled", "511102004001"))
+    assert not allowed(p, "publish", t.operator_intake_subject("OrganizationFiled", "511102004001"))
+    assert not allowed(p, "publish", t.intake_subject("leshan-register", "OrganizationFiled", "511102004001")
+                       + ".extra")
     assert not allowed(p, "publish", t.event_subject("OrganizationFiled", "511102004001"))   # cso.registry
     assert not allowed(p, "publish", t.command_subject("registry", "file"))
     assert not any(s.startswith("$JS.") for s in p.publish)                # no stream or consumer API
@@ -82,9 +89,21 @@ def test_city_publisher_may_publish_intake_facts_of_its_region_only() -> None:
 def test_county_publisher_is_held_to_its_county() -> None:
     t = Topology()
     p = perms(t, Users(publishers=(Publisher("guanghan", "510681"),)))["guanghan"]
-    assert allowed(p, "publish", t.intake_subject("OrganizationFiled", "510681001014"))
-    assert not allowed(p, "publish", t.intake_subject("OrganizationFiled", "510682001001"))
-    assert not allowed(p, "publish", t.intake_subject("OrganizationFiled", "5106"))  # its city's tier
+    assert p.publish == ("cso.intake.guanghan.*.51.5106.510681",)
+    assert allowed(p, "publish", t.intake_subject("guanghan", "OrganizationFiled", "510681001014"))
+    assert not allowed(p, "publish", t.intake_subject("guanghan", "OrganizationFiled", "510682001001"))
+    assert not allowed(p, "publish", t.intake_subject("guanghan", "OrganizationFiled", "5106"))  # its city's tier
+
+
+def test_province_publisher_publishes_seven_token_subjects_only() -> None:
+    """`*` below its tier, never `>`: a subject it may publish always reads as version 2."""
+    t = Topology("ns")
+    p = perms(t, Users(publishers=(Publisher("sichuan", "51"),)))["sichuan"]
+    assert p.publish == ("ns.cso.intake.sichuan.*.51.*.*",)
+    assert allowed(p, "publish", t.intake_subject("sichuan", "HubEstablished", "51"))
+    assert allowed(p, "publish", t.intake_subject("sichuan", "OrganizationFiled", "510681001014"))
+    assert not allowed(p, "publish", "ns.cso.intake.sichuan.x.51.5106")         # six tokens: version 1's shape
+    assert not allowed(p, "publish", t.intake_subject("sichuan", "OrganizationFiled", "520102001001"))
 
 
 def test_a_service_publishes_its_own_events_and_no_one_elses() -> None:
@@ -95,7 +114,8 @@ def test_a_service_publishes_its_own_events_and_no_one_elses() -> None:
     assert allowed(p["targets"], "publish", t.event_subject("BusGapDetected", "00"))
     assert not allowed(p["targets"], "publish", t.event_subject("OrganizationFiled", "511102004001"))
     assert not allowed(p["targets"], "publish", t.deadletter_subject("registry"))
-    assert not allowed(p["targets"], "publish", t.intake_subject("OrganizationFiled", "511102004001"))
+    assert not allowed(p["targets"], "publish", t.intake_subject("targets", "OrganizationFiled", "511102004001"))
+    assert not allowed(p["targets"], "publish", t.operator_intake_subject("OrganizationFiled", "511102004001"))
     assert not allowed(p["registry"], "publish", t.event_subject("CoverageChanged", "5111"))
     assert allowed(p["registry"], "publish", t.event_subject("OrganizationFiled", "511102004001"))
     for service in natsauth.SERVICES:
@@ -228,7 +248,7 @@ def test_cli_refuses_a_bad_publisher_and_explains_the_rest(tmp_path: Path) -> No
     explained = CliRunner().invoke(app, ["nats-config", "--publisher", "leshan=5111", "--explain"])
     assert explained.exit_code == 0
     assert "leshan (outside publisher for region 5111)" in explained.stdout
-    assert "cso.intake.*.51.5111.>" in explained.stdout
+    assert "cso.intake.leshan.*.51.5111.*" in explained.stdout
     out = tmp_path / "auth.conf"
     env = {natsauth.password_env(n): "pw" for n in [*natsauth.SERVICES, "divisions", "admin"]}
     written = CliRunner().invoke(app, ["nats-config", "--passwords", "bcrypt", "--output", str(out)], env=env)
@@ -258,3 +278,16 @@ def test_settings_never_show_a_password(monkeypatch: pytest.MonkeyPatch) -> None
     shown = repr(Settings(nats_url="nats://admin:url-secret@127.0.0.1:4222",
                           database_url="postgresql://cso:db-secret@127.0.0.1/cso"))
     assert "secret" not in shown and "***" in shown and "registry" in shown
+
+
+def test_only_admin_sends_commands_or_uses_the_operators_intake_subjects() -> None:
+    """Where a message's source is taken on its word (the `Cso-Source` header of a command, the
+    envelope on a version 1 intake subject), nobody but the operators' admin user may publish."""
+    t = Topology()
+    users = Users(publishers=tuple(Publisher.parse(p) for p in EXAMPLE_PUBLISHERS))
+    for p in natsauth.permissions(t, users):
+        operators = p.user == natsauth.ADMIN
+        for subject in (t.command_subject("registry", "file"), t.command_subject("training", "record_session"),
+                        t.operator_intake_subject("OrganizationFiled", "510681001014"),
+                        t.operator_intake_subject("HubEstablished", "51")):
+            assert allowed(p, "publish", subject) is operators, (p.user, subject)
