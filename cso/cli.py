@@ -38,6 +38,14 @@ divisions_app = typer.Typer(help="Division reference data (NBS statistical divis
 app.add_typer(divisions_app, name="divisions")
 db_app = typer.Typer(help="The database: roles and privileges.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+publisher_app = typer.Typer(help="Outside publisher systems on the local stack's NATS.", no_args_is_help=True)
+app.add_typer(publisher_app, name="publisher")
+
+
+class OnOff(StrEnum):
+    on = "on"
+    off = "off"
+
 
 DataDir = Annotated[Path, typer.Option("--data-dir", help="Where the local stack keeps its data, "
                                                           "logs and stack.json.")]
@@ -78,6 +86,16 @@ def _nats_url(data_dir: Path) -> str:
     return url
 
 
+def _nats_login(data_dir: Path, url: str) -> tuple[str, str]:
+    """(user, password) for the CLI: CSO_NATS_USER / CSO_NATS_PASSWORD if set (Settings reads them:
+    ("", "") here), else `admin` of the local stack whose NATS url is, from its data dir."""
+    from .localnats import credentials
+
+    if _env("CSO_NATS_USER") or url != recorded(data_dir, "nats"):
+        return "", ""
+    return credentials(data_dir, "admin") or ("", "")
+
+
 # ---------------------------------------------------------------- the local stack
 
 
@@ -110,6 +128,12 @@ def up(
     notify_port: Annotated[int, typer.Option(help="notify's HTTP port")] = 8004,
     demo: Annotated[bool, typer.Option("--demo/--no-demo",
                                        help="Publish the demo divisions (乐山市, 广汉市).")] = True,
+    nats_auth: Annotated[OnOff, typer.Option(
+        "--nats-auth", help="on: NATS requires a user and password of everyone (kept in DATA_DIR/nats/"
+                            "users.json); off: anyone on this machine may use the bus (not advised).")] = OnOff.on,
+    publisher: Annotated[list[str] | None, typer.Option(
+        "--publisher", "-p", help="An outside publisher system allowed on NATS for its region: NAME=REGION, "
+                                  "e.g. guanghan-register=510681. Its password is printed once. Repeat.")] = None,
 ) -> None:
     """Start the local stack and stay in the foreground; Ctrl-C (or `cso down`) stops it.
 
@@ -129,6 +153,7 @@ def up(
 
     stack = Stack(data_dir, registry_port=registry_port, targets_port=targets_port,
                   training_port=training_port, notify_port=notify_port, demo=demo,
+                  nats_auth=nats_auth is OnOff.on, publishers=tuple(publisher or ()),
                   nats_url=_env("CSO_NATS_URL"), database_url=_env("CSO_DATABASE_URL"),
                   namespace=_env("CSO_NAMESPACE") or "", owner_pid=os.getpid(),
                   log=lambda m: console.print(f"[dim]· {escape(m)}[/dim]"))
@@ -144,6 +169,7 @@ def up(
             raise typer.Exit(130) from None
         running.set()
         console.print(listen_table(state))
+        _warn_open_nats(state)
         console.print(f"data and logs in {stack.data_dir}; Ctrl-C or `cso down` stops the stack")
         died = stack.supervise(stop)
         for d in died:
@@ -159,6 +185,13 @@ def up(
             signal.signal(sig, handler)
     console.print("stopped")
     raise typer.Exit(code)
+
+
+def _warn_open_nats(state: dict[str, Any]) -> None:
+    if (state.get("nats") or {}).get("auth") == "off":
+        _err_console().print("[bold red]WARNING: NATS runs without authentication (cso up --nats-auth off): "
+                             "anyone on this machine can send commands and publish events, past every "
+                             "HTTP token.[/bold red]")
 
 
 @app.command()
@@ -207,6 +240,8 @@ def status(data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
         console.print(f"stack in {stack.data_dir}: started at {state.get('started_at')}"
                       + (f" by cso up (pid {owner})" if owner else ""))
     console.print(status_table(parts))
+    if state and not state.get("stopped_at"):
+        _warn_open_nats(state)
     raise typer.Exit(0 if all(p.state in ("ready", "up") for p in parts) else 1)
 
 
@@ -341,8 +376,10 @@ def divisions_import(
     directory = path or DEMO_DIVISIONS
     prefixes = [p.strip() for p in only.split(",") if p.strip()] if only else None
     url = _nats_url(data_dir)
+    user, password = _nats_login(data_dir, url)
     try:
-        count = asyncio.run(import_divisions(url, _namespace(data_dir), directory, prefixes))
+        count = asyncio.run(import_divisions(url, _namespace(data_dir), directory, prefixes,
+                                             user=user, password=password))
     except (NbsFormatError, ValueError) as e:
         raise fail(str(e), 2) from None
     except ConnectionError as e:
@@ -401,7 +438,7 @@ def publish(
         return
     url = _nats_url(data_dir)
     try:
-        duplicates = asyncio.run(_publish(url, topology, messages))
+        duplicates = asyncio.run(_publish(url, topology, messages, _nats_login(data_dir, url)))
     except ConnectionError as e:
         raise fail(f"NATS: {e}") from None
     except Exception as e:
@@ -416,12 +453,13 @@ def publish(
         _console().print(f"{duplicates} of them were already in the stream (same event_id): no-ops")
 
 
-async def _publish(url: str, topology: Any, messages: list[tuple[str, bytes, str]]) -> int:
+async def _publish(url: str, topology: Any, messages: list[tuple[str, bytes, str]],
+                   login: tuple[str, str] = ("", "")) -> int:
     """Publish in order, awaiting each ack; how many the stream already had (duplicates)."""
     from .bus import ensure_streams
     from .stack import connect_nats
 
-    nc = await connect_nats(url, "cso-publish")
+    nc = await connect_nats(url, "cso-publish", user=login[0], password=login[1])
     try:
         js = nc.jetstream()
         await ensure_streams(js, topology)
@@ -708,6 +746,37 @@ def nats_config(
         tmp.chmod(0o600)
     tmp.replace(output)
     _err_console().print(f"wrote {output} ({len(users.publishers)} publishers, passwords: {passwords.value})")
+
+
+@publisher_app.command("add")
+def publisher_add(
+    spec: Annotated[str, typer.Argument(help="NAME=REGION, e.g. guanghan-register=510681 (province 2, city 4 "
+                                             "or county 6 digits).")],
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+) -> None:
+    """Let an outside system publish registry facts of its region on the local stack's NATS: a new
+    NATS user (cso.natsauth's publisher permissions), applied to the running nats-server by a reload.
+    Its password is printed once, here; only its hash is kept."""
+    from .localnats import add_publisher, users_path
+    from .natsauth import Publisher, inbox_prefix
+
+    state = Stack(data_dir).state
+    if (state.get("nats") or {}).get("auth") in ("off", "external") and not state.get("stopped_at"):
+        raise fail("the running stack's NATS has no users of cso up (--nats-auth off, or CSO_NATS_URL): "
+                   "nothing to add a publisher to", 2)
+    try:
+        publisher = Publisher.parse(spec)
+        password, reloaded = add_publisher(data_dir, publisher, _namespace(data_dir))
+    except ValueError as e:
+        raise fail(str(e), 2) from None
+    console = _console()
+    console.print(f"NATS user {publisher.name} may publish registry facts of region {publisher.region} "
+                  f"(its users: {users_path(data_dir)})")
+    console.print(f"password: {password}")
+    console.print(f"[dim]shown only now; connect with user={publisher.name}, that password and "
+                  f"inbox_prefix={inbox_prefix(publisher.name)}[/dim]")
+    if not reloaded:
+        console.print("[dim]no running stack in this data dir: the user applies from the next `cso up`[/dim]")
 
 
 if __name__ == "__main__":

@@ -421,13 +421,18 @@ def start_nats(
 
     `config` is a nats-server configuration file read first (e.g. an `authorization` block from
     `cso nats-config`); the port, store and log given here override what it says. `env` is added
-    to the server's environment (for the `$VAR` references of such a file).
+    to the server's environment (for the `$VAR` references of such a file). A server already
+    running on data_dir is taken as it is only if it was started with the same configuration file:
+    one started without the users that `config` demands would let anybody in, so it is restarted.
     """
     data_dir = _prepare_dir(data_dir)
+    config_path = str(Path(config).absolute()) if config is not None else None
     with _locked(data_dir):
         existing = running(data_dir, "nats")
         if existing is not None:
-            return existing
+            if (_read_state(data_dir) or {}).get("config") == config_path:
+                return existing
+            _stop_unlocked(existing, timeout)
         _refuse_other_kind(data_dir, "nats")
         _stop_stale(data_dir, "nats", timeout)
         previous = _read_state(data_dir) or {}
@@ -443,7 +448,7 @@ def start_nats(
         store.mkdir(exist_ok=True)
         cmd = [
             str(nats_server_binary()),
-            *(["-c", str(Path(config).absolute())] if config is not None else []),
+            *(["-c", config_path] if config_path is not None else []),
             "-js",
             "-a", "127.0.0.1",
             "-p", str(client_port),
@@ -503,6 +508,7 @@ def start_nats(
                 "port": client_port,
                 "monitor_port": http_port,
                 "monitor_url": monitor_url,
+                "config": config_path,
                 "started_at": time.time(),
             },
         )
@@ -913,6 +919,12 @@ def kill(handle: ServerHandle) -> None:
     _wait_dead(handle.pid, 10)
 
 
+def started_with(handle: ServerHandle) -> str | None:
+    """The configuration file a nats-server of ours was started with (None: none)."""
+    config = (_read_state(handle.data_dir) or {}).get("config")
+    return str(config) if config else None
+
+
 def reload(handle: ServerHandle) -> None:
     """Make nats-server read its configuration file again (SIGHUP, as `nats-server --signal
     reload=<pid>` does): changed users and passwords apply without a restart."""
@@ -982,5 +994,6 @@ __all__ = [
     "running",
     "start_nats",
     "start_postgres",
+    "started_with",
     "stop",
 ]

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from . import servers
+from . import localnats, natsauth, servers
 from .settings import Settings, redact
 
 STACK_FILE = "stack.json"
@@ -255,9 +255,14 @@ class Stack:
     ready_timeout: float = READY_TIMEOUT
     # `-c` settings of a PostgreSQL the stack starts itself (servers.postgres_sizing(), say).
     postgres_settings: Mapping[str, str] = field(default_factory=dict)
+    # Our own nats-server requires a user and password of everyone (cso.localnats); False runs it
+    # open to anyone on the machine, loudly. Outside publishers: `NAME=REGION` each.
+    nats_auth: bool = True
+    publishers: Sequence[str] = ()
     log: Callable[[str], None] = lambda _message: None
 
     _nats: servers.ServerHandle | None = field(default=None, init=False, repr=False)
+    _nats_users: localnats.LocalUsers | None = field(default=None, init=False, repr=False)
     _postgres: servers.ServerHandle | None = field(default=None, init=False, repr=False)
     _services: dict[str, _Service] = field(default_factory=dict, init=False, repr=False)
     _roles: dict[str, str] = field(default_factory=dict, init=False, repr=False)
@@ -337,12 +342,35 @@ class Stack:
                 raise StackError(f"NATS at {redact(self.nats_url)} (CSO_NATS_URL) does not answer")
             self.log(f"using NATS at {redact(self.nats_url)}")
             return self.nats_url, None
-        self.log("starting nats-server")
+        config = self._nats_config()
+        self.log("starting nats-server" + ("" if config else " WITHOUT AUTHENTICATION"))
         try:
-            self._nats = servers.start_nats(self.data_dir / "nats")
+            self._nats = servers.start_nats(localnats.nats_dir(self.data_dir), config=config)
         except servers.ServerStartError as e:
             raise StackError(f"nats-server did not start: {e}") from None
         return self._nats.url, self._nats.monitor_url
+
+    def _nats_config(self) -> Path | None:
+        """auth.conf of the stack's NATS users (made on the first start), or None when asked to run
+        without authentication (then said loudly: anyone on this machine may publish anything)."""
+        if not self.nats_auth:
+            self.log("WARNING: NATS without authentication (--nats-auth off): anyone on this machine can "
+                     "send commands and publish events on the bus, past every HTTP token")
+            return None
+        from contracts import Topology
+
+        try:
+            users, shown = localnats.ensure(self.data_dir, [natsauth.Publisher.parse(p) for p in self.publishers])
+            config = localnats.write_config(self.data_dir, users, Topology(self.namespace))
+        except ValueError as e:
+            raise StackError(f"NATS users: {e}") from None
+        self._nats_users = users
+        self.log(f"NATS users and their passwords in {users.path} (services, divisions, admin"
+                 + (f", {len(users.publishers)} outside publishers)" if users.publishers else ")"))
+        for name, password in shown.items():
+            # Kept nowhere (only its hash is): the one time it is shown.
+            self.log(f"new NATS publisher {name}: password {password} (shown once; give it to its system)")
+        return config
 
     def _start_postgres(self) -> tuple[str, str]:
         if self.database_url:
@@ -412,6 +440,8 @@ class Stack:
         database_url = self._service_settings(spec.name, settings).database_url
         env = {**os.environ, "CSO_DATABASE_URL": database_url, "CSO_NATS_URL": settings.nats_url,
                "CSO_NAMESPACE": settings.namespace, "PYTHONUNBUFFERED": "1"}
+        if self._nats_users is not None:  # its own NATS user (cso.localnats)
+            env.update(localnats.service_env(self._nats_users, spec.name))
         # No access log: the readiness polls would bury what the service itself says.
         cmd = [sys.executable, "-m", "uvicorn", "--factory", spec.factory,
                "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
@@ -456,7 +486,10 @@ class Stack:
             "stopped_at": None,
             "namespace": self.namespace,
             "nats": {"url": nats_url, "monitor_url": monitor_url,
-                     "pid": self._nats.pid if self._nats else None, "managed": self._nats is not None},
+                     "pid": self._nats.pid if self._nats else None, "managed": self._nats is not None,
+                     # "users" (never a password here), "off" (--nats-auth off) or "external".
+                     "auth": self._nats_auth_mode(),
+                     "users_file": str(self._nats_users.path) if self._nats_users else None},
             "postgres": {"url": database_url, "admin_url": admin_url,
                          "pid": self._postgres.pid if self._postgres else None,
                          "managed": self._postgres is not None},
@@ -466,11 +499,19 @@ class Stack:
                          for name, s in self._services.items()},
         }
 
+    def _nats_auth_mode(self) -> str:
+        if self._nats is None:
+            return "external"
+        return "users" if self._nats_users is not None else "off"
+
     def _import_demo(self, settings: Settings) -> None:
         from .divisions import DEMO_DIVISIONS, county_payloads
 
         self.log(f"publishing the demo divisions from {DEMO_DIVISIONS}")
-        count = asyncio.run(import_divisions(settings.nats_url, settings.namespace, DEMO_DIVISIONS))
+        user, password = ((natsauth.DIVISIONS, self._nats_users.password(natsauth.DIVISIONS))
+                          if self._nats_users is not None else ("", ""))
+        count = asyncio.run(import_divisions(settings.nats_url, settings.namespace, DEMO_DIVISIONS,
+                                             user=user, password=password))
         counties = [p.county.code for p in county_payloads(DEMO_DIVISIONS)]
         self.log(f"published {count} counties; waiting for registry and targets to apply them")
         self._wait_divisions(counties)
@@ -596,9 +637,11 @@ class Stack:
             url = handle.url if handle else nats.get("url")
             monitor = handle.monitor_url if handle else nats.get("monitor_url")
             ready = handle is not None and monitor is not None and _nats_healthy(monitor)
+            auth = ("users: " + str(nats.get("users_file")) if nats.get("auth") == "users"
+                    else "NO AUTHENTICATION (--nats-auth off)" if nats.get("auth") == "off" else "")
             parts.append(Part("nats", "ready" if ready else ("not ready" if handle else "down"), url,
                               handle.pid if handle else None,
-                              f"monitor {monitor}" if monitor else ""))
+                              "; ".join(x for x in (f"monitor {monitor}" if monitor else "", auth) if x)))
         else:
             url = nats.get("url")
             up = isinstance(url, str) and servers.answers(url)
@@ -663,11 +706,14 @@ def migrate_one(name: str, settings: Settings) -> None:
     module.run_migrations(settings)
 
 
-async def connect_nats(url: str, name: str) -> Any:
+async def connect_nats(url: str, name: str, *, user: str = "", password: str = "") -> Any:
     """A NATS connection for one command: fails fast (no retry loop, no tracebacks printed).
 
-    Credentials come with the URL or from CSO_NATS_USER / CSO_NATS_PASSWORD (see Settings)."""
+    Credentials: `user` and `password` if given (the local stack's, cso.localnats), else with the
+    URL or from CSO_NATS_USER / CSO_NATS_PASSWORD (see Settings)."""
     import nats
+
+    from .settings import nats_options
 
     if not servers.answers(url, timeout=3):
         raise ConnectionError(f"nothing answers at {redact(url)}")
@@ -677,13 +723,13 @@ async def connect_nats(url: str, name: str) -> Any:
         if "permissions violation" in str(error).lower():
             logging.getLogger(__name__).warning("NATS refused it: %s", error)
 
+    options = nats_options(url, user, password) if user else Settings(nats_url=url).nats_options()
     return await nats.connect(url, name=name, connect_timeout=5, allow_reconnect=False,
-                              max_reconnect_attempts=0, error_cb=quiet,
-                              **Settings(nats_url=url).nats_options())
+                              max_reconnect_attempts=0, error_cb=quiet, **options)
 
 
 async def import_divisions(nats_url: str, namespace: str, directory: Path,
-                           only: Sequence[str] | None = None) -> int:
+                           only: Sequence[str] | None = None, *, user: str = "", password: str = "") -> int:
     """Publish DivisionsImported per county (streams created if missing); how many counties."""
     from contracts import Topology
 
@@ -691,7 +737,7 @@ async def import_divisions(nats_url: str, namespace: str, directory: Path,
     from .divisions import publish_divisions
 
     topology = Topology(namespace)
-    nc = await connect_nats(nats_url, "cso-divisions")
+    nc = await connect_nats(nats_url, "cso-divisions", user=user, password=password)
     try:
         js = nc.jetstream()
         await bus.ensure_streams(js, topology)

@@ -31,7 +31,7 @@ import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cso import servers
+from cso import localnats, servers
 from cso.natsauth import SERVICE_CONSUMERS
 from cso.stack import Stack, connect_nats, recorded
 from tests.infra.test_infra_grafana import dashboards, panels, substitute
@@ -213,7 +213,9 @@ async def test_every_panel_answers_on_a_live_stack(tmp_path: Path, hooks: str) -
             first = first or reply["id"]
         http_json(f"{registry}/commands/establish_hub", {"organization_id": first, "region_code": "510681001",
                                                     "established_on": "2024-04-01"})
-        nc = await connect_nats(nats_url, "dashboards-test")
+        admin = localnats.credentials(stack.data_dir, "admin")
+        assert admin is not None
+        nc = await connect_nats(nats_url, "dashboards-test", user=admin[0], password=admin[1])
         await nc.jetstream().publish("cso.intake.organization_filed.51.5106.510681", b"not an event")
         # A command over NATS request-reply: what FastStream's own metrics count.
         reply = await nc.request("cso.cmd.registry.file", json.dumps({

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from contracts import Topology, encode, make_event
 from contracts import events as ev
-from cso import servers
+from cso import localnats, servers
 from cso.cli import app
 from cso.stack import Stack, connect_nats, http_get
 from tests.support import http_json
@@ -47,9 +47,11 @@ def orgs_counted(targets_url: str, region: str = "510681") -> int:
     return int(body["counters"].get("orgs", 0)) if status == 200 else -1
 
 
-def intake_messages(nats_url: str) -> int:
+def intake_messages(nats_url: str, data_dir: Path) -> int:
     async def count() -> int:
-        nc = await connect_nats(nats_url, "test-stack")
+        login = localnats.credentials(data_dir, "admin")  # the stack's NATS asks everyone for a password
+        assert login is not None
+        nc = await connect_nats(nats_url, "test-stack", user=login[0], password=login[1])
         try:
             info = await nc.jetstream().stream_info(Topology().stream("CSO_INTAKE"))
             return int(info.state.messages)
@@ -138,16 +140,16 @@ def test_stack_up_file_coverage_restart_and_cli(tmp_path: Path) -> None:
                                                                      '"region":"5106810"')
         events = tmp_path / "events.jsonl"
         events.write_text(f"{good}\n\n{bad}\n", encoding="utf-8")
-        before = intake_messages(nats_url)
+        before = intake_messages(nats_url, data_dir)
         result = runner.invoke(app, ["publish", str(events)], env={**env, "CSO_NATS_URL": nats_url})
         assert result.exit_code == 2, result.output
         assert "line 3: region:" in result.output and "nothing was published" in result.output
-        assert intake_messages(nats_url) == before
+        assert intake_messages(nats_url, data_dir) == before
         # Fixed, the same file goes to registry's intake and is counted like a filing.
         events.write_text(f"{good}\n", encoding="utf-8")
         result = runner.invoke(app, ["publish", str(events), "--data-dir", str(data_dir)], env=env)
         assert result.exit_code == 0, result.output
-        assert intake_messages(nats_url) == before + 1
+        assert intake_messages(nats_url, data_dir) == before + 1
         eventually(lambda: orgs_counted(targets) == 2)
 
         result = runner.invoke(app, ["status", "--data-dir", str(data_dir)], env=env)
