@@ -41,7 +41,7 @@ from rich.console import Console
 from rich.table import Table
 
 from contracts import Topology
-from cso import servers
+from cso import localnats, servers
 from cso.divisions import DEMO_DIVISIONS, publish_divisions
 from cso.roles import role_url
 from cso.stack import ROOT, SERVICES, Stack, StackError, http_get
@@ -157,7 +157,8 @@ class Replica:
 
 
 def start_replica(name: str, index: int, state: dict[str, Any], logs: Path) -> Replica:
-    """Another uvicorn process of a service, with the same CSO_* environment as the stack's."""
+    """Another uvicorn process of a service, with the same CSO_* environment as the stack's (its
+    NATS user too)."""
     spec = next(s for s in SERVICES if s.name == name)
     port = servers.free_port()
     # As the stack's own process of that service: its database role, not the superuser.
@@ -165,6 +166,9 @@ def start_replica(name: str, index: int, state: dict[str, Any], logs: Path) -> R
     database_url = role_url(state["postgres"]["url"], role) if role else state["postgres"]["url"]
     env = {**os.environ, "CSO_DATABASE_URL": database_url, "CSO_NATS_URL": state["nats"]["url"],
            "CSO_NAMESPACE": state.get("namespace", ""), "PYTHONUNBUFFERED": "1"}
+    users = localnats.load(Path(state["data_dir"]))
+    if users is not None and state["nats"].get("auth") == "users":
+        env.update(localnats.service_env(users, name))
     log = logs / f"{name}-{index}.log"
     cmd = [sys.executable, "-m", "uvicorn", "--factory", spec.factory, "--host", "127.0.0.1",
            "--port", str(port), "--no-access-log"]
@@ -211,6 +215,13 @@ class Context:
     @property
     def dsn(self) -> str:
         return str(self.state["postgres"]["url"])
+
+    @property
+    def nats_url(self) -> str:
+        """The stack's NATS as admin (its passwords are hex: safe in a URL)."""
+        url = str(self.state["nats"]["url"])
+        login = localnats.credentials(self.stack.data_dir, "admin")
+        return url.replace("nats://", f"nats://{login[0]}:{login[1]}@", 1) if login else url
 
     def url(self, service: str) -> str:
         return str(self.state["services"][service]["url"])
@@ -272,7 +283,7 @@ async def settle(js: JetStreamContext, ctx: Context, limit: float) -> dict[str, 
 
 async def run(ctx: Context) -> dict[str, Any]:
     opts, r = ctx.opts, ctx.result
-    nc = await nats.connect(ctx.state["nats"]["url"], name="bench-outside-publisher", max_reconnect_attempts=3)
+    nc = await nats.connect(ctx.nats_url, name="bench-outside-publisher", max_reconnect_attempts=3)
     js = nc.jetstream()
     topology = Topology(ctx.state.get("namespace", ""))
     procs = [measure.Proc("registry", [ctx.state["services"]["registry"]["pid"]]),
@@ -380,7 +391,7 @@ async def publish_outside(ctx: Context, workload: Workload, sampler: measure.Sam
     spawn = multiprocessing.get_context("spawn")
     receive, send = spawn.Pipe(duplex=False)
     proc = spawn.Process(target=outside_process, name="bench-outside-publisher",
-                         args=(ctx.state["nats"]["url"], workload, ctx.opts.window, ctx.opts.timeout, send))
+                         args=(ctx.nats_url, workload, ctx.opts.window, ctx.opts.timeout, send))
     proc.start()
     send.close()
     assert proc.pid is not None
