@@ -76,7 +76,8 @@ async def as_publisher(url: str, user: str, password: str) -> dict[str, Any]:
 
     t = Topology()
     nc = await nats.connect(url, user=user, password=password, inbox_prefix=inbox_prefix(user),
-                            error_cb=on_error, allow_reconnect=False, max_reconnect_attempts=0)
+                            error_cb=on_error, allow_reconnect=False, max_reconnect_attempts=0,
+                            connect_timeout=10)
     out: dict[str, Any] = {}
     try:
         js = nc.jetstream()
@@ -96,7 +97,7 @@ async def as_publisher(url: str, user: str, password: str) -> dict[str, Any]:
         except (NatsTimeout, NoRespondersError) as e:
             out["command"] = type(e).__name__
         # Its own intake subject is allowed: registry validates, records and counts it.
-        ack = await js.publish(t.intake_subject("OrganizationFiled", COMMUNITY), filing("广汉经外部系统的组织"),
+        ack = await js.publish(t.intake_subject(user, "OrganizationFiled", COMMUNITY), filing("广汉经外部系统的组织"),
                                timeout=10)
         out["intake_stream"] = ack.stream
         await asyncio.sleep(0.5)

@@ -68,7 +68,7 @@ def test_the_config_holds_hashes_only_and_nats_server_accepts_it(tmp_path: Path)
     assert not any(users.password(u) in text for u in localnats.OWN_USERS)
     assert shown["guanghan-register"] not in text
     assert all(a.hash in text for a in users.accounts.values())
-    assert '"cso.intake.*.51.5106.510681"' in text  # the publisher's permissions of cso.natsauth
+    assert '"cso.intake.guanghan-register.*.51.5106.510681"' in text  # cso.natsauth's publisher permissions
     result = subprocess.run([str(nats_server_binary()), "-t", "-c", str(conf)], capture_output=True,
                             text=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
