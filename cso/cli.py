@@ -20,7 +20,6 @@ from rich import box
 from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
-from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
@@ -158,7 +157,6 @@ def up(
                   namespace=_env("CSO_NAMESPACE") or "", owner_pid=os.getpid(),
                   log=lambda m: console.print(f"[dim]· {escape(m)}[/dim]"))
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    code = 0
     try:
         try:
             state = stack.start()
@@ -170,13 +168,10 @@ def up(
         running.set()
         console.print(listen_table(state))
         _warn_open_nats(state)
-        console.print(f"data and logs in {stack.data_dir}; Ctrl-C or `cso down` stops the stack")
-        died = stack.supervise(stop)
-        for d in died:
-            code = 1
-            _err_console().print(Panel(escape(d.tail), title=f"{d.name} {d.how}",
-                                       subtitle=str(d.log), border_style="red"))
-        console.print("stopping" if not died else "a service died; stopping the stack")
+        console.print(f"data and logs in {stack.data_dir}; a part that dies is restarted, "
+                      "Ctrl-C or `cso down` stops the stack")
+        stack.supervise(stop)  # until stop: restarts what dies, serves `cso restart`
+        console.print("stopping")
     finally:
         interrupted.set()
         running.set()  # further signals only set `stop`, which is already on its way
@@ -184,7 +179,36 @@ def up(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     console.print("stopped")
-    raise typer.Exit(code)
+
+
+class PartName(StrEnum):
+    registry = "registry"
+    targets = "targets"
+    training = "training"
+    notify = "notify"
+    nats = "nats"
+    postgres = "postgres"
+
+
+@app.command()
+def restart(
+    part: Annotated[PartName, typer.Argument(help="The part to restart.")],
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+) -> None:
+    """Restart one part of the local stack in DATA_DIR, on the same port.
+
+    The `cso up` running the stack stops the part and starts it again (and waits, for a
+    service, until it is ready); `cso status` then shows its new pid and restart count.
+    """
+    from .supervisor import RestartError
+    from .supervisor import restart as restart_part
+
+    try:
+        info = restart_part(data_dir, part.value)
+    except RestartError as e:
+        raise fail(f"cso restart: {e}") from None
+    _console().print(f"restarted {part.value}: pid {info.get('pid')}, "
+                     f"{info.get('restarts')} restart(s) since cso up started")
 
 
 def _warn_open_nats(state: dict[str, Any]) -> None:
@@ -212,11 +236,12 @@ def status_table(parts: list[Part]) -> Table:
     table.add_column("part", no_wrap=True)
     table.add_column("state", no_wrap=True)
     table.add_column("pid", justify="right", no_wrap=True)
+    table.add_column("restarts", justify="right", no_wrap=True)
     table.add_column("url", min_width=max([3, *(len(p.url or "") for p in parts)]))
     for p in parts:
         style = STATE_STYLE[p.state]
         detail = f"\n[dim]{escape(p.detail)}[/dim]" if p.detail else ""
-        table.add_row(p.name, f"[{style}]{p.state}[/{style}]", str(p.pid or "-"),
+        table.add_row(p.name, f"[{style}]{p.state}[/{style}]", str(p.pid or "-"), str(p.restarts),
                       escape(p.url or "-") + detail)
     return table
 

@@ -215,6 +215,24 @@ def pid_alive(pid: int) -> bool:
     return info is not None and info[0] not in ("Z", "X")
 
 
+def exit_code(pid: int) -> int | None:
+    """How a server process this process started has ended, as Popen says it (-N: killed by
+    signal N); None while it runs, or when it is not ours to wait for. Reaps it."""
+    with _children_lock:
+        child = _children.get(pid)
+    if child is not None:
+        return child.poll()
+    info = _proc_stat(pid)
+    # An adopted postmaster (see _adopting_orphans) is our child too, though not a Popen.
+    if info is None or info[0] not in ("Z", "X") or info[1] != os.getpid():
+        return None
+    try:
+        reaped, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    return os.waitstatus_to_exitcode(status) if reaped else None
+
+
 def _pid_is(pid: int, kind: Kind) -> bool:
     """Guard against pid reuse: the pid must still be running the server binary."""
     try:
@@ -986,6 +1004,7 @@ __all__ = [
     "ServerStartError",
     "answers",
     "docker_answers",
+    "exit_code",
     "free_port",
     "kill",
     "nats_server_binary",

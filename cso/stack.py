@@ -74,6 +74,7 @@ class Part:
     pid: int | None = None
     detail: str = ""
     managed: bool = True  # started by the stack (False: a server named by CSO_*_URL)
+    restarts: int = 0  # by `cso up` (a death) or `cso restart`, since the stack started
 
 
 @dataclass
@@ -94,13 +95,16 @@ class Died:
     """A service process that exited while the stack was running."""
 
     name: str
-    returncode: int | None
+    returncode: int | None  # None: gone, but not our child, so how it ended is unknown
     log: Path
     tail: str
+    pid: int | None = None
 
     @property
     def how(self) -> str:
         code = self.returncode
+        if code is None:
+            return "is gone (exit status unknown)"
         if code is not None and code < 0:
             try:
                 return f"was killed by {signal.Signals(-code).name}"
@@ -263,10 +267,12 @@ class Stack:
 
     _nats: servers.ServerHandle | None = field(default=None, init=False, repr=False)
     _nats_users: localnats.LocalUsers | None = field(default=None, init=False, repr=False)
+    _nats_conf: Path | None = field(default=None, init=False, repr=False)
     _postgres: servers.ServerHandle | None = field(default=None, init=False, repr=False)
     _services: dict[str, _Service] = field(default_factory=dict, init=False, repr=False)
     _roles: dict[str, str] = field(default_factory=dict, init=False, repr=False)
     _state: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    _settings: Settings | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -302,6 +308,7 @@ class Stack:
             nats_url, monitor_url = self._start_nats()
             database_url, admin_url = self._start_postgres()
             settings = Settings(database_url=database_url, nats_url=nats_url, namespace=self.namespace)
+            self._settings = settings
             if self._postgres is not None:
                 self._provision_roles(database_url)
             self._migrate(settings)
@@ -344,11 +351,18 @@ class Stack:
             return self.nats_url, None
         config = self._nats_config()
         self.log("starting nats-server" + ("" if config else " WITHOUT AUTHENTICATION"))
+        self._nats_conf = config
+        self._nats = self._run_nats()
+        return self._nats.url, self._nats.monitor_url
+
+    def _run_nats(self, port: int | None = None, monitor_port: int | None = None) -> servers.ServerHandle:
+        """nats-server on the data dir; a restart (cso.supervisor) passes the ports it had, and
+        the same auth.conf (which `cso publisher add` keeps current)."""
         try:
-            self._nats = servers.start_nats(localnats.nats_dir(self.data_dir), config=config)
+            return servers.start_nats(localnats.nats_dir(self.data_dir), port, monitor_port,
+                                      config=self._nats_conf)
         except servers.ServerStartError as e:
             raise StackError(f"nats-server did not start: {e}") from None
-        return self._nats.url, self._nats.monitor_url
 
     def _nats_config(self) -> Path | None:
         """auth.conf of the stack's NATS users (made on the first start), or None when asked to run
@@ -388,11 +402,7 @@ class Stack:
                     self.log(f"could not check for database {name}: {type(e).__name__}: {e}")
             return self.database_url, self.database_url
         self.log("starting PostgreSQL")
-        try:
-            self._postgres = servers.start_postgres(self.data_dir / "postgres",
-                                                    settings=self.postgres_settings)
-        except servers.ServerStartError as e:
-            raise StackError(f"PostgreSQL did not start: {e}") from None
+        self._postgres = self._run_postgres()
         admin_url = self._postgres.url
         try:
             if asyncio.run(ensure_database(admin_url)):
@@ -401,6 +411,13 @@ class Stack:
             raise StackError(f"creating database {DATABASE} on {admin_url} failed: "
                              f"{type(e).__name__}: {e}") from e
         return with_database(admin_url, DATABASE), admin_url
+
+    def _run_postgres(self, port: int | None = None) -> servers.ServerHandle:
+        """PostgreSQL on the data dir; a restart (cso.supervisor) passes the port it had."""
+        try:
+            return servers.start_postgres(self.data_dir / "postgres", port, settings=self.postgres_settings)
+        except servers.ServerStartError as e:
+            raise StackError(f"PostgreSQL did not start: {e}") from None
 
     def _provision_roles(self, database_url: str) -> None:
         """Our own PostgreSQL: each service connects as its own role (cso.roles), which owns its
@@ -550,15 +567,84 @@ class Stack:
         for name, s in self._services.items():
             code = s.proc.poll()
             if code is not None:
-                out.append(Died(name, code, s.log, tail(s.log, s.log_start)))
+                out.append(Died(name, code, s.log, tail(s.log, s.log_start), s.proc.pid))
         return out
 
-    def supervise(self, stop: threading.Event, interval: float = 1.0) -> list[Died]:
-        """Block until `stop` is set or a service dies; returns the dead ones (empty: stopped)."""
-        while not stop.wait(interval):
-            if died := self.dead():
-                return died
-        return []
+    def supervise(self, stop: threading.Event, interval: float = 0.5) -> None:
+        """Block until `stop` is set, restarting any part that dies and serving `cso restart`
+        (cso.supervisor)."""
+        from .supervisor import Supervisor
+
+        Supervisor(self).run(stop, interval)
+
+    # ------------------------------------------------------------ one part (for cso.supervisor)
+
+    def restartable(self) -> list[str]:
+        """The parts this stack runs itself, servers first: what a restart may start again."""
+        names = [kind for kind, handle in (("nats", self._nats), ("postgres", self._postgres)) if handle]
+        return names + list(self._services)
+
+    def exit_of(self, name: str) -> Died | None:
+        """How part `name` ended, or None while it runs."""
+        if name in self._services:
+            s = self._services[name]
+            code = s.proc.poll()
+            return None if code is None else Died(name, code, s.log, tail(s.log, s.log_start), s.proc.pid)
+        handle = self._server(name)
+        # exit_code first: pid_alive reaps an adopted postmaster without keeping its status.
+        code = servers.exit_code(handle.pid)
+        if code is None and servers.pid_alive(handle.pid):
+            return None
+        log = handle.data_dir / ("nats.log" if name == "nats" else servers.PG_LOG)
+        return Died(name, code, log, tail(log), handle.pid)
+
+    def stop_part(self, name: str) -> None:
+        """Stop one part as `stop` would (SIGTERM, then SIGKILL after STOP_TIMEOUT; a server's
+        own clean shutdown), to start it again with start_part."""
+        if name in self._services:
+            proc = self._services[name].proc
+            if proc.poll() is None:
+                self.log(f"stopping {name} (pid {proc.pid})")
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    self.log(f"{name} did not stop within {STOP_TIMEOUT:.0f}s; killing it")
+                    proc.kill()
+                    proc.wait()
+            return
+        handle = self._server(name)
+        self.log(f"stopping {name} (pid {handle.pid})")
+        servers.stop(handle)
+
+    def start_part(self, name: str) -> int:
+        """Start part `name` again on the port it had (clients reconnect to the same URL); its
+        pid. A service is started, not awaited: `exit_of` tells if it dies starting."""
+        if name in self._services:
+            assert self._settings is not None, "start_part before start"
+            spec = self._services[name].spec
+            self._spawn(spec, self._settings)
+            return self._services[name].proc.pid
+        old = self._server(name)
+        if name == "nats":
+            assert old.monitor_url is not None
+            self._nats = self._run_nats(old.port, urlsplit(old.monitor_url).port)
+            return self._nats.pid
+        self._postgres = self._run_postgres(old.port)
+        return self._postgres.pid
+
+    def record_part(self, name: str, **fields: Any) -> None:
+        """Update part `name` in stack.json (atomically), so `cso status` follows a restart."""
+        part = self._state["services"][name] if name in self._services else self._state[name]
+        part.update(fields)
+        _write_stack_file(self.data_dir, self._state)
+
+    def _server(self, name: str) -> servers.ServerHandle:
+        handle = {"nats": self._nats, "postgres": self._postgres}.get(name)
+        if handle is None:
+            raise StackError(f"{name} is not a part this stack runs (one of {', '.join(self.restartable())})")
+        return handle
 
     # ------------------------------------------------------------ stop
 
@@ -675,7 +761,14 @@ class Stack:
                 if isinstance(body, dict) else str(body)
             parts.append(Part(spec.name, "ready" if code == 200 else "not ready", url, pid,
                               f"/readyz {code}: {checks}"))
-        return parts
+        return [_with_restarts(p, state) for p in parts]
+
+
+def _with_restarts(part: Part, state: Mapping[str, Any]) -> Part:
+    from dataclasses import replace
+
+    info = state.get("services", {}).get(part.name) or state.get(part.name) or {}
+    return replace(part, restarts=int(info.get("restarts") or 0))
 
 
 def _nats_healthy(monitor_url: str) -> bool:

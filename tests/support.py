@@ -5,10 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, NoReturn
 
 import httpx
@@ -20,6 +26,8 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from contracts import Envelope, Topology, encode, make_event
 from contracts import events as ev
 from cso.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
 
 # Real NBS 2023 codes of 广汉市 (510681): two streets and a town, a few of their communities.
 GUANGHAN = ev.DivisionsImported(
@@ -153,3 +161,141 @@ def missing(tool: str, why: str) -> NoReturn:
     if tool in os.environ.get("CSO_REQUIRE_TOOLS", "").split(","):
         pytest.fail(f"{why} (CSO_REQUIRE_TOOLS names {tool}: this run must not skip it)")
     pytest.skip(why)
+
+
+class CsoUp:
+    """`cso up` as an operator runs it: a process of its own (`python -m cso.cli up`) on a data dir
+    and free ports, its output in `output`. The environment is given whole: CSO_AUTH and the
+    servers' URLs of the test process must not leak into the stack (it starts its own)."""
+
+    SERVICES = ("registry", "targets", "training", "notify")
+
+    def __init__(self, data_dir: Path, *, demo: bool = False, env: dict[str, str] | None = None) -> None:
+        from cso.servers import free_port
+
+        self.data_dir = data_dir
+        self.demo = demo
+        self.ports = {name: free_port() for name in self.SERVICES}
+        self.output = data_dir.parent / f"{data_dir.name}.cso-up.log"
+        self.env = {**os.environ, "CSO_AUTH": "off", "CSO_NATS_URL": "", "CSO_DATABASE_URL": "",
+                    "CSO_NAMESPACE": "", "COLUMNS": "200", **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> CsoUp:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 300.0) -> None:
+        """Until `cso up` says the stack is up (after the demo divisions, when asked for)."""
+        cmd = [sys.executable, "-m", "cso.cli", "up", "--data-dir", str(self.data_dir),
+               "--demo" if self.demo else "--no-demo",
+               *(arg for name, port in self.ports.items() for arg in (f"--{name}-port", str(port)))]
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        with self.output.open("ab") as out:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                         cwd=REPO, env=self.env)
+        deadline = time.monotonic() + timeout
+        while "data and logs in" not in self.text():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"cso up exited with {self.proc.returncode}:\n{self.text()[-4000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"cso up not up within {timeout:.0f}s:\n{self.text()[-4000:]}")
+            time.sleep(0.2)
+
+    def stop(self, timeout: float = 120.0) -> None:
+        """As Ctrl-C does; whatever survives a cso up that did not stop is stopped as `cso down` does."""
+        from cso.stack import Stack
+
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        Stack(self.data_dir).stop_recorded()
+
+    def text(self) -> str:
+        """What cso up printed so far."""
+        try:
+            return self.output.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def state(self) -> dict[str, Any]:
+        from cso.stack import read_stack_file
+
+        return read_stack_file(self.data_dir) or {}
+
+    def part(self, name: str) -> dict[str, Any]:
+        """A part's entry of stack.json (url, pid, restarts)."""
+        state = self.state()
+        return dict(state.get("services", {}).get(name) or state.get(name) or {})
+
+    def url(self, name: str) -> str:
+        return str(self.part(name)["url"])
+
+    def cso(self, *args: str, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
+        """Another `cso` command against this stack (`--data-dir` added), its output captured."""
+        return subprocess.run([sys.executable, "-m", "cso.cli", *args, "--data-dir", str(self.data_dir)],
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=REPO,
+                              env=self.env, timeout=timeout, check=False)
+
+    def back(self, name: str, old_pid: int, timeout: float) -> float:
+        """Seconds until `name` runs under a pid other than old_pid, recorded in stack.json, and
+        is ready (/readyz 200 for a service, its port answering for a server)."""
+        from cso.servers import answers
+
+        start = time.monotonic()
+        while True:
+            info = self.part(name)
+            pid, url = info.get("pid"), info.get("url")
+            if pid and pid != old_pid and url:
+                if name in self.SERVICES:
+                    ready = http_json(f"{url}/readyz", timeout=2)[0] == 200
+                else:
+                    ready = answers(str(url))
+                if ready:
+                    return time.monotonic() - start
+            if time.monotonic() - start > timeout:
+                raise AssertionError(f"{name} not back within {timeout:.0f}s (stack.json: {info}); "
+                                     f"cso up said:\n{self.text()[-3000:]}")
+            time.sleep(0.1)
+
+
+class HealthWatch:
+    """Polls /healthz of some services from a thread, every failed answer kept; `pause` stops
+    watching one (the one being killed) and `resume` watches it again."""
+
+    def __init__(self, urls: dict[str, str], timeout: float = 10.0) -> None:
+        self.urls = dict(urls)
+        self.timeout = timeout
+        self.paused: set[str] = set()
+        self.failures: list[str] = []
+        self.answers = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="healthz-watch", daemon=True)
+
+    def __enter__(self) -> HealthWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            for name, url in self.urls.items():
+                if name in self.paused:
+                    continue
+                status, body = http_json(f"{url}/healthz", timeout=self.timeout)
+                if name in self.paused:
+                    continue  # paused while we asked: the answer says nothing
+                if status == 200:
+                    self.answers += 1
+                else:
+                    self.failures.append(f"{time.strftime('%H:%M:%S')} {name}: /healthz {status} {body}")
