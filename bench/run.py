@@ -45,6 +45,7 @@ from cso import localnats, servers
 from cso.divisions import DEMO_DIVISIONS, publish_divisions
 from cso.roles import role_url
 from cso.stack import ROOT, SERVICES, Stack, StackError, http_get
+from cso.tokens import service_env
 
 from . import floor, measure, profile
 from .generator import TRAINING_COUNTERS, Workload
@@ -165,7 +166,8 @@ def start_replica(name: str, index: int, state: dict[str, Any], logs: Path) -> R
     role = state["services"].get(name, {}).get("database_role")
     database_url = role_url(state["postgres"]["url"], role) if role else state["postgres"]["url"]
     env = {**os.environ, "CSO_DATABASE_URL": database_url, "CSO_NATS_URL": state["nats"]["url"],
-           "CSO_NAMESPACE": state.get("namespace", ""), "PYTHONUNBUFFERED": "1"}
+           "CSO_NAMESPACE": state.get("namespace", ""), "PYTHONUNBUFFERED": "1",
+           **service_env(Path(state["data_dir"]))}   # the stack's CSO_AUTH and token key
     users = localnats.load(Path(state["data_dir"]))
     if users is not None and state["nats"].get("auth") == "users":
         env.update(localnats.service_env(users, name))

@@ -13,9 +13,30 @@ A token's claims: `sub` (the official or system), `region` (the division code pr
 | pii_reader | read a person's data unmasked, export it, erase it (in their region) |
 | admin | anything a role above allows, except reading personal data (it may erase it) |
 
-With `CSO_AUTH=off` (the default: the local stack and the tests) every caller is an anonymous
-principal that may write anywhere but is never given personal data unmasked. The NATS
-request-reply path is not covered here: NATS users and subject permissions guard it.
+`CSO_AUTH=jwt` is the default: a service without a key (CSO_JWT_SECRET or CSO_JWT_PUBLIC_KEY)
+refuses to start. `CSO_AUTH=off` must be asked for, and trusts everyone: every caller is an
+anonymous principal that may write anywhere and name any `X-Cso-Source`, but is never given personal
+data unmasked; the service says so in a warning at start and in `/readyz` (`"auth": "off"`). The
+NATS request-reply path is not covered here: NATS users and subject permissions guard it.
+
+Every HTTP route declares one access class where it is declared (`@app.get(path, **PUBLIC)`); the
+app-wide `Auth.guard` enforces the class, and a service does not start with a route that has none
+(`unclassified`):
+
+- health (/healthz /readyz /metrics /docs /openapi.json): never a token.
+- public aggregate (figures and targets: nothing about one organization or person) and scoped read
+  (records of organizations, sessions, plans): no token; with CSO_READ_AUTH=scoped a token, and a
+  region in the path (`region`, `code`) or query (`under`, `region`) within the token's.
+- personal data (a person, a pool, a roster, a subscriber's contacts, an inbox, deliveries): with
+  CSO_AUTH=jwt always a token (401 without), whatever CSO_READ_AUTH says, and the route asks the
+  role and region: the person's county (any role sees masked, pii_reader unmasked), a
+  subscription's or inbox's recipient or a notify_admin of its region. With CSO_AUTH=off only
+  masked: unmasking, export and erasure are refused (403), e-mail addresses and webhook URLs masked.
+- write: a token with the route's role, and what it writes within the token's region.
+
+An event's `source` is the caller's when it is authenticated: the token's `source` claim, else its
+`sub` (`Principal.source`); an `X-Cso-Source` header that differs is refused (403 naming
+`x-cso-source`), so a registrar cannot speak for another system (`source_of`).
 
 Refusals: no, malformed, expired, wrongly signed or wrongly issued token -> 401; a good token
 without the role or outside its region -> 403; either with the APIs' error body naming the field.
@@ -27,13 +48,16 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
-from fastapi import Request
+from fastapi import FastAPI, Request
+from fastapi.routing import APIRoute
+from starlette.routing import BaseRoute, Mount, Route
 
 from .settings import Settings
 
@@ -44,6 +68,63 @@ NATIONAL = ""
 LEEWAY_SECONDS = 30
 _PEM = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.DOTALL)
 _REGION_LENGTHS = (2, 4, 6, 9, 12)
+# What an event's `source` may be (the envelope's own rule, contracts/envelope.py).
+SOURCE = re.compile(r"^[A-Za-z0-9_.:/-]{1,100}$")
+DEFAULT_SOURCE = "http-api"
+
+
+class Access(StrEnum):
+    """What kind of data a route serves, and so who may call it (the table above)."""
+
+    HEALTH = "health"
+    PUBLIC = "public aggregate"
+    SCOPED = "scoped read"
+    PERSONAL = "personal data"
+    WRITE = "write"
+
+
+ACCESS_KEY = "x-cso-access"
+
+
+def _declare(access: Access) -> dict[str, Any]:
+    # In the route's OpenAPI operation (so /docs shows it) and as its tag (/docs groups by class).
+    return {"openapi_extra": {ACCESS_KEY: access.value}, "tags": [access.value]}
+
+
+# Keyword arguments of a route decorator: `@app.get("/coverage/{region}", **PUBLIC)`.
+HEALTH, PUBLIC, SCOPED, PERSONAL, WRITE = (_declare(a) for a in Access)
+# What FastAPI and Runtime.http serve besides the routes: documentation and the Prometheus app.
+_BUILT_IN = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/metrics"}
+
+
+def access_of(route: Any) -> Access | None:
+    """The class a route declared (None: none, or not one of ours)."""
+    if isinstance(route, APIRoute):
+        value = (route.openapi_extra or {}).get(ACCESS_KEY)
+        return Access(value) if value in {a.value for a in Access} else None
+    if isinstance(route, (Route, Mount)) and route.path in _BUILT_IN:
+        return Access.HEALTH
+    return None
+
+
+def _path(route: BaseRoute) -> str:
+    return str(getattr(route, "path", route))
+
+
+def routes(app: FastAPI) -> dict[tuple[str, str], Access | None]:
+    """Every (method, path) the app serves and its class; a mount (/metrics) as ("*", path)."""
+    found: dict[tuple[str, str], Access | None] = {}
+    for route in app.routes:
+        methods = sorted(getattr(route, "methods", None) or {"*"}) if not isinstance(route, Mount) else ["*"]
+        for method in methods:
+            if method != "HEAD":
+                found[(method, _path(route))] = access_of(route)
+    return found
+
+
+def unclassified(app: FastAPI) -> list[str]:
+    """Routes without an access class: a service refuses to start with any (Runtime.http)."""
+    return [f"{method} {path}" for (method, path), access in routes(app).items() if access is None]
 
 
 class AuthError(Exception):
@@ -66,6 +147,12 @@ class Principal:
     region: str = NATIONAL
     roles: frozenset[str] = frozenset()
     authenticated: bool = True
+    # The system the caller speaks for: the token's `source` claim, else its `sub` (source_of).
+    source_claim: str | None = None
+
+    @property
+    def source(self) -> str:
+        return self.source_claim or self.sub
 
     @property
     def scope(self) -> str | None:
@@ -109,6 +196,24 @@ class Principal:
 
 
 ANONYMOUS = Principal(sub="anonymous", authenticated=False)
+
+
+def source_of(who: Principal, request: Request, default: str = DEFAULT_SOURCE) -> str:
+    """The `source` of what this request publishes or records: the authenticated caller's own
+    (`Principal.source`); a differing X-Cso-Source header is refused, not quietly replaced. With
+    CSO_AUTH=off the header is believed (off trusts everyone); without it, `default`."""
+    header = request.headers.get("x-cso-source")
+    if not who.authenticated:
+        return header if header is not None else default
+    own = who.source
+    if not SOURCE.fullmatch(own):
+        raise AuthError(403, "token.source" if who.source_claim else "token.sub",
+                        f"{own[:60]!r} cannot be an event's source (1-100 of A-Z a-z 0-9 _ . : / -); "
+                        "give the token a `source` claim")
+    if header is not None and header != own:
+        raise AuthError(403, "x-cso-source", f"{header[:100]!r} is not your source {own!r}: the source is "
+                        "the token's (its `source` claim, else `sub`); leave the header out or make it equal")
+    return own
 
 
 @dataclass(frozen=True)
@@ -205,7 +310,11 @@ class Auth:
         if settings.jwt_public_key:
             keys += _public_keys(settings.jwt_public_key)
         if mode == "jwt" and not keys:
-            raise ValueError("CSO_AUTH=jwt needs CSO_JWT_SECRET or CSO_JWT_PUBLIC_KEY")
+            raise ValueError(
+                f"CSO_AUTH={settings.auth or 'jwt'} (the default) needs a key to check tokens with: set "
+                "CSO_JWT_SECRET (an HS256 secret of at least 32 bytes) or CSO_JWT_PUBLIC_KEY (the token "
+                "issuer's public key); `cso up` makes one for the local stack (`cso token` signs with it). "
+                "To run without tokens, where everyone may write, set CSO_AUTH=off")
         return cls(mode=mode, read=read, keys=keys, issuer=settings.jwt_issuer or None,
                    audience=settings.jwt_audience or None)
 
@@ -258,7 +367,11 @@ class Auth:
         for claim in ("region", "roles"):
             if claim not in claims:
                 raise AuthError(401, f"token.{claim}", "missing claim")
-        return Principal(sub=sub, region=_region(claims["region"]), roles=_roles(claims["roles"]))
+        source = claims.get("source")
+        if source is not None and (not isinstance(source, str) or not SOURCE.fullmatch(source)):
+            raise AuthError(401, "token.source", "the source claim is 1-100 of A-Z a-z 0-9 _ . : / -")
+        return Principal(sub=sub, region=_region(claims["region"]), roles=_roles(claims["roles"]),
+                         source_claim=source)
 
     def principal(self, request: Request) -> Principal:
         """The caller of this request (verified once per request); ANONYMOUS with CSO_AUTH=off."""
@@ -293,12 +406,20 @@ class Auth:
             return who
         return dependency
 
-    async def read_guard(self, request: Request) -> None:
-        """With CSO_READ_AUTH=scoped, every GET but health needs a token, and a region in its path
-        (`region`, `code`) or query (`under`, `region`) must lie within the token's."""
-        if not self.enabled or self.read != "scoped" or request.method not in ("GET", "HEAD"):
+    async def guard(self, request: Request) -> None:
+        """Every route's class, enforced before the route runs (an app-wide dependency): health
+        needs nothing; personal data and writes a valid token (the route then asks its role and
+        region); with CSO_READ_AUTH=scoped, reads a token and a region in their path (`region`,
+        `code`) or query (`under`, `region`) within the token's. A route without a class is refused."""
+        access = access_of(request.scope.get("route"))
+        if access is None:
+            raise AuthError(403, "route", f"{request.method} {request.url.path} declares no access class; refused")
+        if not self.enabled or access is Access.HEALTH:
             return
-        if request.url.path in ("/healthz", "/readyz"):
+        if access in (Access.PERSONAL, Access.WRITE):
+            self.principal(request)
+            return
+        if self.read != "scoped":
             return
         who = self.principal(request)
         for name in ("region", "code"):

@@ -157,6 +157,9 @@ def up(
                   namespace=_env("CSO_NAMESPACE") or "", owner_pid=os.getpid(),
                   log=lambda m: console.print(f"[dim]· {escape(m)}[/dim]"))
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    if (_env("CSO_AUTH") or "").strip().lower() == "off":
+        _err_console().print("[bold red]CSO_AUTH=off:[/bold red] the services will take HTTP requests without "
+                             "tokens; anyone who reaches them may write anywhere (unset CSO_AUTH to require tokens)")
     try:
         try:
             state = stack.start()
@@ -606,7 +609,7 @@ def coverage(
     """A region and its children with the key figures, then the region's targets."""
     base = _targets_url(url, data_dir)
     query = f"?{urllib.parse.urlencode({'as_of': as_of})}" if as_of else ""
-    body = _get_from_targets(base, f"/coverage/{urllib.parse.quote(region, safe='')}{query}")
+    body = _get_from_targets(base, f"/coverage/{urllib.parse.quote(region, safe='')}{query}", data_dir)
     console = _console()
     console.print(coverage_table(body))
     if body["targets"]:
@@ -684,14 +687,18 @@ def plan(
 ) -> None:
     """A plan's task ledger: every task with its state (overdue first), lead unit and targets."""
     base = _targets_url(url, data_dir)
-    _console().print(ledger_table(_get_from_targets(base, f"/plans/{urllib.parse.quote(plan_id, safe='')}")))
+    _console().print(ledger_table(_get_from_targets(base, f"/plans/{urllib.parse.quote(plan_id, safe='')}",
+                                                    data_dir)))
 
 
-def _get_from_targets(base: str, path: str) -> dict[str, Any]:
-    """A JSON object from targets' read API; its 404/422 reason exits 2, anything else 1."""
+def _get_from_targets(base: str, path: str, data_dir: Path) -> dict[str, Any]:
+    """A JSON object from targets' read API; its 404/422 reason exits 2, anything else 1. With the
+    stack's token key at hand it sends a short-lived token, for services with CSO_READ_AUTH=scoped."""
+    from .tokens import bearer
+
     target = base + path
     try:
-        code, body = http_get(target, timeout=30)
+        code, body = http_get(target, timeout=30, headers=bearer(data_dir))
     except (OSError, urllib.error.URLError) as e:
         raise fail(f"targets does not answer at {base}: {e}") from None
     if code in (404, 422):
@@ -708,6 +715,40 @@ def _error_text(body: Any) -> str:
         if "detail" in body:
             return str(body["detail"])
     return json.dumps(body, ensure_ascii=False) if not isinstance(body, str) else body
+
+# ---------------------------------------------------------------- HTTP tokens
+
+
+@app.command()
+def token(
+    role: Annotated[list[str], typer.Option(
+        "--role", "-r", help="A role the token grants (repeat for several): registrar, trainer, planner, "
+                             "subscriber, notify_admin, pii_reader, admin.")],
+    region: Annotated[str, typer.Option(
+        help="The division code the token covers: 51 a province, 5106 a city, 510681 a county, … "
+             "(00: national).")],
+    sub: Annotated[str | None, typer.Option(
+        help="Who holds it (recorded with personal data requests; a subscriber's recipient). "
+             "Default: your user name.")] = None,
+    source: Annotated[str | None, typer.Option(
+        help="The source of the events filed with it (default: its sub).")] = None,
+    ttl: Annotated[str, typer.Option(help="How long it is good: 30m, 8h, 2d (at most 30d).")] = "8h",
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+) -> None:
+    """Print a signed bearer token (JWT) for the services' HTTP APIs, signed with the local stack's
+    key (DATA_DIR/jwt.secret, made by `cso up`) or CSO_JWT_SECRET. Use it as
+    `-H "authorization: Bearer $(cso token --role registrar --region 510681)"`."""
+    import getpass
+
+    from .tokens import TokenError, claims, mint, parse_ttl, signing_key
+
+    try:
+        key = signing_key(data_dir)
+        made = claims(role, region, sub or getpass.getuser(), parse_ttl(ttl), source)
+    except TokenError as e:
+        raise fail(str(e), 2) from None
+    typer.echo(mint(key, made))
+
 
 # ---------------------------------------------------------------- NATS users and permissions
 

@@ -33,7 +33,7 @@ from contracts import ContractError, FieldError, Topology
 from contracts.jsontext import text_problem
 
 from . import bus, database
-from .auth import Auth, AuthError
+from .auth import HEALTH, Auth, AuthError, unclassified
 from .buswatch import BusWatch
 from .consumer import Consumer, Handler, Subscription
 from .database import make_engine
@@ -78,6 +78,11 @@ class Runtime:
         self.settings = settings or Settings()
         self.topology: Topology = self.settings.topology
         self.auth = Auth.from_settings(self.settings)  # who may call the HTTP API (cso/auth.py)
+        if not self.auth.enabled:
+            # Loud on purpose: nobody is asked who they are, and nothing else would show it.
+            log.warning("%s: CSO_AUTH=off: HTTP callers are not authenticated; anyone may write anywhere "
+                        "and name any source (personal data stays masked). Unset CSO_AUTH and set "
+                        "CSO_JWT_SECRET or CSO_JWT_PUBLIC_KEY to require tokens.", name)
         self.engine: AsyncEngine = make_engine(self.settings.database_url)
         # Access logs per request at DEBUG: commands are counted by the Prometheus middleware instead.
         self.nats_options = self.settings.nats_options()
@@ -187,28 +192,34 @@ class Runtime:
         `large_bodies` matches (regular expressions, whole path) to the size given there."""
 
         @asynccontextmanager
-        async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async def lifespan(started: FastAPI) -> AsyncIterator[None]:
+            # Every route has declared who may call it by now (cso/auth.py), or the service stops.
+            if missing := unclassified(started):
+                raise RuntimeError(f"{self.name}: routes without an access class (cso/auth.py): "
+                                   + ", ".join(missing))
             await self.start()
             try:
                 yield
             finally:
                 await self.stop()
 
-        # With CSO_READ_AUTH=scoped every GET needs a token (the guard does nothing otherwise).
-        app = FastAPI(title=title, lifespan=lifespan, dependencies=[Depends(self.auth.read_guard)])
+        # Each route's access class, enforced before the route (cso/auth.py: health, public
+        # aggregate, scoped read, personal data, write).
+        app = FastAPI(title=title, lifespan=lifespan, dependencies=[Depends(self.auth.guard)])
         app.add_middleware(InputLimits, max_body=self.settings.http_max_body_bytes,
                            large_bodies=dict(large_bodies or {}))
         app.mount("/metrics", make_asgi_app())
 
-        @app.get("/healthz")
+        @app.get("/healthz", **HEALTH)
         async def healthz() -> dict[str, str]:
             return {"status": "ok", "service": self.name}
 
-        @app.get("/readyz")
+        @app.get("/readyz", **HEALTH)
         async def readyz() -> JSONResponse:
             checks = await self.readiness()
             ok = all(v == "ok" for v in checks.values())
-            return JSONResponse({"status": "ok" if ok else "unavailable", **checks},
+            # `cso status` prints these fields: a stack without tokens shows "auth off".
+            return JSONResponse({"status": "ok" if ok else "unavailable", **checks, "auth": self.auth.mode},
                                 status_code=200 if ok else 503)
 
         @app.exception_handler(ContractError)

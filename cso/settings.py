@@ -39,9 +39,10 @@ class Settings:
     # The largest HTTP request body a service takes (a route may allow more, e.g. attendance sheets).
     http_max_body_bytes: int = field(
         default_factory=lambda: int(_env("CSO_HTTP_MAX_BODY_BYTES", str(256 * 1024))))
-    # HTTP bearer tokens (cso/auth.py): "off" (local stack, tests) or "jwt"; reads of coverage
-    # "open" (no token) or "scoped" (a token, and a region in the path within the token's).
-    auth: str = field(default_factory=lambda: _env("CSO_AUTH", "off"))
+    # HTTP bearer tokens (cso/auth.py): "jwt" (the default: a service without a key does not
+    # start) or "off" (only when asked for: anyone may write; loud in the log and /readyz); reads of
+    # coverage "open" (no token) or "scoped" (a token, and a region in the path within the token's).
+    auth: str = field(default_factory=lambda: _env("CSO_AUTH", "jwt"))
     read_auth: str = field(default_factory=lambda: _env("CSO_READ_AUTH", "open"))
     # HS256 secret(s) and/or RS256/ES256 public key(s) (PEM text, or a path to a PEM file): the
     # previous secret is accepted too while tokens signed with it are still about (rotation).

@@ -121,10 +121,10 @@ def _opener() -> urllib.request.OpenerDirector:
     return urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, Any]:
+def http_get(url: str, timeout: float = 5.0, headers: Mapping[str, str] | None = None) -> tuple[int, Any]:
     """(status, JSON body or text) of a GET; raises OSError when nothing answers."""
     try:
-        with _opener().open(url, timeout=timeout) as resp:
+        with _opener().open(urllib.request.Request(url, headers=dict(headers or {})), timeout=timeout) as resp:
             status, raw = int(resp.status), resp.read()
     except urllib.error.HTTPError as e:
         status, raw = e.code, e.read()
@@ -273,6 +273,7 @@ class Stack:
     _roles: dict[str, str] = field(default_factory=dict, init=False, repr=False)
     _state: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
     _settings: Settings | None = field(default=None, init=False, repr=False)
+    _auth: dict[str, str] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -456,7 +457,7 @@ class Stack:
         log = self.logs_dir / f"{spec.name}.log"
         database_url = self._service_settings(spec.name, settings).database_url
         env = {**os.environ, "CSO_DATABASE_URL": database_url, "CSO_NATS_URL": settings.nats_url,
-               "CSO_NAMESPACE": settings.namespace, "PYTHONUNBUFFERED": "1"}
+               "CSO_NAMESPACE": settings.namespace, "PYTHONUNBUFFERED": "1", **self._auth_env()}
         if self._nats_users is not None:  # its own NATS user (cso.localnats)
             env.update(localnats.service_env(self._nats_users, spec.name))
         # No access log: the readiness polls would bury what the service itself says.
@@ -472,6 +473,18 @@ class Stack:
                                     cwd=ROOT, env=env, start_new_session=True)
         self.log(f"starting {spec.name} on http://127.0.0.1:{port} (pid {proc.pid})")
         self._services[spec.name] = _Service(spec, port, proc, log, start)
+
+    def _auth_env(self) -> dict[str, str]:
+        """CSO_AUTH=jwt and the data dir's key (made on first start), or CSO_AUTH=off when the
+        environment asks for it: decided once a run (cso/tokens.py)."""
+        if not self._auth:
+            from .tokens import TokenError, service_env
+
+            try:
+                self._auth = service_env(self.data_dir, log=self.log)
+            except TokenError as e:
+                raise StackError(str(e)) from None
+        return self._auth
 
     def _wait_ready(self, service: _Service) -> None:
         deadline = time.monotonic() + self.ready_timeout

@@ -22,6 +22,10 @@ from cso.settings import Settings
 # cso.service.tune_garbage_collector freezes the process's objects at the first service start: in
 # this one process of many services that would keep every earlier test's objects for good.
 os.environ.setdefault("CSO_TUNE_GC", "0")
+# HTTP tokens are on by default (CSO_AUTH=jwt, cso/auth.py); most tests call the services without
+# one, so the test process asks for CSO_AUTH=off. Tests of tokens set auth="jwt" in their Settings;
+# tests of the default itself take CSO_AUTH out of the environment (monkeypatch.delenv).
+os.environ.setdefault("CSO_AUTH", "off")
 
 
 def _admin_dsn(url: str) -> str:

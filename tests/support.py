@@ -138,12 +138,13 @@ async def fresh_database(postgres_url: str) -> AsyncIterator[str]:
             await admin.close()
 
 
-def http_json(url: str, body: dict[str, Any] | None = None, timeout: float = 10.0) -> tuple[int, Any]:
+def http_json(url: str, body: dict[str, Any] | None = None, timeout: float = 10.0,
+              headers: dict[str, str] | None = None) -> tuple[int, Any]:
     """GET (or POST `body` as JSON) a running service, no proxy: (status, parsed body); (0, None)
     when nothing answers."""
     request = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
                                      method="GET" if body is None else "POST",
-                                     headers={"content-type": "application/json"})
+                                     headers={"content-type": "application/json", **(headers or {})})
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(request, timeout=timeout) as resp:

@@ -4,6 +4,7 @@ the scheduler; the HTTP API for subscriptions, the in-app inbox and deliveries."
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from typing import Any
 from uuid import UUID, uuid4
@@ -12,7 +13,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from contracts import FieldError
-from cso.auth import Principal
+from cso.auth import PERSONAL, WRITE, AuthError, Principal
 from cso.commands import parse_body
 from cso.consumer import Subscription
 from cso.service import Runtime, errors_body
@@ -40,16 +41,33 @@ def _mask(secret: str | None) -> str | None:
     return None if secret is None else "…" + secret[-4:]
 
 
-def subscription_view(row: dict[str, Any], show_secret: bool = False) -> dict[str, Any]:
-    """A stored subscription as the API shows it; the webhook secret only when it was just set."""
+_EMAIL = re.compile(r"([^\s@<>\"']{1,64})@([^\s@<>\"']+)")
+_URL = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://[^/\s\"'<>]+)[^\s\"'<>]*")
+
+
+def mask_email(address: str | None) -> str | None:
+    """z***@example.cn: which mailbox, to one who knows it; not an address to write to."""
+    return None if address is None else _EMAIL.sub(lambda m: m.group(1)[0] + "***@" + m.group(2), address)
+
+
+def mask_text(value: str | None) -> str | None:
+    """Free text (a delivery's last error) without an e-mail address or a URL's path and query."""
+    return None if value is None else mask_email(_URL.sub(lambda m: m.group(1) + "/…", value))
+
+
+def subscription_view(row: dict[str, Any], show_secret: bool = False, masked: bool = False) -> dict[str, Any]:
+    """A stored subscription as the API shows it; the webhook secret only when it was just set.
+    `masked` (an unauthenticated caller, CSO_AUTH=off): the contacts masked, no part of the secret."""
     webhook = None
     if row["webhook_url"]:
         secret = row["webhook_secret"]
-        webhook = {"url": row["webhook_url"], "secret": secret if show_secret else _mask(secret)}
+        webhook = {"url": mask_text(row["webhook_url"]) if masked else row["webhook_url"],
+                   "secret": None if masked else secret if show_secret else _mask(secret)}
     digest_time = row["digest_time"]
     return {
         "id": row["id"], "recipient": row["recipient"], "language": row["language"],
-        "channels": {"email": row["email"], "webhook": webhook, "inbox": row["inbox"]},
+        "channels": {"email": mask_email(row["email"]) if masked else row["email"], "webhook": webhook,
+                     "inbox": row["inbox"]},
         "events": list(row["events"]), "statuses": list(row["statuses"]) if row["statuses"] is not None else None,
         "region": row["region"], "include_subregions": row["include_subregions"],
         "frequency": row["frequency"], "digest_time": digest_time.strftime("%H:%M") if digest_time else None,
@@ -78,6 +96,44 @@ def _may_manage(who: Principal, recipient: str, region: str) -> None:
     who.require_region(region)
 
 
+NOTIFY_ADMIN = "notify_admin"
+
+
+def _contacts_admin(who: Principal) -> bool:
+    """Whether the caller may read others' subscriptions and deliveries (in their region): the
+    notify_admin role itself; `admin` may change subscriptions but, as with other personal data,
+    not read someone's contacts."""
+    return who.authenticated and NOTIFY_ADMIN in who.roles
+
+
+def _may_read(who: Principal, recipient: str, region: str) -> None:
+    """A subscription (its e-mail, webhook, secret's end): its recipient's, or a notify_admin's
+    of its region, to read."""
+    if not who.authenticated:
+        return                      # CSO_AUTH=off: shown masked
+    if recipient == who.sub:
+        return
+    if not _contacts_admin(who):
+        raise AuthError(403, "recipient", f"{recipient!r} is not you ({who.sub!r}); reading others' "
+                        f"subscriptions needs {NOTIFY_ADMIN}")
+    who.require_region(region)
+
+
+def _visible(who: Principal, recipient: str | None, region: str | None) -> tuple[str | None, str | None]:
+    """The (recipient, region prefix) a listing is limited to: a notify_admin sees their region,
+    anyone else only what is theirs (asking for another recipient is refused)."""
+    if not who.authenticated:
+        return recipient, None
+    if _contacts_admin(who):
+        if region is not None:
+            who.require_region(region)
+        return recipient, who.region or None
+    if recipient is not None and recipient != who.sub:
+        raise AuthError(403, "recipient", f"{recipient!r} is not you ({who.sub!r}); listing others' "
+                        f"needs {NOTIFY_ADMIN}")
+    return who.sub, None
+
+
 def build(runtime: Runtime, clock: Clock | None = None, config: NotifyConfig | None = None) -> FastAPI:
     topology = runtime.topology
     clock = clock or Clock()
@@ -93,12 +149,13 @@ def build(runtime: Runtime, clock: Clock | None = None, config: NotifyConfig | N
 
     app = runtime.http("cso notify")
     manager = Depends(runtime.auth.role("subscriber", "notify_admin"))
-    # An inbox is its recipient's (the token's subject) or a notify admin's to read.
+    # Personal data (cso/auth.py): an inbox, a subscription, deliveries are their recipient's (the
+    # token's subject) or a notify admin's to read; with CSO_AUTH=off they are shown masked.
     reader = Depends(runtime.auth.caller())
     app.state.runtime, app.state.clock, app.state.config = runtime, clock, config
     app.state.sender, app.state.scheduler = sender, scheduler
 
-    @app.post("/subscriptions", status_code=201)
+    @app.post("/subscriptions", status_code=201, **WRITE)
     async def create_subscription(request: Request, who: Principal = manager) -> JSONResponse:
         """Subscribe a recipient; the response shows the webhook secret, once."""
         sub = await _parse(request)
@@ -110,24 +167,29 @@ def build(runtime: Runtime, clock: Clock | None = None, config: NotifyConfig | N
             row = await store.insert_subscription(conn, _values(sub, uuid4(), secret))
         return _json(subscription_view(row, show_secret=True), 201)
 
-    @app.get("/subscriptions")
+    @app.get("/subscriptions", **PERSONAL)
     async def list_subscriptions(recipient: str | None = None, region: str | None = None,
-                                 limit: int = Query(100, ge=1, le=1000), after: UUID | None = None
-                                 ) -> JSONResponse:
+                                 limit: int = Query(100, ge=1, le=1000), after: UUID | None = None,
+                                 who: Principal = reader) -> JSONResponse:
+        """Subscriptions: a recipient's own (the token's `sub`), or a notify_admin's region's."""
+        recipient, under = _visible(who, recipient, region)
         async with runtime.engine.connect() as conn:
-            rows = await store.list_subscriptions(conn, recipient, region, limit, after)
-        return _json({"items": [subscription_view(r) for r in rows],
+            rows = await store.list_subscriptions(conn, recipient, region, limit, after, under)
+        masked = not who.authenticated
+        return _json({"items": [subscription_view(r, masked=masked) for r in rows],
                       "next_after": rows[-1]["id"] if len(rows) == limit else None})
 
-    @app.get("/subscriptions/{sub_id}")
-    async def get_subscription(sub_id: UUID) -> JSONResponse:
+    @app.get("/subscriptions/{sub_id}", **PERSONAL)
+    async def get_subscription(sub_id: UUID, who: Principal = reader) -> JSONResponse:
+        """One subscription: for its recipient, or a notify_admin of its region."""
         async with runtime.engine.connect() as conn:
             row = await store.load_subscription(conn, sub_id)
         if row is None:
             return _not_found("id", f"no subscription {sub_id}")
-        return _json(subscription_view(row))
+        _may_read(who, row["recipient"], row["region"])
+        return _json(subscription_view(row, masked=not who.authenticated))
 
-    @app.put("/subscriptions/{sub_id}")
+    @app.put("/subscriptions/{sub_id}", **WRITE)
     async def replace_subscription(sub_id: UUID, request: Request, who: Principal = manager) -> JSONResponse:
         """Replace a subscription; a webhook keeps its secret unless a new one is given."""
         sub = await _parse(request)
@@ -147,7 +209,7 @@ def build(runtime: Runtime, clock: Clock | None = None, config: NotifyConfig | N
         assert row is not None
         return _json(subscription_view(row, show_secret=fresh))
 
-    @app.delete("/subscriptions/{sub_id}")
+    @app.delete("/subscriptions/{sub_id}", **WRITE)
     async def delete_subscription(sub_id: UUID, who: Principal = manager) -> Response:
         async with runtime.engine.begin() as conn:
             old = await store.load_subscription(conn, sub_id, lock=True)
@@ -158,7 +220,7 @@ def build(runtime: Runtime, clock: Clock | None = None, config: NotifyConfig | N
             return _not_found("id", f"no subscription {sub_id}")
         return _json({"ok": True, "id": sub_id, "cancelled_deliveries": cancelled})
 
-    @app.get("/inbox/{recipient}")
+    @app.get("/inbox/{recipient}", **PERSONAL)
     async def inbox(recipient: str, unread: bool = False, limit: int = Query(50, ge=1, le=500),
                     who: Principal = reader) -> JSONResponse:
         """A recipient's in-app messages, newest first (only the unread ones with unread=true)."""
@@ -166,7 +228,7 @@ def build(runtime: Runtime, clock: Clock | None = None, config: NotifyConfig | N
         async with runtime.engine.connect() as conn:
             return _json(await store.inbox(conn, recipient, unread, limit))
 
-    @app.post("/inbox/{recipient}/{message_id}/read")
+    @app.post("/inbox/{recipient}/{message_id}/read", **WRITE)
     async def read(recipient: str, message_id: UUID, who: Principal = reader) -> JSONResponse:
         who.require_self_or(recipient, "notify_admin")
         async with runtime.engine.begin() as conn:
@@ -175,12 +237,17 @@ def build(runtime: Runtime, clock: Clock | None = None, config: NotifyConfig | N
             return _not_found("id", f"no message {message_id} in the inbox of {recipient}")
         return _json({"ok": True, "id": row.id, "read_at": row.read_at})
 
-    @app.get("/deliveries")
+    @app.get("/deliveries", **PERSONAL)
     async def deliveries(subscription_id: UUID | None = None, event_id: UUID | None = None,
                          status: str | None = Query(None, pattern="^(pending|sent|failed|cancelled)$"),
-                         limit: int = Query(100, ge=1, le=1000)) -> JSONResponse:
-        """Deliveries (the send queue and its history), oldest first."""
+                         limit: int = Query(100, ge=1, le=1000), who: Principal = reader) -> JSONResponse:
+        """Deliveries (the send queue and its history), oldest first: a recipient's own, or those
+        of a notify_admin's region's subscriptions."""
+        recipient, under = _visible(who, None, None)
         async with runtime.engine.connect() as conn:
-            return _json({"items": await store.deliveries(conn, subscription_id, event_id, status, limit)})
+            items = await store.deliveries(conn, subscription_id, event_id, status, limit, recipient, under)
+        if not who.authenticated:
+            items = [i | {"last_error": mask_text(i["last_error"])} for i in items]
+        return _json({"items": items})
 
     return app

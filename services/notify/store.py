@@ -122,13 +122,16 @@ async def load_subscription(conn: AsyncConnection, sub_id: UUID, lock: bool = Fa
 
 
 async def list_subscriptions(conn: AsyncConnection, recipient: str | None, region: str | None,
-                             limit: int, after: UUID | None) -> list[dict[str, Any]]:
+                             limit: int, after: UUID | None, under: str | None = None) -> list[dict[str, Any]]:
+    """`region`: exactly that region; `under`: within that region prefix (what the caller may see)."""
     rows = (await conn.execute(text(
         f"SELECT {_SUB_COLUMNS} FROM {SCHEMA}.subscription WHERE deleted_at IS NULL "
         "AND (CAST(:recipient AS text) IS NULL OR recipient = :recipient) "
         "AND (CAST(:region AS text) IS NULL OR region = :region) "
+        "AND (CAST(:under AS text) IS NULL OR starts_with(region, :under)) "
         "AND (CAST(:after AS uuid) IS NULL OR id > :after) ORDER BY id LIMIT :limit"),
-        {"recipient": recipient, "region": region, "after": after, "limit": limit})).mappings().all()
+        {"recipient": recipient, "region": region, "under": under, "after": after,
+         "limit": limit})).mappings().all()
     return [dict(r) for r in rows]
 
 
@@ -314,12 +317,18 @@ async def mark_read(conn: AsyncConnection, recipient: str, message_id: UUID) -> 
 
 
 async def deliveries(conn: AsyncConnection, subscription_id: UUID | None, event_id: UUID | None,
-                     status: str | None, limit: int) -> list[dict[str, Any]]:
+                     status: str | None, limit: int, recipient: str | None = None,
+                     under: str | None = None) -> list[dict[str, Any]]:
+    """`recipient`: only theirs; `under`: only of subscriptions within that region prefix."""
     rows = (await conn.execute(text(
         f"SELECT id, event_id, subscription_id, channel, kind, region, recipient, subject, status, "
-        f"attempts, next_attempt_at, last_error, created_at, sent_at, failed_at FROM {SCHEMA}.delivery "
+        f"attempts, next_attempt_at, last_error, created_at, sent_at, failed_at FROM {SCHEMA}.delivery d "
         "WHERE (CAST(:sub AS uuid) IS NULL OR subscription_id = :sub) "
         "AND (CAST(:event AS uuid) IS NULL OR event_id = :event) "
+        "AND (CAST(:recipient AS text) IS NULL OR recipient = :recipient) "
+        f"AND (CAST(:under AS text) IS NULL OR EXISTS (SELECT 1 FROM {SCHEMA}.subscription s "
+        "WHERE s.id = d.subscription_id AND starts_with(s.region, :under))) "
         "AND (CAST(:status AS text) IS NULL OR status = :status) ORDER BY created_at, id LIMIT :limit"),
-        {"sub": subscription_id, "event": event_id, "status": status, "limit": limit})).mappings().all()
+        {"sub": subscription_id, "event": event_id, "status": status, "recipient": recipient, "under": under,
+         "limit": limit})).mappings().all()
     return [dict(r) for r in rows]

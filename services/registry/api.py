@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from contracts import ContractError, Envelope, make_event
 from contracts import events as ev
 from contracts.codes import is_digits
-from cso.auth import Principal
+from cso.auth import SCOPED, WRITE, Principal, source_of
 from cso.commands import parse_command
 from cso.consumer import OutOfScope, Rejected, Subscription
 from cso.service import Runtime, errors_body
@@ -116,17 +116,18 @@ def build(runtime: Runtime) -> FastAPI:
     app = runtime.http("cso registry")
     registrar = Depends(runtime.auth.role("registrar"))
 
-    @app.post("/commands/{command}")
+    @app.post("/commands/{command}", **WRITE)
     async def command(command: str, request: Request,
                       who: Principal = registrar) -> JSONResponse:
         """Run a registry command; the body is the payload of the event it produces. Needs a
-        token with the registrar role; the record must lie within the token's region."""
-        source = request.headers.get("x-cso-source", "http-api")
+        token with the registrar role; the record must lie within the token's region. The event's
+        source is the token's (an X-Cso-Source header that differs is refused)."""
+        source = source_of(who, request)
         actor = who.sub if who.authenticated else None
         status, result = await execute(runtime, command, await request.body(), source, who.scope, actor)
         return JSONResponse(result, status_code=status)
 
-    @app.get("/organizations/{org_id}")
+    @app.get("/organizations/{org_id}", **SCOPED)
     async def organization(org_id: UUID) -> dict[str, Any]:
         async with runtime.engine.connect() as conn:
             view = await store.organization_view(conn, org_id)
@@ -134,7 +135,7 @@ def build(runtime: Runtime) -> FastAPI:
             raise HTTPException(404, detail=f"organization_id: no organization {org_id}")
         return view
 
-    @app.get("/regions/{code}/organizations")
+    @app.get("/regions/{code}/organizations", **SCOPED)
     async def organizations(code: str, limit: int = Query(50, ge=1, le=1000),
                             after: UUID | None = None,
                             status: str | None = Query(None, pattern="^(active|deregistered|revoked)$"),

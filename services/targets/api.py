@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import ContractError, FieldError
 from contracts.envelope import load_json
-from cso.auth import Principal
+from cso.auth import PUBLIC, WRITE, Principal
 from cso.consumer import Subscription
 from cso.service import Runtime, errors_body, repeat
 
@@ -162,31 +162,31 @@ def build(runtime: Runtime, clock: evaluation.Clock | None = None,
         status, body = await answer(view)
         return JSONResponse(json.loads(json.dumps(body, default=str)), status_code=status)
 
-    @app.get("/coverage/{region}")
+    @app.get("/coverage/{region}", **PUBLIC)
     async def get_coverage(region: str, as_of: str | None = None) -> JSONResponse:
         """A region's counters and figures with its children's (drill-down), as of a date if given."""
         return await respond(lambda c: views.coverage(c, region, views.parse_day(as_of)))
 
-    @app.get("/coverage/{region}/series")
+    @app.get("/coverage/{region}/series", **PUBLIC)
     async def get_series(region: str, figure: str = Query(...)) -> JSONResponse:
         return await respond(lambda c: views.series(c, region, figure))
 
-    @app.get("/regions/{region}/targets")
+    @app.get("/regions/{region}/targets", **PUBLIC)
     async def get_targets(region: str) -> JSONResponse:
         return await respond(lambda c: _checked(c, region, lambda c2: views.targets(c2, region)))
 
-    @app.get("/targets/at-risk")
+    @app.get("/targets/at-risk", **PUBLIC)
     async def get_at_risk(under: str = Query(...)) -> JSONResponse:
         return await respond(lambda c: views.at_risk(c, under))
 
-    @app.get("/targets")
+    @app.get("/targets", **PUBLIC)
     async def get_catalogue() -> JSONResponse:
         async with runtime.engine.connect() as conn:
             rows = (await conn.execute(text(
                 f"SELECT id, spec, retired, origin, updated_at FROM {SCHEMA}.target ORDER BY id"))).mappings().all()
         return JSONResponse(json.loads(json.dumps([dict(r) for r in rows], default=str)))
 
-    @app.put("/targets/{target_id}")
+    @app.put("/targets/{target_id}", **WRITE)
     async def put_target(target_id: str, request: Request,
                          who: Principal = planner) -> JSONResponse:
         """Add or replace a target; the body is one catalogue entry (its id must match the path).
@@ -206,7 +206,7 @@ def build(runtime: Runtime, clock: evaluation.Clock | None = None,
         coalescer.resync.set()
         return JSONResponse({"ok": True, "id": spec.id})
 
-    @app.delete("/targets/{target_id}")
+    @app.delete("/targets/{target_id}", **WRITE)
     async def retire_target(target_id: str,
                             who: Principal = planner) -> JSONResponse:
         async with runtime.engine.begin() as conn:

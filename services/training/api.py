@@ -23,7 +23,7 @@ from contracts import ContractError, Envelope
 from contracts import events as ev
 from contracts.codes import is_digits
 from contracts.envelope import MAX_EVENT_BYTES
-from cso.auth import PII_READER, Principal
+from cso.auth import PERSONAL, PII_READER, PUBLIC, SCOPED, WRITE, Principal, source_of
 from cso.commands import parse_command
 from cso.consumer import OutOfScope, Rejected, Subscription
 from cso.service import Runtime, errors_body
@@ -195,24 +195,24 @@ def build(runtime: Runtime) -> FastAPI:
     trainer = Depends(runtime.auth.role("trainer"))
     caller = Depends(runtime.auth.caller())   # personal data: a token in the person's region
 
-    @app.post("/commands/{command}")
+    @app.post("/commands/{command}", **WRITE)
     async def command(command: str, request: Request,
                       who: Principal = trainer) -> JSONResponse:
         """Run a training command (add_member, update_member, remove_member, schedule, enrol,
         withdraw, attend, complete, cancel, record_exam, select_outstanding, attendance_sheet).
         Needs the trainer role; the county or session it touches must be within the token's region."""
-        source = request.headers.get("x-cso-source", "http-api")
+        source = source_of(who, request)   # the token's; a differing X-Cso-Source is refused
         status, result = await execute(runtime, key, command, await request.body(), source, who.scope)
         return JSONResponse(json.loads(json.dumps(result, default=str)), status_code=status)
 
-    @app.post("/sessions/{session_id}/attendance")
+    @app.post("/sessions/{session_id}/attendance", **WRITE)
     async def attendance(session_id: UUID, request: Request, dry_run: bool = False,
                          accept_partial: bool = False,
                          who: Principal = trainer) -> JSONResponse:
         """Upload an attendance sheet (the CSV file as the body: 姓名,身份证号,手机号,签到; UTF-8 with or
         without BOM, or GBK). All rows or nothing, unless accept_partial=true; dry_run=true only reports."""
         try:
-            ctx = _context(runtime, key, request.headers.get("x-cso-source", "http-api"))
+            ctx = _context(runtime, key, source_of(who, request))
         except ContractError as e:
             return JSONResponse(errors_body(e.errors), status_code=422)
         data = await request.body()
@@ -222,7 +222,7 @@ def build(runtime: Runtime) -> FastAPI:
         status, result = await upload(runtime, ctx, session_id, data, dry_run, accept_partial, who.scope)
         return JSONResponse(result, status_code=status)
 
-    @app.get("/counties/{code}/pool")
+    @app.get("/counties/{code}/pool", **PERSONAL)
     async def pool(code: str, request: Request, include_removed: bool = False, unmasked: bool = False,
                    who: Principal = caller) -> dict[str, Any]:
         """A county's core-talent pool, each member with their training count (completions); names
@@ -237,7 +237,8 @@ def build(runtime: Runtime) -> FastAPI:
                 raise HTTPException(404, detail=f"code: unknown county {county}")
             members = await store.pool_view(conn, county, include_removed)
             if unmasked:
-                await personal.record_request(conn, who, "read_unmasked", None, county, personal.source_of(request))
+                await personal.record_request(conn, who, "read_unmasked", None, county,
+                                              personal.calling_system(who, request))
             else:
                 members = [_masked(m) for m in members]
         current = [m for m in members if m["removed_on"] is None]
@@ -245,7 +246,7 @@ def build(runtime: Runtime) -> FastAPI:
                 "trained": sum(1 for m in current if m["trainings"] > 0),
                 "by_role": {r: sum(1 for m in current if m["role"] == r) for r in domain.ROLES}}
 
-    @app.get("/counties/{code}/exams")
+    @app.get("/counties/{code}/exams", **PUBLIC)
     async def exams(code: str, year: int | None = Query(None, ge=1990, le=2100)) -> dict[str, Any]:
         """Social-work qualification exam takers and passes of the county's pool, per year and level."""
         county = _county(code)
@@ -253,7 +254,7 @@ def build(runtime: Runtime) -> FastAPI:
             figures = await store.exam_figures(conn, county, year)
         return {"county": county, "year": year, "figures": figures}
 
-    @app.get("/counties/{code}/outstanding")
+    @app.get("/counties/{code}/outstanding", **SCOPED)
     async def outstanding(code: str, year: int | None = Query(None, ge=1990, le=2100)) -> dict[str, Any]:
         """Outstanding organizations and leaders the county selected (per year)."""
         county = _county(code)
@@ -265,20 +266,21 @@ def build(runtime: Runtime) -> FastAPI:
             per_year[item["kind"]] += 1
         return {"county": county, "year": year, "items": items, "counts": counts}
 
-    @app.get("/sessions/{session_id}")
-    async def session(session_id: UUID) -> dict[str, Any]:
-        """A session and its roster (names masked)."""
+    @app.get("/sessions/{session_id}", **PERSONAL)
+    async def session(session_id: UUID, who: Principal = caller) -> dict[str, Any]:
+        """A session and its roster (names masked): for a token of the organizer's region."""
         async with runtime.engine.connect() as conn:
             view = await store.session_view(conn, session_id)
         if view is None:
             raise HTTPException(404, detail=f"session_id: no session {session_id}")
+        who.require_region(view["organizer_region"])
         roster = [_masked(r) for r in view["roster"]]
         enrolled = [r for r in roster if r["status"] == "enrolled"]
         return view | {"roster": roster, "enrolled": len(enrolled),
                        "attended": sum(1 for r in enrolled if r["attended"]),
                        "completed": sum(1 for r in roster if r["completion_id"] is not None)}
 
-    @app.get("/regions/{code}/sessions")
+    @app.get("/regions/{code}/sessions", **SCOPED)
     async def sessions(code: str, limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
         if not is_digits(code) or len(code) not in (2, 4, 6, 9):
             raise HTTPException(422, detail=f"code: {code!r} is not a division code")
@@ -286,15 +288,16 @@ def build(runtime: Runtime) -> FastAPI:
             items = await store.sessions_in(conn, code, limit)
         return {"region": code, "items": items}
 
-    @app.get("/people/{person_id}")
+    @app.get("/people/{person_id}", **PERSONAL)
     async def person(person_id: UUID, request: Request, unmasked: bool = False,
                      who: Principal = caller) -> dict[str, Any]:
         """A person (masked; unmasked=true: in full, for a pii_reader of their county, recorded),
         their pool memberships and exams."""
         async with runtime.engine.begin() as conn:
-            return await personal.person_view(conn, who, person_id, unmasked, personal.source_of(request))
+            return await personal.person_view(conn, who, person_id, unmasked,
+                                              personal.calling_system(who, request))
 
-    @app.get("/people/{person_id}/trainings")
+    @app.get("/people/{person_id}/trainings", **PERSONAL)
     async def trainings(person_id: UUID, who: Principal = caller) -> dict[str, Any]:
         """A person's training history: every session they enrolled in, and what came of it."""
         async with runtime.engine.connect() as conn:

@@ -14,7 +14,7 @@ from uuid import UUID
 from fastapi import Depends, FastAPI, HTTPException, Request
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cso.auth import ADMIN, PII_READER, Principal
+from cso.auth import ADMIN, PERSONAL, PII_READER, Principal, source_of
 from cso.service import Runtime
 
 from . import domain, store
@@ -33,9 +33,11 @@ def masked(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def source_of(request: Request) -> str:
-    """The calling system, as the X-Cso-Source header names it (else http-api)."""
-    source = request.headers.get("x-cso-source", "")
+def calling_system(who: Principal, request: Request) -> str:
+    """The calling system recorded with a personal data request: the token's source (its `source`
+    claim, else `sub`; a differing X-Cso-Source header is refused). With CSO_AUTH=off nothing here
+    is released, but a header that is no source is recorded as http-api rather than refused."""
+    source = source_of(who, request)
     return source if _SOURCE.fullmatch(source) else "http-api"
 
 
@@ -79,7 +81,7 @@ def mount(app: FastAPI, runtime: Runtime) -> None:
     """The data subject's rights: GET /people/{id}/export and DELETE /people/{id}."""
     caller = Depends(runtime.auth.caller())
 
-    @app.get("/people/{person_id}/export")
+    @app.get("/people/{person_id}/export", **PERSONAL)
     async def export(person_id: UUID, request: Request,
                      who: Principal = caller) -> dict[str, Any]:
         """Everything training holds about a person, unmasked: their record, pool memberships,
@@ -88,13 +90,13 @@ def mount(app: FastAPI, runtime: Runtime) -> None:
         who.require(PII_READER, personal=True)
         async with runtime.engine.begin() as conn:
             county = await _county_of(conn, who, person_id)
-            await record_request(conn, who, "export", person_id, county, source_of(request))
+            await record_request(conn, who, "export", person_id, county, calling_system(who, request))
             data = await store.person_export(conn, person_id)
         return {"person_id": str(person_id), "county": county,
                 "note": "a resident ID number is not kept: only its keyed hash (to find duplicates) "
                         "and its masked form", **(data or {})}
 
-    @app.delete("/people/{person_id}")
+    @app.delete("/people/{person_id}", **PERSONAL)
     async def erase(person_id: UUID, request: Request,
                     who: Principal = caller) -> dict[str, Any]:
         """Erase a person's personal data on request (name, phone, ID-number hash and mask, removal
@@ -102,7 +104,7 @@ def mount(app: FastAPI, runtime: Runtime) -> None:
         so coverage figures keep their counts. For a pii_reader or admin of the person's region;
         the request is recorded."""
         who.require(PII_READER, ADMIN, personal=True)
-        source = source_of(request)
+        source = calling_system(who, request)
         async with runtime.engine.begin() as conn:
             county = await _county_of(conn, who, person_id)
             await store.erase_person(conn, person_id, source)

@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from cso import servers
+from cso.tokens import claims, mint
 from tests.support import http_json
 
 pytestmark = pytest.mark.integration
@@ -35,6 +36,8 @@ REPO = Path(__file__).resolve().parents[2]
 SERVICES = ("registry", "targets", "training", "notify")
 COMMUNITY = "510681001014"  # 西城社区居民委员会, 雒城街道, 广汉市 (in the demo divisions)
 MAX_IMAGE_MB = 500
+# The images run as deployed: HTTP tokens on (the default), checked with this key.
+JWT_SECRET = "image-test-secret-of-at-least-32-bytes"
 
 
 def engine() -> str | None:
@@ -152,7 +155,7 @@ async def test_migrate_job_then_services_serve_from_their_images(
     containers.append(early)
     run("run", "-d", "--name", early, "--network", "host", "-e", f"PORT={servers.free_port()}",
         "-e", f"CSO_DATABASE_URL={database_url}", "-e", f"CSO_NATS_URL={nats_url}",
-        "-e", f"CSO_NAMESPACE={namespace}", images["registry"])
+        "-e", f"CSO_NAMESPACE={namespace}", "-e", f"CSO_JWT_SECRET={JWT_SECRET}", images["registry"])
     await asyncio.sleep(5)  # long enough for its start-up to have touched the database
     run("rm", "-f", early)
     db = await asyncpg.connect(database_url)
@@ -182,7 +185,7 @@ async def test_migrate_job_then_services_serve_from_their_images(
         containers.append(name)
         run("run", "-d", "--name", name, "--network", "host", "-e", f"PORT={ports[service]}",
             "-e", f"CSO_DATABASE_URL={urls[service]}", "-e", f"CSO_NATS_URL={nats_url}",
-            "-e", f"CSO_NAMESPACE={namespace}", images[service])
+            "-e", f"CSO_NAMESPACE={namespace}", "-e", f"CSO_JWT_SECRET={JWT_SECRET}", images[service])
     for service in SERVICES:
         url = f"http://127.0.0.1:{ports[service]}"
         eventually(lambda url=url: http_json(f"{url}/readyz")[0] == 200, 90, f"{service} ready")
@@ -203,7 +206,8 @@ async def test_migrate_job_then_services_serve_from_their_images(
     registry, targets = (f"http://127.0.0.1:{ports[s]}" for s in ("registry", "targets"))
     status, body = http_json(f"{registry}/commands/file", {
         "name": "西城社区书画协会", "community_code": COMMUNITY, "category": "culture_sports",
-        "filed_on": "2024-03-01"})
+        "filed_on": "2024-03-01"}, headers={"authorization": "Bearer " + mint(JWT_SECRET, claims(
+            ["registrar"], "510681", "image-test", 600, environ={}))})
     assert status == 200, body
 
     def counted() -> int | None:

@@ -173,6 +173,8 @@ def test_service_image_start_order_replicas_health(spec: dict[str, Any], name: s
     env = service["environment"]
     assert env["CSO_DATABASE_URL"].startswith(f"postgresql://cso_{name}:")  # its own role
     assert env["CSO_NATS_URL"] == "${CSO_NATS_URL:-nats://nats:4222}"
+    # Tokens on unless CSO_AUTH=off is asked for; no key in the file: .env gives it, else no start.
+    assert env["CSO_AUTH"] == "${CSO_AUTH:-jwt}" and env["CSO_JWT_SECRET"] == "${CSO_JWT_SECRET:-}"
     # Replicas cannot share one host port: each publishes a range.
     assert all(re.fullmatch(r"\$\{[A-Z_]+:-\d+-\d+\}:8000", p) for p in service["ports"])
 

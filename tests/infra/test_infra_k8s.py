@@ -153,6 +153,8 @@ def test_deployment(default: dict[tuple[str, str], Doc], service: str) -> None:
     for kind, name in sources:
         assert ({"configMapRef": "ConfigMap", "secretRef": "Secret"}[kind], name) in default
     assert default[("ConfigMap", f"cso-{service}")]["data"]["SERVICE"] == service
+    assert "CSO_AUTH" not in default[("ConfigMap", f"cso-{service}")]["data"]   # tokens for every service:
+    assert default[("ConfigMap", "cso-common")]["data"]["CSO_AUTH"] == "jwt"     # one setting, in common
     secret = default[("Secret", f"cso-{service}")]["stringData"]
     assert secret["CSO_DATABASE_URL"].startswith(f"postgresql://cso_{service}:")
     assert secret["CSO_NATS_URL"] == "nats://nats:4222"  # credentials apart, as compose gives them

@@ -46,14 +46,16 @@ OTHER = "5101"                                                          # 成都
 PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
 
 
-def claims(region: str, roles: tuple[str, ...], sub: str, exp_in: int) -> dict[str, Any]:
+def claims(region: str, roles: tuple[str, ...], sub: str, exp_in: int, source: str | None = None) -> dict[str, Any]:
     now = int(time.time())
-    return {"sub": sub, "region": region, "roles": list(roles), "iat": now, "exp": now + exp_in}
+    return {"sub": sub, "region": region, "roles": list(roles), "iat": now, "exp": now + exp_in} | (
+        {"source": source} if source else {})
 
 
 def auth(region: str = COUNTY, *roles: str, sub: str = "official.gh", exp_in: int = 600,
-         key: str = SECRET) -> dict[str, str]:
-    return {"Authorization": "Bearer " + jwt.encode(claims(region, roles, sub, exp_in), key, algorithm="HS256")}
+         key: str = SECRET, source: str | None = None) -> dict[str, str]:
+    return {"Authorization": "Bearer " + jwt.encode(claims(region, roles, sub, exp_in, source), key,
+                                                    algorithm="HS256")}
 
 
 def secured(settings: Settings, **over: Any) -> Settings:
@@ -201,12 +203,18 @@ async def test_every_write_endpoint_refuses_missing_bad_and_expired_tokens_and_w
     assert checked["training"] >= PERSONAL_READS["training"] and checked["notify"] >= PERSONAL_READS["notify"]
 
 
-async def test_auth_is_off_by_default_and_checks_its_settings(settings: Settings,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("CSO_AUTH", raising=False)
-    assert Settings().auth == "off" and Settings().read_auth == "open"
-    with pytest.raises(ValueError, match="CSO_JWT_SECRET or CSO_JWT_PUBLIC_KEY"):
-        registry_app.create_app(dataclasses.replace(settings, auth="jwt"))
+async def test_tokens_are_on_by_default_and_a_service_without_a_key_does_not_start(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("CSO_AUTH", "CSO_JWT_SECRET", "CSO_JWT_PUBLIC_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    assert Settings().auth == "jwt" and Settings().read_auth == "open"
+    for create in (registry_app.create_app, training_app.create_app, targets_app.create_app,
+                   notify_app.create_app):
+        with pytest.raises(ValueError) as refused:
+            create(dataclasses.replace(settings, auth=Settings().auth, jwt_secret=""))
+        # The message says what to set, and how to opt out.
+        for named in ("CSO_AUTH=jwt (the default)", "CSO_JWT_SECRET", "CSO_JWT_PUBLIC_KEY", "CSO_AUTH=off"):
+            assert named in str(refused.value), (named, str(refused.value))
 
 
 # --- registry ----------------------------------------------------------------------------------
@@ -391,7 +399,11 @@ async def test_personal_data_masked_exported_erased_and_never_on_the_bus(
 
         official = auth(COUNTY, "trainer", sub="gh.official")
         reader = auth(COUNTY, "pii_reader", sub="gh.privacy")
+        # The calling system is the token's (its source claim): a header may only repeat it.
+        desk = auth(COUNTY, "pii_reader", sub="gh.privacy", source="gh-privacy-desk")
         source = {"X-Cso-Source": "gh-privacy-desk"}
+        forged = await training.get(f"/people/{alice}?unmasked=true", headers=reader | source)
+        assert forged.status_code == 403 and errors(forged)[0][0] == "x-cso-source", forged.text
 
         # No token: refused; the county official: masked only.
         assert (await training.get(f"/people/{alice}")).status_code == 401
@@ -420,12 +432,12 @@ async def test_personal_data_masked_exported_erased_and_never_on_the_bus(
         assert await db_fetch(settings, "SELECT * FROM training.personal_data_request") == []
 
         # The pii_reader of the county: in full, and everything held.
-        full = (await training.get(f"/people/{alice}?unmasked=true", headers=reader | source)).json()
+        full = (await training.get(f"/people/{alice}?unmasked=true", headers=desk | source)).json()
         assert full["name"] == "张丽华" and full["phone"] == "13808380101"
         unmasked_pool = (await training.get(f"/counties/{COUNTY}/pool?unmasked=true&include_removed=true",
                                             headers=reader)).json()
         assert {m["name"] for m in unmasked_pool["members"]} == {"张丽华", "王芳"}
-        export = (await training.get(f"/people/{alice}/export", headers=reader | source)).json()
+        export = (await training.get(f"/people/{alice}/export", headers=desk)).json()
         assert export["person"]["name"] == "张丽华" and export["person"]["phone"] == "13808380101"
         assert export["person"]["id_masked"] == domain.mask_id(id_number(101))
         assert export["person"]["id_number_hashed"] is True and id_number(101) not in json.dumps(export)
@@ -447,7 +459,8 @@ async def test_personal_data_masked_exported_erased_and_never_on_the_bus(
         before = await counts()
         carol_before = await db_fetch(settings, "SELECT name, phone, id_hash FROM training.person WHERE id = $1",
                                       uuid.UUID(carol))
-        erased = await training.delete(f"/people/{carol}", headers=admin | source)
+        erased = await training.delete(f"/people/{carol}", headers=auth("51", "admin", sub="sc.admin",
+                                                                         source="gh-privacy-desk"))
         assert erased.status_code == 200 and erased.json()["ok"], erased.text
         assert (await training.delete(f"/people/{alice}", headers=reader)).status_code == 200
         rows = await db_fetch(settings, "SELECT id, name, phone, id_hash, id_masked, erased_at FROM training.person")
@@ -476,12 +489,12 @@ async def test_personal_data_masked_exported_erased_and_never_on_the_bus(
         assert [(r["action"], str(r["person_id"]) if r["person_id"] else None, r["sub"], r["source"])
                 for r in audit] == [
             ("read_unmasked", alice, "gh.privacy", "gh-privacy-desk"),
-            ("read_unmasked", None, "gh.privacy", "http-api"),
+            ("read_unmasked", None, "gh.privacy", "gh.privacy"),      # no source claim: the sub
             ("export", alice, "gh.privacy", "gh-privacy-desk"),
             ("erase", carol, "sc.admin", "gh-privacy-desk"),
-            ("erase", alice, "gh.privacy", "http-api"),
-            ("read_unmasked", alice, "gh.privacy", "http-api"),
-            ("export", alice, "gh.privacy", "http-api")]
+            ("erase", alice, "gh.privacy", "gh.privacy"),
+            ("read_unmasked", alice, "gh.privacy", "gh.privacy"),
+            ("export", alice, "gh.privacy", "gh.privacy")]
         assert all(r["county_code"] == COUNTY and r["at"] is not None for r in audit)
         assert audit[3]["roles"] == ["admin"] and audit[3]["region"] == "51"
 

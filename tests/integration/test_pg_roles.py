@@ -249,7 +249,8 @@ async def test_services_do_their_work_under_their_roles(
             _, clients[service] = await stack.enter_async_context(
                 running(module.create_app, p.settings(settings, service)))
         for service, client in clients.items():
-            assert (await client.get("/readyz")).json() == {"status": "ok", "database": "ok", "nats": "ok"}, service
+            assert (await client.get("/readyz")).json() == {"status": "ok", "database": "ok", "nats": "ok",
+                                                               "auth": "off"}, service
         # Every service's sessions are its role's.
         users = await value(p.admin_url, "SELECT array_agg(DISTINCT usename::text) FROM pg_stat_activity "
                                          "WHERE datname = current_database() AND usename <> current_user")

@@ -1,6 +1,7 @@
-"""The local stack of `cso up` on real servers from the wheels: start, file an organization over HTTP,
-see it counted by targets, stop, start again on the same data dir and find it still there; and the
-CLI against it: `cso coverage` renders tables, `cso publish` refuses a bad file whole."""
+"""The local stack of `cso up` on real servers from the wheels: start (with HTTP tokens, by default),
+file an organization over HTTP with a token from `cso token`, see it counted by targets, stop, start
+again on the same data dir and find it still there, the same key still accepted; and the CLI against
+it: `cso coverage` renders tables, `cso publish` refuses a bad file whole."""
 
 from __future__ import annotations
 
@@ -87,12 +88,20 @@ def alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def test_stack_up_file_coverage_restart_and_cli(tmp_path: Path) -> None:
+def test_stack_up_file_coverage_restart_and_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As a developer runs it: nothing said about CSO_AUTH (the test process says off: conftest).
+    for name in ("CSO_AUTH", "CSO_JWT_SECRET", "CSO_JWT_PUBLIC_KEY"):
+        monkeypatch.delenv(name, raising=False)
     data_dir = tmp_path / "stack"
     runner = CliRunner()
     env = {"COLUMNS": "160", "CSO_NAMESPACE": "", "CSO_TARGETS_URL": "", "CSO_DATABASE_URL": "",
            "CSO_NATS_URL": ""}
     pids: list[int] = []
+
+    def token(*args: str) -> dict[str, str]:
+        result = runner.invoke(app, ["token", *args, "--data-dir", str(data_dir)], env=env)
+        assert result.exit_code == 0, result.output
+        return {"authorization": f"Bearer {result.output.strip()}"}
 
     stack = Stack(data_dir, registry_port=servers.free_port(), targets_port=servers.free_port(),
                   training_port=servers.free_port(), notify_port=servers.free_port())
@@ -104,16 +113,26 @@ def test_stack_up_file_coverage_restart_and_cli(tmp_path: Path) -> None:
                  *(s["pid"] for s in state["services"].values())]
         assert json.loads((data_dir / "stack.json").read_text())["nats"]["url"] == nats_url
         for url in (registry, targets):
-            assert http_get(f"{url}/readyz") == (200, {"status": "ok", "database": "ok", "nats": "ok"})
+            assert http_get(f"{url}/readyz") == (200, {"status": "ok", "database": "ok", "nats": "ok",
+                                                       "auth": "jwt"})
+        # The key the services check tokens with: made at first start, for the owner only.
+        key = data_dir / "jwt.secret"
+        assert key.stat().st_mode & 0o777 == 0o600 and len(key.read_text().strip()) >= 32
         assert [p.state for p in stack.status()] == ["ready"] * 6
         # Each service connects as its own role (cso.roles), the owner of its schema.
         roles = {name: f"cso_{name}" for name in state["services"]}
         assert {name: s["database_role"] for name, s in state["services"].items()} == roles
         assert set(asyncio.run(database_users(state["postgres"]["url"]))) == set(roles.values())
 
-        status, body = http_json(f"{registry}/commands/file", {
-            "name": "西城社区书画协会", "community_code": COMMUNITY, "category": "culture_sports",
-            "filed_on": "2024-03-01"})
+        filing = {"name": "西城社区书画协会", "community_code": COMMUNITY, "category": "culture_sports",
+                  "filed_on": "2024-03-01"}
+        status, body = http_json(f"{registry}/commands/file", filing)
+        assert status == 401 and body["errors"][0]["field"] == "authorization", body
+        status, body = http_json(f"{registry}/commands/file", filing, headers=token("--role", "trainer",
+                                                                                    "--region", "510681"))
+        assert status == 403 and body["errors"][0]["field"] == "roles", body
+        registrar = token("--role", "registrar", "--region", "510681", "--sub", "gh.registrar")
+        status, body = http_json(f"{registry}/commands/file", filing, headers=registrar)
         assert status == 200, body
         org_id = body["id"]
         eventually(lambda: orgs_counted(targets) == 1)
@@ -154,6 +173,7 @@ def test_stack_up_file_coverage_restart_and_cli(tmp_path: Path) -> None:
 
         result = runner.invoke(app, ["status", "--data-dir", str(data_dir)], env=env)
         assert result.exit_code == 0 and result.output.count("ready") >= 4, result.output
+        assert result.output.count("auth jwt") == 4, result.output
     finally:
         stack.stop()
     assert not any(alive(pid) for pid in pids)
@@ -173,6 +193,10 @@ def test_stack_up_file_coverage_restart_and_cli(tmp_path: Path) -> None:
         assert status == 200 and body["name"] == "西城社区书画协会"
         assert orgs_counted(targets) == 2
         assert http_get(f"{registry}/organizations/{uuid4()}")[0] == 404
+        # The data dir's key again: a token minted before the restart is still good.
+        status, body = http_json(f"{registry}/commands/update", {
+            "organization_id": org_id, "effective_on": "2024-04-01", "brand": True}, headers=registrar)
+        assert status == 200, body
         # `cso down` stops a stack this process did not start through the CLI.
         result = runner.invoke(app, ["down", "--data-dir", str(data_dir)], env=env)
         assert result.exit_code == 0 and "stopped" in result.output, result.output

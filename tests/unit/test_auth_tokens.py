@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from fastapi import Depends
 
-from cso.auth import ANONYMOUS, Auth, AuthError, Principal
+from cso.auth import ANONYMOUS, PUBLIC, WRITE, Auth, AuthError, Principal
 from cso.service import Runtime
 from cso.settings import Settings
 
@@ -67,7 +67,7 @@ def ec_key() -> ec.EllipticCurvePrivateKey:
 
 def test_off_by_default_and_config_errors() -> None:
     assert not Auth.from_settings(dataclasses.replace(settings(), auth="off")).enabled
-    with pytest.raises(ValueError, match="CSO_JWT_SECRET or CSO_JWT_PUBLIC_KEY"):
+    with pytest.raises(ValueError, match=r"needs a key .* set CSO_JWT_SECRET .* or CSO_JWT_PUBLIC_KEY"):
         Auth.from_settings(settings(jwt_secret=""))
     with pytest.raises(ValueError, match="at least 32 bytes"):
         Auth.from_settings(settings(jwt_secret="short"))
@@ -212,12 +212,12 @@ def app_client(**over: Any) -> httpx.AsyncClient:
 
     registrar = Depends(runtime.auth.role("registrar"))
 
-    @app.post("/write/{region}")
+    @app.post("/write/{region}", **WRITE)
     async def write(region: str, who: Principal = registrar) -> dict[str, Any]:
         who.require_region(region)
         return {"ok": True, "sub": who.sub}
 
-    @app.get("/coverage/{region}")
+    @app.get("/coverage/{region}", **PUBLIC)
     async def read(region: str) -> dict[str, Any]:
         return {"region": region}
 

@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from contracts import ContractError, FieldError
 from contracts.envelope import load_json
 from contracts.jsontext import text_problem
-from cso.auth import Principal
+from cso.auth import SCOPED, WRITE, Principal
 from cso.service import Runtime, errors_body, repeat
 
 from ..evaluation import Clock
@@ -320,39 +320,39 @@ def mount(app: FastAPI, runtime: Runtime, clock: Clock) -> None:
         loop.resync_targets()
         return _json(200, {"ok": True, **result})
 
-    @app.post("/plans")
+    @app.post("/plans", **WRITE)
     async def post_plan(request: Request, who: Principal = planner) -> JSONResponse:
         """Import a plan file (YAML or JSON, the format of plans/README.md): an upsert; a changed
         plan gets a new revision with the diff. `?file=` names the file in error messages."""
         return await _guarded(lambda: import_file(request, None, who))
 
-    @app.put("/plans/{plan_id}")
+    @app.put("/plans/{plan_id}", **WRITE)
     async def put_plan(plan_id: str, request: Request, who: Principal = planner) -> JSONResponse:
         return await _guarded(lambda: import_file(request, plan_id, who))
 
-    @app.get("/plans")
+    @app.get("/plans", **SCOPED)
     async def get_plans() -> JSONResponse:
         return await respond(lambda c: views.plans(c, clock.today()))
 
-    @app.get("/plans/{plan_id}")
+    @app.get("/plans/{plan_id}", **SCOPED)
     async def get_ledger(plan_id: str) -> JSONResponse:
         """The plan's ledger: its tasks overdue first, then by state; its completion share."""
         return await respond(lambda c: views.ledger(c, plan_id, clock.today()))
 
-    @app.get("/plans/{plan_id}/revisions")
+    @app.get("/plans/{plan_id}/revisions", **SCOPED)
     async def get_revisions(plan_id: str) -> JSONResponse:
         return await respond(lambda c: views.revisions(c, plan_id))
 
-    @app.get("/plans/{plan_id}/tasks/{task_no}")
+    @app.get("/plans/{plan_id}/tasks/{task_no}", **SCOPED)
     async def get_task(plan_id: str, task_no: str) -> JSONResponse:
         return await respond(lambda c: views.task(c, plan_id, task_no, clock.today()))
 
-    @app.get("/plans/{plan_id}/tasks/{task_no}/lines")
+    @app.get("/plans/{plan_id}/tasks/{task_no}/lines", **SCOPED)
     async def get_lines(plan_id: str, task_no: str) -> JSONResponse:
         """Per-township (or per-county) progress of an expanded task."""
         return await respond(lambda c: views.lines(c, plan_id, task_no, clock.today()))
 
-    @app.get("/plans/{plan_id}/evidence/{evidence_id}")
+    @app.get("/plans/{plan_id}/evidence/{evidence_id}", **SCOPED)
     async def get_evidence(plan_id: str, evidence_id: str) -> Response:
         try:
             async with runtime.engine.connect() as conn:
@@ -374,13 +374,13 @@ def mount(app: FastAPI, runtime: Runtime, clock: Clock) -> None:
                                               header_text(request, BY_HEADER), clock.today())
         return _json(201, {"ok": True, **stored})
 
-    @app.post("/plans/{plan_id}/tasks/{task_no}/evidence")
+    @app.post("/plans/{plan_id}/tasks/{task_no}/evidence", **WRITE)
     async def post_evidence(plan_id: str, task_no: str, request: Request, who: Principal = planner) -> JSONResponse:
         """Attach an evidence file (the raw body; `?filename=report.pdf`): pdf, jpg, png, docx or
         xlsx by content, at most 10 MB; kept with its SHA-256."""
         return await _guarded(lambda: upload(request, plan_id, task_no, "", who))
 
-    @app.post("/plans/{plan_id}/tasks/{task_no}/lines/{line}/evidence")
+    @app.post("/plans/{plan_id}/tasks/{task_no}/lines/{line}/evidence", **WRITE)
     async def post_line_evidence(plan_id: str, task_no: str, line: str, request: Request,
                                  who: Principal = planner) -> JSONResponse:
         return await _guarded(lambda: upload(request, plan_id, task_no, line, who))
@@ -408,20 +408,20 @@ def mount(app: FastAPI, runtime: Runtime, clock: Clock) -> None:
         published()
         return _json(200, {"ok": True, **result})
 
-    @app.post("/plans/{plan_id}/tasks/{task_no}/lines/{line}/{action}")
+    @app.post("/plans/{plan_id}/tasks/{task_no}/lines/{line}/{action}", **WRITE)
     async def post_line_action(plan_id: str, task_no: str, line: str, action: str, request: Request,
                                who: Principal = planner) -> JSONResponse:
         """start | submit | accept | return one township's (or county's) line of an expanded task."""
         return await _guarded(lambda: move(request, plan_id, task_no, line, action, who))
 
-    @app.post("/plans/{plan_id}/tasks/{task_no}/{action}")
+    @app.post("/plans/{plan_id}/tasks/{task_no}/{action}", **WRITE)
     async def post_action(plan_id: str, task_no: str, action: str, request: Request,
                           who: Principal = planner) -> JSONResponse:
         """start | submit (note + evidence) | accept | return (reason) a task; body {by, note,
         reason, evidence: [{filename, content_base64}]}, or `by` in the X-Cso-By header."""
         return await _guarded(lambda: move(request, plan_id, task_no, "", action, who))
 
-    @app.get("/units/{unit}/todo")
+    @app.get("/units/{unit}/todo", **SCOPED)
     async def get_todo(unit: str) -> JSONResponse:
         """What a unit has open across plans, overdue first."""
         return await respond(lambda c: views.todo(c, unit, clock.today()))
