@@ -381,7 +381,8 @@ class Stack:
             raise StackError(f"NATS users: {e}") from None
         self._nats_users = users
         self.log(f"NATS users and their passwords in {users.path} (services, divisions, admin"
-                 + (f", {len(users.publishers)} outside publishers)" if users.publishers else ")"))
+                 + (f", outside publishers {', '.join(p.name for p in users.publishers)})"
+                    if users.publishers else ")"))
         for name, password in shown.items():
             # Kept nowhere (only its hash is): the one time it is shown.
             self.log(f"new NATS publisher {name}: password {password} (shown once; give it to its system)")
