@@ -39,6 +39,23 @@ class Settings:
     # The largest HTTP request body a service takes (a route may allow more, e.g. attendance sheets).
     http_max_body_bytes: int = field(
         default_factory=lambda: int(_env("CSO_HTTP_MAX_BODY_BYTES", str(256 * 1024))))
+    # How long a client may hold a connection without sending (cso/http_server.py): complete request
+    # headers within this many seconds of connecting (or of the previous response), else closed.
+    http_header_timeout_seconds: float = field(
+        default_factory=lambda: float(_env("CSO_HTTP_HEADER_TIMEOUT_SECONDS", "10")))
+    # The whole body within this many seconds of the headers, plus one second for every
+    # CSO_HTTP_BODY_MIN_BYTES_PER_SECOND bytes received (a 16 MiB upload on a slow line), else 408.
+    http_body_timeout_seconds: float = field(
+        default_factory=lambda: float(_env("CSO_HTTP_BODY_TIMEOUT_SECONDS", "30")))
+    http_body_min_bytes_per_second: int = field(
+        default_factory=lambda: int(_env("CSO_HTTP_BODY_MIN_BYTES_PER_SECOND", str(16 * 1024))))
+    # An idle keep-alive connection is closed after this many seconds.
+    http_keepalive_seconds: int = field(
+        default_factory=lambda: int(_env("CSO_HTTP_KEEPALIVE_SECONDS", "5")))
+    # Over this many open connections (or requests in progress), a request is answered 503 and its
+    # connection closed; /healthz is always answered.
+    http_max_connections: int = field(
+        default_factory=lambda: int(_env("CSO_HTTP_MAX_CONNECTIONS", "1000")))
     # HTTP bearer tokens (cso/auth.py): "jwt" (the default: a service without a key does not
     # start) or "off" (only when asked for: anyone may write; loud in the log and /readyz); reads of
     # coverage "open" (no token) or "scoped" (a token, and a region in the path within the token's).

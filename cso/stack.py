@@ -147,12 +147,12 @@ def _cmdline(pid: int) -> str:
 
 
 def _is_service(pid: int | None, factory: str) -> bool:
-    """pid is alive and still runs that uvicorn app (guards against pid reuse)."""
+    """pid is alive and still serves that app (guards against pid reuse)."""
     if not _alive(pid):
         return False
     assert pid is not None
     line = _cmdline(pid)
-    return not Path(f"/proc/{pid}").exists() or ("uvicorn" in line and factory in line)
+    return not Path(f"/proc/{pid}").exists() or ("cso.http_server" in line and factory in line)
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:
@@ -462,7 +462,8 @@ class Stack:
         if self._nats_users is not None:  # its own NATS user (cso.localnats)
             env.update(localnats.service_env(self._nats_users, spec.name))
         # No access log: the readiness polls would bury what the service itself says.
-        cmd = [sys.executable, "-m", "uvicorn", "--factory", spec.factory,
+        # The same launcher as the image: uvicorn with the CSO_HTTP_* limits (cso/http_server.py).
+        cmd = [sys.executable, "-m", "cso.http_server", spec.factory,
                "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
         with log.open("ab") as out:
             start = out.tell()

@@ -91,7 +91,8 @@ def test_service_selects_the_app() -> None:
     env = " ".join(r for k, r in runtime if k == "ENV")
     assert "SERVICE=${SERVICE}" in env
     cmd = exec_form(next(r for k, r in reversed(runtime) if k == "CMD"))
-    assert cmd[:2] == ["sh", "-c"] and cmd[2].startswith("exec uvicorn --factory")
+    # exec: the launcher is PID 1 and gets SIGTERM; it is the one `cso up` runs (the HTTP limits).
+    assert cmd[:2] == ["sh", "-c"] and cmd[2].startswith("exec python -m cso.http_server ")
     assert "services.${SERVICE}.app:create_app" in cmd[2]
 
 
@@ -115,15 +116,15 @@ def test_every_service_has_the_entry_points_the_image_and_migrations_call(servic
 
 
 def test_cmd_expands_service_and_port(tmp_path: Path) -> None:
-    """Run the image's CMD with a stand-in uvicorn that prints its arguments."""
+    """Run the image's CMD with a stand-in python that prints its arguments."""
     cmd = exec_form(next(r for k, r in reversed(stage("runtime")) if k == "CMD"))
-    fake = tmp_path / "uvicorn"
+    fake = tmp_path / "python"
     fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
     fake.chmod(0o755)
     env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "SERVICE": "targets", "PORT": "8000"}
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30, check=True).stdout
-    assert out.split() == ["--factory", "services.targets.app:create_app", "--host", "0.0.0.0",
-                           "--port", "8000"]
+    assert out.split() == ["-m", "cso.http_server", "services.targets.app:create_app",
+                           "--host", "0.0.0.0", "--port", "8000"]
 
 
 class _Health(http.server.BaseHTTPRequestHandler):
