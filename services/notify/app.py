@@ -1,4 +1,4 @@
-"""notify as a process: `uvicorn --factory services.notify.app:create_app` (CSO_* settings; e-mail
+"""notify as a process: `python -m cso.http_server services.notify.app:create_app` (CSO_* settings; e-mail
 through CSO_SMTP_HOST/PORT/FROM[/USERNAME/PASSWORD/STARTTLS/TLS]; delivery tuning CSO_NOTIFY_*:
 see config.NotifyConfig)."""
 

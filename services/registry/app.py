@@ -1,4 +1,4 @@
-"""registry as a process: `uvicorn --factory services.registry.app:create_app` (CSO_* settings)."""
+"""registry as a process: `python -m cso.http_server services.registry.app:create_app` (CSO_* settings)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""targets as a process: `uvicorn --factory services.targets.app:create_app` (CSO_* settings)."""
+"""targets as a process: `python -m cso.http_server services.targets.app:create_app` (CSO_* settings)."""
 
 from __future__ import annotations
 

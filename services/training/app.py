@@ -1,4 +1,4 @@
-"""training as a process: `uvicorn --factory services.training.app:create_app` (CSO_* settings, and
+"""training as a process: `python -m cso.http_server services.training.app:create_app` (CSO_* settings, and
 CSO_TRAINING_PII_KEY: the secret ID numbers are hashed with)."""
 
 from __future__ import annotations

@@ -196,6 +196,14 @@ async def test_slow_headers_are_cut_off_and_healthz_stays_fast(server: Server) -
     assert max(took) < 2, took
     async with httpx.AsyncClient() as client:  # the slow ones gone, the cap lets requests in again
         assert (await client.get(server.url + "/readyz", timeout=5)).status_code == 200
+        metrics = (await client.get(server.url + "/metrics/", timeout=5)).text
+    # Each cut counted (200 trickling, the keep-alive one, the silent one; the refused request).
+    assert counted(metrics, "headers_timeout") >= 202 and counted(metrics, "over_capacity") >= 1, metrics
+
+
+def counted(metrics: str, reason: str) -> float:
+    line = f'cso_http_cut_off_total{{reason="{reason}"}} '
+    return sum(float(x[len(line):]) for x in metrics.splitlines() if x.startswith(line))
 
 
 async def keepalive_then_trickle(port: int) -> tuple[bytes, Outcome]:
@@ -249,3 +257,6 @@ async def test_slow_bodies_are_answered_408_and_closed(server: Server) -> None:
     assert max(took) < 2, took
     # No trace of the cut requests in the service's log (the app saw a disconnect, not an error).
     assert "Traceback" not in server.log.read_text()
+    async with httpx.AsyncClient() as client:
+        metrics = (await client.get(server.url + "/metrics/", timeout=5)).text
+    assert counted(metrics, "body_timeout") >= 41, metrics
