@@ -232,6 +232,9 @@ class Cluster:
             "CSO_NOTIFY_POLL_SECONDS": "0.2", "CSO_NOTIFY_RETRY_BASE_SECONDS": "0.5",
             "CSO_NOTIFY_RETRY_MAX_SECONDS": "3", "CSO_NOTIFY_MAX_ATTEMPTS": "50",
             "CSO_NOTIFY_SCHEDULE_SECONDS": "2",
+            # The faults are the bus's and the servers', not the callers': requests go without
+            # tokens (HTTP tokens are on by default; tests/integration/test_auth.py tests them).
+            "CSO_AUTH": "off",
         })
         env.update(self.extra_env)
         return env
