@@ -26,7 +26,8 @@ app-wide `Auth.guard` enforces the class, and a service does not start with a ro
 - health (/healthz /readyz /metrics /docs /openapi.json): never a token.
 - public aggregate (figures and targets: nothing about one organization or person) and scoped read
   (records of organizations, sessions, plans): no token; with CSO_READ_AUTH=scoped a token, and a
-  region in the path (`region`, `code`) or query (`under`, `region`) within the token's.
+  region in the path (`region`, `code`) or query (`under`, `region`) within the token's; a record
+  named by id (an organization, a plan) is checked against its own region (`Auth.reader`).
 - personal data (a person, a pool, a roster, a subscriber's contacts, an inbox, deliveries): with
   CSO_AUTH=jwt always a token (401 without), whatever CSO_READ_AUTH says, and the route asks the
   role and region: the person's county (any role sees masked, pii_reader unmasked), a
@@ -396,6 +397,14 @@ class Auth:
         """Any caller with a valid token (anyone with CSO_AUTH=off)."""
         async def dependency(request: Request) -> Principal:
             return self.principal(request)
+        return dependency
+
+    def reader(self) -> Callable[[Request], Awaitable[Principal]]:
+        """The caller of a read whose record lies in a region the route looks up (an organization,
+        a plan, by id): with CSO_READ_AUTH=scoped the token's principal, whose region the route
+        checks against the record's; otherwise ANONYMOUS, whom every region covers."""
+        async def dependency(request: Request) -> Principal:
+            return self.principal(request) if self.read == "scoped" else ANONYMOUS
         return dependency
 
     def role(self, *roles: str) -> Callable[[Request], Awaitable[Principal]]:

@@ -115,6 +115,7 @@ def build(runtime: Runtime) -> FastAPI:
 
     app = runtime.http("cso registry")
     registrar = Depends(runtime.auth.role("registrar"))
+    reader = Depends(runtime.auth.reader())
 
     @app.post("/commands/{command}", **WRITE)
     async def command(command: str, request: Request,
@@ -128,11 +129,13 @@ def build(runtime: Runtime) -> FastAPI:
         return JSONResponse(result, status_code=status)
 
     @app.get("/organizations/{org_id}", **SCOPED)
-    async def organization(org_id: UUID) -> dict[str, Any]:
+    async def organization(org_id: UUID, who: Principal = reader) -> dict[str, Any]:
+        """An organization; with CSO_READ_AUTH=scoped for a token of its community's region."""
         async with runtime.engine.connect() as conn:
             view = await store.organization_view(conn, org_id)
         if view is None:
             raise HTTPException(404, detail=f"organization_id: no organization {org_id}")
+        who.require_region(view["community_code"], "organization_id")
         return view
 
     @app.get("/regions/{code}/organizations", **SCOPED)

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import uuid
+from datetime import date
 from typing import Any
 
 import asyncpg
@@ -28,11 +29,14 @@ from services.notify import app as notify_app
 from services.notify.config import NotifyConfig
 from services.notify.routing import Clock as NotifyClock
 from services.registry import app as registry_app
+from services.targets import app as targets_app
+from services.targets.evaluation import Clock as TargetsClock
 from tests.integration.test_auth import (
     COMMUNITY,
     COUNTY,
     MORNING,
     OTHER,
+    PLAN,
     TOWNSHIP,
     Writes,
     apps,
@@ -263,3 +267,41 @@ async def test_with_auth_off_the_header_names_the_source(settings: Settings, nc:
         assert (await client.post("/commands/file", json=filing(filing_number="2"))).status_code == 200
         assert await sources(settings) == ["leshan-register", "http-api"]
         assert COMMUNITY.startswith(COUNTY)
+
+
+# --- scoped reads: a record named by id is checked against its own region ----------------------
+
+async def test_scoped_reads_check_the_region_of_a_record_named_by_id(settings: Settings, nc: nats.NATS) -> None:
+    await asyncio.to_thread(registry_app.run_migrations, settings)
+    async with running(registry_app.create_app, secured(settings, read_auth="scoped")) as (_, client):
+        await publish_divisions(nc, settings.topology)
+        await until(settings, "SELECT count(*) FROM registry.community", 4)
+        filed = await client.post("/commands/file", json=filing(), headers=auth(COUNTY, "registrar"))
+        url = f"/organizations/{filed.json()['id']}"
+        assert (await client.get(url)).status_code == 401
+        refused = await client.get(url, headers=auth(OTHER))
+        assert refused.status_code == 403 and errors(refused)[0][0] == "organization_id", refused.text
+        assert "西城社区" not in refused.text
+        for region in (TOWNSHIP, COUNTY, "51", "00"):
+            assert (await client.get(url, headers=auth(region))).status_code == 200, region
+        assert (await client.get(url, headers=auth("510681002"))).status_code == 403   # another township
+
+
+async def test_scoped_reads_of_a_plan(settings: Settings, nc: nats.NATS, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CSO_TARGETS_PLANS", "none")
+    await asyncio.to_thread(targets_app.run_migrations, settings)
+    clock = TargetsClock(fixed=date(2024, 5, 20))
+    scoped = secured(settings, read_auth="scoped")
+    async with running(lambda s: targets_app.create_app(s, clock), scoped) as (_, client):
+        await publish_divisions(nc, settings.topology)
+        await until(settings, f"SELECT count(*) FROM targets.division WHERE code LIKE '{COUNTY}%'", 8)
+        imported = await client.post("/plans", content=json.dumps(PLAN, ensure_ascii=False).encode(),
+                                     headers=auth(COUNTY, "planner"))
+        assert imported.status_code == 200, imported.text
+        for url in ("/plans/auth-plan", "/plans/auth-plan/revisions", "/plans/auth-plan/tasks/1",
+                    "/plans/auth-plan/tasks/2/lines"):
+            assert (await client.get(url)).status_code == 401, url
+            refused = await client.get(url, headers=auth(OTHER))
+            assert refused.status_code == 403 and errors(refused)[0][0] == "plan_id", (url, refused.text)
+            assert (await client.get(url, headers=auth(COUNTY))).status_code == 200, url
+        assert (await client.get("/plans/auth-plan", headers=auth("5106"))).status_code == 200

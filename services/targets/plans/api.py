@@ -304,6 +304,17 @@ def mount(app: FastAPI, runtime: Runtime, clock: Clock) -> None:
             runtime.relay.notify()
 
     planner = Depends(runtime.auth.role("planner"))
+    reader = Depends(runtime.auth.reader())
+
+    async def within(who: Principal, plan_id: str) -> None:
+        """With CSO_READ_AUTH=scoped a plan is read by tokens of its region (a caller anywhere else
+        learns no more than a missing plan would tell)."""
+        if not who.authenticated:
+            return
+        async with runtime.engine.connect() as conn:
+            scope = await store.plan_scope(conn, plan_id)
+        if scope is not None:
+            who.require_region(scope, "plan_id")
 
     async def import_file(request: Request, expect_id: str | None, who: Principal) -> JSONResponse:
         source = (await request.body()).decode("utf-8", errors="replace")
@@ -335,25 +346,30 @@ def mount(app: FastAPI, runtime: Runtime, clock: Clock) -> None:
         return await respond(lambda c: views.plans(c, clock.today()))
 
     @app.get("/plans/{plan_id}", **SCOPED)
-    async def get_ledger(plan_id: str) -> JSONResponse:
+    async def get_ledger(plan_id: str, who: Principal = reader) -> JSONResponse:
         """The plan's ledger: its tasks overdue first, then by state; its completion share."""
+        await within(who, plan_id)
         return await respond(lambda c: views.ledger(c, plan_id, clock.today()))
 
     @app.get("/plans/{plan_id}/revisions", **SCOPED)
-    async def get_revisions(plan_id: str) -> JSONResponse:
+    async def get_revisions(plan_id: str, who: Principal = reader) -> JSONResponse:
+        await within(who, plan_id)
         return await respond(lambda c: views.revisions(c, plan_id))
 
     @app.get("/plans/{plan_id}/tasks/{task_no}", **SCOPED)
-    async def get_task(plan_id: str, task_no: str) -> JSONResponse:
+    async def get_task(plan_id: str, task_no: str, who: Principal = reader) -> JSONResponse:
+        await within(who, plan_id)
         return await respond(lambda c: views.task(c, plan_id, task_no, clock.today()))
 
     @app.get("/plans/{plan_id}/tasks/{task_no}/lines", **SCOPED)
-    async def get_lines(plan_id: str, task_no: str) -> JSONResponse:
+    async def get_lines(plan_id: str, task_no: str, who: Principal = reader) -> JSONResponse:
         """Per-township (or per-county) progress of an expanded task."""
+        await within(who, plan_id)
         return await respond(lambda c: views.lines(c, plan_id, task_no, clock.today()))
 
     @app.get("/plans/{plan_id}/evidence/{evidence_id}", **SCOPED)
-    async def get_evidence(plan_id: str, evidence_id: str) -> Response:
+    async def get_evidence(plan_id: str, evidence_id: str, who: Principal = reader) -> Response:
+        await within(who, plan_id)
         try:
             async with runtime.engine.connect() as conn:
                 row = await views.evidence_file(conn, plan_id, evidence_id)
