@@ -269,3 +269,35 @@ def test_hpa_fallback(hpa_variant: dict[tuple[str, str], Doc], service: str) -> 
     (metric,) = hpa["metrics"]
     assert metric["resource"]["name"] == "cpu"
     assert 1 <= hpa["minReplicas"] <= hpa["maxReplicas"]
+
+
+# --- the NATS release they expect ---------------------------------------------------------------
+
+def test_the_nats_release_runs_with_csos_users(tmp_path: Path, default: dict[tuple[str, str], Doc]) -> None:
+    """infra/nats/helm-values.yaml, the NATS the manifests point at: its configuration includes
+    auth.conf from the directory where it mounts the Secret that holds it, and nats-server accepts
+    such an include (the chart renders `include <path>;` relative to /etc/nats-config)."""
+    from contracts import Topology
+    from cso import natsauth
+    from cso.servers import nats_server_binary
+
+    values = yaml.safe_load((REPO / "infra/nats/helm-values.yaml").read_text())
+    assert values["config"]["jetstream"]["enabled"]
+    (include,) = [v for k, v in values["config"]["merge"].items() if k.endswith("$include")]
+    mounts = [p["value"] for p in values["container"]["patch"] if p["path"] == "/volumeMounts/-"]
+    volumes = {p["value"]["name"]: p["value"] for p in values["podTemplate"]["patch"] if p["path"] == "/spec/volumes/-"}
+    (mount,) = [m for m in mounts if (Path("/etc/nats-config") / include).parent == Path(m["mountPath"])]
+    assert volumes[mount["name"]]["secret"]["secretName"] == "cso-nats-auth"
+    assert Path(include).name == "auth.conf"
+    # The manifests' alias names that release (`nats` in namespace `nats`).
+    alias = default[("Service", "nats")]["spec"]["externalName"]
+    assert alias == "nats.nats.svc.cluster.local"
+
+    conf_dir = tmp_path / "nats-config"
+    (conf_dir / Path(include).parent).mkdir(parents=True)
+    env = {natsauth.password_env(u): f"p{u}" for u in (*natsauth.SERVICES, natsauth.DIVISIONS, natsauth.ADMIN)}
+    (conf_dir / include).write_text(natsauth.render(Topology(), natsauth.Users(), passwords="plain", env=env))
+    (conf_dir / "nats.conf").write_text(f'port: 4222\njetstream {{ store_dir: "{tmp_path}/js" }}\ninclude {include};\n')
+    result = subprocess.run([str(nats_server_binary()), "-t", "-c", str(conf_dir / "nats.conf")],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
