@@ -783,7 +783,9 @@ def _with_restarts(part: Part, state: Mapping[str, Any]) -> Part:
     from dataclasses import replace
 
     info = state.get("services", {}).get(part.name) or state.get(part.name) or {}
-    return replace(part, restarts=int(info.get("restarts") or 0))
+    last = info.get("last_exit")  # cso.supervisor: how it last died (a restart may be on its way)
+    detail = "; ".join(d for d in (part.detail, f"last died: {last}" if last else "") if d)
+    return replace(part, restarts=int(info.get("restarts") or 0), detail=detail)
 
 
 def _nats_healthy(monitor_url: str) -> bool:

@@ -173,11 +173,13 @@ class Control:
         self.dir.mkdir(mode=0o700, exist_ok=True)
 
     def clear(self) -> None:
-        """A new owner: requests and results of an earlier `cso up` are stale."""
+        """A new owner: results nobody read are stale. Requests stay: one may have been asked while
+        the stack was starting (pending() drops those whose asker is gone)."""
         self._ensure()
         for path in self.dir.iterdir():
-            with contextlib.suppress(OSError):
-                path.unlink()
+            if not path.name.endswith(".request"):
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
     def _write(self, path: Path, body: dict[str, Any]) -> None:
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
@@ -202,8 +204,11 @@ class Control:
                 path.unlink()
             except (OSError, ValueError):
                 continue  # taken meanwhile, or garbage: nobody waits for an answer to garbage
-            if isinstance(body, dict):
-                out.append(Request(path.stem, str(body.get("part")), int(body.get("pid") or 0)))
+            if not isinstance(body, dict):
+                continue
+            request = Request(path.stem, str(body.get("part")), int(body.get("pid") or 0))
+            if servers.pid_alive(request.pid):  # else nobody waits for it: a restart nobody wants now
+                out.append(request)
         return out
 
     def answer(self, request: Request, result: dict[str, Any]) -> None:
@@ -233,7 +238,9 @@ def restart(data_dir: Path, part: str, timeout: float = RESTART_TIMEOUT) -> dict
     if state is None or state.get("stopped_at"):
         raise RestartError(f"no stack is running from {data_dir} (`cso up` starts one)")
     owner = state.get("owner_pid")
-    if not isinstance(owner, int) or not servers.pid_alive(owner):
+    if not isinstance(owner, int):
+        raise RestartError(f"the stack in {data_dir} was not started by `cso up`, which alone restarts parts")
+    if not servers.pid_alive(owner):
         raise RestartError(f"the cso up that ran the stack in {data_dir} (pid {owner}) is gone; "
                            "`cso down`, then `cso up`, starts it again")
     control = Control(data_dir)

@@ -168,3 +168,23 @@ def test_cso_restart_of_a_part_waiting_for_its_backoff_starts_it_now(tmp_path: P
     sup.tick()
     assert (Control(tmp_path).result(asked) or {}).get("ok") is True
     assert sup.watches["registry"].retry_at is None and sup.watches["registry"].deaths == 0
+
+
+def test_a_request_asked_while_the_stack_starts_is_served_and_one_nobody_waits_for_is_dropped(
+        tmp_path: Path, clock: Clock) -> None:
+    import json
+    import subprocess
+    import sys
+
+    stack, sup = make(tmp_path, clock)
+    control = Control(tmp_path)
+    early = control.ask("registry")  # before the owner supervises (cso up still starting)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    (tmp_path / "control" / "orphan.request").write_text(json.dumps({"part": "nats", "pid": int(gone.stdout)}))
+    (tmp_path / "control" / "stale.result").write_text("{}")
+    sup.control.clear()
+    sup.tick()
+    assert (control.result(early) or {}).get("ok") is True
+    assert stack.started == ["registry"]  # nats: its asker is gone
+    assert list(tmp_path.joinpath("control").iterdir()) == []
