@@ -1,7 +1,7 @@
 """The fault-injection suite's machinery: a real cluster, a seeded workload, faults, and one verdict.
 
 * `Cluster`: nats-server (JetStream file store) and PostgreSQL from the wheels in the test's own data
-  dir, the four services as uvicorn processes (any number of replicas each), the demo divisions
+  dir, the four services as `cso up` runs them (`python -m cso.http_server`; replicas at will), the demo divisions
   loaded, and a real SMTP server (aiosmtpd, in this process) that notify sends to. Every part can be
   killed (SIGKILL), stopped and started again on the same port and the same data.
 * `Workload`: the benchmark's seeded generator (bench.generator) at a size set by CSO_FAULT_EVENTS,
@@ -294,7 +294,8 @@ class Cluster:
 
     def _spawn(self, replica: Replica) -> None:
         spec = next(s for s in SERVICES if s.name == replica.service)
-        cmd = [sys.executable, "-m", "uvicorn", "--factory", spec.factory, "--host", "127.0.0.1",
+        # As `cso up` and the image run a service (cso/http_server.py: uvicorn with the HTTP limits).
+        cmd = [sys.executable, "-m", "cso.http_server", spec.factory, "--host", "127.0.0.1",
                "--port", str(replica.port), "--no-access-log"]
         with replica.log.open("ab") as out:
             replica.log_start = out.tell()
