@@ -72,7 +72,7 @@ class Topology:
             raise ValueError("namespace: lowercase letters, digits and _ only")
         object.__setattr__(self, "streams", tuple(
             StreamSpec(name=self.stream(spec.name), subjects=tuple(self._ns(s) for s in spec.subjects),
-                       description=spec.description, retention=spec.retention,
+                       description=spec.description, retention=spec.retention, storage=spec.storage,
                        duplicate_window_seconds=spec.duplicate_window_seconds,
                        max_age_days=spec.max_age_days)
             for spec in STREAMS))

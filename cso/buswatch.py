@@ -24,7 +24,6 @@ from contracts import events as ev
 from contracts import make_event
 
 from . import outbox
-from .bus import ensure_streams
 
 if TYPE_CHECKING:
     from .service import Runtime
@@ -51,7 +50,10 @@ class BusWatch:
         rt = self.runtime
         assert rt.nc is not None
         js = rt.nc.jetstream()
-        await ensure_streams(js, rt.topology)  # a lost store loses the streams themselves
+        # A lost store loses the streams themselves. The operator makes them again (cso migrate,
+        # cso up); until then a missing stream is skipped, and once it is back its new creation
+        # time is the gap.
+        await rt.check_streams()
         schema = rt.schema
         # Read what we know before asking the server: anything acked later is within the stream.
         async with rt.engine.connect() as conn:

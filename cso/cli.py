@@ -287,11 +287,22 @@ class Which(StrEnum):
 @app.command()
 def migrate(
     which: Annotated[Which, typer.Argument(help="Whose schema to migrate.")] = Which.all,
+    with_streams: Annotated[bool, typer.Option(
+        "--streams/--no-streams",
+        help="With `all`: then the JetStream streams too, as `cso streams` does.")] = True,
     data_dir: DataDir = DEFAULT_DATA_DIR,
 ) -> None:
-    """Bring service schemas to the latest migration, in CSO_DATABASE_URL (else the local stack's)."""
+    """Bring service schemas to the latest migration, in CSO_DATABASE_URL (else the local stack's);
+    with `all`, then the streams (`cso streams`) in CSO_NATS_URL, as the NATS admin user."""
     from .settings import Settings
     from .stack import migrate_one
+
+    nats_url = None
+    if which is Which.all and with_streams:
+        nats_url = _env("CSO_NATS_URL") or recorded(data_dir, "nats")
+        if nats_url is None:
+            raise fail("no NATS for the streams: set CSO_NATS_URL (and CSO_NATS_USER=admin, "
+                       "CSO_NATS_PASSWORD), or pass --no-streams", 2)
 
     url = _env("CSO_DATABASE_URL") or recorded(data_dir, "database")
     if url is None:
@@ -306,6 +317,33 @@ def migrate(
         except Exception as e:
             raise fail(f"{name}: migration failed on {redact(url)}: {type(e).__name__}: {e}") from None
         console.print(f"{name}: schema {name} at the latest migration on {redact(url)}")
+    if nats_url is not None:
+        _migrate_streams(nats_url, _namespace(data_dir))
+
+
+@app.command()
+def streams(data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
+    """Create the JetStream streams that are missing and put back the settings that drifted, in
+    CSO_NATS_URL (else the local stack's), as the NATS admin user (CSO_NATS_USER, CSO_NATS_PASSWORD).
+    Never deletes. Replicas: CSO_STREAM_REPLICAS, or <STREAM>_REPLICAS (e.g. CSO_INTAKE_REPLICAS),
+    each `auto` (3 on a NATS cluster, 1 on a single server) or 1-5."""
+    _migrate_streams(_nats_url(data_dir), _namespace(data_dir))
+
+
+def _migrate_streams(url: str, namespace: str) -> None:
+    from .streams import Replicas, StreamMigrationError, migrate_at
+
+    try:
+        changes = asyncio.run(migrate_at(url, namespace, Replicas.from_env()))
+    except (StreamMigrationError, ValueError) as e:
+        raise fail(f"streams on {redact(url)}: {e}", 2) from None
+    except ConnectionError as e:
+        raise fail(f"NATS: {e}") from None
+    except Exception as e:
+        raise fail(f"streams on {redact(url)}: {type(e).__name__}: {e}") from None
+    console = _console()
+    for change in changes:
+        console.print(f"stream {escape(str(change))}")
 
 
 @app.command()
@@ -469,6 +507,8 @@ def publish(
         duplicates = asyncio.run(_publish(url, topology, messages, _nats_login(data_dir, url)))
     except ConnectionError as e:
         raise fail(f"NATS: {e}") from None
+    except ValueError as e:
+        raise fail(f"nothing was published: {e}") from None
     except Exception as e:
         raise fail(f"publishing to {redact(url)} failed: {type(e).__name__}: {e} (publishing the file again "
                    "is safe: event ids make repeats no-ops)") from None
@@ -483,14 +523,19 @@ def publish(
 
 async def _publish(url: str, topology: Any, messages: list[tuple[str, bytes, str]],
                    login: tuple[str, str] = ("", "")) -> int:
-    """Publish in order, awaiting each ack; how many the stream already had (duplicates)."""
-    from .bus import ensure_streams
+    """Publish in order, awaiting each ack; how many the stream already had (duplicates). The
+    streams must exist (the migrate step makes them): ValueError naming the missing ones."""
+    from .natsauth import matches
     from .stack import connect_nats
+    from .streams import missing, missing_message
 
     nc = await connect_nats(url, "cso-publish", user=login[0], password=login[1])
     try:
         js = nc.jetstream()
-        await ensure_streams(js, topology)
+        targets = {spec.name for spec in topology.streams for subject, _, _ in messages
+                   if any(matches(pattern, subject) for pattern in spec.subjects)}
+        if absent := await missing(js, sorted(targets)):
+            raise ValueError(missing_message(absent))
         duplicates = 0
         for subject, data, msg_id in messages:
             ack = await js.publish(subject, data, headers={"Nats-Msg-Id": msg_id})

@@ -5,18 +5,19 @@ Who may say what on the bus (issue #8):
 - one user per service (`registry`, `targets`, `training`, `notify`): publishes only its own events
   (`cso.<its context>.>`), its dead letters (`cso.deadletter.<service>`), operational events
   (`cso.ops.>`), replies to the requests it serves, and exactly the JetStream API calls it makes
-  (streams: info/create/update, never delete; its own durable consumers: info, create, delete, pull,
-  ack). It subscribes to its own command/query subjects and its own inbox.
-- `divisions`: publishes the division reference data (`cso divisions import`).
+  (stream INFO on the streams it uses, nothing else on streams: they belong to the operator's
+  migrate step, cso/streams.py; its own durable consumers: info, create, delete, pull, ack). It
+  subscribes to its own command/query subjects and its own inbox.
+- `divisions`: publishes the division reference data (`cso divisions import`); INFO on its stream.
 - one user per outside publisher system, bound to a region (province, city or county code): it may
   publish registry facts only on `cso.intake.<its name>.<event>.<province>.<city>.<county>` subjects
   inside that region (registry refuses a fact whose `source` is not that name), and watch for
   their receipts (`cso.registry.<event>.…` in the same region, plain core NATS).
   No JetStream API at all: it cannot create or delete streams or consumers.
-- `admin`: operators (`cso publish`, the `nats` command line, cleanup): everything. Only admin may
-  publish on the version 1 intake subjects (`cso.intake.<event>.…`, no publisher name) and send
-  commands (`cso.cmd.…`): there the envelope's `source` and the `Cso-Source` header are the
-  operator's word, which no other user can put there.
+- `admin`: operators (`cso migrate` creating and updating the streams, `cso publish`, the `nats`
+  command line, cleanup): everything. Only admin may publish on the version 1 intake subjects
+  (`cso.intake.<event>.…`, no publisher name) and send commands (`cso.cmd.…`): there the envelope's
+  `source` and the `Cso-Source` header are the operator's word, which no other user can put there.
 
 Every user has its own inbox prefix, `_INBOX_<user>` (the client connects with `inbox_prefix`), so no
 user can read the replies and pulled messages meant for another. `render()` writes the
@@ -171,13 +172,26 @@ def _ns(topology: Topology, subject: str) -> str:
     return f"{topology.namespace}.{subject}" if topology.namespace else subject
 
 
-def _stream_api(topology: Topology) -> list[str]:
-    """What `cso.bus.ensure_streams` and BusWatch ask about every stream (never delete or purge)."""
-    out: list[str] = []
-    for spec in topology.streams:
-        out += [f"$JS.API.STREAM.INFO.{spec.name}", f"$JS.API.STREAM.CREATE.{spec.name}",
-                f"$JS.API.STREAM.UPDATE.{spec.name}"]
-    return out
+# Streams a service publishes to besides those it consumes: its own events, BusGapDetected, and
+# its dead letters.
+OWN_STREAM = {"registry": "CSO_REGISTRY", "targets": "CSO_TARGETS", "training": "CSO_TRAINING",
+              "notify": "CSO_NOTIFY"}
+
+
+def service_streams(service: str) -> tuple[str, ...]:
+    """The base names of the streams a service needs: it waits for them (readiness) and BusWatch
+    compares them with what it published and applied. Its only stream right is INFO on these."""
+    if service not in SERVICES:
+        raise ValueError(f"unknown service {service!r}")
+    names = [base for base, _, _ in SERVICE_CONSUMERS[service]]
+    names += [OWN_STREAM[service], "CSO_OPS", "CSO_DEADLETTER"]
+    return tuple(dict.fromkeys(names))
+
+
+def _stream_info(topology: Topology, bases: Iterable[str]) -> list[str]:
+    """STREAM.INFO only: streams belong to the operator (cso/streams.py). CREATE and UPDATE are
+    the admin's alone, since an UPDATE to `max_msgs=1` deletes messages as surely as a PURGE."""
+    return [f"$JS.API.STREAM.INFO.{topology.stream(base)}" for base in bases]
 
 
 def service_permissions(topology: Topology, service: str) -> Permissions:
@@ -187,7 +201,7 @@ def service_permissions(topology: Topology, service: str) -> Permissions:
         topology.context_subjects(service),            # its own events, from its outbox
         topology.deadletter_subject(service),          # what its consumers refuse
         topology.context_subjects("ops"),              # BusGapDetected
-        *_stream_api(topology),
+        *_stream_info(topology, service_streams(service)),
     ]
     for base, durable, context in SERVICE_CONSUMERS[service]:
         stream = topology.stream(base)
@@ -207,7 +221,9 @@ def service_permissions(topology: Topology, service: str) -> Permissions:
 
 
 def divisions_permissions(topology: Topology) -> Permissions:
-    return Permissions(DIVISIONS, (topology.context_subjects("divisions"), *_stream_api(topology)),
+    # INFO on its stream: `cso divisions import` checks that the operator made it before publishing.
+    return Permissions(DIVISIONS, (topology.context_subjects("divisions"),
+                                   *_stream_info(topology, ("CSO_DIVISIONS",))),
                        (f"{inbox_prefix(DIVISIONS)}.>",), role="divisions importer")
 
 
@@ -301,8 +317,6 @@ def render(topology: Topology, users: Users, *, passwords: PasswordMode = "env",
 
 def explain(topology: Topology, users: Users) -> str:
     """Who may publish and subscribe what, as plain text (`cso nats-config --explain`)."""
-    streams = {f"$JS.API.STREAM.{verb}.{spec.name}" for spec in topology.streams
-               for verb in ("INFO", "CREATE", "UPDATE")}
     out: list[str] = []
     for p in permissions(topology, users):
         what = p.role + (f" for region {p.region}" if p.region else "")
@@ -310,9 +324,11 @@ def explain(topology: Topology, users: Users) -> str:
         if p.unrestricted:
             out += ["  publish    > (everything)", "  subscribe  > (everything)", ""]
             continue
-        publish = [s for s in p.publish if s not in streams]
-        if streams <= set(p.publish):
-            publish.append("$JS.API.STREAM.{INFO,CREATE,UPDATE}.<each cso stream> (never DELETE or PURGE)")
+        infos = [s.rpartition(".")[2] for s in p.publish if s.startswith("$JS.API.STREAM.INFO.")]
+        publish = [s for s in p.publish if not s.startswith("$JS.API.STREAM.INFO.")]
+        if infos:
+            publish.append(f"$JS.API.STREAM.INFO.{{{','.join(infos)}}} (no other stream verb: "
+                           "the operator's migrate step owns the streams)")
         for label, subjects in (("publish", publish), ("subscribe", list(p.subscribe))):
             for i, subject in enumerate(subjects):
                 out.append(f"  {label if i == 0 else '':<10} {subject}")
@@ -342,4 +358,5 @@ __all__ = [
     "region_pattern",
     "render",
     "service_permissions",
+    "service_streams",
 ]

@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from contracts import ContractError, FieldError, Topology
 from contracts.jsontext import text_problem
 
-from . import bus, database
+from . import bus, database, natsauth, streams
 from .auth import HEALTH, Auth, AuthError, unclassified
 from .buswatch import BusWatch
 from .consumer import Consumer, Handler, Subscription
@@ -97,6 +97,7 @@ class Runtime:
         self._subscriptions: list[tuple[Subscription, Handler]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._background: list[Callable[[], Any]] = []
+        self._missing_streams: list[str] = []
 
     def consume(self, subscription: Subscription, handler: Handler) -> None:
         self._subscriptions.append((subscription, handler))
@@ -138,7 +139,9 @@ class Runtime:
     async def start(self, with_relay: bool = True) -> None:
         self.nc = await bus.connect(self.settings.nats_url, name=self.name, **self.nats_options)
         js = self.nc.jetstream()
-        await bus.ensure_streams(js, self.topology)
+        # The operator's migrate step makes the streams; until then this replica waits, not ready,
+        # its consumers and relay retrying (cso/streams.py).
+        await self.check_streams()
         if with_relay:
             self.relay = Relay(self.engine, js, self.schema, self.name, batch=self.settings.batch_size,
                                retention=timedelta(days=self.settings.outbox_retention_days))
@@ -178,11 +181,39 @@ class Runtime:
             await bounded(self.nc.close(), "nats")
         await bounded(self.engine.dispose(), "database pool")
 
+    @property
+    def needed_streams(self) -> tuple[str, ...]:
+        """The streams this service consumes from and publishes to (namespaced names)."""
+        if self.name in natsauth.SERVICES:
+            bases = natsauth.service_streams(self.name)
+        else:  # a runtime of the tests' own: what it consumes, and where gaps and dead letters go
+            bases = tuple(dict.fromkeys([*(sub.stream for sub, _ in self._subscriptions),
+                                         "CSO_OPS", "CSO_DEADLETTER"]))
+        return tuple(self.topology.stream(base) for base in bases)
+
+    async def check_streams(self) -> list[str]:
+        """The needed streams that do not exist; said in the log when that changes."""
+        assert self.nc is not None
+        missing = await streams.missing(self.nc.jetstream(timeout=2), self.needed_streams)
+        if missing != self._missing_streams:
+            if missing:
+                log.warning("%s: waiting for the operator: %s", self.name, streams.missing_message(missing))
+            else:
+                log.info("%s: every stream it needs exists", self.name)
+            self._missing_streams = missing
+        return missing
+
     async def readiness(self) -> dict[str, str]:
         checks: dict[str, str] = {}
         problem = await database.unreachable(self.engine, within=2)
         checks["database"] = "ok" if problem is None else f"unreachable: {problem}"
         checks["nats"] = "ok" if self.nc is not None and self.nc.is_connected else "unreachable"
+        if checks["nats"] == "ok":
+            try:
+                missing = await self.check_streams()
+                checks["streams"] = "ok" if not missing else streams.missing_message(missing)
+            except Exception as e:
+                checks["streams"] = f"unknown: {type(e).__name__}: {e}"
         return checks
 
     def http(self, title: str, large_bodies: Mapping[str, int] | None = None) -> FastAPI:

@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT = 60.0
 DIVISIONS_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
+STREAMS_CHECK_SECONDS = 5.0  # how often `cso up` looks for streams a lost NATS store lost
 ENDPOINTS = ("/healthz", "/readyz", "/metrics", "/docs")
 
 State = Literal["ready", "up", "not ready", "down"]
@@ -275,6 +276,7 @@ class Stack:
     _settings: Settings | None = field(default=None, init=False, repr=False)
     _auth: dict[str, str] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _streams_checked: float = field(default=0.0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser().absolute()
@@ -313,6 +315,7 @@ class Stack:
             if self._postgres is not None:
                 self._provision_roles(database_url)
             self._migrate(settings)
+            self._migrate_streams(nats_url)
             for spec in SERVICES:
                 self._spawn(spec, settings)
             for service in self._services.values():
@@ -452,6 +455,42 @@ class Stack:
             except Exception as e:
                 raise StackError(f"migrating {spec.name} on {redact(settings.database_url)} failed: "
                                  f"{type(e).__name__}: {e}") from e
+
+    def _migrate_streams(self, nats_url: str) -> None:
+        """The operator's step for the streams (cso/streams.py), as NATS's admin: the services may
+        not create them."""
+        from .streams import migrate_at
+
+        try:
+            changes = asyncio.run(migrate_at(nats_url, self.namespace))
+        except Exception as e:
+            raise StackError(f"creating the streams on {redact(nats_url)} failed: {type(e).__name__}: {e}") from e
+        for change in changes:
+            if change.action != "unchanged":
+                self.log(f"stream {change}")
+        self._streams_checked = time.monotonic()
+
+    def restore_streams(self, every: float = STREAMS_CHECK_SECONDS) -> list[str]:
+        """For the supervision loop: at most every `every` seconds, create again the streams a lost
+        NATS store lost (the services wait for them, they do not create them); what it did, logged.
+        Never raises: NATS may be down or restarting, and the next call tries again."""
+        from .streams import migrate_at
+
+        if time.monotonic() - self._streams_checked < every:
+            return []
+        self._streams_checked = time.monotonic()
+        url = self.state.get("nats", {}).get("url")
+        if not url:
+            return []
+        try:
+            changes = asyncio.run(migrate_at(url, self.namespace))
+        except Exception as e:
+            self.log(f"checking the streams failed ({type(e).__name__}: {e}); trying again in {every:.0f}s")
+            return []
+        done = [str(change) for change in changes if change.action != "unchanged"]
+        for line in done:
+            self.log(f"stream {line} (the NATS store had lost or changed it)")
+        return done
 
     def _spawn(self, spec: ServiceSpec, settings: Settings) -> None:
         port = self.port_of(spec.name)
@@ -840,17 +879,19 @@ async def connect_nats(url: str, name: str, *, user: str = "", password: str = "
 
 async def import_divisions(nats_url: str, namespace: str, directory: Path,
                            only: Sequence[str] | None = None, *, user: str = "", password: str = "") -> int:
-    """Publish DivisionsImported per county (streams created if missing); how many counties."""
+    """Publish DivisionsImported per county; how many counties. The stream must exist: the operator's
+    migrate step makes it (ValueError otherwise, before anything is published)."""
     from contracts import Topology
 
-    from . import bus
     from .divisions import publish_divisions
+    from .streams import missing, missing_message
 
     topology = Topology(namespace)
     nc = await connect_nats(nats_url, "cso-divisions", user=user, password=password)
     try:
         js = nc.jetstream()
-        await bus.ensure_streams(js, topology)
+        if absent := await missing(js, [topology.stream("CSO_DIVISIONS")]):
+            raise ValueError(missing_message(absent))
         return await publish_divisions(js, topology, directory, only=only)
     finally:
         await nc.close()

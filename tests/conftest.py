@@ -18,6 +18,7 @@ import nats
 import pytest
 
 from cso.settings import Settings
+from tests.support import make_streams
 
 # cso.service.tune_garbage_collector freezes the process's objects at the first service start: in
 # this one process of many services that would keep every earlier test's objects for good.
@@ -104,8 +105,10 @@ async def database_url(postgres_url: str) -> AsyncIterator[str]:
 @pytest.fixture
 async def settings(database_url: str, nats_url: str) -> AsyncIterator[Settings]:
     namespace = f"t{uuid.uuid4().hex[:10]}"
-    yield Settings(database_url=database_url, nats_url=nats_url, namespace=namespace,
-                   max_deliver=3)
+    made = Settings(database_url=database_url, nats_url=nats_url, namespace=namespace, max_deliver=3)
+    # The operator's step: services wait for their streams, they do not create them.
+    await make_streams(made)
+    yield made
     nc = await nats.connect(nats_url)
     try:
         js = nc.jetstream()

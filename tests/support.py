@@ -99,6 +99,18 @@ async def running(create_app: Callable[[Settings], FastAPI], settings: Settings
             yield app, client
 
 
+async def make_streams(settings: Settings) -> None:
+    """Create the streams of settings' namespace, as the operator's migrate step does (one replica):
+    services wait for their streams, they never create them."""
+    from cso import bus
+
+    client = await nats.connect(settings.nats_url)
+    try:
+        await bus.ensure_streams(client, settings.topology)
+    finally:
+        await client.close()
+
+
 async def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
                      describe: Callable[[], object] | None = None) -> Any:
     """Poll an async check until it returns a truthy value (the bus is asynchronous).

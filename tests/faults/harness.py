@@ -255,7 +255,7 @@ class Cluster:
 
         self.nc = await nats.connect(self.nats_url, name="faults-harness", max_reconnect_attempts=-1,
                                      reconnect_time_wait=0.2, error_cb=quiet)
-        await bus.ensure_streams(self.js, self.topology)
+        await bus.ensure_streams(self.nc, self.topology)
         for spec in SERVICES:
             for i in range(self.replica_count):
                 replica = Replica(spec.name, i, servers.free_port(), self.root / "logs" / f"{spec.name}-{i}.log")

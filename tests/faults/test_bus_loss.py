@@ -17,7 +17,7 @@ import nats
 import pytest
 
 from contracts import make_event
-from cso import servers
+from cso import bus, servers
 from cso.divisions import DEMO_DIVISIONS, publish_divisions
 from cso.settings import Settings
 from services.registry.app import create_app as registry_app
@@ -126,8 +126,9 @@ async def test_gap_is_detected_and_refilled(loss: str, settings: Settings, own_n
     await asyncio.to_thread(targets.run_migrations, settings)
     nc = await nats.connect(own_nats.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     try:
+        await bus.ensure_streams(nc, settings.topology)   # the operator's migrate step
         async with AsyncExitStack() as stack:
-            await stack.enter_async_context(running(registry_app, settings))
+            _, registry = await stack.enter_async_context(running(registry_app, settings))
             await stack.enter_async_context(running(targets.create_app, settings))
             await publish_divisions(nc.jetstream(), settings.topology, DEMO_DIVISIONS)
             await eventually(lambda: divisions_loaded(settings.database_url), timeout=30)
@@ -145,8 +146,20 @@ async def test_gap_is_detected_and_refilled(loss: str, settings: Settings, own_n
 
             # New facts keep flowing after the loss, alongside the refill.
             await eventually(lambda: _connected(nc), timeout=30)
-            # The services recreate the lost streams; an outside publisher retries until then.
-            await eventually(lambda: _stream_exists(nc, settings.topology.stream("CSO_INTAKE")), timeout=30)
+            # The services do not recreate the lost streams (they may not): they wait, not ready,
+            # naming them, and the operator makes them again (`cso migrate`; `cso up` does it by
+            # itself). An outside publisher retries until then.
+            if loss == "store deleted":
+                intake = settings.topology.stream("CSO_INTAKE")
+
+                async def waiting_for_intake() -> bool:
+                    ready = await registry.get("/readyz")
+                    return ready.status_code == 503 and intake in ready.json().get("streams", "")
+
+                await eventually(waiting_for_intake, timeout=30)
+                assert "run `cso migrate`" in (await registry.get("/readyz")).json()["streams"]
+                assert not await _stream_exists(nc, intake)
+            await bus.ensure_streams(nc, settings.topology)
             if loss != "store deleted":
                 left = (await nc.jetstream().stream_info(settings.topology.stream("CSO_REGISTRY"))).state.messages
                 assert left < stored, f"the truncation lost nothing ({left} of {stored} messages left)"

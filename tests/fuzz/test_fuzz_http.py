@@ -41,7 +41,7 @@ from services.training import app as training_app
 from services.training import commands as training_commands
 from tests.fuzz import corpus
 from tests.fuzz.corpus import COMMUNITY, COUNTY, TOWNSHIP
-from tests.support import GUANGHAN
+from tests.support import GUANGHAN, make_streams
 
 pytestmark = pytest.mark.integration
 
@@ -66,6 +66,7 @@ class Served:
         self.settings = Settings(database_url=self.postgres_url.rpartition("/")[0] + "/" + self.database,
                                  nats_url=self.nats_url, namespace=f"t{uuid.uuid4().hex[:10]}", max_deliver=3)
         self.migrate(self.settings)
+        self.run(make_streams(self.settings))
         self.app = self.create_app(self.settings)
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))

@@ -36,7 +36,7 @@ class Seen:
 async def test_a_stopped_consumer_leaves_no_pull_behind(settings: Settings, nc: NATS) -> None:
     await asyncio.to_thread(run_migrations, settings)
     topology = settings.topology
-    await bus.ensure_streams(nc.jetstream(), topology)
+    await bus.ensure_streams(nc, topology)
     engine = make_engine(settings.database_url, pool_size=2)
     seen = Seen()
 

@@ -119,7 +119,7 @@ async def admin(auth_server: AuthServer) -> AsyncIterator[Client]:
     """The operators' user; each test starts with the streams there, empty and without consumers."""
     conn = await connect(auth_server, natsauth.ADMIN)
     js = conn.nc.jetstream()
-    await bus.ensure_streams(js, auth_server.topology)
+    await bus.ensure_streams(conn.nc, auth_server.topology)
     for spec in auth_server.topology.streams:
         await js.purge_stream(spec.name)
         for info in await js.consumers_info(spec.name):
@@ -446,3 +446,135 @@ def test_a_password_is_rotated_by_regenerating_and_reloading(tmp_path: Path,
         assert dropped
     finally:
         servers.stop(handle)
+
+
+# ---------------------------------------------------------------- every JetStream verb
+
+
+# What each service needs to know about streams, written out here rather than read from
+# cso/natsauth.py: the streams it consumes from, its own, CSO_OPS (gaps) and CSO_DEADLETTER.
+NEEDS: dict[str, set[str]] = {
+    "registry": {"CSO_INTAKE", "CSO_DIVISIONS", "CSO_REGISTRY", "CSO_OPS", "CSO_DEADLETTER"},
+    "targets": {"CSO_REGISTRY", "CSO_TRAINING", "CSO_DIVISIONS", "CSO_TARGETS", "CSO_OPS", "CSO_DEADLETTER"},
+    "training": {"CSO_DIVISIONS", "CSO_REGISTRY", "CSO_TRAINING", "CSO_OPS", "CSO_DEADLETTER"},
+    "notify": {"CSO_TARGETS", "CSO_REGISTRY", "CSO_TRAINING", "CSO_DIVISIONS", "CSO_NOTIFY", "CSO_OPS",
+               "CSO_DEADLETTER"},
+    natsauth.DIVISIONS: {"CSO_DIVISIONS"},
+}
+STREAM_VERBS = ("CREATE", "UPDATE", "DELETE", "PURGE", "INFO", "MSG.GET", "MSG.DELETE", "SNAPSHOT",
+                "RESTORE", "LEADER.STEPDOWN")
+CONSUMER_VERBS = ("CREATE", "DURABLE.CREATE", "INFO", "DELETE", "MSG.NEXT")
+NOWHERE = 10**9   # a sequence no stream holds: MSG.GET and MSG.DELETE answer "not found"
+
+
+@dataclass(frozen=True)
+class Call:
+    """One JetStream API request: `verb` on a stream, or on a durable consumer of it."""
+
+    subject: str
+    body: bytes
+    base: str               # the stream's base name, e.g. CSO_INTAKE
+    verb: str               # e.g. "STREAM.UPDATE", "CONSUMER.DELETE"
+    durable: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.verb} {self.base}" + (f" consumer {self.durable}" if self.durable else "")
+
+
+def jetstream_calls(t: Topology) -> list[Call]:
+    """Every stream verb on every stream; every consumer verb on every durable of every service on
+    that stream and on one nobody owns; the consumer verbs without a durable."""
+    from cso.streams import base_streams, stream_config
+
+    calls: list[Call] = []
+    for base, spec in base_streams(t):
+        name, config = spec.name, json.dumps(stream_config(spec).as_dict()).encode()
+        bodies = {"CREATE": config, "UPDATE": config, "PURGE": b'{"keep": 1000000000}',
+                  "MSG.GET": json.dumps({"seq": NOWHERE}).encode(),
+                  "MSG.DELETE": json.dumps({"seq": NOWHERE}).encode(), "SNAPSHOT": b"{}", "RESTORE": b"{}"}
+        calls += [Call(f"$JS.API.STREAM.{verb}.{name}", bodies.get(verb, b""), base, f"STREAM.{verb}")
+                  for verb in STREAM_VERBS]
+        # Each durable with the filter its owner uses; and one nobody owns.
+        durables = {d: c for consumers in natsauth.SERVICE_CONSUMERS.values() for b, d, c in consumers if b == base}
+        durables["intruder"] = base.removeprefix("CSO_").lower()
+        for durable, context in durables.items():
+            subjects = {
+                "CREATE": f"$JS.API.CONSUMER.CREATE.{name}.{durable}.{t.context_subjects(context)}",
+                "DURABLE.CREATE": f"$JS.API.CONSUMER.DURABLE.CREATE.{name}.{durable}",
+                "INFO": f"$JS.API.CONSUMER.INFO.{name}.{durable}",
+                "DELETE": f"$JS.API.CONSUMER.DELETE.{name}.{durable}",
+                "MSG.NEXT": f"$JS.API.CONSUMER.MSG.NEXT.{name}.{durable}",
+            }
+            calls += [Call(subjects[verb], b'{"batch": 1, "no_wait": true}' if verb == "MSG.NEXT" else b"{}",
+                           base, f"CONSUMER.{verb}", durable) for verb in CONSUMER_VERBS]
+        calls += [Call(f"$JS.API.CONSUMER.{verb}.{name}", b"{}", base, f"CONSUMER.{verb}")
+                  for verb in ("CREATE", "LIST", "NAMES")]
+    return calls
+
+
+def may(user: str, call: Call) -> bool:
+    """The rule: admin changes streams; a service asks INFO about the streams it uses and works its
+    own durable consumers; the divisions importer asks INFO about its stream; nobody else anything."""
+    if user == natsauth.ADMIN:
+        return True
+    if call.verb == "STREAM.INFO":
+        return call.base in NEEDS.get(user, set())
+    own = {(b, d) for b, d, _ in natsauth.SERVICE_CONSUMERS.get(user, ())}
+    return call.verb in ("CONSUMER.CREATE", "CONSUMER.INFO", "CONSUMER.DELETE", "CONSUMER.MSG.NEXT") \
+        and (call.base, call.durable) in own
+
+
+async def attempt(nc: Client, call: Call) -> bool:
+    """Did the request get past the server's permissions? Any answer, an API error included, says
+    it did; so does 'no responders' (it reached a subject nobody serves: a pull from a consumer
+    that does not exist). A refused request is dropped: the client hears nothing."""
+    from nats.errors import NoRespondersError
+
+    try:
+        await nc.request(call.subject, call.body, timeout=8)
+    except NoRespondersError:
+        return True
+    except NatsTimeout:
+        return False
+    return True
+
+
+async def test_every_jetstream_verb_as_every_user_on_every_stream(auth_server: AuthServer, admin: Client) -> None:
+    """Streams belong to the operator (issue 18, finding 3: services could UPDATE any stream to
+    max_msgs=1 and so delete messages). Every user tries every verb on every stream and consumer:
+    only admin may create, change or delete a stream; a service may ask INFO about the streams it
+    uses and work its own durable consumers; a publisher gets no JetStream API at all."""
+    t, js = auth_server.topology, admin.jetstream()
+    calls = jetstream_calls(t)
+    before = {spec.name: (await js.stream_info(spec.name)).config for spec in t.streams}
+    users = [*natsauth.SERVICES, natsauth.DIVISIONS, CITY, natsauth.ADMIN]
+    wrong: list[str] = []
+    since = auth_server.log_offset()
+    for user in users:
+        conn = await connect(auth_server, user)
+        try:
+            # The admin deletes last, once it has shown every other verb.
+            mine = [c for c in calls if not (user == natsauth.ADMIN and c.verb == "STREAM.DELETE")]
+            results = await asyncio.gather(*(attempt(conn.nc, c) for c in mine))
+            if user == natsauth.ADMIN:
+                deletes = [c for c in calls if c.verb == "STREAM.DELETE"]
+                mine += deletes
+                results += [await attempt(conn.nc, c) for c in deletes]
+        finally:
+            await conn.nc.close()
+        for call, passed in zip(mine, results, strict=True):
+            if passed != may(user, call):
+                wrong.append(f"{user} {'may' if passed else 'may not'} {call}")
+        if user != natsauth.ADMIN:
+            # What the others were let do changed no stream (an UPDATE to max_msgs=1 would have).
+            after = {spec.name: (await js.stream_info(spec.name)).config for spec in t.streams}
+            assert after == before, f"{user} changed a stream"
+    assert not wrong, f"{len(wrong)} JetStream API calls against the rule:\n" + "\n".join(wrong[:80])
+    # Each refusal is the server's (a violation it logged), not a lost request.
+    refused = {(u, s) for u, kind, s in auth_server.violations(since) if kind == "Publish"}
+    silent = [(u, c.subject) for u in users for c in calls if not may(u, c)]
+    assert set(silent) <= refused, sorted(set(silent) - refused)[:10]
+    for spec in t.streams:
+        with pytest.raises(nats.js.errors.NotFoundError):
+            await js.stream_info(spec.name)       # the admin's DELETE did delete
+    await bus.ensure_streams(admin, t)

@@ -30,7 +30,7 @@ from services.targets.domain import coverage as cov
 from services.targets.rebuild import rebuild
 from tests.recount import projected, recount
 from tests.scenario import workload
-from tests.support import eventually, fresh_database, publish, running
+from tests.support import eventually, fresh_database, make_streams, publish, running
 
 pytestmark = pytest.mark.integration
 
@@ -163,6 +163,7 @@ async def test_projections_equal_recount_and_survive_shuffling(
     async with fresh_database(postgres_url) as other_db:
         other = dataclasses.replace(settings, database_url=other_db, namespace=settings.namespace + "b")
         await asyncio.to_thread(targets.run_migrations, other)
+        await make_streams(other)
         db = await asyncpg.connect(settings.database_url)
         rows = [bytes(r["data"]) for r in await db.fetch("SELECT data FROM registry.outbox")]
         await db.close()
