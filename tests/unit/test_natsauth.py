@@ -154,10 +154,12 @@ def test_the_consumer_table_is_what_the_services_really_subscribe_to(monkeypatch
 
     consumed: dict[str, set[tuple[str, str, str]]] = {}
     requests: dict[str, set[str]] = {}
+    runtimes: dict[str, Runtime] = {}
     consume, on_request = Runtime.consume, Runtime.on_request
 
     def record_consume(self: Runtime, sub: Any, handler: Any) -> None:
         consumed.setdefault(self.name, set()).add((sub.stream, sub.durable, sub.subject))
+        runtimes[self.name] = self
         consume(self, sub, handler)
 
     def record_request(self: Runtime, subject: str, handler: Any) -> None:
@@ -180,6 +182,15 @@ def test_the_consumer_table_is_what_the_services_really_subscribe_to(monkeypatch
             assert allowed(perm, "subscribe", subject), (service, subject)
         kinds = {subject.split(".")[2] for subject in requests.get(service, set())}
         assert kinds == set(natsauth.SERVICE_REQUESTS[service]), service
+        # The streams it waits for (readiness, BusWatch) are the ones it may ask INFO about: those it
+        # consumes from among them; and no other stream verb anywhere.
+        needed = runtimes[service].needed_streams
+        assert {t.stream(s) for s, _, _ in expected} <= set(needed), service
+        for stream in needed:
+            assert allowed(perm, "publish", f"$JS.API.STREAM.INFO.{stream}"), (service, stream)
+        for spec in t.streams:
+            for verb in ("CREATE", "UPDATE", "DELETE", "PURGE", "MSG.DELETE"):
+                assert not allowed(perm, "publish", f"$JS.API.STREAM.{verb}.{spec.name}"), (service, verb)
 
 
 def test_render_env_references_and_nats_server_accepts_it(tmp_path: Path) -> None:
