@@ -322,19 +322,23 @@ def migrate(
 
 
 @app.command()
-def streams(data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
+def streams(
+    wait: Annotated[float, typer.Option(
+        help="Seconds to keep trying while NATS or its cluster is not ready yet.")] = 0.0,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+) -> None:
     """Create the JetStream streams that are missing and put back the settings that drifted, in
     CSO_NATS_URL (else the local stack's), as the NATS admin user (CSO_NATS_USER, CSO_NATS_PASSWORD).
     Never deletes. Replicas: CSO_STREAM_REPLICAS, or <STREAM>_REPLICAS (e.g. CSO_INTAKE_REPLICAS),
     each `auto` (3 on a NATS cluster, 1 on a single server) or 1-5."""
-    _migrate_streams(_nats_url(data_dir), _namespace(data_dir))
+    _migrate_streams(_nats_url(data_dir), _namespace(data_dir), wait)
 
 
-def _migrate_streams(url: str, namespace: str) -> None:
+def _migrate_streams(url: str, namespace: str, wait: float = 0.0) -> None:
     from .streams import Replicas, StreamMigrationError, migrate_at
 
     try:
-        changes = asyncio.run(migrate_at(url, namespace, Replicas.from_env()))
+        changes = asyncio.run(migrate_at(url, namespace, Replicas.from_env(), wait=wait))
     except (StreamMigrationError, ValueError) as e:
         raise fail(f"streams on {redact(url)}: {e}", 2) from None
     except ConnectionError as e:

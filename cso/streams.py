@@ -39,7 +39,12 @@ MIGRATE_HINT = "run `cso migrate` (the operator's step creates streams)"
 
 
 class StreamMigrationError(RuntimeError):
-    """The migrate step cannot bring a stream to its specification; the message names it."""
+    """The migrate step cannot bring a stream to its specification; the message names it. `code`:
+    JetStream's error code when the server refused."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def replicas_env(base: str) -> str:
@@ -200,7 +205,7 @@ async def _migrate_one(js: JetStreamContext, config: StreamConfig) -> StreamChan
             return StreamChange(name, "created", count)
         except BadRequestError as e:
             if e.err_code != 10058:  # "stream name already in use": another migrate step won the race
-                raise StreamMigrationError(f"{name}: creating it failed: {e.description}") from None
+                raise StreamMigrationError(f"{name}: creating it failed: {e.description}", e.err_code) from None
             info = await js.stream_info(name)
     differences = drift(info.config, config)
     if not differences:
@@ -215,7 +220,8 @@ async def _migrate_one(js: JetStreamContext, config: StreamConfig) -> StreamChan
     try:
         await js.update_stream(config)
     except BadRequestError as e:
-        raise StreamMigrationError(f"{name}: updating {', '.join(differences)} failed: {e.description}") from None
+        raise StreamMigrationError(f"{name}: updating {', '.join(differences)} failed: {e.description}",
+                                   e.err_code) from None
     return StreamChange(name, "updated", count, differences)
 
 
@@ -230,23 +236,47 @@ async def missing(js: JetStreamContext, names: Iterable[str]) -> list[str]:
     return out
 
 
-async def migrate_at(url: str, namespace: str, replicas: Replicas | None = None) -> list[StreamChange]:
+# JetStream's answers while a cluster is still forming (no meta leader yet, peers not all known):
+# "temporarily unavailable", "no suitable peers for placement", "insufficient resources".
+NOT_YET = {10008, 10005, 10023}
+
+
+async def migrate_at(url: str, namespace: str, replicas: Replicas | None = None,
+                     wait: float = 0.0) -> list[StreamChange]:
     """The migrate step against one NATS: connected as CSO_NATS_USER (the admin user), or as
-    `cso up`'s admin under the local stack (cso.stack.connect_nats)."""
+    `cso up`'s admin under the local stack (cso.stack.connect_nats). For up to `wait` seconds it
+    tries again while NATS is not there yet or its cluster is still forming (compose starts it
+    with the servers)."""
+    import asyncio
+
     from nats.errors import TimeoutError as NatsTimeout
+    from nats.js.errors import APIError, ServiceUnavailableError
 
     from .stack import connect_nats
 
-    nc = await connect_nats(url, "cso-migrate")
-    try:
-        return await migrate_streams(nc, Topology(namespace), replicas)
-    except NatsTimeout:
-        # A refused JetStream API request is dropped by the server: the client only times out.
-        raise StreamMigrationError(
-            "NATS did not answer the stream API: connect as the admin user (CSO_NATS_USER=admin and "
-            "CSO_NATS_PASSWORD); services and publishers may not create or change streams") from None
-    finally:
-        await nc.close()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while True:
+        try:
+            nc = await connect_nats(url, "cso-migrate")
+            try:
+                return await migrate_streams(nc, Topology(namespace), replicas)
+            finally:
+                await nc.close()
+        except (ConnectionError, NatsTimeout, ServiceUnavailableError, StreamMigrationError, APIError) as e:
+            transient = isinstance(e, ConnectionError | NatsTimeout | ServiceUnavailableError) or (
+                isinstance(e, StreamMigrationError) and e.code in NOT_YET) or (
+                isinstance(e, APIError) and e.err_code in NOT_YET)
+            if not transient or loop.time() >= deadline:
+                if isinstance(e, NatsTimeout):
+                    # A refused JetStream API request is dropped by the server: the client only
+                    # times out. (Or a cluster without a leader: then --wait longer.)
+                    raise StreamMigrationError(
+                        "NATS did not answer the stream API: connect as the admin user (CSO_NATS_USER=admin "
+                        "and CSO_NATS_PASSWORD); services and publishers may not create or change "
+                        "streams") from None
+                raise
+        await asyncio.sleep(2)
 
 
 def missing_message(names: Iterable[str]) -> str:

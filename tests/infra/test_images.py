@@ -164,13 +164,14 @@ async def test_migrate_job_then_services_serve_from_their_images(
     finally:
         await db.close()
 
-    # compose's migrate one-shot, verbatim: roles, then each schema as its owner.
-    env = {"CSO_ADMIN_DATABASE_URL": database_url,
+    # compose's migrate one-shot, verbatim: roles, then each schema as its owner, then the streams.
+    env = {"CSO_ADMIN_DATABASE_URL": database_url, "CSO_NATS_URL": nats_url, "CSO_NAMESPACE": namespace,
            "CSO_DASHBOARD_DATABASE_URL": role_url(database_url, "cso_dashboard"),
            **{f"CSO_{s.upper()}_DATABASE_URL": url for s, url in urls.items()}}
     done = run("run", "--rm", "--network", "host", *(a for k, v in env.items() for a in ("-e", f"{k}={v}")),
                images["registry"], "sh", "-ec", migrate_script(), timeout=300)
     assert all(f"migrating {s} as cso_{s}" in done.stdout for s in SERVICES), done.stdout
+    assert f"stream {namespace.upper()}_CSO_INTAKE: created" in done.stdout, done.stdout
     db = await asyncpg.connect(database_url)
     try:
         owners = dict(await db.fetch("SELECT nspname, pg_get_userbyid(nspowner) FROM pg_namespace "

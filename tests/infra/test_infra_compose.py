@@ -143,7 +143,7 @@ def test_postgres_16_with_volume_and_healthcheck(spec: dict[str, Any]) -> None:
 
 def test_migrate_runs_every_services_migrations_after_postgres(spec: dict[str, Any]) -> None:
     migrate = spec["services"]["migrate"]
-    assert migrate["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert migrate["depends_on"]["postgres"] == {"condition": "service_healthy"}
     assert migrate["restart"] == "no"
     script = migrate["command"][-1]
     assert "registry targets training notify" in script
@@ -157,6 +157,48 @@ def test_migrate_runs_every_services_migrations_after_postgres(spec: dict[str, A
         assert env[f"CSO_{name.upper()}_DATABASE_URL"] == spec["services"][name]["environment"]["CSO_DATABASE_URL"]
     assert env["CSO_DASHBOARD_DATABASE_URL"].startswith("postgresql://cso_dashboard:")
     assert spec["services"]["grafana"]["environment"]["CSO_GRAFANA_DB_USER"] == "cso_dashboard"
+
+
+def test_migrate_makes_the_streams_as_the_nats_admin(spec: dict[str, Any]) -> None:
+    """Streams belong to the operator: the migrate job creates and updates them as NATS's admin user,
+    the only one the permissions let do it; no service holds that user."""
+    services = spec["services"]
+    migrate = services["migrate"]
+    script = migrate["command"][-1]
+    assert script.splitlines()[-1].startswith("cso streams")   # after every schema
+    env = migrate["environment"]
+    assert env["CSO_NATS_USER"] == "admin"
+    # The password the server checks is the one the job sends.
+    assert env["CSO_NATS_PASSWORD"] == services["nats"]["environment"]["CSO_NATS_ADMIN_PASSWORD"]
+    assert env["CSO_NATS_PASSWORD"].startswith("${CSO_NATS_ADMIN_PASSWORD:?")
+    assert env["CSO_NATS_URL"] == "${CSO_NATS_URL:-nats://nats:4222}"
+    # NATS first: the single server, or every node of the cluster profile.
+    depends = migrate["depends_on"]
+    assert depends["nats"] == {"condition": "service_healthy"}
+    for node in ("nats-1", "nats-2", "nats-3"):
+        assert depends[node] == {"condition": "service_healthy", "required": False}
+    for name in SERVICES:
+        assert services[name]["environment"]["CSO_NATS_USER"] == name
+        assert "CSO_NATS_ADMIN_PASSWORD" not in str(services[name]["environment"]), name
+
+
+def test_the_cluster_profile_runs_the_intake_stream_with_three_replicas(spec: dict[str, Any]) -> None:
+    """compose leaves replicas at auto (cso/streams.py): three copies where the migrate job talks to
+    a cluster (the cluster profile's nodes, infra/nats/cluster.conf), one on the single server."""
+    from cso.streams import Replicas
+
+    env = spec["services"]["migrate"]["environment"]
+    assert env["CSO_STREAM_REPLICAS"] == "${CSO_STREAM_REPLICAS:-auto}"
+    assert env["CSO_INTAKE_REPLICAS"] == "${CSO_INTAKE_REPLICAS:-auto}"
+    defaults = {k: re.sub(r"^\$\{[A-Z_]+:-(.*)\}$", r"\1", v) for k, v in env.items() if isinstance(v, str)}
+    replicas = Replicas.from_env(defaults)
+    assert replicas.of("CSO_INTAKE", clustered=True) == 3
+    assert replicas.of("CSO_INTAKE", clustered=False) == 1
+    cluster = (REPO / "infra/nats/cluster.conf").read_text()
+    assert "cluster {" in cluster and cluster.count("nats-route://") == 3
+    assert "cluster" not in (REPO / "infra/nats/nats.conf").read_text()
+    # The profile's instructions point the migrate job (and the services) at the cluster.
+    assert "COMPOSE_PROFILES=cluster CSO_NATS_URL=nats://nats-1:4222" in (REPO / "compose.yaml").read_text()
 
 
 @pytest.mark.parametrize("name", SERVICES)

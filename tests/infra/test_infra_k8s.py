@@ -187,12 +187,44 @@ def test_migration_job_runs_each_service_with_its_own_role(migrate: dict[tuple[s
     assert ("Secret", "cso-db-admin") in migrate
     assert {e["name"]: e["valueFrom"]["secretKeyRef"] for e in roles["env"]} == {
         f"CSO_{s.upper()}_DATABASE_URL": {"name": f"cso-{s}", "key": "CSO_DATABASE_URL"} for s in SERVICES}
+    *inits, streams = inits
     assert [c["name"] for c in inits] == [f"migrate-{s}" for s in SERVICES]
     for service, container in zip(SERVICES, inits, strict=True):
         assert container["command"] == [
             "python", "-c", f"from services.{service}.app import run_migrations; run_migrations()"]
         assert {"secretRef": {"name": f"cso-{service}"}} in container["envFrom"]
         assert ("Secret", f"cso-{service}") in migrate
+    # Last the streams, as NATS's admin user: the only one allowed to create or change them.
+    assert streams["name"] == "streams" and streams["command"][:2] == ["cso", "streams"]
+    assert streams["envFrom"] == [{"secretRef": {"name": "cso-nats-admin"}}]
+    admin = migrate[("Secret", "cso-nats-admin")]["stringData"]
+    assert admin["CSO_NATS_USER"] == "admin" and "CHANGE-ME" in admin["CSO_NATS_PASSWORD"]
+    assert admin["CSO_NATS_URL"] == "nats://nats:4222"
+
+
+def test_kubernetes_runs_the_intake_stream_with_three_replicas(migrate: dict[tuple[str, str], Doc]) -> None:
+    """The NATS release is a three-node cluster: three copies of CSO_INTAKE (which no outbox backs),
+    and of the others; the values are what cso.streams reads."""
+    from cso.streams import Replicas
+
+    pod = migrate[("Job", "cso-migrate")]["spec"]["template"]["spec"]
+    streams = next(c for c in pod["initContainers"] if c["name"] == "streams")
+    env = {e["name"]: e["value"] for e in streams["env"]}
+    replicas = Replicas.from_env(env)
+    assert replicas.of("CSO_INTAKE", clustered=True) == 3
+    assert {replicas.of(s, clustered=True) for s in ("CSO_REGISTRY", "CSO_DIVISIONS", "CSO_DEADLETTER")} == {3}
+
+
+def test_only_the_migration_job_holds_the_nats_admin(default: dict[tuple[str, str], Doc],
+                                                     migrate: dict[tuple[str, str], Doc]) -> None:
+    text = yaml.safe_dump([doc for (kind, _), doc in {**default, **migrate}.items() if kind != "Secret"])
+    users = {doc["stringData"].get("CSO_NATS_USER") for (kind, name), doc in default.items()
+             if kind == "Secret" and name != "cso-nats-admin"}
+    assert "admin" not in users
+    for (kind, name), doc in default.items():
+        if kind == "Deployment":
+            assert "cso-nats-admin" not in yaml.safe_dump(doc), name
+    assert "cso-nats-admin" in text  # the Job, and nothing else, names it
 
 
 # --- KEDA -------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ def test_a_bad_value_is_refused_naming_the_variable(value: str) -> None:
 
 def test_more_than_one_replica_on_a_single_server_is_refused_naming_the_setting() -> None:
     replicas = Replicas.from_env({"CSO_INTAKE_REPLICAS": "3"})
-    with pytest.raises(StreamMigrationError, match="CSO_INTAKE: CSO_INTAKE_REPLICAS=3, but the NATS server is a single"):
+    with pytest.raises(StreamMigrationError, match="CSO_INTAKE: CSO_INTAKE_REPLICAS=3, but the NATS server is a"):
         replicas.of("CSO_INTAKE", clustered=False)
     assert replicas.of("CSO_REGISTRY", clustered=False) == 1
 
