@@ -25,6 +25,7 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -33,8 +34,10 @@ from contracts import PAYLOAD_BY_TYPE, ContractError, Envelope, Topology, parse_
 from contracts.subjects import region_tokens
 
 from . import database
+from .streams import MIGRATE_HINT
 
 log = logging.getLogger(__name__)
+STREAM_NOT_FOUND = 10059   # JetStream's error code
 
 APPLIED = Counter("cso_events_applied_total", "Events applied", ["service", "type"])
 DUPLICATES = Counter("cso_events_duplicate_total", "Events skipped as already applied", ["service"])
@@ -157,11 +160,13 @@ class Consumer:
 
     async def run(self) -> None:
         psub = None
+        waiting = False
         try:
             while True:
                 try:
                     if psub is None:
                         psub = await self._subscribe()
+                        waiting = False
                     msgs = await self._pull(psub)
                 except (NatsTimeout, TimeoutError):
                     # An empty pull: nothing waiting (nats-py raises either error depending on path).
@@ -172,8 +177,12 @@ class Consumer:
                     raise
                 except Exception as e:
                     # The server restarted, or the stream or consumer is gone: subscribe afresh.
-                    log.warning("%s: pulling from %s failed (%s); subscribing again",
-                                self.service, self.stream, e)
+                    # A missing stream is the operator's to make: said once, not every second.
+                    missing = isinstance(e, NotFoundError) and e.err_code == STREAM_NOT_FOUND
+                    if not (missing and waiting):
+                        log.warning("%s: pulling from %s failed (%s); subscribing again%s", self.service,
+                                    self.stream, e, f" once it exists ({MIGRATE_HINT})" if missing else "")
+                    waiting = missing
                     await self._let_go(psub)
                     psub = None
                     await asyncio.sleep(1)

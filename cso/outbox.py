@@ -15,11 +15,14 @@ from datetime import timedelta
 from typing import Any
 
 from nats.js import JetStreamContext
+from nats.js.errors import NoStreamResponseError
 from prometheus_client import Counter, Gauge
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contracts import Envelope, Topology, encode
+
+from .streams import MIGRATE_HINT
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +99,7 @@ class Relay:
         self.batch, self.poll_seconds, self.retention = batch, poll_seconds, retention
         self.wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._waiting = False   # for a stream: said once, not every second
 
     def notify(self) -> None:
         self.wake.set()
@@ -151,10 +155,20 @@ class Relay:
                     await self.purge()
             except asyncio.CancelledError:
                 raise
+            except NoStreamResponseError:
+                # No stream takes the subject: the operator has not made it (again) yet. The rows
+                # wait in the outbox; the service's readiness names the stream.
+                if not self._waiting:
+                    log.warning("outbox relay of %s: no stream takes its events yet (%s); holding them",
+                                self.service, MIGRATE_HINT)
+                self._waiting = True
+                await asyncio.sleep(1)
+                continue
             except Exception:
                 # The bus or the database is away; the rows wait in the outbox.
                 log.exception("outbox relay of %s failed; retrying", self.service)
                 await asyncio.sleep(1)
+            self._waiting = False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), self.poll_seconds)
             self.wake.clear()

@@ -250,7 +250,7 @@ async def test_services_do_their_work_under_their_roles(
                 running(module.create_app, p.settings(settings, service)))
         for service, client in clients.items():
             assert (await client.get("/readyz")).json() == {"status": "ok", "database": "ok", "nats": "ok",
-                                                               "auth": "off"}, service
+                                                               "auth": "off", "streams": "ok"}, service
         # Every service's sessions are its role's.
         users = await value(p.admin_url, "SELECT array_agg(DISTINCT usename::text) FROM pg_stat_activity "
                                          "WHERE datname = current_database() AND usename <> current_user")

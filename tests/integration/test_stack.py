@@ -114,7 +114,7 @@ def test_stack_up_file_coverage_restart_and_cli(tmp_path: Path, monkeypatch: pyt
         assert json.loads((data_dir / "stack.json").read_text())["nats"]["url"] == nats_url
         for url in (registry, targets):
             assert http_get(f"{url}/readyz") == (200, {"status": "ok", "database": "ok", "nats": "ok",
-                                                       "auth": "jwt"})
+                                                       "auth": "jwt", "streams": "ok"})
         # The key the services check tokens with: made at first start, for the owner only.
         key = data_dir / "jwt.secret"
         assert key.stat().st_mode & 0o777 == 0o600 and len(key.read_text().strip()) >= 32

@@ -88,7 +88,8 @@ async def test_migrate_creates_then_puts_back_drift_and_deletes_nothing(nats_url
         await nc.close()
 
 
-async def test_a_service_waits_for_its_streams_and_never_creates_them(database_url: str, nats_url: str) -> None:
+async def test_a_service_waits_for_its_streams_and_never_creates_them(database_url: str, nats_url: str,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
     t = fresh()
     settings = Settings(database_url=database_url, nats_url=nats_url, namespace=t.namespace, max_deliver=3,
                         bus_check_seconds=0.2)
@@ -102,8 +103,15 @@ async def test_a_service_waits_for_its_streams_and_never_creates_them(database_u
             assert "run `cso migrate`" in said
             for base in ("CSO_INTAKE", "CSO_DIVISIONS", "CSO_REGISTRY", "CSO_OPS", "CSO_DEADLETTER"):
                 assert t.stream(base) in said, (base, said)
-            await asyncio.sleep(1)            # consumers, relay and BusWatch have all had their turn
+            await asyncio.sleep(3)            # consumers, relay and BusWatch have had several turns
+            assert (await client.get("/readyz")).status_code == 503
             assert await names(nc, t) == set()
+            # Said, once each (not every second): by the service, and by each of its consumers.
+            lines = [r.getMessage() for r in caplog.records]
+            assert sum("registry: waiting for the operator: missing stream(s)" in line for line in lines) == 1, lines
+            for base in ("CSO_INTAKE", "CSO_DIVISIONS"):
+                told = [line for line in lines if f"pulling from {t.stream(base)} failed" in line]
+                assert len(told) == 1 and "run `cso migrate`" in told[0], told
             await migrate_streams(nc, t, ONE)
 
             async def ready_now() -> bool:
