@@ -398,6 +398,16 @@ class Cluster:
         self.nats = await asyncio.to_thread(servers.start_nats, self.root / "nats", self.nats.port)
         assert self.nats.url == url, (self.nats.url, url)
         say("nats-server started again on the same port and store")
+        await self.operator_streams()
+
+    async def operator_streams(self) -> None:
+        """What the operator's migrate step (or `cso up`'s supervision) does after NATS comes back:
+        make any stream its store lost; the services wait for them, they may not create them."""
+        deadline = time.monotonic() + 30
+        while not self.nc.is_connected:
+            assert time.monotonic() < deadline, "the harness did not reconnect to nats-server"
+            await asyncio.sleep(0.1)
+        await bus.ensure_streams(self.nc, self.topology)
 
     async def stop_postgres(self, crash: bool = False) -> None:
         assert self.pg is not None

@@ -174,3 +174,30 @@ def test_cso_up_makes_again_the_streams_a_lost_store_lost(nats_url: str, tmp_pat
         await nc.close()
 
     asyncio.run(clean())
+
+
+async def test_importer_and_publisher_refuse_a_missing_stream(nats_url: str, tmp_path: Path) -> None:
+    """`cso divisions import` and `cso publish` do not create streams either: they say which is
+    missing and publish nothing."""
+    from contracts import encode, make_event
+    from contracts import events as ev
+    from cso.divisions import DEMO_DIVISIONS
+    from cso.stack import import_divisions
+
+    t = fresh()
+    with pytest.raises(ValueError, match=rf"missing stream\(s\) {t.stream('CSO_DIVISIONS')}: run `cso migrate`"):
+        await import_divisions(nats_url, t.namespace, DEMO_DIVISIONS, only=["511102"])
+    filing = make_event(ev.OrganizationFiled(name="篦子街社区志愿服务队", community_code="511102004001",
+                                             category=ev.Category.NEIGHBOURLY_HELP, filed_on="2024-05-01"),
+                        source="cso-test")
+    file = tmp_path / "one.jsonl"
+    file.write_bytes(encode(filing) + b"\n")
+    result = await asyncio.to_thread(CliRunner().invoke, cli, ["publish", str(file), "--data-dir", str(tmp_path)],
+                                     env={"CSO_NATS_URL": nats_url, "CSO_NAMESPACE": t.namespace})
+    assert result.exit_code != 0 and "nothing was published" in result.output, result.output
+    assert t.stream("CSO_INTAKE") in result.output.replace("\n", "")
+    nc = await nats.connect(nats_url)
+    try:
+        assert await names(nc, t) == set()
+    finally:
+        await nc.close()
