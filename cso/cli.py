@@ -318,7 +318,7 @@ def migrate(
             raise fail(f"{name}: migration failed on {redact(url)}: {type(e).__name__}: {e}") from None
         console.print(f"{name}: schema {name} at the latest migration on {redact(url)}")
     if nats_url is not None:
-        _migrate_streams(nats_url, _namespace(data_dir))
+        _migrate_streams(nats_url, _namespace(data_dir), _nats_login(data_dir, nats_url))
 
 
 @app.command()
@@ -331,14 +331,15 @@ def streams(
     CSO_NATS_URL (else the local stack's), as the NATS admin user (CSO_NATS_USER, CSO_NATS_PASSWORD).
     Never deletes. Replicas: CSO_STREAM_REPLICAS, or <STREAM>_REPLICAS (e.g. CSO_INTAKE_REPLICAS),
     each `auto` (3 on a NATS cluster, 1 on a single server) or 1-5."""
-    _migrate_streams(_nats_url(data_dir), _namespace(data_dir), wait)
+    url = _nats_url(data_dir)
+    _migrate_streams(url, _namespace(data_dir), _nats_login(data_dir, url), wait)
 
 
-def _migrate_streams(url: str, namespace: str, wait: float = 0.0) -> None:
+def _migrate_streams(url: str, namespace: str, login: tuple[str, str], wait: float = 0.0) -> None:
     from .streams import Replicas, StreamMigrationError, migrate_at
 
     try:
-        changes = asyncio.run(migrate_at(url, namespace, Replicas.from_env(), wait=wait))
+        changes = asyncio.run(migrate_at(url, namespace, Replicas.from_env(), wait=wait, login=login))
     except (StreamMigrationError, ValueError) as e:
         raise fail(f"streams on {redact(url)}: {e}", 2) from None
     except ConnectionError as e:

@@ -462,13 +462,20 @@ class Stack:
         from .streams import migrate_at
 
         try:
-            changes = asyncio.run(migrate_at(nats_url, self.namespace))
+            changes = asyncio.run(migrate_at(nats_url, self.namespace, login=self._admin_login()))
         except Exception as e:
             raise StackError(f"creating the streams on {redact(nats_url)} failed: {type(e).__name__}: {e}") from e
         for change in changes:
             if change.action != "unchanged":
                 self.log(f"stream {change}")
         self._streams_checked = time.monotonic()
+
+    def _admin_login(self) -> tuple[str, str]:
+        """NATS's admin of our own nats-server (cso.localnats); else CSO_NATS_USER's, from the
+        environment (a server named by CSO_NATS_URL)."""
+        if self._nats_users is None:
+            return "", ""
+        return natsauth.ADMIN, self._nats_users.password(natsauth.ADMIN)
 
     def restore_streams(self, every: float = STREAMS_CHECK_SECONDS) -> list[str]:
         """For the supervision loop: at most every `every` seconds, create again the streams a lost
@@ -483,7 +490,7 @@ class Stack:
         if not url:
             return []
         try:
-            changes = asyncio.run(migrate_at(url, self.namespace))
+            changes = asyncio.run(migrate_at(url, self.namespace, login=self._admin_login()))
         except Exception as e:
             self.log(f"checking the streams failed ({type(e).__name__}: {e}); trying again in {every:.0f}s")
             return []

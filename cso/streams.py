@@ -242,9 +242,9 @@ NOT_YET = {10008, 10005, 10023}
 
 
 async def migrate_at(url: str, namespace: str, replicas: Replicas | None = None,
-                     wait: float = 0.0) -> list[StreamChange]:
-    """The migrate step against one NATS: connected as CSO_NATS_USER (the admin user), or as
-    `cso up`'s admin under the local stack (cso.stack.connect_nats). For up to `wait` seconds it
+                     wait: float = 0.0, login: tuple[str, str] = ("", "")) -> list[StreamChange]:
+    """The migrate step against one NATS, as its admin user: `login` (the local stack's admin,
+    cso.localnats), else CSO_NATS_USER / CSO_NATS_PASSWORD (cso.stack.connect_nats). For up to `wait` seconds it
     tries again while NATS is not there yet or its cluster is still forming (compose starts it
     with the servers)."""
     import asyncio
@@ -258,7 +258,7 @@ async def migrate_at(url: str, namespace: str, replicas: Replicas | None = None,
     deadline = loop.time() + wait
     while True:
         try:
-            nc = await connect_nats(url, "cso-migrate")
+            nc = await connect_nats(url, "cso-migrate", user=login[0], password=login[1])
             try:
                 return await migrate_streams(nc, Topology(namespace), replicas)
             finally:

@@ -97,6 +97,8 @@ class Supervisor:
             if stop is not None and stop.is_set():
                 return
             self.control.answer(request, self._serve(request))
+        # Streams a lost NATS store lost: the operator's to make again (the services may not).
+        self.stack.restore_streams()
 
     def _look(self, watch: _Watch) -> None:
         died = self.stack.exit_of(watch.name)

@@ -143,3 +143,41 @@ def test_a_dead_part_comes_back_and_cso_restart_restarts_one(tmp_path: Path) -> 
 
     result = up.cso("restart", "registry")
     assert result.returncode == 1 and "no stack is running" in result.stderr, result.stderr
+
+
+def test_cso_up_makes_again_the_streams_nats_lost(tmp_path: Path) -> None:
+    """Streams are the operator's: under `cso up` the services may not create them, so `cso up`
+    does, at start and whenever NATS lost one (a wiped store) or someone changed it."""
+    import dataclasses
+
+    from cso.streams import migrate_at
+
+    with CsoUp(tmp_path / "stack") as up:
+        nats_url = up.part("nats")["url"]
+        login = localnats.credentials(up.data_dir, natsauth.ADMIN)
+        assert login is not None
+        said = up.text()
+        assert "stream CSO_INTAKE: created, 1 replica" in said, said
+
+        async def lose() -> None:
+            nc = await connect_nats(nats_url, "test-streams", user=login[0], password=login[1])
+            try:
+                js = nc.jetstream()
+                await js.delete_stream("CSO_INTAKE")
+                info = await js.stream_info("CSO_REGISTRY")
+                await js.update_stream(dataclasses.replace(info.config, max_msgs=1))
+            finally:
+                await nc.close()
+
+        asyncio.run(lose())
+
+        def restored() -> bool:
+            text = up.text()
+            return ("stream CSO_INTAKE: created, 1 replica (the NATS store had lost or changed it)" in text
+                    and "stream CSO_REGISTRY: updated (max_msgs 1 -> -1)" in text)
+
+        until(restored, BACK_WITHIN, "cso up making the streams again")
+        # Nothing left to do: the operator's step finds every stream as specified.
+        again = asyncio.run(migrate_at(nats_url, "", login=login))
+        assert {c.action for c in again} == {"unchanged"}, again
+        until(lambda: http_json(f"{up.url('registry')}/readyz")[0] == 200, BACK_WITHIN, "registry ready")

@@ -34,6 +34,7 @@ class FakeStack:
         self.stopped: list[str] = []
         self.records: dict[str, dict[str, Any]] = {name: {} for name in parts}
         self.lines: list[str] = []
+        self.stream_checks = 0
 
     def restartable(self) -> list[str]:
         return list(self.parts)
@@ -59,6 +60,10 @@ class FakeStack:
 
     def log(self, message: str) -> None:
         self.lines.append(message)
+
+    def restore_streams(self) -> list[str]:
+        self.stream_checks += 1
+        return []
 
 
 @pytest.fixture
@@ -188,3 +193,13 @@ def test_a_request_asked_while_the_stack_starts_is_served_and_one_nobody_waits_f
     assert (control.result(early) or {}).get("ok") is True
     assert stack.started == ["registry"]  # nats: its asker is gone
     assert list(tmp_path.joinpath("control").iterdir()) == []
+
+
+def test_every_look_also_makes_again_the_streams_nats_lost(tmp_path: Path, clock: Clock) -> None:
+    """The services may not create streams: `cso up`, the operator of its stack, does, on every
+    tick (Stack.restore_streams decides how often it really asks NATS)."""
+    stack, supervisor = make(tmp_path, clock)
+    supervisor.tick()
+    stack.dead["nats"] = 1
+    supervisor.tick()
+    assert stack.stream_checks == 2
