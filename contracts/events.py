@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 from uuid import UUID, uuid4
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from .codes import CommunityCode, CountyCode, RegionCode, SocialCreditCode, TownshipCode, tier_of
 
@@ -143,6 +143,8 @@ class Payload(BaseModel):
     TYPE: ClassVar[str]
     VERSION: ClassVar[int] = 1
     CONTEXT: ClassVar[str]
+    # Set where the event travels outside `cso.<context>.<event>.<province>.<city>.<county>`.
+    SUBJECT: ClassVar[str | None] = None
 
     def region_of(self) -> str | None:
         """The division code this payload is about, when the payload itself names one."""
@@ -554,6 +556,41 @@ class BusGapDetected(Payload):
     consumer: Label
     applied_sequence: int = Field(ge=0)
     stream_last_sequence: int = Field(ge=0)
+    # What was lost and what to do (absent from events of before 2026-12: they said only the above).
+    lost_after_sequence: int | None = Field(default=None, ge=0, description=(
+        "Messages after this sequence of the stream as it was are gone (the ones up to it were "
+        "published or applied and are safe)"))
+    lost_through_sequence: int | None = Field(default=None, ge=0, description=(
+        "The stream held at least up to this sequence when last seen intact; later ones may be gone too"))
+    lost_at_least: int | None = Field(default=None, ge=0)
+    stream_recreated: bool | None = None
+    stream_first_sequence: int | None = Field(default=None, ge=0)
+    action: Reason | None = Field(default=None, description="What cso does about it, and what is left to do")
+
+
+class IntakeLost(Payload):
+    """The intake stream lost facts that JetStream had acknowledged: told to each publisher.
+
+    Registry publishes it on `cso.receipts.<source>.lost` (core NATS) for every source it has seen
+    on intake, as soon as it notices the loss. The facts are those of the stream's sequences after
+    `applied_sequence`: at least up to `last_seen_sequence`, and any fact acknowledged after
+    `intact_at` may be among them. No outbox holds them: a publisher asks for its receipts
+    (`cso.query.registry.receipts.<source>`) and publishes again, under the same event_id, what
+    has none (`cso publish --reconcile FILE`). Its envelope's region is "00"."""
+
+    TYPE = "IntakeLost"
+    CONTEXT = "receipts"
+    SUBJECT = "cso.receipts.<source>.lost"
+    stream: Label
+    applied_sequence: int = Field(ge=0, description="Registry applied every message up to this one")
+    last_seen_sequence: int = Field(ge=0, description="The stream held at least this many when last seen intact")
+    lost_at_least: int = Field(ge=0)
+    intact_at: AwareDatetime | None = Field(description="When registry last saw the stream intact")
+    detected_at: AwareDatetime
+    stream_recreated: bool
+    stream_first_sequence: int = Field(ge=0, description="The stream as registry found it")
+    stream_last_sequence: int = Field(ge=0)
+    action: Reason
 
 
 # --- notify -----------------------------------------------------------------------------------
@@ -587,7 +624,7 @@ PAYLOADS: tuple[type[Payload], ...] = (
     DivisionsImported, DivisionChanged,
     TrainingSessionScheduled, TrainingCompleted, TalentPoolMemberAdded, TalentPoolMemberRemoved,
     QualificationExamRecorded, CoverageChanged, TargetStatusChanged, TaskStatusChanged, TaskOverdue, PlanAccepted,
-    BusGapDetected, NotificationSent, NotificationFailed,
+    BusGapDetected, IntakeLost, NotificationSent, NotificationFailed,
 )
 PAYLOAD_BY_TYPE: dict[str, type[Payload]] = {p.TYPE: p for p in PAYLOADS}
 

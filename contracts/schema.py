@@ -12,6 +12,7 @@ from typing import Any
 
 from .envelope import Envelope
 from .events import PAYLOADS, Payload
+from .receipts import ReceiptsAnswer, ReceiptsQuery
 from .subjects import STREAMS, Topology
 
 SCHEMAS = Path(__file__).parent / "schemas"
@@ -24,8 +25,8 @@ def event_schema(payload: type[Payload]) -> dict[str, Any]:
     schema["$id"] = f"https://cso.example.gov.cn/schemas/{payload.TYPE}.v{payload.VERSION}.json"
     schema["properties"]["type"] = {"const": payload.TYPE, "type": "string"}
     schema["properties"]["version"] = {"const": payload.VERSION, "type": "integer"}
-    schema["x-subject"] = Topology().event_subject(payload.TYPE, "510681001014"
-                                                   if payload.CONTEXT != "notify" else "51")
+    schema["x-subject"] = payload.SUBJECT or Topology().event_subject(
+        payload.TYPE, "510681001014" if payload.CONTEXT != "notify" else "51")
     schema["x-context"] = payload.CONTEXT
     return schema
 
@@ -37,6 +38,12 @@ def rendered() -> dict[str, str]:
                 "retention": s.retention, "storage": s.storage,
                 "duplicate_window_seconds": s.duplicate_window_seconds,
                 "max_age_days": s.max_age_days} for s in STREAMS]
+    for model, subject in ((ReceiptsQuery, "cso.query.registry.receipts.<source>"),
+                           (ReceiptsAnswer, "reply to cso.query.registry.receipts.<source>")):
+        query = model.model_json_schema()
+        query["$id"] = f"https://cso.example.gov.cn/schemas/{model.__name__}.json"
+        query["x-subject"] = subject
+        files[f"{model.__name__}.json"] = json.dumps(query, ensure_ascii=False, indent=2, sort_keys=True) + "\n"
     files["streams.json"] = json.dumps(streams, ensure_ascii=False, indent=2) + "\n"
     return files
 

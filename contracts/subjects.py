@@ -20,7 +20,7 @@ from .events import PAYLOAD_BY_TYPE
 
 # A region above county tier leaves the lower tokens as "_" so every subject has six tokens.
 ABSENT = "_"
-CONTEXTS = ("registry", "divisions", "training", "targets", "notify", "intake", "ops")
+CONTEXTS = ("registry", "divisions", "training", "targets", "notify", "intake", "ops", "receipts")
 # A source that can stand in a subject: the shape of a NATS user name (cso.natsauth.USER_NAME).
 SOURCE_TOKEN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
@@ -142,6 +142,22 @@ class Topology:
 
     def query_subject(self, service: str, query: str) -> str:
         return self._ns(f"cso.query.{service}.{query}")
+
+    def receipts_subject(self, source: str, kind: str) -> str:
+        """What registry tells one publisher, core NATS (no stream): `cso.receipts.<source>.lost`."""
+        return self._ns(f"cso.receipts.{source_token(source)}.{kind}")
+
+    def receipts_query_subject(self, source: str) -> str:
+        """Where a publisher asks registry for the receipts of its own events (request-reply)."""
+        return self.query_subject("registry", f"receipts.{source_token(source)}")
+
+
+def source_token(source: str) -> str:
+    """A source usable as one subject token, or ValueError naming it."""
+    if not SOURCE_TOKEN.fullmatch(source):
+        raise ValueError(f"source: {source!r} cannot stand in a subject (lowercase letters, digits, '-' and '_', "
+                         "at most 63)")
+    return source
 
 
 STREAMS: tuple[StreamSpec, ...] = (

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from nats.js.errors import NotFoundError
 from prometheus_client import Counter
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import events as ev
 from contracts import make_event
@@ -40,6 +43,20 @@ class Gap:
     stream_last_seq: int
     recreated: bool
     lost: int
+    # The stream as last seen intact (its last sequence, and when), and its first sequence now:
+    # what was lost is after known_seq, at least through seen_last_seq.
+    seen_last_seq: int = 0
+    intact_at: datetime | None = None
+    stream_first_seq: int = 0
+
+    @property
+    def lost_at_least(self) -> int:
+        return max(self.lost, self.seen_last_seq - self.known_seq,
+                   self.stream_first_seq - 1 - self.known_seq if not self.recreated else 0, 0)
+
+
+# Told, inside the repair's transaction, of each gap found (registry announces lost intake).
+GapListener = Callable[[AsyncConnection, Gap], Awaitable[None]]
 
 
 class BusWatch:
@@ -62,15 +79,16 @@ class BusWatch:
                 "AND stream IS NOT NULL GROUP BY stream"))).all())
             applied = dict((await conn.execute(text(
                 f'SELECT stream, last_seq FROM "{schema}".consumer_position'))).all())
-            seen = {r[0]: (r[1], r[2], r[3]) for r in (await conn.execute(text(
-                f'SELECT stream, created, last_seq, messages FROM "{schema}".bus_stream'))).all()}
+            seen = {r[0]: (r[1], r[2], r[3], r[4]) for r in (await conn.execute(text(
+                f'SELECT stream, created, last_seq, messages, checked_at FROM "{schema}".bus_stream'))).all()}
         gaps: list[Gap] = []
-        for stream in sorted(set(acked) | set(applied) | {c.stream for c in rt.consumers}):
+        consumed = {c.stream for c in rt.consumers}
+        for stream in sorted(set(acked) | set(applied) | consumed):
             try:
                 info = await js.stream_info(stream)
             except NotFoundError:
                 continue
-            last, created = info.state.last_seq, info.created
+            last, created, first = info.state.last_seq, info.created, info.state.first_seq
             lost = len(info.state.lost.msgs or []) if info.state.lost and info.state.lost.msgs else 0
             messages = info.state.messages
             before = seen.get(stream)
@@ -83,9 +101,19 @@ class BusWatch:
                 expected = before[2] + max(0, last - before[1])
                 if messages < expected:
                     lost += expected - messages
-            for side, known in (("producer", acked.get(stream)), ("consumer", applied.get(stream))):
-                if known and (recreated or last < known or lost):
-                    gap = Gap(stream, side, int(known), last, recreated, lost)
+            if before is not None and not recreated and not info.config.max_age:
+                # A stream that starts after what we applied lost what lay between (a truncated
+                # block, or messages deleted by hand).
+                for known in (acked.get(stream), applied.get(stream)):
+                    if known and first > known + 1 and info.state.messages:
+                        lost = max(lost, first - 1 - int(known))
+            seen_last = int(before[1]) if before is not None else 0
+            # A consumer that had applied nothing of a stream that held messages lost them all.
+            consumer_known = applied.get(stream) or (0 if stream in consumed and seen_last else None)
+            for side, known in (("producer", acked.get(stream)), ("consumer", consumer_known)):
+                if known is not None and (known or side == "consumer") and (recreated or last < known or lost):
+                    gap = Gap(stream, side, int(known), last, recreated, lost, seen_last_seq=seen_last,
+                              intact_at=before[3] if before is not None else None, stream_first_seq=first)
                     # Repair before recording the stream's new state: if this check dies
                     # half-way, the next one still sees the gap.
                     await self.repair(gap)
@@ -114,14 +142,33 @@ class BusWatch:
                     f'UPDATE "{rt.schema}".consumer_position SET last_seq = 0 WHERE stream = :s'), {"s": gap.stream})
             announcement = make_event(ev.BusGapDetected(
                 stream=gap.stream, consumer=f"{rt.name}:{gap.side}", applied_sequence=gap.known_seq,
-                stream_last_sequence=gap.stream_last_seq), source=f"cso-{rt.name}", region="00")
+                stream_last_sequence=gap.stream_last_seq, lost_after_sequence=gap.known_seq,
+                lost_through_sequence=max(gap.seen_last_seq, gap.known_seq), lost_at_least=gap.lost_at_least,
+                stream_recreated=gap.recreated, stream_first_sequence=gap.stream_first_seq,
+                action=self.action(gap)), source=f"cso-{rt.name}", region="00")
             await outbox.add(conn, rt.schema, rt.topology, [(announcement, gap.stream)])
+            for listener in rt.gap_listeners:
+                await listener(conn, gap)
         if gap.side == "consumer":
             for consumer in rt.consumers:
                 if consumer.stream == gap.stream:
                     await consumer.restart(from_start=True)
         if rt.relay:
             rt.relay.notify()
+
+    def action(self, gap: Gap) -> str:
+        """What the gap means and what is done about it, in the announcement's words."""
+        rt = self.runtime
+        if gap.side == "producer":
+            return (f"{rt.name} publishes its outbox again (the record of truth in PostgreSQL); "
+                    "consumers drop what they already applied: nothing to do")
+        if gap.stream == rt.topology.stream("CSO_INTAKE"):
+            return ("facts that outside systems published on intake and registry had not applied are gone, "
+                    "and no outbox holds them; registry told each publisher on cso.receipts.<source>.lost: "
+                    "each must ask for its receipts and publish again, same event_id, what has none "
+                    "(cso publish --reconcile FILE)")
+        return (f"{rt.name} reads the stream again from its start; what its producer republishes from "
+                "its outbox comes back: nothing to do")
 
     async def run(self) -> None:
         while True:

@@ -60,7 +60,7 @@ SERVICE_CONSUMERS: dict[str, tuple[tuple[str, str, str], ...]] = {
 }
 # The request-reply subjects each service answers: cso.cmd.<service>.… and/or cso.query.<service>.…
 SERVICE_REQUESTS: dict[str, tuple[Literal["cmd", "query"], ...]] = {
-    "registry": ("cmd",),
+    "registry": ("cmd", "query"),  # query: receipts (services/registry/receipts.py)
     "targets": ("query",),
     "training": ("cmd",),
     "notify": (),
@@ -203,6 +203,8 @@ def service_permissions(topology: Topology, service: str) -> Permissions:
         topology.context_subjects("ops"),              # BusGapDetected
         *_stream_info(topology, service_streams(service)),
     ]
+    if service == "registry":
+        publish.append(_ns(topology, "cso.receipts.>"))  # IntakeLost, to each publisher's own subject
     for base, durable, context in SERVICE_CONSUMERS[service]:
         stream = topology.stream(base)
         publish += [
@@ -241,10 +243,13 @@ def publisher_permissions(topology: Topology, publisher: Publisher) -> Permissio
     tokens = region_pattern(publisher.region)
     return Permissions(
         publisher.name,
-        publish=(intake_pattern(topology, publisher),),
-        # The JetStream ack of its publish comes to its inbox; its receipts are registry's accepted
-        # events of its region, watched with a plain (core NATS) subscription.
-        subscribe=(f"{inbox_prefix(publisher.name)}.>", _ns(topology, f"cso.registry.*.{tokens}")),
+        # Its facts on intake, and the receipts of its own events asked in bulk (request-reply).
+        publish=(intake_pattern(topology, publisher), topology.receipts_query_subject(publisher.name)),
+        # The JetStream ack of its publish and the query's reply come to its inbox; its receipts are
+        # registry's accepted events of its region, watched with a plain (core NATS) subscription;
+        # registry tells it there when the intake stream lost its facts (cso.receipts.<name>.lost).
+        subscribe=(f"{inbox_prefix(publisher.name)}.>", _ns(topology, f"cso.registry.*.{tokens}"),
+                   _ns(topology, f"cso.receipts.{publisher.name}.>")),
         role="outside publisher", region=publisher.region)
 
 

@@ -34,7 +34,7 @@ from contracts.jsontext import text_problem
 
 from . import bus, database, natsauth, streams
 from .auth import HEALTH, Auth, AuthError, unclassified
-from .buswatch import BusWatch
+from .buswatch import BusWatch, GapListener
 from .consumer import Consumer, Handler, Subscription
 from .database import make_engine
 from .outbox import Relay
@@ -98,6 +98,7 @@ class Runtime:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: list[Callable[[], Any]] = []
         self._missing_streams: list[str] = []
+        self.gap_listeners: list[GapListener] = []  # told of each bus gap, in the repair's transaction
 
     def consume(self, subscription: Subscription, handler: Handler) -> None:
         self._subscriptions.append((subscription, handler))

@@ -22,7 +22,9 @@ from cso.commands import parse_command
 from cso.consumer import OutOfScope, Rejected, Subscription
 from cso.service import Runtime, errors_body
 
-from . import store
+from . import receipts, store
+from .losses import IntakeLosses, note_sources
+from .receipts import note_refusals
 from .record import REGISTRY_FACTS, record, record_batch
 
 SERVICE = "registry"
@@ -58,6 +60,9 @@ class FactsHandler:
                 rejected[envelope.event_id] = Rejected("type", f"{envelope.type} is not a registry fact")
         results = await record_batch(conn, facts, self.runtime.topology) if facts else []
         rejected.update({e.event_id: r for e, r in zip(facts, results, strict=True) if isinstance(r, Rejected)})
+        # Receipts (services/registry/receipts.py) and loss announcements (losses.py) read these.
+        await note_sources(conn, events)
+        await note_refusals(conn, events, rejected)
         if len(rejected) < len(events) and self.runtime.relay:
             self.runtime.relay.notify()
         return rejected
@@ -113,7 +118,9 @@ def build(runtime: Runtime) -> FastAPI:
 
     runtime.on_request(topology.command_subject(SERVICE, "*"), on_command)
 
-    app = runtime.http("cso registry")
+    IntakeLosses(runtime, interval=runtime.settings.bus_check_seconds)
+    app = runtime.http("cso registry", large_bodies={"/receipts": 1024 * 1024})
+    receipts.mount(runtime, app)
     registrar = Depends(runtime.auth.role("registrar"))
     reader = Depends(runtime.auth.reader())
 

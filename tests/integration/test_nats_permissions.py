@@ -13,6 +13,7 @@ import re
 import secrets
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -176,10 +177,13 @@ async def test_city_publisher_publishes_in_its_region_only(auth_server: AuthServ
         # No JetStream API: it can neither delete a stream nor make itself a consumer.
         await refused_publish(city, f"$JS.API.STREAM.DELETE.{registry}")
         await refused_publish(city, f"$JS.API.CONSUMER.CREATE.{registry}")
-        # Nobody else's replies, and no receipts of another region.
+        # Nobody else's replies, and no receipts of another region or another publisher.
         await city.nc.subscribe("_INBOX.>")
         await city.nc.subscribe(t.event_subject("OrganizationFiled", CHENGDU_COMMUNITY))
+        await city.nc.subscribe(t.receipts_subject(COUNTY, "lost"))
+        await city.nc.publish(t.receipts_query_subject(COUNTY), b'{"event_ids": []}')
         await eventually(lambda: _true(city.refused("_INBOX.>")), timeout=5)
+        await eventually(lambda: _true(city.refused(t.receipts_query_subject(COUNTY))), timeout=5)
     finally:
         await city.nc.close()
 
@@ -192,7 +196,9 @@ async def test_city_publisher_publishes_in_its_region_only(auth_server: AuthServ
             (CITY, "Publish", unnamed),
             (CITY, "Publish", f"$JS.API.STREAM.DELETE.{registry}"),
             (CITY, "Subscription", "_INBOX.>"),
-            (CITY, "Subscription", t.event_subject("OrganizationFiled", CHENGDU_COMMUNITY))} <= seen
+            (CITY, "Subscription", t.event_subject("OrganizationFiled", CHENGDU_COMMUNITY)),
+            (CITY, "Subscription", t.receipts_subject(COUNTY, "lost")),
+            (CITY, "Publish", t.receipts_query_subject(COUNTY))} <= seen
     assert (CITY, "Publish", accepted) not in seen
 
 
@@ -347,6 +353,7 @@ async def test_services_run_end_to_end_under_their_own_users(auth_server: AuthSe
                     "SELECT count(*) FROM training.inbox i JOIN registry.outbox o USING (event_id)") >= 2)
 
             await eventually(training_applied, timeout=30)
+            await receipts_of_its_own(server, t)
             await asyncio.sleep(1.5)  # BusWatch checks every stream of every service at least once more
 
             js = admin.jetstream()
@@ -358,6 +365,42 @@ async def test_services_run_end_to_end_under_their_own_users(auth_server: AuthSe
         # A permission the services lack shows as something that never happens: name it.
         raise AssertionError(f"{e}; permission violations: {server.violations(since)}") from e
     assert server.violations(since) == []
+
+
+async def receipts_of_its_own(server: AuthServer, t: Topology) -> None:
+    """The city system asks registry for the receipts of its events under its own user, and hears
+    what registry (its user) tells it on its own `cso.receipts.<user>.…` subject."""
+    city = await connect(server, CITY)
+    registry = await connect(server, "registry")
+    try:
+        mine = make_event(ev.OrganizationFiled(name="篦子街社区调解队", community_code=COMMUNITY,
+                                               category=ev.Category.MEDIATION, filed_on="2024-06-01"),
+                          source=CITY)
+        await city.nc.jetstream().publish(t.intake_subject(CITY, mine.type, mine.region), encode(mine),
+                                          headers={"Nats-Msg-Id": str(mine.event_id)})
+        never = uuid.uuid4()
+
+        async def answered() -> bool:
+            reply = await city.nc.request(t.receipts_query_subject(CITY), json.dumps(
+                {"event_ids": [str(mine.event_id), str(never)]}).encode(), timeout=5)
+            answer = json.loads(reply.data)
+            return [r["verdict"] for r in answer["receipts"]] == ["accepted", "unknown"] \
+                and answer["receipts"][0]["region"] == COMMUNITY
+
+        await eventually(answered, timeout=30)
+        heard: list[bytes] = []
+
+        async def on_lost(msg: Any) -> None:
+            heard.append(msg.data)
+
+        await city.nc.subscribe(t.receipts_subject(CITY, "lost"), cb=on_lost)
+        await city.nc.flush()
+        await registry.nc.publish(t.receipts_subject(CITY, "lost"), b"{}")
+        await registry.nc.flush()
+        await eventually(lambda: _true(heard == [b"{}"]), timeout=5)
+    finally:
+        await city.nc.close()
+        await registry.nc.close()
 
 
 async def test_a_service_may_restart_its_own_consumer_only(auth_server: AuthServer, admin: Client) -> None:

@@ -63,7 +63,7 @@ def test_publisher_names_are_unique() -> None:
 def test_city_publisher_may_publish_intake_facts_of_its_region_only() -> None:
     t = Topology()
     p = perms(t, Users(publishers=(Publisher("leshan-register", "5111"),)))["leshan-register"]
-    assert p.publish == ("cso.intake.leshan-register.*.51.5111.*",)
+    assert p.publish == ("cso.intake.leshan-register.*.51.5111.*", "cso.query.registry.receipts.leshan-register")
     assert allowed(p, "publish", t.intake_subject("leshan-register", "OrganizationFiled", "511102004001"))
     assert allowed(p, "publish", t.intake_subject("leshan-register", "HubEstablished", "511102004"))
     assert allowed(p, "publish", t.intake_subject("leshan-register", "HubEstablished", "5111"))
@@ -84,6 +84,26 @@ def test_city_publisher_may_publish_intake_facts_of_its_region_only() -> None:
     assert allowed(p, "subscribe", t.event_subject("OrganizationFiled", "511102004001"))
     assert not allowed(p, "subscribe", t.event_subject("OrganizationFiled", "510681001014"))
     assert not p.allow_responses
+
+
+def test_a_publisher_asks_for_and_hears_of_its_own_receipts_only() -> None:
+    t = Topology()
+    p = perms(t, Users(publishers=(Publisher("leshan-register", "5111"), Publisher("guanghan", "510681"))))
+    leshan, registry = p["leshan-register"], p["registry"]
+    assert allowed(leshan, "publish", t.receipts_query_subject("leshan-register"))
+    assert not allowed(leshan, "publish", t.receipts_query_subject("guanghan"))
+    assert not allowed(leshan, "publish", t.query_subject("registry", "receipts"))
+    assert allowed(leshan, "subscribe", t.receipts_subject("leshan-register", "lost"))
+    assert not allowed(leshan, "subscribe", t.receipts_subject("guanghan", "lost"))
+    assert not allowed(leshan, "subscribe", "cso.receipts.>")
+    assert not allowed(leshan, "publish", t.receipts_subject("leshan-register", "lost"))
+    # registry answers the query and tells each publisher; no other service does either.
+    assert allowed(registry, "subscribe", t.receipts_query_subject("guanghan"))
+    assert allowed(registry, "publish", t.receipts_subject("guanghan", "lost"))
+    assert registry.allow_responses
+    for service in ("targets", "training", "notify"):
+        assert not allowed(p[service], "publish", t.receipts_subject("guanghan", "lost"))
+        assert not allowed(p[service], "subscribe", t.receipts_query_subject("guanghan"))
 
 
 def test_county_publisher_is_held_to_its_county() -> None:

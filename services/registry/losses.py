@@ -1,0 +1,137 @@
+"""Lost intake made visible: registry tells each publisher when the intake stream lost its facts.
+
+No outbox backs `CSO_INTAKE`: what outside systems published there and registry had not applied
+yet is gone for good when the stream loses it (a wiped or truncated store). Only the publishers
+still hold those facts. So when BusWatch finds a gap on registry's side of the intake stream,
+registry records the loss (in the repair's transaction) and announces `IntakeLost` on
+`cso.receipts.<source>.lost` to every source it has seen on intake; each publisher then asks for
+its receipts and publishes again what has none (contracts/README.md, *When intake is lost*).
+
+The announcement is core NATS (publishers have no JetStream rights): a loss stays recorded in
+`intake_loss`, marked announced once told, and is announced again by the next registry replica
+to start if the telling failed half-way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from contracts import Envelope, encode, make_event
+from contracts import events as ev
+from contracts.subjects import SOURCE_TOKEN
+from cso.buswatch import Gap
+from cso.service import Runtime
+
+from .store import SCHEMA
+
+log = logging.getLogger(__name__)
+ANNOUNCER = "cso-registry"
+
+
+async def note_sources(conn: AsyncConnection, envelopes: Sequence[Envelope[Any]]) -> None:
+    """Remember every source seen on intake (once each), in the batch's transaction."""
+    sources = sorted({e.source for e in envelopes})
+    if sources:
+        await conn.execute(text(
+            f"INSERT INTO {SCHEMA}.intake_source (source) SELECT unnest(CAST(:s AS text[])) "
+            "ON CONFLICT DO NOTHING"), {"s": sources})
+
+
+class IntakeLosses:
+    """Records each loss of the intake stream and announces it to the publishers."""
+
+    def __init__(self, runtime: Runtime, interval: float = 5.0) -> None:
+        self.runtime, self.interval = runtime, interval
+        self.stream = runtime.topology.stream("CSO_INTAKE")
+        self.wake = asyncio.Event()
+        runtime.gap_listeners.append(self.on_gap)
+        runtime.every(self.run)
+
+    async def on_gap(self, conn: AsyncConnection, gap: Gap) -> None:
+        if gap.side != "consumer" or gap.stream != self.stream:
+            return
+        # Replicas that find the same gap record it once.
+        loss_id = uuid.uuid5(uuid.NAMESPACE_URL, f"cso/intake-lost/{gap.stream}/{gap.known_seq}/"
+                                                 f"{gap.seen_last_seq}/{gap.intact_at}")
+        await conn.execute(text(
+            f"INSERT INTO {SCHEMA}.intake_loss (event_id, stream, applied_sequence, last_seen_sequence, "
+            "lost_at_least, intact_at, stream_recreated, stream_first_sequence, stream_last_sequence) "
+            "VALUES (:id, :stream, :applied, :seen, :lost, :intact, :recreated, :first, :last) "
+            "ON CONFLICT DO NOTHING"),
+            {"id": loss_id, "stream": gap.stream, "applied": gap.known_seq,
+             "seen": max(gap.seen_last_seq, gap.known_seq), "lost": gap.lost_at_least, "intact": gap.intact_at,
+             "recreated": gap.recreated, "first": gap.stream_first_seq, "last": gap.stream_last_seq})
+        log.error("registry: the intake stream lost facts after sequence %d (at least %d, through %d and "
+                  "maybe later ones); announcing it to the publishers", gap.known_seq, gap.lost_at_least,
+                  gap.seen_last_seq)
+        self.wake.set()
+
+    async def announce(self) -> int:
+        """Tell every known source of each loss not yet announced; how many announcements."""
+        rt = self.runtime
+        if rt.nc is None or not rt.nc.is_connected:
+            return 0
+        told = 0
+        async with rt.engine.begin() as conn:
+            losses = (await conn.execute(text(
+                f"SELECT * FROM {SCHEMA}.intake_loss WHERE announced_at IS NULL ORDER BY detected_at "
+                "FOR UPDATE SKIP LOCKED"))).mappings().all()
+            if not losses:
+                return 0
+            sources = list((await conn.execute(text(
+                f"SELECT source FROM {SCHEMA}.intake_source ORDER BY source"))).scalars())
+            reachable = [s for s in sources if SOURCE_TOKEN.fullmatch(s)]
+            if len(reachable) < len(sources):
+                log.error("registry: cannot announce the intake loss to sources that are no subject token: %s",
+                          ", ".join(sorted(set(sources) - set(reachable))))
+            for loss in losses:
+                data = encode(announcement(loss))
+                for source in reachable:
+                    await rt.nc.publish(rt.topology.receipts_subject(source, "lost"), data)
+                    told += 1
+            await rt.nc.flush(timeout=10)
+            await conn.execute(text(
+                f"UPDATE {SCHEMA}.intake_loss SET announced_at = now(), announced_to = :to "
+                "WHERE event_id = ANY(:ids)"), {"to": reachable, "ids": [loss["event_id"] for loss in losses]})
+        log.warning("registry: announced %d intake loss(es) to %d publisher(s): %s", len(losses), len(reachable),
+                    ", ".join(reachable) or "none known")
+        return told
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.announce()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("registry: announcing an intake loss failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), self.interval)
+            self.wake.clear()
+
+
+def announcement(loss: Any) -> Envelope[ev.IntakeLost]:
+    applied = int(loss["applied_sequence"])
+    action = (f"facts you published on intake after sequence {applied} of {loss['stream']} are gone "
+              f"(at least {loss['lost_at_least']})"
+              + (f"; any acknowledged after {loss['intact_at'].isoformat()} may be among them"
+                 if loss["intact_at"] else "")
+              + ". Ask for the receipts of what you published since then and publish again, same event_id, "
+                "what registry does not know (cso publish --reconcile FILE)")
+    payload = ev.IntakeLost(
+        stream=loss["stream"], applied_sequence=applied, last_seen_sequence=int(loss["last_seen_sequence"]),
+        lost_at_least=int(loss["lost_at_least"]), intact_at=loss["intact_at"],
+        detected_at=loss["detected_at"] or datetime.now(timezone.utc),
+        stream_recreated=bool(loss["stream_recreated"]),
+        stream_first_sequence=int(loss["stream_first_sequence"]),
+        stream_last_sequence=int(loss["stream_last_sequence"]), action=action)
+    return make_event(payload, source=ANNOUNCER, region="00", event_id=loss["event_id"])
