@@ -48,6 +48,7 @@ class Gap:
     seen_last_seq: int = 0
     intact_at: datetime | None = None
     stream_first_seq: int = 0
+    stream_created: datetime | None = None
 
     @property
     def lost_at_least(self) -> int:
@@ -113,7 +114,8 @@ class BusWatch:
             for side, known in (("producer", acked.get(stream)), ("consumer", consumer_known)):
                 if known is not None and (known or side == "consumer") and (recreated or last < known or lost):
                     gap = Gap(stream, side, int(known), last, recreated, lost, seen_last_seq=seen_last,
-                              intact_at=before[3] if before is not None else None, stream_first_seq=first)
+                              intact_at=before[3] if before is not None else None, stream_first_seq=first,
+                              stream_created=created)
                     # Repair before recording the stream's new state: if this check dies
                     # half-way, the next one still sees the gap.
                     await self.repair(gap)

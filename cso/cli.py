@@ -469,17 +469,22 @@ def publish(
         help="--intake: registry facts go to registry's intake subjects, to be validated and "
              "recorded by registry (other events on their own subjects). --direct: every event on "
              "its own subject.")] = True,
+    reconcile: Annotated[bool, typer.Option(
+        "--reconcile", help="Ask registry for the receipts of the file's intake facts and publish again "
+                            "only those it never took (after it announced lost intake).")] = False,
     data_dir: DataDir = DEFAULT_DATA_DIR,
 ) -> None:
     """Publish events from a file to CSO_NATS_URL (else the local stack's), Nats-Msg-Id = event_id.
 
     Every line is validated first; if any is bad, the errors are listed and nothing is published.
+    With --reconcile, only what registry has no receipt for is published again (cso/reconcile.py).
     """
     from contracts import ContractError, Topology, encode, parse_event
     from services.registry.record import REGISTRY_FACTS
 
     topology = Topology(_namespace(data_dir))
     messages: list[tuple[str, bytes, str]] = []
+    sources: list[str] = []
     errors: list[str] = []
     with file.open(encoding="utf-8", errors="surrogateescape") as lines:
         for number, line in enumerate(lines, start=1):
@@ -499,6 +504,7 @@ def publish(
                 errors.append(f"line {number}: {e}")
                 continue
             messages.append((subject, encode(envelope), str(envelope.event_id)))
+            sources.append(envelope.source)
     if errors:
         err = _err_console()
         for message in errors:
@@ -508,6 +514,9 @@ def publish(
         _console().print(f"{file}: no events")
         return
     url = _nats_url(data_dir)
+    if reconcile:
+        _reconcile(url, topology, file, messages, sources, _nats_login(data_dir, url))
+        return
     try:
         duplicates = asyncio.run(_publish(url, topology, messages, _nats_login(data_dir, url)))
     except ConnectionError as e:
@@ -524,6 +533,54 @@ def publish(
     _console().print(f"published {len(messages)} events from {file} to {redact(url)} ({', '.join(where)})")
     if duplicates:
         _console().print(f"{duplicates} of them were already in the stream (same event_id): no-ops")
+
+
+def _reconcile(url: str, topology: Any, file: Path, messages: list[tuple[str, bytes, str]],
+               sources: list[str], login: tuple[str, str]) -> None:
+    from uuid import UUID
+
+    from contracts.subjects import source_token
+
+    from .reconcile import Entry, ReconcileError, reconcile
+    from .stack import connect_nats
+
+    intake = f"{topology.namespace}.cso.intake." if topology.namespace else "cso.intake."
+    others = sum(1 for subject, _, _ in messages if not subject.startswith(intake))
+    if others:
+        raise fail(f"{file}: {others} events are not registry facts on intake; --reconcile covers those only", 2)
+    try:
+        # A source that cannot stand in the query's subject cannot be asked about: said before anything.
+        entries = [Entry(subject, data, UUID(event_id), source_token(source))
+                   for (subject, data, event_id), source in zip(messages, sources, strict=True)]
+    except ValueError as e:
+        raise fail(f"{file}: {e}", 2) from None
+    err = _err_console()
+
+    async def run() -> Any:
+        nc = await connect_nats(url, "cso-publish-reconcile", user=login[0], password=login[1])
+        try:
+            return await reconcile(nc, topology, entries, progress=lambda line: err.print(line))
+        finally:
+            await nc.close()
+
+    try:
+        out = asyncio.run(run())
+    except ReconcileError as e:
+        raise fail(str(e)) from None
+    except ConnectionError as e:
+        raise fail(f"NATS: {e}") from None
+    except Exception as e:
+        raise fail(f"reconciling with {redact(url)} failed: {type(e).__name__}: {e} (running it again is "
+                   "safe: event ids make repeats no-ops)") from None
+    console = _console()
+    for event_id, field, reason in out.refused[:20]:
+        console.print(f"[yellow]refused {event_id}: {escape(field)}: {escape(reason)}[/yellow]")
+    if len(out.refused) > 20:
+        console.print(f"[yellow]… and {len(out.refused) - 20} more refused[/yellow]")
+    console.print(f"reconciled {out.events:,} events from {file}: {out.accepted:,} accepted already, "
+                  f"{len(out.refused):,} refused, {out.resent:,} sent again"
+                  + (f" ({out.duplicates:,} still in the stream)" if out.duplicates else ""))
+    console.print(f"{out.calls:,} receipt calls, {out.resent:,} publishes, {out.seconds:.2f} s")
 
 
 async def _publish(url: str, topology: Any, messages: list[tuple[str, bytes, str]],

@@ -60,19 +60,28 @@ class IntakeLosses:
         if gap.side != "consumer" or gap.stream != self.stream:
             return
         # Replicas that find the same gap record it once.
-        loss_id = uuid.uuid5(uuid.NAMESPACE_URL, f"cso/intake-lost/{gap.stream}/{gap.known_seq}/"
-                                                 f"{gap.seen_last_seq}/{gap.intact_at}")
+        loss_id = uuid.uuid5(uuid.NAMESPACE_URL, f"cso/intake-lost/{gap.stream}/{gap.seen_last_seq}/"
+                                                 f"{gap.intact_at}/{gap.stream_created}")
+        applied = gap.known_seq
+        if gap.recreated and gap.stream_created is not None:
+            # The consumer may have applied messages of the new stream before this check noticed it
+            # (its position keeps the greatest sequence of either): what it applied of the old one
+            # is what it took before the new stream was made.
+            old = (await conn.execute(text(
+                f"SELECT max(stream_seq) FROM {SCHEMA}.inbox WHERE stream = :s AND applied_at < :created"),
+                {"s": gap.stream, "created": gap.stream_created})).scalar()
+            applied = int(old or 0)
+        seen = max(gap.seen_last_seq, applied)
         await conn.execute(text(
             f"INSERT INTO {SCHEMA}.intake_loss (event_id, stream, applied_sequence, last_seen_sequence, "
             "lost_at_least, intact_at, stream_recreated, stream_first_sequence, stream_last_sequence) "
             "VALUES (:id, :stream, :applied, :seen, :lost, :intact, :recreated, :first, :last) "
             "ON CONFLICT DO NOTHING"),
-            {"id": loss_id, "stream": gap.stream, "applied": gap.known_seq,
-             "seen": max(gap.seen_last_seq, gap.known_seq), "lost": gap.lost_at_least, "intact": gap.intact_at,
+            {"id": loss_id, "stream": gap.stream, "applied": applied, "seen": seen,
+             "lost": max(seen - applied, gap.lost if not gap.recreated else 0), "intact": gap.intact_at,
              "recreated": gap.recreated, "first": gap.stream_first_seq, "last": gap.stream_last_seq})
         log.error("registry: the intake stream lost facts after sequence %d (at least %d, through %d and "
-                  "maybe later ones); announcing it to the publishers", gap.known_seq, gap.lost_at_least,
-                  gap.seen_last_seq)
+                  "maybe later ones); announcing it to the publishers", applied, seen - applied, seen)
         self.wake.set()
 
     async def announce(self) -> int:
