@@ -130,8 +130,9 @@ class IntakeLosses:
 
 def announcement(loss: Any) -> Envelope[ev.IntakeLost]:
     applied = int(loss["applied_sequence"])
-    action = (f"facts you published on intake after sequence {applied} of {loss['stream']} are gone "
-              f"(at least {loss['lost_at_least']})"
+    at_least = int(loss["lost_at_least"])
+    action = (f"facts you published on intake after sequence {applied} of {loss['stream']} are gone"
+              + (f" (at least {at_least}, through sequence {loss['last_seen_sequence']})" if at_least else "")
               + (f"; any acknowledged after {loss['intact_at'].isoformat()} may be among them"
                  if loss["intact_at"] else "")
               + ". Ask for the receipts of what you published since then and publish again, same event_id, "

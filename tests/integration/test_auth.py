@@ -157,7 +157,8 @@ PERSONAL_READS = {
     "notify": {("GET", "/inbox/{recipient}")},
 }
 # Masked reads of a person or a pool need a token in the region, but no role.
-ANY_ROLE = {("GET", "/people/{person_id}"), ("GET", "/people/{person_id}/trainings"), ("GET", "/counties/{code}/pool")}
+ANY_ROLE = {("GET", "/people/{person_id}"), ("GET", "/people/{person_id}/trainings"), ("GET", "/counties/{code}/pool"),
+            ("POST", "/receipts")}   # receipts: any token, for the events of its own source (its sub)
 PARAMS = {"command": "file", "session_id": str(uuid.uuid4()), "person_id": str(uuid.uuid4()),
           "target_id": "t", "plan_id": "p", "task_no": "1", "line": TOWNSHIP, "action": "start",
           "sub_id": str(uuid.uuid4()), "recipient": "someone.else", "message_id": str(uuid.uuid4()),
@@ -273,6 +274,56 @@ async def test_registry_commands_need_the_registrar_role_in_the_region(settings:
         assert status[0]["status"] == "deregistered"
         # Reads stay open by default.
         assert (await client.get(f"/organizations/{org}")).status_code == 200
+
+
+async def test_receipts_answer_for_the_tokens_own_source(settings: Settings, nc: nats.NATS) -> None:
+    """POST /receipts: a token's sub is the source it asks about; only admin names another."""
+    from contracts import events as ev
+    from contracts import make_event
+    from tests.support import publish
+
+    await asyncio.to_thread(registry_app.run_migrations, settings)
+    async with running(registry_app.create_app, secured(settings)) as (_, client):
+        await publish_divisions(nc, settings.topology)
+        await until(settings, "SELECT count(*) FROM registry.community", 4)
+        source = f"leshan-register-{uuid.uuid4().hex[:6]}"
+        good = make_event(ev.OrganizationFiled(name="西城社区调解队", community_code=COMMUNITY,
+                                               category=ev.Category.MEDIATION, filed_on="2024-02-01"), source=source)
+        bad = make_event(ev.OrganizationFiled(name="无此社区服务队", community_code="510681001999",
+                                              category=ev.Category.MEDIATION, filed_on="2024-02-01"), source=source)
+        t = settings.topology
+        for e in (good, bad):
+            await publish(nc, t.intake_subject(e.type, e.region), e, msg_id=str(e.event_id))
+        await until(settings, f"SELECT count(*) FROM registry.inbox WHERE event_id IN ('{good.event_id}', "
+                              f"'{bad.event_id}')", 2)
+        never = uuid.uuid4()
+        ids = {"event_ids": [str(good.event_id), str(bad.event_id), str(never)]}
+
+        mine = await client.post("/receipts", headers=auth(COUNTY, sub=source), json=ids)
+        assert mine.status_code == 200, mine.text
+        receipts = mine.json()["receipts"]
+        assert [r["verdict"] for r in receipts] == ["accepted", "refused", "unknown"], receipts
+        assert receipts[0]["type"] == "OrganizationFiled" and receipts[0]["region"] == COMMUNITY
+        assert receipts[1]["field"] == "community_code", receipts
+        assert mine.json()["counts"] == {"accepted": 1, "refused": 1, "unknown": 1}
+        # Another source learns nothing of them, and may not ask in this source's name.
+        theirs = await client.post("/receipts", headers=auth(COUNTY, sub="someone-else"), json=ids)
+        assert [r["verdict"] for r in theirs.json()["receipts"]] == ["unknown"] * 3
+        named = await client.post("/receipts", headers=auth(COUNTY, sub="someone-else"), json=ids | {"source": source})
+        assert named.status_code == 403 and errors(named)[0][0] == "source", named.text
+        admin = await client.post("/receipts", headers=auth("00", "admin"), json=ids | {"source": source})
+        assert [r["verdict"] for r in admin.json()["receipts"]] == ["accepted", "refused", "unknown"]
+        assert (await client.post("/receipts", json=ids)).status_code == 401
+        too_many = await client.post("/receipts", headers=auth(COUNTY, sub=source),
+                                     json={"event_ids": [str(never)] * 10_001})
+        assert too_many.status_code == 422 and errors(too_many)[0][0] == "event_ids", too_many.text
+        # Over NATS, the subject names the source; the batch is smaller (one NATS message).
+        reply = json.loads((await nc.request(t.receipts_query_subject(source), json.dumps(ids).encode(),
+                                             timeout=10)).data)
+        assert [r["verdict"] for r in reply["receipts"]] == ["accepted", "refused", "unknown"], reply
+        over = json.loads((await nc.request(t.receipts_query_subject(source), json.dumps(
+            {"event_ids": [str(never)] * 2_001}).encode(), timeout=10)).data)
+        assert over["ok"] is False and over["errors"][0]["field"] == "event_ids", over
 
 
 # --- training: commands ------------------------------------------------------------------------
