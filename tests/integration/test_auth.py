@@ -293,7 +293,7 @@ async def test_receipts_answer_for_the_tokens_own_source(settings: Settings, nc:
                                               category=ev.Category.MEDIATION, filed_on="2024-02-01"), source=source)
         t = settings.topology
         for e in (good, bad):
-            await publish(nc, t.intake_subject(e.type, e.region), e, msg_id=str(e.event_id))
+            await publish(nc, t.intake_subject(source, e.type, e.region), e, msg_id=str(e.event_id))
         await until(settings, f"SELECT count(*) FROM registry.inbox WHERE event_id IN ('{good.event_id}', "
                               f"'{bad.event_id}')", 2)
         never = uuid.uuid4()
