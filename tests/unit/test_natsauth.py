@@ -109,7 +109,7 @@ def test_a_publisher_asks_for_and_hears_of_its_own_receipts_only() -> None:
 def test_county_publisher_is_held_to_its_county() -> None:
     t = Topology()
     p = perms(t, Users(publishers=(Publisher("guanghan", "510681"),)))["guanghan"]
-    assert p.publish == ("cso.intake.guanghan.*.51.5106.510681",)
+    assert p.publish[0] == "cso.intake.guanghan.*.51.5106.510681"
     assert allowed(p, "publish", t.intake_subject("guanghan", "OrganizationFiled", "510681001014"))
     assert not allowed(p, "publish", t.intake_subject("guanghan", "OrganizationFiled", "510682001001"))
     assert not allowed(p, "publish", t.intake_subject("guanghan", "OrganizationFiled", "5106"))  # its city's tier
@@ -119,7 +119,7 @@ def test_province_publisher_publishes_seven_token_subjects_only() -> None:
     """`*` below its tier, never `>`: a subject it may publish always reads as version 2."""
     t = Topology("ns")
     p = perms(t, Users(publishers=(Publisher("sichuan", "51"),)))["sichuan"]
-    assert p.publish == ("ns.cso.intake.sichuan.*.51.*.*",)
+    assert p.publish == ("ns.cso.intake.sichuan.*.51.*.*", "ns.cso.query.registry.receipts.sichuan")
     assert allowed(p, "publish", t.intake_subject("sichuan", "HubEstablished", "51"))
     assert allowed(p, "publish", t.intake_subject("sichuan", "OrganizationFiled", "510681001014"))
     assert not allowed(p, "publish", "ns.cso.intake.sichuan.x.51.5106")         # six tokens: version 1's shape
