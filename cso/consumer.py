@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
 import re
@@ -45,6 +46,8 @@ DEADLETTERED = Counter("cso_deadletter_total", "Messages sent to the dead-letter
                        ["service", "stream"])
 LAG = Gauge("cso_consumer_lag", "Messages in the stream not yet delivered to the consumer",
             ["service", "stream"])
+# How a consumer is stopped (see Consumer.stop): cancelled up to this many times, waiting each time.
+STOP_ATTEMPTS, STOP_WAIT_SECONDS = 5, 2.0
 BATCH_SECONDS = Histogram("cso_batch_seconds", "Time to apply one pulled batch", ["service"])
 
 
@@ -377,7 +380,27 @@ class Consumer:
         self._task = asyncio.create_task(self.run(), name=f"consumer-{self.service}-{self.stream}")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Cancel the pulling task and wait for it to end, cancelling again while it does not.
+
+        A cancellation can be lost inside nats-py's fetch: after a wiped store, registry's intake
+        consumer was seen "cancelling" for minutes, still waiting in Subscription.next_msg, and
+        BusWatch, which restarts consumers during a repair, hung with it: no gap was checked again,
+        and registry's outbox was never republished (tests/faults/test_intake_loss.py)."""
+        task = self._task
+        if task is None:
+            return
+        for attempt in range(1, STOP_ATTEMPTS + 1):
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=STOP_WAIT_SECONDS)
+            if done:
+                break
+            log.warning("%s: the consumer of %s is still running %g s after cancellation %d; cancelling again",
+                        self.service, self.stream, STOP_WAIT_SECONDS, attempt)
+        else:
+            stack = io.StringIO()
+            task.print_stack(file=stack)
+            log.error("%s: the consumer of %s did not stop after %d cancellations; left behind:\n%s",
+                      self.service, self.stream, STOP_ATTEMPTS, stack.getvalue())
+            return
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            task.result()

@@ -42,6 +42,7 @@ from tests.faults.harness import (
     say,
     scalar,
     settle,
+    sql,
     until,
 )
 
@@ -114,6 +115,7 @@ async def test_lost_intake_is_announced_and_reconciled(cluster_of: ClusterFactor
             applied = await intake_taken(cluster)
             publisher.lead = None  # the lost facts would hold a paced publisher back for ever
             say(f"{time.monotonic() - started:.1f}s into the burst: {in_stream} facts acked, {applied} applied")
+            wiped = await scalar(cluster.dsn, "SELECT now()")
             await wipe_store(cluster)
             await burst
             say(f"burst done: {publisher.sent} facts acked ({publisher.retries} retries)")
@@ -137,6 +139,22 @@ async def test_lost_intake_is_announced_and_reconciled(cluster_of: ClusterFactor
                              "AND convert_from(data, 'UTF8')::jsonb->'payload'->>'stream' = 'CSO_INTAKE' "
                              "ORDER BY seq LIMIT 1"))
             assert "cso publish --reconcile" in gap["payload"]["action"], gap
+
+            # Every service looked at every stream since (and refilled those its outbox backs): only
+            # then is the cluster's work known. Until a check runs, the lost stream looks merely quiet.
+            stale: list[Any] = []
+
+            async def looked_again() -> bool:
+                stale[:] = await sql(cluster.dsn, " UNION ALL ".join(
+                    f"SELECT '{s}' AS service, stream, checked_at FROM {s}.bus_stream WHERE checked_at < $1"
+                    for s in ("registry", "targets", "training", "notify")), wiped)
+                return not stale
+
+            try:
+                await until(looked_again, 120, "every service checking every stream after the wipe",
+                            cluster.check_alive)
+            except AssertionError as e:
+                raise AssertionError(f"{e}; not checked since {wiped}: {[tuple(r) for r in stale]}") from None
 
             # Registry took what survived, and nothing more: facts are missing.
             async def drained() -> bool:
