@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from contracts import ContractError
 from contracts.envelope import load_json
 from contracts.receipts import MAX_HTTP_IDS, MAX_NATS_IDS, Receipt, ReceiptsAnswer, ReceiptsQuery
-from cso.auth import ADMIN, AuthError, Principal
+from cso.auth import ADMIN, WRITE, AuthError, Principal
 from cso.consumer import NotYet, Rejected
 from cso.service import Runtime, errors_body
 
@@ -102,16 +102,18 @@ def mount(runtime: Runtime, app: FastAPI) -> None:
     runtime.on_request(runtime.topology.query_subject("registry", "receipts.*"), on_query)
     caller = Depends(runtime.auth.caller())
 
-    @app.post("/receipts")
+    # Declared a write (it is a POST): a token always, since the caller's source is the token's.
+    @app.post("/receipts", **WRITE)
     async def post_receipts(request: Request, who: Principal = caller) -> JSONResponse:
         """What registry did with each event id: accepted (the record), refused (why), or unknown
-        (send it again). A token answers for its own source (its `sub`); admin for any `source`."""
+        (send it again). A token answers for its own source (its `source` claim, else its `sub`);
+        admin for any `source`."""
         query = parse_query(await request.body(), MAX_HTTP_IDS)
         source = query.source
         if who.authenticated and ADMIN not in who.roles:
-            if source is not None and source != who.sub:
-                raise AuthError(403, "source", f"{source!r} is not you ({who.sub!r}); other sources need admin")
-            source = who.sub
+            if source is not None and source != who.source:
+                raise AuthError(403, "source", f"{source!r} is not you ({who.source!r}); other sources need admin")
+            source = who.source
         async with runtime.engine.connect() as conn:
             answer = await receipts(conn, source, query.event_ids)
         return JSONResponse(json.loads(_dump(answer)))
