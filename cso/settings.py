@@ -56,6 +56,8 @@ class Settings:
     # connection closed; /healthz is always answered.
     http_max_connections: int = field(
         default_factory=lambda: int(_env("CSO_HTTP_MAX_CONNECTIONS", "1000")))
+    # How long a command's Idempotency-Key is kept with its reply (cso/idempotency.py).
+    idempotency_hours: float = field(default_factory=lambda: float(_env("CSO_IDEMPOTENCY_HOURS", "24")))
     # HTTP bearer tokens (cso/auth.py): "jwt" (the default: a service without a key does not
     # start) or "off" (only when asked for: anyone may write; loud in the log and /readyz); reads of
     # coverage "open" (no token) or "scoped" (a token, and a region in the path within the token's).

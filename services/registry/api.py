@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from contracts import ContractError, Envelope, make_event
 from contracts import events as ev
 from contracts.codes import is_digits
+from cso import idempotency
 from cso.auth import SCOPED, WRITE, Principal, source_of
 from cso.commands import parse_command
 from cso.consumer import OutOfScope, Rejected, Subscription
@@ -77,11 +78,15 @@ class DivisionsHandler:
 
 
 async def execute(runtime: Runtime, command: str, body: bytes, source: str, scope: str | None = None,
-                  actor: str | None = None) -> tuple[int, dict[str, Any]]:
+                  actor: str | None = None, key: str | None = None,
+                  caller: str | None = None) -> tuple[int, dict[str, Any]]:
     """Run one command; (HTTP status, typed result). The same result goes back over NATS.
 
-    `scope` limits the regions the caller may write; `actor` (who asked) goes to the audit trail."""
+    `scope` limits the regions the caller may write; `actor` (who asked) goes to the audit trail.
+    `key`, the caller's Idempotency-Key: a command sent again with it answers its first reply
+    (cso/idempotency.py); `caller` is whose key it is (default: the source's)."""
     try:
+        once = idempotency.Key.of(key, caller or idempotency.nats_caller(source), command, body)
         payload = parse_command(COMMANDS, command, body)
         # Commands about an existing record take the record's region (record() fills it in).
         envelope = make_event(payload, source=source, region=payload.region_of() or "00")
@@ -89,17 +94,27 @@ async def execute(runtime: Runtime, command: str, body: bytes, source: str, scop
         return 422, errors_body(e.errors)
     except ValidationError as e:  # the envelope's own fields: a source header that is no source
         return 422, errors_body(ContractError.from_validation(e).errors)
+
+    async def decide(conn: AsyncConnection) -> tuple[int, dict[str, Any]]:
+        try:
+            async with conn.begin_nested():  # a refusal leaves nothing but its kept reply
+                done = await record(conn, envelope, runtime.topology, check_region=False, scope=scope,
+                                    actor=actor)
+        except Rejected as e:
+            status = (403 if isinstance(e, OutOfScope) else
+                      404 if e.field.endswith("_id") and "no " in e.message else 409)
+            return status, errors_body(ContractError.single(e.field, e.message).errors)
+        return 200, {"ok": True, "event_id": str(envelope.event_id), "type": envelope.type,
+                     "id": done.aggregate_id, "region": done.region}
+
     try:
-        async with runtime.engine.begin() as conn:
-            done = await record(conn, envelope, runtime.topology, check_region=False, scope=scope, actor=actor)
-    except Rejected as e:
-        status = (403 if isinstance(e, OutOfScope) else
-                  404 if e.field.endswith("_id") and "no " in e.message else 409)
-        return status, errors_body(ContractError.single(e.field, e.message).errors)
-    if runtime.relay:
+        (status, result), replayed = await idempotency.once(
+            runtime.engine, store.SCHEMA, once, idempotency.ttl_of(runtime.settings.idempotency_hours), decide)
+    except idempotency.KeyReused as e:
+        return 422, errors_body(e.errors)
+    if status == 200 and not replayed and runtime.relay:
         runtime.relay.notify()
-    return 200, {"ok": True, "event_id": str(envelope.event_id), "type": envelope.type,
-                 "id": done.aggregate_id, "region": done.region}
+    return status, result
 
 
 def build(runtime: Runtime) -> FastAPI:
@@ -112,11 +127,15 @@ def build(runtime: Runtime) -> FastAPI:
     # One subscriber for every command, so an unknown command gets a typed error, not silence.
     async def on_command(msg: NatsMessage) -> bytes:
         command = msg.raw_message.subject.rsplit(".", 1)[-1]
-        source = (msg.headers or {}).get("Cso-Source", "nats-command")
-        _, result = await execute(runtime, command, msg.body, source)
+        headers = msg.headers or {}
+        source = headers.get("Cso-Source", "nats-command")
+        _, result = await execute(runtime, command, msg.body, source, key=headers.get(idempotency.HEADER))
         return json.dumps(result, default=str).encode()
 
     runtime.on_request(topology.command_subject(SERVICE, "*"), on_command)
+    # Kept command replies expire (CSO_IDEMPOTENCY_HOURS; a value that cannot work stops the start).
+    runtime.every(idempotency.pruning(runtime.engine, store.SCHEMA,
+                                      idempotency.ttl_of(runtime.settings.idempotency_hours)))
 
     IntakeLosses(runtime, interval=runtime.settings.bus_check_seconds)
     app = runtime.http("cso registry", large_bodies={"/receipts": 1024 * 1024})
@@ -129,10 +148,14 @@ def build(runtime: Runtime) -> FastAPI:
                       who: Principal = registrar) -> JSONResponse:
         """Run a registry command; the body is the payload of the event it produces. Needs a
         token with the registrar role; the record must lie within the token's region. The event's
-        source is the token's (an X-Cso-Source header that differs is refused)."""
+        source is the token's (an X-Cso-Source header that differs is refused). With an
+        Idempotency-Key header, a command sent again answers its first reply (cso/idempotency.py)."""
         source = source_of(who, request)
         actor = who.sub if who.authenticated else None
-        status, result = await execute(runtime, command, await request.body(), source, who.scope, actor)
+        status, result = await execute(
+            runtime, command, await request.body(), source, who.scope, actor,
+            key=request.headers.get(idempotency.HEADER),
+            caller=idempotency.http_caller(who.authenticated, who.sub, source))
         return JSONResponse(result, status_code=status)
 
     @app.get("/organizations/{org_id}", **SCOPED)

@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -23,6 +23,7 @@ from contracts import ContractError, Envelope
 from contracts import events as ev
 from contracts.codes import is_digits
 from contracts.envelope import MAX_EVENT_BYTES
+from cso import idempotency
 from cso.auth import PERSONAL, PII_READER, PUBLIC, SCOPED, WRITE, Principal, source_of
 from cso.commands import parse_command
 from cso.consumer import OutOfScope, Rejected, Subscription
@@ -102,10 +103,14 @@ def _context(runtime: Runtime, key: bytes, source: str) -> Context:
 
 
 async def execute(runtime: Runtime, key: bytes, command: str, body: bytes,
-                  source: str, scope: str | None = None) -> tuple[int, dict[str, Any]]:
+                  source: str, scope: str | None = None, idempotency_key: str | None = None,
+                  caller: str | None = None) -> tuple[int, dict[str, Any]]:
     """Run one command; (HTTP status, typed result). The same result goes back over NATS.
-    `scope`: the region prefix the caller may write (its token's); outside it is a 403."""
+    `scope`: the region prefix the caller may write (its token's); outside it is a 403.
+    `idempotency_key`, the caller's Idempotency-Key: a command sent again with it answers its first
+    reply (cso/idempotency.py); `caller` is whose key it is (default: the source's)."""
     try:
+        once = idempotency.Key.of(idempotency_key, caller or idempotency.nats_caller(source), command, body)
         limit = 2 * sheet.MAX_SHEET_BYTES if COMMANDS.get(command) is AttendanceSheet else MAX_EVENT_BYTES
         cmd = parse_command(COMMANDS, command, body, limit)
         ctx = _context(runtime, key, source)
@@ -119,37 +124,58 @@ async def execute(runtime: Runtime, key: bytes, command: str, body: bytes,
                 raw = base64.b64decode(cmd.sheet_base64 or "", validate=True)
             except binascii.Error:
                 return 422, errors_body(ContractError.single("sheet_base64", "not base64").errors)
-        return await upload(runtime, ctx, cmd.session_id, raw, cmd.dry_run, cmd.accept_partial, scope)
+        return await upload(runtime, ctx, cmd.session_id, raw, cmd.dry_run, cmd.accept_partial, scope, once)
+
+    async def decide(conn: AsyncConnection) -> tuple[int, dict[str, Any]]:
+        try:
+            async with conn.begin_nested():  # a refusal leaves nothing but its kept reply
+                done = await handle(conn, cmd, ctx, scope)
+        except Rejected as e:
+            return _status(e), errors_body(ContractError.single(e.field, e.message).errors)
+        return 200, done.reply()
+
     try:
-        async with runtime.engine.begin() as conn:
-            done = await handle(conn, cmd, ctx, scope)
-    except Rejected as e:
-        return _status(e), errors_body(ContractError.single(e.field, e.message).errors)
+        (status, result), replayed = await _once(runtime, once, decide)
+    except idempotency.KeyReused as e:
+        return 422, errors_body(e.errors)
     except IntegrityError:
-        # Two commands raced for the same person or place; the loser may simply retry.
+        # Two commands raced for the same person or place; the loser may simply retry (its key,
+        # if any, was rolled back with it: the retry runs).
         log.info("command %s lost a race; refused", command)
         return 409, errors_body(ContractError.single("$", "a concurrent change conflicted; retry").errors)
-    if done.events and runtime.relay:
+    if status == 200 and not replayed and runtime.relay:  # it may have staged events
         runtime.relay.notify()
-    return 200, done.reply()
+    return status, result
+
+
+async def _once(runtime: Runtime, key: idempotency.Key | None,
+                decide: Callable[[AsyncConnection], Awaitable[tuple[int, dict[str, Any]]]]
+                ) -> tuple[tuple[int, dict[str, Any]], bool]:
+    return await idempotency.once(runtime.engine, store.SCHEMA, key,
+                                  idempotency.ttl_of(runtime.settings.idempotency_hours), decide)
 
 
 async def upload(runtime: Runtime, ctx: Context, session_id: UUID, data: bytes, dry_run: bool,
-                 accept_partial: bool, scope: str | None = None) -> tuple[int, dict[str, Any]]:
+                 accept_partial: bool, scope: str | None = None, key: idempotency.Key | None = None
+                 ) -> tuple[int, dict[str, Any]]:
     """An attendance sheet: the row-by-row report, and the attendance written only if every row is
     good (or the caller explicitly accepts a partial sheet). A dry run writes nothing."""
+    async def decide(conn: AsyncConnection) -> tuple[int, dict[str, Any]]:
+        try:
+            async with conn.begin_nested():
+                report, applied = await attendance_sheet(conn, session_id, data, ctx, dry_run,
+                                                         accept_partial, scope)
+        except sheet.SheetError as e:
+            return 422, errors_body(ContractError.single(e.field, e.message).errors)
+        except Rejected as e:
+            return _status(e), errors_body(ContractError.single(e.field, e.message).errors)
+        body = sheet_reply(session_id, report, dry_run, applied)
+        return (200 if dry_run or applied or report.clean else 422), body
+
     try:
-        async with runtime.engine.begin() as conn:
-            report, applied = await attendance_sheet(conn, session_id, data, ctx, dry_run, accept_partial,
-                                                     scope)
-    except sheet.SheetError as e:
-        return 422, errors_body(ContractError.single(e.field, e.message).errors)
-    except Rejected as e:
-        return _status(e), errors_body(ContractError.single(e.field, e.message).errors)
-    body = sheet_reply(session_id, report, dry_run, applied)
-    if dry_run or applied or report.clean:
-        return 200, body
-    return 422, body
+        return (await _once(runtime, key, decide))[0]
+    except idempotency.KeyReused as e:
+        return 422, errors_body(e.errors)
 
 
 def sheet_reply(session_id: UUID, report: domain.SheetReport, dry_run: bool, applied: bool) -> dict[str, Any]:
@@ -183,11 +209,16 @@ def build(runtime: Runtime) -> FastAPI:
     # One subscriber for every command, so an unknown command gets a typed error, not silence.
     async def on_command(msg: NatsMessage) -> bytes:
         command = msg.raw_message.subject.rsplit(".", 1)[-1]
-        source = (msg.headers or {}).get("Cso-Source", "nats-command")
-        _, result = await execute(runtime, key, command, msg.body, source)
+        headers = msg.headers or {}
+        source = headers.get("Cso-Source", "nats-command")
+        _, result = await execute(runtime, key, command, msg.body, source,
+                                  idempotency_key=headers.get(idempotency.HEADER))
         return json.dumps(result, default=str).encode()
 
     runtime.on_request(topology.command_subject(SERVICE, "*"), on_command)
+    # Kept command replies expire (CSO_IDEMPOTENCY_HOURS; a value that cannot work stops the start).
+    runtime.every(idempotency.pruning(runtime.engine, store.SCHEMA,
+                                      idempotency.ttl_of(runtime.settings.idempotency_hours)))
 
     sheets = 2 * sheet.MAX_SHEET_BYTES  # a CSV, or its base64 inside a command
     app = runtime.http("cso training", large_bodies={"/commands/attendance_sheet": sheets,
@@ -202,7 +233,9 @@ def build(runtime: Runtime) -> FastAPI:
         withdraw, attend, complete, cancel, record_exam, select_outstanding, attendance_sheet).
         Needs the trainer role; the county or session it touches must be within the token's region."""
         source = source_of(who, request)   # the token's; a differing X-Cso-Source is refused
-        status, result = await execute(runtime, key, command, await request.body(), source, who.scope)
+        status, result = await execute(runtime, key, command, await request.body(), source, who.scope,
+                                       idempotency_key=request.headers.get(idempotency.HEADER),
+                                       caller=idempotency.http_caller(who.authenticated, who.sub, source))
         return JSONResponse(json.loads(json.dumps(result, default=str)), status_code=status)
 
     @app.post("/sessions/{session_id}/attendance", **WRITE)
@@ -211,15 +244,20 @@ def build(runtime: Runtime) -> FastAPI:
                          who: Principal = trainer) -> JSONResponse:
         """Upload an attendance sheet (the CSV file as the body: 姓名,身份证号,手机号,签到; UTF-8 with or
         without BOM, or GBK). All rows or nothing, unless accept_partial=true; dry_run=true only reports."""
+        source = source_of(who, request)
+        data = await request.body()
         try:
-            ctx = _context(runtime, key, source_of(who, request))
+            ctx = _context(runtime, key, source)
+            # The key's fingerprint covers what the path and query say too.
+            once = idempotency.Key.of(request.headers.get(idempotency.HEADER),
+                                      idempotency.http_caller(who.authenticated, who.sub, source),
+                                      f"attendance/{session_id}/{dry_run}/{accept_partial}", data)
         except ContractError as e:
             return JSONResponse(errors_body(e.errors), status_code=422)
-        data = await request.body()
         if len(data) > sheet.MAX_SHEET_BYTES:
             return JSONResponse(errors_body(ContractError.single(
                 "sheet", f"{len(data)} bytes exceeds {sheet.MAX_SHEET_BYTES}").errors), status_code=413)
-        status, result = await upload(runtime, ctx, session_id, data, dry_run, accept_partial, who.scope)
+        status, result = await upload(runtime, ctx, session_id, data, dry_run, accept_partial, who.scope, once)
         return JSONResponse(result, status_code=status)
 
     @app.get("/counties/{code}/pool", **PERSONAL)

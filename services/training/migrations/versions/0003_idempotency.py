@@ -1,0 +1,16 @@
+"""Idempotent commands: each caller's Idempotency-Key with the reply its command gave
+(cso/idempotency.py).
+
+Revision ID: 0003
+"""
+from alembic import op
+
+from cso import idempotency
+
+revision = "0003"
+down_revision = "0002"
+
+
+def upgrade(schema: str) -> None:
+    for statement in idempotency.ddl(schema):
+        op.execute(statement)
