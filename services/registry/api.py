@@ -23,7 +23,7 @@ from cso.commands import parse_command
 from cso.consumer import OutOfScope, Rejected, Subscription
 from cso.service import Runtime, errors_body
 
-from . import receipts, store
+from . import imports, receipts, sheet, store
 from .losses import IntakeLosses, note_sources
 from .receipts import note_refusals
 from .record import REGISTRY_FACTS, record, record_batch
@@ -138,10 +138,11 @@ def build(runtime: Runtime) -> FastAPI:
                                       idempotency.ttl_of(runtime.settings.idempotency_hours)))
 
     IntakeLosses(runtime, interval=runtime.settings.bus_check_seconds)
-    app = runtime.http("cso registry", large_bodies={"/receipts": 1024 * 1024})
+    app = runtime.http("cso registry", large_bodies={"/receipts": 1024 * 1024, "/imports": sheet.MAX_SHEET_BYTES})
     receipts.mount(runtime, app)
     registrar = Depends(runtime.auth.role("registrar"))
     reader = Depends(runtime.auth.reader())
+    imports.routes(app, runtime, registrar)
 
     @app.post("/commands/{command}", **WRITE)
     async def command(command: str, request: Request,
