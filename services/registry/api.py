@@ -14,11 +14,11 @@ from faststream.nats import NatsMessage
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from contracts import ContractError, Envelope, make_event
+from contracts import ContractError, Envelope, FieldError, make_event
 from contracts import events as ev
 from contracts.codes import is_digits
 from cso import idempotency
-from cso.auth import SCOPED, WRITE, Principal, source_of
+from cso.auth import PUBLIC, SCOPED, WRITE, Principal, source_of
 from cso.commands import parse_command
 from cso.consumer import OutOfScope, Rejected, Subscription
 from cso.service import Runtime, errors_body
@@ -117,6 +117,14 @@ async def execute(runtime: Runtime, command: str, body: bytes, source: str, scop
     return status, result
 
 
+def _page(region: dict[str, Any], children: list[dict[str, Any]], total: int, limit: int) -> dict[str, Any]:
+    """A region with a page of its children (up to `limit`; one more was read to know if more follow)."""
+    more = len(children) > limit
+    page = children[:limit]
+    return region | {"children": page, "total_children": total,
+                     "next_after": page[-1]["code"] if more else None}
+
+
 def build(runtime: Runtime) -> FastAPI:
     topology = runtime.topology
     runtime.consume(Subscription("CSO_INTAKE", topology.context_subjects("intake"), "registry-intake"),
@@ -168,6 +176,32 @@ def build(runtime: Runtime) -> FastAPI:
             raise HTTPException(404, detail=f"organization_id: no organization {org_id}")
         who.require_region(view["community_code"], "organization_id")
         return view
+
+    # Division names are public: what registry holds is what filings are checked against.
+    @app.get("/divisions", **PUBLIC)
+    async def provinces(limit: int = Query(100, ge=1, le=1000),
+                        after: str | None = Query(None, pattern="^[0-9]{1,12}$")) -> JSONResponse:
+        """The provinces registry holds divisions of, paged like GET /divisions/{code}."""
+        async with runtime.engine.connect() as conn:
+            children, total = await store.division_children(conn, "", after, limit + 1)
+        return JSONResponse(_page({}, children, total, limit))
+
+    @app.get("/divisions/{code}", **PUBLIC)
+    async def division(code: str, limit: int = Query(100, ge=1, le=1000),
+                       after: str | None = Query(None, pattern="^[0-9]{1,12}$")) -> JSONResponse:
+        """A region (province, city, county, township or community) with its parents and its
+        children one tier down, in code order, `limit` at a time (the next page: `after` =
+        `next_after`): code, name, tier, kind (province, city, county; street, town, township,
+        special; community, village, other) and, for a community, its urban/rural class."""
+        if not is_digits(code) or len(code) not in (2, 4, 6, 9, 12):
+            raise ContractError.single("code", f"{code[:20]!r} is not a division code (2, 4, 6, 9 or 12 digits)")
+        async with runtime.engine.connect() as conn:
+            region = await store.division(conn, code)
+            if region is None:
+                return JSONResponse(errors_body([FieldError(field="code", message=(
+                    f"no region {code} in the divisions registry holds"))]), status_code=404)
+            children, total = await store.division_children(conn, code, after, limit + 1)
+        return JSONResponse(_page(region, children, total, limit))
 
     @app.get("/regions/{code}/organizations", **SCOPED)
     async def organizations(code: str, limit: int = Query(50, ge=1, le=1000),

@@ -203,3 +203,85 @@ async def division_known(conn: AsyncConnection, code: str) -> bool:
         return False
     return (await conn.execute(text(f"SELECT 1 FROM {SCHEMA}.{table[0]} WHERE {table[1]} = :c LIMIT 1"),
                                {"c": code})).first() is not None
+
+
+# --- divisions, as registry holds them (GET /divisions/{code}) ----------------------------------
+
+# A child's code begins with its parent's (NBS), so a region's children are a range of the child
+# table's primary key: no index beyond the keys is needed, nationally either.
+_CHILD_LENGTH = {0: 2, 2: 4, 4: 6, 6: 9, 9: 12}
+
+
+def _community_kind(kind: str) -> str:
+    """A community's committee, from its class: urban ones are residents' committees (社区,
+    居民委员会), rural ones villagers' committees (村, 村民委员会); cso.divisions.classify."""
+    return {"urban": "community", "rural": "village"}.get(kind, "other")
+
+
+def _node(code: str, name: str, kind: str | None = None) -> dict[str, Any]:
+    tier = {2: "province", 4: "city", 6: "county", 9: "township", 12: "community"}[len(code)]
+    node: dict[str, Any] = {"code": code, "name": name, "tier": tier}
+    if tier == "township":
+        node["kind"] = kind  # street, town, township or special
+    elif tier == "community":
+        node["kind"], node["class"] = _community_kind(kind or ""), kind
+    else:
+        node["kind"] = tier
+    return node
+
+
+async def division(conn: AsyncConnection, code: str) -> dict[str, Any] | None:
+    """A region (2, 4, 6, 9 or 12 digits) registry holds: code, name, tier, kind (class for a
+    community), edition, and its parents (province first); None if none of its divisions are loaded."""
+    county = (await conn.execute(text(
+        f"SELECT code, name, city_code, city_name, province_code, province_name, edition FROM {SCHEMA}.county "
+        "WHERE code BETWEEN :low AND :high ORDER BY code LIMIT 1"),
+        {"low": code[:6].ljust(6, "0"), "high": code[:6].ljust(6, "9")})).mappings().first()
+    if county is None:
+        return None
+    parents = [_node(county["province_code"], county["province_name"]),
+               _node(county["city_code"], county["city_name"]), _node(county["code"], county["name"])]
+    if len(code) <= 6:
+        found = parents[len(code) // 2 - 1]
+        return found | {"edition": county["edition"], "parents": parents[:len(code) // 2 - 1]} \
+            if found["code"] == code else None
+    township = (await conn.execute(text(
+        f"SELECT code, name, kind, edition FROM {SCHEMA}.township WHERE code = :c"),
+        {"c": code[:9]})).mappings().first()
+    if township is None:
+        return None
+    if len(code) == 9:
+        return _node(code, township["name"], township["kind"]) | {"edition": township["edition"],
+                                                                  "parents": parents}
+    community = (await conn.execute(text(
+        f"SELECT name, kind, edition FROM {SCHEMA}.community WHERE code = :c"), {"c": code})).mappings().first()
+    if community is None:
+        return None
+    return _node(code, community["name"], community["kind"]) | {
+        "edition": community["edition"],
+        "parents": [*parents, _node(township["code"], township["name"], township["kind"])]}
+
+
+async def division_children(conn: AsyncConnection, code: str, after: str | None,
+                            limit: int) -> tuple[list[dict[str, Any]], int]:
+    """A page of the region's children in code order after `after` ("" is the country: its
+    provinces), with how many there are in all."""
+    child = _CHILD_LENGTH.get(len(code))
+    if child is None:  # a community has none
+        return [], 0
+    params: dict[str, Any] = {"low": code.ljust(child, "0"), "high": code.ljust(child, "9")}
+    if child in (2, 4):  # provinces and cities: the names their counties carry
+        column, name = ("province_code", "province_name") if child == 2 else ("city_code", "city_name")
+        source = (f"SELECT {column} AS code, max({name}) AS name, NULL AS kind FROM {SCHEMA}.county "
+                  f"WHERE code BETWEEN :low AND :high GROUP BY {column}")
+        params = {"low": code.ljust(6, "0"), "high": code.ljust(6, "9")}
+    else:
+        table = {6: "county", 9: "township", 12: "community"}[child]
+        kind = "NULL" if child == 6 else "kind"
+        source = (f"SELECT code, name, {kind} AS kind FROM {SCHEMA}.{table} "
+                  "WHERE code BETWEEN :low AND :high")
+    rows = (await conn.execute(text(
+        f"SELECT code, name, kind FROM ({source}) c WHERE code > :after ORDER BY code LIMIT :limit"),
+        params | {"after": after or "", "limit": limit})).all()
+    total = (await conn.execute(text(f"SELECT count(*) FROM ({source}) c"), params)).scalar_one()
+    return [_node(c.strip(), n, k) for c, n, k in rows], int(total)

@@ -252,7 +252,8 @@ def requests(draw: st.DrawFn, ops: list[Operation]) -> tuple[Operation, str, dic
         query[draw(st.sampled_from(["file", "filename", "as_of", "figure", "under", "dry_run"]))] = draw(text)
     headers = {}
     if draw(st.booleans()):
-        name = draw(st.sampled_from(["x-cso-source", "x-cso-by", "x-cso-file", "x-cso-filename", "content-type"]))
+        name = draw(st.sampled_from(["x-cso-source", "x-cso-by", "x-cso-file", "x-cso-filename", "content-type",
+                                        "idempotency-key"]))
         headers[name] = draw(st.sampled_from(HEADER_VALUES))
     body = b""
     if op.method in ("post", "put", "patch", "delete"):
