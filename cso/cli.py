@@ -379,8 +379,8 @@ def rebuild(
     console = _console()
     console.print(f"facts {report.facts}, entities {report.entities}, coverage rows {report.rows}, "
                   f"differences {len(report.differences)}" + (", applied" if report.applied else ""))
-    for (region, counter, month), live, rebuilt in report.differences[:50]:
-        console.print(f"  {region} {counter} {month}: live {live}, rebuilt {rebuilt}")
+    for (region, counter, day), live, rebuilt in report.differences[:50]:
+        console.print(f"  {region} {counter} {day}: live {live}, rebuilt {rebuilt}")
     if report.differences and not report.applied:
         raise typer.Exit(1)
 
@@ -671,7 +671,9 @@ def coverage_table(body: dict[str, Any]) -> Table:
 def targets_table(body: dict[str, Any], width: int = 200) -> Table:
     from services.targets.domain.metrics import FIGURES
 
-    table = Table(title=f"targets of {body['code']} {body['name']}", title_justify="left",
+    # As of a past day, statuses are those evaluated for that day: the title says which.
+    as_of = f" as of {body['as_of']}" if body.get("as_of") else ""
+    table = Table(title=f"targets of {body['code']} {body['name']}{as_of}", title_justify="left",
                   box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
     rows: list[tuple[str, str, str, str, str, str]] = []
     for t in body["targets"]:
@@ -713,7 +715,8 @@ def coverage(
         help="targets' base URL. Default: CSO_TARGETS_URL, else the local stack's.")] = None,
     data_dir: DataDir = DEFAULT_DATA_DIR,
 ) -> None:
-    """A region and its children with the key figures, then the region's targets."""
+    """A region and its children with the key figures, then the region's targets; with --as-of,
+    both as of the end of that day (facts dated later do not count; statuses are that day's)."""
     base = _targets_url(url, data_dir)
     query = f"?{urllib.parse.urlencode({'as_of': as_of})}" if as_of else ""
     body = _get_from_targets(base, f"/coverage/{urllib.parse.quote(region, safe='')}{query}", data_dir)

@@ -86,7 +86,7 @@ class Coalescer:
         async with self.runtime.engine.begin() as conn:
             if self.resync.is_set():
                 self.resync.clear()
-                await evaluation.sync_instances(conn, await load_specs(conn))
+                await evaluation.sync_instances(conn, await load_specs(conn), today)
                 self.evaluated_on = None
             if self.evaluated_on != today:
                 await evaluation.evaluate_instances(conn, topology, today)
@@ -142,8 +142,8 @@ def build(runtime: Runtime, clock: evaluation.Clock | None = None,
         region = str(q.get("region", ""))
         queries: dict[str, Callable[[AsyncConnection], Awaitable[Any]]] = {
             "coverage": lambda c: views.coverage(c, region, views.parse_day(q.get("as_of"))),
-            "targets": lambda c: views.targets(c, region),
-            "at_risk": lambda c: views.at_risk(c, region),
+            "targets": lambda c: views.targets(c, region, as_of=views.parse_day(q.get("as_of"))),
+            "at_risk": lambda c: views.at_risk(c, region, views.parse_day(q.get("as_of"))),
             "series": lambda c: views.series(c, region, str(q.get("figure", ""))),
         }
         if name not in queries:
@@ -172,12 +172,15 @@ def build(runtime: Runtime, clock: evaluation.Clock | None = None,
         return await respond(lambda c: views.series(c, region, figure))
 
     @app.get("/regions/{region}/targets", **PUBLIC)
-    async def get_targets(region: str) -> JSONResponse:
-        return await respond(lambda c: _checked(c, region, lambda c2: views.targets(c2, region)))
+    async def get_targets(region: str, as_of: str | None = None) -> JSONResponse:
+        """A region's targets with their status and history; as of a day if given: each status
+        evaluated for that day, with the status recorded then (`recorded`)."""
+        return await respond(lambda c: _checked(c, region, lambda c2: views.targets(
+            c2, region, as_of=views.parse_day(as_of))))
 
     @app.get("/targets/at-risk", **PUBLIC)
-    async def get_at_risk(under: str = Query(...)) -> JSONResponse:
-        return await respond(lambda c: views.at_risk(c, under))
+    async def get_at_risk(under: str = Query(...), as_of: str | None = None) -> JSONResponse:
+        return await respond(lambda c: views.at_risk(c, under, views.parse_day(as_of)))
 
     @app.get("/targets", **PUBLIC)
     async def get_catalogue() -> JSONResponse:

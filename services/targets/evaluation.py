@@ -11,7 +11,7 @@ import dataclasses
 import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any
 
 from prometheus_client import Gauge
@@ -27,6 +27,7 @@ from . import store
 from .domain.catalogue import TargetInstance, TargetSpec, expand
 from .domain.metrics import FIGURES, figure, figures
 from .domain.status import evaluate
+from .domain.status import inputs as status_inputs
 
 log = logging.getLogger(__name__)
 SCHEMA = store.SCHEMA
@@ -64,8 +65,10 @@ def instance_from_json(data: dict[str, Any]) -> TargetInstance:
                              for k, v in data.items()})
 
 
-async def sync_instances(conn: AsyncConnection, specs: Sequence[TargetSpec]) -> int:
-    """Expand the catalogue over today's divisions into instances (new regions get theirs)."""
+async def sync_instances(conn: AsyncConnection, specs: Sequence[TargetSpec], today: date) -> int:
+    """Expand the catalogue over today's divisions into instances (new regions get theirs). Each
+    instance that is new, changed or gone gets a version from `today` (target_instance_version), so
+    a past day is evaluated with the definition in force that day."""
     tiers: dict[tuple[str, str], list[str]] = {}
 
     def regions_of_tier(under: str, tier: str) -> list[str]:
@@ -77,6 +80,20 @@ async def sync_instances(conn: AsyncConnection, specs: Sequence[TargetSpec]) -> 
                 conn, spec.scope_region, spec.scope_tier)
     instances = [i for spec in specs for i in expand(spec, regions_of_tier)]
     ids = [i.instance_id for i in instances]
+    stored = {r[0]: (r[1], r[2]) for r in await conn.execute(text(
+        f"SELECT id, region, instance FROM {SCHEMA}.target_instance ORDER BY id FOR UPDATE"))}
+    documents = [_instance_json(i) for i in instances]
+    versions = [(i.instance_id, i.region, doc) for i, doc in zip(instances, documents, strict=True)
+                if i.instance_id not in stored or stored[i.instance_id][1] != json.loads(doc)]
+    kept = set(ids)
+    versions += [(id_, region, None) for id_, (region, _) in sorted(stored.items()) if id_ not in kept]
+    if versions:
+        await conn.execute(text(
+            f"INSERT INTO {SCHEMA}.target_instance_version (id, region, instance, from_day) "
+            "SELECT i, r, CAST(d AS jsonb), :day FROM unnest(CAST(:i AS text[]), CAST(:r AS text[]), "
+            "CAST(:d AS text[])) AS v(i, r, d)"),
+            {"i": [v[0] for v in versions], "r": [v[1] for v in versions], "d": [v[2] for v in versions],
+             "day": today})
     await conn.execute(text(f"DELETE FROM {SCHEMA}.target_instance WHERE NOT (id = ANY(:ids))"),
                        {"ids": ids})
     if instances:
@@ -88,27 +105,32 @@ async def sync_instances(conn: AsyncConnection, specs: Sequence[TargetSpec]) -> 
             "figure = excluded.figure, instance = excluded.instance"),
             {"id": ids, "t": [i.spec_id for i in instances], "r": [i.region for i in instances],
              "f": [i.figure for i in instances], "th": [i.threshold for i in instances],
-             "d": [i.deadline for i in instances], "i": [_instance_json(i) for i in instances]})
+             "d": [i.deadline for i in instances], "i": documents})
     return len(instances)
 
 
-def _month_before(day: date) -> date:
-    return day.replace(day=1) - timedelta(days=1)
-
-
-async def values(conn: AsyncConnection, i: TargetInstance, today: date
-                 ) -> tuple[float | None, float | None, float | None]:
-    """The instance's figure now, at its start and at its deadline."""
-    year_start = None
-    if FIGURES[i.figure].yearly:
-        year_start = (await store.counters_as_of(conn, [i.region], date((i.year or i.start.year) - 1, 12, 1)))[i.region]
-    if today > i.deadline:
-        at_deadline = (await store.counters_as_of(conn, [i.region], i.deadline))[i.region]
-        return None, None, figure(i.figure, at_deadline, year_start)
-    now = (await store.counters_now(conn, [i.region]))[i.region]
-    at_start = (await store.counters_as_of(conn, [i.region], _month_before(i.start)))[i.region]
-    start_value = 0.0 if year_start is not None else figure(i.figure, at_start)
-    return figure(i.figure, now, year_start), start_value, None
+async def statuses(conn: AsyncConnection, instances: Sequence[TargetInstance], day: date,
+                   live: bool = False) -> list[tuple[ev.TargetStatus, float | None]]:
+    """Each instance's status and value on `day` (domain/status.py), from the figures at the end of
+    the days it needs, all read in one statement. `live`: the figure now is today's coverage as
+    it stands (coverage_now), not the sum of deltas up to `day`."""
+    needs = [status_inputs(i, day, FIGURES[i.figure].yearly) for i in instances]
+    at = await store.counters_on(conn, [(i.region, d) for i, n in zip(instances, needs, strict=True)
+                                        for d in (n.days()[1:] if live and n.deadline is None
+                                                  else n.days())])
+    now = (await store.counters_now(conn, sorted({i.region for i, n in zip(instances, needs, strict=True)
+                                                 if n.deadline is None})) if live else {})
+    out = []
+    for i, n in zip(instances, needs, strict=True):
+        year_start = at[(i.region, n.year_start)] if n.year_start else None
+        if n.deadline is not None:
+            at_deadline = figure(i.figure, at[(i.region, n.deadline)], year_start)
+            out.append((evaluate(i, day, None, None, at_deadline), at_deadline))
+            continue
+        value = figure(i.figure, now[i.region] if live else at[(i.region, day)], year_start)
+        at_start = figure(i.figure, at[(i.region, n.start)]) if n.start else 0.0
+        out.append((evaluate(i, day, value, at_start, None), value))
+    return out
 
 
 async def evaluate_instances(conn: AsyncConnection, topology: Topology, today: date,
@@ -118,27 +140,32 @@ async def evaluate_instances(conn: AsyncConnection, topology: Topology, today: d
         f"SELECT id, instance, status FROM {SCHEMA}.target_instance "
         "WHERE (CAST(:all AS boolean) OR region = ANY(:r)) ORDER BY id FOR UPDATE"),
         {"all": regions is None, "r": sorted(regions or [])})).all()
-    changes = []
-    for instance_id, data, previous in rows:
-        instance = instance_from_json(data)
-        now, at_start, at_deadline = await values(conn, instance, today)
-        status = evaluate(instance, today, now, at_start, at_deadline)
-        value = at_deadline if today > instance.deadline else now
-        await conn.execute(text(
-            f"UPDATE {SCHEMA}.target_instance SET status = :s, value = :v, evaluated_at = now() "
-            "WHERE id = :id"), {"s": status.value, "v": value, "id": instance_id})
+    instances = [instance_from_json(data) for _, data, _ in rows]
+    evaluated = await statuses(conn, instances, today, live=True)
+    changes, history = [], []
+    for (instance_id, _, previous), instance, (status, value) in zip(rows, instances, evaluated, strict=True):
         for s in ev.TargetStatus:
             TARGET_STATUS.labels(instance.spec_id, instance.region, s.value).set(1 if s is status else 0)
         if previous == status.value:
             continue
-        await conn.execute(text(
-            f"INSERT INTO {SCHEMA}.target_history (instance_id, status, previous_status, value, on_day) "
-            "VALUES (:id, :s, :p, :v, :d)"),
-            {"id": instance_id, "s": status.value, "p": previous, "v": value, "d": today})
+        history.append((instance_id, status.value, previous, value))
         changes.append((make_event(ev.TargetStatusChanged(
             target_id=instance_id, region_code=instance.region, metric=instance.figure,
             previous_status=previous, status=status, value=value, threshold=instance.threshold,
             deadline=instance.deadline), source=SOURCE), instance_id))
+    if rows:
+        await conn.execute(text(
+            f"UPDATE {SCHEMA}.target_instance t SET status = u.s, value = u.v, evaluated_at = now() "
+            "FROM unnest(CAST(:id AS text[]), CAST(:s AS text[]), CAST(:v AS float8[])) AS u(id, s, v) "
+            "WHERE t.id = u.id"),
+            {"id": [r[0] for r in rows], "s": [s.value for s, _ in evaluated], "v": [v for _, v in evaluated]})
+    if history:
+        await conn.execute(text(
+            f"INSERT INTO {SCHEMA}.target_history (instance_id, status, previous_status, value, on_day) "
+            "SELECT i, s, p, v, :d FROM unnest(CAST(:i AS text[]), CAST(:s AS text[]), CAST(:p AS text[]), "
+            "CAST(:v AS float8[])) AS h(i, s, p, v)"),
+            {"i": [h[0] for h in history], "s": [h[1] for h in history], "p": [h[2] for h in history],
+             "v": [h[3] for h in history], "d": today})
     await outbox.add(conn, SCHEMA, topology, changes)
     return len(changes)
 

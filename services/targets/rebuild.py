@@ -112,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, Any] = {"facts": report.facts, "entities": report.entities, "rows": report.rows,
                                "differences": len(report.differences), "applied": report.applied}
     print(json.dumps(summary))
-    for (region, counter, month), live, rebuilt in report.differences[:50]:
-        print(f"{region} {counter} {month}: live {live}, rebuilt {rebuilt}")
+    for (region, counter, day), live, rebuilt in report.differences[:50]:
+        print(f"{region} {counter} {day}: live {live}, rebuilt {rebuilt}")
     return 0 if report.equal or report.applied else 1
 
 

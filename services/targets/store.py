@@ -1,4 +1,8 @@
-"""targets' SQL, in its own schema: facts, entity timelines, coverage deltas, divisions, targets."""
+"""targets' SQL, in its own schema: facts, entity timelines, coverage deltas (per region, counter
+and day), divisions, targets.
+
+The column `coverage.month` holds the day of a delta (migration 0004; it keeps its old name while
+replicas of before may still write to it)."""
 
 from __future__ import annotations
 
@@ -203,19 +207,34 @@ async def counters_now(conn: AsyncConnection, regions: Sequence[str]) -> dict[st
     return out
 
 
-async def counters_as_of(conn: AsyncConnection, regions: Sequence[str], month: date) -> dict[str, dict[str, int]]:
-    """Counter values at the end of `month` (a first-of-month date or any day in it)."""
+async def counters_as_of(conn: AsyncConnection, regions: Sequence[str], day: date) -> dict[str, dict[str, int]]:
+    """Counter values at the end of `day`: every delta of that day and before."""
+    at = await counters_on(conn, [(r, day) for r in regions])
+    return {r: at[(r, day)] for r in regions}
+
+
+async def counters_on(conn: AsyncConnection, asked: Iterable[tuple[str, date]]
+                      ) -> dict[tuple[str, date], dict[str, int]]:
+    """Counter values of each (region, day) asked, at the end of that day, in one statement."""
+    pairs = sorted(set(asked))
+    out: dict[tuple[str, date], dict[str, int]] = {p: {} for p in pairs}
+    if not pairs:
+        return out
     rows = await conn.execute(text(
-        f"SELECT region, counter, sum(delta) FROM {SCHEMA}.coverage WHERE region = ANY(:r) "
-        "AND month <= :m GROUP BY region, counter"), {"r": list(regions), "m": month.replace(day=1)})
-    out: dict[str, dict[str, int]] = {r: {} for r in regions}
-    for region, counter, value in rows:
-        out[region][counter] = int(value)
+        f"SELECT q.region, q.day, c.counter, sum(c.delta) FROM unnest(CAST(:r AS text[]), "
+        f"CAST(:d AS date[])) AS q(region, day) JOIN {SCHEMA}.coverage c "
+        "ON c.region = q.region AND c.month <= q.day GROUP BY 1, 2, 3"),
+        {"r": [p[0] for p in pairs], "d": [p[1] for p in pairs]})
+    for region, day, counter, value in rows:
+        if value:
+            out[(region, day)][counter] = int(value)
     return out
 
 
 async def monthly(conn: AsyncConnection, region: str, counters: Sequence[str]) -> list[tuple[date, str, int]]:
+    """Each month's net move of `counters` in `region` (the day deltas of the month, summed)."""
     rows = await conn.execute(text(
-        f"SELECT month, counter, delta FROM {SCHEMA}.coverage WHERE region = :r AND counter = ANY(:c) "
-        "ORDER BY month"), {"r": region, "c": list(counters)})
+        f"SELECT CAST(date_trunc('month', month) AS date) AS m, counter, sum(delta) "
+        f"FROM {SCHEMA}.coverage WHERE region = :r AND counter = ANY(:c) GROUP BY 1, 2 ORDER BY 1, 2"),
+        {"r": region, "c": list(counters)})
     return [(r[0], r[1], int(r[2])) for r in rows]

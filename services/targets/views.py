@@ -1,5 +1,7 @@
 """targets' read side, shared by HTTP and NATS request-reply: coverage with drill-down, targets
-with status and history, targets at risk, a figure's monthly series."""
+with status and history, targets at risk, a figure's monthly series. Coverage, targets and targets
+at risk answer for any past day too (`as_of`): counters at the end of that day, and each target's
+status evaluated for that day with the definition then in force (domain/status.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts.codes import tier_of
 
-from . import store
+from . import evaluation, store
+from .domain.catalogue import TargetInstance
 from .domain.metrics import FIGURES, figure, figures
+from .domain.status import Version, definition_on
 
 SCHEMA = store.SCHEMA
 
@@ -55,11 +59,14 @@ async def coverage(conn: AsyncConnection, code: str, as_of: date | None = None) 
         return {**info, "counters": c, "figures": figures(c)}
 
     return {**row(region), "as_of": as_of.isoformat() if as_of else None,
-            "targets": await targets(conn, code, history=False),
+            "targets": await targets(conn, code, history=False, as_of=as_of),
             "children": [row(k) for k in kids]}
 
 
-async def targets(conn: AsyncConnection, code: str, history: bool = True) -> list[dict[str, Any]]:
+async def targets(conn: AsyncConnection, code: str, history: bool = True,
+                  as_of: date | None = None) -> list[dict[str, Any]]:
+    if as_of is not None:
+        return await targets_as_of(conn, code, as_of, history)
     rows = (await conn.execute(text(
         f"SELECT id, target_id, region, figure, threshold, deadline, status, value, evaluated_at, "
         f"instance->>'title' AS title, instance->>'source' AS source, instance->>'comparison' AS comparison, "
@@ -76,8 +83,60 @@ async def targets(conn: AsyncConnection, code: str, history: bool = True) -> lis
     return out
 
 
-async def at_risk(conn: AsyncConnection, under: str) -> list[dict[str, Any]]:
+async def definitions_on(conn: AsyncConnection, day: date, region: str | None = None,
+                         under: str | None = None) -> list[TargetInstance]:
+    """The target instances of `region` (or of every region under `under`) in force on `day`."""
+    rows = await conn.execute(text(
+        f"SELECT id, instance, from_day FROM {SCHEMA}.target_instance_version "
+        "WHERE (region = :r OR region LIKE :p) ORDER BY id, recorded_at"),
+        {"r": region, "p": (under + "%") if under is not None else None})
+    versions: dict[str, list[Version]] = {}
+    for id_, data, from_day in rows:
+        versions.setdefault(id_, []).append(
+            (from_day, evaluation.instance_from_json(data) if data is not None else None))
+    found = (definition_on(v, day) for v in versions.values())
+    return sorted((i for i in found if i is not None), key=lambda i: (i.deadline, i.instance_id))
+
+
+async def evaluated_on(conn: AsyncConnection, instances: list[TargetInstance], day: date,
+                       history: bool) -> list[dict[str, Any]]:
+    """Instances as the live targets answer shows them, evaluated for `day`; `recorded` is the
+    status the service had recorded in force that day (target_history), if it was running then."""
+    evaluated = await evaluation.statuses(conn, instances, day)
+    ids = [i.instance_id for i in instances]
+    hist = (await conn.execute(text(
+        f"SELECT instance_id, previous_status, status, value, on_day, changed_at "
+        f"FROM {SCHEMA}.target_history WHERE instance_id = ANY(:ids) AND on_day <= :d "
+        "ORDER BY on_day, changed_at"), {"ids": ids, "d": day})).mappings().all()
+    out = []
+    for i, (status, value) in zip(instances, evaluated, strict=True):
+        own = [dict(h) for h in hist if h["instance_id"] == i.instance_id]
+        row: dict[str, Any] = {
+            "id": i.instance_id, "target_id": i.spec_id, "region": i.region, "figure": i.figure,
+            "threshold": i.threshold, "deadline": i.deadline, "status": status.value, "value": value,
+            "as_of": day.isoformat(), "title": i.title, "source": i.source, "comparison": i.comparison,
+            "year": str(i.year) if i.year is not None else None,
+            "recorded": ({k: own[-1][k] for k in ("status", "value", "on_day")} if own else None)}
+        if history:
+            row["history"] = own
+        out.append(row)
+    return out
+
+
+async def targets_as_of(conn: AsyncConnection, code: str, day: date, history: bool = True) -> list[dict[str, Any]]:
+    return await evaluated_on(conn, await definitions_on(conn, day, region=code), day, history)
+
+
+async def at_risk(conn: AsyncConnection, under: str, as_of: date | None = None) -> list[dict[str, Any]]:
     await known_region(conn, under)
+    if as_of is not None:
+        rows = await evaluated_on(conn, await definitions_on(conn, as_of, under=under), as_of, history=False)
+        behind = [r for r in rows if r["status"] in ("at_risk", "missed")]
+        names = dict((await conn.execute(text(f"SELECT code, name FROM {SCHEMA}.division WHERE code = ANY(:c)"),
+                                         {"c": sorted({r["region"] for r in behind})})).all())
+        return [{k: r[k] for k in ("id", "target_id", "region", "figure", "threshold", "deadline",
+                                   "status", "value", "as_of")} | {"region_name": names.get(r["region"])}
+                for r in behind]
     rows = (await conn.execute(text(
         f"SELECT t.id, t.target_id, t.region, d.name AS region_name, t.figure, t.threshold, t.deadline, "
         f"t.status, t.value FROM {SCHEMA}.target_instance t LEFT JOIN {SCHEMA}.division d ON d.code = t.region "

@@ -1,6 +1,6 @@
 """targets end to end on real NATS and PostgreSQL: a few thousand facts through registry, two
 targets replicas on one durable consumer, projections equal to a SQL recount at every tier; the
-same events shuffled and duplicated give the same per-month coverage; a rebuild equals both."""
+same events shuffled and duplicated give the same per-day coverage; a rebuild equals both."""
 
 from __future__ import annotations
 
@@ -141,14 +141,14 @@ async def test_projections_equal_recount_and_survive_shuffling(
     try:
         report = await rebuild(engine)
         assert report.equal and report.rows > 1000, report.differences[:10]
-        before = await coverage_by_month(settings.database_url)
+        before = await coverage_by_day(settings.database_url)
         db = await asyncpg.connect(settings.database_url)
         await db.execute("UPDATE targets.coverage SET delta = delta + 1 WHERE region = '5111' AND counter = 'orgs'")
         await db.close()
         damaged = await rebuild(engine)
         assert not damaged.equal and {d[0][:2] for d in damaged.differences} == {("5111", "orgs")}
         assert (await rebuild(engine, apply=True)).applied
-        assert await coverage_by_month(settings.database_url) == before
+        assert await coverage_by_day(settings.database_url) == before
         assert (await rebuild(engine)).equal
     finally:
         await engine.dispose()
@@ -159,7 +159,7 @@ async def test_projections_equal_recount_and_survive_shuffling(
     assert {c["code"] for c in body["children"]} == {k for k, _ in expected if len(k) == 6 and k.startswith("5111")}
 
     # The same events, shuffled and partly duplicated, into a fresh targets: same coverage per month.
-    live = await coverage_by_month(settings.database_url)
+    live = await coverage_by_day(settings.database_url)
     async with fresh_database(postgres_url) as other_db:
         other = dataclasses.replace(settings, database_url=other_db, namespace=settings.namespace + "b")
         await asyncio.to_thread(targets.run_migrations, other)
@@ -178,7 +178,7 @@ async def test_projections_equal_recount_and_survive_shuffling(
                 await publish(nc, other.topology.event_subject(e["type"], e["region"]), data)
             await eventually(lambda: _equals(count(other_db, "SELECT count(*) FROM targets.inbox"),
                                              len(set(rows)) + 12), timeout=120)
-            assert await coverage_by_month(other_db) == live
+            assert await coverage_by_day(other_db) == live
         js = nc.jetstream()
         for s in other.topology.streams:
             await js.delete_stream(s.name)
@@ -223,9 +223,10 @@ def training_expected(training: list[ev.Payload]) -> Counter[tuple[str, str]]:
     return out
 
 
-async def coverage_by_month(dsn: str) -> dict[tuple[str, str, str], int]:
+async def coverage_by_day(dsn: str) -> dict[tuple[str, str, str], int]:
     db = await asyncpg.connect(dsn)
     try:
+        # coverage.month holds the day of a delta (migration 0004).
         rows = await db.fetch("SELECT region, counter, month, delta FROM targets.coverage WHERE delta <> 0")
         return {(r["region"], r["counter"], r["month"].isoformat()): int(r["delta"]) for r in rows}
     finally:

@@ -221,6 +221,10 @@ def test_any_order_and_batching_equals_recount(stream: tuple[list[ev.Payload], l
         stored = new
     from_scratch = cov.total(cov.contribution(t) for t in project(facts).values())
     assert Counter({k: v for k, v in deltas.items() if v}) == from_scratch
-    months = sorted({m for _, _, m in from_scratch} | {date(2021, 1, 1), date(2024, 12, 1)})
-    for m in months:
-        assert cov.as_of(from_scratch, m) == recount(payloads, month_end(m)), m
+    # Day-exact: on every day something moved, the day before it and a few month ends, the sum
+    # of deltas equals the recount on that very day (not the end of its month).
+    moved = {d for _, _, d in from_scratch}
+    days = sorted(moved | {d - timedelta(days=1) for d in moved}
+                  | {date(2021, 1, 1), month_end(date(2023, 6, 1)), date(2024, 12, 31)})
+    for d in days:
+        assert cov.as_of(from_scratch, d) == recount(payloads, d), d

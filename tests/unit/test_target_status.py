@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import date, timedelta
 
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 
 from contracts.events import TargetStatus
 from services.targets.domain.catalogue import Comparison, TargetInstance, TargetSpec, expand
-from services.targets.domain.status import evaluate, progress
+from services.targets.domain.status import definition_on, evaluate, inputs, progress
 
 MET, ON_TRACK, AT_RISK, MISSED = (
     TargetStatus.MET, TargetStatus.ON_TRACK, TargetStatus.AT_RISK, TargetStatus.MISSED
@@ -264,3 +265,48 @@ def test_a_value_on_the_line_is_on_track_or_met(
     today = data.draw(st.dates(min_value=t.start, max_value=t.deadline))
     status = evaluate(t, today, progress(t, today, at_start), at_start, None)
     assert status in GOOD
+
+
+# --- as of a past day: the days whose figures count, the definition in force ------------------
+
+
+def test_inputs_name_the_days_whose_figures_count() -> None:
+    t = _instance(start=date(2025, 1, 1), deadline=date(2025, 12, 31))
+    on = inputs(t, date(2025, 6, 29), yearly=False)
+    assert (on.start, on.deadline, on.year_start) == (date(2024, 12, 31), None, None)
+    assert on.days() == [date(2025, 6, 29), date(2024, 12, 31)]
+    # Past the deadline only the deadline day counts (a target met later is still missed).
+    past = inputs(t, date(2026, 1, 2), yearly=False)
+    assert past.days() == [date(2025, 12, 31)]
+    # A figure counted per calendar year starts at 0 from the 31 December before its year.
+    yearly = inputs(dataclasses.replace(t, year=2025), date(2025, 3, 1), yearly=True)
+    assert (yearly.start, yearly.year_start) == (None, date(2024, 12, 31))
+    assert yearly.days() == [date(2025, 3, 1), date(2024, 12, 31)]
+
+
+def test_definition_in_force_on_a_day() -> None:
+    first, raised = _instance(threshold=3), _instance(threshold=4)
+    versions = [(date(2025, 7, 15), first), (date(2025, 8, 1), raised), (date(2025, 9, 1), None)]
+    assert definition_on(versions, date(2021, 1, 1)) is first      # before it was entered
+    assert definition_on(versions, date(2025, 7, 31)) is first
+    assert definition_on(versions, date(2025, 8, 1)) is raised     # from its day on
+    assert definition_on(versions, date(2025, 8, 31)) is raised
+    assert definition_on(versions, date(2025, 9, 1)) is None       # retired
+    assert definition_on([], date(2025, 9, 1)) is None
+    # Two on one day: the one recorded later.
+    assert definition_on([(date(2025, 8, 1), first), (date(2025, 8, 1), raised)], date(2025, 8, 1)) is raised
+
+
+def test_status_of_a_past_day_inside_a_month() -> None:
+    """The figure of the day counts, not its month's end: a deregistration of 06-30 lowers the
+    value from 06-30 on, so 06-29 is met and 06-30 at risk (a flat line from a baseline of 3)."""
+    t = _instance(threshold=3, start=date(2025, 1, 1), deadline=date(2025, 12, 31))
+    figures = {date(2024, 12, 31): 3.0, date(2025, 6, 29): 3.0, date(2025, 6, 30): 2.0}
+
+    def status_on(day: date) -> TargetStatus:
+        need = inputs(t, day, yearly=False)
+        assert need.start is not None
+        return evaluate(t, day, figures[day], figures[need.start], None)
+
+    assert status_on(date(2025, 6, 29)) is MET
+    assert status_on(date(2025, 6, 30)) is AT_RISK

@@ -1,10 +1,11 @@
-"""Coverage as a sum of contributions, one per entity, kept per region, counter and month.
+"""Coverage as a sum of contributions, one per entity, kept per region, counter and day.
 
 An entity (an organization, a township's hub coverage, a county's divisions, a person in a talent
 pool …) has a *timeline*: the states it was in, each from a date on, plus one-off *pulses* (a
 filing, a training completion). Its contribution is the telescoped difference of the vectors of
-consecutive states, put at the month each state began, plus its pulses; the value of a counter as
-of the end of month M is the sum of the deltas of months ≤ M.
+consecutive states, put at the day each state began, plus its pulses; the value of a counter as
+of the end of day D is the sum of the deltas of days ≤ D. Deltas are kept per day, not per month,
+so that "as of 2022-03-01" leaves out a filing of 03-02 (months are summed from days when asked).
 
 When facts about an entity arrive (in any order, late, twice), its timeline is recomputed from all
 its facts, and coverage moves by contribution(new) − contribution(old): O(tiers × counters) rows,
@@ -26,12 +27,8 @@ from contracts.codes import ancestors
 EPOCH = date(2000, 1, 1)
 
 Vector = Counter[tuple[str, str]]            # (region, counter) -> amount
-Contribution = Counter[tuple[str, str, date]]  # (region, counter, month) -> delta
+Contribution = Counter[tuple[str, str, date]]  # (region, counter, day) -> delta
 State = tuple[Any, ...]
-
-
-def month_of(day: date) -> date:
-    return day.replace(day=1)
 
 
 def coverage_regions(code: str) -> list[str]:
@@ -78,11 +75,10 @@ def _state_deltas(timeline: Timeline, start: int, out: Contribution, sign: int) 
     previous: Vector = state_vector(before) if before is not None else Counter()
     for day, state in segments[start:]:
         current = state_vector(state) if state is not None else Counter()
-        month = month_of(day)
         for key in previous.keys() | current.keys():
             delta = current.get(key, 0) - previous.get(key, 0)
             if delta:
-                out[(key[0], key[1], month)] += sign * delta
+                out[(key[0], key[1], day)] += sign * delta
         previous = current
 
 
@@ -91,7 +87,7 @@ def _pulse_deltas(kind: str, pulses: Counter[tuple[date, State]], out: Contribut
     for (day, pulse), times in pulses.items():
         if times:
             for (region, counter), amount in pulse_vector(pulse).items():
-                out[(region, counter, month_of(day))] += times * amount
+                out[(region, counter, day)] += times * amount
 
 
 def contribution(timeline: Timeline | None) -> Contribution:
@@ -133,11 +129,11 @@ def total(contributions: Iterable[Contribution]) -> Contribution:
     return Counter({k: v for k, v in out.items() if v})
 
 
-def as_of(deltas: Mapping[tuple[str, str, date], int], month: date) -> Counter[tuple[str, str]]:
-    """Counter values at the end of `month`, from per-month deltas."""
+def as_of(deltas: Mapping[tuple[str, str, date], int], day: date) -> Counter[tuple[str, str]]:
+    """Counter values at the end of `day`, from per-day deltas."""
     out: Counter[tuple[str, str]] = Counter()
-    for (region, counter, m), delta in deltas.items():
-        if m <= month:
+    for (region, counter, d), delta in deltas.items():
+        if d <= day:
             out[(region, counter)] += delta
     return Counter({k: v for k, v in out.items() if v})
 
