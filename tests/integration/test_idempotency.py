@@ -205,3 +205,41 @@ async def test_training_retry_answers_the_first_reply(training: httpx.AsyncClien
     mixed = await request(nc, settings, "training", "schedule", session(topic="另一个"), "schedule-3")
     assert refused_for_the_key(422, mixed)
     assert await count(settings, "training.session") == 4
+
+
+async def test_an_attendance_sheet_sent_again_answers_its_first_report(training: httpx.AsyncClient, nc: nats.NATS,
+                                                                       settings: Settings) -> None:
+    from services.training import domain
+    from services.training.commands import today
+
+    first17 = "51068119850312101"
+    id_number = first17 + domain.id_check_character(first17)
+    person = await request(nc, settings, "training", "add_member", {
+        "county_code": "510681", "role": "cso_leader", "name": "张丽华", "id_number": id_number}, None)
+    past = (today() - timedelta(days=2)).isoformat()
+    held = await request(nc, settings, "training", "schedule", session(starts_on=past, ends_on=past), None)
+    assert (await request(nc, settings, "training", "enrol", {
+        "session_id": held["id"], "person_id": person["person_id"]}, None))["ok"]
+    sheet = f"姓名,身份证号,手机号,签到\r\n张丽华,{id_number},,是\r\n".encode()
+    url = f"/sessions/{held['id']}/attendance"
+
+    async def attended() -> bool:
+        roster = (await training.get(f"/sessions/{held['id']}")).json()["roster"]
+        return bool(roster[0]["attended"])
+
+    first = await training.post(url, content=sheet, headers={KEY: "sheet-1"})
+    assert first.status_code == 200 and first.json()["applied"] is True, first.json()
+    assert await attended()
+    # Corrected since by a command: the sheet sent again with its key answers its first report
+    # and does not write again.
+    assert (await request(nc, settings, "training", "attend", {
+        "session_id": held["id"], "person_id": person["person_id"], "attended": False}, None))["ok"]
+    again = await training.post(url, content=sheet, headers={KEY: "sheet-1"})
+    assert again.status_code == 200 and again.content == first.content
+    assert not await attended()
+    # The query is part of what the key stands for: a dry run under the same key is another request.
+    dry = await training.post(url, content=sheet, params={"dry_run": "true"}, headers={KEY: "sheet-1"})
+    assert refused_for_the_key(dry.status_code, dry.json())
+    # Without the key the sheet is applied again.
+    assert (await training.post(url, content=sheet)).json()["applied"] is True
+    assert await attended()
