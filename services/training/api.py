@@ -170,7 +170,7 @@ async def upload(runtime: Runtime, ctx: Context, session_id: UUID, data: bytes, 
         except Rejected as e:
             return _status(e), errors_body(ContractError.single(e.field, e.message).errors)
         body = sheet_reply(session_id, report, dry_run, applied)
-        return (200 if dry_run or applied or report.clean else 422), body
+        return (200 if dry_run or report.clean else 207 if applied else 422), body
 
     try:
         return (await _once(runtime, key, decide))[0]
@@ -178,10 +178,25 @@ async def upload(runtime: Runtime, ctx: Context, session_id: UUID, data: bytes, 
         return 422, errors_body(e.errors)
 
 
+HELD = "held"
+
+
 def sheet_reply(session_id: UUID, report: domain.SheetReport, dry_run: bool, applied: bool) -> dict[str, Any]:
+    """What was applied and what was not. `ok`: the sheet is clean, or its good rows were applied
+    (a partial sheet accepted); false only when refused rows kept anything from being written.
+    `written`: the rows written; `not_written`: every row that was not, with its field and reason:
+    a rejected row's own, or `held` for a good row of a sheet applied all or nothing."""
+    written = [a.row for a in report.accepted] if applied else []
+    not_written = [p.as_dict() for p in report.rejected]
+    if not applied and not dry_run and report.accepted and not report.clean:
+        not_written += [{"row": a.row, "field": "$", "reason": HELD,
+                         "message": "not written: the sheet has rejected rows; resend with accept_partial=true"}
+                        for a in report.accepted]
+        not_written.sort(key=lambda r: int(str(r["row"])))
     return {
-        "ok": report.clean, "session_id": str(session_id), "dry_run": dry_run, "applied": applied,
+        "ok": report.clean or applied, "session_id": str(session_id), "dry_run": dry_run, "applied": applied,
         "rows": report.rows, "accepted": len(report.accepted), "rejected": [p.as_dict() for p in report.rejected],
+        "written": written, "not_written": [] if dry_run else not_written,
         "attendance": [{"row": a.row, "person_id": str(a.person_id), "attended": a.attended}
                        for a in report.accepted],
         "note": None if applied or dry_run or report.clean else
@@ -242,8 +257,11 @@ def build(runtime: Runtime) -> FastAPI:
     async def attendance(session_id: UUID, request: Request, dry_run: bool = False,
                          accept_partial: bool = False,
                          who: Principal = trainer) -> JSONResponse:
-        """Upload an attendance sheet (the CSV file as the body: 姓名,身份证号,手机号,签到; UTF-8 with or
-        without BOM, or GBK). All rows or nothing, unless accept_partial=true; dry_run=true only reports."""
+        """Upload an attendance sheet (the .xlsx or CSV file as the body: 姓名,身份证号,手机号,签到; a CSV
+        in UTF-8 with or without BOM, or GBK). All rows or nothing, unless accept_partial=true;
+        dry_run=true only reports. The reply lists the rows `written` and those `not_written` with
+        their field and reason; 200: all written (or a dry run); 207: written in part
+        (accept_partial), `ok` true; 422: rejected rows, nothing written, `ok` false."""
         source = source_of(who, request)
         data = await request.body()
         try:

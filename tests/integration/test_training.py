@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ from typing import Any
 import asyncpg
 import httpx
 import nats
+import openpyxl
 import pytest
 
 from contracts import events as ev
@@ -247,8 +249,11 @@ async def test_attendance_sheet(training: httpx.AsyncClient, nc: nats.NATS, sett
 
     # Not a dry run: any rejected row and nothing is written.
     real = await training.post(f"/sessions/{session}/attendance", content=gbk)
-    assert real.status_code == 422 and real.json()["applied"] is False
-    assert real.json()["rejected"] == report["rejected"]
+    assert real.status_code == 422 and real.json()["applied"] is False and real.json()["ok"] is False
+    assert real.json()["rejected"] == report["rejected"] and real.json()["written"] == []
+    assert [(r["row"], r["reason"]) for r in real.json()["not_written"]] == [
+        (2, "held"), (3, "held"), (4, "held"), (5, "not_enrolled"), (6, "unknown_person"),
+        (7, "bad_id_checksum"), (8, "duplicate_row")]
     roster = (await training.get(f"/sessions/{session}")).json()["roster"]
     assert all(r["attended"] is None for r in roster)
 
@@ -261,10 +266,25 @@ async def test_attendance_sheet(training: httpx.AsyncClient, nc: nats.NATS, sett
     assert roster == {alice: True, bob: True, carol: False}
 
     # An explicit partial acceptance writes the good rows and reports the others.
+    # An .xlsx workbook (a title row above the header, a phone typed as a number); the reply says
+    # what was written and what was not: ok, as rows were written, with 207 for "in part".
+    book = openpyxl.Workbook()
+    ws = book.active
+    assert ws is not None
+    ws.append(["2024年第一期培训签到表"])
+    ws.append(["姓名", "身份证号", "手机号", "签到"])
+    ws.append(["王芳", id_number(serial=103), None, "√"])
+    ws.append(["无名氏", None, None, "是"])
+    ws.append(["李强", None, 13900001111, True])
+    xlsx = io.BytesIO()
+    book.save(xlsx)
     partial = await training.post(f"/sessions/{session}/attendance", params={"accept_partial": "true"},
-                                  content=sheet([f"王芳,{id_number(serial=103)},,√", "无名氏,,,是"]).encode())
-    assert partial.status_code == 200 and partial.json()["applied"] is True
-    assert [(r["row"], r["reason"]) for r in partial.json()["rejected"]] == [(3, "no_identity")]
+                                  content=xlsx.getvalue())
+    assert partial.status_code == 207 and partial.json()["applied"] is True and partial.json()["ok"] is True
+    assert [(r["row"], r["reason"]) for r in partial.json()["rejected"]] == [(4, "no_identity")]
+    assert partial.json()["written"] == [3, 5]
+    assert [(r["row"], r["field"], r["reason"]) for r in partial.json()["not_written"]] == [
+        (4, "身份证号", "no_identity")]
     view = (await training.get(f"/sessions/{session}")).json()
     assert view["attended"] == 3
     missing = await training.post(f"/sessions/{session}/attendance", content="姓名,身份证号\n张三,1\n".encode())

@@ -162,3 +162,34 @@ def test_all_or_nothing() -> None:
     with pytest.raises(Rejected) as e:
         domain.apply_sheet(cancelled, session.id, good, enrolments, TODAY, False)
     assert e.value.field == "session_id"
+
+
+def test_an_xlsx_sheet_reads_as_its_csv() -> None:
+    """A workbook: the first sheet with a 姓名 header (an empty sheet before it is passed over), its
+    own row numbers under a title row, numbers and booleans as the organizer typed them."""
+    import io
+
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    cover = book.active
+    assert cover is not None
+    cover.title = "封面"
+    ws = book.create_sheet("签到表")
+    ws.append(["2024年第一期培训签到表"])
+    ws.append(["序号", "姓名", "身份证号", "手机号", "签到"])
+    ws.append([1, "张丽华", number(1), 13808380001, True])
+    ws.append([])
+    ws.append([2, "王芳", number(3), None, "否"])
+    out = io.BytesIO()
+    book.save(out)
+    rows = sheet.parse(out.getvalue())
+    assert [(r.row, r.name, r.id_number, r.phone, r.sign_in) for r in rows] == [
+        (3, "张丽华", number(1), "13808380001", "是"), (5, "王芳", number(3), "", "否")]
+    assert domain.sign_in_value(rows[0].sign_in) is True
+
+
+def test_a_damaged_workbook_is_refused_naming_the_sheet() -> None:
+    with pytest.raises(sheet.SheetError) as e:
+        sheet.parse(b"PK\x03\x04" + b"\0" * 100)
+    assert e.value.field == "sheet" and "not a readable .xlsx workbook" in e.value.message
