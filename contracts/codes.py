@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, StringConstraints
+from pydantic import AfterValidator, StringConstraints, WithJsonSchema
 
 Tier = Literal["province", "city", "county", "township", "community"]
 
@@ -53,11 +53,25 @@ def _of_length(length: int) -> AfterValidator:
     return AfterValidator(check)
 
 
-RegionCode = Annotated[str, StringConstraints(pattern=r"^[0-9]+$", max_length=12), AfterValidator(_division)]
-CommunityCode = Annotated[str, _of_length(12)]
-TownshipCode = Annotated[str, _of_length(9)]
-CountyCode = Annotated[str, _of_length(6)]
-CityCode = Annotated[str, _of_length(4)]
+# What the published JSON Schemas say of each code: `[0-9]`, not `\d`, which some regular
+# expression engines (Python's among them) let match fullwidth and other non-ASCII digits.
+REGION_PATTERN = "^([0-9]{2}|[0-9]{4}|[0-9]{6}|[0-9]{9}|[0-9]{12})$"
+
+
+def _code_schema(length: int) -> WithJsonSchema:
+    tier = TIER_BY_LENGTH[length]
+    return WithJsonSchema({"type": "string", "pattern": f"^[0-9]{{{length}}}$",
+                           "description": f"a {tier} division code: {length} ASCII digits"})
+
+
+RegionCode = Annotated[str, StringConstraints(pattern=r"^[0-9]+$", max_length=12), AfterValidator(_division),
+                       WithJsonSchema({"type": "string", "pattern": REGION_PATTERN,
+                                       "description": "a division code of any tier: 2, 4, 6, 9 or 12 ASCII "
+                                                      "digits (province, city, county, township, community)"})]
+CommunityCode = Annotated[str, _of_length(12), _code_schema(12)]
+TownshipCode = Annotated[str, _of_length(9), _code_schema(9)]
+CountyCode = Annotated[str, _of_length(6), _code_schema(6)]
+CityCode = Annotated[str, _of_length(4), _code_schema(4)]
 
 # GB 32100-2015: 31 symbols, no I, O, S, V, Z.
 USCC_ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
@@ -89,4 +103,12 @@ def validate_uscc(code: str) -> str:
     return code
 
 
-SocialCreditCode = Annotated[str, AfterValidator(validate_uscc)]
+# validate_uscc takes the code in any case and with spaces around it (it strips and upper-cases).
+USCC_CHARACTER = "0-9A-HJ-NP-RTUW-Ya-hj-np-rtuw-y"
+USCC_PATTERN = rf"^\s*[{USCC_CHARACTER}]{{2}}[0-9]{{6}}[{USCC_CHARACTER}]{{10}}\s*$"
+SocialCreditCode = Annotated[str, AfterValidator(validate_uscc), WithJsonSchema({
+    "type": "string", "pattern": USCC_PATTERN,
+    "description": "a unified social credit code (GB 32100-2015): 18 characters of 0-9 and A-Z without "
+                   "I, O, S, V, Z, positions 3-8 a division code. Not expressible in JSON Schema, and "
+                   "checked by cso (refused naming this field): the 18th character is the check "
+                   "character of the first 17."})]

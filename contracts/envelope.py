@@ -7,11 +7,11 @@ from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Generic, TypeVar
 from uuid import UUID, uuid4
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
 
 from . import jsontext
 from .codes import RegionCode
-from .events import CHINA, EARLIEST, PAYLOAD_BY_TYPE, Payload
+from .events import CHINA, DATE_PATTERN, EARLIEST, PAYLOAD_BY_TYPE, Payload
 
 P = TypeVar("P", bound=Payload)
 
@@ -31,7 +31,14 @@ def _time_text(value: Any) -> Any:
     return value
 
 
-Moment = Annotated[AwareDatetime, BeforeValidator(_time_text)]
+# In the JSON Schemas: a date of DATE_PATTERN's range, a time, and the offset that cso requires.
+MOMENT_PATTERN = (DATE_PATTERN.removesuffix("$") + "[Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?"
+                  "([Zz]|[+-][0-9]{2}:?[0-9]{2})$")
+Moment = Annotated[AwareDatetime, BeforeValidator(_time_text), WithJsonSchema({
+    "type": "string", "format": "date-time", "pattern": MOMENT_PATTERN,
+    "description": "a time in ISO 8601 with its offset, not before 1949-10-01T00:00+08:00 and not more "
+                   "than 5 minutes ahead of cso's clock (a moving bound: JSON Schema cannot say it, cso "
+                   "refuses a later time naming this field)"})]
 
 
 class Envelope(BaseModel, Generic[P]):
@@ -47,6 +54,21 @@ class Envelope(BaseModel, Generic[P]):
     source: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:/-]+$")
     region: RegionCode
     payload: P
+
+
+# The names of the envelope's own fields; no payload has a field of these names (a test checks).
+ENVELOPE_FIELDS = ("event_id", "type", "version", "occurred_at", "recorded_at", "source", "region", "payload")
+
+
+def event_field(field: str) -> str:
+    """How an error names a field: by its path in the event, so one refusal reads the same on every
+    path (intake, dead letter, receipt, registry's commands, whose body is the event's payload).
+    `community_code` (a payload field, as a command's body or a handler names it) is
+    `payload.community_code`; the envelope's fields, `$` (the whole message) and `command` stay."""
+    head = field.split(".", 1)[0].split("[", 1)[0]
+    if head in ENVELOPE_FIELDS or head in ("$", "command"):
+        return field
+    return f"payload.{field}"
 
 
 class FieldError(BaseModel):

@@ -13,7 +13,16 @@ from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 from uuid import UUID, uuid4
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    model_validator,
+)
 
 from .codes import CommunityCode, CountyCode, RegionCode, SocialCreditCode, TownshipCode, tier_of
 
@@ -58,9 +67,23 @@ def _date_text(value: Any) -> Any:
     return value
 
 
-PastOrToday = Annotated[date, BeforeValidator(_date_text), AfterValidator(_not_future)]
+# The published JSON Schemas carry the bounds as a pattern (JSON Schema has no minimum or maximum
+# for dates): YYYY-MM-DD from 1949-10-01 to 2100-12-31; `format: date` then refuses 2023-02-30.
+_MONTH_DAY = "(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+DATE_PATTERN = f"^(1949-1[0-2]-(0[1-9]|[12][0-9]|3[01])|(19[5-9][0-9]|20[0-9]{{2}}|2100)-{_MONTH_DAY})$"
+
+
+def _date_schema(description: str) -> WithJsonSchema:
+    return WithJsonSchema({"type": "string", "format": "date", "pattern": DATE_PATTERN,
+                           "description": description})
+
+
+PastOrToday = Annotated[date, BeforeValidator(_date_text), AfterValidator(_not_future), _date_schema(
+    "a date, YYYY-MM-DD, from 1949-10-01; not after tomorrow in China (UTC+8): that bound moves, so "
+    "JSON Schema cannot say it and cso refuses a later date naming this field")]
 # A date that may lie ahead (a session's days, a deadline), within EARLIEST..LATEST.
-PlausibleDate = Annotated[date, BeforeValidator(_date_text), AfterValidator(_plausible)]
+PlausibleDate = Annotated[date, BeforeValidator(_date_text), AfterValidator(_plausible), _date_schema(
+    "a date, YYYY-MM-DD, from 1949-10-01 to 2100-12-31")]
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 Reason = Annotated[str, Field(min_length=1, max_length=1000)]
 # Identifiers and labels with no tighter rule of their own (plan ids, task numbers, actors).

@@ -134,4 +134,6 @@ def test_codes_take_ascii_digits_only() -> None:
     for code in ("５１", "٥١٠٦٨١", "51²"):
         with pytest.raises(ValueError):
             codes.tier_of(code)
-    assert ev.DivisionChanged.model_json_schema()["properties"]["code"]["pattern"] == "^[0-9]+$"
+    # The published schema says the same: ASCII digits of a tier's length, never `\d`.
+    assert ev.DivisionChanged.model_json_schema()["properties"]["code"]["pattern"] == codes.REGION_PATTERN
+    assert r"\d" not in codes.REGION_PATTERN
