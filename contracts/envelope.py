@@ -64,9 +64,10 @@ def event_field(field: str) -> str:
     """How an error names a field: by its path in the event, so one refusal reads the same on every
     path (intake, dead letter, receipt, registry's commands, whose body is the event's payload).
     `community_code` (a payload field, as a command's body or a handler names it) is
-    `payload.community_code`; the envelope's fields, `$` (the whole message) and `command` stay."""
+    `payload.community_code`; the envelope's fields, `$` (the whole message), `command` and headers
+    (`Idempotency-Key`: a name with a capital or a dash is no payload field's) stay."""
     head = field.split(".", 1)[0].split("[", 1)[0]
-    if head in ENVELOPE_FIELDS or head in ("$", "command"):
+    if head in ENVELOPE_FIELDS or head in ("$", "command") or head != head.lower() or "-" in head:
         return field
     return f"payload.{field}"
 

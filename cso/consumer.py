@@ -32,6 +32,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contracts import PAYLOAD_BY_TYPE, ContractError, Envelope, Topology, parse_event, snake
+from contracts.deadletter import MAX_DATA_CHARACTERS, event_id_of
 from contracts.subjects import region_tokens
 
 from . import database
@@ -97,7 +98,12 @@ async def publish_deadletter(js: JetStreamContext, topology: Topology, service: 
         "stream_seq": meta.sequence.stream,
         "deliveries": meta.num_delivered,
         "dead_lettered_at": datetime.now(timezone.utc).isoformat(),
-        "data": msg.data.decode("utf-8", errors="replace")[:65536],
+        "event_id": event_id_of(msg.data),
+        # contracts/deadletter.py: the record's fields, and why data is cut.
+        "data": msg.data.decode("utf-8", errors="replace")[:MAX_DATA_CHARACTERS],
+        "data_bytes": len(msg.data),
+        "truncated": len(msg.data) > MAX_DATA_CHARACTERS
+        and len(msg.data.decode("utf-8", errors="replace")) > MAX_DATA_CHARACTERS,
     }
     await js.publish(topology.deadletter_subject(service), json.dumps(record).encode(),
                      headers={"Cso-Reason": _header_text(reason[:512]),

@@ -9,14 +9,16 @@ from typing import Any
 from uuid import UUID
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from faststream.nats import NatsMessage
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import ContractError, Envelope, FieldError, make_event
 from contracts import events as ev
+from contracts.asyncapi import DOCUMENT as ASYNCAPI
 from contracts.codes import is_digits
+from contracts.envelope import event_field
 from cso import idempotency
 from cso.auth import PUBLIC, SCOPED, WRITE, Principal, source_of
 from cso.commands import parse_command
@@ -60,7 +62,8 @@ class FactsHandler:
             else:
                 rejected[envelope.event_id] = Rejected("type", f"{envelope.type} is not a registry fact")
         results = await record_batch(conn, facts, self.runtime.topology) if facts else []
-        rejected.update({e.event_id: r for e, r in zip(facts, results, strict=True) if isinstance(r, Rejected)})
+        rejected.update({e.event_id: in_event(r) for e, r in zip(facts, results, strict=True)
+                         if isinstance(r, Rejected)})
         # Receipts (services/registry/receipts.py) and loss announcements (losses.py) read these.
         await note_sources(conn, events)
         await note_refusals(conn, events, rejected)
@@ -77,6 +80,17 @@ class DivisionsHandler:
         return {}
 
 
+def in_event(rejected: Rejected) -> Rejected:
+    """The refusal naming its field by the path in the event (contracts.envelope.event_field)."""
+    named = type(rejected)(event_field(rejected.field), rejected.message)
+    return named
+
+
+def _errors(errors: list[FieldError]) -> dict[str, Any]:
+    """A command's errors, fields named as in the event (its body is the event's payload)."""
+    return errors_body([FieldError(field=event_field(e.field), message=e.message) for e in errors])
+
+
 async def execute(runtime: Runtime, command: str, body: bytes, source: str, scope: str | None = None,
                   actor: str | None = None, key: str | None = None,
                   caller: str | None = None) -> tuple[int, dict[str, Any]]:
@@ -91,9 +105,9 @@ async def execute(runtime: Runtime, command: str, body: bytes, source: str, scop
         # Commands about an existing record take the record's region (record() fills it in).
         envelope = make_event(payload, source=source, region=payload.region_of() or "00")
     except ContractError as e:
-        return 422, errors_body(e.errors)
+        return 422, _errors(e.errors)
     except ValidationError as e:  # the envelope's own fields: a source header that is no source
-        return 422, errors_body(ContractError.from_validation(e).errors)
+        return 422, _errors(ContractError.from_validation(e).errors)
 
     async def decide(conn: AsyncConnection) -> tuple[int, dict[str, Any]]:
         try:
@@ -103,7 +117,7 @@ async def execute(runtime: Runtime, command: str, body: bytes, source: str, scop
         except Rejected as e:
             status = (403 if isinstance(e, OutOfScope) else
                       404 if e.field.endswith("_id") and "no " in e.message else 409)
-            return status, errors_body(ContractError.single(e.field, e.message).errors)
+            return status, _errors(ContractError.single(e.field, e.message).errors)
         return 200, {"ok": True, "event_id": str(envelope.event_id), "type": envelope.type,
                      "id": done.aggregate_id, "region": done.region}
 
@@ -148,6 +162,14 @@ def build(runtime: Runtime) -> FastAPI:
     IntakeLosses(runtime, interval=runtime.settings.bus_check_seconds)
     app = runtime.http("cso registry", large_bodies={"/receipts": 1024 * 1024, "/imports": sheet.MAX_SHEET_BYTES})
     receipts.mount(runtime, app)
+    asyncapi = ASYNCAPI.read_bytes()
+
+    @app.get("/asyncapi.json", **PUBLIC)
+    async def asyncapi_document() -> Response:
+        """The AsyncAPI 3 document of cso's bus (contracts/asyncapi.json): its channels, messages,
+        headers and NATS users. The same for everyone: it holds no data."""
+        return Response(asyncapi, media_type="application/json")
+
     registrar = Depends(runtime.auth.role("registrar"))
     reader = Depends(runtime.auth.reader())
     imports.routes(app, runtime, registrar)

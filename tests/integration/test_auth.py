@@ -304,7 +304,7 @@ async def test_receipts_answer_for_the_tokens_own_source(settings: Settings, nc:
         receipts = mine.json()["receipts"]
         assert [r["verdict"] for r in receipts] == ["accepted", "refused", "unknown"], receipts
         assert receipts[0]["type"] == "OrganizationFiled" and receipts[0]["region"] == COMMUNITY
-        assert receipts[1]["field"] == "community_code", receipts
+        assert receipts[1]["field"] == "payload.community_code", receipts
         assert mine.json()["counts"] == {"accepted": 1, "refused": 1, "unknown": 1}
         # Another source learns nothing of them, and may not ask in this source's name.
         theirs = await client.post("/receipts", headers=auth(COUNTY, sub="someone-else"), json=ids)

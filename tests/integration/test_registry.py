@@ -17,6 +17,7 @@ import pytest
 
 from contracts import codes, make_event
 from contracts import events as ev
+from contracts.deadletter import DeadLetter
 from cso.settings import Settings
 from services.registry.app import create_app, run_migrations
 from tests.support import eventually, publish, publish_divisions, recording, running
@@ -129,14 +130,15 @@ async def _count(bus: Any, n: int) -> bool:
 
 
 @pytest.mark.parametrize(("name", "body", "field"), [
-    ("file", filing(community_code="510681001999"), "community_code"),
-    ("file", filing(filed_on=(date.today() + timedelta(days=10)).isoformat()), "filed_on"),
-    ("file", filing(category="gardening"), "category"),
+    # Fields are named by their path in the event, as on intake (contracts/README.md, Field names).
+    ("file", filing(community_code="510681001999"), "payload.community_code"),
+    ("file", filing(filed_on=(date.today() + timedelta(days=10)).isoformat()), "payload.filed_on"),
+    ("file", filing(category="gardening"), "payload.category"),
     ("register", {"name": "x", "community_code": COMMUNITY, "legal_form": "social_group",
                   "social_credit_code": credit_code("1")[:17] + "0", "category": "charity",
-                  "registered_on": "2023-01-01"}, "social_credit_code"),
+                  "registered_on": "2023-01-01"}, "payload.social_credit_code"),
     ("establish_hub", {"organization_id": str(uuid.uuid4()), "region_code": "510681001014",
-                       "established_on": "2023-01-01"}, "region_code"),
+                       "established_on": "2023-01-01"}, "payload.region_code"),
     ("nonsense", {}, "command"),
 ])
 async def test_commands_are_refused_with_the_field(registry: httpx.AsyncClient, nc: nats.NATS,
@@ -155,14 +157,14 @@ async def test_state_rules(registry: httpx.AsyncClient, nc: nats.NATS, settings:
     # A hub must be in the township of the organization it is.
     outside = await command(nc, settings, "establish_hub", {
         "organization_id": other, "region_code": "510681001", "established_on": "2023-05-01"})
-    assert not outside["ok"] and outside["errors"][0]["field"] == "region_code"
+    assert not outside["ok"] and outside["errors"][0]["field"] == "payload.region_code"
     assert (await command(nc, settings, "deregister", {
         "organization_id": org, "reason": "合并", "ended_on": "2023-05-01"}))["ok"]
     late = await command(nc, settings, "update", {
         "organization_id": org, "effective_on": "2023-06-01", "name": "新名字"})
     assert not late["ok"] and "deregistered" in late["errors"][0]["message"]
     again = await command(nc, settings, "file", filing(organization_id=org))
-    assert not again["ok"] and again["errors"][0]["field"] == "organization_id"
+    assert not again["ok"] and again["errors"][0]["field"] == "payload.organization_id"
     # Non-JSON and oversize bodies get an error, not silence.
     raw = await nc.request(settings.topology.command_subject("registry", "file"), b"{nope", timeout=5)
     assert json.loads(raw.data)["errors"][0]["field"] == "$"
@@ -189,9 +191,14 @@ async def test_outside_system_publishes_facts(registry: httpx.AsyncClient, nc: n
         await eventually(lambda: _count(accepted, 1))
         await asyncio.sleep(0.5)
         assert [e["event_id"] for e in accepted.events()] == [str(good.event_id)]
-        reasons = [json.loads(m.data)["reason"] for m in dead.messages]
-        assert any("community_code" in r and "510681001999" in r for r in reasons), reasons
+        letters = [DeadLetter.model_validate_json(m.data) for m in dead.messages]
+        reasons = [d.reason for d in letters]
+        # Named as by the command path and the contract errors: the field's path in the event.
+        assert any(r.startswith("payload.community_code: ") and "510681001999" in r for r in reasons), reasons
         assert any("not JSON" in r for r in reasons), reasons
+        # The dead letter carries the event's id when the message names one.
+        assert {str(d.event_id) for d in letters if d.event_id} == {str(bad.event_id)}
+        assert all(not d.truncated and d.data_bytes == len(d.data.encode()) for d in letters)
         assert all(m.headers and m.headers.get("Cso-Reason") for m in dead.messages)
     db = await asyncpg.connect(settings.database_url)
     try:
@@ -232,3 +239,12 @@ async def test_an_intake_fact_speaks_only_for_the_publisher_its_subject_names(
         assert sorted(r["updated_by"] for r in sources) == ["Operators:Bulk-Load", "city-register"]
     finally:
         await db.close()
+
+
+async def test_registry_serves_the_asyncapi_document(registry: httpx.AsyncClient) -> None:
+    from contracts.asyncapi import DOCUMENT
+
+    served = await registry.get("/asyncapi.json")
+    assert served.status_code == 200 and served.headers["content-type"] == "application/json"
+    assert served.content == DOCUMENT.read_bytes()
+    assert served.json()["asyncapi"] == "3.0.0"
