@@ -85,9 +85,13 @@ HEADERS: dict[str, dict[str, Any]] = {
     },
     "CommandHeaders": {
         "type": "object",
-        "properties": {"Cso-Source": {
-            "type": "string", "pattern": "^[A-Za-z0-9_.:/-]{1,100}$",
-            "description": "The event's source (operators only; else `nats-command`)."}},
+        "properties": {
+            "Cso-Source": {"type": "string", "pattern": "^[A-Za-z0-9_.:/-]{1,100}$",
+                           "description": "The event's source (operators only; else `nats-command`)."},
+            "Idempotency-Key": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,200}$",
+                                "description": "A command sent again with the same key (and body) answers its "
+                                               "first reply and acts once; a key reused with another body is "
+                                               "refused naming this header (contracts/README.md)."}},
     },
     "DeadLetterHeaders": {
         "type": "object",

@@ -114,5 +114,5 @@ def test_error_fields_are_named_by_their_path_in_the_event() -> None:
     assert event_field("community_code") == "payload.community_code"
     assert event_field("covered_townships.0") == "payload.covered_townships.0"
     assert event_field("payload.community_code") == "payload.community_code"
-    for kept in ("region", "source", "event_id", "$", "command", "occurred_at"):
+    for kept in ("region", "source", "event_id", "$", "command", "occurred_at", "Idempotency-Key"):
         assert event_field(kept) == kept
