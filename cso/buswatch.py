@@ -109,6 +109,10 @@ class BusWatch:
                     if known and first > known + 1 and info.state.messages:
                         lost = max(lost, first - 1 - int(known))
             seen_last = int(before[1]) if before is not None else 0
+            if recreated:
+                # Our consumers may have seen the lost stream reach further since the last look.
+                seen_last = max([seen_last, *(c.last_seen_before(created) for c in rt.consumers
+                                              if c.stream == stream)])
             # A consumer that had applied nothing of a stream that held messages lost them all.
             consumer_known = applied.get(stream) or (0 if stream in consumed and seen_last else None)
             for side, known in (("producer", acked.get(stream)), ("consumer", consumer_known)):

@@ -10,6 +10,7 @@ redelivered message that another replica already applied a no-op.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import io
 import json
@@ -157,6 +158,9 @@ class Consumer:
         self.stream = topology.stream(subscription.stream)
         self._task: asyncio.Task[None] | None = None
         self.idle = asyncio.Event()
+        # The stream's last sequence as this consumer saw it (when, what), newest last: what a
+        # stream that is then lost held at least, beyond what BusWatch's periodic look recorded.
+        self.seen: collections.deque[tuple[datetime, int]] = collections.deque(maxlen=64)
 
     async def _subscribe(self) -> Any:
         config = ConsumerConfig(
@@ -239,6 +243,7 @@ class Consumer:
         msgs: list[Msg] = await psub.fetch(1, timeout=1.0)
         info = await psub.consumer_info()
         LAG.labels(self.service, self.stream).set(info.num_pending + info.num_ack_pending)
+        self._saw(info)
         more = min(self.batch - len(msgs), info.num_pending)
         if more > 0:
             with contextlib.suppress(NatsTimeout, TimeoutError):
@@ -249,9 +254,20 @@ class Consumer:
         """Start pulling again; from the stream's first message when the bus lost what we had."""
         await self.stop()
         if from_start:
+            self.seen.clear()  # what it saw was of the stream that is gone
             with contextlib.suppress(Exception):
                 await self.js.delete_consumer(self.stream, self.sub.durable)
         self.start()
+
+    def _saw(self, info: Any) -> None:
+        """Note the stream's extent: the last message delivered plus those pending after it (the
+        consumer's filter takes the whole stream)."""
+        with contextlib.suppress(Exception):
+            self.seen.append((datetime.now(timezone.utc), int(info.delivered.stream_seq) + int(info.num_pending)))
+
+    def last_seen_before(self, moment: datetime | None) -> int:
+        """The highest last sequence this consumer saw before `moment` (a lost stream's end), 0 if none."""
+        return max((seq for at, seq in self.seen if moment is None or at < moment), default=0)
 
     async def _record_lag(self, psub: Any) -> None:
         if psub is None:
@@ -259,6 +275,7 @@ class Consumer:
         with contextlib.suppress(Exception):
             info = await psub.consumer_info()
             LAG.labels(self.service, self.stream).set(info.num_pending + info.num_ack_pending)
+            self._saw(info)
 
     async def process(self, msgs: list[Msg]) -> None:
         valid: list[tuple[Msg, Envelope[Any]]] = []
