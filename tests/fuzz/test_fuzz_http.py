@@ -31,6 +31,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from contracts import make_event
+from contracts.envelope import event_field
 from cso.settings import Settings
 from services.notify import app as notify_app
 from services.notify.domain import SubscriptionIn
@@ -316,8 +317,9 @@ def body_cases(service: str) -> list[tuple[str, str, str, bytes, str]]:
     out = []
     if service == "registry":
         for name, valid in REGISTRY_BODIES.items():
+            # A registry command's body is an event's payload: its errors name payload.<field>.
             for label, body, field in corpus.body_cases(REGISTRY_COMMANDS[name], valid, corpus.FULL):
-                out.append(("post", f"/commands/{name}", label, body, field))
+                out.append(("post", f"/commands/{name}", label, body, event_field(field)))
     elif service == "training":
         for name, valid in TRAINING_BODIES.items():
             model = training_commands.COMMANDS[name]

@@ -23,6 +23,7 @@ from nats.errors import MaxPayloadError
 
 from contracts import Envelope, make_event
 from contracts import events as ev
+from contracts.envelope import event_field
 from cso.settings import Settings
 from services.notify import app as notify_app
 from services.registry import app as registry_app
@@ -50,7 +51,9 @@ SERVICES: dict[str, tuple[Callable[[Settings], FastAPI], Callable[[Settings], No
 
 # Written for refused events too: the inbox claims an event id the handler then refuses (so a
 # redelivery is a duplicate), the position and BusWatch's record move past it.
-BOOKKEEPING = ("inbox", "consumer_position", "bus_stream")
+# Besides the consumers' own: registry's record of each refusal and of who publishes, which receipts
+# read (services/registry/receipts.py, losses.py): a refused fact writes them, and nothing else.
+BOOKKEEPING = ("inbox", "consumer_position", "bus_stream", "intake_refusal", "intake_source")
 # When a background job last looked, not what it found: targets' coalescer re-evaluates instances
 # whenever it runs (status and value are compared; target_history records every change).
 WHEN_LOOKED = {"target_instance": "evaluated_at"}
@@ -245,14 +248,14 @@ async def test_registry_refuses_facts_that_break_a_rule_and_keeps_odd_text_verba
             for payload, region, field in breaking:
                 event = make_event(payload, source="fuzz", region=region)
                 await publish(nc, t.intake_subject(event.source, event.type, region), event)
-                expected[str(event.event_id)] = field
+                # Named by the field's path in the event, whether the contract or the record refuses it.
+                expected[str(event.event_id)] = event_field(field)
 
             async def all_dead() -> bool:
                 return len(dead.messages) >= len(expected)
 
             await eventually(all_dead, timeout=60)
-            reasons = {json.loads(json.loads(m.data)["data"])["event_id"]: json.loads(m.data)["reason"]
-                       for m in dead.messages}
+            reasons = {json.loads(m.data)["event_id"]: json.loads(m.data)["reason"] for m in dead.messages}
         assert reasons.keys() == expected.keys()
         for event_id, field in expected.items():
             assert corpus.names(corpus.fields_named(reasons[event_id]), field), (field, reasons[event_id])
