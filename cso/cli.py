@@ -728,6 +728,27 @@ def coverage(
         console.print(f"no targets set for {body['code']} {escape(body['name'])}")
 
 
+@app.command()
+def behind(
+    region: Annotated[str, typer.Argument(help="Division code: 2, 4, 6, 9 or 12 digits.")],
+    target: Annotated[str | None, typer.Option("--target", help="One target's catalogue id.")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="Rows per list, worst first.")] = 20,
+    url: Annotated[str | None, typer.Option(
+        help="targets' base URL. Default: CSO_TARGETS_URL, else the local stack's.")] = None,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+) -> None:
+    """The region's townships and communities under each per-community or per-township target's
+    threshold, worst first, with how many organizations (or hubs, bases) each lacks."""
+    from .behind_table import behind_tables
+
+    query = urllib.parse.urlencode({k: v for k, v in (("target", target), ("limit", limit)) if v is not None})
+    body = _get_from_targets(_targets_url(url, data_dir),
+                             f"/behind/{urllib.parse.quote(region, safe='')}?{query}", data_dir)
+    console = _console()
+    for part in behind_tables(body):
+        console.print(part)
+
+
 def ledger_table(body: dict[str, Any]) -> Table:
     """A plan's tasks, overdue first, with their state, lead unit, deadline and targets."""
     plan, done = body["plan"], body["completion"]

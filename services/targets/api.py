@@ -128,7 +128,8 @@ def build(runtime: Runtime, clock: evaluation.Clock | None = None,
         except views.ViewError as e:
             return e.status, errors_body([FieldError(field=e.field, message=e.message)])
 
-    # NATS request-reply: cso.query.targets.<coverage|targets|at_risk|series>, a JSON object body.
+    # NATS request-reply: cso.query.targets.<coverage|targets|at_risk|behind|series>, a JSON object
+    # body: {"region": ..., and "as_of" (coverage), "figure" (series), "target"/"limit" (behind)}.
     async def on_query(msg: NatsMessage) -> bytes:
         name = msg.raw_message.subject.rsplit(".", 1)[-1]
         if name == "plan":
@@ -144,6 +145,8 @@ def build(runtime: Runtime, clock: evaluation.Clock | None = None,
             "coverage": lambda c: views.coverage(c, region, views.parse_day(q.get("as_of"))),
             "targets": lambda c: views.targets(c, region, as_of=views.parse_day(q.get("as_of"))),
             "at_risk": lambda c: views.at_risk(c, region, views.parse_day(q.get("as_of"))),
+            "behind": lambda c: views.behind(c, region, None if q.get("target") is None else str(q["target"]),
+                                             views.parse_limit(q.get("limit"))),
             "series": lambda c: views.series(c, region, str(q.get("figure", ""))),
         }
         if name not in queries:
@@ -166,6 +169,25 @@ def build(runtime: Runtime, clock: evaluation.Clock | None = None,
     async def get_coverage(region: str, as_of: str | None = None) -> JSONResponse:
         """A region's counters and figures with its children's (drill-down), as of a date if given."""
         return await respond(lambda c: views.coverage(c, region, views.parse_day(as_of)))
+
+    @app.get("/behind/{region}", **PUBLIC)
+    async def get_behind(region: str, target: str | None = None, limit: str | None = None) -> JSONResponse:
+        """The communities and townships under each applicable target's threshold, worst first.
+
+        `GET /behind/510681?target=<catalogue id>&limit=100` (both optional; limit 1–10000, default
+        100, per list). Public like the coverage it is read from. The answer:
+        `{"code", "name", "tier", "limit", "targets": [{"target_id", "title", "source", "figure",
+        "kind", "unit": "community"|"township", "threshold", "comparison", "deadline",
+        "regions": [{"code", "status"}], "tiers": [{"tier": "township"|"community", "units",
+        "behind", "list": [{"code", "name", "value", "short", "numerator", "denominator"}]}]}]}`.
+        A target applies when set on the region, an ancestor or a region below it, on a figure per
+        community (average organizations per urban / rural community: its townships and its
+        communities are listed) or per township (hub and base coverage: its townships). `short` is
+        how many organizations (or covered townships) a unit lacks; `units` how many the figure
+        applies to; `behind` how many are under the threshold (`list` has the first `limit`).
+        404 names `region` (unknown) or `target` (not applicable here); 422 names `limit`.
+        See views.behind and domain/behind.py."""
+        return await respond(lambda c: views.behind(c, region, target, views.parse_limit(limit)))
 
     @app.get("/coverage/{region}/series", **PUBLIC)
     async def get_series(region: str, figure: str = Query(...)) -> JSONResponse:

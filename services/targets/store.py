@@ -18,11 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import PAYLOAD_BY_TYPE
 from contracts import events as ev
+from contracts.codes import TIER_LENGTH
 
 from .domain.coverage import Contribution, Timeline
 from .domain.entities import Fact
 
 SCHEMA = "targets"
+COMMUNITY_LENGTH = TIER_LENGTH["community"]
 
 
 async def insert_facts(conn: AsyncConnection, rows: Sequence[tuple[UUID, str, str, date, Any, str]]) -> None:
@@ -139,9 +141,11 @@ async def add_coverage(conn: AsyncConnection, delta: Contribution) -> set[str]:
             {"r": [k[0] for k, _ in flat], "c": [k[1] for k, _ in flat], "v": [v for _, v in flat]})
     regions = {k[0] for k, _ in items}
     # A mark, not an upsert: a region may be marked many times; the coalescer takes them all.
+    # Communities are not marked: no target is set on them, and a CoverageChanged for each of
+    # 620,000 communities would outnumber every other event; their counters are read on demand.
     await conn.execute(text(
         f"INSERT INTO {SCHEMA}.dirty_region (region) SELECT * FROM unnest(CAST(:r AS text[]))"),
-        {"r": sorted(regions)})
+        {"r": sorted(r for r in regions if len(r) < COMMUNITY_LENGTH)})
     return regions
 
 
@@ -184,9 +188,10 @@ async def division(conn: AsyncConnection, code: str) -> dict[str, Any] | None:
 
 
 async def children(conn: AsyncConnection, code: str) -> list[dict[str, Any]]:
+    """The divisions right below `code`: a township's are its communities."""
     rows = (await conn.execute(text(
         f"SELECT code, name, tier, kind FROM {SCHEMA}.division WHERE parent_code = :c "
-        "AND tier <> 'community' ORDER BY code"), {"c": code})).mappings().all()
+        "ORDER BY code"), {"c": code})).mappings().all()
     return [dict(r) for r in rows]
 
 
@@ -195,6 +200,24 @@ async def regions_of_tier(conn: AsyncConnection, under: str, tier: str) -> list[
         f"SELECT code FROM {SCHEMA}.division WHERE tier = :t AND code LIKE :p ORDER BY code"),
         {"t": tier, "p": under + "%"})
     return [r[0] for r in rows]
+
+
+async def unit_counters(conn: AsyncConnection, under: str, tier: str, counters: Sequence[str]
+                        ) -> dict[str, tuple[str, dict[str, int]]]:
+    """Every division of `tier` under (or equal to) `under`: its name and its current values of
+    `counters` (absent ones are 0). Driven by the divisions' (tier, code) index, each division's
+    counters then found by coverage_now's key: a province's 50,000 communities in one query."""
+    rows = await conn.execute(text(
+        f"SELECT d.code, d.name, c.counter, c.value FROM {SCHEMA}.division d "
+        f"LEFT JOIN {SCHEMA}.coverage_now c ON c.region = d.code AND c.counter = ANY(:c) "
+        "WHERE d.tier = :t AND d.code LIKE :p ORDER BY d.code"),
+        {"t": tier, "p": under + "%", "c": list(counters)})
+    out: dict[str, tuple[str, dict[str, int]]] = {}
+    for code, name, counter, value in rows:
+        _, values = out.setdefault(code, (name, {}))
+        if counter is not None:
+            values[counter] = int(value)
+    return out
 
 
 async def counters_now(conn: AsyncConnection, regions: Sequence[str]) -> dict[str, dict[str, int]]:

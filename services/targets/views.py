@@ -1,7 +1,8 @@
-"""targets' read side, shared by HTTP and NATS request-reply: coverage with drill-down, targets
-with status and history, targets at risk, a figure's monthly series. Coverage, targets and targets
-at risk answer for any past day too (`as_of`): counters at the end of that day, and each target's
-status evaluated for that day with the definition then in force (domain/status.py)."""
+"""targets' read side, shared by HTTP and NATS request-reply: coverage with drill-down (province
+to community), targets with status and history, targets at risk, the communities and townships
+behind, a figure's monthly series. Coverage, targets and targets at risk answer for any past day too
+(`as_of`): counters at the end of that day, and each target's status evaluated for that day with
+the definition then in force (domain/status.py)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from contracts.codes import tier_of
+from contracts.codes import TIER_LENGTH, ancestors, tier_of
 
 from . import evaluation, store
+from .domain import behind as behind_
 from .domain.catalogue import TargetInstance
 from .domain.metrics import FIGURES, figure, figures
 from .domain.status import Version, definition_on
@@ -143,6 +145,95 @@ async def at_risk(conn: AsyncConnection, under: str, as_of: date | None = None) 
         "WHERE t.region LIKE :p AND t.status IN ('at_risk', 'missed') ORDER BY t.deadline, t.id"),
         {"p": under + "%"})).mappings().all()
     return [dict(r) for r in rows]
+
+
+BEHIND_LIMIT = 100
+BEHIND_MAX = 10_000
+
+
+def parse_limit(value: str | int | None, default: int = BEHIND_LIMIT) -> int:
+    if value is None:
+        return default
+    try:
+        limit = int(value)
+    except (TypeError, ValueError):
+        raise ViewError(422, "limit", f"{value!r} is not a whole number") from None
+    if not 1 <= limit <= BEHIND_MAX:
+        raise ViewError(422, "limit", f"{limit} is not from 1 to {BEHIND_MAX}")
+    return limit
+
+
+async def behind(conn: AsyncConnection, code: str, target: str | None = None,
+                 limit: int = BEHIND_LIMIT) -> dict[str, Any]:
+    """The communities and townships of a region under each applicable target's threshold, worst
+    first (see `domain.behind`), from the current counters.
+
+    Applicable: a target instance set on the region, on one of its ancestors or on a region below
+    it, whose figure is per community or per township (`metrics.Figure.unit`); its units are the
+    divisions under both the region and the instance's region. `target` keeps one catalogue id
+    (404 naming `target` when it does not apply here). Each target lists, per tier (township, then
+    community for per-community figures), how many units the figure applies to (`units`), how
+    many are behind (`behind`) and the first `limit` of those (`list`), each with its `value`,
+    `numerator`, `denominator` and `short`: how many more organizations (or townships with a hub
+    or base) it needs to meet the threshold.
+    """
+    region = await known_region(conn, code)
+    rows = (await conn.execute(text(
+        f"SELECT target_id, region, figure, threshold, deadline, status, instance->>'title' AS title, "
+        f"instance->>'source' AS source, coalesce(instance->>'comparison', '>=') AS comparison "
+        f"FROM {SCHEMA}.target_instance WHERE region = ANY(:up) OR region LIKE :down "
+        "ORDER BY deadline, target_id, region"),
+        {"up": ancestors(code), "down": code + "%"})).mappings().all()
+    instances = [r for r in rows if r["figure"] in FIGURES and behind_.tiers(r["figure"])]
+    if target is not None:
+        instances = [r for r in instances if r["target_id"] == target]
+        if not instances:
+            raise ViewError(404, "target", f"no per-community or per-township target {target!r} "
+                                           f"applies to {code}")
+    groups: dict[str, list[Any]] = {}
+    for r in instances:
+        groups.setdefault(r["target_id"], []).append(r)
+    wanted = sorted({c for r in instances
+                     for c in FIGURES[r["figure"]].numerator + FIGURES[r["figure"]].denominator})
+    by_tier: dict[str, dict[str, tuple[str, dict[str, int]]]] = {}
+    out = []
+    for target_id, group in groups.items():
+        first = group[0]
+        tiers = []
+        for tier in behind_.tiers(first["figure"]):
+            if len(code) > TIER_LENGTH[tier]:
+                continue
+            if tier not in by_tier:
+                by_tier[tier] = await store.unit_counters(conn, code, tier, wanted)
+            # Each unit counts under the most specific instance that covers it (ancestors(unit)
+            # ends with the unit itself, so the reversed walk meets the deepest region first).
+            by_region = {r["region"]: r for r in group}
+            per_instance: dict[str, dict[str, tuple[str, dict[str, int]]]] = {}
+            for unit_code, unit in by_tier[tier].items():
+                scope = next((a for a in reversed(ancestors(unit_code)) if a in by_region), None)
+                if scope is not None:
+                    per_instance.setdefault(scope, {})[unit_code] = unit
+            counted, units = 0, []
+            for scope, mine in per_instance.items():
+                instance = by_region[scope]
+                n, late = behind_.behind(first["figure"], float(instance["threshold"]),
+                                         instance["comparison"], mine)
+                counted += n
+                units += late
+            sign = 1 if first["comparison"] == ">=" else -1
+            units.sort(key=lambda u: (-u.short, sign * u.value, u.code))
+            tiers.append({"tier": tier, "units": counted, "behind": len(units),
+                          "list": [{"code": u.code, "name": u.name, "value": u.value, "short": u.short,
+                                    "numerator": u.numerator, "denominator": u.denominator}
+                                   for u in units[:limit]]})
+        out.append({"target_id": target_id, "title": first["title"], "source": first["source"],
+                    "figure": first["figure"], "kind": FIGURES[first["figure"]].kind,
+                    "unit": FIGURES[first["figure"]].unit, "threshold": float(first["threshold"]),
+                    "comparison": first["comparison"], "deadline": first["deadline"].isoformat(),
+                    "regions": [{"code": r["region"], "status": r["status"]} for r in group],
+                    "tiers": tiers})
+    return {"code": region["code"], "name": region["name"], "tier": region["tier"], "limit": limit,
+            "targets": out}
 
 
 async def series(conn: AsyncConnection, code: str, name: str) -> list[dict[str, Any]]:

@@ -122,6 +122,12 @@ def month_end(m: date) -> date:
     return m.replace(day=calendar.monthrange(m.year, m.month)[1])
 
 
+def regions(code: str) -> list[str]:
+    """Every tier a fact at `code` counts in, province down to community: the oracle's own, not
+    the engine's coverage_regions."""
+    return [code[:n] for n in (2, 4, 6, 9, 12) if n <= len(code)]
+
+
 def recount(payloads: list[ev.Payload], on: date) -> Counter[tuple[str, str]]:
     """Independent oracle: the state of every organization and township on one day, counted."""
     out: Counter[tuple[str, str]] = Counter()
@@ -138,7 +144,7 @@ def recount(payloads: list[ev.Payload], on: date) -> Counter[tuple[str, str]]:
         end = next((p.ended_on for p in ps if isinstance(p, ev.OrganizationDeregistered)), None)
         start = min(d for d in (filed and filed.filed_on, reg and reg.registered_on) if d)
         if filed and filed.tier is ev.ManagementTier.FILED and filed.filed_on <= on:
-            for r in cov.coverage_regions(filed.community_code):
+            for r in regions(filed.community_code):
                 out[(r, f"filings_{ev.CLASS_OF_CATEGORY[filed.category].value}")] += 1
         if not (start <= on and (end is None or on < end)):
             continue
@@ -166,7 +172,7 @@ def recount(payloads: list[ev.Payload], on: date) -> Counter[tuple[str, str]]:
         names = ["orgs", f"orgs_{tier}", f"orgs_cat_{category.value}",
                  f"orgs_{ev.CLASS_OF_CATEGORY[category].value}", f"orgs_{COMMUNITIES[community]}"]
         names += ["orgs_party_covered"] * covered + ["brand_orgs"] * brand
-        for r in cov.coverage_regions(community):
+        for r in regions(community):
             for n in names:
                 out[(r, n)] += 1
             if projects:
@@ -181,20 +187,20 @@ def recount(payloads: list[ev.Payload], on: date) -> Counter[tuple[str, str]]:
 
     for hid, h in hubs.items():
         if alive(h.established_on, hub_end.get(hid)):
-            for r in cov.coverage_regions(h.region_code):
+            for r in regions(h.region_code):
                 out[(r, "hubs")] += 1
     for bid, b in bases.items():
         if alive(b.opened_on, base_end.get(bid)):
-            for r in cov.coverage_regions(b.region_code):
+            for r in regions(b.region_code):
                 out[(r, "bases")] += 1
     for township, kind in TOWNSHIPS.items():
         plural = "streets" if kind == "street" else "towns"
         if any(h.region_code == township and alive(h.established_on, hub_end.get(hid)) for hid, h in hubs.items()):
-            for r in cov.coverage_regions(township):
+            for r in regions(township):
                 out[(r, f"{plural}_with_hub")] += 1
         if any(township in b.covered_townships and alive(b.opened_on, base_end.get(bid))
                for bid, b in bases.items()):
-            for r in cov.coverage_regions(township):
+            for r in regions(township):
                 out[(r, f"{plural}_with_base")] += 1
     return Counter({k: v for k, v in out.items() if v})
 
@@ -228,3 +234,54 @@ def test_any_order_and_batching_equals_recount(stream: tuple[list[ev.Payload], l
                   | {date(2021, 1, 1), month_end(date(2023, 6, 1)), date(2024, 12, 31)})
     for d in days:
         assert cov.as_of(from_scratch, d) == recount(payloads, d), d
+
+
+@st.composite
+def county_divisions(draw: st.DrawFn) -> ev.DivisionsImported:
+    townships = [ev.TownshipDivision(code=f"510681{i:03d}", name=f"t{i}", kind=draw(st.sampled_from(list(ev.TownshipKind))))
+                 for i in range(1, draw(st.integers(1, 4)) + 1)]
+    communities = [ev.CommunityDivision(code=f"{t.code}{j:03d}", name=f"c{j}",
+                                        kind=draw(st.sampled_from(list(ev.CommunityKind))))
+                   for t in townships for j in range(1, draw(st.integers(0, 4)) + 1)]
+    return ev.DivisionsImported(edition=str(draw(st.integers(2020, 2024))),
+                                province=ev.DivisionRef(code="51", name="p"),
+                                city=ev.DivisionRef(code="5106", name="c"),
+                                county=ev.DivisionRef(code="510681", name="k"),
+                                townships=townships, communities=communities)
+
+
+def recount_divisions(d: ev.DivisionsImported) -> Counter[tuple[str, str]]:
+    out: Counter[tuple[str, str]] = Counter()
+    for t in d.townships:
+        if t.kind is not ev.TownshipKind.SPECIAL:
+            for r in regions(t.code):
+                out[(r, "streets" if t.kind is ev.TownshipKind.STREET else "towns")] += 1
+    for c in d.communities:
+        if c.kind is not ev.CommunityKind.OTHER:
+            for r in regions(c.code):
+                out[(r, f"communities_{c.kind.value}")] += 1
+    return out
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(county_divisions(), min_size=1, max_size=3))
+def test_divisions_count_down_to_the_community(imports: list[ev.DivisionsImported]) -> None:
+    """Each urban or rural community counts as one of its kind in itself and every ancestor; the
+    newest edition of a county wins, whichever order its imports came in; stored timelines equal
+    recomputed ones (nested states survive JSON)."""
+    facts = to_facts(list(imports))
+    newest = max(zip(imports, facts, strict=True), key=lambda pf: (pf[0].edition, pf[1].occurred_at,
+                                                                   str(pf[1].event_id)))[0]
+    timeline = ent.divisions_timeline(facts)
+    assert cov.Timeline.from_json(timeline.to_json()) == timeline
+    assert ent.divisions_timeline(list(reversed(facts))) == timeline
+    assert cov.as_of(cov.contribution(timeline), date(2030, 1, 1)) == +recount_divisions(newest)
+
+
+def test_a_divisions_state_stored_before_communities_counted_still_counts() -> None:
+    """A county's state kept by an older targets (township entries only) counts at the four upper
+    tiers as it did, so moving away from it (the next import) takes off exactly what it added."""
+    legacy = cov.Timeline("div", ((cov.EPOCH, (("510681001", "street", 2, 1),)),))
+    assert cov.as_of(cov.contribution(legacy), date(2030, 1, 1)) == Counter(
+        {(r, c): n for r in ("51", "5106", "510681", "510681001")
+         for c, n in (("streets", 1), ("communities_urban", 2), ("communities_rural", 1))})

@@ -32,8 +32,9 @@ State = tuple[Any, ...]
 
 
 def coverage_regions(code: str) -> list[str]:
-    """The regions a fact at `code` counts in: its province, city, county and township."""
-    return ancestors(code)[:4]
+    """The regions a fact at `code` counts in: its province, city, county, township and (for a
+    fact at a community) community. Five rows per counter: plans' first target is per community."""
+    return ancestors(code)
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,15 @@ class Timeline:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Timeline:
         return cls(kind=data["kind"],
-                   segments=tuple((date.fromisoformat(d), tuple(s) if s is not None else None)
+                   segments=tuple((date.fromisoformat(d), _frozen(s) if s is not None else None)
                                   for d, s in data["segments"]),
-                   pulses=tuple((date.fromisoformat(d), tuple(p)) for d, p in data["pulses"]))
+                   pulses=tuple((date.fromisoformat(d), _frozen(p)) for d, p in data["pulses"]))
+
+
+def _frozen(value: list[Any]) -> tuple[Any, ...]:
+    """JSON lists back to tuples, nested ones too: a stored state then equals a recomputed one
+    (a county's divisions state nests one tuple per township and community)."""
+    return tuple(_frozen(v) if isinstance(v, list) else v for v in value)
 
 
 VectorOf = Callable[[State], Vector]

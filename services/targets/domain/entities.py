@@ -189,13 +189,25 @@ def divisions_timeline(facts: Sequence[Fact]) -> Timeline:
             urban[c.code[:9]] += 1
         elif c.kind is ev.CommunityKind.RURAL:
             rural[c.code[:9]] += 1
-    state = tuple((t.code, t.kind.value, urban[t.code], rural[t.code]) for t in latest.townships)
-    return Timeline("div", ((EPOCH, state),))
+    townships = tuple((t.code, t.kind.value, urban[t.code], rural[t.code]) for t in latest.townships)
+    communities = tuple((c.code, c.kind.value) for c in sorted(latest.communities, key=lambda c: c.code)
+                        if c.kind is not ev.CommunityKind.OTHER)
+    return Timeline("div", ((EPOCH, townships + communities),))
 
 
 def _divisions_vector(state: State) -> Vector:
+    """A county's state: (township, kind, urban communities, rural communities) per township,
+    counted from the province down to the township; then (community, kind) per urban or rural
+    community, counted at the community itself (its own communities_<kind> is 1, so a community's
+    figures read as a township's do). A state stored before communities counted has township
+    entries only, and counts as it did."""
     out: Vector = Counter()
-    for township, kind, urban, rural in state:
+    for entry in state:
+        if len(entry) == 2:
+            community, kind = entry
+            out[(community, f"communities_{kind}")] += 1
+            continue
+        township, kind, urban, rural = entry
         for r in coverage_regions(township):
             if kind == "street":
                 out[(r, "streets")] += 1

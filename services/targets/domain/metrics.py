@@ -39,6 +39,12 @@ class Figure:
     """A figure plans set targets on: numerator / denominator (or a count when no denominator).
 
     `yearly` figures are the growth of a cumulative counter within one calendar year.
+
+    `unit` is the division the denominator counts, when it counts divisions: a target on such a
+    figure is a promise about each of them ("每个城市社区平均不少于12个": every urban community;
+    "街道枢纽全覆盖": every street), so the units below its threshold are behind (see
+    `domain.behind`). A unit's own figure is read from its own counters: a community's
+    communities_urban is 1 when it is urban, a township's streets 1 when it is a street.
     """
 
     name: str
@@ -47,24 +53,25 @@ class Figure:
     kind: Literal["count", "share", "average"] = "count"
     yearly: bool = False
     description: str = ""
+    unit: Literal["community", "township"] | None = None
 
 
 FIGURES: dict[str, Figure] = {f.name: f for f in (
     Figure("orgs", ("orgs",), description="active organizations"),
     Figure("avg_orgs_per_urban_community", ("orgs_urban",), ("communities_urban",), "average",
-           description="organizations per urban community"),
+           description="organizations per urban community", unit="community"),
     Figure("avg_orgs_per_rural_community", ("orgs_rural",), ("communities_rural",), "average",
-           description="organizations per rural community"),
+           description="organizations per rural community", unit="community"),
     Figure("streets_with_hub_share", ("streets_with_hub",), ("streets",), "share",
-           description="share of streets with an active hub"),
+           description="share of streets with an active hub", unit="township"),
     Figure("towns_with_hub_share", ("towns_with_hub",), ("towns",), "share",
-           description="share of towns and townships with an active hub"),
+           description="share of towns and townships with an active hub", unit="township"),
     Figure("townships_with_hub_share", ("streets_with_hub", "towns_with_hub"), ("streets", "towns"),
-           "share", description="share of streets, towns and townships with an active hub"),
+           "share", description="share of streets, towns and townships with an active hub", unit="township"),
     Figure("streets_with_base_share", ("streets_with_base",), ("streets",), "share",
-           description="share of streets covered by an incubation base"),
+           description="share of streets covered by an incubation base", unit="township"),
     Figure("towns_with_base_share", ("towns_with_base",), ("towns",), "share",
-           description="share of towns and townships covered by an incubation base"),
+           description="share of towns and townships covered by an incubation base", unit="township"),
     Figure("party_covered_share", ("orgs_party_covered",), ("orgs",), "share",
            description="share of organizations covered by party organizations"),
     Figure("brand_organizations", ("brand_orgs",), description="brand organizations"),
