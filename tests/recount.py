@@ -1,5 +1,6 @@
 """The correctness oracle: every counter recounted from scratch in SQL over registry's own tables
-(what is on record today), for comparison with targets' incrementally maintained coverage."""
+(what is on record today), for comparison with targets' incrementally maintained coverage; and
+what that recount says is behind a target, unit by unit."""
 
 from __future__ import annotations
 
@@ -32,14 +33,14 @@ SELECT left(code, {n}), 'communities_' || kind, count(*) FROM registry.community
 WHERE kind IN ('urban', 'rural') GROUP BY 1, 2
 UNION ALL
 SELECT left(code, {n}), CASE kind WHEN 'street' THEN 'streets' ELSE 'towns' END, count(*)
-FROM registry.township WHERE kind IN ('street', 'town', 'township') GROUP BY 1, 2
+FROM registry.township WHERE kind IN ('street', 'town', 'township') AND length(code) >= {n} GROUP BY 1, 2
 UNION ALL
 SELECT left(t.code, {n}), CASE t.kind WHEN 'street' THEN 'streets_with_hub' ELSE 'towns_with_hub' END, count(*)
-FROM registry.township t WHERE t.kind IN ('street', 'town', 'township')
+FROM registry.township t WHERE t.kind IN ('street', 'town', 'township') AND length(t.code) >= {n}
 AND EXISTS (SELECT 1 FROM registry.hub h WHERE h.region_code = t.code AND h.ended_on IS NULL) GROUP BY 1, 2
 UNION ALL
 SELECT left(t.code, {n}), CASE t.kind WHEN 'street' THEN 'streets_with_base' ELSE 'towns_with_base' END, count(*)
-FROM registry.township t WHERE t.kind IN ('street', 'town', 'township')
+FROM registry.township t WHERE t.kind IN ('street', 'town', 'township') AND length(t.code) >= {n}
 AND EXISTS (SELECT 1 FROM registry.base_township bt JOIN registry.incubation_base b ON b.id = bt.base_id
             WHERE bt.township_code = t.code AND b.ended_on IS NULL) GROUP BY 1, 2
 UNION ALL
@@ -53,16 +54,17 @@ SELECT left(region, {n}), 'filings_' || CASE WHEN payload->'payload'->>'category
     ('resident_services', 'mediation', 'rural_revitalization') THEN 'functional' ELSE 'interest' END, count(*)
 FROM (SELECT convert_from(data, 'UTF8')::jsonb AS payload, convert_from(data, 'UTF8')::jsonb->>'region' AS region
       FROM registry.outbox WHERE type = 'OrganizationFiled') f
-WHERE payload->'payload'->>'tier' = 'filed' GROUP BY 1, 2
+WHERE payload->'payload'->>'tier' = 'filed' AND length(region) >= {n} GROUP BY 1, 2
 """
 
 
 async def recount(dsn: str) -> Counter[tuple[str, str]]:
-    """(region, counter) -> value at province, city, county and township tier."""
+    """(region, counter) -> value at province, city, county, township and community tier (a
+    township's own counters, streets to bases, do not repeat at the community)."""
     db = await asyncpg.connect(dsn)
     try:
         out: Counter[tuple[str, str]] = Counter()
-        for n in (2, 4, 6, 9):
+        for n in (2, 4, 6, 9, 12):
             for region, counter, value in await db.fetch(_ORGS.format(n=n)):
                 if value:
                     out[(region, counter)] += int(value)
@@ -78,3 +80,33 @@ async def projected(dsn: str, counters: set[str] | None = None) -> Counter[tuple
         return Counter({(r, c): int(v) for r, c, v in rows if counters is None or c in counters})
     finally:
         await db.close()
+
+
+def short_of(threshold: float, comparison: str, numerator: int, denominator: int) -> int:
+    """How many more (fewer, for "<=") of the numerator a unit needs to meet the threshold,
+    counted up one by one: the oracle's own arithmetic, not targets'."""
+    k = 0
+    if comparison == ">=":
+        while (numerator + k) / denominator < threshold:
+            k += 1
+    else:
+        while numerator - k > 0 and (numerator - k) / denominator > threshold:
+            k += 1
+    return k
+
+
+def behind(counts: Counter[tuple[str, str]], under: str, length: int, numerator: tuple[str, ...],
+           denominator: tuple[str, ...], threshold: float, comparison: str) -> tuple[int, dict[str, int]]:
+    """From a recount: (how many divisions of `length` digits under `under` the figure applies to,
+    {code: shortfall} of those under the threshold)."""
+    codes = {r for r, _ in counts if len(r) == length and r.startswith(under)}
+    counted, out = 0, {}
+    for code in codes:
+        bottom = sum(counts.get((code, c), 0) for c in denominator)
+        if bottom <= 0:
+            continue
+        counted += 1
+        short = short_of(threshold, comparison, sum(counts.get((code, c), 0) for c in numerator), bottom)
+        if short:
+            out[code] = short
+    return counted, out

@@ -1,6 +1,7 @@
 """targets end to end on real NATS and PostgreSQL: a few thousand facts through registry, two
-targets replicas on one durable consumer, projections equal to a SQL recount at every tier; the
-same events shuffled and duplicated give the same per-day coverage; a rebuild equals both."""
+targets replicas on one durable consumer, projections equal to a SQL recount at every tier down to
+the community, and the behind lists to what that recount puts under each threshold; the same events
+shuffled and duplicated give the same per-day coverage; a rebuild equals both."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import pytest
 
 from contracts import events as ev
 from contracts import make_event
+from contracts.codes import TIER_LENGTH
 from cso.database import make_engine
 from cso.divisions import DEMO_DIVISIONS, publish_divisions
 from cso.settings import Settings
@@ -27,7 +29,10 @@ from services.registry.app import create_app as registry_app
 from services.registry.app import run_migrations as registry_migrations
 from services.targets import app as targets
 from services.targets.domain import coverage as cov
+from services.targets.domain.catalogue import TargetSpec, parse_catalogue
+from services.targets.domain.metrics import FIGURES
 from services.targets.rebuild import rebuild
+from tests.recount import behind as recount_behind
 from tests.recount import projected, recount
 from tests.scenario import workload
 from tests.support import eventually, fresh_database, make_streams, publish, running
@@ -128,8 +133,8 @@ async def test_projections_equal_recount_and_survive_shuffling(
     diff = {k: (actual.get(k), expected.get(k)) for k in actual.keys() | expected.keys()
             if actual.get(k) != expected.get(k)}
     assert not diff, dict(list(diff.items())[:20])
-    # Every tier is there, down to townships.
-    assert {len(r) for r, _ in actual} == {2, 4, 6, 9}
+    # Every tier is there, down to communities.
+    assert {len(r) for r, _ in actual} == {2, 4, 6, 9, 12}
 
     persons = training_expected(training)
     actual_training = await projected(settings.database_url,
@@ -158,6 +163,8 @@ async def test_projections_equal_recount_and_survive_shuffling(
     assert body["counters"]["orgs"] == expected[("5111", "orgs")]
     assert {c["code"] for c in body["children"]} == {k for k, _ in expected if len(k) == 6 and k.startswith("5111")}
 
+    await down_to_the_community(stack[1], expected, communities)
+
     # The same events, shuffled and partly duplicated, into a fresh targets: same coverage per month.
     live = await coverage_by_day(settings.database_url)
     async with fresh_database(postgres_url) as other_db:
@@ -182,6 +189,71 @@ async def test_projections_equal_recount_and_survive_shuffling(
         js = nc.jetstream()
         for s in other.topology.streams:
             await js.delete_stream(s.name)
+
+
+async def down_to_the_community(client: httpx.AsyncClient, expected: Counter[tuple[str, str]],
+                                 communities: list[str]) -> None:
+    """A township's children are its communities with their recounted counters, and the behind
+    list of a city, counties, a township and a community is what the recount says is under each
+    per-community or per-township target's threshold, shortfall by shortfall."""
+    township = max({c[:9] for c in communities if c.startswith("5111")}, key=lambda t: expected[(t, "orgs")])
+    body = (await client.get(f"/coverage/{township}")).json()
+    assert {c["code"] for c in body["children"]} == {c for c in communities if c.startswith(township)}
+    for child in body["children"]:
+        assert {k: v for k, v in child["counters"].items() if v} == {
+            c: v for (r, c), v in expected.items() if r == child["code"]}, child["code"]
+    assert any(child["counters"].get("orgs") for child in body["children"])
+
+    specs: dict[str, TargetSpec] = {}
+
+    async def synced() -> bool:
+        # The default catalogue and the bundled plans' targets, once expanded into instances.
+        rows = (await client.get("/targets")).json()
+        specs.clear()
+        specs.update({s.id: s for s in parse_catalogue({"targets": [r["spec"] for r in rows]}, "GET /targets")
+                      if not s.retired and FIGURES[s.figure].unit})
+        body = (await client.get("/behind/5111")).json()
+        return {t["target_id"] for t in body["targets"]} == applicable(specs, "5111") != set()
+
+    await eventually(synced, timeout=60)
+    community = max((c for c in communities if c.startswith("5111")),
+                    key=lambda c: (expected[(c, "communities_urban")], -expected[(c, "orgs_urban")], c))
+    listed = 0
+    # 510681 (广汉) has targets, none per community or township: an empty answer.
+    for region in ("5111", "511102", "511123", township, community, "510681"):
+        body = (await client.get(f"/behind/{region}", params={"limit": 10000})).json()
+        assert {t["target_id"] for t in body["targets"]} == applicable(specs, region), region
+        for t in body["targets"]:
+            spec, figure = specs[t["target_id"]], FIGURES[t["figure"]]
+            tiers = [tier for tier in (("township", "community") if figure.unit == "community" else ("township",))
+                     if len(region) <= TIER_LENGTH[tier]]
+            assert [x["tier"] for x in t["tiers"]] == tiers
+            for x in t["tiers"]:
+                counted, want = 0, {}
+                for scope in spec.regions or (spec.scope_region,):
+                    if scope.startswith(region) or region.startswith(scope):
+                        n, w = recount_behind(expected, max(scope, region, key=len), TIER_LENGTH[x["tier"]],
+                                              figure.numerator, figure.denominator, spec.threshold,
+                                              spec.comparison)
+                        counted, want = counted + n, want | w
+                assert (x["units"], x["behind"]) == (counted, len(want)), (region, t["target_id"], x["tier"])
+                assert {u["code"]: u["short"] for u in x["list"]} == want, (region, t["target_id"], x["tier"])
+                shorts = [u["short"] for u in x["list"]]
+                assert shorts == sorted(shorts, reverse=True)
+                listed += len(want)
+    assert listed > 100  # the check saw communities and townships behind, not only empty lists
+    only = (await client.get("/behind/5111", params={"target": "leshan-avg-urban", "limit": 3})).json()
+    assert [t["target_id"] for t in only["targets"]] == ["leshan-avg-urban"]
+    assert [len(x["list"]) for x in only["targets"][0]["tiers"]] == [3, 3]
+    missing = await client.get("/behind/5111", params={"target": "leshan-new-filings-functional"})
+    assert missing.status_code == 404 and missing.json()["errors"][0]["field"] == "target"
+    assert (await client.get("/behind/5111", params={"limit": 0})).json()["errors"][0]["field"] == "limit"
+
+
+def applicable(specs: dict[str, TargetSpec], region: str) -> set[str]:
+    """The targets set on, above or below a region."""
+    return {i for i, s in specs.items()
+            if any(r.startswith(region) or region.startswith(r) for r in s.regions or (s.scope_region,))}
 
 
 def _subject_id(fact: ev.Payload) -> str:

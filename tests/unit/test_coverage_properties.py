@@ -238,7 +238,8 @@ def test_any_order_and_batching_equals_recount(stream: tuple[list[ev.Payload], l
 
 @st.composite
 def county_divisions(draw: st.DrawFn) -> ev.DivisionsImported:
-    townships = [ev.TownshipDivision(code=f"510681{i:03d}", name=f"t{i}", kind=draw(st.sampled_from(list(ev.TownshipKind))))
+    townships = [ev.TownshipDivision(code=f"510681{i:03d}", name=f"t{i}",
+                                     kind=draw(st.sampled_from(list(ev.TownshipKind))))
                  for i in range(1, draw(st.integers(1, 4)) + 1)]
     communities = [ev.CommunityDivision(code=f"{t.code}{j:03d}", name=f"c{j}",
                                         kind=draw(st.sampled_from(list(ev.CommunityKind))))
