@@ -582,7 +582,7 @@ async def correctness(ctx: Context, js: JetStreamContext, workload: Workload) ->
     with contextlib.suppress(Exception):
         dead = int((await js.stream_info("CSO_DEADLETTER")).state.messages)
     reasons = await dead_letter_reasons(js) if dead else []
-    equal = not diff and not training_diff and tiers == [2, 4, 6, 9]
+    equal = not diff and not training_diff and tiers == [2, 4, 6, 9, 12]
     return {"equal": equal, "tiers": tiers, "counters_compared": len(expected), "registry_differences": len(diff),
             "registry_difference_sample": [[list(k), v[0], v[1]] for k, v in list(diff.items())[:10]],
             "training_counters_compared": len(wanted), "training_differences": len(training_diff),

@@ -9,11 +9,13 @@ from rich import box
 from rich.cells import cell_len
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 COMPARISON = {">=": "≥", "<=": "≤"}
 # What `short` counts, by the figure's unit: organizations per community, or covered townships.
 SHORT_OF = {"community": "orgs short", "township": "short"}
 TIER_LABEL = {"township": "townships", "community": "communities"}
+# A unit's value: how far it is, as the figure reads (a share, an average per community).
 
 
 def _value(value: float, kind: str) -> str:
@@ -24,30 +26,40 @@ def _value(value: float, kind: str) -> str:
     return f"{value:,.0f}"
 
 
-def behind_tables(body: dict[str, Any]) -> list[Table | str]:
-    """One table per target and tier with behind units; a line for a tier with none behind."""
-    out: list[Table | str] = []
+def behind_tables(body: dict[str, Any]) -> list[Table | Text]:
+    """Per target with units here: a heading (the target, its threshold, how many of the units of
+    each tier are behind), then a table of those units, townships then communities, worst first.
+    Targets whose units are all met are named on one line at the end."""
+    out: list[Table | Text] = []
+    met: list[str] = []
     for t in body["targets"]:
+        tiers = [tier for tier in t["tiers"] if tier["units"]]
+        if not any(tier["behind"] for tier in tiers):
+            if tiers:
+                met.append(t["target_id"])
+            continue
         threshold = f"{COMPARISON.get(t['comparison'], t['comparison'])} {_value(t['threshold'], t['kind'])}"
-        head = f"{t['target_id']} {escape(t.get('title') or '')} ({t['figure']} {threshold}, by {t['deadline']})"
-        for tier in t["tiers"]:
-            label = TIER_LABEL.get(tier["tier"], tier["tier"])
-            if not tier["list"]:
-                out.append(f"{head}: no {label} behind (of {tier['units']})")
-                continue
-            shown = len(tier["list"])
-            more = f", first {shown}" if shown < tier["behind"] else ""
-            table = Table(title=f"{head}: {tier['behind']} of {tier['units']} {label} behind{more}",
-                          title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
-            table.add_column("code", no_wrap=True)
-            table.add_column("name", no_wrap=True, min_width=max(cell_len(u["name"]) for u in tier["list"]))
-            table.add_column("value", justify="right")
-            table.add_column(SHORT_OF.get(t["unit"], "short"), justify="right")
-            table.add_column("of", justify="right")
-            for u in tier["list"]:
+        counts = "; ".join(
+            f"{TIER_LABEL.get(tier['tier'], tier['tier'])} {tier['behind']} of {tier['units']} behind"
+            + (f" (first {len(tier['list'])})" if len(tier["list"]) < tier["behind"] else "")
+            for tier in tiers)
+        heading = Text.assemble((t["target_id"], "bold"), f" {t.get('title') or ''}\n",
+                                f"{t['figure']} {threshold} by {t['deadline']}: {counts}")
+        rows = [u for tier in tiers for u in tier["list"]]
+        table = Table(box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+        table.add_column("code", no_wrap=True)
+        table.add_column("name", no_wrap=True, min_width=max(cell_len(u["name"]) for u in rows))
+        table.add_column("value", justify="right")
+        table.add_column(SHORT_OF.get(t["unit"], "short"), justify="right")
+        table.add_column("of", justify="right")
+        for tier in tiers:
+            for i, u in enumerate(tier["list"]):
                 table.add_row(u["code"], escape(u["name"]), _value(u["value"], t["kind"]), str(u["short"]),
-                              f"{u['numerator']}/{u['denominator']}")
-            out.append(table)
+                              f"{u['numerator']}/{u['denominator']}",
+                              end_section=i == len(tier["list"]) - 1)
+        out += [heading, table]
+    if met:
+        out.append(Text(f"nothing behind: {', '.join(met)}"))
     if not body["targets"]:
-        out.append(f"no per-community or per-township target applies to {body['code']} {escape(body['name'])}")
+        out.append(Text(f"no per-community or per-township target applies to {body['code']} {body['name']}"))
     return out

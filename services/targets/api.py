@@ -23,7 +23,7 @@ from cso.auth import PUBLIC, WRITE, Principal
 from cso.consumer import Subscription
 from cso.service import Runtime, errors_body, repeat
 
-from . import evaluation, store, views
+from . import evaluation, rebuild, store, views
 from .domain.catalogue import DEFAULT_CATALOGUE, CatalogueError, TargetSpec, load_catalogue, parse_catalogue
 from .plans import api as plans_api
 from .projection import ProjectionHandler
@@ -117,6 +117,7 @@ def build(runtime: Runtime, clock: evaluation.Clock | None = None,
             # One replica seeds; the others wait on the lock and find the table filled.
             await conn.execute(text(f"LOCK TABLE {SCHEMA}.target IN EXCLUSIVE MODE"))
             await seed_catalogue(conn, catalogue)
+        await rebuild.upgrade(runtime.engine)
         await coalescer.run()
 
     runtime.every(seed)

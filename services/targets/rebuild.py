@@ -1,5 +1,7 @@
 """Rebuild every projection from targets' fact log, compare it with the live tables row for row,
-and optionally put the rebuilt one in place, all while the consumers keep running.
+and optionally put the rebuilt one in place, all while the consumers keep running. targets does
+it by itself at start when the projection predates its code (`upgrade`: coverage kept before
+communities were a tier).
 
 The comparison reads one REPEATABLE READ snapshot, so facts arriving meanwhile neither count in
 the rebuild nor in the live tables it is compared with. `--apply` locks the projection tables for
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -27,6 +30,7 @@ from .domain import coverage as cov
 from .domain import entities as ent
 
 SCHEMA = store.SCHEMA
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -92,6 +96,43 @@ async def rebuild(engine: AsyncEngine, apply: bool = False) -> Report:
             await store.add_coverage(conn, expected)
         report.applied = True
     return report
+
+
+# One replica at a time checks whether the projection predates this code and rebuilds it.
+UPGRADE_LOCK = 0x63736F_757067  # "cso" "upg"
+
+
+async def stale(conn: AsyncConnection) -> str | None:
+    """Why the live projection predates this code (None: it does not): it counts organizations or
+    divisions but nothing at any community, as targets did before communities were a tier. Moving
+    such an organization would take off community counts that were never added."""
+    if (await conn.execute(text(
+            f"SELECT EXISTS (SELECT 1 FROM {SCHEMA}.entity WHERE kind IN ('org', 'div') "
+            "AND timeline IS NOT NULL) "
+            f"AND NOT EXISTS (SELECT 1 FROM {SCHEMA}.coverage WHERE length(region) = 12)"))).scalar():
+        return "organizations or divisions are counted but no community is (coverage kept before tier 12)"
+    return None
+
+
+async def upgrade(engine: AsyncEngine) -> Report | None:
+    """At start: rebuild and put in place a projection kept by an older targets (see `stale`),
+    while the consumers run (they wait for the swap). Replicas starting together take turns; the
+    second finds nothing to do. Returns the rebuild's report, None when none was needed."""
+    async with engine.connect() as lock:
+        await lock.execute(text("SELECT pg_advisory_lock(:k)"), {"k": UPGRADE_LOCK})
+        try:
+            async with engine.connect() as conn:
+                reason = await stale(conn)
+            if reason is None:
+                return None
+            log.warning("targets: rebuilding coverage from the fact log: %s", reason)
+            report = await rebuild(engine, apply=True)
+            log.warning("targets: coverage rebuilt: %s facts, %s entities, %s rows, %s differences put right",
+                        report.facts, report.entities, report.rows, len(report.differences))
+            return report
+        finally:
+            await lock.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": UPGRADE_LOCK})
+            await lock.commit()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import time
 from collections.abc import Callable
 from datetime import date
@@ -144,6 +145,17 @@ def test_stack_up_file_coverage_restart_and_cli(tmp_path: Path, monkeypatch: pyt
         assert "guanghan-brand-orgs" in result.output  # the targets table
         result = runner.invoke(app, ["coverage", "999999", "--url", targets], env=env)
         assert result.exit_code == 2 and "unknown region 999999" in result.output
+        # cso behind: 市中区's townships and communities under the city's per-community targets
+        # (an empty community is 12 organizations short); 广汉 has no per-unit target.
+        result = runner.invoke(app, ["behind", "511102", "--limit", "3", "--url", targets], env=env)
+        assert result.exit_code == 0, result.output
+        assert "leshan-avg-urban " in result.output
+        assert re.search(r"communities (\d+) of \1 behind \(first 3\)", result.output), result.output
+        assert "orgs short" in result.output and " 12 " in result.output
+        result = runner.invoke(app, ["behind", "510681", "--url", targets], env=env)
+        assert result.exit_code == 0 and "no per-community or per-township target applies" in result.output
+        result = runner.invoke(app, ["behind", "511102", "--limit", "0", "--url", targets], env=env)
+        assert result.exit_code == 2 and "limit:" in result.output
 
         # cso plan: the Guanghan ledger (the bundled plans load once divisions are in).
         def ledger() -> bool:

@@ -31,7 +31,7 @@ from services.targets import app as targets
 from services.targets.domain import coverage as cov
 from services.targets.domain.catalogue import TargetSpec, parse_catalogue
 from services.targets.domain.metrics import FIGURES
-from services.targets.rebuild import rebuild
+from services.targets.rebuild import rebuild, upgrade
 from tests.recount import behind as recount_behind
 from tests.recount import projected, recount
 from tests.scenario import workload
@@ -155,6 +155,17 @@ async def test_projections_equal_recount_and_survive_shuffling(
         assert (await rebuild(engine, apply=True)).applied
         assert await coverage_by_day(settings.database_url) == before
         assert (await rebuild(engine)).equal
+        # Coverage kept by a targets from before communities counted (no tier-12 rows) is rebuilt
+        # at start, once.
+        db = await asyncpg.connect(settings.database_url)
+        for table in ("coverage", "coverage_now"):
+            await db.execute(f"DELETE FROM targets.{table} WHERE length(region) = 12")
+        await db.close()
+        assert not (await rebuild(engine)).equal
+        upgraded = await upgrade(engine)
+        assert upgraded is not None and upgraded.applied
+        assert await upgrade(engine) is None
+        assert await coverage_by_day(settings.database_url) == before
     finally:
         await engine.dispose()
 
