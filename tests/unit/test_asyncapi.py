@@ -116,3 +116,21 @@ def test_error_fields_are_named_by_their_path_in_the_event() -> None:
     assert event_field("payload.community_code") == "payload.community_code"
     for kept in ("region", "source", "event_id", "$", "command", "occurred_at", "Idempotency-Key"):
         assert event_field(kept) == kept
+
+
+def test_the_documents_message_schemas_judge_events_as_the_json_schemas_do() -> None:
+    """The schemas moved into components.schemas (references rewritten) still take the valid
+    events and refuse a bad one: AsyncAPI's schemas are JSON Schema draft 07."""
+    from jsonschema import Draft7Validator
+
+    from tests.fuzz import corpus
+
+    components = json.loads(asyncapi.DOCUMENT.read_text(encoding="utf-8"))["components"]
+    for context in ("intake", "training", "divisions", "targets"):
+        for envelope in corpus.events_for(context):
+            validator = Draft7Validator({"$ref": f"#/components/schemas/{envelope.type}.v1", "components": components},
+                                        format_checker=Draft7Validator.FORMAT_CHECKER)
+            data = json.loads(envelope.model_dump_json())
+            assert not [e.message for e in validator.iter_errors(data)], envelope.type
+            bad = data | {"region": "５１"}
+            assert not validator.is_valid(bad), envelope.type
