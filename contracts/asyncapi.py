@@ -120,6 +120,31 @@ COMMAND_REPLY: dict[str, Any] = {
     ],
 }
 
+# Examples the AsyncAPI parser checks against their message's schemas (and readers copy).
+_FILED = {
+    "event_id": "8a1c9a52-3a47-4c1e-9d0e-2f6f1f3b7c01", "type": "OrganizationFiled", "version": 1,
+    "occurred_at": "2024-05-01T09:00:00+08:00", "recorded_at": "2024-05-01T09:05:00+08:00",
+    "source": EXAMPLE_SOURCE, "region": "510681001014",
+    "payload": {"organization_id": "5b0e6c1e-7d7f-4a55-9a8e-3c1f0d2b9e10", "name": "西城社区志愿服务队",
+                "community_code": "510681001014", "category": "neighbourly_help", "tier": "filed",
+                "filing_number": "GH-2024-001", "filed_on": "2024-05-01"},
+}
+EXAMPLES: dict[str, dict[str, Any]] = {
+    "OrganizationFiled": {"name": "filing", "summary": "A community organization filed in 广汉市",
+                          "headers": {"Nats-Msg-Id": _FILED["event_id"]}, "payload": _FILED},
+    "ReceiptsQuery": {"name": "two", "payload": {"event_ids": [_FILED["event_id"],
+                                                               "8a1c9a52-3a47-4c1e-9d0e-2f6f1f3b7c02"]}},
+    "DeadLetter": {
+        "name": "unknown community", "summary": "An intake fact naming a community that is not on record",
+        "headers": {"Cso-Reason": "payload.community_code: unknown community 510681001999",
+                    "Nats-Msg-Id": "dl:CSO_INTAKE:42"},
+        "payload": {"service": "registry", "reason": "payload.community_code: unknown community 510681001999",
+                    "subject": f"cso.intake.{EXAMPLE_SOURCE}.organization_filed.51.5106.510681",
+                    "stream": "CSO_INTAKE", "stream_seq": 42, "deliveries": 1,
+                    "dead_lettered_at": "2024-05-01T09:05:01+08:00", "event_id": _FILED["event_id"],
+                    "data": "{\"event_id\": \"8a1c9a52-…\", …}", "data_bytes": 512, "truncated": False}},
+}
+
 OPERATORS_ONLY = ("Operators only: the generated NATS permissions give no other user `cso.cmd.>`; a command "
                   "carries no region that a permission could check.")
 
@@ -157,6 +182,8 @@ class _Builder:
             message["description"] = description
         if headers:
             message["headers"] = {"$ref": f"#/components/schemas/{headers}"}
+        if name in EXAMPLES:
+            message["examples"] = [EXAMPLES[name]]
         self.messages[name] = message
         return name
 

@@ -134,3 +134,20 @@ def test_the_documents_message_schemas_judge_events_as_the_json_schemas_do() -> 
             assert not [e.message for e in validator.iter_errors(data)], envelope.type
             bad = data | {"region": "５１"}
             assert not validator.is_valid(bad), envelope.type
+
+
+def test_the_examples_fit_their_messages() -> None:
+    """The AsyncAPI parser does not check examples against their schemas; this does."""
+    from jsonschema import Draft7Validator
+
+    components = json.loads(asyncapi.DOCUMENT.read_text(encoding="utf-8"))["components"]
+    checked = 0
+    for message in components["messages"].values():
+        for example in message.get("examples", []):
+            for part in ("payload", "headers"):
+                if part in example:
+                    schema = {"$ref": message[part]["$ref"], "components": components}
+                    validator = Draft7Validator(schema, format_checker=Draft7Validator.FORMAT_CHECKER)
+                    assert not [e.message for e in validator.iter_errors(example[part])], (message["name"], part)
+                    checked += 1
+    assert checked >= 5
