@@ -353,7 +353,8 @@ def _security() -> dict[str, Any]:
                 ", ".join(f"`{s}`" for s in permissions["subscribe"]) + "."
         who = {"publisher": "An outside system's user, bound to a region (province, city or county), named "
                             "by the operator (`cso nats-config --publisher <user>=<region>`). <region> "
-                            "stands for its region's subject tokens (51.>, 51.5106.> or 51.5106.510681).",
+                            "stands for its region's subject tokens: 51.5106.510681 for a county; a city's "
+                            "and a province's end in wildcards (contracts/README.md, Your NATS user).",
                "admin": "The operators' user."}.get(key, f"The {perm.role} `{perm.user}`.")
         out[key] = {"type": "userPassword",
                     "description": f"{who} Connect with the inbox prefix `_INBOX_<user>`. {may}",
