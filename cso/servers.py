@@ -29,7 +29,7 @@ import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -117,14 +117,19 @@ def port_is_free(port: int) -> bool:
         return True
 
 
-def _pick_port(wanted: int | None, previous: object) -> int:
+def _pick_port(wanted: int | None, previous: object, avoid: Collection[int] = ()) -> int:
+    """`wanted`, else the last run's port while free, else a free one; never one in `avoid`: ports
+    promised to others that do not listen yet (the stack's services start after the servers, and
+    a server that took a service's port made that service fail to bind)."""
     if wanted is not None:
         return wanted
     # Reusing the last run's port keeps the URL stable across a stop/start or kill/start,
     # so clients that reconnect by URL (fault tests) find the server again.
-    if isinstance(previous, int) and previous > 0 and port_is_free(previous):
+    if isinstance(previous, int) and previous > 0 and previous not in avoid and port_is_free(previous):
         return previous
-    return free_port()
+    while (port := free_port()) in avoid:
+        pass
+    return port
 
 
 def _proc_stat(pid: int) -> tuple[str, int, int] | None:
@@ -434,8 +439,11 @@ def start_nats(
     timeout: float = DEFAULT_START_TIMEOUT,
     config: Path | None = None,
     env: Mapping[str, str] | None = None,
+    avoid: Collection[int] = (),
 ) -> ServerHandle:
     """Start (or find running) nats-server with JetStream on data_dir.
+
+    `avoid`: ports the server must not take (promised to processes that start later).
 
     `config` is a nats-server configuration file read first (e.g. an `authorization` block from
     `cso nats-config`); the port, store and log given here override what it says. `env` is added
@@ -456,10 +464,8 @@ def start_nats(
         previous = _read_state(data_dir) or {}
         if previous.get("kind") != "nats":
             previous = {}
-        client_port = _pick_port(port, previous.get("port"))
-        http_port = _pick_port(monitor_port, previous.get("monitor_port"))
-        if http_port == client_port:
-            http_port = free_port()
+        client_port = _pick_port(port, previous.get("port"), avoid)
+        http_port = _pick_port(monitor_port, previous.get("monitor_port"), {*avoid, client_port})
 
         log = data_dir / "nats.log"
         store = data_dir / "jetstream"
@@ -786,9 +792,10 @@ def start_postgres(
     *,
     settings: Mapping[str, str] | None = None,
     timeout: float = DEFAULT_START_TIMEOUT,
+    avoid: Collection[int] = (),
 ) -> ServerHandle:
     """Start (or find running) a PostgreSQL in `data_dir`; `settings` are passed as `-c name=value`
-    (a running server keeps the settings it was started with)."""
+    (a running server keeps the settings it was started with). `avoid`: ports it must not take."""
     for name, value in (settings or {}).items():
         if not (_SETTING.fullmatch(name) and _SETTING_VALUE.fullmatch(value)):
             raise ValueError(f"PostgreSQL setting {name}={value!r}: name must be [a-z_]+, value [A-Za-z0-9_.]+")
@@ -836,7 +843,7 @@ def start_postgres(
             if code != 0:
                 raise ServerStartError(f"initdb failed for {pgdata} (exit {code}):\n{out[-4000:]}")
 
-        pg_port = _pick_port(port, previous.get("port"))
+        pg_port = _pick_port(port, previous.get("port"), avoid)
         sock_dir = _socket_dir(pgdata, run_as)
         _clear_stale_socket_locks(sock_dir)
         options = (

@@ -290,6 +290,11 @@ class Stack:
         """What stack.json says (after start(): this run's urls and pids)."""
         return self._state or read_stack_file(self.data_dir) or {}
 
+    @property
+    def service_ports(self) -> set[int]:
+        """The services' ports: the servers, which start first, must leave them free."""
+        return {self.port_of(spec.name) for spec in SERVICES}
+
     def port_of(self, name: str) -> int:
         return {"registry": self.registry_port, "targets": self.targets_port,
                 "training": self.training_port, "notify": self.notify_port}[name]
@@ -364,7 +369,7 @@ class Stack:
         the same auth.conf (which `cso publisher add` keeps current)."""
         try:
             return servers.start_nats(localnats.nats_dir(self.data_dir), port, monitor_port,
-                                      config=self._nats_conf)
+                                      config=self._nats_conf, avoid=self.service_ports)
         except servers.ServerStartError as e:
             raise StackError(f"nats-server did not start: {e}") from None
 
@@ -420,7 +425,8 @@ class Stack:
     def _run_postgres(self, port: int | None = None) -> servers.ServerHandle:
         """PostgreSQL on the data dir; a restart (cso.supervisor) passes the port it had."""
         try:
-            return servers.start_postgres(self.data_dir / "postgres", port, settings=self.postgres_settings)
+            return servers.start_postgres(self.data_dir / "postgres", port, settings=self.postgres_settings,
+                                          avoid=self.service_ports)
         except servers.ServerStartError as e:
             raise StackError(f"PostgreSQL did not start: {e}") from None
 
