@@ -15,7 +15,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 from nats.js.errors import NotFoundError
@@ -56,6 +56,11 @@ class Gap:
                    self.stream_first_seq - 1 - self.known_seq if not self.recreated else 0, 0)
 
 
+# A stream this young is checked against our outbox too (see check); the clocks of NATS and
+# PostgreSQL may differ by up to CLOCK_SKEW.
+YOUNG_STREAM = timedelta(minutes=10)
+CLOCK_SKEW = timedelta(seconds=2)
+
 # Told, inside the repair's transaction, of each gap found (registry announces lost intake).
 GapListener = Callable[[AsyncConnection, Gap], Awaitable[None]]
 
@@ -95,6 +100,19 @@ class BusWatch:
             before = seen.get(stream)
             recreated = before is not None and before[0] is not None and created is not None \
                 and abs((before[0] - created).total_seconds()) > 0.001
+            if not recreated and acked.get(stream) and created is not None \
+                    and datetime.now(timezone.utc) - created < YOUNG_STREAM:
+                # A stream made lately may have been made again after a loss that our last look
+                # did not tell apart (a look between the new stream's creation and this one): our
+                # own record says it too, if events we published were acknowledged before it existed.
+                async with rt.engine.connect() as conn:
+                    older = (await conn.execute(text(
+                        f'SELECT max(stream_seq) FROM "{schema}".outbox WHERE stream = :s '
+                        "AND published_at < :t"), {"s": stream, "t": created - CLOCK_SKEW})).scalar()
+                if older:
+                    log.warning("%s: %s was made at %s, after events we published to it were acknowledged: "
+                                "it was made again", rt.name, stream, created.isoformat())
+                    recreated = True
             if before is not None and not recreated and not info.config.max_age:
                 # cso never deletes from a stream without an age limit: fewer messages than we saw
                 # plus those appended since means some vanished (a truncated block loses them
