@@ -125,6 +125,7 @@ def up(
     targets_port: Annotated[int, typer.Option(help="targets' HTTP port")] = 8002,
     training_port: Annotated[int, typer.Option(help="training's HTTP port")] = 8003,
     notify_port: Annotated[int, typer.Option(help="notify's HTTP port")] = 8004,
+    console_port: Annotated[int, typer.Option(help="the web console's HTTP port")] = 8000,
     demo: Annotated[bool, typer.Option("--demo/--no-demo",
                                        help="Publish the demo divisions (乐山市, 广汉市).")] = True,
     nats_auth: Annotated[OnOff, typer.Option(
@@ -151,7 +152,7 @@ def up(
             raise KeyboardInterrupt
 
     stack = Stack(data_dir, registry_port=registry_port, targets_port=targets_port,
-                  training_port=training_port, notify_port=notify_port, demo=demo,
+                  training_port=training_port, notify_port=notify_port, console_port=console_port, demo=demo,
                   nats_auth=nats_auth is OnOff.on, publishers=tuple(publisher or ()),
                   nats_url=_env("CSO_NATS_URL"), database_url=_env("CSO_DATABASE_URL"),
                   namespace=_env("CSO_NAMESPACE") or "", owner_pid=os.getpid(),
@@ -189,6 +190,7 @@ class PartName(StrEnum):
     targets = "targets"
     training = "training"
     notify = "notify"
+    console = "console"
     nats = "nats"
     postgres = "postgres"
 

@@ -54,7 +54,8 @@ class StackError(RuntimeError):
 class ServiceSpec:
     name: str
     factory: str  # module:function for `uvicorn --factory`
-    migrations: str  # module with run_migrations(settings)
+    migrations: str | None  # module with run_migrations(settings); None: no database, no NATS user
+    endpoints: tuple[str, ...] = ENDPOINTS
 
 
 SERVICES: tuple[ServiceSpec, ...] = (
@@ -62,7 +63,10 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("targets", "services.targets.app:create_app", "services.targets.app"),
     ServiceSpec("training", "services.training.app:create_app", "services.training.app"),
     ServiceSpec("notify", "services.notify.app:create_app", "services.notify.app"),
+    # The officials' web console (services/console): reads the four over HTTP with the user's token.
+    ServiceSpec("console", "services.console.app:create_app", None, ("/", "/healthz", "/readyz")),
 )
+BACKENDS = tuple(s for s in SERVICES if s.migrations)  # the services that own data
 
 
 @dataclass(frozen=True)
@@ -252,6 +256,7 @@ class Stack:
     targets_port: int = 8002
     training_port: int = 8003
     notify_port: int = 8004
+    console_port: int = 8000
     demo: bool = True
     nats_url: str | None = None
     database_url: str | None = None
@@ -297,7 +302,7 @@ class Stack:
 
     def port_of(self, name: str) -> int:
         return {"registry": self.registry_port, "targets": self.targets_port,
-                "training": self.training_port, "notify": self.notify_port}[name]
+                "training": self.training_port, "notify": self.notify_port, "console": self.console_port}[name]
 
     # ------------------------------------------------------------ start
 
@@ -442,7 +447,7 @@ class Stack:
                              f"{type(e).__name__}: {e}") from e
         for action in report.actions:
             self.log(action)
-        self._roles = {spec.name: report.roles[spec.name] for spec in SERVICES}
+        self._roles = {spec.name: report.roles[spec.name] for spec in BACKENDS}
 
     def _service_settings(self, name: str, settings: Settings) -> Settings:
         """settings with the URL of the service's own role (when the stack provisioned roles)."""
@@ -454,7 +459,7 @@ class Stack:
         return settings if role is None else replace(settings, database_url=role_url(settings.database_url, role))
 
     def _migrate(self, settings: Settings) -> None:
-        for spec in SERVICES:
+        for spec in BACKENDS:
             self.log(f"migrating {spec.name}" + (f" as {self._roles[spec.name]}" if spec.name in self._roles else ""))
             try:
                 migrate_one(spec.name, self._service_settings(spec.name, settings))
@@ -511,8 +516,11 @@ class Stack:
         database_url = self._service_settings(spec.name, settings).database_url
         env = {**os.environ, "CSO_DATABASE_URL": database_url, "CSO_NATS_URL": settings.nats_url,
                "CSO_NAMESPACE": settings.namespace, "PYTHONUNBUFFERED": "1", **self._auth_env()}
-        if self._nats_users is not None:  # its own NATS user (cso.localnats)
+        if self._nats_users is not None and spec.migrations:  # its own NATS user (cso.localnats)
             env.update(localnats.service_env(self._nats_users, spec.name))
+        # Where the others are (the console reads them over HTTP: services/console/upstream.py).
+        env.update({f"CSO_{other.name.upper()}_URL": f"http://127.0.0.1:{self.port_of(other.name)}"
+                    for other in BACKENDS})
         # No access log: the readiness polls would bury what the service itself says.
         # The same launcher as the image: uvicorn with the CSO_HTTP_* limits (cso/http_server.py).
         cmd = [sys.executable, "-m", "cso.http_server", spec.factory,
@@ -579,7 +587,7 @@ class Stack:
                          "managed": self._postgres is not None},
             "services": {name: {"url": s.url, "port": s.port, "pid": s.proc.pid, "log": str(s.log),
                                 "database_role": self._roles.get(name),
-                                "endpoints": [s.url + e for e in ENDPOINTS]}
+                                "endpoints": [s.url + e for e in s.spec.endpoints]}
                          for name, s in self._services.items()},
         }
 
@@ -864,6 +872,8 @@ def migrate_one(name: str, settings: Settings) -> None:
     spec = next((s for s in SERVICES if s.name == name), None)
     if spec is None:
         raise ValueError(f"unknown service {name!r}; one of {', '.join(s.name for s in SERVICES)}")
+    if spec.migrations is None:
+        return  # owns no database
     module = importlib.import_module(spec.migrations)
     module.run_migrations(settings)
 

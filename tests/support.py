@@ -181,7 +181,7 @@ class CsoUp:
     and free ports, its output in `output`. The environment is given whole: CSO_AUTH and the
     servers' URLs of the test process must not leak into the stack (it starts its own)."""
 
-    SERVICES = ("registry", "targets", "training", "notify")
+    SERVICES = ("registry", "targets", "training", "notify", "console")
 
     def __init__(self, data_dir: Path, *, demo: bool = False, env: dict[str, str] | None = None) -> None:
         from cso.servers import free_port

@@ -51,7 +51,8 @@ from contracts import Topology, ancestors, encode, make_event
 from cso import bus, servers
 from cso.divisions import DEMO_DIVISIONS, publish_divisions
 from cso.settings import Settings
-from cso.stack import ROOT, SERVICES, ensure_database, migrate_one, tail, with_database
+from cso.stack import BACKENDS as SERVICES
+from cso.stack import ROOT, ensure_database, migrate_one, tail, with_database
 from services.notify.api import CONSUMED as NOTIFY_CONSUMED
 from tests.integration.test_targets import REGISTRY_COUNTERS
 from tests.recount import projected, recount

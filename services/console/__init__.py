@@ -1,0 +1,1 @@
+"""The officials' web console (zh-CN): see app.py."""

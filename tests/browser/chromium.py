@@ -1,0 +1,86 @@
+"""A real headless Chromium for the console's browser tests and its screenshots: Debian's
+`chromium` package (.ci/run installs it with fonts-wqy-microhei, so Chinese renders), driven by
+Playwright, which is told where the browser is (it may not download one of its own).
+
+Also the live stack they look at: `cso up` with the demo divisions and tokens on, and a little
+history put through the services' own HTTP APIs (a task started with evidence, a message in an
+official's inbox), so that every page has something to show.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.support import CsoUp, missing
+
+CHROMIUM = Path(os.environ.get("CSO_CHROMIUM", "/usr/bin/chromium"))
+# As root, in a container, with nothing to fetch from anywhere.
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run", "--disable-sync"]
+PLAN = "guanghan-2024-chuangtese"
+RECIPIENT = "guanghan.mzj"
+# The smallest file targets takes as a pdf (it looks at the content, not only the name).
+PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
+
+
+@contextmanager
+def chromium() -> Iterator[Any]:
+    """A launched browser, or a skip (a failure where CSO_REQUIRE_TOOLS names chromium)."""
+    if not CHROMIUM.exists():
+        missing("chromium", f"no Chromium at {CHROMIUM} (apt-get install chromium fonts-wqy-microhei)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing("chromium", "playwright is not installed (pip install -e '.[dev]')")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def token(up: CsoUp, region: str, *roles: str, sub: str = "official") -> str:
+    """A token signed with the stack's key, as `cso token` prints it."""
+    args = [arg for role in roles for arg in ("--role", role)]
+    done = up.cso("token", *args, "--region", region, "--sub", sub)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def sign_in(page: Any, base: str, tok: str) -> None:
+    """Through the sign-in page, as an official does."""
+    page.goto(f"{base}/login")
+    page.fill("#token", tok)
+    page.click("form[action='/login'] button[type=submit]")
+    page.wait_for_load_state()
+
+
+def seed(up: CsoUp) -> None:
+    """Some history through the services' APIs: an official subscribed to Guanghan's task changes
+    (in-app), task 1.1 of Guanghan's plan started with a pdf as evidence; until the message is in
+    the inbox."""
+    planner = {"Authorization": f"Bearer {token(up, '510681', 'planner', sub='guanghan.planner')}"}
+    reader = {"Authorization": f"Bearer {token(up, '510681', 'subscriber', sub=RECIPIENT)}"}
+    targets, notify = up.url("targets"), up.url("notify")
+    with httpx.Client(timeout=30, trust_env=False) as http:
+        answer = http.post(f"{notify}/subscriptions", headers=reader, json={
+            "recipient": RECIPIENT, "channels": {"inbox": True}, "events": ["TaskStatusChanged"],
+            "region": "510681", "include_subregions": True})
+        assert answer.status_code == 201, answer.text
+        answer = http.post(f"{targets}/plans/{PLAN}/tasks/1.1/start", headers=planner, json={"by": "广汉市民政局"})
+        assert answer.status_code == 200, answer.text
+        answer = http.post(f"{targets}/plans/{PLAN}/tasks/1.1/evidence", params={"filename": "三张清单.pdf"},
+                           headers={**planner, "Content-Type": "application/pdf"}, content=PDF)
+        assert answer.status_code == 201, answer.text
+        deadline = time.monotonic() + 60
+        while not http.get(f"{notify}/inbox/{RECIPIENT}", headers=reader).json()["items"]:
+            assert time.monotonic() < deadline, "the task's change never reached the inbox"
+            time.sleep(0.3)

@@ -1,0 +1,156 @@
+"""The web console in a real headless Chromium on a live `cso up` (demo divisions, tokens on):
+its pages render in Chinese, the region tree drills down from the province to a community, and
+signing in holds an official to their region (the console refuses, and so do the services).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.browser.chromium import PLAN, RECIPIENT, chromium, seed, sign_in, token
+from tests.support import CsoUp
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CsoUp]:
+    with CsoUp(tmp_path_factory.mktemp("console") / ".cso", demo=True, env={"CSO_AUTH": "jwt"}) as stack:
+        seed(stack)
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def browser(up: CsoUp) -> Iterator[Any]:
+    with chromium() as b:
+        yield b
+
+
+@pytest.fixture()
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(locale="zh-CN")
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+def base(up: CsoUp) -> str:
+    return up.url("console")
+
+
+def test_a_page_without_sign_in_goes_to_sign_in_and_comes_back(up: CsoUp, page: Any) -> None:
+    page.goto(f"{base(up)}/regions/510681")
+    assert re.search(r"/login\?next=%2Fregions%2F510681$", page.url)
+    assert page.get_by_role("heading", name="登录").is_visible()
+    page.fill("#token", "not-a-token")
+    page.click("form[action='/login'] button[type=submit]")
+    assert "令牌无效" in page.locator("p.error").inner_text()
+    page.fill("#token", token(up, "510681", "planner"))
+    page.click("form[action='/login'] button[type=submit]")
+    page.wait_for_url(f"{base(up)}/regions/510681")
+    assert page.get_by_role("heading", name=re.compile("广汉市")).is_visible()
+    # The cookie: out of scripts' reach, never sent by another site's page.
+    (cookie,) = page.context.cookies()
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert page.evaluate("document.cookie") == ""
+
+
+def test_drill_down_from_the_province_to_a_community(up: CsoUp, page: Any) -> None:
+    sign_in(page, base(up), token(up, "51", "planner"))
+    assert page.url == f"{base(up)}/regions/51"
+    assert page.get_by_role("heading", name=re.compile("四川省")).is_visible()
+    for label in ("主要指标", "目标", "下级区划"):
+        assert page.get_by_role("heading", name=label).is_visible()
+    # A branch opens in place (htmx) ...
+    page.get_by_role("button", name="展开 德阳市").click()
+    page.locator("#row-510681").wait_for()
+    assert page.locator("#row-510681 a").inner_text() == "广汉市"
+    # ... and each name opens its region: city, county, township, community.
+    for name, code in (("德阳市", "5106"), ("广汉市", "510681"), ("雒城街道", "510681001")):
+        page.locator(f"#row-{code} a").click()
+        page.wait_for_url(f"{base(up)}/regions/{code}")
+        assert page.get_by_role("heading", name=re.compile(name)).is_visible()
+    community = page.locator("table.tree tbody tr").first
+    code = community.get_attribute("id").removeprefix("row-")  # type: ignore[union-attr]
+    assert len(code) == 12, f"a township's children are communities, not {code}"
+    community.locator("a").click()
+    page.wait_for_url(f"{base(up)}/regions/{code}")
+    assert "社区（村）" in page.locator("h1").inner_text()
+    # The breadcrumb leads back up, every step named.
+    assert page.locator("nav.crumbs a").all_inner_texts() == ["四川省", "德阳市", "广汉市", "雒城街道"]
+
+
+def test_a_county_official_sees_their_county_only(up: CsoUp, page: Any) -> None:
+    sign_in(page, base(up), token(up, "510681", "planner"))
+    assert page.url == f"{base(up)}/regions/510681"
+    for elsewhere in ("511102", "5106", "51", "5111"):
+        response = page.goto(f"{base(up)}/regions/{elsewhere}")
+        assert response.status == 403
+        assert f"{elsewhere} 不在您的辖区（510681）内" in page.locator("p.error").inner_text()
+    # Nor the city's plan, which the list does not offer either.
+    assert page.goto(f"{base(up)}/plans/city-2021-2023-special-action").status == 403
+    page.goto(f"{base(up)}/plans")
+    assert page.locator("table.plans a").all_inner_texts() == ["广汉市城乡社区治理“创特色”工程实施方案"]
+    # The services refuse it too: the console forwards the official's own token.
+    cookie = page.context.cookies()[0]["value"]
+    with httpx.Client(trust_env=False, timeout=30) as http:
+        answer = http.get(f"{up.url('notify')}/inbox/someone-else", headers={"Authorization": f"Bearer {cookie}"})
+    assert answer.status_code == 403, answer.text
+
+
+def test_plan_ledger_task_evidence_and_a_units_to_do_list(up: CsoUp, page: Any) -> None:
+    sign_in(page, base(up), token(up, "510681", "planner"))
+    page.get_by_role("link", name="计划台账").click()
+    page.get_by_role("link", name="广汉市城乡社区治理“创特色”工程实施方案").click()
+    page.wait_for_url(f"{base(up)}/plans/{PLAN}")
+    row = page.locator("table.ledger tr", has_text="制定社区依法履职")
+    assert "进行中" in row.inner_text()
+    row.get_by_role("link", name=re.compile("制定社区依法履职")).click()
+    assert page.get_by_role("heading", name="佐证材料").is_visible()
+    link = page.get_by_role("link", name="三张清单.pdf")
+    answer = page.request.get(base(up) + link.get_attribute("href"))
+    assert answer.status == 200 and answer.body().startswith(b"%PDF-")
+    assert "开始办理" in page.locator("table.history").inner_text()
+    page.get_by_role("link", name="市民政局").first.click()
+    assert page.get_by_role("heading", name="市民政局 · 待办事项").is_visible()
+    assert page.locator("table.todo tbody tr").count() > 0
+
+
+def test_training_and_the_behind_list_render(up: CsoUp, page: Any) -> None:
+    sign_in(page, base(up), token(up, "5106", "planner"))
+    page.get_by_role("link", name="培训人次", exact=True).first.click()
+    page.wait_for_url(f"{base(up)}/training/5106")
+    assert page.get_by_role("heading", name=re.compile("骨干人才培训人次")).is_visible()
+    assert "广汉市" in page.locator("table.figures").first.inner_text()
+    page.get_by_role("link", name="落后名单").first.click()
+    page.wait_for_url(f"{base(up)}/behind/5106")
+    assert page.get_by_role("heading", name=re.compile("落后名单")).is_visible()
+
+
+def test_the_inbox_of_the_signed_in_official(up: CsoUp, page: Any) -> None:
+    sign_in(page, base(up), token(up, "510681", "subscriber", sub=RECIPIENT))
+    page.get_by_role("link", name="消息").click()
+    assert page.get_by_role("heading", name=re.compile(f"{RECIPIENT} · 未读 1")).is_visible()
+    page.get_by_role("button", name="标为已读").first.click()
+    page.wait_for_url(f"{base(up)}/inbox")
+    assert page.get_by_role("heading", name=re.compile("未读 0")).is_visible()
+    # Sign-out ends it: the next page asks to sign in again.
+    page.get_by_role("button", name="退出登录").click()
+    page.wait_for_url(re.compile(r"/login$"))
+    page.goto(f"{base(up)}/inbox")
+    assert "/login?next=" in page.url
+
+
+def test_a_form_from_another_site_is_refused(up: CsoUp) -> None:
+    tok = token(up, "510681", "subscriber", sub=RECIPIENT)
+    with httpx.Client(trust_env=False, timeout=30, base_url=base(up)) as http:
+        answer = http.post("/inbox/00000000-0000-0000-0000-000000000000/read", cookies={"cso_console": tok},
+                           headers={"Origin": "https://elsewhere.example", "Sec-Fetch-Site": "cross-site"})
+        assert answer.status_code == 403 and "其他网站" in answer.text
+        # A change is never made by GET.
+        assert http.get("/inbox/00000000-0000-0000-0000-000000000000/read",
+                        cookies={"cso_console": tok}).status_code == 405
