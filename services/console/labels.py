@@ -80,8 +80,8 @@ def number(value: Any, figure: str = "") -> str:
 
 def trend(points: list[dict[str, Any]]) -> str:
     """The direction of a figure's monthly series over its last two months: ↑ ↓ →, or "—"."""
-    values = [p.get("value") for p in points if p.get("value") is not None]
+    values = [float(p["value"]) for p in points if p.get("value") is not None]
     if len(values) < 2:
         return "—"
-    last, before = float(values[-1]), float(values[-2])
+    last, before = values[-1], values[-2]
     return "↑" if last > before else "↓" if last < before else "→"

@@ -57,7 +57,7 @@ class Session:
 
 def expires(token: str) -> datetime | None:
     """When a (verified) token expires: the cookie dies with it."""
-    exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
+    exp: Any = jwt.decode(token, options={"verify_signature": False}).get("exp")
     try:
         return datetime.fromtimestamp(float(exp), UTC)
     except (TypeError, ValueError, OverflowError):

@@ -1,0 +1,137 @@
+"""The console in process, its services stood in for by httpx.MockTransport: sign-in, scoping,
+cross-site forms, the token forwarded, the access classes; and its pure helpers. The browser tests
+(tests/browser) run the same on a live stack in Chromium."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from cso.auth import unclassified
+from cso.settings import Settings
+from cso.tokens import claims, mint
+from services.console import labels
+from services.console.app import _local, ancestors, create_app
+from services.console.session import COOKIE
+from services.console.upstream import Urls
+
+SECRET = "s" * 40
+COUNTY = {"code": "510681", "name": "广汉市", "tier": "county", "kind": None, "parent_code": "5106",
+          "counters": {"streets": 3}, "figures": {"orgs": 12.0, "streets_with_base_share": 0.5},
+          "as_of": None, "targets": [], "children": []}
+
+
+def tok(region: str, sub: str = "clerk", ttl: int = 600) -> str:
+    return mint(SECRET, claims(["planner"], region, sub, ttl))
+
+
+@pytest.fixture()
+def seen() -> list[httpx.Request]:
+    return []
+
+
+@pytest.fixture()
+def client(seen: list[httpx.Request]) -> Iterator[TestClient]:
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path.startswith("/coverage/") and request.url.path.endswith("/series"):
+            return httpx.Response(200, json=[{"month": "2024-01-01", "value": 1}, {"month": "2024-02-01", "value": 2}])
+        if request.url.path.startswith("/coverage/"):
+            return httpx.Response(200, json={**COUNTY, "code": request.url.path.split("/")[2]})
+        return httpx.Response(404, json={"ok": False, "errors": [{"field": "path", "message": "nothing here"}]})
+
+    settings = Settings(auth="jwt", jwt_secret=SECRET)
+    urls = Urls(registry="http://r", targets="http://t", training="http://tr", notify="http://n")
+    app = create_app(settings, urls, httpx.MockTransport(answer))
+    with TestClient(app, base_url="http://127.0.0.1", follow_redirects=False) as c:
+        yield c
+
+
+def signed(client: TestClient, token: str) -> TestClient:
+    client.cookies.set(COOKIE, token)
+    return client
+
+
+def test_every_route_declares_an_access_class() -> None:
+    app = create_app(Settings(auth="jwt", jwt_secret=SECRET))
+    assert unclassified(app) == []
+
+
+def test_without_sign_in_a_page_redirects_to_sign_in(client: TestClient) -> None:
+    answer = client.get("/regions/510681")
+    assert answer.status_code == 303
+    assert answer.headers["location"] == "/login?next=%2Fregions%2F510681"
+    assert "登录" in client.get("/login").text
+
+
+def test_sign_in_sets_a_strict_http_only_cookie_and_forwards_the_token(client: TestClient,
+                                                                        seen: list[httpx.Request]) -> None:
+    token = tok("510681")
+    answer = client.post("/login", data={"token": token, "next": "/regions/510681"})
+    assert answer.status_code == 303 and answer.headers["location"] == "/regions/510681"
+    cookie = answer.headers["set-cookie"]
+    assert f"{COOKIE}={token}" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
+    page = signed(client, token).get("/regions/510681")
+    assert page.status_code == 200 and "广汉市" in page.text and "街道孵化基地覆盖率" in page.text
+    assert seen and all(r.headers["authorization"] == f"Bearer {token}" for r in seen)
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+
+
+def test_a_bad_token_is_refused_naming_what_is_wrong(client: TestClient) -> None:
+    answer = client.post("/login", data={"token": mint("x" * 40, claims(["planner"], "51", "a", 60))})
+    assert answer.status_code == 401 and "令牌无效" in answer.text and "token" in answer.text
+    assert COOKIE not in answer.headers.get("set-cookie", "")
+
+
+def test_sign_in_goes_back_only_to_the_console_itself() -> None:
+    assert _local("/plans") == "/plans"
+    for elsewhere in ("https://evil.example/", "//evil.example/x", "/\\evil.example", "plans"):
+        assert _local(elsewhere) == "/"
+
+
+def test_a_region_outside_the_token_is_refused_before_any_service_is_asked(
+        client: TestClient, seen: list[httpx.Request]) -> None:
+    for code in ("511102", "5106", "51"):
+        answer = signed(client, tok("510681")).get(f"/regions/{code}")
+        assert answer.status_code == 403 and f"{code} 不在您的辖区（510681）内" in answer.text
+    assert seen == []
+    assert signed(client, tok("510681")).get("/regions/510681001").status_code == 200
+
+
+def test_an_expired_token_signs_out(client: TestClient) -> None:
+    answer = signed(client, tok("510681", ttl=-120)).get("/regions/510681")
+    assert answer.status_code == 303 and answer.headers["location"].startswith("/login")
+    assert f'{COOKIE}=""' in answer.headers["set-cookie"]
+
+
+def test_a_post_from_another_site_is_refused(client: TestClient, seen: list[httpx.Request]) -> None:
+    for headers in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+        answer = signed(client, tok("510681")).post("/inbox/1/read", headers=headers)
+        assert answer.status_code == 403 and "其他网站" in answer.text
+    assert seen == []
+
+
+def test_a_services_refusal_is_shown_with_its_reason(client: TestClient) -> None:
+    answer = signed(client, tok("510681")).get("/plans/nope")
+    assert answer.status_code == 404 and "targets：path: nothing here" in answer.text
+
+
+def test_numbers_and_trends_as_an_official_reads_them() -> None:
+    assert labels.number(0.625, "streets_with_hub_share") == "62.5%"
+    assert labels.number(1.0, "towns_with_base_share") == "100%"
+    assert labels.number(3.254, "avg_orgs_per_urban_community") == "3.25"
+    assert labels.number(1204.0, "orgs") == "1,204"
+    assert labels.number(None, "party_covered_share") == "—"
+    assert labels.trend([{"value": 1}, {"value": 2}]) == "↑"
+    assert labels.trend([{"value": 2}, {"value": 1}]) == "↓"
+    assert labels.trend([{"value": 2}, {"value": 2}]) == "→"
+    assert labels.trend([{"value": 2}]) == "—"
+    assert labels.label(labels.FIGURES, "a_new_figure") == "a_new_figure"
+
+
+def test_the_breadcrumb_stays_within_the_token() -> None:
+    assert ancestors("510681001014", "") == ["51", "5106", "510681", "510681001"]
+    assert ancestors("510681001014", "510681") == ["510681", "510681001"]
