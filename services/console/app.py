@@ -34,7 +34,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-from fastapi import Depends, FastAPI, Form, Request
+from fastapi import Depends, FastAPI, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -203,9 +203,7 @@ def create_app(settings: Settings | None = None, urls: Urls | None = None,
             return RedirectResponse(f"/regions/{session.who.region}", status_code=303)
         # A national official: the provinces the catalogue has targets in.
         catalogue = await upstream.get(session, "targets", "/targets")
-        items = catalogue.get("targets", catalogue) if isinstance(catalogue, dict) else catalogue
-        provinces = sorted({str(t.get("scope_region") or t.get("region") or "")[:2] for t in items
-                            if isinstance(t, dict)} - {""})
+        provinces = sorted({str(t["spec"].get("scope_region") or "")[:2] for t in catalogue} - {""})
         regions = await asyncio.gather(*(upstream.get(session, "targets", f"/coverage/{p}") for p in provinces))
         return page(request, "home.html", regions=regions)
 
@@ -233,8 +231,9 @@ def create_app(settings: Settings | None = None, urls: Urls | None = None,
         return [(c, b["name"] if isinstance(b, dict) else c) for c, b in zip(codes, bodies, strict=True)]
 
     @app.get("/behind/{code}", response_class=HTMLResponse, **SCOPED)
-    async def behind(request: Request, code: str, session: Session = who) -> HTMLResponse:
-        body = await upstream.get(session, "targets", f"/behind/{part(code)}")
+    async def behind(request: Request, code: str, limit: int = Query(20, ge=1, le=1000),
+                     session: Session = who) -> HTMLResponse:
+        body = await upstream.get(session, "targets", f"/behind/{part(code)}", limit=limit)
         return page(request, "behind.html", body=body, code=code,
                     crumbs=await _names(session, [*ancestors(code, session.who.region), code]))
 

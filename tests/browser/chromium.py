@@ -26,6 +26,8 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
         "--no-first-run", "--disable-sync"]
 PLAN = "guanghan-2024-chuangtese"
 RECIPIENT = "guanghan.mzj"
+COMMUNITY = "510681001014"  # 西城社区居民委员会, 雒城街道, 广汉市
+ORGANIZATIONS = ("西城社区书画协会", "西城社区合唱团", "西城社区志愿服务队")
 # The smallest file targets takes as a pdf (it looks at the content, not only the name).
 PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
 
@@ -64,13 +66,18 @@ def sign_in(page: Any, base: str, tok: str) -> None:
 
 
 def seed(up: CsoUp) -> None:
-    """Some history through the services' APIs: an official subscribed to Guanghan's task changes
-    (in-app), task 1.1 of Guanghan's plan started with a pdf as evidence; until the message is in
-    the inbox."""
+    """Some history through the services' APIs: three organizations filed in one community, an
+    official subscribed to Guanghan's task changes (in-app), task 1.1 of Guanghan's plan started
+    with a pdf as evidence; until targets counts them and the message is in the inbox."""
     planner = {"Authorization": f"Bearer {token(up, '510681', 'planner', sub='guanghan.planner')}"}
+    registrar = {"Authorization": f"Bearer {token(up, '510681', 'registrar', sub='guanghan.register')}"}
     reader = {"Authorization": f"Bearer {token(up, '510681', 'subscriber', sub=RECIPIENT)}"}
     targets, notify = up.url("targets"), up.url("notify")
     with httpx.Client(timeout=30, trust_env=False) as http:
+        for name in ORGANIZATIONS:
+            answer = http.post(f"{up.url('registry')}/commands/file", headers=registrar, json={
+                "name": name, "community_code": COMMUNITY, "category": "culture_sports", "filed_on": "2024-03-01"})
+            assert answer.status_code == 200, answer.text
         answer = http.post(f"{notify}/subscriptions", headers=reader, json={
             "recipient": RECIPIENT, "channels": {"inbox": True}, "events": ["TaskStatusChanged"],
             "region": "510681", "include_subregions": True})
@@ -83,4 +90,7 @@ def seed(up: CsoUp) -> None:
         deadline = time.monotonic() + 60
         while not http.get(f"{notify}/inbox/{RECIPIENT}", headers=reader).json()["items"]:
             assert time.monotonic() < deadline, "the task's change never reached the inbox"
+            time.sleep(0.3)
+        while http.get(f"{targets}/coverage/{COMMUNITY}").json()["figures"]["orgs"] != len(ORGANIZATIONS):
+            assert time.monotonic() < deadline, f"targets never counted the organizations of {COMMUNITY}"
             time.sleep(0.3)

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.browser.chromium import PLAN, RECIPIENT, chromium, seed, sign_in, token
+from tests.browser.chromium import COMMUNITY, ORGANIZATIONS, PLAN, RECIPIENT, chromium, seed, sign_in, token
 from tests.support import CsoUp
 
 
@@ -70,16 +70,15 @@ def test_drill_down_from_the_province_to_a_community(up: CsoUp, page: Any) -> No
     page.locator("#row-510681").wait_for()
     assert page.locator("#row-510681 a").inner_text() == "广汉市"
     # ... and each name opens its region: city, county, township, community.
-    for name, code in (("德阳市", "5106"), ("广汉市", "510681"), ("雒城街道", "510681001")):
+    for name, code in (("德阳市", "5106"), ("广汉市", "510681"), ("雒城街道", "510681001"),
+                       ("西城社区居民委员会", COMMUNITY)):
         page.locator(f"#row-{code} a").click()
         page.wait_for_url(f"{base(up)}/regions/{code}")
         assert page.get_by_role("heading", name=re.compile(name)).is_visible()
-    community = page.locator("table.tree tbody tr").first
-    code = community.get_attribute("id").removeprefix("row-")  # type: ignore[union-attr]
-    assert len(code) == 12, f"a township's children are communities, not {code}"
-    community.locator("a").click()
-    page.wait_for_url(f"{base(up)}/regions/{code}")
     assert "社区（村）" in page.locator("h1").inner_text()
+    # The community's own figures: the three organizations filed there.
+    orgs = page.locator(".cards div", has_text="社区社会组织（个）").locator("dd")
+    assert orgs.inner_text() == str(len(ORGANIZATIONS))
     # The breadcrumb leads back up, every step named.
     assert page.locator("nav.crumbs a").all_inner_texts() == ["四川省", "德阳市", "广汉市", "雒城街道"]
 
@@ -120,15 +119,25 @@ def test_plan_ledger_task_evidence_and_a_units_to_do_list(up: CsoUp, page: Any) 
     assert page.locator("table.todo tbody tr").count() > 0
 
 
-def test_training_and_the_behind_list_render(up: CsoUp, page: Any) -> None:
+def test_training_person_times_render(up: CsoUp, page: Any) -> None:
     sign_in(page, base(up), token(up, "5106", "planner"))
     page.get_by_role("link", name="培训人次", exact=True).first.click()
     page.wait_for_url(f"{base(up)}/training/5106")
     assert page.get_by_role("heading", name=re.compile("骨干人才培训人次")).is_visible()
     assert "广汉市" in page.locator("table.figures").first.inner_text()
+
+
+def test_the_behind_list_leads_to_a_community(up: CsoUp, page: Any) -> None:
+    sign_in(page, base(up), token(up, "5111", "planner"))
     page.get_by_role("link", name="落后名单").first.click()
-    page.wait_for_url(f"{base(up)}/behind/5106")
+    page.wait_for_url(f"{base(up)}/behind/5111")
     assert page.get_by_role("heading", name=re.compile("落后名单")).is_visible()
+    section = page.locator("section.behind-target", has_text="全市城市社区平均拥有社区社会组织不少于12个")
+    assert re.search(r"社区（村）：适用 \d+ 个，落后 \d+ 个", section.inner_text())
+    link = section.locator("table.behind a").last
+    name = link.inner_text()
+    link.click()
+    assert page.get_by_role("heading", name=re.compile(name)).is_visible()
 
 
 def test_the_inbox_of_the_signed_in_official(up: CsoUp, page: Any) -> None:
