@@ -53,7 +53,7 @@ def label(table: dict[Any, str], key: Any) -> str:
 
 def kind_of(figure: str) -> str:
     """How a figure is written: shares as percentages, averages with two decimals, else counts."""
-    if figure.endswith("_share"):
+    if figure == "share" or figure.endswith("_share"):
         return "share"
     if figure.startswith("avg_"):
         return "average"

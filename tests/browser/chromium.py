@@ -18,6 +18,8 @@ from typing import Any
 
 import httpx
 
+from cso.stack import read_stack_file
+from cso.tokens import claims, mint, signing_key
 from tests.support import CsoUp, missing
 
 CHROMIUM = Path(os.environ.get("CSO_CHROMIUM", "/usr/bin/chromium"))
@@ -49,12 +51,21 @@ def chromium() -> Iterator[Any]:
             browser.close()
 
 
-def token(up: CsoUp, region: str, *roles: str, sub: str = "official") -> str:
-    """A token signed with the stack's key, as `cso token` prints it."""
+def token(up: CsoUp | Path, region: str, *roles: str, sub: str = "official") -> str:
+    """A token signed with the stack's key: `cso token` of a CsoUp, or the key of a data dir."""
+    if isinstance(up, Path):
+        return mint(signing_key(up), claims(roles, region, sub, 3600))
     args = [arg for role in roles for arg in ("--role", role)]
     done = up.cso("token", *args, "--region", region, "--sub", sub)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
+
+
+def url(up: CsoUp | Path, service: str) -> str:
+    """Where a service of the stack listens (stack.json)."""
+    if isinstance(up, Path):
+        return str((read_stack_file(up) or {})["services"][service]["url"])
+    return up.url(service)
 
 
 def sign_in(page: Any, base: str, tok: str) -> None:
@@ -65,17 +76,17 @@ def sign_in(page: Any, base: str, tok: str) -> None:
     page.wait_for_load_state()
 
 
-def seed(up: CsoUp) -> None:
+def seed(up: CsoUp | Path) -> None:
     """Some history through the services' APIs: three organizations filed in one community, an
     official subscribed to Guanghan's task changes (in-app), task 1.1 of Guanghan's plan started
     with a pdf as evidence; until targets counts them and the message is in the inbox."""
     planner = {"Authorization": f"Bearer {token(up, '510681', 'planner', sub='guanghan.planner')}"}
     registrar = {"Authorization": f"Bearer {token(up, '510681', 'registrar', sub='guanghan.register')}"}
     reader = {"Authorization": f"Bearer {token(up, '510681', 'subscriber', sub=RECIPIENT)}"}
-    targets, notify = up.url("targets"), up.url("notify")
+    targets, notify = url(up, "targets"), url(up, "notify")
     with httpx.Client(timeout=30, trust_env=False) as http:
         for name in ORGANIZATIONS:
-            answer = http.post(f"{up.url('registry')}/commands/file", headers=registrar, json={
+            answer = http.post(f"{url(up, 'registry')}/commands/file", headers=registrar, json={
                 "name": name, "community_code": COMMUNITY, "category": "culture_sports", "filed_on": "2024-03-01"})
             assert answer.status_code == 200, answer.text
         answer = http.post(f"{notify}/subscriptions", headers=reader, json={

@@ -122,6 +122,7 @@ def test_a_services_refusal_is_shown_with_its_reason(client: TestClient) -> None
 def test_numbers_and_trends_as_an_official_reads_them() -> None:
     assert labels.number(0.625, "streets_with_hub_share") == "62.5%"
     assert labels.number(1.0, "towns_with_base_share") == "100%"
+    assert labels.number(0.0, "share") == "0%"
     assert labels.number(3.254, "avg_orgs_per_urban_community") == "3.25"
     assert labels.number(1204.0, "orgs") == "1,204"
     assert labels.number(None, "party_covered_share") == "—"
