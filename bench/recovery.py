@@ -84,7 +84,7 @@ async def main(events: int) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="cso-recovery-") as d:
         ports = [servers.free_port() for _ in range(4)]
         stack = Stack(Path(d), registry_port=ports[0], targets_port=ports[1], training_port=ports[2],
-                      notify_port=ports[3], demo=False)
+                      notify_port=ports[3], console_port=servers.free_port(), demo=False)
         await asyncio.to_thread(stack.start)
         try:
             dsn = recorded(stack.data_dir, "database")

@@ -727,7 +727,8 @@ def benchmark(opts: Options) -> dict[str, Any]:
     data_dir = Path(tempfile.mkdtemp(prefix="cso-bench-"))
     data_dir.chmod(0o755)
     stack = Stack(data_dir, registry_port=servers.free_port(), targets_port=servers.free_port(),
-                  training_port=servers.free_port(), notify_port=servers.free_port(), demo=False, log=say,
+                  training_port=servers.free_port(), notify_port=servers.free_port(),
+                  console_port=servers.free_port(), demo=False, log=say,
                   postgres_settings=opts.postgres_settings)
     replicas: list[Replica] = []
     load_start = measure.load_average()

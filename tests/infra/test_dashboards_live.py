@@ -153,7 +153,7 @@ async def test_every_panel_answers_on_a_live_stack(tmp_path: Path, hooks: str) -
     ports = {name: servers.free_port()
              for name in ("registry", "targets", "training", "notify", "prometheus", "nats")}
     stack = Stack(tmp_path / "stack", registry_port=ports["registry"], targets_port=ports["targets"],
-                  training_port=ports["training"], notify_port=ports["notify"])
+                  training_port=ports["training"], notify_port=ports["notify"], console_port=servers.free_port())
     prometheus: subprocess.Popen[bytes] | None = None
     exporter: subprocess.Popen[bytes] | None = None
     replay = ExitStack()

@@ -105,7 +105,7 @@ def test_stack_up_file_coverage_restart_and_cli(tmp_path: Path, monkeypatch: pyt
         return {"authorization": f"Bearer {result.output.strip()}"}
 
     stack = Stack(data_dir, registry_port=servers.free_port(), targets_port=servers.free_port(),
-                  training_port=servers.free_port(), notify_port=servers.free_port())
+                  training_port=servers.free_port(), notify_port=servers.free_port(), console_port=servers.free_port())
     try:
         state = stack.start()
         registry, targets = state["services"]["registry"]["url"], state["services"]["targets"]["url"]
@@ -194,7 +194,7 @@ def test_stack_up_file_coverage_restart_and_cli(tmp_path: Path, monkeypatch: pyt
 
     # Started again on the same data dir: the organizations are still there.
     again = Stack(data_dir, registry_port=servers.free_port(), targets_port=servers.free_port(),
-                  training_port=servers.free_port(), notify_port=servers.free_port(),
+                  training_port=servers.free_port(), notify_port=servers.free_port(), console_port=servers.free_port(),
                   demo=False)
     try:
         state = again.start()

@@ -111,7 +111,7 @@ def test_cso_up_runs_nats_with_users(tmp_path: Path) -> None:
     data_dir = tmp_path / "stack"
     logged: list[str] = []
     stack = Stack(data_dir, registry_port=servers.free_port(), targets_port=servers.free_port(),
-                  training_port=servers.free_port(), notify_port=servers.free_port(),
+                  training_port=servers.free_port(), notify_port=servers.free_port(), console_port=servers.free_port(),
                   publishers=("leshan-register=5111",), log=logged.append)
     runner = CliRunner()
     try:
