@@ -119,10 +119,15 @@ def test_stack_up_file_coverage_restart_and_cli(tmp_path: Path, monkeypatch: pyt
         # The key the services check tokens with: made at first start, for the owner only.
         key = data_dir / "jwt.secret"
         assert key.stat().st_mode & 0o777 == 0o600 and len(key.read_text().strip()) >= 32
-        assert [p.state for p in stack.status()] == ["ready"] * 6
-        # Each service connects as its own role (cso.roles), the owner of its schema.
-        roles = {name: f"cso_{name}" for name in state["services"]}
-        assert {name: s["database_role"] for name, s in state["services"].items()} == roles
+        assert [p.state for p in stack.status()] == ["ready"] * 7
+        # The web console beside them: `GET /` is a page (sign in first), not a 404.
+        console = state["services"]["console"]["url"]
+        status, page = http_get(f"{console}/login")
+        assert status == 200 and "登录" in page
+        # Each service connects as its own role (cso.roles), the owner of its schema; the console
+        # has no database.
+        roles = {name: f"cso_{name}" for name in state["services"] if name != "console"}
+        assert {name: s["database_role"] for name, s in state["services"].items()} == {**roles, "console": None}
         assert set(asyncio.run(database_users(state["postgres"]["url"]))) == set(roles.values())
 
         filing = {"name": "西城社区书画协会", "community_code": COMMUNITY, "category": "culture_sports",
@@ -185,7 +190,7 @@ def test_stack_up_file_coverage_restart_and_cli(tmp_path: Path, monkeypatch: pyt
 
         result = runner.invoke(app, ["status", "--data-dir", str(data_dir)], env=env)
         assert result.exit_code == 0 and result.output.count("ready") >= 4, result.output
-        assert result.output.count("auth jwt") == 4, result.output
+        assert result.output.count("auth jwt") == 5, result.output  # the four and the console
     finally:
         stack.stop()
     assert not any(alive(pid) for pid in pids)
