@@ -5,15 +5,16 @@
  *
  *   npm ci && npx tsc -p . && NATS_PASSWORD=... node dist/publish.js \
  *     --nats nats://127.0.0.1:4222 --user guanghan-register --events facts.jsonl
- *   node dist/publish.js --user guanghan-register --filings 3 --community 510681001014
+ *   node dist/publish.js --user guanghan-register --community 510681001014,510681001011 --filings 4
  *
  * Each fact goes on cso.intake.<user>.<event>.<province>.<city>.<county> with
- * `Nats-Msg-Id: <event_id>`, its envelope's `source` being the user's name. Registry answers every
- * verdict on cso.receipts.<user>.<verdict> (accepted, refused, duplicate, waiting), which this
- * user may subscribe to. A receipt missed (not connected, or the fact lost on the way) is asked
- * for with the receipts query, cso.query.registry.receipts.<user>: `unknown` there means registry
- * never took the fact, and it is published again with the same event_id (registry applies an id
- * at most once, so a resend of a fact that was only slow changes nothing).
+ * `Nats-Msg-Id: <event_id>`, its envelope's `source` being the user's name. Registry tells this
+ * user what it decided on cso.receipts.<user>.… (a plain subscription, made before publishing:
+ * accepted, refused, duplicate, waiting; IntakeLost). What has no receipt after --wait seconds
+ * (not connected, or lost on the way) is asked for with the receipts query,
+ * cso.query.registry.receipts.<user>: `unknown` there means registry never took the fact, and it
+ * is published again with the same event_id (registry applies an id at most once, so a resend of a
+ * fact that was only slow changes nothing). A refused fact is reported with its field and reason.
  */
 import { randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
@@ -23,7 +24,7 @@ import { jetstream, type JetStreamClient } from "@nats-io/jetstream";
 
 type Envelope = { event_id: string; type: string; region: string; source: string; [k: string]: unknown };
 type Verdict = { verdict: string; field?: string; reason?: string; code?: string; id?: string };
-type Fact = { event: Envelope; sends: number; verdict?: Verdict };
+type Fact = { event: Envelope; verdict?: Verdict };
 
 const QUERY_BATCH = 2000; // ids per receipts query over NATS (a reply must fit in one message)
 
@@ -33,8 +34,8 @@ const { values: opt } = parseArgs({
     user: { type: "string", default: "" }, // password in NATS_PASSWORD
     prefix: { type: "string", default: "" }, // subject namespace, empty in production
     events: { type: "string" }, // JSON lines of envelopes
-    filings: { type: "string", default: "1" }, // else make this many OrganizationFiled
-    community: { type: "string", default: "510681001014" },
+    community: { type: "string", default: "510681001014" }, // else file in these (comma-separated)
+    filings: { type: "string" }, // that many OrganizationFiled, one a community in turn (default: one each)
     wait: { type: "string", default: "10" }, // seconds to wait for receipts before asking
     rounds: { type: "string", default: "5" }, // ask-and-resend rounds before giving up
     lose: { type: "string", default: "0" }, // drill: do not send the Nth fact the first time
@@ -51,7 +52,8 @@ const ns = opt.prefix ? `${opt.prefix}.` : "";
 
 function filing(i: number): Envelope {
   const now = new Date().toISOString();
-  const code = opt.community;
+  const codes = opt.community.split(",");
+  const code = codes[i % codes.length];
   return {
     event_id: randomUUID(), type: "OrganizationFiled", version: 1, occurred_at: now, recorded_at: now,
     source, region: code,
@@ -80,7 +82,6 @@ function intakeSubject(e: Envelope): string {
 }
 
 async function send(js: JetStreamClient, fact: Fact): Promise<void> {
-  fact.sends += 1;
   try {
     // The same event_id each time: JetStream drops a copy within 2 minutes, registry any later one.
     await js.publish(intakeSubject(fact.event), JSON.stringify(fact.event), { msgID: fact.event.event_id });
@@ -96,8 +97,8 @@ function count(facts: Fact[]): string {
 
 async function main(): Promise<number> {
   const facts = new Map<string, Fact>();
-  for (const e of opt.events ? readEvents(opt.events) : Array.from({ length: numeric("filings") }, (_, i) => filing(i))) {
-    facts.set(e.event_id, { event: e, sends: 0 });
+  for (const e of opt.events ? readEvents(opt.events) : Array.from({ length: opt.filings ? numeric("filings") : opt.community.split(",").length }, (_, i) => filing(i))) {
+    facts.set(e.event_id, { event: e });
   }
   const auth = opt.user ? { user: opt.user, pass: process.env.NATS_PASSWORD, inboxPrefix: `_INBOX_${opt.user}` } : {};
   const nc: NatsConnection = await connect({ servers: opt.nats, ...auth });
@@ -122,8 +123,8 @@ async function main(): Promise<number> {
   await nc.flush();
 
   const lose = numeric("lose");
-  [...facts.values()].forEach((f, i) => { if (i + 1 === lose) f.sends += 1; }); // the drill's lost publish
-  await Promise.all([...facts.values()].filter((f) => f.sends === 0).map((f) => send(js, f)));
+  // The drill: the lose-th fact's first publish goes nowhere, as a message lost on the way would.
+  await Promise.all([...facts.values()].filter((_, i) => i + 1 !== lose).map((f) => send(js, f)));
   console.log(`published ${facts.size} facts as ${source}${lose ? ` (drill: fact ${lose} not sent)` : ""}`);
 
   const resent = new Set<string>();
@@ -154,8 +155,11 @@ async function main(): Promise<number> {
         if (r.verdict === "unknown") again.push(fact); else fact.verdict = r;
       }
     }
-    const said = [...asked].map(([verdict, n]) => `${n} ${verdict}`).join(", ");
-    console.log(`round ${round}: asked registry about ${open.length}: ${said}; sending the ${again.length} unknown again`);
+    const said = ["accepted", "refused", "waiting", "unknown"].filter((v) => asked.has(v))
+      .map((v) => `${asked.get(v)} ${v}`).join(", ");
+    console.log(`round ${round}: asked registry about ${open.length}: ${said}` +
+                (again.length ? `; sending the ${again.length} unknown again` : ""));
+    if (again.length === 0 && [...facts.values()].every((f) => f.verdict)) break;
     await Promise.all(again.map((f) => { resent.add(f.event.event_id); return send(js, f); }));
   }
   await sub.drain();
@@ -166,7 +170,7 @@ async function main(): Promise<number> {
   for (const f of all) {
     const v = f.verdict;
     if (v?.verdict === "refused") console.log(`  refused ${f.event.event_id} ${v.field}: ${v.reason}${v.code ? ` (${v.code})` : ""}`);
-    if (resent.has(f.event.event_id)) console.log(`  sent again ${f.event.event_id} (sent ${f.sends} times): ${v?.verdict ?? "no receipt"}`);
+    if (resent.has(f.event.event_id)) console.log(`  sent again ${f.event.event_id}: ${v?.verdict ?? "no receipt"}`);
     if (!v) console.log(`  no receipt ${f.event.event_id}: keep it and run again`);
   }
   if (opt.json) {
