@@ -752,7 +752,8 @@ def behind(
 
 
 def ledger_table(body: dict[str, Any]) -> Table:
-    """A plan's tasks, overdue first, with their state, lead unit, deadline and targets."""
+    """A plan's tasks, overdue first, with their state, lead units (joint leads as 市委组织部、市民政局),
+    deadline and targets."""
     plan, done = body["plan"], body["completion"]
     table = Table(title=f"{plan.get('id')} {escape(str(plan.get('title', '')))} — accepted "
                         f"{done['accepted']}/{done['total']} ({done['share']:.0%}), as of {body['as_of']}",
@@ -766,7 +767,8 @@ def ledger_table(body: dict[str, Any]) -> Table:
         if lines:
             state += f" ({lines.get('accepted', 0)}/{lines.get('total', 0)} lines)"
         targets = ", ".join(f"{x['metric']} {x.get('status') or ''}".strip() for x in t.get("targets") or [])
-        table.add_row(str(t["no"]), f"[{style}]{state}[/{style}]" if style else state, escape(str(t.get("lead") or "")),
+        leads = "、".join(t.get("leads") or [t.get("lead") or ""])   # joint leads: 市委组织部、市民政局
+        table.add_row(str(t["no"]), f"[{style}]{state}[/{style}]" if style else state, escape(leads),
                       str(t.get("deadline") or ""), escape(targets), escape(str(t.get("title") or "")))
     return table
 

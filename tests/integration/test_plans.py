@@ -202,7 +202,21 @@ async def test_plans_ledger_end_to_end(settings: Settings, nc: nats.NATS) -> Non
         assert {i["role"] for i in township["items"]} == {"lead", "line"}  # 2.1 leads; lines of 1.x
         assert (await api.get("/units/不存在的单位/todo")).status_code == 404
         metrics = (await api.get("/metrics/")).text
-        assert f'cso_tasks_overdue{{plan="{GUANGHAN}",unit="市民政局"}} 3.0' in metrics  # 1.1 1.3 1.8
+        # 1.1 1.3 1.8, and 1.2, which it leads jointly with 市委组织部
+        assert f'cso_tasks_overdue{{plan="{GUANGHAN}",unit="市民政局"}} 4.0' in metrics
+        assert f'cso_tasks_overdue{{plan="{GUANGHAN}",unit="市委组织部"}} 1.0' in metrics  # 1.2
+
+        # --- joint leads: 1.2 and 1.6 (市委组织部、市民政局), 1.8 (市民政局、市基层治理促进中心) ---
+        joint = {"1.2": ["市委组织部", "市民政局"], "1.6": ["市委组织部", "市民政局"],
+                 "1.8": ["市民政局", "市基层治理促进中心"]}
+        tasks = {x["no"]: x for x in ledger["tasks"]}
+        for no, leads in joint.items():
+            assert tasks[no]["leads"] == leads and tasks[no]["lead"] == leads[0]
+            assert not set(leads) & set(tasks[no]["co"])
+            for unit in leads:
+                items = (await ok(await api.get(f"/units/{quote(unit)}/todo")))["items"]
+                mine = [i for i in items if i["task_no"] == no and i["plan_id"] == GUANGHAN and not i["line"]]
+                assert [(i["role"], i["leads"]) for i in mine] == [("lead", leads)], (no, unit)
         await asyncio.sleep(2.5)  # more sweeps: still one TaskOverdue for 1.1
         assert len(overdue("1.1")) == 1
 

@@ -42,7 +42,7 @@ BUNDLED = Path(__file__).parent / "data"
 BY_HEADER = "x-cso-by"
 # Evidence files (10 MB each, raw or base64 in a transition's body) on a task's routes.
 LARGE_BODIES = {"/plans/[^/]+/tasks/.+": 16 * 1024 * 1024}
-OVERDUE = Gauge("cso_tasks_overdue", "Overdue plan tasks (counted for their lead unit) and lines of expanded "
+OVERDUE = Gauge("cso_tasks_overdue", "Overdue plan tasks (counted for each lead unit) and lines of expanded "
                 "tasks (counted for their township or county), per plan", ["plan", "unit"])
 
 

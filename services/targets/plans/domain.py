@@ -122,7 +122,7 @@ class PlanTarget:
 class Task:
     no: str
     title: str
-    lead: str
+    leads: tuple[str, ...]      # one or several joint lead units (牵头单位), in the plan's order
     co: tuple[str, ...]
     due: str | None
     deadline: date
@@ -133,11 +133,17 @@ class Task:
     targets: tuple[PlanTarget, ...]
 
     @property
+    def lead(self) -> str:
+        """The first lead unit: the one a single-unit field (TaskOverdue's lead_unit) names."""
+        return self.leads[0]
+
+    @property
     def units(self) -> tuple[str, ...]:
-        return (self.lead, *self.co)
+        return (*self.leads, *self.co)
 
     def to_json(self) -> dict[str, Any]:
-        return {"no": self.no, "title": self.title, "lead": self.lead, "co": list(self.co),
+        return {"no": self.no, "title": self.title, "lead": self.lead, "leads": list(self.leads),
+                "co": list(self.co),
                 "due": self.due, "deadline": self.deadline.isoformat(), "community": self.community,
                 "scope_region": self.scope_region, "expands": self.expands,
                 "work_plan": self.work_plan, "targets": [t.to_json() for t in self.targets]}
@@ -599,17 +605,26 @@ def parse_plan(data: object, origin: str, regions: Mapping[str, str], *, strict:
                 first_at[no] = index
         title = _text(raw.get("title"), p, loc, label, "title")
         lead_raw = raw.get("lead")
-        lead: str | None
+        leads: tuple[str, ...] = ()
         if lead_raw is None:
-            lead = plan.get("implementing")
-            if lead is None:
+            implementing = plan.get("implementing")
+            if implementing is None:
                 p.add(loc, label, "lead", "required: no lead unit, and the plan names no implementing units")
+            else:
+                leads = (implementing,)
+        elif isinstance(lead_raw, list):
+            # Joint leads (「市委组织部、市民政局」牵头): every one of them leads, none is a co-unit.
+            leads = _units(lead_raw, p, loc, label, "lead")
+            if not leads and lead_raw == []:
+                p.add(loc, label, "lead", "expected one lead unit or a list of them, got []")
         else:
             lead_text = _text(lead_raw, p, loc, label, "lead")
-            lead = normalize_unit(lead_text) if lead_text else None
+            leads = (normalize_unit(lead_text),) if lead_text else ()
         co = _units(raw.get("co"), p, loc, label, "co")
-        if lead is not None and lead in co:
-            p.add(loc, label, "co", f"{lead!r} is the lead unit; list it once")
+        for unit in leads:
+            if unit in co:
+                which = "the lead unit" if len(leads) == 1 else "a lead unit"
+                p.add(loc, label, "co", f"{unit!r} is {which}; list it once")
 
         due: str | None = None
         deadline: date | None = None
@@ -640,12 +655,12 @@ def parse_plan(data: object, origin: str, regions: Mapping[str, str], *, strict:
                     community = None
 
         expands: ExpandTier | None = None
-        units = ((lead,) if lead else ()) + co
+        units = leads + co
         expansion = _expansion(units)
         if expansion is not None and raw.get("community") is None and scope_tier is not None:
             tier, marker = expansion
             if TIERS.index(tier) <= [str(t) for t in TIERS].index(scope_tier):
-                which = "lead" if marker == lead else "co"
+                which = "lead" if marker in leads else "co"
                 p.add(loc, label, which, f"{marker!r} means every {tier} under the scope, but the plan's "
                       f"scope {scope!r} is a {scope_tier}")
             else:
@@ -673,9 +688,9 @@ def parse_plan(data: object, origin: str, regions: Mapping[str, str], *, strict:
             seen_metrics[target.metric] = t_index
             targets.append(target)
 
-        if no is None or title is None or lead is None or deadline is None or scope is None:
+        if no is None or title is None or not leads or deadline is None or scope is None:
             continue
-        tasks.append(Task(no=no, title=title, lead=lead, co=co, due=due, deadline=deadline,
+        tasks.append(Task(no=no, title=title, leads=leads, co=co, due=due, deadline=deadline,
                           community=community, scope_region=community or scope, expands=expands,
                           work_plan=None, targets=tuple(targets)))
 

@@ -93,15 +93,16 @@ async def import_plan(conn: AsyncConnection, plan: d.Plan, origin: str, by: str 
     nos = [t.no for t in plan.tasks]
     for position, task in enumerate(plan.tasks):
         await conn.execute(text(
-            f"INSERT INTO {SCHEMA}.plan_task (plan_id, task_no, position, title, lead, co, deadline, "
+            f"INSERT INTO {SCHEMA}.plan_task (plan_id, task_no, position, title, lead, leads, co, deadline, "
             "scope_region, expands, work_plan, targets, removed) VALUES (:p, :no, :pos, :title, :lead, "
-            ":co, :deadline, :region, :expands, :wp, CAST(:targets AS jsonb), false) "
+            ":leads, :co, :deadline, :region, :expands, :wp, CAST(:targets AS jsonb), false) "
             "ON CONFLICT (plan_id, task_no) DO UPDATE SET position = excluded.position, "
-            "title = excluded.title, lead = excluded.lead, co = excluded.co, deadline = excluded.deadline, "
+            "title = excluded.title, lead = excluded.lead, leads = excluded.leads, co = excluded.co, "
+            "deadline = excluded.deadline, "
             "scope_region = excluded.scope_region, expands = excluded.expands, "
             "work_plan = excluded.work_plan, targets = excluded.targets, removed = false"),
             {"p": plan.id, "no": task.no, "pos": position, "title": task.title, "lead": task.lead,
-             "co": list(task.co), "deadline": task.deadline, "region": task.scope_region,
+             "leads": list(task.leads), "co": list(task.co), "deadline": task.deadline, "region": task.scope_region,
              "expands": task.expands, "wp": task.work_plan,
              "targets": _json([t.to_json() for t in task.targets])})
         await conn.execute(text(
@@ -337,11 +338,14 @@ async def sweep_overdue(conn: AsyncConnection, topology: Topology, today: date) 
 
 
 async def overdue_counts(conn: AsyncConnection, today: date) -> dict[tuple[str, str], int]:
-    """Overdue tasks (under their lead unit) and lines (under their division's name) per plan."""
+    """Overdue tasks (under each of their lead units: joint leads each have it overdue) and lines
+    (under their division's name) per plan."""
     rows = await conn.execute(text(
-        f"SELECT p.plan_id, p.unit, count(*) FROM {SCHEMA}.plan_progress p JOIN {SCHEMA}.plan_task t "
-        "USING (plan_id, task_no) WHERE NOT p.removed AND NOT t.removed AND p.state <> 'accepted' "
-        "AND t.deadline < :today GROUP BY p.plan_id, p.unit"), {"today": today})
+        f"SELECT p.plan_id, u.unit, count(*) FROM {SCHEMA}.plan_progress p JOIN {SCHEMA}.plan_task t "
+        "USING (plan_id, task_no) CROSS JOIN LATERAL unnest(CASE WHEN p.line = '' "
+        "AND cardinality(t.leads) > 0 THEN t.leads ELSE ARRAY[p.unit] END) AS u(unit) "
+        "WHERE NOT p.removed AND NOT t.removed AND p.state <> 'accepted' "
+        "AND t.deadline < :today GROUP BY p.plan_id, u.unit"), {"today": today})
     return {(r[0], r[1]): int(r[2]) for r in rows}
 
 

@@ -107,7 +107,8 @@ async def _tasks(conn: AsyncConnection, plan_id: str, today: date, only: str | N
             summary["overdue"] = sum(d.is_overdue(s, t.deadline, today) for s in line_states)
             summary["tier"] = t.expands
         item = {
-            "no": t.task_no, "title": t.title, "lead": t.lead, "co": list(t.co), "deadline": _day(t.deadline),
+            "no": t.task_no, "title": t.title, "lead": t.lead, "leads": _leads(t), "co": list(t.co),
+            "deadline": _day(t.deadline),
             "work_plan": t.work_plan,
             "scope": {"region": t.scope_region, "name": names.get(t.scope_region), "expands": t.expands},
             **{k: v for k, v in _line(p, t.deadline, today).items() if k not in ("line", "region", "unit")},
@@ -210,18 +211,26 @@ async def lines(conn: AsyncConnection, plan_id: str, task_no: str, today: date) 
             "as_of": today.isoformat(), "lines": ordered}
 
 
+def _leads(row: Any) -> list[str]:
+    """Every lead unit of a task row; a row written by a replica of before migration 0005 has
+    only `lead`."""
+    return list(row.leads) if row.leads else [row.lead]
+
+
 async def todo(conn: AsyncConnection, unit: str, today: date) -> dict[str, Any]:
     """What a unit has open across plans: tasks it leads or cooperates on, and the lines it
     carries out (a township or county of an expanded task); overdue first, then by deadline."""
     name = d.normalize_unit(unit)
     rows = (await conn.execute(text(
-        f"SELECT p.plan_id, pl.title AS plan_title, p.task_no, t.title, t.lead, t.co, t.deadline, p.line, "
-        "p.region, p.unit, p.state, p.overdue_for, p.updated_by, p.updated_on, p.reason, "
-        "CASE WHEN p.line <> '' THEN 'line' WHEN t.lead = :u THEN 'lead' ELSE 'co' END AS role "
+        f"SELECT p.plan_id, pl.title AS plan_title, p.task_no, t.title, t.lead, t.leads, t.co, t.deadline, "
+        "p.line, p.region, p.unit, p.state, p.overdue_for, p.updated_by, p.updated_on, p.reason, "
+        "CASE WHEN p.line <> '' THEN 'line' WHEN t.lead = :u OR :u = ANY(t.leads) THEN 'lead' "
+        "ELSE 'co' END AS role "
         f"FROM {SCHEMA}.plan_progress p JOIN {SCHEMA}.plan_task t USING (plan_id, task_no) "
         f"JOIN {SCHEMA}.plan pl ON pl.id = p.plan_id "
         "WHERE NOT p.removed AND NOT t.removed "
-        "AND ((p.line = '' AND (t.lead = :u OR :u = ANY(t.co))) OR (p.line <> '' AND p.unit = :u))"),
+        "AND ((p.line = '' AND (t.lead = :u OR :u = ANY(t.leads) OR :u = ANY(t.co))) "
+        "OR (p.line <> '' AND p.unit = :u))"),
         {"u": name})).all()
     if not rows:
         raise ViewError(404, "unit", f"no plan names the unit {name!r} (as lead, cooperating unit or township)")
@@ -234,7 +243,7 @@ async def todo(conn: AsyncConnection, unit: str, today: date) -> dict[str, Any]:
         items.append({
             "plan_id": r.plan_id, "plan_title": r.plan_title, "task_no": r.task_no, "title": r.title,
             "role": r.role, "line": r.line or None, "region": r.region, "region_name": names.get(r.region),
-            "lead": r.lead, "deadline": _day(r.deadline), "state": state.value,
+            "lead": r.lead, "leads": _leads(r), "deadline": _day(r.deadline), "state": state.value,
             "overdue": d.is_overdue(state, r.deadline, today), "days_overdue": d.days_overdue(state, r.deadline, today),
             "returned_reason": r.reason if state is d.TaskState.IN_PROGRESS else None,
             "updated_by": r.updated_by, "updated_on": _day(r.updated_on),
