@@ -30,7 +30,7 @@ from . import schema as schemas
 from .deadletter import DeadLetter
 from .envelope import ENVELOPE_FIELDS, FieldError
 from .events import PAYLOADS, Payload
-from .receipts import ReceiptsAnswer, ReceiptsQuery
+from .receipts import VERDICTS, IntakeReceipt, ReceiptsAnswer, ReceiptsQuery
 from .subjects import SOURCE_TOKEN, snake
 
 DOCUMENT = Path(__file__).parent / "asyncapi.json"
@@ -42,7 +42,7 @@ EXAMPLE_SOURCE = "guanghan-register"
 
 @dataclass(frozen=True)
 class Receipt:
-    """A message registry sends one publisher on `cso.receipts.<source>.<kind>` (core NATS)."""
+    """A message registry sends one publisher on `cso.receipts.<source>.<kind>` (plain subscription)."""
 
     kind: str                       # the last subject token, e.g. "lost"
     model: type[BaseModel]          # its schema
@@ -51,7 +51,10 @@ class Receipt:
 
 # Receipts to publishers: every Payload of context "receipts" (e.g. IntakeLost), and any other
 # message listed here. A new receipt is one entry.
-RECEIPTS: tuple[Receipt, ...] = ()
+RECEIPTS: tuple[Receipt, ...] = tuple(
+    Receipt(verdict, IntakeReceipt, f"the verdict `{verdict}` on one of its intake facts "
+                                    "(contracts/README.md, Receipts of every verdict).")
+    for verdict in VERDICTS)
 
 
 def receipts() -> list[Receipt]:
@@ -271,8 +274,9 @@ def _receipts(b: _Builder) -> None:
         b.add_message(name, name, receipt.summary, ref, None)
         channel_id = f"receipts.{receipt.kind}"
         b.channel(channel_id, f"cso.receipts.{{source}}.{receipt.kind}", [name],
-                  f"registry tells one publisher: {receipt.summary} Core NATS, no stream: subscribe "
-                  "before publishing (the publisher's user may read `cso.receipts.<its name>.>`).")
+                  f"registry tells one publisher: {receipt.summary} Kept in the stream CSO_RECEIPTS, which "
+                  "publishers cannot read: subscribe (plain NATS) before publishing (the publisher's user "
+                  "may read `cso.receipts.<its name>.>`); missed ones: the receipts query.")
         b.operation(f"send.{channel_id}", "send", channel_id, f"registry sends {name}", ["registry"])
     ref = b.add_schema("ReceiptsQuery", schemas.model_schema(ReceiptsQuery, "cso.query.registry.receipts.<source>"))
     b.add_message("ReceiptsQuery", "ReceiptsQuery", "The event ids a publisher asks about", ref, None)

@@ -2,7 +2,8 @@
 a message for good (cso/consumer.py, publish_deadletter). Operators read it (stream CSO_DEADLETTER,
 kept 90 days); outside publishers learn their verdicts from receipts instead.
 
-Headers: `Cso-Reason` (the reason, at most 512 characters, control characters as spaces) and
+Headers: `Cso-Reason` (the reason, at most 512 characters, control characters as spaces),
+`Cso-Event-Id` (the event_id, empty if none is readable) and
 `Nats-Msg-Id: dl:<stream>:<stream_seq>` (one dead letter per refused stream message, however often
 the refusal is repeated).
 """

@@ -21,7 +21,7 @@ from .deadletter import DeadLetter
 from .envelope import MAX_EVENT_BYTES, Envelope, max_bytes
 from .events import PAYLOADS, Payload
 from .jsontext import MAX_DEPTH, MAX_NUMBER_DIGITS
-from .receipts import ReceiptsAnswer, ReceiptsQuery
+from .receipts import RECEIPT_SUBJECT, IntakeReceipt, ReceiptsAnswer, ReceiptsQuery
 from .subjects import STREAMS, Topology, snake
 
 SCHEMAS = Path(__file__).parent / "schemas"
@@ -196,6 +196,9 @@ def rendered() -> dict[str, str]:
                            (ReceiptsAnswer, "reply to cso.query.registry.receipts.<source>"),
                            (DeadLetter, "cso.deadletter.<service>")):
         files[f"{model.__name__}.json"] = _text(model_schema(model, subject))
+    receipt = model_schema(IntakeReceipt, RECEIPT_SUBJECT)
+    receipt["$id"] = "https://cso.example.gov.cn/schemas/IntakeReceipt.v1.json"
+    files["IntakeReceipt.v1.json"] = _text(receipt)
     files["streams.json"] = json.dumps(streams, ensure_ascii=False, indent=2) + "\n"
     return files
 

@@ -144,7 +144,8 @@ class Topology:
         return self._ns(f"cso.query.{service}.{query}")
 
     def receipts_subject(self, source: str, kind: str) -> str:
-        """What registry tells one publisher, core NATS (no stream): `cso.receipts.<source>.lost`."""
+        """What registry tells one publisher: `cso.receipts.<source>.<verdict>` (accepted, refused,
+        duplicate, waiting) and `cso.receipts.<source>.lost`; kept in CSO_RECEIPTS."""
         return self._ns(f"cso.receipts.{source_token(source)}.{kind}")
 
     def receipts_query_subject(self, source: str) -> str:
@@ -169,6 +170,11 @@ STREAMS: tuple[StreamSpec, ...] = (
     StreamSpec("CSO_TARGETS", ("cso.targets.>",), "Coverage and target status changes"),
     StreamSpec("CSO_NOTIFY", ("cso.notify.>",), "Notification outcomes"),
     StreamSpec("CSO_OPS", ("cso.ops.>",), "Operational events: gaps found in the bus and their repair"),
+    # Registry's receipts to each publisher (cso.receipts.<source>.<verdict>, IntakeLost), from its
+    # outbox: the stream acknowledges each, so a receipt is published for sure once staged. Publishers
+    # read them with a plain subscription; the receipts query answers what they missed.
+    StreamSpec("CSO_RECEIPTS", ("cso.receipts.>",),
+               "Receipts registry sends each publisher: its verdicts and lost intake", max_age_days=30),
     StreamSpec("CSO_DEADLETTER", ("cso.deadletter.>",),
                "Messages a consumer refused, with the reason", max_age_days=90),
 )

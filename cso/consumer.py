@@ -54,10 +54,11 @@ BATCH_SECONDS = Histogram("cso_batch_seconds", "Time to apply one pulled batch",
 
 
 class Rejected(Exception):
-    """The event is well-formed but cannot be applied (e.g. an unknown community): dead-letter it."""
+    """The event is well-formed but cannot be applied (e.g. an unknown community): dead-letter it.
+    `code` is the stable name of the refusal (contracts.receipts.RefusalCode) in registry's receipts."""
 
-    def __init__(self, field: str, message: str) -> None:
-        self.field, self.message = field, message
+    def __init__(self, field: str, message: str, code: str = "rule") -> None:
+        self.field, self.message, self.code = field, message, code
         super().__init__(f"{field}: {message}")
 
 
@@ -66,7 +67,26 @@ class OutOfScope(Rejected):
 
 
 class NotYet(Rejected):
-    """It may apply once an earlier fact arrives (out of order): retry later, then dead-letter."""
+    """It may apply once an earlier fact arrives (out of order). `waits_for` names what it needs
+    (`organization:<id>`, `hub:<id>`, `base:<id>`, `party:<id>`, `county:<code>`): registry parks the
+    fact until then (services/registry/waiting.py); a handler that does not is retried, then
+    dead-lettered."""
+
+    def __init__(self, field: str, message: str, waits_for: str = "") -> None:
+        super().__init__(field, message, code="waited_too_long")
+        self.waits_for = waits_for
+
+
+class Verdicts(Protocol):
+    """Told, in a transaction of the consumer's, of what its handler never sees: messages that
+    break their contract and event ids already taken. Registry sends its publishers a receipt for
+    each (services/registry/verdicts.py)."""
+
+    async def broken(self, conn: AsyncConnection, broken: Sequence[tuple[Msg, str]]) -> None:
+        ...
+
+    async def duplicates(self, conn: AsyncConnection, duplicates: Sequence[tuple[Msg, Envelope[Any]]]) -> None:
+        ...
 
 
 class Handler(Protocol):
@@ -91,15 +111,18 @@ def _header_text(text: str) -> str:
 async def publish_deadletter(js: JetStreamContext, topology: Topology, service: str,
                              msg: Msg, reason: str) -> None:
     meta = msg.metadata
+    event_id = event_id_of(msg.data)
     record = {
         "service": service,
+        # The publisher's event_id (null if the message names none readable) and Nats-Msg-Id.
+        "event_id": event_id,
+        "msg_id": (msg.headers or {}).get("Nats-Msg-Id"),
         "reason": reason,
         "subject": msg.subject,
         "stream": meta.stream,
         "stream_seq": meta.sequence.stream,
         "deliveries": meta.num_delivered,
         "dead_lettered_at": datetime.now(timezone.utc).isoformat(),
-        "event_id": event_id_of(msg.data),
         # contracts/deadletter.py: the record's fields, and why data is cut.
         "data": msg.data.decode("utf-8", errors="replace")[:MAX_DATA_CHARACTERS],
         "data_bytes": len(msg.data),
@@ -107,7 +130,7 @@ async def publish_deadletter(js: JetStreamContext, topology: Topology, service: 
         and len(msg.data.decode("utf-8", errors="replace")) > MAX_DATA_CHARACTERS,
     }
     await js.publish(topology.deadletter_subject(service), json.dumps(record).encode(),
-                     headers={"Cso-Reason": _header_text(reason[:512]),
+                     headers={"Cso-Reason": _header_text(reason[:512]), "Cso-Event-Id": event_id or "",
                               "Nats-Msg-Id": f"dl:{meta.stream}:{meta.sequence.stream}"})
     DEADLETTERED.labels(service, meta.stream).inc()
     log.warning("dead-lettered %s seq %s: %s", meta.stream, meta.sequence.stream, reason)
@@ -150,8 +173,10 @@ def check_intake_subject(topology: Topology, subject: str, envelope: Envelope[An
 class Consumer:
     def __init__(self, *, nc: Client, engine: AsyncEngine, topology: Topology, schema: str,
                  service: str, subscription: Subscription, handler: Handler,
-                 batch: int = 500, max_deliver: int = 5, ack_wait: float = 30.0) -> None:
+                 batch: int = 500, max_deliver: int = 5, ack_wait: float = 30.0,
+                 verdicts: Verdicts | None = None) -> None:
         self.nc, self.js = nc, nc.jetstream()
+        self.verdicts = verdicts
         self.engine, self.topology, self.schema, self.service = engine, topology, schema, service
         self.sub, self.handler = subscription, handler
         self.batch, self.max_deliver, self.ack_wait = batch, max_deliver, ack_wait
@@ -292,6 +317,8 @@ class Consumer:
                 broken.append((msg, f"$: unreadable ({type(e).__name__}: {e})"))
                 continue
             valid.append((msg, envelope))
+        if broken and self.verdicts is not None:
+            await self._tell_broken(broken)
         # A flood of garbage is dead-lettered a batch at a time, not one round trip after another.
         await asyncio.gather(*(self._deadletter(msg, reason) for msg, reason in broken))
         if not valid:
@@ -311,6 +338,21 @@ class Consumer:
                 return
             await self._settle(valid, rejected)
             return
+
+    async def _tell_broken(self, broken: list[tuple[Msg, str]]) -> None:
+        """The verdicts of broken messages, committed before they are dead-lettered and acked."""
+        assert self.verdicts is not None
+        held: list[tuple[Msg, Any]] = [(msg, None) for msg, _ in broken]
+        while True:
+            try:
+                async with self.engine.begin() as conn:
+                    await self.verdicts.broken(conn, broken)
+                return
+            except Exception as e:
+                if await self._waited_for_database(held, e):
+                    continue
+                log.exception("%s: recording the verdicts of %d broken messages failed", self.service, len(broken))
+                return
 
     async def _apply_alone(self, one: tuple[Msg, Envelope[Any]]) -> None:
         while True:
@@ -346,8 +388,10 @@ class Consumer:
 
     async def _apply(self, valid: list[tuple[Msg, Envelope[Any]]]) -> dict[UUID, Rejected]:
         async with self.engine.begin() as conn:
-            fresh = await self._claim(conn, valid)
+            fresh, duplicates = await self._claim(conn, valid)
             rejected = await self.handler.apply(conn, fresh) if fresh else {}
+            if duplicates and self.verdicts is not None:
+                await self.verdicts.duplicates(conn, duplicates)
             retry = {eid for eid, r in rejected.items() if isinstance(r, NotYet)}
             if retry:
                 # Forget the claim so the retried delivery is not taken for a duplicate.
@@ -364,8 +408,10 @@ class Consumer:
                 APPLIED.labels(self.service, env.type).inc()
         return rejected
 
-    async def _claim(self, conn: AsyncConnection,
-                     valid: list[tuple[Msg, Envelope[Any]]]) -> list[Envelope[Any]]:
+    async def _claim(self, conn: AsyncConnection, valid: list[tuple[Msg, Envelope[Any]]]
+                     ) -> tuple[list[Envelope[Any]], list[tuple[Msg, Envelope[Any]]]]:
+        """The fresh events (their ids claimed now), and the duplicates: messages whose event id was
+        taken before, or by an earlier message of this batch."""
         seen: dict[UUID, tuple[Msg, Envelope[Any]]] = {}
         for msg, env in valid:
             seen.setdefault(env.event_id, (msg, env))
@@ -376,7 +422,9 @@ class Consumer:
             {"ids": list(seen), "streams": [self.stream] * len(seen),
              "seqs": [m.metadata.sequence.stream for m, _ in seen.values()]})).scalars())
         DUPLICATES.labels(self.service).inc(len(valid) - len(claimed))
-        return [env for eid, (_, env) in seen.items() if eid in claimed]
+        duplicates = [(msg, env) for msg, env in valid
+                      if env.event_id not in claimed or seen[env.event_id][0] is not msg]
+        return [env for eid, (_, env) in seen.items() if eid in claimed], duplicates
 
     async def _settle(self, valid: list[tuple[Msg, Envelope[Any]]],
                       rejected: dict[UUID, Rejected]) -> None:

@@ -185,6 +185,8 @@ def service_streams(service: str) -> tuple[str, ...]:
         raise ValueError(f"unknown service {service!r}")
     names = [base for base, _, _ in SERVICE_CONSUMERS[service]]
     names += [OWN_STREAM[service], "CSO_OPS", "CSO_DEADLETTER"]
+    if service == "registry":
+        names.append("CSO_RECEIPTS")  # its receipts to publishers, from its outbox
     return tuple(dict.fromkeys(names))
 
 
@@ -204,7 +206,7 @@ def service_permissions(topology: Topology, service: str) -> Permissions:
         *_stream_info(topology, service_streams(service)),
     ]
     if service == "registry":
-        publish.append(_ns(topology, "cso.receipts.>"))  # IntakeLost, to each publisher's own subject
+        publish.append(_ns(topology, "cso.receipts.>"))  # receipts and IntakeLost, to each publisher
     for base, durable, context in SERVICE_CONSUMERS[service]:
         stream = topology.stream(base)
         publish += [

@@ -10,9 +10,10 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
+from uuid import UUID
 
 from nats.js import JetStreamContext
 from nats.js.errors import NoStreamResponseError
@@ -69,8 +70,14 @@ def ddl(schema: str) -> list[str]:
 async def add(conn: AsyncConnection, schema: str, topology: Topology,
               events: Iterable[tuple[Envelope[Any], str | None]]) -> int:
     """Stage events in the caller's transaction; they are published only if it commits."""
-    rows = [(e.event_id, topology.event_subject(e.type, e.region), e.type, aggregate, encode(e))
-            for e, aggregate in events]
+    return await add_messages(conn, schema, [(e.event_id, topology.event_subject(e.type, e.region), e.type,
+                                              aggregate, encode(e)) for e, aggregate in events])
+
+
+async def add_messages(conn: AsyncConnection, schema: str,
+                       rows: Sequence[tuple[UUID, str, str, str | None, bytes]]) -> int:
+    """Stage messages of any kind on subjects of their own (id, subject, type, aggregate, data), e.g.
+    registry's receipts: a stream must take the subject. An id already staged is left as it is."""
     if rows:
         # One statement for the whole batch (an executemany runs the insert once per row), in the
         # order given: the relay publishes by seq.

@@ -35,7 +35,7 @@ from contracts.jsontext import text_problem
 from . import bus, database, natsauth, streams
 from .auth import HEALTH, Auth, AuthError, unclassified
 from .buswatch import BusWatch, GapListener
-from .consumer import Consumer, Handler, Subscription
+from .consumer import Consumer, Handler, Subscription, Verdicts
 from .database import make_engine
 from .outbox import Relay
 from .settings import Settings
@@ -95,13 +95,16 @@ class Runtime:
         self.relay: Relay | None = None
         self.consumers: list[Consumer] = []
         self._subscriptions: list[tuple[Subscription, Handler]] = []
+        self._verdicts: dict[str, Verdicts] = {}  # by durable: told what the handler never sees
         self._tasks: list[asyncio.Task[None]] = []
         self._background: list[Callable[[], Any]] = []
         self._missing_streams: list[str] = []
         self.gap_listeners: list[GapListener] = []  # told of each bus gap, in the repair's transaction
 
-    def consume(self, subscription: Subscription, handler: Handler) -> None:
+    def consume(self, subscription: Subscription, handler: Handler, verdicts: Verdicts | None = None) -> None:
         self._subscriptions.append((subscription, handler))
+        if verdicts is not None:
+            self._verdicts[subscription.durable] = verdicts
 
     def on_request(self, subject: str, handler: Callable[..., Any]) -> None:
         """A request-reply endpoint (core NATS, queue group per service: one replica answers). The
@@ -152,7 +155,8 @@ class Runtime:
                                 schema=self.schema, service=self.name, subscription=sub,
                                 handler=handler, batch=self.settings.batch_size,
                                 max_deliver=self.settings.max_deliver,
-                                ack_wait=self.settings.ack_wait_seconds)
+                                ack_wait=self.settings.ack_wait_seconds,
+                                verdicts=self._verdicts.get(sub.durable))
             consumer.start()
             self.consumers.append(consumer)
         self.bus_watch = BusWatch(self, interval=self.settings.bus_check_seconds)

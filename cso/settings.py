@@ -58,6 +58,11 @@ class Settings:
         default_factory=lambda: int(_env("CSO_HTTP_MAX_CONNECTIONS", "1000")))
     # How long a command's Idempotency-Key is kept with its reply (cso/idempotency.py).
     idempotency_hours: float = field(default_factory=lambda: float(_env("CSO_IDEMPOTENCY_HOURS", "24")))
+    # registry's waiting room (services/registry/waiting.py): a fact that waits for its predecessor
+    # or its county's divisions is refused after this many days; the room is swept this often.
+    waiting_max_days: float = field(default_factory=lambda: float(_env("CSO_WAITING_MAX_DAYS", "7")))
+    waiting_sweep_seconds: float = field(
+        default_factory=lambda: float(_env("CSO_WAITING_SWEEP_SECONDS", "60")))
     # HTTP bearer tokens (cso/auth.py): "jwt" (the default: a service without a key does not
     # start) or "off" (only when asked for: anyone may write; loud in the log and /readyz); reads of
     # coverage "open" (no token) or "scoped" (a token, and a region in the path within the token's).

@@ -454,6 +454,20 @@ def pipeline_dashboard() -> db.Dashboard:
                     .thresholds(db.ThresholdsConfig().mode(dm.ThresholdsMode.ABSOLUTE).steps([
                         dm.Threshold(value=None, color="green"),
                         dm.Threshold(value=1, color="red")])))
+        .with_panel(timeseries.Panel().title("Intake facts waiting (registry's waiting room)")
+                    .description("Facts that wait for their predecessor or their county's divisions "
+                                 "(services/registry/waiting.py): how many, and how long the oldest has "
+                                 "waited; refused after CSO_WAITING_MAX_DAYS (7 days).")
+                    .datasource(PROMETHEUS).span(12).height(7)
+                    .with_target(promql("max(cso_waiting_facts)", "waiting", ref_id="A")))
+        .with_panel(stat.Panel().title("Oldest waiting intake fact").unit("s").datasource(PROMETHEUS)
+                    .description("How long the oldest fact in registry's waiting room has waited.")
+                    .span(12).height(7).graph_mode(cm.BigValueGraphMode.AREA)
+                    .with_target(promql("max(cso_waiting_oldest_seconds)", "oldest", instant=True))
+                    .thresholds(db.ThresholdsConfig().mode(dm.ThresholdsMode.ABSOLUTE).steps([
+                        dm.Threshold(value=None, color="green"),
+                        dm.Threshold(value=86400, color="orange"),
+                        dm.Threshold(value=5 * 86400, color="red")])))
         # notify's own metrics (services/notify/sender.py): one series set whatever $service says.
         .with_row(db.Row("Notification deliveries (notify)"))
         .with_panel(bargauge.Panel().title("Delivery failures in the time range")

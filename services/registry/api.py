@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
@@ -25,10 +26,10 @@ from cso.commands import parse_command
 from cso.consumer import OutOfScope, Rejected, Subscription
 from cso.service import Runtime, errors_body
 
-from . import imports, receipts, sheet, store
+from . import imports, receipts, sheet, store, verdicts, waiting
 from .losses import IntakeLosses, note_sources
-from .receipts import note_refusals
 from .record import REGISTRY_FACTS, record, record_batch
+from .verdicts import in_event
 
 SERVICE = "registry"
 
@@ -48,42 +49,54 @@ COMMANDS: dict[str, type[ev.Payload]] = {
 
 class FactsHandler:
     """Facts published by outside systems on `cso.intake.…`: decided in order and saved as one
-    batch (see record_batch); a rejected fact leaves nothing behind while its batch commits."""
+    batch (see record_batch); a rejected fact leaves nothing behind while its batch commits. A fact
+    that cannot be decided yet waits in the room (waiting.py) and is acked; facts waiting for what
+    this batch applied are decided in its transaction. Every verdict gets a receipt (verdicts.py)."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+    def __init__(self, runtime: Runtime, room: waiting.Room) -> None:
+        self.runtime, self.room = runtime, room
 
     async def apply(self, conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> dict[UUID, Rejected]:
-        rejected: dict[UUID, Rejected] = {}
+        others: list[tuple[Envelope[Any], Rejected]] = []
         facts = []
         for envelope in events:
             if isinstance(envelope.payload, REGISTRY_FACTS):
                 facts.append(envelope)
             else:
-                rejected[envelope.event_id] = Rejected("type", f"{envelope.type} is not a registry fact")
+                others.append((envelope, Rejected("type", f"{envelope.type} is not a registry fact",
+                                                  code="not_a_registry_fact")))
         results = await record_batch(conn, facts, self.runtime.topology) if facts else []
-        rejected.update({e.event_id: in_event(r) for e, r in zip(facts, results, strict=True)
-                         if isinstance(r, Rejected)})
-        # Receipts (services/registry/receipts.py) and loss announcements (losses.py) read these.
+        settled = await self.room.settle(conn, list(zip(facts, results, strict=True)))
+        # Receipts (verdicts.py, receipts.py) and loss announcements (losses.py) read these.
         await note_sources(conn, events)
-        await note_refusals(conn, events, rejected)
-        if len(rejected) < len(events) and self.runtime.relay:
+        await verdicts.tell(conn, self.runtime.topology, self.room.clock, settled, others)
+        if self.runtime.relay:
             self.runtime.relay.notify()
-        return rejected
+        # The consumer dead-letters this batch's refusals; those of facts woken from the room were
+        # staged by tell (their messages were acked when they were parked).
+        return {e.event_id: in_event(r) for e, r, from_room in settled.refused if not from_room} | \
+            {e.event_id: r for e, r in others}
 
 
 class DivisionsHandler:
+    """Division reference data; facts waiting for a county's divisions go on in the same transaction."""
+
+    def __init__(self, runtime: Runtime | None = None, room: waiting.Room | None = None) -> None:
+        self.runtime, self.room = runtime, room
+
     async def apply(self, conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> dict[UUID, Rejected]:
+        counties = set()
         for envelope in events:
             if isinstance(envelope.payload, ev.DivisionsImported):
                 await store.upsert_divisions(conn, envelope.payload)
+                counties.add(f"county:{envelope.payload.county.code}")
+        if counties and self.room is not None and self.runtime is not None:
+            settled = await self.room.settle(conn, [], keys=counties)
+            if settled.accepted or settled.refused:
+                await verdicts.tell(conn, self.runtime.topology, self.room.clock, settled)
+                if self.runtime.relay:
+                    self.runtime.relay.notify()
         return {}
-
-
-def in_event(rejected: Rejected) -> Rejected:
-    """The refusal naming its field by the path in the event (contracts.envelope.event_field)."""
-    named = type(rejected)(event_field(rejected.field), rejected.message)
-    return named
 
 
 def _errors(errors: list[FieldError]) -> dict[str, Any]:
@@ -139,12 +152,21 @@ def _page(region: dict[str, Any], children: list[dict[str, Any]], total: int, li
                      "next_after": page[-1]["code"] if more else None}
 
 
-def build(runtime: Runtime) -> FastAPI:
+def build(runtime: Runtime, clock: waiting.Clock = waiting.utc_now) -> FastAPI:
+    """`clock` decides when a waiting fact has waited too long (tests let days pass)."""
     topology = runtime.topology
+    room = waiting.Room(topology, clock, timedelta(days=runtime.settings.waiting_max_days))
     runtime.consume(Subscription("CSO_INTAKE", topology.context_subjects("intake"), "registry-intake"),
-                    FactsHandler(runtime))
+                    FactsHandler(runtime, room), verdicts=verdicts.IntakeVerdicts(topology, clock))
     runtime.consume(Subscription("CSO_DIVISIONS", topology.context_subjects("divisions"),
-                                 "registry-divisions"), DivisionsHandler())
+                                 "registry-divisions"), DivisionsHandler(runtime, room))
+
+    async def tell(conn: AsyncConnection, settled: waiting.Settled) -> None:
+        await verdicts.tell(conn, topology, clock, settled)
+        if (settled.accepted or settled.refused) and runtime.relay:
+            runtime.relay.notify()
+
+    runtime.every(waiting.sweeping(runtime.engine, room, tell, runtime.settings.waiting_sweep_seconds))
 
     # One subscriber for every command, so an unknown command gets a typed error, not silence.
     async def on_command(msg: NatsMessage) -> bytes:

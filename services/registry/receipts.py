@@ -34,12 +34,12 @@ REASON_CHARS = 300  # a reply of MAX_NATS_IDS refusals must fit in one NATS mess
 
 async def note_refusals(conn: AsyncConnection, envelopes: Sequence[Any], rejected: dict[UUID, Rejected]) -> None:
     """Keep, in the batch's transaction, why each fact was refused for good (not NotYet: retried)."""
-    rows = [{"e": e.event_id, "s": e.source, "t": e.type, "f": r.field, "r": r.message}
+    rows = [{"e": e.event_id, "s": e.source, "t": e.type, "f": r.field, "r": r.message, "c": r.code}
             for e in envelopes if (r := rejected.get(e.event_id)) is not None and not isinstance(r, NotYet)]
     if rows:
         await conn.execute(text(
-            f"INSERT INTO {SCHEMA}.intake_refusal (event_id, source, type, field, reason) "
-            "VALUES (:e, :s, :t, :f, :r) ON CONFLICT DO NOTHING"), rows)
+            f"INSERT INTO {SCHEMA}.intake_refusal (event_id, source, type, field, reason, code) "
+            "VALUES (:e, :s, :t, :f, :r, :c) ON CONFLICT DO NOTHING"), rows)
 
 
 async def receipts(conn: AsyncConnection, source: str | None, ids: Sequence[UUID]) -> ReceiptsAnswer:
@@ -50,7 +50,10 @@ async def receipts(conn: AsyncConnection, source: str | None, ids: Sequence[UUID
         f"SELECT event_id, record_id, type, region FROM {SCHEMA}.audit WHERE event_id = ANY(:ids) AND {mine}"),
         args)).all()}
     refused = {r.event_id: r for r in (await conn.execute(text(
-        f"SELECT event_id, field, reason FROM {SCHEMA}.intake_refusal WHERE event_id = ANY(:ids) AND {mine}"),
+        f"SELECT event_id, field, reason, code FROM {SCHEMA}.intake_refusal WHERE event_id = ANY(:ids) AND {mine}"),
+        args)).all()}
+    waiting = {r.event_id: r for r in (await conn.execute(text(
+        f"SELECT event_id, field, reason, until FROM {SCHEMA}.waiting WHERE event_id = ANY(:ids) AND {mine}"),
         args)).all()}
     out: list[Receipt] = []
     for event_id in ids:
@@ -58,7 +61,11 @@ async def receipts(conn: AsyncConnection, source: str | None, ids: Sequence[UUID
             out.append(Receipt(event_id=event_id, verdict="accepted", id=str(a.record_id), type=a.type,
                                region=a.region))
         elif (r := refused.get(event_id)) is not None:
-            out.append(Receipt(event_id=event_id, verdict="refused", field=r.field, reason=r.reason[:REASON_CHARS]))
+            out.append(Receipt(event_id=event_id, verdict="refused", field=r.field, reason=r.reason[:REASON_CHARS],
+                               code=r.code))
+        elif (w := waiting.get(event_id)) is not None:
+            out.append(Receipt(event_id=event_id, verdict="waiting", field=w.field, reason=w.reason[:REASON_CHARS],
+                               until=w.until))
         else:
             out.append(Receipt(event_id=event_id, verdict="unknown"))
     return ReceiptsAnswer(source=source, counts=dict(Counter(r.verdict for r in out)), receipts=out)

@@ -87,7 +87,8 @@ class Ledger:
         if code in self.communities:
             return True
         if code[:6] not in self.counties:
-            raise NotYet("community_code", f"divisions of county {code[:6]} are not loaded yet")
+            raise NotYet("community_code", f"divisions of county {code[:6]} are not loaded yet",
+                         waits_for=f"county:{code[:6]}")
         return False
 
     def region_known(self, code: str) -> bool:
@@ -161,7 +162,7 @@ def _changes(before: Any, after: Any) -> dict[str, Any]:
 
 def _same_region(envelope: Envelope[Any], region: str, check: bool) -> None:
     if check and envelope.region != region:
-        raise Rejected("region", f"{envelope.region} is not the record's region {region}")
+        raise Rejected("region", f"{envelope.region} is not the record's region {region}", code="region_mismatch")
 
 
 def decide(ledger: Ledger, envelope: Envelope[Any], check_region: bool = True,
@@ -217,7 +218,7 @@ def decide(ledger: Ledger, envelope: Envelope[Any], check_region: bool = True,
             before = ledger.interval("party", fact.party_organization_id)
             ended = ("party", domain.dissolve_party(before, fact))
         case _:
-            raise Rejected("type", f"registry does not record {envelope.type}")
+            raise Rejected("type", f"registry does not record {envelope.type}", code="not_a_registry_fact")
 
     after: Organization | Interval
     if org is not None:
@@ -240,7 +241,7 @@ def decide(ledger: Ledger, envelope: Envelope[Any], check_region: bool = True,
             raise OutOfScope("region", f"{before.community_code} is outside the caller's region {scope}")
         if check_region and before.community_code[:6] != envelope.region[:6]:
             raise Rejected("region", f"organization {before.id} is in county {before.community_code[:6]}, "
-                                     f"not {envelope.region[:6]}")
+                                     f"not {envelope.region[:6]}", code="region_mismatch")
 
     # Accepted: from here on the ledger changes.
     if org is not None:

@@ -133,7 +133,8 @@ def test_pipeline_dashboard_metrics() -> None:
     exprs = " ".join(t["expr"] for p in panels(dashboards()["cso-pipeline.json"]) for t in p["targets"])
     for needle in ("cso_events_applied_total", "cso_consumer_lag", "cso_batch_seconds_bucket",
                    "histogram_quantile(0.95", "cso_deadletter_total", "cso_outbox_backlog",
-                   "cso_notify_failed_total", "cso_notify_deliveries_total", "cso_notify_retries_total"):
+                   "cso_notify_failed_total", "cso_notify_deliveries_total", "cso_notify_retries_total",
+                   "cso_waiting_facts", "cso_waiting_oldest_seconds"):
         assert needle in exprs
 
 

@@ -497,7 +497,7 @@ def test_a_password_is_rotated_by_regenerating_and_reloading(tmp_path: Path,
 # What each service needs to know about streams, written out here rather than read from
 # cso/natsauth.py: the streams it consumes from, its own, CSO_OPS (gaps) and CSO_DEADLETTER.
 NEEDS: dict[str, set[str]] = {
-    "registry": {"CSO_INTAKE", "CSO_DIVISIONS", "CSO_REGISTRY", "CSO_OPS", "CSO_DEADLETTER"},
+    "registry": {"CSO_INTAKE", "CSO_DIVISIONS", "CSO_REGISTRY", "CSO_OPS", "CSO_DEADLETTER", "CSO_RECEIPTS"},
     "targets": {"CSO_REGISTRY", "CSO_TRAINING", "CSO_DIVISIONS", "CSO_TARGETS", "CSO_OPS", "CSO_DEADLETTER"},
     "training": {"CSO_DIVISIONS", "CSO_REGISTRY", "CSO_TRAINING", "CSO_OPS", "CSO_DEADLETTER"},
     "notify": {"CSO_TARGETS", "CSO_REGISTRY", "CSO_TRAINING", "CSO_DIVISIONS", "CSO_NOTIFY", "CSO_OPS",

@@ -177,10 +177,10 @@ def test_the_consumer_table_is_what_the_services_really_subscribe_to(monkeypatch
     runtimes: dict[str, Runtime] = {}
     consume, on_request = Runtime.consume, Runtime.on_request
 
-    def record_consume(self: Runtime, sub: Any, handler: Any) -> None:
+    def record_consume(self: Runtime, sub: Any, handler: Any, verdicts: Any = None) -> None:
         consumed.setdefault(self.name, set()).add((sub.stream, sub.durable, sub.subject))
         runtimes[self.name] = self
-        consume(self, sub, handler)
+        consume(self, sub, handler, verdicts)
 
     def record_request(self: Runtime, subject: str, handler: Any) -> None:
         requests.setdefault(self.name, set()).add(subject)

@@ -1,0 +1,223 @@
+"""The waiting room: intake facts that cannot be decided yet, kept in PostgreSQL until they can.
+
+A fact may overtake the one it follows (a deregistration before its filing, a hub's dissolution
+before its establishment) or its county's divisions, which come on another stream. Such a fact
+(`NotYet`, naming what it `waits_for`) is parked in registry's `waiting` table and acked: it no
+longer rides on JetStream redeliveries, which gave up after about 30 s. It is decided again:
+
+- in the transaction that applies what it waits for: a batch of intake facts (`settle`), the
+  divisions of its county (`DivisionsHandler`), each woken fact waking those that wait for it in turn;
+- by the periodic sweep (`Room.sweep`, every CSO_WAITING_SWEEP_SECONDS), for what arrived another
+  way (a command, an import) and for facts that waited too long: after CSO_WAITING_MAX_DAYS (7)
+  such a fact is refused (`waited_too_long`), with a receipt and a dead letter.
+
+The publisher hears `waiting` (with what it waits for and until when), then `accepted` or
+`refused` (services/registry/verdicts.py); operators see the count and the oldest (metrics below,
+the pipeline dashboard). The clock is injected, so that tests can let days pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from contracts import ContractError, Envelope, Topology, encode, parse_event
+from cso.consumer import NotYet, Rejected
+
+from .record import Recorded, record_batch
+from .store import SCHEMA
+
+log = logging.getLogger(__name__)
+Clock = Callable[[], datetime]
+
+WAITING = Gauge("cso_waiting_facts", "Intake facts in registry's waiting room", ["service"])
+OLDEST = Gauge("cso_waiting_oldest_seconds", "How long the oldest fact in the waiting room has waited",
+               ["service"])
+EXPIRED = Counter("cso_waiting_expired_total", "Waiting facts refused for having waited too long", ["service"])
+SWEEP_BATCH = 500
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def key_of(envelope: Envelope[Any], recorded: Recorded) -> str:
+    """What an accepted fact may let waiting facts go on with: the record it touched."""
+    kind = ("organization" if envelope.type.startswith("Organization") else
+            "hub" if envelope.type.startswith("Hub") else
+            "base" if envelope.type.startswith("IncubationBase") else "party")
+    return f"{kind}:{recorded.aggregate_id}"
+
+
+@dataclass
+class Waiter:
+    envelope: Envelope[Any]
+    reason: NotYet
+    arrived_at: datetime
+    until: datetime
+    seq: int | None = None          # its place in the room (arrival order), once parked
+
+    @property
+    def in_room(self) -> bool:
+        return self.seq is not None
+
+
+@dataclass
+class Settled:
+    """What one transaction decided, for the receipts: `from_room` marks facts woken from the room
+    (their messages were acked long ago, so their dead letters are staged here)."""
+
+    accepted: list[tuple[Envelope[Any], Recorded]] = field(default_factory=list)
+    refused: list[tuple[Envelope[Any], Rejected, bool]] = field(default_factory=list)
+    waiting: list[Waiter] = field(default_factory=list)        # newly parked: a `waiting` receipt each
+    refused_after: dict[Any, datetime] = field(default_factory=dict)  # event_id -> waited since
+
+
+class Room:
+    def __init__(self, topology: Topology, clock: Clock, max_wait: timedelta) -> None:
+        if max_wait <= timedelta(0):
+            raise ValueError(f"CSO_WAITING_MAX_DAYS: {max_wait} must be more than nothing")
+        self.topology, self.clock, self.max_wait = topology, clock, max_wait
+
+    async def settle(self, conn: AsyncConnection, decided: Sequence[tuple[Envelope[Any], Recorded | Rejected]],
+                     keys: set[str] | None = None, woken: Sequence[Waiter] = ()) -> Settled:
+        """Take a batch's decisions; decide again, in this transaction, the facts that waited for
+        what it applied (`keys`: also those of divisions), and those they let go on, in arrival
+        order; park what still waits."""
+        now = self.clock()
+        settled = Settled()
+        keys = set(keys or ())
+        pending: list[Waiter] = []
+        for envelope, result in decided:
+            if isinstance(result, NotYet):
+                pending.append(Waiter(envelope, result, now, now + self.max_wait))
+            elif isinstance(result, Rejected):
+                settled.refused.append((envelope, result, False))
+            else:
+                settled.accepted.append((envelope, result))
+                keys.add(key_of(envelope, result))
+        retry = list(woken)
+        while keys or retry:
+            retry += await self._take(conn, sorted(keys))
+            retry += [w for w in pending if w.reason.waits_for in keys]
+            pending = [w for w in pending if w.reason.waits_for not in keys]
+            keys = set()
+            if not retry:
+                break
+            results = await record_batch(conn, [w.envelope for w in retry], self.topology)
+            for waiter, result in zip(retry, results, strict=True):
+                if isinstance(result, NotYet):
+                    waiter.reason = result
+                    if waiter.until <= now:
+                        expired = Rejected(result.field, f"waited since {waiter.arrived_at.isoformat()} "
+                                                         f"(CSO_WAITING_MAX_DAYS): {result.message}",
+                                           code="waited_too_long")
+                        settled.refused.append((waiter.envelope, expired, waiter.in_room))
+                        settled.refused_after[waiter.envelope.event_id] = waiter.arrived_at
+                        EXPIRED.labels("registry").inc()
+                    else:
+                        pending.append(waiter)
+                elif isinstance(result, Rejected):
+                    settled.refused.append((waiter.envelope, result, waiter.in_room))
+                    settled.refused_after[waiter.envelope.event_id] = waiter.arrived_at
+                else:
+                    settled.accepted.append((waiter.envelope, result))
+                    keys.add(key_of(waiter.envelope, result))
+            retry = []
+        settled.waiting = [w for w in pending if not w.in_room]
+        await self._park(conn, pending)
+        return settled
+
+    async def _take(self, conn: AsyncConnection, keys: list[str], where: str = "waits_for = ANY(:keys)",
+                    args: dict[str, Any] | None = None) -> list[Waiter]:
+        """Take the facts waiting for these keys out of the room (locked: one transaction decides
+        each), in arrival order."""
+        if not keys and args is None:
+            return []
+        rows = (await conn.execute(text(
+            f"DELETE FROM {SCHEMA}.waiting WHERE {where} "
+            "RETURNING seq, event_id, data, waits_for, field, reason, arrived_at, until"),
+            args if args is not None else {"keys": keys})).mappings().all()
+        waiters = []
+        for row in sorted(rows, key=lambda r: r["seq"]):
+            try:
+                envelope = parse_event(bytes(row["data"]))
+            except ContractError as e:  # the contract changed under it: refused when decided
+                log.error("registry: a waiting fact %s no longer parses: %s", row["event_id"], e.reason)
+                continue
+            waiters.append(Waiter(envelope, NotYet(row["field"], row["reason"], waits_for=row["waits_for"]),
+                                  row["arrived_at"], row["until"], seq=row["seq"]))
+        return waiters
+
+    async def _park(self, conn: AsyncConnection, waiters: Sequence[Waiter]) -> None:
+        if not waiters:
+            return
+        await conn.execute(text(
+            f"INSERT INTO {SCHEMA}.waiting (seq, event_id, source, type, region, waits_for, field, reason, data, "
+            "arrived_at, until) VALUES (COALESCE(CAST(:seq AS bigint), "
+            f"nextval(pg_get_serial_sequence('{SCHEMA}.waiting', 'seq'))), :e, :s, :t, :r, :w, :f, :m, :d, :a, :u) "
+            "ON CONFLICT (event_id) DO UPDATE SET waits_for = excluded.waits_for, field = excluded.field, "
+            "reason = excluded.reason"),
+            [{"seq": w.seq, "e": w.envelope.event_id, "s": w.envelope.source, "t": w.envelope.type,
+              "r": w.envelope.region, "w": w.reason.waits_for, "f": w.reason.field, "m": w.reason.message,
+              "d": encode(w.envelope), "a": w.arrived_at, "u": w.until} for w in waiters])
+
+    async def sweep(self, conn: AsyncConnection, limit: int = SWEEP_BATCH) -> Settled:
+        """Decide again the facts whose need is on record now (it came another way: a command, an
+        import) and those that waited too long (refused, unless they apply now)."""
+        satisfied = (
+            "(split_part(w.waits_for, ':', 1) = 'organization' AND EXISTS (SELECT 1 FROM "
+            f"{SCHEMA}.organization o WHERE o.id::text = split_part(w.waits_for, ':', 2)))"
+            " OR (split_part(w.waits_for, ':', 1) = 'county' AND EXISTS (SELECT 1 FROM "
+            f"{SCHEMA}.county c WHERE c.code = split_part(w.waits_for, ':', 2)))"
+            + "".join(f" OR (split_part(w.waits_for, ':', 1) = '{kind}' AND EXISTS (SELECT 1 FROM {SCHEMA}.{table} x "
+                      "WHERE x.id::text = split_part(w.waits_for, ':', 2)))"
+                      for kind, table in (("hub", "hub"), ("base", "incubation_base"),
+                                          ("party", "party_organization"))))
+        woken = await self._take(conn, [], where=(
+            f"seq IN (SELECT seq FROM {SCHEMA}.waiting w WHERE w.until <= :now OR {satisfied} "
+            "ORDER BY seq LIMIT :n FOR UPDATE SKIP LOCKED)"), args={"now": self.clock(), "n": limit})
+        return await self.settle(conn, [], woken=woken)
+
+    async def measure(self, conn: AsyncConnection) -> tuple[int, float]:
+        """(how many wait, seconds the oldest has waited), set on the metrics."""
+        count, oldest = (await conn.execute(text(
+            f"SELECT count(*), min(arrived_at) FROM {SCHEMA}.waiting"))).one()
+        age = max(0.0, (self.clock() - oldest).total_seconds()) if oldest is not None else 0.0
+        WAITING.labels("registry").set(count)
+        OLDEST.labels("registry").set(age)
+        return int(count), age
+
+
+def sweeping(engine: AsyncEngine, room: Room, tell: Callable[[AsyncConnection, Settled], Any],
+             interval: float) -> Callable[[], Any]:
+    """The background job: sweep, tell (receipts), measure; every `interval` seconds."""
+
+    async def run() -> None:
+        while True:
+            try:
+                while True:
+                    async with engine.begin() as conn:
+                        settled = await room.sweep(conn)
+                        await tell(conn, settled)
+                    if len(settled.accepted) + len(settled.refused) < SWEEP_BATCH:
+                        break
+                async with engine.connect() as conn:
+                    await room.measure(conn)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("registry: sweeping the waiting room failed; trying again")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.sleep(interval)
+
+    return run
