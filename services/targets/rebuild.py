@@ -1,7 +1,7 @@
 """Rebuild every projection from targets' fact log, compare it with the live tables row for row,
 and optionally put the rebuilt one in place, all while the consumers keep running. targets does
 it by itself at start when the projection predates its code (`upgrade`: coverage kept before
-communities were a tier).
+communities were a tier, or kept per month before day-exact time).
 
 The comparison reads one REPEATABLE READ snapshot, so facts arriving meanwhile neither count in
 the rebuild nor in the live tables it is compared with. `--apply` locks the projection tables for
@@ -94,6 +94,8 @@ async def rebuild(engine: AsyncEngine, apply: bool = False) -> Report:
             await store.lock_timelines(conn, timelines)
             await store.save_timelines(conn, {k: (t, ent.region_of_timeline(t)) for k, t in timelines.items()})
             await store.add_coverage(conn, expected)
+            # Whatever flagged the projection as kept by an older targets is put right now.
+            await conn.execute(text(f"DELETE FROM {SCHEMA}.projection_stale"))
         report.applied = True
     return report
 
@@ -111,7 +113,10 @@ async def stale(conn: AsyncConnection) -> str | None:
             "AND timeline IS NOT NULL) "
             f"AND NOT EXISTS (SELECT 1 FROM {SCHEMA}.coverage WHERE length(region) = 12)"))).scalar():
         return "organizations or divisions are counted but no community is (coverage kept before tier 12)"
-    return None
+    # Flagged by a migration that changed how coverage is kept (0005: per day, not per month).
+    flagged: str | None = (await conn.execute(text(
+        f"SELECT reason FROM {SCHEMA}.projection_stale ORDER BY reason LIMIT 1"))).scalar()
+    return flagged
 
 
 async def upgrade(engine: AsyncEngine) -> Report | None:

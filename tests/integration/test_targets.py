@@ -166,6 +166,22 @@ async def test_projections_equal_recount_and_survive_shuffling(
         assert upgraded is not None and upgraded.applied
         assert await upgrade(engine) is None
         assert await coverage_by_day(settings.database_url) == before
+        # Coverage kept per month (before migration 0004; 0005 flags it) is rebuilt at start to
+        # per-day deltas, once.
+        db = await asyncpg.connect(settings.database_url)
+        await db.execute("INSERT INTO targets.projection_stale (reason) VALUES ('kept per month')")
+        async with db.transaction():
+            await db.execute("CREATE TEMP TABLE by_month ON COMMIT DROP AS SELECT region, counter, "
+                             "CAST(date_trunc('month', month) AS date) AS month, sum(delta) AS delta "
+                             "FROM targets.coverage GROUP BY 1, 2, 3")
+            await db.execute("TRUNCATE targets.coverage")
+            await db.execute("INSERT INTO targets.coverage SELECT region, counter, month, delta FROM by_month")
+        await db.close()
+        assert not (await rebuild(engine)).equal
+        upgraded = await upgrade(engine)
+        assert upgraded is not None and upgraded.applied and upgraded.differences
+        assert await upgrade(engine) is None
+        assert await coverage_by_day(settings.database_url) == before
     finally:
         await engine.dispose()
 

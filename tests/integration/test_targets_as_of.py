@@ -11,6 +11,7 @@ import uuid
 from datetime import date
 from typing import Any
 
+import asyncpg
 import httpx
 import nats
 import pytest
@@ -148,3 +149,25 @@ async def test_as_of_a_day_inside_a_month(settings: Settings, nc: nats.NATS) -> 
         assert "as of 2025-06-30" in rendered(coverage_table(body))
         text = rendered(targets_table(body))
         assert "as of 2025-06-30" in text and TARGET in text
+
+
+async def test_coverage_kept_per_month_is_flagged_for_a_rebuild(settings: Settings) -> None:
+    """A database whose coverage was kept per month (revision 0003) is flagged on upgrade, so that
+    targets rebuilds it at start; a fresh one is not."""
+    from cso.database import make_engine, migrate
+    from services.targets.rebuild import stale
+
+    await asyncio.to_thread(migrate, targets.MIGRATIONS, "targets", settings.database_url, "0003")
+    db = await asyncpg.connect(settings.database_url)
+    try:
+        await db.execute("INSERT INTO targets.coverage (region, counter, month, delta) "
+                         "VALUES ('510681', 'orgs', '2022-03-01', 2)")
+    finally:
+        await db.close()
+    await asyncio.to_thread(targets.run_migrations, settings)
+    engine = make_engine(settings.database_url)
+    try:
+        async with engine.connect() as conn:
+            assert await stale(conn) == "coverage kept per month (before day-exact time)"
+    finally:
+        await engine.dispose()
