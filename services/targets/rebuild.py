@@ -113,7 +113,7 @@ async def stale(conn: AsyncConnection) -> str | None:
             "AND timeline IS NOT NULL) "
             f"AND NOT EXISTS (SELECT 1 FROM {SCHEMA}.coverage WHERE length(region) = 12)"))).scalar():
         return "organizations or divisions are counted but no community is (coverage kept before tier 12)"
-    # Flagged by a migration that changed how coverage is kept (0005: per day, not per month).
+    # Flagged by a migration that changed how coverage is kept (0006: per day, not per month).
     flagged: str | None = (await conn.execute(text(
         f"SELECT reason FROM {SCHEMA}.projection_stale ORDER BY reason LIMIT 1"))).scalar()
     return flagged

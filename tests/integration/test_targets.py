@@ -166,7 +166,7 @@ async def test_projections_equal_recount_and_survive_shuffling(
         assert upgraded is not None and upgraded.applied
         assert await upgrade(engine) is None
         assert await coverage_by_day(settings.database_url) == before
-        # Coverage kept per month (before migration 0004; 0005 flags it) is rebuilt at start to
+        # Coverage kept per month (before migration 0004; 0006 flags it) is rebuilt at start to
         # per-day deltas, once.
         db = await asyncpg.connect(settings.database_url)
         await db.execute("INSERT INTO targets.projection_stale (reason) VALUES ('kept per month')")

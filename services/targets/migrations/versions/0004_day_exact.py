@@ -4,7 +4,7 @@
 coverage as of 2022-03-01 leaves out a filing of 03-02. The column keeps its name while replicas of
 before may run (they write at the first of the month, which is still a day: month ends and the
 monthly series stay right); a later release renames it. Rows at the first of their month are made
-day-exact by a rebuild (0005 flags them; targets rebuilds at start).
+day-exact by a rebuild (0006 flags them; targets rebuilds at start).
 
 `target_instance_version` records each target instance's definition (threshold, deadline, start …)
 from the day it was set, and NULL from the day it was retired: the status of a past day is

@@ -3,13 +3,13 @@ itself at start, once, putting each delta at its day (services/targets/rebuild.p
 swap deletes the flag). A replica of before still running during the roll keeps writing at the
 first of the month: `cso rebuild` lists those rows, `cso rebuild --apply` puts them right.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 """
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 
 
 def upgrade(schema: str) -> None:
