@@ -98,13 +98,17 @@ HEADERS: dict[str, dict[str, Any]] = {
     },
     "DeadLetterHeaders": {
         "type": "object",
-        "required": ["Cso-Reason", "Nats-Msg-Id"],
+        "required": ["Cso-Reason", "Cso-Event-Id", "Nats-Msg-Id"],
         "properties": {
             "Cso-Reason": {"type": "string", "maxLength": 512,
                            "description": "The reason, at most 512 characters, control characters as spaces."},
+            "Cso-Event-Id": {"type": "string", "pattern": f"^$|{schemas.UUID_PATTERN}",
+                             "description": "The refused event's event_id; empty if the message names none "
+                                            "readable."},
             "Nats-Msg-Id": {"type": "string", "pattern": "^dl:[A-Z0-9_]+:[0-9]+$",
                             "description": "`dl:<stream>:<stream_seq>`: one dead letter per refused stream "
-                                           "message. The refused event's own id is the record's `event_id`."}},
+                                           "message. The refused event's own id is `Cso-Event-Id` and the "
+                                           "record's `event_id`."}},
     },
 }
 
@@ -140,11 +144,12 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "DeadLetter": {
         "name": "unknown community", "summary": "An intake fact naming a community that is not on record",
         "headers": {"Cso-Reason": "payload.community_code: unknown community 510681001999",
-                    "Nats-Msg-Id": "dl:CSO_INTAKE:42"},
+                    "Cso-Event-Id": _FILED["event_id"], "Nats-Msg-Id": "dl:CSO_INTAKE:42"},
         "payload": {"service": "registry", "reason": "payload.community_code: unknown community 510681001999",
                     "subject": f"cso.intake.{EXAMPLE_SOURCE}.organization_filed.51.5106.510681",
                     "stream": "CSO_INTAKE", "stream_seq": 42, "deliveries": 1,
                     "dead_lettered_at": "2024-05-01T09:05:01+08:00", "event_id": _FILED["event_id"],
+                    "msg_id": _FILED["event_id"],
                     "data": "{\"event_id\": \"8a1c9a52-…\", …}", "data_bytes": 512, "truncated": False}},
 }
 

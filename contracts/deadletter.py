@@ -37,6 +37,7 @@ class DeadLetter(BaseModel):
     dead_lettered_at: datetime
     event_id: UUID | None = Field(description="the event's id, when its envelope names a valid one; "
                                               "null for a message that is no readable event")
+    msg_id: str | None = Field(default=None, description="the refused message's Nats-Msg-Id header, if it had one")
     data: str = Field(description=f"the message as received, as UTF-8 (bytes that are not: U+FFFD), "
                                   f"cut at {MAX_DATA_CHARACTERS} characters")
     data_bytes: int = Field(ge=0, description="the size of the message as received")

@@ -198,6 +198,7 @@ async def test_outside_system_publishes_facts(registry: httpx.AsyncClient, nc: n
         assert any("not JSON" in r for r in reasons), reasons
         # The dead letter carries the event's id when the message names one.
         assert {str(d.event_id) for d in letters if d.event_id} == {str(bad.event_id)}
+        assert {m.headers.get("Cso-Event-Id") for m in dead.messages if m.headers} == {str(bad.event_id), ""}
         assert all(not d.truncated and d.data_bytes == len(d.data.encode()) for d in letters)
         assert all(m.headers and m.headers.get("Cso-Reason") for m in dead.messages)
     db = await asyncpg.connect(settings.database_url)
