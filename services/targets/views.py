@@ -88,10 +88,10 @@ async def targets(conn: AsyncConnection, code: str, history: bool = True,
 async def definitions_on(conn: AsyncConnection, day: date, region: str | None = None,
                          under: str | None = None) -> list[TargetInstance]:
     """The target instances of `region` (or of every region under `under`) in force on `day`."""
+    where, param = ("region = :r", region) if under is None else ("region LIKE :r", under + "%")
     rows = await conn.execute(text(
         f"SELECT id, instance, from_day FROM {SCHEMA}.target_instance_version "
-        "WHERE (region = :r OR region LIKE :p) ORDER BY id, recorded_at"),
-        {"r": region, "p": (under + "%") if under is not None else None})
+        f"WHERE {where} ORDER BY id, recorded_at"), {"r": param})
     versions: dict[str, list[Version]] = {}
     for id_, data, from_day in rows:
         versions.setdefault(id_, []).append(
@@ -106,13 +106,19 @@ async def evaluated_on(conn: AsyncConnection, instances: list[TargetInstance], d
     status the service had recorded in force that day (target_history), if it was running then."""
     evaluated = await evaluation.statuses(conn, instances, day)
     ids = [i.instance_id for i in instances]
+    # Without the history, only the last change up to the day (the status then in force).
+    last = "DISTINCT ON (instance_id)" if not history else ""
+    order = "instance_id, on_day DESC, changed_at DESC" if not history else "on_day, changed_at"
     hist = (await conn.execute(text(
-        f"SELECT instance_id, previous_status, status, value, on_day, changed_at "
+        f"SELECT {last} instance_id, previous_status, status, value, on_day, changed_at "
         f"FROM {SCHEMA}.target_history WHERE instance_id = ANY(:ids) AND on_day <= :d "
-        "ORDER BY on_day, changed_at"), {"ids": ids, "d": day})).mappings().all()
+        f"ORDER BY {order}"), {"ids": ids, "d": day})).mappings().all()
+    by_instance: dict[str, list[dict[str, Any]]] = {}
+    for h in hist:
+        by_instance.setdefault(h["instance_id"], []).append(dict(h))
     out = []
     for i, (status, value) in zip(instances, evaluated, strict=True):
-        own = [dict(h) for h in hist if h["instance_id"] == i.instance_id]
+        own = by_instance.get(i.instance_id, [])
         row: dict[str, Any] = {
             "id": i.instance_id, "target_id": i.spec_id, "region": i.region, "figure": i.figure,
             "threshold": i.threshold, "deadline": i.deadline, "status": status.value, "value": value,
