@@ -26,7 +26,7 @@ from typing import Any
 from . import servers
 from .stack import READY_TIMEOUT, SERVICES, Stack, StackError, http_get, read_stack_file
 
-PARTS: tuple[str, ...] = ("registry", "targets", "training", "notify", "nats", "postgres")
+PARTS: tuple[str, ...] = ("registry", "targets", "training", "notify", "console", "nats", "postgres")
 CONTROL_DIR = "control"
 TAIL_LINES = 15  # of the dead part's log, in cso up's output
 RESTART_TIMEOUT = 120.0  # a PostgreSQL restart waits for its shutdown checkpoint and recovery

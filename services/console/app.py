@@ -220,10 +220,12 @@ def create_app(settings: Settings | None = None, urls: Urls | None = None,
                     crumbs=await _names(session, ancestors(body["code"], session.who.region)), as_of=as_of)
 
     @app.get("/regions/{code}/children", response_class=HTMLResponse, **SCOPED)
-    async def branch(request: Request, code: str, depth: int = 1, session: Session = who) -> HTMLResponse:
+    async def branch(request: Request, code: str, depth: int = 1, as_of: str | None = None,
+                     session: Session = who) -> HTMLResponse:
         """The rows of a region's children, for htmx to open a branch of the tree in place."""
-        body = await upstream.get(session, "targets", f"/coverage/{part(code)}")
-        return page(request, "rows.html", children=body.get("children") or [], depth=min(depth, 5))
+        body = await upstream.get(session, "targets", f"/coverage/{part(code)}", as_of=as_of or None)
+        return page(request, "rows.html", children=body.get("children") or [], depth=min(depth, 5),
+                    day=as_of or None)
 
     async def _names(session: Session, codes: list[str]) -> list[tuple[str, str]]:
         bodies = await asyncio.gather(*(upstream.get(session, "targets", f"/coverage/{c}") for c in codes),
@@ -232,10 +234,10 @@ def create_app(settings: Settings | None = None, urls: Urls | None = None,
 
     @app.get("/behind/{code}", response_class=HTMLResponse, **SCOPED)
     async def behind(request: Request, code: str, limit: int = Query(20, ge=1, le=1000),
-                     session: Session = who) -> HTMLResponse:
-        body = await upstream.get(session, "targets", f"/behind/{part(code)}", limit=limit)
-        return page(request, "behind.html", body=body, code=code,
-                    crumbs=await _names(session, [*ancestors(code, session.who.region), code]))
+                     target: str | None = None, session: Session = who) -> HTMLResponse:
+        body = await upstream.get(session, "targets", f"/behind/{part(code)}", limit=limit, target=target or None)
+        return page(request, "behind.html", body=body, code=code, target=target,
+                    crumbs=await _names(session, ancestors(code, session.who.region)))
 
     @app.get("/training/{code}", response_class=HTMLResponse, **SCOPED)
     async def training(request: Request, code: str, session: Session = who) -> HTMLResponse:

@@ -20,7 +20,7 @@ OUT = Path(__file__).resolve().parents[2] / "docs" / "console"
 # (file, the token's region, the page, what to wait for)
 SHOTS = (
     ("region-tree.png", "510681", "/regions/510681", "button[aria-label='展开 雒城街道']"),
-    ("behind.png", "5111", "/behind/5111?limit=5", "table.behind"),
+    ("behind.png", "5111", "/behind/5111?target=leshan-avg-urban&limit=8", "table.behind"),
     ("plan-ledger.png", "510681", "/plans/guanghan-2024-chuangtese", "table.ledger"),
 )
 

@@ -40,7 +40,9 @@ def client(seen: list[httpx.Request]) -> Iterator[TestClient]:
         if request.url.path.startswith("/coverage/") and request.url.path.endswith("/series"):
             return httpx.Response(200, json=[{"month": "2024-01-01", "value": 1}, {"month": "2024-02-01", "value": 2}])
         if request.url.path.startswith("/coverage/"):
-            return httpx.Response(200, json={**COUNTY, "code": request.url.path.split("/")[2]})
+            code = request.url.path.split("/")[2]
+            return httpx.Response(200, json={**COUNTY, "code": code, "children": [
+                {**COUNTY, "code": code + "001", "name": "<script>alert(1)</script>街道", "tier": "township"}]})
         return httpx.Response(404, json={"ok": False, "errors": [{"field": "path", "message": "nothing here"}]})
 
     settings = Settings(auth="jwt", jwt_secret=SECRET)
@@ -136,3 +138,16 @@ def test_numbers_and_trends_as_an_official_reads_them() -> None:
 def test_the_breadcrumb_stays_within_the_token() -> None:
     assert ancestors("510681001014", "") == ["51", "5106", "510681", "510681001"]
     assert ancestors("510681001014", "510681") == ["510681", "510681001"]
+
+
+def test_a_day_is_asked_of_targets_and_kept_down_the_tree(client: TestClient, seen: list[httpx.Request]) -> None:
+    page = signed(client, tok("510681")).get("/regions/510681?as_of=2024-03-15")
+    assert page.status_code == 200
+    assert [r.url.params.get("as_of") for r in seen if not r.url.path.endswith("/series")] == ["2024-03-15"]
+    assert 'href="/regions/510681001?as_of=2024-03-15"' in page.text
+    assert "/regions/510681001/children?depth=2&amp;as_of=2024-03-15" in page.text
+
+
+def test_what_the_services_answer_is_escaped(client: TestClient) -> None:
+    page = signed(client, tok("510681")).get("/regions/510681")
+    assert "<script>alert(1)</script>" not in page.text and "&lt;script&gt;alert(1)&lt;/script&gt;街道" in page.text
