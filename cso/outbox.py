@@ -75,15 +75,16 @@ async def add(conn: AsyncConnection, schema: str, topology: Topology,
 
 
 async def add_messages(conn: AsyncConnection, schema: str,
-                       rows: Sequence[tuple[UUID, str, str, str | None, bytes]]) -> int:
+                       rows: Sequence[tuple[UUID, str, str, str | None, bytes]], table: str = "outbox") -> int:
     """Stage messages of any kind on subjects of their own (id, subject, type, aggregate, data), e.g.
-    registry's receipts: a stream must take the subject. An id already staged is left as it is."""
+    registry's receipts (in a table of their own, `table`, with its own relay): a stream must take
+    the subject. An id already staged is left as it is."""
     if rows:
         # One statement for the whole batch (an executemany runs the insert once per row), in the
         # order given: the relay publishes by seq.
         ids, subjects, types, aggregates, data = (list(c) for c in zip(*rows, strict=True))
         await conn.execute(text(
-            f'INSERT INTO "{schema}".outbox (event_id, subject, type, aggregate_id, data) '
+            f'INSERT INTO "{schema}".{table} (event_id, subject, type, aggregate_id, data) '
             "SELECT e, s, t, a, d FROM unnest(CAST(:e AS uuid[]), CAST(:s AS text[]), CAST(:t AS text[]), "
             "CAST(:a AS text[]), CAST(:d AS bytea[])) WITH ORDINALITY AS u(e, s, t, a, d, n) ORDER BY n "
             "ON CONFLICT (event_id) DO NOTHING"),
@@ -101,8 +102,9 @@ class Relay:
 
     def __init__(self, engine: AsyncEngine, js: JetStreamContext, schema: str, service: str,
                  batch: int = 500, poll_seconds: float = 0.5,
-                 retention: timedelta = timedelta(days=30)) -> None:
+                 retention: timedelta = timedelta(days=30), table: str = "outbox") -> None:
         self.engine, self.js, self.schema, self.service = engine, js, schema, service
+        self.table = table  # another table of the outbox's columns, e.g. registry's receipt_outbox
         self.batch, self.poll_seconds, self.retention = batch, poll_seconds, retention
         self.wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -115,7 +117,7 @@ class Relay:
         """Publish one batch; returns how many rows it published."""
         async with self.engine.begin() as conn:
             rows = (await conn.execute(text(
-                f'SELECT seq, event_id, subject, data FROM "{self.schema}".outbox '
+                f'SELECT seq, event_id, subject, data FROM "{self.schema}".{self.table} '
                 "WHERE published_at IS NULL ORDER BY seq LIMIT :n FOR UPDATE SKIP LOCKED"),
                 {"n": self.batch})).all()
             if not rows:
@@ -127,7 +129,7 @@ class Relay:
                 # Fault injection (tests/faults): die between publish and commit, as a kill -9 would.
                 os._exit(137)
             await conn.execute(text(
-                f'UPDATE "{self.schema}".outbox o SET published_at = now(), stream = u.stream, '
+                f'UPDATE "{self.schema}".{self.table} o SET published_at = now(), stream = u.stream, '
                 "stream_seq = u.stream_seq FROM unnest(CAST(:seq AS bigint[]), CAST(:stream AS text[]), "
                 "CAST(:stream_seq AS bigint[])) AS u(seq, stream, stream_seq) WHERE o.seq = u.seq"),
                 {"seq": [r.seq for r in rows], "stream": [a.stream for a in acks],
@@ -138,14 +140,14 @@ class Relay:
     async def backlog(self) -> int:
         async with self.engine.connect() as conn:
             n = (await conn.execute(text(
-                f'SELECT count(*) FROM "{self.schema}".outbox WHERE published_at IS NULL'))).scalar_one()
+                f'SELECT count(*) FROM "{self.schema}".{self.table} WHERE published_at IS NULL'))).scalar_one()
         BACKLOG.labels(self.service).set(n)
         return int(n)
 
     async def purge(self) -> int:
         async with self.engine.begin() as conn:
             result = await conn.execute(text(
-                f'DELETE FROM "{self.schema}".outbox WHERE published_at < now() - CAST(:keep AS interval)'),
+                f'DELETE FROM "{self.schema}".{self.table} WHERE published_at < now() - CAST(:keep AS interval)'),
                 {"keep": self.retention})
         return int(result.rowcount)  # type: ignore[attr-defined]
 
@@ -181,7 +183,7 @@ class Relay:
             self.wake.clear()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self.run(), name=f"outbox-relay-{self.service}")
+        self._task = asyncio.create_task(self.run(), name=f"outbox-relay-{self.service}-{self.table}")
 
     async def stop(self) -> None:
         if self._task:

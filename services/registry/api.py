@@ -24,6 +24,7 @@ from cso import idempotency
 from cso.auth import PUBLIC, SCOPED, WRITE, Principal, source_of
 from cso.commands import parse_command
 from cso.consumer import OutOfScope, Rejected, Subscription
+from cso.outbox import Relay
 from cso.service import Runtime, errors_body
 
 from . import imports, receipts, sheet, store, verdicts, waiting
@@ -70,7 +71,7 @@ class FactsHandler:
         # Receipts (verdicts.py, receipts.py) and loss announcements (losses.py) read these.
         await note_sources(conn, events)
         await verdicts.tell(conn, self.runtime.topology, self.room.clock, settled, others)
-        if self.runtime.relay:
+        if settled.accepted and self.runtime.relay:
             self.runtime.relay.notify()
         # The consumer dead-letters this batch's refusals; those of facts woken from the room were
         # staged by tell (their messages were acked when they were parked).
@@ -167,6 +168,15 @@ def build(runtime: Runtime, clock: waiting.Clock = waiting.utc_now) -> FastAPI:
             runtime.relay.notify()
 
     runtime.every(waiting.sweeping(runtime.engine, room, tell, runtime.settings.waiting_sweep_seconds))
+
+    async def relay_receipts() -> None:
+        """Publishes the receipts (verdicts.OUTBOX) as the service's relay publishes its events."""
+        assert runtime.nc is not None
+        await Relay(runtime.engine, runtime.nc.jetstream(), store.SCHEMA, "registry-receipts",
+                    batch=runtime.settings.batch_size, retention=timedelta(days=runtime.settings.outbox_retention_days),
+                    table=verdicts.OUTBOX).run()
+
+    runtime.every(relay_receipts)
 
     # One subscriber for every command, so an unknown command gets a typed error, not silence.
     async def on_command(msg: NatsMessage) -> bytes:

@@ -6,8 +6,9 @@ id and region), `refused` (field, reason, a stable code), `duplicate` (the event
 before: the first verdict, which stands) or `waiting` (for a predecessor or the county's divisions,
 until when), and a fact that waited gets `accepted` or `refused` later.
 
-Receipts are staged in registry's outbox in the transaction of the verdict, so a crash loses
-neither or both; the relay publishes them to CSO_RECEIPTS with their receipt_id as Nats-Msg-Id.
+Receipts are staged in registry's `receipt_outbox` in the transaction of the verdict, so a crash
+loses neither or both; a relay of their own publishes them to CSO_RECEIPTS with their receipt_id as
+Nats-Msg-Id.
 Receipt ids are derived from what they answer (the event_id and verdict, or the message's stream
 sequence), so a verdict staged twice (a redelivery after a crash) is one receipt.
 
@@ -43,6 +44,9 @@ from .waiting import Clock, Settled, Waiter
 
 NAMESPACE = UUID("6f1d0c7e-3b7a-4d53-9f0e-2a4c8b1e5d90")   # receipt ids: uuid5 of what they answer
 REASON_CHARS = 1000
+# Receipts have an outbox of their own (migration 0007) and a relay of their own (api.build): the
+# `outbox` table stays the log of registry's events.
+OUTBOX = "receipt_outbox"
 
 ACTIONS = {
     "accepted": "nothing: it is in registry's record",
@@ -114,7 +118,7 @@ class Receipts:
             until=waiter.until, action=ACTIONS["waiting"], decided_at=self.now))
 
     async def stage(self, conn: AsyncConnection) -> int:
-        await outbox.add_messages(conn, SCHEMA, self.rows)
+        await outbox.add_messages(conn, SCHEMA, self.rows, table=OUTBOX)
         return len(self.rows)
 
 
@@ -158,7 +162,7 @@ async def _deadletter_waited(conn: AsyncConnection, topology: Topology, settled:
             "data_bytes": len(data.encode()), "truncated": len(data) > MAX_DATA_CHARACTERS}
         rows.append((receipt_id(envelope.event_id, "deadletter"), topology.deadletter_subject("registry"),
                      "DeadLetter", None, json.dumps(record).encode()))
-    await outbox.add_messages(conn, SCHEMA, rows)
+    await outbox.add_messages(conn, SCHEMA, rows, table=OUTBOX)
 
 
 class IntakeVerdicts:
