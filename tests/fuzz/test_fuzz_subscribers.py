@@ -30,7 +30,7 @@ from services.registry import app as registry_app
 from services.targets import app as targets_app
 from services.training import app as training_app
 from tests.fuzz import corpus
-from tests.fuzz.corpus import COMMUNITY, COUNTY, TOWNSHIP, Case
+from tests.fuzz.corpus import COMMUNITY, COUNTY, Case
 from tests.support import GUANGHAN, eventually, publish, recording, running
 
 pytestmark = pytest.mark.integration
@@ -69,9 +69,13 @@ async def snapshot(settings: Settings, schema: str) -> dict[str, str]:
         def row(t: str) -> str:
             return f"(to_jsonb(t) - '{WHEN_LOOKED[t]}')::text" if t in WHEN_LOOKED else "t::text"
 
+        # A refusal's receipt to its publisher is staged in the outbox too (services/registry/verdicts.py).
+        def only(t: str) -> str:
+            return " WHERE t.subject NOT LIKE '%cso.receipts.%'" if t == "outbox" else ""
+
         return {t: await db.fetchval(
             f'SELECT count(*) || \':\' || coalesce(md5(string_agg({row(t)}, \'|\' ORDER BY {row(t)})), \'\') '
-            f'FROM "{schema}"."{t}" t') for t in tables}
+            f'FROM "{schema}"."{t}" t{only(t)}') for t in tables}
     finally:
         await db.close()
 
@@ -239,8 +243,8 @@ async def test_registry_refuses_facts_that_break_a_rule_and_keeps_odd_text_verba
             (ev.OrganizationDeregistered(organization_id=org, reason="r", ended_on=d), "510681002010", "region"),
             (ev.TrainingCompleted(session_id=uuid.uuid4(), person_id=uuid.uuid4(), organizer_region=COUNTY,
                                   county_code=COUNTY, completed_on=d), COUNTY, "type"),
-            # Not yet known: retried (max_deliver), then dead-lettered.
-            (ev.HubDissolved(hub_id=uuid.uuid4(), dissolved_on=d), TOWNSHIP, "hub_id"),
+            # (A fact whose predecessor is not known yet waits in registry's waiting room instead:
+            # tests/integration/test_intake_verdicts.py.)
         ]
         odd = {uuid.uuid4(): name for name in corpus.ODD_BUT_VALID}
         async with recording(nc, t.deadletter_subject("registry"), t.stream("CSO_DEADLETTER")) as dead:
