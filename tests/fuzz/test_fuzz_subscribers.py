@@ -52,8 +52,9 @@ SERVICES: dict[str, tuple[Callable[[Settings], FastAPI], Callable[[Settings], No
 # Written for refused events too: the inbox claims an event id the handler then refuses (so a
 # redelivery is a duplicate), the position and BusWatch's record move past it.
 # Besides the consumers' own: registry's record of each refusal and of who publishes, which receipts
-# read (services/registry/receipts.py, losses.py): a refused fact writes them, and nothing else.
-BOOKKEEPING = ("inbox", "consumer_position", "bus_stream", "intake_refusal", "intake_source")
+# read (services/registry/receipts.py, losses.py), and the receipts staged for publishers
+# (receipt_outbox, services/registry/verdicts.py): a refused fact writes them, and nothing else.
+BOOKKEEPING = ("inbox", "consumer_position", "bus_stream", "intake_refusal", "intake_source", "receipt_outbox")
 # When a background job last looked, not what it found: targets' coalescer re-evaluates instances
 # whenever it runs (status and value are compared; target_history records every change).
 WHEN_LOOKED = {"target_instance": "evaluated_at"}
@@ -69,13 +70,9 @@ async def snapshot(settings: Settings, schema: str) -> dict[str, str]:
         def row(t: str) -> str:
             return f"(to_jsonb(t) - '{WHEN_LOOKED[t]}')::text" if t in WHEN_LOOKED else "t::text"
 
-        # A refusal's receipt to its publisher is staged in the outbox too (services/registry/verdicts.py).
-        def only(t: str) -> str:
-            return " WHERE t.subject NOT LIKE '%cso.receipts.%'" if t == "outbox" else ""
-
         return {t: await db.fetchval(
             f'SELECT count(*) || \':\' || coalesce(md5(string_agg({row(t)}, \'|\' ORDER BY {row(t)})), \'\') '
-            f'FROM "{schema}"."{t}" t{only(t)}') for t in tables}
+            f'FROM "{schema}"."{t}" t') for t in tables}
     finally:
         await db.close()
 
