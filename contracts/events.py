@@ -440,8 +440,14 @@ class TrainingSessionScheduled(Payload):
         return self.organizer_region
 
 
+TraineeRole = Literal["cso_leader", "social_worker", "volunteer", "hub_leader",
+                      "civil_affairs_assistant", "children_director", "community_worker"]
+
+
 class TrainingCompleted(Payload):
-    """One person-time: a person completed a session. Only an opaque person id travels."""
+    """One person-time: a person completed a session, pool member or not. Only an opaque person
+    id travels. `trainee_role` and `pool_member` came in contracts 1.2.0; an event without them is
+    from before, when only pool members (current or past) could complete a session."""
 
     TYPE = "TrainingCompleted"
     CONTEXT = "training"
@@ -451,6 +457,12 @@ class TrainingCompleted(Payload):
     organizer_region: RegionCode
     county_code: CountyCode
     completed_on: PastOrToday
+    trainee_role: TraineeRole | None = Field(
+        default=None, description="the trainee's role then: a pool role, or civil_affairs_assistant "
+        "(民政助理), children_director (儿童主任), community_worker (社区工作者); absent: not said")
+    pool_member: bool | None = Field(
+        default=None, description="whether the person was in a county's talent pool on completing "
+        "(the pool-only person-times count these); absent: an event of before 1.2.0, a pool member's")
 
     def region_of(self) -> str:
         return self.organizer_region

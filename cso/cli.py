@@ -642,8 +642,8 @@ COVERAGE_COLUMNS: tuple[tuple[str, str, str], ...] = (
 LEGEND = ("avg/urban, avg/rural: organizations per urban / rural community; street hub, town hub: "
           "share of streets / of towns and townships with an active hub; base cov.: share of streets, "
           "towns and townships covered by an incubation base; orgs: active organizations; party cov.: "
-          "share of organizations covered by party organizations; train. p-times: core-talent "
-          "training person-times (cumulative)")
+          "share of organizations covered by party organizations; train. p-times: training "
+          "person-times of every trainee, pool member or not (cumulative)")
 COMPARISON = {">=": "≥", "<=": "≤"}
 
 

@@ -1,7 +1,8 @@
 """Rebuild every projection from targets' fact log, compare it with the live tables row for row,
 and optionally put the rebuilt one in place, all while the consumers keep running. targets does
 it by itself at start when the projection predates its code (`upgrade`: coverage kept before
-communities were a tier, or kept per month before day-exact time).
+communities were a tier, or kept per month before day-exact time, or before completions told
+pool members from other trainees).
 
 The comparison reads one REPEATABLE READ snapshot, so facts arriving meanwhile neither count in
 the rebuild nor in the live tables it is compared with. `--apply` locks the projection tables for
@@ -113,6 +114,12 @@ async def stale(conn: AsyncConnection) -> str | None:
             "AND timeline IS NOT NULL) "
             f"AND NOT EXISTS (SELECT 1 FROM {SCHEMA}.coverage WHERE length(region) = 12)"))).scalar():
         return "organizations or divisions are counted but no community is (coverage kept before tier 12)"
+    # A completion's pulse names whether a pool member completed it since the pool-only person-times
+    # came in (issue 21); one of before never added to pool_training_person_times.
+    if (await conn.execute(text(
+            f"SELECT EXISTS (SELECT 1 FROM {SCHEMA}.entity e, jsonb_array_elements(e.timeline->'pulses') p "
+            "WHERE e.kind = 'person' AND jsonb_array_length(p->1) = 1)"))).scalar():
+        return "completions are counted but not pool_training_person_times (coverage kept before trainees)"
     # Flagged by a migration that changed how coverage is kept (0006: per day, not per month).
     flagged: str | None = (await conn.execute(text(
         f"SELECT reason FROM {SCHEMA}.projection_stale ORDER BY reason LIMIT 1"))).scalar()

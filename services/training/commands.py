@@ -17,7 +17,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from contracts.codes import CountyCode, RegionCode
 from contracts.events import CHINA, Name, PastOrToday, PlausibleDate, Reason
 
-from .domain import ORGANIZER_TIERS, Role, normalize_name, normalize_phone, validate_id_number
+from .domain import ORGANIZER_TIERS, Role, TraineeRole, normalize_name, normalize_phone, validate_id_number
 
 
 def today() -> date:
@@ -62,6 +62,27 @@ class AddMember(Command):
     @model_validator(mode="after")
     def _identifiable(self) -> AddMember:
         if self.id_number is None and self.phone is None:
+            raise ValueError("id_number: give an ID number, or a phone with the name, to tell people apart")
+        return self
+
+
+class AddTrainee(Command):
+    """Record a trainee outside the pools, so their completions count as person-times: a
+    民政助理 (civil_affairs_assistant), 儿童主任 (children_director), 社区工作者 (community_worker), or
+    one of the pool roles (cso_leader, social_worker 社会工作者, volunteer, hub_leader) held outside a
+    pool. Sent again for the same person, it corrects their role or county."""
+
+    person_id: UUID | None = None
+    county_code: CountyCode
+    role: TraineeRole
+    name: PersonName
+    id_number: IdNumber | None = None
+    phone: Phone | None = None
+    added_on: PastOrToday = Field(default_factory=today)
+
+    @model_validator(mode="after")
+    def _identifiable(self) -> AddTrainee:
+        if self.id_number is None and self.phone is None and self.person_id is None:
             raise ValueError("id_number: give an ID number, or a phone with the name, to tell people apart")
         return self
 
@@ -210,6 +231,7 @@ class AttendanceSheet(Command):
 
 COMMANDS: dict[str, type[Command]] = {
     "add_member": AddMember,
+    "add_trainee": AddTrainee,
     "update_member": UpdateMember,
     "remove_member": RemoveMember,
     "schedule": ScheduleSession,

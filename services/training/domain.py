@@ -122,6 +122,20 @@ def normalize_name(raw: str) -> str:
 
 Role = Literal["cso_leader", "social_worker", "volunteer", "hub_leader"]
 ROLES: tuple[Role, ...] = ("cso_leader", "social_worker", "volunteer", "hub_leader")
+# Who training may record a completion for (DESIGN §3: trainees are wider than the pools): the
+# pool roles, and those the plans train besides. The list is closed on purpose: a role is how
+# plans count trainees, so a misspelt one must be refused, not counted apart.
+TraineeRole = Literal["cso_leader", "social_worker", "volunteer", "hub_leader",
+                      "civil_affairs_assistant", "children_director", "community_worker"]
+TRAINEE_ROLES: dict[str, str] = {
+    "cso_leader": "社区社会组织负责人",
+    "social_worker": "社会工作者",
+    "volunteer": "志愿者",
+    "hub_leader": "枢纽型社会组织负责人",
+    "civil_affairs_assistant": "民政助理",
+    "children_director": "儿童主任",
+    "community_worker": "社区工作者",
+}
 TRAINING = UUID("6f1d3c52-7a0e-4b8e-9a57-2d1c9e0b6a11")   # namespace of derived ids
 
 
@@ -154,6 +168,17 @@ class Membership:
     @property
     def active(self) -> bool:
         return self.removed_on is None
+
+
+@dataclass(frozen=True)
+class Trainee:
+    """A person trained outside the pools (or besides their pool role): their role and the county
+    they work in, where their completions count when they are in no pool."""
+
+    person_id: UUID
+    role: str
+    county_code: str
+    added_on: date
 
 
 @dataclass(frozen=True)
@@ -194,6 +219,28 @@ class Completion:
     organizer_region: str
     county_code: str
     completed_on: date
+    role: str | None = None         # the trainee's role then (None: a person with no role on record)
+    in_pool: bool = False           # in a county's pool when they completed it
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Where a person's completion counts and as whom: their current pool membership, else their
+    trainee record, else their latest pool membership."""
+
+    county_code: str
+    role: str
+    in_pool: bool
+
+
+def standing(membership: Membership | None, trainee: Trainee | None) -> Standing | None:
+    if membership is not None and membership.active:
+        return Standing(membership.county_code, membership.role, True)
+    if trainee is not None:
+        return Standing(trainee.county_code, trainee.role, False)
+    if membership is not None:
+        return Standing(membership.county_code, membership.role, False)
+    return None
 
 
 def _missing(field: str, what: str, ident: UUID) -> Rejected:
@@ -290,6 +337,49 @@ def _check_organization(org_id: UUID | None, org: Organization | None, county: s
     if not org.community_code.startswith(county):
         raise Rejected("organization_id", f"organization {org_id} is in county {org.community_code[:6]}, "
                                           f"not {county}")
+
+
+@dataclass(frozen=True)
+class NewTrainee:
+    person_id: UUID | None
+    county_code: str
+    role: str
+    name: str
+    added_on: date
+    id_hash: str | None = None
+    id_masked: str | None = None
+    phone: str | None = None
+
+
+@dataclass(frozen=True)
+class TraineeAdded:
+    person: Person
+    trainee: Trainee
+    new_person: bool
+
+
+def add_trainee(identity: Identity, trainee: Trainee | None, county_known: bool, new: NewTrainee,
+                new_id: UUID) -> TraineeAdded:
+    """Record a trainee outside the pools (民政助理, 儿童主任, 社区工作者 …), or correct the role and
+    county of one on record. A pool member may be recorded too: while in a pool, their pool's county
+    and role still decide where their completions count."""
+    if not county_known:
+        raise Rejected("county_code", f"unknown county {new.county_code}")
+    if new.role not in TRAINEE_ROLES:
+        raise Rejected("role", f"{new.role!r} is not a trainee role ({', '.join(TRAINEE_ROLES)})")
+    person, key = _match(identity, new.person_id)
+    if person is not None and new.id_hash is not None and person.id_hash not in (None, new.id_hash):
+        raise Rejected("id_number", f"person {person.id} is on record with another ID number")
+    if trainee is not None and trainee == Trainee(trainee.person_id, new.role, new.county_code, trainee.added_on):
+        raise Rejected(key or "person_id", f"already on record as a trainee ({trainee.role}) of county "
+                                           f"{trainee.county_code} as person {trainee.person_id}")
+    if person is None:
+        person = Person(id=new.person_id or new_id)
+    person = replace(person, name=new.name, phone=new.phone or person.phone,
+                     id_hash=new.id_hash or person.id_hash, id_masked=new.id_masked or person.id_masked)
+    recorded = Trainee(person_id=person.id, role=new.role, county_code=new.county_code,
+                       added_on=trainee.added_on if trainee is not None else new.added_on)
+    return TraineeAdded(person, recorded, new_person=key == "")
 
 
 @dataclass(frozen=True)
@@ -425,10 +515,11 @@ def completion_id(session_id: UUID, person_id: UUID) -> UUID:
 
 
 def complete(session: Session | None, session_id: UUID, enrolments: Mapping[UUID, Enrolment],
-             counties: Mapping[UUID, str], person_ids: Sequence[UUID] | None,
+             standings: Mapping[UUID, Standing], person_ids: Sequence[UUID] | None,
              completed_on: date | None, today: date) -> tuple[Session, list[Completion]]:
     """Close a session: each attending person (or each of `person_ids`, who must have attended)
-    completes it once. `counties` gives each person's pool county (current, else latest)."""
+    completes it once, pool member or not. `standings` gives each person's county and role (see
+    `standing`); someone with neither counts in the organizer's county."""
     s = _open(session, session_id)
     day = completed_on or min(s.ends_on, today)
     if day < s.starts_on:
@@ -449,12 +540,15 @@ def complete(session: Session | None, session_id: UUID, enrolments: Mapping[UUID
         raise Rejected("session_id", f"nobody attended session {s.id}: record attendance first")
     done: list[Completion] = []
     for pid in chosen:
-        county = counties.get(pid) or (s.organizer_region[:6] if len(s.organizer_region) >= 6 else None)
+        known = standings.get(pid)
+        county = known.county_code if known else (s.organizer_region[:6] if len(s.organizer_region) >= 6
+                                                  else None)
         if county is None:
-            raise Rejected("person_ids", f"person {pid} is in no county pool and the organizer "
-                                         f"{s.organizer_region} is above county tier")
+            raise Rejected("person_ids", f"person {pid} is in no county pool, has no trainee record and "
+                                         f"the organizer {s.organizer_region} is above county tier")
         done.append(Completion(id=completion_id(s.id, pid), session_id=s.id, person_id=pid,
-                               organizer_region=s.organizer_region, county_code=county, completed_on=day))
+                               organizer_region=s.organizer_region, county_code=county, completed_on=day,
+                               role=known.role if known else None, in_pool=known.in_pool if known else False))
     return replace(s, status="completed", completed_on=day), done
 
 

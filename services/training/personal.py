@@ -58,7 +58,8 @@ async def _county_of(conn: AsyncConnection, who: Principal, person_id: UUID) -> 
 
 async def person_view(conn: AsyncConnection, who: Principal, person_id: UUID, unmasked: bool,
                       source: str) -> dict[str, Any]:
-    """A person, their pool memberships and exams: masked, or in full for a pii_reader (recorded)."""
+    """A person, their pool memberships, trainee record and exams: masked, or in full for a
+    pii_reader (recorded)."""
     if unmasked:
         who.require(PII_READER, personal=True)
     county = await _county_of(conn, who, person_id)

@@ -25,6 +25,7 @@ from cso.consumer import OutOfScope, Rejected
 from . import domain, sheet, store
 from .commands import (
     AddMember,
+    AddTrainee,
     CancelSession,
     Command,
     CompleteSession,
@@ -97,6 +98,9 @@ async def _handle(conn: AsyncConnection, cmd: Command, ctx: Context, scope: str 
         case AddMember():
             in_scope(cmd.county_code, scope)
             return await _add_member(conn, cmd, ctx)
+        case AddTrainee():
+            in_scope(cmd.county_code, scope)
+            return await _add_trainee(conn, cmd, ctx, scope)
         case UpdateMember():
             return await _update_member(conn, cmd, ctx, scope)
         case RemoveMember():
@@ -218,6 +222,30 @@ async def _add_member(conn: AsyncConnection, cmd: AddMember, ctx: Context) -> Do
                 extra={"person_id": str(added.person.id), "new_person": added.new_person})
 
 
+async def _add_trainee(conn: AsyncConnection, cmd: AddTrainee, ctx: Context, scope: str | None) -> Done:
+    digest, masked = _hash(ctx, cmd.id_number)
+    identity = domain.Identity(
+        by_person_id=await store.load_person(conn, cmd.person_id),
+        by_id_number=await store.person_by_hash(conn, digest),
+        by_contact=await store.person_by_contact(conn, cmd.phone, cmd.name, digest))
+    matched = identity.by_person_id or identity.by_id_number or identity.by_contact
+    if matched is not None:
+        # A person on record is another county's to correct: their officials' region decides.
+        in_scope(await store.person_county(conn, matched.id), scope)
+    added = domain.add_trainee(
+        identity, await store.load_trainee(conn, matched.id if matched else None),
+        await store.county_known(conn, cmd.county_code),
+        domain.NewTrainee(person_id=cmd.person_id, county_code=cmd.county_code, role=cmd.role, name=cmd.name,
+                          added_on=cmd.added_on, id_hash=digest, id_masked=masked, phone=cmd.phone),
+        uuid4())
+    await store.save_person(conn, added.person, ctx.source)
+    await store.save_trainee(conn, added.trainee, ctx.source)
+    log.info("%s person %s recorded as a trainee (%s) of %s", "new" if added.new_person else "known",
+             added.person.masked(), cmd.role, cmd.county_code)
+    return Done(str(added.person.id), cmd.county_code,
+                extra={"person_id": str(added.person.id), "new_person": added.new_person})
+
+
 async def _update_member(conn: AsyncConnection, cmd: UpdateMember, ctx: Context, scope: str | None) -> Done:
     digest, masked = _hash(ctx, cmd.id_number)
     membership = await store.load_membership(conn, cmd.person_id)
@@ -238,15 +266,15 @@ async def _update_member(conn: AsyncConnection, cmd: UpdateMember, ctx: Context,
 async def _complete(conn: AsyncConnection, cmd: CompleteSession, ctx: Context, scope: str | None) -> Done:
     session = await _session(conn, cmd.session_id, scope)
     enrolments = await store.load_enrolments(conn, cmd.session_id)
-    counties = await store.counties_of(conn, list(enrolments))
-    completed, completions = domain.complete(session, cmd.session_id, enrolments, counties, cmd.person_ids,
+    standings = await store.standings_of(conn, list(enrolments))
+    completed, completions = domain.complete(session, cmd.session_id, enrolments, standings, cmd.person_ids,
                                              cmd.completed_on, ctx.today)
     await store.save_session(conn, completed, ctx.source)
     await store.insert_completions(conn, completions, ctx.source)
     events = await _stage(conn, ctx, [
         (ev.TrainingCompleted(completion_id=c.id, session_id=c.session_id, person_id=c.person_id,
                               organizer_region=c.organizer_region, county_code=c.county_code,
-                              completed_on=c.completed_on),
+                              completed_on=c.completed_on, trainee_role=c.role, pool_member=c.in_pool),
          str(c.person_id), uuid5(domain.TRAINING, f"event:{c.id}"))
         for c in completions])
     return Done(str(completed.id), completed.organizer_region, events,

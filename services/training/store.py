@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts.events import DivisionsImported
 
-from .domain import Completion, Enrolment, Membership, Organization, Person, Session
+from .domain import Completion, Enrolment, Membership, Organization, Person, Session, Standing, Trainee, standing
 
 SCHEMA = "training"
 _PERSON = [f.name for f in fields(Person)]
@@ -154,13 +154,39 @@ async def update_membership(conn: AsyncConnection, m: Membership, source: str) -
         asdict(m) | {"source": source})
 
 
-async def counties_of(conn: AsyncConnection, person_ids: Sequence[UUID]) -> dict[UUID, str]:
-    """Each person's pool county: the current membership's, else the latest one's."""
-    rows = (await conn.execute(text(
-        f"SELECT DISTINCT ON (person_id) person_id, county_code FROM {SCHEMA}.membership "
+async def load_trainee(conn: AsyncConnection, person_id: UUID | None) -> Trainee | None:
+    if person_id is None:
+        return None
+    row = (await conn.execute(text(
+        f"SELECT person_id, role, county_code, added_on FROM {SCHEMA}.trainee WHERE person_id = :p "
+        "FOR UPDATE"), {"p": person_id})).mappings().first()
+    return Trainee(**row) if row else None
+
+
+async def save_trainee(conn: AsyncConnection, t: Trainee, source: str) -> None:
+    await conn.execute(text(
+        f"INSERT INTO {SCHEMA}.trainee (person_id, role, county_code, added_on, updated_by) "
+        "VALUES (:person_id, :role, :county_code, :added_on, :source) ON CONFLICT (person_id) DO UPDATE "
+        "SET role = excluded.role, county_code = excluded.county_code, updated_at = now(), "
+        "updated_by = excluded.updated_by"), asdict(t) | {"source": source})
+
+
+async def standings_of(conn: AsyncConnection, person_ids: Sequence[UUID]) -> dict[UUID, Standing]:
+    """Where each person's completions count and as whom (domain.standing): current pool membership,
+    else trainee record, else latest pool membership."""
+    memberships = {r["person_id"]: Membership(**r) for r in (await conn.execute(text(
+        f"SELECT DISTINCT ON (person_id) {', '.join(_MEMBERSHIP)} FROM {SCHEMA}.membership "
         "WHERE person_id = ANY(:ids) ORDER BY person_id, (removed_on IS NULL) DESC, added_on DESC, "
-        "seq DESC"), {"ids": list(person_ids)})).all()
-    return {r.person_id: r.county_code for r in rows}
+        "seq DESC"), {"ids": list(person_ids)})).mappings().all()}
+    trainees = {r["person_id"]: Trainee(**r) for r in (await conn.execute(text(
+        f"SELECT person_id, role, county_code, added_on FROM {SCHEMA}.trainee WHERE person_id = ANY(:ids)"),
+        {"ids": list(person_ids)})).mappings().all()}
+    out: dict[UUID, Standing] = {}
+    for pid in person_ids:
+        known = standing(memberships.get(pid), trainees.get(pid))
+        if known is not None:
+            out[pid] = known
+    return out
 
 
 async def hub_known(conn: AsyncConnection, hub_id: UUID) -> bool:
@@ -224,8 +250,8 @@ async def insert_completions(conn: AsyncConnection, completions: Sequence[Comple
         # The unique (session_id, person_id) is the last word on one completion per person per session.
         await conn.execute(text(
             f"INSERT INTO {SCHEMA}.completion (id, session_id, person_id, organizer_region, county_code, "
-            "completed_on, updated_by) VALUES (:id, :session_id, :person_id, :organizer_region, "
-            ":county_code, :completed_on, :source)"),
+            "completed_on, role, in_pool, updated_by) VALUES (:id, :session_id, :person_id, :organizer_region, "
+            ":county_code, :completed_on, :role, :in_pool, :source)"),
             [asdict(c) | {"source": source} for c in completions])
 
 
@@ -331,7 +357,11 @@ async def person_view(conn: AsyncConnection, person_id: UUID) -> dict[str, Any] 
     exams = (await conn.execute(text(
         f"SELECT year, level, passed, county_code FROM {SCHEMA}.exam WHERE person_id = :id "
         "ORDER BY year, level"), {"id": person_id})).mappings().all()
-    return dict(row) | {"memberships": [dict(m) for m in memberships], "exams": [dict(e) for e in exams]}
+    trainee = (await conn.execute(text(
+        f"SELECT role, county_code, added_on FROM {SCHEMA}.trainee WHERE person_id = :id"),
+        {"id": person_id})).mappings().first()
+    return dict(row) | {"memberships": [dict(m) for m in memberships], "exams": [dict(e) for e in exams],
+                        "trainee": dict(trainee) if trainee else None}
 
 
 async def trainings_of(conn: AsyncConnection, person_id: UUID) -> list[dict[str, Any]]:
@@ -363,8 +393,10 @@ async def outstanding_view(conn: AsyncConnection, county: str, year: int | None)
 # --- personal data rights: the data subject's export, erasure, and who asked -------------------
 
 async def person_county(conn: AsyncConnection, person_id: UUID) -> str | None:
-    """The county whose pool the person is in (or was in last): whose officials may see them."""
-    return (await counties_of(conn, [person_id])).get(person_id)
+    """The county whose pool the person is in, else the one they train in (their trainee record),
+    else whose pool they were in last: whose officials may see them."""
+    known = (await standings_of(conn, [person_id])).get(person_id)
+    return known.county_code if known else None
 
 
 async def audit_personal_data(conn: AsyncConnection, action: str, person_id: UUID | None, county: str | None,
@@ -394,6 +426,9 @@ async def person_export(conn: AsyncConnection, person_id: UUID) -> dict[str, Any
         "memberships": await rows(
             "SELECT county_code, role, organization_id, added_on, removed_on, removal_reason, hub_id, "
             f"updated_at, updated_by FROM {SCHEMA}.membership WHERE person_id = :id ORDER BY added_on, seq"),
+        "trainee": await rows(
+            f"SELECT role, county_code, added_on, updated_at, updated_by FROM {SCHEMA}.trainee "
+            "WHERE person_id = :id"),
         "trainings": await trainings_of(conn, person_id),
         "exams": await rows(
             f"SELECT year, level, passed, county_code, updated_at, updated_by FROM {SCHEMA}.exam "

@@ -182,6 +182,21 @@ async def test_projections_equal_recount_and_survive_shuffling(
         assert upgraded is not None and upgraded.applied and upgraded.differences
         assert await upgrade(engine) is None
         assert await coverage_by_day(settings.database_url) == before
+        # So is coverage kept before completions told pool members from other trainees (issue 21):
+        # training pulses without the mark, and no pool_training_person_times.
+        assert any(c == "pool_training_person_times" for _, c, _ in before)
+        db = await asyncpg.connect(settings.database_url)
+        await db.execute(
+            "UPDATE targets.entity SET timeline = jsonb_set(timeline, '{pulses}', (SELECT coalesce(jsonb_agg("
+            "CASE WHEN p->1->>0 = 'exam' THEN p ELSE jsonb_build_array(p->0, jsonb_build_array(p->1->0)) END), "
+            "'[]') FROM jsonb_array_elements(timeline->'pulses') p)) WHERE kind = 'person'")
+        for table in ("coverage", "coverage_now"):
+            await db.execute(f"DELETE FROM targets.{table} WHERE counter = 'pool_training_person_times'")
+        await db.close()
+        upgraded = await upgrade(engine)
+        assert upgraded is not None and upgraded.applied
+        assert await upgrade(engine) is None
+        assert await coverage_by_day(settings.database_url) == before
     finally:
         await engine.dispose()
 

@@ -556,3 +556,71 @@ async def test_completions_move_the_person_times_targets(settings: Settings, nc:
         await eventually(passes, timeout=20)
         await asyncio.sleep(1)
         assert await passes() == 1
+
+
+async def test_trainees_beyond_the_pools_count_in_person_times(settings: Settings, nc: nats.NATS) -> None:
+    """Issue 21: a 社区工作者 in no pool is recorded as a trainee, completes a session beside a pool
+    member, and counts in training_person_times (at the organizer's region) while the pool-only
+    figure counts the pool member alone; their data stays personal (masked, not on the bus)."""
+    from datetime import date
+
+    from cso.divisions import DEMO_DIVISIONS
+    from cso.divisions import publish_divisions as publish_demo
+    from services.targets import app as targets
+    from services.targets.evaluation import Clock
+
+    await asyncio.to_thread(run_migrations, settings)
+    await asyncio.to_thread(targets.run_migrations, settings)
+    county = "511102"
+    t = settings.topology
+    async with running(create_app, settings) as (_, client), \
+            running(lambda s: targets.create_app(s, Clock(fixed=date(2025, 12, 1))), settings) as (_, api), \
+            recording(nc, t.context_subjects("training"), t.stream("CSO_TRAINING")) as bus:
+        await publish_demo(nc.jetstream(), settings.topology, DEMO_DIVISIONS)
+        await divisions_loaded(settings, "training", "county", 12)
+        pooled = await add(nc, settings, name="骨干甲", serial=301, county_code=county,
+                           id_number=id_number(serial=301, region=county))
+        refused = await command(nc, settings, "add_trainee", {
+            "county_code": county, "role": "teacher", "name": "王芳", "phone": "13808381302"})
+        assert fields(refused) == ["role"]
+        worker = await command(nc, settings, "add_trainee", {
+            "county_code": county, "role": "community_worker", "name": "王芳",
+            "id_number": id_number(serial=302, region=county), "phone": "13808381302"})
+        assert worker["ok"] and worker["new_person"], worker
+        trainee = worker["person_id"]
+        session = await schedule(nc, settings, organizer_region=county)
+        for person in (pooled, trainee):
+            assert (await command(nc, settings, "enrol", {"session_id": session, "person_id": person}))["ok"]
+            assert (await command(nc, settings, "attend", {"session_id": session, "person_id": person}))["ok"]
+        done = await command(nc, settings, "complete", {"session_id": session})
+        assert done["ok"] and done["completed"] == 2, done
+
+        await eventually(lambda: _count(bus, 2, "TrainingCompleted"))
+        completed = {e["payload"]["person_id"]: e["payload"] for e in bus.events("TrainingCompleted")}
+        assert (completed[trainee]["trainee_role"], completed[trainee]["pool_member"],
+                completed[trainee]["county_code"]) == ("community_worker", False, county)
+        assert (completed[pooled]["trainee_role"], completed[pooled]["pool_member"]) == ("cso_leader", True)
+        assert "王芳" not in json.dumps([e for e in bus.events()], ensure_ascii=False)
+
+        async def counted() -> dict[str, Any] | None:
+            counters: dict[str, Any] = (await api.get(f"/coverage/{county}")).json()["counters"]
+            return counters if counters.get("training_person_times") == 2 else None
+
+        counters = await eventually(counted, timeout=30)
+        assert counters["pool_training_person_times"] == 1      # the pool member's only
+        assert counters["pool_members"] == 1 and counters["pool_members_trained"] == 1
+
+        async def leshan() -> bool:
+            rows = {r["target_id"]: r for r in (await api.get("/regions/5111/targets")).json()}
+            return bool(rows["leshan-training-person-times"]["value"] == 2)
+
+        await eventually(leshan, timeout=30)    # Leshan's 1,000 person-times count every trainee
+
+    # The trainee is no pool member, and is personal data like one: masked, seen in their county.
+    async with running(create_app, settings) as (_, client):
+        pool = (await client.get(f"/counties/{county}/pool")).json()
+        assert [m["person_id"] for m in pool["members"]] == [pooled]
+        person = (await client.get(f"/people/{trainee}")).json()
+        assert person["name"] == "王*" and person["phone"] == "138****1302"
+        assert person["trainee"]["role"] == "community_worker" and person["memberships"] == []
+        assert (await client.get(f"/people/{trainee}/trainings")).json()["completed"] == 1

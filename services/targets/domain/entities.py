@@ -324,8 +324,10 @@ def person_timeline(facts: Sequence[Fact]) -> Timeline:
                 county = None
         trained = first_trained is not None and first_trained <= day
         segments.append((day, (county, trained) if county else None))
-    pulses = tuple((c.completed_on, (c.organizer_region,)) for c in
-                   sorted(completions.values(), key=lambda c: str(c.completion_id)))
+    # Every completion is a person-time; the pool-only figure counts those by pool members. An event
+    # of before contracts 1.2.0 says nothing (None): only pool members could complete a session then.
+    pulses = tuple((c.completed_on, (c.organizer_region, POOL if c.pool_member is not False else OUTSIDE))
+                   for c in sorted(completions.values(), key=lambda c: str(c.completion_id)))
     # One exam per person, year and level: the latest record (a correction) decides.
     exams: dict[tuple[int, str], ev.QualificationExamRecorded] = {}
     for f in sorted(ordered, key=lambda f: (f.occurred_at, str(f.event_id))):
@@ -343,10 +345,16 @@ def _person_vector(state: State) -> Vector:
     return out
 
 
+POOL, OUTSIDE = "pool", "outside"   # a completion's pulse: by a pool member, or by another trainee
+
+
 def _person_pulse(pulse: State) -> Vector:
     if pulse[0] == "exam":
         return _count_at(pulse[1], "exam_passes")
-    return _count_at(pulse[0], "training_person_times")
+    out = _count_at(pulse[0], "training_person_times")
+    if pulse[1:] != (OUTSIDE,):     # (region,): a timeline kept before the pool-only counter
+        out.update(_count_at(pulse[0], "pool_training_person_times"))
+    return out
 
 
 vectors("person", _person_vector, _person_pulse)

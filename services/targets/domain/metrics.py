@@ -27,7 +27,8 @@ COUNTERS: tuple[str, ...] = (
     "hubs", "bases",
     "orgs_party_covered", "brand_orgs", "brand_projects", "hub_demo_orgs",
     "filings_functional", "filings_interest",  # cumulative: a year's new filings is a difference
-    "training_person_times",                  # cumulative completions (人次)
+    "training_person_times",                  # cumulative completions (人次), every trainee
+    "pool_training_person_times",             # the same, by talent-pool members only
     "pool_members", "pool_members_trained",
     "exam_passes",
 )
@@ -82,9 +83,13 @@ FIGURES: dict[str, Figure] = {f.name: f for f in (
     Figure("new_filings_interest", ("filings_interest",), yearly=True,
            description="new filings of interest and volunteer organizations in the year"),
     Figure("training_person_times", ("training_person_times",),
-           description="core-talent training person-times, cumulative"),
+           description="training person-times of every trainee, pool member or not, cumulative"),
     Figure("training_person_times_in_year", ("training_person_times",), yearly=True,
-           description="core-talent training person-times within the year"),
+           description="training person-times of every trainee within the year"),
+    Figure("pool_training_person_times", ("pool_training_person_times",),
+           description="training person-times of talent-pool members, cumulative"),
+    Figure("pool_training_person_times_in_year", ("pool_training_person_times",), yearly=True,
+           description="training person-times of talent-pool members within the year"),
     Figure("pool_trained_share", ("pool_members_trained",), ("pool_members",), "share",
            description="share of talent-pool members trained at least once"),
     Figure("exam_passes", ("exam_passes",), description="social-work qualification exam passes"),
