@@ -441,7 +441,7 @@ def draw(strategy: st.SearchStrategy[Any], n: int = EXAMPLES) -> list[Any]:
 
 # --- reading refusals ---------------------------------------------------------------------------
 
-_FIELD = re.compile(r"(?:^|; )([^:;]+): ")
+_FIELD = re.compile(r"(?:^|; )([^;]+?): ")  # non-greedy: a key may be ":" itself
 
 
 def fields_named(reason: str) -> list[str]:
