@@ -31,6 +31,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contracts import ContractError, Envelope, Topology, encode, parse_event
+from contracts.envelope import event_field
 from cso.consumer import NotYet, Rejected
 
 from .record import Recorded, record_batch
@@ -168,7 +169,7 @@ class Room:
             "ON CONFLICT (event_id) DO UPDATE SET waits_for = excluded.waits_for, field = excluded.field, "
             "reason = excluded.reason"),
             [{"seq": w.seq, "e": w.envelope.event_id, "s": w.envelope.source, "t": w.envelope.type,
-              "r": w.envelope.region, "w": w.reason.waits_for, "f": w.reason.field, "m": w.reason.message,
+              "r": w.envelope.region, "w": w.reason.waits_for, "f": event_field(w.reason.field), "m": w.reason.message,
               "d": encode(w.envelope), "a": w.arrived_at, "u": w.until} for w in waiters])
 
     async def sweep(self, conn: AsyncConnection, limit: int = SWEEP_BATCH) -> Settled:
