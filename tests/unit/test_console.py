@@ -43,6 +43,9 @@ def client(seen: list[httpx.Request]) -> Iterator[TestClient]:
             code = request.url.path.split("/")[2]
             return httpx.Response(200, json={**COUNTY, "code": code, "children": [
                 {**COUNTY, "code": code + "001", "name": "<script>alert(1)</script>街道", "tier": "township"}]})
+        if request.url.path == "/targets":
+            return httpx.Response(200, json=[{"id": "t", "spec": {"scope_region": "5111"}},
+                                             {"id": "u", "spec": {"scope_region": "510681"}}])
         return httpx.Response(404, json={"ok": False, "errors": [{"field": "path", "message": "nothing here"}]})
 
     settings = Settings(auth="jwt", jwt_secret=SECRET)
@@ -151,3 +154,10 @@ def test_a_day_is_asked_of_targets_and_kept_down_the_tree(client: TestClient, se
 def test_what_the_services_answer_is_escaped(client: TestClient) -> None:
     page = signed(client, tok("510681")).get("/regions/510681")
     assert "<script>alert(1)</script>" not in page.text and "&lt;script&gt;alert(1)&lt;/script&gt;街道" in page.text
+
+
+def test_home_is_the_officials_own_region_or_for_a_national_one_the_provinces(client: TestClient) -> None:
+    answer = signed(client, tok("510681")).get("/")
+    assert answer.status_code == 303 and answer.headers["location"] == "/regions/510681"
+    page = signed(client, tok("00")).get("/")
+    assert page.status_code == 200 and '<a href="/regions/51">' in page.text
