@@ -60,6 +60,10 @@ def test_a_page_without_sign_in_goes_to_sign_in_and_comes_back(up: CsoUp, page: 
 
 
 def test_drill_down_from_the_province_to_a_community(up: CsoUp, page: Any) -> None:
+    # Nothing refused on the way: no script, style or request blocked by the pages' CSP, no error.
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
     sign_in(page, base(up), token(up, "51", "planner"))
     assert page.url == f"{base(up)}/regions/51"
     assert page.get_by_role("heading", name=re.compile("四川省")).is_visible()
@@ -81,6 +85,7 @@ def test_drill_down_from_the_province_to_a_community(up: CsoUp, page: Any) -> No
     assert orgs.inner_text() == str(len(ORGANIZATIONS))
     # The breadcrumb leads back up, every step named.
     assert page.locator("nav.crumbs a").all_inner_texts() == ["四川省", "德阳市", "广汉市", "雒城街道"]
+    assert errors == []
 
 
 def test_a_county_official_sees_their_county_only(up: CsoUp, page: Any) -> None:
