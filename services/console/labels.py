@@ -26,7 +26,12 @@ FIGURES = {
     "brand_organizations": "品牌社区社会组织（个）",
     "brand_projects": "品牌活动项目（个）",
     "hub_demonstration_orgs": "枢纽型示范组织（个）",
+    "new_filings_functional": "新备案功能型组织（个）",
+    "new_filings_interest": "新备案兴趣型组织（个）",
     "training_person_times": "骨干人才培训（人次）",
+    "training_person_times_in_year": "本年度培训（人次）",
+    "pool_training_person_times": "人才库成员培训（人次）",
+    "pool_training_person_times_in_year": "本年度人才库成员培训（人次）",
     "pool_trained_share": "人才库培训覆盖率",
     "exam_passes": "考试通过（人）",
 }

@@ -161,3 +161,9 @@ def test_home_is_the_officials_own_region_or_for_a_national_one_the_provinces(cl
     assert answer.status_code == 303 and answer.headers["location"] == "/regions/510681"
     page = signed(client, tok("00")).get("/")
     assert page.status_code == 200 and '<a href="/regions/51">' in page.text
+
+
+def test_every_figure_targets_computes_has_a_chinese_name() -> None:
+    from services.targets.domain.metrics import FIGURES
+
+    assert set(FIGURES) - set(labels.FIGURES) == set()
