@@ -392,6 +392,10 @@ def db_roles(
     prefix: Annotated[str, typer.Option(
         help="Role names are PREFIX_<service> and PREFIX_dashboard (roles are per server: give each "
              "cso database on one server its own prefix).")] = "cso",
+    dashboard_scope: Annotated[list[str] | None, typer.Option(
+        help="A region code (repeatable): its dashboard role PREFIX_dashboard_<code> reads only rows "
+             "under that region (row-level security; infra/README.md, per-region dashboards). "
+             "Password: CSO_DASHBOARD_<code>_DB_PASSWORD.")] = None,
     data_dir: DataDir = DEFAULT_DATA_DIR,
 ) -> None:
     """Create or update one login role per service, owning its schema and nothing else, and a
@@ -400,18 +404,22 @@ def db_roles(
     Safe to run again: it also hands schemas created by another user to their service's role and
     revokes privileges outside the model. Passwords come from the environment only:
     CSO_<SERVICE>_DB_PASSWORD, or the password in CSO_<SERVICE>_DATABASE_URL (SERVICE: REGISTRY,
-    TARGETS, TRAINING, NOTIFY, DASHBOARD). A role whose password is not given keeps its own.
+    TARGETS, TRAINING, NOTIFY, DASHBOARD, DASHBOARD_<code>). A role whose password is not given
+    keeps its own. --dashboard-scope 5111 adds cso_dashboard_5111, which reads only rows under 5111
+    (row-level security); scoped roles that exist are kept on every run.
     Exit 1 if the database still departs from the model afterwards (each finding is printed).
     """
-    from .roles import ProvisionError, passwords_from_env, provision
+    from .roles import DASHBOARD, SERVICES, ProvisionError, passwords_from_env, provision, scoped
 
     url = _env("CSO_ADMIN_DATABASE_URL") or recorded(data_dir, "database")
     if url is None:
         raise fail("no database: set CSO_ADMIN_DATABASE_URL (a superuser of the cso database), or start "
                    f"the local stack (`cso up --data-dir {data_dir}`)", 2)
     try:
-        passwords = passwords_from_env(os.environ, prefix)
-        report = asyncio.run(provision(url, passwords, prefix=prefix))
+        scopes = list(dashboard_scope or [])
+        services = (*SERVICES, DASHBOARD, *(scoped(code) for code in scopes))
+        passwords = passwords_from_env(os.environ, prefix, services)
+        report = asyncio.run(provision(url, passwords, prefix=prefix, scopes=scopes))
     except (ProvisionError, ValueError) as e:
         raise fail(str(e), 2) from None
     except Exception as e:

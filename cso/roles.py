@@ -12,6 +12,13 @@ can run again at any time (every install and upgrade runs it before the migratio
   `targets` and SELECT on the tables the dashboards read (`DASHBOARD_TABLES`), in read-only
   transactions.
 - PUBLIC keeps no privilege on the database (CONNECT, TEMPORARY) nor CREATE on schema `public`.
+- per region scope asked for (`cso db roles --dashboard-scope 5111`), `<prefix>_dashboard_<scope>`:
+  the dashboard role's rights, and on the dashboard tables row-level security lets it read only
+  rows under its scope (`region LIKE '5111%'`; of the divisions, also the scope's ancestors, for
+  the path and the region chain's upper steps). RLS is enabled (not forced) on those tables: their
+  owner, targets, reads and writes them as before; `<prefix>_dashboard` has a policy that lets it
+  read every row; any other reader has none, so it reads nothing (fails closed). Scoped roles that
+  exist are kept on every later run (found by name).
 
 Migrations run as the schema's owner (`cso.database.run_env` switches to it when an admin
 connects), and targets' migrations grant the dashboard SELECT on the dashboard tables they create.
@@ -42,6 +49,10 @@ DASHBOARD = "dashboard"
 DASHBOARD_SCHEMA = "targets"
 DASHBOARD_TABLES: tuple[str, ...] = ("coverage_now", "division", "target_instance", "target_history")
 DEFAULT_PREFIX = "cso"
+# A region scope: a province, city, county, township or community code.
+SCOPE = re.compile(r"[0-9]{2}(?:[0-9]{2}(?:[0-9]{2}(?:[0-9]{3}(?:[0-9]{3})?)?)?)?")
+# The column of each dashboard table that names its region (target_history has none of its own).
+_REGION_COLUMN = {"coverage_now": "region", "division": "code", "target_instance": "region"}
 SCRAM_ITERATIONS = 4096  # PostgreSQL's default scram_iterations
 
 _NAME = re.compile(r"[a-z_][a-z0-9_]{0,40}")
@@ -52,12 +63,29 @@ class ProvisionError(RuntimeError):
     """The roles cannot be provisioned as asked (a bad prefix or password, missing rights)."""
 
 
+def scoped(scope: str) -> str:
+    """The service name of the dashboard role of one region scope: `dashboard_5111`."""
+    if not SCOPE.fullmatch(scope):
+        raise ProvisionError(f"dashboard scope {scope!r}: a region code of 2, 4, 6, 9 or 12 digits")
+    return f"{DASHBOARD}_{scope}"
+
+
+def is_dashboard(service: str) -> bool:
+    """DASHBOARD or a scoped dashboard (`dashboard_5111`)."""
+    return service == DASHBOARD or (service.startswith(f"{DASHBOARD}_")
+                                    and bool(SCOPE.fullmatch(service.removeprefix(f"{DASHBOARD}_"))))
+
+
 def role_name(service: str, prefix: str = DEFAULT_PREFIX) -> str:
-    """`cso_targets` for targets; `cso_dashboard` for DASHBOARD."""
-    if service not in (*SERVICES, DASHBOARD):
-        raise ValueError(f"unknown service {service!r}; one of {', '.join((*SERVICES, DASHBOARD))}")
+    """`cso_targets` for targets; `cso_dashboard` for DASHBOARD; `cso_dashboard_5111` for
+    scoped('5111')."""
+    if service not in (*SERVICES, DASHBOARD) and not is_dashboard(service):
+        raise ValueError(f"unknown service {service!r}; one of {', '.join((*SERVICES, DASHBOARD))} "
+                         f"or {DASHBOARD}_<region code>")
     if not _NAME.fullmatch(prefix):
         raise ProvisionError(f"role prefix {prefix!r}: lower-case letters, digits and _ only")
+    if len(f"{prefix}_{service}") > 63:  # PostgreSQL would cut the name short, silently
+        raise ProvisionError(f"role name {prefix}_{service}: longer than 63 characters (a shorter prefix)")
     return f"{prefix}_{service}"
 
 
@@ -120,23 +148,26 @@ def admin_dsn(url: str) -> str:
 
 
 async def provision(admin_url: str, passwords: Mapping[str, str | None] | None = None, *,
-                    prefix: str = DEFAULT_PREFIX) -> Report:
+                    prefix: str = DEFAULT_PREFIX, scopes: Sequence[str] = ()) -> Report:
     """Make the database of admin_url match the role model (see the module doc), in one transaction.
 
-    passwords: service (or DASHBOARD) -> password; a role not named keeps the password it has (a
-    new one gets none, and cannot log in with a password until it is given one). admin_url must
+    passwords: service (or DASHBOARD, or scoped(scope)) -> password; a role not named keeps the
+    password it has (a new one gets none, and cannot log in with a password until it is given
+    one). scopes: region codes that get a scoped dashboard role (those that exist are kept). admin_url must
     be a superuser, or a role with CREATEROLE that may SET ROLE to the service roles and owns
     (or is a member of the owners of) whatever must change hands.
     """
     passwords = dict(passwords or {})
-    unknown = set(passwords) - {*SERVICES, DASHBOARD}
+    asked = [scoped(s) for s in scopes]
+    unknown = set(passwords) - {*SERVICES, DASHBOARD, *asked}
     if unknown:
         raise ValueError(f"passwords for unknown services: {', '.join(sorted(unknown))}")
     verifiers = {s: scram_verifier(p) for s, p in passwords.items() if p is not None}
-    roles = {s: role_name(s, prefix) for s in (*SERVICES, DASHBOARD)}
     conn = await _asyncpg().connect(admin_dsn(admin_url), timeout=10)
     try:
         async with conn.transaction():
+            roles = {s: role_name(s, prefix)
+                     for s in (*SERVICES, DASHBOARD, *sorted({*asked, *await _scoped_services(conn, prefix)}))}
             # regclass, regtype and regprocedure print schema-qualified names under this path.
             await conn.execute("SET LOCAL search_path = pg_catalog")
             database = await conn.fetchval("SELECT current_database()")
@@ -146,7 +177,7 @@ async def provision(admin_url: str, passwords: Mapping[str, str | None] | None =
             for service, schema in SCHEMAS.items():
                 await _schema(conn, service, schema, roles[service], report)
                 await _schema_acl(conn, schema, roles, report)
-            await _dashboard(conn, roles[DASHBOARD], report)
+            await _dashboard(conn, [r for s, r in roles.items() if is_dashboard(s)], report)
             report.problems = await audit(conn, prefix)
     finally:
         await conn.close()
@@ -186,10 +217,17 @@ async def _roles(conn: Any, roles: Mapping[str, str], verifiers: Mapping[str, st
             await _run(conn, report, await conn.fetchval(
                 "SELECT format('ALTER ROLE %I PASSWORD %L', $1::text, $2::text)", role, verifiers[service]),
                 f"role {role}: password set")
-    dashboard = roles[DASHBOARD]
-    for setting, value in (("default_transaction_read_only", "on"), ("statement_timeout", "30s")):
-        await conn.execute(await conn.fetchval("SELECT format('ALTER ROLE %I SET %I = %L', $1::text, "
-                                               "$2::text, $3::text)", dashboard, setting, value))
+    for dashboard in (r for s, r in roles.items() if is_dashboard(s)):
+        for setting, value in (("default_transaction_read_only", "on"), ("statement_timeout", "30s")):
+            await conn.execute(await conn.fetchval("SELECT format('ALTER ROLE %I SET %I = %L', $1::text, "
+                                                   "$2::text, $3::text)", dashboard, setting, value))
+
+
+async def _scoped_services(conn: Any, prefix: str) -> list[str]:
+    """The scoped dashboard roles of this prefix that exist (`dashboard_5111`, ...)."""
+    names = await conn.fetch("SELECT rolname FROM pg_roles WHERE starts_with(rolname, $1) ORDER BY 1",
+                             f"{prefix}_{DASHBOARD}_")
+    return [s for s in (r["rolname"].removeprefix(f"{prefix}_") for r in names) if is_dashboard(s)]
 
 
 async def _database(conn: Any, database: str, roles: Mapping[str, str], report: Report) -> None:
@@ -276,7 +314,7 @@ async def _schema(conn: Any, service: str, schema: str, role: str, report: Repor
 async def _schema_acl(conn: Any, schema: str, roles: Mapping[str, str], report: Report) -> None:
     """Revoke every privilege in the schema held by anyone but its owner (the dashboard's own
     USAGE and SELECT excepted), and default privileges that would grant new ones."""
-    dashboard = roles[DASHBOARD]
+    dashboard = [r for s, r in roles.items() if is_dashboard(s)]
     allowed_usage = schema == DASHBOARD_SCHEMA
     tables = list(DASHBOARD_TABLES) if schema == DASHBOARD_SCHEMA else []
     rows = await conn.fetch("""
@@ -307,7 +345,7 @@ async def _schema_acl(conn: Any, schema: str, roles: Mapping[str, str], report: 
                CASE WHEN grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(grantee)) END AS who,
                CASE WHEN grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(grantee) END AS name
         FROM acl
-        WHERE NOT (grantee <> 0 AND pg_get_userbyid(grantee) = $2 AND NOT is_grantable AND col IS NULL
+        WHERE NOT (grantee <> 0 AND pg_get_userbyid(grantee) = ANY($2::text[]) AND NOT is_grantable AND col IS NULL
                    AND ((target LIKE 'SCHEMA %' AND privilege_type = 'USAGE' AND $4)
                         OR (readable AND privilege_type = 'SELECT')))
         ORDER BY 1, 2 NULLS FIRST, 4, 3
@@ -335,25 +373,96 @@ async def _schema_acl(conn: Any, schema: str, roles: Mapping[str, str], report: 
                    f"schema {schema}: default privileges of {r['creator']} for {r['name']} dropped")
 
 
-async def _dashboard(conn: Any, dashboard: str, report: Report) -> None:
-    await conn.execute(await conn.fetchval("SELECT format('GRANT USAGE ON SCHEMA %I TO %I', $1::text, $2::text)",
-                                           DASHBOARD_SCHEMA, dashboard))
+async def _dashboard(conn: Any, dashboards: Sequence[str], report: Report) -> None:
     present = [r["relname"] for r in await conn.fetch(
         "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = $1 AND c.relname = ANY($2::text[]) AND c.relkind IN ('r', 'p', 'v', 'm')",
+        "WHERE n.nspname = $1 AND c.relname = ANY($2::text[]) AND c.relkind IN ('r', 'p')",
         DASHBOARD_SCHEMA, list(DASHBOARD_TABLES))]
-    for table in present:
-        await conn.execute(await conn.fetchval("SELECT format('GRANT SELECT ON %I.%I TO %I', $1::text, $2::text, "
-                                               "$3::text)", DASHBOARD_SCHEMA, table, dashboard))
+    # Row security before the grants: a new scoped role never reads a row its policy would hide.
+    state = await conn.fetch(_ROW_SECURITY_STATE, DASHBOARD_SCHEMA, list(DASHBOARD_TABLES))
+    for statement, action in row_security(DASHBOARD_SCHEMA, dashboards, [tuple(r) for r in state]):
+        await _run(conn, report, statement, action)
+    for dashboard in dashboards:
+        await conn.execute(await conn.fetchval("SELECT format('GRANT USAGE ON SCHEMA %I TO %I', $1::text, "
+                                               "$2::text)", DASHBOARD_SCHEMA, dashboard))
+        for table in present:
+            await conn.execute(await conn.fetchval("SELECT format('GRANT SELECT ON %I.%I TO %I', $1::text, "
+                                                   "$2::text, $3::text)", DASHBOARD_SCHEMA, table, dashboard))
     missing = [t for t in DASHBOARD_TABLES if t not in present]
     if missing:
-        report.actions.append(f"{dashboard}: SELECT on {DASHBOARD_SCHEMA}.{', '.join(missing)} will be "
-                              f"granted by targets' migrations, which create them")
+        report.actions.append(f"{', '.join(dashboards)}: SELECT on {DASHBOARD_SCHEMA}.{', '.join(missing)} "
+                              f"will be granted by targets' migrations, which create them")
+
+
+# (table, row security enabled, policy names) of the dashboard tables that exist.
+_ROW_SECURITY_STATE = """
+    SELECT c.relname, c.relrowsecurity,
+           coalesce(array_agg(p.polname ORDER BY p.polname) FILTER (WHERE p.polname IS NOT NULL), '{}')
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         LEFT JOIN pg_policy p ON p.polrelid = c.oid
+    WHERE n.nspname = $1 AND c.relname = ANY($2::text[]) AND c.relkind IN ('r', 'p')
+    GROUP BY c.relname, c.relrowsecurity ORDER BY 1"""
+_READER = re.compile(r"([a-z_][a-z0-9_]*)_dashboard(?:_([0-9]+))?")
+
+
+def reader_scope(role: str) -> str | None:
+    """'' for a national dashboard role (`cso_dashboard`), the scope for `cso_dashboard_5111`,
+    None for any other role (it gets no policy, so reads no row of an RLS table)."""
+    m = _READER.fullmatch(role)
+    if m is None or (m[2] is not None and not SCOPE.fullmatch(m[2])):
+        return None
+    return m[2] or ""
+
+
+def policy_filter(schema: str, table: str, scope: str) -> str:
+    """The USING expression of a dashboard role's policy on one table (scope: validated digits)."""
+    if not scope:
+        return "true"
+    if not SCOPE.fullmatch(scope):
+        raise ProvisionError(f"dashboard scope {scope!r}: a region code of 2, 4, 6, 9 or 12 digits")
+    if table == "target_history":
+        # Its instance's region; target_instance's own policy applies inside the subquery too.
+        return (f"instance_id IN (SELECT id FROM {schema}.target_instance "
+                f"WHERE region LIKE '{scope}%')")
+    column = _REGION_COLUMN[table]
+    under = f"{column} LIKE '{scope}%'"
+    if table == "division":
+        # The scope's ancestors too (names only: their coverage and targets stay hidden), so that
+        # the dashboards' path and region chain start at the province.
+        return f"({under} OR '{scope}' LIKE {column} || '%')"
+    return under
+
+
+def row_security(schema: str, readers: Sequence[str],
+                 state: Sequence[tuple[str, bool, Sequence[str]]]) -> list[tuple[str, str | None]]:
+    """(statement, action or None) that enable RLS on the dashboard tables of `state` (from
+    _ROW_SECURITY_STATE) and give each reader its policy, named after it: created where missing,
+    altered to the expected filter where present (silently: it converges, like the grants)."""
+    out: list[tuple[str, str | None]] = []
+    for table, enabled, policies in state:
+        if table not in DASHBOARD_TABLES:
+            continue
+        if not enabled:
+            out.append((f'ALTER TABLE "{schema}"."{table}" ENABLE ROW LEVEL SECURITY',
+                        f"{schema}.{table}: row-level security enabled"))
+        for role in readers:
+            scope = reader_scope(role)
+            if scope is None:
+                continue
+            using = policy_filter(schema, table, scope)
+            if role in policies:
+                out.append((f'ALTER POLICY "{role}" ON "{schema}"."{table}" TO "{role}" USING ({using})', None))
+            else:
+                out.append((f'CREATE POLICY "{role}" ON "{schema}"."{table}" AS PERMISSIVE FOR SELECT '
+                            f'TO "{role}" USING ({using})',
+                            f"{schema}.{table}: policy {role} reads {'every row' if not scope else scope + '…'}"))
+    return out
 
 
 async def audit(conn: Any, prefix: str = DEFAULT_PREFIX) -> list[str]:
     """Where the database departs from the model: every finding is a sentence (empty: none)."""
-    roles = {s: role_name(s, prefix) for s in (*SERVICES, DASHBOARD)}
+    roles = {s: role_name(s, prefix) for s in (*SERVICES, DASHBOARD, *await _scoped_services(conn, prefix))}
+    dashboards = [r for s, r in roles.items() if is_dashboard(s)]
     problems: list[str] = []
     for role in roles.values():
         row = await conn.fetchrow(f"SELECT oid, rolcanlogin, {', '.join(_ATTRIBUTES)} FROM pg_roles "
@@ -386,7 +495,7 @@ async def audit(conn: Any, prefix: str = DEFAULT_PREFIX) -> list[str]:
             if other == owner:
                 continue
             usage = await conn.fetchval("SELECT has_schema_privilege($1, $2, 'USAGE')", other, schema)
-            if usage and not (other == roles[DASHBOARD] and schema == DASHBOARD_SCHEMA):
+            if usage and not (other in dashboards and schema == DASHBOARD_SCHEMA):
                 problems.append(f"role {other} may use schema {schema}")
             if await conn.fetchval("SELECT has_schema_privilege($1, $2, 'CREATE')", other, schema):
                 problems.append(f"role {other} may create in schema {schema}")
@@ -397,17 +506,24 @@ async def audit(conn: Any, prefix: str = DEFAULT_PREFIX) -> list[str]:
                     WHERE n.nspname = $2 AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
                       AND has_table_privilege($1, c.oid, p.privilege)
                     ORDER BY 1, 2""", other, schema):
-                if (other == roles[DASHBOARD] and schema == DASHBOARD_SCHEMA and r["privilege"] == "SELECT"
+                if (other in dashboards and schema == DASHBOARD_SCHEMA and r["privilege"] == "SELECT"
                         and r["relname"] in DASHBOARD_TABLES):
                     continue
                 problems.append(f"role {other} has {r['privilege']} on {schema}.{r['relname']}")
+    for table, enabled, policies in await conn.fetch(_ROW_SECURITY_STATE, DASHBOARD_SCHEMA, list(DASHBOARD_TABLES)):
+        if not enabled:
+            problems.append(f"{DASHBOARD_SCHEMA}.{table} has no row-level security: every dashboard role reads "
+                            "all of it")
+        problems += [f"{DASHBOARD_SCHEMA}.{table} has no policy for {d}: it reads no row of it"
+                     for d in dashboards if d not in policies]
     return problems
 
 
 def after_migrations(connection: Any, schema: str) -> None:
     """Run by `cso.database.run_env` as the schema's owner once a service's migrations are done:
-    the roles an admin allowed to read the schema (USAGE on it: the dashboard role, for targets)
-    get SELECT on its dashboard tables, including tables the migrations just created."""
+    the roles an admin allowed to read the schema (USAGE on it: the dashboard roles, for targets)
+    get SELECT on its dashboard tables, including tables the migrations just created, and those
+    tables row-level security with each reader's policy (row_security)."""
     from sqlalchemy import text
 
     if schema != DASHBOARD_SCHEMA:
@@ -420,6 +536,12 @@ def after_migrations(connection: Any, schema: str) -> None:
         "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = :s AND c.relname = ANY(CAST(:t AS text[])) AND c.relkind IN ('r', 'p', 'v', 'm')"),
         {"s": schema, "t": list(DASHBOARD_TABLES)}).scalars().all()
+    # Row security first (tables just created have none): a reader never sees more than its scope.
+    state = connection.execute(text(_ROW_SECURITY_STATE.replace("$1", "CAST(:s AS text)")
+                                    .replace("$2::text[]", "CAST(:t AS text[])")),
+                               {"s": schema, "t": list(DASHBOARD_TABLES)}).all()
+    for statement, _ in row_security(schema, readers, [tuple(r) for r in state]):
+        connection.execute(text(statement))
     for reader in readers:
         for table in tables:
             connection.execute(text(connection.execute(text(
@@ -450,6 +572,7 @@ def passwords_from_env(environ: Mapping[str, str], prefix: str = DEFAULT_PREFIX,
     return out
 
 
-__all__ = ["DASHBOARD", "DASHBOARD_SCHEMA", "DASHBOARD_TABLES", "DEFAULT_PREFIX", "SCHEMAS", "SERVICES",
-           "ProvisionError", "Report", "after_migrations", "audit", "passwords_from_env", "provision",
-           "role_name", "role_url", "scram_verifier", "url_password"]
+__all__ = ["DASHBOARD", "DASHBOARD_SCHEMA", "DASHBOARD_TABLES", "DEFAULT_PREFIX", "SCHEMAS", "SCOPE", "SERVICES",
+           "ProvisionError", "Report", "after_migrations", "audit", "is_dashboard", "passwords_from_env",
+           "policy_filter", "provision", "reader_scope", "role_name", "role_url", "row_security", "scoped",
+           "scram_verifier", "url_password"]

@@ -32,6 +32,8 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 
+from services.notify.domain import METRIC_LABELS, STATUS_LABELS
+
 OUT = Path(__file__).resolve().parent / "dashboards"
 
 PROMETHEUS = dm.DataSourceRef(type_val="prometheus", uid="prometheus")
@@ -94,6 +96,37 @@ def promql(expr: str, legend: str = "", ref_id: str = "A", instant: bool = False
 REGION = "${region:sqlstring}"
 SCOPE = "${scope:sqlstring}"
 
+# The coverage and at-risk dashboards speak Chinese (zh-CN), as officials read them; the labels are
+# notify's (the same words in messages, the console and here). The pipeline dashboard stays
+# English: its readers are operators, whose alerts (infra/prometheus/rules.yml), metric names and
+# runbook (infra/README.md) are English.
+FIGURE_ZH = {f: METRIC_LABELS[f][0] for f in FIGURES}
+STATUS_ZH = {s: STATUS_LABELS[s][0] for s in STATUSES}
+TIER_ZH = {"province": "省", "city": "市", "county": "县（市、区）", "township": "乡镇（街道）",
+           "community": "社区（村）"}
+KIND_ZH = {"street": "街道", "town": "乡镇", "urban": "城市社区", "rural": "农村社区"}
+COLUMN_ZH = {"code": "区划代码", "name": "名称", "tier": "层级", "kind": "类型", "target": "目标",
+             "figure": "指标", "threshold": "目标值", "value": "当前值", "deadline": "截止日期",
+             "status": "状态", "evaluated_at": "评估时间", "progress": "完成进度", "days_left": "剩余天数",
+             "since": "进入此状态", "changed_at": "变化时间", "on_day": "所属日期",
+             "previous_status": "原状态"}
+# The region chain, top down: variable name, tier, code length. Each step lists the children of
+# the step above; "All" (全部) at a step stops the chain there.
+CHAIN = (("province", "province", 2), ("city", "city", 4), ("county", "county", 6),
+         ("township", "township", 9), ("community", "community", 12))
+DRILL = tuple(f"to_{name}" for name, _, _ in CHAIN)
+
+
+def drill_columns(code: str) -> str:
+    """The chain's values that open the coverage dashboard at the region `code` (hidden columns
+    the data links read): its ancestors' codes and its own, All below it."""
+    columns = []
+    for name, _, length in CHAIN:
+        columns.append(f"left({code}, 2) AS to_{name}" if length == 2 else
+                       f"CASE WHEN length({code}) >= {length} THEN left({code}, {length}) "
+                       f"ELSE 'All' END AS to_{name}")
+    return ", ".join(columns)
+
 
 def counters_pivot(where: str) -> str:
     """One row per region with one column per counter the figures need."""
@@ -117,7 +150,7 @@ def figure_columns(alias: str, names: Iterable[str] = FIGURES) -> str:
 
 
 CHILDREN = f"""SELECT code, name FROM targets.division
-                WHERE parent_code = {REGION} AND tier IN ('city', 'county', 'township')"""
+                WHERE parent_code = {REGION} AND tier IN ('city', 'county', 'township', 'community')"""
 
 
 def children_against_targets(figures: Sequence[str]) -> Sql:
@@ -143,30 +176,49 @@ def children_against_targets(figures: Sequence[str]) -> Sql:
 
 
 def against_targets(title: str, figures: Sequence[str], unit: str) -> barchart.Panel:
-    return (barchart.Panel().title(title).datasource(POSTGRES)
-            .description("Each child's figure and, beside it (…_target), the threshold of its "
-                         "target with the next deadline (else the last one passed). No bar: no "
-                         "such target, or a share of nothing.")
-            .with_target(children_against_targets(figures)).span(12).height(9).unit(unit)
-            .x_field("name").x_tick_label_rotation(-45).show_value(cm.VisibilityMode.AUTO))
+    panel = (barchart.Panel().title(title).datasource(POSTGRES)
+             .description("每个下级的指标值，及其旁边（…目标值）该下级截止日期最近的目标的目标值"
+                          "（没有则取最近已过期的目标）。无柱：没有此类目标，或分母为零。")
+             .with_target(children_against_targets(figures)).span(12).height(9).unit(unit)
+             .x_field("name").x_tick_label_rotation(-45).show_value(cm.VisibilityMode.AUTO))
+    for f in figures:
+        panel = panel.override_by_name(f"{f}_target", [dm.DynamicConfigValue(
+            id_val="displayName", value=f"{FIGURE_ZH[f]}（目标值）")])
+    return zh_names(panel, figures)
 
 
-def coverage_link(field: str = "code") -> list[dict[str, object]]:
-    return [{"title": f"Drill down: coverage of ${{__data.fields.{field}}}",
-             "url": f"/d/{COVERAGE_UID}/coverage-vs-targets?${{__url_time_range}}"
-                    f"&var-region=${{__data.fields.{field}}}"}]
+def coverage_link() -> list[dict[str, object]]:
+    """A data link to the coverage dashboard at the row's region (its DRILL columns)."""
+    chain = "".join(f"&var-{name}=${{__data.fields.to_{name}}}" for name, _, _ in CHAIN)
+    return [{"title": "下钻：${__data.fields.name} 的覆盖情况",
+             "url": f"/d/{COVERAGE_UID}/coverage-vs-targets?${{__url_time_range}}{chain}"}]
 
 
-def links_on(panel: Any, fields: Iterable[str], link_field: str = "code") -> Any:
+def links_on(panel: Any, fields: Iterable[str]) -> Any:
+    """Data links on these fields; the DRILL columns they read are hidden from the table."""
     for name in fields:
-        panel = panel.override_by_name(name, [dm.DynamicConfigValue(id_val="links",
-                                                                    value=coverage_link(link_field))])
+        panel = panel.override_by_name(name, [dm.DynamicConfigValue(id_val="links", value=coverage_link())])
+    for name in DRILL:
+        panel = panel.override_by_name(name, [dm.DynamicConfigValue(id_val="custom.hidden", value=True)])
+    return panel
+
+
+def zh_names(panel: Any, fields: Iterable[str]) -> Any:
+    """Chinese display names of fields (SQL columns, or Prometheus series named by their legend)."""
+    names = FIGURE_ZH | STATUS_ZH | COLUMN_ZH
+    for name in fields:
+        panel = panel.override_by_name(name, [dm.DynamicConfigValue(id_val="displayName", value=names[name])])
     return panel
 
 
 def status_mappings() -> list[dm.ValueMapping]:
-    return [dm.ValueMap(options={s: dm.ValueMappingResult(text=s.replace("_", " "), color=c, index=i)
+    return [dm.ValueMap(options={s: dm.ValueMappingResult(text=STATUS_ZH[s], color=c, index=i)
                                  for i, (s, c) in enumerate(STATUS_COLORS.items())})]
+
+
+def word_mappings(words: dict[str, str]) -> list[dm.ValueMapping]:
+    return [dm.ValueMap(options={k: dm.ValueMappingResult(text=v, index=i)
+                                 for i, (k, v) in enumerate(words.items())})]
 
 
 def units(panel: Any, fields: Iterable[str]) -> Any:
@@ -176,17 +228,41 @@ def units(panel: Any, fields: Iterable[str]) -> Any:
     return panel
 
 
-def region_variable(name: str, label: str, include_all: bool = False) -> db.QueryVariable:
-    v = (db.QueryVariable(name).label(label).datasource(POSTGRES)
-         .query("SELECT name || ' (' || code || ')' AS __text, code AS __value "
-                "FROM targets.division WHERE tier IN ('province', 'city', 'county') ORDER BY code")
-         .refresh(dm.VariableRefresh.ON_DASHBOARD_LOAD).sort(dm.VariableSort.DISABLED)
-         .allow_custom_value(True))
-    if include_all:
-        # Grafana does not format a custom "All" value: ${scope:sqlstring} becomes this text as
-        # it stands, so it must already be the SQL literal (the empty prefix matches every region).
-        v = v.include_all(True).all_value("''")
-    return v
+ALL = dm.VariableOption(selected=True, text="All", value="$__all")
+
+
+def chain_variables() -> list[db.QueryVariable]:
+    """province → city → county → township → community, each listing the children of the step
+    above, then `region` (hidden): the deepest step chosen, what the panels read."""
+    out = []
+    for i, (name, tier, _) in enumerate(CHAIN):
+        parent = "" if i == 0 else f" AND parent_code = ${{{CHAIN[i - 1][0]}:sqlstring}}"
+        v = (db.QueryVariable(name).label(TIER_ZH[tier]).datasource(POSTGRES)
+             .query(f"SELECT name AS __text, code AS __value FROM targets.division "
+                    f"WHERE tier = '{tier}'{parent} ORDER BY code")
+             .refresh(dm.VariableRefresh.ON_DASHBOARD_LOAD).sort(dm.VariableSort.DISABLED))
+        if i > 0:
+            # Grafana does not format a custom "All" value: ${city:sqlstring} becomes this text as
+            # it stands, so it must already be the SQL literal (the empty code: no step chosen).
+            v = v.include_all(True).all_value("''").current(ALL)
+        out.append(v)
+    deepest = ", ".join(f"nullif(${{{name}:sqlstring}}, '')" for name, _, _ in reversed(CHAIN))
+    out.append(db.QueryVariable("region").label("地区").datasource(POSTGRES).hide(dm.VariableHide.HIDE_VARIABLE)
+               .query(f"SELECT name || ' (' || code || ')' AS __text, code AS __value "
+                      f"FROM targets.division WHERE code = coalesce({deepest})")
+               .refresh(dm.VariableRefresh.ON_DASHBOARD_LOAD).sort(dm.VariableSort.DISABLED))
+    return out
+
+
+def scope_variable() -> db.QueryVariable:
+    # Grafana does not format a custom "All" value (see chain_variables): the empty prefix
+    # matches every region the datasource's role may read.
+    return (db.QueryVariable("scope").label("范围（本级及下级）").datasource(POSTGRES)
+            .query("SELECT name || ' (' || code || ')' AS __text, code AS __value "
+                   "FROM targets.division WHERE tier IN ('province', 'city', 'county', 'township') "
+                   "ORDER BY code")
+            .refresh(dm.VariableRefresh.ON_DASHBOARD_LOAD).sort(dm.VariableSort.DISABLED)
+            .allow_custom_value(True).include_all(True).all_value("''"))
 
 
 # --- (a) coverage vs targets ----------------------------------------------------------------
@@ -196,14 +272,15 @@ def coverage_dashboard() -> db.Dashboard:
         SELECT {figure_columns('c')}
         FROM ({counters_pivot(f'region = {REGION}')}) c""")
     path = Sql(f"""
-        SELECT code, name, tier FROM targets.division
-        WHERE code IN (left({REGION}, 2), left({REGION}, 4), left({REGION}, 6), left({REGION}, 9))
+        SELECT code, name, tier, {drill_columns('code')} FROM targets.division
+        WHERE code IN (left({REGION}, 2), left({REGION}, 4), left({REGION}, 6), left({REGION}, 9),
+                       left({REGION}, 12))
         ORDER BY length(code)""")
     children = Sql(f"""
         WITH kids AS (
           SELECT code, name, tier, kind FROM targets.division
-          WHERE parent_code = {REGION} AND tier IN ('city', 'county', 'township'))
-        SELECT k.code, k.name, k.tier, k.kind, {figure_columns('c')}
+          WHERE parent_code = {REGION} AND tier IN ('city', 'county', 'township', 'community'))
+        SELECT k.code, k.name, k.tier, k.kind, {figure_columns('c')}, {drill_columns('k.code')}
         FROM kids k LEFT JOIN ({counters_pivot('region IN (SELECT code FROM kids)')}) c
           ON c.region = k.code
         ORDER BY k.code""")
@@ -215,8 +292,8 @@ def coverage_dashboard() -> db.Dashboard:
         FROM targets.target_instance WHERE region = {REGION}
         ORDER BY deadline, target_id""")
 
-    status_stat = (stat.Panel().title("Targets by status in ${region} and below")
-                   .description("target_instance rows of this region and every region under it.")
+    status_stat = (stat.Panel().title("${region} 及下级的目标状态")
+                   .description("本地区及其所有下级地区的目标实例（targets.target_instance）按状态计数。")
                    .datasource(POSTGRES).with_target(by_status).span(8).height(6)
                    .color_mode(cm.BigValueColorMode.BACKGROUND).graph_mode(cm.BigValueGraphMode.NONE)
                    .reduce_options(cb.ReduceDataOptions().values(False).calcs(["lastNotNull"])
@@ -224,72 +301,83 @@ def coverage_dashboard() -> db.Dashboard:
     for s, color in STATUS_COLORS.items():
         status_stat = status_stat.override_by_name(s, [dm.DynamicConfigValue(
             id_val="color", value={"mode": "fixed", "fixedColor": color})])
+    status_stat = zh_names(status_stat, STATUSES)
+    codes = [dm.DynamicConfigValue(id_val="mappings", value=word_mappings(TIER_ZH | KIND_ZH))]
 
-    return (
-        db.Dashboard("Coverage vs targets").uid(COVERAGE_UID).tags(["cso", "coverage", "targets"])
-        .description("Coverage of a region and its children, tier by tier, against its targets. "
-                     "Click a child (or a step of the path) to drill down; townships come from SQL.")
+    dashboard = (
+        db.Dashboard("覆盖情况与目标").uid(COVERAGE_UID).tags(["cso", "coverage", "targets"])
+        .description("一个地区及其下级（省、市、县、乡镇、社区）的社区社会组织覆盖情况与目标。"
+                     "逐级选择地区，或点击下级（路径中的上级）下钻；乡镇和社区只有 PostgreSQL 数据。")
         .time("now-90d", "now").refresh("1m").timezone("browser").editable()
-        .with_variable(region_variable("region", "Region"))
-        .with_variable(db.CustomVariable("figure").label("Figure (children over time)")
-                       .values(",".join(FIGURES)).current(dm.VariableOption(
-                           selected=True, text="orgs", value="orgs")))
-        .with_row(db.Row("${region}: coverage now (PostgreSQL)"))
-        .with_panel(links_on(table.Panel().title("Path").datasource(POSTGRES).with_target(path)
-                             .description("The region's ancestors: click one to go up.")
-                             .span(4).height(6), ["code", "name"]))
-        .with_panel(units(stat.Panel().title("Coverage of ${region}").datasource(POSTGRES)
-                          .description("Figures from targets.coverage_now, computed as targets "
-                                       "computes them (shares of nothing are empty).")
-                          .with_target(here).span(12).height(6)
-                          .graph_mode(cm.BigValueGraphMode.NONE)
-                          .reduce_options(cb.ReduceDataOptions().values(False)
-                                          .calcs(["lastNotNull"]).fields("/.*/")), FIGURES))
+    )
+    for variable in chain_variables():
+        dashboard = dashboard.with_variable(variable)
+    return (
+        dashboard
+        .with_variable(db.CustomVariable("figure").label("指标（下级随时间变化）")
+                       .values(",".join(f"{FIGURE_ZH[f]} : {f}" for f in FIGURES))
+                       .current(dm.VariableOption(selected=True, text=FIGURE_ZH["orgs"], value="orgs")))
+        .with_row(db.Row("${region}：当前覆盖情况（PostgreSQL）"))
+        .with_panel(zh_names(links_on(table.Panel().title("路径").datasource(POSTGRES).with_target(path)
+                                      .description("本地区的各级上级：点击返回上级。")
+                                      .override_by_name("tier", codes)
+                                      .span(4).height(6), ["code", "name"]), ["code", "name", "tier"]))
+        .with_panel(zh_names(units(stat.Panel().title("${region} 覆盖情况").datasource(POSTGRES)
+                                   .description("取自 targets.coverage_now，算法与目标服务相同"
+                                                "（分母为零的比例为空）。")
+                                   .with_target(here).span(12).height(6)
+                                   .graph_mode(cm.BigValueGraphMode.NONE)
+                                   .reduce_options(cb.ReduceDataOptions().values(False)
+                                                   .calcs(["lastNotNull"]).fields("/.*/")), FIGURES),
+                             FIGURES))
         .with_panel(status_stat)
-        .with_panel(units(links_on(table.Panel().title("Children of ${region}: drill down")
-                                   .description("Cities of a province, counties of a city, "
-                                                "townships of a county. Click a code or name.")
-                                   .datasource(POSTGRES).with_target(children)
-                                   .span(24).height(12).filterable(True), ["code", "name"]),
-                          FIGURES))
-        .with_panel(against_targets("Organizations per urban / rural community of the children, "
-                                    "against their targets", AVERAGES, "short"))
-        .with_panel(against_targets("Hub and incubation-base coverage of the children, against "
-                                    "their targets", HUBS_AND_BASES, "percentunit"))
-        .with_panel(table.Panel().title("Targets of ${region}").datasource(POSTGRES)
-                    .with_target(region_targets).span(24).height(8)
-                    .override_by_name("status", [
-                        dm.DynamicConfigValue(id_val="mappings", value=status_mappings()),
-                        dm.DynamicConfigValue(id_val="custom.cellOptions",
-                                              value={"type": "color-background"})]))
-        .with_row(db.Row("${region} over time (Prometheus: province, city and county tiers)"))
-        .with_panel(timeseries.Panel().title("Shares").datasource(PROMETHEUS).unit("percentunit")
-                    .min(0).max(1).span(8).height(8)
-                    .with_target(promql(
-                        f'max by (figure) (cso_coverage{{region="$region", '
-                        f'figure=~"{"|".join(SHARES)}"}})', "{{figure}}")))
-        .with_panel(timeseries.Panel().title("Organizations per community").datasource(PROMETHEUS)
-                    .span(8).height(8)
-                    .with_target(promql(
-                        f'max by (figure) (cso_coverage{{region="$region", '
-                        f'figure=~"{"|".join(AVERAGES)}"}})', "{{figure}}")))
-        .with_panel(timeseries.Panel().title("Organizations and training person-times")
-                    .datasource(PROMETHEUS).span(8).height(8)
-                    .with_target(promql(
-                        'max by (figure) (cso_coverage{region="$region", '
-                        'figure=~"orgs|training_person_times"})', "{{figure}}")))
-        .with_panel(timeseries.Panel().title("Children of ${region}: ${figure}")
-                    .description("Cities of a province, counties of a city (no township series: "
-                                 "see the table above).")
+        .with_panel(zh_names(units(links_on(
+            table.Panel().title("${region} 的下级：点击下钻")
+            .description("省的市、市的县（市、区）、县的乡镇（街道）、乡镇的社区（村）。点击代码或名称下钻。")
+            .datasource(POSTGRES).with_target(children).span(24).height(12).filterable(True)
+            .override_by_name("tier", codes).override_by_name("kind", codes), ["code", "name"]),
+            FIGURES), [*FIGURES, "code", "name", "tier", "kind"]))
+        .with_panel(against_targets("下级的城市 / 农村社区平均社会组织数与目标", AVERAGES, "short"))
+        .with_panel(against_targets("下级的枢纽型组织与培育基地覆盖率与目标", HUBS_AND_BASES,
+                                    "percentunit"))
+        .with_panel(zh_names(table.Panel().title("${region} 的目标").datasource(POSTGRES)
+                             .with_target(region_targets).span(24).height(8)
+                             .override_by_name("status", [
+                                 dm.DynamicConfigValue(id_val="mappings", value=status_mappings()),
+                                 dm.DynamicConfigValue(id_val="custom.cellOptions",
+                                                       value={"type": "color-background"})])
+                             .override_by_name("figure", [dm.DynamicConfigValue(
+                                 id_val="mappings", value=word_mappings(FIGURE_ZH))]),
+                             ["target", "figure", "threshold", "value", "deadline", "status", "evaluated_at"]))
+        .with_row(db.Row("${region} 随时间变化（Prometheus：省、市、县三级）"))
+        .with_panel(zh_names(timeseries.Panel().title("覆盖率").datasource(PROMETHEUS).unit("percentunit")
+                             .min(0).max(1).span(8).height(8)
+                             .with_target(promql(
+                                 f'max by (figure) (cso_coverage{{region="$region", '
+                                 f'figure=~"{"|".join(SHARES)}"}})', "{{figure}}")), SHARES))
+        .with_panel(zh_names(timeseries.Panel().title("社区平均社会组织数").datasource(PROMETHEUS)
+                             .span(8).height(8)
+                             .with_target(promql(
+                                 f'max by (figure) (cso_coverage{{region="$region", '
+                                 f'figure=~"{"|".join(AVERAGES)}"}})', "{{figure}}")), AVERAGES))
+        .with_panel(zh_names(timeseries.Panel().title("社会组织数与培训人次")
+                             .datasource(PROMETHEUS).span(8).height(8)
+                             .with_target(promql(
+                                 'max by (figure) (cso_coverage{region="$region", '
+                                 'figure=~"orgs|training_person_times"})', "{{figure}}")),
+                             ["orgs", "training_person_times"]))
+        .with_panel(timeseries.Panel().title("${region} 的下级：${figure}")
+                    .description("省的市、市的县（乡镇和社区没有时间序列：见上方表格）。")
                     .datasource(PROMETHEUS).span(12).height(9)
                     .with_target(promql(
                         'max by (region) (cso_coverage{region=~"${region}[0-9]{2}", '
                         'figure="$figure"})', "{{region}}")))
-        .with_panel(timeseries.Panel().title("Targets by status over time, ${region} and below")
-                    .datasource(PROMETHEUS).span(12).height(9)
-                    .with_target(promql(
-                        'count by (status) (max by (target, region, status) '
-                        '(cso_target_status{region=~"${region}.*"}) == 1)', "{{status}}")))
+        .with_panel(zh_names(timeseries.Panel().title("${region} 及下级的目标状态变化")
+                             .datasource(PROMETHEUS).span(12).height(9)
+                             .with_target(promql(
+                                 'count by (status) (max by (target, region, status) '
+                                 '(cso_target_status{region=~"${region}.*"}) == 1)', "{{status}}")),
+                             STATUSES))
     )
 
 
@@ -306,7 +394,8 @@ def at_risk_dashboard() -> db.Dashboard:
                CASE WHEN ti.threshold <> 0 THEN ti.value / ti.threshold END AS progress,
                ti.deadline, ti.deadline - current_date AS days_left,
                (SELECT max(h.changed_at) FROM targets.target_history h
-                 WHERE h.instance_id = ti.id AND h.status = ti.status) AS since
+                 WHERE h.instance_id = ti.id AND h.status = ti.status) AS since,
+               {drill_columns('ti.region')}
         FROM targets.target_instance ti
         LEFT JOIN targets.division d ON d.code = ti.region
         WHERE ti.status IN ('at_risk', 'missed') AND ti.region LIKE {SCOPE} || '%'
@@ -319,7 +408,7 @@ def at_risk_dashboard() -> db.Dashboard:
         GROUP BY 1, 2 ORDER BY 1""", fmt="time_series")
     recent = Sql(f"""
         SELECT h.changed_at, h.on_day, ti.region AS code, d.name, ti.target_id AS target,
-               h.previous_status, h.status, h.value
+               h.previous_status, h.status, h.value, {drill_columns('ti.region')}
         FROM targets.target_history h JOIN targets.target_instance ti ON ti.id = h.instance_id
         LEFT JOIN targets.division d ON d.code = ti.region
         WHERE $__timeFilter(h.changed_at) AND ti.region LIKE {SCOPE} || '%'
@@ -329,33 +418,39 @@ def at_risk_dashboard() -> db.Dashboard:
                                               value={"type": "color-background"})]
 
     return (
-        db.Dashboard("Targets at risk").uid(AT_RISK_UID).tags(["cso", "targets"])
-        .description("Target instances whose straight-line trajectory says they will be missed "
-                     "(at_risk) or whose deadline passed unmet (missed).")
+        db.Dashboard("有风险和未完成的目标").uid(AT_RISK_UID).tags(["cso", "targets"])
+        .description("按直线趋势将无法按期完成（有风险），或截止日期已过仍未达标（未完成）的目标实例。")
         .time("now-90d", "now").refresh("5m").timezone("browser").editable()
-        .with_variable(region_variable("scope", "Within region", include_all=True))
-        .with_panel(stat.Panel().title("At risk / missed").datasource(POSTGRES).with_target(counts)
-                    .span(6).height(6).color_mode(cm.BigValueColorMode.BACKGROUND)
-                    .graph_mode(cm.BigValueGraphMode.NONE)
-                    .override_by_name("at_risk", [dm.DynamicConfigValue(
-                        id_val="color", value={"mode": "fixed", "fixedColor": "orange"})])
-                    .override_by_name("missed", [dm.DynamicConfigValue(
-                        id_val="color", value={"mode": "fixed", "fixedColor": "red"})]))
-        .with_panel(timeseries.Panel().title("Status changes into at_risk / missed, per day")
-                    .datasource(POSTGRES).with_target(changes).span(18).height(6)
-                    .draw_style(cm.GraphDrawStyle.BARS).fill_opacity(60))
-        .with_panel(links_on(table.Panel().title("Targets at risk or missed").datasource(POSTGRES)
-                             .with_target(at_risk).span(24).height(14).filterable(True)
-                             .override_by_name("status", status_overrides)
-                             .override_by_name("progress", [dm.DynamicConfigValue(
-                                 id_val="unit", value="percentunit")])
-                             .override_by_name("days_left", [dm.DynamicConfigValue(
-                                 id_val="unit", value="d")]), ["code", "name"]))
-        .with_panel(links_on(table.Panel().title("Recent status changes").datasource(POSTGRES)
-                             .with_target(recent).span(24).height(10)
-                             .override_by_name("status", status_overrides)
-                             .override_by_name("previous_status", status_overrides),
-                             ["code", "name"]))
+        .with_variable(scope_variable())
+        .with_panel(zh_names(stat.Panel().title("有风险 / 未完成").datasource(POSTGRES).with_target(counts)
+                             .span(6).height(6).color_mode(cm.BigValueColorMode.BACKGROUND)
+                             .graph_mode(cm.BigValueGraphMode.NONE)
+                             .override_by_name("at_risk", [dm.DynamicConfigValue(
+                                 id_val="color", value={"mode": "fixed", "fixedColor": "orange"})])
+                             .override_by_name("missed", [dm.DynamicConfigValue(
+                                 id_val="color", value={"mode": "fixed", "fixedColor": "red"})]),
+                             ["at_risk", "missed"]))
+        .with_panel(zh_names(timeseries.Panel().title("每天转为有风险 / 未完成的目标数")
+                             .datasource(POSTGRES).with_target(changes).span(18).height(6)
+                             .draw_style(cm.GraphDrawStyle.BARS).fill_opacity(60), ["at_risk", "missed"]))
+        .with_panel(zh_names(links_on(
+            table.Panel().title("有风险或未完成的目标").datasource(POSTGRES)
+            .with_target(at_risk).span(24).height(14).filterable(True)
+            .override_by_name("status", status_overrides)
+            .override_by_name("tier", [dm.DynamicConfigValue(id_val="mappings", value=word_mappings(TIER_ZH))])
+            .override_by_name("figure", [dm.DynamicConfigValue(id_val="mappings",
+                                                               value=word_mappings(FIGURE_ZH))])
+            .override_by_name("progress", [dm.DynamicConfigValue(id_val="unit", value="percentunit")])
+            .override_by_name("days_left", [dm.DynamicConfigValue(id_val="unit", value="d")]),
+            ["code", "name"]),
+            ["status", "code", "name", "tier", "target", "figure", "threshold", "value", "progress",
+             "deadline", "days_left", "since"]))
+        .with_panel(zh_names(links_on(
+            table.Panel().title("最近的状态变化").datasource(POSTGRES)
+            .with_target(recent).span(24).height(10)
+            .override_by_name("status", status_overrides)
+            .override_by_name("previous_status", status_overrides), ["code", "name"]),
+            ["changed_at", "on_day", "code", "name", "target", "previous_status", "status", "value"]))
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import itertools
 import json
 import re
 from pathlib import Path
@@ -113,12 +114,70 @@ def test_variables_query_the_divisions() -> None:
                 assert var["allValue"] == "''", name
 
 
+CHAIN = ("province", "city", "county", "township", "community")
+CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+def test_officials_dashboards_speak_chinese() -> None:
+    """Coverage and at-risk: titles, descriptions, rows, variable labels and the columns' and
+    series' display names in Chinese (the pipeline dashboard is the operators', in English)."""
+    for name in ("cso-coverage.json", "cso-targets-at-risk.json"):
+        d = dashboards()[name]
+        assert CJK.search(d["title"]) and CJK.search(d["description"]), name
+        for p in d["panels"]:
+            assert CJK.search(p["title"]), (name, p["title"])
+            assert not p.get("description") or CJK.search(p["description"]), (name, p["title"])
+        for var in d["templating"]["list"]:
+            assert CJK.search(var["label"]), (name, var["name"])
+        for p in panels(d):
+            for o in p.get("fieldConfig", {}).get("overrides", []):
+                for prop in o["properties"]:
+                    if prop["id"] == "displayName":
+                        assert CJK.search(prop["value"]), (name, p["title"], prop)
+                    if prop["id"] == "mappings":
+                        texts = [r["text"] for m in prop["value"] for r in m["options"].values()]
+                        assert texts and all(CJK.search(t) for t in texts), (name, p["title"], texts)
+    coverage = dashboards()["cso-coverage.json"]
+    names = {prop["value"] for p in panels(coverage) for o in p.get("fieldConfig", {}).get("overrides", [])
+             for prop in o["properties"] if prop["id"] == "displayName"}
+    assert {"城市社区平均拥有社区社会组织数", "有风险", "区划代码"} <= names
+    assert not CJK.search(json.dumps(dashboards()["cso-pipeline.json"]["title"], ensure_ascii=False))
+
+
+def test_the_region_chain_reaches_the_community() -> None:
+    """province → city → county → township → community, each step the children of the one
+    above; `region` (hidden) the deepest step chosen; every drill-down link sets the whole chain."""
+    d = dashboards()["cso-coverage.json"]
+    variables = {v["name"]: v for v in d["templating"]["list"]}
+    assert list(variables)[:6] == [*CHAIN, "region"]
+    assert "tier = 'province'" in variables["province"]["query"] and not variables["province"]["includeAll"]
+    for parent, child in itertools.pairwise(CHAIN):
+        v = variables[child]
+        assert f"tier = '{child}' AND parent_code = ${{{parent}:sqlstring}}" in v["query"], child
+        assert v["includeAll"] and v["allValue"] == "''" and v["current"]["value"] == "$__all", child
+    assert variables["region"]["hide"] == 2
+    assert all(f"${{{step}:sqlstring}}" in variables["region"]["query"] for step in CHAIN)
+    linked = 0
+    for name, dashboard in dashboards().items():
+        for p in panels(dashboard):
+            for o in p.get("fieldConfig", {}).get("overrides", []):
+                for prop in o["properties"]:
+                    if prop["id"] == "links":
+                        linked += 1
+                        url = prop["value"][0]["url"]
+                        assert url.startswith("/d/cso-coverage/"), url
+                        assert all(f"var-{step}=${{__data.fields.to_{step}}}" in url for step in CHAIN), url
+                        sql = p["targets"][0]["rawSql"]
+                        assert all(f"AS to_{step}" in sql for step in CHAIN), (name, p["title"])
+                        hidden = {o["matcher"]["options"] for o in p.get("fieldConfig", {}).get("overrides", [])
+                                  if {"id": "custom.hidden", "value": True} in o["properties"]}
+                        assert hidden == {f"to_{step}" for step in CHAIN}, (name, p["title"])
+    assert linked >= 6
+
+
 def test_coverage_dashboard_covers_tiers_and_drills_down() -> None:
     d = dashboards()["cso-coverage.json"]
-    children = panel(d, "Children of ${region}: drill down")
-    links = [prop["value"] for o in children["fieldConfig"]["overrides"] for prop in o["properties"]
-             if prop["id"] == "links"]
-    assert links and all("var-region=${__data.fields.code}" in link[0]["url"] for link in links)
+    children = panel(d, "${region} 的下级：点击下钻")
     assert "parent_code = ${region:sqlstring}" in children["targets"][0]["rawSql"]
     prom = [t["expr"] for p in panels(d) for t in p["targets"] if "expr" in t]
     assert any("cso_coverage" in e for e in prom) and any("cso_target_status" in e for e in prom)
@@ -154,6 +213,12 @@ def test_provisioning_matches_the_dashboards_and_compose() -> None:
 # --- the SQL runs (integration) -----------------------------------------------------------------
 
 def substitute(sql: str, **variables: str) -> str:
+    """sql as Grafana sends it: ${name:sqlstring} quoted; the region chain's steps, unless given,
+    those of `region` (All, the empty literal, below it)."""
+    if "region" in variables:
+        region = variables["region"]
+        for step, length in zip(CHAIN, (2, 4, 6, 9, 12), strict=True):
+            variables.setdefault(step, region[:length] if len(region) >= length else "")
     sql = re.sub(r"\$__timeFilter\(([\w.]+)\)",
                  r"\1 BETWEEN now() - interval '400 days' AND now() + interval '1 day'", sql)
     for name, value in variables.items():
@@ -231,7 +296,7 @@ async def test_coverage_sql_matches_targets_figures(targets_db: asyncpg.Connecti
         sql = panel(d, title)["targets"][0]["rawSql"]
         return list(await targets_db.fetch(substitute(sql, region=region)))
 
-    (row,) = await run("Coverage of ${region}", "5111")
+    (row,) = await run("${region} 覆盖情况", "5111")
     counters = {r["counter"]: r["value"] for r in await targets_db.fetch(
         "SELECT counter, value FROM targets.coverage_now WHERE region = '5111'")}
     for name in ("orgs", "avg_orgs_per_urban_community", "avg_orgs_per_rural_community",
@@ -244,20 +309,50 @@ async def test_coverage_sql_matches_targets_figures(targets_db: asyncpg.Connecti
             assert row[name] == pytest.approx(expected), name
     assert row["avg_orgs_per_urban_community"] == 12 and row["towns_with_hub_share"] == 0
 
-    assert [r["code"] for r in await run("Children of ${region}: drill down", "5111")] == ["511102", "511111"]
-    townships = await run("Children of ${region}: drill down", "511102")
+    children = "${region} 的下级：点击下钻"
+    assert [r["code"] for r in await run(children, "5111")] == ["511102", "511111"]
+    townships = await run(children, "511102")
     assert [(r["code"], r["tier"], r["orgs"]) for r in townships] == [
         ("511102001", "township", 24), ("511102100", "township", None)]
-    assert await run("Children of ${region}: drill down", "511102001") == []  # no community tier
-    assert [r["code"] for r in await run("Path", "511102001")] == ["51", "5111", "511102", "511102001"]
-    (status,) = await run("Targets by status in ${region} and below", "51")
+    (community,) = await run(children, "511102001")
+    assert (community["code"], community["tier"]) == ("511102001001", "community")
+    assert [community[f"to_{step}"] for step in CHAIN] == ["51", "5111", "511102", "511102001", "511102001001"]
+    assert [r["to_county"] for r in await run(children, "5111")] == ["511102", "511111"]
+    assert {r["to_township"] for r in await run(children, "5111")} == {"All"}
+    assert [r["code"] for r in await run("路径", "511102001001")] == [
+        "51", "5111", "511102", "511102001", "511102001001"]
+    (status,) = await run("${region} 及下级的目标状态", "51")
     assert dict(status) == {"met": 1, "on_track": 0, "at_risk": 1, "missed": 1}
+
+
+@pytest.mark.integration
+async def test_the_region_variable_is_the_deepest_step(targets_db: asyncpg.Connection) -> None:
+    """Each step lists the children of the one above; `region` resolves to the deepest chosen."""
+    variables = {v["name"]: v["query"] for v in dashboards()["cso-coverage.json"]["templating"]["list"]}
+
+    async def options(name: str, **chosen: str) -> list[str]:
+        values = {step: "" for step in CHAIN} | chosen
+        return [r["__value"] for r in await targets_db.fetch(substitute(variables[name], **values))]
+
+    assert await options("province") == ["51"]
+    assert await options("city", province="51") == ["5111"]
+    assert await options("county", province="51", city="5111") == ["511102", "511111"]
+    assert await options("township", county="511102") == ["511102001", "511102100"]
+    assert await options("community", township="511102001") == ["511102001001"]
+    assert await options("county", province="51") == []  # city All: nothing to list below it
+    assert await options("region", province="51") == ["51"]
+    assert await options("region", province="51", city="5111", county="511102") == ["511102"]
+    assert await options("region", province="51", city="5111", county="511102", township="511102001",
+                         community="511102001001") == ["511102001001"]
+    (text,) = await targets_db.fetch(substitute(variables["region"], province="51", city="5111", county="",
+                                                township="", community=""))
+    assert text["__text"] == "乐山市 (5111)"
 
 
 @pytest.mark.integration
 async def test_at_risk_sql(targets_db: asyncpg.Connection) -> None:
     d = dashboards()["cso-targets-at-risk.json"]
-    sql = panel(d, "Targets at risk or missed")["targets"][0]["rawSql"]
+    sql = panel(d, "有风险或未完成的目标")["targets"][0]["rawSql"]
     rows = await targets_db.fetch(substitute(sql, scope=""))
     assert [(r["status"], r["target"], r["name"]) for r in rows] == [
         ("missed", "hubs", "乐山市"), ("at_risk", "urban-12", "乐山市")]
@@ -265,10 +360,10 @@ async def test_at_risk_sql(targets_db: asyncpg.Connection) -> None:
     assert rows[1]["since"] is not None
     assert await targets_db.fetch(substitute(sql, scope="44")) == []
     (counts,) = await targets_db.fetch(substitute(
-        panel(d, "At risk / missed")["targets"][0]["rawSql"], scope="5111"))
+        panel(d, "有风险 / 未完成")["targets"][0]["rawSql"], scope="5111"))
     assert dict(counts) == {"at_risk": 1, "missed": 1}
     series = await targets_db.fetch(substitute(
-        panel(d, "Status changes into at_risk / missed, per day")["targets"][0]["rawSql"], scope=""))
+        panel(d, "每天转为有风险 / 未完成的目标数")["targets"][0]["rawSql"], scope=""))
     assert sorted(r["metric"] for r in series) == ["at_risk", "missed"]
 
 
@@ -322,15 +417,35 @@ async def test_children_against_their_targets(targets_db: asyncpg.Connection) ->
         sql = panel(d, title)["targets"][0]["rawSql"]
         return [dict(r) for r in await targets_db.fetch(substitute(sql, region="5111"))]
 
-    averages = await rows("Organizations per urban / rural community of the children, against their targets")
+    averages = await rows("下级的城市 / 农村社区平均社会组织数与目标")
     assert averages == [
         {"name": "市中区", "avg_orgs_per_urban_community": 12, "avg_orgs_per_urban_community_target": 12,
          "avg_orgs_per_rural_community": None, "avg_orgs_per_rural_community_target": None},
         {"name": "沙湾区", "avg_orgs_per_urban_community": None, "avg_orgs_per_urban_community_target": None,
          "avg_orgs_per_rural_community": None, "avg_orgs_per_rural_community_target": None}]
-    (shizhong, _) = await rows("Hub and incubation-base coverage of the children, against their targets")
+    (shizhong, _) = await rows("下级的枢纽型组织与培育基地覆盖率与目标")
     assert shizhong["streets_with_hub_share_target"] == 1 and shizhong["towns_with_hub_share_target"] is None
     assert list(shizhong) == ["name", "streets_with_hub_share", "streets_with_hub_share_target",
                             "towns_with_hub_share", "towns_with_hub_share_target", "streets_with_base_share",
                             "streets_with_base_share_target", "towns_with_base_share",
                             "towns_with_base_share_target"]
+
+
+def test_grafana_speaks_chinese_and_a_region_gets_its_own_reader() -> None:
+    """compose sets Grafana's UI language; the region example (infra/README.md, per-region
+    dashboards) gives an organization the national datasource's uid under the region's scoped role,
+    the same dashboards, and no Prometheus (which has no row security)."""
+    from cso import roles
+
+    compose = yaml.safe_load((REPO / "compose.yaml").read_text())
+    assert compose["services"]["grafana"]["environment"]["GF_USERS_DEFAULT_LANGUAGE"] == "zh-Hans"
+    national = yaml.safe_load((GRAFANA / "provisioning/datasources/datasources.yml").read_text())
+    (postgres,) = [s for s in national["datasources"] if s["uid"] == "postgres"]
+    example = yaml.safe_load((GRAFANA / "region-example/datasources.yml").read_text())
+    (scoped,) = example["datasources"]
+    assert scoped["orgId"] != 1 and scoped["user"] == roles.role_name(roles.scoped("5111"))
+    assert {k: v for k, v in scoped.items() if k not in ("name", "orgId", "user", "secureJsonData")} == \
+        {k: v for k, v in postgres.items() if k not in ("name", "user", "secureJsonData")}
+    (provider,) = yaml.safe_load((GRAFANA / "region-example/dashboards.yml").read_text())["providers"]
+    (main,) = yaml.safe_load((GRAFANA / "provisioning/dashboards/dashboards.yml").read_text())["providers"]
+    assert provider["orgId"] == scoped["orgId"] and provider["options"] == main["options"]

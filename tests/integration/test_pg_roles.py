@@ -36,7 +36,7 @@ from services.targets import app as targets
 from services.targets.rebuild import rebuild
 from services.training import app as training
 from services.training.domain import id_check_character
-from tests.infra.test_infra_grafana import SEED, dashboards, panels, substitute
+from tests.infra.test_infra_grafana import SEED, dashboards, panel, panels, substitute
 from tests.support import GUANGHAN, eventually, publish, publish_divisions, running
 
 pytestmark = pytest.mark.integration
@@ -70,6 +70,8 @@ async def drop_roles(admin_url: str, prefix: str) -> None:
     names = [roles.role_name(s, prefix) for s in (*roles.SERVICES, roles.DASHBOARD)]
     db = await connect(admin_url)
     try:
+        names += [r["rolname"] for r in await db.fetch("SELECT rolname FROM pg_roles WHERE starts_with(rolname, $1)",
+                                                       f"{prefix}_{roles.DASHBOARD}_")]
         await db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = ANY($1)", names)
         existing = [r["rolname"] for r in await db.fetch("SELECT rolname FROM pg_roles WHERE rolname = ANY($1)",
                                                          names)]
@@ -397,6 +399,87 @@ async def test_the_dashboard_role_only_reads_the_dashboard_tables(
         assert await sqlstate(url, off, statement) == PRIVILEGE, statement
 
 
+# Regions outside 乐山市 (5111, SEED's city): what a 5111-scoped role must not see.
+OUTSIDE = """
+INSERT INTO targets.division (code, name, tier, kind, parent_code, edition) VALUES
+  ('5106', '德阳市', 'city', NULL, '51', 't'), ('510681', '广汉市', 'county', NULL, '5106', 't'),
+  ('44', '广东省', 'province', NULL, NULL, 't');
+INSERT INTO targets.coverage_now (region, counter, value) VALUES ('5106', 'orgs', 7), ('510681', 'orgs', 7),
+  ('51', 'orgs', 37);
+INSERT INTO targets.target_instance
+  (id, target_id, region, figure, threshold, deadline, instance, status, value, evaluated_at) VALUES
+  ('o1', 'urban-12', '510681', 'avg_orgs_per_urban_community', 12, current_date + 30, '{}', 'at_risk', 3, now());
+INSERT INTO targets.target_history (instance_id, status, previous_status, value, changed_at, on_day) VALUES
+  ('o1', 'at_risk', NULL, 3, now() - interval '1 day', current_date - 1);
+"""
+REGION_OF = {"coverage_now": "region", "division": "code", "target_instance": "region",
+             "target_history": "(SELECT region FROM targets.target_instance i WHERE i.id = instance_id)"}
+
+
+async def test_a_scoped_dashboard_role_reads_only_its_region(provisioned: Provisioned, settings: Settings) -> None:
+    """`cso db roles --dashboard-scope 5111` before the migrations (their tables get row security
+    as they are created): the 5111 role reads, of every dashboard table, only rows under 5111 (and
+    of the divisions the ancestor 51); the 511102 role only 511102's; the national role and
+    targets itself everything; and a later run without the flag keeps the scoped roles as they are."""
+    p = provisioned
+    passwords = {roles.scoped(s): secrets.token_hex(16) for s in ("5111", "511102")}
+    report = await roles.provision(p.admin_url, passwords, prefix=p.prefix, scopes=["5111", "511102"])
+    assert report.problems == []
+    assert {p.role(roles.scoped("5111")), p.role(roles.scoped("511102"))} <= set(report.roles.values())
+    await migrate_as_roles(p, settings)
+    again = await roles.provision(p.admin_url, prefix=p.prefix)
+    assert (again.actions, again.problems) == ([], [])
+    assert p.role(roles.scoped("5111")) in again.roles.values()
+    owner = await connect(p.urls["targets"])
+    try:
+        await owner.execute(SEED + OUTSIDE)
+    finally:
+        await owner.close()
+    urls = {scope: roles.role_url(p.admin_url, p.role(roles.scoped(scope)), password)
+            for scope, password in ((s.removeprefix("dashboard_"), pw) for s, pw in passwords.items())}
+
+    async def regions(url: str, table: str) -> list[str]:
+        db = await connect(url)
+        try:
+            return sorted(r[0] for r in await db.fetch(f"SELECT {REGION_OF[table]} FROM targets.{table}"))
+        finally:
+            await db.close()
+
+    for table in roles.DASHBOARD_TABLES:
+        everything = await regions(p.admin_url, table)
+        assert any(not r.startswith("5111") for r in everything), table
+        # targets (the tables' owner) and the national dashboard role: every row.
+        assert await regions(p.urls["targets"], table) == everything, table
+        assert await regions(p.urls[roles.DASHBOARD], table) == everything, table
+        for scope, url in urls.items():
+            ancestors = [r for r in everything if scope.startswith(r) and r != scope] if table == "division" else []
+            expected = sorted([r for r in everything if r.startswith(scope)] + ancestors)
+            assert expected and await regions(url, table) == expected, (scope, table)
+    # The dashboards' own queries under the 5111 role: counts of 5111 and below only, even asked at 51.
+    d = dashboards()["cso-targets-at-risk.json"]
+    db = await connect(urls["5111"])
+    try:
+        (counts,) = await db.fetch(substitute(panel(d, "有风险 / 未完成")["targets"][0]["rawSql"], scope=""))
+        assert dict(counts) == {"at_risk": 1, "missed": 1}  # 510681's at_risk is not counted
+        assert await db.fetchval("SELECT sum(value) FROM targets.coverage_now WHERE region = '51'") is None
+    finally:
+        await db.close()
+    # Still read-only: row security does not widen anything.
+    assert await sqlstate(urls["5111"], "SET default_transaction_read_only = off",
+                          "DELETE FROM targets.division") == PRIVILEGE
+
+
+def test_scoped_dashboard_names_and_policies() -> None:
+    assert roles.role_name(roles.scoped("5111"), "cso") == "cso_dashboard_5111"
+    for bad in ("5", "511", "51a1", "5111'--", ""):
+        with pytest.raises(roles.ProvisionError):
+            roles.scoped(bad)
+    assert roles.reader_scope("cso_dashboard") == "" and roles.reader_scope("cso_dashboard_5111") == "5111"
+    assert roles.reader_scope("cso_targets") is None and roles.reader_scope("cso_dashboard_511") is None
+    assert roles.policy_filter("targets", "coverage_now", "5111") == "region LIKE '5111%'"
+    assert roles.policy_filter("targets", "target_instance", "") == "true"
+
+
 # --- an existing installation ----------------------------------------------------------------
 
 async def test_provision_takes_over_schemas_an_admin_migrated(admin: tuple[str, str], settings: Settings) -> None:
@@ -507,3 +590,12 @@ def test_cli_provisions_from_the_environment_and_prints_no_password(admin: tuple
     assert roles.scram_verifier(password, *reversed(_verifier_parts(stored))) == stored
     again = runner.invoke(cli, ["db", "roles", "--prefix", prefix], env={"CSO_ADMIN_DATABASE_URL": admin_url})
     assert again.exit_code == 0 and "password set" not in again.output, again.output
+    # A region's dashboard role, its password from CSO_DASHBOARD_<code>_DB_PASSWORD.
+    scoped = runner.invoke(cli, ["db", "roles", "--prefix", prefix, "--dashboard-scope", "5111"],
+                           env={"CSO_ADMIN_DATABASE_URL": admin_url, "CSO_DASHBOARD_5111_DB_PASSWORD": "leshan-1",
+                                "COLUMNS": "200"})
+    assert scoped.exit_code == 0, scoped.output
+    assert f"role {prefix}_dashboard_5111: password set" in scoped.output and "leshan-1" not in scoped.output
+    bad = runner.invoke(cli, ["db", "roles", "--prefix", prefix, "--dashboard-scope", "511"],
+                        env={"CSO_ADMIN_DATABASE_URL": admin_url})
+    assert bad.exit_code == 2 and "dashboard scope '511'" in bad.output, bad.output
