@@ -565,6 +565,9 @@ class TaskOverdue(Payload):
     region_code: RegionCode
     lead_unit: Label | None = None
     deadline: PlausibleDate
+    lead_units: list[Label] | None = Field(
+        default=None, max_length=50, description="every lead unit of the task, lead_unit first: joint "
+        "leads (「市委组织部、市民政局」牵头) each have it overdue; absent: an event of before 1.2.0")
 
     def region_of(self) -> str:
         return self.region_code

@@ -189,7 +189,14 @@ async def test_plans_ledger_end_to_end(settings: Settings, nc: nats.NATS) -> Non
 
         await eventually(overdue_published, timeout=15, interval=0.2)
         assert overdue("1.1")[0] == {"plan_id": GUANGHAN, "task_no": "1.1", "region_code": "510681",
-                                     "lead_unit": "市民政局", "deadline": "2024-05-31"}
+                                     "lead_unit": "市民政局", "deadline": "2024-05-31", "lead_units": ["市民政局"]}
+
+        async def joint_overdue() -> bool:
+            return bool(overdue("1.2"))
+
+        await eventually(joint_overdue, timeout=15, interval=0.2)
+        assert (overdue("1.2")[0]["lead_unit"], overdue("1.2")[0]["lead_units"]) == ("市委组织部",
+                                                                                  ["市委组织部", "市民政局"])
         assert not overdue("1.4")  # accepted, and not due before 06-30 anyway
         ledger = await ok(await api.get(f"/plans/{GUANGHAN}"))
         assert ledger["tasks"][0]["overdue"] and set(ledger["overdue"]) == {"1.1", "1.2", "1.3", "1.8", "1.9"}

@@ -308,7 +308,7 @@ async def sweep_overdue(conn: AsyncConnection, topology: Topology, today: date) 
     """Flag what passed its deadline unaccepted (once per deadline) and stage TaskOverdue for
     each task (its lines are flagged, and counted per township, without an event each)."""
     rows = (await conn.execute(text(
-        f"SELECT p.plan_id, p.task_no, p.line, p.region, p.unit, p.state, t.deadline, t.lead "
+        f"SELECT p.plan_id, p.task_no, p.line, p.region, p.unit, p.state, t.deadline, t.lead, t.leads "
         f"FROM {SCHEMA}.plan_progress p JOIN {SCHEMA}.plan_task t USING (plan_id, task_no) "
         "WHERE NOT p.removed AND NOT t.removed AND p.state <> 'accepted' AND t.deadline < :today "
         "AND p.overdue_for IS DISTINCT FROM t.deadline "
@@ -330,7 +330,7 @@ async def sweep_overdue(conn: AsyncConnection, topology: Topology, today: date) 
             passed = datetime.combine(r.deadline + timedelta(days=1), time(0), CHINA)
             events.append((_event(
                 ev.TaskOverdue(plan_id=r.plan_id, task_no=r.task_no, region_code=r.region, lead_unit=r.lead,
-                               deadline=r.deadline),
+                               deadline=r.deadline, lead_units=list(r.leads) or [r.lead]),
                 event_id=overdue_event_id(r.plan_id, r.task_no, r.deadline), occurred_at=min(passed, now)),
                 f"{r.plan_id}/{r.task_no}/"))
     await outbox.add(conn, SCHEMA, topology, events)
