@@ -23,10 +23,14 @@ from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from .events import IntakeLost
+
 # One NATS message holds at most 1 MiB (nats-server's default max_payload); a reply of 2,000
 # verdicts, reasons included, stays well under it. HTTP bodies carry more.
 MAX_NATS_IDS = 2_000
 MAX_HTTP_IDS = 10_000
+# Each answer also carries the intake stream's recent losses (IntakeLost payloads).
+LOSSES_DAYS, MAX_LOSSES = 30, 10
 
 
 class ReceiptsQuery(BaseModel):
@@ -56,6 +60,9 @@ class ReceiptsAnswer(BaseModel):
     source: str | None
     counts: dict[str, int] = Field(description="how many of each verdict")
     receipts: list[Receipt] = Field(description="one per event id asked, in the order asked")
+    losses: list[IntakeLost] = Field(default_factory=list, description=(
+        f"the intake stream's losses registry noticed in the last {LOSSES_DAYS} days, newest first (at most "
+        f"{MAX_LOSSES}): what cso.receipts.<source>.lost announced, for a publisher that was not listening"))
 
 
 # --- receipts pushed to the publisher: one per verdict ------------------------------------------

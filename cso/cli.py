@@ -583,6 +583,11 @@ def _reconcile(url: str, topology: Any, file: Path, messages: list[tuple[str, by
         raise fail(f"reconciling with {redact(url)} failed: {type(e).__name__}: {e} (running it again is "
                    "safe: event ids make repeats no-ops)") from None
     console = _console()
+    if out.losses:
+        latest = out.losses[0]
+        console.print(f"registry noticed {len(out.losses)} loss(es) of intake lately; the latest, detected "
+                      f"{latest.get('detected_at')}: after sequence {latest.get('applied_sequence')} of "
+                      f"{latest.get('stream')}, facts acknowledged after {latest.get('intact_at')} may be among them")
     for event_id, field, reason in out.refused[:20]:
         console.print(f"[yellow]refused {event_id}: {escape(field)}: {escape(reason)}[/yellow]")
     if len(out.refused) > 20:

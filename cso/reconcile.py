@@ -44,6 +44,7 @@ class Outcome:
     resent: int = 0
     duplicates: int = 0       # of those sent again, how many the stream still had (no-ops)
     calls: int = 0            # receipt queries made
+    losses: list[dict[str, Any]] = field(default_factory=list)   # registry's recent IntakeLost, newest first
     seconds: float = 0.0
 
 
@@ -75,6 +76,7 @@ async def reconcile(nc: Any, topology: Topology, entries: Sequence[Entry], batch
                 errors = "; ".join(f"{x.get('field')}: {x.get('message')}" for x in answer.get("errors", []))
                 raise ReconcileError(f"registry refused the receipts query: {errors}")
             receipts = answer["receipts"]
+            out.losses = out.losses or list(answer.get("losses") or [])
             if len(receipts) != len(chunk):
                 raise ReconcileError(f"receipts: {len(receipts)} answers for {len(chunk)} event ids")
             for entry, receipt in zip(chunk, receipts, strict=True):

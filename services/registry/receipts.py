@@ -22,11 +22,20 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import ContractError
 from contracts.envelope import load_json
-from contracts.receipts import MAX_HTTP_IDS, MAX_NATS_IDS, Receipt, ReceiptsAnswer, ReceiptsQuery
+from contracts.receipts import (
+    LOSSES_DAYS,
+    MAX_HTTP_IDS,
+    MAX_LOSSES,
+    MAX_NATS_IDS,
+    Receipt,
+    ReceiptsAnswer,
+    ReceiptsQuery,
+)
 from cso.auth import ADMIN, WRITE, AuthError, Principal
 from cso.consumer import NotYet, Rejected
 from cso.service import Runtime, errors_body
 
+from .losses import announcement
 from .store import SCHEMA
 
 REASON_CHARS = 300  # a reply of MAX_NATS_IDS refusals must fit in one NATS message
@@ -68,7 +77,13 @@ async def receipts(conn: AsyncConnection, source: str | None, ids: Sequence[UUID
                                until=w.until))
         else:
             out.append(Receipt(event_id=event_id, verdict="unknown"))
-    return ReceiptsAnswer(source=source, counts=dict(Counter(r.verdict for r in out)), receipts=out)
+    # Told with every answer too: a publisher that was not listening when registry announced a
+    # loss learns of it at its next query.
+    losses = (await conn.execute(text(
+        f"SELECT * FROM {SCHEMA}.intake_loss WHERE detected_at > now() - make_interval(days => :days) "
+        "ORDER BY detected_at DESC LIMIT :n"), {"days": LOSSES_DAYS, "n": MAX_LOSSES})).mappings().all()
+    return ReceiptsAnswer(source=source, counts=dict(Counter(r.verdict for r in out)), receipts=out,
+                          losses=[announcement(loss).payload for loss in losses])
 
 
 def parse_query(body: bytes, limit: int) -> ReceiptsQuery:

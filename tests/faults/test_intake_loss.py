@@ -170,6 +170,8 @@ async def test_lost_intake_is_announced_and_reconciled(cluster_of: ClusterFactor
             assert summary and calls, result.output
             events, accepted, refused, resent = (int(g.replace(",", "")) for g in summary.groups())
             assert (events, refused) == (FACTS, 0)
+            # The answers carry the loss too, for a publisher that was not listening.
+            assert f"after sequence {payload['applied_sequence']} of CSO_INTAKE" in result.output, result.output
             assert accepted + resent == FACTS and accepted >= before and resent >= FACTS - before
             assert int(calls.group(1)) == -(-FACTS // MAX_NATS_IDS)
 
@@ -206,6 +208,7 @@ async def http_receipts(cluster: Cluster, facts: list[Fact]) -> None:
         answer = (await client.post(f"{registry.url}/receipts", json={"event_ids": ids, "source": SOURCE})).json()
         assert [r["verdict"] for r in answer["receipts"]] == ["accepted"] * 3 + ["unknown"], answer
         assert answer["receipts"][0]["type"] == "OrganizationFiled" and answer["receipts"][0]["region"]
+        assert answer["losses"] and answer["losses"][0]["stream"] == "CSO_INTAKE", answer
         other = (await client.post(f"{registry.url}/receipts", json={"event_ids": ids[:1], "source": "another"})).json()
         assert other["receipts"][0]["verdict"] == "unknown", other
         too_many = await client.post(f"{registry.url}/receipts", json={"event_ids": ids[:1] * 10_001})
