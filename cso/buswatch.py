@@ -89,7 +89,10 @@ class BusWatch:
                 f'SELECT stream, created, last_seq, messages, checked_at FROM "{schema}".bus_stream'))).all()}
         gaps: list[Gap] = []
         consumed = {c.stream for c in rt.consumers}
-        for stream in sorted(set(acked) | set(applied) | consumed):
+        # Every stream the service uses is looked at from its first check on, before it published
+        # anything there: a stream first seen after it was lost and made again looked new, not
+        # recreated (registry's CSO_REGISTRY, wiped within seconds of its first event: never refilled).
+        for stream in sorted(set(acked) | set(applied) | consumed | set(rt.needed_streams)):
             try:
                 info = await js.stream_info(stream)
             except NotFoundError:
