@@ -302,6 +302,7 @@ REGISTRY_BODIES = {name: next(f.model_dump(mode="json") for f in corpus.registry
                    for name, model in REGISTRY_COMMANDS.items()}
 TRAINING_BODIES: dict[str, dict[str, Any]] = {
     "add_member": {"county_code": COUNTY, "role": "volunteer", "name": "张三", "phone": "13800138000"},
+    "add_trainee": {"county_code": COUNTY, "role": "community_worker", "name": "王芳", "phone": "13800138001"},
     "schedule": {"organizer_region": COUNTY, "topic": "培训", "starts_on": "2024-05-01", "ends_on": "2024-05-02",
                  "capacity": 30},
     "cancel": {"session_id": str(uuid.uuid4()), "reason": "天气"},
