@@ -672,7 +672,7 @@ def render(r: dict[str, Any], out: Console) -> None:
     t.add_row("JetStream storage", mb(js.get("jsz_storage_bytes")),
               f"store dir {mb(js.get('store_dir_bytes'))}; {js.get('messages', 0):,} messages")
     h = r["recount_vs_incremental"]
-    t.add_row("SQL recount (from scratch)", f"{h['recount_seconds']:.2f} s", "tests/recount.recount, 4 tiers")
+    t.add_row("SQL recount (from scratch)", f"{h['recount_seconds']:.2f} s", "tests/recount.recount, 5 tiers")
     t.add_row("one incremental update", f"{num(h['targets_ms_per_event'], 3)} ms",
               "targets' batch time per event applied (cso_batch_seconds)")
     t.add_row("[bold]recount ÷ one update[/bold]", f"[bold]{num(h['recount_over_one_update'])}×[/bold]",
