@@ -206,6 +206,11 @@ async def test_projections_equal_recount_and_survive_shuffling(
     assert {c["code"] for c in body["children"]} == {k for k, _ in expected if len(k) == 6 and k.startswith("5111")}
 
     await down_to_the_community(stack[1], expected, communities)
+    # The same list over NATS request-reply, as the HTTP route answers it.
+    query = {"region": "5111", "target": "leshan-avg-urban", "limit": 3}
+    reply = json.loads((await nc.request(t.query_subject("targets", "behind"), json.dumps(query).encode(),
+                                         timeout=10)).data)
+    assert reply == (await stack[1].get("/behind/5111", params={"target": "leshan-avg-urban", "limit": 3})).json()
 
     # The same events, shuffled and partly duplicated, into a fresh targets: same coverage per month.
     live = await coverage_by_day(settings.database_url)
