@@ -244,7 +244,7 @@ def build(runtime: Runtime) -> FastAPI:
     @app.post("/commands/{command}", **WRITE)
     async def command(command: str, request: Request,
                       who: Principal = trainer) -> JSONResponse:
-        """Run a training command (add_member, update_member, remove_member, schedule, enrol,
+        """Run a training command (add_member, add_trainee, update_member, remove_member, schedule, enrol,
         withdraw, attend, complete, cancel, record_exam, select_outstanding, attendance_sheet).
         Needs the trainer role; the county or session it touches must be within the token's region."""
         source = source_of(who, request)   # the token's; a differing X-Cso-Source is refused
