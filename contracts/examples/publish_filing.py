@@ -5,15 +5,15 @@
 
 It publishes the fact on its intake subject, cso.intake.<source>.organization_filed.<province>.
 <city>.<county>, with Nats-Msg-Id = event_id (so a retry is dropped as a duplicate), then waits for
-cso's receipt: the accepted event, with the same event_id, on
-cso.registry.organization_filed.<province>.<city>.<county>. Keep the event (and publish it again
-with the same id) until the receipt arrives: then it is in cso's database, whatever the bus does.
-A refused fact appears on cso.deadletter.registry with the reason instead.
+registry's receipt, with the same event_id, on cso.receipts.<source>.<verdict>: accepted (then it
+is in cso's database, whatever the bus does), refused (with the field, the reason and a code; exit
+status 1), waiting (for a fact it follows; another receipt follows) or duplicate. Keep the event
+(and publish it again with the same id) until a receipt arrives.
 
 With --user (password from NATS_PASSWORD) it connects as that cso publisher user, whose permissions
 allow exactly this: publishing intake facts of its region under its own name, its own inbox
-`_INBOX_<user>` (where the JetStream ack arrives), and watching the receipts of its region with a
-plain subscription. The event's source is the user's name: registry refuses any other under it.
+`_INBOX_<user>` (where the JetStream ack arrives), and its own receipts with a plain subscription.
+The event's source is the user's name: registry refuses any other under it.
 """
 
 import argparse
@@ -69,23 +69,29 @@ async def main() -> None:
                 "inbox_prefix": f"_INBOX_{args.user}"}
     nc = await nats.connect(args.nats, **auth)
     js = nc.jetstream()
-    receipt: asyncio.Future[dict[str, object]] = asyncio.get_running_loop().create_future()
+    receipts: asyncio.Queue[dict[str, object]] = asyncio.Queue()
 
-    async def on_event(msg: Msg) -> None:
+    async def on_receipt(msg: Msg) -> None:
         data = json.loads(msg.data)
-        if data.get("event_id") == event["event_id"] and not receipt.done():
-            receipt.set_result({"subject": msg.subject, **data})
+        if data.get("event_id") == event["event_id"]:
+            await receipts.put({"receipt": msg.subject, **data})
 
-    # A plain subscription, made before publishing: the receipt is registry's publish of the event.
-    sub = await nc.subscribe(f"{prefix}cso.registry.organization_filed.{county_tokens}", cb=on_event)
+    # A plain subscription, made before publishing: registry's receipts to this publisher.
+    sub = await nc.subscribe(f"{prefix}cso.receipts.{source}.>", cb=on_receipt)
     await nc.flush()
     ack = await js.publish(f"{prefix}cso.intake.{source}.organization_filed.{county_tokens}",
                            json.dumps(event).encode(), headers={"Nats-Msg-Id": event["event_id"]})
     print(json.dumps({"published": event["event_id"], "stream": ack.stream, "seq": ack.seq}))
-    accepted = await asyncio.wait_for(receipt, args.timeout)
-    print(json.dumps({"receipt": accepted["subject"], "event_id": accepted["event_id"]}))
+    while True:  # a waiting receipt is followed by the final one
+        receipt = await asyncio.wait_for(receipts.get(), args.timeout)
+        print(json.dumps({k: receipt[k] for k in ("receipt", "event_id", "verdict", "id", "field", "reason",
+                                                  "code") if receipt.get(k) is not None}, ensure_ascii=False))
+        if receipt["verdict"] != "waiting":
+            break
     await sub.unsubscribe()
     await nc.close()
+    if receipt["verdict"] == "refused":
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The contracts README's example, run as an outside system would: a separate process with nothing
-but nats-py, against a live registry. Its filing is persisted and its receipt observed."""
+but nats-py, against a live registry. Its filing is persisted and its receipt (on the publisher's
+own cso.receipts.<source>.accepted) observed."""
 
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ async def test_outside_publisher_is_persisted_with_a_receipt(settings: Settings,
             assert result.returncode == 0, result.stderr
             published, receipt = (json.loads(line) for line in result.stdout.splitlines())
             assert receipt["event_id"] == published["published"]
-            assert receipt["receipt"].startswith(f"{settings.namespace}.cso.registry.organization_filed.51.5106")
+            assert receipt["receipt"] == f"{settings.namespace}.cso.receipts.example-city-register.accepted"
+            assert receipt["verdict"] == "accepted" and receipt["id"]
             row = await db.fetchrow("SELECT name, updated_by FROM registry.organization")
             assert row["updated_by"] == "example-city-register"
         finally:

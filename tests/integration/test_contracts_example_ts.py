@@ -118,7 +118,7 @@ async def test_typescript_publisher_resends_what_registry_never_took(
             env = {**os.environ, "NATS_PASSWORD": passwords[PUBLISHER]}
             result = await asyncio.to_thread(subprocess.run, [
                 "node", str(script), "--nats", url, "--user", PUBLISHER, "--prefix", NAMESPACE,
-                "--events", str(events), "--lose", "2", "--wait", "4", "--rounds", "5", "--json"],
+                "--events", str(events), "--lose", "2", "--wait", "15", "--rounds", "5", "--json"],
                 capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
             output = result.stdout + result.stderr
             print(output)
@@ -131,9 +131,13 @@ async def test_typescript_publisher_resends_what_registry_never_took(
             assert summary["without"] == [] and summary["waiting"] == [], output
             [refused] = summary["refused"]
             assert refused["event_id"] == facts[2]["event_id"], output
-            assert refused["field"] == "payload.community_code", output
+            assert refused["field"] == "payload.community_code" and refused["code"] == "unknown_division", output
             assert f"unknown community {UNKNOWN_COMMUNITY}" in refused["reason"], output
             assert f"sent again {lost}" in result.stdout, output
+            # Registry's receipts were heard on the publisher's own subject: the three sent at first
+            # (the lost one waits a whole round, --wait 15 s, before the query), and the query was
+            # asked at least about the lost one.
+            assert summary["heard"] >= 3 and summary["asked"] >= 1, output
 
             # In registry's database once each, the lost one included, under the publisher's name.
             rows = await db.fetch("SELECT community_code, updated_by FROM registry.organization")

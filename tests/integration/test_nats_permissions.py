@@ -306,7 +306,7 @@ async def test_services_run_end_to_end_under_their_own_users(auth_server: AuthSe
             assert result.returncode == 0, result.stderr
             published, receipt = (json.loads(line) for line in result.stdout.splitlines())
             assert receipt["event_id"] == published["published"]
-            assert receipt["receipt"].startswith(f"{NAMESPACE}.cso.registry.organization_filed.51.5111.511102")
+            assert receipt["receipt"] == f"{NAMESPACE}.cso.receipts.{CITY}.accepted", receipt
 
             # Under its own name, Leshan's user claims to be the county's system: NATS lets the
             # publish through (its name, its region), registry refuses the claim, naming `source`.

@@ -104,17 +104,19 @@ async function main(): Promise<number> {
   const nc: NatsConnection = await connect({ servers: opt.nats, ...auth });
   const js = jetstream(nc);
   let wake = () => {};
+  let heard = 0; // receipts registry sent us about these facts (the rest came from the query)
   // Done waiting when every fact has its final verdict (a waiting one may still be decided soon).
   const settled = () => [...facts.values()].every((f) => f.verdict && f.verdict.verdict !== "waiting");
 
   // Subscribed before publishing: every verdict on this publisher's own receipts subject.
   const sub = nc.subscribe(`${ns}cso.receipts.${source}.>`, {
     callback: (err, msg) => {
-      if (err) return;
-      const r = msg.json<Verdict & { kind?: string; event_id?: string; first?: Verdict }>();
-      if (r.kind === "IntakeLost") { console.log("registry says intake was lost: asking now"); wake(); return; }
+      if (err) { console.log(`receipts subscription: ${err.message}`); return; }
+      if (msg.subject.endsWith(".lost")) { console.log("registry says intake was lost: asking now"); wake(); return; }
+      const r = msg.json<Verdict & { event_id?: string; first?: Verdict }>();
       const fact = r.event_id ? facts.get(r.event_id) : undefined;
-      if (!fact) return;
+      if (!fact) return; // a receipt of an earlier run's fact
+      heard += 1;
       // duplicate: the event_id was decided before; that first verdict stands.
       fact.verdict = r.verdict === "duplicate" && r.first ? r.first : r;
       if (settled()) wake();
@@ -128,6 +130,7 @@ async function main(): Promise<number> {
   console.log(`published ${facts.size} facts as ${source}${lose ? ` (drill: fact ${lose} not sent)` : ""}`);
 
   const resent = new Set<string>();
+  let asked = 0;
   for (let round = 1; round <= numeric("rounds"); round++) {
     let timer: NodeJS.Timeout | undefined;
     await new Promise<void>((resolve) => {
@@ -142,7 +145,8 @@ async function main(): Promise<number> {
     if (open.length === 0) break;
     // Ask registry what it did with each fact without a final receipt.
     const again: Fact[] = [];
-    const asked = new Map<string, number>();
+    const answered = new Map<string, number>();
+    asked += open.length;
     for (let i = 0; i < open.length; i += QUERY_BATCH) {
       const batch = open.slice(i, i + QUERY_BATCH);
       const reply = await nc.request(`${ns}cso.query.registry.receipts.${source}`,
@@ -151,12 +155,12 @@ async function main(): Promise<number> {
       if (!answer.ok) throw new Error(`receipts query refused: ${JSON.stringify(answer.errors)}`);
       for (const r of answer.receipts) {
         const fact = facts.get(r.event_id)!;
-        asked.set(r.verdict, (asked.get(r.verdict) ?? 0) + 1);
+        answered.set(r.verdict, (answered.get(r.verdict) ?? 0) + 1);
         if (r.verdict === "unknown") again.push(fact); else fact.verdict = r;
       }
     }
-    const said = ["accepted", "refused", "waiting", "unknown"].filter((v) => asked.has(v))
-      .map((v) => `${asked.get(v)} ${v}`).join(", ");
+    const said = ["accepted", "refused", "waiting", "unknown"].filter((v) => answered.has(v))
+      .map((v) => `${answered.get(v)} ${v}`).join(", ");
     console.log(`round ${round}: asked registry about ${open.length}: ${said}` +
                 (again.length ? `; sending the ${again.length} unknown again` : ""));
     if (again.length === 0 && [...facts.values()].every((f) => f.verdict)) break;
@@ -166,7 +170,7 @@ async function main(): Promise<number> {
   await nc.close();
 
   const all = [...facts.values()];
-  console.log(`summary: ${all.length} facts, ${count(all)}, ${resent.size} sent again`);
+  console.log(`summary: ${all.length} facts, ${count(all)}, ${resent.size} sent again; ${heard} receipts heard, ${asked} asked for`);
   for (const f of all) {
     const v = f.verdict;
     if (v?.verdict === "refused") console.log(`  refused ${f.event.event_id} ${v.field}: ${v.reason}${v.code ? ` (${v.code})` : ""}`);
@@ -180,6 +184,8 @@ async function main(): Promise<number> {
       refused: pick("refused").map((f) => ({ event_id: f.event.event_id, field: f.verdict!.field, reason: f.verdict!.reason, code: f.verdict!.code })),
       waiting: pick("waiting").map((f) => f.event.event_id),
       resent: [...resent],
+      heard,
+      asked,
       without: all.filter((f) => !f.verdict).map((f) => f.event.event_id),
     }));
   }
