@@ -18,7 +18,9 @@ log = logging.getLogger(__name__)
 async def connect(url: str, name: str, **options: Any) -> Client:
     """A long-lived connection that reconnects for ever; `options` may carry `user`, `password`
     and `inbox_prefix` (Settings.nats_options())."""
-    return await nats.connect(url, name=name, max_reconnect_attempts=-1,
+    # connect_timeout: a server checking many bcrypt hashes at once (every service starting) on a
+    # loaded machine answers the first CONNECT in seconds, not nats-py's default 2.
+    return await nats.connect(url, name=name, max_reconnect_attempts=-1, connect_timeout=10,
                               reconnect_time_wait=0.5, **options)
 
 

@@ -124,9 +124,20 @@ def _write_private(path: Path, text: str) -> None:
         raise
 
 
+# bcrypt's least cost. The local stack keeps its own users' passwords beside their hashes (users.json,
+# 0600), so a costly hash guards nothing the file mode does not; and nats-server checks the hash at
+# every connect: at cost 11 (~0.2 s of CPU each) the services' first connects timed out on a loaded
+# 2-core machine, and registry was not ready within a minute.
+LOCAL_BCRYPT_ROUNDS = 4
+
+
+def _hash(password: str) -> str:
+    return natsauth.bcrypt_hash(password, LOCAL_BCRYPT_ROUNDS)
+
+
 def _own(user: str) -> Account:
     password = new_password()
-    return Account(user, natsauth.bcrypt_hash(password), password)
+    return Account(user, _hash(password), password)
 
 
 def ensure(data_dir: Path, publishers: Iterable[Publisher] = ()) -> tuple[LocalUsers, dict[str, str]]:
@@ -148,7 +159,7 @@ def ensure(data_dir: Path, publishers: Iterable[Publisher] = ()) -> tuple[LocalU
                                  f"{known.region}, not {publisher.region}; choose another name")
             continue
         shown[publisher.name] = new_password()
-        accounts[publisher.name] = Account(publisher.name, natsauth.bcrypt_hash(shown[publisher.name]),
+        accounts[publisher.name] = Account(publisher.name, _hash(shown[publisher.name]),
                                            region=publisher.region)
     users = LocalUsers(users.path, accounts)
     natsauth.Users(publishers=users.publishers)  # checks names and regions before anything is kept

@@ -282,10 +282,10 @@ def _list(values: Iterable[str], indent: str) -> str:
 BCRYPT_ROUNDS = 11  # nats-server checks a hash at every connect: costly enough, not more
 
 
-def bcrypt_hash(password: str) -> str:
+def bcrypt_hash(password: str, rounds: int = BCRYPT_ROUNDS) -> str:
     import bcrypt
 
-    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(BCRYPT_ROUNDS)).decode()
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds)).decode()
 
 
 def password_value(user: str, mode: PasswordMode, env: Mapping[str, str] | None = None) -> str:

@@ -50,7 +50,7 @@ def test_small_benchmark_is_exact(tmp_path: Path) -> None:
 
     c = result["correctness"]
     assert c["equal"], (c["registry_difference_sample"], c["training_difference_sample"])
-    assert c["tiers"] == [2, 4, 6, 9]
+    assert c["tiers"] == [2, 4, 6, 9, 12]
     assert c["registry_rejected"] == 0 and c["dead_letters"] == 0
     assert c["counters_compared"] > 300
     w = result["workload"]
