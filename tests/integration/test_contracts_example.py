@@ -54,5 +54,18 @@ async def test_outside_publisher_is_persisted_with_a_receipt(settings: Settings,
             assert receipt["verdict"] == "accepted" and receipt["id"]
             row = await db.fetchrow("SELECT name, updated_by FROM registry.organization")
             assert row["updated_by"] == "example-city-register"
+
+            # A community 广汉市 does not have: the refused receipt names the field, and the example
+            # exits 1 (a publisher's script must not take a refusal for success).
+            result = await asyncio.to_thread(subprocess.run, [
+                sys.executable, str(EXAMPLE), "--nats", settings.nats_url, "--prefix", settings.namespace,
+                "--community", "510681001999"], capture_output=True, text=True, timeout=60, env=env, cwd="/")
+            assert result.returncode == 1, result.stdout + result.stderr
+            published, receipt = (json.loads(line) for line in result.stdout.splitlines())
+            assert receipt["event_id"] == published["published"]
+            assert receipt["receipt"] == f"{settings.namespace}.cso.receipts.example-city-register.refused"
+            assert (receipt["verdict"], receipt["field"], receipt["code"]) == \
+                ("refused", "payload.community_code", "unknown_division"), receipt
+            assert await db.fetchval("SELECT count(*) FROM registry.organization") == 1
         finally:
             await db.close()
