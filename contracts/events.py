@@ -537,6 +537,31 @@ class TargetStatusChanged(Payload):
     value: float | None
     threshold: float
     deadline: PlausibleDate
+    title: str | None = Field(default=None, max_length=200, description="the target's title (since 1.3.0; "
+                              "absent: an event of before, when consumers looked the title up themselves)")
+    comparison: Literal[">=", "<="] | None = Field(
+        default=None, description="how value meets threshold (since 1.3.0; absent: an event of before)")
+
+    def region_of(self) -> str:
+        return self.region_code
+
+
+class TargetDeadlineApproaching(Payload):
+    """A target instance's deadline is `days_ahead` days away (published once per instance, deadline
+    and lead time, by targets' daily evaluation): whoever reminds people needs no catalogue of its own."""
+
+    TYPE = "TargetDeadlineApproaching"
+    CONTEXT = "targets"
+    target_id: str = Field(min_length=1, max_length=200)
+    region_code: RegionCode
+    title: str = Field(max_length=200)
+    metric: Label
+    threshold: float
+    comparison: Literal[">=", "<="]
+    deadline: PlausibleDate
+    days_ahead: int = Field(ge=0, le=366)
+    status: TargetStatus | None = None
+    value: float | None = None
 
     def region_of(self) -> str:
         return self.region_code
@@ -661,7 +686,8 @@ PAYLOADS: tuple[type[Payload], ...] = (
     PartyOrganizationFormed, PartyOrganizationDissolved,
     DivisionsImported, DivisionChanged,
     TrainingSessionScheduled, TrainingCompleted, TalentPoolMemberAdded, TalentPoolMemberRemoved,
-    QualificationExamRecorded, CoverageChanged, TargetStatusChanged, TaskStatusChanged, TaskOverdue, PlanAccepted,
+    QualificationExamRecorded, CoverageChanged, TargetStatusChanged, TargetDeadlineApproaching,
+    TaskStatusChanged, TaskOverdue, PlanAccepted,
     BusGapDetected, IntakeLost, NotificationSent, NotificationFailed,
 )
 PAYLOAD_BY_TYPE: dict[str, type[Payload]] = {p.TYPE: p for p in PAYLOADS}

@@ -18,7 +18,7 @@ from prometheus_client import Gauge
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from contracts import Topology, make_event
+from contracts import Envelope, Topology, make_event
 from contracts import events as ev
 from contracts.events import CHINA
 from cso import outbox
@@ -38,6 +38,8 @@ COVERAGE = Gauge("cso_coverage", "Coverage figures (province, city and county ti
 TARGET_STATUS = Gauge("cso_target_status", "1 for the current status of a target in a region",
                       ["target", "region", "status"])
 GAUGE_TIERS = {2: "province", 4: "city", 6: "county"}
+# Days before a deadline that TargetDeadlineApproaching is published (notify's reminders).
+DEADLINE_LEADS: tuple[int, ...] = (30, 7)
 
 
 def china_today() -> date:
@@ -152,7 +154,8 @@ async def evaluate_instances(conn: AsyncConnection, topology: Topology, today: d
         changes.append((make_event(ev.TargetStatusChanged(
             target_id=instance_id, region_code=instance.region, metric=instance.figure,
             previous_status=previous, status=status, value=value, threshold=instance.threshold,
-            deadline=instance.deadline), source=SOURCE), instance_id))
+            deadline=instance.deadline, title=instance.title, comparison=instance.comparison),
+            source=SOURCE), instance_id))
     if rows:
         await conn.execute(text(
             f"UPDATE {SCHEMA}.target_instance t SET status = u.s, value = u.v, evaluated_at = now() "
@@ -166,8 +169,42 @@ async def evaluate_instances(conn: AsyncConnection, topology: Topology, today: d
             "CAST(:v AS float8[])) AS h(i, s, p, v)"),
             {"i": [h[0] for h in history], "s": [h[1] for h in history], "p": [h[2] for h in history],
              "v": [h[3] for h in history], "d": today})
+    if regions is None:
+        changes += await approaching(conn, [(i, s, v) for i, (s, v) in zip(instances, evaluated, strict=True)],
+                                     today)
     await outbox.add(conn, SCHEMA, topology, changes)
     return len(changes)
+
+
+def lead_due(deadline: date, today: date, leads: Sequence[int] = DEADLINE_LEADS) -> int | None:
+    """The lead time reached today: the smallest one not yet passed. Starting late never announces
+    a stale lead (20 days before: the 7-day one is not due yet, the 30-day one is)."""
+    left = (deadline - today).days
+    if left < 0:
+        return None
+    reached = [lead for lead in leads if left <= lead]
+    return min(reached) if reached else None
+
+
+async def approaching(conn: AsyncConnection, evaluated: Sequence[tuple[TargetInstance, ev.TargetStatus,
+                                                                          float | None]],
+                      today: date) -> list[tuple[Envelope[Any], str]]:
+    """Stage TargetDeadlineApproaching for each instance whose deadline is a lead time away; the
+    deadline_notice key makes it once per instance, deadline and lead time (replicas, restarts)."""
+    due = [(i, status, value, lead) for i, status, value in evaluated
+           if (lead := lead_due(i.deadline, today)) is not None]
+    if not due:
+        return []
+    claimed = {(r[0], r[1], r[2]) for r in await conn.execute(text(
+        f"INSERT INTO {SCHEMA}.deadline_notice (instance_id, deadline, days_ahead) "
+        "SELECT * FROM unnest(CAST(:i AS text[]), CAST(:d AS date[]), CAST(:l AS int[])) "
+        "ON CONFLICT DO NOTHING RETURNING instance_id, deadline, days_ahead"),
+        {"i": [d[0].instance_id for d in due], "d": [d[0].deadline for d in due], "l": [d[3] for d in due]})}
+    return [(make_event(ev.TargetDeadlineApproaching(
+        target_id=i.instance_id, region_code=i.region, title=i.title, metric=i.figure, threshold=i.threshold,
+        comparison=i.comparison, deadline=i.deadline, days_ahead=(i.deadline - today).days, status=status,
+        value=value), source=SOURCE), i.instance_id)
+        for i, status, value, lead in due if (i.instance_id, i.deadline, lead) in claimed]
 
 
 async def drain_dirty(conn: AsyncConnection, topology: Topology, today: date, limit: int = 5000) -> set[str]:
