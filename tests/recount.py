@@ -55,6 +55,14 @@ SELECT left(region, {n}), 'filings_' || CASE WHEN payload->'payload'->>'category
 FROM (SELECT convert_from(data, 'UTF8')::jsonb AS payload, convert_from(data, 'UTF8')::jsonb->>'region' AS region
       FROM registry.outbox WHERE type = 'OrganizationFiled') f
 WHERE payload->'payload'->>'tier' = 'filed' AND length(region) >= {n} GROUP BY 1, 2
+UNION ALL
+SELECT left(region, {n}), 'registrations_' || CASE WHEN payload->'payload'->>'category' IN
+    ('resident_services', 'mediation', 'rural_revitalization') THEN 'functional' ELSE 'interest' END, count(*)
+FROM (SELECT DISTINCT ON (e->'payload'->>'organization_id') e AS payload, e->>'region' AS region
+      FROM (SELECT convert_from(data, 'UTF8')::jsonb AS e FROM registry.outbox
+            WHERE type = 'OrganizationRegistered') o
+      ORDER BY e->'payload'->>'organization_id', e->'payload'->>'registered_on') f
+WHERE length(region) >= {n} GROUP BY 1, 2
 """
 
 

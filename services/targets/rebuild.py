@@ -120,6 +120,14 @@ async def stale(conn: AsyncConnection) -> str | None:
             f"SELECT EXISTS (SELECT 1 FROM {SCHEMA}.entity e, jsonb_array_elements(e.timeline->'pulses') p "
             "WHERE e.kind = 'person' AND jsonb_array_length(p->1) = 1)"))).scalar():
         return "completions are counted but not pool_training_person_times (coverage kept before trainees)"
+    # A registration is a pulse (registrations_<class>) since targets count "新增登记" (issue 21); an
+    # organization registered before never added one.
+    if (await conn.execute(text(
+            f"SELECT EXISTS (SELECT 1 FROM {SCHEMA}.entity e WHERE e.kind = 'org' "
+            "AND EXISTS (SELECT 1 FROM jsonb_array_elements(e.timeline->'segments') s WHERE s->1->>1 = 'registered') "
+            "AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(e.timeline->'pulses') p "
+            "WHERE jsonb_array_length(p->1) = 3))"))).scalar():
+        return "registrations are counted but not registrations_<class> (coverage kept before new registrations)"
     # Flagged by a migration that changed how coverage is kept (0006: per day, not per month).
     flagged: str | None = (await conn.execute(text(
         f"SELECT reason FROM {SCHEMA}.projection_stale ORDER BY reason LIMIT 1"))).scalar()

@@ -146,6 +146,12 @@ def recount(payloads: list[ev.Payload], on: date) -> Counter[tuple[str, str]]:
         if filed and filed.tier is ev.ManagementTier.FILED and filed.filed_on <= on:
             for r in regions(filed.community_code):
                 out[(r, f"filings_{ev.CLASS_OF_CATEGORY[filed.category].value}")] += 1
+        # So does its first registration (登记), for plans that count "新增登记和备案".
+        first_reg = min((p for p in ps if isinstance(p, ev.OrganizationRegistered)),
+                        key=lambda p: p.registered_on, default=None)
+        if first_reg is not None and first_reg.registered_on <= on:
+            for r in regions(first_reg.community_code):
+                out[(r, f"registrations_{ev.CLASS_OF_CATEGORY[first_reg.category].value}")] += 1
         if not (start <= on and (end is None or on < end)):
             continue
         # Facts of the same day apply in the order they occurred (their index in the stream).

@@ -39,11 +39,12 @@ from pydantic_core import PydanticCustomError
 from contracts.codes import TIER_LENGTH, TIERS, tier_of
 from contracts.events import EARLIEST, LATEST
 
-from .metrics import FIGURES
+from .metrics import FIGURES, NEW_EVENTS, NEW_FIGURES
 
 DEFAULT_CATALOGUE = Path(__file__).parents[1] / "catalogue.yaml"
 
 Comparison = Literal[">=", "<="]
+NewEvent = Literal["filed", "registered"]
 ScopeTier = Literal["city", "county", "township"]
 # Tiers a target can be set on (coverage is computed for these; communities carry no figures).
 TARGET_TIERS = ("province", "city", "county", "township")
@@ -98,6 +99,10 @@ class TargetSpec:
     source: str
     kind: str | None = None
     retired: bool = False
+    # Which events make an organization new, for a new-organizations figure (None: filings only).
+    new: tuple[NewEvent, ...] | None = None
+    # The plan's own sentence this target implements, word for word.
+    quote: str | None = None
 
     @property
     def yearly(self) -> bool:
@@ -119,6 +124,7 @@ class TargetInstance:
     year: int | None
     source: str
     title: str
+    new: tuple[str, ...] | None = None
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -211,6 +217,8 @@ class _TargetModel(BaseModel):
     source: Text
     kind: Annotated[str, Field(strict=True, max_length=100)] | None = None
     retired: StrictBool = False
+    new: Annotated[tuple[NewEvent, ...], Field(min_length=1)] | None = None
+    quote: Text | None = None
 
 
 def _cross_checks(m: _TargetModel) -> list[tuple[str, str]]:
@@ -274,6 +282,15 @@ def _cross_checks(m: _TargetModel) -> list[tuple[str, str]]:
             "yearly_until",
             f"yearly_until {m.yearly_until} is after the deadline year {m.deadline.year}",
         ))
+    if m.new is not None:
+        if m.figure not in NEW_FIGURES:
+            problems.append((
+                "new", f"figure {m.figure!r} does not count new organizations; only "
+                f"{', '.join(NEW_FIGURES)} take new",
+            ))
+        if len(set(m.new)) != len(m.new):
+            problems.append(("new", f"an event is listed twice in {list(m.new)}; give each of "
+                                    f"{', '.join(NEW_EVENTS)} at most once"))
     if m.kind is not None:
         words = m.figure.split("_")
         if m.kind not in KINDS:
@@ -312,7 +329,7 @@ def _spec(m: _TargetModel) -> TargetSpec:
         scope_tier=m.scope_tier, regions=m.regions, threshold=float(m.threshold),
         comparison=m.comparison, start=m.start, deadline=m.deadline,
         yearly_from=m.yearly_from, yearly_until=m.yearly_until, source=m.source, kind=m.kind,
-        retired=m.retired,
+        retired=m.retired, new=m.new, quote=m.quote,
     )
 
 
@@ -445,6 +462,7 @@ def expand(spec: TargetSpec, regions_of_tier: Callable[[str, str], Sequence[str]
             year=year,
             source=spec.source,
             title=spec.title,
+            new=spec.new,
         )
         for region in regions
         for year, start, deadline in periods

@@ -272,6 +272,10 @@ def organization_timeline(facts: Sequence[Fact], parties: Sequence[Interval],
     pulses: list[tuple[date, State]] = [
         (p.filed_on, (p.community_code, ev.CLASS_OF_CATEGORY[p.category].value))
         for p in filings[:1] if p.tier is ev.ManagementTier.FILED]
+    # So does a registration (登记): plans that count "新增登记和备案" add both (issue 21).
+    registrations = [f.payload for f in starts if isinstance(f.payload, ev.OrganizationRegistered)]
+    pulses += [(p.registered_on, (p.community_code, ev.CLASS_OF_CATEGORY[p.category].value, "registered"))
+               for p in registrations[:1]]
     return Timeline("org", squash(segments), tuple(pulses))
 
 
@@ -296,8 +300,13 @@ def _organization_vector(state: State) -> Vector:
     return out
 
 
-vectors("org", _organization_vector,
-        lambda pulse: _count_at(pulse[0], f"filings_{pulse[1]}"))
+def _new_organization_vector(pulse: State) -> Vector:
+    """A filing pulse is (community, class); a registration pulse adds "registered"."""
+    event = "registrations" if len(pulse) > 2 else "filings"
+    return _count_at(pulse[0], f"{event}_{pulse[1]}")
+
+
+vectors("org", _organization_vector, _new_organization_vector)
 
 
 # --- people in talent pools --------------------------------------------------------------------

@@ -27,6 +27,7 @@ COUNTERS: tuple[str, ...] = (
     "hubs", "bases",
     "orgs_party_covered", "brand_orgs", "brand_projects", "hub_demo_orgs",
     "filings_functional", "filings_interest",  # cumulative: a year's new filings is a difference
+    "registrations_functional", "registrations_interest",  # the same, for registrations (登记)
     "training_person_times",                  # cumulative completions (人次), every trainee
     "pool_training_person_times",             # the same, by talent-pool members only
     "pool_members", "pool_members_trained",
@@ -96,14 +97,32 @@ FIGURES: dict[str, Figure] = {f.name: f for f in (
 )}
 
 
-def figure(name: str, counters: Mapping[str, int], year_start: Mapping[str, int] | None = None
-           ) -> float | None:
-    """A figure's value from counters (as of some date). For a yearly figure, `year_start` holds
-    the counters as of the end of the previous year. None when a share has nothing to divide by."""
+# What makes an organization "new" for a new-organizations figure: its filing (备案, tier filed),
+# its registration (登记), or either. Each is counted once per organization, the first time.
+NEW_EVENTS = ("filed", "registered")
+NEW_FIGURES = {"new_filings_functional": "functional", "new_filings_interest": "interest"}
+
+
+def numerator(name: str, new: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """The counters a figure sums on top: its own, or for a new-organizations figure the counters
+    of the events `new` names (a target's definition; None: filings only, as before)."""
     spec = FIGURES[name]
-    top = sum(counters.get(c, 0) for c in spec.numerator)
+    if new is None or name not in NEW_FIGURES:
+        return spec.numerator
+    cls = NEW_FIGURES[name]
+    return tuple(f"{'filings' if e == 'filed' else 'registrations'}_{cls}" for e in NEW_EVENTS if e in new)
+
+
+def figure(name: str, counters: Mapping[str, int], year_start: Mapping[str, int] | None = None,
+           new: tuple[str, ...] | None = None) -> float | None:
+    """A figure's value from counters (as of some date). For a yearly figure, `year_start` holds
+    the counters as of the end of the previous year. None when a share has nothing to divide by.
+    `new`: which events make an organization new (see `numerator`)."""
+    spec = FIGURES[name]
+    top_counters = numerator(name, new)
+    top = sum(counters.get(c, 0) for c in top_counters)
     if spec.yearly:
-        top -= sum((year_start or {}).get(c, 0) for c in spec.numerator)
+        top -= sum((year_start or {}).get(c, 0) for c in top_counters)
     if not spec.denominator:
         return float(top)
     bottom = sum(counters.get(c, 0) for c in spec.denominator)

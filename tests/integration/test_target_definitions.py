@@ -1,0 +1,101 @@
+"""Targets count what their plan's sentence says (issue 21): Leshan's "每年新增登记和备案…" counts an
+organization registered (登记) in the year as well as one filed (备案), on real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import date
+
+import asyncpg
+import nats
+import pytest
+
+from contracts import events as ev
+from contracts import make_event
+from cso.divisions import DEMO_DIVISIONS, publish_divisions
+from cso.settings import Settings
+from services.registry.app import create_app as registry_app
+from services.registry.app import run_migrations as registry_migrations
+from services.targets import app as targets
+from services.targets.evaluation import Clock
+from tests.faults.test_constraint import credit_code
+from tests.support import eventually, publish, running
+
+pytestmark = pytest.mark.integration
+
+TARGET = "leshan-new-filings-functional@5111/2021"
+
+
+async def test_leshan_new_organizations_count_registrations_and_filings(settings: Settings,
+                                                                       nc: nats.NATS) -> None:
+    await asyncio.to_thread(registry_migrations, settings)
+    await asyncio.to_thread(targets.run_migrations, settings)
+    t = settings.topology
+    async with running(registry_app, settings), \
+            running(lambda s: targets.create_app(s, Clock(fixed=date(2021, 12, 31))), settings) as (_, api):
+        await publish_divisions(nc.jetstream(), t, DEMO_DIVISIONS)
+        db = await asyncpg.connect(settings.database_url)
+        try:
+            async def community() -> str | None:
+                code: str | None = await db.fetchval(
+                    "SELECT code FROM registry.community WHERE code LIKE '511111%' ORDER BY code LIMIT 1")
+                return code
+
+            await eventually(community, timeout=30)
+            code = await community()
+        finally:
+            await db.close()
+        assert code is not None
+        registered = ev.OrganizationRegistered(
+            organization_id=uuid.uuid4(), name="社区调解会", community_code=code,
+            social_credit_code=credit_code("511111", "1", 1), legal_form="social_group",
+            category="mediation", registered_on=date(2021, 9, 1))
+        filed = ev.OrganizationFiled(organization_id=uuid.uuid4(), name="居民服务队", community_code=code,
+                                     category="resident_services", filed_on=date(2021, 10, 1))
+        for fact in (registered, filed):
+            await publish(nc, t.intake_subject("leshan-register", fact.TYPE, code),
+                          make_event(fact, source="leshan-register"))
+
+        async def value() -> float | None:
+            answer = await api.get("/regions/5111/targets")
+            if answer.status_code != 200:   # the divisions are not applied yet
+                return None
+            rows = answer.json()
+            return next((r["value"] for r in rows if r["id"] == TARGET), None)
+
+        async def both_counted() -> bool:
+            return await value() == 2.0
+
+        # The registration counts beside the filing (before issue 21 it left the figure at 1).
+        await eventually(both_counted, timeout=60, interval=0.2)
+        coverage = (await api.get(f"/coverage/{code}")).json()["counters"]
+        assert (coverage.get("filings_functional"), coverage.get("registrations_functional")) == (1, 1)
+
+
+async def test_registrations_kept_before_they_counted_as_new_are_flagged_for_a_rebuild(settings: Settings) -> None:
+    """A projection kept before registrations made organizations new (an organization registered,
+    no registration pulse) is stale, so targets rebuilds it at start; one with the pulse is not."""
+    from cso.database import make_engine
+    from services.targets.rebuild import stale
+
+    await asyncio.to_thread(targets.run_migrations, settings)
+    registered = ["511111001001", "registered", "mediation", "urban", False, False, 0, False]
+    db = await asyncpg.connect(settings.database_url)
+    engine = make_engine(settings.database_url)
+    try:
+        await db.execute("INSERT INTO targets.coverage (region, counter, month, delta) "
+                         "VALUES ('511111001001', 'orgs', '2021-09-01', 1)")
+        await db.execute("INSERT INTO targets.entity (key, kind, timeline) VALUES ('org:old', 'org', $1::jsonb)",
+                         json.dumps({"kind": "org", "segments": [["2021-09-01", registered]], "pulses": []}))
+        async with engine.connect() as conn:
+            assert (await stale(conn) or "").startswith("registrations are counted but not")
+        await db.execute("UPDATE targets.entity SET timeline = $1::jsonb WHERE key = 'org:old'",
+                         json.dumps({"kind": "org", "segments": [["2021-09-01", registered]],
+                                     "pulses": [["2021-09-01", ["511111001001", "functional", "registered"]]]}))
+        async with engine.connect() as conn:
+            assert await stale(conn) is None
+    finally:
+        await db.close()
+        await engine.dispose()
