@@ -44,7 +44,8 @@ REGISTRY_COUNTERS = {"orgs", "orgs_registered", "orgs_filed", "orgs_guided", "or
                      "communities_rural", "streets", "towns", "streets_with_hub", "towns_with_hub",
                      "streets_with_base", "towns_with_base", "hubs", "bases", "orgs_party_covered",
                      "brand_orgs", "brand_projects", "hub_demo_orgs", "filings_functional",
-                     "filings_interest"} | {f"orgs_cat_{c.value}" for c in ev.Category}
+                     "filings_interest", "registrations_functional", "registrations_interest",
+                     } | {f"orgs_cat_{c.value}" for c in ev.Category}
 
 
 def demo_codes() -> tuple[list[str], list[str]]:
