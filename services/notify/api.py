@@ -21,7 +21,7 @@ from cso.service import Runtime, errors_body
 from . import store
 from .config import NotifyConfig
 from .domain import SubscriptionIn
-from .routing import Catalogue, Clock, EventsHandler, Scheduler
+from .routing import Clock, EventsHandler, Scheduler
 from .sender import Sender
 
 SERVICE = "notify"
@@ -138,10 +138,9 @@ def build(runtime: Runtime, clock: Clock | None = None, config: NotifyConfig | N
     topology = runtime.topology
     clock = clock or Clock()
     config = config or NotifyConfig()
-    catalogue = Catalogue.load(config.catalogue)
     sender = Sender(runtime, config)
-    scheduler = Scheduler(runtime, config, clock, catalogue, sender)
-    handler = EventsHandler(clock, catalogue, sender)
+    scheduler = Scheduler(runtime, config, clock, sender)
+    handler = EventsHandler(clock, sender)
     for stream, context in CONSUMED:
         runtime.consume(Subscription(stream, topology.context_subjects(context), f"notify-{context}"), handler)
     runtime.every(sender.run)

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
-
-from services.targets.domain.catalogue import DEFAULT_CATALOGUE
 
 
 def _env(name: str, default: str) -> str:
@@ -47,10 +44,9 @@ class NotifyConfig:
     # Sends in flight at once per replica; a slow receiver holds one slot, never the others.
     pool_size: int = field(default_factory=lambda: int(_env("CSO_NOTIFY_POOL_SIZE", "32")))
     poll_seconds: float = field(default_factory=lambda: float(_env("CSO_NOTIFY_POLL_SECONDS", "1")))
-    # How often reminders and digests are looked for, and the queue depth measured.
+    # How often digests are looked for, and the queue depth measured.
     schedule_seconds: float = field(
         default_factory=lambda: float(_env("CSO_NOTIFY_SCHEDULE_SECONDS", "30")))
-    catalogue: Path = field(default_factory=lambda: Path(_env("CSO_NOTIFY_CATALOGUE", str(DEFAULT_CATALOGUE))))
 
     def __post_init__(self) -> None:
         problems = []

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from contracts.codes import TIER_LENGTH, RegionCode, Tier, ancestors
+from contracts.codes import RegionCode, ancestors
 from contracts.events import TargetStatus
 
 Channel = Literal["email", "webhook", "inbox"]
@@ -29,10 +29,10 @@ CHANNELS: tuple[Channel, ...] = ("email", "webhook", "inbox")
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 DEFAULT_DIGEST_TIME = time(18, 0)
 
-# What notify makes itself (not contract events): a target's deadline is near; a day's digest.
+# What subscriptions name besides contract events: a target's deadline is near (targets'
+# TargetDeadlineApproaching), a day's digest (notify's own).
 REMINDER = "DeadlineReminder"
 DIGEST = "Digest"
-REMINDER_OFFSETS: tuple[int, ...] = (90, 30, 7)
 
 # Event types a subscription may name (the events notify consumes, and the reminders it makes).
 SUBSCRIBABLE: tuple[str, ...] = (
@@ -196,44 +196,11 @@ def matches(rule: Rule, kind: str, region: str, recorded_at: datetime, status: s
     return region_matches(rule.region, rule.include_subregions, region)
 
 
-@dataclass(frozen=True)
-class ReminderTarget:
-    """A deadline of the target catalogue: one spec (a yearly one has one deadline per year)."""
-
-    target_id: str
-    title: str
-    metric: str
-    threshold: float
-    comparison: str
-    deadline: date
-    scope_region: str
-    regions: tuple[str, ...] | None = None
-    scope_tier: Tier | None = None
-
-
-def reminder_matches(rule: Rule, target: ReminderTarget) -> bool:
-    """A reminder reaches a subscriber of the target's scope region, of one of its regions, of a
-    region of its tier under the scope, or of an ancestor of any of these asking for subregions."""
-    if REMINDER not in rule.events:
-        return False
-    places = [target.scope_region, *(target.regions or ())]
-    if any(region_matches(rule.region, rule.include_subregions, p) for p in places):
-        return True
-    if target.scope_tier is not None:
-        length = TIER_LENGTH[target.scope_tier]
-        return len(rule.region) == length and rule.region.startswith(target.scope_region)
-    return False
-
-
 # --- ids --------------------------------------------------------------------------------------
 
 
 def delivery_id(event_id: UUID, subscription_id: UUID, channel: str) -> UUID:
     return uuid5(_NAMESPACE, f"delivery:{event_id}:{subscription_id}:{channel}")
-
-
-def reminder_event_id(target_id: str, deadline: date, offset_days: int) -> UUID:
-    return uuid5(_NAMESPACE, f"reminder:{target_id}:{deadline.isoformat()}:{offset_days}")
 
 
 def digest_event_id(subscription_id: UUID, day: date) -> UUID:
@@ -263,16 +230,6 @@ def backoff(attempt: int, base: float, cap: float, rand: float) -> float:
 def backoff_schedule(max_attempts: int, base: float, cap: float) -> list[float]:
     """The nominal delays between `max_attempts` attempts (before jitter), for documentation."""
     return [min(cap, base * 2.0 ** (a - 1)) for a in range(1, max_attempts)]
-
-
-def due_offset(deadline: date, today: date, offsets: Sequence[int] = REMINDER_OFFSETS) -> int | None:
-    """The reminder due today: the smallest offset (days before the deadline) already reached.
-    Starting late never sends a stale reminder (20 days before: the 30-day one, not the 90-day)."""
-    left = (deadline - today).days
-    if left < 0:
-        return None
-    reached = [o for o in offsets if left <= o]
-    return min(reached) if reached else None
 
 
 def digest_day(now: datetime, at: time, tz: str) -> date | None:

@@ -1,5 +1,7 @@
-"""Who gets what, written down: events consumed from the bus, deadline reminders and daily digests
-become delivery rows (or digest items) in the transaction that decides them, before any send."""
+"""Who gets what, written down: events consumed from the bus (targets' own deadline announcements
+become reminders) and daily digests become delivery rows (or digest items) in the transaction that
+decides them, before any send. notify keeps no copy of targets' catalogue: titles and deadlines
+travel in targets' events, so a target put over HTTP or by a plan import is reminded of too."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ import json
 import logging
 from collections.abc import Sequence
 from datetime import date, datetime, timezone
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 from zoneinfo import ZoneInfo
@@ -21,7 +22,6 @@ from contracts import events as ev
 from contracts.events import CHINA
 from cso.consumer import Rejected
 from cso.service import Runtime
-from services.targets.domain.catalogue import load_catalogue
 
 from . import store
 from .config import NotifyConfig
@@ -32,16 +32,12 @@ from .domain import (
     DigestLine,
     Message,
     Notice,
-    ReminderTarget,
     TargetInfo,
     digest_day,
     digest_event_id,
     digest_flush_id,
-    due_offset,
     matches,
     region_path,
-    reminder_event_id,
-    reminder_matches,
     render,
     render_digest,
 )
@@ -52,7 +48,8 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class Clock:
-    """The time notify goes by for digests and reminders; tests and what-if runs set `fixed`.
+    """The time notify goes by for digests; tests and what-if runs set `fixed` (reminders go by
+    targets' clock: it announces deadlines).
     (Retry backoff and leases go by the database's clock: they are about seconds, not days.)"""
 
     fixed: datetime | None = None
@@ -63,37 +60,6 @@ class Clock:
     def today(self) -> date:
         """Deadlines are civil dates in China."""
         return self.now().astimezone(CHINA).date()
-
-
-@dataclasses.dataclass(frozen=True)
-class Catalogue:
-    """What notify reads from the target catalogue file: titles, comparisons and deadlines."""
-
-    targets: dict[str, TargetInfo]
-    deadlines: list[ReminderTarget]
-
-    @classmethod
-    def load(cls, path: Path) -> Catalogue:
-        targets: dict[str, TargetInfo] = {}
-        deadlines: list[ReminderTarget] = []
-        for spec in load_catalogue(path):
-            targets[spec.id] = TargetInfo(title=spec.title, comparison=spec.comparison)
-            if spec.retired:
-                continue
-            if spec.yearly and spec.yearly_from is not None and spec.yearly_until is not None:
-                dues = [(f"{spec.id}/{y}", min(date(y, 12, 31), spec.deadline))
-                        for y in range(spec.yearly_from, spec.yearly_until + 1)]
-            else:
-                dues = [(spec.id, spec.deadline)]
-            deadlines += [ReminderTarget(target_id=ident, title=spec.title, metric=spec.figure,
-                                         threshold=spec.threshold, comparison=spec.comparison, deadline=due,
-                                         scope_region=spec.scope_region, regions=spec.regions,
-                                         scope_tier=spec.scope_tier) for ident, due in dues]
-        return cls(targets, deadlines)
-
-    def target(self, target_id: str) -> TargetInfo | None:
-        # An instance id is "<spec>@<region>[/<year>]".
-        return self.targets.get(target_id.split("@", 1)[0])
 
 
 async def route(conn: AsyncConnection, notice: Notice, subscribers: Sequence[store.Subscriber],
@@ -119,20 +85,43 @@ async def route(conn: AsyncConnection, notice: Notice, subscribers: Sequence[sto
     return len(rows) + len(items)
 
 
+APPROACHING = ev.TargetDeadlineApproaching.TYPE
+
+
+def kind(envelope: Envelope[Any]) -> str:
+    """What a subscription names: targets' TargetDeadlineApproaching is a DeadlineReminder."""
+    return REMINDER if envelope.type == APPROACHING else envelope.type
+
+
+def notice_payload(payload: ev.Payload) -> dict[str, Any]:
+    fields = ev.payload_fields(payload)
+    if isinstance(payload, ev.TargetDeadlineApproaching):
+        fields["offset_days"] = payload.days_ahead
+    return fields
+
+
+def target_info(payload: ev.Payload) -> TargetInfo | None:
+    """A target's title and comparison, from its event (an event of before 1.3.0 has neither: the
+    notice then names the target by its id)."""
+    if isinstance(payload, ev.TargetStatusChanged) and payload.title:
+        return TargetInfo(title=payload.title, comparison=payload.comparison or ">=")
+    return None
+
+
 class EventsHandler:
     """Consumes targets, registry, training and divisions events (one handler for every stream)."""
 
-    def __init__(self, clock: Clock, catalogue: Catalogue, sender: Sender) -> None:
-        self.clock, self.catalogue, self.sender = clock, catalogue, sender
+    def __init__(self, clock: Clock, sender: Sender) -> None:
+        self.clock, self.sender = clock, sender
 
     async def apply(self, conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> dict[UUID, Rejected]:
         for envelope in events:
             if isinstance(envelope.payload, ev.DivisionsImported):
                 await store.upsert_divisions(conn, envelope.payload)
-        relevant = [e for e in events if e.type in SUBSCRIBABLE]
+        relevant = [e for e in events if e.type in SUBSCRIBABLE or e.type == APPROACHING]
         if not relevant:
             return {}
-        subscribers = await store.subscribers_for(conn, {e.type for e in relevant})
+        subscribers = await store.subscribers_for(conn, {kind(e) for e in relevant})
         if not subscribers:
             return {}
         names = await store.names(conn, {a for e in relevant for a in ancestors(e.region)})
@@ -141,13 +130,12 @@ class EventsHandler:
             payload = envelope.payload
             status = payload.status.value if isinstance(payload, ev.TargetStatusChanged) else None
             reached = [s for s in subscribers
-                       if matches(s.rule, envelope.type, envelope.region, envelope.recorded_at, status)]
+                       if matches(s.rule, kind(envelope), envelope.region, envelope.recorded_at, status)]
             if not reached:
                 continue
-            target = self.catalogue.target(payload.target_id) \
-                if isinstance(payload, ev.TargetStatusChanged) else None
-            notice = Notice(event_id=envelope.event_id, kind=envelope.type, region=envelope.region,
-                            occurred_at=envelope.occurred_at, payload=ev.payload_fields(payload), target=target)
+            notice = Notice(event_id=envelope.event_id, kind=kind(envelope), region=envelope.region,
+                            occurred_at=envelope.occurred_at, payload=notice_payload(payload),
+                            target=target_info(payload))
             queued += await route(conn, notice, reached, names, self.clock.now())
         if queued:
             # The batch commits right after this returns: wake the sender just after that (it also
@@ -157,65 +145,29 @@ class EventsHandler:
 
 
 class Scheduler:
-    """Reminders before catalogue deadlines, digests at each subscriber's local time, and the
-    queue depth gauge. Safe with replicas: each reminder and each digest is claimed by a unique key."""
+    """Digests at each subscriber's local time, and the queue depth gauge. Safe with replicas: each
+    digest is claimed by a unique key."""
 
-    def __init__(self, runtime: Runtime, config: NotifyConfig, clock: Clock, catalogue: Catalogue,
-                 sender: Sender) -> None:
-        self.runtime, self.config, self.clock = runtime, config, clock
-        self.catalogue, self.sender = catalogue, sender
-        self.reminded: set[tuple[str, date, int]] = set()
+    def __init__(self, runtime: Runtime, config: NotifyConfig, clock: Clock, sender: Sender) -> None:
+        self.runtime, self.config, self.clock, self.sender = runtime, config, clock, sender
         self.digested: set[tuple[UUID, date]] = set()
 
     async def run(self) -> None:
-        async with self.runtime.engine.connect() as conn:
-            self.reminded = await store.done_reminders(conn)
         while True:
             try:
                 await self.step()
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("notify: reminders or digests failed; retrying")
+                log.exception("notify: digests failed; retrying")
             await asyncio.sleep(self.config.schedule_seconds)
 
     async def step(self) -> None:
-        queued = await self.reminders() + await self.digests()
+        queued = await self.digests()
         if queued:
             self.sender.wake()
         async with self.runtime.engine.connect() as conn:
             QUEUE_DEPTH.set(await store.queue_depth(conn))
-
-    async def reminders(self) -> int:
-        today = self.clock.today()
-        due = []
-        for target in self.catalogue.deadlines:
-            offset = due_offset(target.deadline, today)
-            if offset is not None and (target.target_id, target.deadline, offset) not in self.reminded:
-                due.append((target, offset))
-        if not due:
-            return 0
-        queued = 0
-        now = self.clock.now()
-        async with self.runtime.engine.begin() as conn:
-            subscribers = await store.subscribers_for(conn, [REMINDER])
-            names = await store.names(conn, {a for t, _ in due for a in ancestors(t.scope_region)})
-            for target, offset in due:
-                event_id = reminder_event_id(target.target_id, target.deadline, offset)
-                if not await store.start_reminder(conn, target.target_id, target.deadline, offset, event_id):
-                    continue  # made before (by this replica or another)
-                reached = [s for s in subscribers if reminder_matches(s.rule, target)]
-                notice = Notice(event_id=event_id, kind=REMINDER, region=target.scope_region, occurred_at=now,
-                                payload={"target_id": target.target_id, "title": target.title,
-                                         "metric": target.metric, "threshold": target.threshold,
-                                         "comparison": target.comparison,
-                                         "deadline": target.deadline.isoformat(), "offset_days": offset,
-                                         "regions": list(target.regions or ()),
-                                         "scope_tier": target.scope_tier})
-                queued += await route(conn, notice, reached, names, now)
-                await store.count_reminder(conn, event_id, len(reached))
-        self.reminded |= {(t.target_id, t.deadline, o) for t, o in due}
-        return queued
 
     async def digests(self) -> int:
         now = self.clock.now()

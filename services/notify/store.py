@@ -207,25 +207,6 @@ async def take_digest_items(conn: AsyncConnection, sub_id: UUID, digest_event: U
     return list(rows)
 
 
-async def start_reminder(conn: AsyncConnection, target_id: str, deadline: date, offset: int,
-                         event_id: UUID) -> bool:
-    row = (await conn.execute(text(
-        f"INSERT INTO {SCHEMA}.reminder (target_id, deadline, offset_days, event_id) "
-        "VALUES (:t, :d, :o, :e) ON CONFLICT DO NOTHING RETURNING event_id"),
-        {"t": target_id, "d": deadline, "o": offset, "e": event_id})).first()
-    return row is not None
-
-
-async def count_reminder(conn: AsyncConnection, event_id: UUID, recipients: int) -> None:
-    await conn.execute(text(f"UPDATE {SCHEMA}.reminder SET recipients = :n WHERE event_id = :e"),
-                       {"n": recipients, "e": event_id})
-
-
-async def done_reminders(conn: AsyncConnection) -> set[tuple[str, date, int]]:
-    rows = (await conn.execute(text(f"SELECT target_id, deadline, offset_days FROM {SCHEMA}.reminder"))).all()
-    return {(r.target_id, r.deadline, r.offset_days) for r in rows}
-
-
 # --- the send queue ---------------------------------------------------------------------------
 
 _CLAIMED = ("d.id, d.event_id, d.subscription_id, d.channel, d.kind, d.region, d.recipient, d.subject, "

@@ -33,6 +33,8 @@ from services.notify.app import create_app, run_migrations
 from services.notify.config import NotifyConfig
 from services.notify.domain import verify
 from services.notify.routing import Clock
+from services.targets import app as targets_app
+from services.targets.evaluation import Clock as TargetsClock
 from tests.support import eventually, publish, recording, running
 
 pytestmark = pytest.mark.integration
@@ -252,7 +254,8 @@ def status_changed(status: str = "at_risk", target: str = "leshan-avg-urban-clas
                    previous: str | None = "on_track", region: str = "511102") -> Envelope[Any]:
     payload = ev.TargetStatusChanged(
         target_id=f"{target}@{region}", region_code=region, metric="avg_orgs_per_urban_community",
-        previous_status=previous, status=status, value=value, threshold=15.0, deadline=date(2025, 12, 31))
+        previous_status=previous, status=status, value=value, threshold=15.0, deadline=date(2025, 12, 31),
+        title="一类县区城市社区平均拥有社区社会组织不少于15个", comparison=">=")
     return make_event(payload, source="cso-targets")
 
 
@@ -545,52 +548,55 @@ async def test_organization_filed_reaches_its_township(migrated: Settings, nc: N
         assert here["include_subregions"] is True
 
 
-async def test_deadline_reminders_once_each(migrated: Settings) -> None:
+async def test_a_target_put_over_http_is_reminded_of_with_its_title(migrated: Settings) -> None:
+    """notify keeps no catalogue: a target added with PUT /targets (which notify never read) gets
+    its reminders 30 and 7 days before its deadline from targets' TargetDeadlineApproaching, once
+    each, and its status change names it by its title, not its id."""
     settings = migrated
-
-    def at(day: date) -> datetime:  # 09:00 in Shanghai
-        return datetime(day.year, day.month, day.day, 1, 0, tzinfo=timezone.utc)
-
-    clock = Clock(fixed=at(date(2025, 9, 1)))   # nothing due within 90 days yet
-    async with notify(settings, test_config(), clock) as (_, api):
+    await asyncio.to_thread(targets_app.run_migrations, settings)
+    day = TargetsClock(fixed=date(2025, 11, 15))
+    title = "市中区测试目标：社区社会组织不少于99个"
+    spec = {"id": "test-put-reminder", "title": title, "figure": "orgs", "scope_region": "511102",
+            "threshold": 99, "start": "2025-01-01", "deadline": "2025-12-31", "source": "test"}
+    async with notify(settings, test_config()) as (_, api):
         await subscribe(api, recipient="county", region="511102", channels={"inbox": True})
-        await subscribe(api, recipient="city", region="5111", events=["DeadlineReminder"],
-                        channels={"inbox": True}, language="en")
+        await subscribe(api, recipient="city", region="5111", include_subregions=True,
+                        events=["DeadlineReminder"], channels={"inbox": True}, language="en")
         await subscribe(api, recipient="deaf", region="511102", events=["TargetStatusChanged"],
                         channels={"inbox": True})
+        async with running(lambda s: targets_app.create_app(s, day), settings) as (app, targets):
+            coalescer = app.state.runtime.coalescer
+            assert (await targets.put(f"/targets/{spec['id']}", json=spec)).status_code == 200
 
-        async def subjects(recipient: str) -> list[str]:
-            return sorted(i["subject"] for i in (await api.get(f"/inbox/{recipient}")).json()["items"])
+            async def mine(recipient: str) -> list[str]:
+                items = (await api.get(f"/inbox/{recipient}")).json()["items"]
+                return sorted(i["subject"] for i in items if title in i["subject"])
 
-        await asyncio.sleep(0.3)
-        assert await scalar(settings, "SELECT count(*) FROM notify.reminder") == 0
-        clock.fixed = at(date(2025, 10, 2))      # 90 days before 2025-12-31
-        await eventually(lambda: inbox_count(api, "county", 2))
-        county = await subjects("county")
-        # 511102 is a class A county: its two class A targets (scoped to the city, listing it).
-        assert all(s.startswith("【目标截止提醒】四川省 乐山市 距截止日期 2025-12-31 还有 90 天：一类县区")
-                   for s in county), county
-        assert any("一类县区城市社区平均拥有社区社会组织不少于15个（目标 ≥ 15）" in s for s in county), county
-        # The city hears of every target scoped to it that falls due on 2025-12-31 (14 of them).
-        await eventually(lambda: inbox_count(api, "city", 14))
-        assert all(s.startswith("[Deadline reminder] 四川省 乐山市: 90 days to the 2025-12-31 deadline")
-                   for s in await subjects("city"))
+            async def has(recipient: str, n: int) -> bool:
+                return len(await mine(recipient)) == n
 
-        clock.fixed = at(date(2025, 10, 3))
+            async def evaluated(on: date) -> None:
+                day.fixed = on
+                await eventually(waiting(lambda: bool(coalescer.evaluated_on == on)), timeout=60)
+
+            await eventually(lambda: has("county", 1), timeout=60)    # its status, by title
+            assert "目标状态变化" in (await mine("county"))[0], await mine("county")
+            await evaluated(date(2025, 11, 30))
+            await evaluated(date(2025, 12, 1))                          # 30 days before
+            await eventually(lambda: has("county", 2), timeout=60)
+            assert any(s.startswith(f"【目标截止提醒】{SHIZHONG_PATH} 距截止日期 2025-12-31 还有 30 天：{title}")
+                       for s in await mine("county")), await mine("county")
+            await eventually(lambda: has("city", 1), timeout=30)
+            assert (await mine("city"))[0].startswith(
+                f"[Deadline reminder] {SHIZHONG_PATH}: 30 days to the 2025-12-31 deadline: {title}")
+            await evaluated(date(2025, 12, 2))
+            await evaluated(date(2025, 12, 24))                         # 7 days before
+            await eventually(lambda: has("county", 3), timeout=60)
+            await eventually(lambda: has("city", 2), timeout=60)
+            await evaluated(date(2025, 12, 25))                         # nothing is repeated
         await asyncio.sleep(0.5)
-        assert await inbox_count(api, "county", 2)
-        clock.fixed = at(date(2025, 12, 1))      # 30 days before
-        await eventually(lambda: inbox_count(api, "county", 4))
-        assert sum("还有 30 天" in s for s in await subjects("county")) == 2
-        clock.fixed = at(date(2025, 12, 24))     # 7 days before
-        await eventually(lambda: inbox_count(api, "county", 6))
-        clock.fixed = at(date(2025, 12, 31))
-        await asyncio.sleep(0.5)
-        assert await inbox_count(api, "county", 6) and await inbox_count(api, "city", 42)
-        assert await inbox_count(api, "deaf", 0)
-        offsets = await rows(settings, "SELECT offset_days, count(*) AS n FROM notify.reminder "
-                                       "WHERE deadline = '2025-12-31' GROUP BY 1 ORDER BY 1")
-        assert [(r["offset_days"], r["n"]) for r in offsets] == [(7, 14), (30, 14), (90, 14)]
+        assert [await has("county", 3), await has("city", 2), await has("deaf", 1)] == [True] * 3, \
+            (await mine("county"), await mine("city"), await mine("deaf"))
 
 
 async def test_subscription_api(migrated: Settings) -> None:

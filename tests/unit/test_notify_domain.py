@@ -92,41 +92,6 @@ def test_matching_by_kind_region_status_and_time() -> None:
     assert d.matches(r, "TargetStatusChanged", "511102", T0 - timedelta(seconds=30), "at_risk")
 
 
-def reminder_target(**over: Any) -> d.ReminderTarget:
-    base: dict[str, Any] = {"target_id": "t", "title": "x", "metric": "orgs", "threshold": 1.0,
-                            "comparison": ">=", "deadline": date(2025, 12, 31), "scope_region": "5111"}
-    return d.ReminderTarget(**(base | over))
-
-
-def test_reminder_matching() -> None:
-    county = rule(region="511102")
-    city = rule(region="5111")
-    province_all = rule(region="51", include_subregions=True)
-    listed = reminder_target(regions=("511102", "511111"))
-    tiered = reminder_target(scope_tier="county")
-    citywide = reminder_target()
-    assert d.reminder_matches(county, listed) and d.reminder_matches(county, tiered)
-    assert not d.reminder_matches(county, citywide)
-    assert d.reminder_matches(city, citywide) and d.reminder_matches(city, listed)
-    assert d.reminder_matches(province_all, citywide)
-    assert not d.reminder_matches(rule(region="511102004"), tiered)
-    assert not d.reminder_matches(rule(region="511102", events=frozenset({"OrganizationFiled"})), listed)
-
-
-def test_due_offsets_once_each_never_stale() -> None:
-    deadline = date(2025, 12, 31)
-    assert d.due_offset(deadline, deadline - timedelta(days=91)) is None
-    assert d.due_offset(deadline, deadline - timedelta(days=90)) == 90
-    assert d.due_offset(deadline, deadline - timedelta(days=31)) == 90
-    assert d.due_offset(deadline, deadline - timedelta(days=30)) == 30
-    assert d.due_offset(deadline, deadline - timedelta(days=20)) == 30   # started late: not the 90
-    assert d.due_offset(deadline, deadline - timedelta(days=7)) == 7
-    assert d.due_offset(deadline, deadline) == 7
-    assert d.due_offset(deadline, deadline + timedelta(days=1)) is None
-    ids = {d.reminder_event_id("t", deadline, o) for o in (90, 30, 7)}
-    assert len(ids) == 3 and d.reminder_event_id("t", deadline, 7) in ids
-
-
 def test_digest_day_in_local_time() -> None:
     at = time(18, 0)
     # 09:59 UTC is 17:59 in Shanghai: not yet; 10:00 UTC is 18:00: today's digest.
