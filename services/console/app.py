@@ -17,6 +17,7 @@ ship inside this package: no CDN):
 | /units/{unit} | a unit's to-do list across plans | targets /units/{unit}/todo |
 | /training/{code} | core-talent training person-times, per child, per month | targets' coverage |
 | /inbox | the signed-in official's messages | notify /inbox/{sub} |
+| /upload | 上传表格: the organizations sheet, dry run then apply | registry /imports |
 
 Sign-in, cookies and access classes: services/console/session.py. Where the services are:
 services/console/upstream.py. Launched like the others: `python -m cso.http_server
@@ -34,7 +35,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-from fastapi import Depends, FastAPI, Form, Query, Request
+from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -42,7 +43,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from cso.auth import HEALTH, PERSONAL, PUBLIC, SCOPED, WRITE, AuthError, unclassified
 from cso.settings import Settings
 
-from . import labels
+from . import labels, upload
 from .session import COOKIE, CrossSite, Gate, Session, SignIn, cookie_options
 from .upstream import Refused, Upstream, Urls, part
 
@@ -304,6 +305,34 @@ def create_app(settings: Settings | None = None, urls: Urls | None = None,
     async def mark_read(request: Request, message_id: str, session: Session = who) -> Response:
         await upstream.post(session, "notify", f"/inbox/{part(session.who.sub)}/{part(message_id)}/read")
         return RedirectResponse("/inbox", status_code=303)
+
+    # ------------------------------------------------------------------ the spreadsheet upload
+
+    @app.get("/upload", response_class=HTMLResponse, **SCOPED)
+    async def upload_form(request: Request, session: Session = who) -> HTMLResponse:
+        return page(request, "upload.html", result=None, error=None, words=upload.STATUS_WORDS)
+
+    @app.get("/upload/template.xlsx", **SCOPED)
+    async def upload_template(session: Session = who) -> Response:
+        answer = await upstream.call(session, "registry", "GET", "/imports/template.xlsx")
+        keep = ("content-type", "content-disposition")
+        return Response(answer.content, headers={k: v for k, v in answer.headers.items() if k.lower() in keep})
+
+    @app.post("/upload", response_class=HTMLResponse, **WRITE)
+    async def upload_sheet(request: Request, file: UploadFile | None = File(None), action: str = Form("dry_run"),
+                           partial: bool = Form(False), session: Session = who) -> HTMLResponse:
+        """A dry run (the default) or an apply of the picked file; the verdicts either way."""
+        if action not in ("dry_run", "apply"):
+            return page(request, "upload.html", 422, result=None, words=upload.STATUS_WORDS,
+                        error=f"action：只能是 dry_run 或 apply，不是 {action!r}")
+        try:
+            data = await upload.read(file)
+        except upload.Unreadable as e:
+            return page(request, "upload.html", 422, result=None, words=upload.STATUS_WORDS,
+                        error=f"{e.field}：{e.message}")
+        result = await upload.send(upstream, session, data, apply=action == "apply", partial=partial)
+        return page(request, "upload.html", result=result, error=None, words=upload.STATUS_WORDS,
+                    filename=file.filename if file else "", partial=partial)
 
     return app
 

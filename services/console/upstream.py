@@ -51,7 +51,7 @@ def part(value: str) -> str:
     return quote(value, safe="")
 
 
-def _reason(response: httpx.Response) -> str:
+def reason(response: httpx.Response) -> str:
     try:
         body = response.json()
     except ValueError:
@@ -74,14 +74,19 @@ class Upstream:
         await self.client.aclose()
 
     async def call(self, session: Session, service: str, method: str, path: str,
-                   params: dict[str, Any] | None = None) -> httpx.Response:
+                   params: dict[str, Any] | None = None, content: bytes | None = None,
+                   content_type: str | None = None, accept: tuple[int, ...] = (),
+                   timeout: float | None = None) -> httpx.Response:
+        """The service's answer; Refused for a status >= 400 unless the caller reads it (`accept`)."""
         base = getattr(self.urls, service)
+        headers = {**session.headers, **({"Content-Type": content_type} if content_type else {})}
         try:
-            response = await self.client.request(method, base + path, params=params, headers=session.headers)
+            response = await self.client.request(method, base + path, params=params, headers=headers,
+                                                 content=content, timeout=timeout or TIMEOUT)
         except httpx.HTTPError as e:
             raise Refused(502, f"{service} 无应答（{base}）：{type(e).__name__}", service) from None
-        if response.status_code >= 400:
-            raise Refused(response.status_code, _reason(response), service)
+        if response.status_code >= 400 and response.status_code not in accept:
+            raise Refused(response.status_code, reason(response), service)
         return response
 
     async def get(self, session: Session, service: str, path: str, **params: Any) -> Any:

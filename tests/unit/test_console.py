@@ -19,6 +19,7 @@ from services.console.session import COOKIE
 from services.console.upstream import Urls
 
 SECRET = "s" * 40
+XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 COUNTY = {"code": "510681", "name": "广汉市", "tier": "county", "kind": None, "parent_code": "5106",
           "counters": {"streets": 3}, "figures": {"orgs": 12.0, "streets_with_base_share": 0.5},
           "as_of": None, "targets": [], "children": []}
@@ -46,6 +47,23 @@ def client(seen: list[httpx.Request]) -> Iterator[TestClient]:
         if request.url.path == "/targets":
             return httpx.Response(200, json=[{"id": "t", "spec": {"scope_region": "5111"}},
                                              {"id": "u", "spec": {"scope_region": "510681"}}])
+        if request.url.path == "/imports/template.xlsx":
+            return httpx.Response(200, content=b"PK-template", headers={
+                "content-type": XLSX, "content-disposition": 'attachment; filename="organizations.xlsx"'})
+        if request.url.path == "/imports":
+            if request.content == b"not a sheet":
+                return httpx.Response(422, json={"ok": False, "errors": [{"field": "file", "message": "not a sheet"}]})
+            dry = request.url.params["dry_run"] == "true"
+            partial = request.url.params["partial"] == "true"
+            status = 200 if dry else 207 if partial else 422
+            good = "ok" if dry else "applied" if partial else "held"
+            bad = {"sheet": "备案", "row": 3, "kind": "filing", "status": "refused", "header": "类别",
+                   "field": "category", "reason": "'其他' is not one of 为民服务、<b>公益慈善</b>"}
+            return httpx.Response(status, json={
+                "ok": False, "dry_run": dry, "partial": partial, "rows": 2, "applied": status == 207,
+                "counts": {"ok": 0, "applied": 0, "already_applied": 0, "held": 0, "refused": 1, good: 1},
+                "refused": [bad], "ignored_sheets": [], "ignored_columns": [],
+                "verdicts": [{"sheet": "备案", "row": 2, "kind": "filing", "status": good}, bad]})
         return httpx.Response(404, json={"ok": False, "errors": [{"field": "path", "message": "nothing here"}]})
 
     settings = Settings(auth="jwt", jwt_secret=SECRET)
@@ -167,3 +185,52 @@ def test_every_figure_targets_computes_has_a_chinese_name() -> None:
     from services.targets.domain.metrics import FIGURES
 
     assert set(FIGURES) - set(labels.FIGURES) == set()
+
+
+def test_the_upload_page_offers_the_template_from_registry(client: TestClient, seen: list[httpx.Request]) -> None:
+    page = signed(client, tok("510681")).get("/upload")
+    assert page.status_code == 200 and '<a href="/upload">上传表格</a>' in page.text
+    assert 'enctype="multipart/form-data"' in page.text and 'href="/upload/template.xlsx"' in page.text
+    template = client.get("/upload/template.xlsx")
+    assert template.status_code == 200 and template.content == b"PK-template"
+    assert template.headers["content-type"] == XLSX and "organizations.xlsx" in template.headers["content-disposition"]
+    assert seen[-1].url.path == "/imports/template.xlsx"
+    assert seen[-1].headers["authorization"] == f"Bearer {tok('510681')}"
+
+
+def test_an_uploaded_file_goes_to_registry_as_the_body_and_each_refused_row_is_shown(
+        client: TestClient, seen: list[httpx.Request]) -> None:
+    sheet = "类型,组织名称\n备案,西城舞蹈队\n".encode("gb18030")
+    files = {"file": ("orgs.csv", sheet, "text/csv")}
+    dry = signed(client, tok("510681")).post("/upload", files=files, data={"action": "dry_run"})
+    assert dry.status_code == 200, dry.text
+    sent = seen[-1]
+    assert (sent.method, sent.url.path, sent.content) == ("POST", "/imports", sheet)
+    assert dict(sent.url.params) == {"dry_run": "true", "partial": "false"}
+    assert sent.headers["authorization"] == f"Bearer {tok('510681')}"
+    assert "核验结果（未导入）" in dry.text and "可导入 1 行，拒绝 1 行" in dry.text
+    assert "<td>备案</td><td class=\"num\">3</td>" in dry.text and "类别（category）" in dry.text
+    assert "&lt;b&gt;公益慈善&lt;/b&gt;" in dry.text   # registry's words are escaped
+    # Apply, all or nothing: registry's 422 with verdicts is a result, not an error page.
+    held = client.post("/upload", files=files, data={"action": "apply"})
+    assert held.status_code == 200 and "未导入（表中有错误行） 1 行" in held.text
+    assert dict(seen[-1].url.params) == {"dry_run": "false", "partial": "false"}
+    done = client.post("/upload", files=files, data={"action": "apply", "partial": "true"})
+    assert done.status_code == 200 and "已导入 1 行" in done.text
+    assert dict(seen[-1].url.params) == {"dry_run": "false", "partial": "true"}
+
+
+def test_an_upload_without_a_file_or_one_registry_cannot_read_is_refused_naming_why(
+        client: TestClient, seen: list[httpx.Request]) -> None:
+    none = signed(client, tok("510681")).post("/upload", data={"action": "dry_run"})
+    assert none.status_code == 422 and "file：请选择要上传的表格" in none.text and seen == []
+    empty = client.post("/upload", files={"file": ("a.csv", b"", "text/csv")}, data={"action": "dry_run"})
+    assert empty.status_code == 422 and "是空的" in empty.text and seen == []
+    odd = client.post("/upload", files={"file": ("a.csv", b"x", "text/csv")}, data={"action": "drop"})
+    assert odd.status_code == 422 and "action" in odd.text and seen == []
+    unread = client.post("/upload", files={"file": ("a.txt", b"not a sheet", "text/plain")})
+    assert unread.status_code == 422 and "registry：file: not a sheet" in unread.text
+    # Never by GET, never from another site.
+    assert client.get("/upload?action=apply").status_code == 200   # the form only
+    cross = client.post("/upload", files={"file": ("a.csv", b"x", "text/csv")}, headers={"Origin": "https://evil.example"})
+    assert cross.status_code == 403 and len(seen) == 1
