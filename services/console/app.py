@@ -59,6 +59,7 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 TIER_LENGTHS = (2, 4, 6, 9, 12)
+NO_FILE = File(None)   # the upload form's file field, optional so that its absence is named
 log = logging.getLogger(__name__)
 
 
@@ -319,7 +320,7 @@ def create_app(settings: Settings | None = None, urls: Urls | None = None,
         return Response(answer.content, headers={k: v for k, v in answer.headers.items() if k.lower() in keep})
 
     @app.post("/upload", response_class=HTMLResponse, **WRITE)
-    async def upload_sheet(request: Request, file: UploadFile | None = File(None), action: str = Form("dry_run"),
+    async def upload_sheet(request: Request, file: UploadFile | None = NO_FILE, action: str = Form("dry_run"),
                            partial: bool = Form(False), session: Session = who) -> HTMLResponse:
         """A dry run (the default) or an apply of the picked file; the verdicts either way."""
         if action not in ("dry_run", "apply"):

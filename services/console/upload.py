@@ -49,7 +49,7 @@ async def send(upstream: Upstream, session: Session, data: bytes, apply: bool, p
     params = {"dry_run": str(not apply).lower(), "partial": str(partial).lower()}
     response = await upstream.call(session, "registry", "POST", "/imports", params,
                                    content=data, content_type="application/octet-stream", accept=(422,),
-                                   timeout=APPLY_TIMEOUT)
+                                   patience=APPLY_TIMEOUT)
     body = response.json() if response.headers.get("content-type", "").startswith("application/json") else None
     if not isinstance(body, dict) or "verdicts" not in body:
         raise Refused(response.status_code, reason(response), "registry")

@@ -76,13 +76,13 @@ class Upstream:
     async def call(self, session: Session, service: str, method: str, path: str,
                    params: dict[str, Any] | None = None, content: bytes | None = None,
                    content_type: str | None = None, accept: tuple[int, ...] = (),
-                   timeout: float | None = None) -> httpx.Response:
+                   patience: float | None = None) -> httpx.Response:
         """The service's answer; Refused for a status >= 400 unless the caller reads it (`accept`)."""
         base = getattr(self.urls, service)
         headers = {**session.headers, **({"Content-Type": content_type} if content_type else {})}
         try:
             response = await self.client.request(method, base + path, params=params, headers=headers,
-                                                 content=content, timeout=timeout or TIMEOUT)
+                                                 content=content, timeout=patience or TIMEOUT)
         except httpx.HTTPError as e:
             raise Refused(502, f"{service} 无应答（{base}）：{type(e).__name__}", service) from None
         if response.status_code >= 400 and response.status_code not in accept:
