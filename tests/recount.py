@@ -18,6 +18,7 @@ CROSS JOIN LATERAL (VALUES ('orgs'), ('orgs_' || o.tier), ('orgs_cat_' || o.cate
     (CASE WHEN o.category IN ('resident_services', 'mediation', 'rural_revitalization')
           THEN 'orgs_functional' ELSE 'orgs_interest' END),
     (CASE WHEN c.kind IN ('urban', 'rural') THEN 'orgs_' || c.kind END),
+    (CASE WHEN c.kind IN ('urban', 'rural') THEN 'orgs_' || c.kind || '_' || o.tier END),
     (CASE WHEN EXISTS (SELECT 1 FROM registry.party_coverage pc JOIN registry.party_organization p
                        ON p.id = pc.party_organization_id
                        WHERE pc.organization_id = o.id AND p.ended_on IS NULL)

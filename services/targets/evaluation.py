@@ -61,12 +61,12 @@ def _instance_json(i: TargetInstance) -> str:
     # An instance without a definition of "new" is stored as it was before there was one, so it
     # keeps its version (a changed document starts a new one).
     return json.dumps({k: v.isoformat() if isinstance(v, date) else v
-                       for k, v in dataclasses.asdict(i).items() if not (k == "new" and v is None)})
+                       for k, v in dataclasses.asdict(i).items() if not (k in ("new", "counts") and v is None)})
 
 
 def instance_from_json(data: dict[str, Any]) -> TargetInstance:
     return TargetInstance(**{k: date.fromisoformat(v) if k in ("start", "deadline")
-                             else tuple(v) if k == "new" and v is not None else v
+                             else tuple(v) if k in ("new", "counts") and v is not None else v
                              for k, v in data.items()})
 
 
@@ -129,11 +129,11 @@ async def statuses(conn: AsyncConnection, instances: Sequence[TargetInstance], d
     for i, n in zip(instances, needs, strict=True):
         year_start = at[(i.region, n.year_start)] if n.year_start else None
         if n.deadline is not None:
-            at_deadline = figure(i.figure, at[(i.region, n.deadline)], year_start, i.new)
+            at_deadline = figure(i.figure, at[(i.region, n.deadline)], year_start, i.new, i.counts)
             out.append((evaluate(i, day, None, None, at_deadline), at_deadline))
             continue
-        value = figure(i.figure, now[i.region] if live else at[(i.region, day)], year_start, i.new)
-        at_start = figure(i.figure, at[(i.region, n.start)], None, i.new) if n.start else 0.0
+        value = figure(i.figure, now[i.region] if live else at[(i.region, day)], year_start, i.new, i.counts)
+        at_start = figure(i.figure, at[(i.region, n.start)], None, i.new, i.counts) if n.start else 0.0
         out.append((evaluate(i, day, value, at_start, None), value))
     return out
 

@@ -128,6 +128,13 @@ async def stale(conn: AsyncConnection) -> str | None:
             "AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(e.timeline->'pulses') p "
             "WHERE jsonb_array_length(p->1) = 3))"))).scalar():
         return "registrations are counted but not registrations_<class> (coverage kept before new registrations)"
+    # Densities count organizations by tier since a target says which tiers it counts (issue 21).
+    if (await conn.execute(text(
+            f"SELECT EXISTS (SELECT 1 FROM {SCHEMA}.coverage_now WHERE counter IN ('orgs_urban', 'orgs_rural') "
+            "AND value <> 0) "
+            f"AND NOT EXISTS (SELECT 1 FROM {SCHEMA}.coverage_now WHERE counter LIKE 'orgs\\_urban\\_%' "
+            "OR counter LIKE 'orgs\\_rural\\_%')"))).scalar():
+        return "organizations in urban or rural communities are counted but not by tier (coverage kept before tiers)"
     # Flagged by a migration that changed how coverage is kept (0006: per day, not per month).
     flagged: str | None = (await conn.execute(text(
         f"SELECT reason FROM {SCHEMA}.projection_stale ORDER BY reason LIMIT 1"))).scalar()

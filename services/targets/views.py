@@ -6,6 +6,7 @@ the definition then in force (domain/status.py)."""
 
 from __future__ import annotations
 
+import json
 from datetime import date
 from typing import Any
 
@@ -17,7 +18,7 @@ from contracts.codes import TIER_LENGTH, ancestors, tier_of
 from . import evaluation, store
 from .domain import behind as behind_
 from .domain.catalogue import TargetInstance
-from .domain.metrics import FIGURES, figure, figures
+from .domain.metrics import FIGURES, figure, figures, numerator
 from .domain.status import Version, definition_on
 
 SCHEMA = store.SCHEMA
@@ -169,6 +170,12 @@ def parse_limit(value: str | int | None, default: int = BEHIND_LIMIT) -> int:
     return limit
 
 
+def _counts(row: Any) -> tuple[str, ...] | None:
+    """The tiers of organizations an instance's target counts (None: every tier)."""
+    counts = row["counts"]
+    return tuple(json.loads(counts)) if counts is not None else None
+
+
 async def behind(conn: AsyncConnection, code: str, target: str | None = None,
                  limit: int = BEHIND_LIMIT) -> dict[str, Any]:
     """The communities and townships of a region under each applicable target's threshold, worst
@@ -186,7 +193,8 @@ async def behind(conn: AsyncConnection, code: str, target: str | None = None,
     region = await known_region(conn, code)
     rows = (await conn.execute(text(
         f"SELECT target_id, region, figure, threshold, deadline, status, instance->>'title' AS title, "
-        f"instance->>'source' AS source, coalesce(instance->>'comparison', '>=') AS comparison "
+        f"instance->>'source' AS source, coalesce(instance->>'comparison', '>=') AS comparison, "
+        f"instance->>'counts' AS counts "
         f"FROM {SCHEMA}.target_instance WHERE region = ANY(:up) OR region LIKE :down "
         "ORDER BY deadline, target_id, region"),
         {"up": ancestors(code), "down": code + "%"})).mappings().all()
@@ -200,7 +208,8 @@ async def behind(conn: AsyncConnection, code: str, target: str | None = None,
     for r in instances:
         groups.setdefault(r["target_id"], []).append(r)
     wanted = sorted({c for r in instances
-                     for c in FIGURES[r["figure"]].numerator + FIGURES[r["figure"]].denominator})
+                     for c in numerator(r["figure"], None, _counts(r)) + FIGURES[r["figure"]].numerator
+                     + FIGURES[r["figure"]].denominator})
     by_tier: dict[str, dict[str, tuple[str, dict[str, int]]]] = {}
     out = []
     for target_id, group in groups.items():
@@ -223,7 +232,7 @@ async def behind(conn: AsyncConnection, code: str, target: str | None = None,
             for scope, mine in per_instance.items():
                 instance = by_region[scope]
                 n, late = behind_.behind(first["figure"], float(instance["threshold"]),
-                                         instance["comparison"], mine)
+                                         instance["comparison"], mine, _counts(instance))
                 counted += n
                 units += late
             sign = 1 if first["comparison"] == ">=" else -1

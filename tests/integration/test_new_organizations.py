@@ -99,3 +99,83 @@ async def test_registrations_kept_before_they_counted_as_new_are_flagged_for_a_r
     finally:
         await db.close()
         await engine.dispose()
+
+
+async def test_leshan_densities_leave_out_guided_organizations(settings: Settings, nc: nats.NATS) -> None:
+    """"依法登记注册或实行在乡镇（街道）备案的社会组织": a guided (unfiled) organization in a rural
+    community does not count in Leshan's rural average, nor in its behind list; a filed one does.
+    Coverage still counts both."""
+    await asyncio.to_thread(registry_migrations, settings)
+    await asyncio.to_thread(targets.run_migrations, settings)
+    t = settings.topology
+    async with running(registry_app, settings), \
+            running(lambda s: targets.create_app(s, Clock(fixed=date(2024, 6, 30))), settings) as (_, api):
+        await publish_divisions(nc.jetstream(), t, DEMO_DIVISIONS)
+        db = await asyncpg.connect(settings.database_url)
+        try:
+            async def community() -> str | None:
+                code: str | None = await db.fetchval(
+                    "SELECT code FROM registry.community WHERE code LIKE '5111%' AND kind = 'rural' "
+                    "ORDER BY code LIMIT 1")
+                return code
+
+            await eventually(community, timeout=30)
+            code = await community()
+        finally:
+            await db.close()
+        assert code is not None
+
+        async def counted(counter: str, want: int) -> bool:
+            answer = await api.get(f"/coverage/{code[:9]}")
+            return answer.status_code == 200 and answer.json()["counters"].get(counter) == want
+
+        async def behind_numerator() -> int:
+            body = (await api.get(f"/behind/{code}", params={"target": "leshan-avg-rural"})).json()
+            [unit] = body["targets"][0]["tiers"][-1]["list"]
+            assert unit["code"] == code
+            return int(unit["numerator"])
+
+        async def city_moved() -> bool:
+            answer = await api.get("/regions/5111/targets")
+            rows = answer.json() if answer.status_code == 200 else []
+            return any(r["id"] == "leshan-avg-rural@5111" and (r["value"] or 0) > 0 for r in rows)
+
+        guided = ev.OrganizationFiled(organization_id=uuid.uuid4(), name="广场舞队", community_code=code,
+                                      category="culture_sports", filed_on=date(2024, 3, 1), tier="guided")
+        await publish(nc, t.intake_subject("leshan-register", guided.TYPE, code),
+                      make_event(guided, source="leshan-register"))
+        await eventually(lambda: counted("orgs_rural_guided", 1), timeout=60, interval=0.2)
+        assert (await api.get(f"/coverage/{code[:9]}")).json()["counters"]["orgs_rural"] == 1
+        # The behind list reads coverage as it stands: the community holds no organization the
+        # target counts (before issue 21 the guided one counted).
+        assert await behind_numerator() == 0
+
+        filed = ev.OrganizationFiled(organization_id=uuid.uuid4(), name="志愿服务队", community_code=code,
+                                     category="culture_sports", filed_on=date(2024, 3, 2))
+        await publish(nc, t.intake_subject("leshan-register", filed.TYPE, code),
+                      make_event(filed, source="leshan-register"))
+        await eventually(lambda: counted("orgs_rural", 2), timeout=60, interval=0.2)
+        assert await behind_numerator() == 1
+        await eventually(city_moved, timeout=60, interval=0.2)
+
+
+async def test_densities_kept_before_tiers_are_flagged_for_a_rebuild(settings: Settings) -> None:
+    """Coverage of organizations in rural communities without the per-tier counters a target's
+    `counts` reads was kept before them: stale, so targets rebuilds it at start."""
+    from cso.database import make_engine
+    from services.targets.rebuild import stale
+
+    await asyncio.to_thread(targets.run_migrations, settings)
+    db = await asyncpg.connect(settings.database_url)
+    engine = make_engine(settings.database_url)
+    try:
+        await db.execute("INSERT INTO targets.coverage_now (region, counter, value) VALUES ('5111', 'orgs_rural', 1)")
+        async with engine.connect() as conn:
+            assert (await stale(conn) or "").startswith("organizations in urban or rural communities")
+        await db.execute("INSERT INTO targets.coverage_now (region, counter, value) "
+                         "VALUES ('5111', 'orgs_rural_guided', 1)")
+        async with engine.connect() as conn:
+            assert await stale(conn) is None
+    finally:
+        await db.close()
+        await engine.dispose()

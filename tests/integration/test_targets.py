@@ -30,7 +30,7 @@ from services.registry.app import run_migrations as registry_migrations
 from services.targets import app as targets
 from services.targets.domain import coverage as cov
 from services.targets.domain.catalogue import TargetSpec, parse_catalogue
-from services.targets.domain.metrics import FIGURES
+from services.targets.domain.metrics import FIGURES, numerator
 from services.targets.rebuild import rebuild, upgrade
 from tests.recount import behind as recount_behind
 from tests.recount import projected, recount
@@ -45,6 +45,7 @@ REGISTRY_COUNTERS = {"orgs", "orgs_registered", "orgs_filed", "orgs_guided", "or
                      "streets_with_base", "towns_with_base", "hubs", "bases", "orgs_party_covered",
                      "brand_orgs", "brand_projects", "hub_demo_orgs", "filings_functional",
                      "filings_interest", "registrations_functional", "registrations_interest",
+                     *(f"orgs_{k}_{t.value}" for k in ("urban", "rural") for t in ev.ManagementTier),
                      } | {f"orgs_cat_{c.value}" for c in ev.Category}
 
 
@@ -281,7 +282,8 @@ async def down_to_the_community(client: httpx.AsyncClient, expected: Counter[tup
                 for scope in spec.regions or (spec.scope_region,):
                     if scope.startswith(region) or region.startswith(scope):
                         n, w = recount_behind(expected, max(scope, region, key=len), TIER_LENGTH[x["tier"]],
-                                              figure.numerator, figure.denominator, spec.threshold,
+                                              numerator(spec.figure, spec.new, spec.counts),
+                                              figure.denominator, spec.threshold,
                                               spec.comparison)
                         counted, want = counted + n, want | w
                 assert (x["units"], x["behind"]) == (counted, len(want)), (region, t["target_id"], x["tier"])

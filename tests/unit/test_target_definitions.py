@@ -60,3 +60,41 @@ def test_a_definition_of_new_is_checked_field_by_field(fields: dict[str, object]
 def test_a_definition_of_new_round_trips() -> None:
     [spec] = parse_catalogue({"targets": [_target(new=["registered"], quote="每年新增登记")]}, "f")
     assert spec.new == ("registered",) and spec.quote == "每年新增登记"
+
+
+def _tiers(quote: str) -> set[str]:
+    """The tiers a plan's definition of an organization names: 登记 (registered), 备案 (filed);
+    an organization only guided (neither) is outside "依法登记注册或…备案"."""
+    return {tier for word, tier in (("登记", "registered"), ("备案", "filed")) if word in quote}
+
+
+def test_every_density_with_a_definition_counts_the_tiers_it_names() -> None:
+    specs = [s for s in load_catalogue() if s.counts is not None]
+    assert {s.id for s in specs} >= {"leshan-avg-urban", "leshan-avg-rural-class-c"}
+    for spec in specs:
+        assert spec.quote, f"{spec.id}: no quote"
+        assert set(spec.counts or ()) == _tiers(spec.quote), spec.id
+        assert "guided" not in (spec.counts or ()), spec.id
+
+
+def test_leshan_densities_leave_guided_organizations_out() -> None:
+    leshan = {s.id: s for s in load_catalogue()}["leshan-avg-rural"]
+    assert leshan.quote is not None and "依法登记注册或" in leshan.quote and "备案" in leshan.quote
+    assert numerator("avg_orgs_per_rural_community", None, leshan.counts) == (
+        "orgs_rural_registered", "orgs_rural_filed")
+    counters = {"orgs_rural": 3, "orgs_rural_guided": 1, "orgs_rural_filed": 2, "communities_rural": 4}
+    assert figure("avg_orgs_per_rural_community", counters, None, None, leshan.counts) == 0.5
+    assert figure("avg_orgs_per_rural_community", counters) == 0.75   # no definition: every tier
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"figure": "avg_orgs_per_rural_community", "yearly_from": None, "yearly_until": None,
+      "counts": ["filed", "filed"]}, "targets[0] (id 't'): counts: a tier is listed twice"),
+    ({"figure": "avg_orgs_per_rural_community", "yearly_from": None, "yearly_until": None,
+      "counts": ["approved"]}, "targets[0] (id 't'): counts[0]: Input should be"),
+    ({"counts": ["filed"]}, "targets[0] (id 't'): counts: figure 'new_filings_functional' does not count"),
+])
+def test_which_organizations_count_is_checked_field_by_field(fields: dict[str, object], message: str) -> None:
+    with pytest.raises(CatalogueError) as caught:
+        parse_catalogue({"targets": [{k: v for k, v in _target(**fields).items() if v is not None}]}, "f")
+    assert any(p.startswith(f"f: {message}") for p in caught.value.problems), caught.value.problems

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from .catalogue import Comparison, satisfies
 from .metrics import FIGURES
+from .metrics import numerator as numerator_of
 
 # The tiers listed for a figure's unit: a per-community figure is also averaged per township.
 TIERS_OF_UNIT: dict[str, tuple[str, ...]] = {"community": ("township", "community"), "township": ("township",)}
@@ -64,18 +65,21 @@ def short_of(threshold: float, comparison: Comparison, numerator: int, denominat
 
 
 def behind(figure: str, threshold: float, comparison: Comparison,
-           units: Mapping[str, tuple[str, Mapping[str, int]]]) -> tuple[int, list[Unit]]:
+           units: Mapping[str, tuple[str, Mapping[str, int]]],
+           counts: tuple[str, ...] | None = None) -> tuple[int, list[Unit]]:
     """(how many of `units` the figure applies to, those under the threshold worst first).
 
     `units`: code -> (name, counters). A unit whose denominator is 0 (a rural community for an
     urban figure, a town for a streets figure) is not counted. Worst first: the largest shortfall,
-    then the farthest value from the threshold, then by code.
+    then the farthest value from the threshold, then by code. `counts`: the tiers of organizations
+    the target counts (None: every tier).
     """
     spec = FIGURES[figure]
+    top = numerator_of(figure, None, counts)
     counted = 0
     out: list[Unit] = []
     for code, (name, counters) in units.items():
-        numerator = sum(counters.get(c, 0) for c in spec.numerator)
+        numerator = sum(counters.get(c, 0) for c in top)
         denominator = sum(counters.get(c, 0) for c in spec.denominator)
         if denominator <= 0:
             continue

@@ -39,12 +39,13 @@ from pydantic_core import PydanticCustomError
 from contracts.codes import TIER_LENGTH, TIERS, tier_of
 from contracts.events import EARLIEST, LATEST
 
-from .metrics import FIGURES, NEW_EVENTS, NEW_FIGURES
+from .metrics import FIGURES, NEW_EVENTS, NEW_FIGURES, TIER_FIGURES
 
 DEFAULT_CATALOGUE = Path(__file__).parents[1] / "catalogue.yaml"
 
 Comparison = Literal[">=", "<="]
 NewEvent = Literal["filed", "registered"]
+OrgTier = Literal["registered", "filed", "guided"]
 ScopeTier = Literal["city", "county", "township"]
 # Tiers a target can be set on (coverage is computed for these; communities carry no figures).
 TARGET_TIERS = ("province", "city", "county", "township")
@@ -101,6 +102,8 @@ class TargetSpec:
     retired: bool = False
     # Which events make an organization new, for a new-organizations figure (None: filings only).
     new: tuple[NewEvent, ...] | None = None
+    # Which organizations a density counts, by management tier (None: every tier).
+    counts: tuple[OrgTier, ...] | None = None
     # The plan's own sentence this target implements, word for word.
     quote: str | None = None
 
@@ -125,6 +128,7 @@ class TargetInstance:
     source: str
     title: str
     new: tuple[str, ...] | None = None
+    counts: tuple[str, ...] | None = None
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -218,6 +222,7 @@ class _TargetModel(BaseModel):
     kind: Annotated[str, Field(strict=True, max_length=100)] | None = None
     retired: StrictBool = False
     new: Annotated[tuple[NewEvent, ...], Field(min_length=1)] | None = None
+    counts: Annotated[tuple[OrgTier, ...], Field(min_length=1)] | None = None
     quote: Text | None = None
 
 
@@ -291,6 +296,14 @@ def _cross_checks(m: _TargetModel) -> list[tuple[str, str]]:
         if len(set(m.new)) != len(m.new):
             problems.append(("new", f"an event is listed twice in {list(m.new)}; give each of "
                                     f"{', '.join(NEW_EVENTS)} at most once"))
+    if m.counts is not None:
+        if m.figure not in TIER_FIGURES:
+            problems.append((
+                "counts", f"figure {m.figure!r} does not count organizations by tier; only "
+                f"{', '.join(TIER_FIGURES)} take counts",
+            ))
+        if len(set(m.counts)) != len(m.counts):
+            problems.append(("counts", f"a tier is listed twice in {list(m.counts)}"))
     if m.kind is not None:
         words = m.figure.split("_")
         if m.kind not in KINDS:
@@ -329,7 +342,7 @@ def _spec(m: _TargetModel) -> TargetSpec:
         scope_tier=m.scope_tier, regions=m.regions, threshold=float(m.threshold),
         comparison=m.comparison, start=m.start, deadline=m.deadline,
         yearly_from=m.yearly_from, yearly_until=m.yearly_until, source=m.source, kind=m.kind,
-        retired=m.retired, new=m.new, quote=m.quote,
+        retired=m.retired, new=m.new, counts=m.counts, quote=m.quote,
     )
 
 
@@ -463,6 +476,7 @@ def expand(spec: TargetSpec, regions_of_tier: Callable[[str, str], Sequence[str]
             source=spec.source,
             title=spec.title,
             new=spec.new,
+            counts=spec.counts,
         )
         for region in regions
         for year, start, deadline in periods

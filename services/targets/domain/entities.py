@@ -285,7 +285,7 @@ def _organization_vector(state: State) -> Vector:
     counters = ["orgs", f"orgs_{tier}", f"orgs_cat_{category}",
                 f"orgs_{ev.CLASS_OF_CATEGORY[ev.Category(category)].value}"]
     if community_kind in ("urban", "rural"):
-        counters.append(f"orgs_{community_kind}")
+        counters += [f"orgs_{community_kind}", f"orgs_{community_kind}_{tier}"]
     if party:
         counters.append("orgs_party_covered")
     if brand:

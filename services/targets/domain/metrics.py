@@ -20,6 +20,7 @@ COUNTERS: tuple[str, ...] = (
     *CATEGORY_COUNTERS,
     *(f"orgs_{k.value}" for k in OrganizationClass),  # functional / interest & volunteer
     "orgs_urban", "orgs_rural",               # organizations in urban / rural communities
+    *(f"orgs_{k}_{t.value}" for k in ("urban", "rural") for t in ManagementTier),  # … by tier
     "communities_urban", "communities_rural",
     "streets", "towns",                       # towns = 镇 + 乡 (plans' 乡镇)
     "streets_with_hub", "towns_with_hub",
@@ -101,12 +102,20 @@ FIGURES: dict[str, Figure] = {f.name: f for f in (
 # its registration (登记), or either. Each is counted once per organization, the first time.
 NEW_EVENTS = ("filed", "registered")
 NEW_FIGURES = {"new_filings_functional": "functional", "new_filings_interest": "interest"}
+# Which organizations a density counts, by management tier: a plan's definition decides (乐山:
+# "依法登记注册或实行在乡镇（街道）备案的社会组织" is registered or filed, not guided).
+ORG_TIERS = tuple(t.value for t in ManagementTier)
+TIER_FIGURES = {"avg_orgs_per_urban_community": "urban", "avg_orgs_per_rural_community": "rural"}
 
 
-def numerator(name: str, new: tuple[str, ...] | None = None) -> tuple[str, ...]:
-    """The counters a figure sums on top: its own, or for a new-organizations figure the counters
-    of the events `new` names (a target's definition; None: filings only, as before)."""
+def numerator(name: str, new: tuple[str, ...] | None = None,
+              counts: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """The counters a figure sums on top: its own; for a new-organizations figure the counters of
+    the events `new` names (a target's definition; None: filings only, as before); for a density
+    the organizations of the tiers `counts` names (None: every tier)."""
     spec = FIGURES[name]
+    if counts is not None and name in TIER_FIGURES:
+        return tuple(f"orgs_{TIER_FIGURES[name]}_{t}" for t in ORG_TIERS if t in counts)
     if new is None or name not in NEW_FIGURES:
         return spec.numerator
     cls = NEW_FIGURES[name]
@@ -114,12 +123,12 @@ def numerator(name: str, new: tuple[str, ...] | None = None) -> tuple[str, ...]:
 
 
 def figure(name: str, counters: Mapping[str, int], year_start: Mapping[str, int] | None = None,
-           new: tuple[str, ...] | None = None) -> float | None:
+           new: tuple[str, ...] | None = None, counts: tuple[str, ...] | None = None) -> float | None:
     """A figure's value from counters (as of some date). For a yearly figure, `year_start` holds
     the counters as of the end of the previous year. None when a share has nothing to divide by.
-    `new`: which events make an organization new (see `numerator`)."""
+    `new`, `counts`: a target's definition (see `numerator`)."""
     spec = FIGURES[name]
-    top_counters = numerator(name, new)
+    top_counters = numerator(name, new, counts)
     top = sum(counters.get(c, 0) for c in top_counters)
     if spec.yearly:
         top -= sum((year_start or {}).get(c, 0) for c in top_counters)
