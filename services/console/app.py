@@ -49,7 +49,7 @@ from .upstream import Refused, Upstream, Urls, part
 
 SERVICE = "console"
 HERE = Path(__file__).resolve().parent
-STATIC = {"htmx.min.js": "text/javascript", "console.css": "text/css"}
+STATIC = {"htmx.min.js": "text/javascript", "console.css": "text/css", "favicon.svg": "image/svg+xml"}
 # No script or style from anywhere but here, no framing: what "no CDN" means in the browser too.
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
