@@ -12,9 +12,14 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from tests.browser.chromium import COMMUNITY, ORGANIZATIONS, PLAN, RECIPIENT, chromium, seed, sign_in, token
 from tests.support import CsoUp
+
+# What a page shows after a click is waited for (a loaded machine may take seconds to navigate),
+# never read at once: is_visible() right after a click raced the navigation (a flaky CI failure).
+WAIT_MS = 20_000
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +51,14 @@ def base(up: CsoUp) -> str:
 def test_a_page_without_sign_in_goes_to_sign_in_and_comes_back(up: CsoUp, page: Any) -> None:
     page.goto(f"{base(up)}/regions/510681")
     assert re.search(r"/login\?next=%2Fregions%2F510681$", page.url)
-    assert page.get_by_role("heading", name="登录").is_visible()
+    expect(page.get_by_role("heading", name="登录")).to_be_visible(timeout=WAIT_MS)
     page.fill("#token", "not-a-token")
     page.click("form[action='/login'] button[type=submit]")
     assert "令牌无效" in page.locator("p.error").inner_text()
     page.fill("#token", token(up, "510681", "planner"))
     page.click("form[action='/login'] button[type=submit]")
     page.wait_for_url(f"{base(up)}/regions/510681")
-    assert page.get_by_role("heading", name=re.compile("广汉市")).is_visible()
+    expect(page.get_by_role("heading", name=re.compile("广汉市"))).to_be_visible(timeout=WAIT_MS)
     # The cookie: out of scripts' reach, never sent by another site's page.
     (cookie,) = page.context.cookies()
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
@@ -67,9 +72,9 @@ def test_drill_down_from_the_province_to_a_community(up: CsoUp, page: Any) -> No
     page.on("pageerror", lambda error: errors.append(str(error)))
     sign_in(page, base(up), token(up, "51", "planner"))
     assert page.url == f"{base(up)}/regions/51"
-    assert page.get_by_role("heading", name=re.compile("四川省")).is_visible()
+    expect(page.get_by_role("heading", name=re.compile("四川省"))).to_be_visible(timeout=WAIT_MS)
     for label in ("主要指标", "目标", "下级区划"):
-        assert page.get_by_role("heading", name=label).is_visible()
+        expect(page.get_by_role("heading", name=label)).to_be_visible(timeout=WAIT_MS)
     # A branch opens in place (htmx) ...
     page.get_by_role("button", name="展开 德阳市").click()
     page.locator("#row-510681").wait_for()
@@ -79,7 +84,7 @@ def test_drill_down_from_the_province_to_a_community(up: CsoUp, page: Any) -> No
                        ("西城社区居民委员会", COMMUNITY)):
         page.locator(f"#row-{code} a").click()
         page.wait_for_url(f"{base(up)}/regions/{code}")
-        assert page.get_by_role("heading", name=re.compile(name)).is_visible()
+        expect(page.get_by_role("heading", name=re.compile(name))).to_be_visible(timeout=WAIT_MS)
     assert "社区（村）" in page.locator("h1").inner_text()
     # The community's own figures: the three organizations filed there.
     orgs = page.locator(".cards div", has_text="社区社会组织（个）").locator("dd")
@@ -115,13 +120,13 @@ def test_plan_ledger_task_evidence_and_a_units_to_do_list(up: CsoUp, page: Any) 
     row = page.locator("table.ledger tr", has_text="制定社区依法履职")
     assert "进行中" in row.inner_text()
     row.get_by_role("link", name=re.compile("制定社区依法履职")).click()
-    assert page.get_by_role("heading", name="佐证材料").is_visible()
+    expect(page.get_by_role("heading", name="佐证材料")).to_be_visible(timeout=WAIT_MS)
     link = page.get_by_role("link", name="三张清单.pdf")
     answer = page.request.get(base(up) + link.get_attribute("href"))
     assert answer.status == 200 and answer.body().startswith(b"%PDF-")
     assert "开始办理" in page.locator("table.history").inner_text()
     page.get_by_role("link", name="市民政局").first.click()
-    assert page.get_by_role("heading", name="市民政局 · 待办事项").is_visible()
+    expect(page.get_by_role("heading", name="市民政局 · 待办事项")).to_be_visible(timeout=WAIT_MS)
     assert page.locator("table.todo tbody tr").count() > 0
 
 
@@ -129,7 +134,7 @@ def test_training_person_times_render(up: CsoUp, page: Any) -> None:
     sign_in(page, base(up), token(up, "5106", "planner"))
     page.get_by_role("link", name="培训人次", exact=True).first.click()
     page.wait_for_url(f"{base(up)}/training/5106")
-    assert page.get_by_role("heading", name=re.compile("骨干人才培训人次")).is_visible()
+    expect(page.get_by_role("heading", name=re.compile("骨干人才培训人次"))).to_be_visible(timeout=WAIT_MS)
     assert "广汉市" in page.locator("table.figures").first.inner_text()
 
 
@@ -137,7 +142,7 @@ def test_the_behind_list_leads_to_a_community(up: CsoUp, page: Any) -> None:
     sign_in(page, base(up), token(up, "5111", "planner"))
     page.get_by_role("link", name="落后名单").first.click()
     page.wait_for_url(f"{base(up)}/behind/5111")
-    assert page.get_by_role("heading", name=re.compile("落后名单")).is_visible()
+    expect(page.get_by_role("heading", name=re.compile("落后名单"))).to_be_visible(timeout=WAIT_MS)
     # One target's list, in full.
     page.get_by_role("link", name="全市城市社区平均拥有社区社会组织不少于12个").click()
     page.wait_for_url(re.compile(r"/behind/5111\?target=leshan-avg-urban"))
@@ -147,16 +152,16 @@ def test_the_behind_list_leads_to_a_community(up: CsoUp, page: Any) -> None:
     link = section.locator("table.behind a").last
     name = link.inner_text()
     link.click()
-    assert page.get_by_role("heading", name=re.compile(name)).is_visible()
+    expect(page.get_by_role("heading", name=re.compile(name))).to_be_visible(timeout=WAIT_MS)
 
 
 def test_the_inbox_of_the_signed_in_official(up: CsoUp, page: Any) -> None:
     sign_in(page, base(up), token(up, "510681", "subscriber", sub=RECIPIENT))
     page.get_by_role("link", name="消息").click()
-    assert page.get_by_role("heading", name=re.compile(f"{RECIPIENT} · 未读 1")).is_visible()
+    expect(page.get_by_role("heading", name=re.compile(f"{RECIPIENT} · 未读 1"))).to_be_visible(timeout=WAIT_MS)
     page.get_by_role("button", name="标为已读").first.click()
     page.wait_for_url(f"{base(up)}/inbox")
-    assert page.get_by_role("heading", name=re.compile("未读 0")).is_visible()
+    expect(page.get_by_role("heading", name=re.compile("未读 0"))).to_be_visible(timeout=WAIT_MS)
     # Sign-out ends it: the next page asks to sign in again.
     page.get_by_role("button", name="退出登录").click()
     page.wait_for_url(re.compile(r"/login$"))
