@@ -680,13 +680,28 @@ class NotificationFailed(Payload):
     error: str = Field(max_length=4000)
 
 
+class OutstandingOrganizationSelected(Payload):
+    """An organization a county selected as outstanding (优秀社区社会组织) for a year (since 1.4.0).
+    Plans promise a number each year ("每年推选不少于10个优秀社区社会组织")."""
+
+    TYPE = "OutstandingOrganizationSelected"
+    CONTEXT = "training"
+    organization_id: UUID
+    county_code: CountyCode
+    year: int = Field(ge=1990, le=2100)
+
+    def region_of(self) -> str:
+        return self.county_code
+
+
 PAYLOADS: tuple[type[Payload], ...] = (
     OrganizationFiled, OrganizationRegistered, OrganizationUpdated, OrganizationDeregistered,
     HubEstablished, HubDissolved, IncubationBaseOpened, IncubationBaseClosed,
     PartyOrganizationFormed, PartyOrganizationDissolved,
     DivisionsImported, DivisionChanged,
     TrainingSessionScheduled, TrainingCompleted, TalentPoolMemberAdded, TalentPoolMemberRemoved,
-    QualificationExamRecorded, CoverageChanged, TargetStatusChanged, TargetDeadlineApproaching,
+    QualificationExamRecorded, OutstandingOrganizationSelected,
+    CoverageChanged, TargetStatusChanged, TargetDeadlineApproaching,
     TaskStatusChanged, TaskOverdue, PlanAccepted,
     BusGapDetected, IntakeLost, NotificationSent, NotificationFailed,
 )

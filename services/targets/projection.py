@@ -80,7 +80,7 @@ async def recompute(conn: AsyncConnection, direct: set[str],
 
     targets = (orgs | {f"hubcov:{t}" for t in hubcov} | {f"basecov:{t}" for t in basecov}
                | by_kind.get("hub", set()) | by_kind.get("base", set()) | by_kind.get("div", set())
-               | by_kind.get("person", set()))
+               | by_kind.get("person", set()) | by_kind.get("outstanding", set()))
     if not targets:
         return set()
     stored = await store.lock_timelines(conn, targets)
@@ -106,6 +106,8 @@ async def recompute(conn: AsyncConnection, direct: set[str],
 
 def _fallback_region(key: str) -> str | None:
     ident = key.split(":", 1)[1]
+    if key.startswith("outstanding:"):   # outstanding:<county>:<year>:<organization>
+        return ident.split(":", 1)[0]
     return ident if ident.isdigit() else None
 
 

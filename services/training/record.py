@@ -183,7 +183,14 @@ async def _handle(conn: AsyncConnection, cmd: Command, ctx: Context, scope: str 
                 await store.selected(conn, cmd.county_code, cmd.year, cmd.kind, subject), cmd.year)
             await store.insert_outstanding(conn, cmd.county_code, cmd.year, cmd.kind, subject, cmd.title,
                                            ctx.source)
-            return Done(str(subject), cmd.county_code)
+            if leader:
+                return Done(str(subject), cmd.county_code)
+            # An outstanding organization is counted by targets ("每年推选不少于10个…", issue 21).
+            chosen = ev.OutstandingOrganizationSelected(organization_id=subject, county_code=cmd.county_code,
+                                                        year=cmd.year)
+            events = await _stage(conn, ctx, [(chosen, str(subject), uuid5(
+                domain.TRAINING, f"outstanding:{cmd.county_code}:{cmd.year}:{subject}"))])
+            return Done(str(subject), cmd.county_code, events=events)
         case _:
             raise Rejected("command", f"training has no command {type(cmd).__name__}")
 

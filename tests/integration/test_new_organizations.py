@@ -179,3 +179,37 @@ async def test_densities_kept_before_tiers_are_flagged_for_a_rebuild(settings: S
     finally:
         await db.close()
         await engine.dispose()
+
+
+async def test_outstanding_organizations_per_county_per_year_are_a_figure(settings: Settings,
+                                                                        nc: nats.NATS) -> None:
+    """"推选不少于10个优秀社区社会组织" each year: a target on outstanding_orgs_in_year is accepted (before
+    issue 21, "unknown figure") and counts each county's selections of the year, once each."""
+    await asyncio.to_thread(targets.run_migrations, settings)
+    t = settings.topology
+    county = "511102"
+    async with running(lambda s: targets.create_app(s, Clock(fixed=date(2024, 6, 30))), settings) as (_, api):
+        await publish_divisions(nc.jetstream(), t, DEMO_DIVISIONS)
+        spec = {"id": "test-outstanding", "title": "每年推选不少于10个优秀社区社会组织",
+                "figure": "outstanding_orgs_in_year", "scope_region": "5111", "scope_tier": "county",
+                "threshold": 10, "start": "2023-01-01", "deadline": "2024-12-31", "yearly_from": 2023,
+                "yearly_until": 2024, "source": "test", "quote": "推选不少于10个优秀社区社会组织"}
+        put = await api.put("/targets/test-outstanding", json=spec)
+        assert put.status_code == 200, put.text
+        chosen = [ev.OutstandingOrganizationSelected(organization_id=uuid.uuid4(), county_code=county, year=2024)
+                  for _ in range(3)]
+        chosen.append(ev.OutstandingOrganizationSelected(organization_id=uuid.uuid4(), county_code=county,
+                                                         year=2023))
+        for payload in [*chosen, chosen[0]]:   # the first announced twice counts once
+            await publish(nc, t.event_subject(payload.TYPE, county), make_event(payload, source="cso-training"))
+
+        async def values() -> dict[str, float | None]:
+            answer = await api.get(f"/regions/{county}/targets")
+            rows = answer.json() if answer.status_code == 200 else []
+            return {r["id"]: r["value"] for r in rows if r["target_id"] == "test-outstanding"}
+
+        async def counted() -> bool:
+            return await values() == {f"test-outstanding@{county}/2023": 1.0,
+                                      f"test-outstanding@{county}/2024": 3.0}
+
+        await eventually(counted, timeout=60, interval=0.2)

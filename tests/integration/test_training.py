@@ -352,6 +352,10 @@ async def test_hub_leader_enters_the_pool(settings: Settings, nc: nats.NATS) -> 
         assert chosen.status_code == 200, chosen.json()
         picked = (await training.get(f"/counties/{COUNTY}/outstanding", params={"year": 2023})).json()
         assert picked["counts"] == {"2023": {"organization": 1, "leader": 0}}
+        # … and announced, so that targets counts it (a "≥10 per year" target, issue 21).
+        await eventually(lambda: _count(bus, 1, "OutstandingOrganizationSelected"))
+        [selected] = bus.events("OutstandingOrganizationSelected")
+        assert selected["payload"] == {"organization_id": org, "county_code": COUNTY, "year": 2023}
 
 
 async def test_cancelled_session_counts_nothing(training: httpx.AsyncClient, nc: nats.NATS,

@@ -66,6 +66,8 @@ def effective_date(p: ev.Payload) -> date:
             return p.completed_on
         case ev.QualificationExamRecorded():
             return date(p.year, 1, 1)
+        case ev.OutstandingOrganizationSelected():
+            return date(p.year, 1, 1)
         case _:
             return EPOCH
 
@@ -84,6 +86,8 @@ def entity_key(p: ev.Payload) -> str | None:
             return f"party:{p.party_organization_id}"
         case ev.DivisionsImported():
             return f"div:{p.county.code}"
+        case ev.OutstandingOrganizationSelected():
+            return f"outstanding:{p.county_code}:{p.year}:{p.organization_id}"
         case (ev.TalentPoolMemberAdded() | ev.TalentPoolMemberRemoved() | ev.TrainingCompleted()
               | ev.QualificationExamRecorded()):
             return f"person:{p.person_id}"
@@ -309,6 +313,18 @@ def _new_organization_vector(pulse: State) -> Vector:
 vectors("org", _organization_vector, _new_organization_vector)
 
 
+# --- outstanding organizations -----------------------------------------------------------------
+
+def outstanding_timeline(facts: Sequence[Fact]) -> Timeline:
+    """One selection of an organization by a county for a year: a pulse on the first day of that
+    year, once however often it is announced (a yearly figure counts the year's selections)."""
+    chosen = [f.payload for f in _sorted(facts) if isinstance(f.payload, ev.OutstandingOrganizationSelected)]
+    return Timeline("outstanding", (), tuple((date(p.year, 1, 1), (p.county_code,)) for p in chosen[:1]))
+
+
+vectors("outstanding", lambda _: Counter(), lambda pulse: _count_at(pulse[0], "outstanding_orgs"))
+
+
 # --- people in talent pools --------------------------------------------------------------------
 
 def person_timeline(facts: Sequence[Fact]) -> Timeline:
@@ -424,4 +440,6 @@ def timelines_for(keys: Iterable[str], facts: Mapping[str, Sequence[Fact]], link
             out[key] = divisions_timeline(facts.get(key, ()))
         elif kind == "person":
             out[key] = person_timeline(facts.get(key, ()))
+        elif kind == "outstanding":
+            out[key] = outstanding_timeline(facts.get(key, ()))
     return out

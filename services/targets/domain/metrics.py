@@ -33,6 +33,7 @@ COUNTERS: tuple[str, ...] = (
     "pool_training_person_times",             # the same, by talent-pool members only
     "pool_members", "pool_members_trained",
     "exam_passes",
+    "outstanding_orgs",                       # cumulative selections (优秀社区社会组织), per county
 )
 COMMUNITY_KINDS = {CommunityKind.URBAN.value, CommunityKind.RURAL.value}
 
@@ -95,6 +96,8 @@ FIGURES: dict[str, Figure] = {f.name: f for f in (
     Figure("pool_trained_share", ("pool_members_trained",), ("pool_members",), "share",
            description="share of talent-pool members trained at least once"),
     Figure("exam_passes", ("exam_passes",), description="social-work qualification exam passes"),
+    Figure("outstanding_orgs_in_year", ("outstanding_orgs",), yearly=True,
+           description="outstanding organizations selected for the year (优秀社区社会组织)"),
 )}
 
 
