@@ -34,6 +34,7 @@ FIGURES = {
     "pool_training_person_times_in_year": "本年度人才库成员培训（人次）",
     "pool_trained_share": "人才库培训覆盖率",
     "exam_passes": "考试通过（人）",
+    "outstanding_orgs_in_year": "当年优秀社区社会组织（个）",
 }
 # The columns of the region tree: what an official asks first.
 KEY_FIGURES = ("orgs", "avg_orgs_per_urban_community", "avg_orgs_per_rural_community",
