@@ -546,9 +546,30 @@ class TargetStatusChanged(Payload):
         return self.region_code
 
 
+# The lead times (days before a deadline) at which targets announces a deadline approaching, for
+# target instances (TargetDeadlineApproaching) and plan tasks (TaskDeadlineApproaching) alike.
+# One announcement per thing, deadline and lead: a reminder consumer lets each subscription choose
+# its leads among these (e.g. the default 30 and 7) and keeps an announcement whose `lead_days` is
+# one of them. Reaching a lead late (a task imported 20 days before its deadline, a service down for
+# days) announces only the smallest lead reached, never a stale one, with the days truly left in
+# `days_ahead`. Adding a lead is not breaking (consumers ignore leads no subscription chose).
+DEADLINE_LEADS: tuple[int, ...] = (90, 60, 30, 14, 7, 3, 1)
+
+
+def lead_reached(deadline: date, today: date, leads: tuple[int, ...] = DEADLINE_LEADS) -> int | None:
+    """The lead announced on `today`: the smallest lead not yet passed (None: none reached yet, or
+    the deadline is past). 20 days before, with leads 30 and 7: 30 (the 7-day one is not due yet)."""
+    left = (deadline - today).days
+    if left < 0:
+        return None
+    reached = [lead for lead in leads if left <= lead]
+    return min(reached) if reached else None
+
+
 class TargetDeadlineApproaching(Payload):
     """A target instance's deadline is `days_ahead` days away (published once per instance, deadline
-    and lead time, by targets' daily evaluation): whoever reminds people needs no catalogue of its own."""
+    and lead time, by targets' daily evaluation): whoever reminds people needs no catalogue of its own.
+    Lead times: `DEADLINE_LEADS` (since 1.5.0; before, 30 and 7 only, and no `lead_days`)."""
 
     TYPE = "TargetDeadlineApproaching"
     CONTEXT = "targets"
@@ -562,6 +583,38 @@ class TargetDeadlineApproaching(Payload):
     days_ahead: int = Field(ge=0, le=366)
     status: TargetStatus | None = None
     value: float | None = None
+    lead_days: int | None = Field(default=None, ge=0, le=366, description=(
+        "the lead time this announcement is for, one of DEADLINE_LEADS (90, 60, 30, 14, 7, 3, 1); "
+        "days_ahead can be smaller when the lead was reached late. Since 1.5.0; absent: an event of "
+        "before, announced at 30 and 7 days only (7 when days_ahead <= 7, else 30)"))
+
+    def region_of(self) -> str:
+        return self.region_code
+
+
+class TaskDeadlineApproaching(Payload):
+    """A plan task's deadline is `days_ahead` days away and the task is not accepted (since 1.5.0).
+
+    targets publishes it once per task, deadline and lead time of `DEADLINE_LEADS` (90, 60, 30, 14,
+    7, 3 and 1 days before), from its daily sweep; a lead reached late is announced with the days
+    truly left, and only the smallest lead reached. A reminder consumer keeps the announcements
+    whose `lead_days` a subscription chose (default 30 and 7). A deadline moved by a re-import is
+    announced again at its own leads. The region is the task's scope (the plan's region, or the
+    task's community); `lead_units` are every lead unit (joint leads each lead it)."""
+
+    TYPE = "TaskDeadlineApproaching"
+    CONTEXT = "targets"
+    plan_id: Label
+    plan_title: str = Field(max_length=200)
+    task_no: Label
+    title: str = Field(max_length=200, description="the task's title")
+    region_code: RegionCode
+    deadline: PlausibleDate
+    days_ahead: int = Field(ge=0, le=366)
+    lead_days: int = Field(ge=0, le=366, description="the lead time this announcement is for, one of "
+                           "DEADLINE_LEADS; days_ahead can be smaller when the lead was reached late")
+    lead_units: list[Label] = Field(min_length=1, max_length=50)
+    status: Label = Field(description="the task's state that day: not_started, in_progress or submitted")
 
     def region_of(self) -> str:
         return self.region_code
@@ -702,7 +755,7 @@ PAYLOADS: tuple[type[Payload], ...] = (
     TrainingSessionScheduled, TrainingCompleted, TalentPoolMemberAdded, TalentPoolMemberRemoved,
     QualificationExamRecorded, OutstandingOrganizationSelected,
     CoverageChanged, TargetStatusChanged, TargetDeadlineApproaching,
-    TaskStatusChanged, TaskOverdue, PlanAccepted,
+    TaskStatusChanged, TaskOverdue, TaskDeadlineApproaching, PlanAccepted,
     BusGapDetected, IntakeLost, NotificationSent, NotificationFailed,
 )
 PAYLOAD_BY_TYPE: dict[str, type[Payload]] = {p.TYPE: p for p in PAYLOADS}

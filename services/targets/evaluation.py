@@ -182,11 +182,7 @@ async def evaluate_instances(conn: AsyncConnection, topology: Topology, today: d
 def lead_due(deadline: date, today: date, leads: Sequence[int] = DEADLINE_LEADS) -> int | None:
     """The lead time reached today: the smallest one not yet passed. Starting late never announces
     a stale lead (20 days before: the 7-day one is not due yet, the 30-day one is)."""
-    left = (deadline - today).days
-    if left < 0:
-        return None
-    reached = [lead for lead in leads if left <= lead]
-    return min(reached) if reached else None
+    return ev.lead_reached(deadline, today, tuple(leads))
 
 
 async def approaching(conn: AsyncConnection, evaluated: Sequence[tuple[TargetInstance, ev.TargetStatus,
@@ -206,7 +202,7 @@ async def approaching(conn: AsyncConnection, evaluated: Sequence[tuple[TargetIns
     return [(make_event(ev.TargetDeadlineApproaching(
         target_id=i.instance_id, region_code=i.region, title=i.title, metric=i.figure, threshold=i.threshold,
         comparison=i.comparison, deadline=i.deadline, days_ahead=(i.deadline - today).days, status=status,
-        value=value), source=SOURCE), i.instance_id)
+        value=value, lead_days=lead), source=SOURCE), i.instance_id)
         for i, status, value, lead in due if (i.instance_id, i.deadline, lead) in claimed]
 
 

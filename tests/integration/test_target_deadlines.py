@@ -67,9 +67,9 @@ async def test_a_target_put_over_http_announces_its_deadline(settings: Settings,
         first = of("TargetDeadlineApproaching")
         assert len(first) == 1
         assert {k: first[0][k] for k in ("title", "region_code", "metric", "threshold", "comparison",
-                                          "deadline", "days_ahead")} == {
+                                          "deadline", "days_ahead", "lead_days")} == {
             "title": "广汉市社会组织数", "region_code": COUNTY, "metric": "orgs", "threshold": 3,
-            "comparison": ">=", "deadline": "2025-12-31", "days_ahead": 30}
+            "comparison": ">=", "deadline": "2025-12-31", "days_ahead": 30, "lead_days": 30}
         await evaluated(date(2025, 12, 2))       # the 30-day one is not repeated
         await evaluated(date(2025, 12, 26))      # 5 days ahead: the 7-day one
         await eventually(holds(lambda: len(of("TargetDeadlineApproaching")) == 2), timeout=30, interval=0.1)
