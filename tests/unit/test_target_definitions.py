@@ -98,3 +98,11 @@ def test_which_organizations_count_is_checked_field_by_field(fields: dict[str, o
     with pytest.raises(CatalogueError) as caught:
         parse_catalogue({"targets": [{k: v for k, v in _target(**fields).items() if v is not None}]}, "f")
     assert any(p.startswith(f"f: {message}") for p in caught.value.problems), caught.value.problems
+
+
+def test_every_title_names_what_its_quote_counts() -> None:
+    """A title is what officials read: it says 登记 and 备案 where the plan's sentence does (Leshan's
+    "每年新增登记和备案…" was titled "每年新增备案…")."""
+    for spec in load_catalogue():
+        if spec.quote and spec.new is not None:
+            assert _new_events(spec.title) == _new_events(spec.quote), (spec.id, spec.title)
