@@ -23,10 +23,9 @@ from cso.auth import PUBLIC, WRITE, Principal
 from cso.consumer import Subscription
 from cso.service import Runtime, errors_body, repeat
 
-from . import evaluation, rebuild, store, views
+from . import evaluation, handlers, rebuild, store, views
 from .domain.catalogue import DEFAULT_CATALOGUE, CatalogueError, TargetSpec, load_catalogue, parse_catalogue
 from .plans import api as plans_api
-from .projection import ProjectionHandler
 
 SERVICE = "targets"
 SCHEMA = store.SCHEMA
@@ -98,6 +97,11 @@ class Coalescer:
     async def run(self) -> None:
         await repeat(self.step, self.interval, "targets: evaluation")
 
+    def applied(self, applied: handlers.Applied) -> None:
+        """A batch changed the divisions: expand the targets over them again at the next step."""
+        if applied.regions_changed:
+            self.resync.set()
+
 
 def build(runtime: Runtime, clock: evaluation.Clock | None = None,
           catalogue: Path | None = None) -> FastAPI:
@@ -106,11 +110,10 @@ def build(runtime: Runtime, clock: evaluation.Clock | None = None,
     catalogue = catalogue or Path(os.environ.get("CSO_TARGETS_CATALOGUE") or DEFAULT_CATALOGUE)
     coalescer = Coalescer(runtime, clock)
     runtime.coalescer = coalescer  # type: ignore[attr-defined]
-    handler = ProjectionHandler()
-    for stream, context in (("CSO_REGISTRY", "registry"), ("CSO_TRAINING", "training"),
-                            ("CSO_DIVISIONS", "divisions")):
+    events_in = handlers.EventsIn(on_applied=coalescer.applied)
+    for stream, context in handlers.SUBSCRIPTIONS:
         runtime.consume(Subscription(stream, topology.context_subjects(context), f"targets-{context}"),
-                        handler if context != "divisions" else DivisionsProjection(coalescer))
+                        events_in)
 
     async def seed() -> None:
         async with runtime.engine.begin() as conn:
@@ -254,15 +257,3 @@ async def _checked(conn: AsyncConnection, region: str,
     await views.known_region(conn, region)
     return await view(conn)
 
-
-class DivisionsProjection(ProjectionHandler):
-    """Divisions count like any fact, and may add regions that tier-wide targets expand over."""
-
-    def __init__(self, coalescer: Coalescer) -> None:
-        super().__init__()
-        self.coalescer = coalescer
-
-    async def apply(self, conn: AsyncConnection, events: Any) -> Any:
-        result = await super().apply(conn, events)
-        self.coalescer.resync.set()
-        return result

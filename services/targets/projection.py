@@ -13,7 +13,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import Envelope
 from contracts import events as ev
-from cso.consumer import Rejected
 
 from . import store
 from .domain import coverage as cov
@@ -110,15 +109,3 @@ def _fallback_region(key: str) -> str | None:
         return ident.split(":", 1)[0]
     return ident if ident.isdigit() else None
 
-
-class ProjectionHandler:
-    """The consumer handler: everything on registry's, training's and divisions' streams counts."""
-
-    def __init__(self, on_moved: Any = None) -> None:
-        self.on_moved = on_moved
-
-    async def apply(self, conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> dict[UUID, Rejected]:
-        moved = await apply_facts(conn, events)
-        if moved and self.on_moved:
-            self.on_moved()
-        return {}
