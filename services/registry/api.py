@@ -4,7 +4,6 @@ division reference data from JetStream, and the read API."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
@@ -15,7 +14,7 @@ from faststream.nats import NatsMessage
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from contracts import ContractError, Envelope, FieldError, make_event
+from contracts import ContractError, FieldError, make_event
 from contracts import events as ev
 from contracts.asyncapi import DOCUMENT as ASYNCAPI
 from contracts.codes import is_digits
@@ -23,14 +22,13 @@ from contracts.envelope import event_field
 from cso import idempotency
 from cso.auth import PUBLIC, SCOPED, WRITE, Principal, source_of
 from cso.commands import parse_command
-from cso.consumer import OutOfScope, Rejected, Subscription
 from cso.outbox import Relay
 from cso.service import Runtime, errors_body
 
-from . import imports, receipts, sheet, store, verdicts, waiting
-from .losses import IntakeLosses, note_sources
-from .record import REGISTRY_FACTS, record, record_batch
-from .verdicts import in_event
+from . import handlers, imports, receipts, sheet, store, verdicts, waiting
+from .domain import OutOfScope, Rejected
+from .losses import IntakeLosses
+from .record import record
 
 SERVICE = "registry"
 
@@ -46,58 +44,6 @@ COMMANDS: dict[str, type[ev.Payload]] = {
     "form_party": ev.PartyOrganizationFormed,
     "dissolve_party": ev.PartyOrganizationDissolved,
 }
-
-
-class FactsHandler:
-    """Facts published by outside systems on `cso.intake.…`: decided in order and saved as one
-    batch (see record_batch); a rejected fact leaves nothing behind while its batch commits. A fact
-    that cannot be decided yet waits in the room (waiting.py) and is acked; facts waiting for what
-    this batch applied are decided in its transaction. Every verdict gets a receipt (verdicts.py)."""
-
-    def __init__(self, runtime: Runtime, room: waiting.Room) -> None:
-        self.runtime, self.room = runtime, room
-
-    async def apply(self, conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> dict[UUID, Rejected]:
-        others: list[tuple[Envelope[Any], Rejected]] = []
-        facts = []
-        for envelope in events:
-            if isinstance(envelope.payload, REGISTRY_FACTS):
-                facts.append(envelope)
-            else:
-                others.append((envelope, Rejected("type", f"{envelope.type} is not a registry fact",
-                                                  code="not_a_registry_fact")))
-        results = await record_batch(conn, facts, self.runtime.topology) if facts else []
-        settled = await self.room.settle(conn, list(zip(facts, results, strict=True)))
-        # Receipts (verdicts.py, receipts.py) and loss announcements (losses.py) read these.
-        await note_sources(conn, events)
-        await verdicts.tell(conn, self.runtime.topology, self.room.clock, settled, others)
-        if settled.accepted and self.runtime.relay:
-            self.runtime.relay.notify()
-        # The consumer dead-letters this batch's refusals; those of facts woken from the room were
-        # staged by tell (their messages were acked when they were parked).
-        return {e.event_id: in_event(r) for e, r, from_room in settled.refused if not from_room} | \
-            {e.event_id: r for e, r in others}
-
-
-class DivisionsHandler:
-    """Division reference data; facts waiting for a county's divisions go on in the same transaction."""
-
-    def __init__(self, runtime: Runtime | None = None, room: waiting.Room | None = None) -> None:
-        self.runtime, self.room = runtime, room
-
-    async def apply(self, conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> dict[UUID, Rejected]:
-        counties = set()
-        for envelope in events:
-            if isinstance(envelope.payload, ev.DivisionsImported):
-                await store.upsert_divisions(conn, envelope.payload)
-                counties.add(f"county:{envelope.payload.county.code}")
-        if counties and self.room is not None and self.runtime is not None:
-            settled = await self.room.settle(conn, [], keys=counties)
-            if settled.accepted or settled.refused:
-                await verdicts.tell(conn, self.runtime.topology, self.room.clock, settled)
-                if self.runtime.relay:
-                    self.runtime.relay.notify()
-        return {}
 
 
 def _errors(errors: list[FieldError]) -> dict[str, Any]:
@@ -157,10 +103,7 @@ def build(runtime: Runtime, clock: waiting.Clock = waiting.utc_now) -> FastAPI:
     """`clock` decides when a waiting fact has waited too long (tests let days pass)."""
     topology = runtime.topology
     room = waiting.Room(topology, clock, timedelta(days=runtime.settings.waiting_max_days))
-    runtime.consume(Subscription("CSO_INTAKE", topology.context_subjects("intake"), "registry-intake"),
-                    FactsHandler(runtime, room), verdicts=verdicts.IntakeVerdicts(topology, clock))
-    runtime.consume(Subscription("CSO_DIVISIONS", topology.context_subjects("divisions"),
-                                 "registry-divisions"), DivisionsHandler(runtime, room))
+    handlers.subscribe(runtime, room)  # every event registry consumes: handlers.py
 
     async def tell(conn: AsyncConnection, settled: waiting.Settled) -> None:
         await verdicts.tell(conn, topology, clock, settled)

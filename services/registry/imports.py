@@ -35,10 +35,10 @@ from contracts import ContractError, Envelope, make_event
 from cso import spreadsheet
 from cso.auth import PUBLIC, WRITE, Principal, source_of
 from cso.commands import parse_command
-from cso.consumer import Rejected
 from cso.service import Runtime
 
 from . import sheet as template
+from .domain import Rejected
 from .record import Recorded, record_batch
 from .store import SCHEMA
 

@@ -32,9 +32,9 @@ from contracts.receipts import (
     ReceiptsQuery,
 )
 from cso.auth import ADMIN, WRITE, AuthError, Principal
-from cso.consumer import NotYet, Rejected
 from cso.service import Runtime, errors_body
 
+from .domain import NotYet, Rejected
 from .losses import announcement
 from .store import SCHEMA
 

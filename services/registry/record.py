@@ -10,16 +10,13 @@ Why a batch and not a fact at a time: a pulled batch of 500 facts costs a handfu
 load and a handful to save, where a fact at a time cost a savepoint and four or five round trips
 each (about 9 ms per fact). The facts are still decided one after another against the batch's
 ledger, which each accepted fact updates, so a registration sees the filing just before it and a
-fact that breaks a rule leaves nothing behind: it is rejected before the ledger changes.
+fact that breaks a rule leaves nothing behind: it is rejected before the ledger changes
+(domain/ledger.py, pure).
 """
 
 from __future__ import annotations
 
-import functools
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
-from datetime import date
 from typing import Any
 from uuid import UUID
 
@@ -28,74 +25,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from contracts import Envelope, Topology
 from contracts import events as ev
 from cso import outbox
-from cso.consumer import NotYet, OutOfScope, Rejected
 
-from . import domain, store
-from .domain import Interval, Organization
+from . import store
+from .domain import Interval, Ledger, Recorded, Rejected, decide
+
+__all__ = ["REGISTRY_FACTS", "Recorded", "load", "record", "record_batch", "save"]
 
 REGISTRY_FACTS: tuple[type[ev.Payload], ...] = (
     ev.OrganizationFiled, ev.OrganizationRegistered, ev.OrganizationUpdated,
     ev.OrganizationDeregistered, ev.HubEstablished, ev.HubDissolved, ev.IncubationBaseOpened,
     ev.IncubationBaseClosed, ev.PartyOrganizationFormed, ev.PartyOrganizationDissolved,
 )
-
-
-@dataclass(frozen=True)
-class Recorded:
-    aggregate_id: str
-    region: str
-
-
-@dataclass
-class NewInterval:
-    """A hub, base or party organization created in this batch, with what only its creation says."""
-
-    kind: str
-    interval: Interval
-    source: str
-    name: str | None = None
-    leader: UUID | None = None
-    party_kind: str | None = None
-    members: int = 0
-    townships: list[str] = field(default_factory=list)
-    organization_ids: list[UUID] = field(default_factory=list)
-
-
-@dataclass
-class Ledger:
-    """What a batch of facts touches, as on record when the batch began, and the batch's changes.
-
-    Rows that a fact may change are loaded FOR UPDATE (in id order, so replicas do not deadlock);
-    reference data (divisions) is read as sets of known codes.
-    """
-
-    orgs: dict[UUID, Organization | None]
-    credit_holders: dict[str, UUID]
-    communities: set[str]
-    counties: set[str]
-    townships: set[str]
-    intervals: dict[tuple[str, UUID], Interval | None]
-    changed_orgs: dict[UUID, tuple[Organization, UUID, str]] = field(default_factory=dict)
-    new_intervals: dict[tuple[str, UUID], NewInterval] = field(default_factory=dict)
-    ended_intervals: dict[tuple[str, UUID], tuple[Interval, str]] = field(default_factory=dict)
-    events: list[tuple[Envelope[Any], str]] = field(default_factory=list)
-    audit: list[dict[str, Any]] = field(default_factory=list)
-
-    def community_known(self, code: str) -> bool:
-        """Known, or a Rejected; NotYet while the county's divisions have not arrived (they come on
-        another stream, and a fact may overtake them), so the fact is retried rather than lost."""
-        if code in self.communities:
-            return True
-        if code[:6] not in self.counties:
-            raise NotYet("community_code", f"divisions of county {code[:6]} are not loaded yet",
-                         waits_for=f"county:{code[:6]}")
-        return False
-
-    def region_known(self, code: str) -> bool:
-        return code in (self.townships if len(code) == 9 else self.counties if len(code) == 6 else ())
-
-    def interval(self, kind: str, ident: UUID) -> Interval | None:
-        return self.intervals.get((kind, ident))
 
 
 async def load(conn: AsyncConnection, facts: Sequence[ev.Payload]) -> Ledger:
@@ -143,136 +83,6 @@ async def load(conn: AsyncConnection, facts: Sequence[ev.Payload]) -> Ledger:
         counties=await store.known_regions(conn, sorted(r for r in regions if len(r) == 6)),
         townships=await store.known_regions(conn, sorted(r for r in regions if len(r) == 9)),
         intervals=intervals)
-
-
-@functools.cache
-def _audited_fields(record_type: type) -> tuple[str, ...]:
-    # dataclasses.fields() walks the class each call: a few per cent of registry's CPU per event.
-    return tuple(f.name for f in fields(record_type) if f.name != "id")
-
-
-def _changes(before: Any, after: Any) -> dict[str, Any]:
-    """The audit's record of a change: each field that differs, as [before, after]."""
-    # Shallow: the records hold only scalars, and dataclasses.asdict deep-copies every value.
-    names = _audited_fields(type(after))
-    if before is None:
-        return {k: [None, v] for k in names if (v := getattr(after, k)) is not None}
-    return {k: [old, new] for k in names if (old := getattr(before, k)) != (new := getattr(after, k))}
-
-
-def _same_region(envelope: Envelope[Any], region: str, check: bool) -> None:
-    if check and envelope.region != region:
-        raise Rejected("region", f"{envelope.region} is not the record's region {region}", code="region_mismatch")
-
-
-def decide(ledger: Ledger, envelope: Envelope[Any], check_region: bool = True,
-           scope: str | None = None, actor: str | None = None) -> Recorded:
-    """Decide one fact against the ledger and, if it is accepted, change the ledger.
-
-    Everything that can reject the fact runs before the ledger changes: a Rejected leaves nothing.
-    """
-    fact = envelope.payload
-    org: Organization | None = None
-    before: Organization | Interval | None = None
-    created: NewInterval | None = None
-    ended: tuple[str, Interval] | None = None
-    match fact:
-        case ev.OrganizationFiled():
-            org = domain.file(ledger.orgs.get(fact.organization_id),
-                              ledger.community_known(fact.community_code), fact)
-        case ev.OrganizationRegistered():
-            before = ledger.orgs.get(fact.organization_id)
-            org = domain.register(before, ledger.community_known(fact.community_code),
-                                  ledger.credit_holders.get(fact.social_credit_code), fact)
-        case ev.OrganizationUpdated():
-            before = ledger.orgs.get(fact.organization_id)
-            known = fact.community_code is None or ledger.community_known(fact.community_code)
-            org = domain.update(before, known, fact)
-            if fact.community_code is None:
-                _same_region(envelope, before.community_code if before else "", check_region)
-        case ev.OrganizationDeregistered():
-            before = ledger.orgs.get(fact.organization_id)
-            org = domain.deregister(before, fact)
-        case ev.HubEstablished():
-            hub = domain.establish_hub(ledger.interval("hub", fact.hub_id),
-                                       ledger.orgs.get(fact.organization_id),
-                                       ledger.region_known(fact.region_code), fact)
-            created = NewInterval("hub", hub, envelope.source, name=fact.name, leader=fact.leader_person_id)
-        case ev.HubDissolved():
-            before = ledger.interval("hub", fact.hub_id)
-            ended = ("hub", domain.dissolve_hub(before, fact))
-        case ev.IncubationBaseOpened():
-            unknown = [t for t in fact.covered_townships if t not in ledger.townships]
-            base = domain.open_base(ledger.interval("base", fact.base_id), unknown, fact)
-            created = NewInterval("base", base, envelope.source, name=fact.name,
-                                  townships=sorted(set(fact.covered_townships)))
-        case ev.IncubationBaseClosed():
-            before = ledger.interval("base", fact.base_id)
-            ended = ("base", domain.close_base(before, fact))
-        case ev.PartyOrganizationFormed():
-            members = {i: ledger.orgs.get(i) for i in fact.organization_ids}
-            party = domain.form_party(ledger.interval("party", fact.party_organization_id), members, fact)
-            created = NewInterval("party", party, envelope.source, party_kind=fact.kind.value,
-                                  members=fact.members, organization_ids=sorted(set(fact.organization_ids)))
-        case ev.PartyOrganizationDissolved():
-            before = ledger.interval("party", fact.party_organization_id)
-            ended = ("party", domain.dissolve_party(before, fact))
-        case _:
-            raise Rejected("type", f"registry does not record {envelope.type}", code="not_a_registry_fact")
-
-    after: Organization | Interval
-    if org is not None:
-        after, kind = org, "organization"
-        done = Recorded(str(org.id), org.community_code)
-    elif created is not None:
-        after, kind = created.interval, created.kind
-        done = Recorded(str(after.id), after.region_code)
-    else:
-        assert ended is not None
-        kind, after = ended
-        done = Recorded(str(after.id), after.region_code)
-    if scope is not None and not done.region.startswith(scope):
-        raise OutOfScope("region", f"{done.region} is outside the caller's region {scope}")
-    _same_region(envelope, done.region, check_region)
-    if isinstance(before, Organization):
-        # A change of an existing organization is also its current county's business: a move or
-        # an upgrade names the new community, and must not let another county take the record.
-        if scope is not None and not before.community_code.startswith(scope):
-            raise OutOfScope("region", f"{before.community_code} is outside the caller's region {scope}")
-        if check_region and before.community_code[:6] != envelope.region[:6]:
-            raise Rejected("region", f"organization {before.id} is in county {before.community_code[:6]}, "
-                                     f"not {envelope.region[:6]}", code="region_mismatch")
-
-    # Accepted: from here on the ledger changes.
-    if org is not None:
-        ledger.orgs[org.id] = org
-        ledger.changed_orgs[org.id] = (org, envelope.event_id, envelope.source)
-        if org.social_credit_code is not None:
-            ledger.credit_holders[org.social_credit_code] = org.id
-    elif created is not None:
-        ledger.intervals[(kind, after.id)] = after
-        ledger.new_intervals[(kind, after.id)] = created
-    elif ended is not None:
-        key = (kind, after.id)
-        ledger.intervals[key] = after
-        if key in ledger.new_intervals:
-            ledger.new_intervals[key].interval = after
-        else:
-            ledger.ended_intervals[key] = (after, envelope.source)
-    if envelope.region != done.region:
-        envelope = envelope.model_copy(update={"region": done.region})
-    ledger.events.append((envelope, done.aggregate_id))
-    ledger.audit.append({
-        "event_id": envelope.event_id, "record_kind": kind, "record_id": after.id, "type": envelope.type,
-        "actor": actor or envelope.source, "source": envelope.source, "region": done.region,
-        "changes": json.dumps(_changes(before, after), default=_json_value)})
-    return done
-
-
-def _json_value(value: Any) -> str:
-    if isinstance(value, (date, UUID)):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 async def save(conn: AsyncConnection, ledger: Ledger, topology: Topology) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import UUID
 
 from sqlalchemy import text
@@ -12,10 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts.events import DivisionsImported
 
-from .domain import Interval, Organization
-
-if TYPE_CHECKING:
-    from .record import NewInterval
+from .domain import Interval, NewInterval, Organization
 
 SCHEMA = "registry"
 _ORG_COLUMNS = [f.name for f in fields(Organization)]

@@ -36,8 +36,8 @@ from contracts.envelope import event_field
 from contracts.receipts import FirstVerdict, IntakeReceipt, RefusalCode, WaitsFor
 from contracts.subjects import is_source_token
 from cso import outbox
-from cso.consumer import NotYet, Rejected
 
+from .domain import NotYet, Rejected
 from .receipts import note_refusals
 from .store import SCHEMA
 from .waiting import Clock, Settled, Waiter
@@ -146,7 +146,7 @@ async def tell(conn: AsyncConnection, topology: Topology, clock: Clock, settled:
 async def _deadletter_waited(conn: AsyncConnection, topology: Topology, settled: Settled,
                              dead: Sequence[tuple[Envelope[Any], Rejected]], now: datetime) -> None:
     """Dead letters for facts refused after waiting, staged like the receipts (the operators' record)."""
-    seqs = dict((await conn.execute(text(
+    seqs: dict[UUID, int] = dict((await conn.execute(text(
         f"SELECT event_id, stream_seq FROM {SCHEMA}.inbox WHERE event_id = ANY(:ids)"),
         {"ids": [e.event_id for e, _ in dead]})).all())
     rows = []

@@ -32,8 +32,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contracts import ContractError, Envelope, Topology, encode, parse_event
 from contracts.envelope import event_field
-from cso.consumer import NotYet, Rejected
 
+from .domain import NotYet, Rejected
 from .record import Recorded, record_batch
 from .store import SCHEMA
 

@@ -20,10 +20,10 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from contracts import Envelope, Topology, make_event
 from contracts import events as ev
-from cso.consumer import NotYet, Rejected
 from cso.settings import Settings, async_url
 from services.registry import store
 from services.registry.app import run_migrations
+from services.registry.domain import NotYet, Rejected
 from services.registry.record import Recorded, record, record_batch
 from tests.integration.test_targets import regions_of
 from tests.scenario import workload

@@ -13,8 +13,8 @@ from contracts import events as ev
 from contracts import make_event
 from contracts.deadletter import event_id_of
 from contracts.receipts import IntakeReceipt, RefusalCode
-from cso.consumer import NotYet, Rejected
 from services.registry import domain
+from services.registry.domain import NotYet, Rejected
 from services.registry.record import Recorded
 from services.registry.verdicts import ACTIONS, code_of, receipt_id, waits_for
 from services.registry.waiting import Room, key_of

@@ -1,5 +1,5 @@
 """Registry's rules, as pure functions: given what is on record and a fact, the new record or a
-rejection naming the field. No I/O here; `store` loads the records and saves the results."""
+rejection naming the field (.errors). No I/O here; `store` loads the records and saves the results."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from contracts.events import (
     PartyOrganizationDissolved,
     PartyOrganizationFormed,
 )
-from cso.consumer import NotYet, Rejected
+
+from .errors import NotYet, Rejected
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,49 @@
+"""A service's handler table: which handler applies each event type it consumes.
+
+Each service writes its table in `services/<name>/handlers.py`, the one place to look for what
+happens to an event. A consumer (cso/consumer.py) pulls a batch from one stream, in one
+transaction, and a batch may mix types: `HandlerTable` is the consumer's handler and hands each
+handler its share of the batch in one call, in stream order, so a handler that decides facts one
+after another against a batch ledger (registry) sees them as they came. Handlers are called in
+the order of their first event in the batch.
+
+An event type the table does not name goes to `otherwise`. Without it, the type is not this
+subscription's business (a subscription to a whole context receives every type of it): applied as
+nothing, acknowledged, no effect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from contracts import Envelope, Payload
+
+from .consumer import Handler, Rejected
+
+
+class HandlerTable:
+    """Event type -> handler, for one subscription; itself a consumer Handler."""
+
+    def __init__(self, handlers: Mapping[type[Payload], Handler], otherwise: Handler | None = None) -> None:
+        self.handlers = dict(handlers)
+        self.otherwise = otherwise
+        self._by_type = {payload.TYPE: handler for payload, handler in self.handlers.items()}
+
+    def handler_of(self, event_type: str) -> Handler | None:
+        """The handler of an event type (by its name, e.g. "OrganizationFiled"), or `otherwise`."""
+        return self._by_type.get(event_type, self.otherwise)
+
+    async def apply(self, conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> dict[UUID, Rejected]:
+        shares: dict[int, tuple[Handler, list[Envelope[Any]]]] = {}
+        for envelope in events:
+            handler = self.handler_of(envelope.type)
+            if handler is not None:
+                shares.setdefault(id(handler), (handler, []))[1].append(envelope)
+        rejected: dict[UUID, Rejected] = {}
+        for handler, share in shares.values():
+            rejected |= await handler.apply(conn, share)
+        return rejected

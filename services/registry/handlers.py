@@ -1,0 +1,144 @@
+"""registry's handler table: every event registry consumes, and the handler that applies it.
+
+`tables()` below is the table: for each of registry's subscriptions (facts from outside systems on
+CSO_INTAKE, division reference data on CSO_DIVISIONS), event type -> handler.
+
+Each handler runs in the consumer's transaction, beside the inbox that claims the batch's event
+ids (cso/consumer.py), with its share of the batch in stream order (cso/dispatch.py). This is
+also the edge where registry's own refusals (domain/errors.py) become the consumer's: `Rejected`
+is dead-lettered, `NotYet` retried. Registry parks its waiting facts itself (waiting.py), so what
+it hands back is a refusal for good.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from contracts import Envelope
+from contracts import events as ev
+from cso import consumer
+from cso.consumer import Subscription, Verdicts
+from cso.dispatch import HandlerTable
+from cso.service import Runtime
+
+from . import domain, store, verdicts, waiting
+from .losses import note_sources
+from .record import record_batch
+from .verdicts import in_event
+
+
+def to_consumer(refusal: domain.Rejected) -> consumer.Rejected:
+    """A refusal of registry's rules as the consumer takes it (its field named as in the event)."""
+    refusal = in_event(refusal)
+    if isinstance(refusal, domain.NotYet):
+        return consumer.NotYet(refusal.field, refusal.message, waits_for=refusal.waits_for)
+    if isinstance(refusal, domain.OutOfScope):
+        return consumer.OutOfScope(refusal.field, refusal.message, code=refusal.code)
+    return consumer.Rejected(refusal.field, refusal.message, code=refusal.code)
+
+
+class FactsHandler:
+    """Facts published by outside systems on `cso.intake.…`: decided in order and saved as one
+    batch (record.record_batch); a rejected fact leaves nothing behind while its batch commits. A
+    fact that cannot be decided yet waits in the room (waiting.py) and is acked; facts waiting for
+    what this batch applied are decided in its transaction. Every verdict gets a receipt
+    (verdicts.py)."""
+
+    def __init__(self, runtime: Runtime, room: waiting.Room) -> None:
+        self.runtime, self.room = runtime, room
+
+    async def apply(self, conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> dict[UUID, consumer.Rejected]:
+        results = await record_batch(conn, events, self.runtime.topology)
+        settled = await self.room.settle(conn, list(zip(events, results, strict=True)))
+        # Receipts (verdicts.py, receipts.py) and loss announcements (losses.py) read these.
+        await note_sources(conn, events)
+        await verdicts.tell(conn, self.runtime.topology, self.room.clock, settled)
+        if settled.accepted and self.runtime.relay:
+            self.runtime.relay.notify()
+        # The consumer dead-letters this batch's refusals; those of facts woken from the room were
+        # staged by tell (their messages were acked when they were parked).
+        return {e.event_id: to_consumer(r) for e, r, from_room in settled.refused if not from_room}
+
+
+class NotAFactHandler:
+    """An event on intake that is no registry fact: refused (`not_a_registry_fact`), with a receipt
+    to its publisher and a dead letter."""
+
+    def __init__(self, runtime: Runtime, clock: waiting.Clock) -> None:
+        self.runtime, self.clock = runtime, clock
+
+    async def apply(self, conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> dict[UUID, consumer.Rejected]:
+        refused = [(e, domain.Rejected("type", f"{e.type} is not a registry fact", code="not_a_registry_fact"))
+                   for e in events]
+        await note_sources(conn, events)
+        await verdicts.tell(conn, self.runtime.topology, self.clock, waiting.Settled(), refused)
+        return {e.event_id: to_consumer(r) for e, r in refused}
+
+
+class DivisionsHandler:
+    """Division reference data; facts waiting for a county's divisions go on in the same transaction."""
+
+    def __init__(self, runtime: Runtime | None = None, room: waiting.Room | None = None) -> None:
+        self.runtime, self.room = runtime, room
+
+    async def apply(self, conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> dict[UUID, consumer.Rejected]:
+        counties = set()
+        for envelope in events:
+            if isinstance(envelope.payload, ev.DivisionsImported):
+                await store.upsert_divisions(conn, envelope.payload)
+                counties.add(f"county:{envelope.payload.county.code}")
+        if counties and self.room is not None and self.runtime is not None:
+            settled = await self.room.settle(conn, [], keys=counties)
+            if settled.accepted or settled.refused:
+                await verdicts.tell(conn, self.runtime.topology, self.room.clock, settled)
+                if self.runtime.relay:
+                    self.runtime.relay.notify()
+        return {}
+
+
+@dataclass(frozen=True)
+class Consumes:
+    """A subscription of registry, its handler table, and who hears of what no handler sees."""
+
+    subscription: Subscription
+    table: HandlerTable
+    verdicts: Verdicts | None = None
+
+
+def tables(runtime: Runtime, room: waiting.Room) -> list[Consumes]:
+    """Every event registry consumes -> its handler."""
+    facts = FactsHandler(runtime, room)
+    topology = runtime.topology
+    intake = HandlerTable({
+        ev.OrganizationFiled: facts,
+        ev.OrganizationRegistered: facts,
+        ev.OrganizationUpdated: facts,
+        ev.OrganizationDeregistered: facts,
+        ev.HubEstablished: facts,
+        ev.HubDissolved: facts,
+        ev.IncubationBaseOpened: facts,
+        ev.IncubationBaseClosed: facts,
+        ev.PartyOrganizationFormed: facts,
+        ev.PartyOrganizationDissolved: facts,
+    }, otherwise=NotAFactHandler(runtime, room.clock))
+    divisions = HandlerTable({
+        ev.DivisionsImported: DivisionsHandler(runtime, room),
+    })
+    return [
+        Consumes(Subscription("CSO_INTAKE", topology.context_subjects("intake"), "registry-intake"), intake,
+                 # Receipts of what the handlers never see: broken messages, event ids taken before.
+                 verdicts=verdicts.IntakeVerdicts(topology, room.clock)),
+        Consumes(Subscription("CSO_DIVISIONS", topology.context_subjects("divisions"), "registry-divisions"),
+                 divisions),
+    ]
+
+
+def subscribe(runtime: Runtime, room: waiting.Room) -> None:
+    """Consume every subscription of `tables` when the runtime starts."""
+    for consumes in tables(runtime, room):
+        runtime.consume(consumes.subscription, consumes.table, verdicts=consumes.verdicts)
