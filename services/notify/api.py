@@ -71,7 +71,8 @@ def subscription_view(row: dict[str, Any], show_secret: bool = False, masked: bo
         "events": list(row["events"]), "statuses": list(row["statuses"]) if row["statuses"] is not None else None,
         "region": row["region"], "include_subregions": row["include_subregions"],
         "frequency": row["frequency"], "digest_time": digest_time.strftime("%H:%M") if digest_time else None,
-        "timezone": row["timezone"], "created_at": row["created_at"], "updated_at": row["updated_at"],
+        "timezone": row["timezone"], "reminder_days": list(row["reminder_days"]),
+        "created_at": row["created_at"], "updated_at": row["updated_at"],
     }
 
 
@@ -82,7 +83,8 @@ def _values(sub: SubscriptionIn, sub_id: UUID, secret: str | None) -> dict[str, 
             "webhook_secret": secret, "inbox": sub.channels.inbox, "events": list(sub.events),
             "statuses": [s.value for s in sub.statuses] if sub.statuses is not None else None,
             "region": sub.region, "include_subregions": sub.include_subregions, "frequency": sub.frequency,
-            "digest_time": sub.effective_digest_time, "timezone": sub.timezone}
+            "digest_time": sub.effective_digest_time, "timezone": sub.timezone,
+            "reminder_days": list(sub.reminder_days)}
 
 
 async def _parse(request: Request) -> SubscriptionIn:

@@ -44,6 +44,9 @@ SUBSCRIBABLE: tuple[str, ...] = (
     REMINDER,
 )
 DEFAULT_EVENTS: tuple[str, ...] = ("TargetStatusChanged", REMINDER)
+# Days before a deadline a subscription is reminded (each subscription may set its own).
+DEFAULT_REMINDER_DAYS: tuple[int, ...] = (30, 7)
+MAX_REMINDER_DAYS = 366
 
 # A subscription hears what is recorded from its creation on (with this much slack for clocks),
 # so a consumer replaying a stream's history never floods a new subscriber with old news.
@@ -67,6 +70,7 @@ def _subscribable(name: str) -> str:
 
 
 EventName = Annotated[str, AfterValidator(_subscribable)]
+LeadDays = Annotated[int, Field(ge=0, le=MAX_REMINDER_DAYS)]
 
 
 class WebhookIn(BaseModel):
@@ -131,6 +135,9 @@ class SubscriptionIn(BaseModel):
     frequency: Frequency = "immediate"
     digest_time: time | None = None
     timezone: str = DEFAULT_TIMEZONE
+    # For DeadlineReminder: how many days before a deadline to remind (0: on the day itself).
+    reminder_days: list[LeadDays] = Field(default_factory=lambda: list(DEFAULT_REMINDER_DAYS),
+                                          min_length=1, max_length=10)
 
     @field_validator("recipient")
     @classmethod
@@ -143,6 +150,11 @@ class SubscriptionIn(BaseModel):
     @classmethod
     def _events(cls, events: list[str]) -> list[str]:
         return list(dict.fromkeys(events))
+
+    @field_validator("reminder_days")
+    @classmethod
+    def _reminder_days(cls, days: list[int]) -> list[int]:
+        return sorted(set(days), reverse=True)
 
     @field_validator("timezone")
     @classmethod
@@ -159,6 +171,8 @@ class SubscriptionIn(BaseModel):
             raise ValueError("statuses: statuses filter TargetStatusChanged, which events does not name")
         if self.frequency == "immediate" and self.digest_time is not None:
             raise ValueError("digest_time: only a digest subscription (frequency: digest) has one")
+        if "reminder_days" in self.model_fields_set and REMINDER not in self.events:
+            raise ValueError(f"reminder_days: lead times are for {REMINDER}, which events does not name")
         return self
 
     @property
@@ -178,6 +192,7 @@ class Rule:
     events: frozenset[str]
     statuses: frozenset[str] | None
     created_at: datetime
+    reminder_days: tuple[int, ...] = DEFAULT_REMINDER_DAYS
 
 
 def region_matches(subscribed: str, include_subregions: bool, region: str) -> bool:
@@ -194,6 +209,50 @@ def matches(rule: Rule, kind: str, region: str, recorded_at: datetime, status: s
     if kind == "TargetStatusChanged" and rule.statuses is not None and status not in rule.statuses:
         return False
     return region_matches(rule.region, rule.include_subregions, region)
+
+
+# --- reminders --------------------------------------------------------------------------------
+
+
+def lead_due(deadline: date, today: date, leads: Sequence[int]) -> int | None:
+    """The subscription's lead time reached today, if any: the smallest one not yet passed (10 days
+    before, with leads 30 and 7, it is 30). A subscription made late is reminded once of where the
+    deadline stands, never of a lead already passed as well; after the deadline, nothing."""
+    left = (deadline - today).days
+    if left < 0:
+        return None
+    reached = [lead for lead in leads if left <= lead]
+    return min(reached) if reached else None
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """A deadline notify has learned from an event (targets' own: notify keeps no catalogue), kept
+    by `key` (a target instance's id): the latest fact about it (`as_of`) wins."""
+
+    key: str
+    kind: str                       # what a subscription names to hear its reminders
+    region: str
+    deadline: date
+    title: str
+    details: Mapping[str, Any]      # metric, threshold, comparison, the latest status and value
+    as_of: datetime
+    event_id: UUID
+
+
+def reminder_notice(d: Deadline, lead: int, today: date, now: datetime) -> Notice:
+    """The reminder of `d` at lead time `lead`, made `today`: how many days are left, and what the
+    deadline's latest event said of it."""
+    payload = dict(d.details) | {"title": d.title, "deadline": d.deadline.isoformat(),
+                                 "days_left": (d.deadline - today).days, "lead_days": lead}
+    return Notice(event_id=reminder_event_id(d.key, d.deadline, lead), kind=d.kind, region=d.region,
+                  occurred_at=now, payload=payload)
+
+
+def reminder_event_id(deadline_key: str, deadline: date, lead: int) -> UUID:
+    """One reminder per deadline and lead time, whoever hears it: each subscription gets a delivery
+    of it per channel (delivery_id), so a replica or a restart repeats nothing."""
+    return uuid5(_NAMESPACE, f"reminder:{deadline_key}:{deadline.isoformat()}:{lead}")
 
 
 # --- ids --------------------------------------------------------------------------------------
@@ -515,7 +574,7 @@ def _reminder_lines(notice: Notice, language: Language) -> tuple[str, list[tuple
     p = notice.payload
     metric = str(p.get("metric", ""))
     share = _is_share(metric)
-    days = int(p.get("offset_days", 0))
+    days = int(p.get("days_left", 0))
     threshold = f"{_comparison(str(p.get('comparison', '>=')))} " \
                 f"{format_number(float(p.get('threshold', 0.0)), share, language)}"
     title = str(p.get("title", p.get("target_id", "")))

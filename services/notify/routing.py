@@ -1,7 +1,8 @@
-"""Who gets what, written down: events consumed from the bus (targets' own deadline announcements
-become reminders) and daily digests become delivery rows (or digest items) in the transaction that
-decides them, before any send. notify keeps no copy of targets' catalogue: titles and deadlines
-travel in targets' events, so a target put over HTTP or by a plan import is reminded of too."""
+"""Who gets what, written down: events consumed from the bus, reminders of deadlines and daily
+digests become delivery rows (or digest items) in the transaction that decides them, before any
+send. notify keeps no copy of targets' catalogue: titles, regions and deadlines travel in targets'
+events (TargetStatusChanged, TargetDeadlineApproaching), which notify keeps as deadlines; each
+subscription is reminded of them at its own lead times (reminder_days), by notify's clock."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from .domain import (
     DIGEST,
     REMINDER,
     SUBSCRIBABLE,
+    Deadline,
     DigestLine,
     Message,
     Notice,
@@ -36,8 +38,11 @@ from .domain import (
     digest_day,
     digest_event_id,
     digest_flush_id,
+    lead_due,
     matches,
     region_path,
+    reminder_event_id,
+    reminder_notice,
     render,
     render_digest,
 )
@@ -48,8 +53,7 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class Clock:
-    """The time notify goes by for digests; tests and what-if runs set `fixed` (reminders go by
-    targets' clock: it announces deadlines).
+    """The time notify goes by for reminders and digests; tests and what-if runs set `fixed`.
     (Retry backoff and leases go by the database's clock: they are about seconds, not days.)"""
 
     fixed: datetime | None = None
@@ -85,27 +89,26 @@ async def route(conn: AsyncConnection, notice: Notice, subscribers: Sequence[sto
     return len(rows) + len(items)
 
 
-APPROACHING = ev.TargetDeadlineApproaching.TYPE
-
-
-def kind(envelope: Envelope[Any]) -> str:
-    """What a subscription names: targets' TargetDeadlineApproaching is a DeadlineReminder."""
-    return REMINDER if envelope.type == APPROACHING else envelope.type
-
-
-def notice_payload(payload: ev.Payload) -> dict[str, Any]:
-    fields = ev.payload_fields(payload)
-    if isinstance(payload, ev.TargetDeadlineApproaching):
-        fields["offset_days"] = payload.days_ahead
-    return fields
-
-
 def target_info(payload: ev.Payload) -> TargetInfo | None:
     """A target's title and comparison, from its event (an event of before 1.3.0 has neither: the
     notice then names the target by its id)."""
     if isinstance(payload, ev.TargetStatusChanged) and payload.title:
         return TargetInfo(title=payload.title, comparison=payload.comparison or ">=")
     return None
+
+
+def deadline_of(envelope: Envelope[Any]) -> Deadline | None:
+    """What an event tells of a deadline to remind of: targets' status changes and deadline
+    announcements carry the target instance's title, region, deadline and figure."""
+    p = envelope.payload
+    if not isinstance(p, ev.TargetStatusChanged | ev.TargetDeadlineApproaching):
+        return None
+    details = {"target_id": p.target_id, "metric": p.metric, "threshold": p.threshold,
+               "comparison": p.comparison or ">=", "status": p.status.value if p.status else None,
+               "value": p.value}
+    return Deadline(key=f"target:{p.target_id}", kind=REMINDER, region=p.region_code, deadline=p.deadline,
+                    title=p.title or p.target_id, details=details, as_of=envelope.occurred_at,
+                    event_id=envelope.event_id)
 
 
 class EventsHandler:
@@ -118,10 +121,12 @@ class EventsHandler:
         for envelope in events:
             if isinstance(envelope.payload, ev.DivisionsImported):
                 await store.upsert_divisions(conn, envelope.payload)
-        relevant = [e for e in events if e.type in SUBSCRIBABLE or e.type == APPROACHING]
+        # Deadlines are reminded of by the scheduler, at each subscription's own lead times.
+        await store.save_deadlines(conn, [d for e in events if (d := deadline_of(e)) is not None])
+        relevant = [e for e in events if e.type in SUBSCRIBABLE]
         if not relevant:
             return {}
-        subscribers = await store.subscribers_for(conn, {kind(e) for e in relevant})
+        subscribers = await store.subscribers_for(conn, {e.type for e in relevant})
         if not subscribers:
             return {}
         names = await store.names(conn, {a for e in relevant for a in ancestors(e.region)})
@@ -130,11 +135,11 @@ class EventsHandler:
             payload = envelope.payload
             status = payload.status.value if isinstance(payload, ev.TargetStatusChanged) else None
             reached = [s for s in subscribers
-                       if matches(s.rule, kind(envelope), envelope.region, envelope.recorded_at, status)]
+                       if matches(s.rule, envelope.type, envelope.region, envelope.recorded_at, status)]
             if not reached:
                 continue
-            notice = Notice(event_id=envelope.event_id, kind=kind(envelope), region=envelope.region,
-                            occurred_at=envelope.occurred_at, payload=notice_payload(payload),
+            notice = Notice(event_id=envelope.event_id, kind=envelope.type, region=envelope.region,
+                            occurred_at=envelope.occurred_at, payload=ev.payload_fields(payload),
                             target=target_info(payload))
             queued += await route(conn, notice, reached, names, self.clock.now())
         if queued:
@@ -163,11 +168,35 @@ class Scheduler:
             await asyncio.sleep(self.config.schedule_seconds)
 
     async def step(self) -> None:
-        queued = await self.digests()
+        queued = await self.reminders() + await self.digests()
         if queued:
             self.sender.wake()
         async with self.runtime.engine.connect() as conn:
             QUEUE_DEPTH.set(await store.queue_depth(conn))
+
+    async def reminders(self) -> int:
+        """Remind each subscription of the deadlines in its region at its own lead times (once per
+        deadline and lead; a replica that races another makes nothing twice)."""
+        today, now = self.clock.today(), self.clock.now()
+        async with self.runtime.engine.begin() as conn:
+            due: dict[tuple[str, int], tuple[Deadline, list[store.Subscriber]]] = {}
+            for a in await store.approaching(conn, today):
+                lead = lead_due(a.deadline.deadline, today, a.subscriber.rule.reminder_days)
+                if lead is None or lead in a.reminded:
+                    continue
+                due.setdefault((a.deadline.key, lead), (a.deadline, []))[1].append(a.subscriber)
+            if not due:
+                return 0
+            claimed = await store.claim_reminders(conn, [
+                (s.rule.id, d.key, d.deadline, lead, reminder_event_id(d.key, d.deadline, lead))
+                for (_, lead), (d, subs) in due.items() for s in subs])
+            names = await store.names(conn, {a for d, _ in due.values() for a in ancestors(d.region)})
+            queued = 0
+            for (_, lead), (d, subs) in due.items():
+                mine = [s for s in subs if (s.rule.id, d.key, d.deadline, lead) in claimed]
+                if mine:
+                    queued += await route(conn, reminder_notice(d, lead, today, now), mine, names, now)
+        return queued
 
     async def digests(self) -> int:
         now = self.clock.now()

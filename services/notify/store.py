@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts.events import DivisionsImported
 
-from .domain import Channel, Language, Message, Notice, Rule, delivery_id
+from .domain import Channel, Deadline, Language, Message, Notice, Rule, delivery_id
 
 SCHEMA = "notify"
 
@@ -57,7 +57,8 @@ class Subscriber:
 
 
 _SUB_COLUMNS = ("id, recipient, language, email, webhook_url, webhook_secret, inbox, events, statuses, "
-                "region, include_subregions, frequency, digest_time, timezone, created_at, updated_at")
+                "region, include_subregions, frequency, digest_time, timezone, reminder_days, created_at, "
+                "updated_at")
 
 
 def _subscriber(row: Any) -> Subscriber:
@@ -71,7 +72,7 @@ def _subscriber(row: Any) -> Subscriber:
     rule = Rule(id=row.id, region=row.region, include_subregions=row.include_subregions,
                 events=frozenset(row.events),
                 statuses=frozenset(row.statuses) if row.statuses is not None else None,
-                created_at=row.created_at)
+                created_at=row.created_at, reminder_days=tuple(row.reminder_days))
     return Subscriber(rule=rule, recipient=row.recipient, language=row.language, channels=tuple(channels),
                       frequency=row.frequency, timezone=row.timezone, digest_time=row.digest_time)
 
@@ -97,9 +98,10 @@ async def digest_subscribers(conn: AsyncConnection) -> list[Subscriber]:
 async def insert_subscription(conn: AsyncConnection, values: dict[str, Any]) -> dict[str, Any]:
     row = (await conn.execute(text(
         f"INSERT INTO {SCHEMA}.subscription (id, recipient, language, email, webhook_url, webhook_secret, "
-        "inbox, events, statuses, region, include_subregions, frequency, digest_time, timezone) VALUES "
-        "(:id, :recipient, :language, :email, :webhook_url, :webhook_secret, :inbox, :events, :statuses, "
-        f":region, :include_subregions, :frequency, :digest_time, :timezone) RETURNING {_SUB_COLUMNS}"),
+        "inbox, events, statuses, region, include_subregions, frequency, digest_time, timezone, reminder_days) "
+        "VALUES (:id, :recipient, :language, :email, :webhook_url, :webhook_secret, :inbox, :events, "
+        ":statuses, :region, :include_subregions, :frequency, :digest_time, :timezone, :reminder_days) "
+        f"RETURNING {_SUB_COLUMNS}"),
         values)).mappings().one()
     return dict(row)
 
@@ -109,7 +111,8 @@ async def update_subscription(conn: AsyncConnection, values: dict[str, Any]) -> 
         f"UPDATE {SCHEMA}.subscription SET recipient = :recipient, language = :language, email = :email, "
         "webhook_url = :webhook_url, webhook_secret = :webhook_secret, inbox = :inbox, events = :events, "
         "statuses = :statuses, region = :region, include_subregions = :include_subregions, "
-        "frequency = :frequency, digest_time = :digest_time, timezone = :timezone, updated_at = now() "
+        "frequency = :frequency, digest_time = :digest_time, timezone = :timezone, "
+        "reminder_days = :reminder_days, updated_at = now() "
         f"WHERE id = :id AND deleted_at IS NULL RETURNING {_SUB_COLUMNS}"), values)).mappings().first()
     return dict(row) if row else None
 
@@ -147,6 +150,69 @@ async def delete_subscription(conn: AsyncConnection, sub_id: UUID) -> int | None
         "last_error = 'subscription deleted' WHERE subscription_id = :id AND status = 'pending'"),
         {"id": sub_id})
     return int(result.rowcount)
+
+
+# --- deadlines and reminders ----------------------------------------------------------------
+
+async def save_deadlines(conn: AsyncConnection, deadlines: Sequence[Deadline]) -> None:
+    """What each event says of its deadline; a fact older than the one kept (events arrive out of
+    order) changes nothing."""
+    if deadlines:
+        await conn.execute(text(
+            f"INSERT INTO {SCHEMA}.deadline (key, kind, region, deadline, title, details, as_of, event_id) "
+            "VALUES (:key, :kind, :region, :deadline, :title, CAST(:details AS jsonb), :as_of, :event_id) "
+            "ON CONFLICT (key) DO UPDATE SET kind = excluded.kind, region = excluded.region, "
+            "deadline = excluded.deadline, title = excluded.title, details = excluded.details, "
+            "as_of = excluded.as_of, event_id = excluded.event_id, updated_at = now() "
+            "WHERE deadline.as_of <= excluded.as_of"),
+            [{"key": d.key, "kind": d.kind, "region": d.region, "deadline": d.deadline, "title": d.title,
+              "details": json.dumps(dict(d.details), ensure_ascii=False, default=str), "as_of": d.as_of,
+              "event_id": d.event_id} for d in deadlines])
+
+
+@dataclass(frozen=True)
+class Approaching:
+    """A deadline within a subscription's longest lead time, and the leads it was reminded at."""
+
+    subscriber: Subscriber
+    deadline: Deadline
+    reminded: frozenset[int]
+
+
+async def approaching(conn: AsyncConnection, today: date) -> list[Approaching]:
+    """Each live subscription naming a deadline's kind, in its region (or above it, with
+    include_subregions), whose deadline is today or at most the subscription's longest lead away."""
+    columns = ", ".join(f"s.{c.strip()}" for c in _SUB_COLUMNS.split(","))
+    rows = (await conn.execute(text(
+        f"SELECT {columns}, d.key AS d_key, d.kind AS d_kind, d.region AS d_region, d.deadline AS d_deadline, "
+        "d.title AS d_title, d.details AS d_details, d.as_of AS d_as_of, d.event_id AS d_event_id, "
+        f"ARRAY(SELECT r.lead_days FROM {SCHEMA}.reminder r WHERE r.subscription_id = s.id "
+        "AND r.deadline_key = d.key AND r.deadline = d.deadline) AS reminded "
+        f"FROM {SCHEMA}.deadline d JOIN {SCHEMA}.subscription s ON s.deleted_at IS NULL "
+        "AND d.kind = ANY(s.events) AND (s.region = d.region "
+        "OR (s.include_subregions AND starts_with(d.region, s.region))) "
+        "WHERE d.deadline >= :today "
+        "AND d.deadline - CAST(:today AS date) <= (SELECT max(l) FROM unnest(s.reminder_days) l) "
+        "ORDER BY d.key, s.id"), {"today": today})).all()
+    return [Approaching(_subscriber(r), Deadline(
+        key=r.d_key, kind=r.d_kind, region=r.d_region, deadline=r.d_deadline, title=r.d_title,
+        details=r.d_details, as_of=r.d_as_of, event_id=r.d_event_id), frozenset(r.reminded)) for r in rows]
+
+
+async def claim_reminders(conn: AsyncConnection, rows: Sequence[tuple[UUID, str, date, int, UUID]]
+                          ) -> set[tuple[UUID, str, date, int]]:
+    """Record reminders (subscription, deadline key, deadline, lead, event id) as made; those
+    another replica made first are left out of the answer."""
+    if not rows:
+        return set()
+    claimed = (await conn.execute(text(
+        f"INSERT INTO {SCHEMA}.reminder (subscription_id, deadline_key, deadline, lead_days, event_id) "
+        "SELECT * FROM unnest(CAST(:s AS uuid[]), CAST(:k AS text[]), CAST(:d AS date[]), "
+        "CAST(:l AS int[]), CAST(:e AS uuid[])) ON CONFLICT DO NOTHING "
+        "RETURNING subscription_id, deadline_key, deadline, lead_days"),
+        {"s": [r[0] for r in rows], "k": [r[1] for r in rows], "d": [r[2] for r in rows],
+         "l": [r[3] for r in rows], "e": [r[4] for r in rows]})).all()
+    return {(r[0], r[1], r[2], r[3]) for r in claimed}
 
 
 # --- routing: deliveries and digest items ------------------------------------------------------

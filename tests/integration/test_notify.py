@@ -550,15 +550,17 @@ async def test_organization_filed_reaches_its_township(migrated: Settings, nc: N
 
 async def test_a_target_put_over_http_is_reminded_of_with_its_title(migrated: Settings) -> None:
     """notify keeps no catalogue: a target added with PUT /targets (which notify never read) gets
-    its reminders 30 and 7 days before its deadline from targets' TargetDeadlineApproaching, once
-    each, and its status change names it by its title, not its id."""
+    its reminders 30 and 7 days before its deadline (the default lead times), learned from targets'
+    events, once each, and its status change names it by its title, not its id. Both services'
+    clocks move together: targets evaluates by its own, notify reminds by its own."""
     settings = migrated
     await asyncio.to_thread(targets_app.run_migrations, settings)
     day = TargetsClock(fixed=date(2025, 11, 15))
+    clock = Clock(fixed=noon(day.fixed))
     title = "市中区测试目标：社区社会组织不少于99个"
     spec = {"id": "test-put-reminder", "title": title, "figure": "orgs", "scope_region": "511102",
             "threshold": 99, "start": "2025-01-01", "deadline": "2025-12-31", "source": "test"}
-    async with notify(settings, test_config()) as (_, api):
+    async with notify(settings, test_config(), clock) as (_, api):
         await subscribe(api, recipient="county", region="511102", channels={"inbox": True})
         await subscribe(api, recipient="city", region="5111", include_subregions=True,
                         events=["DeadlineReminder"], channels={"inbox": True}, language="en")
@@ -576,7 +578,7 @@ async def test_a_target_put_over_http_is_reminded_of_with_its_title(migrated: Se
                 return len(await mine(recipient)) == n
 
             async def evaluated(on: date) -> None:
-                day.fixed = on
+                day.fixed, clock.fixed = on, noon(on)
                 await eventually(waiting(lambda: bool(coalescer.evaluated_on == on)), timeout=60)
 
             await eventually(lambda: has("county", 1), timeout=60)    # its status, by title
@@ -597,6 +599,87 @@ async def test_a_target_put_over_http_is_reminded_of_with_its_title(migrated: Se
         await asyncio.sleep(0.5)
         assert [await has("county", 3), await has("city", 2), await has("deaf", 1)] == [True] * 3, \
             (await mine("county"), await mine("city"), await mine("deaf"))
+
+
+def noon(day: date) -> datetime:
+    """Noon of a civil day in China, as notify's clock."""
+    return datetime(day.year, day.month, day.day, 4, 0, tzinfo=timezone.utc)
+
+
+async def test_each_subscription_is_reminded_at_its_own_lead_times(migrated: Settings, nc: NATS) -> None:
+    """Issue 21: reminder lead times are the subscription's. A subscription with reminder_days [10]
+    is reminded 10 days before a target's deadline and not at 30 or 7; one with the defaults at 30
+    and 7 days, not at 10. The deadline, title and region come from targets' TargetStatusChanged
+    alone (no TargetDeadlineApproaching is published here); nothing is reminded twice, and nothing
+    after the deadline."""
+    settings = migrated
+    clock = Clock(fixed=noon(date(2025, 11, 1)))
+    async with notify(settings, test_config(), clock) as (_, api):
+        made = await subscribe(api, recipient="defaults", region="511102", events=["DeadlineReminder"],
+                               channels={"inbox": True})
+        assert made["reminder_days"] == [30, 7]
+        ten = await subscribe(api, recipient="ten", region="5111", include_subregions=True,
+                              events=["DeadlineReminder"], reminder_days=[10], channels={"inbox": True},
+                              language="en")
+        assert ten["reminder_days"] == [10]
+        await subscribe(api, recipient="elsewhere", region="511111", events=["DeadlineReminder"],
+                        reminder_days=[10, 30], channels={"inbox": True})
+        await publish_status(nc, settings, status_changed())     # deadline 2025-12-31, 市中区
+        await eventually(lambda: scalar(settings, "SELECT count(*) = 1 FROM notify.deadline"))
+
+        async def subjects(recipient: str) -> list[str]:
+            items = (await api.get(f"/inbox/{recipient}")).json()["items"]
+            return sorted(i["subject"] for i in items)
+
+        async def on(day: date, expected: dict[str, int]) -> None:
+            clock.fixed = noon(day)
+            for recipient, n in expected.items():
+                await eventually(lambda r=recipient, n=n: _has(api, r, n), timeout=30)
+            await asyncio.sleep(0.5)     # a few scheduler steps: nothing more comes
+            got = {r: len(await subjects(r)) for r in expected}
+            assert got == expected, (day, got)
+
+        await on(date(2025, 11, 20), {"defaults": 0, "ten": 0, "elsewhere": 0})
+        await on(date(2025, 12, 1), {"defaults": 1, "ten": 0, "elsewhere": 0})       # 30 days before
+        assert (await subjects("defaults"))[0].startswith(
+            f"【目标截止提醒】{SHIZHONG_PATH} 距截止日期 2025-12-31 还有 30 天："
+            "一类县区城市社区平均拥有社区社会组织不少于15个")
+        await on(date(2025, 12, 15), {"defaults": 1, "ten": 0, "elsewhere": 0})
+        await on(date(2025, 12, 21), {"defaults": 1, "ten": 1, "elsewhere": 0})      # 10 days before
+        assert (await subjects("ten"))[0].startswith(
+            f"[Deadline reminder] {SHIZHONG_PATH}: 10 days to the 2025-12-31 deadline: ")
+        await on(date(2025, 12, 24), {"defaults": 2, "ten": 1, "elsewhere": 0})      # 7 days before
+        await on(date(2025, 12, 31), {"defaults": 2, "ten": 1, "elsewhere": 0})
+        await on(date(2026, 1, 1), {"defaults": 2, "ten": 1, "elsewhere": 0})
+        made = await rows(settings, "SELECT s.recipient, r.lead_days FROM notify.reminder r "
+                                    "JOIN notify.subscription s ON s.id = r.subscription_id ORDER BY 1, 2")
+        assert [(r["recipient"], r["lead_days"]) for r in made] == [("defaults", 7), ("defaults", 30),
+                                                                    ("ten", 10)]
+
+
+async def _has(api: httpx.AsyncClient, recipient: str, n: int) -> bool:
+    return len((await api.get(f"/inbox/{recipient}")).json()["items"]) >= n
+
+
+async def test_reminder_days_are_validated_naming_the_field(migrated: Settings) -> None:
+    async with notify(migrated, test_config(), divisions=False) as (_, api):
+        for days, field in (([], "reminder_days"), ([-1], "reminder_days.0"), ([30, 400], "reminder_days.1"),
+                            (["soon"], "reminder_days.0"), (list(range(11)), "reminder_days"),
+                            (10, "reminder_days")):
+            bad = await api.post("/subscriptions", json={"recipient": "x", "region": "5111",
+                                                         "channels": {"inbox": True}, "reminder_days": days})
+            assert bad.status_code == 422, (days, bad.text)
+            assert [e["field"] for e in bad.json()["errors"]] == [field], (days, bad.json())
+        # Lead times of a subscription that hears no reminders are a mistake, said so.
+        bad = await api.post("/subscriptions", json={"recipient": "x", "region": "5111", "channels": {"inbox": True},
+                                                     "events": ["TargetStatusChanged"], "reminder_days": [3]})
+        assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "reminder_days", bad.text
+        made = await subscribe(api, recipient="x", region="5111", channels={"inbox": True},
+                               reminder_days=[7, 60, 7, 0])
+        assert made["reminder_days"] == [60, 7, 0]
+        put = await api.put(f"/subscriptions/{made['id']}", json={"recipient": "x", "region": "5111",
+                                                                  "channels": {"inbox": True}})
+        assert put.json()["reminder_days"] == [30, 7]
 
 
 async def test_subscription_api(migrated: Settings) -> None:

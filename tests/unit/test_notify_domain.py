@@ -187,7 +187,7 @@ def test_reminder_and_digest_render() -> None:
     n = d.Notice(event_id=uuid4(), kind=d.REMINDER, region="5111", occurred_at=T0,
                  payload={"target_id": "leshan-streets-hub", "title": "街道枢纽型社区社会组织全覆盖",
                           "metric": "streets_with_hub_share", "threshold": 1.0, "comparison": ">=",
-                          "deadline": "2025-12-31", "offset_days": 30})
+                          "deadline": "2025-12-31", "days_left": 30})
     m = d.render(n, NAMES, "zh")
     assert "距截止日期 2025-12-31 还有 30 天" in m.subject and "目标值：≥ 100%" in m.text
     lines = [d.DigestLine(T0 + timedelta(hours=2), "second"), d.DigestLine(T0, "first")]
