@@ -6,7 +6,7 @@ its targets) on 50 random days. Printed: events per second, coverage rows, the r
 
     .venv/bin/python -m bench.day_buckets [POSTGRES_ADMIN_URL]
 
-Without a URL it starts an embedded PostgreSQL in a temporary directory (cso.servers). Each run
+Without a URL it starts an embedded PostgreSQL in a temporary directory (cso_local.servers). Each run
 makes a database of its own and drops it.
 """
 
@@ -26,10 +26,10 @@ import asyncpg
 from sqlalchemy import text
 
 from contracts import make_event
-from cso import servers
 from cso.database import make_engine, migrate
 from cso.divisions import DEMO_DIVISIONS
 from cso.divisions.importer import county_payloads
+from cso_local import servers
 from services.targets import app as targets
 from services.targets import projection, views
 from tests.scenario import workload

@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 import psutil  # type: ignore[import-untyped]
 
-from cso.stack import http_get
+from cso_local.stack import http_get
 
 # ------------------------------------------------------------------ processes
 

@@ -27,8 +27,8 @@ from rich.table import Table
 
 from contracts import Topology, encode, make_event
 from contracts import events as ev
-from cso import servers
-from cso.stack import Stack, recorded
+from cso_local import servers
+from cso_local.stack import Stack, recorded
 
 RESULTS = Path(__file__).parent / "results"
 

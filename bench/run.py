@@ -1,6 +1,6 @@
 """The national-scale benchmark: `python -m bench.run --scope 51` (see bench/README.md).
 
-1. A local stack (cso.stack.Stack: nats-server and PostgreSQL from the wheels, registry, targets and
+1. A local stack (cso_local.stack.Stack: nats-server and PostgreSQL from the wheels, registry, targets and
    training as uvicorn processes) in a temporary data dir; with `--replicas 2` a second registry and
    a second targets process on the same servers.
 2. The divisions of the scope, published with the importer; both services load them.
@@ -41,11 +41,11 @@ from rich.console import Console
 from rich.table import Table
 
 from contracts import Topology
-from cso import localnats, servers
 from cso.divisions import DEMO_DIVISIONS, publish_divisions
 from cso.roles import role_url
-from cso.stack import ROOT, SERVICES, Stack, StackError, http_get
 from cso.tokens import service_env
+from cso_local import localnats, servers
+from cso_local.stack import ROOT, SERVICES, Stack, StackError, http_get
 
 from . import floor, measure, profile
 from .generator import TRAINING_COUNTERS, Workload
@@ -131,7 +131,7 @@ def options(argv: Sequence[str] | None = None) -> Options:
     p.add_argument("--label", default="", help="a note stored in the result")
     p.add_argument("--postgres-defaults", action="store_true",
                    help="PostgreSQL's own defaults (128 MB buffers, 1 GB of WAL between checkpoints) instead "
-                        "of settings sized to this machine (cso.servers.postgres_sizing)")
+                        "of settings sized to this machine (cso_local.servers.postgres_sizing)")
     a = p.parse_args(argv)
     divisions = a.divisions or (SHARED_DIVISIONS if SHARED_DIVISIONS.exists() else DEMO_DIVISIONS)
     rates = tuple(float(r) for r in a.rates.split(",") if r.strip())

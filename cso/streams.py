@@ -244,7 +244,7 @@ NOT_YET = {10008, 10005, 10023}
 async def migrate_at(url: str, namespace: str, replicas: Replicas | None = None,
                      wait: float = 0.0, login: tuple[str, str] = ("", "")) -> list[StreamChange]:
     """The migrate step against one NATS, as its admin user: `login` (the local stack's admin,
-    cso.localnats), else CSO_NATS_USER / CSO_NATS_PASSWORD (cso.stack.connect_nats). For up to `wait` seconds it
+    cso_local.localnats), else CSO_NATS_USER / CSO_NATS_PASSWORD (cso.connect.connect_nats). For up to `wait` seconds it
     tries again while NATS is not there yet or its cluster is still forming (compose starts it
     with the servers)."""
     import asyncio
@@ -252,7 +252,7 @@ async def migrate_at(url: str, namespace: str, replicas: Replicas | None = None,
     from nats.errors import TimeoutError as NatsTimeout
     from nats.js.errors import APIError, ServiceUnavailableError
 
-    from .stack import connect_nats
+    from .connect import connect_nats
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait

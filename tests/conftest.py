@@ -46,7 +46,7 @@ def nats_url(servers_dir: Path) -> Iterator[str]:
     if url := os.environ.get("CSO_NATS_URL"):
         yield url
         return
-    from cso import servers
+    from cso_local import servers
 
     if servers.docker_answers():
         from testcontainers.nats import NatsContainer
@@ -66,7 +66,7 @@ def postgres_url(servers_dir: Path) -> Iterator[str]:
     if url := os.environ.get("CSO_DATABASE_URL"):
         yield _admin_dsn(url)
         return
-    from cso import servers
+    from cso_local import servers
 
     if servers.docker_answers():
         from testcontainers.postgres import PostgresContainer

@@ -177,14 +177,14 @@ def missing(tool: str, why: str) -> NoReturn:
 
 
 class CsoUp:
-    """`cso up` as an operator runs it: a process of its own (`python -m cso.cli up`) on a data dir
+    """`cso up` as an operator runs it: a process of its own (`python -m cso_local.cli up`) on a data dir
     and free ports, its output in `output`. The environment is given whole: CSO_AUTH and the
     servers' URLs of the test process must not leak into the stack (it starts its own)."""
 
     SERVICES = ("registry", "targets", "training", "notify", "console")
 
     def __init__(self, data_dir: Path, *, demo: bool = False, env: dict[str, str] | None = None) -> None:
-        from cso.servers import free_port
+        from cso_local.servers import free_port
 
         self.data_dir = data_dir
         self.demo = demo
@@ -203,7 +203,7 @@ class CsoUp:
 
     def start(self, timeout: float = 300.0) -> None:
         """Until `cso up` says the stack is up (after the demo divisions, when asked for)."""
-        cmd = [sys.executable, "-m", "cso.cli", "up", "--data-dir", str(self.data_dir),
+        cmd = [sys.executable, "-m", "cso_local.cli", "up", "--data-dir", str(self.data_dir),
                "--demo" if self.demo else "--no-demo",
                *(arg for name, port in self.ports.items() for arg in (f"--{name}-port", str(port)))]
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -220,7 +220,7 @@ class CsoUp:
 
     def stop(self, timeout: float = 120.0) -> None:
         """As Ctrl-C does; whatever survives a cso up that did not stop is stopped as `cso down` does."""
-        from cso.stack import Stack
+        from cso_local.stack import Stack
 
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -239,7 +239,7 @@ class CsoUp:
             return ""
 
     def state(self) -> dict[str, Any]:
-        from cso.stack import read_stack_file
+        from cso_local.stack import read_stack_file
 
         return read_stack_file(self.data_dir) or {}
 
@@ -253,14 +253,14 @@ class CsoUp:
 
     def cso(self, *args: str, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
         """Another `cso` command against this stack (`--data-dir` added), its output captured."""
-        return subprocess.run([sys.executable, "-m", "cso.cli", *args, "--data-dir", str(self.data_dir)],
+        return subprocess.run([sys.executable, "-m", "cso_local.cli", *args, "--data-dir", str(self.data_dir)],
                               stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=REPO,
                               env=self.env, timeout=timeout, check=False)
 
     def back(self, name: str, old_pid: int, timeout: float) -> float:
         """Seconds until `name` runs under a pid other than old_pid, recorded in stack.json, and
         is ready (/readyz 200 for a service, its port answering for a server)."""
-        from cso.servers import answers
+        from cso_local.servers import answers
 
         start = time.monotonic()
         while True:

@@ -18,8 +18,8 @@ from typing import Any
 
 import httpx
 
-from cso.stack import read_stack_file
 from cso.tokens import claims, mint, signing_key
+from cso_local.stack import read_stack_file
 from tests.support import CsoUp, missing
 
 CHROMIUM = Path(os.environ.get("CSO_CHROMIUM", "/usr/bin/chromium"))

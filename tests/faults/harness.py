@@ -48,11 +48,12 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from bench.generator import Item, Plan
 from bench.generator import Workload as Generator
 from contracts import Topology, ancestors, encode, make_event
-from cso import bus, servers
+from cso import bus
 from cso.divisions import DEMO_DIVISIONS, publish_divisions
 from cso.settings import Settings
-from cso.stack import BACKENDS as SERVICES
-from cso.stack import ROOT, ensure_database, migrate_one, tail, with_database
+from cso_local import servers
+from cso_local.stack import BACKENDS as SERVICES
+from cso_local.stack import ROOT, ensure_database, migrate_one, tail, with_database
 from services.notify.api import CONSUMED as NOTIFY_CONSUMED
 from tests.integration.test_targets import REGISTRY_COUNTERS
 from tests.recount import projected, recount

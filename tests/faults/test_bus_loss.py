@@ -18,9 +18,10 @@ import nats
 import pytest
 
 from contracts import make_event
-from cso import bus, servers
+from cso import bus
 from cso.divisions import DEMO_DIVISIONS, publish_divisions
 from cso.settings import Settings
+from cso_local import servers
 from services.registry.app import create_app as registry_app
 from services.registry.app import run_migrations as registry_migrations
 from services.targets import app as targets
@@ -174,7 +175,7 @@ async def test_gap_is_detected_and_refilled(loss: str, settings: Settings, own_n
             # By hand, too: `cso replay` publishes the outbox again; nothing counts twice.
             from typer.testing import CliRunner
 
-            from cso.cli import app as cli
+            from cso_local.cli import app as cli
 
             applied = await count_applied(settings.database_url)
             result = await asyncio.to_thread(

@@ -29,8 +29,8 @@ from typer.testing import CliRunner
 
 from contracts import events as ev
 from contracts.receipts import MAX_NATS_IDS
-from cso.cli import app as cli
 from cso.divisions import DEMO_DIVISIONS
+from cso_local.cli import app as cli
 from tests.faults.conftest import ClusterFactory
 from tests.faults.harness import (
     Cluster,

@@ -1,6 +1,6 @@
 """Issue 18's fault test under `cso up` itself (not the harness's cluster): with filings coming in
 over registry's HTTP API, each of the four services is killed with SIGKILL in turn. `cso up`
-(cso.supervisor) must start the dead one again on its port within 30 s while the other three keep
+(cso_local.supervisor) must start the dead one again on its port within 30 s while the other three keep
 answering /healthz, and once the load stops, targets' coverage must equal a recount of what
 registry holds: every counter against the SQL recount over registry's tables (tests/recount.py),
 and the county's organizations counted through registry's own API."""

@@ -31,9 +31,10 @@ import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cso import localnats, servers
+from cso.connect import connect_nats
 from cso.natsauth import SERVICE_CONSUMERS
-from cso.stack import Stack, connect_nats, recorded
+from cso_local import localnats, servers
+from cso_local.stack import Stack, recorded
 from tests.infra.test_infra_grafana import dashboards, panels, substitute
 from tests.support import eventually, http_json, missing
 

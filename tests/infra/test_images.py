@@ -26,8 +26,8 @@ import asyncpg
 import pytest
 import yaml
 
-from cso import servers
 from cso.tokens import claims, mint
+from cso_local import servers
 from tests.support import http_json
 
 pytestmark = pytest.mark.integration

@@ -99,7 +99,7 @@ def test_service_selects_the_app() -> None:
 def test_build_context_keeps_what_the_image_copies() -> None:
     """The ignore file drops everything, then re-includes exactly what COPY needs."""
     sources = {r.split()[0] for k, r in stage("builder") if k == "COPY" and not r.startswith("--")}
-    assert sources == {"pyproject.toml", "contracts", "cso", "services"}
+    assert sources == {"pyproject.toml", "contracts", "cso", "cso_local", "services"}
     patterns = [p.strip() for p in IGNORE.read_text().splitlines() if p.strip() and not p.startswith("#")]
     assert patterns[0] == "**"
     for source in sources:

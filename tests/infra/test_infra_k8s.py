@@ -311,7 +311,7 @@ def test_the_nats_release_runs_with_csos_users(tmp_path: Path, default: dict[tup
     such an include (the chart renders `include <path>;` relative to /etc/nats-config)."""
     from contracts import Topology
     from cso import natsauth
-    from cso.servers import nats_server_binary
+    from cso_local.servers import nats_server_binary
 
     values = yaml.safe_load((REPO / "infra/nats/helm-values.yaml").read_text())
     assert values["config"]["jetstream"]["enabled"]

@@ -26,9 +26,10 @@ import nats
 import pytest
 
 from contracts import Topology
-from cso import bus, natsauth, servers
+from cso import bus, natsauth
 from cso.natsauth import Publisher, Users
 from cso.settings import Settings
+from cso_local import servers
 from services.registry.app import create_app, run_migrations
 from tests.support import eventually, missing, publish_divisions, running
 

@@ -26,8 +26,8 @@ import uvicorn
 from typer.testing import CliRunner
 
 from contracts import codes
-from cso.cli import app as cli
 from cso.settings import Settings
+from cso_local.cli import app as cli
 from services.registry.app import create_app, run_migrations
 from tests.integration.test_auth import auth, secured
 from tests.support import eventually, publish_divisions, running

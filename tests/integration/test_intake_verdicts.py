@@ -29,11 +29,12 @@ from nats.aio.client import Client
 from contracts import Envelope, Topology, encode, make_event
 from contracts import events as ev
 from contracts.receipts import IntakeReceipt
-from cso import bus, natsauth, servers
+from cso import bus, natsauth
 from cso.divisions import DEMO_DIVISIONS
 from cso.natsauth import Publisher, Users
 from cso.settings import Settings
-from cso.stack import import_divisions
+from cso_local import servers
+from cso_local.stack import import_divisions
 from tests.recount import projected, recount
 from tests.support import eventually, running
 

@@ -29,12 +29,13 @@ from typer.testing import CliRunner
 
 from contracts import Topology, encode, make_event
 from contracts import events as ev
-from cso import bus, natsauth, servers
-from cso.cli import app as cli_app
+from cso import bus, natsauth
 from cso.divisions import DEMO_DIVISIONS
 from cso.natsauth import Publisher, Users
 from cso.settings import Settings
-from cso.stack import import_divisions
+from cso_local import servers
+from cso_local.cli import app as cli_app
+from cso_local.stack import import_divisions
 from tests.support import eventually, running
 
 pytestmark = pytest.mark.integration

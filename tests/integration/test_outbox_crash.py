@@ -18,8 +18,8 @@ import httpx
 import nats
 import pytest
 
-from cso.servers import free_port
 from cso.settings import Settings
+from cso_local.servers import free_port
 from services.registry.app import run_migrations
 from tests.support import eventually, publish_divisions
 

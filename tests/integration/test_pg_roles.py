@@ -27,9 +27,9 @@ from typer.testing import CliRunner
 from contracts import events as ev
 from contracts import make_event
 from cso import roles
-from cso.cli import app as cli
 from cso.database import make_engine
 from cso.settings import Settings
+from cso_local.cli import app as cli
 from services.notify import app as notify
 from services.registry import app as registry
 from services.targets import app as targets

@@ -16,8 +16,8 @@ import asyncpg
 import nats
 import pytest
 
-from cso import servers
-from cso.servers import Kind, ServerHandle
+from cso_local import servers
+from cso_local.servers import Kind, ServerHandle
 
 pytestmark = pytest.mark.integration
 

@@ -24,10 +24,11 @@ from typer.testing import CliRunner
 
 from contracts import Topology, encode, make_event
 from contracts import events as ev
-from cso import localnats, servers
-from cso.cli import app
+from cso.connect import connect_nats
 from cso.natsauth import inbox_prefix
-from cso.stack import Stack, connect_nats, http_get
+from cso_local import localnats, servers
+from cso_local.cli import app
+from cso_local.stack import Stack, http_get
 from tests.support import http_json
 
 pytestmark = pytest.mark.integration

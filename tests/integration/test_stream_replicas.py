@@ -14,8 +14,8 @@ import nats
 import pytest
 
 from contracts import Topology
-from cso import servers
 from cso.streams import Replicas, migrate_at, migrate_streams, stream_config
+from cso_local import servers
 
 pytestmark = pytest.mark.integration
 

@@ -16,10 +16,10 @@ from nats.js.api import StorageType, StreamConfig
 from typer.testing import CliRunner
 
 from contracts import Topology
-from cso.cli import app as cli
 from cso.settings import Settings
-from cso.stack import Stack
 from cso.streams import Replicas, StreamMigrationError, migrate_streams, stream_config
+from cso_local.cli import app as cli
+from cso_local.stack import Stack
 from services.registry.app import create_app as registry_app
 from services.registry.app import run_migrations as registry_migrations
 from tests.support import eventually, running
@@ -182,7 +182,7 @@ async def test_importer_and_publisher_refuse_a_missing_stream(nats_url: str, tmp
     from contracts import encode, make_event
     from contracts import events as ev
     from cso.divisions import DEMO_DIVISIONS
-    from cso.stack import import_divisions
+    from cso_local.stack import import_divisions
 
     t = fresh()
     with pytest.raises(ValueError, match=rf"missing stream\(s\) {t.stream('CSO_DIVISIONS')}: run `cso migrate`"):

@@ -1,4 +1,4 @@
-"""`cso up` heals its stack (cso.supervisor): a service killed with SIGKILL, and nats-server killed,
+"""`cso up` heals its stack (cso_local.supervisor): a service killed with SIGKILL, and nats-server killed,
 are started again on their ports while the rest keeps answering; `cso restart` restarts one part
 (registry, nats, postgres) through the running `cso up`; `cso status` follows the new pids and
 counts the restarts. Everything on real servers, `cso up` a process of its own."""
@@ -17,8 +17,9 @@ import nats
 import pytest
 
 from contracts import Topology
-from cso import localnats, natsauth
-from cso.stack import connect_nats
+from cso import natsauth
+from cso.connect import connect_nats
+from cso_local import localnats
 from tests.support import GUANGHAN, CsoUp, HealthWatch, http_json, publish_divisions
 
 pytestmark = pytest.mark.integration

@@ -19,8 +19,8 @@ from rich.console import Console
 
 from contracts import events as ev
 from contracts import make_event
-from cso.cli import coverage_table, targets_table
 from cso.settings import Settings
+from cso_local.cli import coverage_table, targets_table
 from services.targets import app as targets
 from services.targets.evaluation import Clock
 from tests.support import eventually, publish, publish_divisions, running

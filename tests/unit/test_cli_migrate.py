@@ -3,9 +3,9 @@
 import pytest
 from typer.testing import CliRunner
 
-import cso.stack
-from cso.cli import app as cli
+import cso_local.stack
 from cso.settings import Settings
+from cso_local.cli import app as cli
 
 
 def test_migrate_all_migrates_and_names_only_the_services_with_a_schema(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -14,7 +14,7 @@ def test_migrate_all_migrates_and_names_only_the_services_with_a_schema(monkeypa
     def migrate_one(name: str, settings: Settings) -> None:
         migrated.append(name)
 
-    monkeypatch.setattr(cso.stack, "migrate_one", migrate_one)
+    monkeypatch.setattr(cso_local.stack, "migrate_one", migrate_one)
     monkeypatch.setenv("CSO_DATABASE_URL", "postgresql://cso@127.0.0.1:1/cso")
     result = CliRunner().invoke(cli, ["migrate", "--no-streams"])
     assert result.exit_code == 0, result.output

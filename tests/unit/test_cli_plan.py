@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from cso.cli import ledger_table
+from cso_local.cli import ledger_table
 
 
 def test_ledger_table_shows_joint_leads() -> None:

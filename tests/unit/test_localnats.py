@@ -1,4 +1,4 @@
-"""The local stack's NATS users (cso/localnats.py): passwords made once and kept 0600, an outside
+"""The local stack's NATS users (cso_local/localnats.py): passwords made once and kept 0600, an outside
 publisher's only as a hash, a config nats-server accepts that holds no password; and `--nats-auth off`
 is loud, at start and in `cso status`. The stack itself: tests/integration/test_stack_nats_users.py."""
 
@@ -14,11 +14,12 @@ import pytest
 from typer.testing import CliRunner
 
 from contracts import Topology
-from cso import localnats, natsauth
-from cso.cli import app
+from cso import natsauth
 from cso.natsauth import Publisher
-from cso.servers import nats_server_binary
-from cso.stack import Stack
+from cso_local import localnats
+from cso_local.cli import app
+from cso_local.servers import nats_server_binary
+from cso_local.stack import Stack
 
 
 @pytest.fixture(autouse=True)

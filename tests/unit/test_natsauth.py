@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 from contracts import Topology
 from cso import natsauth
-from cso.cli import app
 from cso.natsauth import Publisher, Users, allowed, matches
-from cso.servers import nats_server_binary
 from cso.settings import Settings, nats_options
+from cso_local.cli import app
+from cso_local.servers import nats_server_binary
 
 REPO = Path(__file__).parents[2]
 EXAMPLE_PUBLISHERS = ("sichuan-register=51", "leshan-register=5111", "guanghan-register=510681")

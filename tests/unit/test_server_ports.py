@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cso import servers
+from cso_local import servers
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""cso.supervisor's decisions on a stand-in stack and a hand-moved clock: when a dead part is
+"""cso_local.supervisor's decisions on a stand-in stack and a hand-moved clock: when a dead part is
 started again (1 s doubling to 30 s, forgiven after it stayed up), what a failed start does, and
 how a `cso restart` request is answered. The real processes: tests/integration/test_supervision.py."""
 
@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from cso.stack import Died, StackError
-from cso.supervisor import Backoff, Control, Supervisor
+from cso_local.stack import Died, StackError
+from cso_local.supervisor import Backoff, Control, Supervisor
 
 
 class Clock:
@@ -22,7 +22,7 @@ class Clock:
 
 
 class FakeStack:
-    """The part API of cso.stack.Stack that the supervisor uses, over pretend processes."""
+    """The part API of cso_local.stack.Stack that the supervisor uses, over pretend processes."""
 
     def __init__(self, data_dir: Path, parts: tuple[str, ...] = ("nats", "registry")) -> None:
         self.data_dir = data_dir

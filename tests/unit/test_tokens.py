@@ -13,7 +13,6 @@ import pytest
 from typer.testing import CliRunner
 
 from cso.auth import Auth
-from cso.cli import app
 from cso.settings import Settings
 from cso.tokens import (
     SECRET_FILE,
@@ -27,6 +26,7 @@ from cso.tokens import (
     service_env,
     signing_key,
 )
+from cso_local.cli import app
 
 
 def checker(secret: str) -> Auth:

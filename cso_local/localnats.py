@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from contracts import Topology
+from cso import natsauth
+from cso.natsauth import Publisher
 
-from . import natsauth, servers
-from .natsauth import Publisher
+from . import servers
 
 USERS_FILE = "users.json"
 CONFIG_FILE = "auth.conf"

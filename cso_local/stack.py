@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -31,8 +30,11 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from . import localnats, natsauth, servers
-from .settings import Settings, redact
+from cso import natsauth
+from cso.connect import connect_nats
+from cso.settings import Settings, redact
+
+from . import localnats, servers
 
 STACK_FILE = "stack.json"
 DATABASE = "cso"
@@ -265,7 +267,7 @@ class Stack:
     ready_timeout: float = READY_TIMEOUT
     # `-c` settings of a PostgreSQL the stack starts itself (servers.postgres_sizing(), say).
     postgres_settings: Mapping[str, str] = field(default_factory=dict)
-    # Our own nats-server requires a user and password of everyone (cso.localnats); False runs it
+    # Our own nats-server requires a user and password of everyone (cso_local.localnats); False runs it
     # open to anyone on the machine, loudly. Outside publishers: `NAME=REGION` each.
     nats_auth: bool = True
     publishers: Sequence[str] = ()
@@ -370,7 +372,7 @@ class Stack:
         return self._nats.url, self._nats.monitor_url
 
     def _run_nats(self, port: int | None = None, monitor_port: int | None = None) -> servers.ServerHandle:
-        """nats-server on the data dir; a restart (cso.supervisor) passes the ports it had, and
+        """nats-server on the data dir; a restart (cso_local.supervisor) passes the ports it had, and
         the same auth.conf (which `cso publisher add` keeps current)."""
         try:
             return servers.start_nats(localnats.nats_dir(self.data_dir), port, monitor_port,
@@ -428,7 +430,7 @@ class Stack:
         return with_database(admin_url, DATABASE), admin_url
 
     def _run_postgres(self, port: int | None = None) -> servers.ServerHandle:
-        """PostgreSQL on the data dir; a restart (cso.supervisor) passes the port it had."""
+        """PostgreSQL on the data dir; a restart (cso_local.supervisor) passes the port it had."""
         try:
             return servers.start_postgres(self.data_dir / "postgres", port, settings=self.postgres_settings,
                                           avoid=self.service_ports)
@@ -438,7 +440,7 @@ class Stack:
     def _provision_roles(self, database_url: str) -> None:
         """Our own PostgreSQL: each service connects as its own role (cso.roles), which owns its
         schema; local trust authentication, so the roles need no password."""
-        from . import roles
+        from cso import roles
 
         try:
             report = asyncio.run(roles.provision(database_url))
@@ -453,7 +455,7 @@ class Stack:
         """settings with the URL of the service's own role (when the stack provisioned roles)."""
         from dataclasses import replace
 
-        from .roles import role_url
+        from cso.roles import role_url
 
         role = self._roles.get(name)
         return settings if role is None else replace(settings, database_url=role_url(settings.database_url, role))
@@ -470,7 +472,7 @@ class Stack:
     def _migrate_streams(self, nats_url: str) -> None:
         """The operator's step for the streams (cso/streams.py), as NATS's admin: the services may
         not create them."""
-        from .streams import migrate_at
+        from cso.streams import migrate_at
 
         try:
             changes = asyncio.run(migrate_at(nats_url, self.namespace, login=self._admin_login()))
@@ -482,7 +484,7 @@ class Stack:
         self._streams_checked = time.monotonic()
 
     def _admin_login(self) -> tuple[str, str]:
-        """NATS's admin of our own nats-server (cso.localnats); else CSO_NATS_USER's, from the
+        """NATS's admin of our own nats-server (cso_local.localnats); else CSO_NATS_USER's, from the
         environment (a server named by CSO_NATS_URL)."""
         if self._nats_users is None:
             return "", ""
@@ -492,7 +494,7 @@ class Stack:
         """For the supervision loop: at most every `every` seconds, create again the streams a lost
         NATS store lost (the services wait for them, they do not create them); what it did, logged.
         Never raises: NATS may be down or restarting, and the next call tries again."""
-        from .streams import migrate_at
+        from cso.streams import migrate_at
 
         if time.monotonic() - self._streams_checked < every:
             return []
@@ -516,7 +518,7 @@ class Stack:
         database_url = self._service_settings(spec.name, settings).database_url
         env = {**os.environ, "CSO_DATABASE_URL": database_url, "CSO_NATS_URL": settings.nats_url,
                "CSO_NAMESPACE": settings.namespace, "PYTHONUNBUFFERED": "1", **self._auth_env()}
-        if self._nats_users is not None and spec.migrations:  # its own NATS user (cso.localnats)
+        if self._nats_users is not None and spec.migrations:  # its own NATS user (cso_local.localnats)
             env.update(localnats.service_env(self._nats_users, spec.name))
         # Where the others are (the console reads them over HTTP: services/console/upstream.py).
         env.update({f"CSO_{other.name.upper()}_URL": f"http://127.0.0.1:{self.port_of(other.name)}"
@@ -540,7 +542,7 @@ class Stack:
         """CSO_AUTH=jwt and the data dir's key (made on first start), or CSO_AUTH=off when the
         environment asks for it: decided once a run (cso/tokens.py)."""
         if not self._auth:
-            from .tokens import TokenError, service_env
+            from cso.tokens import TokenError, service_env
 
             try:
                 self._auth = service_env(self.data_dir, log=self.log)
@@ -597,7 +599,7 @@ class Stack:
         return "users" if self._nats_users is not None else "off"
 
     def _import_demo(self, settings: Settings) -> None:
-        from .divisions import DEMO_DIVISIONS, county_payloads
+        from cso.divisions import DEMO_DIVISIONS, county_payloads
 
         self.log(f"publishing the demo divisions from {DEMO_DIVISIONS}")
         user, password = ((natsauth.DIVISIONS, self._nats_users.password(natsauth.DIVISIONS))
@@ -647,12 +649,12 @@ class Stack:
 
     def supervise(self, stop: threading.Event, interval: float = 0.5) -> None:
         """Block until `stop` is set, restarting any part that dies and serving `cso restart`
-        (cso.supervisor)."""
+        (cso_local.supervisor)."""
         from .supervisor import Supervisor
 
         Supervisor(self).run(stop, interval)
 
-    # ------------------------------------------------------------ one part (for cso.supervisor)
+    # ------------------------------------------------------------ one part (for cso_local.supervisor)
 
     def restartable(self) -> list[str]:
         """The parts this stack runs itself, servers first: what a restart may start again."""
@@ -843,7 +845,7 @@ def _with_restarts(part: Part, state: Mapping[str, Any]) -> Part:
     from dataclasses import replace
 
     info = state.get("services", {}).get(part.name) or state.get(part.name) or {}
-    last = info.get("last_exit")  # cso.supervisor: how it last died (a restart may be on its way)
+    last = info.get("last_exit")  # cso_local.supervisor: how it last died (a restart may be on its way)
     detail = "; ".join(d for d in (part.detail, f"last died: {last}" if last else "") if d)
     return replace(part, restarts=int(info.get("restarts") or 0), detail=detail)
 
@@ -878,36 +880,13 @@ def migrate_one(name: str, settings: Settings) -> None:
     module.run_migrations(settings)
 
 
-async def connect_nats(url: str, name: str, *, user: str = "", password: str = "") -> Any:
-    """A NATS connection for one command: fails fast (no retry loop, no tracebacks printed).
-
-    Credentials: `user` and `password` if given (the local stack's, cso.localnats), else with the
-    URL or from CSO_NATS_USER / CSO_NATS_PASSWORD (see Settings)."""
-    import nats
-
-    from .settings import nats_options
-
-    if not servers.answers(url, timeout=3):
-        raise ConnectionError(f"nothing answers at {redact(url)}")
-
-    async def quiet(error: Exception) -> None:
-        # A refused publish reaches the caller only as a timeout: say which subject was refused.
-        if "permissions violation" in str(error).lower():
-            logging.getLogger(__name__).warning("NATS refused it: %s", error)
-
-    options = nats_options(url, user, password) if user else Settings(nats_url=url).nats_options()
-    return await nats.connect(url, name=name, connect_timeout=5, allow_reconnect=False,
-                              max_reconnect_attempts=0, error_cb=quiet, **options)
-
-
 async def import_divisions(nats_url: str, namespace: str, directory: Path,
                            only: Sequence[str] | None = None, *, user: str = "", password: str = "") -> int:
     """Publish DivisionsImported per county; how many counties. The stream must exist: the operator's
     migrate step makes it (ValueError otherwise, before anything is published)."""
     from contracts import Topology
-
-    from .divisions import publish_divisions
-    from .streams import missing, missing_message
+    from cso.divisions import publish_divisions
+    from cso.streams import missing, missing_message
 
     topology = Topology(namespace)
     nc = await connect_nats(nats_url, "cso-divisions", user=user, password=password)
@@ -920,5 +899,5 @@ async def import_divisions(nats_url: str, namespace: str, directory: Path,
         await nc.close()
 
 
-__all__ = ["DATABASE", "SERVICES", "Died", "Part", "Stack", "StackError", "connect_nats", "ensure_database",
+__all__ = ["DATABASE", "SERVICES", "Died", "Part", "Stack", "StackError", "ensure_database",
            "http_get", "import_divisions", "migrate_one", "read_stack_file", "recorded", "redact"]

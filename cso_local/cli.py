@@ -1,5 +1,5 @@
 """`cso`: the operator's command line. The local stack (up, down, status), migrations, divisions,
-publishing events from a file, and coverage as a table. The work is done in cso.stack and the
+publishing events from a file, and coverage as a table. The work is done in cso_local.stack and the
 services; this module wires commands and prints."""
 
 from __future__ import annotations
@@ -296,7 +296,8 @@ def migrate(
 ) -> None:
     """Bring service schemas to the latest migration, in CSO_DATABASE_URL (else the local stack's);
     with `all`, then the streams (`cso streams`) in CSO_NATS_URL, as the NATS admin user."""
-    from .settings import Settings
+    from cso.settings import Settings
+
     from .stack import migrate_one
 
     nats_url = None
@@ -339,7 +340,7 @@ def streams(
 
 
 def _migrate_streams(url: str, namespace: str, login: tuple[str, str], wait: float = 0.0) -> None:
-    from .streams import Replicas, StreamMigrationError, migrate_at
+    from cso.streams import Replicas, StreamMigrationError, migrate_at
 
     try:
         changes = asyncio.run(migrate_at(url, namespace, Replicas.from_env(), wait=wait, login=login))
@@ -363,9 +364,8 @@ def rebuild(
     ones (consumers keep running); with --apply, swap the rebuilt ones in. Exit 1 on differences."""
     import asyncio
 
+    from cso.database import make_engine
     from services.targets.rebuild import rebuild as run_rebuild
-
-    from .database import make_engine
 
     url = _env("CSO_DATABASE_URL") or recorded(data_dir, "database")
     if url is None:
@@ -410,7 +410,7 @@ def db_roles(
     (row-level security); scoped roles that exist are kept on every run.
     Exit 1 if the database still departs from the model afterwards (each finding is printed).
     """
-    from .roles import DASHBOARD, SERVICES, ProvisionError, passwords_from_env, provision, scoped
+    from cso.roles import DASHBOARD, SERVICES, ProvisionError, passwords_from_env, provision, scoped
 
     url = _env("CSO_ADMIN_DATABASE_URL") or recorded(data_dir, "database")
     if url is None:
@@ -452,7 +452,8 @@ def divisions_import(
 
     Event ids derive from the content, so importing the same edition again changes nothing.
     """
-    from .divisions import DEMO_DIVISIONS, NbsFormatError
+    from cso.divisions import DEMO_DIVISIONS, NbsFormatError
+
     from .stack import import_divisions
 
     directory = path or DEMO_DIVISIONS
@@ -488,7 +489,7 @@ def publish(
     """Publish events from a file to CSO_NATS_URL (else the local stack's), Nats-Msg-Id = event_id.
 
     Every line is validated first; if any is bad, the errors are listed and nothing is published.
-    With --reconcile, only what registry has no receipt for is published again (cso/reconcile.py).
+    With --reconcile, only what registry has no receipt for is published again (cso_local/reconcile.py).
     """
     from contracts import ContractError, Topology, encode, parse_event
     from services.registry.record import REGISTRY_FACTS
@@ -551,9 +552,9 @@ def _reconcile(url: str, topology: Any, file: Path, messages: list[tuple[str, by
     from uuid import UUID
 
     from contracts.subjects import source_token
+    from cso.connect import connect_nats
 
     from .reconcile import Entry, ReconcileError, reconcile
-    from .stack import connect_nats
 
     intake = f"{topology.namespace}.cso.intake." if topology.namespace else "cso.intake."
     others = sum(1 for subject, _, _ in messages if not subject.startswith(intake))
@@ -603,9 +604,9 @@ async def _publish(url: str, topology: Any, messages: list[tuple[str, bytes, str
                    login: tuple[str, str] = ("", "")) -> int:
     """Publish in order, awaiting each ack; how many the stream already had (duplicates). The
     streams must exist (the migrate step makes them): ValueError naming the missing ones."""
-    from .natsauth import matches
-    from .stack import connect_nats
-    from .streams import missing, missing_message
+    from cso.connect import connect_nats
+    from cso.natsauth import matches
+    from cso.streams import missing, missing_message
 
     nc = await connect_nats(url, "cso-publish", user=login[0], password=login[1])
     try:
@@ -843,7 +844,7 @@ def plan(
 def _get_from_targets(base: str, path: str, data_dir: Path) -> dict[str, Any]:
     """A JSON object from targets' read API; its 404/422 reason exits 2, anything else 1. With the
     stack's token key at hand it sends a short-lived token, for services with CSO_READ_AUTH=scoped."""
-    from .tokens import bearer
+    from cso.tokens import bearer
 
     target = base + path
     try:
@@ -889,7 +890,8 @@ def import_sheet(
     nothing. Exits 0 when no row is refused, 1 otherwise, 2 when the sheet cannot be read."""
     import httpx
 
-    from .tokens import bearer
+    from cso.tokens import bearer
+
     from .upload import counts_line, verdicts_table, with_progress
 
     base = (url or _env("CSO_REGISTRY_URL") or recorded(data_dir, "registry") or "http://127.0.0.1:8001")
@@ -939,7 +941,7 @@ def token(
     `-H "authorization: Bearer $(cso token --role registrar --region 510681)"`."""
     import getpass
 
-    from .tokens import TokenError, claims, mint, parse_ttl, signing_key
+    from cso.tokens import TokenError, claims, mint, parse_ttl, signing_key
 
     try:
         key = signing_key(data_dir)
@@ -979,9 +981,8 @@ def nats_config(
     import shlex
 
     from contracts import Topology
-
-    from .natsauth import Publisher, Users, render
-    from .natsauth import explain as explain_permissions
+    from cso.natsauth import Publisher, Users, render
+    from cso.natsauth import explain as explain_permissions
 
     try:
         users = Users(publishers=tuple(Publisher.parse(p) for p in publisher or ()))
@@ -1022,8 +1023,9 @@ def publisher_add(
     """Let an outside system publish registry facts of its region on the local stack's NATS: a new
     NATS user (cso.natsauth's publisher permissions), applied to the running nats-server by a reload.
     Its password is printed once, here; only its hash is kept."""
+    from cso.natsauth import Publisher, inbox_prefix
+
     from .localnats import add_publisher, users_path
-    from .natsauth import Publisher, inbox_prefix
 
     state = Stack(data_dir).state
     if (state.get("nats") or {}).get("auth") in ("off", "external") and not state.get("stopped_at"):
