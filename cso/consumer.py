@@ -24,7 +24,6 @@ from uuid import UUID
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
@@ -37,6 +36,7 @@ from contracts.deadletter import MAX_DATA_CHARACTERS, event_id_of
 from contracts.subjects import region_tokens
 
 from . import database
+from .pull import Pull
 from .streams import MIGRATE_HINT
 
 log = logging.getLogger(__name__)
@@ -187,30 +187,37 @@ class Consumer:
         # stream that is then lost held at least, beyond what BusWatch's periodic look recorded.
         self.seen: collections.deque[tuple[datetime, int]] = collections.deque(maxlen=64)
 
-    async def _subscribe(self) -> Any:
+    async def _subscribe(self) -> Pull:
         config = ConsumerConfig(
-            durable_name=self.sub.durable, ack_policy=AckPolicy.EXPLICIT,
+            # `name` makes nats-py create it on CONSUMER.CREATE.<stream>.<name>.<filter>, the subject
+            # a service's NATS user may publish to (cso/natsauth.py); without it nats-py takes the
+            # legacy DURABLE.CREATE subject, which a least-privilege user may not.
+            name=self.sub.durable, durable_name=self.sub.durable, ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL, ack_wait=self.ack_wait,
             # The consumer dead-letters by itself; JetStream must keep redelivering until then.
             max_deliver=-1, max_ack_pending=self.batch * 4, filter_subject=self.sub.subject)
-        return await self.js.pull_subscribe(self.sub.subject, durable=self.sub.durable,
-                                            stream=self.stream, config=config)
+        try:
+            await self.js.consumer_info(self.stream, self.sub.durable)
+        except NotFoundError as e:
+            if e.err_code == STREAM_NOT_FOUND:
+                raise
+            await self.js.add_consumer(self.stream, config)
+        pull = Pull(self.nc, self.stream, self.sub.durable)
+        await pull.start()
+        return pull
 
     async def run(self) -> None:
-        psub = None
+        pull: Pull | None = None
         waiting = False
         try:
             while True:
                 try:
-                    if psub is None:
-                        psub = await self._subscribe()
+                    if pull is None:
+                        pull = await self._subscribe()
                         waiting = False
-                    msgs = await self._pull(psub)
-                except (NatsTimeout, TimeoutError):
-                    # An empty pull: nothing waiting (nats-py raises either error depending on path).
-                    self.idle.set()
-                    await self._record_lag(psub)
-                    continue
+                    # One request: waits for the first message, then takes at once what else is
+                    # pending, up to a batch (cso/pull.py). A quiet stream costs no lingering.
+                    msgs = await pull.next(self.batch, wait=1.0)
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:
@@ -221,27 +228,23 @@ class Consumer:
                         log.warning("%s: pulling from %s failed (%s); subscribing again%s", self.service,
                                     self.stream, e, f" once it exists ({MIGRATE_HINT})" if missing else "")
                     waiting = missing
-                    await self._let_go(psub)
-                    psub = None
+                    if pull is not None:
+                        await pull.stop()
+                    pull = None
                     await asyncio.sleep(1)
                     continue
+                if not msgs:
+                    self.idle.set()
+                    await self._record_lag()
+                    continue
+                last = msgs[-1].metadata
+                # Delivered but not yet acknowledged (this batch), plus what the stream holds beyond.
+                LAG.labels(self.service, self.stream).set(last.num_pending + len(msgs))
+                self._saw(last.sequence.stream + last.num_pending)
                 await self._take(msgs)
         finally:
-            await self._let_go(psub)
-
-    async def _let_go(self, psub: Any) -> None:
-        """Withdraw the pull still open on the server, and wait until the server has it.
-
-        A stopped consumer leaves its last pull request waiting on the server until it expires. A
-        message published meanwhile would be handed to that request, i.e. to a client that is gone,
-        and come back only after ack_wait (30 s): a replica restarted at once would sit idle over it.
-        The unsubscribe, confirmed by a flush, takes the request's interest away first."""
-        if psub is None:
-            return
-        with contextlib.suppress(Exception):
-            await psub.unsubscribe()
-            if self.nc.is_connected:  # else the server has dropped the request with the connection
-                await asyncio.wait_for(self.nc.flush(), 2)
+            if pull is not None:
+                await pull.stop()
 
     async def _take(self, msgs: list[Msg]) -> None:
         self.idle.clear()
@@ -257,24 +260,6 @@ class Consumer:
                           self.service, self.stream)
             await asyncio.sleep(1)
 
-    async def _pull(self, psub: Any) -> list[Msg]:
-        """Wait for the first message, then take at once what else is pending, up to a batch.
-
-        nats-py's fetch(n) on a quiet stream holds its pull open until n messages arrived or the
-        timeout passed: at 200 events/s that added up to a second per hop. Asking for one message
-        returns on its arrival; the consumer's pending count then says how many more to take,
-        which a no-wait pull hands over without lingering.
-        """
-        msgs: list[Msg] = await psub.fetch(1, timeout=1.0)
-        info = await psub.consumer_info()
-        LAG.labels(self.service, self.stream).set(info.num_pending + info.num_ack_pending)
-        self._saw(info)
-        more = min(self.batch - len(msgs), info.num_pending)
-        if more > 0:
-            with contextlib.suppress(NatsTimeout, TimeoutError):
-                msgs += await psub.fetch(more, timeout=1.0)
-        return msgs
-
     async def restart(self, from_start: bool = False) -> None:
         """Start pulling again; from the stream's first message when the bus lost what we had."""
         await self.stop()
@@ -284,23 +269,20 @@ class Consumer:
                 await self.js.delete_consumer(self.stream, self.sub.durable)
         self.start()
 
-    def _saw(self, info: Any) -> None:
+    def _saw(self, last_seq: int) -> None:
         """Note the stream's extent: the last message delivered plus those pending after it (the
         consumer's filter takes the whole stream)."""
-        with contextlib.suppress(Exception):
-            self.seen.append((datetime.now(timezone.utc), int(info.delivered.stream_seq) + int(info.num_pending)))
+        self.seen.append((datetime.now(timezone.utc), last_seq))
 
     def last_seen_before(self, moment: datetime | None) -> int:
         """The highest last sequence this consumer saw before `moment` (a lost stream's end), 0 if none."""
         return max((seq for at, seq in self.seen if moment is None or at < moment), default=0)
 
-    async def _record_lag(self, psub: Any) -> None:
-        if psub is None:
-            return
+    async def _record_lag(self) -> None:
         with contextlib.suppress(Exception):
-            info = await psub.consumer_info()
+            info = await self.js.consumer_info(self.stream, self.sub.durable)
             LAG.labels(self.service, self.stream).set(info.num_pending + info.num_ack_pending)
-            self._saw(info)
+            self._saw(int(info.delivered.stream_seq) + int(info.num_pending))
 
     async def process(self, msgs: list[Msg]) -> None:
         valid: list[tuple[Msg, Envelope[Any]]] = []

@@ -434,15 +434,28 @@ class Cluster:
             return None
         return int(info.num_pending), int(info.num_ack_pending)
 
-    async def mid_transaction(self, replica: Replica) -> bool:
-        """True while the process has a PostgreSQL transaction open that has written something:
-        a consumer between claiming its batch in the inbox and committing (its messages unacked),
-        or an outbox relay or sender between its writes and its commit."""
+    async def mid_batch(self, replica: Replica) -> bool:
+        """True while one of the process's transactions has claimed a batch in its service's inbox
+        and not committed: it holds the inbox's row lock from the claim until the commit, which
+        no outbox relay or sender transaction takes."""
         ports = tcp_ports(replica.pid)
         if not ports:
             return False
-        return bool(await scalar(self.dsn, "SELECT count(*) FROM pg_stat_activity WHERE client_port = ANY($1) "
-                                           "AND backend_xid IS NOT NULL", list(ports)))
+        return bool(await scalar(
+            self.dsn, "SELECT count(*) FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid "
+                      "WHERE a.client_port = ANY($1) AND a.backend_xid IS NOT NULL "
+                      "AND l.relation = to_regclass($2)", list(ports), f"{replica.service}.inbox"))
+
+    def pause(self, replica: Replica) -> None:
+        """SIGSTOP: the process holds whatever it holds (transactions, unacked messages)."""
+        assert replica.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(replica.proc.pid, signal.SIGSTOP)
+
+    def resume(self, replica: Replica) -> None:
+        assert replica.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(replica.proc.pid, signal.SIGCONT)
 
     async def metric(self, service: str, name: str) -> float:
         """A Prometheus counter summed over the service's live replicas (since each one started)."""
@@ -1057,9 +1070,16 @@ async def wait_progress(cluster: Cluster, total: int, share: float) -> None:
 
 async def kill_mid_batch(cluster: Cluster, victim: Replica, rng: random.Random, patience: float = 20.0,
                          unacked: bool = False) -> str:
-    """SIGKILL the replica while it has a write transaction open (mid-batch: inbox claimed, messages
+    """SIGKILL the replica while it holds a batch (its inbox claim not committed, the messages
     unacked), or after `patience` seconds at a random moment. With `unacked`, only while one of its
-    service's durable consumers also has messages delivered and not acked. Returns where it was hit."""
+    service's durable consumers also has messages delivered and not acked. Returns where it was hit.
+
+    A consumer that keeps up with the publisher is inside a batch only briefly, and polling for that
+    moment could miss it for the whole patience (the faster consumer then went unmeasured). So the
+    victim is made to hold one: stopped (SIGSTOP) for a moment, work queues up for it; let go, it
+    takes a batch; stopped again as soon as its transaction is seen open, somewhere inside it. The
+    check is then made on the frozen process, so the kill surely lands where the check saw it; a
+    check that fails lets it go on, and it tries again."""
     deadline = time.monotonic() + patience
 
     async def holding() -> bool:
@@ -1069,14 +1089,32 @@ async def kill_mid_batch(cluster: Cluster, victim: Replica, rng: random.Random, 
                 return True
         return False
 
+    async def caught() -> bool:
+        return await cluster.mid_batch(victim) and (not unacked or await holding())
+
     while time.monotonic() < deadline:
         cluster.check_alive()
-        with contextlib.suppress(*AWAY):
-            if await cluster.mid_transaction(victim) and (not unacked or await holding()):
-                # Somewhere inside the transaction, not always at its start.
-                await asyncio.sleep(rng.uniform(0, 0.05))
-                await cluster.kill(victim, "mid-transaction")
-                return "mid-transaction"
-        await asyncio.sleep(0.01)
+        try:
+            with contextlib.suppress(*AWAY):
+                cluster.pause(victim)
+                if await caught():
+                    await cluster.kill(victim, "mid-transaction")
+                    return "mid-transaction"
+                await asyncio.sleep(rng.uniform(0.2, 1.0))   # work queues up for it
+                cluster.resume(victim)
+                watch_until = time.monotonic() + 3
+                while time.monotonic() < watch_until:
+                    if await cluster.mid_batch(victim):
+                        # Somewhere inside the transaction, not always at its start.
+                        await asyncio.sleep(rng.uniform(0, 0.05))
+                        cluster.pause(victim)
+                        if await caught():
+                            await cluster.kill(victim, "mid-transaction")
+                            return "mid-transaction"
+                        cluster.resume(victim)
+                    await asyncio.sleep(0.01)
+        finally:
+            if not victim.down:
+                cluster.resume(victim)
     await cluster.kill(victim, "at a random moment")
     return "random"
