@@ -310,7 +310,9 @@ def _commands(b: _Builder) -> None:
     for service, commands in (("registry", registry), ("training", training)):
         for command, model in commands.items():
             name = f"{_pascal(service)}{_pascal(command)}Command"
-            if issubclass(model, Payload):
+            # An event's own payload class (registry's commands); training's schedule command is a
+            # payload's subclass with its own rules (no unknown field), so it is described itself.
+            if issubclass(model, Payload) and model in PAYLOADS:
                 ref = f"#/components/schemas/{model.__name__}"
                 description = (f"The body is the payload of the {model.TYPE} event the command makes; "
                                "errors name its fields as in that event (`payload.<field>`).")

@@ -7,9 +7,8 @@ import base64
 import binascii
 import json
 import logging
-import os
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID
 
@@ -19,75 +18,24 @@ from faststream.nats import NatsMessage
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from contracts import ContractError, Envelope
-from contracts import events as ev
+from contracts import ContractError
 from contracts.codes import is_digits
 from contracts.envelope import MAX_EVENT_BYTES
 from cso import idempotency
 from cso.auth import PERSONAL, PII_READER, PUBLIC, SCOPED, WRITE, Principal, source_of
 from cso.commands import parse_command
-from cso.consumer import OutOfScope, Rejected, Subscription
 from cso.service import Runtime, errors_body
 
-from . import domain, personal, sheet, store
+from . import domain, handlers, personal, sheet, store
 from .commands import COMMANDS, AttendanceSheet, today
-from .record import Context, attendance_sheet, handle, hub_leader, organization_facts
+from .domain import OutOfScope, Rejected
+from .record import Context, attendance_sheet, handle
+from .settings import TrainingSettings
 
-SERVICE = "training"
+SERVICE = handlers.SERVICE
 log = logging.getLogger(__name__)
 
-# Only for development and tests: production sets CSO_TRAINING_PII_KEY (a secret of ≥ 32 bytes).
-DEV_PII_KEY = "cso-training-dev-key-not-for-production"
 _SOURCE = re.compile(r"^[A-Za-z0-9_.:/-]{1,100}$")
-
-
-def pii_key() -> bytes:
-    key = os.environ.get("CSO_TRAINING_PII_KEY")
-    if not key:
-        log.warning("CSO_TRAINING_PII_KEY is not set: ID numbers are hashed with the development key")
-        key = DEV_PII_KEY
-    return key.encode()
-
-
-class DivisionsHandler:
-    async def apply(self, conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> dict[UUID, Rejected]:
-        for envelope in events:
-            if isinstance(envelope.payload, ev.DivisionsImported):
-                await store.upsert_divisions(conn, envelope.payload)
-        return {}
-
-
-class RegistryHandler:
-    """registry's accepted facts: organizations (where they are), and hubs with a leader, whose
-    leader enters the pool of the hub's county. Each in a savepoint: a rejected one leaves nothing."""
-
-    def __init__(self, runtime: Runtime, key: bytes) -> None:
-        self.runtime, self.key = runtime, key
-
-    async def apply(self, conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> dict[UUID, Rejected]:
-        rejected: dict[UUID, Rejected] = {}
-        staged = False
-        ctx = Context(self.runtime.topology, self.key, SERVICE, today())
-        pending: list[Envelope[Any]] = []
-        for envelope in events:
-            fact = envelope.payload
-            if not (isinstance(fact, ev.HubEstablished) and fact.leader_person_id is not None):
-                pending.append(envelope)
-                continue
-            # A hub leader may refer to an organization of the same batch: save those first.
-            await organization_facts(conn, pending)
-            pending = []
-            savepoint = await conn.begin_nested()
-            try:
-                staged = await hub_leader(conn, envelope, ctx) or staged
-                await savepoint.commit()
-            except Rejected as e:
-                await savepoint.rollback()
-                rejected[envelope.event_id] = e
-        await organization_facts(conn, pending)
-        if staged and self.runtime.relay:
-            self.runtime.relay.notify()
-        return rejected
 
 
 def _status(e: Rejected) -> int:
@@ -213,13 +161,10 @@ def _county(code: str) -> str:
     return code
 
 
-def build(runtime: Runtime) -> FastAPI:
+def build(runtime: Runtime, settings: TrainingSettings) -> FastAPI:
     topology = runtime.topology
-    key = pii_key()
-    runtime.consume(Subscription("CSO_DIVISIONS", topology.context_subjects("divisions"),
-                                 "training-divisions"), DivisionsHandler())
-    runtime.consume(Subscription("CSO_REGISTRY", topology.context_subjects("registry"), "training-registry"),
-                    RegistryHandler(runtime, key))
+    key = settings.hashing_key()
+    handlers.subscribe(runtime, key)     # the events training consumes: handlers.py
 
     # One subscriber for every command, so an unknown command gets a typed error, not silence.
     async def on_command(msg: NatsMessage) -> bytes:

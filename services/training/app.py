@@ -1,5 +1,5 @@
-"""training as a process: `python -m cso.http_server services.training.app:create_app` (CSO_* settings, and
-CSO_TRAINING_PII_KEY: the secret ID numbers are hashed with)."""
+"""training as a process: `python -m cso.http_server services.training.app:create_app` (settings.TrainingSettings:
+the shared CSO_* settings, and CSO_TRAINING_PII_KEY, the secret ID numbers are hashed with)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ from cso.service import Runtime
 from cso.settings import Settings
 
 from . import api, store
+from .settings import TrainingSettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    return api.build(Runtime(api.SERVICE, store.SCHEMA, settings))
+    own = TrainingSettings.of(settings)
+    return api.build(Runtime(api.SERVICE, store.SCHEMA, own), own)
 
 
 def run_migrations(settings: Settings | None = None) -> None:

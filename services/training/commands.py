@@ -10,12 +10,13 @@ from __future__ import annotations
 from datetime import date, datetime
 from enum import StrEnum
 from typing import Annotated, Literal
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from contracts.codes import CountyCode, RegionCode
-from contracts.events import CHINA, Name, PastOrToday, PlausibleDate, Reason
+from contracts import events as ev
+from contracts.codes import CountyCode
+from contracts.events import CHINA, Name, PastOrToday, Reason
 
 from .domain import ORGANIZER_TIERS, Role, TraineeRole, normalize_name, normalize_phone, validate_id_number
 
@@ -124,22 +125,19 @@ class RemoveMember(Command):
     removed_on: PastOrToday = Field(default_factory=today)
 
 
-class ScheduleSession(Command):
-    session_id: UUID = Field(default_factory=uuid4)
-    organizer_region: RegionCode
-    topic: Name
-    starts_on: PlausibleDate
-    ends_on: PlausibleDate
-    capacity: int = Field(ge=1, le=100_000)
-    mode: Literal["on_site", "online"] = "on_site"
+class ScheduleSession(Command, ev.TrainingSessionScheduled):
+    """Schedule a training session: the TrainingSessionScheduled payload it announces.
+
+    The contract's own model (its fields and checks), with no unknown field, and an organizer of a
+    tier that organizes sessions."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @model_validator(mode="after")
-    def _valid(self) -> ScheduleSession:
+    def _organizer_tier(self) -> ScheduleSession:
         if len(self.organizer_region) not in ORGANIZER_TIERS:
             raise ValueError("organizer_region: a session is organized by a city (4 digits), "
                              "a county (6) or a township (9)")
-        if self.ends_on < self.starts_on:
-            raise ValueError("ends_on: a session cannot end before it starts")
         return self
 
 

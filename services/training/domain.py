@@ -16,10 +16,23 @@ import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 from uuid import UUID, uuid5
 
-from cso.consumer import Rejected
+
+class Rejected(Exception):
+    """A command or fact that breaks one of training's rules: refused, nothing written. `field`
+    names the field at fault as the command (or event) names it; a message starting "no … is on
+    record" about an `*_id` field means the thing is unknown (HTTP 404). The edges translate it:
+    the API into an HTTP status, the handler table into the consumer's refusal (a dead letter)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field, self.message = field, message
+        super().__init__(f"{field}: {message}")
+
+
+class OutOfScope(Rejected):
+    """What the command touches lies outside the caller's region (its token's scope): HTTP 403."""
 
 # --- GB 11643-1999: the citizen identity number ------------------------------------------------
 
@@ -260,22 +273,31 @@ class Identity:
 
 
 @dataclass(frozen=True)
-class NewMember:
+class NewPerson:
+    """A person a command records, in a county's pool (`add_member`) or as a trainee
+    (`add_trainee`): who they are, and where and as whom they count."""
+
     person_id: UUID | None
     county_code: str
     role: str
     name: str
     added_on: date
-    organization_id: UUID | None = None
+    organization_id: UUID | None = None     # pool members only: the organization they lead or serve
     id_hash: str | None = None
     id_masked: str | None = None
     phone: str | None = None
 
 
+R = TypeVar("R", Membership, Trainee)
+
+
 @dataclass(frozen=True)
-class Added:
+class Added(Generic[R]):
+    """A person recorded (new to training or not) and what records them: a pool membership or a
+    trainee record."""
+
     person: Person
-    membership: Membership
+    record: R
     new_person: bool
 
 
@@ -295,8 +317,24 @@ def _match(identity: Identity, asked_person_id: UUID | None) -> tuple[Person | N
     return person, key
 
 
+def _known(identity: Identity, new: NewPerson) -> tuple[Person | None, str]:
+    """The one person on record the command's keys point at (and the key that found them), who
+    must not hold another ID number than the command's."""
+    person, key = _match(identity, new.person_id)
+    if person is not None and new.id_hash is not None and person.id_hash not in (None, new.id_hash):
+        raise Rejected("id_number", f"person {person.id} is on record with another ID number")
+    return person, key
+
+
+def _with_details(person: Person | None, new: NewPerson, new_id: UUID) -> Person:
+    """The person (new, with `new_id` when the command brings no id) with the command's details."""
+    person = person or Person(id=new.person_id or new_id)
+    return replace(person, name=new.name, phone=new.phone or person.phone,
+                   id_hash=new.id_hash or person.id_hash, id_masked=new.id_masked or person.id_masked)
+
+
 def add_member(identity: Identity, membership: Membership | None, county_known: bool,
-               organization: Organization | None, new: NewMember, new_id: UUID) -> Added:
+               organization: Organization | None, new: NewPerson, new_id: UUID) -> Added[Membership]:
     """Add a person to a county's pool: a new person, or one on record who is in no pool now.
 
     `membership` is the person's current (or latest) pool membership; `new_id` the id a person new
@@ -305,9 +343,7 @@ def add_member(identity: Identity, membership: Membership | None, county_known: 
     if not county_known:
         raise Rejected("county_code", f"unknown county {new.county_code}")
     _check_organization(new.organization_id, organization, new.county_code)
-    person, key = _match(identity, new.person_id)
-    if person is not None and new.id_hash is not None and person.id_hash not in (None, new.id_hash):
-        raise Rejected("id_number", f"person {person.id} is on record with another ID number")
+    person, key = _known(identity, new)
     if person is not None and membership is not None and membership.active:
         if membership.county_code == new.county_code:
             raise Rejected(key, f"already in the pool of county {new.county_code} as person {person.id} "
@@ -317,10 +353,7 @@ def add_member(identity: Identity, membership: Membership | None, county_known: 
     if membership is not None and membership.removed_on is not None and new.added_on < membership.removed_on:
         raise Rejected("added_on", f"{new.added_on} is before the person left the pool on "
                                    f"{membership.removed_on}")
-    if person is None:
-        person = Person(id=new.person_id or new_id)
-    person = replace(person, name=new.name, phone=new.phone or person.phone,
-                     id_hash=new.id_hash or person.id_hash, id_masked=new.id_masked or person.id_masked)
+    person = _with_details(person, new, new_id)
     joined = Membership(person_id=person.id, county_code=new.county_code, role=new.role,
                         added_on=new.added_on, organization_id=new.organization_id)
     return Added(person, joined, new_person=key == "")
@@ -339,27 +372,8 @@ def _check_organization(org_id: UUID | None, org: Organization | None, county: s
                                           f"not {county}")
 
 
-@dataclass(frozen=True)
-class NewTrainee:
-    person_id: UUID | None
-    county_code: str
-    role: str
-    name: str
-    added_on: date
-    id_hash: str | None = None
-    id_masked: str | None = None
-    phone: str | None = None
-
-
-@dataclass(frozen=True)
-class TraineeAdded:
-    person: Person
-    trainee: Trainee
-    new_person: bool
-
-
-def add_trainee(identity: Identity, trainee: Trainee | None, county_known: bool, new: NewTrainee,
-                new_id: UUID) -> TraineeAdded:
+def add_trainee(identity: Identity, trainee: Trainee | None, county_known: bool, new: NewPerson,
+                new_id: UUID) -> Added[Trainee]:
     """Record a trainee outside the pools (民政助理, 儿童主任, 社区工作者 …), or correct the role and
     county of one on record. A pool member may be recorded too: while in a pool, their pool's county
     and role still decide where their completions count."""
@@ -367,19 +381,14 @@ def add_trainee(identity: Identity, trainee: Trainee | None, county_known: bool,
         raise Rejected("county_code", f"unknown county {new.county_code}")
     if new.role not in TRAINEE_ROLES:
         raise Rejected("role", f"{new.role!r} is not a trainee role ({', '.join(TRAINEE_ROLES)})")
-    person, key = _match(identity, new.person_id)
-    if person is not None and new.id_hash is not None and person.id_hash not in (None, new.id_hash):
-        raise Rejected("id_number", f"person {person.id} is on record with another ID number")
+    person, key = _known(identity, new)
     if trainee is not None and trainee == Trainee(trainee.person_id, new.role, new.county_code, trainee.added_on):
         raise Rejected(key or "person_id", f"already on record as a trainee ({trainee.role}) of county "
                                            f"{trainee.county_code} as person {trainee.person_id}")
-    if person is None:
-        person = Person(id=new.person_id or new_id)
-    person = replace(person, name=new.name, phone=new.phone or person.phone,
-                     id_hash=new.id_hash or person.id_hash, id_masked=new.id_masked or person.id_masked)
+    person = _with_details(person, new, new_id)
     recorded = Trainee(person_id=person.id, role=new.role, county_code=new.county_code,
                        added_on=trainee.added_on if trainee is not None else new.added_on)
-    return TraineeAdded(person, recorded, new_person=key == "")
+    return Added(person, recorded, new_person=key == "")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from contracts import Envelope, Topology, make_event
 from contracts import events as ev
 from cso import outbox
-from cso.consumer import OutOfScope, Rejected
 
 from . import domain, sheet, store
 from .commands import (
@@ -38,6 +37,7 @@ from .commands import (
     UpdateMember,
     Withdraw,
 )
+from .domain import OutOfScope, Rejected
 
 log = logging.getLogger(__name__)
 
@@ -203,18 +203,24 @@ async def _session(conn: AsyncConnection, session_id: UUID, scope: str | None) -
     return session
 
 
-async def _add_member(conn: AsyncConnection, cmd: AddMember, ctx: Context) -> Done:
-    digest, masked = _hash(ctx, cmd.id_number)
+async def _identity(conn: AsyncConnection, cmd: AddMember | AddTrainee, digest: str | None
+                    ) -> tuple[domain.Identity, domain.Person | None]:
+    """Who the command may be about, by each key it gives (locked), and the first one found."""
     identity = domain.Identity(
         by_person_id=await store.load_person(conn, cmd.person_id),
         by_id_number=await store.person_by_hash(conn, digest),
         by_contact=await store.person_by_contact(conn, cmd.phone, cmd.name, digest))
-    matched = identity.by_person_id or identity.by_id_number or identity.by_contact
+    return identity, identity.by_person_id or identity.by_id_number or identity.by_contact
+
+
+async def _add_member(conn: AsyncConnection, cmd: AddMember, ctx: Context) -> Done:
+    digest, masked = _hash(ctx, cmd.id_number)
+    identity, matched = await _identity(conn, cmd, digest)
     added = domain.add_member(
         identity, await store.load_membership(conn, matched.id if matched else None),
         await store.county_known(conn, cmd.county_code),
         await store.load_organization(conn, cmd.organization_id),
-        domain.NewMember(person_id=cmd.person_id, county_code=cmd.county_code, role=cmd.role, name=cmd.name,
+        domain.NewPerson(person_id=cmd.person_id, county_code=cmd.county_code, role=cmd.role, name=cmd.name,
                          added_on=cmd.added_on, organization_id=cmd.organization_id, id_hash=digest,
                          id_masked=masked, phone=cmd.phone),
         uuid4())
@@ -222,7 +228,7 @@ async def _add_member(conn: AsyncConnection, cmd: AddMember, ctx: Context) -> Do
     events = await _stage(conn, ctx, [(ev.TalentPoolMemberAdded(
         person_id=added.person.id, county_code=cmd.county_code, role=cmd.role, added_on=cmd.added_on),
         str(added.person.id), None)])
-    await store.insert_membership(conn, added.membership, events[0].event_id, ctx.source)
+    await store.insert_membership(conn, added.record, events[0].event_id, ctx.source)
     log.info("%s person %s joined the pool of %s as %s", "new" if added.new_person else "known",
              added.person.masked(), cmd.county_code, cmd.role)
     return Done(str(added.person.id), cmd.county_code, events,
@@ -231,22 +237,18 @@ async def _add_member(conn: AsyncConnection, cmd: AddMember, ctx: Context) -> Do
 
 async def _add_trainee(conn: AsyncConnection, cmd: AddTrainee, ctx: Context, scope: str | None) -> Done:
     digest, masked = _hash(ctx, cmd.id_number)
-    identity = domain.Identity(
-        by_person_id=await store.load_person(conn, cmd.person_id),
-        by_id_number=await store.person_by_hash(conn, digest),
-        by_contact=await store.person_by_contact(conn, cmd.phone, cmd.name, digest))
-    matched = identity.by_person_id or identity.by_id_number or identity.by_contact
+    identity, matched = await _identity(conn, cmd, digest)
     if matched is not None:
         # A person on record is another county's to correct: their officials' region decides.
         in_scope(await store.person_county(conn, matched.id), scope)
     added = domain.add_trainee(
         identity, await store.load_trainee(conn, matched.id if matched else None),
         await store.county_known(conn, cmd.county_code),
-        domain.NewTrainee(person_id=cmd.person_id, county_code=cmd.county_code, role=cmd.role, name=cmd.name,
-                          added_on=cmd.added_on, id_hash=digest, id_masked=masked, phone=cmd.phone),
+        domain.NewPerson(person_id=cmd.person_id, county_code=cmd.county_code, role=cmd.role, name=cmd.name,
+                         added_on=cmd.added_on, id_hash=digest, id_masked=masked, phone=cmd.phone),
         uuid4())
     await store.save_person(conn, added.person, ctx.source)
-    await store.save_trainee(conn, added.trainee, ctx.source)
+    await store.save_trainee(conn, added.record, ctx.source)
     log.info("%s person %s recorded as a trainee (%s) of %s", "new" if added.new_person else "known",
              added.person.masked(), cmd.role, cmd.county_code)
     return Done(str(added.person.id), cmd.county_code,

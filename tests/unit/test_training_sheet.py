@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cso.consumer import Rejected
 from services.training import domain, sheet
+from services.training.domain import Rejected
 
 TODAY = date(2024, 6, 1)
 KEY = b"test-key"
