@@ -24,6 +24,7 @@ from contracts import events as ev
 from cso import consumer
 from cso.consumer import Subscription, Verdicts
 from cso.dispatch import HandlerTable
+from cso.reference import CountiesArrived, DivisionsHandler
 from cso.service import Runtime
 
 from . import domain, store, verdicts, waiting
@@ -80,25 +81,18 @@ class NotAFactHandler:
         return {e.event_id: to_consumer(r) for e, r in refused}
 
 
-class DivisionsHandler:
-    """Division reference data; facts waiting for a county's divisions go on in the same transaction."""
+def waking(runtime: Runtime, room: waiting.Room) -> CountiesArrived:
+    """What registry does once a county's divisions are kept (cso.reference.DivisionsHandler): the
+    facts that waited for them are decided in the same transaction, with their receipts."""
 
-    def __init__(self, runtime: Runtime | None = None, room: waiting.Room | None = None) -> None:
-        self.runtime, self.room = runtime, room
+    async def wake(conn: AsyncConnection, counties: set[str]) -> None:
+        settled = await room.settle(conn, [], keys=counties)
+        if settled.accepted or settled.refused:
+            await verdicts.tell(conn, runtime.topology, room.clock, settled)
+            if runtime.relay:
+                runtime.relay.notify()
 
-    async def apply(self, conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> dict[UUID, consumer.Rejected]:
-        counties = set()
-        for envelope in events:
-            if isinstance(envelope.payload, ev.DivisionsImported):
-                await store.upsert_divisions(conn, envelope.payload)
-                counties.add(f"county:{envelope.payload.county.code}")
-        if counties and self.room is not None and self.runtime is not None:
-            settled = await self.room.settle(conn, [], keys=counties)
-            if settled.accepted or settled.refused:
-                await verdicts.tell(conn, self.runtime.topology, self.room.clock, settled)
-                if self.runtime.relay:
-                    self.runtime.relay.notify()
-        return {}
+    return wake
 
 
 @dataclass(frozen=True)
@@ -127,7 +121,7 @@ def tables(runtime: Runtime, room: waiting.Room) -> list[Consumes]:
         ev.PartyOrganizationDissolved: facts,
     }, otherwise=NotAFactHandler(runtime, room.clock))
     divisions = HandlerTable({
-        ev.DivisionsImported: DivisionsHandler(runtime, room),
+        ev.DivisionsImported: DivisionsHandler(store.DIVISIONS, then=waking(runtime, room)),
     })
     return [
         Consumes(Subscription("CSO_INTAKE", topology.context_subjects("intake"), "registry-intake"), intake,

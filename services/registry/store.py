@@ -1,4 +1,10 @@
-"""registry's SQL: its own schema, nothing else."""
+"""registry's SQL: its own schema, nothing else.
+
+The tables below (SQLAlchemy Core, one MetaData) are the one description of registry's schema: the
+queries are written against them, and tests/integration/test_schema.py checks them against what
+the migrations (services/registry/migrations) make. A change of the schema is a new migration and
+the same change here.
+"""
 
 from __future__ import annotations
 
@@ -7,78 +13,252 @@ from dataclasses import fields
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+    Uuid,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, CHAR, JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts.events import DivisionsImported
+from cso import bulk, reference
+from cso.reference import DivisionTables
+from cso.tables import idempotency_table, outbox_table, runtime_tables
 
 from .domain import Interval, NewInterval, Organization
 
 SCHEMA = "registry"
+METADATA = MetaData(schema=SCHEMA)
+runtime_tables(METADATA, SCHEMA)        # outbox, inbox, consumer_position, bus_stream
+idempotency_table(METADATA, SCHEMA)     # kept command replies (cso/idempotency.py)
+# Receipts to publishers have an outbox of their own (verdicts.py): `outbox` stays registry's events.
+receipt_outbox = outbox_table(METADATA, SCHEMA, "receipt_outbox")
+outbox, inbox = METADATA.tables[f"{SCHEMA}.outbox"], METADATA.tables[f"{SCHEMA}.inbox"]
+
+
+def _timestamp(name: str, nullable: bool = False, default: bool = True) -> Column[Any]:
+    return Column(name, DateTime(timezone=True), nullable=nullable, server_default=func.now() if default else None)
+
+
+# --- divisions, as registry checks filings against them (DivisionsImported: cso/reference.py) ---
+
+county = Table(
+    "county", METADATA,
+    Column("code", CHAR(6), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("city_code", CHAR(4), nullable=False),
+    Column("city_name", Text, nullable=False),
+    Column("province_code", CHAR(2), nullable=False),
+    Column("province_name", Text, nullable=False),
+    Column("edition", Text, nullable=False))
+township = Table(
+    "township", METADATA,
+    Column("code", CHAR(9), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("county_code", CHAR(6), nullable=False),
+    Column("edition", Text, nullable=False))
+community = Table(
+    "community", METADATA,
+    Column("code", CHAR(12), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("township_code", CHAR(9), nullable=False),
+    Column("edition", Text, nullable=False))
+DIVISIONS = DivisionTables(county, township, community)
+
+# --- the record ---------------------------------------------------------------------------------
+
+organization = Table(
+    "organization", METADATA,
+    Column("id", Uuid, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("community_code", CHAR(12), nullable=False),
+    Column("tier", Text, CheckConstraint("tier IN ('registered', 'filed', 'guided')"), nullable=False),
+    Column("category", Text, nullable=False),
+    Column("status", Text, CheckConstraint("status IN ('active', 'deregistered', 'revoked')"), nullable=False),
+    Column("legal_form", Text),
+    Column("social_credit_code", CHAR(18), unique=True),
+    Column("filing_number", Text),
+    Column("filed_on", Date),
+    Column("registered_on", Date),
+    Column("ended_on", Date),
+    Column("end_reason", Text),
+    Column("brand", Boolean, nullable=False, server_default=text("false")),
+    Column("brand_projects", Integer, nullable=False, server_default=text("0")),
+    Column("hub_demonstration", Boolean, nullable=False, server_default=text("false")),
+    Column("rating", Text),
+    _timestamp("created_at"),
+    _timestamp("updated_at"),
+    Column("updated_by", Text, nullable=False),       # the source of the last change
+    Column("last_event_id", Uuid, nullable=False))
+Index("organization_community", organization.c.community_code, organization.c.id)
+hub = Table(
+    "hub", METADATA,
+    Column("id", Uuid, primary_key=True),
+    Column("organization_id", Uuid, ForeignKey(organization.c.id), nullable=False),
+    Column("region_code", Text, nullable=False),
+    Column("name", Text),
+    Column("leader_person_id", Uuid),
+    Column("started_on", Date, nullable=False),
+    Column("ended_on", Date),
+    Column("updated_by", Text, nullable=False))
+Index("hub_region", hub.c.region_code)
+incubation_base = Table(
+    "incubation_base", METADATA,
+    Column("id", Uuid, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("region_code", Text, nullable=False),
+    Column("started_on", Date, nullable=False),
+    Column("ended_on", Date),
+    Column("updated_by", Text, nullable=False))
+base_township = Table(
+    "base_township", METADATA,
+    Column("base_id", Uuid, ForeignKey(incubation_base.c.id), primary_key=True),
+    Column("township_code", CHAR(9), primary_key=True))
+party_organization = Table(
+    "party_organization", METADATA,
+    Column("id", Uuid, primary_key=True),
+    Column("kind", Text, nullable=False),
+    Column("members", Integer, nullable=False),
+    Column("region_code", Text, nullable=False),
+    Column("started_on", Date, nullable=False),
+    Column("ended_on", Date),
+    Column("updated_by", Text, nullable=False))
+party_coverage = Table(
+    "party_coverage", METADATA,
+    Column("party_organization_id", Uuid, ForeignKey(party_organization.c.id), primary_key=True),
+    Column("organization_id", Uuid, ForeignKey(organization.c.id), primary_key=True))
+Index("party_coverage_organization", party_coverage.c.organization_id)
+# Who changed which record, when, from which system, and what. No unique index on event_id: the
+# inbox, in the same transaction, already lets an event through once.
+audit = Table(
+    "audit", METADATA,
+    Column("seq", BigInteger, primary_key=True, autoincrement=True),
+    Column("event_id", Uuid, nullable=False),
+    Column("record_kind", Text, CheckConstraint("record_kind IN ('organization', 'hub', 'base', 'party')"),
+           nullable=False),
+    Column("record_id", Uuid, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("region", Text, nullable=False),
+    _timestamp("recorded_at"),
+    Column("changes", JSONB, nullable=False))
+Index("audit_record", audit.c.record_id, audit.c.seq)
+Index("audit_event", audit.c.event_id)          # the receipts query
+
+# --- intake: publishers, refusals, losses, the waiting room (receipts.py, losses.py, waiting.py) -
+
+intake_source = Table(
+    "intake_source", METADATA,
+    Column("source", Text, primary_key=True),
+    _timestamp("first_seen"))
+intake_refusal = Table(
+    "intake_refusal", METADATA,
+    Column("event_id", Uuid, primary_key=True),
+    Column("source", Text, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("field", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    _timestamp("refused_at"),
+    Column("code", Text, nullable=False, server_default=text("'rule'")))
+intake_loss = Table(
+    "intake_loss", METADATA,
+    Column("event_id", Uuid, primary_key=True),
+    Column("stream", Text, nullable=False),
+    _timestamp("detected_at"),
+    Column("applied_sequence", BigInteger, nullable=False),
+    Column("last_seen_sequence", BigInteger, nullable=False),
+    Column("lost_at_least", BigInteger, nullable=False),
+    _timestamp("intact_at", nullable=True, default=False),
+    Column("stream_recreated", Boolean, nullable=False),
+    Column("stream_first_sequence", BigInteger, nullable=False),
+    Column("stream_last_sequence", BigInteger, nullable=False),
+    Column("announced_to", ARRAY(Text)),
+    _timestamp("announced_at", nullable=True, default=False))
+waiting = Table(
+    "waiting", METADATA,
+    Column("seq", BigInteger, nullable=False, unique=True, autoincrement=True),  # arrival order
+    Column("event_id", Uuid, primary_key=True),
+    Column("source", Text, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("region", Text, nullable=False),
+    Column("waits_for", Text, nullable=False),   # organization:<id>, hub:<id>, base:<id>, party:<id>, county:<code>
+    Column("field", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("data", LargeBinary, nullable=False),  # the envelope as taken in
+    _timestamp("arrived_at", default=False),
+    _timestamp("until", default=False))
+Index("waiting_for", waiting.c.waits_for)
+Index("waiting_until", waiting.c.until)
+
 _ORG_COLUMNS = [f.name for f in fields(Organization)]
 
 
 async def load_organizations(conn: AsyncConnection, ids: list[UUID]) -> dict[UUID, Organization | None]:
     """The organizations, locked in id order (replicas lock in the same order: no deadlock)."""
     rows = (await conn.execute(text(
-        f"SELECT {', '.join(_ORG_COLUMNS)} FROM {SCHEMA}.organization WHERE id = ANY(:ids) "
+        f"SELECT {', '.join(_ORG_COLUMNS)} FROM {organization.fullname} WHERE id = ANY(:ids) "
         "ORDER BY id FOR UPDATE"), {"ids": ids})).mappings().all()
     found = {r["id"]: Organization(**r) for r in rows}
     return {i: found.get(i) for i in ids}
 
 
-_ORG_TYPES = {"id": "uuid", "filed_on": "date", "registered_on": "date", "ended_on": "date",
-              "brand": "boolean", "brand_projects": "integer", "hub_demonstration": "boolean"}
-
-
 async def save_organizations(conn: AsyncConnection, changed: list[tuple[Organization, UUID, str]]) -> None:
     """Upsert each organization's state after the batch, with the last event that changed it: one
     statement over arrays (each organization once, so ON CONFLICT meets each row at most once)."""
-    if not changed:
-        return
-    columns = [*_ORG_COLUMNS, "updated_by", "last_event_id"]
-    arrays = {c: [getattr(org, c) for org, _, _ in changed] for c in _ORG_COLUMNS}
-    arrays["updated_by"] = [source for _, _, source in changed]
-    arrays["last_event_id"] = [event_id for _, event_id, _ in changed]
-    types = _ORG_TYPES | {"last_event_id": "uuid"}
-    assignments = ", ".join(f"{c} = excluded.{c}" for c in columns if c != "id")
-    await conn.execute(text(
-        f"INSERT INTO {SCHEMA}.organization ({', '.join(columns)}) SELECT * FROM unnest("
-        + ", ".join(f"CAST(:{c} AS {types.get(c, 'text')}[])" for c in columns)
-        + f") ON CONFLICT (id) DO UPDATE SET {assignments}, updated_at = now()"), arrays)
+    rows = [{c: getattr(org, c) for c in _ORG_COLUMNS} | {"updated_by": source, "last_event_id": event_id}
+            for org, event_id, source in changed]
+    await bulk.upsert(conn, organization, rows, [*_ORG_COLUMNS, "updated_by", "last_event_id"],
+                      also="updated_at = now()")
 
 
 async def known_communities(conn: AsyncConnection, codes: list[str]) -> set[str]:
     return set((await conn.execute(text(
-        f"SELECT code FROM {SCHEMA}.community WHERE code = ANY(:c)"), {"c": codes})).scalars())
+        f"SELECT code FROM {community.fullname} WHERE code = ANY(:c)"), {"c": codes})).scalars())
 
 
 async def known_regions(conn: AsyncConnection, codes: list[str]) -> set[str]:
     """Which of these township (9-digit) or county (6-digit) codes divisions have loaded."""
     known: set[str] = set()
-    for length, table in ((6, "county"), (9, "township")):
+    for length, table in ((6, county), (9, township)):
         subset = [c for c in codes if len(c) == length]
         if subset:
             known.update((await conn.execute(text(
-                f"SELECT code FROM {SCHEMA}.{table} WHERE code = ANY(:c)"), {"c": subset})).scalars())
+                f"SELECT code FROM {table.fullname} WHERE code = ANY(:c)"), {"c": subset})).scalars())
     return known
 
 
 async def credit_code_holders(conn: AsyncConnection, codes: list[str]) -> dict[str, UUID]:
     rows = (await conn.execute(text(
-        f"SELECT social_credit_code, id FROM {SCHEMA}.organization WHERE social_credit_code = ANY(:c)"),
+        f"SELECT social_credit_code, id FROM {organization.fullname} WHERE social_credit_code = ANY(:c)"),
         {"c": codes})).all()
     return {code: ident for code, ident in rows}
 
 
-_INTERVAL_TABLES = {"hub": "hub", "base": "incubation_base", "party": "party_organization"}
+_INTERVAL_TABLES = {"hub": hub, "base": incubation_base, "party": party_organization}
 
 
 async def load_intervals(conn: AsyncConnection, kind: str, ids: list[UUID]) -> dict[UUID, Interval]:
     table = _INTERVAL_TABLES[kind]
     org = "organization_id" if kind == "hub" else "NULL AS organization_id"
     rows = (await conn.execute(text(
-        f"SELECT id, region_code, started_on, ended_on, {org} FROM {SCHEMA}.{table} "
+        f"SELECT id, region_code, started_on, ended_on, {org} FROM {table.fullname} "
         "WHERE id = ANY(:ids) ORDER BY id FOR UPDATE"), {"ids": ids})).mappings().all()
     return {r["id"]: Interval(**r) for r in rows}
 
@@ -94,65 +274,41 @@ async def insert_intervals(conn: AsyncConnection, kind: str, created: Sequence[N
                "party": "kind, members"}[kind]
     values = {"hub": ":org, :name, :leader", "base": ":name", "party": ":kind, :members"}[kind]
     await conn.execute(text(
-        f"INSERT INTO {SCHEMA}.{_INTERVAL_TABLES[kind]} (id, region_code, started_on, ended_on, updated_by, "
+        f"INSERT INTO {_INTERVAL_TABLES[kind].fullname} (id, region_code, started_on, ended_on, updated_by, "
         f"{columns}) VALUES (:id, :region, :started, :ended, :source, {values})"), rows)
     if kind == "base":
         await conn.execute(text(
-            f"INSERT INTO {SCHEMA}.base_township (base_id, township_code) VALUES (:b, :t)"),
+            f"INSERT INTO {base_township.fullname} (base_id, township_code) VALUES (:b, :t)"),
             [{"b": n.interval.id, "t": t} for n in created for t in n.townships])
     elif kind == "party":
         await conn.execute(text(
-            f"INSERT INTO {SCHEMA}.party_coverage (party_organization_id, organization_id) VALUES (:p, :o)"),
+            f"INSERT INTO {party_coverage.fullname} (party_organization_id, organization_id) VALUES (:p, :o)"),
             [{"p": n.interval.id, "o": o} for n in created for o in n.organization_ids])
 
 
 async def end_intervals(conn: AsyncConnection, kind: str, ended: Sequence[tuple[Interval, str]]) -> None:
     if ended:
         await conn.execute(text(
-            f"UPDATE {SCHEMA}.{_INTERVAL_TABLES[kind]} SET ended_on = :ended, updated_by = :source "
+            f"UPDATE {_INTERVAL_TABLES[kind].fullname} SET ended_on = :ended, updated_by = :source "
             "WHERE id = :id"), [{"id": i.id, "ended": i.ended_on, "source": source} for i, source in ended])
 
 
 async def insert_audit(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-    """Who changed which record, when, from which system, and what changed: kept with the record."""
+    """Who changed which record, when, from which system, and what changed: kept with the record,
+    in the order of the rows (their seq)."""
     if rows:
         columns = ["event_id", "record_kind", "record_id", "type", "actor", "source", "region", "changes"]
-        types = {"event_id": "uuid", "record_id": "uuid"}
+        # `changes` travels as JSON text (text[]) and becomes jsonb row by row.
+        casts = [f"CAST(:{c} AS {bulk.array_type(audit, c) if c != 'changes' else 'text[]'})" for c in columns]
         await conn.execute(text(
-            f"INSERT INTO {SCHEMA}.audit ({', '.join(columns)}) SELECT e, k, i, t, a, s, r, CAST(c AS jsonb) "
-            "FROM unnest(" + ", ".join(f"CAST(:{c} AS {types.get(c, 'text')}[])" for c in columns)
-            + ") WITH ORDINALITY AS u(e, k, i, t, a, s, r, c, n) ORDER BY n"),
-            {c: [row[c] for row in rows] for c in columns})
+            f"INSERT INTO {audit.fullname} ({', '.join(columns)}) SELECT e, k, i, t, a, s, r, CAST(c AS jsonb) "
+            f"FROM unnest({', '.join(casts)}) WITH ORDINALITY AS u(e, k, i, t, a, s, r, c, n) ORDER BY n"),
+            bulk.arrays(rows, columns))
 
 
 async def upsert_divisions(conn: AsyncConnection, d: DivisionsImported) -> None:
-    await conn.execute(text(
-        f"INSERT INTO {SCHEMA}.county (code, name, city_code, city_name, province_code, province_name, "
-        "edition) VALUES (:code, :name, :city, :city_name, :prov, :prov_name, :edition) "
-        "ON CONFLICT (code) DO UPDATE SET name = excluded.name, city_name = excluded.city_name, "
-        "province_name = excluded.province_name, edition = excluded.edition"),
-        {"code": d.county.code, "name": d.county.name, "city": d.city.code, "city_name": d.city.name,
-         "prov": d.province.code, "prov_name": d.province.name, "edition": d.edition})
-    if d.townships:
-        await conn.execute(text(
-            f"INSERT INTO {SCHEMA}.township (code, name, kind, county_code, edition) "
-            "SELECT * FROM unnest(CAST(:c AS text[]), CAST(:n AS text[]), CAST(:k AS text[]), "
-            "CAST(:p AS text[]), CAST(:e AS text[])) "
-            "ON CONFLICT (code) DO UPDATE SET name = excluded.name, kind = excluded.kind, "
-            "edition = excluded.edition"),
-            {"c": [t.code for t in d.townships], "n": [t.name for t in d.townships],
-             "k": [t.kind.value for t in d.townships], "p": [d.county.code] * len(d.townships),
-             "e": [d.edition] * len(d.townships)})
-    if d.communities:
-        await conn.execute(text(
-            f"INSERT INTO {SCHEMA}.community (code, name, kind, township_code, edition) "
-            "SELECT * FROM unnest(CAST(:c AS text[]), CAST(:n AS text[]), CAST(:k AS text[]), "
-            "CAST(:p AS text[]), CAST(:e AS text[])) "
-            "ON CONFLICT (code) DO UPDATE SET name = excluded.name, kind = excluded.kind, "
-            "edition = excluded.edition"),
-            {"c": [c.code for c in d.communities], "n": [c.name for c in d.communities],
-             "k": [c.kind.value for c in d.communities], "p": [c.code[:9] for c in d.communities],
-             "e": [d.edition] * len(d.communities)})
+    """One county's divisions (the handler is cso.reference.DivisionsHandler, handlers.py)."""
+    await reference.upsert_divisions(conn, DIVISIONS, d)
 
 
 # --- read side --------------------------------------------------------------------------------
@@ -160,25 +316,25 @@ async def upsert_divisions(conn: AsyncConnection, d: DivisionsImported) -> None:
 async def organization_view(conn: AsyncConnection, org_id: UUID) -> dict[str, Any] | None:
     row = (await conn.execute(text(
         f"SELECT o.*, c.name AS community_name, c.kind AS community_kind "
-        f"FROM {SCHEMA}.organization o LEFT JOIN {SCHEMA}.community c ON c.code = o.community_code "
+        f"FROM {organization.fullname} o LEFT JOIN {community.fullname} c ON c.code = o.community_code "
         "WHERE o.id = :id"), {"id": org_id})).mappings().first()
     if row is None:
         return None
     history = (await conn.execute(text(
-        f"SELECT event_id, type, created_at FROM {SCHEMA}.outbox WHERE aggregate_id = :id ORDER BY seq"),
+        f"SELECT event_id, type, created_at FROM {outbox.fullname} WHERE aggregate_id = :id ORDER BY seq"),
         {"id": str(org_id)})).mappings().all()
     hubs = (await conn.execute(text(
-        f"SELECT id, region_code, started_on, ended_on FROM {SCHEMA}.hub WHERE organization_id = :id"),
+        f"SELECT id, region_code, started_on, ended_on FROM {hub.fullname} WHERE organization_id = :id"),
         {"id": org_id})).mappings().all()
     party = (await conn.execute(text(
-        f"SELECT p.id, p.kind, p.started_on, p.ended_on FROM {SCHEMA}.party_organization p "
-        f"JOIN {SCHEMA}.party_coverage c ON c.party_organization_id = p.id WHERE c.organization_id = :id"),
+        f"SELECT p.id, p.kind, p.started_on, p.ended_on FROM {party_organization.fullname} p "
+        f"JOIN {party_coverage.fullname} c ON c.party_organization_id = p.id WHERE c.organization_id = :id"),
         {"id": org_id})).mappings().all()
-    audit = (await conn.execute(text(
-        f"SELECT event_id, type, actor, source, recorded_at, changes FROM {SCHEMA}.audit "
+    trail = (await conn.execute(text(
+        f"SELECT event_id, type, actor, source, recorded_at, changes FROM {audit.fullname} "
         "WHERE record_id = :id ORDER BY seq"), {"id": org_id})).mappings().all()
     return dict(row) | {"history": [dict(h) for h in history], "hubs": [dict(h) for h in hubs],
-                        "party_organizations": [dict(p) for p in party], "audit": [dict(a) for a in audit]}
+                        "party_organizations": [dict(p) for p in party], "audit": [dict(a) for a in trail]}
 
 
 async def organizations_in(conn: AsyncConnection, region: str, status: str | None, limit: int,
@@ -186,7 +342,7 @@ async def organizations_in(conn: AsyncConnection, region: str, status: str | Non
     """Keyset paging on (id) within a region prefix: stable under concurrent inserts."""
     rows = (await conn.execute(text(
         f"SELECT id, name, community_code, tier, category, status, filed_on, registered_on, ended_on "
-        f"FROM {SCHEMA}.organization WHERE community_code LIKE :prefix "
+        f"FROM {organization.fullname} WHERE community_code LIKE :prefix "
         "AND (CAST(:status AS text) IS NULL OR status = :status) "
         "AND (CAST(:after AS uuid) IS NULL OR id > :after) ORDER BY id LIMIT :limit"),
         {"prefix": region + "%", "status": status, "after": after, "limit": limit})).mappings().all()
@@ -194,11 +350,11 @@ async def organizations_in(conn: AsyncConnection, region: str, status: str | Non
 
 
 async def division_known(conn: AsyncConnection, code: str) -> bool:
-    table = {2: ("county", "province_code"), 4: ("county", "city_code"), 6: ("county", "code"),
-             9: ("township", "code"), 12: ("community", "code")}.get(len(code))
+    table = {2: (county, "province_code"), 4: (county, "city_code"), 6: (county, "code"),
+             9: (township, "code"), 12: (community, "code")}.get(len(code))
     if table is None:
         return False
-    return (await conn.execute(text(f"SELECT 1 FROM {SCHEMA}.{table[0]} WHERE {table[1]} = :c LIMIT 1"),
+    return (await conn.execute(text(f"SELECT 1 FROM {table[0].fullname} WHERE {table[1]} = :c LIMIT 1"),
                                {"c": code})).first() is not None
 
 
@@ -230,33 +386,33 @@ def _node(code: str, name: str, kind: str | None = None) -> dict[str, Any]:
 async def division(conn: AsyncConnection, code: str) -> dict[str, Any] | None:
     """A region (2, 4, 6, 9 or 12 digits) registry holds: code, name, tier, kind (class for a
     community), edition, and its parents (province first); None if none of its divisions are loaded."""
-    county = (await conn.execute(text(
-        f"SELECT code, name, city_code, city_name, province_code, province_name, edition FROM {SCHEMA}.county "
+    in_county = (await conn.execute(text(
+        f"SELECT code, name, city_code, city_name, province_code, province_name, edition FROM {county.fullname} "
         "WHERE code BETWEEN :low AND :high ORDER BY code LIMIT 1"),
         {"low": code[:6].ljust(6, "0"), "high": code[:6].ljust(6, "9")})).mappings().first()
-    if county is None:
+    if in_county is None:
         return None
-    parents = [_node(county["province_code"], county["province_name"]),
-               _node(county["city_code"], county["city_name"]), _node(county["code"], county["name"])]
+    parents = [_node(in_county["province_code"], in_county["province_name"]),
+               _node(in_county["city_code"], in_county["city_name"]), _node(in_county["code"], in_county["name"])]
     if len(code) <= 6:
         found = parents[len(code) // 2 - 1]
-        return found | {"edition": county["edition"], "parents": parents[:len(code) // 2 - 1]} \
+        return found | {"edition": in_county["edition"], "parents": parents[:len(code) // 2 - 1]} \
             if found["code"] == code else None
-    township = (await conn.execute(text(
-        f"SELECT code, name, kind, edition FROM {SCHEMA}.township WHERE code = :c"),
+    in_township = (await conn.execute(text(
+        f"SELECT code, name, kind, edition FROM {township.fullname} WHERE code = :c"),
         {"c": code[:9]})).mappings().first()
-    if township is None:
+    if in_township is None:
         return None
     if len(code) == 9:
-        return _node(code, township["name"], township["kind"]) | {"edition": township["edition"],
+        return _node(code, in_township["name"], in_township["kind"]) | {"edition": in_township["edition"],
                                                                   "parents": parents}
-    community = (await conn.execute(text(
-        f"SELECT name, kind, edition FROM {SCHEMA}.community WHERE code = :c"), {"c": code})).mappings().first()
-    if community is None:
+    in_community = (await conn.execute(text(
+        f"SELECT name, kind, edition FROM {community.fullname} WHERE code = :c"), {"c": code})).mappings().first()
+    if in_community is None:
         return None
-    return _node(code, community["name"], community["kind"]) | {
-        "edition": community["edition"],
-        "parents": [*parents, _node(township["code"], township["name"], township["kind"])]}
+    return _node(code, in_community["name"], in_community["kind"]) | {
+        "edition": in_community["edition"],
+        "parents": [*parents, _node(in_township["code"], in_township["name"], in_township["kind"])]}
 
 
 async def division_children(conn: AsyncConnection, code: str, after: str | None,
@@ -269,13 +425,13 @@ async def division_children(conn: AsyncConnection, code: str, after: str | None,
     params: dict[str, Any] = {"low": code.ljust(child, "0"), "high": code.ljust(child, "9")}
     if child in (2, 4):  # provinces and cities: the names their counties carry
         column, name = ("province_code", "province_name") if child == 2 else ("city_code", "city_name")
-        source = (f"SELECT {column} AS code, max({name}) AS name, NULL AS kind FROM {SCHEMA}.county "
+        source = (f"SELECT {column} AS code, max({name}) AS name, NULL AS kind FROM {county.fullname} "
                   f"WHERE code BETWEEN :low AND :high GROUP BY {column}")
         params = {"low": code.ljust(6, "0"), "high": code.ljust(6, "9")}
     else:
-        table = {6: "county", 9: "township", 12: "community"}[child]
+        table = {6: county, 9: township, 12: community}[child]
         kind = "NULL" if child == 6 else "kind"
-        source = (f"SELECT code, name, {kind} AS kind FROM {SCHEMA}.{table} "
+        source = (f"SELECT code, name, {kind} AS kind FROM {table.fullname} "
                   "WHERE code BETWEEN :low AND :high")
     rows = (await conn.execute(text(
         f"SELECT code, name, kind FROM ({source}) c WHERE code > :after ORDER BY code LIMIT :limit"),
