@@ -32,6 +32,8 @@ DEFAULT_DIGEST_TIME = time(18, 0)
 # What subscriptions name besides contract events: a target's deadline is near (targets'
 # TargetDeadlineApproaching), a day's digest (notify's own).
 REMINDER = "DeadlineReminder"
+TASK_REMINDER = "TaskDeadlineReminder"      # a plan task's deadline is near (targets' TaskDeadlineApproaching)
+REMINDERS: tuple[str, ...] = (REMINDER, TASK_REMINDER)
 DIGEST = "Digest"
 
 # Event types a subscription may name (the events notify consumes, and the reminders it makes).
@@ -41,7 +43,7 @@ SUBSCRIBABLE: tuple[str, ...] = (
     "HubEstablished", "HubDissolved", "IncubationBaseOpened", "IncubationBaseClosed",
     "PartyOrganizationFormed", "PartyOrganizationDissolved",
     "TrainingSessionScheduled", "TrainingCompleted", "TalentPoolMemberAdded", "TalentPoolMemberRemoved",
-    REMINDER,
+    REMINDER, TASK_REMINDER,
 )
 DEFAULT_EVENTS: tuple[str, ...] = ("TargetStatusChanged", REMINDER)
 # Days before a deadline a subscription is reminded (each subscription may set its own).
@@ -171,8 +173,9 @@ class SubscriptionIn(BaseModel):
             raise ValueError("statuses: statuses filter TargetStatusChanged, which events does not name")
         if self.frequency == "immediate" and self.digest_time is not None:
             raise ValueError("digest_time: only a digest subscription (frequency: digest) has one")
-        if "reminder_days" in self.model_fields_set and REMINDER not in self.events:
-            raise ValueError(f"reminder_days: lead times are for {REMINDER}, which events does not name")
+        if "reminder_days" in self.model_fields_set and not set(REMINDERS) & set(self.events):
+            raise ValueError(f"reminder_days: lead times are for {' and '.join(REMINDERS)}, which events "
+                             "does not name")
         return self
 
     @property
@@ -375,6 +378,7 @@ KIND_LABELS: dict[str, tuple[str, str]] = {
     "TalentPoolMemberAdded": ("人才库新增成员", "Talent pool member added"),
     "TalentPoolMemberRemoved": ("人才库移除成员", "Talent pool member removed"),
     REMINDER: ("目标截止提醒", "Deadline reminder"),
+    TASK_REMINDER: ("任务截止提醒", "Task deadline reminder"),
     DIGEST: ("每日摘要", "Daily digest"),
 }
 
@@ -415,6 +419,9 @@ FIELD_LABELS: dict[str, tuple[str, str]] = {
     "threshold": ("目标值", "Threshold"),
     "deadline": ("截止日期", "Deadline"),
     "days_left": ("剩余天数", "Days left"),
+    "plan": ("方案", "Plan"),
+    "task": ("任务", "Task"),
+    "lead_units": ("牵头单位", "Lead units"),
     "occurred_at": ("时间", "When"),
     "event_id": ("事件编号", "Event id"),
     "name": ("名称", "Name"),
@@ -588,6 +595,24 @@ def _reminder_lines(notice: Notice, language: Language) -> tuple[str, list[tuple
     return headline, lines
 
 
+def _task_reminder_lines(notice: Notice, language: Language) -> tuple[str, list[tuple[str, str]]]:
+    p = notice.payload
+    days = int(p.get("days_left", 0))
+    deadline = str(p.get("deadline", ""))
+    task = f"{p.get('task_no', '')} {p.get('title', '')}".strip()
+    units = "、".join(str(u) for u in p.get("lead_units") or []) if language == "zh" else \
+        ", ".join(str(u) for u in p.get("lead_units") or [])
+    plan = str(p.get("plan_title") or p.get("plan_id", ""))
+    if language == "zh":
+        headline = f"距截止日期 {deadline} 还有 {days} 天：{plan} 任务 {task}（牵头单位：{units}）"
+    else:
+        headline = f"{days} days to the {deadline} deadline: {plan}, task {task} (lead units: {units})"
+    lines = [("plan", plan), ("task", task), ("lead_units", units),
+             ("status", _value_text(p.get("status", ""), language)), ("deadline", deadline),
+             ("days_left", str(days))]
+    return headline, lines
+
+
 def _coverage_lines(notice: Notice, language: Language) -> tuple[str, list[tuple[str, str]]]:
     figures = notice.payload.get("figures") or {}
     shown = [(str(k), v) for k, v in sorted(figures.items()) if k in METRIC_LABELS][:12]
@@ -621,6 +646,9 @@ def render(notice: Notice, names: Mapping[str, str], language: Language,
         tail = headline
     elif notice.kind == REMINDER:
         headline, lines = _reminder_lines(notice, language)
+        tail = headline
+    elif notice.kind == TASK_REMINDER:
+        headline, lines = _task_reminder_lines(notice, language)
         tail = headline
     elif notice.kind == "CoverageChanged":
         headline, lines = _coverage_lines(notice, language)

@@ -30,6 +30,7 @@ from .domain import (
     DIGEST,
     REMINDER,
     SUBSCRIBABLE,
+    TASK_REMINDER,
     Deadline,
     DigestLine,
     Message,
@@ -97,10 +98,21 @@ def target_info(payload: ev.Payload) -> TargetInfo | None:
     return None
 
 
+def task_key(plan_id: str, task_no: str, region: str) -> str:
+    return f"task:{plan_id}:{task_no}:{region}"
+
+
 def deadline_of(envelope: Envelope[Any]) -> Deadline | None:
     """What an event tells of a deadline to remind of: targets' status changes and deadline
-    announcements carry the target instance's title, region, deadline and figure."""
+    announcements carry a target instance's title, region, deadline and figure; a task's deadline
+    announcement its plan, title, region, deadline and lead units."""
     p = envelope.payload
+    if isinstance(p, ev.TaskDeadlineApproaching):
+        return Deadline(key=task_key(p.plan_id, p.task_no, p.region_code), kind=TASK_REMINDER,
+                        region=p.region_code, deadline=p.deadline, title=p.title,
+                        details={"plan_id": p.plan_id, "plan_title": p.plan_title, "task_no": p.task_no,
+                                 "lead_units": list(p.lead_units), "status": p.status},
+                        as_of=envelope.occurred_at, event_id=envelope.event_id)
     if not isinstance(p, ev.TargetStatusChanged | ev.TargetDeadlineApproaching):
         return None
     details = {"target_id": p.target_id, "metric": p.metric, "threshold": p.threshold,
@@ -109,6 +121,14 @@ def deadline_of(envelope: Envelope[Any]) -> Deadline | None:
     return Deadline(key=f"target:{p.target_id}", kind=REMINDER, region=p.region_code, deadline=p.deadline,
                     title=p.title or p.target_id, details=details, as_of=envelope.occurred_at,
                     event_id=envelope.event_id)
+
+
+def settled_task(envelope: Envelope[Any]) -> str | None:
+    """The deadline an accepted task no longer has (its reminders stop)."""
+    p = envelope.payload
+    if isinstance(p, ev.TaskStatusChanged) and p.status == "accepted":
+        return task_key(p.plan_id, p.task_no, p.region_code)
+    return None
 
 
 class EventsHandler:
@@ -123,6 +143,7 @@ class EventsHandler:
                 await store.upsert_divisions(conn, envelope.payload)
         # Deadlines are reminded of by the scheduler, at each subscription's own lead times.
         await store.save_deadlines(conn, [d for e in events if (d := deadline_of(e)) is not None])
+        await store.drop_deadlines(conn, [k for e in events if (k := settled_task(e)) is not None])
         relevant = [e for e in events if e.type in SUBSCRIBABLE]
         if not relevant:
             return {}

@@ -170,6 +170,12 @@ async def save_deadlines(conn: AsyncConnection, deadlines: Sequence[Deadline]) -
               "event_id": d.event_id} for d in deadlines])
 
 
+async def drop_deadlines(conn: AsyncConnection, keys: Sequence[str]) -> None:
+    """Deadlines met for good (an accepted task): nothing more to remind of."""
+    if keys:
+        await conn.execute(text(f"DELETE FROM {SCHEMA}.deadline WHERE key = ANY(:k)"), {"k": list(keys)})
+
+
 @dataclass(frozen=True)
 class Approaching:
     """A deadline within a subscription's longest lead time, and the leads it was reminded at."""

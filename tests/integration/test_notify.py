@@ -657,6 +657,44 @@ async def test_each_subscription_is_reminded_at_its_own_lead_times(migrated: Set
                                                                     ("ten", 10)]
 
 
+def task_approaching(task_no: str, deadline: date = date(2025, 12, 31), lead: int = 30) -> Envelope[Any]:
+    return make_event(ev.TaskDeadlineApproaching(
+        plan_id="leshan-2021", plan_title="乐山市培育发展社区社会组织实施方案", task_no=task_no,
+        title=f"任务{task_no}：建立枢纽型社会组织", region_code="511102", deadline=deadline,
+        days_ahead=lead, lead_days=lead, lead_units=["市民政局", "市委组织部"], status="in_progress"),
+        source="cso-targets")
+
+
+async def test_task_deadlines_are_reminded_at_the_subscriptions_lead_times(migrated: Settings, nc: NATS) -> None:
+    """A plan task's deadline, learned from targets' TaskDeadlineApproaching, is reminded at each
+    subscription's own lead times (TaskDeadlineReminder), naming the plan, the task and every lead
+    unit; a task accepted meanwhile (TaskStatusChanged to accepted) is reminded of no more."""
+    settings = migrated
+    clock = Clock(fixed=noon(date(2025, 12, 1)))
+    async with notify(settings, test_config(), clock) as (_, api):
+        await subscribe(api, recipient="unit", region="511102", events=["TaskDeadlineReminder"],
+                        reminder_days=[10], channels={"inbox": True})
+        await subscribe(api, recipient="targets-only", region="511102", channels={"inbox": True})
+        for envelope in (task_approaching("1.2"), task_approaching("1.6")):
+            await publish(nc, settings.topology.event_subject("TaskDeadlineApproaching", "511102"), envelope)
+        await eventually(lambda: scalar(settings, "SELECT count(*) = 2 FROM notify.deadline"))
+        accepted = make_event(ev.TaskStatusChanged(plan_id="leshan-2021", task_no="1.6", region_code="511102",
+                                                   previous_status="submitted", status="accepted"),
+                              source="cso-targets")
+        await publish(nc, settings.topology.event_subject("TaskStatusChanged", "511102"), accepted)
+        await eventually(lambda: scalar(settings, "SELECT count(*) = 1 FROM notify.deadline"))
+        await asyncio.sleep(0.5)
+        assert not await _has(api, "unit", 1)               # 30 days before: not this one's lead
+        clock.fixed = noon(date(2025, 12, 21))
+        await eventually(lambda: _has(api, "unit", 1), timeout=30)
+        await asyncio.sleep(0.5)
+        [item] = (await api.get("/inbox/unit")).json()["items"]
+        assert item["subject"] == (f"【任务截止提醒】{SHIZHONG_PATH} 距截止日期 2025-12-31 还有 10 天："
+                                   "乐山市培育发展社区社会组织实施方案 任务 1.2 任务1.2：建立枢纽型社会组织"
+                                   "（牵头单位：市民政局、市委组织部）"), item["subject"]
+        assert not await _has(api, "targets-only", 1)
+
+
 async def _has(api: httpx.AsyncClient, recipient: str, n: int) -> bool:
     return len((await api.get(f"/inbox/{recipient}")).json()["items"]) >= n
 
