@@ -41,7 +41,7 @@ from rich.console import Console
 from rich.table import Table
 
 from contracts import Topology
-from cso.divisions import DEMO_DIVISIONS, publish_divisions
+from cso.divisions import DEMO_DIVISIONS, editions, publish_divisions
 from cso.roles import role_url
 from cso.tokens import service_env
 from cso_local import localnats, servers
@@ -51,7 +51,7 @@ from . import floor, measure, profile
 from .generator import TRAINING_COUNTERS, Workload
 from .publisher import Backfill, Publisher, outside_process, paced, wait_idle
 
-SHARED_DIVISIONS = Path("/work/shared/data/divisions")
+NATIONAL_DIVISIONS = editions.edition("2023")   # package data: every install has it
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_RATES = (200.0, 2000.0)
 GOALS = {"events_per_second": 8500.0, "p99_ms_at_2000": 500.0, "rss_mb": 400.0}
@@ -110,7 +110,8 @@ def options(argv: Sequence[str] | None = None) -> Options:
     p.add_argument("--scope", type=parse_scope, default=parse_scope("5111,510681"),
                    help="national, a province (51), or codes: 5111,510681 (default: the demo's 12 counties)")
     p.add_argument("--divisions", type=Path, default=None,
-                   help=f"NBS edition directory (default {SHARED_DIVISIONS} if present, else the demo edition)")
+                   help="NBS edition directory (default: the demo edition for the demo's scope, else the national "
+                        "2023 edition shipped with cso)")
     p.add_argument("--seed", type=int, default=2023)
     p.add_argument("--replicas", type=int, default=1, choices=(1, 2, 3, 4),
                    help="registry and targets processes each (default 1)")
@@ -133,7 +134,8 @@ def options(argv: Sequence[str] | None = None) -> Options:
                    help="PostgreSQL's own defaults (128 MB buffers, 1 GB of WAL between checkpoints) instead "
                         "of settings sized to this machine (cso_local.servers.postgres_sizing)")
     a = p.parse_args(argv)
-    divisions = a.divisions or (SHARED_DIVISIONS if SHARED_DIVISIONS.exists() else DEMO_DIVISIONS)
+    demo_scope = a.scope is not None and all(c.startswith(("5111", "510681")) for c in a.scope)
+    divisions = a.divisions or (DEMO_DIVISIONS if demo_scope else NATIONAL_DIVISIONS)
     rates = tuple(float(r) for r in a.rates.split(",") if r.strip())
     return Options(scope=a.scope, divisions=divisions, seed=a.seed, replicas=a.replicas, rates=rates,
                    fresh_seconds=a.fresh_seconds, poll_interval=a.poll_interval, floor=not a.no_floor,

@@ -442,34 +442,75 @@ def db_roles(
 def divisions_import(
     path: Annotated[Path | None, typer.Argument(
         help="Directory of NBS CSV files (provinces, cities, areas, streets, villages; .csv or "
-             ".csv.gz). Default: the demo edition shipped with cso.",
+             ".csv.gz). Default: the --edition shipped with cso, else the demo edition.",
         exists=True, file_okay=False)] = None,
-    only: Annotated[str | None, typer.Option(
-        help="Comma-separated code prefixes of at most 6 digits (province, city, county).")] = None,
+    edition: Annotated[str | None, typer.Option(
+        help="The edition: one shipped with cso (2023: all of China) when no PATH is given, or the "
+             "name of PATH's edition.")] = None,
+    scope: Annotated[str | None, typer.Option(
+        "--scope", "--only",
+        help="Comma-separated code prefixes of at most 6 digits (province, city, county), e.g. 44.")] = None,
+    previous: Annotated[str | None, typer.Option(
+        help="The edition imported before (a shipped edition or a directory): what changed since is "
+             "published as DivisionChanged. Default: the newest shipped edition older than --edition.")] = None,
+    effective_on: Annotated[str | None, typer.Option(
+        help="The day the changes took effect (YYYY-MM-DD). Default: 30 June of the edition's year.")] = None,
     data_dir: DataDir = DEFAULT_DATA_DIR,
 ) -> None:
-    """Publish DivisionsImported, one event per county, to CSO_NATS_URL (else the local stack's).
+    """Publish DivisionsImported, one event per county, to CSO_NATS_URL (else the local stack's),
+    then a DivisionChanged for each merge, rename, recode or abolition since the previous edition.
 
     Event ids derive from the content, so importing the same edition again changes nothing.
     """
-    from cso.divisions import DEMO_DIVISIONS, NbsFormatError
+    from datetime import date
 
-    from .stack import import_divisions
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    directory = path or DEMO_DIVISIONS
-    prefixes = [p.strip() for p in only.split(",") if p.strip()] if only else None
+    from cso.divisions import DEMO_DIVISIONS, NbsFormatError, editions
+
+    from .stack import import_edition
+
+    try:
+        if path is None and edition is None:
+            directory, name, before = DEMO_DIVISIONS, "2023", None
+        else:
+            name = edition or "2023"
+            directory = path or editions.edition(name)
+            before_name = previous if previous is not None else editions.previous(name)
+            before = (None if before_name is None else
+                      Path(before_name) if Path(before_name).is_dir() else editions.edition(before_name))
+        day = None
+        if before is not None:
+            day = (date.fromisoformat(effective_on) if effective_on
+                   else editions.effective_day(name, date.today()))
+    except ValueError as e:
+        raise fail(str(e), 2) from None
+    prefixes = [p.strip() for p in scope.split(",") if p.strip()] if scope else None
     url = _nats_url(data_dir)
     user, password = _nats_login(data_dir, url)
-    try:
-        count = asyncio.run(import_divisions(url, _namespace(data_dir), directory, prefixes,
-                                             user=user, password=password))
-    except (NbsFormatError, ValueError) as e:
-        raise fail(str(e), 2) from None
-    except ConnectionError as e:
-        raise fail(f"NATS: {e}") from None
-    except Exception as e:
-        raise fail(f"publishing to {redact(url)} failed: {type(e).__name__}: {e}") from None
-    _console().print(f"published {count} {'county' if count == 1 else 'counties'} from {directory} to {redact(url)}")
+    columns = (TextColumn("counties"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=_err_console(), transient=False) as bar:
+        task = bar.add_task("counties", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        try:
+            report = asyncio.run(import_edition(url, _namespace(data_dir), directory, prefixes, user=user,
+                                                password=password, edition=name, previous=before,
+                                                effective_on=day, progress=progress))
+        except (NbsFormatError, ValueError) as e:
+            raise fail(str(e), 2) from None
+        except ConnectionError as e:
+            raise fail(f"NATS: {e}") from None
+        except Exception as e:
+            raise fail(f"publishing to {redact(url)} failed: {type(e).__name__}: {e}") from None
+    count = report.counties
+    _console().print(f"published {count} {'county' if count == 1 else 'counties'} of edition {name} "
+                     f"from {directory} to {redact(url)}")
+    if before is not None:
+        changed = ", ".join(f"{n} {kind}" for kind, n in report.changes.items()) or "none"
+        _console().print(f"changes since {before.name} (effective {day}): {changed}")
 
 
 @app.command()

@@ -26,6 +26,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -881,23 +882,57 @@ def migrate_one(name: str, settings: Settings) -> None:
 
 
 async def import_divisions(nats_url: str, namespace: str, directory: Path,
-                           only: Sequence[str] | None = None, *, user: str = "", password: str = "") -> int:
+                           only: Sequence[str] | None = None, *, user: str = "", password: str = "",
+                           edition: str = "2023", previous: Path | None = None,
+                           effective_on: date | None = None, progress: Any = None) -> int:
     """Publish DivisionsImported per county; how many counties. The stream must exist: the operator's
-    migrate step makes it (ValueError otherwise, before anything is published)."""
+    migrate step makes it (ValueError otherwise, before anything is published). With `previous`
+    (the edition before, a directory), the counties count in this edition from `effective_on` and
+    each change between the two is published as a DivisionChanged after them (`import_edition`)."""
+    report = await import_edition(nats_url, namespace, directory, only, user=user, password=password,
+                                  edition=edition, previous=previous, effective_on=effective_on,
+                                  progress=progress)
+    return report.counties
+
+
+@dataclass(frozen=True)
+class EditionImport:
+    counties: int
+    changes: dict[str, int]   # "township merged": 1, … (divisions.changes.summary)
+
+
+async def import_edition(nats_url: str, namespace: str, directory: Path,
+                         only: Sequence[str] | None = None, *, user: str = "", password: str = "",
+                         edition: str = "2023", previous: Path | None = None,
+                         effective_on: date | None = None, progress: Any = None) -> EditionImport:
+    """The import of an edition: its counties, then, against `previous`, its changes. The changes
+    are computed before anything is published, so an edition that cannot be compared publishes
+    nothing; they go out after the counties, whose new codes they name."""
     from contracts import Topology
     from cso.divisions import publish_divisions
+    from cso.divisions.changes import summary
+    from cso.divisions.importer import edition_changes, publish_changes
     from cso.streams import missing, missing_message
 
+    changes = []
+    if previous is not None:
+        if effective_on is None:
+            raise ValueError("effective_on: the day the new edition's changes took effect is needed")
+        changes = list(edition_changes(previous, directory, only, edition, effective_on))
     topology = Topology(namespace)
     nc = await connect_nats(nats_url, "cso-divisions", user=user, password=password)
     try:
         js = nc.jetstream()
         if absent := await missing(js, [topology.stream("CSO_DIVISIONS")]):
             raise ValueError(missing_message(absent))
-        return await publish_divisions(js, topology, directory, only=only)
+        counties = await publish_divisions(js, topology, directory, only=only, edition=edition,
+                                           effective_on=effective_on if previous is not None else None,
+                                           progress=progress)
+        await publish_changes(js, topology, changes, edition)
+        return EditionImport(counties, summary(changes))
     finally:
         await nc.close()
 
 
-__all__ = ["DATABASE", "SERVICES", "Died", "Part", "Stack", "StackError", "ensure_database",
-           "http_get", "import_divisions", "migrate_one", "read_stack_file", "recorded", "redact"]
+__all__ = ["DATABASE", "SERVICES", "Died", "EditionImport", "Part", "Stack", "StackError", "ensure_database",
+           "http_get", "import_divisions", "import_edition", "migrate_one", "read_stack_file", "recorded", "redact"]

@@ -10,16 +10,25 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from datetime import date, datetime, time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from contracts.envelope import MAX_DIVISIONS_BYTES, encode, make_event
-from contracts.events import CommunityDivision, DivisionRef, DivisionsImported, TownshipDivision
+from contracts.events import (
+    CHINA,
+    CommunityDivision,
+    DivisionChanged,
+    DivisionRef,
+    DivisionsImported,
+    TownshipDivision,
+)
 from contracts.subjects import Topology
 
 from . import nbs
+from .changes import change_id, county_changes
 from .classify import community_kind, township_kind
 
 if TYPE_CHECKING:
@@ -29,6 +38,8 @@ if TYPE_CHECKING:
 # on pending acks (and a county's payload can reach a few hundred kB).
 PUBLISH_CHUNK = 200
 COUNTY_LENGTH = 6
+
+Progress = Callable[[int, int], None]   # (counties published so far, counties in the scope)
 
 
 class JetStreamPublisher(Protocol):
@@ -111,6 +122,13 @@ def _communities_by_county(
         yield county, communities
 
 
+def county_count(directory: Path | str, only: Sequence[str] | None = None) -> int:
+    """How many counties an import of `directory` under `only` publishes (the areas file alone)."""
+    prefixes = _county_scope(only)
+    areas = nbs.read(nbs.locate(directory, nbs.COUNTIES), nbs.COUNTIES, prefixes)
+    return sum(1 for record in areas if prefixes is None or record.code.startswith(prefixes))
+
+
 def county_payloads(
     directory: Path | str, only: Sequence[str] | None = None, edition: str = "2023",
 ) -> Iterator[DivisionsImported]:
@@ -183,13 +201,21 @@ async def publish_divisions(
     only: Sequence[str] | None = None,
     edition: str = "2023",
     source: str = "cso-divisions",
+    *,
+    effective_on: date | None = None,
+    progress: Progress | None = None,
 ) -> int:
     """Publish one event per county, `PUBLISH_CHUNK` at a time awaiting their acks.
 
     Returns how many events were acknowledged (a duplicate's ack counts: the stream has it).
     A malformed row raises after the counties before it were published; since ids depend only
-    on content, publishing again once the file is fixed is safe.
+    on content, publishing again once the file is fixed is safe. `effective_on`, for an edition
+    that follows another, is the day its divisions took effect: the events' `occurred_at`, from
+    which targets counts the county in this edition (the edition before it answers for earlier
+    days). `progress` is called after each county is read and sent.
     """
+    occurred_at = datetime.combine(effective_on, time(0), tzinfo=CHINA) if effective_on else None
+    total = county_count(directory, only) if progress else 0
     stream = topology.stream("CSO_DIVISIONS")
     published = 0
     batch: list[tuple[str, bytes, str]] = []
@@ -202,7 +228,7 @@ async def publish_divisions(
         return len(acks)
 
     for payload in county_payloads(directory, only=only, edition=edition):
-        envelope = make_event(payload, source=source, event_id=event_id(payload))
+        envelope = make_event(payload, source=source, event_id=event_id(payload), occurred_at=occurred_at)
         data = encode(envelope)
         if len(data) > MAX_DIVISIONS_BYTES:
             raise ValueError(f"county {payload.county.code}: event of {len(data)} bytes exceeds "
@@ -211,6 +237,49 @@ async def publish_divisions(
                       str(envelope.event_id)))
         if len(batch) >= PUBLISH_CHUNK:
             published += await flush()
+        if progress:
+            # Per county read, not per acknowledged chunk: reading the 620k communities is
+            # most of an import's time, and a province fits in one chunk.
+            progress(published + len(batch), total)
     if batch:
         published += await flush()
+    return published
+
+
+def edition_changes(previous: Path | str, directory: Path | str, only: Sequence[str] | None,
+                    edition: str, effective_on: date) -> Iterator[DivisionChanged]:
+    """The `DivisionChanged` of every county in both editions under `only`, in code order.
+
+    Both editions are streamed a county at a time, side by side (both come sorted by code).
+    """
+    old = county_payloads(previous, only=only, edition="previous")
+    pending = next(old, None)
+    for payload in county_payloads(directory, only=only, edition=edition):
+        while pending is not None and pending.county.code < payload.county.code:
+            pending = next(old, None)
+        if pending is not None and pending.county.code == payload.county.code:
+            yield from county_changes(pending, payload, effective_on)
+
+
+async def publish_changes(
+    js: JetStreamPublisher,
+    topology: Topology,
+    changes: Sequence[DivisionChanged],
+    edition: str,
+    source: str = "cso-divisions",
+) -> int:
+    """Publish each change on its division's subject, awaiting the acks a chunk at a time; ids are
+    derived from the edition and the change, so a repeated import repeats them (dropped)."""
+    stream = topology.stream("CSO_DIVISIONS")
+    published = 0
+    for start in range(0, len(changes), PUBLISH_CHUNK):
+        chunk = changes[start:start + PUBLISH_CHUNK]
+        envelopes = [make_event(c, source=source, event_id=change_id(edition, c),
+                                occurred_at=datetime.combine(c.effective_on, time(0), tzinfo=CHINA))
+                     for c in chunk]
+        await asyncio.gather(*(
+            js.publish(topology.event_subject(c.TYPE, c.code), encode(e), stream=stream,
+                       headers={"Nats-Msg-Id": str(e.event_id)})
+            for c, e in zip(chunk, envelopes, strict=True)))
+        published += len(chunk)
     return published
