@@ -24,7 +24,9 @@ CROSS JOIN LATERAL (VALUES ('orgs'), ('orgs_' || o.tier), ('orgs_cat_' || o.cate
                        WHERE pc.organization_id = o.id AND p.ended_on IS NULL)
           THEN 'orgs_party_covered' END),
     (CASE WHEN o.brand THEN 'brand_orgs' END),
-    (CASE WHEN o.hub_demonstration THEN 'hub_demo_orgs' END)) AS x(counter)
+    (CASE WHEN o.hub_demonstration THEN 'hub_demo_orgs' END),
+    (CASE WHEN o.tier = 'registered' AND o.rating IS NOT NULL THEN 'orgs_rated' END),
+    (CASE WHEN o.tier = 'registered' AND o.rating IN ('3A', '4A', '5A') THEN 'orgs_rated_3a_plus' END)) AS x(counter)
 WHERE o.status = 'active' AND x.counter IS NOT NULL GROUP BY 1, 2
 UNION ALL
 SELECT left(community_code, {n}), 'brand_projects', sum(brand_projects) FROM registry.organization

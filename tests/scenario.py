@@ -11,6 +11,7 @@ from contracts import codes
 from contracts import events as ev
 
 CATEGORIES = list(ev.Category)
+RATINGS: tuple[str | None, ...] = (None, "1A", "2A", "3A", "4A", "5A")   # 等级评估, or none given
 
 
 def credit_code(rng: random.Random, kind: str, county: str) -> str:
@@ -56,7 +57,10 @@ def workload(seed: int, communities: Sequence[str], townships: Sequence[str],
     for oid, _, on in rng.sample(orgs, len(orgs) // 10):
         later.append(ev.OrganizationUpdated(organization_id=oid, effective_on=day(rng, on),
                                             brand=True, brand_projects=rng.randint(0, 2),
-                                            hub_demonstration=rng.random() < 0.3))
+                                            hub_demonstration=rng.random() < 0.3,
+                                            # a grade from the id, not the rng: the rest of the
+                                            # scenario stays as it was
+                                            rating=RATINGS[oid.int % len(RATINGS)]))
     by_township: dict[str, list[tuple[uuid.UUID, str, date]]] = {}
     for o in orgs:
         by_township.setdefault(o[1][:9], []).append(o)

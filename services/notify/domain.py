@@ -402,6 +402,7 @@ METRIC_LABELS: dict[str, tuple[str, str]] = {
     "brand_organizations": ("品牌社区社会组织数", "brand organizations"),
     "brand_projects": ("品牌项目数", "brand projects"),
     "hub_demonstration_orgs": ("枢纽型示范组织数", "hub demonstration organizations"),
+    "rated_3a_plus_share": ("3A以上等级社会组织占比", "share of registered organizations rated 3A or above"),
     "new_filings_functional": ("功能服务型组织年度新增备案数", "new functional filings in the year"),
     "new_filings_interest": ("兴趣爱好型和志愿服务型组织年度新增备案数",
                              "new interest & volunteer filings in the year"),

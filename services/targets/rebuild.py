@@ -135,6 +135,14 @@ async def stale(conn: AsyncConnection) -> str | None:
             f"AND NOT EXISTS (SELECT 1 FROM {SCHEMA}.coverage_now WHERE counter LIKE 'orgs\\_urban\\_%' "
             "OR counter LIKE 'orgs\\_rural\\_%')"))).scalar():
         return "organizations in urban or rural communities are counted but not by tier (coverage kept before tiers)"
+    # Ratings (等级评估) count since Guangdong's figure (issue 22); an organization rated before
+    # never added orgs_rated.
+    if (await conn.execute(text(
+            f"SELECT EXISTS (SELECT 1 FROM {SCHEMA}.fact f JOIN {SCHEMA}.entity e ON e.key = f.entity_key "
+            "WHERE f.type = 'OrganizationUpdated' AND f.payload->>'rating' IS NOT NULL "
+            "AND EXISTS (SELECT 1 FROM jsonb_array_elements(e.timeline->'segments') s "
+            "WHERE jsonb_typeof(s->1) = 'array' AND jsonb_array_length(s->1) = 8))"))).scalar():
+        return "ratings are recorded but not counted (coverage kept before orgs_rated)"
     # Flagged by a migration that changed how coverage is kept (0006: per day, not per month).
     flagged: str | None = (await conn.execute(text(
         f"SELECT reason FROM {SCHEMA}.projection_stale ORDER BY reason LIMIT 1"))).scalar()

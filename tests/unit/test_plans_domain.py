@@ -4,6 +4,7 @@ the file, the task and the field; revisions diff; the task state machine and the
 from __future__ import annotations
 
 import csv
+import gzip
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,17 @@ def demo_regions() -> dict[str, str]:
     return out
 
 
-REGIONS = demo_regions()
+def guangdong_regions() -> dict[str, str]:
+    """广东省 and its cities, from the national edition shipped with cso."""
+    from cso.divisions import editions
+
+    with gzip.open(editions.edition("2023") / "cities.csv.gz", "rt", encoding="utf-8") as f:
+        cities = {row["code"]: "city" for row in csv.DictReader(f) if row["code"].startswith("44")}
+    return {"44": "province", **cities}
+
+
+REGIONS = demo_regions() | guangdong_regions()
+GUANGDONG = "guangdong-2021-2023-special-action.yaml"
 
 
 def plan_files() -> list[Path]:
@@ -63,6 +74,8 @@ def test_reference_plans_load(path: Path) -> None:
         assert plan.opens == date(2024, 2, 21) and plan.ends is None
         # Strict (a user's upload) loads it the same.
         assert d.load_plan(path.read_text(encoding="utf-8"), path.name, REGIONS) == plan
+    elif path.name == GUANGDONG:
+        assert plan.id == "guangdong-2021-2023-special-action" and len(plan.tasks) == 7   # below
     else:
         assert plan.id == "city-2021-2023-special-action" and len(plan.tasks) == 19
         assert plan.ends == date(2023, 12, 31) and all(t.deadline == date(2023, 12, 31) for t in plan.tasks)
@@ -368,3 +381,23 @@ def test_a_catalogue_item_per_tracked_target() -> None:
     from services.targets.domain.catalogue import parse_catalogue
 
     assert len(parse_catalogue(yaml.safe_load(yaml.safe_dump({"targets": items}, allow_unicode=True)), "x")) == 2
+
+
+def test_guangdong_plan_is_a_ledger_of_its_phases_pilots_and_evaluation() -> None:
+    """Guangdong's plan (issue 22): 5 pilot counties, 2 in 珠三角 and 3 in 粤东西北; 5 demonstration
+    points in every city (a line per city: 各地级以上市); an evaluation by 2022-12; a report to 省政府
+    and 民政部; and the tracked target that 80%以上的街道(乡镇)至少有1个枢纽型社区社会组织 by 2023-12."""
+    plan = d.load_plan((BUNDLED / GUANGDONG).read_text(encoding="utf-8"), GUANGDONG, REGIONS)
+    assert plan.scope == "44" and not plan.warnings
+    assert [p.name for p in plan.phases] == ["试点先行", "全面推进", "总结评估"]
+    tasks = {t.no: t for t in plan.tasks}
+    pilots = [x for no in ("1", "2") for x in tasks[no].targets]
+    assert [(x.threshold, x.untracked) for x in pilots] == [(2.0, True), (3.0, True)]
+    assert "珠三角" in tasks["1"].title and "粤东西北" in tasks["2"].title
+    assert tasks["3"].expands == "city" and tasks["3"].targets[0].threshold == 5
+    assert "评估" in tasks["6"].title and tasks["6"].deadline == date(2022, 12, 31)
+    assert "省政府" in tasks["7"].title and "民政部" in tasks["7"].title
+    [hub] = plan.catalogue_items()
+    assert (hub["figure"], hub["threshold"], hub["scope_region"], hub["deadline"]) == (
+        "townships_with_hub_share", 0.8, "44", date(2023, 12, 31))
+    assert "80%以上的街道（乡镇）至少有1个枢纽型" in hub["title"]

@@ -259,7 +259,7 @@ def organization_timeline(facts: Sequence[Fact], parties: Sequence[Interval],
                     attrs.update({k: v for k, v in (
                         ("community", p.community_code), ("category", p.category and p.category.value),
                         ("brand", p.brand), ("brand_projects", p.brand_projects),
-                        ("demo", p.hub_demonstration)) if v is not None})
+                        ("demo", p.hub_demonstration), ("rating", p.rating)) if v is not None})
                 case ev.OrganizationDeregistered():
                     ended = True
         if ended or "tier" not in attrs:
@@ -270,7 +270,7 @@ def organization_timeline(facts: Sequence[Fact], parties: Sequence[Interval],
         segments.append((day, (community, attrs["tier"], attrs["category"],
                                community_kinds.get(community, "other"), party,
                                bool(attrs.get("brand")), int(attrs.get("brand_projects") or 0),
-                               bool(attrs.get("demo")))))
+                               bool(attrs.get("demo")), attrs.get("rating"))))
     # A filing counts once, in the year it happened, whatever became of the organization later.
     filings = [f.payload for f in starts if isinstance(f.payload, ev.OrganizationFiled)]
     pulses: list[tuple[date, State]] = [
@@ -283,8 +283,14 @@ def organization_timeline(facts: Sequence[Fact], parties: Sequence[Interval],
     return Timeline("org", squash(segments), tuple(pulses))
 
 
+# 等级评估 grades that plans count as well rated: 3A and above.
+WELL_RATED = ("3A", "4A", "5A")
+
+
 def _organization_vector(state: State) -> Vector:
-    community, tier, category, community_kind, party, brand, projects, demo = state
+    # A state stored before ratings counted has eight entries, and counts as it did.
+    community, tier, category, community_kind, party, brand, projects, demo, *rest = state
+    rating = rest[0] if rest else None
     out: Vector = Counter()
     counters = ["orgs", f"orgs_{tier}", f"orgs_cat_{category}",
                 f"orgs_{ev.CLASS_OF_CATEGORY[ev.Category(category)].value}"]
@@ -296,6 +302,12 @@ def _organization_vector(state: State) -> Vector:
         counters.append("brand_orgs")
     if demo:
         counters.append("hub_demo_orgs")
+    # Only a registered organization (a legal person) is rated (社会组织等级评估); a grade kept
+    # through a downgrade to filed does not count.
+    if rating and tier == "registered":
+        counters.append("orgs_rated")
+        if rating in WELL_RATED:
+            counters.append("orgs_rated_3a_plus")
     for r in coverage_regions(community):
         for c in counters:
             out[(r, c)] += 1

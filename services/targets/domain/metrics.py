@@ -27,6 +27,7 @@ COUNTERS: tuple[str, ...] = (
     "streets_with_base", "towns_with_base",
     "hubs", "bases",
     "orgs_party_covered", "brand_orgs", "brand_projects", "hub_demo_orgs",
+    "orgs_rated", "orgs_rated_3a_plus",       # registered organizations with a grade (等级评估), 3A+
     "filings_functional", "filings_interest",  # cumulative: a year's new filings is a difference
     "registrations_functional", "registrations_interest",  # the same, for registrations (登记)
     "training_person_times",                  # cumulative completions (人次), every trainee
@@ -81,6 +82,11 @@ FIGURES: dict[str, Figure] = {f.name: f for f in (
     Figure("brand_organizations", ("brand_orgs",), description="brand organizations"),
     Figure("brand_projects", ("brand_projects",), description="brand projects"),
     Figure("hub_demonstration_orgs", ("hub_demo_orgs",), description="hub demonstration organizations"),
+    Figure("rated_orgs", ("orgs_rated",), description="registered organizations with a grade (等级评估)"),
+    Figure("rated_3a_plus_orgs", ("orgs_rated_3a_plus",), description="organizations rated 3A or above"),
+    # Of the registered organizations: only they (legal persons) take part in 等级评估.
+    Figure("rated_3a_plus_share", ("orgs_rated_3a_plus",), ("orgs_registered",), "share",
+           description="share of registered organizations rated 3A or above"),
     Figure("new_filings_functional", ("filings_functional",), yearly=True,
            description="new filings of functional service organizations in the year"),
     Figure("new_filings_interest", ("filings_interest",), yearly=True,

@@ -36,7 +36,7 @@ MONTH_PATTERN = re.compile(r"^(\d{4})-(\d{2})$")
 DAY_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 MAX_NOTE = 4000  # TaskStatusChanged.note's limit
 
-ExpandTier = Literal["county", "township"]
+ExpandTier = Literal["city", "county", "township"]
 Comparison = Literal[">=", "<="]
 
 # Units that stand for "every division of a tier under the plan's scope": a task naming one is
@@ -54,6 +54,10 @@ EXPANSION_MARKERS: dict[str, ExpandTier] = {
     "各县(区)": "county",
     "各县(市、区)": "county",
     "各县(市,区)": "county",
+    # A province's plan gives tasks to its prefecture-level cities (广东: 各地级以上市).
+    "各地级以上市": "city",
+    "各地级以上市民政局": "city",
+    "各地市": "city",
 }
 
 _PLAN_KEYS = {"id", "title", "scope", "issued", "issuers", "issuer", "period", "phases",
