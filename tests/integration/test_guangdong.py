@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 from contracts import events as ev
 from contracts import make_event
 from contracts.codes import uscc_check_character
-from cso.cli import app as cli
+from cso_local.cli import app as cli
 from cso.divisions import editions
 from cso.settings import Settings
 from services.registry.app import create_app as registry_app
