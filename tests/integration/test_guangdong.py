@@ -26,9 +26,9 @@ from typer.testing import CliRunner
 from contracts import events as ev
 from contracts import make_event
 from contracts.codes import uscc_check_character
-from cso_local.cli import app as cli
 from cso.divisions import editions
 from cso.settings import Settings
+from cso_local.cli import app as cli
 from services.registry.app import create_app as registry_app
 from services.registry.app import run_migrations as registry_migrations
 from services.targets import app as targets
