@@ -1,4 +1,11 @@
-"""notify's SQL: its own schema, nothing else."""
+"""notify's SQL: its own schema, nothing else.
+
+The tables below (SQLAlchemy Core, one MetaData) are the one description of notify's schema: the
+queries are written against them (raw SQL where it is clearer, naming them), and
+tests/integration/test_schema.py checks them against what the migrations
+(services/notify/migrations) make. A change of the schema is a new migration and the same change
+here.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +16,154 @@ from datetime import date, datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import text
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    Time,
+    UniqueConstraint,
+    Uuid,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts.events import DivisionsImported
+from cso.tables import runtime_tables
 
 from .domain import Channel, Deadline, Language, Message, Notice, Rule, delivery_id
 
 SCHEMA = "notify"
+METADATA = MetaData(schema=SCHEMA)
+runtime_tables(METADATA, SCHEMA)        # outbox, inbox, consumer_position, bus_stream
+
+
+def _at(name: str, nullable: bool = False) -> Column[Any]:
+    return Column(name, DateTime(timezone=True), nullable=nullable, server_default=func.now())
+
+
+# Names of every division notify has heard of, to name a region by its full path.
+division = Table(
+    "division", METADATA,
+    Column("code", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("edition", Text, nullable=False),
+    _at("updated_at"))
+subscription = Table(
+    "subscription", METADATA,
+    Column("id", Uuid, primary_key=True),
+    Column("recipient", Text, nullable=False),
+    Column("language", Text, nullable=False),
+    Column("email", Text),
+    Column("webhook_url", Text),
+    Column("webhook_secret", Text),
+    Column("inbox", Boolean, nullable=False, server_default=text("false")),
+    Column("events", ARRAY(Text), nullable=False),
+    Column("statuses", ARRAY(Text)),
+    Column("region", Text, nullable=False),
+    Column("include_subregions", Boolean, nullable=False, server_default=text("false")),
+    Column("frequency", Text, nullable=False),
+    Column("digest_time", Time),
+    Column("timezone", Text, nullable=False),
+    _at("created_at"), _at("updated_at"),
+    Column("deleted_at", DateTime(timezone=True)),
+    # Days before a deadline its reminders come (domain.DEFAULT_REMINDER_DAYS).
+    Column("reminder_days", ARRAY(Integer), nullable=False, server_default=text("'{30,7}'")))
+Index("subscription_recipient", subscription.c.recipient, postgresql_where=subscription.c.deleted_at.is_(None))
+Index("subscription_events", subscription.c.events, postgresql_using="gin",
+      postgresql_where=subscription.c.deleted_at.is_(None))
+# One row per (event, subscription, channel), written with the event's consumption and before any
+# send: the unique key is what makes a duplicate event send nothing twice.
+delivery = Table(
+    "delivery", METADATA,
+    Column("id", Uuid, primary_key=True),
+    Column("event_id", Uuid, nullable=False),
+    Column("subscription_id", Uuid, ForeignKey(subscription.c.id), nullable=False),
+    Column("channel", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("region", Text, nullable=False),
+    Column("recipient", Text, nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("data", JSONB, nullable=False),
+    Column("status", Text, nullable=False, server_default=text("'pending'")),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    _at("next_attempt_at"),
+    Column("lease_until", DateTime(timezone=True)),
+    Column("claim_token", Uuid),
+    Column("last_error", Text),
+    _at("created_at"),
+    Column("sent_at", DateTime(timezone=True)),
+    Column("failed_at", DateTime(timezone=True)),
+    UniqueConstraint("event_id", "subscription_id", "channel"))
+Index("delivery_due", delivery.c.next_attempt_at, postgresql_where=delivery.c.status == "pending")
+Index("delivery_subscription", delivery.c.subscription_id, delivery.c.created_at)
+inbox_message = Table(
+    "inbox_message", METADATA,
+    Column("id", Uuid, ForeignKey(delivery.c.id), primary_key=True),
+    Column("recipient", Text, nullable=False),
+    Column("subscription_id", Uuid, nullable=False),
+    Column("event_id", Uuid, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("region", Text, nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("data", JSONB, nullable=False),
+    _at("created_at"),
+    Column("read_at", DateTime(timezone=True)))
+Index("inbox_recipient", inbox_message.c.recipient, inbox_message.c.created_at.desc(), inbox_message.c.id)
+Index("inbox_unread", inbox_message.c.recipient, inbox_message.c.created_at.desc(),
+      postgresql_where=inbox_message.c.read_at.is_(None))
+# What a digest subscription heard, waiting for its next digest (digest_event_id NULL).
+digest_item = Table(
+    "digest_item", METADATA,
+    Column("subscription_id", Uuid, ForeignKey(subscription.c.id), primary_key=True),
+    Column("event_id", Uuid, primary_key=True),
+    Column("kind", Text, nullable=False),
+    Column("region", Text, nullable=False),
+    Column("headline", Text, nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Column("digest_event_id", Uuid))
+Index("digest_item_open", digest_item.c.subscription_id, digest_item.c.recorded_at,
+      postgresql_where=digest_item.c.digest_event_id.is_(None))
+# One digest per subscription and local day.
+digest = Table(
+    "digest", METADATA,
+    Column("subscription_id", Uuid, ForeignKey(subscription.c.id), primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("event_id", Uuid, nullable=False, unique=True),
+    Column("items", Integer, nullable=False, server_default=text("0")),
+    _at("created_at"))
+# The deadlines notify has learned from targets' events (the latest event about each wins).
+deadline = Table(
+    "deadline", METADATA,
+    Column("key", Text, primary_key=True),
+    Column("kind", Text, nullable=False),
+    Column("region", Text, nullable=False),
+    Column("deadline", Date, nullable=False),
+    Column("title", Text, nullable=False),
+    Column("details", JSONB, nullable=False),
+    Column("as_of", DateTime(timezone=True), nullable=False),
+    Column("event_id", Uuid, nullable=False),
+    _at("updated_at"))
+Index("deadline_due", deadline.c.deadline)
+# Reminders made: one per subscription, deadline and lead time.
+reminder = Table(
+    "reminder", METADATA,
+    Column("subscription_id", Uuid, ForeignKey(subscription.c.id), primary_key=True),
+    Column("deadline_key", Text, primary_key=True),
+    Column("deadline", Date, primary_key=True),
+    Column("lead_days", Integer, primary_key=True),
+    Column("event_id", Uuid, nullable=False),
+    _at("created_at"))
 
 
 # --- divisions --------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from contracts import events as ev
 from cso import consumer
 from cso.consumer import Subscription
 from cso.dispatch import HandlerTable
+from cso.reference import DivisionsHandler
 from cso.service import Runtime
 
 from . import domain, store
@@ -37,16 +38,6 @@ def to_consumer(refusal: domain.Rejected) -> consumer.Rejected:
     if isinstance(refusal, domain.OutOfScope):
         return consumer.OutOfScope(refusal.field, refusal.message)
     return consumer.Rejected(refusal.field, refusal.message)
-
-
-class DivisionsHandler:
-    """Counties and townships, to check the regions commands name."""
-
-    async def apply(self, conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> dict[UUID, consumer.Rejected]:
-        for envelope in events:
-            if isinstance(envelope.payload, ev.DivisionsImported):
-                await store.upsert_divisions(conn, envelope.payload)
-        return {}
 
 
 class RegistryHandler:
@@ -97,7 +88,7 @@ def tables(runtime: Runtime, pii_key: bytes) -> list[Consumes]:
     registry = RegistryHandler(runtime, pii_key)
     return [
         Consumes(Subscription("CSO_DIVISIONS", topology.context_subjects("divisions"), "training-divisions"),
-                 HandlerTable({ev.DivisionsImported: DivisionsHandler()})),
+                 HandlerTable({ev.DivisionsImported: DivisionsHandler(store.DIVISIONS)})),
         Consumes(Subscription("CSO_REGISTRY", topology.context_subjects("registry"), "training-registry"),
                  HandlerTable({
                      ev.OrganizationFiled: registry,

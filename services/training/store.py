@@ -1,4 +1,11 @@
-"""training's SQL: its own schema, nothing else."""
+"""training's SQL: its own schema, nothing else.
+
+The tables below (SQLAlchemy Core, one MetaData) are the one description of training's schema: the
+queries are written against them (raw SQL where it is clearer, naming them), and
+tests/integration/test_schema.py checks them against what the migrations
+(services/training/migrations) make. A change of the schema is a new migration and the same change
+here.
+"""
 
 from __future__ import annotations
 
@@ -7,37 +14,187 @@ from dataclasses import asdict, fields
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    Table,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, CHAR
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from contracts.events import DivisionsImported
+from cso.reference import DivisionTables
+from cso.tables import idempotency_table, runtime_tables
 
 from .domain import Completion, Enrolment, Membership, Organization, Person, Session, Standing, Trainee, standing
 
 SCHEMA = "training"
+METADATA = MetaData(schema=SCHEMA)
+runtime_tables(METADATA, SCHEMA)        # outbox, inbox, consumer_position, bus_stream
+idempotency_table(METADATA, SCHEMA)     # kept command replies (cso/idempotency.py)
+
+
+def _at(name: str, nullable: bool = False) -> Column[Any]:
+    return Column(name, DateTime(timezone=True), nullable=nullable, server_default=func.now())
+
+
+def _by() -> Column[Any]:
+    return Column("updated_by", Text, nullable=False)
+
+
+# Divisions, to check the regions commands name (DivisionsImported: cso/reference.py).
+county = Table(
+    "county", METADATA,
+    Column("code", CHAR(6), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("city_code", CHAR(4), nullable=False),
+    Column("province_code", CHAR(2), nullable=False),
+    Column("edition", Text, nullable=False))
+Index("county_city", county.c.city_code)
+township = Table(
+    "township", METADATA,
+    Column("code", CHAR(9), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("county_code", CHAR(6), nullable=False),
+    Column("edition", Text, nullable=False))
+DIVISIONS = DivisionTables(county=county, township=township)
+# Organizations registry created, where they are and whether active (registry's events).
+organization = Table(
+    "organization", METADATA,
+    Column("id", Uuid, primary_key=True),
+    Column("community_code", CHAR(12), nullable=False),
+    Column("status", Text, nullable=False),
+    Column("last_event_id", Uuid, nullable=False))
+# People: personal data stays here (a name, a phone, of an ID number a keyed hash and a mask).
+person = Table(
+    "person", METADATA,
+    Column("id", Uuid, primary_key=True),
+    Column("name", Text),
+    Column("phone", Text),
+    Column("id_hash", CHAR(64), unique=True),
+    Column("id_masked", Text),
+    _at("created_at"), _at("updated_at"), _by(),
+    Column("erased_at", DateTime(timezone=True)))
+Index("person_contact", person.c.phone, person.c.name)
+membership = Table(
+    "membership", METADATA,
+    Column("seq", BigInteger, primary_key=True, autoincrement=True),
+    Column("person_id", Uuid, ForeignKey(person.c.id), nullable=False),
+    Column("county_code", CHAR(6), nullable=False),
+    Column("role", Text, nullable=False),
+    Column("organization_id", Uuid),
+    Column("added_on", Date, nullable=False),
+    Column("removed_on", Date),
+    Column("removal_reason", Text),
+    Column("hub_id", Uuid),
+    Column("added_event_id", Uuid, nullable=False),
+    _at("updated_at"), _by())
+# A person is in at most one pool at a time.
+Index("membership_current", membership.c.person_id, unique=True,
+      postgresql_where=membership.c.removed_on.is_(None))
+Index("membership_county", membership.c.county_code, membership.c.added_on)
+trainee = Table(
+    "trainee", METADATA,
+    Column("person_id", Uuid, ForeignKey(person.c.id), primary_key=True),
+    Column("role", Text, nullable=False),
+    Column("county_code", CHAR(6), nullable=False),
+    Column("added_on", Date, nullable=False),
+    _at("updated_at"), _by())
+Index("trainee_county", trainee.c.county_code)
+hub_leader_table = Table(
+    "hub_leader", METADATA,
+    Column("hub_id", Uuid, primary_key=True),
+    Column("person_id", Uuid, nullable=False),
+    Column("county_code", CHAR(6), nullable=False),
+    Column("added_to_pool", Boolean, nullable=False),
+    Column("event_id", Uuid, nullable=False),
+    _at("recorded_at"))
+session = Table(
+    "session", METADATA,
+    Column("id", Uuid, primary_key=True),
+    Column("organizer_region", Text, nullable=False),
+    Column("topic", Text, nullable=False),
+    Column("starts_on", Date, nullable=False),
+    Column("ends_on", Date, nullable=False),
+    Column("capacity", Integer, nullable=False),
+    Column("mode", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("completed_on", Date),
+    Column("cancelled_on", Date),
+    Column("cancel_reason", Text),
+    _at("created_at"), _at("updated_at"), _by())
+Index("session_region", session.c.organizer_region, session.c.starts_on)
+enrolment = Table(
+    "enrolment", METADATA,
+    Column("session_id", Uuid, ForeignKey(session.c.id), primary_key=True),
+    Column("person_id", Uuid, ForeignKey(person.c.id), primary_key=True),
+    Column("status", Text, nullable=False),
+    Column("attended", Boolean),
+    _at("enrolled_at"), _at("updated_at"), _by())
+Index("enrolment_person", enrolment.c.person_id)
+completion = Table(
+    "completion", METADATA,
+    Column("id", Uuid, primary_key=True),
+    Column("session_id", Uuid, ForeignKey(session.c.id), nullable=False),
+    Column("person_id", Uuid, ForeignKey(person.c.id), nullable=False),
+    Column("organizer_region", Text, nullable=False),
+    Column("county_code", CHAR(6), nullable=False),
+    Column("completed_on", Date, nullable=False),
+    _at("recorded_at"), _by(),
+    Column("role", Text),
+    Column("in_pool", Boolean),
+    # One completion per person per session: the last word, whatever a command decided.
+    UniqueConstraint("session_id", "person_id"))
+Index("completion_person", completion.c.person_id)
+exam = Table(
+    "exam", METADATA,
+    Column("person_id", Uuid, ForeignKey(person.c.id), primary_key=True),
+    Column("year", SmallInteger, primary_key=True),
+    Column("level", Text, primary_key=True),
+    Column("passed", Boolean, nullable=False),
+    Column("county_code", CHAR(6), nullable=False),
+    _at("updated_at"), _by())
+Index("exam_county", exam.c.county_code, exam.c.year)
+outstanding = Table(
+    "outstanding", METADATA,
+    Column("county_code", CHAR(6), primary_key=True),
+    Column("year", SmallInteger, primary_key=True),
+    Column("kind", Text, primary_key=True),
+    Column("subject_id", Uuid, primary_key=True),
+    Column("title", Text),
+    _at("selected_at"), _by())
+# Who read personal data unmasked, exported or erased it (personal.py).
+personal_data_request = Table(
+    "personal_data_request", METADATA,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("action", Text, nullable=False),
+    Column("person_id", Uuid),
+    Column("county_code", CHAR(6)),
+    Column("sub", Text, nullable=False),
+    Column("region", Text, nullable=False),
+    Column("roles", ARRAY(Text), nullable=False),
+    Column("source", Text, nullable=False),
+    _at("at"))
+Index("personal_data_request_person", personal_data_request.c.person_id, personal_data_request.c.at)
+
 _PERSON = [f.name for f in fields(Person)]
 _MEMBERSHIP = [f.name for f in fields(Membership)]
 _SESSION = [f.name for f in fields(Session)]
 
 
 # --- reference data: divisions and organizations -----------------------------------------------
-
-async def upsert_divisions(conn: AsyncConnection, d: DivisionsImported) -> None:
-    await conn.execute(text(
-        f"INSERT INTO {SCHEMA}.county (code, name, city_code, province_code, edition) "
-        "VALUES (:code, :name, :city, :prov, :edition) "
-        "ON CONFLICT (code) DO UPDATE SET name = excluded.name, edition = excluded.edition"),
-        {"code": d.county.code, "name": d.county.name, "city": d.city.code, "prov": d.province.code,
-         "edition": d.edition})
-    if d.townships:
-        await conn.execute(text(
-            f"INSERT INTO {SCHEMA}.township (code, name, county_code, edition) "
-            "SELECT * FROM unnest(CAST(:c AS text[]), CAST(:n AS text[]), CAST(:p AS text[]), "
-            "CAST(:e AS text[])) ON CONFLICT (code) DO UPDATE SET name = excluded.name, "
-            "edition = excluded.edition"),
-            {"c": [t.code for t in d.townships], "n": [t.name for t in d.townships],
-             "p": [d.county.code] * len(d.townships), "e": [d.edition] * len(d.townships)})
-
 
 async def region_known(conn: AsyncConnection, code: str) -> bool:
     """A city, county or township training knows from the divisions stream."""

@@ -28,7 +28,7 @@ from tests.support import fresh_database
 
 pytestmark = pytest.mark.integration
 
-SERVICES = ["registry"]
+SERVICES = ["registry", "training", "notify"]
 
 _DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
 
@@ -44,6 +44,13 @@ class TableShape:
 
 def _type(kind: Any) -> str:
     return str(kind.compile(dialect=_DIALECT))
+
+
+def _indexed(expression: Any) -> str:
+    """An index's column by name; a column with its order (created_at DESC) by the column's, as the
+    database reflects it (the order is not compared)."""
+    expression = getattr(expression, "element", expression)
+    return str(getattr(expression, "name", expression))
 
 
 def described(metadata: MetaData, schema: str) -> dict[str, TableShape]:
@@ -62,7 +69,7 @@ def described(metadata: MetaData, schema: str) -> dict[str, TableShape]:
                                constraint.elements[0].column.table.name,
                                tuple(fk.column.name for fk in constraint.elements))
                               for constraint in table.foreign_key_constraints}
-        shape.indexes = {str(i.name): (tuple(str(getattr(c, "name", c)) for c in i.expressions), bool(i.unique))
+        shape.indexes = {str(i.name): (tuple(_indexed(c) for c in i.expressions), bool(i.unique))
                          for i in table.indexes}
     return shapes
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from contracts import Topology
 from cso import consumer
+from cso.reference import DivisionsHandler
 from services.training import domain, handlers
 
 
@@ -18,7 +19,7 @@ def runtime() -> Any:
 def test_the_table_names_each_event_training_applies() -> None:
     by_durable = {c.subscription.durable: c.table for c in handlers.tables(runtime(), b"key")}
     assert set(by_durable) == {"training-divisions", "training-registry"}
-    assert isinstance(by_durable["training-divisions"].handler_of("DivisionsImported"), handlers.DivisionsHandler)
+    assert isinstance(by_durable["training-divisions"].handler_of("DivisionsImported"), DivisionsHandler)
     registry = by_durable["training-registry"]
     for kind in ("OrganizationFiled", "OrganizationRegistered", "OrganizationUpdated", "OrganizationDeregistered",
                  "HubEstablished"):
