@@ -26,6 +26,7 @@ from cso.service import Runtime, errors_body, repeat
 from . import evaluation, handlers, rebuild, store, views
 from .domain.catalogue import DEFAULT_CATALOGUE, CatalogueError, TargetSpec, load_catalogue, parse_catalogue
 from .plans import api as plans_api
+from .plans import store as plans_store
 
 SERVICE = "targets"
 SCHEMA = store.SCHEMA
@@ -230,6 +231,7 @@ def build(runtime: Runtime, clock: evaluation.Clock | None = None,
                     if region is not None:
                         who.require_region(region)
                 spec = await upsert_spec(conn, item, "api")
+                await plans_store.link_targets(conn)   # a plan's task stating it now shows this one
         except CatalogueError as e:
             return JSONResponse(errors_body([FieldError(field="target", message=p) for p in e.problems]), 422)
         coalescer.resync.set()
@@ -244,6 +246,7 @@ def build(runtime: Runtime, clock: evaluation.Clock | None = None,
             result = await conn.execute(text(
                 f"UPDATE {SCHEMA}.target SET retired = true, spec = jsonb_set(spec, '{{retired}}', 'true'), "
                 "updated_at = now() WHERE id = :id"), {"id": target_id})
+            await plans_store.link_targets(conn)   # a plan's task stating it gets its own again
         if result.rowcount == 0:  # type: ignore[attr-defined]
             raise HTTPException(404, detail=f"id: no target {target_id}")
         coalescer.resync.set()

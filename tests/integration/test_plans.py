@@ -175,7 +175,9 @@ async def test_plans_ledger_end_to_end(settings: Settings, nc: nats.NATS) -> Non
         await eventually(met, timeout=20, interval=0.2)
         t15 = await ok(await api.get(f"/plans/{GUANGHAN}/tasks/1.5"))
         brand_target = next(x for x in t15["targets"] if x["metric"] == "brand_organizations")
-        assert brand_target["value"] == 3 and brand_target["target_id"] == f"{GUANGHAN}-1.5-brand_organizations"
+        # the catalogue's guanghan-brand-orgs states the same promise: the task shows it (one instance)
+        assert brand_target["value"] == 3 and brand_target["target_id"] == "guanghan-brand-orgs"
+        assert brand_target["linked"] is True
 
         # --- 1.1's deadline (2024-05-31) passes unaccepted: TaskOverdue, once -------------------
         clock.fixed = date(2024, 6, 5)
@@ -261,7 +263,9 @@ async def test_plans_ledger_end_to_end(settings: Settings, nc: nats.NATS) -> Non
                    for e in errors), errors
         assert any(e["field"] == "tasks[9].due" and "before the plan issued" in e["message"] for e in errors), errors
         catalogue = {x["id"] for x in await ok(await api.get("/targets"))}
-        assert f"{GUANGHAN}-1.5-brand_organizations" in catalogue and f"{GUANGHAN}-1.6-orgs" not in catalogue
+        # 1.5's brand organizations are the catalogue's guanghan-brand-orgs (one promise, one target)
+        assert "guanghan-brand-orgs" in catalogue and f"{GUANGHAN}-1.5-brand_organizations" not in catalogue
+        assert f"{GUANGHAN}-1.6-orgs" not in catalogue
         assert (await ok(await api.get(f"/plans/{GUANGHAN}/tasks/1.6")))["targets"] == []
         revisions = await ok(await api.get(f"/plans/{GUANGHAN}/revisions"))
         assert [r["revision"] for r in revisions] == [1, 2]

@@ -94,7 +94,7 @@ def test_reference_plans_load(path: Path) -> None:
 
 
 # What the bundled copies correct in the shared files: Guanghan's joint leads (issue 21), which
-# the shared file cuts to the first unit named.
+# the shared file cuts to the first unit named, and the city plan's pool training per county.
 CORRECTIONS = {GUANGHAN: [
     ("lead = the first responsible unit named; co = the others.",
      "lead = the units the plan names as leading (「市委组织部、市民政局」牵头: both, as a list); co = the others."),
@@ -104,6 +104,12 @@ CORRECTIONS = {GUANGHAN: [
      "lead: [市委组织部, 市民政局], co: [市基层治理促进中心, 市财政局, 各镇(街道)]"),
     ("lead: 市民政局, co: [市基层治理促进中心, 市委组织部, 各镇(街道)]",
      "lead: [市民政局, 市基层治理促进中心], co: [市委组织部, 各镇(街道)]"),
+], CITY: [
+    # Task 14 trains each county's pool (以县区为单位建立骨干人才库), as the catalogue's
+    # city-2021-2023-pool-trained-per-county says: the same promise, so one instance (issue 21).
+    ("    targets: [{metric: pool_trained_share, threshold: 1.0, due: 2023-12}]",
+     "    # each county's pool (以县区为单位建立骨干人才库), all of it trained: the share per county\n"
+     "    targets: [{metric: pool_trained_share, threshold: 1.0, due: 2023-12, each: county}]"),
 ]}
 
 

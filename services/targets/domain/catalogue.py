@@ -39,7 +39,7 @@ from pydantic_core import PydanticCustomError
 from contracts.codes import TIER_LENGTH, TIERS, tier_of
 from contracts.events import EARLIEST, LATEST
 
-from .metrics import FIGURES, NEW_EVENTS, NEW_FIGURES, TIER_FIGURES
+from .metrics import FIGURES, NEW_EVENTS, NEW_FIGURES, ORG_TIERS, TIER_FIGURES
 
 DEFAULT_CATALOGUE = Path(__file__).parents[1] / "catalogue.yaml"
 
@@ -483,6 +483,29 @@ def expand(spec: TargetSpec, regions_of_tier: Callable[[str, str], Sequence[str]
     ]
 
 
+Promise = tuple[Any, ...]
+
+
+def promise(spec: TargetSpec) -> Promise:
+    """What a target promises, as a key: two specs with equal keys are one promise, counted once.
+
+    The same figure over the same regions (scope region and its tier, or its list of regions),
+    by the same deadline (and, for a yearly figure, over the same years), against the same
+    threshold and comparison, counting the same organizations: the management tiers a density
+    counts (`counts`; none given: every tier) and the events that make one new (`new`; none
+    given: filings). Names, quotes, sources, kinds and the start are not part of it: a plan that
+    counts from its issue date and a catalogue that counts from the plan's implementation phase
+    state one promise (the start only shapes the at-risk trajectory, never the figure)."""
+    counts = (frozenset(spec.counts if spec.counts is not None else ORG_TIERS)
+              if spec.figure in TIER_FIGURES else None)
+    new = (frozenset(spec.new if spec.new is not None else ("filed",))
+           if spec.figure in NEW_FIGURES else None)
+    years = (spec.yearly_from, spec.yearly_until) if spec.yearly else None
+    regions = tuple(sorted(set(spec.regions))) if spec.regions is not None else None
+    return (spec.figure, spec.scope_region, spec.scope_tier, regions, float(spec.threshold),
+            spec.comparison, spec.deadline, years, counts, new)
+
+
 def satisfies(value: float, threshold: float, comparison: Comparison) -> bool:
     """Whether a value meets a threshold under a comparison."""
     if math.isnan(value):
@@ -501,5 +524,6 @@ __all__ = [
     "expand",
     "load_catalogue",
     "parse_catalogue",
+    "promise",
     "satisfies",
 ]

@@ -69,6 +69,7 @@ class PlanLoop:
         self.waiting: set[str] = set()
         self.labels: set[tuple[str, str]] = set()
         self.divisions_seen: int | None = None  # the divisions stream position lines were synced at
+        self.linked = False
 
     def resync_targets(self) -> None:
         coalescer = getattr(self.runtime, "coalescer", None)
@@ -113,6 +114,13 @@ class PlanLoop:
         # catalogue (which it does only into an empty table) and evaluated once.
         if self.bundled and (coalescer is None or coalescer.evaluated_on is not None):
             await self.seed()
+        if not self.linked and (coalescer is None or coalescer.evaluated_on is not None):
+            # Plans stored before a catalogue target stating their promise (or before links were
+            # kept) are linked once at start; later, every import and catalogue change links.
+            async with self.runtime.engine.begin() as conn:
+                await store.link_targets(conn)
+            self.linked = True
+            self.resync_targets()
         today = self.clock.today()
         async with self.runtime.engine.begin() as conn:
             # Lines follow the divisions: sync them when the divisions consumer has moved.

@@ -63,7 +63,8 @@ EXPANSION_MARKERS: dict[str, ExpandTier] = {
 _PLAN_KEYS = {"id", "title", "scope", "issued", "issuers", "issuer", "period", "phases",
               "implementing", "acceptance"}
 _TASK_KEYS = {"no", "title", "lead", "co", "due", "community", "targets"}
-_TARGET_KEYS = {"metric", "threshold", "comparison", "due", "untracked"}
+_TARGET_KEYS = {"metric", "threshold", "comparison", "due", "untracked", "each", "counts", "new", "quote",
+                "target"}
 _TOP_KEYS = {"plan", "work_plans", "tasks"}
 
 
@@ -115,11 +116,29 @@ class PlanTarget:
     deadline: date
     untracked: bool
     target_id: str | None
+    # What the plan's sentence counts, as the catalogue says it (TargetSpec): the tier of every
+    # division under the task's scope the target applies to (各县区: county), which management
+    # tiers a density counts, which events make an organization new, and the sentence itself.
+    each: str | None = None
+    counts: tuple[str, ...] | None = None
+    new: tuple[str, ...] | None = None
+    quote: str | None = None
+    # A catalogue target this one is, by its id (`target:` in the file): the task shows that
+    # target's instances instead of its own. Without it, a catalogue target stating the same
+    # promise (catalogue.promise) is found by itself.
+    link: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"metric": self.metric, "threshold": self.threshold, "comparison": self.comparison,
-                "due": self.due, "deadline": self.deadline.isoformat(), "untracked": self.untracked,
-                "target_id": self.target_id}
+        out: dict[str, Any] = {
+            "metric": self.metric, "threshold": self.threshold, "comparison": self.comparison,
+            "due": self.due, "deadline": self.deadline.isoformat(), "untracked": self.untracked,
+            "target_id": self.target_id}
+        # Only what a file states: a plan of before keeps its canonical document (no new revision).
+        for key in ("each", "counts", "new", "quote", "link"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = list(value) if isinstance(value, tuple) else value
+        return out
 
 
 @dataclass(frozen=True)
@@ -196,7 +215,8 @@ class Plan:
 
 
 def catalogue_item(plan: Plan, task: Task, target: PlanTarget) -> dict[str, Any]:
-    return {
+    """The catalogue entry a tracked target would be on its own (the promise it states)."""
+    item: dict[str, Any] = {
         "id": target.target_id or target_id(plan.id, task.no, target.metric),
         "title": f"{plan.id} {task.no} {task.title}",
         "figure": target.metric,
@@ -207,6 +227,14 @@ def catalogue_item(plan: Plan, task: Task, target: PlanTarget) -> dict[str, Any]
         "deadline": target.deadline,
         "source": plan.title,
     }
+    if target.metric in FIGURES and FIGURES[target.metric].yearly:
+        # A yearly figure is promised for each calendar year from the plan's start to the deadline.
+        item.update(yearly_from=plan.starts.year, yearly_until=target.deadline.year)
+    for key, name in (("each", "scope_tier"), ("counts", "counts"), ("new", "new"), ("quote", "quote")):
+        value = getattr(target, key)
+        if value is not None:
+            item[name] = list(value) if isinstance(value, tuple) else value
+    return item
 
 
 def target_id(plan_id: str, task_no: str, metric: str) -> str:
@@ -520,13 +548,44 @@ def _parse_target(raw: object, p: _Problems, loc: str, label: str, name: str, pl
                 p.add(loc, label, f"{name}.due",
                       f"{deadline} is after the task's own deadline {task_deadline}")
                 ok = False
+    # What it counts: checked field by field against the catalogue's rules (_check_catalogue).
+    each = _text(raw.get("each"), p, loc, label, f"{name}.each", required=False)
+    if each is not None and each not in ("city", "county", "township"):
+        p.add(loc, label, f"{name}.each", f"expected city, county or township (every division of that "
+              f"tier under the task's scope), got {each!r}")
+        ok = False
+    listed: dict[str, tuple[str, ...] | None] = {}
+    for key, allowed in (("counts", ("registered", "filed", "guided")), ("new", ("filed", "registered"))):
+        value = raw.get(key)
+        listed[key] = None
+        if value is None:
+            continue
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+            p.add(loc, label, f"{name}.{key}", f"expected a non-empty list of {', '.join(allowed)}, got {value!r}")
+            ok = False
+            continue
+        for i, v in enumerate(value):
+            if v not in allowed:
+                p.add(loc, label, f"{name}.{key}[{i}]", f"expected one of {', '.join(allowed)}, got {v!r}")
+                ok = False
+        listed[key] = tuple(value)
+    quote = _text(raw.get("quote"), p, loc, label, f"{name}.quote", required=False)
+    link = _text(raw.get("target"), p, loc, label, f"{name}.target", required=False)
+    if link is not None and not ID_PATTERN.fullmatch(link):
+        p.add(loc, label, f"{name}.target", f"{link!r} is not a catalogue target id (letters, digits, . _ -)")
+        ok = False
+    if untracked and (link is not None or each is not None or listed["counts"] or listed["new"]):
+        p.add(loc, label, f"{name}.untracked", "an untracked target is recorded as written: it takes no "
+              "target, each, counts or new")
+        ok = False
     if not ok or metric is None or deadline is None or task_no is None or plan.get("id") is None:
         return None
     assert isinstance(threshold, int | float)
     return PlanTarget(metric=metric, threshold=float(threshold),
                       comparison=">=" if comparison == ">=" else "<=", due=due, deadline=deadline,
                       untracked=untracked,
-                      target_id=None if untracked else target_id(plan["id"], task_no, metric))
+                      target_id=None if untracked else target_id(plan["id"], task_no, metric),
+                      each=each, counts=listed["counts"], new=listed["new"], quote=quote, link=link)
 
 
 def _within(deadline: date, plan: Mapping[str, Any], p: _Problems, loc: str, label: str, name: str) -> bool:
@@ -760,7 +819,8 @@ def _check_catalogue(plan: Plan, p: _Problems) -> None:
                     # "<origin>: targets[0] (id '…'): <field>: <message>" -> "<field>: <message>"
                     detail = line.split("): ", 1)[-1]
                     fld, _, message = detail.partition(": ")
-                    fld = "metric" if fld == "figure" else fld
+                    fld = {"figure": "metric", "scope_tier": "each"}.get(fld, fld)
+                    fld = "due" if fld in ("deadline", "yearly_until") else fld
                     p.add(f"tasks[{index}]", f"no {task.no!r}", f"targets[{t_index}].{fld}", message or detail)
 
 

@@ -21,6 +21,7 @@ from contracts import events as ev
 from contracts.events import CHINA
 from cso import outbox
 
+from ..domain.catalogue import TargetSpec, parse_catalogue, promise
 from ..store import SCHEMA
 from ..views import ViewError
 from . import domain as d
@@ -60,8 +61,6 @@ async def import_plan(conn: AsyncConnection, plan: d.Plan, origin: str, by: str 
     """Insert or update a plan. An unchanged plan writes nothing; a changed one gets a new
     revision holding the diff. Removed tasks are kept (with their history) but hidden; their
     catalogue targets are retired. Returns {plan_id, revision, changed, diff, warnings}."""
-    from .. import api as targets_api  # the catalogue's writer (imported late: it imports us)
-
     await lock_plan(conn, plan.id)
     row = (await conn.execute(text(
         f"SELECT document, revision, seed_hash FROM {SCHEMA}.plan WHERE id = :id FOR UPDATE"),
@@ -90,6 +89,7 @@ async def import_plan(conn: AsyncConnection, plan: d.Plan, origin: str, by: str 
         "VALUES (:id, :rev, :origin, :by, CAST(:diff AS jsonb), CAST(:doc AS jsonb))"),
         {"id": plan.id, "rev": revision, "origin": origin, "by": by, "diff": _json(diff),
          "doc": _json(document)})
+    await check_links(conn, plan, origin)
     nos = [t.no for t in plan.tasks]
     for position, task in enumerate(plan.tasks):
         await conn.execute(text(
@@ -104,7 +104,8 @@ async def import_plan(conn: AsyncConnection, plan: d.Plan, origin: str, by: str 
             {"p": plan.id, "no": task.no, "pos": position, "title": task.title, "lead": task.lead,
              "leads": list(task.leads), "co": list(task.co), "deadline": task.deadline, "region": task.scope_region,
              "expands": task.expands, "wp": task.work_plan,
-             "targets": _json([t.to_json() for t in task.targets])})
+             "targets": _json([t.to_json() | ({} if t.untracked else {"own": d.catalogue_item(plan, task, t)})
+                               for t in task.targets])})
         await conn.execute(text(
             f"INSERT INTO {SCHEMA}.plan_progress (plan_id, task_no, line, region, unit) "
             "VALUES (:p, :no, '', :region, :lead) ON CONFLICT (plan_id, task_no, line) DO UPDATE "
@@ -117,19 +118,118 @@ async def import_plan(conn: AsyncConnection, plan: d.Plan, origin: str, by: str 
         f"UPDATE {SCHEMA}.plan_progress SET removed = true WHERE plan_id = :p AND NOT (task_no = ANY(:nos))"),
         {"p": plan.id, "nos": nos})
     await sync_lines(conn, plan.id)
-    items = plan.catalogue_items()
-    for item in items:
-        await targets_api.upsert_spec(conn, item, plan.id)
-    await conn.execute(text(
-        f"UPDATE {SCHEMA}.target SET retired = true, spec = jsonb_set(spec, '{{retired}}', 'true'), "
-        "updated_at = now() WHERE origin = :p AND NOT retired AND NOT (id = ANY(:ids))"),
-        {"p": plan.id, "ids": [i["id"] for i in items]})
+    await link_targets(conn, plan.id)
     # A plan accepted before a new task was added is open again.
     await conn.execute(text(
         f"UPDATE {SCHEMA}.plan SET accepted_at = NULL, accepted_on = NULL, accepted_by = NULL "
         f"WHERE id = :p AND accepted_at IS NOT NULL AND EXISTS (SELECT 1 FROM {SCHEMA}.plan_progress "
         "WHERE plan_id = :p AND line = '' AND NOT removed AND state <> 'accepted')"), {"p": plan.id})
     return {"plan_id": plan.id, "revision": revision, "changed": True, "diff": diff, "warnings": warnings}
+
+
+# --- one promise, one instance ----------------------------------------------------------------
+
+
+async def _catalogue(conn: AsyncConnection) -> dict[str, TargetSpec]:
+    """The live targets no plan owns (the default catalogue's and those put over HTTP), by id."""
+    rows = (await conn.execute(text(
+        f"SELECT spec FROM {SCHEMA}.target WHERE NOT retired AND NOT EXISTS "
+        f"(SELECT 1 FROM {SCHEMA}.plan WHERE plan.id = target.origin) ORDER BY id"))).scalars().all()
+    return {spec.id: spec for spec in parse_catalogue({"targets": list(rows)}, "targets.target")} if rows else {}
+
+
+def _shown(value: object) -> object:
+    return sorted(value) if isinstance(value, frozenset) else value
+
+
+async def check_links(conn: AsyncConnection, plan: d.Plan, origin: str) -> None:
+    """A target that names a catalogue target (`target:`) must name a live one that states its
+    promise: the same figure, threshold, comparison, deadline and counting rule, over the task's
+    scope or regions under it. Raises PlanError naming the file, the task and the field."""
+    linked = [(i, task, j, t) for i, task in enumerate(plan.tasks) for j, t in enumerate(task.targets)
+              if t.link is not None]
+    if not linked:
+        return
+    catalogue = await _catalogue(conn)
+    problems: list[d.Problem] = []
+    for i, task, j, t in linked:
+        where, label = f"tasks[{i}]", f"no {task.no!r}"
+        assert t.link is not None
+        spec = catalogue.get(t.link)
+        if spec is None:
+            problems.append(d.Problem(origin, where, label, f"targets[{j}].target",
+                                      f"no live catalogue target {t.link!r} (GET /targets lists them; a "
+                                      "plan's own targets cannot be linked to)"))
+            continue
+        own = parse_catalogue({"targets": [d.catalogue_item(plan, task, t)]}, origin)[0]
+        mine, theirs = promise(own), promise(spec)
+        for field_, k in (("metric", 0), ("threshold", 4), ("comparison", 5), ("due", 6), ("counts", 8),
+                          ("new", 9)):
+            if mine[k] != theirs[k]:
+                problems.append(d.Problem(origin, where, label, f"targets[{j}].{field_}",
+                                          f"{_shown(mine[k])} differs from catalogue target {t.link!r}'s "
+                                          f"{_shown(theirs[k])}: a linked target states the same promise"))
+        if not spec.scope_region.startswith(task.scope_region):
+            problems.append(d.Problem(origin, where, label, f"targets[{j}].target",
+                                      f"catalogue target {t.link!r} is set on {spec.scope_region!r}, not "
+                                      f"within the task's scope {task.scope_region!r}"))
+    if problems:
+        raise d.PlanError(origin, problems)
+
+
+async def link_targets(conn: AsyncConnection, plan_id: str | None = None) -> None:
+    """One promise, one instance: point each tracked target of a plan's tasks (of every plan when
+    `plan_id` is None) at the live catalogue target it names (`target:`) or that states the same
+    promise (`catalogue.promise`); only a target with neither joins the catalogue on its own, as
+    ``<plan>-<task>-<metric>`` with the plan as its origin. A plan's own targets it no longer
+    needs are retired. Run after every import and every catalogue change, in their transaction,
+    so the order of a catalogue and a plan never doubles a promise, and retiring a catalogue
+    target gives a plan's task its own again."""
+    from .. import api as targets_api  # the catalogue's writer (imported late: it imports us)
+
+    plans = (await conn.execute(text(
+        f"SELECT id FROM {SCHEMA}.plan WHERE CAST(:p AS text) IS NULL OR id = :p ORDER BY id FOR UPDATE"),
+        {"p": plan_id})).scalars().all()
+    if not plans:
+        return
+    catalogue = await _catalogue(conn)
+    by_promise: dict[Any, str] = {}
+    for spec in catalogue.values():
+        by_promise.setdefault(promise(spec), spec.id)
+    stored = {r.id: (r.spec, r.retired) for r in await conn.execute(text(
+        f"SELECT id, spec, retired FROM {SCHEMA}.target WHERE origin = ANY(:p)"), {"p": list(plans)})}
+    tasks = (await conn.execute(text(
+        f"SELECT plan_id, task_no, targets FROM {SCHEMA}.plan_task WHERE plan_id = ANY(:p) AND NOT removed "
+        "ORDER BY plan_id, position"), {"p": list(plans)})).all()
+    own: dict[str, tuple[str, dict[str, Any]]] = {}
+    for task in tasks:
+        targets: list[dict[str, Any]] = []
+        for t in task.targets:
+            t = dict(t)
+            # A task imported before links were kept has no "own": its own spec is in the catalogue.
+            item = t.get("own") or {k: v for k, v in (stored.get(t.get("target_id") or "") or ({}, False))[0].items()
+                                    if k != "retired"}
+            if not t.get("untracked") and item:
+                t["own"] = item
+                spec = parse_catalogue({"targets": [item]}, f"plan {task.plan_id}")[0]
+                found = t.get("link") if t.get("link") in catalogue else by_promise.get(promise(spec))
+                t["target_id"] = found or item["id"]
+                t["linked"] = found is not None
+                if found is None:
+                    own[item["id"]] = (task.plan_id, item)
+            targets.append(t)
+        if targets != list(task.targets):
+            await conn.execute(text(
+                f"UPDATE {SCHEMA}.plan_task SET targets = CAST(:t AS jsonb) WHERE plan_id = :p AND task_no = :no"),
+                {"t": _json(targets), "p": task.plan_id, "no": task.task_no})
+    for ident, (owner, item) in own.items():
+        before = stored.get(ident)
+        if before is None or before[1] or before[0] != json.loads(_json(item)):
+            await targets_api.upsert_spec(conn, item, owner)
+    await conn.execute(text(
+        f"UPDATE {SCHEMA}.target SET retired = true, spec = jsonb_set(spec, '{{retired}}', 'true'), "
+        "updated_at = now() WHERE origin = ANY(:p) AND NOT retired AND NOT (id = ANY(:ids))"),
+        {"p": list(plans), "ids": list(own)})
 
 
 async def sync_lines(conn: AsyncConnection, plan_id: str | None = None) -> None:

@@ -42,9 +42,13 @@ async def _target_status(conn: AsyncConnection, ids: set[str]) -> dict[str, dict
         f"SELECT id, target_id, region, status, value, threshold, deadline, evaluated_at "
         f"FROM {SCHEMA}.target_instance WHERE target_id = ANY(:ids) ORDER BY id"),
         {"ids": sorted(ids)})).mappings().all()
+    # A target over several regions (every county of a city) is as good as its worst instance.
     out: dict[str, dict[str, Any]] = {}
     for r in rows:
-        out.setdefault(r["target_id"], dict(r))
+        seen = out.setdefault(r["target_id"], dict(r) | {"instances": 0})
+        seen["instances"] += 1
+        if STATUS_ORDER.index(r["status"] or "pending") < STATUS_ORDER.index(seen["status"] or "pending"):
+            seen.update({k: v for k, v in dict(r).items()})
     return out
 
 
@@ -53,13 +57,16 @@ def _targets(task: Any, live: dict[str, dict[str, Any]]) -> tuple[list[dict[str,
     statuses = []
     for t in task.targets:
         item = {k: t.get(k) for k in ("metric", "threshold", "comparison", "deadline", "untracked", "target_id")}
+        # linked: target_id is a catalogue target stating the same promise (one instance, one status).
+        item["linked"] = bool(t.get("linked"))
         if t.get("untracked"):
             item.update(status="untracked", value=None, evaluated_at=None)
         else:
             inst = live.get(t["target_id"])
             status = (inst or {}).get("status") or "pending"
             item.update(status=status, value=(inst or {}).get("value"),
-                        instance_id=(inst or {}).get("id"), evaluated_at=(inst or {}).get("evaluated_at"))
+                        instance_id=(inst or {}).get("id"), evaluated_at=(inst or {}).get("evaluated_at"),
+                        instances=(inst or {}).get("instances", 0))
             statuses.append(status)
         out.append(item)
     worst = min(statuses, key=STATUS_ORDER.index) if statuses else None
