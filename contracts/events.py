@@ -548,12 +548,14 @@ class TargetStatusChanged(Payload):
 
 # The lead times (days before a deadline) at which targets announces a deadline approaching, for
 # target instances (TargetDeadlineApproaching) and plan tasks (TaskDeadlineApproaching) alike.
-# One announcement per thing, deadline and lead: a reminder consumer lets each subscription choose
-# its leads among these (e.g. the default 30 and 7) and keeps an announcement whose `lead_days` is
-# one of them. Reaching a lead late (a task imported 20 days before its deadline, a service down for
-# days) announces only the smallest lead reached, never a stale one, with the days truly left in
-# `days_ahead`. Adding a lead is not breaking (consumers ignore leads no subscription chose).
-DEADLINE_LEADS: tuple[int, ...] = (90, 60, 30, 14, 7, 3, 1)
+# One announcement per thing, deadline and lead. Per-subscription lead times work either way: a
+# consumer keeps the announcements whose `lead_days` a subscription chose among these, or (as
+# notify does) it keeps each deadline it hears of and reminds by its own clock at any lead: the
+# first lead, 366 days, makes every deadline within a year known. Reaching a lead late (a task
+# imported 20 days before its deadline, a service down for days) announces only the smallest lead
+# reached, never a stale one, with the days truly left in `days_ahead`; a deadline moved is a new
+# deadline, announced at its own leads. Adding a lead is not breaking.
+DEADLINE_LEADS: tuple[int, ...] = (366, 180, 90, 60, 30, 14, 7, 3, 1)
 
 
 def lead_reached(deadline: date, today: date, leads: tuple[int, ...] = DEADLINE_LEADS) -> int | None:
@@ -584,7 +586,7 @@ class TargetDeadlineApproaching(Payload):
     status: TargetStatus | None = None
     value: float | None = None
     lead_days: int | None = Field(default=None, ge=0, le=366, description=(
-        "the lead time this announcement is for, one of DEADLINE_LEADS (90, 60, 30, 14, 7, 3, 1); "
+        "the lead time this announcement is for, one of DEADLINE_LEADS (366, 180, 90, 60, 30, 14, 7, 3, 1); "
         "days_ahead can be smaller when the lead was reached late. Since 1.5.0; absent: an event of "
         "before, announced at 30 and 7 days only (7 when days_ahead <= 7, else 30)"))
 
@@ -595,11 +597,12 @@ class TargetDeadlineApproaching(Payload):
 class TaskDeadlineApproaching(Payload):
     """A plan task's deadline is `days_ahead` days away and the task is not accepted (since 1.5.0).
 
-    targets publishes it once per task, deadline and lead time of `DEADLINE_LEADS` (90, 60, 30, 14,
-    7, 3 and 1 days before), from its daily sweep; a lead reached late is announced with the days
-    truly left, and only the smallest lead reached. A reminder consumer keeps the announcements
-    whose `lead_days` a subscription chose (default 30 and 7). A deadline moved by a re-import is
-    announced again at its own leads. The region is the task's scope (the plan's region, or the
+    targets publishes it once per task, deadline and lead time of `DEADLINE_LEADS` (366, 180, 90,
+    60, 30, 14, 7, 3 and 1 days before), from its sweep of plans; a lead reached late is announced
+    with the days truly left, and only the smallest lead reached. A reminder consumer keeps the
+    announcements whose `lead_days` a subscription chose, or keeps the deadline and reminds at any
+    lead by its own clock. A deadline moved by a re-import is announced again at its own leads;
+    an accepted task is announced no more (its TaskStatusChanged says so). The region is the task's scope (the plan's region, or the
     task's community); `lead_units` are every lead unit (joint leads each lead it)."""
 
     TYPE = "TaskDeadlineApproaching"

@@ -38,8 +38,8 @@ COVERAGE = Gauge("cso_coverage", "Coverage figures (province, city and county ti
 TARGET_STATUS = Gauge("cso_target_status", "1 for the current status of a target in a region",
                       ["target", "region", "status"])
 GAUGE_TIERS = {2: "province", 4: "city", 6: "county"}
-# Days before a deadline that TargetDeadlineApproaching is published (notify's reminders).
-DEADLINE_LEADS: tuple[int, ...] = (30, 7)
+# Days before a deadline that TargetDeadlineApproaching is published (contracts' ladder).
+DEADLINE_LEADS: tuple[int, ...] = ev.DEADLINE_LEADS
 
 
 def china_today() -> date:

@@ -1,6 +1,7 @@
 """Targets announces its own deadlines on real NATS and PostgreSQL, on a controlled clock: a target
-added with `PUT /targets` gets TargetDeadlineApproaching 30 and 7 days before its deadline, once
-each, with its title, and its TargetStatusChanged carries the title too."""
+added with `PUT /targets` gets TargetDeadlineApproaching at each lead of contracts'
+DEADLINE_LEADS it reaches (60 days when first seen 46 days before, then 30 and 7), once each, with
+its title, and its TargetStatusChanged carries the title too."""
 
 from __future__ import annotations
 
@@ -26,12 +27,16 @@ SPEC = {"id": TARGET, "title": "广汉市社会组织数", "figure": "orgs", "sc
 
 def test_lead_due() -> None:
     deadline = date(2025, 12, 31)
-    assert lead_due(deadline, date(2025, 11, 30)) is None       # 31 days: nothing yet
-    assert lead_due(deadline, date(2025, 12, 1)) == 30
-    assert lead_due(deadline, date(2025, 12, 20)) == 30         # started late: not the 7-day one yet
-    assert lead_due(deadline, date(2025, 12, 24)) == 7
-    assert lead_due(deadline, date(2025, 12, 31)) == 7          # the day itself
-    assert lead_due(deadline, date(2026, 1, 1)) is None         # past
+    assert lead_due(deadline, date(2025, 11, 30), (30, 7)) is None       # 31 days: nothing yet
+    assert lead_due(deadline, date(2025, 12, 1), (30, 7)) == 30
+    assert lead_due(deadline, date(2025, 12, 20), (30, 7)) == 30         # started late: not the 7-day one yet
+    assert lead_due(deadline, date(2025, 12, 24), (30, 7)) == 7
+    assert lead_due(deadline, date(2025, 12, 31), (30, 7)) == 7          # the day itself
+    assert lead_due(deadline, date(2026, 1, 1), (30, 7)) is None         # past
+    # The contracts' ladder: a year ahead the deadline is announced first (reminders at any lead).
+    assert lead_due(deadline, date(2024, 12, 29)) is None              # 367 days
+    assert lead_due(deadline, date(2024, 12, 30)) == 366
+    assert lead_due(deadline, date(2025, 12, 20)) == 14 and lead_due(deadline, date(2025, 12, 31)) == 1
 
 
 async def test_a_target_put_over_http_announces_its_deadline(settings: Settings, nc: nats.NATS) -> None:
@@ -61,20 +66,23 @@ async def test_a_target_put_over_http_announces_its_deadline(settings: Settings,
             clock.fixed = day
             await eventually(holds(lambda: coalescer.evaluated_on == day), timeout=60, interval=0.1)
 
-        await evaluated(date(2025, 11, 30))      # 31 days ahead: no announcement yet
-        await evaluated(date(2025, 12, 1))
+        # First seen 46 days ahead: the 60-day lead (the nearest reached), with the days left.
         await eventually(holds(lambda: of("TargetDeadlineApproaching")), timeout=30, interval=0.1)
-        first = of("TargetDeadlineApproaching")
-        assert len(first) == 1
-        assert {k: first[0][k] for k in ("title", "region_code", "metric", "threshold", "comparison",
-                                          "deadline", "days_ahead", "lead_days")} == {
+        await evaluated(date(2025, 11, 30))      # 31 days ahead: nothing more yet
+        assert [(a["lead_days"], a["days_ahead"]) for a in of("TargetDeadlineApproaching")] == [(60, 46)]
+        await evaluated(date(2025, 12, 1))
+        await eventually(holds(lambda: len(of("TargetDeadlineApproaching")) == 2), timeout=30, interval=0.1)
+        first = of("TargetDeadlineApproaching")[1]
+        assert {k: first[k] for k in ("title", "region_code", "metric", "threshold", "comparison",
+                                       "deadline", "days_ahead", "lead_days")} == {
             "title": "广汉市社会组织数", "region_code": COUNTY, "metric": "orgs", "threshold": 3,
             "comparison": ">=", "deadline": "2025-12-31", "days_ahead": 30, "lead_days": 30}
         await evaluated(date(2025, 12, 2))       # the 30-day one is not repeated
-        await evaluated(date(2025, 12, 26))      # 5 days ahead: the 7-day one
-        await eventually(holds(lambda: len(of("TargetDeadlineApproaching")) == 2), timeout=30, interval=0.1)
-        assert of("TargetDeadlineApproaching")[1]["days_ahead"] == 5
+        await evaluated(date(2025, 12, 26))      # 5 days ahead: the 7-day one (the 14-day one passed unseen)
+        await eventually(holds(lambda: len(of("TargetDeadlineApproaching")) == 3), timeout=30, interval=0.1)
+        assert of("TargetDeadlineApproaching")[2]["days_ahead"] == 5
         # A resync (a new definition) re-evaluates the day: nothing announced twice.
         assert (await api.put(f"/targets/{TARGET}", json=SPEC | {"threshold": 4})).status_code == 200
         await evaluated(date(2025, 12, 27))
-        assert [a["days_ahead"] for a in of("TargetDeadlineApproaching")] == [30, 5]
+        assert [(a["lead_days"], a["days_ahead"]) for a in of("TargetDeadlineApproaching")] == [
+            (60, 46), (30, 30), (7, 5)]

@@ -128,6 +128,7 @@ class PlanLoop:
             if seen != self.divisions_seen:
                 await store.sync_lines(conn)
             flagged = await store.sweep_overdue(conn, self.runtime.topology, today)
+            flagged += await store.announce_deadlines(conn, self.runtime.topology, today)
             counts = await store.overdue_counts(conn, today)
         self.divisions_seen = seen
         for label in self.labels - set(counts):

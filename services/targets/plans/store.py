@@ -437,6 +437,48 @@ async def sweep_overdue(conn: AsyncConnection, topology: Topology, today: date) 
     return len(rows)
 
 
+def task_notice_key(plan_id: str, task_no: str) -> str:
+    """A task's key in deadline_notice, beside target instances' ids (which hold an '@')."""
+    return f"task:{plan_id}/{task_no}"
+
+
+async def announce_deadlines(conn: AsyncConnection, topology: Topology, today: date) -> int:
+    """Stage TaskDeadlineApproaching for each task not accepted whose deadline is a lead time of
+    contracts' DEADLINE_LEADS away (only the smallest lead reached: a task imported 20 days before
+    its deadline is announced at 30 days with 20 left, never at 366). deadline_notice makes each
+    (task, deadline, lead) once across replicas and restarts; a deadline moved is announced anew."""
+    horizon = today + timedelta(days=max(ev.DEADLINE_LEADS))
+    rows = (await conn.execute(text(
+        f"SELECT t.plan_id, t.task_no, t.title, t.deadline, t.scope_region, t.lead, t.leads, p.state, "
+        f"pl.title AS plan_title FROM {SCHEMA}.plan_task t JOIN {SCHEMA}.plan_progress p "
+        f"ON p.plan_id = t.plan_id AND p.task_no = t.task_no AND p.line = '' JOIN {SCHEMA}.plan pl "
+        "ON pl.id = t.plan_id WHERE NOT t.removed AND NOT p.removed AND p.state <> 'accepted' "
+        "AND t.deadline BETWEEN :today AND :horizon ORDER BY t.plan_id, t.position"),
+        {"today": today, "horizon": horizon})).all()
+    due = [(r, lead) for r in rows if (lead := ev.lead_reached(r.deadline, today)) is not None]
+    if not due:
+        return 0
+    claimed = {(r[0], r[1], r[2]) for r in await conn.execute(text(
+        f"INSERT INTO {SCHEMA}.deadline_notice (instance_id, deadline, days_ahead) "
+        "SELECT * FROM unnest(CAST(:k AS text[]), CAST(:d AS date[]), CAST(:l AS int[])) "
+        "ON CONFLICT DO NOTHING RETURNING instance_id, deadline, days_ahead"),
+        {"k": [task_notice_key(r.plan_id, r.task_no) for r, _ in due], "d": [r.deadline for r, _ in due],
+         "l": [lead for _, lead in due]})}
+    events: list[tuple[Envelope[Any], str | None]] = []
+    for r, lead in due:
+        key = task_notice_key(r.plan_id, r.task_no)
+        if (key, r.deadline, lead) not in claimed:
+            continue
+        events.append((_event(ev.TaskDeadlineApproaching(
+            plan_id=r.plan_id, plan_title=r.plan_title[:200], task_no=r.task_no, title=r.title[:200],
+            region_code=r.scope_region, deadline=r.deadline, days_ahead=(r.deadline - today).days,
+            lead_days=lead, lead_units=list(r.leads or [r.lead])[:50], status=r.state),
+            event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"cso:targets:task-deadline:{key}:{r.deadline}:{lead}")),
+            f"{r.plan_id}/{r.task_no}/"))
+    await outbox.add(conn, SCHEMA, topology, events)
+    return len(events)
+
+
 async def overdue_counts(conn: AsyncConnection, today: date) -> dict[tuple[str, str], int]:
     """Overdue tasks (under each of their lead units: joint leads each have it overdue) and lines
     (under their division's name) per plan."""
