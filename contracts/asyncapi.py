@@ -299,7 +299,7 @@ def _receipts(b: _Builder) -> None:
 def _commands(b: _Builder) -> None:
     # The models that answer: registry's commands are event payloads; training's its own models.
     # (Imported by name: the contracts do not depend on the services, only this generator does.)
-    registry: dict[str, type[BaseModel]] = importlib.import_module("services.registry.api").COMMANDS
+    registry: dict[str, type[BaseModel]] = importlib.import_module("services.registry.commands").COMMANDS
     training: dict[str, type[BaseModel]] = importlib.import_module("services.training.commands").COMMANDS
 
     b.schemas["FieldError"] = FIELD_ERROR

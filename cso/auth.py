@@ -46,13 +46,14 @@ without the role or outside its region -> 403; either with the APIs' error body 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import fastapi.routing
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
@@ -112,14 +113,26 @@ def _path(route: BaseRoute) -> str:
     return str(getattr(route, "path", route))
 
 
+def _served(app: FastAPI) -> Iterator[tuple[BaseRoute, str, Collection[str] | None]]:
+    """Every route the app serves, with its path and methods, those of included routers too: since
+    FastAPI 0.16x `include_router` adds the router itself to `app.routes`, not copies of its routes."""
+    contexts = getattr(fastapi.routing, "iter_route_contexts", None)
+    if contexts is None:
+        for route in app.routes:
+            yield route, _path(route), getattr(route, "methods", None)
+        return
+    for context in contexts(app.routes):
+        yield context.original_route, context.path, context.methods
+
+
 def routes(app: FastAPI) -> dict[tuple[str, str], Access | None]:
     """Every (method, path) the app serves and its class; a mount (/metrics) as ("*", path)."""
     found: dict[tuple[str, str], Access | None] = {}
-    for route in app.routes:
-        methods = sorted(getattr(route, "methods", None) or {"*"}) if not isinstance(route, Mount) else ["*"]
+    for route, path, served in _served(app):
+        methods = sorted(served or {"*"}) if not isinstance(route, Mount) else ["*"]
         for method in methods:
             if method != "HEAD":
-                found[(method, _path(route))] = access_of(route)
+                found[(method, path)] = access_of(route)
     return found
 
 

@@ -80,10 +80,10 @@ class BusWatch:
         schema = rt.schema
         # Read what we know before asking the server: anything acked later is within the stream.
         async with rt.engine.connect() as conn:
-            acked = dict((await conn.execute(text(
+            acked: dict[str, int] = dict((await conn.execute(text(
                 f'SELECT stream, max(stream_seq) FROM "{schema}".outbox WHERE published_at IS NOT NULL '
                 "AND stream IS NOT NULL GROUP BY stream"))).all())
-            applied = dict((await conn.execute(text(
+            applied: dict[str, int] = dict((await conn.execute(text(
                 f'SELECT stream, last_seq FROM "{schema}".consumer_position'))).all())
             seen = {r[0]: (r[1], r[2], r[3], r[4]) for r in (await conn.execute(text(
                 f'SELECT stream, created, last_seq, messages, checked_at FROM "{schema}".bus_stream'))).all()}

@@ -10,72 +10,69 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from contracts import Topology
 
 
-def _env(name: str, default: str) -> str:
+def env(name: str, default: str) -> str:
+    """A setting from the environment; unset or empty: the default."""
     return os.environ.get(name) or default
+
 
 
 @dataclass(frozen=True)
 class Settings:
-    database_url: str = field(default_factory=lambda: _env(
+    database_url: str = field(default_factory=lambda: env(
         "CSO_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
     # May carry credentials (nats://user:password@host:4222); or give them in CSO_NATS_USER and
     # CSO_NATS_PASSWORD (better: a password with any character, kept out of the URL).
-    nats_url: str = field(default_factory=lambda: _env("CSO_NATS_URL", "nats://127.0.0.1:4222"))
-    nats_user: str = field(default_factory=lambda: _env("CSO_NATS_USER", ""))
-    nats_password: str = field(default_factory=lambda: _env("CSO_NATS_PASSWORD", ""), repr=False)
+    nats_url: str = field(default_factory=lambda: env("CSO_NATS_URL", "nats://127.0.0.1:4222"))
+    nats_user: str = field(default_factory=lambda: env("CSO_NATS_USER", ""))
+    nats_password: str = field(default_factory=lambda: env("CSO_NATS_PASSWORD", ""), repr=False)
     # Where replies and pulled messages come; default `_INBOX_<user>` when a user is given (what the
     # permissions of `cso nats-config` allow), NATS's `_INBOX` otherwise.
-    nats_inbox_prefix: str = field(default_factory=lambda: _env("CSO_NATS_INBOX_PREFIX", ""))
-    namespace: str = field(default_factory=lambda: _env("CSO_NAMESPACE", ""))
+    nats_inbox_prefix: str = field(default_factory=lambda: env("CSO_NATS_INBOX_PREFIX", ""))
+    namespace: str = field(default_factory=lambda: env("CSO_NAMESPACE", ""))
     # A message is retried this many times before it is dead-lettered.
-    max_deliver: int = field(default_factory=lambda: int(_env("CSO_MAX_DELIVER", "5")))
-    batch_size: int = field(default_factory=lambda: int(_env("CSO_BATCH_SIZE", "500")))
+    max_deliver: int = field(default_factory=lambda: int(env("CSO_MAX_DELIVER", "5")))
+    batch_size: int = field(default_factory=lambda: int(env("CSO_BATCH_SIZE", "500")))
     # How long JetStream waits for a pulled message's ack before it delivers the message again.
-    ack_wait_seconds: float = field(default_factory=lambda: float(_env("CSO_ACK_WAIT_SECONDS", "30")))
+    ack_wait_seconds: float = field(default_factory=lambda: float(env("CSO_ACK_WAIT_SECONDS", "30")))
     # How often a service compares what it published and applied with what the streams hold.
-    bus_check_seconds: float = field(default_factory=lambda: float(_env("CSO_BUS_CHECK_SECONDS", "5")))
+    bus_check_seconds: float = field(default_factory=lambda: float(env("CSO_BUS_CHECK_SECONDS", "5")))
     outbox_retention_days: int = field(
-        default_factory=lambda: int(_env("CSO_OUTBOX_RETENTION_DAYS", "30")))
+        default_factory=lambda: int(env("CSO_OUTBOX_RETENTION_DAYS", "30")))
     # The largest HTTP request body a service takes (a route may allow more, e.g. attendance sheets).
     http_max_body_bytes: int = field(
-        default_factory=lambda: int(_env("CSO_HTTP_MAX_BODY_BYTES", str(256 * 1024))))
+        default_factory=lambda: int(env("CSO_HTTP_MAX_BODY_BYTES", str(256 * 1024))))
     # How long a client may hold a connection without sending (cso/http_server.py): complete request
     # headers within this many seconds of connecting (or of the previous response), else closed.
     http_header_timeout_seconds: float = field(
-        default_factory=lambda: float(_env("CSO_HTTP_HEADER_TIMEOUT_SECONDS", "10")))
+        default_factory=lambda: float(env("CSO_HTTP_HEADER_TIMEOUT_SECONDS", "10")))
     # The whole body within this many seconds of the headers, plus one second for every
     # CSO_HTTP_BODY_MIN_BYTES_PER_SECOND bytes received (a 16 MiB upload on a slow line), else 408.
     http_body_timeout_seconds: float = field(
-        default_factory=lambda: float(_env("CSO_HTTP_BODY_TIMEOUT_SECONDS", "30")))
+        default_factory=lambda: float(env("CSO_HTTP_BODY_TIMEOUT_SECONDS", "30")))
     http_body_min_bytes_per_second: int = field(
-        default_factory=lambda: int(_env("CSO_HTTP_BODY_MIN_BYTES_PER_SECOND", str(16 * 1024))))
+        default_factory=lambda: int(env("CSO_HTTP_BODY_MIN_BYTES_PER_SECOND", str(16 * 1024))))
     # An idle keep-alive connection is closed after this many seconds.
     http_keepalive_seconds: int = field(
-        default_factory=lambda: int(_env("CSO_HTTP_KEEPALIVE_SECONDS", "5")))
+        default_factory=lambda: int(env("CSO_HTTP_KEEPALIVE_SECONDS", "5")))
     # Over this many open connections (or requests in progress), a request is answered 503 and its
     # connection closed; /healthz is always answered.
     http_max_connections: int = field(
-        default_factory=lambda: int(_env("CSO_HTTP_MAX_CONNECTIONS", "1000")))
+        default_factory=lambda: int(env("CSO_HTTP_MAX_CONNECTIONS", "1000")))
     # How long a command's Idempotency-Key is kept with its reply (cso/idempotency.py).
-    idempotency_hours: float = field(default_factory=lambda: float(_env("CSO_IDEMPOTENCY_HOURS", "24")))
-    # registry's waiting room (services/registry/waiting.py): a fact that waits for its predecessor
-    # or its county's divisions is refused after this many days; the room is swept this often.
-    waiting_max_days: float = field(default_factory=lambda: float(_env("CSO_WAITING_MAX_DAYS", "7")))
-    waiting_sweep_seconds: float = field(
-        default_factory=lambda: float(_env("CSO_WAITING_SWEEP_SECONDS", "60")))
+    idempotency_hours: float = field(default_factory=lambda: float(env("CSO_IDEMPOTENCY_HOURS", "24")))
     # HTTP bearer tokens (cso/auth.py): "jwt" (the default: a service without a key does not
     # start) or "off" (only when asked for: anyone may write; loud in the log and /readyz); reads of
     # coverage "open" (no token) or "scoped" (a token, and a region in the path within the token's).
-    auth: str = field(default_factory=lambda: _env("CSO_AUTH", "jwt"))
-    read_auth: str = field(default_factory=lambda: _env("CSO_READ_AUTH", "open"))
+    auth: str = field(default_factory=lambda: env("CSO_AUTH", "jwt"))
+    read_auth: str = field(default_factory=lambda: env("CSO_READ_AUTH", "open"))
     # HS256 secret(s) and/or RS256/ES256 public key(s) (PEM text, or a path to a PEM file): the
     # previous secret is accepted too while tokens signed with it are still about (rotation).
-    jwt_secret: str = field(default_factory=lambda: _env("CSO_JWT_SECRET", ""), repr=False)
-    jwt_previous_secret: str = field(default_factory=lambda: _env("CSO_JWT_PREVIOUS_SECRET", ""),
+    jwt_secret: str = field(default_factory=lambda: env("CSO_JWT_SECRET", ""), repr=False)
+    jwt_previous_secret: str = field(default_factory=lambda: env("CSO_JWT_PREVIOUS_SECRET", ""),
                                      repr=False)
-    jwt_public_key: str = field(default_factory=lambda: _env("CSO_JWT_PUBLIC_KEY", ""), repr=False)
-    jwt_issuer: str = field(default_factory=lambda: _env("CSO_JWT_ISSUER", ""))
-    jwt_audience: str = field(default_factory=lambda: _env("CSO_JWT_AUDIENCE", ""))
+    jwt_public_key: str = field(default_factory=lambda: env("CSO_JWT_PUBLIC_KEY", ""), repr=False)
+    jwt_issuer: str = field(default_factory=lambda: env("CSO_JWT_ISSUER", ""))
+    jwt_audience: str = field(default_factory=lambda: env("CSO_JWT_AUDIENCE", ""))
 
     def __repr__(self) -> str:
         # Never print a password: not the NATS one, not one inside a URL.

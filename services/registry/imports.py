@@ -25,19 +25,17 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from uuid import UUID, uuid5
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import ContractError, Envelope, make_event
 from cso import spreadsheet
-from cso.auth import PUBLIC, WRITE, Principal, source_of
 from cso.commands import parse_command
 from cso.service import Runtime
 
 from . import sheet as template
+from .commands import COMMANDS
 from .domain import Rejected
 from .record import Recorded, record_batch
 from .store import SCHEMA
@@ -196,8 +194,6 @@ def _refusal(row: template.Row, field_name: str, reason: str) -> tuple[str, str,
 def _validate(upload: Upload, pending: list[_Pending]) -> list[_Pending]:
     """Each row through the command's model, as `POST /commands/…` would; the rows that pass, with
     their envelopes (event id derived), refused if outside the caller's region or repeating a row."""
-    from .api import COMMANDS
-
     good: list[_Pending] = []
     first: dict[UUID, _Pending] = {}
     for p in pending:
@@ -306,53 +302,3 @@ def summary(upload: Upload, verdicts: list[Verdict], applied: bool) -> Outcome:
     # and nothing applied.
     status = 200 if refused == 0 or upload.dry_run else 207 if applied else 422
     return Outcome(status, body)
-
-
-def routes(app: FastAPI, runtime: Runtime, registrar: Any) -> None:
-    """`GET /imports/template.xlsx|csv` and `POST /imports` on registry's app."""
-
-    @app.get("/imports/template.xlsx", **PUBLIC)
-    async def template_xlsx() -> Response:
-        """The organizations sheet to fill in: a sheet per kind (备案, 登记, 枢纽型组织, 孵化基地) with
-        Chinese headers, and a 说明 sheet mapping each header to its field and each word to its value."""
-        return Response(template.template_xlsx(), media_type=XLSX, headers=_attachment("organizations.xlsx"))
-
-    @app.get("/imports/template.csv", **PUBLIC)
-    async def template_csv() -> Response:
-        """The same as one CSV (UTF-8 with a BOM): a 类型 column names each row's kind."""
-        return Response(template.template_csv(), media_type="text/csv; charset=utf-8",
-                        headers=_attachment("organizations.csv"))
-
-    @app.post("/imports", **WRITE)
-    async def upload(request: Request, dry_run: bool = True, partial: bool = False, progress: bool = False,
-                     who: Principal = registrar) -> Response:
-        """Upload the organizations sheet (the .xlsx or CSV file as the body). Needs the registrar
-        role; every row must lie within the token's region. `dry_run` (the default) only reports a
-        verdict per row; `dry_run=false` applies the sheet: all of it, or nothing while a row is
-        refused, unless `partial=true` (then the good rows, nothing of a refused one). 200: nothing
-        refused (or a dry run); 207: applied in part; 422: refused rows, nothing applied.
-        `progress=true` streams NDJSON lines: {"progress": …} as it goes, then {"status", "result"}."""
-        job = Upload(await request.body(), dry_run, partial, source_of(who, request), who.scope,
-                     who.sub if who.authenticated else None)
-        if not progress:
-            outcome = None
-            async for item in run(runtime, job):
-                if isinstance(item, Outcome):
-                    outcome = item
-            assert outcome is not None
-            return JSONResponse(outcome.body, status_code=outcome.status)
-
-        async def lines() -> AsyncIterator[bytes]:
-            async for item in run(runtime, job):
-                line = ({"status": item.status, "result": item.body} if isinstance(item, Outcome)
-                        else {"progress": asdict(item)})
-                yield json.dumps(line, ensure_ascii=False).encode() + b"\n"
-
-        return StreamingResponse(lines(), media_type="application/x-ndjson")
-
-
-XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
-
-
-def _attachment(name: str) -> dict[str, str]:
-    return {"Content-Disposition": f'attachment; filename="{name}"'}

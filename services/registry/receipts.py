@@ -7,15 +7,11 @@ One call answers thousands of event ids (two indexed lookups), where a publisher
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
-from faststream.nats import NatsMessage
 from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -24,15 +20,11 @@ from contracts import ContractError
 from contracts.envelope import load_json
 from contracts.receipts import (
     LOSSES_DAYS,
-    MAX_HTTP_IDS,
     MAX_LOSSES,
-    MAX_NATS_IDS,
     Receipt,
     ReceiptsAnswer,
     ReceiptsQuery,
 )
-from cso.auth import ADMIN, WRITE, AuthError, Principal
-from cso.service import Runtime, errors_body
 
 from .domain import NotYet, Rejected
 from .losses import announcement
@@ -97,45 +89,5 @@ def parse_query(body: bytes, limit: int) -> ReceiptsQuery:
         raise ContractError.from_validation(e) from None
 
 
-def _dump(answer: ReceiptsAnswer) -> bytes:
+def dump(answer: ReceiptsAnswer) -> bytes:
     return answer.model_dump_json(exclude_none=True).encode()
-
-
-def mount(runtime: Runtime, app: FastAPI) -> None:
-    """The NATS endpoint and the HTTP route."""
-
-    async def on_query(msg: NatsMessage) -> bytes:
-        source = msg.raw_message.subject.rsplit(".", 1)[-1]
-        try:
-            query = parse_query(msg.body, MAX_NATS_IDS)
-            if query.source is not None and query.source != source:
-                raise ContractError.single("source", f"the subject asks for {source!r}; leave source out")
-        except ContractError as e:
-            return json.dumps({**errors_body(e.errors), "status": 422}).encode()
-        async with runtime.engine.connect() as conn:
-            data = _dump(await receipts(conn, source, query.event_ids))
-        max_payload = runtime.nc.max_payload if runtime.nc is not None else 1024 * 1024
-        if len(data) > max_payload:
-            error = ContractError.single("event_ids", f"the answer ({len(data)} bytes) exceeds a NATS message "
-                                                      f"({max_payload}); ask for fewer ids")
-            return json.dumps({**errors_body(error.errors), "status": 413}).encode()
-        return data
-
-    runtime.on_request(runtime.topology.query_subject("registry", "receipts.*"), on_query)
-    caller = Depends(runtime.auth.caller())
-
-    # Declared a write (it is a POST): a token always, since the caller's source is the token's.
-    @app.post("/receipts", **WRITE)
-    async def post_receipts(request: Request, who: Principal = caller) -> JSONResponse:
-        """What registry did with each event id: accepted (the record), refused (why), or unknown
-        (send it again). A token answers for its own source (its `source` claim, else its `sub`);
-        admin for any `source`."""
-        query = parse_query(await request.body(), MAX_HTTP_IDS)
-        source = query.source
-        if who.authenticated and ADMIN not in who.roles:
-            if source is not None and source != who.source:
-                raise AuthError(403, "source", f"{source!r} is not you ({who.source!r}); other sources need admin")
-            source = who.source
-        async with runtime.engine.connect() as conn:
-            answer = await receipts(conn, source, query.event_ids)
-        return JSONResponse(json.loads(_dump(answer)))

@@ -15,7 +15,7 @@ from contracts import ContractError, Topology, jsontext, parse_event
 from contracts import events as ev
 from cso.commands import parse_command
 from cso.consumer import check_subject
-from services.registry.api import COMMANDS
+from services.registry.commands import COMMANDS
 from tests.fuzz import corpus
 
 TOPOLOGY = Topology("fuzz")

@@ -36,7 +36,7 @@ from cso.settings import Settings
 from services.notify import app as notify_app
 from services.notify.domain import SubscriptionIn
 from services.registry import app as registry_app
-from services.registry.api import COMMANDS as REGISTRY_COMMANDS
+from services.registry.commands import COMMANDS as REGISTRY_COMMANDS
 from services.targets import app as targets_app
 from services.training import app as training_app
 from services.training import commands as training_commands

@@ -35,6 +35,7 @@ from cso.natsauth import Publisher, Users
 from cso.settings import Settings
 from cso_local import servers
 from cso_local.stack import import_divisions
+from services.registry.settings import RegistrySettings
 from tests.recount import projected, recount
 from tests.support import eventually, running
 
@@ -145,9 +146,10 @@ async def test_every_verdict_has_a_receipt(server: tuple[servers.ServerHandle, d
     clock = Clock()
 
     def settings(user: str) -> Settings:
-        return Settings(database_url=database_url, nats_url=handle.url, nats_user=user,
-                        nats_password=passwords[user], namespace=NAMESPACE, max_deliver=3,
-                        waiting_sweep_seconds=0.3)
+        # registry's waiting room is swept every 0.3 s (its own setting: services/registry/settings.py).
+        return RegistrySettings(database_url=database_url, nats_url=handle.url, nats_user=user,
+                                nats_password=passwords[user], namespace=NAMESPACE, max_deliver=3,
+                                waiting_sweep_seconds=0.3)
 
     admin = await connect(handle.url, natsauth.ADMIN, passwords[natsauth.ADMIN])
     await bus.ensure_streams(admin, t)

@@ -17,7 +17,7 @@ from contracts import asyncapi
 from contracts.envelope import ENVELOPE_FIELDS, event_field
 from contracts.events import PAYLOADS
 from contracts.subjects import snake
-from services.registry.api import COMMANDS as REGISTRY_COMMANDS
+from services.registry.commands import COMMANDS as REGISTRY_COMMANDS
 from services.training.commands import COMMANDS as TRAINING_COMMANDS
 from tests.support import missing
 
