@@ -6,7 +6,8 @@ before its establishment) or its county's divisions, which come on another strea
 longer rides on JetStream redeliveries, which gave up after about 30 s. It is decided again:
 
 - in the transaction that applies what it waits for: a batch of intake facts (`settle`), the
-  divisions of its county (`DivisionsHandler`), each woken fact waking those that wait for it in turn;
+  divisions of its county (`handlers.waking`, after `cso.reference.DivisionsHandler`), each woken
+  fact waking those that wait for it in turn;
 - by the periodic sweep (`Room.sweep`, every CSO_WAITING_SWEEP_SECONDS), for what arrived another
   way (a command, an import) and for facts that waited too long: after CSO_WAITING_MAX_DAYS (7)
   such a fact is refused (`waited_too_long`), with a receipt and a dead letter.
