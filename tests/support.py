@@ -99,6 +99,12 @@ async def running(create_app: Callable[[Settings], FastAPI], settings: Settings
             yield app, client
 
 
+async def ok(response: httpx.Response, status: int = 200) -> Any:
+    """The JSON body of an HTTP answer that must have `status` (its text shown if not)."""
+    assert response.status_code == status, response.text
+    return response.json()
+
+
 async def make_streams(settings: Settings) -> None:
     """Create the streams of settings' namespace, as the operator's migrate step does (one replica):
     services wait for their streams, they never create them."""

@@ -17,14 +17,13 @@ from typing import Any
 import httpx
 import nats
 import pytest
-from fastapi import FastAPI
 
 from cso.divisions import DEMO_DIVISIONS, publish_divisions
 from cso.settings import Settings
 from services.targets import app as targets
 from services.targets.evaluation import Clock
 from services.targets.plans import api as plans_api
-from tests.support import eventually, recording, running
+from tests.support import eventually, ok, recording, running
 
 pytestmark = pytest.mark.integration
 
@@ -39,18 +38,6 @@ SHARED = {
     ("5111", "towns_with_hub_share", "2022-12-31"): "city-2021-2023-towns-hub",
     ("511102", "pool_trained_share", "2023-12-31"): "city-2021-2023-pool-trained-per-county",
 }
-
-
-def plans_app(settings: Settings, clock: Clock) -> FastAPI:
-    app = targets.create_app(settings, clock)
-    if not any(getattr(r, "path", None) == "/plans" for r in app.routes):
-        plans_api.mount(app, app.state.runtime, app.state.clock)
-    return app
-
-
-async def ok(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, response.text
-    return response.json()
 
 
 async def promises(api: httpx.AsyncClient) -> Counter[tuple[str, str, str]]:
@@ -75,7 +62,7 @@ async def test_a_promise_in_the_catalogue_and_a_plan_is_one_instance(settings: S
     await asyncio.to_thread(targets.run_migrations, settings)
     clock = Clock(fixed=date(2024, 5, 20))
     t = settings.topology
-    async with running(lambda s: plans_app(s, clock), settings) as (app, api), \
+    async with running(lambda s: targets.create_app(s, clock), settings) as (app, api), \
             recording(nc, t.context_subjects("targets"), t.stream("CSO_TARGETS")) as bus:
         coalescer = app.state.runtime.coalescer
         await publish_divisions(nc.jetstream(), t, DEMO_DIVISIONS)
@@ -147,7 +134,7 @@ async def test_a_plan_names_the_catalogue_target_it_states(settings: Settings, n
     await asyncio.to_thread(targets.run_migrations, settings)
     clock = Clock(fixed=date(2024, 5, 20))
     t = settings.topology
-    async with running(lambda s: plans_app(s, clock), settings) as (_, api):
+    async with running(lambda s: targets.create_app(s, clock), settings) as (_, api):
         await publish_divisions(nc.jetstream(), t, DEMO_DIVISIONS)
 
         async def seeded() -> bool:   # the catalogue seeded, and the divisions known (a plan loaded)

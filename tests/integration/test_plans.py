@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import httpx
 import nats
 import pytest
 from fastapi import FastAPI
@@ -31,7 +30,7 @@ from services.targets import app as targets
 from services.targets.evaluation import Clock
 from services.targets.plans import api as plans_api
 from services.targets.plans import domain as plans_domain
-from tests.support import eventually, publish, recording, running
+from tests.support import eventually, ok, publish, recording, running
 
 pytestmark = pytest.mark.integration
 
@@ -57,11 +56,6 @@ def plans_app(settings: Settings, clock: Clock) -> FastAPI:
     if not any(getattr(r, "path", None) == "/plans" for r in app.routes):
         plans_api.mount(app, app.state.runtime, app.state.clock)
     return app
-
-
-async def ok(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, response.text
-    return response.json()
 
 
 async def test_plans_ledger_end_to_end(settings: Settings, nc: nats.NATS) -> None:

@@ -10,29 +10,19 @@ import json
 from datetime import date
 from typing import Any
 
-import httpx
 import nats
 import pytest
-from fastapi import FastAPI
 
 from cso.divisions import DEMO_DIVISIONS, publish_divisions
 from cso.settings import Settings
 from services.targets import app as targets
 from services.targets.evaluation import Clock
-from services.targets.plans import api as plans_api
-from tests.support import eventually, recording, running
+from tests.support import eventually, ok, recording, running
 
 pytestmark = pytest.mark.integration
 
 PLAN = "test-task-deadlines"
 PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
-
-
-def plans_app(settings: Settings, clock: Clock) -> FastAPI:
-    app = targets.create_app(settings, clock)
-    if not any(getattr(r, "path", None) == "/plans" for r in app.routes):
-        plans_api.mount(app, app.state.runtime, app.state.clock)
-    return app
 
 
 def plan(due: str = "2024-12") -> bytes:
@@ -44,16 +34,11 @@ def plan(due: str = "2024-12") -> bytes:
         ]}, ensure_ascii=False).encode()
 
 
-async def ok(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, response.text
-    return response.json()
-
-
 async def test_a_tasks_deadline_is_announced_at_each_lead(settings: Settings, nc: nats.NATS) -> None:
     await asyncio.to_thread(targets.run_migrations, settings)
     clock = Clock(fixed=date(2024, 5, 20))
     t = settings.topology
-    async with running(lambda s: plans_app(s, clock), settings) as (_, api), \
+    async with running(lambda s: targets.create_app(s, clock), settings) as (_, api), \
             recording(nc, t.context_subjects("targets"), t.stream("CSO_TARGETS")) as bus:
         await publish_divisions(nc.jetstream(), t, DEMO_DIVISIONS)
 
