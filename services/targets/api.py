@@ -226,6 +226,7 @@ def build(runtime: Runtime, clock: evaluation.Clock | None = None,
             return JSONResponse(errors_body([FieldError(field="id", message="must equal the path's id")]), 422)
         try:
             async with runtime.engine.begin() as conn:
+                await plans_store.lock_links(conn)   # first: linking below locks plans and targets
                 replaced = await target_region(conn, target_id, lock=True)
                 for region in (replaced, parse_catalogue({"targets": [item]}, "api")[0].scope_region):
                     if region is not None:
@@ -241,6 +242,7 @@ def build(runtime: Runtime, clock: evaluation.Clock | None = None,
     async def retire_target(target_id: str,
                             who: Principal = planner) -> JSONResponse:
         async with runtime.engine.begin() as conn:
+            await plans_store.lock_links(conn)   # first: linking below locks plans and targets
             if (region := await target_region(conn, target_id, lock=True)) is not None:
                 who.require_region(region)
             result = await conn.execute(text(

@@ -142,11 +142,12 @@ async def test_a_plan_names_the_catalogue_target_it_states(settings: Settings, n
 
         await eventually(seeded, timeout=30, interval=0.2)
 
-        def plan(**target: Any) -> bytes:
+        def plan(plan_id: str = "test-link", /, **target: Any) -> bytes:
+            targets = [{"metric": "brand_projects", "threshold": 3} | target] if target.get("threshold") != 0 else []
             return json.dumps({
-                "plan": {"id": "test-link", "title": "测试", "scope": "510681", "issued": "2024-03-01"},
+                "plan": {"id": plan_id, "title": "测试", "scope": "510681", "issued": "2024-03-01"},
                 "tasks": [{"no": "1", "title": "品牌项目", "lead": "市民政局", "due": "2024-11",
-                           "targets": [{"metric": "brand_projects", "threshold": 3} | target]}]},
+                           "targets": targets}]},
                 ensure_ascii=False).encode()
 
         bad = await api.post("/plans", params={"file": "link.yaml"},
@@ -164,3 +165,18 @@ async def test_a_plan_names_the_catalogue_target_it_states(settings: Settings, n
         linked = await task_target(api, "test-link", "1", "brand_projects")
         assert (linked["target_id"], linked["linked"]) == ("guanghan-brand-projects", True)
         assert "test-link-1-brand_projects" not in {x["id"] for x in (await api.get("/targets")).json()}
+
+        # Two plans stating a promise the catalogue does not hold (≥ 5 brand projects): the first
+        # plan's task holds it, the second's links there; dropped by the first, the second owns it.
+        await ok(await api.post("/plans", params={"file": "a.yaml"}, content=plan("test-link-a", threshold=5)))
+        await ok(await api.post("/plans", params={"file": "b.yaml"}, content=plan("test-link-b", threshold=5)))
+        b = await task_target(api, "test-link-b", "1", "brand_projects")
+        assert (b["target_id"], b["linked"]) == ("test-link-a-1-brand_projects", True)
+        live = {x["id"] for x in (await api.get("/targets")).json() if not x["retired"]}
+        assert "test-link-a-1-brand_projects" in live and "test-link-b-1-brand_projects" not in live
+        dropped = plan("test-link-a", threshold=0)
+        await ok(await api.put("/plans/test-link-a", params={"file": "a.yaml"}, content=dropped))
+        b = await task_target(api, "test-link-b", "1", "brand_projects")
+        assert (b["target_id"], b["linked"]) == ("test-link-b-1-brand_projects", False)
+        live = {x["id"] for x in (await api.get("/targets")).json() if not x["retired"]}
+        assert "test-link-a-1-brand_projects" not in live and "test-link-b-1-brand_projects" in live

@@ -62,6 +62,7 @@ async def import_plan(conn: AsyncConnection, plan: d.Plan, origin: str, by: str 
     revision holding the diff. Removed tasks are kept (with their history) but hidden; their
     catalogue targets are retired. Returns {plan_id, revision, changed, diff, warnings}."""
     await lock_plan(conn, plan.id)
+    await lock_links(conn)   # before any plan row: linking locks them all
     row = (await conn.execute(text(
         f"SELECT document, revision, seed_hash FROM {SCHEMA}.plan WHERE id = :id FOR UPDATE"),
         {"id": plan.id})).first()
@@ -118,7 +119,7 @@ async def import_plan(conn: AsyncConnection, plan: d.Plan, origin: str, by: str 
         f"UPDATE {SCHEMA}.plan_progress SET removed = true WHERE plan_id = :p AND NOT (task_no = ANY(:nos))"),
         {"p": plan.id, "nos": nos})
     await sync_lines(conn, plan.id)
-    await link_targets(conn, plan.id)
+    await link_targets(conn)
     # A plan accepted before a new task was added is open again.
     await conn.execute(text(
         f"UPDATE {SCHEMA}.plan SET accepted_at = NULL, accepted_on = NULL, accepted_by = NULL "
@@ -177,19 +178,24 @@ async def check_links(conn: AsyncConnection, plan: d.Plan, origin: str) -> None:
         raise d.PlanError(origin, problems)
 
 
-async def link_targets(conn: AsyncConnection, plan_id: str | None = None) -> None:
-    """One promise, one instance: point each tracked target of a plan's tasks (of every plan when
-    `plan_id` is None) at the live catalogue target it names (`target:`) or that states the same
-    promise (`catalogue.promise`); only a target with neither joins the catalogue on its own, as
-    ``<plan>-<task>-<metric>`` with the plan as its origin. A plan's own targets it no longer
-    needs are retired. Run after every import and every catalogue change, in their transaction,
-    so the order of a catalogue and a plan never doubles a promise, and retiring a catalogue
-    target gives a plan's task its own again."""
+async def lock_links(conn: AsyncConnection) -> None:
+    """Serialize what links plans' targets (imports, catalogue writes), across replicas: taken
+    before any plan or target row, so two of them never wait on each other's rows."""
+    await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('cso.targets.plan-links'))"))
+
+
+async def link_targets(conn: AsyncConnection) -> None:
+    """One promise, one instance: point each tracked target of every plan's tasks at the live
+    catalogue target it names (`target:`) or that states the same promise (`catalogue.promise`),
+    else at the own target of the first plan task stating it (by plan id and task order); only
+    that first one joins the catalogue, as ``<plan>-<task>-<metric>`` with its plan as origin.
+    Plans' own targets no longer needed are retired. Run after every import and every catalogue
+    change, in their transaction (under `lock_links`), so no order of catalogues and plans doubles
+    a promise, and retiring a catalogue target gives the plans' tasks their own again."""
     from .. import api as targets_api  # the catalogue's writer (imported late: it imports us)
 
-    plans = (await conn.execute(text(
-        f"SELECT id FROM {SCHEMA}.plan WHERE CAST(:p AS text) IS NULL OR id = :p ORDER BY id FOR UPDATE"),
-        {"p": plan_id})).scalars().all()
+    await lock_links(conn)
+    plans = (await conn.execute(text(f"SELECT id FROM {SCHEMA}.plan ORDER BY id FOR UPDATE"))).scalars().all()
     if not plans:
         return
     catalogue = await _catalogue(conn)
@@ -214,9 +220,10 @@ async def link_targets(conn: AsyncConnection, plan_id: str | None = None) -> Non
                 spec = parse_catalogue({"targets": [item]}, f"plan {task.plan_id}")[0]
                 found = t.get("link") if t.get("link") in catalogue else by_promise.get(promise(spec))
                 t["target_id"] = found or item["id"]
-                t["linked"] = found is not None
+                t["linked"] = found is not None and found != item["id"]
                 if found is None:
                     own[item["id"]] = (task.plan_id, item)
+                    by_promise[promise(spec)] = item["id"]   # a later task stating it links here
             targets.append(t)
         if targets != list(task.targets):
             await conn.execute(text(
