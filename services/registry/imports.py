@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from uuid import UUID, uuid5
 
-from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -35,10 +34,10 @@ from cso.commands import parse_command
 from cso.service import Runtime
 
 from . import sheet as template
+from . import store
 from .commands import COMMANDS
 from .domain import Rejected
 from .record import Recorded, record_batch
-from .store import SCHEMA
 
 CHUNK = 1000
 IMPORT_STREAM = "import"
@@ -133,18 +132,8 @@ async def _known_organizations(conn: AsyncConnection, rows: Sequence[template.Ro
              if r.kind.command in ("file", "register") and r.body.get("community_code") and r.body.get("name")}
     pairs |= {(r.lookup["community_code"], r.lookup["name"]) for r in rows
               if r.lookup.get("community_code") and r.lookup.get("name")}
-    by_code: dict[str, UUID] = {}
-    by_name: dict[tuple[str, str], UUID] = {}
-    if codes:
-        by_code = {c: i for c, i in (await conn.execute(text(
-            f"SELECT social_credit_code, id FROM {SCHEMA}.organization WHERE social_credit_code = ANY(:c)"),
-            {"c": codes})).all()}
-    if pairs:
-        communities, names = zip(*sorted(pairs), strict=True)
-        by_name = {(c, n): i for c, n, i in (await conn.execute(text(
-            f"SELECT o.community_code, o.name, o.id FROM {SCHEMA}.organization o JOIN unnest("
-            "CAST(:c AS text[]), CAST(:n AS text[])) AS p(c, n) ON o.community_code = p.c AND o.name = p.n"),
-            {"c": list(communities), "n": list(names)})).all()}
+    by_code = await store.credit_code_holders(conn, codes) if codes else {}
+    by_name = await store.organizations_named(conn, sorted(pairs))
     return by_code, by_name
 
 
@@ -238,9 +227,7 @@ async def run(runtime: Runtime, upload: Upload) -> AsyncIterator[Progress | Outc
                 by_code, by_name = await _known_organizations(conn, [p.row for p in pending])
                 _identify([p.row for p in pending], by_code, by_name)
                 good = _validate(upload, pending)
-                done = set((await conn.execute(text(
-                    f"SELECT event_id FROM {SCHEMA}.inbox WHERE event_id = ANY(:ids)"),
-                    {"ids": [p.row.event_id for p in good]})).scalars())
+                done = set(await store.inbox_entries(conn, [p.row.event_id for p in good]))
                 fresh = []
                 for p in good:
                     if p.row.event_id in done:
@@ -263,11 +250,8 @@ async def run(runtime: Runtime, upload: Upload) -> AsyncIterator[Progress | Outc
                 accepted = [p for p in fresh if p.verdict.status == "ok"]
                 apply = not upload.dry_run and (refused == 0 or upload.partial)
                 if apply and accepted:
-                    await conn.execute(text(
-                        f"INSERT INTO {SCHEMA}.inbox (event_id, stream, stream_seq) "
-                        "SELECT * FROM unnest(CAST(:e AS uuid[]), CAST(:s AS text[]), CAST(:q AS bigint[]))"),
-                        {"e": [p.row.event_id for p in accepted], "s": [IMPORT_STREAM] * len(accepted),
-                         "q": [p.verdict.row for p in accepted]})
+                    await store.add_event_ids(conn, [p.row.event_id for p in accepted], IMPORT_STREAM,
+                                              [p.verdict.row for p in accepted])
                     for p in accepted:
                         p.verdict.status = "applied"
                 else:

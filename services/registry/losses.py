@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import Envelope, encode, make_event
@@ -31,7 +30,7 @@ from contracts.subjects import SOURCE_TOKEN
 from cso.buswatch import Gap
 from cso.service import Runtime
 
-from .store import SCHEMA
+from . import store
 
 log = logging.getLogger(__name__)
 ANNOUNCER = "cso-registry"
@@ -39,11 +38,7 @@ ANNOUNCER = "cso-registry"
 
 async def note_sources(conn: AsyncConnection, envelopes: Sequence[Envelope[Any]]) -> None:
     """Remember every source seen on intake (once each), in the batch's transaction."""
-    sources = sorted({e.source for e in envelopes})
-    if sources:
-        await conn.execute(text(
-            f"INSERT INTO {SCHEMA}.intake_source (source) SELECT unnest(CAST(:s AS text[])) "
-            "ON CONFLICT DO NOTHING"), {"s": sources})
+    await store.note_sources(conn, sorted({e.source for e in envelopes}))
 
 
 class IntakeLosses:
@@ -67,19 +62,13 @@ class IntakeLosses:
             # The consumer may have applied messages of the new stream before this check noticed it
             # (its position keeps the greatest sequence of either): what it applied of the old one
             # is what it took before the new stream was made.
-            old = (await conn.execute(text(
-                f"SELECT max(stream_seq) FROM {SCHEMA}.inbox WHERE stream = :s AND applied_at < :created"),
-                {"s": gap.stream, "created": gap.stream_created})).scalar()
-            applied = int(old or 0)
+            applied = await store.applied_before(conn, gap.stream, gap.stream_created)
         seen = max(gap.seen_last_seq, applied)
-        await conn.execute(text(
-            f"INSERT INTO {SCHEMA}.intake_loss (event_id, stream, applied_sequence, last_seen_sequence, "
-            "lost_at_least, intact_at, stream_recreated, stream_first_sequence, stream_last_sequence) "
-            "VALUES (:id, :stream, :applied, :seen, :lost, :intact, :recreated, :first, :last) "
-            "ON CONFLICT DO NOTHING"),
-            {"id": loss_id, "stream": gap.stream, "applied": applied, "seen": seen,
-             "lost": max(seen - applied, gap.lost if not gap.recreated else 0), "intact": gap.intact_at,
-             "recreated": gap.recreated, "first": gap.stream_first_seq, "last": gap.stream_last_seq})
+        await store.note_loss(conn, {
+            "event_id": loss_id, "stream": gap.stream, "applied_sequence": applied, "last_seen_sequence": seen,
+            "lost_at_least": max(seen - applied, gap.lost if not gap.recreated else 0), "intact_at": gap.intact_at,
+            "stream_recreated": gap.recreated, "stream_first_sequence": gap.stream_first_seq,
+            "stream_last_sequence": gap.stream_last_seq})
         log.error("registry: the intake stream lost facts after sequence %d (at least %d, through %d and "
                   "maybe later ones); announcing it to the publishers", applied, seen - applied, seen)
         self.wake.set()
@@ -91,13 +80,10 @@ class IntakeLosses:
             return 0
         told = 0
         async with rt.engine.begin() as conn:
-            losses = (await conn.execute(text(
-                f"SELECT * FROM {SCHEMA}.intake_loss WHERE announced_at IS NULL ORDER BY detected_at "
-                "FOR UPDATE SKIP LOCKED"))).mappings().all()
+            losses = await store.unannounced_losses(conn)
             if not losses:
                 return 0
-            sources = list((await conn.execute(text(
-                f"SELECT source FROM {SCHEMA}.intake_source ORDER BY source"))).scalars())
+            sources = await store.intake_sources(conn)
             reachable = [s for s in sources if SOURCE_TOKEN.fullmatch(s)]
             if len(reachable) < len(sources):
                 log.error("registry: cannot announce the intake loss to sources that are no subject token: %s",
@@ -108,9 +94,7 @@ class IntakeLosses:
                     await rt.nc.publish(rt.topology.receipts_subject(source, "lost"), data)
                     told += 1
             await rt.nc.flush(timeout=10)
-            await conn.execute(text(
-                f"UPDATE {SCHEMA}.intake_loss SET announced_at = now(), announced_to = :to "
-                "WHERE event_id = ANY(:ids)"), {"to": reachable, "ids": [loss["event_id"] for loss in losses]})
+            await store.mark_announced(conn, [loss["event_id"] for loss in losses], reachable)
         log.warning("registry: announced %d intake loss(es) to %d publisher(s): %s", len(losses), len(reachable),
                     ", ".join(reachable) or "none known")
         return told

@@ -13,7 +13,6 @@ from typing import Any
 from uuid import UUID
 
 from pydantic import ValidationError
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import ContractError
@@ -26,36 +25,26 @@ from contracts.receipts import (
     ReceiptsQuery,
 )
 
+from . import store
 from .domain import NotYet, Rejected
 from .losses import announcement
-from .store import SCHEMA
 
 REASON_CHARS = 300  # a reply of MAX_NATS_IDS refusals must fit in one NATS message
 
 
 async def note_refusals(conn: AsyncConnection, envelopes: Sequence[Any], rejected: dict[UUID, Rejected]) -> None:
     """Keep, in the batch's transaction, why each fact was refused for good (not NotYet: retried)."""
-    rows = [{"e": e.event_id, "s": e.source, "t": e.type, "f": r.field, "r": r.message, "c": r.code}
-            for e in envelopes if (r := rejected.get(e.event_id)) is not None and not isinstance(r, NotYet)]
-    if rows:
-        await conn.execute(text(
-            f"INSERT INTO {SCHEMA}.intake_refusal (event_id, source, type, field, reason, code) "
-            "VALUES (:e, :s, :t, :f, :r, :c) ON CONFLICT DO NOTHING"), rows)
+    await store.note_refusals(conn, [
+        {"event_id": e.event_id, "source": e.source, "type": e.type, "field": r.field, "reason": r.message,
+         "code": r.code}
+        for e in envelopes if (r := rejected.get(e.event_id)) is not None and not isinstance(r, NotYet)])
 
 
 async def receipts(conn: AsyncConnection, source: str | None, ids: Sequence[UUID]) -> ReceiptsAnswer:
     """One receipt per id, in the order asked; `source` None: any source (admin)."""
-    args = {"ids": list(ids), "source": source}
-    mine = "(CAST(:source AS text) IS NULL OR source = :source)"
-    accepted = {r.event_id: r for r in (await conn.execute(text(
-        f"SELECT event_id, record_id, type, region FROM {SCHEMA}.audit WHERE event_id = ANY(:ids) AND {mine}"),
-        args)).all()}
-    refused = {r.event_id: r for r in (await conn.execute(text(
-        f"SELECT event_id, field, reason, code FROM {SCHEMA}.intake_refusal WHERE event_id = ANY(:ids) AND {mine}"),
-        args)).all()}
-    waiting = {r.event_id: r for r in (await conn.execute(text(
-        f"SELECT event_id, field, reason, until FROM {SCHEMA}.waiting WHERE event_id = ANY(:ids) AND {mine}"),
-        args)).all()}
+    accepted = await store.accepted_events(conn, ids, source)
+    refused = await store.refused_events(conn, ids, source)
+    waiting = await store.waiting_events(conn, ids, source)
     out: list[Receipt] = []
     for event_id in ids:
         if (a := accepted.get(event_id)) is not None:
@@ -71,9 +60,7 @@ async def receipts(conn: AsyncConnection, source: str | None, ids: Sequence[UUID
             out.append(Receipt(event_id=event_id, verdict="unknown"))
     # Told with every answer too: a publisher that was not listening when registry announced a
     # loss learns of it at its next query.
-    losses = (await conn.execute(text(
-        f"SELECT * FROM {SCHEMA}.intake_loss WHERE detected_at > now() - make_interval(days => :days) "
-        "ORDER BY detected_at DESC LIMIT :n"), {"days": LOSSES_DAYS, "n": MAX_LOSSES})).mappings().all()
+    losses = await store.recent_losses(conn, LOSSES_DAYS, MAX_LOSSES)
     return ReceiptsAnswer(source=source, counts=dict(Counter(r.verdict for r in out)), receipts=out,
                           losses=[announcement(loss).payload for loss in losses])
 

@@ -438,3 +438,174 @@ async def division_children(conn: AsyncConnection, code: str, after: str | None,
         params | {"after": after or "", "limit": limit})).all()
     total = (await conn.execute(text(f"SELECT count(*) FROM ({source}) c"), params)).scalar_one()
     return [_node(c.strip(), n, k) for c, n, k in rows], int(total)
+
+
+# --- the inbox: event ids taken (the consumer's, the sheet upload's) ------------------------------
+
+async def inbox_entries(conn: AsyncConnection, ids: Sequence[UUID]) -> dict[UUID, Any]:
+    """Each of these event ids that was taken: its row (event_id, stream, stream_seq)."""
+    return {r.event_id: r for r in (await conn.execute(text(
+        f"SELECT event_id, stream, stream_seq FROM {inbox.fullname} WHERE event_id = ANY(:ids)"),
+        {"ids": list(ids)})).all()}
+
+
+async def claim_event_ids(conn: AsyncConnection, ids: Sequence[UUID | str], streams: Sequence[str],
+                          seqs: Sequence[int]) -> set[UUID]:
+    """Take these event ids in the inbox; the ones that were new (an id taken before stays as it was)."""
+    return set((await conn.execute(text(
+        f"INSERT INTO {inbox.fullname} (event_id, stream, stream_seq) SELECT * FROM "
+        f"{bulk.unnest(inbox, ['event_id', 'stream', 'stream_seq'])} ON CONFLICT DO NOTHING RETURNING event_id"),
+        {"event_id": list(ids), "stream": list(streams), "stream_seq": list(seqs)})).scalars())
+
+
+async def add_event_ids(conn: AsyncConnection, ids: Sequence[UUID], stream: str, seqs: Sequence[int]) -> None:
+    """Take these event ids in the inbox, each new: one taken before (by a concurrent sheet upload)
+    raises IntegrityError, and the caller's transaction is lost."""
+    await conn.execute(text(
+        f"INSERT INTO {inbox.fullname} (event_id, stream, stream_seq) SELECT * FROM "
+        f"{bulk.unnest(inbox, ['event_id', 'stream', 'stream_seq'])}"),
+        {"event_id": list(ids), "stream": [stream] * len(ids), "stream_seq": list(seqs)})
+
+
+async def applied_before(conn: AsyncConnection, stream: str, moment: Any) -> int:
+    """The last sequence of `stream` applied before `moment` (0: none)."""
+    last = (await conn.execute(text(
+        f"SELECT max(stream_seq) FROM {inbox.fullname} WHERE stream = :s AND applied_at < :moment"),
+        {"s": stream, "moment": moment})).scalar()
+    return int(last or 0)
+
+
+# --- intake: sources, refusals, verdicts by event id, losses -------------------------------------
+
+async def note_sources(conn: AsyncConnection, sources: Sequence[str]) -> None:
+    if sources:
+        await conn.execute(text(
+            f"INSERT INTO {intake_source.fullname} (source) SELECT unnest(CAST(:s AS text[])) "
+            "ON CONFLICT DO NOTHING"), {"s": list(sources)})
+
+
+async def intake_sources(conn: AsyncConnection) -> list[str]:
+    return list((await conn.execute(text(
+        f"SELECT source FROM {intake_source.fullname} ORDER BY source"))).scalars())
+
+
+async def note_refusals(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """Refusals for good (event_id, source, type, field, reason, code); the first refusal of an id stands."""
+    if rows:
+        await conn.execute(text(
+            f"INSERT INTO {intake_refusal.fullname} (event_id, source, type, field, reason, code) "
+            "VALUES (:event_id, :source, :type, :field, :reason, :code) ON CONFLICT DO NOTHING"), list(rows))
+
+
+_MINE = "(CAST(:source AS text) IS NULL OR source = :source)"
+
+
+async def accepted_events(conn: AsyncConnection, ids: Sequence[UUID], source: str | None = None) -> dict[UUID, Any]:
+    """Accepted facts by event id (record_id, type, region), of `source` (None: any)."""
+    return {r.event_id: r for r in (await conn.execute(text(
+        f"SELECT event_id, record_id, type, region FROM {audit.fullname} WHERE event_id = ANY(:ids) AND {_MINE}"),
+        {"ids": list(ids), "source": source})).all()}
+
+
+async def refused_events(conn: AsyncConnection, ids: Sequence[UUID], source: str | None = None) -> dict[UUID, Any]:
+    """Refused facts by event id (field, reason, code), of `source` (None: any)."""
+    return {r.event_id: r for r in (await conn.execute(text(
+        f"SELECT event_id, field, reason, code FROM {intake_refusal.fullname} WHERE event_id = ANY(:ids) "
+        f"AND {_MINE}"), {"ids": list(ids), "source": source})).all()}
+
+
+async def waiting_events(conn: AsyncConnection, ids: Sequence[UUID], source: str | None = None) -> dict[UUID, Any]:
+    """Waiting facts by event id (field, reason, until), of `source` (None: any)."""
+    return {r.event_id: r for r in (await conn.execute(text(
+        f"SELECT event_id, field, reason, until FROM {waiting.fullname} WHERE event_id = ANY(:ids) AND {_MINE}"),
+        {"ids": list(ids), "source": source})).all()}
+
+
+async def recent_losses(conn: AsyncConnection, days: int, limit: int) -> list[Any]:
+    return list((await conn.execute(text(
+        f"SELECT * FROM {intake_loss.fullname} WHERE detected_at > now() - make_interval(days => :days) "
+        "ORDER BY detected_at DESC LIMIT :n"), {"days": days, "n": limit})).mappings().all())
+
+
+async def note_loss(conn: AsyncConnection, loss: dict[str, Any]) -> None:
+    """A loss of the intake stream (intake_loss's columns); replicas that find the same one record it once."""
+    await conn.execute(text(
+        f"INSERT INTO {intake_loss.fullname} ({', '.join(loss)}) VALUES ({', '.join(':' + c for c in loss)}) "
+        "ON CONFLICT DO NOTHING"), loss)
+
+
+async def unannounced_losses(conn: AsyncConnection) -> list[Any]:
+    """Losses not yet told to the publishers, locked (one replica tells each)."""
+    return list((await conn.execute(text(
+        f"SELECT * FROM {intake_loss.fullname} WHERE announced_at IS NULL ORDER BY detected_at "
+        "FOR UPDATE SKIP LOCKED"))).mappings().all())
+
+
+async def mark_announced(conn: AsyncConnection, ids: Sequence[UUID], told: Sequence[str]) -> None:
+    await conn.execute(text(
+        f"UPDATE {intake_loss.fullname} SET announced_at = now(), announced_to = :to WHERE event_id = ANY(:ids)"),
+        {"to": list(told), "ids": list(ids)})
+
+
+# --- the waiting room (waiting.py) ---------------------------------------------------------------
+
+_TAKEN = "RETURNING seq, event_id, data, waits_for, field, reason, arrived_at, until"
+
+
+async def take_waiting(conn: AsyncConnection, keys: Sequence[str]) -> list[Any]:
+    """Take the facts waiting for these keys out of the room (their rows, locked by the delete)."""
+    if not keys:
+        return []
+    return list((await conn.execute(text(
+        f"DELETE FROM {waiting.fullname} WHERE waits_for = ANY(:keys) {_TAKEN}"),
+        {"keys": list(keys)})).mappings().all())
+
+
+# What a waiting fact waits for is on record (each kind of key, and the table that holds it).
+_SATISFIED = " OR ".join(
+    f"(split_part(w.waits_for, ':', 1) = '{kind}' AND EXISTS (SELECT 1 FROM {table.fullname} x "
+    f"WHERE x.{column}::text = split_part(w.waits_for, ':', 2)))"
+    for kind, table, column in (("organization", organization, "id"), ("county", county, "code"),
+                                ("hub", hub, "id"), ("base", incubation_base, "id"),
+                                ("party", party_organization, "id")))
+
+
+async def take_due_waiting(conn: AsyncConnection, now: Any, limit: int) -> list[Any]:
+    """Take up to `limit` facts, oldest first, whose need is on record now or whose time is up
+    (`until` <= now); facts another transaction holds are left to it."""
+    return list((await conn.execute(text(
+        f"DELETE FROM {waiting.fullname} WHERE seq IN (SELECT seq FROM {waiting.fullname} w "
+        f"WHERE w.until <= :now OR {_SATISFIED} ORDER BY seq LIMIT :n FOR UPDATE SKIP LOCKED) {_TAKEN}"),
+        {"now": now, "n": limit})).mappings().all())
+
+
+async def park_waiting(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """Put facts in the room (seq None: a new arrival, numbered now); one there already keeps its
+    place and arrival and takes the new reason."""
+    if rows:
+        await conn.execute(text(
+            f"INSERT INTO {waiting.fullname} (seq, event_id, source, type, region, waits_for, field, reason, data, "
+            "arrived_at, until) VALUES (COALESCE(CAST(:seq AS bigint), "
+            f"nextval(pg_get_serial_sequence('{waiting.fullname}', 'seq'))), :event_id, :source, :type, :region, "
+            ":waits_for, :field, :reason, :data, :arrived_at, :until) "
+            "ON CONFLICT (event_id) DO UPDATE SET waits_for = excluded.waits_for, field = excluded.field, "
+            "reason = excluded.reason"), list(rows))
+
+
+async def waiting_extent(conn: AsyncConnection) -> tuple[int, Any]:
+    """(how many facts wait, when the oldest arrived: None if none)."""
+    count, oldest = (await conn.execute(text(f"SELECT count(*), min(arrived_at) FROM {waiting.fullname}"))).one()
+    return int(count), oldest
+
+
+# --- the sheet upload (imports.py) ----------------------------------------------------------------
+
+async def organizations_named(conn: AsyncConnection, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], UUID]:
+    """Organizations on record by (community code, name)."""
+    if not pairs:
+        return {}
+    communities, names = zip(*pairs, strict=True)
+    return {(c, n): i for c, n, i in (await conn.execute(text(
+        f"SELECT o.community_code, o.name, o.id FROM {organization.fullname} o JOIN unnest("
+        "CAST(:c AS text[]), CAST(:n AS text[])) AS p(c, n) ON o.community_code = p.c AND o.name = p.n"),
+        {"c": list(communities), "n": list(names)})).all()}

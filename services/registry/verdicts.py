@@ -27,7 +27,6 @@ from typing import Any
 from uuid import UUID
 
 from nats.aio.msg import Msg
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import Envelope, Topology
@@ -37,6 +36,7 @@ from contracts.receipts import FirstVerdict, IntakeReceipt, RefusalCode, WaitsFo
 from contracts.subjects import is_source_token
 from cso import outbox
 
+from . import store
 from .domain import NotYet, Rejected
 from .receipts import note_refusals
 from .store import SCHEMA
@@ -46,7 +46,7 @@ NAMESPACE = UUID("6f1d0c7e-3b7a-4d53-9f0e-2a4c8b1e5d90")   # receipt ids: uuid5 
 REASON_CHARS = 1000
 # Receipts have an outbox of their own (migration 0007) and a relay of their own (api.build): the
 # `outbox` table stays the log of registry's events.
-OUTBOX = "receipt_outbox"
+OUTBOX = store.receipt_outbox.name
 
 ACTIONS = {
     "accepted": "nothing: it is in registry's record",
@@ -146,9 +146,8 @@ async def tell(conn: AsyncConnection, topology: Topology, clock: Clock, settled:
 async def _deadletter_waited(conn: AsyncConnection, topology: Topology, settled: Settled,
                              dead: Sequence[tuple[Envelope[Any], Rejected]], now: datetime) -> None:
     """Dead letters for facts refused after waiting, staged like the receipts (the operators' record)."""
-    seqs: dict[UUID, int] = dict((await conn.execute(text(
-        f"SELECT event_id, stream_seq FROM {SCHEMA}.inbox WHERE event_id = ANY(:ids)"),
-        {"ids": [e.event_id for e, _ in dead]})).all())
+    taken = await store.inbox_entries(conn, [e.event_id for e, _ in dead])
+    seqs = {event_id: row.stream_seq for event_id, row in taken.items()}
     rows = []
     for envelope, rejected in dead:
         record = {
@@ -175,7 +174,7 @@ class IntakeVerdicts:
         """A message that breaks its contract: refused (`contract`), to the publisher its subject
         names. Its event_id, when readable and new, is spent like any refused one."""
         receipts = Receipts(self.topology, self.clock())
-        spent: list[dict[str, Any]] = []
+        spent: list[tuple[dict[str, Any], str, int]] = []   # (the refusal, stream, sequence)
         for msg, reason in broken:
             parsed = self.topology.parse_intake_subject(msg.subject)
             if parsed is None or parsed.source is None:
@@ -190,28 +189,21 @@ class IntakeVerdicts:
                 source=parsed.source, verdict="refused", field=field or "$", reason=(message or reason)[:REASON_CHARS],
                 code=RefusalCode.CONTRACT, action=ACTIONS["refused"], decided_at=receipts.now))
             if event_id:
-                spent.append({"e": event_id, "st": msg.metadata.stream, "q": seq, "s": parsed.source,
-                              "t": parsed.event, "f": field or "$", "r": (message or reason)[:REASON_CHARS]})
+                spent.append(({"event_id": event_id, "source": parsed.source, "type": parsed.event,
+                               "field": field or "$", "reason": (message or reason)[:REASON_CHARS],
+                               "code": RefusalCode.CONTRACT.value}, msg.metadata.stream, seq))
         if spent:
             # Only an id that was new is spent by this refusal; one taken before keeps its verdict.
-            claimed = set((await conn.execute(text(
-                f"INSERT INTO {SCHEMA}.inbox (event_id, stream, stream_seq) SELECT * FROM unnest("
-                "CAST(:e AS uuid[]), CAST(:st AS text[]), CAST(:q AS bigint[])) ON CONFLICT DO NOTHING "
-                "RETURNING event_id"), {k: [row[k] for row in spent] for k in ("e", "st", "q")})).scalars())
-            fresh = [row for row in spent if UUID(row["e"]) in claimed]
-            if fresh:
-                await conn.execute(text(
-                    f"INSERT INTO {SCHEMA}.intake_refusal (event_id, source, type, field, reason, code) "
-                    "VALUES (:e, :s, :t, :f, :r, 'contract') ON CONFLICT DO NOTHING"), fresh)
+            claimed = await store.claim_event_ids(conn, [r["event_id"] for r, _, _ in spent],
+                                                  [stream for _, stream, _ in spent], [q for _, _, q in spent])
+            await store.note_refusals(conn, [r for r, _, _ in spent if UUID(r["event_id"]) in claimed])
         await receipts.stage(conn)
 
     async def duplicates(self, conn: AsyncConnection, duplicates: Sequence[tuple[Msg, Envelope[Any]]]) -> None:
         """An event_id taken before: `duplicate`, with the first verdict. A redelivery of the very
         message that took it (same stream sequence) is no resend: its receipt went with its verdict."""
         ids = list({env.event_id for _, env in duplicates})
-        taken = {r.event_id: r for r in (await conn.execute(text(
-            f"SELECT event_id, stream, stream_seq FROM {SCHEMA}.inbox WHERE event_id = ANY(:ids)"),
-            {"ids": ids})).all()}
+        taken = await store.inbox_entries(conn, ids)
         first = await first_verdicts(conn, ids)
         receipts = Receipts(self.topology, self.clock())
         for msg, env in duplicates:
@@ -230,18 +222,12 @@ class IntakeVerdicts:
 async def first_verdicts(conn: AsyncConnection, ids: Sequence[UUID]) -> dict[UUID, FirstVerdict]:
     """What registry decided about each of these event ids: accepted, refused or waiting."""
     found: dict[UUID, FirstVerdict] = {}
-    for r in (await conn.execute(text(
-            f"SELECT event_id, field, reason, until FROM {SCHEMA}.waiting WHERE event_id = ANY(:ids)"),
-            {"ids": list(ids)})).all():
+    for r in (await store.waiting_events(conn, ids)).values():
         found[r.event_id] = FirstVerdict(verdict="waiting", field=r.field, reason=r.reason, until=r.until)
-    for r in (await conn.execute(text(
-            f"SELECT event_id, field, reason, code FROM {SCHEMA}.intake_refusal WHERE event_id = ANY(:ids)"),
-            {"ids": list(ids)})).all():
+    for r in (await store.refused_events(conn, ids)).values():
         found[r.event_id] = FirstVerdict(verdict="refused", field=r.field, reason=r.reason[:REASON_CHARS],
                                          code=RefusalCode(r.code) if r.code in RefusalCode.__members__.values()
                                          else RefusalCode.RULE)
-    for r in (await conn.execute(text(
-            f"SELECT event_id, record_id, region FROM {SCHEMA}.audit WHERE event_id = ANY(:ids)"),
-            {"ids": list(ids)})).all():
+    for r in (await store.accepted_events(conn, ids)).values():
         found[r.event_id] = FirstVerdict(verdict="accepted", id=str(r.record_id), region=r.region)
     return found

@@ -28,15 +28,14 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from prometheus_client import Counter, Gauge
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contracts import ContractError, Envelope, Topology, encode, parse_event
 from contracts.envelope import event_field
 
+from . import store
 from .domain import NotYet, Rejected
 from .record import Recorded, record_batch
-from .store import SCHEMA
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
@@ -139,16 +138,9 @@ class Room:
         await self._park(conn, pending)
         return settled
 
-    async def _take(self, conn: AsyncConnection, keys: list[str], where: str = "waits_for = ANY(:keys)",
-                    args: dict[str, Any] | None = None) -> list[Waiter]:
-        """Take the facts waiting for these keys out of the room (locked: one transaction decides
-        each), in arrival order."""
-        if not keys and args is None:
-            return []
-        rows = (await conn.execute(text(
-            f"DELETE FROM {SCHEMA}.waiting WHERE {where} "
-            "RETURNING seq, event_id, data, waits_for, field, reason, arrived_at, until"),
-            args if args is not None else {"keys": keys})).mappings().all()
+    @staticmethod
+    def _waiters(rows: Sequence[Any]) -> list[Waiter]:
+        """Facts taken out of the room (store.take_waiting, take_due_waiting), in arrival order."""
         waiters = []
         for row in sorted(rows, key=lambda r: r["seq"]):
             try:
@@ -160,40 +152,27 @@ class Room:
                                   row["arrived_at"], row["until"], seq=row["seq"]))
         return waiters
 
+    async def _take(self, conn: AsyncConnection, keys: list[str]) -> list[Waiter]:
+        """Take the facts waiting for these keys out of the room (locked: one transaction decides
+        each), in arrival order."""
+        return self._waiters(await store.take_waiting(conn, keys))
+
     async def _park(self, conn: AsyncConnection, waiters: Sequence[Waiter]) -> None:
-        if not waiters:
-            return
-        await conn.execute(text(
-            f"INSERT INTO {SCHEMA}.waiting (seq, event_id, source, type, region, waits_for, field, reason, data, "
-            "arrived_at, until) VALUES (COALESCE(CAST(:seq AS bigint), "
-            f"nextval(pg_get_serial_sequence('{SCHEMA}.waiting', 'seq'))), :e, :s, :t, :r, :w, :f, :m, :d, :a, :u) "
-            "ON CONFLICT (event_id) DO UPDATE SET waits_for = excluded.waits_for, field = excluded.field, "
-            "reason = excluded.reason"),
-            [{"seq": w.seq, "e": w.envelope.event_id, "s": w.envelope.source, "t": w.envelope.type,
-              "r": w.envelope.region, "w": w.reason.waits_for, "f": event_field(w.reason.field), "m": w.reason.message,
-              "d": encode(w.envelope), "a": w.arrived_at, "u": w.until} for w in waiters])
+        await store.park_waiting(conn, [
+            {"seq": w.seq, "event_id": w.envelope.event_id, "source": w.envelope.source, "type": w.envelope.type,
+             "region": w.envelope.region, "waits_for": w.reason.waits_for, "field": event_field(w.reason.field),
+             "reason": w.reason.message, "data": encode(w.envelope), "arrived_at": w.arrived_at, "until": w.until}
+            for w in waiters])
 
     async def sweep(self, conn: AsyncConnection, limit: int = SWEEP_BATCH) -> Settled:
         """Decide again the facts whose need is on record now (it came another way: a command, an
         import) and those that waited too long (refused, unless they apply now)."""
-        satisfied = (
-            "(split_part(w.waits_for, ':', 1) = 'organization' AND EXISTS (SELECT 1 FROM "
-            f"{SCHEMA}.organization o WHERE o.id::text = split_part(w.waits_for, ':', 2)))"
-            " OR (split_part(w.waits_for, ':', 1) = 'county' AND EXISTS (SELECT 1 FROM "
-            f"{SCHEMA}.county c WHERE c.code = split_part(w.waits_for, ':', 2)))"
-            + "".join(f" OR (split_part(w.waits_for, ':', 1) = '{kind}' AND EXISTS (SELECT 1 FROM {SCHEMA}.{table} x "
-                      "WHERE x.id::text = split_part(w.waits_for, ':', 2)))"
-                      for kind, table in (("hub", "hub"), ("base", "incubation_base"),
-                                          ("party", "party_organization"))))
-        woken = await self._take(conn, [], where=(
-            f"seq IN (SELECT seq FROM {SCHEMA}.waiting w WHERE w.until <= :now OR {satisfied} "
-            "ORDER BY seq LIMIT :n FOR UPDATE SKIP LOCKED)"), args={"now": self.clock(), "n": limit})
+        woken = self._waiters(await store.take_due_waiting(conn, self.clock(), limit))
         return await self.settle(conn, [], woken=woken)
 
     async def measure(self, conn: AsyncConnection) -> tuple[int, float]:
         """(how many wait, seconds the oldest has waited), set on the metrics."""
-        count, oldest = (await conn.execute(text(
-            f"SELECT count(*), min(arrived_at) FROM {SCHEMA}.waiting"))).one()
+        count, oldest = await store.waiting_extent(conn)
         age = max(0.0, (self.clock() - oldest).total_seconds()) if oldest is not None else 0.0
         WAITING.labels("registry").set(count)
         OLDEST.labels("registry").set(age)
