@@ -44,7 +44,7 @@ from .waiting import Clock, Settled, Waiter
 
 NAMESPACE = UUID("6f1d0c7e-3b7a-4d53-9f0e-2a4c8b1e5d90")   # receipt ids: uuid5 of what they answer
 REASON_CHARS = 1000
-# Receipts have an outbox of their own (migration 0007) and a relay of their own (api.build): the
+# Receipts have an outbox of their own (migration 0007) and a relay of their own (app.py): the
 # `outbox` table stays the log of registry's events.
 OUTBOX = store.receipt_outbox.name
 

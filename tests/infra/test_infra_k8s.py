@@ -237,17 +237,27 @@ JETSTREAM_METADATA = {"natsServerMonitoringEndpoint", "account", "stream", "cons
 
 
 def durable_consumers(service: str) -> set[tuple[str, str]] | None:
-    """(stream, durable) of every consumer the service starts, or None if it has no api yet."""
+    """(stream, durable) of every consumer the service starts, or None if it has no app yet: what
+    its create_app asks its Runtime to consume (wherever the service wires its handlers)."""
     try:
-        api = importlib.import_module(f"services.{service}.api")
+        app = importlib.import_module(f"services.{service}.app")
     except ModuleNotFoundError:
         return None
+    from unittest import mock
+
     from cso.service import Runtime
     from cso.settings import Settings
 
-    runtime = Runtime(service, service, Settings())
-    api.build(runtime)
-    return {(sub.stream, sub.durable) for sub, _ in runtime._subscriptions}
+    consumed: set[tuple[str, str]] = set()
+    consume = Runtime.consume
+
+    def noting(runtime: Runtime, subscription: Any, *args: Any, **kwargs: Any) -> None:
+        consumed.add((subscription.stream, subscription.durable))
+        consume(runtime, subscription, *args, **kwargs)
+
+    with mock.patch.object(Runtime, "consume", noting):
+        app.create_app(Settings(auth="off"))
+    return consumed
 
 
 @pytest.mark.parametrize("service", SERVICES)
