@@ -15,18 +15,16 @@ from fastapi.responses import JSONResponse, Response
 from contracts import FieldError
 from cso.auth import PERSONAL, WRITE, AuthError, Principal
 from cso.commands import parse_body
-from cso.consumer import Subscription
 from cso.service import Runtime, errors_body
 
-from . import store
-from .config import NotifyConfig
+from . import handlers, store
 from .domain import SubscriptionIn
-from .routing import Clock, EventsHandler, Scheduler
+from .routing import Clock, Scheduler
 from .sender import Sender
+from .settings import NotifySettings
 
 SERVICE = "notify"
-CONSUMED = (("CSO_TARGETS", "targets"), ("CSO_REGISTRY", "registry"), ("CSO_TRAINING", "training"),
-            ("CSO_DIVISIONS", "divisions"))
+CONSUMED = handlers.CONSUMED
 
 
 def _json(body: Any, status: int = 200) -> JSONResponse:
@@ -136,15 +134,11 @@ def _visible(who: Principal, recipient: str | None, region: str | None) -> tuple
     return who.sub, None
 
 
-def build(runtime: Runtime, clock: Clock | None = None, config: NotifyConfig | None = None) -> FastAPI:
-    topology = runtime.topology
+def build(runtime: Runtime, config: NotifySettings, clock: Clock | None = None) -> FastAPI:
     clock = clock or Clock()
-    config = config or NotifyConfig()
     sender = Sender(runtime, config)
     scheduler = Scheduler(runtime, config, clock, sender)
-    handler = EventsHandler(clock, sender)
-    for stream, context in CONSUMED:
-        runtime.consume(Subscription(stream, topology.context_subjects(context), f"notify-{context}"), handler)
+    handlers.subscribe(runtime, clock, sender)      # the events notify consumes: handlers.py
     runtime.every(sender.run)
     runtime.every(scheduler.run)
 

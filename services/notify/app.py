@@ -1,6 +1,6 @@
 """notify as a process: `python -m cso.http_server services.notify.app:create_app` (CSO_* settings; e-mail
 through CSO_SMTP_HOST/PORT/FROM[/USERNAME/PASSWORD/STARTTLS/TLS]; delivery tuning CSO_NOTIFY_*:
-see config.NotifyConfig)."""
+see settings.NotifySettings)."""
 
 from __future__ import annotations
 
@@ -13,15 +13,17 @@ from cso.service import Runtime
 from cso.settings import Settings
 
 from . import api, store
-from .config import NotifyConfig
 from .routing import Clock
+from .settings import NotifySettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def create_app(settings: Settings | None = None, clock: Clock | None = None,
-               config: NotifyConfig | None = None) -> FastAPI:
-    return api.build(Runtime(api.SERVICE, store.SCHEMA, settings), clock, config)
+def create_app(settings: Settings | None = None, clock: Clock | None = None) -> FastAPI:
+    """notify on `settings` (a NotifySettings, or the shared ones with notify's own from the
+    environment); `clock` drives reminders and digests (tests move it)."""
+    own = NotifySettings.of(settings)
+    return api.build(Runtime(api.SERVICE, store.SCHEMA, own), own, clock)
 
 
 def run_migrations(settings: Settings | None = None) -> None:

@@ -17,8 +17,8 @@ from typing import Any
 import aiosmtplib
 import httpx
 
-from .config import NotifyConfig
 from .domain import sign
+from .settings import NotifySettings
 
 
 class SendError(Exception):
@@ -46,7 +46,7 @@ _TRANSIENT_4XX = {408, 409, 425, 429}
 
 
 class Webhooks:
-    def __init__(self, config: NotifyConfig) -> None:
+    def __init__(self, config: NotifySettings) -> None:
         self.config = config
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(config.send_timeout_seconds), follow_redirects=False,
@@ -73,7 +73,7 @@ class Webhooks:
 
 
 class Mailer:
-    def __init__(self, config: NotifyConfig) -> None:
+    def __init__(self, config: NotifySettings) -> None:
         self.config = config
 
     def message(self, d: Any) -> EmailMessage:

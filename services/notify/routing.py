@@ -21,15 +21,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from contracts import Envelope, ancestors
 from contracts import events as ev
 from contracts.events import CHINA
-from cso.consumer import Rejected
 from cso.service import Runtime
 
 from . import store
-from .config import NotifyConfig
 from .domain import (
     DIGEST,
     REMINDER,
-    SUBSCRIBABLE,
     TASK_REMINDER,
     Deadline,
     DigestLine,
@@ -40,7 +37,6 @@ from .domain import (
     digest_event_id,
     digest_flush_id,
     lead_due,
-    matches,
     region_path,
     reminder_event_id,
     reminder_notice,
@@ -48,6 +44,7 @@ from .domain import (
     render_digest,
 )
 from .sender import QUEUE_DEPTH, Sender
+from .settings import NotifySettings
 
 log = logging.getLogger(__name__)
 
@@ -131,50 +128,11 @@ def settled_task(envelope: Envelope[Any]) -> str | None:
     return None
 
 
-class EventsHandler:
-    """Consumes targets, registry, training and divisions events (one handler for every stream)."""
-
-    def __init__(self, clock: Clock, sender: Sender) -> None:
-        self.clock, self.sender = clock, sender
-
-    async def apply(self, conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> dict[UUID, Rejected]:
-        for envelope in events:
-            if isinstance(envelope.payload, ev.DivisionsImported):
-                await store.upsert_divisions(conn, envelope.payload)
-        # Deadlines are reminded of by the scheduler, at each subscription's own lead times.
-        await store.save_deadlines(conn, [d for e in events if (d := deadline_of(e)) is not None])
-        await store.drop_deadlines(conn, [k for e in events if (k := settled_task(e)) is not None])
-        relevant = [e for e in events if e.type in SUBSCRIBABLE]
-        if not relevant:
-            return {}
-        subscribers = await store.subscribers_for(conn, {e.type for e in relevant})
-        if not subscribers:
-            return {}
-        names = await store.names(conn, {a for e in relevant for a in ancestors(e.region)})
-        queued = 0
-        for envelope in relevant:
-            payload = envelope.payload
-            status = payload.status.value if isinstance(payload, ev.TargetStatusChanged) else None
-            reached = [s for s in subscribers
-                       if matches(s.rule, envelope.type, envelope.region, envelope.recorded_at, status)]
-            if not reached:
-                continue
-            notice = Notice(event_id=envelope.event_id, kind=envelope.type, region=envelope.region,
-                            occurred_at=envelope.occurred_at, payload=ev.payload_fields(payload),
-                            target=target_info(payload))
-            queued += await route(conn, notice, reached, names, self.clock.now())
-        if queued:
-            # The batch commits right after this returns: wake the sender just after that (it also
-            # polls, so a slow commit costs at most one poll interval).
-            asyncio.get_running_loop().call_later(0.05, self.sender.wake)
-        return {}
-
-
 class Scheduler:
     """Digests at each subscriber's local time, and the queue depth gauge. Safe with replicas: each
     digest is claimed by a unique key."""
 
-    def __init__(self, runtime: Runtime, config: NotifyConfig, clock: Clock, sender: Sender) -> None:
+    def __init__(self, runtime: Runtime, config: NotifySettings, clock: Clock, sender: Sender) -> None:
         self.runtime, self.config, self.clock, self.sender = runtime, config, clock, sender
         self.digested: set[tuple[UUID, date]] = set()
 

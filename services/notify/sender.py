@@ -34,8 +34,8 @@ from cso.service import Runtime
 
 from . import store
 from .channels import Mailer, SendError, Webhooks
-from .config import NotifyConfig
 from .domain import CHANNELS, backoff, outcome_event_id
+from .settings import NotifySettings
 
 log = logging.getLogger(__name__)
 SOURCE = "cso-notify"
@@ -58,7 +58,7 @@ class LostLease(Exception):
 
 
 class Sender:
-    def __init__(self, runtime: Runtime, config: NotifyConfig,
+    def __init__(self, runtime: Runtime, config: NotifySettings,
                  rand: Callable[[], float] = random.random) -> None:
         self.runtime, self.config, self.rand = runtime, config, rand
         self.mailer = Mailer(config)

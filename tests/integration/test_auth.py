@@ -28,8 +28,8 @@ from contracts import codes
 from cso.auth import routes as served
 from cso.settings import Settings
 from services.notify import app as notify_app
-from services.notify.config import NotifyConfig
 from services.notify.routing import Clock as NotifyClock
+from services.notify.settings import NotifySettings
 from services.registry import app as registry_app
 from services.targets import app as targets_app
 from services.targets.evaluation import Clock as TargetsClock
@@ -650,10 +650,10 @@ def subscription(recipient: str, region: str = COUNTY) -> dict[str, Any]:
 
 async def test_notify_subscriptions_and_inboxes(settings: Settings) -> None:
     await asyncio.to_thread(notify_app.run_migrations, settings)
-    config = NotifyConfig(smtp_host="127.0.0.1", smtp_port=1, poll_seconds=0.1, schedule_seconds=0.1)
+    config = dict(smtp_host="127.0.0.1", smtp_port=1, poll_seconds=0.1, schedule_seconds=0.1)
 
     def create(s: Settings) -> FastAPI:
-        return notify_app.create_app(s, clock=NotifyClock(fixed=MORNING), config=config)
+        return notify_app.create_app(NotifySettings.of(s, **config), clock=NotifyClock(fixed=MORNING))
 
     async with running(create, secured(settings)) as (_, client):
         api = Writes(client, settings, "notify", NOTIFY_TABLES)

@@ -30,9 +30,9 @@ from contracts import Envelope, make_event
 from contracts import events as ev
 from cso.settings import Settings
 from services.notify.app import create_app, run_migrations
-from services.notify.config import NotifyConfig
 from services.notify.domain import verify
 from services.notify.routing import Clock
+from services.notify.settings import NotifySettings
 from services.targets import app as targets_app
 from services.targets.evaluation import Clock as TargetsClock
 from tests.support import eventually, publish, recording, running
@@ -201,12 +201,13 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 # --- notify, running ----------------------------------------------------------------------------
 
-def test_config(smtp_port: int = 1, **over: Any) -> NotifyConfig:
+def test_config(smtp_port: int = 1, **over: Any) -> dict[str, Any]:
+    """notify's own settings for a test (NotifySettings.of takes them over the servers')."""
     base: dict[str, Any] = dict(
         smtp_host="127.0.0.1", smtp_port=smtp_port, smtp_from="cso-notify@test.local", max_attempts=4,
         retry_base_seconds=0.1, retry_max_seconds=0.4, send_timeout_seconds=1.5, lease_seconds=3.0,
         pool_size=16, poll_seconds=0.1, schedule_seconds=0.1)
-    return NotifyConfig(**(base | over))
+    return base | over
 
 
 test_config.__test__ = False  # type: ignore[attr-defined]
@@ -219,10 +220,10 @@ async def migrated(settings: Settings) -> Settings:
 
 
 @asynccontextmanager
-async def notify(settings: Settings, config: NotifyConfig, clock: Clock | None = None,
+async def notify(settings: Settings, config: dict[str, Any], clock: Clock | None = None,
                  divisions: bool = True) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     clock = clock or Clock(fixed=MORNING)
-    async with running(lambda s: create_app(s, clock=clock, config=config), settings) as (app, client):
+    async with running(lambda s: create_app(NotifySettings.of(s, **config), clock=clock), settings) as (app, client):
         if divisions:
             nc = await nats.connect(settings.nats_url)
             try:

@@ -26,8 +26,8 @@ from cso.auth import PERSONAL, Access, routes, unclassified
 from cso.service import Runtime
 from cso.settings import Settings
 from services.notify import app as notify_app
-from services.notify.config import NotifyConfig
 from services.notify.routing import Clock as NotifyClock
+from services.notify.settings import NotifySettings
 from services.registry import app as registry_app
 from services.targets import app as targets_app
 from services.targets.evaluation import Clock as TargetsClock
@@ -158,8 +158,8 @@ async def add_delivery(settings: Settings, sub_id: str, recipient: str) -> None:
 
 
 def notify_factory(s: Settings) -> FastAPI:
-    config = NotifyConfig(smtp_host="127.0.0.1", smtp_port=1, poll_seconds=3600, schedule_seconds=3600)
-    return notify_app.create_app(s, clock=NotifyClock(fixed=MORNING), config=config)
+    config = NotifySettings.of(s, smtp_host="127.0.0.1", smtp_port=1, poll_seconds=3600, schedule_seconds=3600)
+    return notify_app.create_app(config, clock=NotifyClock(fixed=MORNING))
 
 
 async def test_notify_personal_data_needs_its_recipients_or_an_admins_token(settings: Settings) -> None:

@@ -1,9 +1,13 @@
-"""notify's own settings, from the environment (CSO_SMTP_*, CSO_NOTIFY_*), overridable in code."""
+"""notify's settings: the shared ones (cso/settings.py: database, NATS, HTTP, tokens) and its own,
+from the environment (CSO_SMTP_*, CSO_NOTIFY_*), overridable in code (`NotifySettings.of`)."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from cso.settings import Settings
 
 
 def _env(name: str, default: str) -> str:
@@ -19,15 +23,15 @@ def _tristate(name: str) -> bool | None:
     return None if not value else value in ("1", "true", "yes", "on")
 
 
-@dataclass(frozen=True)
-class NotifyConfig:
+@dataclass(frozen=True, repr=False)
+class NotifySettings(Settings):
     # E-mail: an SMTP relay; STARTTLS: unset = when the server offers it, 1 = required, 0 = never;
     # or implicit TLS (CSO_SMTP_TLS=1); login when a user is given.
     smtp_host: str = field(default_factory=lambda: _env("CSO_SMTP_HOST", "127.0.0.1"))
     smtp_port: int = field(default_factory=lambda: int(_env("CSO_SMTP_PORT", "25")))
     smtp_from: str = field(default_factory=lambda: _env("CSO_SMTP_FROM", "cso-notify@localhost"))
     smtp_username: str | None = field(default_factory=lambda: os.environ.get("CSO_SMTP_USERNAME"))
-    smtp_password: str | None = field(default_factory=lambda: os.environ.get("CSO_SMTP_PASSWORD"))
+    smtp_password: str | None = field(default_factory=lambda: os.environ.get("CSO_SMTP_PASSWORD"), repr=False)
     smtp_starttls: bool | None = field(default_factory=lambda: _tristate("CSO_SMTP_STARTTLS"))
     smtp_tls: bool = field(default_factory=lambda: _flag("CSO_SMTP_TLS"))
     # Delivery: attempts in all, and the exponential backoff between them (with jitter).
@@ -47,6 +51,15 @@ class NotifyConfig:
     # How often digests are looked for, and the queue depth measured.
     schedule_seconds: float = field(
         default_factory=lambda: float(_env("CSO_NOTIFY_SCHEDULE_SECONDS", "30")))
+
+    @classmethod
+    def of(cls, settings: Settings | None = None, **overrides: Any) -> NotifySettings:
+        """notify's settings over the shared ones given (or the environment's), with `overrides`
+        of notify's own (tests, what-if runs)."""
+        shared = {f.name: getattr(settings, f.name) for f in fields(Settings)} if settings is not None else {}
+        if isinstance(settings, NotifySettings):
+            shared = {f.name: getattr(settings, f.name) for f in fields(NotifySettings)}
+        return cls(**(shared | overrides))
 
     def __post_init__(self) -> None:
         problems = []
