@@ -85,3 +85,17 @@ def test_domain_refusals_become_the_consumers_at_the_edge() -> None:
     plain = handlers.to_consumer(domain.Rejected("registered_on", "before", code="date_order"))
     assert type(plain) is consumer.Rejected
     assert (plain.field, plain.code) == ("payload.registered_on", "date_order")
+
+
+def test_registry_readme_names_every_event_it_consumes_and_its_handler() -> None:
+    from pathlib import Path
+
+    readme = (Path(handlers.__file__).parent / "README.md").read_text(encoding="utf-8")
+    events_in = readme.split("## Events in", 1)[1].split("## Events out", 1)[0]
+    runtime = Runtime("registry", "registry", Settings(auth="off"))
+    room = waiting.Room(runtime.topology, waiting.utc_now, timedelta(days=7))
+    for consumed in handlers.tables(runtime, room):
+        assert consumed.subscription.durable in events_in
+        for payload, handler in consumed.table.handlers.items():
+            assert f"`{payload.TYPE}`" in events_in, payload.TYPE
+            assert type(handler).__name__ in events_in, type(handler).__name__
