@@ -1,5 +1,10 @@
-"""training's edges: commands over HTTP and NATS request-reply, attendance sheets, division reference
-data and registry's facts from JetStream, and the read API."""
+"""training's HTTP and NATS request-reply edges: commands, attendance sheets, and the read API.
+
+The routes are on `router` (and `personal.router`), which app.py includes; what a route needs
+comes in by injection: the service's Runtime (`RuntimeDep`), the ID-number key (`PiiKey`) and the
+caller (`Trainer`, `Caller`: cso/auth.py, cso/deps.py). Each route declares its access class
+(PUBLIC, SCOPED, PERSONAL, WRITE), which the runtime enforces before the route runs. The events
+training consumes are in handlers.py."""
 
 from __future__ import annotations
 
@@ -9,10 +14,10 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any, cast
 from uuid import UUID
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from faststream.nats import NatsMessage
 from sqlalchemy.exc import IntegrityError
@@ -24,15 +29,15 @@ from contracts.envelope import MAX_EVENT_BYTES
 from cso import idempotency
 from cso.auth import PERSONAL, PII_READER, PUBLIC, SCOPED, WRITE, Principal, source_of
 from cso.commands import parse_command
+from cso.deps import Caller, RuntimeDep, with_role
 from cso.service import Runtime, errors_body
 
-from . import domain, handlers, personal, sheet, store
+from . import domain, personal, sheet, store
 from .commands import COMMANDS, AttendanceSheet, today
 from .domain import OutOfScope, Rejected
 from .record import Context, attendance_sheet, handle
-from .settings import TrainingSettings
 
-SERVICE = handlers.SERVICE
+SERVICE = "training"
 log = logging.getLogger(__name__)
 
 _SOURCE = re.compile(r"^[A-Za-z0-9_.:/-]{1,100}$")
@@ -161,148 +166,143 @@ def _county(code: str) -> str:
     return code
 
 
-def build(runtime: Runtime, settings: TrainingSettings) -> FastAPI:
-    topology = runtime.topology
-    key = settings.hashing_key()
-    handlers.subscribe(runtime, key)     # the events training consumes: handlers.py
+def pii_key_of(request: Request) -> bytes:
+    """The key ID numbers are hashed with, put on the app by app.create_app."""
+    return cast(bytes, request.app.state.pii_key)
 
-    # One subscriber for every command, so an unknown command gets a typed error, not silence.
-    async def on_command(msg: NatsMessage) -> bytes:
-        command = msg.raw_message.subject.rsplit(".", 1)[-1]
-        headers = msg.headers or {}
-        source = headers.get("Cso-Source", "nats-command")
-        _, result = await execute(runtime, key, command, msg.body, source,
-                                  idempotency_key=headers.get(idempotency.HEADER))
-        return json.dumps(result, default=str).encode()
 
-    runtime.on_request(topology.command_subject(SERVICE, "*"), on_command)
-    # Kept command replies expire (CSO_IDEMPOTENCY_HOURS; a value that cannot work stops the start).
-    runtime.every(idempotency.pruning(runtime.engine, store.SCHEMA,
-                                      idempotency.ttl_of(runtime.settings.idempotency_hours)))
+PiiKey = Annotated[bytes, Depends(pii_key_of)]
+Trainer = Annotated[Principal, Depends(with_role("trainer"))]
+router = APIRouter()
 
-    sheets = 2 * sheet.MAX_SHEET_BYTES  # a CSV, or its base64 inside a command
-    app = runtime.http("cso training", large_bodies={"/commands/attendance_sheet": sheets,
-                                                     "/sessions/[^/]+/attendance": sheets})
-    trainer = Depends(runtime.auth.role("trainer"))
-    caller = Depends(runtime.auth.caller())   # personal data: a token in the person's region
 
-    @app.post("/commands/{command}", **WRITE)
-    async def command(command: str, request: Request,
-                      who: Principal = trainer) -> JSONResponse:
-        """Run a training command (add_member, add_trainee, update_member, remove_member, schedule, enrol,
-        withdraw, attend, complete, cancel, record_exam, select_outstanding, attendance_sheet).
-        Needs the trainer role; the county or session it touches must be within the token's region."""
-        source = source_of(who, request)   # the token's; a differing X-Cso-Source is refused
-        status, result = await execute(runtime, key, command, await request.body(), source, who.scope,
-                                       idempotency_key=request.headers.get(idempotency.HEADER),
-                                       caller=idempotency.http_caller(who.authenticated, who.sub, source))
-        return JSONResponse(json.loads(json.dumps(result, default=str)), status_code=status)
+async def on_command(msg: NatsMessage, runtime: Runtime, key: bytes) -> bytes:
+    """A command over NATS (`cso.cmd.training.<command>`): one subscriber for every command, so an
+    unknown command gets a typed error, not silence."""
+    command = msg.raw_message.subject.rsplit(".", 1)[-1]
+    headers = msg.headers or {}
+    source = headers.get("Cso-Source", "nats-command")
+    _, result = await execute(runtime, key, command, msg.body, source,
+                              idempotency_key=headers.get(idempotency.HEADER))
+    return json.dumps(result, default=str).encode()
 
-    @app.post("/sessions/{session_id}/attendance", **WRITE)
-    async def attendance(session_id: UUID, request: Request, dry_run: bool = False,
-                         accept_partial: bool = False,
-                         who: Principal = trainer) -> JSONResponse:
-        """Upload an attendance sheet (the .xlsx or CSV file as the body: 姓名,身份证号,手机号,签到; a CSV
-        in UTF-8 with or without BOM, or GBK). All rows or nothing, unless accept_partial=true;
-        dry_run=true only reports. The reply lists the rows `written` and those `not_written` with
-        their field and reason; 200: all written (or a dry run); 207: written in part
-        (accept_partial), `ok` true; 422: rejected rows, nothing written, `ok` false."""
-        source = source_of(who, request)
-        data = await request.body()
-        try:
-            ctx = _context(runtime, key, source)
-            # The key's fingerprint covers what the path and query say too.
-            once = idempotency.Key.of(request.headers.get(idempotency.HEADER),
-                                      idempotency.http_caller(who.authenticated, who.sub, source),
-                                      f"attendance/{session_id}/{dry_run}/{accept_partial}", data)
-        except ContractError as e:
-            return JSONResponse(errors_body(e.errors), status_code=422)
-        if len(data) > sheet.MAX_SHEET_BYTES:
-            return JSONResponse(errors_body(ContractError.single(
-                "sheet", f"{len(data)} bytes exceeds {sheet.MAX_SHEET_BYTES}").errors), status_code=413)
-        status, result = await upload(runtime, ctx, session_id, data, dry_run, accept_partial, who.scope, once)
-        return JSONResponse(result, status_code=status)
 
-    @app.get("/counties/{code}/pool", **PERSONAL)
-    async def pool(code: str, request: Request, include_removed: bool = False, unmasked: bool = False,
-                   who: Principal = caller) -> dict[str, Any]:
-        """A county's core-talent pool, each member with their training count (completions); names
-        and phones masked, unless unmasked=true by a pii_reader of the county (recorded)."""
-        county = _county(code)
-        who.require_region(county, "code")
+@router.post("/commands/{command}", **WRITE)
+async def command(command: str, request: Request, runtime: RuntimeDep, key: PiiKey,
+                  who: Trainer) -> JSONResponse:
+    """Run a training command (add_member, add_trainee, update_member, remove_member, schedule, enrol,
+    withdraw, attend, complete, cancel, record_exam, select_outstanding, attendance_sheet).
+    Needs the trainer role; the county or session it touches must be within the token's region."""
+    source = source_of(who, request)   # the token's; a differing X-Cso-Source is refused
+    status, result = await execute(runtime, key, command, await request.body(), source, who.scope,
+                                   idempotency_key=request.headers.get(idempotency.HEADER),
+                                   caller=idempotency.http_caller(who.authenticated, who.sub, source))
+    return JSONResponse(json.loads(json.dumps(result, default=str)), status_code=status)
+
+
+@router.post("/sessions/{session_id}/attendance", **WRITE)
+async def attendance(session_id: UUID, request: Request, runtime: RuntimeDep, key: PiiKey, who: Trainer,
+                     dry_run: bool = False, accept_partial: bool = False) -> JSONResponse:
+    """Upload an attendance sheet (the .xlsx or CSV file as the body: 姓名,身份证号,手机号,签到; a CSV
+    in UTF-8 with or without BOM, or GBK). All rows or nothing, unless accept_partial=true;
+    dry_run=true only reports. The reply lists the rows `written` and those `not_written` with
+    their field and reason; 200: all written (or a dry run); 207: written in part
+    (accept_partial), `ok` true; 422: rejected rows, nothing written, `ok` false."""
+    source = source_of(who, request)
+    data = await request.body()
+    try:
+        ctx = _context(runtime, key, source)
+        # The key's fingerprint covers what the path and query say too.
+        once = idempotency.Key.of(request.headers.get(idempotency.HEADER),
+                                  idempotency.http_caller(who.authenticated, who.sub, source),
+                                  f"attendance/{session_id}/{dry_run}/{accept_partial}", data)
+    except ContractError as e:
+        return JSONResponse(errors_body(e.errors), status_code=422)
+    if len(data) > sheet.MAX_SHEET_BYTES:
+        return JSONResponse(errors_body(ContractError.single(
+            "sheet", f"{len(data)} bytes exceeds {sheet.MAX_SHEET_BYTES}").errors), status_code=413)
+    status, result = await upload(runtime, ctx, session_id, data, dry_run, accept_partial, who.scope, once)
+    return JSONResponse(result, status_code=status)
+
+@router.get("/counties/{code}/pool", **PERSONAL)
+async def pool(code: str, request: Request, runtime: RuntimeDep, who: Caller, include_removed: bool = False,
+               unmasked: bool = False) -> dict[str, Any]:
+    """A county's core-talent pool, each member with their training count (completions); names
+    and phones masked, unless unmasked=true by a pii_reader of the county (recorded)."""
+    county = _county(code)
+    who.require_region(county, "code")
+    if unmasked:
+        who.require(PII_READER, personal=True)
+    async with runtime.engine.begin() as conn:
+        name = await store.county_name(conn, county)
+        if name is None:
+            raise HTTPException(404, detail=f"code: unknown county {county}")
+        members = await store.pool_view(conn, county, include_removed)
         if unmasked:
-            who.require(PII_READER, personal=True)
-        async with runtime.engine.begin() as conn:
-            name = await store.county_name(conn, county)
-            if name is None:
-                raise HTTPException(404, detail=f"code: unknown county {county}")
-            members = await store.pool_view(conn, county, include_removed)
-            if unmasked:
-                await personal.record_request(conn, who, "read_unmasked", None, county,
-                                              personal.calling_system(who, request))
-            else:
-                members = [_masked(m) for m in members]
-        current = [m for m in members if m["removed_on"] is None]
-        return {"county": county, "name": name, "members": members, "total": len(current),
-                "trained": sum(1 for m in current if m["trainings"] > 0),
-                "by_role": {r: sum(1 for m in current if m["role"] == r) for r in domain.ROLES}}
+            await personal.record_request(conn, who, "read_unmasked", None, county,
+                                          personal.calling_system(who, request))
+        else:
+            members = [_masked(m) for m in members]
+    current = [m for m in members if m["removed_on"] is None]
+    return {"county": county, "name": name, "members": members, "total": len(current),
+            "trained": sum(1 for m in current if m["trainings"] > 0),
+            "by_role": {r: sum(1 for m in current if m["role"] == r) for r in domain.ROLES}}
 
-    @app.get("/counties/{code}/exams", **PUBLIC)
-    async def exams(code: str, year: int | None = Query(None, ge=1990, le=2100)) -> dict[str, Any]:
-        """Social-work qualification exam takers and passes of the county's pool, per year and level."""
-        county = _county(code)
-        async with runtime.engine.connect() as conn:
-            figures = await store.exam_figures(conn, county, year)
-        return {"county": county, "year": year, "figures": figures}
+@router.get("/counties/{code}/exams", **PUBLIC)
+async def exams(code: str, runtime: RuntimeDep, year: int | None = Query(None, ge=1990, le=2100)) -> dict[str, Any]:
+    """Social-work qualification exam takers and passes of the county's pool, per year and level."""
+    county = _county(code)
+    async with runtime.engine.connect() as conn:
+        figures = await store.exam_figures(conn, county, year)
+    return {"county": county, "year": year, "figures": figures}
 
-    @app.get("/counties/{code}/outstanding", **SCOPED)
-    async def outstanding(code: str, year: int | None = Query(None, ge=1990, le=2100)) -> dict[str, Any]:
-        """Outstanding organizations and leaders the county selected (per year)."""
-        county = _county(code)
-        async with runtime.engine.connect() as conn:
-            items = await store.outstanding_view(conn, county, year)
-        counts: dict[str, dict[str, int]] = {}
-        for item in items:
-            per_year = counts.setdefault(str(item["year"]), {"organization": 0, "leader": 0})
-            per_year[item["kind"]] += 1
-        return {"county": county, "year": year, "items": items, "counts": counts}
+@router.get("/counties/{code}/outstanding", **SCOPED)
+async def outstanding(code: str, runtime: RuntimeDep,
+                      year: int | None = Query(None, ge=1990, le=2100)) -> dict[str, Any]:
+    """Outstanding organizations and leaders the county selected (per year)."""
+    county = _county(code)
+    async with runtime.engine.connect() as conn:
+        items = await store.outstanding_view(conn, county, year)
+    counts: dict[str, dict[str, int]] = {}
+    for item in items:
+        per_year = counts.setdefault(str(item["year"]), {"organization": 0, "leader": 0})
+        per_year[item["kind"]] += 1
+    return {"county": county, "year": year, "items": items, "counts": counts}
 
-    @app.get("/sessions/{session_id}", **PERSONAL)
-    async def session(session_id: UUID, who: Principal = caller) -> dict[str, Any]:
-        """A session and its roster (names masked): for a token of the organizer's region."""
-        async with runtime.engine.connect() as conn:
-            view = await store.session_view(conn, session_id)
-        if view is None:
-            raise HTTPException(404, detail=f"session_id: no session {session_id}")
-        who.require_region(view["organizer_region"])
-        roster = [_masked(r) for r in view["roster"]]
-        enrolled = [r for r in roster if r["status"] == "enrolled"]
-        return view | {"roster": roster, "enrolled": len(enrolled),
-                       "attended": sum(1 for r in enrolled if r["attended"]),
-                       "completed": sum(1 for r in roster if r["completion_id"] is not None)}
+@router.get("/sessions/{session_id}", **PERSONAL)
+async def session(session_id: UUID, runtime: RuntimeDep, who: Caller) -> dict[str, Any]:
+    """A session and its roster (names masked): for a token of the organizer's region."""
+    async with runtime.engine.connect() as conn:
+        view = await store.session_view(conn, session_id)
+    if view is None:
+        raise HTTPException(404, detail=f"session_id: no session {session_id}")
+    who.require_region(view["organizer_region"])
+    roster = [_masked(r) for r in view["roster"]]
+    enrolled = [r for r in roster if r["status"] == "enrolled"]
+    return view | {"roster": roster, "enrolled": len(enrolled),
+                   "attended": sum(1 for r in enrolled if r["attended"]),
+                   "completed": sum(1 for r in roster if r["completion_id"] is not None)}
 
-    @app.get("/regions/{code}/sessions", **SCOPED)
-    async def sessions(code: str, limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
-        if not is_digits(code) or len(code) not in (2, 4, 6, 9):
-            raise HTTPException(422, detail=f"code: {code!r} is not a division code")
-        async with runtime.engine.connect() as conn:
-            items = await store.sessions_in(conn, code, limit)
-        return {"region": code, "items": items}
+@router.get("/regions/{code}/sessions", **SCOPED)
+async def sessions(code: str, runtime: RuntimeDep, limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
+    if not is_digits(code) or len(code) not in (2, 4, 6, 9):
+        raise HTTPException(422, detail=f"code: {code!r} is not a division code")
+    async with runtime.engine.connect() as conn:
+        items = await store.sessions_in(conn, code, limit)
+    return {"region": code, "items": items}
 
-    @app.get("/people/{person_id}", **PERSONAL)
-    async def person(person_id: UUID, request: Request, unmasked: bool = False,
-                     who: Principal = caller) -> dict[str, Any]:
-        """A person (masked; unmasked=true: in full, for a pii_reader of their county, recorded),
-        their pool memberships and exams."""
-        async with runtime.engine.begin() as conn:
-            return await personal.person_view(conn, who, person_id, unmasked,
-                                              personal.calling_system(who, request))
+@router.get("/people/{person_id}", **PERSONAL)
+async def person(person_id: UUID, request: Request, runtime: RuntimeDep, who: Caller,
+                 unmasked: bool = False) -> dict[str, Any]:
+    """A person (masked; unmasked=true: in full, for a pii_reader of their county, recorded),
+    their pool memberships and exams."""
+    async with runtime.engine.begin() as conn:
+        return await personal.person_view(conn, who, person_id, unmasked,
+                                          personal.calling_system(who, request))
 
-    @app.get("/people/{person_id}/trainings", **PERSONAL)
-    async def trainings(person_id: UUID, who: Principal = caller) -> dict[str, Any]:
-        """A person's training history: every session they enrolled in, and what came of it."""
-        async with runtime.engine.connect() as conn:
-            return await personal.trainings_view(conn, who, person_id)
+@router.get("/people/{person_id}/trainings", **PERSONAL)
+async def trainings(person_id: UUID, runtime: RuntimeDep, who: Caller) -> dict[str, Any]:
+    """A person's training history: every session they enrolled in, and what came of it."""
+    async with runtime.engine.connect() as conn:
+        return await personal.trainings_view(conn, who, person_id)
 
-    personal.mount(app, runtime)   # GET /people/{id}/export, DELETE /people/{id}
-    return app

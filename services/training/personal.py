@@ -11,11 +11,11 @@ import re
 from typing import Any
 from uuid import UUID
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cso.auth import ADMIN, PERSONAL, PII_READER, Principal, source_of
-from cso.service import Runtime
+from cso.deps import Caller, RuntimeDep
 
 from . import domain, store
 
@@ -78,37 +78,37 @@ async def trainings_view(conn: AsyncConnection, who: Principal, person_id: UUID)
             "completed": sum(1 for i in items if i["completion_id"] is not None)}
 
 
-def mount(app: FastAPI, runtime: Runtime) -> None:
-    """The data subject's rights: GET /people/{id}/export and DELETE /people/{id}."""
-    caller = Depends(runtime.auth.caller())
+# The data subject's rights: GET /people/{id}/export and DELETE /people/{id} (app.py includes it).
+router = APIRouter()
 
-    @app.get("/people/{person_id}/export", **PERSONAL)
-    async def export(person_id: UUID, request: Request,
-                     who: Principal = caller) -> dict[str, Any]:
-        """Everything training holds about a person, unmasked: their record, pool memberships,
-        trainings, exams, selections, hubs led, and who asked for their data. For a pii_reader of
-        the person's region; the request is recorded."""
-        who.require(PII_READER, personal=True)
-        async with runtime.engine.begin() as conn:
-            county = await _county_of(conn, who, person_id)
-            await record_request(conn, who, "export", person_id, county, calling_system(who, request))
-            data = await store.person_export(conn, person_id)
-        return {"person_id": str(person_id), "county": county,
-                "note": "a resident ID number is not kept: only its keyed hash (to find duplicates) "
-                        "and its masked form", **(data or {})}
 
-    @app.delete("/people/{person_id}", **PERSONAL)
-    async def erase(person_id: UUID, request: Request,
-                    who: Principal = caller) -> dict[str, Any]:
-        """Erase a person's personal data on request (name, phone, ID-number hash and mask, removal
-        reasons). Memberships, enrolments, completions and exams stay, without anything personal,
-        so coverage figures keep their counts. For a pii_reader or admin of the person's region;
-        the request is recorded."""
-        who.require(PII_READER, ADMIN, personal=True)
-        source = calling_system(who, request)
-        async with runtime.engine.begin() as conn:
-            county = await _county_of(conn, who, person_id)
-            await store.erase_person(conn, person_id, source)
-            await record_request(conn, who, "erase", person_id, county, source)
-        return {"ok": True, "person_id": str(person_id), "county": county, "erased": list(ERASED),
-                "kept": "pool memberships, enrolments, completions and exams, without personal data"}
+@router.get("/people/{person_id}/export", **PERSONAL)
+async def export(person_id: UUID, request: Request, runtime: RuntimeDep,
+                 who: Caller) -> dict[str, Any]:
+    """Everything training holds about a person, unmasked: their record, pool memberships,
+    trainings, exams, selections, hubs led, and who asked for their data. For a pii_reader of
+    the person's region; the request is recorded."""
+    who.require(PII_READER, personal=True)
+    async with runtime.engine.begin() as conn:
+        county = await _county_of(conn, who, person_id)
+        await record_request(conn, who, "export", person_id, county, calling_system(who, request))
+        data = await store.person_export(conn, person_id)
+    return {"person_id": str(person_id), "county": county,
+            "note": "a resident ID number is not kept: only its keyed hash (to find duplicates) "
+                    "and its masked form", **(data or {})}
+
+@router.delete("/people/{person_id}", **PERSONAL)
+async def erase(person_id: UUID, request: Request, runtime: RuntimeDep,
+                who: Caller) -> dict[str, Any]:
+    """Erase a person's personal data on request (name, phone, ID-number hash and mask, removal
+    reasons). Memberships, enrolments, completions and exams stay, without anything personal,
+    so coverage figures keep their counts. For a pii_reader or admin of the person's region;
+    the request is recorded."""
+    who.require(PII_READER, ADMIN, personal=True)
+    source = calling_system(who, request)
+    async with runtime.engine.begin() as conn:
+        county = await _county_of(conn, who, person_id)
+        await store.erase_person(conn, person_id, source)
+        await record_request(conn, who, "erase", person_id, county, source)
+    return {"ok": True, "person_id": str(person_id), "county": county, "erased": list(ERASED),
+            "kept": "pool memberships, enrolments, completions and exams, without personal data"}
