@@ -15,7 +15,6 @@ from datetime import date, datetime
 from typing import Any
 
 from prometheus_client import Gauge
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import Envelope, Topology, make_event
@@ -65,9 +64,10 @@ def _instance_json(i: TargetInstance) -> str:
 
 
 def instance_from_json(data: dict[str, Any]) -> TargetInstance:
-    return TargetInstance(**{k: date.fromisoformat(v) if k in ("start", "deadline")
-                             else tuple(v) if k in ("new", "counts") and v is not None else v
-                             for k, v in data.items()})
+    fields: dict[str, Any] = {k: date.fromisoformat(v) if k in ("start", "deadline")
+                              else tuple(v) if k in ("new", "counts") and v is not None else v
+                              for k, v in data.items()}
+    return TargetInstance(**fields)
 
 
 async def sync_instances(conn: AsyncConnection, specs: Sequence[TargetSpec], today: date) -> int:
@@ -84,33 +84,15 @@ async def sync_instances(conn: AsyncConnection, specs: Sequence[TargetSpec], tod
             tiers[(spec.scope_region, spec.scope_tier)] = await store.regions_of_tier(
                 conn, spec.scope_region, spec.scope_tier)
     instances = [i for spec in specs for i in expand(spec, regions_of_tier)]
-    ids = [i.instance_id for i in instances]
-    stored = {r[0]: (r[1], r[2]) for r in await conn.execute(text(
-        f"SELECT id, region, instance FROM {SCHEMA}.target_instance ORDER BY id FOR UPDATE"))}
+    stored = await store.instances_locked(conn)
     documents = [_instance_json(i) for i in instances]
-    versions = [(i.instance_id, i.region, doc) for i, doc in zip(instances, documents, strict=True)
-                if i.instance_id not in stored or stored[i.instance_id][1] != json.loads(doc)]
-    kept = set(ids)
+    versions: list[tuple[str, str, str | None]] = [
+        (i.instance_id, i.region, doc) for i, doc in zip(instances, documents, strict=True)
+        if i.instance_id not in stored or stored[i.instance_id][1] != json.loads(doc)]
+    kept = {i.instance_id for i in instances}
     versions += [(id_, region, None) for id_, (region, _) in sorted(stored.items()) if id_ not in kept]
-    if versions:
-        await conn.execute(text(
-            f"INSERT INTO {SCHEMA}.target_instance_version (id, region, instance, from_day) "
-            "SELECT i, r, CAST(d AS jsonb), :day FROM unnest(CAST(:i AS text[]), CAST(:r AS text[]), "
-            "CAST(:d AS text[])) AS v(i, r, d)"),
-            {"i": [v[0] for v in versions], "r": [v[1] for v in versions], "d": [v[2] for v in versions],
-             "day": today})
-    await conn.execute(text(f"DELETE FROM {SCHEMA}.target_instance WHERE NOT (id = ANY(:ids))"),
-                       {"ids": ids})
-    if instances:
-        await conn.execute(text(
-            f"INSERT INTO {SCHEMA}.target_instance (id, target_id, region, figure, threshold, deadline, "
-            "instance) SELECT * FROM unnest(CAST(:id AS text[]), CAST(:t AS text[]), CAST(:r AS text[]), "
-            "CAST(:f AS text[]), CAST(:th AS float8[]), CAST(:d AS date[]), CAST(:i AS jsonb[])) "
-            "ON CONFLICT (id) DO UPDATE SET threshold = excluded.threshold, deadline = excluded.deadline, "
-            "figure = excluded.figure, instance = excluded.instance"),
-            {"id": ids, "t": [i.spec_id for i in instances], "r": [i.region for i in instances],
-             "f": [i.figure for i in instances], "th": [i.threshold for i in instances],
-             "d": [i.deadline for i in instances], "i": documents})
+    await store.add_instance_versions(conn, versions, today)
+    await store.replace_instances(conn, instances, documents)
     return len(instances)
 
 
@@ -141,13 +123,11 @@ async def statuses(conn: AsyncConnection, instances: Sequence[TargetInstance], d
 async def evaluate_instances(conn: AsyncConnection, topology: Topology, today: date,
                              regions: Iterable[str] | None = None) -> int:
     """Re-evaluate the instances of `regions` (all when None); stage an event per change."""
-    rows = (await conn.execute(text(
-        f"SELECT id, instance, status FROM {SCHEMA}.target_instance "
-        "WHERE (CAST(:all AS boolean) OR region = ANY(:r)) ORDER BY id FOR UPDATE"),
-        {"all": regions is None, "r": sorted(regions or [])})).all()
+    rows = await store.statuses_locked(conn, regions)
     instances = [instance_from_json(data) for _, data, _ in rows]
     evaluated = await statuses(conn, instances, today, live=True)
-    changes, history = [], []
+    changes: list[tuple[Envelope[Any], str]] = []
+    history: list[tuple[str, str, str | None, float | None]] = []
     for (instance_id, _, previous), instance, (status, value) in zip(rows, instances, evaluated, strict=True):
         for s in ev.TargetStatus:
             TARGET_STATUS.labels(instance.spec_id, instance.region, s.value).set(1 if s is status else 0)
@@ -159,19 +139,8 @@ async def evaluate_instances(conn: AsyncConnection, topology: Topology, today: d
             previous_status=previous, status=status, value=value, threshold=instance.threshold,
             deadline=instance.deadline, title=instance.title, comparison=instance.comparison),
             source=SOURCE), instance_id))
-    if rows:
-        await conn.execute(text(
-            f"UPDATE {SCHEMA}.target_instance t SET status = u.s, value = u.v, evaluated_at = now() "
-            "FROM unnest(CAST(:id AS text[]), CAST(:s AS text[]), CAST(:v AS float8[])) AS u(id, s, v) "
-            "WHERE t.id = u.id"),
-            {"id": [r[0] for r in rows], "s": [s.value for s, _ in evaluated], "v": [v for _, v in evaluated]})
-    if history:
-        await conn.execute(text(
-            f"INSERT INTO {SCHEMA}.target_history (instance_id, status, previous_status, value, on_day) "
-            "SELECT i, s, p, v, :d FROM unnest(CAST(:i AS text[]), CAST(:s AS text[]), CAST(:p AS text[]), "
-            "CAST(:v AS float8[])) AS h(i, s, p, v)"),
-            {"i": [h[0] for h in history], "s": [h[1] for h in history], "p": [h[2] for h in history],
-             "v": [h[3] for h in history], "d": today})
+    await store.save_statuses(conn, [(r[0], s.value, v) for r, (s, v) in zip(rows, evaluated, strict=True)])
+    await store.add_history(conn, history, today)
     if regions is None:
         changes += await approaching(conn, [(i, s, v) for i, (s, v) in zip(instances, evaluated, strict=True)],
                                      today)
@@ -194,11 +163,7 @@ async def approaching(conn: AsyncConnection, evaluated: Sequence[tuple[TargetIns
            if (lead := lead_due(i.deadline, today)) is not None]
     if not due:
         return []
-    claimed = {(r[0], r[1], r[2]) for r in await conn.execute(text(
-        f"INSERT INTO {SCHEMA}.deadline_notice (instance_id, deadline, days_ahead) "
-        "SELECT * FROM unnest(CAST(:i AS text[]), CAST(:d AS date[]), CAST(:l AS int[])) "
-        "ON CONFLICT DO NOTHING RETURNING instance_id, deadline, days_ahead"),
-        {"i": [d[0].instance_id for d in due], "d": [d[0].deadline for d in due], "l": [d[3] for d in due]})}
+    claimed = await store.claim_deadline_notices(conn, [(i.instance_id, i.deadline, lead) for i, _, _, lead in due])
     return [(make_event(ev.TargetDeadlineApproaching(
         target_id=i.instance_id, region_code=i.region, title=i.title, metric=i.figure, threshold=i.threshold,
         comparison=i.comparison, deadline=i.deadline, days_ahead=(i.deadline - today).days, status=status,
@@ -209,12 +174,7 @@ async def approaching(conn: AsyncConnection, evaluated: Sequence[tuple[TargetIns
 async def drain_dirty(conn: AsyncConnection, topology: Topology, today: date, limit: int = 5000) -> set[str]:
     """Take dirty regions (skipping those another replica holds), publish one CoverageChanged each,
     and re-evaluate their targets."""
-    # Marks taken are deleted by row (ctid), never by region: a mark a batch adds meanwhile stays for
-    # the next step, so a move committed after this step read the counters is published too.
-    regions = set((await conn.execute(text(
-        f"DELETE FROM {SCHEMA}.dirty_region d USING (SELECT ctid FROM {SCHEMA}.dirty_region "
-        "ORDER BY region LIMIT :n FOR UPDATE SKIP LOCKED) taken WHERE d.ctid = taken.ctid "
-        "RETURNING d.region"), {"n": limit})).scalars())
+    regions = await store.take_dirty(conn, limit)
     if not regions:
         return regions
     counters = await store.counters_now(conn, sorted(regions))

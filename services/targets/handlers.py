@@ -1,99 +1,91 @@
-"""targets' events in: the one table from an event type to what targets does with it.
+"""targets' handler table: every event targets consumes, and the handler that applies it.
 
-Every event targets reads arrives on one of `SUBSCRIPTIONS` (registry's, training's and the
-divisions' streams); a batch is applied in one transaction by `EventsIn`, which hands each handler
-of `HANDLERS` the batch's events of its types, in arrival order. An event type not in the table is
-acknowledged and has no effect (registry's DivisionChanged, training's TrainingSessionScheduled…).
+`tables()` below is the table: for each of targets' subscriptions (registry's facts, training's
+facts, the divisions), event type -> handler (cso/dispatch.py hands each handler its share of a
+consumer's batch, in stream order, in the batch's transaction). An event type a table does not
+name is acknowledged and has no effect (registry's DivisionChanged, training's
+TrainingSessionScheduled…).
 
-A module that counts a new kind of fact adds its event types here, with the handler that applies
-them (most count as facts: `count_facts`, after `domain/entities.py` knows their entity and date).
+Every handler counts facts: it records them in the fact log and moves coverage by the affected
+entities' new timelines (projection.apply_facts; what each type means is domain/entities.py). A
+module that counts a new kind of fact adds its event types here, to the table of the stream they
+arrive on, after `domain/entities.py` knows their entity and date.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from contracts import Envelope
+from contracts import Envelope, Topology
 from contracts import events as ev
-from cso.consumer import Rejected
+from cso.consumer import Rejected, Subscription
+from cso.dispatch import HandlerTable
 
 from . import projection
 
 
-@dataclass
-class Applied:
-    """What a handler's part of a batch changed, for the service to act on after it."""
-
-    moved: set[str] = field(default_factory=set)   # regions whose coverage moved
-    regions_changed: bool = False                   # divisions were imported: targets expand again
-
-    def __or__(self, other: Applied) -> Applied:
-        return Applied(self.moved | other.moved, self.regions_changed or other.regions_changed)
-
-
-Handler = Callable[[AsyncConnection, Sequence[Envelope[Any]]], Awaitable[Applied]]
-
-
-async def count_facts(conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> Applied:
-    """Record the facts and move coverage by the affected entities' new timelines
-    (projection.apply_facts)."""
-    return Applied(moved=await projection.apply_facts(conn, events))
-
-
-async def import_divisions(conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> Applied:
-    """Divisions count like any fact (a county's townships and communities), and may add regions
-    that tier-wide targets expand over."""
-    return Applied(moved=await projection.apply_facts(conn, events), regions_changed=True)
-
-
-HANDLERS: dict[type[ev.Payload], Handler] = {
-    # registry
-    ev.OrganizationFiled: count_facts,
-    ev.OrganizationRegistered: count_facts,
-    ev.OrganizationUpdated: count_facts,
-    ev.OrganizationDeregistered: count_facts,
-    ev.HubEstablished: count_facts,
-    ev.HubDissolved: count_facts,
-    ev.IncubationBaseOpened: count_facts,
-    ev.IncubationBaseClosed: count_facts,
-    ev.PartyOrganizationFormed: count_facts,
-    ev.PartyOrganizationDissolved: count_facts,
-    # training
-    ev.TalentPoolMemberAdded: count_facts,
-    ev.TalentPoolMemberRemoved: count_facts,
-    ev.TrainingCompleted: count_facts,
-    ev.QualificationExamRecorded: count_facts,
-    ev.OutstandingOrganizationSelected: count_facts,
-    # the divisions importer
-    ev.DivisionsImported: import_divisions,
-}
-
-# (stream, context whose subjects targets reads): each gets its durable consumer `targets-<context>`.
-SUBSCRIPTIONS: tuple[tuple[str, str], ...] = (
-    ("CSO_REGISTRY", "registry"), ("CSO_TRAINING", "training"), ("CSO_DIVISIONS", "divisions"))
-
-
-class EventsIn:
-    """The consumer handler (cso/consumer.py) of every stream targets reads: dispatches a batch
-    through `table`, then tells `on_applied` what changed (inside the batch's transaction)."""
-
-    def __init__(self, table: Mapping[type[ev.Payload], Handler] = HANDLERS,
-                 on_applied: Callable[[Applied], None] | None = None) -> None:
-        self.table, self.on_applied = table, on_applied
+class CountFacts:
+    """Facts of organizations, hubs, bases, party organizations and people: recorded, and
+    coverage moved by the difference they make."""
 
     async def apply(self, conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> dict[UUID, Rejected]:
-        groups: dict[Handler, list[Envelope[Any]]] = {}
-        for e in events:
-            if (handler := self.table.get(type(e.payload))) is not None:
-                groups.setdefault(handler, []).append(e)
-        applied = Applied()
-        for handler, mine in groups.items():
-            applied |= await handler(conn, mine)
-        if self.on_applied is not None:
-            self.on_applied(applied)
+        await projection.apply_facts(conn, events)
         return {}
+
+
+class ImportDivisions:
+    """A county's divisions count like any fact (its townships and communities), and may add
+    regions that tier-wide targets expand over: `regions_changed` is told (the coalescer expands
+    the catalogue again at its next step)."""
+
+    def __init__(self, regions_changed: Callable[[], None]) -> None:
+        self.regions_changed = regions_changed
+
+    async def apply(self, conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> dict[UUID, Rejected]:
+        await projection.apply_facts(conn, events)
+        self.regions_changed()
+        return {}
+
+
+@dataclass(frozen=True)
+class Consumes:
+    """A subscription of targets and its handler table."""
+
+    subscription: Subscription
+    table: HandlerTable
+
+
+def tables(topology: Topology, regions_changed: Callable[[], None]) -> list[Consumes]:
+    """Every event targets consumes -> its handler."""
+    facts = CountFacts()
+    registry = HandlerTable({
+        ev.OrganizationFiled: facts,
+        ev.OrganizationRegistered: facts,
+        ev.OrganizationUpdated: facts,
+        ev.OrganizationDeregistered: facts,
+        ev.HubEstablished: facts,
+        ev.HubDissolved: facts,
+        ev.IncubationBaseOpened: facts,
+        ev.IncubationBaseClosed: facts,
+        ev.PartyOrganizationFormed: facts,
+        ev.PartyOrganizationDissolved: facts,
+    })
+    training = HandlerTable({
+        ev.TalentPoolMemberAdded: facts,
+        ev.TalentPoolMemberRemoved: facts,
+        ev.TrainingCompleted: facts,
+        ev.QualificationExamRecorded: facts,
+        ev.OutstandingOrganizationSelected: facts,
+    })
+    divisions = HandlerTable({
+        ev.DivisionsImported: ImportDivisions(regions_changed),
+    })
+    return [Consumes(Subscription(stream, topology.context_subjects(context), f"targets-{context}"), table)
+            for stream, context, table in (("CSO_REGISTRY", "registry", registry),
+                                           ("CSO_TRAINING", "training", training),
+                                           ("CSO_DIVISIONS", "divisions", divisions))]

@@ -8,7 +8,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import Envelope
@@ -18,18 +17,12 @@ from . import store
 from .domain import coverage as cov
 from .domain import entities as ent
 
-# Divisions decide how organizations and townships count (urban/rural, street/town). A batch that
-# imports divisions must not interleave with one that reads them, or each misses the other's rows:
-# divisions take this lock exclusively, every other batch shares it (shared holders never wait).
-DIVISIONS_LOCK = 0x63736F_646976  # "cso" "div"
-
 
 async def apply_facts(conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> set[str]:
     """Record the facts of `events` and bring every affected entity's contribution up to date.
     Returns the regions whose coverage moved."""
     imports = any(isinstance(e.payload, ev.DivisionsImported) for e in events)
-    await conn.execute(text(f"SELECT pg_advisory_xact_lock{'' if imports else '_shared'}(:k)"),
-                       {"k": DIVISIONS_LOCK})
+    await store.lock_divisions(conn, exclusive=imports)
     rows, pairs, direct = [], [], set()
     for e in events:
         key = ent.entity_key(e.payload)

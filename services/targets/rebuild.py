@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contracts import PAYLOAD_BY_TYPE
@@ -51,26 +50,17 @@ async def _rebuilt(conn: AsyncConnection) -> tuple[dict[str, cov.Timeline], cov.
     facts: dict[str, list[ent.Fact]] = defaultdict(list)
     links: set[tuple[str, str]] = set()
     count = 0
-    result = await conn.stream(text(
-        f"SELECT entity_key, event_id, type, occurred_at, payload FROM {SCHEMA}.fact"))
-    async for key, event_id, type_, occurred_at, payload in result:
+    async for key, event_id, type_, occurred_at, payload in store.stream_facts(conn):
         p = PAYLOAD_BY_TYPE[type_].model_validate(payload)
         facts[key].append(ent.Fact(occurred_at, event_id, p))
         links.update(ent.memberships(key, p))
         count += 1
-    kinds = {code: kind for code, kind in await conn.execute(text(
-        f"SELECT code, kind FROM {SCHEMA}.division WHERE kind IS NOT NULL"))}
+    kinds = await store.all_division_kinds(conn)
     townships = {m for o, m in links if not o.startswith("party:")}
     keys = ({k for k in facts if not k.startswith("party:")}
             | {f"hubcov:{t}" for t in townships} | {f"basecov:{t}" for t in townships})
     timelines = ent.timelines_for(keys, facts, sorted(links), kinds)
     return timelines, cov.total(cov.contribution(t) for t in timelines.values()), count
-
-
-async def _live(conn: AsyncConnection) -> dict[tuple[str, str, date], int]:
-    rows = await conn.execute(text(
-        f"SELECT region, counter, month, delta FROM {SCHEMA}.coverage WHERE delta <> 0"))
-    return {(r, c, m): int(d) for r, c, m, d in rows}
 
 
 async def rebuild(engine: AsyncEngine, apply: bool = False) -> Report:
@@ -79,24 +69,21 @@ async def rebuild(engine: AsyncEngine, apply: bool = False) -> Report:
         conn = await conn.execution_options(isolation_level="REPEATABLE READ")
         async with conn.begin():
             timelines, expected, report.facts = await _rebuilt(conn)
-            live = await _live(conn)
+            live = await store.coverage_deltas(conn)
     report.entities, report.rows = len(timelines), len(expected)
     for key in sorted(expected.keys() | live.keys()):
         if expected.get(key, 0) != live.get(key, 0):
             report.differences.append((key, live.get(key, 0), expected.get(key, 0)))
     if apply:
         async with engine.begin() as conn:
-            await conn.execute(text(
-                f"LOCK TABLE {SCHEMA}.entity, {SCHEMA}.coverage, {SCHEMA}.coverage_now IN EXCLUSIVE MODE"))
+            await store.lock_projection(conn)
             timelines, expected, report.facts = await _rebuilt(conn)
-            await conn.execute(text(f"DELETE FROM {SCHEMA}.coverage"))
-            await conn.execute(text(f"DELETE FROM {SCHEMA}.coverage_now"))
-            await conn.execute(text(f"UPDATE {SCHEMA}.entity SET timeline = NULL"))
+            await store.clear_projection(conn)
             await store.lock_timelines(conn, timelines)
             await store.save_timelines(conn, {k: (t, ent.region_of_timeline(t)) for k, t in timelines.items()})
             await store.add_coverage(conn, expected)
             # Whatever flagged the projection as kept by an older targets is put right now.
-            await conn.execute(text(f"DELETE FROM {SCHEMA}.projection_stale"))
+            await store.clear_stale_flags(conn)
         report.applied = True
     return report
 
@@ -109,44 +96,7 @@ async def stale(conn: AsyncConnection) -> str | None:
     """Why the live projection predates this code (None: it does not): it counts organizations or
     divisions but nothing at any community, as targets did before communities were a tier. Moving
     such an organization would take off community counts that were never added."""
-    if (await conn.execute(text(
-            f"SELECT EXISTS (SELECT 1 FROM {SCHEMA}.entity WHERE kind IN ('org', 'div') "
-            "AND timeline IS NOT NULL) "
-            f"AND NOT EXISTS (SELECT 1 FROM {SCHEMA}.coverage WHERE length(region) = 12)"))).scalar():
-        return "organizations or divisions are counted but no community is (coverage kept before tier 12)"
-    # A completion's pulse names whether a pool member completed it since the pool-only person-times
-    # came in (issue 21); one of before never added to pool_training_person_times.
-    if (await conn.execute(text(
-            f"SELECT EXISTS (SELECT 1 FROM {SCHEMA}.entity e, jsonb_array_elements(e.timeline->'pulses') p "
-            "WHERE e.kind = 'person' AND jsonb_array_length(p->1) = 1)"))).scalar():
-        return "completions are counted but not pool_training_person_times (coverage kept before trainees)"
-    # A registration is a pulse (registrations_<class>) since targets count "新增登记" (issue 21); an
-    # organization registered before never added one.
-    if (await conn.execute(text(
-            f"SELECT EXISTS (SELECT 1 FROM {SCHEMA}.entity e WHERE e.kind = 'org' "
-            "AND EXISTS (SELECT 1 FROM jsonb_array_elements(e.timeline->'segments') s WHERE s->1->>1 = 'registered') "
-            "AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(e.timeline->'pulses') p "
-            "WHERE jsonb_array_length(p->1) = 3))"))).scalar():
-        return "registrations are counted but not registrations_<class> (coverage kept before new registrations)"
-    # Densities count organizations by tier since a target says which tiers it counts (issue 21).
-    if (await conn.execute(text(
-            f"SELECT EXISTS (SELECT 1 FROM {SCHEMA}.coverage_now WHERE counter IN ('orgs_urban', 'orgs_rural') "
-            "AND value <> 0) "
-            f"AND NOT EXISTS (SELECT 1 FROM {SCHEMA}.coverage_now WHERE counter LIKE 'orgs\\_urban\\_%' "
-            "OR counter LIKE 'orgs\\_rural\\_%')"))).scalar():
-        return "organizations in urban or rural communities are counted but not by tier (coverage kept before tiers)"
-    # Ratings (等级评估) count since Guangdong's figure (issue 22); an organization rated before
-    # never added orgs_rated.
-    if (await conn.execute(text(
-            f"SELECT EXISTS (SELECT 1 FROM {SCHEMA}.fact f JOIN {SCHEMA}.entity e ON e.key = f.entity_key "
-            "WHERE f.type = 'OrganizationUpdated' AND f.payload->>'rating' IS NOT NULL "
-            "AND EXISTS (SELECT 1 FROM jsonb_array_elements(e.timeline->'segments') s "
-            "WHERE jsonb_typeof(s->1) = 'array' AND jsonb_array_length(s->1) = 8))"))).scalar():
-        return "ratings are recorded but not counted (coverage kept before orgs_rated)"
-    # Flagged by a migration that changed how coverage is kept (0006: per day, not per month).
-    flagged: str | None = (await conn.execute(text(
-        f"SELECT reason FROM {SCHEMA}.projection_stale ORDER BY reason LIMIT 1"))).scalar()
-    return flagged
+    return await store.projection_staleness(conn)
 
 
 async def upgrade(engine: AsyncEngine) -> Report | None:
@@ -154,7 +104,7 @@ async def upgrade(engine: AsyncEngine) -> Report | None:
     while the consumers run (they wait for the swap). Replicas starting together take turns; the
     second finds nothing to do. Returns the rebuild's report, None when none was needed."""
     async with engine.connect() as lock:
-        await lock.execute(text("SELECT pg_advisory_lock(:k)"), {"k": UPGRADE_LOCK})
+        await store.session_lock(lock, UPGRADE_LOCK)
         try:
             async with engine.connect() as conn:
                 reason = await stale(conn)
@@ -166,7 +116,7 @@ async def upgrade(engine: AsyncEngine) -> Report | None:
                         report.facts, report.entities, report.rows, len(report.differences))
             return report
         finally:
-            await lock.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": UPGRADE_LOCK})
+            await store.session_unlock(lock, UPGRADE_LOCK)
             await lock.commit()
 
 

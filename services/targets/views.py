@@ -10,7 +10,6 @@ import json
 from datetime import date
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts.codes import TIER_LENGTH, ancestors, tier_of
@@ -35,7 +34,7 @@ async def known_region(conn: AsyncConnection, code: str) -> dict[str, Any]:
         tier_of(code)
     except ValueError as e:
         raise ViewError(422, "region", str(e)) from None
-    region = await store.division(conn, code)
+    region = await store.find_division(conn, code)
     if region is None:
         raise ViewError(404, "region", f"unknown region {code}")
     return region
@@ -70,29 +69,18 @@ async def targets(conn: AsyncConnection, code: str, history: bool = True,
                   as_of: date | None = None) -> list[dict[str, Any]]:
     if as_of is not None:
         return await targets_as_of(conn, code, as_of, history)
-    rows = (await conn.execute(text(
-        f"SELECT id, target_id, region, figure, threshold, deadline, status, value, evaluated_at, "
-        f"instance->>'title' AS title, instance->>'source' AS source, instance->>'comparison' AS comparison, "
-        f"instance->>'year' AS year FROM {SCHEMA}.target_instance WHERE region = :r ORDER BY deadline, id"),
-        {"r": code})).mappings().all()
-    out = [dict(r) for r in rows]
+    out = await store.instances_of(conn, code)
     if history and out:
-        hist = (await conn.execute(text(
-            f"SELECT instance_id, previous_status, status, value, on_day, changed_at "
-            f"FROM {SCHEMA}.target_history WHERE instance_id = ANY(:ids) ORDER BY changed_at"),
-            {"ids": [r["id"] for r in out]})).mappings().all()
+        hist = await store.history_of(conn, [r["id"] for r in out])
         for r in out:
-            r["history"] = [dict(h) for h in hist if h["instance_id"] == r["id"]]
+            r["history"] = [h for h in hist if h["instance_id"] == r["id"]]
     return out
 
 
 async def definitions_on(conn: AsyncConnection, day: date, region: str | None = None,
                          under: str | None = None) -> list[TargetInstance]:
     """The target instances of `region` (or of every region under `under`) in force on `day`."""
-    where, param = ("region = :r", region) if under is None else ("region LIKE :r", under + "%")
-    rows = await conn.execute(text(
-        f"SELECT id, instance, from_day FROM {SCHEMA}.target_instance_version "
-        f"WHERE {where} ORDER BY id, recorded_at"), {"r": param})
+    rows = await store.instance_versions(conn, region=region, under=under)
     versions: dict[str, list[Version]] = {}
     for id_, data, from_day in rows:
         versions.setdefault(id_, []).append(
@@ -108,15 +96,10 @@ async def evaluated_on(conn: AsyncConnection, instances: list[TargetInstance], d
     evaluated = await evaluation.statuses(conn, instances, day)
     ids = [i.instance_id for i in instances]
     # Without the history, only the last change up to the day (the status then in force).
-    last = "DISTINCT ON (instance_id)" if not history else ""
-    order = "instance_id, on_day DESC, changed_at DESC" if not history else "on_day, changed_at"
-    hist = (await conn.execute(text(
-        f"SELECT {last} instance_id, previous_status, status, value, on_day, changed_at "
-        f"FROM {SCHEMA}.target_history WHERE instance_id = ANY(:ids) AND on_day <= :d "
-        f"ORDER BY {order}"), {"ids": ids, "d": day})).mappings().all()
+    hist = await store.history_of(conn, ids, up_to=day, last_only=not history)
     by_instance: dict[str, list[dict[str, Any]]] = {}
     for h in hist:
-        by_instance.setdefault(h["instance_id"], []).append(dict(h))
+        by_instance.setdefault(h["instance_id"], []).append(h)
     out = []
     for i, (status, value) in zip(instances, evaluated, strict=True):
         own = by_instance.get(i.instance_id, [])
@@ -141,17 +124,11 @@ async def at_risk(conn: AsyncConnection, under: str, as_of: date | None = None) 
     if as_of is not None:
         rows = await evaluated_on(conn, await definitions_on(conn, as_of, under=under), as_of, history=False)
         behind = [r for r in rows if r["status"] in ("at_risk", "missed")]
-        names = dict((await conn.execute(text(f"SELECT code, name FROM {SCHEMA}.division WHERE code = ANY(:c)"),
-                                         {"c": sorted({r["region"] for r in behind})})).all())
+        names = await store.division_names(conn, {r["region"] for r in behind})
         return [{k: r[k] for k in ("id", "target_id", "region", "figure", "threshold", "deadline",
                                    "status", "value", "as_of")} | {"region_name": names.get(r["region"])}
                 for r in behind]
-    rows = (await conn.execute(text(
-        f"SELECT t.id, t.target_id, t.region, d.name AS region_name, t.figure, t.threshold, t.deadline, "
-        f"t.status, t.value FROM {SCHEMA}.target_instance t LEFT JOIN {SCHEMA}.division d ON d.code = t.region "
-        "WHERE t.region LIKE :p AND t.status IN ('at_risk', 'missed') ORDER BY t.deadline, t.id"),
-        {"p": under + "%"})).mappings().all()
-    return [dict(r) for r in rows]
+    return await store.at_risk_now(conn, under)
 
 
 BEHIND_LIMIT = 100
@@ -191,13 +168,7 @@ async def behind(conn: AsyncConnection, code: str, target: str | None = None,
     or base) it needs to meet the threshold.
     """
     region = await known_region(conn, code)
-    rows = (await conn.execute(text(
-        f"SELECT target_id, region, figure, threshold, deadline, status, instance->>'title' AS title, "
-        f"instance->>'source' AS source, coalesce(instance->>'comparison', '>=') AS comparison, "
-        f"instance->>'counts' AS counts "
-        f"FROM {SCHEMA}.target_instance WHERE region = ANY(:up) OR region LIKE :down "
-        "ORDER BY deadline, target_id, region"),
-        {"up": ancestors(code), "down": code + "%"})).mappings().all()
+    rows = await store.instances_around(conn, ancestors(code), code)
     instances = [r for r in rows if r["figure"] in FIGURES and behind_.tiers(r["figure"])]
     if target is not None:
         instances = [r for r in instances if r["target_id"] == target]

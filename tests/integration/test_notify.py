@@ -568,7 +568,7 @@ async def test_a_target_put_over_http_is_reminded_of_with_its_title(migrated: Se
         await subscribe(api, recipient="deaf", region="511102", events=["TargetStatusChanged"],
                         channels={"inbox": True})
         async with running(lambda s: targets_app.create_app(s, day), settings) as (app, targets):
-            coalescer = app.state.runtime.coalescer
+            coalescer = app.state.coalescer
             assert (await targets.put(f"/targets/{spec['id']}", json=spec)).status_code == 200
 
             async def mine(recipient: str) -> list[str]:

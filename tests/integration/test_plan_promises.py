@@ -64,7 +64,7 @@ async def test_a_promise_in_the_catalogue_and_a_plan_is_one_instance(settings: S
     t = settings.topology
     async with running(lambda s: targets.create_app(s, clock), settings) as (app, api), \
             recording(nc, t.context_subjects("targets"), t.stream("CSO_TARGETS")) as bus:
-        coalescer = app.state.runtime.coalescer
+        coalescer = app.state.coalescer
         await publish_divisions(nc.jetstream(), t, DEMO_DIVISIONS)
 
         async def loaded() -> bool:

@@ -51,11 +51,8 @@ def docx() -> bytes:
 
 
 def plans_app(settings: Settings, clock: Clock) -> FastAPI:
-    """targets' app with plans mounted (unless build() already mounts them)."""
-    app = targets.create_app(settings, clock)
-    if not any(getattr(r, "path", None) == "/plans" for r in app.routes):
-        plans_api.mount(app, app.state.runtime, app.state.clock)
-    return app
+    """targets' app (its plans' routes included)."""
+    return targets.create_app(settings, clock)
 
 
 async def test_plans_ledger_end_to_end(settings: Settings, nc: nats.NATS) -> None:

@@ -28,7 +28,7 @@ from tests.support import fresh_database
 
 pytestmark = pytest.mark.integration
 
-SERVICES = ["registry", "training", "notify"]
+SERVICES = ["registry", "training", "notify", "targets"]
 
 _DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
 

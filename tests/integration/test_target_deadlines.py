@@ -45,7 +45,7 @@ async def test_a_target_put_over_http_announces_its_deadline(settings: Settings,
     t = settings.topology
     async with running(lambda s: targets.create_app(s, clock), settings) as (app, api), \
             recording(nc, t.context_subjects("targets"), t.stream("CSO_TARGETS")) as bus:
-        coalescer = app.state.runtime.coalescer
+        coalescer = app.state.coalescer
         await publish_divisions(nc, t)
         assert (await api.put(f"/targets/{TARGET}", json=SPEC)).status_code == 200
         mine = f"{TARGET}@{COUNTY}"

@@ -1,5 +1,6 @@
-"""targets' handler table (services/targets/handlers.py): a batch goes to each event type's
-handler, in arrival order, once per handler; types not in the table have no effect."""
+"""targets' handler table (services/targets/handlers.py): each subscription names the facts it
+counts, every one of them a fact with an entity (domain/entities.py), and an import of divisions
+tells the coalescer that regions may have changed."""
 
 from __future__ import annotations
 
@@ -9,51 +10,65 @@ from datetime import date
 from typing import Any
 from uuid import uuid4
 
-from contracts import Envelope, make_event
+import pytest
+
+from contracts import Envelope, Topology, make_event
 from contracts import events as ev
-from services.targets import handlers
+from services.targets import handlers, projection
 from services.targets.domain import entities as ent
 
 
-def _hub(n: int) -> Envelope[Any]:
-    return make_event(ev.HubEstablished(hub_id=uuid4(), organization_id=uuid4(), name=f"枢纽{n}",
-                                        region_code="510681001", established_on=date(2023, 1, n)),
-                      source="test")
+def _tables() -> dict[str, Any]:
+    return {c.subscription.durable: c for c in handlers.tables(Topology(""), lambda: None)}
 
 
-def _dissolved() -> Envelope[Any]:
-    return make_event(ev.HubDissolved(hub_id=uuid4(), dissolved_on=date(2023, 6, 1)), source="test",
-                      region="510681001")
+def test_each_stream_names_the_facts_targets_counts() -> None:
+    consumes = _tables()
+    assert set(consumes) == {"targets-registry", "targets-training", "targets-divisions"}
+    assert consumes["targets-registry"].subscription.stream == "CSO_REGISTRY"
+    registry = consumes["targets-registry"].table
+    assert isinstance(registry.handler_of("OrganizationFiled"), handlers.CountFacts)
+    assert registry.handler_of("DivisionChanged") is None           # acknowledged, no effect
+    training = consumes["targets-training"].table
+    assert isinstance(training.handler_of("TrainingCompleted"), handlers.CountFacts)
+    assert training.handler_of("TrainingSessionScheduled") is None
+    assert isinstance(consumes["targets-divisions"].table.handler_of("DivisionsImported"), handlers.ImportDivisions)
 
 
-def test_a_batch_is_split_by_handler_in_arrival_order() -> None:
-    seen: list[tuple[str, list[Any]]] = []
+class _Anything:
+    """Any field's value: every attribute of it is itself, and it reads as "x"."""
 
-    def recorder(name: str, applied: handlers.Applied) -> handlers.Handler:
-        async def handle(_: Any, events: Sequence[Envelope[Any]]) -> handlers.Applied:
-            seen.append((name, [e.event_id for e in events]))
-            return applied
-        return handle
+    def __getattr__(self, _: str) -> _Anything:
+        return self
 
-    table = {ev.HubEstablished: recorder("a", handlers.Applied({"510681"})),
-             ev.HubDissolved: recorder("b", handlers.Applied({"5106"}, regions_changed=True))}
-    told: list[handlers.Applied] = []
-    batch = [_hub(1), _dissolved(), _hub(2)]
-    assert asyncio.run(handlers.EventsIn(table, told.append).apply(None, batch)) == {}  # type: ignore[arg-type]
-    assert seen == [("a", [batch[0].event_id, batch[2].event_id]), ("b", [batch[1].event_id])]
-    assert told == [handlers.Applied({"510681", "5106"}, regions_changed=True)]
-
-    # An event type the table does not name is passed over: no handler runs, nothing changed.
-    seen.clear()
-    told.clear()
-    assert asyncio.run(handlers.EventsIn({}, told.append).apply(None, batch)) == {}  # type: ignore[arg-type]
-    assert seen == [] and told == [handlers.Applied()]
+    def __str__(self) -> str:
+        return "x"
 
 
-def test_every_counted_type_names_its_entity() -> None:
-    # The table and the domain agree: a type counted as a fact has an entity to count it under.
-    hub = _hub(1).payload
-    assert ent.entity_key(hub) == f"hub:{hub.hub_id}"
-    assert handlers.HANDLERS[ev.DivisionsImported] is handlers.import_divisions
-    assert ev.TrainingSessionScheduled not in handlers.HANDLERS
-    assert ev.CoverageChanged not in handlers.HANDLERS
+def test_every_type_a_table_counts_has_an_entity() -> None:
+    # A type in a table that domain/entities.py does not know would be acknowledged and counted
+    # as nothing; a fact targets keeps but no table names would never arrive.
+    counted = {payload for consumes in _tables().values() for payload in consumes.table.handlers}
+    for payload in ev.PAYLOAD_BY_TYPE.values():
+        sample = payload.model_construct(**{f: _Anything() for f in payload.model_fields})
+        assert (ent.entity_key(sample) is not None) == (payload in counted), payload.TYPE
+
+
+def test_an_import_of_divisions_tells_that_regions_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    applied: list[int] = []
+
+    async def apply_facts(_: Any, events: Sequence[Envelope[Any]]) -> set[str]:
+        applied.append(len(events))
+        return set()
+
+    monkeypatch.setattr(projection, "apply_facts", apply_facts)
+    told: list[bool] = []
+    table = handlers.tables(Topology(""), lambda: told.append(True))[2].table
+    hub = make_event(ev.HubEstablished(hub_id=uuid4(), organization_id=uuid4(), name="枢纽",
+                                       region_code="510681001", established_on=date(2023, 1, 1)), source="t")
+    assert asyncio.run(table.apply(None, [hub])) == {}  # type: ignore[arg-type]
+    assert (applied, told) == ([], [])                  # not a divisions event: nothing
+    handler = table.handler_of("DivisionsImported")
+    assert handler is not None
+    assert asyncio.run(handler.apply(None, [hub])) == {}  # type: ignore[arg-type]
+    assert (applied, told) == ([1], [True])

@@ -1,11 +1,12 @@
-"""Plans' edges inside the targets service: HTTP routes, NATS request-reply, and a background loop
-that loads the bundled plans, adds lines for new divisions, flags overdue tasks (TaskOverdue) and
-keeps the `cso_tasks_overdue` gauge.
+"""Plans' edges inside the targets service: HTTP routes (`router`), NATS request-reply (`query`),
+and a background loop that loads the bundled plans, adds lines for new divisions, flags overdue
+tasks (TaskOverdue) and keeps the `cso_tasks_overdue` gauge.
 
-`mount(app, runtime, clock)` wires it all into targets' app (services/targets/api.py build()).
-Writes need a token with the planner role (cso/auth.py): importing a plan, within the plan's
-region; evidence, start and submit, within the task's or line's region; accept and return, within
-the plan's region (the issuer reviews)."""
+Plans reach targets' evaluation only through `TargetsLink` (the coalescer: told when a plan
+changed the catalogue, asked whether the catalogue has been evaluated once). app.py sets up a
+`Plans` for the routes (app.state.plans). Writes need a token with the planner role
+(cso/auth.py): importing a plan, within the plan's region; evidence, start and submit, within the
+task's or line's region; accept and return, within the plan's region (the issuer reviews)."""
 
 from __future__ import annotations
 
@@ -13,15 +14,14 @@ import base64
 import binascii
 import json
 import logging
-import os
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Protocol
 from urllib.parse import quote, unquote
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
-from faststream.nats import NatsMessage
 from prometheus_client import Gauge
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -35,10 +35,9 @@ from ..evaluation import Clock
 from ..views import ViewError
 from . import domain as d
 from . import store, views
+from .errors import Conflict, NotFound
 
 log = logging.getLogger(__name__)
-SERVICE = "targets"
-BUNDLED = Path(__file__).parent / "data"
 BY_HEADER = "x-cso-by"
 # Evidence files (10 MB each, raw or base64 in a transition's body) on a task's routes.
 LARGE_BODIES = {"/plans/[^/]+/tasks/.+": 16 * 1024 * 1024}
@@ -46,21 +45,26 @@ OVERDUE = Gauge("cso_tasks_overdue", "Overdue plan tasks (counted for each lead 
                 "tasks (counted for their township or county), per plan", ["plan", "unit"])
 
 
-def bundled_dir() -> Path | None:
-    """Where the plans loaded at start live: CSO_TARGETS_PLANS (a directory; 'none' for no
-    plans), else the two reference plans shipped in services/targets/plans/data/."""
-    value = os.environ.get("CSO_TARGETS_PLANS", "").strip()
-    if value.lower() in ("none", "off", "-"):
-        return None
-    return Path(value) if value else BUNDLED
+class TargetsLink(Protocol):
+    """What plans need of targets' evaluation (its coalescer)."""
+
+    def catalogue_changed(self) -> None:
+        """A plan added, changed or retired catalogue targets: expand them at the next step."""
+        ...
+
+    @property
+    def ready(self) -> bool:
+        """The default catalogue has been seeded and evaluated once."""
+        ...
 
 
 class PlanLoop:
     """Once a second: load bundled plans (once their divisions are known), add lines for new
     divisions, flag overdue tasks and lines, refresh the overdue gauge."""
 
-    def __init__(self, runtime: Runtime, clock: Clock, directory: Path | None, interval: float = 1.0) -> None:
-        self.runtime, self.clock, self.interval = runtime, clock, interval
+    def __init__(self, runtime: Runtime, clock: Clock, targets: TargetsLink, directory: Path | None,
+                 interval: float = 1.0) -> None:
+        self.runtime, self.clock, self.targets, self.interval = runtime, clock, targets, interval
         self.bundled: list[tuple[str, str]] = []
         if directory is not None and directory.is_dir():
             self.bundled = [(p.name, p.read_text(encoding="utf-8"))
@@ -72,9 +76,7 @@ class PlanLoop:
         self.linked = False
 
     def resync_targets(self) -> None:
-        coalescer = getattr(self.runtime, "coalescer", None)
-        if coalescer is not None:
-            coalescer.resync.set()
+        self.targets.catalogue_changed()
 
     async def seed(self) -> None:
         for name, source in self.bundled:
@@ -109,12 +111,11 @@ class PlanLoop:
             self.resync_targets()
 
     async def step(self) -> None:
-        coalescer = getattr(self.runtime, "coalescer", None)
         # Plans' targets go into the catalogue table only after targets seeded its default
         # catalogue (which it does only into an empty table) and evaluated once.
-        if self.bundled and (coalescer is None or coalescer.evaluated_on is not None):
+        if self.bundled and self.targets.ready:
             await self.seed()
-        if not self.linked and (coalescer is None or coalescer.evaluated_on is not None):
+        if not self.linked and self.targets.ready:
             # Plans stored before a catalogue target stating their promise (or before links were
             # kept) are linked once at start; later, every import and catalogue change links.
             async with self.runtime.engine.begin() as conn:
@@ -171,7 +172,7 @@ def _queries(clock: Clock, q: dict[str, Any]) -> dict[str, Callable[[AsyncConnec
     }
 
 
-async def query(runtime: Runtime, clock: Clock, name: str | None, body: bytes | None) -> bytes:
+async def query(ctx: Plans, name: str | None, body: bytes | None) -> bytes:
     """Answer a NATS query: `name` one of plans, ledger ({plan}), task ({plan, task}), lines
     ({plan, task}), todo ({unit}), revisions ({plan}); the body a JSON object. Without a name
     (the single subject cso.query.targets.plan) the body's "view" names it, else it follows from
@@ -182,14 +183,14 @@ async def query(runtime: Runtime, clock: Clock, name: str | None, body: bytes | 
             raise ContractError.single("$", "a query is a JSON object")
     except ContractError as e:
         return json.dumps(errors_body(e.errors)).encode()
-    queries = _queries(clock, q)
+    queries = _queries(ctx.clock, q)
     if name is None:
         name = str(q.get("view") or ("task" if q.get("task") else "ledger" if q.get("plan")
                                      else "todo" if q.get("unit") else "plans"))
     if name not in queries:
         return json.dumps(errors_body([FieldError(
             field="query", message=f"unknown query {name!r}; one of {', '.join(queries)}")])).encode()
-    _, answer = await _answer(runtime, queries[name])
+    _, answer = await _answer(ctx.runtime, queries[name])
     return json.dumps(answer, default=str, ensure_ascii=False).encode()
 
 
@@ -284,6 +285,10 @@ async def _guarded(work: Callable[[], Awaitable[JSONResponse]]) -> JSONResponse:
         return await work()
     except ViewError as e:
         return _json(*_body(e.status, e.field, e.message))
+    except NotFound as e:
+        return _json(*_body(404, e.field, e.message))
+    except Conflict as e:
+        return _json(*_body(409, e.field, e.message))
     except d.TransitionError as e:
         return _json(*_body(e.status, e.field, e.message))
     except d.EvidenceError as e:
@@ -292,164 +297,200 @@ async def _guarded(work: Callable[[], Awaitable[JSONResponse]]) -> JSONResponse:
         return _json(422, errors_body([FieldError(field=p.path, message=str(p)) for p in e.problems]))
 
 
-def mount(app: FastAPI, runtime: Runtime, clock: Clock) -> None:
-    """Add plans' HTTP routes and NATS queries to targets' app, and its background loop."""
-    topology = runtime.topology
-    loop = PlanLoop(runtime, clock, bundled_dir())
-    runtime.every(loop.run)
+@dataclass
+class Plans:
+    """What plans' routes and queries work with (app.state.plans), and its background loop."""
 
-    async def on_query(msg: NatsMessage) -> bytes:
-        return await query(runtime, clock, msg.raw_message.subject.rsplit(".", 1)[-1], msg.body)
+    runtime: Runtime
+    clock: Clock
+    targets: TargetsLink
+    directory: Path | None
+    loop: PlanLoop = field(init=False)
 
-    # cso.query.targets.plan.<plans|ledger|task|lines|todo|revisions>: one token below "plan", so
-    # targets' own cso.query.targets.* subscription does not see these.
-    runtime.on_request(topology.query_subject(SERVICE, "plan.*"), on_query)
+    def __post_init__(self) -> None:
+        self.loop = PlanLoop(self.runtime, self.clock, self.targets, self.directory)
 
-    async def respond(view: Callable[[AsyncConnection], Awaitable[Any]]) -> JSONResponse:
-        return _json(*await _answer(runtime, view))
+    def published(self) -> None:
+        if self.runtime.relay:
+            self.runtime.relay.notify()
 
-    def published() -> None:
-        if runtime.relay:
-            runtime.relay.notify()
 
-    planner = Depends(runtime.auth.role("planner"))
-    reader = Depends(runtime.auth.reader())
+def plans(request: Request) -> Plans:
+    ctx: Plans = request.app.state.plans
+    return ctx
 
-    async def within(who: Principal, plan_id: str) -> None:
-        """With CSO_READ_AUTH=scoped a plan is read by tokens of its region (a caller anywhere else
-        learns no more than a missing plan would tell)."""
-        if not who.authenticated:
-            return
-        async with runtime.engine.connect() as conn:
-            scope = await store.plan_scope(conn, plan_id)
-        if scope is not None:
-            who.require_region(scope, "plan_id")
 
-    async def import_file(request: Request, expect_id: str | None, who: Principal) -> JSONResponse:
-        source = (await request.body()).decode("utf-8", errors="replace")
-        origin = request.query_params.get("file") or header_text(request, "x-cso-file") or "upload"
-        by = header_text(request, BY_HEADER)
-        async with runtime.engine.begin() as conn:
-            plan = await store.parse(conn, source, origin, strict=True)
-            if expect_id is not None and plan.id != expect_id:
-                raise ViewError(422, "plan.id", f"{origin}: plan.id {plan.id!r} differs from the path's {expect_id!r}")
-            for region in (await store.plan_scope(conn, plan.id), plan.scope):   # the plan it replaces too
-                if region is not None:
-                    who.require_region(region)
-            result = await store.import_plan(conn, plan, origin, by=by)
-        loop.resync_targets()
-        return _json(200, {"ok": True, **result})
+async def planner(request: Request) -> Principal:
+    """A caller with the planner role (the region is the route's to check)."""
+    return await plans(request).runtime.auth.role("planner")(request)
 
-    @app.post("/plans", **WRITE)
-    async def post_plan(request: Request, who: Principal = planner) -> JSONResponse:
-        """Import a plan file (YAML or JSON, the format of plans/README.md): an upsert; a changed
-        plan gets a new revision with the diff. `?file=` names the file in error messages."""
-        return await _guarded(lambda: import_file(request, None, who))
 
-    @app.put("/plans/{plan_id}", **WRITE)
-    async def put_plan(plan_id: str, request: Request, who: Principal = planner) -> JSONResponse:
-        return await _guarded(lambda: import_file(request, plan_id, who))
+async def reader(request: Request) -> Principal:
+    """The caller of a read of one plan (cso/auth.py Auth.reader)."""
+    return await plans(request).runtime.auth.reader()(request)
 
-    @app.get("/plans", **SCOPED)
-    async def get_plans() -> JSONResponse:
-        return await respond(lambda c: views.plans(c, clock.today()))
 
-    @app.get("/plans/{plan_id}", **SCOPED)
-    async def get_ledger(plan_id: str, who: Principal = reader) -> JSONResponse:
-        """The plan's ledger: its tasks overdue first, then by state; its completion share."""
-        await within(who, plan_id)
-        return await respond(lambda c: views.ledger(c, plan_id, clock.today()))
+Ctx = Annotated[Plans, Depends(plans)]
+Planner = Annotated[Principal, Depends(planner)]
+Reader = Annotated[Principal, Depends(reader)]
+router = APIRouter()
 
-    @app.get("/plans/{plan_id}/revisions", **SCOPED)
-    async def get_revisions(plan_id: str, who: Principal = reader) -> JSONResponse:
-        await within(who, plan_id)
-        return await respond(lambda c: views.revisions(c, plan_id))
 
-    @app.get("/plans/{plan_id}/tasks/{task_no}", **SCOPED)
-    async def get_task(plan_id: str, task_no: str, who: Principal = reader) -> JSONResponse:
-        await within(who, plan_id)
-        return await respond(lambda c: views.task(c, plan_id, task_no, clock.today()))
+async def respond(ctx: Plans, view: Callable[[AsyncConnection], Awaitable[Any]]) -> JSONResponse:
+    return _json(*await _answer(ctx.runtime, view))
 
-    @app.get("/plans/{plan_id}/tasks/{task_no}/lines", **SCOPED)
-    async def get_lines(plan_id: str, task_no: str, who: Principal = reader) -> JSONResponse:
-        """Per-township (or per-county) progress of an expanded task."""
-        await within(who, plan_id)
-        return await respond(lambda c: views.lines(c, plan_id, task_no, clock.today()))
 
-    @app.get("/plans/{plan_id}/evidence/{evidence_id}", **SCOPED)
-    async def get_evidence(plan_id: str, evidence_id: str, who: Principal = reader) -> Response:
-        await within(who, plan_id)
-        try:
-            async with runtime.engine.connect() as conn:
-                row = await views.evidence_file(conn, plan_id, evidence_id)
-        except ViewError as e:
-            return _json(*_body(e.status, e.field, e.message))
-        return Response(bytes(row.content), media_type=row.media_type, headers={
-            "Content-Disposition": f"attachment; filename*=UTF-8''{_quote(row.filename)}",
-            "X-Checksum-Sha256": row.sha256})
+async def within(ctx: Plans, who: Principal, plan_id: str) -> None:
+    """With CSO_READ_AUTH=scoped a plan is read by tokens of its region (a caller anywhere else
+    learns no more than a missing plan would tell)."""
+    if not who.authenticated:
+        return
+    async with ctx.runtime.engine.connect() as conn:
+        scope = await store.plan_scope(conn, plan_id)
+    if scope is not None:
+        who.require_region(scope, "plan_id")
 
-    async def upload(request: Request, plan_id: str, task_no: str, line: str, who: Principal) -> JSONResponse:
-        filename = request.query_params.get("filename") or header_text(request, "x-cso-filename") or ""
-        content = await _read_limited(request)
-        file = d.check_evidence(filename, content)
-        async with runtime.engine.begin() as conn:
-            if (region := await store.progress_region(conn, plan_id, task_no, line)) is not None:
-                who.require_region(region)
-            stored = await store.add_evidence(conn, plan_id, task_no, line, file, content,
-                                              header_text(request, BY_HEADER), clock.today())
-        return _json(201, {"ok": True, **stored})
 
-    @app.post("/plans/{plan_id}/tasks/{task_no}/evidence", **WRITE)
-    async def post_evidence(plan_id: str, task_no: str, request: Request, who: Principal = planner) -> JSONResponse:
-        """Attach an evidence file (the raw body; `?filename=report.pdf`): pdf, jpg, png, docx or
-        xlsx by content, at most 10 MB; kept with its SHA-256."""
-        return await _guarded(lambda: upload(request, plan_id, task_no, "", who))
-
-    @app.post("/plans/{plan_id}/tasks/{task_no}/lines/{line}/evidence", **WRITE)
-    async def post_line_evidence(plan_id: str, task_no: str, line: str, request: Request,
-                                 who: Principal = planner) -> JSONResponse:
-        return await _guarded(lambda: upload(request, plan_id, task_no, line, who))
-
-    async def move(request: Request, plan_id: str, task_no: str, line: str, action: str,
-                   who: Principal) -> JSONResponse:
-        body = await _object(request)
-        by = _actor(request, body)
-        if by is None:
-            raise ViewError(422, "by", f"who {action}s: give 'by' in the body or the {BY_HEADER} header")
-        note = body.get("reason") if action == d.Action.RETURN.value and body.get("reason") else body.get("note")
-        if note is not None and not isinstance(note, str):
-            raise ViewError(422, "note", "expected text")
-        evidence = _inline_evidence(body)
-        async with runtime.engine.begin() as conn:
-            # Work on a task or line is its region's; accepting or returning it, the plan's issuer's.
-            review = action in (d.Action.ACCEPT.value, d.Action.RETURN.value)
-            region = await (store.plan_scope(conn, plan_id) if review
-                            else store.progress_region(conn, plan_id, task_no, line))
+async def import_file(ctx: Plans, request: Request, expect_id: str | None, who: Principal) -> JSONResponse:
+    source = (await request.body()).decode("utf-8", errors="replace")
+    origin = request.query_params.get("file") or header_text(request, "x-cso-file") or "upload"
+    by = header_text(request, BY_HEADER)
+    async with ctx.runtime.engine.begin() as conn:
+        plan = await store.parse(conn, source, origin, strict=True)
+        if expect_id is not None and plan.id != expect_id:
+            raise ViewError(422, "plan.id", f"{origin}: plan.id {plan.id!r} differs from the path's {expect_id!r}")
+        for region in (await store.plan_scope(conn, plan.id), plan.scope):   # the plan it replaces too
             if region is not None:
                 who.require_region(region)
-            result = await store.transition(conn, topology, plan_id=plan_id, task_no=task_no, line=line,
-                                            action=action, by=by, note=note, today=clock.today(),
-                                            evidence=evidence)
-        published()
-        return _json(200, {"ok": True, **result})
+        result = await store.import_plan(conn, plan, origin, by=by)
+    ctx.loop.resync_targets()
+    return _json(200, {"ok": True, **result})
 
-    @app.post("/plans/{plan_id}/tasks/{task_no}/lines/{line}/{action}", **WRITE)
-    async def post_line_action(plan_id: str, task_no: str, line: str, action: str, request: Request,
-                               who: Principal = planner) -> JSONResponse:
-        """start | submit | accept | return one township's (or county's) line of an expanded task."""
-        return await _guarded(lambda: move(request, plan_id, task_no, line, action, who))
 
-    @app.post("/plans/{plan_id}/tasks/{task_no}/{action}", **WRITE)
-    async def post_action(plan_id: str, task_no: str, action: str, request: Request,
-                          who: Principal = planner) -> JSONResponse:
-        """start | submit (note + evidence) | accept | return (reason) a task; body {by, note,
-        reason, evidence: [{filename, content_base64}]}, or `by` in the X-Cso-By header."""
-        return await _guarded(lambda: move(request, plan_id, task_no, "", action, who))
+@router.post("/plans", **WRITE)
+async def post_plan(ctx: Ctx, who: Planner, request: Request) -> JSONResponse:
+    """Import a plan file (YAML or JSON, the format of plans/README.md): an upsert; a changed
+    plan gets a new revision with the diff. `?file=` names the file in error messages."""
+    return await _guarded(lambda: import_file(ctx, request, None, who))
 
-    @app.get("/units/{unit}/todo", **SCOPED)
-    async def get_todo(unit: str) -> JSONResponse:
-        """What a unit has open across plans, overdue first."""
-        return await respond(lambda c: views.todo(c, unit, clock.today()))
+
+@router.put("/plans/{plan_id}", **WRITE)
+async def put_plan(ctx: Ctx, who: Planner, plan_id: str, request: Request) -> JSONResponse:
+    return await _guarded(lambda: import_file(ctx, request, plan_id, who))
+
+
+@router.get("/plans", **SCOPED)
+async def get_plans(ctx: Ctx) -> JSONResponse:
+    return await respond(ctx, lambda c: views.plans(c, ctx.clock.today()))
+
+
+@router.get("/plans/{plan_id}", **SCOPED)
+async def get_ledger(ctx: Ctx, who: Reader, plan_id: str) -> JSONResponse:
+    """The plan's ledger: its tasks overdue first, then by state; its completion share."""
+    await within(ctx, who, plan_id)
+    return await respond(ctx, lambda c: views.ledger(c, plan_id, ctx.clock.today()))
+
+
+@router.get("/plans/{plan_id}/revisions", **SCOPED)
+async def get_revisions(ctx: Ctx, who: Reader, plan_id: str) -> JSONResponse:
+    await within(ctx, who, plan_id)
+    return await respond(ctx, lambda c: views.revisions(c, plan_id))
+
+
+@router.get("/plans/{plan_id}/tasks/{task_no}", **SCOPED)
+async def get_task(ctx: Ctx, who: Reader, plan_id: str, task_no: str) -> JSONResponse:
+    await within(ctx, who, plan_id)
+    return await respond(ctx, lambda c: views.task(c, plan_id, task_no, ctx.clock.today()))
+
+
+@router.get("/plans/{plan_id}/tasks/{task_no}/lines", **SCOPED)
+async def get_lines(ctx: Ctx, who: Reader, plan_id: str, task_no: str) -> JSONResponse:
+    """Per-township (or per-county) progress of an expanded task."""
+    await within(ctx, who, plan_id)
+    return await respond(ctx, lambda c: views.lines(c, plan_id, task_no, ctx.clock.today()))
+
+
+@router.get("/plans/{plan_id}/evidence/{evidence_id}", **SCOPED)
+async def get_evidence(ctx: Ctx, who: Reader, plan_id: str, evidence_id: str) -> Response:
+    await within(ctx, who, plan_id)
+    try:
+        async with ctx.runtime.engine.connect() as conn:
+            row = await views.evidence_file(conn, plan_id, evidence_id)
+    except ViewError as e:
+        return _json(*_body(e.status, e.field, e.message))
+    return Response(bytes(row.content), media_type=row.media_type, headers={
+        "Content-Disposition": f"attachment; filename*=UTF-8''{_quote(row.filename)}",
+        "X-Checksum-Sha256": row.sha256})
+
+
+async def upload(ctx: Plans, request: Request, plan_id: str, task_no: str, line: str, who: Principal) -> JSONResponse:
+    filename = request.query_params.get("filename") or header_text(request, "x-cso-filename") or ""
+    content = await _read_limited(request)
+    file = d.check_evidence(filename, content)
+    async with ctx.runtime.engine.begin() as conn:
+        if (region := await store.progress_region(conn, plan_id, task_no, line)) is not None:
+            who.require_region(region)
+        stored = await store.add_evidence(conn, plan_id, task_no, line, file, content,
+                                          header_text(request, BY_HEADER), ctx.clock.today())
+    return _json(201, {"ok": True, **stored})
+
+
+@router.post("/plans/{plan_id}/tasks/{task_no}/evidence", **WRITE)
+async def post_evidence(ctx: Ctx, who: Planner, plan_id: str, task_no: str, request: Request) -> JSONResponse:
+    """Attach an evidence file (the raw body; `?filename=report.pdf`): pdf, jpg, png, docx or
+    xlsx by content, at most 10 MB; kept with its SHA-256."""
+    return await _guarded(lambda: upload(ctx, request, plan_id, task_no, "", who))
+
+
+@router.post("/plans/{plan_id}/tasks/{task_no}/lines/{line}/evidence", **WRITE)
+async def post_line_evidence(ctx: Ctx, who: Planner, plan_id: str, task_no: str, line: str,
+                             request: Request) -> JSONResponse:
+    return await _guarded(lambda: upload(ctx, request, plan_id, task_no, line, who))
+
+
+async def move(ctx: Plans, request: Request, plan_id: str, task_no: str, line: str, action: str,
+               who: Principal) -> JSONResponse:
+    body = await _object(request)
+    by = _actor(request, body)
+    if by is None:
+        raise ViewError(422, "by", f"who {action}s: give 'by' in the body or the {BY_HEADER} header")
+    note = body.get("reason") if action == d.Action.RETURN.value and body.get("reason") else body.get("note")
+    if note is not None and not isinstance(note, str):
+        raise ViewError(422, "note", "expected text")
+    evidence = _inline_evidence(body)
+    async with ctx.runtime.engine.begin() as conn:
+        # Work on a task or line is its region's; accepting or returning it, the plan's issuer's.
+        review = action in (d.Action.ACCEPT.value, d.Action.RETURN.value)
+        region = await (store.plan_scope(conn, plan_id) if review
+                        else store.progress_region(conn, plan_id, task_no, line))
+        if region is not None:
+            who.require_region(region)
+        result = await store.transition(conn, ctx.runtime.topology, plan_id=plan_id, task_no=task_no, line=line,
+                                        action=action, by=by, note=note, today=ctx.clock.today(),
+                                        evidence=evidence)
+    ctx.published()
+    return _json(200, {"ok": True, **result})
+
+
+@router.post("/plans/{plan_id}/tasks/{task_no}/lines/{line}/{action}", **WRITE)
+async def post_line_action(ctx: Ctx, who: Planner, plan_id: str, task_no: str, line: str, action: str,
+                           request: Request) -> JSONResponse:
+    """start | submit | accept | return one township's (or county's) line of an expanded task."""
+    return await _guarded(lambda: move(ctx, request, plan_id, task_no, line, action, who))
+
+
+@router.post("/plans/{plan_id}/tasks/{task_no}/{action}", **WRITE)
+async def post_action(ctx: Ctx, who: Planner, plan_id: str, task_no: str, action: str,
+                      request: Request) -> JSONResponse:
+    """start | submit (note + evidence) | accept | return (reason) a task; body {by, note,
+    reason, evidence: [{filename, content_base64}]}, or `by` in the X-Cso-By header."""
+    return await _guarded(lambda: move(ctx, request, plan_id, task_no, "", action, who))
+
+
+@router.get("/units/{unit}/todo", **SCOPED)
+async def get_todo(ctx: Ctx, unit: str) -> JSONResponse:
+    """What a unit has open across plans, overdue first."""
+    return await respond(ctx, lambda c: views.todo(c, unit, ctx.clock.today()))
 
 
 def _quote(name: str) -> str:

@@ -13,7 +13,22 @@ from collections.abc import Sequence
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Date,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    LargeBinary,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import Envelope, Topology, make_event
@@ -21,12 +36,84 @@ from contracts import events as ev
 from contracts.events import CHINA
 from cso import outbox
 
+from .. import store as targets_store
 from ..domain.catalogue import TargetSpec, parse_catalogue, promise
 from ..store import SCHEMA
-from ..views import ViewError
 from . import domain as d
+from .errors import Conflict, NotFound
 
 SOURCE = "cso-targets"
+
+# Plans' tables, in targets' MetaData (store.METADATA: the one description of the schema).
+_META = targets_store.METADATA
+_TZ = TIMESTAMP(timezone=True)
+_NOW = text("now()")
+# A plan as last imported: `document` is its canonical form (domain.Plan.to_json).
+plan_table = Table(
+    "plan", _META,
+    Column("id", Text, primary_key=True), Column("title", Text, nullable=False),
+    Column("scope", Text, nullable=False), Column("document", JSONB, nullable=False),
+    Column("revision", Integer, nullable=False), Column("origin", Text, nullable=False),
+    Column("warnings", JSONB, nullable=False, server_default=text("'[]'")), Column("seed_hash", Text),
+    Column("imported_at", _TZ, nullable=False, server_default=_NOW), Column("accepted_at", _TZ),
+    Column("accepted_on", Date), Column("accepted_by", Text))
+# Every import that changed a plan, with what changed.
+plan_revision = Table(
+    "plan_revision", _META,
+    Column("plan_id", Text, nullable=False), Column("revision", Integer, nullable=False),
+    Column("origin", Text, nullable=False), Column("by", Text), Column("diff", JSONB, nullable=False),
+    Column("document", JSONB, nullable=False), Column("imported_at", _TZ, nullable=False, server_default=_NOW),
+    PrimaryKeyConstraint("plan_id", "revision"),
+    ForeignKeyConstraint(["plan_id"], ["plan.id"]))
+plan_task = Table(
+    "plan_task", _META,
+    Column("plan_id", Text, nullable=False), Column("task_no", Text, nullable=False),
+    Column("position", Integer, nullable=False), Column("title", Text, nullable=False),
+    Column("lead", Text, nullable=False),
+    Column("co", ARRAY(Text), nullable=False, server_default=text("'{}'")),
+    Column("deadline", Date, nullable=False), Column("scope_region", Text, nullable=False),
+    Column("expands", Text), Column("work_plan", Text),
+    Column("targets", JSONB, nullable=False, server_default=text("'[]'")),
+    Column("removed", Boolean, nullable=False, server_default=text("false")),
+    Column("leads", ARRAY(Text), nullable=False, server_default=text("'{}'")),
+    PrimaryKeyConstraint("plan_id", "task_no"),
+    ForeignKeyConstraint(["plan_id"], ["plan.id"]))
+# Progress: line '' is the task itself (its unit is the lead), other lines the divisions an
+# expanded task is carried out in (their unit is the division's name).
+plan_progress = Table(
+    "plan_progress", _META,
+    Column("plan_id", Text, nullable=False), Column("task_no", Text, nullable=False),
+    Column("line", Text, nullable=False), Column("region", Text, nullable=False),
+    Column("unit", Text, nullable=False),
+    Column("state", Text, nullable=False, server_default=text("'not_started'")),
+    Column("submissions", Integer, nullable=False, server_default=text("0")),
+    Column("returns", Integer, nullable=False, server_default=text("0")),
+    Column("note", Text), Column("reason", Text), Column("updated_by", Text), Column("updated_on", Date),
+    Column("updated_at", _TZ, nullable=False, server_default=_NOW), Column("overdue_for", Date),
+    Column("removed", Boolean, nullable=False, server_default=text("false")),
+    PrimaryKeyConstraint("plan_id", "task_no", "line"),
+    ForeignKeyConstraint(["plan_id", "task_no"], ["plan_task.plan_id", "plan_task.task_no"]),
+    Index("plan_progress_unit", "unit"))
+plan_task_history = Table(
+    "plan_task_history", _META,
+    Column("id", BigInteger, primary_key=True, autoincrement=True), Column("plan_id", Text, nullable=False),
+    Column("task_no", Text, nullable=False), Column("line", Text, nullable=False),
+    Column("action", Text, nullable=False), Column("previous_status", Text),
+    Column("status", Text, nullable=False), Column("by", Text), Column("note", Text),
+    Column("on_day", Date, nullable=False), Column("at", _TZ, nullable=False, server_default=_NOW),
+    Index("plan_task_history_task", "plan_id", "task_no", "line", "id"))
+plan_evidence = Table(
+    "plan_evidence", _META,
+    Column("id", PG_UUID(as_uuid=True), primary_key=True), Column("plan_id", Text, nullable=False),
+    Column("task_no", Text, nullable=False), Column("line", Text, nullable=False),
+    Column("filename", Text, nullable=False), Column("file_type", Text, nullable=False),
+    Column("media_type", Text, nullable=False), Column("size", Integer, nullable=False),
+    Column("sha256", Text, nullable=False), Column("content", LargeBinary, nullable=False),
+    Column("uploaded_by", Text), Column("uploaded_on", Date, nullable=False),
+    Column("uploaded_at", _TZ, nullable=False, server_default=_NOW), Column("submission", Integer),
+    ForeignKeyConstraint(["plan_id", "task_no", "line"],
+                         ["plan_progress.plan_id", "plan_progress.task_no", "plan_progress.line"]),
+    Index("plan_evidence_task", "plan_id", "task_no", "line"))
 
 
 def _json(value: Any) -> str:
@@ -192,8 +279,6 @@ async def link_targets(conn: AsyncConnection) -> None:
     Plans' own targets no longer needed are retired. Run after every import and every catalogue
     change, in their transaction (under `lock_links`), so no order of catalogues and plans doubles
     a promise, and retiring a catalogue target gives the plans' tasks their own again."""
-    from .. import api as targets_api  # the catalogue's writer (imported late: it imports us)
-
     await lock_links(conn)
     plans = (await conn.execute(text(f"SELECT id FROM {SCHEMA}.plan ORDER BY id FOR UPDATE"))).scalars().all()
     if not plans:
@@ -232,11 +317,8 @@ async def link_targets(conn: AsyncConnection) -> None:
     for ident, (owner, item) in own.items():
         before = stored.get(ident)
         if before is None or before[1] or before[0] != json.loads(_json(item)):
-            await targets_api.upsert_spec(conn, item, owner)
-    await conn.execute(text(
-        f"UPDATE {SCHEMA}.target SET retired = true, spec = jsonb_set(spec, '{{retired}}', 'true'), "
-        "updated_at = now() WHERE origin = ANY(:p) AND NOT retired AND NOT (id = ANY(:ids))"),
-        {"p": list(plans), "ids": list(own)})
+            await targets_store.upsert_spec(conn, item, owner)
+    await targets_store.retire_targets(conn, origins=list(plans), keep=list(own))
 
 
 async def sync_lines(conn: AsyncConnection, plan_id: str | None = None) -> None:
@@ -278,7 +360,7 @@ async def _progress(conn: AsyncConnection, plan_id: str, task_no: str, line: str
         f"SELECT id, scope, accepted_at FROM {SCHEMA}.plan WHERE id = :p" + (" FOR UPDATE" if lock else "")),
         {"p": plan_id})).first()
     if plan is None:
-        raise ViewError(404, "plan", f"no plan {plan_id!r}")
+        raise NotFound("plan", f"no plan {plan_id!r}")
     row = (await conn.execute(text(
         f"SELECT p.*, t.deadline, t.lead FROM {SCHEMA}.plan_progress p JOIN {SCHEMA}.plan_task t "
         "USING (plan_id, task_no) WHERE p.plan_id = :p AND p.task_no = :no AND p.line = :line "
@@ -289,8 +371,8 @@ async def _progress(conn: AsyncConnection, plan_id: str, task_no: str, line: str
             f"SELECT 1 FROM {SCHEMA}.plan_task WHERE plan_id = :p AND task_no = :no AND NOT removed"),
             {"p": plan_id, "no": task_no})).first()
         if task is None:
-            raise ViewError(404, "task", f"plan {plan_id!r} has no task {task_no!r}")
-        raise ViewError(404, "line", f"task {task_no!r} of plan {plan_id!r} has no line {line!r}")
+            raise NotFound("task", f"plan {plan_id!r} has no task {task_no!r}")
+        raise NotFound("line", f"task {task_no!r} of plan {plan_id!r} has no line {line!r}")
     return plan, row
 
 
@@ -320,7 +402,7 @@ async def add_evidence(conn: AsyncConnection, plan_id: str, task_no: str, line: 
     _, row = await _progress(conn, plan_id, task_no, line, lock=True)
     state = d.TaskState(row.state)
     if state in (d.TaskState.SUBMITTED, d.TaskState.ACCEPTED):
-        raise ViewError(409, "state", f"cannot add evidence to {describe(task_no, line, row.unit)}: it is "
+        raise Conflict("state", f"cannot add evidence to {describe(task_no, line, row.unit)}: it is "
                         f"{state.value}; evidence is added before submitting")
     return await _store_evidence(conn, plan_id, task_no, line, file, content, by, today)
 
@@ -333,7 +415,7 @@ async def transition(conn: AsyncConnection, topology: Topology, *, plan_id: str,
                      action: str, by: str, note: str | None, today: date,
                      evidence: Sequence[tuple[d.EvidenceFile, bytes]] = ()) -> dict[str, Any]:
     """Apply an action to a task (line '') or one of its lines; stage TaskStatusChanged per step,
-    and PlanAccepted when the last task of a plan is accepted. Raises ViewError (404) or
+    and PlanAccepted when the last task of a plan is accepted. Raises NotFound or
     TransitionError (409/422)."""
     plan, row = await _progress(conn, plan_id, task_no, line, lock=True)
     what = describe(task_no, line, row.unit)
