@@ -1,27 +1,29 @@
-"""notify's edges: consumers of targets, registry, training and divisions events; the send loop and
-the scheduler; the HTTP API for subscriptions, the in-app inbox and deliveries."""
+"""notify's HTTP API: subscriptions, the in-app inbox and deliveries.
+
+The routes are on `router`, which app.py includes; what a route needs comes in by injection: the
+service's Runtime (`RuntimeDep`) and the caller (`Manager`, `Caller`: cso/auth.py, cso/deps.py).
+The events notify consumes are in handlers.py; the send loop in sender.py, reminders and digests in
+routing.py."""
 
 from __future__ import annotations
 
 import json
 import re
 import secrets
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID, uuid4
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from contracts import FieldError
 from cso.auth import PERSONAL, WRITE, AuthError, Principal
 from cso.commands import parse_body
-from cso.service import Runtime, errors_body
+from cso.deps import Caller, RuntimeDep, with_role
+from cso.service import errors_body
 
 from . import handlers, store
 from .domain import SubscriptionIn
-from .routing import Clock, Scheduler
-from .sender import Sender
-from .settings import NotifySettings
 
 SERVICE = "notify"
 CONSUMED = handlers.CONSUMED
@@ -134,115 +136,104 @@ def _visible(who: Principal, recipient: str | None, region: str | None) -> tuple
     return who.sub, None
 
 
-def build(runtime: Runtime, config: NotifySettings, clock: Clock | None = None) -> FastAPI:
-    clock = clock or Clock()
-    sender = Sender(runtime, config)
-    scheduler = Scheduler(runtime, config, clock, sender)
-    handlers.subscribe(runtime, clock, sender)      # the events notify consumes: handlers.py
-    runtime.every(sender.run)
-    runtime.every(scheduler.run)
+Manager = Annotated[Principal, Depends(with_role("subscriber", NOTIFY_ADMIN))]
+# Personal data (cso/auth.py): an inbox, a subscription, deliveries are their recipient's (the
+# token's subject) or a notify admin's to read; with CSO_AUTH=off they are shown masked.
+router = APIRouter()
 
-    app = runtime.http("cso notify")
-    manager = Depends(runtime.auth.role("subscriber", "notify_admin"))
-    # Personal data (cso/auth.py): an inbox, a subscription, deliveries are their recipient's (the
-    # token's subject) or a notify admin's to read; with CSO_AUTH=off they are shown masked.
-    reader = Depends(runtime.auth.caller())
-    app.state.runtime, app.state.clock, app.state.config = runtime, clock, config
-    app.state.sender, app.state.scheduler = sender, scheduler
 
-    @app.post("/subscriptions", status_code=201, **WRITE)
-    async def create_subscription(request: Request, who: Principal = manager) -> JSONResponse:
-        """Subscribe a recipient; the response shows the webhook secret, once."""
-        sub = await _parse(request)
-        _may_manage(who, sub.recipient, sub.region)
-        secret = None
+@router.post("/subscriptions", status_code=201, **WRITE)
+async def create_subscription(runtime: RuntimeDep, request: Request, who: Manager) -> JSONResponse:
+    """Subscribe a recipient; the response shows the webhook secret, once."""
+    sub = await _parse(request)
+    _may_manage(who, sub.recipient, sub.region)
+    secret = None
+    if sub.channels.webhook is not None:
+        secret = sub.channels.webhook.secret or secrets.token_urlsafe(32)
+    async with runtime.engine.begin() as conn:
+        row = await store.insert_subscription(conn, _values(sub, uuid4(), secret))
+    return _json(subscription_view(row, show_secret=True), 201)
+
+@router.get("/subscriptions", **PERSONAL)
+async def list_subscriptions(runtime: RuntimeDep, who: Caller, recipient: str | None = None,
+                             region: str | None = None, limit: int = Query(100, ge=1, le=1000),
+                             after: UUID | None = None) -> JSONResponse:
+    """Subscriptions: a recipient's own (the token's `sub`), or a notify_admin's region's."""
+    recipient, under = _visible(who, recipient, region)
+    async with runtime.engine.connect() as conn:
+        rows = await store.list_subscriptions(conn, recipient, region, limit, after, under)
+    masked = not who.authenticated
+    return _json({"items": [subscription_view(r, masked=masked) for r in rows],
+                  "next_after": rows[-1]["id"] if len(rows) == limit else None})
+
+@router.get("/subscriptions/{sub_id}", **PERSONAL)
+async def get_subscription(runtime: RuntimeDep, sub_id: UUID, who: Caller) -> JSONResponse:
+    """One subscription: for its recipient, or a notify_admin of its region."""
+    async with runtime.engine.connect() as conn:
+        row = await store.load_subscription(conn, sub_id)
+    if row is None:
+        return _not_found("id", f"no subscription {sub_id}")
+    _may_read(who, row["recipient"], row["region"])
+    return _json(subscription_view(row, masked=not who.authenticated))
+
+@router.put("/subscriptions/{sub_id}", **WRITE)
+async def replace_subscription(runtime: RuntimeDep, sub_id: UUID, request: Request, who: Manager) -> JSONResponse:
+    """Replace a subscription; a webhook keeps its secret unless a new one is given."""
+    sub = await _parse(request)
+    _may_manage(who, sub.recipient, sub.region)
+    async with runtime.engine.begin() as conn:
+        old = await store.load_subscription(conn, sub_id, lock=True)
+        if old is None:
+            return _not_found("id", f"no subscription {sub_id}")
+        _may_manage(who, old["recipient"], old["region"])
+        secret, fresh = None, False
         if sub.channels.webhook is not None:
-            secret = sub.channels.webhook.secret or secrets.token_urlsafe(32)
-        async with runtime.engine.begin() as conn:
-            row = await store.insert_subscription(conn, _values(sub, uuid4(), secret))
-        return _json(subscription_view(row, show_secret=True), 201)
+            secret = sub.channels.webhook.secret or old["webhook_secret"]
+            if secret is None:
+                secret = secrets.token_urlsafe(32)
+            fresh = secret != old["webhook_secret"]
+        row = await store.update_subscription(conn, _values(sub, sub_id, secret))
+    assert row is not None
+    return _json(subscription_view(row, show_secret=fresh))
 
-    @app.get("/subscriptions", **PERSONAL)
-    async def list_subscriptions(recipient: str | None = None, region: str | None = None,
-                                 limit: int = Query(100, ge=1, le=1000), after: UUID | None = None,
-                                 who: Principal = reader) -> JSONResponse:
-        """Subscriptions: a recipient's own (the token's `sub`), or a notify_admin's region's."""
-        recipient, under = _visible(who, recipient, region)
-        async with runtime.engine.connect() as conn:
-            rows = await store.list_subscriptions(conn, recipient, region, limit, after, under)
-        masked = not who.authenticated
-        return _json({"items": [subscription_view(r, masked=masked) for r in rows],
-                      "next_after": rows[-1]["id"] if len(rows) == limit else None})
-
-    @app.get("/subscriptions/{sub_id}", **PERSONAL)
-    async def get_subscription(sub_id: UUID, who: Principal = reader) -> JSONResponse:
-        """One subscription: for its recipient, or a notify_admin of its region."""
-        async with runtime.engine.connect() as conn:
-            row = await store.load_subscription(conn, sub_id)
-        if row is None:
-            return _not_found("id", f"no subscription {sub_id}")
-        _may_read(who, row["recipient"], row["region"])
-        return _json(subscription_view(row, masked=not who.authenticated))
-
-    @app.put("/subscriptions/{sub_id}", **WRITE)
-    async def replace_subscription(sub_id: UUID, request: Request, who: Principal = manager) -> JSONResponse:
-        """Replace a subscription; a webhook keeps its secret unless a new one is given."""
-        sub = await _parse(request)
-        _may_manage(who, sub.recipient, sub.region)
-        async with runtime.engine.begin() as conn:
-            old = await store.load_subscription(conn, sub_id, lock=True)
-            if old is None:
-                return _not_found("id", f"no subscription {sub_id}")
+@router.delete("/subscriptions/{sub_id}", **WRITE)
+async def delete_subscription(runtime: RuntimeDep, sub_id: UUID, who: Manager) -> Response:
+    async with runtime.engine.begin() as conn:
+        old = await store.load_subscription(conn, sub_id, lock=True)
+        if old is not None:
             _may_manage(who, old["recipient"], old["region"])
-            secret, fresh = None, False
-            if sub.channels.webhook is not None:
-                secret = sub.channels.webhook.secret or old["webhook_secret"]
-                if secret is None:
-                    secret = secrets.token_urlsafe(32)
-                fresh = secret != old["webhook_secret"]
-            row = await store.update_subscription(conn, _values(sub, sub_id, secret))
-        assert row is not None
-        return _json(subscription_view(row, show_secret=fresh))
+        cancelled = await store.delete_subscription(conn, sub_id)
+    if cancelled is None:
+        return _not_found("id", f"no subscription {sub_id}")
+    return _json({"ok": True, "id": sub_id, "cancelled_deliveries": cancelled})
 
-    @app.delete("/subscriptions/{sub_id}", **WRITE)
-    async def delete_subscription(sub_id: UUID, who: Principal = manager) -> Response:
-        async with runtime.engine.begin() as conn:
-            old = await store.load_subscription(conn, sub_id, lock=True)
-            if old is not None:
-                _may_manage(who, old["recipient"], old["region"])
-            cancelled = await store.delete_subscription(conn, sub_id)
-        if cancelled is None:
-            return _not_found("id", f"no subscription {sub_id}")
-        return _json({"ok": True, "id": sub_id, "cancelled_deliveries": cancelled})
+@router.get("/inbox/{recipient}", **PERSONAL)
+async def inbox(runtime: RuntimeDep, recipient: str, who: Caller, unread: bool = False,
+                limit: int = Query(50, ge=1, le=500)) -> JSONResponse:
+    """A recipient's in-app messages, newest first (only the unread ones with unread=true)."""
+    who.require_self_or(recipient, "notify_admin")
+    async with runtime.engine.connect() as conn:
+        return _json(await store.inbox(conn, recipient, unread, limit))
 
-    @app.get("/inbox/{recipient}", **PERSONAL)
-    async def inbox(recipient: str, unread: bool = False, limit: int = Query(50, ge=1, le=500),
-                    who: Principal = reader) -> JSONResponse:
-        """A recipient's in-app messages, newest first (only the unread ones with unread=true)."""
-        who.require_self_or(recipient, "notify_admin")
-        async with runtime.engine.connect() as conn:
-            return _json(await store.inbox(conn, recipient, unread, limit))
+@router.post("/inbox/{recipient}/{message_id}/read", **WRITE)
+async def read(runtime: RuntimeDep, recipient: str, message_id: UUID, who: Caller) -> JSONResponse:
+    who.require_self_or(recipient, "notify_admin")
+    async with runtime.engine.begin() as conn:
+        row = await store.mark_read(conn, recipient, message_id)
+    if row is None:
+        return _not_found("id", f"no message {message_id} in the inbox of {recipient}")
+    return _json({"ok": True, "id": row.id, "read_at": row.read_at})
 
-    @app.post("/inbox/{recipient}/{message_id}/read", **WRITE)
-    async def read(recipient: str, message_id: UUID, who: Principal = reader) -> JSONResponse:
-        who.require_self_or(recipient, "notify_admin")
-        async with runtime.engine.begin() as conn:
-            row = await store.mark_read(conn, recipient, message_id)
-        if row is None:
-            return _not_found("id", f"no message {message_id} in the inbox of {recipient}")
-        return _json({"ok": True, "id": row.id, "read_at": row.read_at})
-
-    @app.get("/deliveries", **PERSONAL)
-    async def deliveries(subscription_id: UUID | None = None, event_id: UUID | None = None,
-                         status: str | None = Query(None, pattern="^(pending|sent|failed|cancelled)$"),
-                         limit: int = Query(100, ge=1, le=1000), who: Principal = reader) -> JSONResponse:
-        """Deliveries (the send queue and its history), oldest first: a recipient's own, or those
-        of a notify_admin's region's subscriptions."""
-        recipient, under = _visible(who, None, None)
-        async with runtime.engine.connect() as conn:
-            items = await store.deliveries(conn, subscription_id, event_id, status, limit, recipient, under)
-        if not who.authenticated:
-            items = [i | {"last_error": mask_text(i["last_error"])} for i in items]
-        return _json({"items": items})
-
-    return app
+@router.get("/deliveries", **PERSONAL)
+async def deliveries(runtime: RuntimeDep, who: Caller, subscription_id: UUID | None = None,
+                     event_id: UUID | None = None,
+                     status: str | None = Query(None, pattern="^(pending|sent|failed|cancelled)$"),
+                     limit: int = Query(100, ge=1, le=1000)) -> JSONResponse:
+    """Deliveries (the send queue and its history), oldest first: a recipient's own, or those
+    of a notify_admin's region's subscriptions."""
+    recipient, under = _visible(who, None, None)
+    async with runtime.engine.connect() as conn:
+        items = await store.deliveries(conn, subscription_id, event_id, status, limit, recipient, under)
+    if not who.authenticated:
+        items = [i | {"last_error": mask_text(i["last_error"])} for i in items]
+    return _json({"items": items})

@@ -12,8 +12,9 @@ from cso.database import migrate
 from cso.service import Runtime
 from cso.settings import Settings
 
-from . import api, store
-from .routing import Clock
+from . import api, handlers, store
+from .routing import Clock, Scheduler
+from .sender import Sender
 from .settings import NotifySettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -23,7 +24,18 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     """notify on `settings` (a NotifySettings, or the shared ones with notify's own from the
     environment); `clock` drives reminders and digests (tests move it)."""
     own = NotifySettings.of(settings)
-    return api.build(Runtime(api.SERVICE, store.SCHEMA, own), own, clock)
+    runtime = Runtime(api.SERVICE, store.SCHEMA, own)
+    clock = clock or Clock()
+    sender = Sender(runtime, own)
+    scheduler = Scheduler(runtime, own, clock, sender)
+    handlers.subscribe(runtime, clock, sender)      # the events notify consumes: handlers.py
+    runtime.every(sender.run)
+    runtime.every(scheduler.run)
+    app = runtime.http("cso notify")
+    app.state.runtime, app.state.clock, app.state.config = runtime, clock, own
+    app.state.sender, app.state.scheduler = sender, scheduler
+    app.include_router(api.router)
+    return app
 
 
 def run_migrations(settings: Settings | None = None) -> None:
