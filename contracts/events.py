@@ -602,8 +602,9 @@ class TaskDeadlineApproaching(Payload):
     with the days truly left, and only the smallest lead reached. A reminder consumer keeps the
     announcements whose `lead_days` a subscription chose, or keeps the deadline and reminds at any
     lead by its own clock. A deadline moved by a re-import is announced again at its own leads;
-    an accepted task is announced no more (its TaskStatusChanged says so). The region is the task's scope (the plan's region, or the
-    task's community); `lead_units` are every lead unit (joint leads each lead it)."""
+    an accepted task is announced no more (its TaskStatusChanged says so). The region is the
+    task's scope (the plan's region, or the task's community); `lead_units` are every lead unit
+    (joint leads each lead it)."""
 
     TYPE = "TaskDeadlineApproaching"
     CONTEXT = "targets"
