@@ -202,3 +202,39 @@ def test_delivery_ids_are_stable_and_distinct() -> None:
     assert d.delivery_id(e, s, "email") == d.delivery_id(e, s, "email")
     assert len({d.delivery_id(e, s, c) for c in d.CHANNELS}) == 3
     assert d.outcome_event_id(e, "sent") != d.outcome_event_id(e, "failed")
+
+
+# --- reminder lead times ------------------------------------------------------------------------
+
+LEADS = st.lists(st.integers(0, d.MAX_REMINDER_DAYS), min_size=1, max_size=10, unique=True)
+
+
+def test_lead_due_is_the_nearest_lead_not_passed() -> None:
+    deadline = date(2025, 12, 31)
+    assert d.lead_due(deadline, date(2025, 12, 21), (30, 7)) == 30      # 10 left: 30 reached, 7 not
+    assert d.lead_due(deadline, date(2025, 12, 21), (10,)) == 10
+    assert d.lead_due(deadline, date(2025, 12, 1), (10,)) is None       # 30 left: not yet
+    assert d.lead_due(deadline, date(2025, 12, 31), (30, 7, 0)) == 0
+    assert d.lead_due(deadline, date(2026, 1, 1), (30, 7)) is None      # past
+
+
+@given(leads=LEADS, start=st.integers(0, 400))
+def test_checked_daily_each_lead_is_reminded_once_and_none_stale(leads: list[int], start: int) -> None:
+    """A subscription checked every day from `start` days before a deadline (made then, or the
+    deadline learned then) is reminded once of each lead still ahead, once of the nearest lead
+    already reached, and of nothing after the deadline, in decreasing order of lead."""
+    deadline = date(2026, 12, 31)
+    reminded: list[int] = []
+    for left in range(start, -3, -1):
+        lead = d.lead_due(deadline, deadline - timedelta(days=left), leads)
+        if lead is not None and lead not in reminded:
+            reminded.append(lead)
+    ahead = sorted((lead for lead in leads if lead < start), reverse=True)
+    reached = [min(lead for lead in leads if lead >= start)] if any(lead >= start for lead in leads) else []
+    assert reminded == reached + ahead
+
+
+def test_reminder_days_default_sorted_and_deduplicated() -> None:
+    base = {"recipient": "x", "region": "5111", "channels": {"inbox": True}}
+    assert d.SubscriptionIn.model_validate(base).reminder_days == [30, 7]
+    assert d.SubscriptionIn.model_validate(base | {"reminder_days": [7, 90, 7, 0]}).reminder_days == [90, 7, 0]
