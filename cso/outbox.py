@@ -149,7 +149,7 @@ class Relay:
             result = await conn.execute(text(
                 f'DELETE FROM "{self.schema}".{self.table} WHERE published_at < now() - CAST(:keep AS interval)'),
                 {"keep": self.retention})
-        return int(result.rowcount)  # type: ignore[attr-defined]
+        return int(result.rowcount)
 
     async def run(self) -> None:
         last_purge = 0.0
