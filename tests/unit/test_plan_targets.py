@@ -18,7 +18,7 @@ from contracts.codes import tier_of
 from services.targets.domain.catalogue import TargetSpec, load_catalogue, parse_catalogue, promise
 from services.targets.plans import domain as d
 
-BUNDLED = Path(d.__file__).parent / "data"
+BUNDLED = Path(d.__file__).parent.parent / "data"   # services/targets/plans/data
 # The divisions the bundled plans and the test plans name (their tiers), as targets.division has them.
 REGIONS = {"5111": "city", "510681": "county", **{c: "community" for c in (
     "510681001014", "510681001011", "510681002010", "510681001009")}}

@@ -18,12 +18,14 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from contracts.codes import Tier
+
 from .catalogue import Comparison, satisfies
 from .metrics import FIGURES
 from .metrics import numerator as numerator_of
 
 # The tiers listed for a figure's unit: a per-community figure is also averaged per township.
-TIERS_OF_UNIT: dict[str, tuple[str, ...]] = {"community": ("township", "community"), "township": ("township",)}
+TIERS_OF_UNIT: dict[str, tuple[Tier, ...]] = {"community": ("township", "community"), "township": ("township",)}
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class Unit:
     short: int
 
 
-def tiers(figure: str) -> tuple[str, ...]:
+def tiers(figure: str) -> tuple[Tier, ...]:
     """The tiers whose divisions a target on `figure` can be behind at (none: not per unit)."""
     unit = FIGURES[figure].unit
     return TIERS_OF_UNIT[unit] if unit else ()

@@ -506,15 +506,22 @@ async def sweep_overdue(conn: AsyncConnection, topology: Topology, today: date) 
         return 0
     now = datetime.now(timezone.utc)
     events: list[tuple[Envelope[Any], str | None]] = []
+    # Two statements for every row flagged, not two per row: a plan's expanded task has a line per
+    # township (a city plan's, hundreds), all overdue the same day.
+    columns = {"p": [r.plan_id for r in rows], "no": [r.task_no for r in rows], "line": [r.line for r in rows]}
+    await conn.execute(text(
+        f"UPDATE {SCHEMA}.plan_progress x SET overdue_for = u.d FROM unnest(CAST(:p AS text[]), "
+        "CAST(:no AS text[]), CAST(:line AS text[]), CAST(:d AS date[])) AS u(p, no, line, d) "
+        "WHERE x.plan_id = u.p AND x.task_no = u.no AND x.line = u.line"),
+        columns | {"d": [r.deadline for r in rows]})
+    await conn.execute(text(
+        f"INSERT INTO {SCHEMA}.plan_task_history (plan_id, task_no, line, action, previous_status, status, "
+        "by, note, on_day) SELECT p, no, line, 'overdue', s, s, NULL, note, :day FROM unnest(CAST(:p AS text[]), "
+        "CAST(:no AS text[]), CAST(:line AS text[]), CAST(:s AS text[]), CAST(:note AS text[])) "
+        "WITH ORDINALITY AS h(p, no, line, s, note, n) ORDER BY n"),
+        columns | {"s": [r.state for r in rows], "day": today,
+                   "note": [f"deadline {r.deadline.isoformat()} passed unaccepted" for r in rows]})
     for r in rows:
-        await conn.execute(text(
-            f"UPDATE {SCHEMA}.plan_progress SET overdue_for = :d WHERE plan_id = :p AND task_no = :no "
-            "AND line = :line"), {"d": r.deadline, "p": r.plan_id, "no": r.task_no, "line": r.line})
-        await conn.execute(text(
-            f"INSERT INTO {SCHEMA}.plan_task_history (plan_id, task_no, line, action, previous_status, status, "
-            "by, note, on_day) VALUES (:p, :no, :line, 'overdue', :s, :s, NULL, :note, :day)"),
-            {"p": r.plan_id, "no": r.task_no, "line": r.line, "s": r.state,
-             "note": f"deadline {r.deadline.isoformat()} passed unaccepted", "day": today})
         if r.line == "":
             passed = datetime.combine(r.deadline + timedelta(days=1), time(0), CHINA)
             events.append((_event(

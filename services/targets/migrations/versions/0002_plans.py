@@ -13,7 +13,7 @@ down_revision = "0001"
 def upgrade(schema: str) -> None:
     s = f'"{schema}"'
     for statement in [
-        # A plan as last imported: `document` is its canonical form (plans/domain.py Plan.to_json).
+        # A plan as last imported: `document` is its canonical form (plans/domain/plan_file.py Plan.to_json).
         f"""CREATE TABLE {s}.plan (
             id text PRIMARY KEY, title text NOT NULL, scope text NOT NULL, document jsonb NOT NULL,
             revision integer NOT NULL, origin text NOT NULL, warnings jsonb NOT NULL DEFAULT '[]',

@@ -1,5 +1,4 @@
-"""Plans and their task ledgers: the plan file format and its validation, the task state machine,
-evidence checks and the roll-ups the views show. Pure code (no database, no bus, no clock).
+"""The plan file format and its validation. Pure code (no database, no bus, no clock).
 
 A plan file (see README.md in this package) is validated as a whole: `parse_plan` returns a
 `Plan` or raises one `PlanError` listing every problem, each naming the file, the task (its index
@@ -12,14 +11,11 @@ targets.division), so a plan can only name regions that exist.
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 import re
-import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
-from enum import StrEnum
 from typing import Any, Literal
 
 import yaml
@@ -27,8 +23,8 @@ import yaml
 from contracts import jsontext
 from contracts.codes import TIERS, tier_of
 
-from ..domain.catalogue import CatalogueError, parse_catalogue
-from ..domain.metrics import FIGURES
+from ...domain.catalogue import CatalogueError, parse_catalogue
+from ...domain.metrics import FIGURES
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 TASK_NO_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
@@ -855,255 +851,3 @@ def diff_plans(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[st
             "tasks": {"added": sorted(set(new_tasks) - set(old_tasks), key=task_key),
                       "removed": sorted(set(old_tasks) - set(new_tasks), key=task_key),
                       "changed": changed}}
-
-
-# --- the state machine -----------------------------------------------------------------------
-
-
-class TaskState(StrEnum):
-    """A task's (or a township line's) progress. `returned` is passed through: a returned
-    submission goes back to `in_progress` at once, so it is never a stored state."""
-
-    NOT_STARTED = "not_started"
-    IN_PROGRESS = "in_progress"
-    SUBMITTED = "submitted"
-    RETURNED = "returned"
-    ACCEPTED = "accepted"
-
-
-class Action(StrEnum):
-    START = "start"
-    SUBMIT = "submit"
-    ACCEPT = "accept"
-    RETURN = "return"
-
-
-STORED_STATES = (TaskState.NOT_STARTED, TaskState.IN_PROGRESS, TaskState.SUBMITTED, TaskState.ACCEPTED)
-MOVES: dict[Action, tuple[TaskState, TaskState]] = {
-    Action.START: (TaskState.NOT_STARTED, TaskState.IN_PROGRESS),
-    Action.SUBMIT: (TaskState.IN_PROGRESS, TaskState.SUBMITTED),
-    Action.ACCEPT: (TaskState.SUBMITTED, TaskState.ACCEPTED),
-    Action.RETURN: (TaskState.SUBMITTED, TaskState.RETURNED),
-}
-
-
-@dataclass(frozen=True)
-class Step:
-    previous: TaskState
-    status: TaskState
-    note: str | None
-
-
-class TransitionError(Exception):
-    """A move the state machine refuses: 409 (not from this state), 422 (something missing)."""
-
-    def __init__(self, status: int, field_: str, message: str) -> None:
-        self.status, self.field, self.message = status, field_, message
-        super().__init__(f"{field_}: {message}")
-
-
-def allowed_actions(state: TaskState) -> list[Action]:
-    return [a for a, (frm, _) in MOVES.items() if frm is state]
-
-
-def transition(current: TaskState, action: Action | str, *, what: str, note: str | None = None,
-               evidence_files: int = 0, open_lines: Sequence[str] = ()) -> list[Step]:
-    """The steps an action takes from `current`, or `TransitionError`.
-
-    - start: not_started -> in_progress;
-    - submit: in_progress -> submitted, with a self-assessment `note` and at least one evidence file;
-    - accept: submitted -> accepted, only when every township line (`open_lines`: those not
-      accepted, described) is accepted;
-    - return: submitted -> returned -> in_progress, with the reason as `note`.
-    """
-    try:
-        act = Action(action)
-    except ValueError:
-        raise TransitionError(422, "action", f"unknown action {action!r}; one of "
-                              f"{', '.join(a.value for a in Action)}") from None
-    frm, to = MOVES[act]
-    if current is not frm:
-        allowed = allowed_actions(current)
-        then = (f"from {current.value} it can only be {', '.join(a.value for a in allowed)}"
-                if allowed else "an accepted task is final")
-        raise TransitionError(409, "state", f"cannot {act.value} {what}: it is {current.value}, and "
-                              f"{act.value} needs it {frm.value}; {then}")
-    text = note.strip() if note else None
-    if text is not None and len(text) > MAX_NOTE:
-        raise TransitionError(422, "note", f"at most {MAX_NOTE} characters, got {len(text)}")
-    if act is Action.SUBMIT:
-        if not text:
-            raise TransitionError(422, "note", f"submitting {what} needs a self-assessment note")
-        if evidence_files < 1:
-            raise TransitionError(409, "evidence", f"cannot submit {what} without evidence: attach at least "
-                                  "one file (pdf, jpg, png, docx or xlsx)")
-    if act is Action.RETURN and not text:
-        raise TransitionError(422, "reason", f"returning {what} needs the reason")
-    if act is Action.ACCEPT and open_lines:
-        shown = "; ".join(open_lines[:20]) + ("; …" if len(open_lines) > 20 else "")
-        raise TransitionError(409, "lines", f"cannot accept {what} while {len(open_lines)} of its lines "
-                              f"are not accepted: {shown}")
-    steps = [Step(frm, to, text)]
-    if act is Action.RETURN:
-        steps.append(Step(TaskState.RETURNED, TaskState.IN_PROGRESS, None))
-    return steps
-
-
-# --- roll-ups --------------------------------------------------------------------------------
-
-
-def is_overdue(state: TaskState, deadline: date, today: date) -> bool:
-    """Overdue: the deadline has passed (today is after it) and it is not accepted."""
-    return state is not TaskState.ACCEPTED and today > deadline
-
-
-def days_overdue(state: TaskState, deadline: date, today: date) -> int:
-    return (today - deadline).days if is_overdue(state, deadline, today) else 0
-
-
-def rollup(states: Iterable[TaskState]) -> dict[str, Any]:
-    """Counts of a set of tasks or lines by state, and the share accepted (None when empty)."""
-    by_state = {s.value: 0 for s in STORED_STATES}
-    total = 0
-    for s in states:
-        by_state[s.value] = by_state.get(s.value, 0) + 1
-        total += 1
-    accepted = by_state[TaskState.ACCEPTED.value]
-    return {"total": total, "by_state": by_state, "accepted": accepted,
-            "share": accepted / total if total else None}
-
-
-def task_progress(state: TaskState, line_states: Sequence[TaskState]) -> float:
-    """1 for an accepted task; else the share of its lines accepted (0 without lines)."""
-    if state is TaskState.ACCEPTED:
-        return 1.0
-    if line_states:
-        return sum(s is TaskState.ACCEPTED for s in line_states) / len(line_states)
-    return 0.0
-
-
-def completion(tasks: Sequence[tuple[TaskState, Sequence[TaskState]]]) -> dict[str, Any]:
-    """A plan's completion: `share` = tasks accepted / tasks; `progress` also credits the
-    accepted lines of tasks not yet accepted (the mean of `task_progress`)."""
-    summary = rollup(state for state, _ in tasks)
-    summary["progress"] = (sum(task_progress(s, lines) for s, lines in tasks) / len(tasks)) if tasks else None
-    return summary
-
-
-STATE_RANK = {TaskState.NOT_STARTED: 0, TaskState.IN_PROGRESS: 1, TaskState.RETURNED: 1,
-              TaskState.SUBMITTED: 2, TaskState.ACCEPTED: 3}
-
-
-def ledger_key(state: TaskState, deadline: date, no: str, today: date
-               ) -> tuple[int, int, int, date, tuple[tuple[int, int | str], ...]]:
-    """Ledger order: overdue first (longest overdue first), then by state (least advanced
-    first), deadline and task number."""
-    late = days_overdue(state, deadline, today)
-    return (0 if late else 1, -late, STATE_RANK[state], deadline, task_key(no))
-
-
-# --- evidence --------------------------------------------------------------------------------
-
-MAX_EVIDENCE_BYTES = 10 * 1024 * 1024
-MEDIA_TYPES = {
-    "pdf": "application/pdf",
-    "jpg": "image/jpeg",
-    "png": "image/png",
-    "docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
-    "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-}
-EXTENSIONS = {"pdf": "pdf", "jpg": "jpg", "jpeg": "jpg", "png": "png", "docx": "docx", "xlsx": "xlsx"}
-
-
-@dataclass(frozen=True)
-class EvidenceFile:
-    filename: str
-    file_type: str
-    media_type: str
-    size: int
-    sha256: str
-
-
-class EvidenceError(ValueError):
-    """A file refused as evidence; `status` is the HTTP answer (413 too large, 415 not an
-    accepted type, 422 otherwise)."""
-
-    def __init__(self, field_: str, message: str, status: int = 422) -> None:
-        self.field, self.message, self.status = field_, message, status
-        super().__init__(f"{field_}: {message}")
-
-
-def sniff(content: bytes) -> str | None:
-    """The evidence type by its magic bytes (Office files: a zip holding their main part)."""
-    if content.startswith(b"%PDF-"):
-        return "pdf"
-    if content.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if content.startswith(b"\xff\xd8\xff"):
-        return "jpg"
-    if content.startswith(b"PK\x03\x04"):
-        try:
-            with zipfile.ZipFile(io.BytesIO(content)) as z:
-                names = set(z.namelist())
-        except (zipfile.BadZipFile, ValueError, OSError):
-            return None
-        if "[Content_Types].xml" in names:
-            if "word/document.xml" in names:
-                return "docx"
-            if "xl/workbook.xml" in names:
-                return "xlsx"
-    return None
-
-
-def check_evidence(filename: str, content: bytes) -> EvidenceFile:
-    """Accept a pdf, jpg, png, docx or xlsx of at most 10 MB whose name's extension agrees with
-    its content; raise `EvidenceError` naming what is wrong."""
-    name = (filename or "").strip()
-    if not name or "/" in name or "\\" in name or len(name) > 255 or any(ord(c) < 32 for c in name):
-        raise EvidenceError("filename", f"expected a plain file name such as report.pdf, got {filename!r}")
-    ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
-    if ext not in EXTENSIONS:
-        raise EvidenceError("filename", f"{name!r}: evidence is a .pdf, .jpg, .png, .docx or .xlsx file", 415)
-    if not content:
-        raise EvidenceError("content", f"{name!r} is empty")
-    if len(content) > MAX_EVIDENCE_BYTES:
-        raise EvidenceError("content", f"{name!r} is {len(content)} bytes; evidence is at most "
-                            f"{MAX_EVIDENCE_BYTES} bytes (10 MB)", 413)
-    kind = sniff(content)
-    if kind is None:
-        raise EvidenceError("content", f"{name!r} is not a pdf, jpg, png, docx or xlsx file by its content", 415)
-    if kind != EXTENSIONS[ext]:
-        raise EvidenceError("content", f"{name!r} is named .{ext} but its content is a {kind} file", 415)
-    return EvidenceFile(filename=name, file_type=kind, media_type=MEDIA_TYPES[kind], size=len(content),
-                        sha256=hashlib.sha256(content).hexdigest())
-
-
-__all__ = [
-    "EXPANSION_MARKERS",
-    "MAX_EVIDENCE_BYTES",
-    "Action",
-    "EvidenceError",
-    "EvidenceFile",
-    "Plan",
-    "PlanError",
-    "PlanTarget",
-    "Problem",
-    "Step",
-    "Task",
-    "TaskState",
-    "TransitionError",
-    "check_evidence",
-    "completion",
-    "diff_plans",
-    "is_overdue",
-    "ledger_key",
-    "load_plan",
-    "month_end",
-    "normalize_unit",
-    "parse_plan",
-    "read_plan_text",
-    "referenced_codes",
-    "rollup",
-    "task_key",
-    "transition",
-]
