@@ -3,8 +3,7 @@
 `tables()` below is the table: for each of targets' subscriptions (registry's facts, training's
 facts, the divisions), event type -> handler (cso/dispatch.py hands each handler its share of a
 consumer's batch, in stream order, in the batch's transaction). An event type a table does not
-name is acknowledged and has no effect (registry's DivisionChanged, training's
-TrainingSessionScheduled…).
+name is acknowledged and has no effect (training's TrainingSessionScheduled…).
 
 Every handler counts facts: it records them in the fact log and moves coverage by the affected
 entities' new timelines (projection.apply_facts; what each type means is domain/entities.py). A
@@ -26,7 +25,7 @@ from contracts import events as ev
 from cso.consumer import Rejected, Subscription
 from cso.dispatch import HandlerTable
 
-from . import projection
+from . import history, projection, store
 
 
 class CountFacts:
@@ -47,6 +46,20 @@ class ImportDivisions:
         self.regions_changed = regions_changed
 
     async def apply(self, conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> dict[UUID, Rejected]:
+        await projection.apply_facts(conn, events)
+        self.regions_changed()
+        return {}
+
+
+class ChangeDivisions(ImportDivisions):
+    """A merge, recode, rename or abolition (DivisionChanged, history.record_changes), then
+    counted as a fact of its county's divisions: organizations follow their community's new code
+    from its day, a merged township's hubs serve its successor (domain/lineage.py)."""
+
+    async def apply(self, conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> dict[UUID, Rejected]:
+        # Divisions change under the same exclusive lock as an import (projection.apply_facts).
+        await store.lock_divisions(conn, exclusive=True)
+        await history.record_changes(conn, events)
         await projection.apply_facts(conn, events)
         self.regions_changed()
         return {}
@@ -84,6 +97,7 @@ def tables(topology: Topology, regions_changed: Callable[[], None]) -> list[Cons
     })
     divisions = HandlerTable({
         ev.DivisionsImported: ImportDivisions(regions_changed),
+        ev.DivisionChanged: ChangeDivisions(regions_changed),
     })
     return [Consumes(Subscription(stream, topology.context_subjects(context), f"targets-{context}"), table)
             for stream, context, table in (("CSO_REGISTRY", "registry", registry),

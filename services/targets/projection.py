@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from contracts import Envelope
 from contracts import events as ev
 
-from . import store
+from . import history, store
 from .domain import coverage as cov
 from .domain import entities as ent
 
@@ -21,7 +21,7 @@ from .domain import entities as ent
 async def apply_facts(conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> set[str]:
     """Record the facts of `events` and bring every affected entity's contribution up to date.
     Returns the regions whose coverage moved."""
-    imports = any(isinstance(e.payload, ev.DivisionsImported) for e in events)
+    imports = any(isinstance(e.payload, ev.DivisionsImported | ev.DivisionChanged) for e in events)
     await store.lock_divisions(conn, exclusive=imports)
     rows, pairs, direct = [], [], set()
     for e in events:
@@ -29,7 +29,7 @@ async def apply_facts(conn: AsyncConnection, events: Sequence[Envelope[Any]]) ->
         if key is None:
             continue
         if isinstance(e.payload, ev.DivisionsImported):
-            await store.upsert_divisions(conn, e.payload)
+            await history.import_edition(conn, e)
         rows.append((e.event_id, key, e.type, ent.effective_date(e.payload), e.occurred_at,
                      e.payload.model_dump_json()))
         pairs += ent.memberships(key, e.payload)
@@ -66,6 +66,9 @@ async def recompute(conn: AsyncConnection, direct: set[str],
     for div in by_kind.get("div", ()):
         county = div.split(":", 1)[1]
         orgs.update(await store.entity_keys_in(conn, ["org"], county))
+        # Hubs and bases count at their region, which a merge or recode moves (domain/lineage.py).
+        by_kind.setdefault("hub", set()).update(await store.entity_keys_in(conn, ["hub"], county))
+        by_kind.setdefault("base", set()).update(await store.entity_keys_in(conn, ["base"], county))
         townships = await store.townships_under(conn, county)
         hubcov.update(townships)
         basecov.update(townships)
@@ -83,8 +86,20 @@ async def recompute(conn: AsyncConnection, direct: set[str],
              + await store.owners_of(conn, basecov, "base:"))
     facts = await store.facts_of(conn, targets | {o for o, _ in links}, known)
     communities = {getattr(f.payload, "community_code", None) for o in orgs for f in facts.get(o, [])}
-    kinds = await store.division_kinds(conn, {c for c in communities if c} | hubcov | basecov)
-    new = ent.timelines_for(targets, facts, links, kinds)
+    places = {getattr(f.payload, "region_code", None) for k, fs in facts.items() if k[:4] in ("hub:", "base")
+              for f in fs}
+    # Division changes of these places (merges, recodes): organizations follow their community,
+    # a township's successor takes over what served it (its predecessors' hubs and bases).
+    lineage = await history.lineage_for(conn, {c for c in communities | places if c} | hubcov | basecov)
+    if lineage:
+        before_hub = {p for t in hubcov for p, _ in lineage.predecessors(t)}
+        before_base = {p for t in basecov for p, _ in lineage.predecessors(t)}
+        more = [x for x in await store.owners_of(conn, before_hub, "hub:")
+                + await store.owners_of(conn, before_base, "base:") if x not in links]
+        links += more
+        facts.update(await store.facts_of(conn, {o for o, _ in more} - set(facts), known))
+    kinds = await store.division_kinds(conn, {c for c in communities if c} | hubcov | basecov | lineage.codes())
+    new = ent.timelines_for(targets, facts, links, kinds, lineage)
 
     delta: cov.Contribution = Counter()
     changed: dict[str, tuple[cov.Timeline, str | None]] = {}

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contracts import PAYLOAD_BY_TYPE
 
-from . import store
+from . import history, store
 from .domain import coverage as cov
 from .domain import entities as ent
 
@@ -56,10 +56,13 @@ async def _rebuilt(conn: AsyncConnection) -> tuple[dict[str, cov.Timeline], cov.
         links.update(ent.memberships(key, p))
         count += 1
     kinds = await store.all_division_kinds(conn)
+    lineage = await history.all_changes(conn)
+    # A township that took over a merged one is served by what served it (domain/lineage.py).
     townships = {m for o, m in links if not o.startswith("party:")}
+    townships |= {c for c in lineage.codes() if len(c) == 9}
     keys = ({k for k in facts if not k.startswith("party:")}
             | {f"hubcov:{t}" for t in townships} | {f"basecov:{t}" for t in townships})
-    timelines = ent.timelines_for(keys, facts, sorted(links), kinds)
+    timelines = ent.timelines_for(keys, facts, sorted(links), kinds, lineage)
     return timelines, cov.total(cov.contribution(t) for t in timelines.values()), count
 
 

@@ -64,8 +64,23 @@ division = Table(
     Column("code", Text, primary_key=True), Column("name", Text, nullable=False),
     Column("tier", Text, nullable=False), Column("kind", Text), Column("parent_code", Text),
     Column("edition", Text, nullable=False),
+    # The days a code is in force (migration 0008): NULL from, since the first edition; NULL
+    # until, while it is (history.py).
+    Column("valid_from", Date), Column("valid_until", Date),
     Index("division_parent", "parent_code"),
     Index("division_tier", "tier", "code", postgresql_ops={"code": "text_pattern_ops"}))
+# What an edition changed (DivisionChanged), by code and day: the lineage counts follow.
+division_change = Table(
+    "division_change", METADATA,
+    Column("code", Text, primary_key=True), Column("effective_on", Date, primary_key=True),
+    Column("change", Text, nullable=False), Column("successor_code", Text), Column("name", Text),
+    Column("event_id", PG_UUID(as_uuid=True), nullable=False),
+    Index("division_change_successor", "successor_code"))
+# The names renamed divisions had until a day, for coverage as of a past day.
+division_name = Table(
+    "division_name", METADATA,
+    Column("code", Text, primary_key=True), Column("until", Date, primary_key=True),
+    Column("name", Text, nullable=False))
 # Every fact targets counts, by the entity it is about: the log its projections fold.
 fact = Table(
     "fact", METADATA,
@@ -327,13 +342,14 @@ async def children(conn: AsyncConnection, code: str) -> list[dict[str, Any]]:
     """The divisions right below `code`: a township's are its communities."""
     rows = (await conn.execute(text(
         f"SELECT code, name, tier, kind FROM {sql_name(division)} WHERE parent_code = :c "
-        "ORDER BY code"), {"c": code})).mappings().all()
+        "AND valid_until IS NULL ORDER BY code"), {"c": code})).mappings().all()
     return [dict(r) for r in rows]
 
 
 async def regions_of_tier(conn: AsyncConnection, under: str, tier: str) -> list[str]:
     rows = await conn.execute(text(
-        f"SELECT code FROM {sql_name(division)} WHERE tier = :t AND code LIKE :p ORDER BY code"),
+        f"SELECT code FROM {sql_name(division)} WHERE tier = :t AND code LIKE :p AND valid_until IS NULL "
+        "ORDER BY code"),
         {"t": tier, "p": under + "%"})
     return [r[0] for r in rows]
 
@@ -346,7 +362,7 @@ async def unit_counters(conn: AsyncConnection, under: str, tier: str, counters: 
     rows = await conn.execute(text(
         f"SELECT d.code, d.name, c.counter, c.value FROM {sql_name(division)} d "
         f"LEFT JOIN {sql_name(coverage_now)} c ON c.region = d.code AND c.counter = ANY(:c) "
-        "WHERE d.tier = :t AND d.code LIKE :p ORDER BY d.code"),
+        "WHERE d.tier = :t AND d.code LIKE :p AND d.valid_until IS NULL ORDER BY d.code"),
         {"t": tier, "p": under + "%", "c": list(counters)})
     out: dict[str, tuple[str, dict[str, int]]] = {}
     for code, name, counter, value in rows:

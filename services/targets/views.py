@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts.codes import TIER_LENGTH, ancestors, tier_of
 
-from . import evaluation, store
+from . import evaluation, history, store
 from .domain import behind as behind_
 from .domain.catalogue import TargetInstance
 from .domain.metrics import FIGURES, figure, figures, numerator
@@ -29,7 +29,8 @@ class ViewError(Exception):
         super().__init__(f"{field}: {message}")
 
 
-async def known_region(conn: AsyncConnection, code: str) -> dict[str, Any]:
+async def known_region(conn: AsyncConnection, code: str, as_of: date | None = None) -> dict[str, Any]:
+    """The region as it is (or was on `as_of`, in that day's divisions: history.division_on)."""
     try:
         tier_of(code)
     except ValueError as e:
@@ -37,6 +38,11 @@ async def known_region(conn: AsyncConnection, code: str) -> dict[str, Any]:
     region = await store.find_division(conn, code)
     if region is None:
         raise ViewError(404, "region", f"unknown region {code}")
+    if as_of is not None:
+        then = await history.division_on(conn, code, as_of)
+        if then is None:
+            raise ViewError(404, "region", f"region {code} did not exist on {as_of.isoformat()}")
+        return then
     return region
 
 
@@ -50,8 +56,8 @@ def parse_day(value: str | None, field: str = "as_of") -> date | None:
 
 
 async def coverage(conn: AsyncConnection, code: str, as_of: date | None = None) -> dict[str, Any]:
-    region = await known_region(conn, code)
-    kids = await store.children(conn, code)
+    region = await known_region(conn, code, as_of)
+    kids = await (history.children_on(conn, code, as_of) if as_of else store.children(conn, code))
     codes = [code] + [k["code"] for k in kids]
     counters = (await store.counters_as_of(conn, codes, as_of) if as_of
                 else await store.counters_now(conn, codes))

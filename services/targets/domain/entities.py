@@ -19,6 +19,9 @@ from contracts import events as ev
 from contracts.codes import tier_of
 
 from .coverage import EPOCH, State, Timeline, Vector, coverage_regions, squash, vectors
+from .lineage import Lineage
+
+NO_LINEAGE = Lineage()
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,8 @@ def effective_date(p: ev.Payload) -> date:
             return date(p.year, 1, 1)
         case ev.OutstandingOrganizationSelected():
             return date(p.year, 1, 1)
+        case ev.DivisionChanged():
+            return p.effective_on
         case _:
             return EPOCH
 
@@ -86,6 +91,10 @@ def entity_key(p: ev.Payload) -> str | None:
             return f"party:{p.party_organization_id}"
         case ev.DivisionsImported():
             return f"div:{p.county.code}"
+        case ev.DivisionChanged() if len(p.code) > 6:
+            # A change of a township or community is a fact of its county's divisions: applying it
+            # recomputes what counts in the county (organizations, hubs and bases follow).
+            return f"div:{p.code[:6]}"
         case ev.OutstandingOrganizationSelected():
             return f"outstanding:{p.county_code}:{p.year}:{p.organization_id}"
         case (ev.TalentPoolMemberAdded() | ev.TalentPoolMemberRemoved() | ev.TrainingCompleted()
@@ -136,10 +145,15 @@ def interval(facts: Sequence[Fact]) -> Interval | None:
     return Interval(opened.region, opened.start, end, opened.members)
 
 
-def interval_timeline(kind: str, iv: Interval | None) -> Timeline:
+def interval_timeline(kind: str, iv: Interval | None, lineage: Lineage = NO_LINEAGE) -> Timeline:
+    """Counted at its region while open; where that region is merged or recoded, at the successor
+    from the change's day."""
     if iv is None:
         return Timeline(kind)
-    segments: list[tuple[date, State | None]] = [(iv.start, (iv.region,))]
+    segments: list[tuple[date, State | None]] = [(iv.start, (lineage.resolve(iv.region, iv.start),))]
+    for day in lineage.days(iv.region):
+        if day > iv.start and (iv.end is None or day < iv.end):
+            segments.append((day, (lineage.resolve(iv.region, day),)))
     if iv.end is not None:
         segments.append((iv.end, None))
     return Timeline(kind, squash(segments))
@@ -156,14 +170,26 @@ vectors("base", lambda s: _count_at(s[0], "bases"))
 # --- a township's hub or base coverage ---------------------------------------------------------
 
 def covered_timeline(kind: str, township: str, township_kind: str | None,
-                     intervals: Sequence[Interval]) -> Timeline:
-    """A township is covered while at least one of `intervals` is active (union of intervals)."""
+                     intervals: Sequence[Interval], ended_on: date | None = None) -> Timeline:
+    """A township is covered while at least one of `intervals` is active (union of intervals),
+    until the day it ends (merged, recoded or abolished: it no longer counts from then)."""
     if township_kind not in ("street", "town", "township"):
         return Timeline(kind)
-    days = sorted({iv.start for iv in intervals} | {iv.end for iv in intervals if iv.end})
-    segments = [(d, (township, township_kind) if any(iv.active_on(d) for iv in intervals) else None)
-                for d in days]
+    days = sorted({iv.start for iv in intervals} | {iv.end for iv in intervals if iv.end}
+                  | ({ended_on} if ended_on else set()))
+    segments = [(d, (township, township_kind) if (ended_on is None or d < ended_on)
+                 and any(iv.active_on(d) for iv in intervals) else None) for d in days]
     return Timeline(kind, squash(segments))
+
+
+def _inherited(intervals: Sequence[Interval], since: date) -> list[Interval]:
+    """A predecessor's intervals as its successor's from the day it took over."""
+    out = []
+    for iv in intervals:
+        start = max(iv.start, since)
+        if iv.end is None or start < iv.end:
+            out.append(Interval(iv.region, start, iv.end, iv.members))
+    return out
 
 
 def _coverage_vector(suffix: str) -> Any:
@@ -180,12 +206,27 @@ vectors("basecov", _coverage_vector("base"))
 # --- divisions: communities and townships ------------------------------------------------------
 
 def divisions_timeline(facts: Sequence[Fact]) -> Timeline:
-    """A county's townships and communities as counted: the newest import of the county wins."""
-    imports = [f.payload for f in facts if isinstance(f.payload, ev.DivisionsImported)]
-    if not imports:
+    """A county's townships and communities as counted, edition by edition: the oldest edition
+    from the beginning, each later one from the day it took effect (its import's `occurred_at`,
+    which the importer sets to the day of its changes); within an edition the newest import wins."""
+    by_edition: dict[str, list[tuple[Fact, ev.DivisionsImported]]] = {}
+    for f in facts:
+        if isinstance(f.payload, ev.DivisionsImported):
+            by_edition.setdefault(f.payload.edition, []).append((f, f.payload))
+    if not by_edition:
         return Timeline("div")
-    latest = max(zip(imports, facts, strict=False),
-                 key=lambda pf: (pf[0].edition, pf[1].occurred_at, str(pf[1].event_id)))[0]
+    segments: list[tuple[date, State | None]] = []
+    since = EPOCH
+    for n, edition in enumerate(sorted(by_edition)):
+        chosen = by_edition[edition]
+        latest = max(chosen, key=lambda fp: (fp[0].occurred_at, str(fp[0].event_id)))[1]
+        if n:
+            since = max(since, min(f.occurred_at.astimezone(ev.CHINA).date() for f, _ in chosen))
+        segments.append((since, _county_state(latest)))
+    return Timeline("div", squash(segments))
+
+
+def _county_state(latest: ev.DivisionsImported) -> State:
     urban: Counter[str] = Counter()
     rural: Counter[str] = Counter()
     for c in latest.communities:
@@ -196,7 +237,7 @@ def divisions_timeline(facts: Sequence[Fact]) -> Timeline:
     townships = tuple((t.code, t.kind.value, urban[t.code], rural[t.code]) for t in latest.townships)
     communities = tuple((c.code, c.kind.value) for c in sorted(latest.communities, key=lambda c: c.code)
                         if c.kind is not ev.CommunityKind.OTHER)
-    return Timeline("div", ((EPOCH, townships + communities),))
+    return townships + communities
 
 
 def _divisions_vector(state: State) -> Vector:
@@ -230,15 +271,19 @@ vectors("div", _divisions_vector)
 # --- organizations -----------------------------------------------------------------------------
 
 def organization_timeline(facts: Sequence[Fact], parties: Sequence[Interval],
-                          community_kinds: Mapping[str, str]) -> Timeline:
+                          community_kinds: Mapping[str, str], lineage: Lineage = NO_LINEAGE) -> Timeline:
     """An organization's counted states: where it is, its tier, category and class, the kind of
-    its community, whether a party organization covers it, brand and demonstration flags."""
+    its community, whether a party organization covers it, brand and demonstration flags. Where
+    its community is recoded (a merge or split of townships), it follows to the new code from the
+    change's day."""
     ordered = _sorted(facts)
     starts = [f for f in ordered if isinstance(f.payload, ev.OrganizationFiled | ev.OrganizationRegistered)]
     if not starts:
         return Timeline("org")
+    places = {getattr(f.payload, "community_code", None) for f in ordered} - {None}
     days = sorted({f.effective for f in ordered} | {p.start for p in parties}
-                  | {p.end for p in parties if p.end})
+                  | {p.end for p in parties if p.end}
+                  | {d for c in places for d in lineage.days(str(c))})
     segments: list[tuple[date, State | None]] = []
     for day in days:
         attrs: dict[str, Any] = {}
@@ -265,7 +310,7 @@ def organization_timeline(facts: Sequence[Fact], parties: Sequence[Interval],
         if ended or "tier" not in attrs:
             segments.append((day, None))
             continue
-        community = attrs["community"]
+        community = lineage.resolve(attrs["community"], day)
         party = any(pi.active_on(day) for pi in parties)
         segments.append((day, (community, attrs["tier"], attrs["category"],
                                community_kinds.get(community, "other"), party,
@@ -274,11 +319,12 @@ def organization_timeline(facts: Sequence[Fact], parties: Sequence[Interval],
     # A filing counts once, in the year it happened, whatever became of the organization later.
     filings = [f.payload for f in starts if isinstance(f.payload, ev.OrganizationFiled)]
     pulses: list[tuple[date, State]] = [
-        (p.filed_on, (p.community_code, ev.CLASS_OF_CATEGORY[p.category].value))
+        (p.filed_on, (lineage.resolve(p.community_code, p.filed_on), ev.CLASS_OF_CATEGORY[p.category].value))
         for p in filings[:1] if p.tier is ev.ManagementTier.FILED]
     # So does a registration (登记): plans that count "新增登记和备案" add both (issue 21).
     registrations = [f.payload for f in starts if isinstance(f.payload, ev.OrganizationRegistered)]
-    pulses += [(p.registered_on, (p.community_code, ev.CLASS_OF_CATEGORY[p.category].value, "registered"))
+    pulses += [(p.registered_on, (lineage.resolve(p.community_code, p.registered_on),
+                                  ev.CLASS_OF_CATEGORY[p.category].value, "registered"))
                for p in registrations[:1]]
     return Timeline("org", squash(segments), tuple(pulses))
 
@@ -427,9 +473,11 @@ def memberships(key: str, p: ev.Payload) -> list[tuple[str, str]]:
 
 
 def timelines_for(keys: Iterable[str], facts: Mapping[str, Sequence[Fact]], links: Links,
-                  kinds: Mapping[str, str]) -> dict[str, Timeline]:
+                  kinds: Mapping[str, str], lineage: Lineage = NO_LINEAGE) -> dict[str, Timeline]:
     """The timeline of each entity in `keys`, given the facts of those entities and of the party
-    organizations, hubs and bases linked to them, and the kinds of communities and townships."""
+    organizations, hubs and bases linked to them, the kinds of communities and townships, and the
+    division changes of their places (`lineage`: links to a township's predecessors serve it too,
+    from the day it took them over)."""
     owners = {o for o, _ in links} | {k for k in keys if k.split(":", 1)[0] in ("hub", "base")}
     intervals = {o: interval(facts.get(o, ())) for o in owners}
     by_member: dict[str, dict[str, list[Interval]]] = {}
@@ -442,12 +490,15 @@ def timelines_for(keys: Iterable[str], facts: Mapping[str, Sequence[Fact]], link
         kind, ident = key.split(":", 1)
         if kind == "org":
             out[key] = organization_timeline(facts.get(key, ()), by_member.get("party", {}).get(key, []),
-                                             kinds)
+                                             kinds, lineage)
         elif kind in ("hub", "base"):
-            out[key] = interval_timeline(kind, intervals.get(key))
+            out[key] = interval_timeline(kind, intervals.get(key), lineage)
         elif kind in ("hubcov", "basecov"):
-            served = by_member.get(kind[:-3], {}).get(ident, [])
-            out[key] = covered_timeline(kind, ident, kinds.get(ident), served)
+            members = by_member.get(kind[:-3], {})
+            served = list(members.get(ident, []))
+            for before, since in lineage.predecessors(ident):
+                served += _inherited(members.get(before, []), since)
+            out[key] = covered_timeline(kind, ident, kinds.get(ident), served, lineage.ended_on(ident))
         elif kind == "div":
             out[key] = divisions_timeline(facts.get(key, ()))
         elif kind == "person":
