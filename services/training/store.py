@@ -30,9 +30,12 @@ from sqlalchemy import (
     UniqueConstraint,
     Uuid,
     func,
+    literal,
+    select,
     text,
+    update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, CHAR
+from sqlalchemy.dialects.postgresql import ARRAY, CHAR, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cso.reference import DivisionTables
@@ -192,17 +195,17 @@ Index("personal_data_request_person", personal_data_request.c.person_id, persona
 _PERSON = [f.name for f in fields(Person)]
 _MEMBERSHIP = [f.name for f in fields(Membership)]
 _SESSION = [f.name for f in fields(Session)]
+_TRAINEE = [f.name for f in fields(Trainee)]
 
 
 # --- reference data: divisions and organizations -----------------------------------------------
 
 async def region_known(conn: AsyncConnection, code: str) -> bool:
     """A city, county or township training knows from the divisions stream."""
-    table = {4: ("county", "city_code"), 6: ("county", "code"), 9: ("township", "code")}.get(len(code))
-    if table is None:
+    column = {4: county.c.city_code, 6: county.c.code, 9: township.c.code}.get(len(code))
+    if column is None:
         return False
-    return (await conn.execute(text(f"SELECT 1 FROM {SCHEMA}.{table[0]} WHERE {table[1]} = :c LIMIT 1"),
-                               {"c": code})).first() is not None
+    return (await conn.execute(select(literal(1)).where(column == code).limit(1))).first() is not None
 
 
 async def county_known(conn: AsyncConnection, code: str) -> bool:
@@ -235,9 +238,8 @@ async def update_organizations(conn: AsyncConnection,
 async def load_organization(conn: AsyncConnection, org_id: UUID | None) -> Organization | None:
     if org_id is None:
         return None
-    row = (await conn.execute(text(
-        f"SELECT id, community_code, status FROM {SCHEMA}.organization WHERE id = :id"),
-        {"id": org_id})).mappings().first()
+    row = (await conn.execute(select(organization.c.id, organization.c.community_code, organization.c.status)
+                              .where(organization.c.id == org_id))).mappings().first()
     return Organization(**row) if row else None
 
 
@@ -314,18 +316,17 @@ async def update_membership(conn: AsyncConnection, m: Membership, source: str) -
 async def load_trainee(conn: AsyncConnection, person_id: UUID | None) -> Trainee | None:
     if person_id is None:
         return None
-    row = (await conn.execute(text(
-        f"SELECT person_id, role, county_code, added_on FROM {SCHEMA}.trainee WHERE person_id = :p "
-        "FOR UPDATE"), {"p": person_id})).mappings().first()
+    row = (await conn.execute(select(*(trainee.c[f] for f in _TRAINEE))
+                              .where(trainee.c.person_id == person_id).with_for_update())).mappings().first()
     return Trainee(**row) if row else None
 
 
 async def save_trainee(conn: AsyncConnection, t: Trainee, source: str) -> None:
-    await conn.execute(text(
-        f"INSERT INTO {SCHEMA}.trainee (person_id, role, county_code, added_on, updated_by) "
-        "VALUES (:person_id, :role, :county_code, :added_on, :source) ON CONFLICT (person_id) DO UPDATE "
-        "SET role = excluded.role, county_code = excluded.county_code, updated_at = now(), "
-        "updated_by = excluded.updated_by"), asdict(t) | {"source": source})
+    """A trainee recorded, or their role and county corrected (added_on stays the first)."""
+    new = insert(trainee).values(**asdict(t), updated_by=source)
+    await conn.execute(new.on_conflict_do_update(index_elements=[trainee.c.person_id], set_={
+        "role": new.excluded.role, "county_code": new.excluded.county_code, "updated_at": func.now(),
+        "updated_by": new.excluded.updated_by}))
 
 
 async def standings_of(conn: AsyncConnection, person_ids: Sequence[UUID]) -> dict[UUID, Standing]:
@@ -347,16 +348,14 @@ async def standings_of(conn: AsyncConnection, person_ids: Sequence[UUID]) -> dic
 
 
 async def hub_known(conn: AsyncConnection, hub_id: UUID) -> bool:
-    return (await conn.execute(text(f"SELECT 1 FROM {SCHEMA}.hub_leader WHERE hub_id = :h"),
-                               {"h": hub_id})).first() is not None
+    return (await conn.execute(select(literal(1)).where(hub_leader_table.c.hub_id == hub_id))).first() is not None
 
 
 async def insert_hub_leader(conn: AsyncConnection, hub_id: UUID, person_id: UUID, county: str,
                             added: bool, event_id: UUID) -> None:
-    await conn.execute(text(
-        f"INSERT INTO {SCHEMA}.hub_leader (hub_id, person_id, county_code, added_to_pool, event_id) "
-        "VALUES (:h, :p, :c, :a, :e) ON CONFLICT (hub_id) DO NOTHING"),
-        {"h": hub_id, "p": person_id, "c": county, "a": added, "e": event_id})
+    await conn.execute(insert(hub_leader_table).values(
+        hub_id=hub_id, person_id=person_id, county_code=county, added_to_pool=added, event_id=event_id)
+        .on_conflict_do_nothing(index_elements=[hub_leader_table.c.hub_id]))
 
 
 # --- sessions ----------------------------------------------------------------------------------
@@ -396,9 +395,9 @@ async def save_enrolments(conn: AsyncConnection, enrolments: Sequence[Enrolment]
 
 
 async def release_enrolments(conn: AsyncConnection, session_id: UUID, source: str) -> int:
-    result = await conn.execute(text(
-        f"UPDATE {SCHEMA}.enrolment SET status = 'released', updated_at = now(), updated_by = :source "
-        "WHERE session_id = :s AND status = 'enrolled'"), {"s": session_id, "source": source})
+    result = await conn.execute(update(enrolment).where(
+        enrolment.c.session_id == session_id, enrolment.c.status == "enrolled").values(
+        status="released", updated_at=func.now(), updated_by=source))
     return int(result.rowcount)
 
 
@@ -436,26 +435,24 @@ async def people_by_contact(conn: AsyncConnection, contacts: Sequence[tuple[str,
 
 async def upsert_exam(conn: AsyncConnection, person_id: UUID, year: int, level: str, passed: bool,
                       county: str, source: str) -> None:
-    await conn.execute(text(
-        f"INSERT INTO {SCHEMA}.exam (person_id, year, level, passed, county_code, updated_by) "
-        "VALUES (:p, :y, :l, :passed, :c, :source) ON CONFLICT (person_id, year, level) DO UPDATE "
-        "SET passed = excluded.passed, county_code = excluded.county_code, updated_at = now(), "
-        "updated_by = excluded.updated_by"),
-        {"p": person_id, "y": year, "l": level, "passed": passed, "c": county, "source": source})
+    new = insert(exam).values(person_id=person_id, year=year, level=level, passed=passed, county_code=county,
+                              updated_by=source)
+    await conn.execute(new.on_conflict_do_update(
+        index_elements=[exam.c.person_id, exam.c.year, exam.c.level],
+        set_={"passed": new.excluded.passed, "county_code": new.excluded.county_code, "updated_at": func.now(),
+              "updated_by": new.excluded.updated_by}))
 
 
 async def selected(conn: AsyncConnection, county: str, year: int, kind: str, subject: UUID) -> bool:
-    return (await conn.execute(text(
-        f"SELECT 1 FROM {SCHEMA}.outstanding WHERE county_code = :c AND year = :y AND kind = :k "
-        "AND subject_id = :s"), {"c": county, "y": year, "k": kind, "s": subject})).first() is not None
+    o = outstanding.c
+    return (await conn.execute(select(literal(1)).where(
+        o.county_code == county, o.year == year, o.kind == kind, o.subject_id == subject))).first() is not None
 
 
 async def insert_outstanding(conn: AsyncConnection, county: str, year: int, kind: str, subject: UUID,
                              title: str | None, source: str) -> None:
-    await conn.execute(text(
-        f"INSERT INTO {SCHEMA}.outstanding (county_code, year, kind, subject_id, title, updated_by) "
-        "VALUES (:c, :y, :k, :s, :t, :source)"),
-        {"c": county, "y": year, "k": kind, "s": subject, "t": title, "source": source})
+    await conn.execute(insert(outstanding).values(county_code=county, year=year, kind=kind, subject_id=subject,
+                                                  title=title, updated_by=source))
 
 
 # --- read side ---------------------------------------------------------------------------------
@@ -471,9 +468,8 @@ async def pool_view(conn: AsyncConnection, county: str, include_removed: bool) -
     return [dict(r) for r in rows]
 
 
-async def county_name(conn: AsyncConnection, county: str) -> str | None:
-    name: str | None = (await conn.execute(text(
-        f"SELECT name FROM {SCHEMA}.county WHERE code = :c"), {"c": county})).scalar()
+async def county_name(conn: AsyncConnection, code: str) -> str | None:
+    name: str | None = (await conn.execute(select(county.c.name).where(county.c.code == code))).scalar()
     return name
 
 
@@ -559,11 +555,9 @@ async def person_county(conn: AsyncConnection, person_id: UUID) -> str | None:
 async def audit_personal_data(conn: AsyncConnection, action: str, person_id: UUID | None, county: str | None,
                               sub: str, region: str, roles: Sequence[str], source: str) -> None:
     """Who read personal data unmasked, exported or erased it: kept in training's schema."""
-    await conn.execute(text(
-        f"INSERT INTO {SCHEMA}.personal_data_request (action, person_id, county_code, sub, region, roles, "
-        "source) VALUES (:a, :p, :c, :sub, :region, :roles, :source)"),
-        {"a": action, "p": person_id, "c": county, "sub": sub, "region": region, "roles": sorted(roles),
-         "source": source})
+    await conn.execute(insert(personal_data_request).values(
+        action=action, person_id=person_id, county_code=county, sub=sub, region=region, roles=sorted(roles),
+        source=source))
 
 
 async def person_export(conn: AsyncConnection, person_id: UUID) -> dict[str, Any] | None:
