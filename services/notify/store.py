@@ -30,10 +30,13 @@ from sqlalchemy import (
     Time,
     UniqueConstraint,
     Uuid,
+    delete,
     func,
+    select,
     text,
+    update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts.events import DivisionsImported
@@ -183,8 +186,7 @@ async def names(conn: AsyncConnection, codes: Iterable[str]) -> dict[str, str]:
     wanted = sorted(set(codes))
     if not wanted:
         return {}
-    rows = (await conn.execute(text(f"SELECT code, name FROM {SCHEMA}.division WHERE code = ANY(:c)"),
-                               {"c": wanted})).all()
+    rows = (await conn.execute(select(division.c.code, division.c.name).where(division.c.code.in_(wanted)))).all()
     return {r.code: r.name for r in rows}
 
 
@@ -304,23 +306,23 @@ async def delete_subscription(conn: AsyncConnection, sub_id: UUID) -> int | None
 async def save_deadlines(conn: AsyncConnection, deadlines: Sequence[Deadline]) -> None:
     """What each event says of its deadline; a fact older than the one kept (events arrive out of
     order) changes nothing."""
-    if deadlines:
-        await conn.execute(text(
-            f"INSERT INTO {SCHEMA}.deadline (key, kind, region, deadline, title, details, as_of, event_id) "
-            "VALUES (:key, :kind, :region, :deadline, :title, CAST(:details AS jsonb), :as_of, :event_id) "
-            "ON CONFLICT (key) DO UPDATE SET kind = excluded.kind, region = excluded.region, "
-            "deadline = excluded.deadline, title = excluded.title, details = excluded.details, "
-            "as_of = excluded.as_of, event_id = excluded.event_id, updated_at = now() "
-            "WHERE deadline.as_of <= excluded.as_of"),
-            [{"key": d.key, "kind": d.kind, "region": d.region, "deadline": d.deadline, "title": d.title,
-              "details": json.dumps(dict(d.details), ensure_ascii=False, default=str), "as_of": d.as_of,
-              "event_id": d.event_id} for d in deadlines])
+    if not deadlines:
+        return
+    new = insert(deadline).values([
+        {"key": d.key, "kind": d.kind, "region": d.region, "deadline": d.deadline, "title": d.title,
+         "details": json.loads(json.dumps(dict(d.details), default=str)), "as_of": d.as_of,
+         "event_id": d.event_id} for d in {d.key: d for d in sorted(deadlines, key=lambda d: d.as_of)}.values()])
+    await conn.execute(new.on_conflict_do_update(
+        index_elements=[deadline.c.key],
+        set_={c: new.excluded[c] for c in ("kind", "region", "deadline", "title", "details", "as_of", "event_id")}
+        | {"updated_at": func.now()},
+        where=deadline.c.as_of <= new.excluded.as_of))
 
 
 async def drop_deadlines(conn: AsyncConnection, keys: Sequence[str]) -> None:
     """Deadlines met for good (an accepted task): nothing more to remind of."""
     if keys:
-        await conn.execute(text(f"DELETE FROM {SCHEMA}.deadline WHERE key = ANY(:k)"), {"k": list(keys)})
+        await conn.execute(delete(deadline).where(deadline.c.key.in_(list(keys))))
 
 
 @dataclass(frozen=True)
@@ -408,9 +410,8 @@ async def add_digest_items(conn: AsyncConnection, rows: Sequence[dict[str, Any]]
 
 async def start_digest(conn: AsyncConnection, sub_id: UUID, day: date, event_id: UUID) -> bool:
     """Claim the (subscription, day) digest; False when it was made already (here or elsewhere)."""
-    row = (await conn.execute(text(
-        f"INSERT INTO {SCHEMA}.digest (subscription_id, day, event_id) VALUES (:s, :d, :e) "
-        "ON CONFLICT DO NOTHING RETURNING day"), {"s": sub_id, "d": day, "e": event_id})).first()
+    row = (await conn.execute(insert(digest).values(subscription_id=sub_id, day=day, event_id=event_id)
+                              .on_conflict_do_nothing().returning(digest.c.day))).first()
     return row is not None
 
 
@@ -463,11 +464,10 @@ async def mark_failed(conn: AsyncConnection, delivery: UUID, token: UUID, error:
         {"id": delivery, "t": token, "e": error[:4000]})).first()
 
 
-async def mark_cancelled(conn: AsyncConnection, delivery: UUID, token: UUID, reason: str) -> None:
-    await conn.execute(text(
-        f"UPDATE {SCHEMA}.delivery SET status = 'cancelled', lease_until = NULL, last_error = :e "
-        "WHERE id = :id AND claim_token = :t AND status = 'pending'"),
-        {"id": delivery, "t": token, "e": reason})
+async def mark_cancelled(conn: AsyncConnection, row_id: UUID, token: UUID, reason: str) -> None:
+    d = delivery.c
+    await conn.execute(update(delivery).where(d.id == row_id, d.claim_token == token, d.status == "pending")
+                       .values(status="cancelled", lease_until=None, last_error=reason))
 
 
 async def schedule_retry(conn: AsyncConnection, delivery: UUID, token: UUID, error: str,
@@ -491,8 +491,8 @@ async def put_in_inbox(conn: AsyncConnection, d: Any) -> None:
 
 
 async def queue_depth(conn: AsyncConnection) -> int:
-    return int((await conn.execute(text(
-        f"SELECT count(*) FROM {SCHEMA}.delivery WHERE status = 'pending'"))).scalar_one())
+    return int((await conn.execute(select(func.count()).select_from(delivery)
+                                   .where(delivery.c.status == "pending"))).scalar_one())
 
 
 # --- read side --------------------------------------------------------------------------------
@@ -510,10 +510,10 @@ async def inbox(conn: AsyncConnection, recipient: str, unread: bool, limit: int)
 
 
 async def mark_read(conn: AsyncConnection, recipient: str, message_id: UUID) -> Any:
-    return (await conn.execute(text(
-        f"UPDATE {SCHEMA}.inbox_message SET read_at = coalesce(read_at, now()) "
-        "WHERE id = :id AND recipient = :r RETURNING id, read_at"),
-        {"id": message_id, "r": recipient})).first()
+    m = inbox_message.c
+    return (await conn.execute(update(inbox_message).where(m.id == message_id, m.recipient == recipient)
+                               .values(read_at=func.coalesce(m.read_at, func.now()))
+                               .returning(m.id, m.read_at))).first()
 
 
 async def deliveries(conn: AsyncConnection, subscription_id: UUID | None, event_id: UUID | None,
