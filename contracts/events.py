@@ -352,6 +352,85 @@ class PartyOrganizationDissolved(Payload):
     dissolved_on: PastOrToday
 
 
+# --- funding (since 1.5.0) ----------------------------------------------------------------------
+
+
+class FundingProgram(StrEnum):
+    """How a project is funded: 政府购买服务, 公益创投, 孵化培育资金."""
+
+    GOVERNMENT_PURCHASE = "government_purchase"
+    VENTURE_PHILANTHROPY = "venture_philanthropy"
+    INCUBATION_FUND = "incubation_fund"
+
+
+class ProjectOutcome(StrEnum):
+    COMPLETED = "completed"
+    TERMINATED = "terminated"
+
+
+# Money travels as whole fen (分, 0.01 yuan): an integer, never a float. Up to 100 billion yuan.
+AmountFen = Annotated[int, Field(ge=1, le=10_000_000_000_000, description=(
+    "the amount in fen (分): yuan × 100, an integer (12,345.67 yuan is 1234567)"))]
+
+
+class ProjectFunded(Payload):
+    """A project funded by a region's department: awarded to an organization, or to a hub acting for
+    organizations without legal personality (Guangdong: 枢纽型社会组织承接政府购买服务项目). It counts
+    at `region_code`, the recipient's community or, through a hub, the hub's township or county;
+    the organizations it supports are the recipient, or the hub's beneficiaries."""
+
+    TYPE = "ProjectFunded"
+    CONTEXT = "registry"
+    project_id: UUID = Field(default_factory=uuid4)
+    name: Name
+    program: FundingProgram
+    funder_region: RegionCode = Field(description="the region whose department funds it (a city, county, …)")
+    funder_department: Name = Field(description="the funding department, e.g. 市民政局")
+    recipient_organization_id: UUID
+    hub_id: UUID | None = Field(default=None, description=(
+        "the hub the recipient acts as, for the organizations in beneficiary_organization_ids"))
+    beneficiary_organization_ids: list[UUID] = Field(default_factory=list, max_length=500, description=(
+        "through a hub only: the organizations without legal personality (filed or guided) it serves"))
+    region_code: RegionCode = Field(description=(
+        "where the project counts: the recipient's community, or the hub's township or county"))
+    amount_fen: AmountFen
+    awarded_on: PastOrToday
+    starts_on: PlausibleDate
+    ends_on: PlausibleDate
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ProjectFunded:
+        if self.ends_on < self.starts_on:
+            raise ValueError("ends_on: a project cannot end before it starts")
+        if not self.region_code.startswith(self.funder_region):
+            raise ValueError(f"funder_region: {self.funder_region} does not contain region_code {self.region_code}")
+        if self.hub_id is None and self.beneficiary_organization_ids:
+            raise ValueError("beneficiary_organization_ids: only a project through a hub (hub_id) lists them")
+        if self.hub_id is not None and not self.beneficiary_organization_ids:
+            raise ValueError("beneficiary_organization_ids: a hub acts for at least one organization")
+        if len(set(self.beneficiary_organization_ids)) != len(self.beneficiary_organization_ids):
+            raise ValueError("beneficiary_organization_ids: an organization is listed twice")
+        return self
+
+    def supported(self) -> list[UUID]:
+        """The organizations the project supports."""
+        return list(self.beneficiary_organization_ids) if self.hub_id else [self.recipient_organization_id]
+
+    def region_of(self) -> str:
+        return self.region_code
+
+
+class FundedProjectEnded(Payload):
+    """A funded project ended: completed (结项) or terminated early."""
+
+    TYPE = "FundedProjectEnded"
+    CONTEXT = "registry"
+    project_id: UUID
+    outcome: ProjectOutcome = ProjectOutcome.COMPLETED
+    ended_on: PastOrToday
+    reason: Reason | None = None
+
+
 # --- divisions --------------------------------------------------------------------------------
 
 
@@ -754,7 +833,7 @@ class OutstandingOrganizationSelected(Payload):
 PAYLOADS: tuple[type[Payload], ...] = (
     OrganizationFiled, OrganizationRegistered, OrganizationUpdated, OrganizationDeregistered,
     HubEstablished, HubDissolved, IncubationBaseOpened, IncubationBaseClosed,
-    PartyOrganizationFormed, PartyOrganizationDissolved,
+    PartyOrganizationFormed, PartyOrganizationDissolved, ProjectFunded, FundedProjectEnded,
     DivisionsImported, DivisionChanged,
     TrainingSessionScheduled, TrainingCompleted, TalentPoolMemberAdded, TalentPoolMemberRemoved,
     QualificationExamRecorded, OutstandingOrganizationSelected,

@@ -38,6 +38,13 @@ FIGURES = {
     "pool_trained_share": "人才库培训覆盖率",
     "exam_passes": "考试通过（人）",
     "outstanding_orgs_in_year": "当年优秀社区社会组织（个）",
+    "funding_yuan": "资助金额（元）",
+    "funding_yuan_in_year": "当年资助金额（元）",
+    "funded_projects": "资助项目（个）",
+    "funded_projects_in_year": "当年资助项目（个）",
+    "funded_projects_active": "在实施资助项目（个）",
+    "orgs_supported": "获资助组织（个）",
+    "new_orgs_supported_first_year_share": "新成立组织当年获资助比例",
 }
 # The columns of the region tree: what an official asks first.
 KEY_FIGURES = ("orgs", "avg_orgs_per_urban_community", "avg_orgs_per_rural_community",

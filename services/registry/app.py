@@ -17,7 +17,7 @@ from cso.outbox import Relay
 from cso.service import Runtime
 from cso.settings import Settings
 
-from . import api, handlers, sheet, store, verdicts, waiting
+from . import api, funding_api, handlers, sheet, store, verdicts, waiting
 from .losses import IntakeLosses
 from .settings import RegistrySettings
 from .waiting import Clock, utc_now
@@ -41,6 +41,7 @@ def create_app(settings: Settings | None = None, clock: Clock = utc_now) -> Fast
     app = runtime.http("cso registry", large_bodies={"/receipts": 1024 * 1024, "/imports": sheet.MAX_SHEET_BYTES})
     app.state.runtime = runtime  # api.RuntimeDep
     app.include_router(api.router)
+    app.include_router(funding_api.router)
     return app
 
 

@@ -31,6 +31,8 @@ COMMANDS: dict[str, type[ev.Payload]] = {
     "close_base": ev.IncubationBaseClosed,
     "form_party": ev.PartyOrganizationFormed,
     "dissolve_party": ev.PartyOrganizationDissolved,
+    "fund_project": ev.ProjectFunded,
+    "end_project": ev.FundedProjectEnded,
 }
 
 

@@ -119,6 +119,8 @@ def tables(runtime: Runtime, room: waiting.Room) -> list[Consumes]:
         ev.IncubationBaseClosed: facts,
         ev.PartyOrganizationFormed: facts,
         ev.PartyOrganizationDissolved: facts,
+        ev.ProjectFunded: facts,
+        ev.FundedProjectEnded: facts,
     }, otherwise=NotAFactHandler(runtime, room.clock))
     divisions = HandlerTable({
         ev.DivisionsImported: DivisionsHandler(store.DIVISIONS, then=waking(runtime, room)),

@@ -26,7 +26,7 @@ from contracts import Envelope, Topology
 from contracts import events as ev
 from cso import outbox
 
-from . import store
+from . import funding_store, store
 from .domain import Interval, Ledger, Recorded, Rejected, decide
 
 __all__ = ["REGISTRY_FACTS", "Recorded", "load", "record", "record_batch", "save"]
@@ -35,6 +35,7 @@ REGISTRY_FACTS: tuple[type[ev.Payload], ...] = (
     ev.OrganizationFiled, ev.OrganizationRegistered, ev.OrganizationUpdated,
     ev.OrganizationDeregistered, ev.HubEstablished, ev.HubDissolved, ev.IncubationBaseOpened,
     ev.IncubationBaseClosed, ev.PartyOrganizationFormed, ev.PartyOrganizationDissolved,
+    ev.ProjectFunded, ev.FundedProjectEnded,
 )
 
 
@@ -44,6 +45,7 @@ async def load(conn: AsyncConnection, facts: Sequence[ev.Payload]) -> Ledger:
     regions: set[str] = set()
     credit_codes: set[str] = set()
     interval_ids: dict[str, set[UUID]] = {"hub": set(), "base": set(), "party": set()}
+    project_ids: set[UUID] = set()
     for fact in facts:
         match fact:
             case ev.OrganizationFiled() | ev.OrganizationRegistered() | ev.OrganizationUpdated():
@@ -70,6 +72,14 @@ async def load(conn: AsyncConnection, facts: Sequence[ev.Payload]) -> Ledger:
                 interval_ids["party"].add(fact.party_organization_id)
             case ev.PartyOrganizationDissolved():
                 interval_ids["party"].add(fact.party_organization_id)
+            case ev.ProjectFunded():
+                project_ids.add(fact.project_id)
+                org_ids.add(fact.recipient_organization_id)
+                org_ids.update(fact.beneficiary_organization_ids)
+                if fact.hub_id is not None:
+                    interval_ids["hub"].add(fact.hub_id)
+            case ev.FundedProjectEnded():
+                project_ids.add(fact.project_id)
     regions.update(c[:6] for c in communities)
     intervals: dict[tuple[str, UUID], Interval | None] = {}
     for kind, ids in interval_ids.items():
@@ -82,7 +92,8 @@ async def load(conn: AsyncConnection, facts: Sequence[ev.Payload]) -> Ledger:
         communities=await store.known_communities(conn, sorted(communities)) if communities else set(),
         counties=await store.known_regions(conn, sorted(r for r in regions if len(r) == 6)),
         townships=await store.known_regions(conn, sorted(r for r in regions if len(r) == 9)),
-        intervals=intervals)
+        intervals=intervals,
+        projects=await funding_store.load_projects(conn, sorted(project_ids)) if project_ids else {})
 
 
 async def save(conn: AsyncConnection, ledger: Ledger, topology: Topology) -> None:
@@ -91,6 +102,7 @@ async def save(conn: AsyncConnection, ledger: Ledger, topology: Topology) -> Non
     for kind in ("hub", "base", "party"):
         await store.insert_intervals(conn, kind, [n for (k, _), n in ledger.new_intervals.items() if k == kind])
         await store.end_intervals(conn, kind, [v for (k, _), v in ledger.ended_intervals.items() if k == kind])
+    await funding_store.save_projects(conn, list(ledger.changed_projects.values()))
     await outbox.add(conn, store.SCHEMA, topology, ledger.events)
     await store.insert_audit(conn, ledger.audit)
 

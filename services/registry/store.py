@@ -150,7 +150,7 @@ audit = Table(
     "audit", METADATA,
     Column("seq", BigInteger, primary_key=True, autoincrement=True),
     Column("event_id", Uuid, nullable=False),
-    Column("record_kind", Text, CheckConstraint("record_kind IN ('organization', 'hub', 'base', 'party')"),
+    Column("record_kind", Text, CheckConstraint("record_kind IN ('organization', 'hub', 'base', 'party', 'project')"),
            nullable=False),
     Column("record_id", Uuid, nullable=False),
     Column("type", Text, nullable=False),
@@ -568,6 +568,9 @@ _SATISFIED = " OR ".join(
     for kind, table, column in (("organization", organization, "id"), ("county", county, "code"),
                                 ("hub", hub, "id"), ("base", incubation_base, "id"),
                                 ("party", party_organization, "id")))
+# Funded projects (funding_store.py, which builds on this module): named, not imported.
+_SATISFIED += (" OR (split_part(w.waits_for, ':', 1) = 'project' AND EXISTS (SELECT 1 FROM "
+               f"{SCHEMA}.funded_project x WHERE x.id::text = split_part(w.waits_for, ':', 2)))")
 
 
 async def take_due_waiting(conn: AsyncConnection, now: Any, limit: int) -> list[Any]:

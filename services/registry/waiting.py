@@ -55,7 +55,8 @@ def key_of(envelope: Envelope[Any], recorded: Recorded) -> str:
     """What an accepted fact may let waiting facts go on with: the record it touched."""
     kind = ("organization" if envelope.type.startswith("Organization") else
             "hub" if envelope.type.startswith("Hub") else
-            "base" if envelope.type.startswith("IncubationBase") else "party")
+            "base" if envelope.type.startswith("IncubationBase") else
+            "project" if envelope.type in ("ProjectFunded", "FundedProjectEnded") else "party")
     return f"{kind}:{recorded.aggregate_id}"
 
 

@@ -18,7 +18,7 @@ from contracts.envelope import load_json
 from cso.auth import PUBLIC, WRITE, Principal
 from cso.service import Runtime, errors_body
 
-from . import store, views
+from . import funding_views, store, views
 from .coalescer import Coalescer
 from .domain.catalogue import CatalogueError, parse_catalogue
 from .evaluation import Clock
@@ -122,6 +122,16 @@ async def get_behind(ctx: Ctx, region: str, target: str | None = None, limit: st
     404 names `region` (unknown) or `target` (not applicable here); 422 names `limit`.
     See views.behind and domain/behind.py."""
     return await respond(ctx, lambda c: views.behind(c, region, target, views.parse_limit(limit)))
+
+
+@router.get("/funding/{region}", **PUBLIC)
+async def get_funding(ctx: Ctx, region: str, as_of: str | None = None, year: int | None = None) -> JSONResponse:
+    """A region's funded projects beside its coverage, with its children's (drill-down): amount
+    (`amount_fen`, and `amount_yuan` as an exact decimal string), projects awarded and running,
+    per program (government_purchase, venture_philanthropy, incubation_fund), organizations
+    supported, new organizations and the share funded within their first year. Public like
+    coverage (aggregates, no record). `as_of` a day; `year` the awards of one year."""
+    return await respond(ctx, lambda c: funding_views.funding(c, region, views.parse_day(as_of), year))
 
 
 @router.get("/coverage/{region}/series", **PUBLIC)

@@ -87,6 +87,8 @@ def tables(topology: Topology, regions_changed: Callable[[], None]) -> list[Cons
         ev.IncubationBaseClosed: facts,
         ev.PartyOrganizationFormed: facts,
         ev.PartyOrganizationDissolved: facts,
+        ev.ProjectFunded: facts,            # funding (domain/funding.py)
+        ev.FundedProjectEnded: facts,
     })
     training = HandlerTable({
         ev.TalentPoolMemberAdded: facts,

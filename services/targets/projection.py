@@ -55,12 +55,15 @@ async def recompute(conn: AsyncConnection, direct: set[str],
     orgs = set(by_kind.get("org", ()))
     hubcov: set[str] = set()
     basecov: set[str] = set()
-    for owner, member in await store.members_of(conn, by_kind.get("party", set())
-                                                | by_kind.get("hub", set()) | by_kind.get("base", set())):
+    supported: set[str] = set()     # "supported:<organization>": funded by a project (domain/funding.py)
+    for owner, member in await store.members_of(conn, by_kind.get("party", set()) | by_kind.get("hub", set())
+                                                | by_kind.get("base", set()) | by_kind.get("fund", set())):
         if owner.startswith("party:"):
             orgs.add(member)
         elif owner.startswith("hub:"):
             hubcov.add(member)
+        elif owner.startswith("fund:"):
+            supported.add(member)
         else:
             basecov.add(member)
     for div in by_kind.get("div", ()):
@@ -73,7 +76,10 @@ async def recompute(conn: AsyncConnection, direct: set[str],
         hubcov.update(townships)
         basecov.update(townships)
 
-    targets = (orgs | {f"hubcov:{t}" for t in hubcov} | {f"basecov:{t}" for t in basecov}
+    # An organization's start and community decide how its funding counts: recompute it when it changes.
+    supported.update(m for _, m in await store.owners_of(conn, {f"supported:{o[4:]}" for o in orgs}, "fund:"))
+    targets = (orgs | supported | by_kind.get("fund", set())
+               | {f"hubcov:{t}" for t in hubcov} | {f"basecov:{t}" for t in basecov}
                | by_kind.get("hub", set()) | by_kind.get("base", set()) | by_kind.get("div", set())
                | by_kind.get("person", set()) | by_kind.get("outstanding", set()))
     if not targets:
@@ -83,8 +89,9 @@ async def recompute(conn: AsyncConnection, direct: set[str],
     # Inputs: facts of the entities, of the party organizations covering the organizations, of the
     # hubs and bases serving the townships; kinds of their communities and townships.
     links = (await store.owners_of(conn, orgs, "party:") + await store.owners_of(conn, hubcov, "hub:")
-             + await store.owners_of(conn, basecov, "base:"))
-    facts = await store.facts_of(conn, targets | {o for o, _ in links}, known)
+             + await store.owners_of(conn, basecov, "base:") + await store.owners_of(conn, supported, "fund:"))
+    facts = await store.facts_of(conn, targets | {o for o, _ in links} | {f"org:{s[10:]}" for s in supported},
+                                 known)
     communities = {getattr(f.payload, "community_code", None) for o in orgs for f in facts.get(o, [])}
     places = {getattr(f.payload, "region_code", None) for k, fs in facts.items() if k[:4] in ("hub:", "base")
               for f in fs}

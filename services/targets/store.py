@@ -728,6 +728,14 @@ async def projection_staleness(conn: AsyncConnection) -> str | None:
             "AND EXISTS (SELECT 1 FROM jsonb_array_elements(e.timeline->'segments') s "
             "WHERE jsonb_typeof(s->1) = 'array' AND jsonb_array_length(s->1) = 8))"))).scalar():
         return "ratings are recorded but not counted (coverage kept before orgs_rated)"
+    # Every organization is new once, a pulse (community, "new"), since funding counts the share of new
+    # organizations funded in their first year (issue 22); one counted before has none.
+    if (await conn.execute(text(
+            f"SELECT EXISTS (SELECT 1 FROM {sql_name(entity)} e WHERE e.kind = 'org' "
+            "AND jsonb_array_length(e.timeline->'segments') > 0 "
+            "AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(e.timeline->'pulses') p WHERE p->1->>1 = 'new'))"
+            ))).scalar():
+        return "organizations are counted but not orgs_new (coverage kept before funding)"
     # Flagged by a migration that changed how coverage is kept (0006: per day, not per month).
     return await stale_flag(conn)
 

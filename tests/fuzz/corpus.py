@@ -116,6 +116,10 @@ def registry_facts() -> list[ev.Payload]:
                           name="雒城街道枢纽", leader_person_id=PERSON),
         ev.IncubationBaseOpened(name="广汉市孵化基地", region_code=COUNTY, covered_townships=[TOWNSHIP],
                                 opened_on=date(2022, 5, 1)),
+        ev.ProjectFunded(name="居家养老服务", program="government_purchase", funder_region=COUNTY,
+                         funder_department="广汉市民政局", recipient_organization_id=ORG, region_code=COMMUNITY,
+                         amount_fen=12_345_67, awarded_on=date(2023, 9, 1), starts_on=date(2023, 10, 1),
+                         ends_on=date(2024, 9, 30)),
     ]
 
 
@@ -128,6 +132,7 @@ def registry_facts_without_region() -> list[tuple[ev.Payload, str]]:
         (ev.HubDissolved(hub_id=uuid.uuid4(), dissolved_on=date(2024, 3, 1)), TOWNSHIP),
         (ev.IncubationBaseClosed(base_id=uuid.uuid4(), closed_on=date(2024, 2, 1)), COUNTY),
         (ev.PartyOrganizationDissolved(party_organization_id=uuid.uuid4(), dissolved_on=date(2024, 1, 1)), COUNTY),
+        (ev.FundedProjectEnded(project_id=uuid.uuid4(), outcome="completed", ended_on=date(2024, 9, 30)), COMMUNITY),
     ]
 
 

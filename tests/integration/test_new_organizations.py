@@ -95,6 +95,13 @@ async def test_registrations_kept_before_they_counted_as_new_are_flagged_for_a_r
                          json.dumps({"kind": "org", "segments": [["2021-09-01", registered]],
                                      "pulses": [["2021-09-01", ["511111001001", "functional", "registered"]]]}))
         async with engine.connect() as conn:
+            # Kept before funding (issue 22): the organization was never counted as new (orgs_new).
+            assert (await stale(conn) or "").startswith("organizations are counted but not orgs_new")
+        await db.execute("UPDATE targets.entity SET timeline = $1::jsonb WHERE key = 'org:old'",
+                         json.dumps({"kind": "org", "segments": [["2021-09-01", registered]],
+                                     "pulses": [["2021-09-01", ["511111001001", "functional", "registered"]],
+                                                ["2021-09-01", ["511111001001", "new"]]]}))
+        async with engine.connect() as conn:
             assert await stale(conn) is None
     finally:
         await db.close()

@@ -152,6 +152,12 @@ def recount(payloads: list[ev.Payload], on: date) -> Counter[tuple[str, str]]:
         if first_reg is not None and first_reg.registered_on <= on:
             for r in regions(first_reg.community_code):
                 out[(r, f"registrations_{ev.CLASS_OF_CATEGORY[first_reg.category].value}")] += 1
+        # Every organization is new once, on its first filing or registration, where it was then.
+        first = min((p.filed_on if isinstance(p, ev.OrganizationFiled) else p.registered_on, p.community_code)
+                    for p in ps if isinstance(p, ev.OrganizationFiled | ev.OrganizationRegistered))
+        if first[0] <= on:
+            for r in regions(first[1]):
+                out[(r, "orgs_new")] += 1
         if not (start <= on and (end is None or on < end)):
             continue
         # Facts of the same day apply in the order they occurred (their index in the stream).

@@ -17,8 +17,9 @@ from uuid import UUID
 from contracts import Envelope
 from contracts import events as ev
 
-from . import rules
+from . import funding, rules
 from .errors import NotYet, OutOfScope, Rejected
+from .funding import FundedProject
 from .rules import Interval, Organization
 
 
@@ -57,6 +58,9 @@ class Ledger:
     counties: set[str]
     townships: set[str]
     intervals: dict[tuple[str, UUID], Interval | None]
+    projects: dict[UUID, FundedProject | None] = field(default_factory=dict)
+    # Each changed project after the batch, with the organizations a new one supports through a hub.
+    changed_projects: dict[UUID, tuple[FundedProject, list[UUID], str]] = field(default_factory=dict)
     changed_orgs: dict[UUID, tuple[Organization, UUID, str]] = field(default_factory=dict)
     new_intervals: dict[tuple[str, UUID], NewInterval] = field(default_factory=dict)
     ended_intervals: dict[tuple[str, UUID], tuple[Interval, str]] = field(default_factory=dict)
@@ -83,7 +87,7 @@ class Ledger:
 _AUDITED: dict[type, tuple[str, ...]] = {}
 
 
-def _audited_fields(record_type: type[Organization | Interval]) -> tuple[str, ...]:
+def _audited_fields(record_type: type[Organization | Interval | FundedProject]) -> tuple[str, ...]:
     # dataclasses.fields() walks the class each call: a few per cent of registry's CPU per event.
     names = _AUDITED.get(record_type)
     if names is None:
@@ -91,7 +95,8 @@ def _audited_fields(record_type: type[Organization | Interval]) -> tuple[str, ..
     return names
 
 
-def _changes(before: Organization | Interval | None, after: Organization | Interval) -> dict[str, Any]:
+def _changes(before: Organization | Interval | FundedProject | None,
+             after: Organization | Interval | FundedProject) -> dict[str, Any]:
     """The audit's record of a change: each field that differs, as [before, after]."""
     # Shallow: the records hold only scalars, and dataclasses.asdict deep-copies every value.
     names = _audited_fields(type(after))
@@ -113,9 +118,10 @@ def decide(ledger: Ledger, envelope: Envelope[Any], check_region: bool = True,
     """
     fact = envelope.payload
     org: Organization | None = None
-    before: Organization | Interval | None = None
+    before: Organization | Interval | FundedProject | None = None
     created: NewInterval | None = None
     ended: tuple[str, Interval] | None = None
+    project: FundedProject | None = None
     match fact:
         case ev.OrganizationFiled():
             org = rules.file(ledger.orgs.get(fact.organization_id),
@@ -157,11 +163,22 @@ def decide(ledger: Ledger, envelope: Envelope[Any], check_region: bool = True,
         case ev.PartyOrganizationDissolved():
             before = ledger.interval("party", fact.party_organization_id)
             ended = ("party", rules.dissolve_party(before, fact))
+        case ev.ProjectFunded():
+            project = funding.fund(
+                ledger.projects.get(fact.project_id), ledger.orgs.get(fact.recipient_organization_id),
+                ledger.interval("hub", fact.hub_id) if fact.hub_id else None,
+                {i: ledger.orgs.get(i) for i in fact.beneficiary_organization_ids}, fact)
+        case ev.FundedProjectEnded():
+            before = ledger.projects.get(fact.project_id)
+            project = funding.end(before, fact)
         case _:
             raise Rejected("type", f"registry does not record {envelope.type}", code="not_a_registry_fact")
 
-    after: Organization | Interval
-    if org is not None:
+    after: Organization | Interval | FundedProject
+    if project is not None:
+        after, kind = project, "project"
+        done = Recorded(str(project.id), project.region_code)
+    elif org is not None:
         after, kind = org, "organization"
         done = Recorded(str(org.id), org.community_code)
     elif created is not None:
@@ -184,7 +201,13 @@ def decide(ledger: Ledger, envelope: Envelope[Any], check_region: bool = True,
                                      f"not {envelope.region[:6]}", code="region_mismatch")
 
     # Accepted: from here on the ledger changes.
-    if org is not None:
+    if project is not None:
+        supported = list(fact.beneficiary_organization_ids) if isinstance(fact, ev.ProjectFunded) else []
+        if project.id in ledger.changed_projects:   # ended in the batch that created it
+            supported = ledger.changed_projects[project.id][1]
+        ledger.projects[project.id] = project
+        ledger.changed_projects[project.id] = (project, supported, envelope.source)
+    elif org is not None:
         ledger.orgs[org.id] = org
         ledger.changed_orgs[org.id] = (org, envelope.event_id, envelope.source)
         if org.social_credit_code is not None:

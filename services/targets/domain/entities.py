@@ -18,6 +18,7 @@ from uuid import UUID
 from contracts import events as ev
 from contracts.codes import tier_of
 
+from . import funding
 from .coverage import EPOCH, State, Timeline, Vector, coverage_regions, squash, vectors
 from .lineage import Lineage
 
@@ -73,6 +74,10 @@ def effective_date(p: ev.Payload) -> date:
             return date(p.year, 1, 1)
         case ev.DivisionChanged():
             return p.effective_on
+        case ev.ProjectFunded():
+            return p.awarded_on
+        case ev.FundedProjectEnded():
+            return p.ended_on
         case _:
             return EPOCH
 
@@ -89,6 +94,8 @@ def entity_key(p: ev.Payload) -> str | None:
             return f"base:{p.base_id}"
         case ev.PartyOrganizationFormed() | ev.PartyOrganizationDissolved():
             return f"party:{p.party_organization_id}"
+        case ev.ProjectFunded() | ev.FundedProjectEnded():
+            return f"fund:{p.project_id}"
         case ev.DivisionsImported():
             return f"div:{p.county.code}"
         case ev.DivisionChanged() if len(p.code) > 6:
@@ -326,6 +333,11 @@ def organization_timeline(facts: Sequence[Fact], parties: Sequence[Interval],
     pulses += [(p.registered_on, (lineage.resolve(p.community_code, p.registered_on),
                                   ev.CLASS_OF_CATEGORY[p.category].value, "registered"))
                for p in registrations[:1]]
+    # Every organization is new once, on the day it started, whichever way (the denominator of the
+    # share of new organizations funded in their first year: domain/funding.py).
+    start = funding.organization_start([f.payload for f in starts])
+    if start is not None:
+        pulses.append((start[0], (start[1], NEW)))
     return Timeline("org", squash(segments), tuple(pulses))
 
 
@@ -362,8 +374,14 @@ def _organization_vector(state: State) -> Vector:
     return out
 
 
+NEW = "new"
+
+
 def _new_organization_vector(pulse: State) -> Vector:
-    """A filing pulse is (community, class); a registration pulse adds "registered"."""
+    """A filing pulse is (community, class); a registration pulse adds "registered"; the start of
+    an organization, filed or registered, is (community, "new")."""
+    if pulse[1] == NEW:
+        return _count_at(pulse[0], "orgs_new")
     event = "registrations" if len(pulse) > 2 else "filings"
     return _count_at(pulse[0], f"{event}_{pulse[1]}")
 
@@ -468,6 +486,8 @@ def memberships(key: str, p: ev.Payload) -> list[tuple[str, str]]:
             return [(key, p.region_code)]
         case ev.IncubationBaseOpened():
             return [(key, t) for t in p.covered_townships]
+        case ev.ProjectFunded():
+            return [(key, f"supported:{o}") for o in p.supported()]
         case _:
             return []
 
@@ -485,6 +505,11 @@ def timelines_for(keys: Iterable[str], facts: Mapping[str, Sequence[Fact]], link
         iv = intervals.get(owner)
         if iv is not None:
             by_member.setdefault(owner.split(":", 1)[0], {}).setdefault(member, []).append(iv)
+    awards: dict[str, list[ev.ProjectFunded]] = {}
+    for owner, member in links:
+        if owner.startswith("fund:"):
+            awards.setdefault(member, []).extend(
+                f.payload for f in facts.get(owner, ()) if isinstance(f.payload, ev.ProjectFunded))
     out: dict[str, Timeline] = {}
     for key in keys:
         kind, ident = key.split(":", 1)
@@ -505,4 +530,9 @@ def timelines_for(keys: Iterable[str], facts: Mapping[str, Sequence[Fact]], link
             out[key] = person_timeline(facts.get(key, ()))
         elif kind == "outstanding":
             out[key] = outstanding_timeline(facts.get(key, ()))
+        elif kind == "fund":
+            out[key] = funding.project_timeline([(f.payload, f.order) for f in facts.get(key, ())])
+        elif kind == "supported":
+            out[key] = funding.supported_timeline(
+                [(f.payload, f.order) for f in facts.get(f"org:{ident}", ())], awards.get(key, []))
     return out

@@ -13,6 +13,8 @@ from typing import Literal
 
 from contracts.events import Category, CommunityKind, ManagementTier, OrganizationClass
 
+from .funding import FUNDING_COUNTERS
+
 CATEGORY_COUNTERS = tuple(f"orgs_cat_{c.value}" for c in Category)
 COUNTERS: tuple[str, ...] = (
     "orgs",                                   # active organizations
@@ -35,6 +37,7 @@ COUNTERS: tuple[str, ...] = (
     "pool_members", "pool_members_trained",
     "exam_passes",
     "outstanding_orgs",                       # cumulative selections (优秀社区社会组织), per county
+    *FUNDING_COUNTERS,                        # funded projects, fen, organizations supported (funding.py)
 )
 COMMUNITY_KINDS = {CommunityKind.URBAN.value, CommunityKind.RURAL.value}
 
@@ -59,6 +62,7 @@ class Figure:
     yearly: bool = False
     description: str = ""
     unit: Literal["community", "township"] | None = None
+    per: int = 1    # a count's counters divided by this: fen to yuan (100)
 
 
 FIGURES: dict[str, Figure] = {f.name: f for f in (
@@ -104,6 +108,18 @@ FIGURES: dict[str, Figure] = {f.name: f for f in (
     Figure("exam_passes", ("exam_passes",), description="social-work qualification exam passes"),
     Figure("outstanding_orgs_in_year", ("outstanding_orgs",), yearly=True,
            description="outstanding organizations selected for the year (优秀社区社会组织)"),
+    Figure("funding_yuan", ("funding_fen",), per=100,
+           description="yuan awarded to funded projects (政府购买服务, 公益创投, 孵化培育资金), cumulative"),
+    Figure("funding_yuan_in_year", ("funding_fen",), yearly=True, per=100,
+           description="yuan awarded to funded projects within the year"),
+    Figure("funded_projects", ("funded_projects",), description="funded projects awarded, cumulative"),
+    Figure("funded_projects_in_year", ("funded_projects",), yearly=True,
+           description="funded projects awarded within the year"),
+    Figure("funded_projects_active", ("funded_projects_active",), description="funded projects running"),
+    Figure("orgs_supported", ("orgs_supported",),
+           description="organizations a funded project has supported, cumulative"),
+    Figure("new_orgs_supported_first_year_share", ("orgs_new_supported_first_year",), ("orgs_new",), "share",
+           description="share of new organizations funded within their first year"),
 )}
 
 
@@ -142,7 +158,7 @@ def figure(name: str, counters: Mapping[str, int], year_start: Mapping[str, int]
     if spec.yearly:
         top -= sum((year_start or {}).get(c, 0) for c in top_counters)
     if not spec.denominator:
-        return float(top)
+        return float(top) / spec.per
     bottom = sum(counters.get(c, 0) for c in spec.denominator)
     return top / bottom if bottom else None
 
