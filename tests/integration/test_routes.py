@@ -55,7 +55,8 @@ NOWHERE = Settings(database_url="postgresql://nobody@127.0.0.1:1/none", nats_url
 PARAMS = {"command": "file", "session_id": str(uuid.uuid4()), "person_id": str(uuid.uuid4()),
           "target_id": "t", "plan_id": "p", "task_no": "1", "line": TOWNSHIP, "action": "start",
           "sub_id": str(uuid.uuid4()), "recipient": "someone", "message_id": str(uuid.uuid4()),
-          "code": COUNTY, "region": COUNTY, "org_id": str(uuid.uuid4()), "project_id": str(uuid.uuid4()), "evidence_id": "e", "unit": "u"}
+          "code": COUNTY, "region": COUNTY, "org_id": str(uuid.uuid4()), "evidence_id": "e", "unit": "u",
+          "project_id": str(uuid.uuid4())}
 # What must be personal data whatever else changes: a person, a pool, a roster, contacts, inboxes.
 PERSONAL_PATHS = ("/people/", "/pool", "/sessions/{session_id}", "/subscriptions", "/deliveries", "/inbox/")
 
