@@ -38,7 +38,7 @@ from cso import outbox
 
 from .. import store as targets_store
 from ..domain.catalogue import TargetSpec, parse_catalogue, promise
-from ..store import SCHEMA
+from ..store import SCHEMA, sql_name
 from . import domain as d
 from .errors import Conflict, NotFound
 
@@ -121,7 +121,7 @@ def _json(value: Any) -> str:
 
 
 async def known_regions(conn: AsyncConnection, codes: Sequence[str]) -> dict[str, str]:
-    rows = await conn.execute(text(f"SELECT code, tier FROM {SCHEMA}.division WHERE code = ANY(:c)"),
+    rows = await conn.execute(text(f"SELECT code, tier FROM {sql_name(targets_store.division)} WHERE code = ANY(:c)"),
                               {"c": sorted(set(codes))})
     return {r[0]: r[1] for r in rows}
 
@@ -139,7 +139,7 @@ async def lock_plan(conn: AsyncConnection, plan_id: str) -> None:
 
 
 async def seed_hash(conn: AsyncConnection, plan_id: str) -> str | None:
-    return (await conn.execute(text(f"SELECT seed_hash FROM {SCHEMA}.plan WHERE id = :id"),
+    return (await conn.execute(text(f"SELECT seed_hash FROM {sql_name(plan_table)} WHERE id = :id"),
                                {"id": plan_id})).scalar()
 
 
@@ -151,20 +151,20 @@ async def import_plan(conn: AsyncConnection, plan: d.Plan, origin: str, by: str 
     await lock_plan(conn, plan.id)
     await lock_links(conn)   # before any plan row: linking locks them all
     row = (await conn.execute(text(
-        f"SELECT document, revision, seed_hash FROM {SCHEMA}.plan WHERE id = :id FOR UPDATE"),
+        f"SELECT document, revision, seed_hash FROM {sql_name(plan_table)} WHERE id = :id FOR UPDATE"),
         {"id": plan.id})).first()
     document = plan.to_json()
     warnings = list(plan.warnings)
     if row is not None and row.document == document:
         if seed is not None and row.seed_hash != seed:
-            await conn.execute(text(f"UPDATE {SCHEMA}.plan SET seed_hash = :h WHERE id = :id"),
+            await conn.execute(text(f"UPDATE {sql_name(plan_table)} SET seed_hash = :h WHERE id = :id"),
                                {"h": seed, "id": plan.id})
         return {"plan_id": plan.id, "revision": row.revision, "changed": False, "diff": None,
                 "warnings": warnings}
     diff = d.diff_plans(row.document if row is not None else None, document)
     revision = (row.revision if row is not None else 0) + 1
     await conn.execute(text(
-        f"INSERT INTO {SCHEMA}.plan (id, title, scope, document, revision, origin, warnings, seed_hash) "
+        f"INSERT INTO {sql_name(plan_table)} (id, title, scope, document, revision, origin, warnings, seed_hash) "
         "VALUES (:id, :title, :scope, CAST(:doc AS jsonb), :rev, :origin, CAST(:w AS jsonb), :seed) "
         "ON CONFLICT (id) DO UPDATE SET title = excluded.title, scope = excluded.scope, "
         "document = excluded.document, revision = excluded.revision, origin = excluded.origin, "
@@ -173,7 +173,7 @@ async def import_plan(conn: AsyncConnection, plan: d.Plan, origin: str, by: str 
         {"id": plan.id, "title": plan.title, "scope": plan.scope, "doc": _json(document), "rev": revision,
          "origin": origin, "w": _json(warnings), "seed": seed})
     await conn.execute(text(
-        f"INSERT INTO {SCHEMA}.plan_revision (plan_id, revision, origin, by, diff, document) "
+        f"INSERT INTO {sql_name(plan_revision)} (plan_id, revision, origin, by, diff, document) "
         "VALUES (:id, :rev, :origin, :by, CAST(:diff AS jsonb), CAST(:doc AS jsonb))"),
         {"id": plan.id, "rev": revision, "origin": origin, "by": by, "diff": _json(diff),
          "doc": _json(document)})
@@ -181,7 +181,7 @@ async def import_plan(conn: AsyncConnection, plan: d.Plan, origin: str, by: str 
     nos = [t.no for t in plan.tasks]
     for position, task in enumerate(plan.tasks):
         await conn.execute(text(
-            f"INSERT INTO {SCHEMA}.plan_task (plan_id, task_no, position, title, lead, leads, co, deadline, "
+            f"INSERT INTO {sql_name(plan_task)} (plan_id, task_no, position, title, lead, leads, co, deadline, "
             "scope_region, expands, work_plan, targets, removed) VALUES (:p, :no, :pos, :title, :lead, "
             ":leads, :co, :deadline, :region, :expands, :wp, CAST(:targets AS jsonb), false) "
             "ON CONFLICT (plan_id, task_no) DO UPDATE SET position = excluded.position, "
@@ -195,22 +195,22 @@ async def import_plan(conn: AsyncConnection, plan: d.Plan, origin: str, by: str 
              "targets": _json([t.to_json() | ({} if t.untracked else {"own": d.catalogue_item(plan, task, t)})
                                for t in task.targets])})
         await conn.execute(text(
-            f"INSERT INTO {SCHEMA}.plan_progress (plan_id, task_no, line, region, unit) "
+            f"INSERT INTO {sql_name(plan_progress)} (plan_id, task_no, line, region, unit) "
             "VALUES (:p, :no, '', :region, :lead) ON CONFLICT (plan_id, task_no, line) DO UPDATE "
             "SET region = excluded.region, unit = excluded.unit, removed = false"),
             {"p": plan.id, "no": task.no, "region": task.scope_region, "lead": task.lead})
     await conn.execute(text(
-        f"UPDATE {SCHEMA}.plan_task SET removed = true WHERE plan_id = :p AND NOT (task_no = ANY(:nos))"),
+        f"UPDATE {sql_name(plan_task)} SET removed = true WHERE plan_id = :p AND NOT (task_no = ANY(:nos))"),
         {"p": plan.id, "nos": nos})
     await conn.execute(text(
-        f"UPDATE {SCHEMA}.plan_progress SET removed = true WHERE plan_id = :p AND NOT (task_no = ANY(:nos))"),
+        f"UPDATE {sql_name(plan_progress)} SET removed = true WHERE plan_id = :p AND NOT (task_no = ANY(:nos))"),
         {"p": plan.id, "nos": nos})
     await sync_lines(conn, plan.id)
     await link_targets(conn)
     # A plan accepted before a new task was added is open again.
     await conn.execute(text(
-        f"UPDATE {SCHEMA}.plan SET accepted_at = NULL, accepted_on = NULL, accepted_by = NULL "
-        f"WHERE id = :p AND accepted_at IS NOT NULL AND EXISTS (SELECT 1 FROM {SCHEMA}.plan_progress "
+        f"UPDATE {sql_name(plan_table)} SET accepted_at = NULL, accepted_on = NULL, accepted_by = NULL "
+        f"WHERE id = :p AND accepted_at IS NOT NULL AND EXISTS (SELECT 1 FROM {sql_name(plan_progress)} "
         "WHERE plan_id = :p AND line = '' AND NOT removed AND state <> 'accepted')"), {"p": plan.id})
     return {"plan_id": plan.id, "revision": revision, "changed": True, "diff": diff, "warnings": warnings}
 
@@ -221,8 +221,8 @@ async def import_plan(conn: AsyncConnection, plan: d.Plan, origin: str, by: str 
 async def _catalogue(conn: AsyncConnection) -> dict[str, TargetSpec]:
     """The live targets no plan owns (the default catalogue's and those put over HTTP), by id."""
     rows = (await conn.execute(text(
-        f"SELECT spec FROM {SCHEMA}.target WHERE NOT retired AND NOT EXISTS "
-        f"(SELECT 1 FROM {SCHEMA}.plan WHERE plan.id = target.origin) ORDER BY id"))).scalars().all()
+        f"SELECT spec FROM {sql_name(targets_store.target)} WHERE NOT retired AND NOT EXISTS "
+        f"(SELECT 1 FROM {sql_name(plan_table)} WHERE plan.id = target.origin) ORDER BY id"))).scalars().all()
     return {spec.id: spec for spec in parse_catalogue({"targets": list(rows)}, "targets.target")} if rows else {}
 
 
@@ -280,7 +280,7 @@ async def link_targets(conn: AsyncConnection) -> None:
     change, in their transaction (under `lock_links`), so no order of catalogues and plans doubles
     a promise, and retiring a catalogue target gives the plans' tasks their own again."""
     await lock_links(conn)
-    plans = (await conn.execute(text(f"SELECT id FROM {SCHEMA}.plan ORDER BY id FOR UPDATE"))).scalars().all()
+    plans = (await conn.execute(text(f"SELECT id FROM {sql_name(plan_table)} ORDER BY id FOR UPDATE"))).scalars().all()
     if not plans:
         return
     catalogue = await _catalogue(conn)
@@ -288,9 +288,9 @@ async def link_targets(conn: AsyncConnection) -> None:
     for spec in catalogue.values():
         by_promise.setdefault(promise(spec), spec.id)
     stored = {r.id: (r.spec, r.retired) for r in await conn.execute(text(
-        f"SELECT id, spec, retired FROM {SCHEMA}.target WHERE origin = ANY(:p)"), {"p": list(plans)})}
+        f"SELECT id, spec, retired FROM {sql_name(targets_store.target)} WHERE origin = ANY(:p)"), {"p": list(plans)})}
     tasks = (await conn.execute(text(
-        f"SELECT plan_id, task_no, targets FROM {SCHEMA}.plan_task WHERE plan_id = ANY(:p) AND NOT removed "
+        f"SELECT plan_id, task_no, targets FROM {sql_name(plan_task)} WHERE plan_id = ANY(:p) AND NOT removed "
         "ORDER BY plan_id, position"), {"p": list(plans)})).all()
     own: dict[str, tuple[str, dict[str, Any]]] = {}
     for task in tasks:
@@ -312,7 +312,7 @@ async def link_targets(conn: AsyncConnection) -> None:
             targets.append(t)
         if targets != list(task.targets):
             await conn.execute(text(
-                f"UPDATE {SCHEMA}.plan_task SET targets = CAST(:t AS jsonb) WHERE plan_id = :p AND task_no = :no"),
+                f"UPDATE {sql_name(plan_task)} SET targets = CAST(:t AS jsonb) WHERE plan_id = :p AND task_no = :no"),
                 {"t": _json(targets), "p": task.plan_id, "no": task.task_no})
     for ident, (owner, item) in own.items():
         before = stored.get(ident)
@@ -325,22 +325,23 @@ async def sync_lines(conn: AsyncConnection, plan_id: str | None = None) -> None:
     """One progress line per division an expanded task covers (new divisions get theirs); lines
     of divisions no longer covered are hidden, not deleted. Accepted tasks get no new lines."""
     await conn.execute(text(
-        f"INSERT INTO {SCHEMA}.plan_progress (plan_id, task_no, line, region, unit) "
-        f"SELECT t.plan_id, t.task_no, dv.code, dv.code, dv.name FROM {SCHEMA}.plan_task t "
-        f"JOIN {SCHEMA}.plan_progress own ON own.plan_id = t.plan_id AND own.task_no = t.task_no AND own.line = '' "
-        f"JOIN {SCHEMA}.division dv ON dv.tier = t.expands AND dv.code LIKE t.scope_region || '%' "
+        f"INSERT INTO {sql_name(plan_progress)} (plan_id, task_no, line, region, unit) "
+        f"SELECT t.plan_id, t.task_no, dv.code, dv.code, dv.name FROM {sql_name(plan_task)} t "
+        f"JOIN {sql_name(plan_progress)} own ON own.plan_id = t.plan_id AND own.task_no = t.task_no AND own.line = '' "
+        f"JOIN {sql_name(targets_store.division)} dv ON dv.tier = t.expands AND dv.code LIKE t.scope_region || '%' "
         "WHERE NOT t.removed AND t.expands IS NOT NULL AND own.state <> 'accepted' "
         "AND (CAST(:p AS text) IS NULL OR t.plan_id = :p) "
-        f"AND NOT EXISTS (SELECT 1 FROM {SCHEMA}.plan_progress x WHERE x.plan_id = t.plan_id "
+        f"AND NOT EXISTS (SELECT 1 FROM {sql_name(plan_progress)} x WHERE x.plan_id = t.plan_id "
         "AND x.task_no = t.task_no AND x.line = dv.code AND NOT x.removed AND x.unit = dv.name) "
         "ON CONFLICT (plan_id, task_no, line) DO UPDATE SET unit = excluded.unit, removed = false"),
         {"p": plan_id})
     await conn.execute(text(
-        f"UPDATE {SCHEMA}.plan_progress p SET removed = true FROM {SCHEMA}.plan_task t "
+        f"UPDATE {sql_name(plan_progress)} p SET removed = true FROM {sql_name(plan_task)} t "
         "WHERE p.plan_id = t.plan_id AND p.task_no = t.task_no AND p.line <> '' AND NOT p.removed "
         "AND (CAST(:p AS text) IS NULL OR t.plan_id = :p) "
         "AND (t.removed OR t.expands IS NULL OR NOT p.line LIKE t.scope_region || '%' "
-        f"OR NOT EXISTS (SELECT 1 FROM {SCHEMA}.division dv WHERE dv.code = p.line AND dv.tier = t.expands))"),
+        f"OR NOT EXISTS (SELECT 1 FROM {sql_name(targets_store.division)} dv "
+        "WHERE dv.code = p.line AND dv.tier = t.expands))"),
         {"p": plan_id})
 
 
@@ -357,18 +358,18 @@ async def divisions_position(conn: AsyncConnection, stream: str) -> int:
 async def _progress(conn: AsyncConnection, plan_id: str, task_no: str, line: str, lock: bool
                     ) -> tuple[Any, Any]:
     plan = (await conn.execute(text(
-        f"SELECT id, scope, accepted_at FROM {SCHEMA}.plan WHERE id = :p" + (" FOR UPDATE" if lock else "")),
+        f"SELECT id, scope, accepted_at FROM {sql_name(plan_table)} WHERE id = :p" + (" FOR UPDATE" if lock else "")),
         {"p": plan_id})).first()
     if plan is None:
         raise NotFound("plan", f"no plan {plan_id!r}")
     row = (await conn.execute(text(
-        f"SELECT p.*, t.deadline, t.lead FROM {SCHEMA}.plan_progress p JOIN {SCHEMA}.plan_task t "
+        f"SELECT p.*, t.deadline, t.lead FROM {sql_name(plan_progress)} p JOIN {sql_name(plan_task)} t "
         "USING (plan_id, task_no) WHERE p.plan_id = :p AND p.task_no = :no AND p.line = :line "
         "AND NOT p.removed AND NOT t.removed" + (" FOR UPDATE OF p" if lock else "")),
         {"p": plan_id, "no": task_no, "line": line})).first()
     if row is None:
         task = (await conn.execute(text(
-            f"SELECT 1 FROM {SCHEMA}.plan_task WHERE plan_id = :p AND task_no = :no AND NOT removed"),
+            f"SELECT 1 FROM {sql_name(plan_task)} WHERE plan_id = :p AND task_no = :no AND NOT removed"),
             {"p": plan_id, "no": task_no})).first()
         if task is None:
             raise NotFound("task", f"plan {plan_id!r} has no task {task_no!r}")
@@ -384,7 +385,7 @@ async def _store_evidence(conn: AsyncConnection, plan_id: str, task_no: str, lin
                           content: bytes, by: str | None, today: date) -> dict[str, Any]:
     evidence_id = uuid.uuid4()
     await conn.execute(text(
-        f"INSERT INTO {SCHEMA}.plan_evidence (id, plan_id, task_no, line, filename, file_type, media_type, "
+        f"INSERT INTO {sql_name(plan_evidence)} (id, plan_id, task_no, line, filename, file_type, media_type, "
         "size, sha256, content, uploaded_by, uploaded_on) VALUES (:id, :p, :no, :line, :fn, :ft, :mt, :size, "
         ":sha, :content, :by, :day)"),
         {"id": evidence_id, "p": plan_id, "no": task_no, "line": line, "fn": file.filename,
@@ -431,19 +432,19 @@ async def transition(conn: AsyncConnection, topology: Topology, *, plan_id: str,
         for file, content in evidence:
             await _store_evidence(conn, plan_id, task_no, line, file, content, by, today)
     files = int((await conn.execute(text(
-        f"SELECT count(*) FROM {SCHEMA}.plan_evidence WHERE plan_id = :p AND task_no = :no AND line = :line"),
+        f"SELECT count(*) FROM {sql_name(plan_evidence)} WHERE plan_id = :p AND task_no = :no AND line = :line"),
         {"p": plan_id, "no": task_no, "line": line})).scalar_one())
     open_lines: list[str] = []
     if act is d.Action.ACCEPT and not line:
         open_lines = [f"{r.line} {r.unit} ({r.state})" for r in await conn.execute(text(
-            f"SELECT line, unit, state FROM {SCHEMA}.plan_progress WHERE plan_id = :p AND task_no = :no "
+            f"SELECT line, unit, state FROM {sql_name(plan_progress)} WHERE plan_id = :p AND task_no = :no "
             "AND line <> '' AND NOT removed AND state <> 'accepted' ORDER BY line"),
             {"p": plan_id, "no": task_no})]
     steps = d.transition(state, act, what=what, note=note, evidence_files=files, open_lines=open_lines)
     final = steps[-1].status
     text_note = steps[0].note
     await conn.execute(text(
-        f"UPDATE {SCHEMA}.plan_progress SET state = :s, updated_by = :by, updated_on = :day, updated_at = now(), "
+        f"UPDATE {sql_name(plan_progress)} SET state = :s, updated_by = :by, updated_on = :day, updated_at = now(), "
         "submissions = submissions + :sub, returns = returns + :ret, "
         "note = CASE WHEN :sub = 1 THEN :note ELSE note END, "
         "reason = CASE WHEN :ret = 1 THEN :note WHEN :s = 'accepted' THEN NULL ELSE reason END "
@@ -452,7 +453,7 @@ async def transition(conn: AsyncConnection, topology: Topology, *, plan_id: str,
          "ret": int(act is d.Action.RETURN), "note": text_note, "p": plan_id, "no": task_no, "line": line})
     if act is d.Action.SUBMIT:
         await conn.execute(text(
-            f"UPDATE {SCHEMA}.plan_evidence SET submission = (SELECT submissions FROM {SCHEMA}.plan_progress "
+            f"UPDATE {sql_name(plan_evidence)} SET submission = (SELECT submissions FROM {sql_name(plan_progress)} "
             "WHERE plan_id = :p AND task_no = :no AND line = :line) "
             "WHERE plan_id = :p AND task_no = :no AND line = :line AND submission IS NULL"),
             {"p": plan_id, "no": task_no, "line": line})
@@ -460,7 +461,7 @@ async def transition(conn: AsyncConnection, topology: Topology, *, plan_id: str,
     aggregate = f"{plan_id}/{task_no}/{line}"
     for step in steps:
         await conn.execute(text(
-            f"INSERT INTO {SCHEMA}.plan_task_history (plan_id, task_no, line, action, previous_status, status, "
+            f"INSERT INTO {sql_name(plan_task_history)} (plan_id, task_no, line, action, previous_status, status, "
             "by, note, on_day) VALUES (:p, :no, :line, :a, :prev, :s, :by, :note, :day)"),
             {"p": plan_id, "no": task_no, "line": line, "a": act.value, "prev": step.previous.value,
              "s": step.status.value, "by": by, "note": step.note, "day": today})
@@ -470,12 +471,12 @@ async def transition(conn: AsyncConnection, topology: Topology, *, plan_id: str,
     plan_accepted = False
     if final is d.TaskState.ACCEPTED and not line and plan.accepted_at is None:
         still_open = (await conn.execute(text(
-            f"SELECT count(*) FROM {SCHEMA}.plan_progress WHERE plan_id = :p AND line = '' AND NOT removed "
+            f"SELECT count(*) FROM {sql_name(plan_progress)} WHERE plan_id = :p AND line = '' AND NOT removed "
             "AND state <> 'accepted'"), {"p": plan_id})).scalar_one()
         if still_open == 0:
             plan_accepted = True
             await conn.execute(text(
-                f"UPDATE {SCHEMA}.plan SET accepted_at = now(), accepted_on = :day, accepted_by = :by "
+                f"UPDATE {sql_name(plan_table)} SET accepted_at = now(), accepted_on = :day, accepted_by = :by "
                 "WHERE id = :p"), {"day": today, "by": by, "p": plan_id})
             events.append((_event(ev.PlanAccepted(plan_id=plan_id, region_code=plan.scope, by=by)), plan_id))
     await outbox.add(conn, SCHEMA, topology, events)
@@ -498,7 +499,7 @@ async def sweep_overdue(conn: AsyncConnection, topology: Topology, today: date) 
     each task (its lines are flagged, and counted per township, without an event each)."""
     rows = (await conn.execute(text(
         f"SELECT p.plan_id, p.task_no, p.line, p.region, p.unit, p.state, t.deadline, t.lead, t.leads "
-        f"FROM {SCHEMA}.plan_progress p JOIN {SCHEMA}.plan_task t USING (plan_id, task_no) "
+        f"FROM {sql_name(plan_progress)} p JOIN {sql_name(plan_task)} t USING (plan_id, task_no) "
         "WHERE NOT p.removed AND NOT t.removed AND p.state <> 'accepted' AND t.deadline < :today "
         "AND p.overdue_for IS DISTINCT FROM t.deadline "
         "ORDER BY p.plan_id, p.task_no, p.line FOR UPDATE OF p SKIP LOCKED"), {"today": today})).all()
@@ -510,12 +511,12 @@ async def sweep_overdue(conn: AsyncConnection, topology: Topology, today: date) 
     # township (a city plan's, hundreds), all overdue the same day.
     columns = {"p": [r.plan_id for r in rows], "no": [r.task_no for r in rows], "line": [r.line for r in rows]}
     await conn.execute(text(
-        f"UPDATE {SCHEMA}.plan_progress x SET overdue_for = u.d FROM unnest(CAST(:p AS text[]), "
+        f"UPDATE {sql_name(plan_progress)} x SET overdue_for = u.d FROM unnest(CAST(:p AS text[]), "
         "CAST(:no AS text[]), CAST(:line AS text[]), CAST(:d AS date[])) AS u(p, no, line, d) "
         "WHERE x.plan_id = u.p AND x.task_no = u.no AND x.line = u.line"),
         columns | {"d": [r.deadline for r in rows]})
     await conn.execute(text(
-        f"INSERT INTO {SCHEMA}.plan_task_history (plan_id, task_no, line, action, previous_status, status, "
+        f"INSERT INTO {sql_name(plan_task_history)} (plan_id, task_no, line, action, previous_status, status, "
         "by, note, on_day) SELECT p, no, line, 'overdue', s, s, NULL, note, :day FROM unnest(CAST(:p AS text[]), "
         "CAST(:no AS text[]), CAST(:line AS text[]), CAST(:s AS text[]), CAST(:note AS text[])) "
         "WITH ORDINALITY AS h(p, no, line, s, note, n) ORDER BY n"),
@@ -546,8 +547,8 @@ async def announce_deadlines(conn: AsyncConnection, topology: Topology, today: d
     horizon = today + timedelta(days=max(ev.DEADLINE_LEADS))
     rows = (await conn.execute(text(
         f"SELECT t.plan_id, t.task_no, t.title, t.deadline, t.scope_region, t.lead, t.leads, p.state, "
-        f"pl.title AS plan_title FROM {SCHEMA}.plan_task t JOIN {SCHEMA}.plan_progress p "
-        f"ON p.plan_id = t.plan_id AND p.task_no = t.task_no AND p.line = '' JOIN {SCHEMA}.plan pl "
+        f"pl.title AS plan_title FROM {sql_name(plan_task)} t JOIN {sql_name(plan_progress)} p "
+        f"ON p.plan_id = t.plan_id AND p.task_no = t.task_no AND p.line = '' JOIN {sql_name(plan_table)} pl "
         "ON pl.id = t.plan_id WHERE NOT t.removed AND NOT p.removed AND p.state <> 'accepted' "
         "AND t.deadline BETWEEN :today AND :horizon ORDER BY t.plan_id, t.position"),
         {"today": today, "horizon": horizon})).all()
@@ -555,7 +556,7 @@ async def announce_deadlines(conn: AsyncConnection, topology: Topology, today: d
     if not due:
         return 0
     claimed = {(r[0], r[1], r[2]) for r in await conn.execute(text(
-        f"INSERT INTO {SCHEMA}.deadline_notice (instance_id, deadline, days_ahead) "
+        f"INSERT INTO {sql_name(targets_store.deadline_notice)} (instance_id, deadline, days_ahead) "
         "SELECT * FROM unnest(CAST(:k AS text[]), CAST(:d AS date[]), CAST(:l AS int[])) "
         "ON CONFLICT DO NOTHING RETURNING instance_id, deadline, days_ahead"),
         {"k": [task_notice_key(r.plan_id, r.task_no) for r, _ in due], "d": [r.deadline for r, _ in due],
@@ -579,7 +580,7 @@ async def overdue_counts(conn: AsyncConnection, today: date) -> dict[tuple[str, 
     """Overdue tasks (under each of their lead units: joint leads each have it overdue) and lines
     (under their division's name) per plan."""
     rows = await conn.execute(text(
-        f"SELECT p.plan_id, u.unit, count(*) FROM {SCHEMA}.plan_progress p JOIN {SCHEMA}.plan_task t "
+        f"SELECT p.plan_id, u.unit, count(*) FROM {sql_name(plan_progress)} p JOIN {sql_name(plan_task)} t "
         "USING (plan_id, task_no) CROSS JOIN LATERAL unnest(CASE WHEN p.line = '' "
         "AND cardinality(t.leads) > 0 THEN t.leads ELSE ARRAY[p.unit] END) AS u(unit) "
         "WHERE NOT p.removed AND NOT t.removed AND p.state <> 'accepted' "
@@ -592,7 +593,7 @@ async def overdue_counts(conn: AsyncConnection, today: date) -> dict[tuple[str, 
 
 async def plan_scope(conn: AsyncConnection, plan_id: str) -> str | None:
     """The region a stored plan covers (None: no such plan)."""
-    scope: str | None = (await conn.execute(text(f"SELECT scope FROM {SCHEMA}.plan WHERE id = :p"),
+    scope: str | None = (await conn.execute(text(f"SELECT scope FROM {sql_name(plan_table)} WHERE id = :p"),
                                             {"p": plan_id})).scalar()
     return scope
 
@@ -600,6 +601,6 @@ async def plan_scope(conn: AsyncConnection, plan_id: str) -> str | None:
 async def progress_region(conn: AsyncConnection, plan_id: str, task_no: str, line: str) -> str | None:
     """The region a task ('' line: the task's scope) or one of its lines is carried out in."""
     region: str | None = (await conn.execute(text(
-        f"SELECT region FROM {SCHEMA}.plan_progress WHERE plan_id = :p AND task_no = :no AND line = :line"),
+        f"SELECT region FROM {sql_name(plan_progress)} WHERE plan_id = :p AND task_no = :no AND line = :line"),
         {"p": plan_id, "no": task_no, "line": line})).scalar()
     return region

@@ -12,9 +12,11 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..store import SCHEMA
+from .. import store as targets_store
+from ..store import sql_name
 from ..views import ViewError
 from . import domain as d
+from . import store
 
 # Worst first: a task's targets are as good as their worst.
 STATUS_ORDER = ("missed", "at_risk", "pending", "on_track", "met")
@@ -25,14 +27,15 @@ def _day(value: date | None) -> str | None:
 
 
 async def _plan_row(conn: AsyncConnection, plan_id: str) -> Any:
-    row = (await conn.execute(text(f"SELECT * FROM {SCHEMA}.plan WHERE id = :p"), {"p": plan_id})).first()
+    row = (await conn.execute(text(f"SELECT * FROM {sql_name(store.plan_table)} WHERE id = :p"),
+                              {"p": plan_id})).first()
     if row is None:
         raise ViewError(404, "plan", f"no plan {plan_id!r}")
     return row
 
 
 async def _names(conn: AsyncConnection, codes: set[str]) -> dict[str, str]:
-    rows = await conn.execute(text(f"SELECT code, name FROM {SCHEMA}.division WHERE code = ANY(:c)"),
+    rows = await conn.execute(text(f"SELECT code, name FROM {sql_name(targets_store.division)} WHERE code = ANY(:c)"),
                               {"c": sorted(codes)})
     return {r[0]: r[1] for r in rows}
 
@@ -40,7 +43,7 @@ async def _names(conn: AsyncConnection, codes: set[str]) -> dict[str, str]:
 async def _target_status(conn: AsyncConnection, ids: set[str]) -> dict[str, dict[str, Any]]:
     rows = (await conn.execute(text(
         f"SELECT id, target_id, region, status, value, threshold, deadline, evaluated_at "
-        f"FROM {SCHEMA}.target_instance WHERE target_id = ANY(:ids) ORDER BY id"),
+        f"FROM {sql_name(targets_store.target_instance)} WHERE target_id = ANY(:ids) ORDER BY id"),
         {"ids": sorted(ids)})).mappings().all()
     # A target over several regions (every county of a city) is as good as its worst instance.
     out: dict[str, dict[str, Any]] = {}
@@ -85,11 +88,11 @@ def _line(p: Any, deadline: date, today: date) -> dict[str, Any]:
 async def _tasks(conn: AsyncConnection, plan_id: str, today: date, only: str | None = None
                  ) -> list[dict[str, Any]]:
     tasks = (await conn.execute(text(
-        f"SELECT * FROM {SCHEMA}.plan_task WHERE plan_id = :p AND NOT removed "
+        f"SELECT * FROM {sql_name(store.plan_task)} WHERE plan_id = :p AND NOT removed "
         "AND (CAST(:no AS text) IS NULL OR task_no = :no) ORDER BY position"),
         {"p": plan_id, "no": only})).all()
     progress = (await conn.execute(text(
-        f"SELECT * FROM {SCHEMA}.plan_progress WHERE plan_id = :p AND NOT removed "
+        f"SELECT * FROM {sql_name(store.plan_progress)} WHERE plan_id = :p AND NOT removed "
         "AND (CAST(:no AS text) IS NULL OR task_no = :no) ORDER BY task_no, line"),
         {"p": plan_id, "no": only})).all()
     own: dict[str, Any] = {}
@@ -153,7 +156,7 @@ def _completion(tasks: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def plans(conn: AsyncConnection, today: date) -> list[dict[str, Any]]:
-    rows = (await conn.execute(text(f"SELECT * FROM {SCHEMA}.plan ORDER BY id"))).all()
+    rows = (await conn.execute(text(f"SELECT * FROM {sql_name(store.plan_table)} ORDER BY id"))).all()
     out = []
     for row in rows:
         tasks = await _tasks(conn, row.id, today)
@@ -187,11 +190,12 @@ async def task(conn: AsyncConnection, plan_id: str, task_no: str, today: date) -
         raise ViewError(404, "task", f"plan {plan_id!r} has no task {task_no!r}")
     item = found[0]
     history = (await conn.execute(text(
-        f"SELECT line, action, previous_status, status, by, note, on_day, at FROM {SCHEMA}.plan_task_history "
+        f"SELECT line, action, previous_status, status, by, note, on_day, at FROM {sql_name(store.plan_task_history)} "
         "WHERE plan_id = :p AND task_no = :no ORDER BY id"), {"p": plan_id, "no": task_no})).mappings().all()
     evidence = (await conn.execute(text(
         f"SELECT id, line, filename, file_type, media_type, size, sha256, uploaded_by, uploaded_on, uploaded_at, "
-        f"submission FROM {SCHEMA}.plan_evidence WHERE plan_id = :p AND task_no = :no ORDER BY uploaded_at, id"),
+        f"submission FROM {sql_name(store.plan_evidence)} WHERE plan_id = :p AND task_no = :no "
+        "ORDER BY uploaded_at, id"),
         {"p": plan_id, "no": task_no})).mappings().all()
     out = _public(item)
     out["line_progress"] = item["_lines"]
@@ -233,8 +237,8 @@ async def todo(conn: AsyncConnection, unit: str, today: date) -> dict[str, Any]:
         "p.line, p.region, p.unit, p.state, p.overdue_for, p.updated_by, p.updated_on, p.reason, "
         "CASE WHEN p.line <> '' THEN 'line' WHEN t.lead = :u OR :u = ANY(t.leads) THEN 'lead' "
         "ELSE 'co' END AS role "
-        f"FROM {SCHEMA}.plan_progress p JOIN {SCHEMA}.plan_task t USING (plan_id, task_no) "
-        f"JOIN {SCHEMA}.plan pl ON pl.id = p.plan_id "
+        f"FROM {sql_name(store.plan_progress)} p JOIN {sql_name(store.plan_task)} t USING (plan_id, task_no) "
+        f"JOIN {sql_name(store.plan_table)} pl ON pl.id = p.plan_id "
         "WHERE NOT p.removed AND NOT t.removed "
         "AND ((p.line = '' AND (t.lead = :u OR :u = ANY(t.leads) OR :u = ANY(t.co))) "
         "OR (p.line <> '' AND p.unit = :u))"),
@@ -264,7 +268,7 @@ async def todo(conn: AsyncConnection, unit: str, today: date) -> dict[str, Any]:
 async def revisions(conn: AsyncConnection, plan_id: str) -> list[dict[str, Any]]:
     await _plan_row(conn, plan_id)
     rows = (await conn.execute(text(
-        f"SELECT revision, origin, by, diff, imported_at FROM {SCHEMA}.plan_revision WHERE plan_id = :p "
+        f"SELECT revision, origin, by, diff, imported_at FROM {sql_name(store.plan_revision)} WHERE plan_id = :p "
         "ORDER BY revision"), {"p": plan_id})).mappings().all()
     return [dict(r) for r in rows]
 
@@ -275,7 +279,7 @@ async def evidence_file(conn: AsyncConnection, plan_id: str, evidence_id: str) -
     except ValueError:
         raise ViewError(404, "evidence", f"no evidence {evidence_id!r}") from None
     row = (await conn.execute(text(
-        f"SELECT filename, media_type, sha256, size, content FROM {SCHEMA}.plan_evidence "
+        f"SELECT filename, media_type, sha256, size, content FROM {sql_name(store.plan_evidence)} "
         "WHERE plan_id = :p AND id = CAST(:id AS uuid)"), {"p": plan_id, "id": key})).first()
     if row is None:
         raise ViewError(404, "evidence", f"plan {plan_id!r} has no evidence {evidence_id!r}")
