@@ -36,9 +36,16 @@ def test_each_stream_names_the_facts_targets_counts() -> None:
 
 
 class _Anything:
-    """Any field's value: every attribute of it is itself, and it reads as "x"."""
+    """Any field's value: every attribute of it is itself, it reads as "x", a slice of it is itself
+    and it is as long as a community's code (DivisionChanged's guard `len(code) > 6` lets it through)."""
 
     def __getattr__(self, _: str) -> _Anything:
+        return self
+
+    def __len__(self) -> int:
+        return 12
+
+    def __getitem__(self, _: object) -> _Anything:
         return self
 
     def __str__(self) -> str:
