@@ -32,7 +32,7 @@ from cso.divisions.importer import county_payloads
 from cso_local import servers
 from services.targets import app as targets
 from services.targets import projection, views
-from tests.scenario import workload
+from tests.support.scenario import workload
 
 BATCH = 500
 

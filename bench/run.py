@@ -564,8 +564,7 @@ async def freshness(ctx: Context, js: JetStreamContext, workload: Workload, rate
 
 
 async def correctness(ctx: Context, js: JetStreamContext, workload: Workload) -> dict[str, Any]:
-    from tests.integration.test_targets import REGISTRY_COUNTERS
-    from tests.recount import projected, recount
+    from tests.support.recount import REGISTRY_COUNTERS, projected, recount
 
     started = time.perf_counter()
     expected = await recount(ctx.dsn)

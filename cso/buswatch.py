@@ -16,20 +16,19 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 from prometheus_client import Counter
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from contracts import Topology, make_event
 from contracts import events as ev
-from contracts import make_event
 
 from . import outbox
-
-if TYPE_CHECKING:
-    from .service import Runtime
+from .consumer import Consumer
 
 log = logging.getLogger(__name__)
 GAPS = Counter("cso_bus_gaps_total", "Streams found to have lost messages", ["service", "stream", "side"])
@@ -65,8 +64,27 @@ CLOCK_SKEW = timedelta(seconds=2)
 GapListener = Callable[[AsyncConnection, Gap], Awaitable[None]]
 
 
+class Watched(Protocol):
+    """What BusWatch reads of the service it watches (cso.service.Runtime), named here so that the
+    runtime imports this module and not the other way round."""
+
+    name: str
+    schema: str
+    topology: Topology
+    engine: AsyncEngine
+    nc: Client | None
+    relay: outbox.Relay | None
+    consumers: list[Consumer]
+    gap_listeners: list[GapListener]
+
+    @property
+    def needed_streams(self) -> tuple[str, ...]: ...
+
+    async def check_streams(self) -> list[str]: ...
+
+
 class BusWatch:
-    def __init__(self, runtime: Runtime, interval: float = 5.0) -> None:
+    def __init__(self, runtime: Watched, interval: float = 5.0) -> None:
         self.runtime, self.interval = runtime, interval
 
     async def check(self) -> list[Gap]:

@@ -24,6 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .stack import BACKENDS, Part, Stack, StackError, http_get, recorded, redact
+from .supervisor import Supervisor
 
 app = typer.Typer(
     name="cso",
@@ -174,7 +175,7 @@ def up(
         _warn_open_nats(state)
         console.print(f"data and logs in {stack.data_dir}; a part that dies is restarted, "
                       "Ctrl-C or `cso down` stops the stack")
-        stack.supervise(stop)  # until stop: restarts what dies, serves `cso restart`
+        Supervisor(stack).run(stop)  # until stop: restarts what dies, serves `cso restart`
         console.print("stopping")
     finally:
         interrupted.set()

@@ -142,6 +142,35 @@ def http_get(url: str, timeout: float = 5.0, headers: Mapping[str, str] | None =
         return status, raw.decode(errors="replace")
 
 
+class NotReady(Exception):
+    """A service's /readyz did not answer 200 in time, or its process ended while starting."""
+
+    def __init__(self, last: str, exit_code: int | None = None) -> None:
+        super().__init__(last)
+        self.last = last              # what /readyz last answered, or why nothing did
+        self.exit_code = exit_code    # the process's, when it ended while starting
+
+
+def wait_ready(url: str, deadline: float, exit_code: Callable[[], int | None] = lambda: None) -> None:
+    """Until `url`/readyz answers 200, asked every 0.2 s; NotReady when the monotonic `deadline`
+    passes or `exit_code()` (a process's poll) says the process ended. `cso up` waits so on each
+    service it starts, `cso restart` on the one it restarted."""
+    last = "no answer"
+    while True:
+        if (code := exit_code()) is not None:
+            raise NotReady(last, code)
+        try:
+            status, body = http_get(f"{url}/readyz", timeout=2)
+            if status == 200:
+                return
+            last = f"{status} {body}"
+        except OSError as e:
+            last = str(e)
+        if time.monotonic() >= deadline:
+            raise NotReady(last)
+        time.sleep(0.2)
+
+
 def _alive(pid: int | None) -> bool:
     """True while pid runs (a zombie, dead but not yet reaped, counts as gone)."""
     return bool(pid) and servers.pid_alive(pid)  # type: ignore[arg-type]
@@ -552,25 +581,14 @@ class Stack:
         return self._auth
 
     def _wait_ready(self, service: _Service) -> None:
-        deadline = time.monotonic() + self.ready_timeout
-        last = "no answer"
-        while True:
-            code = service.proc.poll()
-            if code is not None:
-                raise StackError(f"{service.spec.name} exited with code {code} while starting; "
-                                 f"log tail of {service.log}:\n{tail(service.log, service.log_start)}")
-            try:
-                status, body = http_get(f"{service.url}/readyz", timeout=2)
-                if status == 200:
-                    return
-                last = f"{status} {body}"
-            except OSError as e:
-                last = str(e)
-            if time.monotonic() >= deadline:
-                raise StackError(f"{service.spec.name} not ready within {self.ready_timeout:.0f}s "
-                                 f"(/readyz: {last}); log tail of {service.log}:\n"
-                                 f"{tail(service.log, service.log_start)}")
-            time.sleep(0.2)
+        try:
+            wait_ready(service.url, time.monotonic() + self.ready_timeout, service.proc.poll)
+        except NotReady as e:
+            log = f"log tail of {service.log}:\n{tail(service.log, service.log_start)}"
+            if e.exit_code is not None:
+                raise StackError(f"{service.spec.name} exited with code {e.exit_code} while starting; {log}") from None
+            raise StackError(f"{service.spec.name} not ready within {self.ready_timeout:.0f}s "
+                             f"(/readyz: {e.last}); {log}") from None
 
     def _describe(self, nats_url: str, monitor_url: str | None, database_url: str,
                   admin_url: str) -> dict[str, Any]:
@@ -647,13 +665,6 @@ class Stack:
             if code is not None:
                 out.append(Died(name, code, s.log, tail(s.log, s.log_start), s.proc.pid))
         return out
-
-    def supervise(self, stop: threading.Event, interval: float = 0.5) -> None:
-        """Block until `stop` is set, restarting any part that dies and serving `cso restart`
-        (cso_local.supervisor)."""
-        from .supervisor import Supervisor
-
-        Supervisor(self).run(stop, interval)
 
     # ------------------------------------------------------------ one part (for cso_local.supervisor)
 
@@ -934,5 +945,6 @@ async def import_edition(nats_url: str, namespace: str, directory: Path,
         await nc.close()
 
 
-__all__ = ["DATABASE", "SERVICES", "Died", "EditionImport", "Part", "Stack", "StackError", "ensure_database",
-           "http_get", "import_divisions", "import_edition", "migrate_one", "read_stack_file", "recorded", "redact"]
+__all__ = ["DATABASE", "SERVICES", "Died", "EditionImport", "NotReady", "Part", "Stack", "StackError",
+           "ensure_database", "http_get", "import_divisions", "import_edition", "migrate_one", "read_stack_file",
+           "recorded", "redact", "wait_ready"]

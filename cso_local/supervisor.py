@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import servers
-from .stack import READY_TIMEOUT, SERVICES, Stack, StackError, http_get, read_stack_file
+from .stack import READY_TIMEOUT, SERVICES, NotReady, Stack, StackError, read_stack_file, wait_ready
 
 PARTS: tuple[str, ...] = ("registry", "targets", "training", "notify", "console", "nats", "postgres")
 CONTROL_DIR = "control"
@@ -259,24 +259,12 @@ def restart(data_dir: Path, part: str, timeout: float = RESTART_TIMEOUT) -> dict
     state = read_stack_file(data_dir) or {}
     info: dict[str, Any] = dict(state.get("services", {}).get(part) or state.get(part) or {})
     if part in {s.name for s in SERVICES}:
-        _wait_ready(part, str(info.get("url")), deadline=time.monotonic() + READY_TIMEOUT)
-    return info
-
-
-def _wait_ready(part: str, url: str, deadline: float) -> None:
-    last = "no answer"
-    while True:
         try:
-            code, body = http_get(f"{url}/readyz", timeout=2)
-            if code == 200:
-                return
-            last = f"{code} {body}"
-        except OSError as e:
-            last = str(e)
-        if time.monotonic() >= deadline:
-            raise RestartError(f"{part} was restarted but is not ready (/readyz: {last}); "
-                               "`cso up` shows its log if it dies")
-        time.sleep(0.2)
+            wait_ready(str(info.get("url")), deadline=time.monotonic() + READY_TIMEOUT)
+        except NotReady as e:
+            raise RestartError(f"{part} was restarted but is not ready (/readyz: {e.last}); "
+                               "`cso up` shows its log if it dies") from None
+    return info
 
 
 __all__ = ["PARTS", "Backoff", "Control", "RestartError", "Supervisor", "restart"]

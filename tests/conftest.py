@@ -13,12 +13,11 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import nats
 import pytest
 
 from cso.settings import Settings
-from tests.support import make_streams
+from tests.support import fresh_database, make_streams
 
 # cso.service.tune_garbage_collector freezes the process's objects at the first service start: in
 # this one process of many services that would keep every earlier test's objects for good.
@@ -81,25 +80,11 @@ def postgres_url(servers_dir: Path) -> Iterator[str]:
         servers.stop(handle)
 
 
-def _with_database(url: str, name: str) -> str:
-    base, _, _ = url.rpartition("/")
-    return f"{base}/{name}"
-
-
 @pytest.fixture
 async def database_url(postgres_url: str) -> AsyncIterator[str]:
-    name = f"cso_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(postgres_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    yield _with_database(postgres_url, name)
-    admin = await asyncpg.connect(postgres_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    """A database of its own for one test, dropped after it."""
+    async with fresh_database(postgres_url) as url:
+        yield url
 
 
 @pytest.fixture

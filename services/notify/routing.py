@@ -7,11 +7,10 @@ subscription is reminded of them at its own lead times (reminder_days), by notif
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 from collections.abc import Sequence
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 from typing import Any
 from uuid import UUID
 from zoneinfo import ZoneInfo
@@ -20,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import Envelope, ancestors
 from contracts import events as ev
-from contracts.events import CHINA
+from cso.clock import Clock as Clock  # the runtime's, where api and app look for it
 from cso.service import Runtime
 
 from . import store
@@ -47,21 +46,6 @@ from .sender import QUEUE_DEPTH, Sender
 from .settings import NotifySettings
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class Clock:
-    """The time notify goes by for reminders and digests; tests and what-if runs set `fixed`.
-    (Retry backoff and leases go by the database's clock: they are about seconds, not days.)"""
-
-    fixed: datetime | None = None
-
-    def now(self) -> datetime:
-        return self.fixed if self.fixed is not None else datetime.now(timezone.utc)
-
-    def today(self) -> date:
-        """Deadlines are civil dates in China."""
-        return self.now().astimezone(CHINA).date()
 
 
 async def route(conn: AsyncConnection, notice: Notice, subscribers: Sequence[store.Subscriber],

@@ -7,19 +7,15 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from cso.settings import Settings
-
-
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name) or default
+from cso.settings import Settings, env
 
 
 def _flag(name: str) -> bool:
-    return _env(name, "").lower() in ("1", "true", "yes", "on")
+    return env(name, "").lower() in ("1", "true", "yes", "on")
 
 
 def _tristate(name: str) -> bool | None:
-    value = _env(name, "").lower()
+    value = env(name, "").lower()
     return None if not value else value in ("1", "true", "yes", "on")
 
 
@@ -27,30 +23,30 @@ def _tristate(name: str) -> bool | None:
 class NotifySettings(Settings):
     # E-mail: an SMTP relay; STARTTLS: unset = when the server offers it, 1 = required, 0 = never;
     # or implicit TLS (CSO_SMTP_TLS=1); login when a user is given.
-    smtp_host: str = field(default_factory=lambda: _env("CSO_SMTP_HOST", "127.0.0.1"))
-    smtp_port: int = field(default_factory=lambda: int(_env("CSO_SMTP_PORT", "25")))
-    smtp_from: str = field(default_factory=lambda: _env("CSO_SMTP_FROM", "cso-notify@localhost"))
+    smtp_host: str = field(default_factory=lambda: env("CSO_SMTP_HOST", "127.0.0.1"))
+    smtp_port: int = field(default_factory=lambda: int(env("CSO_SMTP_PORT", "25")))
+    smtp_from: str = field(default_factory=lambda: env("CSO_SMTP_FROM", "cso-notify@localhost"))
     smtp_username: str | None = field(default_factory=lambda: os.environ.get("CSO_SMTP_USERNAME"))
     smtp_password: str | None = field(default_factory=lambda: os.environ.get("CSO_SMTP_PASSWORD"), repr=False)
     smtp_starttls: bool | None = field(default_factory=lambda: _tristate("CSO_SMTP_STARTTLS"))
     smtp_tls: bool = field(default_factory=lambda: _flag("CSO_SMTP_TLS"))
     # Delivery: attempts in all, and the exponential backoff between them (with jitter).
-    max_attempts: int = field(default_factory=lambda: int(_env("CSO_NOTIFY_MAX_ATTEMPTS", "8")))
+    max_attempts: int = field(default_factory=lambda: int(env("CSO_NOTIFY_MAX_ATTEMPTS", "8")))
     retry_base_seconds: float = field(
-        default_factory=lambda: float(_env("CSO_NOTIFY_RETRY_BASE_SECONDS", "30")))
+        default_factory=lambda: float(env("CSO_NOTIFY_RETRY_BASE_SECONDS", "30")))
     retry_max_seconds: float = field(
-        default_factory=lambda: float(_env("CSO_NOTIFY_RETRY_MAX_SECONDS", "3600")))
+        default_factory=lambda: float(env("CSO_NOTIFY_RETRY_MAX_SECONDS", "3600")))
     # One send may take this long; a claimed delivery is leased this long (a dead sender's lease
     # expires and another replica takes the delivery over), so the lease must outlast a send.
     send_timeout_seconds: float = field(
-        default_factory=lambda: float(_env("CSO_NOTIFY_SEND_TIMEOUT_SECONDS", "10")))
-    lease_seconds: float = field(default_factory=lambda: float(_env("CSO_NOTIFY_LEASE_SECONDS", "60")))
+        default_factory=lambda: float(env("CSO_NOTIFY_SEND_TIMEOUT_SECONDS", "10")))
+    lease_seconds: float = field(default_factory=lambda: float(env("CSO_NOTIFY_LEASE_SECONDS", "60")))
     # Sends in flight at once per replica; a slow receiver holds one slot, never the others.
-    pool_size: int = field(default_factory=lambda: int(_env("CSO_NOTIFY_POOL_SIZE", "32")))
-    poll_seconds: float = field(default_factory=lambda: float(_env("CSO_NOTIFY_POLL_SECONDS", "1")))
+    pool_size: int = field(default_factory=lambda: int(env("CSO_NOTIFY_POOL_SIZE", "32")))
+    poll_seconds: float = field(default_factory=lambda: float(env("CSO_NOTIFY_POLL_SECONDS", "1")))
     # How often digests are looked for, and the queue depth measured.
     schedule_seconds: float = field(
-        default_factory=lambda: float(_env("CSO_NOTIFY_SCHEDULE_SECONDS", "30")))
+        default_factory=lambda: float(env("CSO_NOTIFY_SCHEDULE_SECONDS", "30")))
 
     @classmethod
     def of(cls, settings: Settings | None = None, **overrides: Any) -> NotifySettings:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
-from datetime import date, datetime
+from collections.abc import Iterable, Sequence
+from datetime import date
 from typing import Any
 
 from prometheus_client import Gauge
@@ -19,8 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import Envelope, Topology, make_event
 from contracts import events as ev
-from contracts.events import CHINA
 from cso import outbox
+from cso.clock import Clock as Clock  # the runtime's, where api and app look for it
 
 from . import store
 from .domain.catalogue import TargetInstance, TargetSpec, expand
@@ -39,21 +39,6 @@ TARGET_STATUS = Gauge("cso_target_status", "1 for the current status of a target
 GAUGE_TIERS = {2: "province", 4: "city", 6: "county"}
 # Days before a deadline that TargetDeadlineApproaching is published (contracts' ladder).
 DEADLINE_LEADS: tuple[int, ...] = ev.DEADLINE_LEADS
-
-
-def china_today() -> date:
-    return datetime.now(CHINA).date()
-
-
-@dataclasses.dataclass
-class Clock:
-    """Today's date; tests and what-if runs move it."""
-
-    fixed: date | None = None
-    source: Callable[[], date] = china_today
-
-    def today(self) -> date:
-        return self.fixed or self.source()
 
 
 def _instance_json(i: TargetInstance) -> str:

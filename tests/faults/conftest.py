@@ -7,13 +7,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import FULL, Cluster
+from tests.faults.harness import FULL, Cluster, ClusterFactory
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -27,9 +27,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("full") is not None:
             item.add_marker(skip)
-
-
-ClusterFactory = Callable[..., AbstractAsyncContextManager[Cluster]]
 
 
 @pytest.fixture

@@ -34,6 +34,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -55,8 +56,7 @@ from cso_local import servers
 from cso_local.stack import BACKENDS as SERVICES
 from cso_local.stack import ROOT, ensure_database, migrate_one, tail, with_database
 from services.notify.api import CONSUMED as NOTIFY_CONSUMED
-from tests.integration.test_targets import REGISTRY_COUNTERS
-from tests.recount import projected, recount
+from tests.support.recount import REGISTRY_COUNTERS, projected, recount
 
 log = logging.getLogger("faults")
 
@@ -1118,3 +1118,7 @@ async def kill_mid_batch(cluster: Cluster, victim: Replica, rng: random.Random, 
                 cluster.resume(victim)
     await cluster.kill(victim, "at a random moment")
     return "random"
+
+
+# What the `cluster_of` fixture (conftest) gives a case: `async with cluster_of(replicas=2) as cluster:`.
+ClusterFactory = Callable[..., AbstractAsyncContextManager[Cluster]]

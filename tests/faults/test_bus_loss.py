@@ -25,10 +25,9 @@ from cso_local import servers
 from services.registry.app import create_app as registry_app
 from services.registry.app import run_migrations as registry_migrations
 from services.targets import app as targets
-from tests.integration.test_targets import REGISTRY_COUNTERS, regions_of
-from tests.recount import projected, recount
-from tests.scenario import workload
 from tests.support import eventually, publish, running
+from tests.support.recount import REGISTRY_COUNTERS, projected, recount
+from tests.support.scenario import regions_of, workload
 
 pytestmark = pytest.mark.integration
 

@@ -22,11 +22,10 @@ import asyncpg
 import pytest
 
 from contracts import events as ev
-from contracts.codes import uscc_check_character
-from tests.faults.conftest import ClusterFactory
 from tests.faults.harness import (
     EVENTS,
     SEED,
+    ClusterFactory,
     Expectation,
     Fact,
     OutsidePublisher,
@@ -39,13 +38,9 @@ from tests.faults.harness import (
     until,
     verdict,
 )
+from tests.support.scenario import credit_code
 
 pytestmark = pytest.mark.integration
-
-
-def credit_code(county: str, kind: str, serial: int) -> str:
-    first17 = f"5{kind}{county}MJ{serial:07d}"
-    return first17 + uscc_check_character(first17)
 
 
 def registration(community: str, code: str, name: str) -> ev.OrganizationRegistered:

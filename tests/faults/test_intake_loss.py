@@ -31,9 +31,9 @@ from contracts import events as ev
 from contracts.receipts import MAX_NATS_IDS
 from cso.divisions import DEMO_DIVISIONS
 from cso_local.cli import app as cli
-from tests.faults.conftest import ClusterFactory
 from tests.faults.harness import (
     Cluster,
+    ClusterFactory,
     Fact,
     OutsidePublisher,
     Report,

@@ -10,11 +10,11 @@ import random
 
 import pytest
 
-from tests.faults.conftest import ClusterFactory
 from tests.faults.harness import (
     KILLS_PER_SERVICE,
     SEED,
     SERVICE_NAMES,
+    ClusterFactory,
     OutsidePublisher,
     Workload,
     kill_mid_batch,

@@ -9,12 +9,12 @@ import random
 
 import pytest
 
-from tests.faults.conftest import ClusterFactory
 from tests.faults.harness import (
     KILLS_PER_SERVICE,
     OUTAGE_SECONDS,
     SEED,
     SERVICE_NAMES,
+    ClusterFactory,
     OutsidePublisher,
     Replica,
     Workload,

@@ -8,8 +8,15 @@ import asyncio
 
 import pytest
 
-from tests.faults.conftest import ClusterFactory
-from tests.faults.harness import OUTAGE_SECONDS, OutsidePublisher, Workload, run_case, say, wait_progress
+from tests.faults.harness import (
+    OUTAGE_SECONDS,
+    ClusterFactory,
+    OutsidePublisher,
+    Workload,
+    run_case,
+    say,
+    wait_progress,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -30,11 +30,11 @@ from contracts import make_event
 from cso.settings import Settings
 from services.registry.app import create_app as registry_app
 from services.registry.app import run_migrations as registry_migrations
-from tests.faults.conftest import ClusterFactory
 from tests.faults.harness import (
     SEED,
     STORM_EVENTS,
     Cluster,
+    ClusterFactory,
     Fact,
     OutsidePublisher,
     Pause,
@@ -47,8 +47,8 @@ from tests.faults.harness import (
     until,
     verdict,
 )
-from tests.faults.test_constraint import credit_code
 from tests.support import publish, publish_divisions, running
+from tests.support.scenario import credit_code
 
 pytestmark = pytest.mark.integration
 

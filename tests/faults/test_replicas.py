@@ -10,11 +10,11 @@ import random
 
 import pytest
 
-from tests.faults.conftest import ClusterFactory
 from tests.faults.harness import (
     DURABLES,
     SEED,
     SERVICE_NAMES,
+    ClusterFactory,
     OutsidePublisher,
     Replica,
     Workload,

@@ -2,7 +2,7 @@
 over registry's HTTP API, each of the four services is killed with SIGKILL in turn. `cso up`
 (cso_local.supervisor) must start the dead one again on its port within 30 s while the other three keep
 answering /healthz, and once the load stops, targets' coverage must equal a recount of what
-registry holds: every counter against the SQL recount over registry's tables (tests/recount.py),
+registry holds: every counter against the SQL recount over registry's tables (tests/support/recount.py),
 and the county's organizations counted through registry's own API."""
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import csv
 import os
 import random
 import signal
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,8 +20,8 @@ from typing import Any
 from contracts import events as ev
 from cso.divisions import DEMO_DIVISIONS
 from tests.faults.harness import say
-from tests.recount import projected, recount
-from tests.support import CsoUp, HealthWatch, http_json
+from tests.support import Background, CsoUp, HealthWatch, http_json
+from tests.support.recount import projected, recount
 
 BACK_WITHIN = 30.0  # issue 18: the dead one is back within 30 s
 COUNTY = "510681"  # 广汉市, in the demo divisions
@@ -34,26 +33,19 @@ def communities() -> list[str]:
         return [row["code"] for row in csv.DictReader(f) if row["code"].startswith(COUNTY)]
 
 
-class FilingLoad:
+class FilingLoad(Background):
     """Files organizations over registry's HTTP API from a thread, without pause, until stopped;
     keeps the ids registry acknowledged (200) and counts what it refused or did not answer."""
 
+    thread_name = "filings"
+
     def __init__(self, registry_url: str, seed: int = 18) -> None:
+        super().__init__()
         self.url = f"{registry_url}/commands/file"
         self.rng = random.Random(seed)
         self.codes = communities()
         self.accepted: list[str] = []
         self.failed: Counter[str] = Counter()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="filings", daemon=True)
-
-    def __enter__(self) -> FilingLoad:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
     def _run(self) -> None:
         n = 0

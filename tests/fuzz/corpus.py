@@ -27,9 +27,10 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from contracts import Envelope, Topology, codes, make_event
+from contracts import Envelope, Topology, make_event
 from contracts import events as ev
 from tests.support import GUANGHAN
+from tests.support.scenario import credit_code
 
 EXAMPLES = int(os.environ.get("CSO_FUZZ_EXAMPLES", "30"))
 
@@ -88,12 +89,7 @@ LIST_BAD: list[Any] = ["x", {"a": 1}, [None], None, 5]
 USCC_BAD: list[Any] = []  # filled below: check character wrong, forbidden letters, wrong length
 
 
-def credit_code(kind: str = "2", serial: int = 1) -> str:
-    first17 = f"5{kind}510681MJ{serial:07d}"
-    return first17 + codes.uscc_check_character(first17)
-
-
-_good = credit_code("1")
+_good = credit_code(kind="1")
 USCC_BAD += [_good[:17] + ("0" if _good[17] != "0" else "1"), _good[:16] + "I" + _good[17], _good[:17],
              _good + "0", "5" * 18, "91510681MJ00000010"]
 

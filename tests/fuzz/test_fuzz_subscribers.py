@@ -31,7 +31,7 @@ from services.targets import app as targets_app
 from services.training import app as training_app
 from tests.fuzz import corpus
 from tests.fuzz.corpus import COMMUNITY, COUNTY, Case
-from tests.support import GUANGHAN, eventually, publish, recording, running
+from tests.support import GUANGHAN, db_fetch, eventually, publish, recording, running
 
 pytestmark = pytest.mark.integration
 
@@ -203,14 +203,6 @@ async def test_bad_input_is_dead_lettered_naming_the_field(service: str, setting
 
 # --- registry: facts that parse but break a rule, and text that must be stored verbatim ---------
 
-async def db_rows(settings: Settings, sql: str, *args: Any) -> list[asyncpg.Record]:
-    db = await asyncpg.connect(settings.database_url)
-    try:
-        return list(await db.fetch(sql, *args))
-    finally:
-        await db.close()
-
-
 async def test_registry_refuses_facts_that_break_a_rule_and_keeps_odd_text_verbatim(
         settings: Settings, nc: nats.NATS) -> None:
     t = settings.topology
@@ -269,19 +261,19 @@ async def test_registry_refuses_facts_that_break_a_rule_and_keeps_odd_text_verba
             await publish(nc, t.intake_subject(fact.source, fact.type, COMMUNITY), fact)
         await eventually(lambda: _count(settings, "SELECT count(*) FROM registry.organization", 1 + len(odd)),
                          timeout=30)
-        stored = {r["id"]: (r["name"], r["filing_number"]) for r in await db_rows(
+        stored = {r["id"]: (r["name"], r["filing_number"]) for r in await db_fetch(
             settings, "SELECT id, name, filing_number FROM registry.organization WHERE id = ANY($1::uuid[])",
             list(odd))}
         assert stored == {i: (n, n[:64]) for i, n in odd.items()}
         assert await _count(settings, "SELECT count(*) FROM registry.community", 4)
         # The accepted events carry the text as it came, too.
-        out = await db_rows(settings, "SELECT data FROM registry.outbox WHERE aggregate_id = ANY($1::text[])",
+        out = await db_fetch(settings, "SELECT data FROM registry.outbox WHERE aggregate_id = ANY($1::text[])",
                             [str(i) for i in odd])
         assert {json.loads(bytes(r["data"]))["payload"]["name"] for r in out} == set(odd.values())
 
 
 async def _count(settings: Settings, sql: str, n: int) -> bool:
-    rows = await db_rows(settings, sql)
+    rows = await db_fetch(settings, sql)
     return bool(rows[0][0] == n)
 
 

@@ -35,8 +35,8 @@ from cso.connect import connect_nats
 from cso.natsauth import SERVICE_CONSUMERS
 from cso_local import localnats, servers
 from cso_local.stack import Stack, recorded
-from tests.infra.test_infra_grafana import dashboards, panels, substitute
 from tests.support import eventually, http_json, missing
+from tests.support.grafana import dashboards, panels, substitute
 
 pytestmark = pytest.mark.integration
 

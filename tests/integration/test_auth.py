@@ -14,7 +14,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, timedelta
 from typing import Any
 
 import asyncpg
@@ -24,7 +24,6 @@ import nats
 import pytest
 from fastapi import FastAPI
 
-from contracts import codes
 from cso.auth import routes as served
 from cso.settings import Settings
 from services.notify import app as notify_app
@@ -37,105 +36,34 @@ from services.training import app as training_app
 from services.training import domain
 from services.training.commands import today
 from tests.support import eventually, publish_divisions, recording, running
+from tests.support.auth import (
+    COMMUNITY,
+    COUNTY,
+    MORNING,
+    OTHER,
+    PLAN,
+    SECRET,
+    TOWNSHIP,
+    Writes,
+    apps,
+    auth,
+    db_fetch,
+    errors,
+    filing,
+    secured,
+    until,
+)
+from tests.support.scenario import credit_code
 
 pytestmark = pytest.mark.integration
 
-SECRET = "integration-test-secret-of-32-bytes-or-more"
-COUNTY, TOWNSHIP, COMMUNITY = "510681", "510681001", "510681001014"   # 广汉市, 雒城街道, 西城社区
-OTHER = "5101"                                                          # 成都市: another city
 PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
-
-
-def claims(region: str, roles: tuple[str, ...], sub: str, exp_in: int, source: str | None = None) -> dict[str, Any]:
-    now = int(time.time())
-    return {"sub": sub, "region": region, "roles": list(roles), "iat": now, "exp": now + exp_in} | (
-        {"source": source} if source else {})
-
-
-def auth(region: str = COUNTY, *roles: str, sub: str = "official.gh", exp_in: int = 600,
-         key: str = SECRET, source: str | None = None) -> dict[str, str]:
-    return {"Authorization": "Bearer " + jwt.encode(claims(region, roles, sub, exp_in, source), key,
-                                                    algorithm="HS256")}
-
-
-def secured(settings: Settings, **over: Any) -> Settings:
-    return dataclasses.replace(settings, auth="jwt", jwt_secret=SECRET, **over)
-
-
-def errors(response: httpx.Response) -> list[tuple[str, str]]:
-    body = response.json()
-    assert body["ok"] is False, body
-    return [(e["field"], e["message"]) for e in body["errors"]]
 
 
 # --- the service's tables, hashed: "nothing written" ---------------------------------------------
 
-INFRA = ("inbox", "consumer_position", "bus_stream", "outbox")
-
-
-async def snapshot(settings: Settings, schema: str, tables: tuple[str, ...] | None = None,
-                   events: tuple[str, ...] | None = None) -> dict[str, str]:
-    """A hash of every row of the schema's tables (or the given ones) and of the outbox's event ids
-    (of the given event types: targets stages coverage and status events on its own)."""
-    db = await asyncpg.connect(settings.database_url)
-    try:
-        if tables is None:
-            names = await db.fetch("SELECT table_name FROM information_schema.tables WHERE table_schema = $1",
-                                   schema)
-            tables = tuple(r["table_name"] for r in names if r["table_name"] not in INFRA)
-        out = {t: await db.fetchval(
-            f"SELECT md5(coalesce(string_agg(x::text, '|' ORDER BY x::text), '')) FROM \"{schema}\".\"{t}\" x")
-            for t in sorted(tables)}
-        out["outbox"] = await db.fetchval(
-            f"SELECT md5(coalesce(string_agg(event_id::text, '|' ORDER BY seq), '')) FROM \"{schema}\".outbox "
-            "WHERE $1::text[] IS NULL OR type = ANY($1::text[])", list(events) if events else None)
-        return out
-    finally:
-        await db.close()
-
-
-class Writes:
-    """Requests to one service, with the check that a refused one wrote nothing."""
-
-    def __init__(self, client: httpx.AsyncClient, settings: Settings, schema: str,
-                 tables: tuple[str, ...] | None = None, events: tuple[str, ...] | None = None) -> None:
-        self.client, self.settings, self.schema, self.tables = client, settings, schema, tables
-        self.events = events
-
-    async def snapshot(self) -> dict[str, str]:
-        return await snapshot(self.settings, self.schema, self.tables, self.events)
-
-    async def refused(self, status: int, field: str, method: str, url: str, headers: dict[str, str],
-                      **kw: Any) -> str:
-        before = await self.snapshot()
-        response = await self.client.request(method, url, headers=headers, **kw)
-        assert response.status_code == status, (method, url, response.text)
-        [(got, message)] = errors(response)
-        assert got == field, (method, url, response.text)
-        assert await self.snapshot() == before, (method, url, "wrote")
-        return message
-
-    async def done(self, method: str, url: str, headers: dict[str, str], status: int = 200, **kw: Any) -> Any:
-        before = await self.snapshot()
-        response = await self.client.request(method, url, headers=headers, **kw)
-        assert response.status_code == status, (method, url, response.text)
-        assert await self.snapshot() != before, (method, url, "wrote nothing")
-        return response.json()
-
-
-async def db_fetch(settings: Settings, sql: str, *args: Any) -> list[asyncpg.Record]:
-    db = await asyncpg.connect(settings.database_url)
-    try:
-        return list(await db.fetch(sql, *args))
-    finally:
-        await db.close()
-
 
 # --- every write endpoint: 401 and 403 before anything happens -----------------------------------
-
-def apps(settings: Settings) -> dict[str, FastAPI]:
-    return {"registry": registry_app.create_app(settings), "training": training_app.create_app(settings),
-            "targets": targets_app.create_app(settings), "notify": notify_app.create_app(settings)}
 
 
 WRITES = {
@@ -221,23 +149,6 @@ async def test_tokens_are_on_by_default_and_a_service_without_a_key_does_not_sta
 
 # --- registry ----------------------------------------------------------------------------------
 
-def credit_code(serial: int) -> str:
-    first17 = f"51{COUNTY}MJ{serial:07d}"
-    return first17 + codes.uscc_check_character(first17)
-
-
-def filing(**over: Any) -> dict[str, Any]:
-    return {"name": "西城社区舞蹈队", "community_code": COMMUNITY, "category": "culture_sports",
-            "filed_on": "2023-03-01", "filing_number": "GH-2023-001"} | over
-
-
-async def until(settings: Settings, sql: str, expected: Any) -> None:
-    async def check() -> bool:
-        return bool((await db_fetch(settings, sql))[0][0] == expected)
-
-    await eventually(check, timeout=20)
-
-
 async def test_registry_commands_need_the_registrar_role_in_the_region(settings: Settings, nc: nats.NATS) -> None:
     await asyncio.to_thread(registry_app.run_migrations, settings)
     async with running(registry_app.create_app, secured(settings)) as (_, client):
@@ -265,7 +176,8 @@ async def test_registry_commands_need_the_registrar_role_in_the_region(settings:
             "organization_id": org, "region_code": TOWNSHIP, "established_on": "2023-08-01"})
         await api.refused(403, "region", "POST", "/commands/register", elsewhere, json={
             "organization_id": org, "name": "西城社区文体协会", "community_code": COMMUNITY,
-            "social_credit_code": credit_code(1), "legal_form": "social_group", "category": "culture_sports",
+            "social_credit_code": credit_code(COUNTY, "1", 1), "legal_form": "social_group",
+            "category": "culture_sports",
             "registered_on": "2023-06-01"})
         deregister = {"organization_id": org, "reason": "合并", "ended_on": "2023-09-01"}
         await api.refused(403, "region", "POST", "/commands/deregister", elsewhere, json=deregister)
@@ -572,9 +484,6 @@ def target(target_id: str, region: str = COUNTY) -> dict[str, Any]:
             "threshold": 12, "start": "2021-01-01", "deadline": "2023-12-31", "source": "授权测试"}
 
 
-PLAN = {"plan": {"id": "auth-plan", "title": "授权测试计划", "scope": COUNTY, "issued": "2024-03-01"},
-        "tasks": [{"no": "1", "title": "制定清单", "lead": "市民政局", "due": "2024-12"},
-                  {"no": "2", "title": "各镇落实", "lead": "市民政局", "co": ["各镇(街道)"], "due": "2024-12"}]}
 PLAN_TABLES = ("target", "plan", "plan_revision", "plan_task", "plan_progress", "plan_task_history", "plan_evidence")
 
 
@@ -640,7 +549,6 @@ async def test_targets_and_plans_need_the_planner_role_in_the_region(
 
 # --- notify ------------------------------------------------------------------------------------
 
-MORNING = datetime(2026, 3, 2, 1, 0, tzinfo=timezone.utc)   # every catalogue deadline past: no reminders
 NOTIFY_TABLES = ("subscription", "inbox_message", "delivery")
 
 

@@ -29,8 +29,8 @@ from contracts import codes
 from cso.settings import Settings
 from cso_local.cli import app as cli
 from services.registry.app import create_app, run_migrations
-from tests.integration.test_auth import auth, secured
 from tests.support import eventually, publish_divisions, running
+from tests.support.auth import auth, secured
 
 pytestmark = pytest.mark.integration
 

@@ -36,8 +36,8 @@ from cso.settings import Settings
 from cso_local import servers
 from cso_local.stack import import_divisions
 from services.registry.settings import RegistrySettings
-from tests.recount import projected, recount
 from tests.support import eventually, running
+from tests.support.recount import projected, recount
 
 pytestmark = pytest.mark.integration
 

@@ -35,21 +35,11 @@ from services.notify.routing import Clock
 from services.notify.settings import NotifySettings
 from services.targets import app as targets_app
 from services.targets.evaluation import Clock as TargetsClock
-from tests.support import eventually, publish, recording, running
+from tests.support import db_fetch, eventually, publish, recording, running
+from tests.support.events import SHIZHONG, publish_status, status_changed
 
 pytestmark = pytest.mark.integration
 
-# Real NBS 2023 codes and names of 乐山市 市中区 (511102).
-SHIZHONG = ev.DivisionsImported(
-    edition="2023",
-    province=ev.DivisionRef(code="51", name="四川省"),
-    city=ev.DivisionRef(code="5111", name="乐山市"),
-    county=ev.DivisionRef(code="511102", name="市中区"),
-    townships=[ev.TownshipDivision(code="511102004", name="大佛街道", kind="street"),
-               ev.TownshipDivision(code="511102006", name="通江街道", kind="street")],
-    communities=[ev.CommunityDivision(code="511102004001", name="篦子街社区居委会", kind="urban"),
-                 ev.CommunityDivision(code="511102006001", name="通江社区居委会", kind="urban")],
-)
 SHIZHONG_PATH = "四川省 乐山市 市中区"
 # 2026-03-02 09:00 in Shanghai: every catalogue deadline is past, so no reminder interferes.
 MORNING = datetime(2026, 3, 2, 1, 0, tzinfo=timezone.utc)
@@ -243,29 +233,6 @@ async def scalar(settings: Settings, sql: str, *args: Any) -> Any:
         await db.close()
 
 
-async def rows(settings: Settings, sql: str, *args: Any) -> list[asyncpg.Record]:
-    db = await asyncpg.connect(settings.database_url)
-    try:
-        return list(await db.fetch(sql, *args))
-    finally:
-        await db.close()
-
-
-def status_changed(status: str = "at_risk", target: str = "leshan-avg-urban-class-a", value: float = 9.5,
-                   previous: str | None = "on_track", region: str = "511102") -> Envelope[Any]:
-    payload = ev.TargetStatusChanged(
-        target_id=f"{target}@{region}", region_code=region, metric="avg_orgs_per_urban_community",
-        previous_status=previous, status=status, value=value, threshold=15.0, deadline=date(2025, 12, 31),
-        title="一类县区城市社区平均拥有社区社会组织不少于15个", comparison=">=")
-    return make_event(payload, source="cso-targets")
-
-
-async def publish_status(nc: NATS, settings: Settings, envelope: Envelope[Any],
-                         msg_id: str | None = None) -> None:
-    subject = settings.topology.event_subject("TargetStatusChanged", envelope.region)
-    await publish(nc, subject, envelope, msg_id=msg_id)
-
-
 async def subscribe(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
     response = await client.post("/subscriptions", json=body)
     assert response.status_code == 201, response.text
@@ -401,7 +368,7 @@ async def test_retries_failures_and_slow_receivers(migrated: Settings, nc: NATS,
                     subs["/dead"]["id"]: ("failed", 4), subs["/ok"]["id"]: ("sent", 1)}
 
         async def states() -> bool:
-            return {r["subscription_id"]: (r["status"], r["attempts"]) for r in await rows(
+            return {r["subscription_id"]: (r["status"], r["attempts"]) for r in await db_fetch(
                 settings, "SELECT subscription_id::text, status, attempts FROM notify.delivery")} == expected
 
         await eventually(states)
@@ -652,7 +619,7 @@ async def test_each_subscription_is_reminded_at_its_own_lead_times(migrated: Set
         await on(date(2025, 12, 24), {"defaults": 2, "ten": 1, "elsewhere": 0})      # 7 days before
         await on(date(2025, 12, 31), {"defaults": 2, "ten": 1, "elsewhere": 0})
         await on(date(2026, 1, 1), {"defaults": 2, "ten": 1, "elsewhere": 0})
-        made = await rows(settings, "SELECT s.recipient, r.lead_days FROM notify.reminder r "
+        made = await db_fetch(settings, "SELECT s.recipient, r.lead_days FROM notify.reminder r "
                                     "JOIN notify.subscription s ON s.id = r.subscription_id ORDER BY 1, 2")
         assert [(r["recipient"], r["lead_days"]) for r in made] == [("defaults", 7), ("defaults", 30),
                                                                     ("ten", 10)]

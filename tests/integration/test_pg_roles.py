@@ -36,8 +36,8 @@ from services.targets import app as targets
 from services.targets.rebuild import rebuild
 from services.training import app as training
 from services.training.domain import id_check_character
-from tests.infra.test_infra_grafana import SEED, dashboards, panel, panels, substitute
 from tests.support import GUANGHAN, eventually, publish, publish_divisions, running
+from tests.support.grafana import SEED, dashboards, panel, panels, substitute
 
 pytestmark = pytest.mark.integration
 

@@ -15,21 +15,17 @@ import httpx
 import nats
 import pytest
 
-from contracts import codes, make_event
 from contracts import events as ev
+from contracts import make_event
 from contracts.deadletter import DeadLetter
 from cso.settings import Settings
 from services.registry.app import create_app, run_migrations
 from tests.support import eventually, publish, publish_divisions, recording, running
+from tests.support.scenario import credit_code
 
 pytestmark = pytest.mark.integration
 
 COMMUNITY = "510681001014"
-
-
-def credit_code(kind: str = "2", serial: int = 1) -> str:
-    first17 = f"5{kind}510681MJ{serial:07d}"
-    return first17 + codes.uscc_check_character(first17)
 
 
 @pytest.fixture
@@ -69,7 +65,7 @@ async def test_every_command_over_nats_and_http(registry: httpx.AsyncClient, nc:
         org = filed["id"]
         reg = await command(nc, settings, "register", {
             "organization_id": org, "name": "西城社区文体协会", "community_code": COMMUNITY,
-            "social_credit_code": credit_code("1"), "legal_form": "social_group",
+            "social_credit_code": credit_code(kind="1"), "legal_form": "social_group",
             "category": "culture_sports", "registered_on": "2023-06-01"})
         assert reg["ok"] and reg["id"] == org, reg
         upd = (await registry.post("/commands/update", json={
@@ -135,7 +131,7 @@ async def _count(bus: Any, n: int) -> bool:
     ("file", filing(filed_on=(date.today() + timedelta(days=10)).isoformat()), "payload.filed_on"),
     ("file", filing(category="gardening"), "payload.category"),
     ("register", {"name": "x", "community_code": COMMUNITY, "legal_form": "social_group",
-                  "social_credit_code": credit_code("1")[:17] + "0", "category": "charity",
+                  "social_credit_code": credit_code(kind="1")[:17] + "0", "category": "charity",
                   "registered_on": "2023-01-01"}, "payload.social_credit_code"),
     ("establish_hub", {"organization_id": str(uuid.uuid4()), "region_code": "510681001014",
                        "established_on": "2023-01-01"}, "payload.region_code"),

@@ -25,9 +25,8 @@ from services.registry import store
 from services.registry.app import run_migrations
 from services.registry.domain import NotYet, Rejected
 from services.registry.record import Recorded, record, record_batch
-from tests.integration.test_targets import regions_of
-from tests.scenario import workload
 from tests.support import GUANGHAN, fresh_database
+from tests.support.scenario import regions_of, workload
 
 pytestmark = pytest.mark.integration
 
@@ -175,7 +174,7 @@ async def test_a_rejected_fact_in_a_batch_leaves_nothing(two_registries: tuple[s
 async def test_another_county_cannot_take_an_organization(two_registries: tuple[str, str]) -> None:
     """A move or an upgrade names the new community; the organization's current county must agree:
     a Leshan system cannot move Guanghan's organization into Leshan, nor can a Leshan-scoped caller."""
-    from tests.integration.test_notify import SHIZHONG
+    from tests.support.events import SHIZHONG
 
     url, _ = two_registries
     engine = create_async_engine(async_url(url))

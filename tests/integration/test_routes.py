@@ -31,7 +31,8 @@ from services.notify.settings import NotifySettings
 from services.registry import app as registry_app
 from services.targets import app as targets_app
 from services.targets.evaluation import Clock as TargetsClock
-from tests.integration.test_auth import (
+from tests.support import publish_divisions, running
+from tests.support.auth import (
     COMMUNITY,
     COUNTY,
     MORNING,
@@ -47,7 +48,6 @@ from tests.integration.test_auth import (
     secured,
     until,
 )
-from tests.support import publish_divisions, running
 
 pytestmark = pytest.mark.integration
 

@@ -32,22 +32,12 @@ from services.targets.domain import coverage as cov
 from services.targets.domain.catalogue import TargetSpec, parse_catalogue
 from services.targets.domain.metrics import FIGURES, numerator
 from services.targets.rebuild import rebuild, upgrade
-from tests.recount import behind as recount_behind
-from tests.recount import projected, recount
-from tests.scenario import workload
 from tests.support import eventually, fresh_database, make_streams, publish, running
+from tests.support.recount import REGISTRY_COUNTERS, projected, recount
+from tests.support.recount import behind as recount_behind
+from tests.support.scenario import regions_of, workload
 
 pytestmark = pytest.mark.integration
-
-REGISTRY_COUNTERS = {"orgs", "orgs_registered", "orgs_filed", "orgs_guided", "orgs_functional",
-                     "orgs_interest", "orgs_urban", "orgs_rural", "communities_urban",
-                     "communities_rural", "streets", "towns", "streets_with_hub", "towns_with_hub",
-                     "streets_with_base", "towns_with_base", "hubs", "bases", "orgs_party_covered",
-                     "brand_orgs", "brand_projects", "hub_demo_orgs", "orgs_rated", "orgs_rated_3a_plus",
-                     "filings_functional",
-                     "filings_interest", "registrations_functional", "registrations_interest",
-                     *(f"orgs_{k}_{t.value}" for k in ("urban", "rural") for t in ev.ManagementTier),
-                     } | {f"orgs_cat_{c.value}" for c in ev.Category}
 
 
 def demo_codes() -> tuple[list[str], list[str]]:
@@ -312,22 +302,6 @@ def _subject_id(fact: ev.Payload) -> str:
         if hasattr(fact, field):
             return str(getattr(fact, field))
     raise AssertionError(fact)
-
-
-def regions_of(facts: list[ev.Payload]) -> dict[str, str]:
-    """What an outside system knows: the region of each record it publishes facts about."""
-    out: dict[str, str] = {}
-    for f in facts:
-        match f:
-            case ev.OrganizationFiled() | ev.OrganizationRegistered():
-                out[str(f.organization_id)] = f.community_code
-            case ev.HubEstablished():
-                out[str(f.hub_id)] = f.region_code
-            case ev.IncubationBaseOpened():
-                out[str(f.base_id)] = f.region_code
-            case ev.PartyOrganizationFormed():
-                out[str(f.party_organization_id)] = out[str(f.organization_ids[0])][:6]
-    return out
 
 
 def training_expected(training: list[ev.Payload]) -> Counter[tuple[str, str]]:

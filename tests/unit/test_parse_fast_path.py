@@ -10,9 +10,8 @@ import pytest
 
 from contracts import ContractError, encode, make_event, parse_event
 from contracts import envelope as envelope_module
-from tests.integration.test_targets import regions_of
-from tests.scenario import workload
 from tests.support import GUANGHAN
+from tests.support.scenario import regions_of, workload
 
 COMMUNITIES = [c.code for c in GUANGHAN.communities]
 TOWNSHIPS = [t.code for t in GUANGHAN.townships]

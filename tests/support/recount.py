@@ -8,6 +8,8 @@ from collections import Counter
 
 import asyncpg
 
+from contracts import events as ev
+
 FUNCTIONAL = ("resident_services", "mediation", "rural_revitalization")
 
 # Each query yields (region code, counter, value) for one tier's code length.
@@ -121,3 +123,14 @@ def behind(counts: Counter[tuple[str, str]], under: str, length: int, numerator:
         if short:
             out[code] = short
     return counted, out
+
+
+REGISTRY_COUNTERS = {"orgs", "orgs_registered", "orgs_filed", "orgs_guided", "orgs_functional",
+                     "orgs_interest", "orgs_urban", "orgs_rural", "communities_urban",
+                     "communities_rural", "streets", "towns", "streets_with_hub", "towns_with_hub",
+                     "streets_with_base", "towns_with_base", "hubs", "bases", "orgs_party_covered",
+                     "brand_orgs", "brand_projects", "hub_demo_orgs", "orgs_rated", "orgs_rated_3a_plus",
+                     "filings_functional",
+                     "filings_interest", "registrations_functional", "registrations_interest",
+                     *(f"orgs_{k}_{t.value}" for k in ("urban", "rural") for t in ev.ManagementTier),
+                     } | {f"orgs_cat_{c.value}" for c in ev.Category}

@@ -15,7 +15,7 @@ import urllib.request
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Self
 
 import httpx
 import nats
@@ -27,7 +27,7 @@ from contracts import Envelope, Topology, encode, make_event
 from contracts import events as ev
 from cso.settings import Settings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # Real NBS 2023 codes of 广汉市 (510681): two streets and a town, a few of their communities.
 GUANGHAN = ev.DivisionsImported(
@@ -154,6 +154,17 @@ async def fresh_database(postgres_url: str) -> AsyncIterator[str]:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+async def db_fetch(settings: Settings, sql: str, *args: Any) -> list[Any]:
+    """The rows of one query in the settings' database, on a connection of its own."""
+    import asyncpg
+
+    db = await asyncpg.connect(settings.database_url)
+    try:
+        return list(await db.fetch(sql, *args))
+    finally:
+        await db.close()
 
 
 def http_json(url: str, body: dict[str, Any] | None = None, timeout: float = 10.0,
@@ -285,26 +296,41 @@ class CsoUp:
             time.sleep(0.1)
 
 
-class HealthWatch:
-    """Polls /healthz of some services from a thread, every failed answer kept; `pause` stops
-    watching one (the one being killed) and `resume` watches it again."""
+class Background:
+    """A loop in a daemon thread for as long as a `with` block runs: a subclass's `_run`, which
+    returns once `_stop` is set (the block's end sets it and waits for the thread)."""
 
-    def __init__(self, urls: dict[str, str], timeout: float = 10.0) -> None:
-        self.urls = dict(urls)
-        self.timeout = timeout
-        self.paused: set[str] = set()
-        self.failures: list[str] = []
-        self.answers = 0
+    thread_name = "background"
+
+    def __init__(self) -> None:
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="healthz-watch", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
 
-    def __enter__(self) -> HealthWatch:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class HealthWatch(Background):
+    """Polls /healthz of some services from a thread, every failed answer kept; `pause` stops
+    watching one (the one being killed) and `resume` watches it again."""
+
+    thread_name = "healthz-watch"
+
+    def __init__(self, urls: dict[str, str], timeout: float = 10.0) -> None:
+        super().__init__()
+        self.urls = dict(urls)
+        self.timeout = timeout
+        self.paused: set[str] = set()
+        self.failures: list[str] = []
+        self.answers = 0
 
     def _run(self) -> None:
         while not self._stop.wait(0.2):

@@ -14,9 +14,15 @@ CATEGORIES = list(ev.Category)
 RATINGS: tuple[str | None, ...] = (None, "1A", "2A", "3A", "4A", "5A")   # 等级评估, or none given
 
 
-def credit_code(rng: random.Random, kind: str, county: str) -> str:
-    first17 = f"5{kind}{county}MJ" + "".join(rng.choice("0123456789") for _ in range(7))
+def credit_code(county: str = "510681", kind: str = "2", serial: int = 1) -> str:
+    """A valid unified social credit code (统一社会信用代码) of a social organization (5) of `kind`
+    (1 social group, 2 private non-enterprise unit) registered in `county`, numbered `serial`."""
+    first17 = f"5{kind}{county}MJ{serial:07d}"
     return first17 + codes.uscc_check_character(first17)
+
+
+def random_credit_code(rng: random.Random, kind: str, county: str) -> str:
+    return credit_code(county, kind, int("".join(rng.choice("0123456789") for _ in range(7))))
 
 
 def day(rng: random.Random, after: date, before: date = date(2025, 12, 31)) -> date:
@@ -45,12 +51,12 @@ def workload(seed: int, communities: Sequence[str], townships: Sequence[str],
             if rng.random() < 0.2:
                 later.append(ev.OrganizationRegistered(
                     organization_id=oid, name=f"协会{oid.hex[:6]}", community_code=community,
-                    social_credit_code=credit_code(rng, "1", community[:6]), legal_form="social_group",
+                    social_credit_code=random_credit_code(rng, "1", community[:6]), legal_form="social_group",
                     category=category, registered_on=day(rng, on)))
         else:
             created.append((ev.OrganizationRegistered(
                 organization_id=oid, name=f"中心{oid.hex[:6]}", community_code=community,
-                social_credit_code=credit_code(rng, "2", community[:6]),
+                social_credit_code=random_credit_code(rng, "2", community[:6]),
                 legal_form="social_service_agency", category=category, registered_on=on), on))
         orgs.append((oid, community, on))
     created.sort(key=lambda c: c[1])
@@ -109,3 +115,19 @@ def workload(seed: int, communities: Sequence[str], townships: Sequence[str],
                                                        reason="调离", removed_on=day(rng, added)))
     # Registrations come after filings; everything about an organization after it exists.
     return [c for c, _ in created] + later + hubs + endings + training
+
+
+def regions_of(facts: list[ev.Payload]) -> dict[str, str]:
+    """What an outside system knows: the region of each record it publishes facts about."""
+    out: dict[str, str] = {}
+    for f in facts:
+        match f:
+            case ev.OrganizationFiled() | ev.OrganizationRegistered():
+                out[str(f.organization_id)] = f.community_code
+            case ev.HubEstablished():
+                out[str(f.hub_id)] = f.region_code
+            case ev.IncubationBaseOpened():
+                out[str(f.base_id)] = f.region_code
+            case ev.PartyOrganizationFormed():
+                out[str(f.party_organization_id)] = out[str(f.organization_ids[0])][:6]
+    return out
