@@ -25,8 +25,8 @@ from services.registry.app import create_app as registry_app
 from services.registry.app import run_migrations as registry_migrations
 from services.targets import app as targets
 from services.targets.evaluation import Clock
-from tests.faults.test_constraint import credit_code
 from tests.support import eventually, publish, running
+from tests.support.scenario import credit_code
 
 pytestmark = pytest.mark.integration
 

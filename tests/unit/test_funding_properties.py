@@ -14,7 +14,7 @@ from contracts import events as ev
 from services.targets.domain import coverage as cov
 from services.targets.domain import entities as ent
 from services.targets.domain import funding
-from tests.unit.test_coverage_properties import COMMUNITIES, TOWNSHIPS, day, org_facts, regions, to_facts
+from tests.support.coverage_facts import COMMUNITIES, TOWNSHIPS, day, org_facts, regions, to_facts
 
 FUNDING = set(funding.FUNDING_COUNTERS)
 
