@@ -293,20 +293,30 @@ class HubDissolved(Payload):
 
 
 class IncubationBaseOpened(Payload):
-    """A base opened at a township, county or city, covering the townships it lists."""
+    """A base opened at a township, county or city, covering the townships it lists; or (since
+    1.7.0) an incubation point at a community (村/社区孵化点: Guanghan's 三级孵化体系, Leshan's 五级联动),
+    which covers its own community and lists no township."""
 
     TYPE = "IncubationBaseOpened"
     CONTEXT = "registry"
     base_id: UUID = Field(default_factory=uuid4)
     name: Name
     region_code: RegionCode
-    covered_townships: list[TownshipCode] = Field(min_length=1, max_length=5000)
+    covered_townships: list[TownshipCode] = Field(default_factory=list, max_length=5000, description=(
+        "the townships it covers (at least one); empty for a base at a community, which covers its own"))
     opened_on: PastOrToday
 
     @model_validator(mode="after")
     def _covers_its_own_townships(self) -> IncubationBaseOpened:
-        if tier_of(self.region_code) not in ("township", "county", "city"):
-            raise ValueError("region_code: a base opens at a township, county or city")
+        tier = tier_of(self.region_code)
+        if tier == "community":
+            if self.covered_townships:
+                raise ValueError("covered_townships: a base at a community covers its own community, no township")
+            return self
+        if tier not in ("township", "county", "city"):
+            raise ValueError("region_code: a base opens at a community, township, county or city")
+        if not self.covered_townships:
+            raise ValueError("covered_townships: a base at a township, county or city covers at least one")
         outside = [t for t in self.covered_townships if not t.startswith(self.region_code)]
         if outside:
             raise ValueError(

@@ -64,6 +64,8 @@ async def load(conn: AsyncConnection, facts: Sequence[ev.Payload]) -> Ledger:
                 interval_ids["hub"].add(fact.hub_id)
             case ev.IncubationBaseOpened():
                 regions.update(fact.covered_townships)
+                if len(fact.region_code) == 12:     # an incubation point at a community
+                    communities.add(fact.region_code)
                 interval_ids["base"].add(fact.base_id)
             case ev.IncubationBaseClosed():
                 interval_ids["base"].add(fact.base_id)

@@ -276,10 +276,10 @@ async def insert_intervals(conn: AsyncConnection, kind: str, created: Sequence[N
     await conn.execute(text(
         f"INSERT INTO {_INTERVAL_TABLES[kind].fullname} (id, region_code, started_on, ended_on, updated_by, "
         f"{columns}) VALUES (:id, :region, :started, :ended, :source, {values})"), rows)
-    if kind == "base":
+    covered = [{"b": n.interval.id, "t": t} for n in created for t in n.townships]
+    if kind == "base" and covered:  # a base at a community covers no township
         await conn.execute(text(
-            f"INSERT INTO {base_township.fullname} (base_id, township_code) VALUES (:b, :t)"),
-            [{"b": n.interval.id, "t": t} for n in created for t in n.townships])
+            f"INSERT INTO {base_township.fullname} (base_id, township_code) VALUES (:b, :t)"), covered)
     elif kind == "party":
         await conn.execute(text(
             f"INSERT INTO {party_coverage.fullname} (party_organization_id, organization_id) VALUES (:p, :o)"),

@@ -75,6 +75,8 @@ async def recompute(conn: AsyncConnection, direct: set[str],
         townships = await store.townships_under(conn, county)
         hubcov.update(townships)
         basecov.update(townships)
+        # Communities with an incubation point count by their kind, which the divisions say.
+        basecov.update(k.split(":", 1)[1] for k in await store.entity_keys_in(conn, ["basecov"], county))
 
     # An organization's start and community decide how its funding counts: recompute it when it changes.
     supported.update(m for _, m in await store.owners_of(conn, {f"supported:{o[4:]}" for o in orgs}, "fund:"))

@@ -728,6 +728,11 @@ async def projection_staleness(conn: AsyncConnection) -> str | None:
             "AND EXISTS (SELECT 1 FROM jsonb_array_elements(e.timeline->'segments') s "
             "WHERE jsonb_typeof(s->1) = 'array' AND jsonb_array_length(s->1) = 8))"))).scalar():
         return "ratings are recorded but not counted (coverage kept before orgs_rated)"
+    # A base counts by the tier it opened at (bases_<tier>) since bases open at every tier (issue 22).
+    if (await conn.execute(text(
+            f"SELECT EXISTS (SELECT 1 FROM {sql_name(coverage_now)} WHERE counter = 'bases' AND value <> 0) "
+            f"AND NOT EXISTS (SELECT 1 FROM {sql_name(coverage_now)} WHERE counter LIKE 'bases\\_%')"))).scalar():
+        return "bases are counted but not by the tier they opened at (coverage kept before bases_<tier>)"
     # Every organization is new once, a pulse (community, "new"), since funding counts the share of new
     # organizations funded in their first year (issue 22); one counted before has none.
     if (await conn.execute(text(

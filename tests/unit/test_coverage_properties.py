@@ -156,8 +156,10 @@ def recount(payloads: list[ev.Payload], on: date) -> Counter[tuple[str, str]]:
                 out[(r, "hubs")] += 1
     for bid, b in bases.items():
         if alive(b.opened_on, base_end.get(bid)):
+            tier = {2: "province", 4: "city", 6: "county", 9: "township", 12: "community"}[len(b.region_code)]
             for r in regions(b.region_code):
                 out[(r, "bases")] += 1
+                out[(r, f"bases_{tier}")] += 1    # and at the tier it opened at (issue 22)
     for township, kind in TOWNSHIPS.items():
         plural = "streets" if kind == "street" else "towns"
         if any(h.region_code == township and alive(h.established_on, hub_end.get(hid)) for hid, h in hubs.items()):

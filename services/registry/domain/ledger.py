@@ -149,6 +149,8 @@ def decide(ledger: Ledger, envelope: Envelope[Any], check_region: bool = True,
             ended = ("hub", rules.dissolve_hub(before, fact))
         case ev.IncubationBaseOpened():
             unknown = [t for t in fact.covered_townships if t not in ledger.townships]
+            if len(fact.region_code) == 12 and not ledger.community_known(fact.region_code):
+                raise Rejected("region_code", f"unknown community {fact.region_code}", code="unknown_division")
             base = rules.open_base(ledger.interval("base", fact.base_id), unknown, fact)
             created = NewInterval("base", base, envelope.source, name=fact.name,
                                   townships=sorted(set(fact.covered_townships)))

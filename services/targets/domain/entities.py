@@ -171,7 +171,15 @@ def _count_at(region: str, counter: str) -> Vector:
 
 
 vectors("hub", lambda s: _count_at(s[0], "hubs"))
-vectors("base", lambda s: _count_at(s[0], "bases"))
+def _base_vector(state: State) -> Vector:
+    """A base counts in `bases` and, by the tier it opened at, in `bases_<tier>` (Guanghan's 三级 and
+    Leshan's 五级 incubation systems count each tier's bases)."""
+    out = _count_at(state[0], "bases")
+    out.update(_count_at(state[0], f"bases_{tier_of(state[0])}"))
+    return out
+
+
+vectors("base", _base_vector)
 
 
 # --- a township's hub or base coverage ---------------------------------------------------------
@@ -180,7 +188,8 @@ def covered_timeline(kind: str, township: str, township_kind: str | None,
                      intervals: Sequence[Interval], ended_on: date | None = None) -> Timeline:
     """A township is covered while at least one of `intervals` is active (union of intervals),
     until the day it ends (merged, recoded or abolished: it no longer counts from then)."""
-    if township_kind not in ("street", "town", "township"):
+    if township_kind not in ("street", "town", "township") and not (
+            kind == "basecov" and len(township) == 12 and township_kind in ("urban", "rural")):
         return Timeline(kind)
     days = sorted({iv.start for iv in intervals} | {iv.end for iv in intervals if iv.end}
                   | ({ended_on} if ended_on else set()))
@@ -202,6 +211,10 @@ def _inherited(intervals: Sequence[Interval], since: date) -> list[Interval]:
 def _coverage_vector(suffix: str) -> Any:
     def vector(state: State) -> Vector:
         township, kind = state
+        if kind in ("urban", "rural"):   # a community with an incubation point of its own
+            out = _count_at(township, f"communities_with_{suffix}")
+            out.update(_count_at(township, f"communities_{kind}_with_{suffix}"))
+            return out
         return _count_at(township, f"{'streets' if kind == 'street' else 'towns'}_with_{suffix}")
     return vector
 
@@ -485,7 +498,9 @@ def memberships(key: str, p: ev.Payload) -> list[tuple[str, str]]:
         case ev.HubEstablished() if len(p.region_code) == 9:
             return [(key, p.region_code)]
         case ev.IncubationBaseOpened():
-            return [(key, t) for t in p.covered_townships]
+            # A base at a community covers that community (its basecov entity), no township.
+            own = [(key, p.region_code)] if len(p.region_code) == 12 else []
+            return [(key, t) for t in p.covered_townships] + own
         case ev.ProjectFunded():
             return [(key, f"supported:{o}") for o in p.supported()]
         case _:

@@ -28,6 +28,8 @@ COUNTERS: tuple[str, ...] = (
     "streets_with_hub", "towns_with_hub",
     "streets_with_base", "towns_with_base",
     "hubs", "bases",
+    *(f"bases_{t}" for t in ("city", "county", "township", "community")),  # by the tier a base opened at
+    "communities_with_base", "communities_urban_with_base", "communities_rural_with_base",
     "orgs_party_covered", "brand_orgs", "brand_projects", "hub_demo_orgs",
     "orgs_rated", "orgs_rated_3a_plus",       # registered organizations with a grade (等级评估), 3A+
     "filings_functional", "filings_interest",  # cumulative: a year's new filings is a difference
@@ -108,6 +110,14 @@ FIGURES: dict[str, Figure] = {f.name: f for f in (
     Figure("exam_passes", ("exam_passes",), description="social-work qualification exam passes"),
     Figure("outstanding_orgs_in_year", ("outstanding_orgs",), yearly=True,
            description="outstanding organizations selected for the year (优秀社区社会组织)"),
+    Figure("bases", ("bases",), description="incubation bases of every tier (孵化基地、孵化点)"),
+    *(Figure(f"bases_{t}", (f"bases_{t}",), description=f"incubation bases opened at the {t} tier")
+      for t in ("city", "county", "township", "community")),
+    Figure("communities_with_base_share", ("communities_with_base",), ("communities_urban", "communities_rural"),
+           "share", description="share of urban and rural communities with an incubation point of their own",
+           unit="community"),
+    Figure("community_bases_per_township", ("bases_community",), ("streets", "towns"), "average",
+           description="incubation points at communities per street, town and township"),
     Figure("funding_yuan", ("funding_fen",), per=100,
            description="yuan awarded to funded projects (政府购买服务, 公益创投, 孵化培育资金), cumulative"),
     Figure("funding_yuan_in_year", ("funding_fen",), yearly=True, per=100,
