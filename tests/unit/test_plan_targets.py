@@ -64,7 +64,11 @@ def test_a_plan_target_says_what_it_counts_as_the_catalogue_does() -> None:
 
 
 @pytest.mark.parametrize(("target", "field", "words"), [
-    ({"counts": ["registered", "approved"]}, "targets[0].counts[1]", "expected one of registered, filed, guided"),
+    ({"counts": ["registered", "approved"]}, "targets[0].counts[1]",
+     "expected one of registered, filed, guided, got 'approved'"),
+    ({"threshold": "many"}, "targets[0].threshold", "expected a number ≥ 0, got 'many'"),
+    ({"comparison": "=="}, "targets[0].comparison", "expected '>=' or '<=', got '=='"),
+    ({"colour": "red"}, "targets[0].colour", "unknown field; expected one of comparison, counts, due"),
     ({"counts": "filed"}, "targets[0].counts", "expected a non-empty list"),
     ({"counts": ["filed", "filed"]}, "targets[0].counts", "a tier is listed twice"),
     ({"new": ["filed"]}, "targets[0].new", "does not count new organizations"),

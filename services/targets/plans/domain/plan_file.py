@@ -11,7 +11,6 @@ targets.division), so a plan can only name regions that exist.
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -19,12 +18,14 @@ from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
 import yaml
+from pydantic import ValidationError
 
 from contracts import jsontext
 from contracts.codes import TIERS, tier_of
 
 from ...domain.catalogue import CatalogueError, parse_catalogue
 from ...domain.metrics import FIGURES
+from .file_models import TargetModel, problems
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 TASK_NO_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
@@ -59,8 +60,6 @@ EXPANSION_MARKERS: dict[str, ExpandTier] = {
 _PLAN_KEYS = {"id", "title", "scope", "issued", "issuers", "issuer", "period", "phases",
               "implementing", "acceptance"}
 _TASK_KEYS = {"no", "title", "lead", "co", "due", "community", "targets"}
-_TARGET_KEYS = {"metric", "threshold", "comparison", "due", "untracked", "each", "counts", "new", "quote",
-                "target"}
 _TOP_KEYS = {"plan", "work_plans", "tasks"}
 
 
@@ -497,91 +496,48 @@ def _expansion(units: Sequence[str]) -> tuple[ExpandTier, str] | None:
 def _parse_target(raw: object, p: _Problems, loc: str, label: str, name: str, plan: Mapping[str, Any],
                   task_no: str | None, task_deadline: date | None, strict: bool,
                   warnings: list[str]) -> PlanTarget | None:
+    """One target, validated by `TargetModel`, then checked against its task and plan."""
     if not isinstance(raw, dict):
         p.add(loc, label, name, f"expected {{metric, threshold}}, got {raw!r}")
         return None
-    for key in sorted(str(k) for k in raw if k not in _TARGET_KEYS):
-        p.add(loc, label, f"{name}.{key}", f"unknown field; expected one of {', '.join(sorted(_TARGET_KEYS))}")
+    try:
+        model = TargetModel.model_validate(raw)
+    except ValidationError as exc:
+        for path, message in problems(exc, TargetModel):
+            p.add(loc, label, f"{name}.{path}", message)
+        return None
     ok = True
-    metric = _text(raw.get("metric"), p, loc, label, f"{name}.metric")
-    untracked_raw = raw.get("untracked", False)
-    if not isinstance(untracked_raw, bool):
-        p.add(loc, label, f"{name}.untracked", f"expected true or false, got {untracked_raw!r}")
-        ok = False
-    untracked = untracked_raw is True
-    if metric is not None and metric not in FIGURES and not untracked:
+    untracked = model.untracked
+    if model.metric not in FIGURES and not untracked:
         if strict:
             p.add(loc, label, f"{name}.metric",
-                  f"unknown metric {metric!r}; known metrics: {', '.join(FIGURES)}. A figure cso does "
+                  f"unknown metric {model.metric!r}; known metrics: {', '.join(FIGURES)}. A figure cso does "
                   "not compute can be recorded with `untracked: true`")
             ok = False
         else:
             untracked = True
-            warnings.append(f"{p.origin}: {loc} ({label}): {name}.metric: {metric!r} is not a metric cso "
+            warnings.append(f"{p.origin}: {loc} ({label}): {name}.metric: {model.metric!r} is not a metric cso "
                             "computes; recorded as an untracked target")
-    threshold = raw.get("threshold")
-    if threshold is None:
-        p.add(loc, label, f"{name}.threshold", "required: a target needs a threshold")
-        ok = False
-    elif (isinstance(threshold, bool) or not isinstance(threshold, int | float)
-          or not math.isfinite(float(threshold)) or threshold < 0):
-        p.add(loc, label, f"{name}.threshold", f"expected a number ≥ 0, got {threshold!r}")
-        ok = False
-    comparison = raw.get("comparison", ">=")
-    if comparison not in (">=", "<="):
-        p.add(loc, label, f"{name}.comparison", f"expected '>=' or '<=', got {comparison!r}")
-        ok = False
-    due: str | None = None
-    deadline = task_deadline
-    if raw.get("due") is not None:
-        month = _month(raw.get("due"), p, loc, label, f"{name}.due")
-        if month is None:
-            ok = False
-        else:
-            due, deadline = month
-            ok = _within(deadline, plan, p, loc, label, f"{name}.due") and ok
-            if task_deadline is not None and deadline > task_deadline:
-                p.add(loc, label, f"{name}.due",
-                      f"{deadline} is after the task's own deadline {task_deadline}")
-                ok = False
-    # What it counts: checked field by field against the catalogue's rules (_check_catalogue).
-    each = _text(raw.get("each"), p, loc, label, f"{name}.each", required=False)
-    if each is not None and each not in ("city", "county", "township"):
-        p.add(loc, label, f"{name}.each", f"expected city, county or township (every division of that "
-              f"tier under the task's scope), got {each!r}")
-        ok = False
-    listed: dict[str, tuple[str, ...] | None] = {}
-    for key, allowed in (("counts", ("registered", "filed", "guided")), ("new", ("filed", "registered"))):
-        value = raw.get(key)
-        listed[key] = None
-        if value is None:
-            continue
-        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-            p.add(loc, label, f"{name}.{key}", f"expected a non-empty list of {', '.join(allowed)}, got {value!r}")
-            ok = False
-            continue
-        for i, v in enumerate(value):
-            if v not in allowed:
-                p.add(loc, label, f"{name}.{key}[{i}]", f"expected one of {', '.join(allowed)}, got {v!r}")
-                ok = False
-        listed[key] = tuple(value)
-    quote = _text(raw.get("quote"), p, loc, label, f"{name}.quote", required=False)
-    link = _text(raw.get("target"), p, loc, label, f"{name}.target", required=False)
-    if link is not None and not ID_PATTERN.fullmatch(link):
-        p.add(loc, label, f"{name}.target", f"{link!r} is not a catalogue target id (letters, digits, . _ -)")
-        ok = False
-    if untracked and (link is not None or each is not None or listed["counts"] or listed["new"]):
+    if untracked and model.says_what_it_counts:
         p.add(loc, label, f"{name}.untracked", "an untracked target is recorded as written: it takes no "
               "target, each, counts or new")
         ok = False
-    if not ok or metric is None or deadline is None or task_no is None or plan.get("id") is None:
+    due: str | None = None
+    deadline = task_deadline
+    if model.due is not None:
+        due, deadline = model.due
+        ok = _within(deadline, plan, p, loc, label, f"{name}.due") and ok
+        if task_deadline is not None and deadline > task_deadline:
+            p.add(loc, label, f"{name}.due", f"{deadline} is after the task's own deadline {task_deadline}")
+            ok = False
+    # What it counts is checked field by field against the catalogue's rules (_check_catalogue).
+    if not ok or deadline is None or task_no is None or plan.get("id") is None:
         return None
-    assert isinstance(threshold, int | float)
-    return PlanTarget(metric=metric, threshold=float(threshold),
-                      comparison=">=" if comparison == ">=" else "<=", due=due, deadline=deadline,
-                      untracked=untracked,
-                      target_id=None if untracked else target_id(plan["id"], task_no, metric),
-                      each=each, counts=listed["counts"], new=listed["new"], quote=quote, link=link)
+    return PlanTarget(metric=model.metric, threshold=model.threshold, comparison=model.comparison, due=due,
+                      deadline=deadline, untracked=untracked,
+                      target_id=None if untracked else target_id(plan["id"], task_no, model.metric),
+                      each=model.each, counts=model.counts, new=model.new, quote=model.quote,
+                      link=model.target)
 
 
 def _within(deadline: date, plan: Mapping[str, Any], p: _Problems, loc: str, label: str, name: str) -> bool:

@@ -1,0 +1,169 @@
+"""Pydantic models of a plan file's parts, field by field, as the target catalogue validates its
+entries (`targets.domain.catalogue._TargetModel`). Pure code.
+
+A model checks what one part says on its own: types, known values, text that is not empty, a
+month that exists. What needs the rest of the file or the divisions (a deadline within the plan,
+a region that exists, the task numbering) is checked by `plan_file.parse_plan` after parsing.
+Each error is a `PydanticCustomError` whose message is the one a user reads; `problems` turns a
+`ValidationError` into (field path, message) pairs, the path as ``targets[0].counts[1]``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from datetime import date, timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic_core import PydanticCustomError
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+MONTH_PATTERN = re.compile(r"^(\d{4})-(\d{2})$")
+
+Comparison = Literal[">=", "<="]
+ExpandTier = Literal["city", "county", "township"]
+
+# What a missing required field's message adds after "required".
+REQUIRED_HINTS = {"threshold": "a target needs a threshold"}
+
+
+def month_end(year: int, month: int) -> date:
+    first_next = date(year + (month == 12), month % 12 + 1, 1)
+    return first_next - timedelta(days=1)
+
+
+def _fail(kind: str, message: str) -> PydanticCustomError:
+    """An error whose message is read as it is (without a context, pydantic does not format it:
+    a value's repr may hold braces)."""
+    return PydanticCustomError(kind, message)
+
+
+def _text(value: Any) -> Any:
+    """Non-empty text, trimmed. None reaches here only for a required field (an optional one
+    takes None before its validator), so None is "required"."""
+    if value is None:
+        raise _fail("missing", "required")
+    if not isinstance(value, str) or not value.strip():
+        raise _fail("text", f"expected non-empty text, got {value!r}")
+    return value.strip()
+
+
+def _month(value: Any) -> Any:
+    """A month (``YYYY-MM``) as the pair (month, its last day: the deadline)."""
+    if isinstance(value, str):
+        m = MONTH_PATTERN.fullmatch(value.strip())
+        if m and 1 <= int(m.group(2)) <= 12:
+            return value.strip(), month_end(int(m.group(1)), int(m.group(2)))
+    raise _fail("month", f"expected a month such as 2024-05 (a month, the deadline is its last day), "
+                         f"got {value!r}")
+
+
+def _threshold(value: Any) -> Any:
+    if value is None:
+        raise _fail("missing", f"required: {REQUIRED_HINTS['threshold']}")
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not math.isfinite(float(value)) or value < 0):
+        raise _fail("threshold", f"expected a number ≥ 0, got {value!r}")
+    return float(value)
+
+
+def _comparison(value: Any) -> Any:
+    if value not in (">=", "<="):
+        raise _fail("comparison", f"expected '>=' or '<=', got {value!r}")
+    return value
+
+
+def _boolean(value: Any) -> Any:
+    if not isinstance(value, bool):
+        raise _fail("boolean", f"expected true or false, got {value!r}")
+    return value
+
+
+def _each(value: Any) -> Any:
+    if value not in ("city", "county", "township"):
+        raise _fail("each", f"expected city, county or township (every division of that tier under the "
+                            f"task's scope), got {value!r}")
+    return value
+
+
+def _link(value: Any) -> Any:
+    text = _text(value)
+    if not ID_PATTERN.fullmatch(text):
+        raise _fail("target_id", f"{text!r} is not a catalogue target id (letters, digits, . _ -)")
+    return text
+
+
+def _listed(*allowed: str) -> Callable[[Any], Any]:
+    """A non-empty list of names, each checked by `_one_of` at its index."""
+    def check(value: Any) -> Any:
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+            raise _fail("listed", f"expected a non-empty list of {', '.join(allowed)}, got {value!r}")
+        return value
+    return check
+
+
+def _one_of(*allowed: str) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if value not in allowed:
+            raise _fail("one_of", f"expected one of {', '.join(allowed)}, got {value!r}")
+        return value
+    return check
+
+
+Text = Annotated[str, BeforeValidator(_text)]
+Month = Annotated[tuple[str, date], BeforeValidator(_month)]
+OrgTier = Annotated[str, BeforeValidator(_one_of("registered", "filed", "guided"))]
+NewEvent = Annotated[str, BeforeValidator(_one_of("filed", "registered"))]
+
+
+class TargetModel(BaseModel):
+    """One target of a task (``targets[i]``). Whether its metric is known depends on the file
+    (strict or not) and is checked by `parse_plan`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    metric: Text
+    threshold: Annotated[float, BeforeValidator(_threshold)]
+    comparison: Annotated[Comparison, BeforeValidator(_comparison)] = ">="
+    due: Month | None = None
+    untracked: Annotated[bool, BeforeValidator(_boolean)] = False
+    each: Annotated[ExpandTier, BeforeValidator(_each)] | None = None
+    counts: Annotated[tuple[OrgTier, ...], BeforeValidator(_listed("registered", "filed", "guided"))] | None = None
+    new: Annotated[tuple[NewEvent, ...], BeforeValidator(_listed("filed", "registered"))] | None = None
+    quote: Text | None = None
+    target: Annotated[str, BeforeValidator(_link)] | None = None
+
+    @property
+    def says_what_it_counts(self) -> bool:
+        """A catalogue target it is, or what it counts: what an untracked target cannot say."""
+        return any(v is not None for v in (self.target, self.each, self.counts, self.new))
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """A pydantic location as a file's field path: ``targets[0].counts[1]``."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else part
+    return text
+
+
+def problems(exc: ValidationError, model: type[BaseModel]) -> list[tuple[str, str]]:
+    """A model's validation errors as (field path, message), in pydantic's order (the fields')."""
+    allowed = ", ".join(sorted(model.model_fields))
+    out: list[tuple[str, str]] = []
+    for error in exc.errors():
+        path = field_path(error["loc"])
+        if error["type"] == "extra_forbidden":
+            message = f"unknown field; expected one of {allowed}"
+        elif error["type"] == "missing":
+            hint = REQUIRED_HINTS.get(str(error["loc"][-1]))
+            message = f"required: {hint}" if hint else "required"
+        else:
+            message = error["msg"]
+        out.append((path, message))
+    return out
