@@ -149,3 +149,29 @@ def test_the_default_catalogue_states_each_promise_once() -> None:
     live = [s for s in load_catalogue() if not s.retired]
     keys = [promise(s) for s in live]
     assert len(set(keys)) == len(keys)
+
+
+@pytest.mark.parametrize(("task", "field", "words"), [
+    ({"co": ["市委组织部", "市委组织部"]}, "co[1]", "'市委组织部' is listed twice"),
+    ({"lead": []}, "lead", "expected one lead unit or a list of them, got []"),
+    ({"lead": ["市民政局", 7]}, "lead[1]", "expected a unit's name, got 7"),
+    ({"community": 511102004001}, "community", "a division code must be a quoted string"),
+    ({"targets": {"metric": "orgs"}}, "targets", "expected a list of targets, got dict"),
+    ({"no": "1 2"}, "no", "expected a task number such as '1.4', got '1 2'"),
+])
+def test_a_task_is_checked_naming_file_task_and_field(task: dict[str, Any], field: str, words: str) -> None:
+    data = leshan_plan()
+    data["tasks"][0].update(task)
+    with pytest.raises(d.PlanError) as caught:
+        parse(data)
+    found = [p for p in caught.value.problems if p.path == f"tasks[0].{field}"]
+    assert found, [str(p) for p in caught.value.problems]
+    assert str(found[0]).startswith("leshan.yaml: tasks[0] (no ") and words in found[0].message
+
+
+def test_a_task_with_a_wrong_field_still_has_its_targets_checked() -> None:
+    data = leshan_plan(threshold=-1)
+    data["tasks"][0]["title"] = ""
+    with pytest.raises(d.PlanError) as caught:
+        parse(data)
+    assert {p.path for p in caught.value.problems} == {"tasks[0].title", "tasks[0].targets[0].threshold"}

@@ -19,14 +19,23 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 from pydantic_core import PydanticCustomError
 
+from contracts.codes import tier_of
+
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+TASK_NO_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
 MONTH_PATTERN = re.compile(r"^(\d{4})-(\d{2})$")
 
 Comparison = Literal[">=", "<="]
 ExpandTier = Literal["city", "county", "township"]
 
 # What a missing required field's message adds after "required".
-REQUIRED_HINTS = {"threshold": "a target needs a threshold"}
+REQUIRED_HINTS = {"threshold": "a target needs a threshold", "no": "the task's number"}
+
+
+def normalize_unit(unit: str) -> str:
+    """A unit's name as compared and stored: trimmed, full-width brackets and commas as ASCII."""
+    return (unit.strip().replace("（", "(").replace("）", ")").replace("，", ",")
+            .replace(" ", "").replace("\u3000", ""))
 
 
 def month_end(year: int, month: int) -> date:
@@ -112,10 +121,64 @@ def _one_of(*allowed: str) -> Callable[[Any], Any]:
     return check
 
 
+def _task_no(value: Any) -> Any:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise _fail("task_no", f"a task number must be a quoted string such as '{value}' (unquoted, 1.10 "
+                               f"would read as 1.1), got the number {value}")
+    if value is None:
+        raise _fail("missing", f"required: {REQUIRED_HINTS['no']}")
+    if not isinstance(value, str) or not TASK_NO_PATTERN.fullmatch(value.strip()):
+        raise _fail("task_no", f"expected a task number such as '1.4', got {value!r}")
+    return value.strip()
+
+
+def _code(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise _fail("code", f"a division code must be a quoted string such as '{value}', got the number {value}")
+    if not isinstance(value, str):
+        raise _fail("code", f"expected a division code, got {value!r}")
+    try:
+        tier_of(value)
+    except ValueError as exc:
+        raise _fail("code", str(exc)) from None
+    return value
+
+
+def _unit(value: Any) -> Any:
+    if not isinstance(value, str) or not value.strip():
+        raise _fail("unit", f"expected a unit's name, got {value!r}")
+    return normalize_unit(value)
+
+
+def _units(value: Any) -> Any:
+    """One unit or a list of them."""
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        raise _fail("units", f"expected a list of units, got {type(value).__name__}")
+    return value
+
+
+def _leads(value: Any) -> Any:
+    """Joint leads (「市委组织部、市民政局」牵头): every one of them leads, none is a co-unit."""
+    if value == []:
+        raise _fail("leads", "expected one lead unit or a list of them, got []")
+    return value if isinstance(value, list) else [_text(value)]
+
+
+def _list_of_targets(value: Any) -> Any:
+    if not isinstance(value, list):
+        raise _fail("targets", f"expected a list of targets, got {type(value).__name__}")
+    return value
+
+
 Text = Annotated[str, BeforeValidator(_text)]
 Month = Annotated[tuple[str, date], BeforeValidator(_month)]
 OrgTier = Annotated[str, BeforeValidator(_one_of("registered", "filed", "guided"))]
 NewEvent = Annotated[str, BeforeValidator(_one_of("filed", "registered"))]
+Unit = Annotated[str, BeforeValidator(_unit)]
+Units = Annotated[tuple[Unit, ...], BeforeValidator(_units)]
+DivisionCode = Annotated[str, BeforeValidator(_code)]
 
 
 class TargetModel(BaseModel):
@@ -139,6 +202,36 @@ class TargetModel(BaseModel):
     def says_what_it_counts(self) -> bool:
         """A catalogue target it is, or what it counts: what an untracked target cannot say."""
         return any(v is not None for v in (self.target, self.each, self.counts, self.new))
+
+
+class TaskModel(BaseModel):
+    """One task (``tasks[i]``). Its targets are validated one by one (`TargetModel`), so a task
+    with a wrong field still has its targets checked; its deadline, community and units are
+    checked against the plan by `parse_plan`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    no: Annotated[str, BeforeValidator(_task_no)]
+    title: Text
+    lead: Annotated[tuple[Unit, ...], BeforeValidator(_leads)] | None = None
+    co: Units | None = None
+    due: Month | None = None
+    community: DivisionCode | None = None
+    targets: Annotated[list[Any], BeforeValidator(_list_of_targets)] | None = None
+
+    def cross_checks(self) -> list[tuple[str, str]]:
+        """Units listed twice, as (field, message)."""
+        problems: list[tuple[str, str]] = []
+        leads, co = self.lead or (), self.co or ()
+        for name, units in (("lead", leads), ("co", co)):
+            for i, unit in enumerate(units):
+                if unit in units[:i]:
+                    problems.append((f"{name}[{i}]", f"{unit!r} is listed twice"))
+        for unit in dict.fromkeys(leads):
+            if unit in co:
+                which = "the lead unit" if len(leads) == 1 else "a lead unit"
+                problems.append(("co", f"{unit!r} is {which}; list it once"))
+        return problems
 
 
 def field_path(loc: tuple[int | str, ...]) -> str:

@@ -14,8 +14,8 @@ import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timedelta
-from typing import Any, Literal
+from datetime import date, datetime
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
@@ -25,16 +25,22 @@ from contracts.codes import TIERS, tier_of
 
 from ...domain.catalogue import CatalogueError, parse_catalogue
 from ...domain.metrics import FIGURES
-from .file_models import TargetModel, problems
+from .file_models import (
+    ID_PATTERN,
+    Comparison,
+    ExpandTier,
+    TargetModel,
+    TaskModel,
+    normalize_unit,
+    problems,
+)
+from .file_models import (
+    month_end as month_end,  # re-exported: plans.domain.month_end
+)
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-TASK_NO_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
-MONTH_PATTERN = re.compile(r"^(\d{4})-(\d{2})$")
 DAY_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 MAX_NOTE = 4000  # TaskStatusChanged.note's limit
 
-ExpandTier = Literal["city", "county", "township"]
-Comparison = Literal[">=", "<="]
 
 # Units that stand for "every division of a tier under the plan's scope": a task naming one is
 # carried out by each of them, and gets one progress line per division. Compared after
@@ -61,17 +67,6 @@ _PLAN_KEYS = {"id", "title", "scope", "issued", "issuers", "issuer", "period", "
               "implementing", "acceptance"}
 _TASK_KEYS = {"no", "title", "lead", "co", "due", "community", "targets"}
 _TOP_KEYS = {"plan", "work_plans", "tasks"}
-
-
-def normalize_unit(unit: str) -> str:
-    """A unit's name as compared and stored: trimmed, full-width brackets and commas as ASCII."""
-    return (unit.strip().replace("（", "(").replace("）", ")").replace("，", ",")
-            .replace(" ", "").replace("\u3000", ""))
-
-
-def month_end(year: int, month: int) -> date:
-    first_next = date(year + (month == 12), month % 12 + 1, 1)
-    return first_next - timedelta(days=1)
 
 
 def task_key(no: str) -> tuple[tuple[int, int | str], ...]:
@@ -364,17 +359,6 @@ def _day(value: object, p: _Problems, loc: str, label: str, name: str) -> date |
     return None
 
 
-def _month(value: object, p: _Problems, loc: str, label: str, name: str) -> tuple[str, date] | None:
-    """A month (``YYYY-MM``) and its last day."""
-    if isinstance(value, str):
-        m = MONTH_PATTERN.fullmatch(value.strip())
-        if m and 1 <= int(m.group(2)) <= 12:
-            return value.strip(), month_end(int(m.group(1)), int(m.group(2)))
-    hint = " (a month, the deadline is its last day)"
-    p.add(loc, label, name, f"expected a month such as 2024-05{hint}, got {value!r}")
-    return None
-
-
 def _code(value: object, p: _Problems, loc: str, label: str, name: str) -> str | None:
     if isinstance(value, int) and not isinstance(value, bool):
         p.add(loc, label, name, f"a division code must be a quoted string such as '{value}', got the number {value}")
@@ -602,77 +586,67 @@ def parse_plan(data: object, origin: str, regions: Mapping[str, str], *, strict:
             continue
         no_raw = raw.get("no")
         label = f"no {no_raw!r}" if isinstance(no_raw, str | int | float) and not isinstance(no_raw, bool) else ""
-        _unknown_keys(raw, _TASK_KEYS, p, loc, label)
-        no: str | None = None
-        if isinstance(no_raw, int | float) and not isinstance(no_raw, bool):
-            p.add(loc, label, "no", f"a task number must be a quoted string such as '{no_raw}' "
-                  f"(unquoted, 1.10 would read as 1.1), got the number {no_raw}")
-        elif no_raw is None:
-            p.add(loc, label, "no", "required: the task's number")
-        elif not isinstance(no_raw, str) or not TASK_NO_PATTERN.fullmatch(no_raw.strip()):
-            p.add(loc, label, "no", f"expected a task number such as '1.4', got {no_raw!r}")
+        model: TaskModel | None = None
+        try:
+            model = TaskModel.model_validate(raw)
+        except ValidationError as exc:
+            wrong = problems(exc, TaskModel)
+            for path, message in wrong:
+                p.add(loc, label, path, message)
+            # Its number still counts (duplicates, work plans) and its targets are still checked.
+            no_ok = not any(path == "no" for path, _ in wrong)
+            raw_targets = raw.get("targets")
+            for t_index, t_raw in enumerate(raw_targets if isinstance(raw_targets, list) else []):
+                _parse_target(t_raw, p, loc, label, f"targets[{t_index}]", plan, None, None, strict, warnings)
         else:
-            no = no_raw.strip()
+            no_ok = True
+        no: str | None = model.no if model is not None else str(no_raw).strip() if no_ok else None
+        if no is not None:
             if no in first_at:
                 p.add(loc, label, "no", f"duplicate task number {no!r} (first at tasks[{first_at[no]}])")
                 no = None
             else:
                 first_at[no] = index
-        title = _text(raw.get("title"), p, loc, label, "title")
-        lead_raw = raw.get("lead")
-        leads: tuple[str, ...] = ()
-        if lead_raw is None:
+        if model is None:
+            continue
+        for path, message in model.cross_checks():
+            p.add(loc, label, path, message)
+        leads: tuple[str, ...] = model.lead or ()
+        if model.lead is None:
             implementing = plan.get("implementing")
             if implementing is None:
                 p.add(loc, label, "lead", "required: no lead unit, and the plan names no implementing units")
             else:
                 leads = (implementing,)
-        elif isinstance(lead_raw, list):
-            # Joint leads (「市委组织部、市民政局」牵头): every one of them leads, none is a co-unit.
-            leads = _units(lead_raw, p, loc, label, "lead")
-            if not leads and lead_raw == []:
-                p.add(loc, label, "lead", "expected one lead unit or a list of them, got []")
-        else:
-            lead_text = _text(lead_raw, p, loc, label, "lead")
-            leads = (normalize_unit(lead_text),) if lead_text else ()
-        co = _units(raw.get("co"), p, loc, label, "co")
-        for unit in leads:
-            if unit in co:
-                which = "the lead unit" if len(leads) == 1 else "a lead unit"
-                p.add(loc, label, "co", f"{unit!r} is {which}; list it once")
+        co = model.co or ()
 
         due: str | None = None
         deadline: date | None = None
-        if raw.get("due") is not None:
-            month = _month(raw.get("due"), p, loc, label, "due")
-            if month is not None:
-                due, deadline = month
-                if not _within(deadline, plan, p, loc, label, "due"):
-                    deadline = None
+        if model.due is not None:
+            due, deadline = model.due
+            if not _within(deadline, plan, p, loc, label, "due"):
+                deadline = None
         elif plan.get("ends") is not None:
             deadline = plan["ends"]
         elif header is not None:
             p.add(loc, label, "due", "required: the plan has no end date to default to")
 
-        community: str | None = None
-        if raw.get("community") is not None:
-            community = _code(raw.get("community"), p, loc, label, "community")
-            if community is not None:
-                known = regions.get(community)
-                if known is None:
-                    p.add(loc, label, "community", f"unknown community {community!r}: not in targets.division")
-                    community = None
-                elif known != "community":
-                    p.add(loc, label, "community", f"{community!r} is a {known}, not a community")
-                    community = None
-                elif scope is not None and not community.startswith(scope):
-                    p.add(loc, label, "community", f"{community!r} is not under the plan's scope {scope!r}")
-                    community = None
+        community = model.community
+        if community is not None:
+            known = regions.get(community)
+            if known is None:
+                p.add(loc, label, "community", f"unknown community {community!r}: not in targets.division")
+                community = None
+            elif known != "community":
+                p.add(loc, label, "community", f"{community!r} is a {known}, not a community")
+                community = None
+            elif scope is not None and not community.startswith(scope):
+                p.add(loc, label, "community", f"{community!r} is not under the plan's scope {scope!r}")
+                community = None
 
         expands: ExpandTier | None = None
-        units = leads + co
-        expansion = _expansion(units)
-        if expansion is not None and raw.get("community") is None and scope_tier is not None:
+        expansion = _expansion(leads + co)
+        if expansion is not None and model.community is None and scope_tier is not None:
             tier, marker = expansion
             if TIERS.index(tier) <= [str(t) for t in TIERS].index(scope_tier):
                 which = "lead" if marker in leads else "co"
@@ -682,16 +656,13 @@ def parse_plan(data: object, origin: str, regions: Mapping[str, str], *, strict:
                 expands = tier
 
         targets: list[PlanTarget] = []
-        raw_targets = raw.get("targets")
-        if raw_targets is not None and not isinstance(raw_targets, list):
-            p.add(loc, label, "targets", f"expected a list of targets, got {type(raw_targets).__name__}")
-            raw_targets = []
-        if raw_targets and raw.get("community") is not None:
+        raw_targets = model.targets or []
+        if raw_targets and model.community is not None:
             p.add(loc, label, "targets", "a task scoped to one community cannot carry targets: figures are kept "
                   "for provinces, cities, counties and townships")
             raw_targets = []
         seen_metrics: dict[str, int] = {}
-        for t_index, t_raw in enumerate(raw_targets or []):
+        for t_index, t_raw in enumerate(raw_targets):
             name = f"targets[{t_index}]"
             target = _parse_target(t_raw, p, loc, label, name, plan, no, deadline, strict, warnings)
             if target is None:
@@ -703,6 +674,7 @@ def parse_plan(data: object, origin: str, regions: Mapping[str, str], *, strict:
             seen_metrics[target.metric] = t_index
             targets.append(target)
 
+        title = model.title
         if no is None or title is None or not leads or deadline is None or scope is None:
             continue
         tasks.append(Task(no=no, title=title, leads=leads, co=co, due=due, deadline=deadline,
