@@ -209,6 +209,13 @@ BAD: list[tuple[str, Any, str, str]] = [
     ("lead also co", set_in("1.1", co=["市民政局"]), "tasks[0].co", "is the lead unit"),
     ("no issue date", plan_field(issued=None), "plan.issued", "required"),
     ("bad plan id", plan_field(id="广汉 plan"), "plan.id", "letters, digits"),
+    ("period ends before it starts", plan_field(period={"from": "2024-03-01", "until": "2024-01-01"}),
+     "plan.period.until", "2024-01-01 is before period.from 2024-03-01"),
+    ("unknown period field", plan_field(period={"from": "2024-03-01", "to": "2024-12-31"}), "plan.period.to",
+     "unknown field; expected one of from, until"),
+    ("phase not a mapping", plan_field(phases=["2024"]), "plan.phases[0]",
+     "expected a mapping of from, name, until, got '2024'"),
+    ("impossible issue date", plan_field(issued="2024-02-30"), "plan.issued", "'2024-02-30' is not a valid date"),
 ]
 
 
@@ -279,6 +286,13 @@ def test_work_plans_are_checked() -> None:
     with pytest.raises(d.PlanError) as e:
         d.parse_plan(data, CITY, REGIONS, strict=False)
     assert {p.path for p in e.value.problems} == {"work_plans[1].tasks[3]", "work_plans[2].tasks[4]"}
+    data["work_plans"][0]["title"] = None
+    data["work_plans"][0]["owner"] = "市民政局"
+    with pytest.raises(d.PlanError) as e:
+        d.parse_plan(data, CITY, REGIONS, strict=False)
+    lines = {p.path: str(p) for p in e.value.problems}
+    assert lines["work_plans[0].title"].endswith(": title: required")
+    assert "unknown field; expected one of no, tasks, title" in lines["work_plans[0].owner"]
 
 
 def test_diff_between_revisions() -> None:

@@ -2,6 +2,7 @@
 
 - `plan_file`: the plan file format and its validation (`parse_plan`, `PlanError` naming the file,
   the task and the field), catalogue entries of its targets, revisions' diffs;
+- `file_models`: the pydantic models of a plan file's parts (header, task, target, work plan);
 - `states`: the task state machine (`transition`, `TransitionError`);
 - `rollups`: overdue, roll-ups and completion, the ledger's order;
 - `evidence`: the evidence files taken (`check_evidence`, `EvidenceError`).

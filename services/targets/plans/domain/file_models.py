@@ -13,10 +13,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
 from contracts.codes import tier_of
@@ -24,12 +24,14 @@ from contracts.codes import tier_of
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 TASK_NO_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
 MONTH_PATTERN = re.compile(r"^(\d{4})-(\d{2})$")
+DAY_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 Comparison = Literal[">=", "<="]
 ExpandTier = Literal["city", "county", "township"]
 
 # What a missing required field's message adds after "required".
-REQUIRED_HINTS = {"threshold": "a target needs a threshold", "no": "the task's number"}
+REQUIRED_HINTS = {"threshold": "a target needs a threshold", "no": "the task's number",
+                  "scope": "the region the plan covers (a quoted division code)"}
 
 
 def normalize_unit(unit: str) -> str:
@@ -172,6 +174,40 @@ def _list_of_targets(value: Any) -> Any:
     return value
 
 
+def _day(value: Any) -> Any:
+    if isinstance(value, datetime):
+        raise _fail("date", f"expected a date such as 2024-02-21, got a date and time {value}")
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str) and DAY_PATTERN.fullmatch(value.strip()):
+        try:
+            return date.fromisoformat(value.strip())
+        except ValueError as exc:
+            raise _fail("date", f"{value!r} is not a valid date: {exc}") from None
+    raise _fail("date", f"expected a date such as 2024-02-21, got {value!r}")
+
+
+def _plan_id(value: Any) -> Any:
+    text = _text(value)
+    if not ID_PATTERN.fullmatch(text):
+        raise _fail("plan_id", f"{text!r}: letters, digits, '.', '_' and '-' only")
+    return text
+
+
+def _list_of(what: str) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if not isinstance(value, list):
+            raise _fail("list", f"expected a list of {what}, got {type(value).__name__}")
+        return value
+    return check
+
+
+def _work_plan_no(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).strip():
+        raise _fail("work_plan_no", f"expected a work plan number, got {value!r}")
+    return str(value)
+
+
 Text = Annotated[str, BeforeValidator(_text)]
 Month = Annotated[tuple[str, date], BeforeValidator(_month)]
 OrgTier = Annotated[str, BeforeValidator(_one_of("registered", "filed", "guided"))]
@@ -179,6 +215,67 @@ NewEvent = Annotated[str, BeforeValidator(_one_of("filed", "registered"))]
 Unit = Annotated[str, BeforeValidator(_unit)]
 Units = Annotated[tuple[Unit, ...], BeforeValidator(_units)]
 DivisionCode = Annotated[str, BeforeValidator(_code)]
+Day = Annotated[date, BeforeValidator(_day)]
+
+
+class PeriodModel(BaseModel):
+    """``period: {from, until}``: the plan's own dates."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    start: Day | None = Field(default=None, alias="from")
+    until: Day | None = None
+
+
+class PhaseModel(BaseModel):
+    """``phases[i]: {name, from?, until?}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Text
+    start: Day | None = Field(default=None, alias="from")
+    until: Day | None = None
+
+
+class HeaderModel(BaseModel):
+    """The plan's header (``plan:``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Annotated[str, BeforeValidator(_plan_id)]
+    title: Text
+    scope: DivisionCode
+    issued: Day | None = None
+    issuers: Units | None = None
+    issuer: Annotated[str, BeforeValidator(_unit)] | None = None
+    period: PeriodModel | None = None
+    phases: Annotated[list[PhaseModel], BeforeValidator(_list_of("phases"))] | None = None
+    implementing: Annotated[str, BeforeValidator(_unit)] | None = None
+    acceptance: Text | None = None
+
+    def cross_checks(self) -> list[tuple[str, str]]:
+        """Dates that contradict each other, or none to start from, as (field, message)."""
+        problems: list[tuple[str, str]] = []
+        period = self.period or PeriodModel()
+        if period.start and period.until and period.until < period.start:
+            problems.append(("period.until", f"{period.until} is before period.from {period.start}"))
+        for i, phase in enumerate(self.phases or []):
+            if phase.start and phase.until and phase.until < phase.start:
+                problems.append((f"phases[{i}].until", f"{phase.until} is before its from {phase.start}"))
+        if self.issued is None and period.start is None:
+            problems.append(("issued", "required: the issue date (or give period.from)"))
+        return problems
+
+
+class WorkPlanModel(BaseModel):
+    """``work_plans[i]: {no, title, tasks}``: tasks grouped under a work plan (工作方案). Whether
+    its tasks exist, and belong to no other work plan, is checked by `parse_plan`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    no: Annotated[str, BeforeValidator(_work_plan_no)]
+    title: Text
+    tasks: Annotated[list[Any], BeforeValidator(_list_of("task numbers"))]
 
 
 class TargetModel(BaseModel):
@@ -247,12 +344,14 @@ def field_path(loc: tuple[int | str, ...]) -> str:
 
 def problems(exc: ValidationError, model: type[BaseModel]) -> list[tuple[str, str]]:
     """A model's validation errors as (field path, message), in pydantic's order (the fields')."""
-    allowed = ", ".join(sorted(model.model_fields))
     out: list[tuple[str, str]] = []
     for error in exc.errors():
         path = field_path(error["loc"])
         if error["type"] == "extra_forbidden":
-            message = f"unknown field; expected one of {allowed}"
+            message = f"unknown field; expected one of {', '.join(_fields_at(model, error['loc'][:-1]))}"
+        elif error["type"] in ("model_type", "model_attributes_type", "dict_type"):
+            message = (f"expected a mapping of {', '.join(_fields_at(model, error['loc']))}, "
+                       f"got {error['input']!r}")
         elif error["type"] == "missing":
             hint = REQUIRED_HINTS.get(str(error["loc"][-1]))
             message = f"required: {hint}" if hint else "required"
@@ -260,3 +359,27 @@ def problems(exc: ValidationError, model: type[BaseModel]) -> list[tuple[str, st
             message = error["msg"]
         out.append((path, message))
     return out
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    """The field names (as the file spells them) of the model found at `loc` under `model`."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        info = next((f for name, f in model.model_fields.items() if (f.alias or name) == part), None)
+        inner = _model_in(info.annotation) if info is not None else None
+        if inner is None:
+            break
+        model = inner
+    return sorted(f.alias or name for name, f in model.model_fields.items())
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model an annotation holds (``PhaseModel | None``, ``list[PhaseModel]``), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None

@@ -2,7 +2,10 @@
 
 A plan file (see README.md in this package) is validated as a whole: `parse_plan` returns a
 `Plan` or raises one `PlanError` listing every problem, each naming the file, the task (its index
-and number) and the field. Nothing of a rejected file is ever applied.
+and number) and the field. Nothing of a rejected file is ever applied. Each part (header,
+task, target, work plan) is validated field by field by its pydantic model (`file_models`); what
+needs the rest of the file (deadlines within the plan, task numbers, work plans' tasks, targets
+as catalogue entries) is checked here after parsing.
 
 Division codes are checked against what the caller knows (`regions`: code -> tier, from
 targets.division), so a plan can only name regions that exist.
@@ -14,31 +17,32 @@ import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime
+from datetime import date
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
 from contracts import jsontext
-from contracts.codes import TIERS, tier_of
+from contracts.codes import TIERS
 
 from ...domain.catalogue import CatalogueError, parse_catalogue
 from ...domain.metrics import FIGURES
 from .file_models import (
-    ID_PATTERN,
     Comparison,
     ExpandTier,
+    HeaderModel,
+    PeriodModel,
     TargetModel,
     TaskModel,
-    normalize_unit,
+    WorkPlanModel,
     problems,
 )
-from .file_models import (
-    month_end as month_end,  # re-exported: plans.domain.month_end
-)
 
-DAY_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# Re-exported: plans.domain.month_end, plans.domain.normalize_unit.
+from .file_models import month_end as month_end
+from .file_models import normalize_unit as normalize_unit
+
 MAX_NOTE = 4000  # TaskStatusChanged.note's limit
 
 
@@ -63,9 +67,6 @@ EXPANSION_MARKERS: dict[str, ExpandTier] = {
     "各地市": "city",
 }
 
-_PLAN_KEYS = {"id", "title", "scope", "issued", "issuers", "issuer", "period", "phases",
-              "implementing", "acceptance"}
-_TASK_KEYS = {"no", "title", "lead", "co", "due", "community", "targets"}
 _TOP_KEYS = {"plan", "work_plans", "tasks"}
 
 
@@ -329,144 +330,34 @@ def plan_id_of(data: object) -> str | None:
     return None
 
 
-def _text(value: object, p: _Problems, loc: str, label: str, name: str, required: bool = True
-          ) -> str | None:
-    if value is None:
-        if required:
-            p.add(loc, label, name, "required")
-        return None
-    if not isinstance(value, str) or not value.strip():
-        p.add(loc, label, name, f"expected non-empty text, got {value!r}")
-        return None
-    return value.strip()
-
-
-def _day(value: object, p: _Problems, loc: str, label: str, name: str) -> date | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        p.add(loc, label, name, f"expected a date such as 2024-02-21, got a date and time {value}")
-        return None
-    if isinstance(value, date):
-        return value
-    if isinstance(value, str) and DAY_PATTERN.fullmatch(value.strip()):
-        try:
-            return date.fromisoformat(value.strip())
-        except ValueError as exc:
-            p.add(loc, label, name, f"{value!r} is not a valid date: {exc}")
-            return None
-    p.add(loc, label, name, f"expected a date such as 2024-02-21, got {value!r}")
-    return None
-
-
-def _code(value: object, p: _Problems, loc: str, label: str, name: str) -> str | None:
-    if isinstance(value, int) and not isinstance(value, bool):
-        p.add(loc, label, name, f"a division code must be a quoted string such as '{value}', got the number {value}")
-        return None
-    if not isinstance(value, str):
-        p.add(loc, label, name, f"expected a division code, got {value!r}")
-        return None
-    try:
-        tier_of(value)
-    except ValueError as exc:
-        p.add(loc, label, name, str(exc))
-        return None
-    return value
-
-
-def _unknown_keys(item: Mapping[Any, Any], allowed: set[str], p: _Problems, loc: str, label: str) -> None:
-    for key in sorted(str(k) for k in item if k not in allowed):
-        p.add(loc, label, key, f"unknown field; expected one of {', '.join(sorted(allowed))}")
-
-
-def _units(value: object, p: _Problems, loc: str, label: str, name: str) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list):
-        p.add(loc, label, name, f"expected a list of units, got {type(value).__name__}")
-        return ()
-    out: list[str] = []
-    for i, unit in enumerate(value):
-        if not isinstance(unit, str) or not unit.strip():
-            p.add(loc, label, f"{name}[{i}]", f"expected a unit's name, got {unit!r}")
-            continue
-        normalized = normalize_unit(unit)
-        if normalized in out:
-            p.add(loc, label, f"{name}[{i}]", f"{unit!r} is listed twice")
-            continue
-        out.append(normalized)
-    return tuple(out)
-
-
 def _parse_header(raw: object, p: _Problems) -> dict[str, Any] | None:
-    loc, label = "plan", ""
+    """The plan's header, validated by `HeaderModel`, with the dates it implies (starts, opens,
+    ends), or None when it is wrong."""
     if not isinstance(raw, dict):
         p.add("plan", "", "", f"expected a mapping of plan fields, got {type(raw).__name__}")
         return None
-    _unknown_keys(raw, _PLAN_KEYS, p, loc, label)
-    out: dict[str, Any] = {}
-    ident = _text(raw.get("id"), p, loc, label, "id")
-    if ident is not None and not ID_PATTERN.fullmatch(ident):
-        p.add(loc, label, "id", f"{ident!r}: letters, digits, '.', '_' and '-' only")
-        ident = None
-    out["id"] = ident
-    out["title"] = _text(raw.get("title"), p, loc, label, "title")
-    out["scope"] = _code(raw.get("scope"), p, loc, label, "scope") if "scope" in raw else None
-    if "scope" not in raw:
-        p.add(loc, label, "scope", "required: the region the plan covers (a quoted division code)")
-    out["issued"] = _day(raw.get("issued"), p, loc, label, "issued")
-    issuers = list(_units(raw.get("issuers"), p, loc, label, "issuers"))
-    if raw.get("issuer") is not None:
-        one = _text(raw.get("issuer"), p, loc, label, "issuer")
-        if one:
-            issuers.insert(0, normalize_unit(one))
-    out["issuers"] = tuple(dict.fromkeys(issuers))
-    period = raw.get("period")
-    out["period_from"] = out["period_until"] = None
-    if period is not None:
-        if not isinstance(period, dict):
-            p.add(loc, label, "period", f"expected {{from: date, until: date}}, got {period!r}")
-        else:
-            _unknown_keys(period, {"from", "until"}, p, loc, label)
-            out["period_from"] = _day(period.get("from"), p, loc, label, "period.from")
-            out["period_until"] = _day(period.get("until"), p, loc, label, "period.until")
-            if out["period_from"] and out["period_until"] and out["period_until"] < out["period_from"]:
-                p.add(loc, label, "period.until",
-                      f"{out['period_until']} is before period.from {out['period_from']}")
-    phases: list[Phase] = []
-    raw_phases = raw.get("phases")
-    if raw_phases is not None and not isinstance(raw_phases, list):
-        p.add(loc, label, "phases", f"expected a list of phases, got {type(raw_phases).__name__}")
-    for i, ph in enumerate(raw_phases if isinstance(raw_phases, list) else []):
-        name_ = f"phases[{i}]"
-        if not isinstance(ph, dict):
-            p.add(loc, label, name_, f"expected {{name, from, until}}, got {ph!r}")
-            continue
-        for key in sorted(str(k) for k in ph if k not in ("name", "from", "until")):
-            p.add(loc, label, f"{name_}.{key}", "unknown field; expected name, from, until")
-        pname = _text(ph.get("name"), p, loc, label, f"{name_}.name")
-        start = _day(ph.get("from"), p, loc, label, f"{name_}.from")
-        until = _day(ph.get("until"), p, loc, label, f"{name_}.until")
-        if start and until and until < start:
-            p.add(loc, label, f"{name_}.until", f"{until} is before its from {start}")
-        phases.append(Phase(pname or "", start, until))
-    out["phases"] = tuple(phases)
-    out["implementing"] = _text(raw.get("implementing"), p, loc, label, "implementing", required=False)
-    if out["implementing"]:
-        out["implementing"] = normalize_unit(out["implementing"])
-    out["acceptance"] = _text(raw.get("acceptance"), p, loc, label, "acceptance", required=False)
-    opens = out["issued"] or out["period_from"]
-    if opens is None and raw.get("issued") is None and (not isinstance(period, dict) or period.get("from") is None):
-        p.add(loc, label, "issued", "required: the issue date (or give period.from)")
-    out["opens"] = opens
-    out["starts"] = out["period_from"] or out["issued"]
-    ends = out["period_until"]
+    try:
+        m = HeaderModel.model_validate(raw)
+    except ValidationError as exc:
+        for path, message in problems(exc, HeaderModel):
+            p.add("plan", "", path, message)
+        return None
+    cross = m.cross_checks()
+    for path, message in cross:
+        p.add("plan", "", path, message)
+    if cross:
+        return None
+    period = m.period or PeriodModel()
+    phases = tuple(Phase(ph.name, ph.start, ph.until) for ph in m.phases or ())
+    ends = period.until
     if ends is None and phases and phases[-1].until is not None:
         ends = phases[-1].until
-    out["ends"] = ends
-    return out
+    issuers = ([m.issuer] if m.issuer else []) + list(m.issuers or ())
+    return {"id": m.id, "title": m.title, "scope": m.scope, "issued": m.issued,
+            "issuers": tuple(dict.fromkeys(issuers)), "period_from": period.start,
+            "period_until": period.until, "phases": phases, "implementing": m.implementing,
+            "acceptance": m.acceptance, "opens": m.issued or period.start,
+            "starts": period.start or m.issued, "ends": ends}
 
 
 def _expansion(units: Sequence[str]) -> tuple[ExpandTier, str] | None:
@@ -614,10 +505,10 @@ def parse_plan(data: object, origin: str, regions: Mapping[str, str], *, strict:
         leads: tuple[str, ...] = model.lead or ()
         if model.lead is None:
             implementing = plan.get("implementing")
-            if implementing is None:
-                p.add(loc, label, "lead", "required: no lead unit, and the plan names no implementing units")
-            else:
+            if implementing is not None:
                 leads = (implementing,)
+            elif header is not None:  # (a wrong header's implementing units are not known)
+                p.add(loc, label, "lead", "required: no lead unit, and the plan names no implementing units")
         co = model.co or ()
 
         due: str | None = None
@@ -692,27 +583,24 @@ def parse_plan(data: object, origin: str, regions: Mapping[str, str], *, strict:
         if not isinstance(wp, dict):
             p.add(loc, "", "", f"expected {{no, title, tasks}}, got {wp!r}")
             continue
-        _unknown_keys(wp, {"no", "title", "tasks"}, p, loc, "")
         wno = wp.get("no")
-        if isinstance(wno, bool) or not isinstance(wno, int | str) or not str(wno).strip():
-            p.add(loc, "", "no", f"expected a work plan number, got {wno!r}")
-            continue
-        wlabel = f"no {wno!r}"
-        wtitle = _text(wp.get("title"), p, loc, wlabel, "title")
-        members = wp.get("tasks")
-        if not isinstance(members, list):
-            p.add(loc, wlabel, "tasks", f"expected a list of task numbers, got {members!r}")
+        wlabel = f"no {wno!r}" if isinstance(wno, int | str) and not isinstance(wno, bool) else ""
+        try:
+            wmodel = WorkPlanModel.model_validate(wp)
+        except ValidationError as exc:
+            for path, message in problems(exc, WorkPlanModel):
+                p.add(loc, wlabel, path, message)
             continue
         ok_members: list[str] = []
-        for i, member in enumerate(members):
+        for i, member in enumerate(wmodel.tasks):
             if not isinstance(member, str) or member not in first_at:
                 p.add(loc, wlabel, f"tasks[{i}]", f"{member!r} is not a task of this plan")
             elif member in in_work_plan:
                 p.add(loc, wlabel, f"tasks[{i}]", f"task {member!r} is already in work plan {in_work_plan[member]!r}")
             else:
-                in_work_plan[member] = str(wno)
+                in_work_plan[member] = wmodel.no
                 ok_members.append(member)
-        work_plans.append(WorkPlan(str(wno), wtitle or "", tuple(ok_members)))
+        work_plans.append(WorkPlan(wmodel.no, wmodel.title, tuple(ok_members)))
 
     if p.items or header is None:
         raise PlanError(origin, p.items)
