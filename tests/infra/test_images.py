@@ -92,7 +92,9 @@ def healthcheck(image: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def images() -> dict[str, str]:
-    return {service: build(service) for service in SERVICES}
+    # The operator's image (SERVICE=operator): the CLI and every service's migrations, for the
+    # migration one-shot and `cso divisions import`; each service's image holds that service only.
+    return {service: build(service) for service in (*SERVICES, "operator")}
 
 
 
@@ -131,6 +133,11 @@ def containers() -> Iterator[list[str]]:
 def test_images_build_small_and_non_root(images: dict[str, str]) -> None:
     for service, image in images.items():
         info = inspect(image)
+        if service != "operator":   # a service's image holds no other service and no local stack
+            held = run("run", "--rm", image, "python", "-c",
+                       "import importlib.util as u; print(*(m for m in ('cso_local', 'services.registry', "
+                       "'services.targets', 'services.training', 'services.notify') if u.find_spec(m)))").stdout
+            assert held.split() == [f"services.{service}"], (image, held)
         config = info["Config"]
         assert config["User"] == "10001:10001", (service, config["User"])
         assert f"SERVICE={service}" in config["Env"]
@@ -169,7 +176,7 @@ async def test_migrate_job_then_services_serve_from_their_images(
            "CSO_DASHBOARD_DATABASE_URL": role_url(database_url, "cso_dashboard"),
            **{f"CSO_{s.upper()}_DATABASE_URL": url for s, url in urls.items()}}
     done = run("run", "--rm", "--network", "host", *(a for k, v in env.items() for a in ("-e", f"{k}={v}")),
-               images["registry"], "sh", "-ec", migrate_script(), timeout=300)
+               images["operator"], "sh", "-ec", migrate_script(), timeout=300)
     assert all(f"migrating {s} as cso_{s}" in done.stdout for s in SERVICES), done.stdout
     assert f"stream {namespace.upper()}_CSO_INTAKE: created" in done.stdout, done.stdout
     db = await asyncpg.connect(database_url)
@@ -199,9 +206,9 @@ async def test_migrate_job_then_services_serve_from_their_images(
         # The same check fails where nothing listens: it can tell a dead service from a live one.
         assert run("exec", "-e", "PORT=1", name, *health, check=False).returncode != 0, service
 
-    # Divisions from the image's own CLI (the demo edition ships in the package), then a filing.
+    # Divisions from the operator image's CLI (the demo edition ships in the package), then a filing.
     done = run("run", "--rm", "--network", "host", "-e", f"CSO_NATS_URL={nats_url}",
-               "-e", f"CSO_NAMESPACE={namespace}", images["registry"],
+               "-e", f"CSO_NAMESPACE={namespace}", images["operator"],
                "cso", "divisions", "import", "--only", "510681")
     assert "published 1 county" in done.stdout, done.stdout
     registry, targets = (f"http://127.0.0.1:{ports[s]}" for s in ("registry", "targets"))

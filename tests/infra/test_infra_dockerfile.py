@@ -127,6 +127,50 @@ def test_cmd_expands_service_and_port(tmp_path: Path) -> None:
                            "--host", "0.0.0.0", "--port", "8000"]
 
 
+def _install_run() -> str:
+    """The builder's RUN that chooses what SERVICE installs and installs it."""
+    (run,) = [r for k, r in stage("builder") if k == "RUN" and "pip install" in r]
+    return run
+
+
+@pytest.mark.parametrize("service", (*SERVICES, "operator"))
+def test_an_image_installs_the_runtime_and_its_service_only(tmp_path: Path, service: str) -> None:
+    """Run the builder's install step on a copy of what it copies, with pip and python stood in:
+    what is left to install is the runtime and SERVICE (or, for the operator, everything)."""
+    src = tmp_path / "src"
+    for source in ("contracts", "cso", "cso_local", "services"):
+        shutil.copytree(REPO / source, src / source, ignore=shutil.ignore_patterns("__pycache__"))
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    for tool in ("pip", "python"):
+        stub = bin_ / tool
+        stub.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> "{tmp_path}/{tool}.log"\n')
+        stub.chmod(0o755)
+    env = {"PATH": f"{bin_}:/usr/bin:/bin", "SERVICE": service}
+    subprocess.run(["sh", "-ec", _install_run()], cwd=src, env=env, check=True, timeout=60)
+    left = sorted(p.name for p in (src / "services").iterdir() if p.is_dir() and p.name != "__pycache__")
+    checked = (tmp_path / "python.log").read_text()
+    if service == "operator":
+        assert left == sorted(p.name for p in (REPO / "services").iterdir()
+                              if (p / "__init__.py").exists())
+        assert (src / "cso_local").is_dir() and "import cso_local.cli" in checked
+    else:
+        assert left == [service]
+        assert not (src / "cso_local").exists()
+        assert f"import services.{service}.app" in checked
+    assert (src / "cso").is_dir() and (src / "contracts").is_dir()
+    assert "install --no-cache-dir ." in (tmp_path / "pip.log").read_text()
+
+
+def test_an_unknown_service_fails_the_build(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "services", src / "services", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {"PATH": "/usr/bin:/bin", "SERVICE": "registy"}
+    result = subprocess.run(["sh", "-ec", _install_run()], cwd=src, env=env, timeout=60)
+    assert result.returncode != 0
+    assert (src / "services" / "registry").is_dir()     # nothing removed before the refusal
+
+
 class _Health(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self.send_response(200 if self.path == "/healthz" else 404)

@@ -105,7 +105,10 @@ def test_kubectl_kustomize_builds_and_validates(variant: str) -> None:
     images = {c["image"] for d in docs if d["kind"] in ("Deployment", "Job")
               for c in d["spec"]["template"]["spec"].get("initContainers", [])
               + d["spec"]["template"]["spec"]["containers"]}
-    assert len(images) == 1 and images.pop().endswith(":0.1.0")
+    # One image a service (the runtime and that service only); the migration Job runs the operator's.
+    names = {"cso-operator"} if variant == "migrate" else {f"cso-{s}" for s in SERVICES}
+    assert {i.rsplit("/", 1)[-1].split(":")[0] for i in images} == names, images
+    assert all(i.endswith(":0.1.0") for i in images), images
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
     for doc in docs:
         if not doc["apiVersion"].startswith("keda.sh/"):
@@ -141,7 +144,7 @@ def test_deployment(default: dict[tuple[str, str], Doc], service: str) -> None:
     pod = deployment["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     (container,) = pod["containers"]
-    assert container["image"] == "cso"
+    assert container["image"] == f"cso-{service}"   # its own image: the runtime and this service only
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     resources_ = container["resources"]
@@ -174,6 +177,33 @@ def test_service_and_pdb_select_the_pods(default: dict[tuple[str, str], Doc], se
     pdb = default[("PodDisruptionBudget", service)]["spec"]
     assert pdb["selector"]["matchLabels"].items() <= labels.items()
     assert pdb == {**pdb, "maxUnavailable": 1}
+
+
+@pytest.mark.parametrize(("root", "expected"), [
+    (".", {f"cso-{s}" for s in SERVICES}), ("overlays/hpa", {f"cso-{s}" for s in SERVICES}),
+    ("migrate", {"cso-operator"})])
+def test_each_workload_runs_its_own_image_and_the_kustomization_pins_it(root: str, expected: set[str]) -> None:
+    """A service's pods run its own image (infra/Dockerfile with SERVICE=<service>: the runtime and
+    that service only); the migration Job runs the operator's (SERVICE=operator). Each image name
+    used is pinned by the kustomization's `images` (else a bare name would reach the cluster)."""
+    docs = objects(K8S / root)
+    used: dict[str, set[str]] = {}
+    for (kind, name), doc in docs.items():
+        if kind in ("Deployment", "Job"):
+            pod = doc["spec"]["template"]["spec"]
+            for c in pod.get("initContainers", []) + pod["containers"]:
+                used.setdefault(c["image"], set()).add(name)
+    assert set(used) == expected, used
+    if root != "migrate":
+        assert {name for image, names in used.items() for name in names if image != f"cso-{name}"} == set()
+    pins: set[str] = set()
+    todo = [K8S / root]
+    while todo:                  # an overlay's pins come from the kustomizations it builds on
+        path = todo.pop()
+        kustomization = yaml.safe_load((path / "kustomization.yaml").read_text())
+        pins |= {i["name"] for i in kustomization.get("images", [])}
+        todo += [path / r for r in kustomization.get("resources", []) if (path / r / "kustomization.yaml").exists()]
+    assert expected <= pins, (root, pins)
 
 
 def test_migration_job_runs_each_service_with_its_own_role(migrate: dict[tuple[str, str], Doc]) -> None:
