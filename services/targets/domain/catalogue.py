@@ -317,14 +317,19 @@ def _cross_checks(m: _TargetModel) -> list[tuple[str, str]]:
     return problems
 
 
-def _loc(loc: tuple[int | str, ...]) -> str:
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """A pydantic error's location as a file's field path: ``regions[0]``, ``counts[1]``."""
     text = ""
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
         else:
             text += f".{part}" if text else part
-    return text or "(target)"
+    return text
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    return field_path(loc) or "(target)"
 
 
 def _label(index: int, item: object) -> str:

@@ -21,6 +21,8 @@ from pydantic_core import PydanticCustomError
 
 from contracts.codes import tier_of
 
+from ...domain.catalogue import field_path
+
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 TASK_NO_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
 MONTH_PATTERN = re.compile(r"^(\d{4})-(\d{2})$")
@@ -329,17 +331,6 @@ class TaskModel(BaseModel):
                 which = "the lead unit" if len(leads) == 1 else "a lead unit"
                 problems.append(("co", f"{unit!r} is {which}; list it once"))
         return problems
-
-
-def field_path(loc: tuple[int | str, ...]) -> str:
-    """A pydantic location as a file's field path: ``targets[0].counts[1]``."""
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += f".{part}" if text else part
-    return text
 
 
 def problems(exc: ValidationError, model: type[BaseModel]) -> list[tuple[str, str]]:
