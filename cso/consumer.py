@@ -16,7 +16,7 @@ import io
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -101,6 +101,38 @@ class Subscription:
     stream: str          # base stream name, e.g. "CSO_REGISTRY"; the topology adds the namespace
     subject: str         # e.g. topology.context_subjects("registry")
     durable: str         # shared by every replica of the service
+    # The event types the handler acts on (None: every event on `subject`). JetStream then delivers
+    # only those (the consumer's filter_subjects), so the rest is never sent, parsed, claimed nor acked.
+    types: frozenset[str] | None = None
+
+    def filters(self) -> list[str]:
+        """The consumer's filter subjects: one per event type, `<context prefix>.<event>.>`, or the
+        subject itself. The types' subjects are disjoint, as JetStream requires of a filter list."""
+        if self.types is None:
+            return [self.subject]
+        if not self.subject.endswith(".>") or not self.types:
+            raise ValueError(f"{self.durable}: types need a subject ending in '.>' and at least one type, "
+                             f"not {self.subject!r} with {sorted(self.types)}")
+        prefix = self.subject.removesuffix(">")
+        return [f"{prefix}{snake(t)}.>" for t in sorted(self.types)]
+
+
+def handled_types(subject: str, handles: Iterable[str] | None) -> frozenset[str] | None:
+    """Of the event types a handler acts on (`handles`), those that can arrive on `subject`
+    (`cso.<context>.>`: events of that context). None, meaning every event, when the handler does
+    not say, when the subject is intake (whose subjects carry the publisher's name), or when none
+    of its types is of that context (a consumer cannot be filtered to nothing)."""
+    if handles is None:
+        return None
+    tokens = subject.split(".")
+    if len(tokens) < 3 or tokens[-1] != ">" or tokens[-2] == "intake":
+        return None
+    context = tokens[-2]
+    types = frozenset(t for t in handles if t in PAYLOAD_BY_TYPE and PAYLOAD_BY_TYPE[t].CONTEXT == context)
+    unknown = sorted(t for t in handles if t not in PAYLOAD_BY_TYPE)
+    if unknown:
+        raise ValueError(f"handles: unknown event types {unknown}")
+    return types or None
 
 
 def _header_text(text: str) -> str:
@@ -195,13 +227,24 @@ class Consumer:
             name=self.sub.durable, durable_name=self.sub.durable, ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL, ack_wait=self.ack_wait,
             # The consumer dead-letters by itself; JetStream must keep redelivering until then.
-            max_deliver=-1, max_ack_pending=self.batch * 4, filter_subject=self.sub.subject)
+            max_deliver=-1, max_ack_pending=self.batch * 4)
+        filters = self.sub.filters()
+        if self.sub.types is None:
+            config.filter_subject = filters[0]   # nats-py names it in the create subject (natsauth)
+        else:
+            config.filter_subjects = filters
         try:
-            await self.js.consumer_info(self.stream, self.sub.durable)
+            info = await self.js.consumer_info(self.stream, self.sub.durable)
         except NotFoundError as e:
             if e.err_code == STREAM_NOT_FOUND:
                 raise
             await self.js.add_consumer(self.stream, config)
+        else:
+            have = info.config.filter_subjects or [info.config.filter_subject or ""]
+            if sorted(have) != sorted(filters):
+                # Made by an earlier version with other filters: an update keeps its position.
+                log.info("%s: %s filters %s, not %s: updating it", self.service, self.sub.durable, have, filters)
+                await self.js.add_consumer(self.stream, config)
         pull = Pull(self.nc, self.stream, self.sub.durable)
         await pull.start()
         return pull

@@ -8,8 +8,9 @@ after another against a batch ledger (registry) sees them as they came. Handlers
 the order of their first event in the batch.
 
 An event type the table does not name goes to `otherwise`. Without it, the type is not this
-subscription's business (a subscription to a whole context receives every type of it): applied as
-nothing, acknowledged, no effect.
+subscription's business: the runtime filters the consumer to the table's types (`handles`), so
+JetStream does not deliver it; one that still arrives (a consumer made before with the whole
+context's filter) is applied as nothing, acknowledged, no effect.
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ class HandlerTable:
         self.handlers = dict(handlers)
         self.otherwise = otherwise
         self._by_type = {payload.TYPE: handler for payload, handler in self.handlers.items()}
+
+    @property
+    def handles(self) -> frozenset[str] | None:
+        """The event types the table acts on, or None (every type) when it has `otherwise`. The
+        runtime filters the consumer to these (Runtime.consume): the others are never delivered."""
+        return frozenset(self._by_type) if self.otherwise is None else None
 
     def handler_of(self, event_type: str) -> Handler | None:
         """The handler of an event type (by its name, e.g. "OrganizationFiled"), or `otherwise`."""

@@ -213,6 +213,9 @@ def service_permissions(topology: Topology, service: str) -> Permissions:
             f"$JS.API.CONSUMER.INFO.{stream}.{durable}",
             # nats-py names the filter in the subject, so the server checks it is the one allowed.
             f"$JS.API.CONSUMER.CREATE.{stream}.{durable}.{topology.context_subjects(context)}",
+            # A consumer filtered to the event types its handler acts on (several filter subjects,
+            # which nats-py cannot name in the subject): any filter, within a stream it may read.
+            f"$JS.API.CONSUMER.CREATE.{stream}.{durable}",
             f"$JS.API.CONSUMER.DELETE.{stream}.{durable}",   # BusWatch restarts it from the start
             f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}",
             f"$JS.ACK.{stream}.{durable}.>",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import gc
 import json
@@ -35,7 +36,7 @@ from contracts.jsontext import text_problem
 from . import bus, database, natsauth, streams
 from .auth import HEALTH, Auth, AuthError, unclassified
 from .buswatch import BusWatch, GapListener
-from .consumer import Consumer, Handler, Subscription, Verdicts
+from .consumer import Consumer, Handler, Subscription, Verdicts, handled_types
 from .database import make_engine
 from .outbox import Relay
 from .settings import Settings
@@ -102,6 +103,11 @@ class Runtime:
         self.gap_listeners: list[GapListener] = []  # told of each bus gap, in the repair's transaction
 
     def consume(self, subscription: Subscription, handler: Handler, verdicts: Verdicts | None = None) -> None:
+        """Pull `subscription` into `handler`. A handler that says which event types it acts on (a
+        `handles` attribute: its table's keys) gets only those: the consumer filters on their subjects."""
+        if subscription.types is None:
+            types = handled_types(subscription.subject, getattr(handler, "handles", None))
+            subscription = dataclasses.replace(subscription, types=types)
         self._subscriptions.append((subscription, handler))
         if verdicts is not None:
             self._verdicts[subscription.durable] = verdicts

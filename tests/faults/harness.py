@@ -48,7 +48,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from bench.generator import Item, Plan
 from bench.generator import Workload as Generator
-from contracts import Topology, ancestors, encode, make_event
+from contracts import Topology, ancestors, encode, make_event, snake
 from cso import bus
 from cso.divisions import DEMO_DIVISIONS, publish_divisions
 from cso.settings import Settings
@@ -433,6 +433,16 @@ class Cluster:
         except Exception:
             return None
         return int(info.num_pending), int(info.num_ack_pending)
+
+    async def takes(self, stream: str, durable: str) -> Callable[[str], bool]:
+        """Whether the durable consumer is handed events of a type: its filter subjects are either
+        the whole context's (`cso.<context>.>`) or one per event type (`cso.<context>.<event>.>`)."""
+        info = await self.js.consumer_info(stream, durable, timeout=10)
+        filters = info.config.filter_subjects or [info.config.filter_subject or ">"]
+        if any(len(f.split(".")) < 4 or f.split(".")[-3] == "cso" for f in filters):
+            return lambda _type: True
+        named = {f.split(".")[-2] for f in filters}
+        return lambda event_type: snake(event_type) in named
 
     async def mid_batch(self, replica: Replica) -> bool:
         """True while one of the process's transactions has claimed a batch in its service's inbox
@@ -904,15 +914,19 @@ async def nothing_lost_nothing_twice(cluster: Cluster, workload: Workload, publi
         r.facts["refusals"] = sorted({reason[:120] for reasons in intake_dead.values() for reason in reasons})[:6]
 
     # Downstream: every event of registry's and training's outboxes applied exactly once.
-    registry_events = {str(row["event_id"]) for row in outbox if row["type"] != "BusGapDetected"}
-    training_outbox = {str(row[0]) for row in await sql(dsn, "SELECT event_id FROM training.outbox")}
-    targets_outbox = {str(row[0]) for row in await sql(dsn, "SELECT event_id FROM targets.outbox")}
-    wanted_by = {
-        "targets": {"CSO_REGISTRY": registry_events, "CSO_TRAINING": training_outbox | publisher.training_ids},
-        "training": {"CSO_REGISTRY": registry_events},
-        "notify": {"CSO_REGISTRY": registry_events, "CSO_TRAINING": training_outbox | publisher.training_ids,
-                   "CSO_TARGETS": targets_outbox},
-    }
+    # Each as (event id, type): a consumer filtered to its handler's types is handed only those.
+    registry_events = {(str(row["event_id"]), row["type"]) for row in outbox if row["type"] != "BusGapDetected"}
+    training_outbox = {(str(row[0]), row[1]) for row in await sql(dsn, "SELECT event_id, type FROM training.outbox")}
+    training_outbox |= {(f.event_id, f.type) for f in workload.events
+                        if f.stream != "intake" and f.event_id in publisher.training_ids}
+    targets_outbox = {(str(row[0]), row[1]) for row in await sql(dsn, "SELECT event_id, type FROM targets.outbox")}
+    sent_on = {"CSO_REGISTRY": registry_events, "CSO_TRAINING": training_outbox, "CSO_TARGETS": targets_outbox}
+    wanted_by: dict[str, dict[str, set[str]]] = {}
+    for service in ("targets", "training", "notify"):
+        for stream, durable in DURABLES[service]:
+            if stream in sent_on:
+                takes = await cluster.takes(stream, durable)
+                wanted_by.setdefault(service, {})[stream] = {e for e, t in sent_on[stream] if takes(t)}
     for service, streams in wanted_by.items():
         for stream, wanted in streams.items():
             rows = await sql(dsn, f"SELECT event_id FROM {service}.inbox WHERE stream = $1", stream)
