@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 STREAM_NOT_FOUND = 10059   # JetStream's error code
 
 APPLIED = Counter("cso_events_applied_total", "Events applied", ["service", "type"])
+SCREENED = Counter("cso_events_screened_total", "Events acked unparsed: no handler of them by subject",
+                   ["service"])
 DUPLICATES = Counter("cso_events_duplicate_total", "Events skipped as already applied", ["service"])
 DEADLETTERED = Counter("cso_deadletter_total", "Messages sent to the dead-letter subject",
                        ["service", "stream"])
@@ -327,7 +329,27 @@ class Consumer:
             LAG.labels(self.service, self.stream).set(info.num_pending + info.num_ack_pending)
             self._saw(int(info.delivered.stream_seq) + int(info.num_pending))
 
+    async def _screened(self, msgs: list[Msg]) -> list[Msg]:
+        """The messages the handler may act on, by subject, when it can tell (a `screen(engine)`
+        giving a predicate on the subject, read once a batch: notify's subscriptions); the others
+        are acked unparsed, as the handler would have done nothing with them. When the screen cannot
+        be read (the database away), nothing is skipped: the batch goes the usual way."""
+        screen = getattr(self.handler, "screen", None)
+        if screen is None:
+            return msgs
+        try:
+            wants = await screen(self.engine)
+        except Exception as e:
+            log.debug("%s: screening a batch failed (%s); taking it all", self.service, e)
+            return msgs
+        kept = [m for m in msgs if wants(m.subject)]
+        if len(kept) < len(msgs):
+            SCREENED.labels(self.service).inc(len(msgs) - len(kept))
+            await asyncio.gather(*(m.ack() for m in msgs if not wants(m.subject)))
+        return kept
+
     async def process(self, msgs: list[Msg]) -> None:
+        msgs = await self._screened(msgs)
         valid: list[tuple[Msg, Envelope[Any]]] = []
         broken: list[tuple[Msg, str]] = []
         for msg in msgs:

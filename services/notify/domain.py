@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Annotated, Any, Literal
@@ -20,6 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from contracts.codes import RegionCode, ancestors
 from contracts.events import TargetStatus
+from contracts.subjects import ABSENT, snake
 
 Channel = Literal["email", "webhook", "inbox"]
 Frequency = Literal["immediate", "digest"]
@@ -201,6 +202,38 @@ class Rule:
 def region_matches(subscribed: str, include_subregions: bool, region: str) -> bool:
     """An event about `region` concerns a subscription to `subscribed` (and, if asked, below)."""
     return region == subscribed or (include_subregions and region.startswith(subscribed))
+
+
+class Screen:
+    """Whether any live subscription can match an event, from its subject alone, before its body is
+    parsed: `cso.<context>.<event>.<province>.<city>.<county>` names its type and its region down to
+    the county. Registry's and training's events that no subscription names, or whose region no
+    subscription covers, are skipped unparsed; anything else (targets' and the divisions' events,
+    which also feed deadlines and names) is let through. It never skips an event that `matches`
+    some subscription: it answers yes whenever the region below the county could still match."""
+
+    SCREENED_CONTEXTS = frozenset({"registry", "training"})
+
+    def __init__(self, rules: Iterable[tuple[str, str, bool]]) -> None:
+        # snake-case event -> [(subscribed region, include_subregions)]
+        self.by_event: dict[str, list[tuple[str, bool]]] = {}
+        for kind, region, include_subregions in rules:
+            self.by_event.setdefault(snake(kind), []).append((region, include_subregions))
+
+    def __call__(self, subject: str) -> bool:
+        tokens = subject.split(".")[-6:]
+        if len(tokens) < 6 or tokens[1] not in self.SCREENED_CONTEXTS:
+            return True
+        rules = self.by_event.get(tokens[2])
+        if not rules:
+            return False
+        province, city, county = tokens[3:6]
+        if county == ABSENT:
+            # A region above the county: the subject holds all of it.
+            region = city if city != ABSENT else province
+            return any(region_matches(s, include, region) for s, include in rules)
+        # A county or below it: only its first six digits are known.
+        return any(s.startswith(county) or (include and county.startswith(s)) for s, include in rules)
 
 
 def matches(rule: Rule, kind: str, region: str, recorded_at: datetime, status: str | None = None) -> bool:

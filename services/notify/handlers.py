@@ -2,7 +2,9 @@
 
 `tables()` is the table: for each stream notify consumes (targets', registry's, training's and the
 divisions), event type -> handler. An event type a table does not name is no business of notify's:
-acknowledged, no effect (cso/dispatch.py).
+not delivered (the runtime filters each consumer to its table's types, cso/dispatch.py). Of
+registry's and training's events, those no live subscription can match by subject are acked
+unparsed (`Screened`).
 
 - `Notices`: an event a subscription may name (domain.SUBSCRIBABLE) becomes, in the consumer's
   transaction, a delivery per channel of each subscription it reaches (or a digest item).
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contracts import Envelope, ancestors
 from contracts import events as ev
@@ -31,7 +33,7 @@ from cso.dispatch import HandlerTable
 from cso.service import Runtime
 
 from . import store
-from .domain import SUBSCRIBABLE, Notice, matches
+from .domain import SUBSCRIBABLE, Notice, Screen, matches
 from .routing import Clock, deadline_of, route, settled_task, target_info
 from .sender import Sender
 
@@ -101,6 +103,17 @@ class Both:
         return await self.first.apply(conn, events) | await self.then.apply(conn, events)
 
 
+class Screened(HandlerTable):
+    """A table for registry's or training's events whose consumer first asks, by subject, whether
+    any live subscription can match (domain.Screen): the others are acked unparsed (cso/consumer.py)."""
+
+    async def screen(self, engine: AsyncEngine) -> Screen:
+        """Read once a batch, after it was pulled: an event recorded after a subscription was made
+        is pulled after it too, so the screen sees that subscription as the batch's transaction does."""
+        async with engine.connect() as conn:
+            return Screen(await store.subscribed_regions(conn))
+
+
 @dataclass(frozen=True)
 class Consumes:
     """A subscription of notify and its handler table."""
@@ -122,7 +135,7 @@ def tables(runtime: Runtime, clock: Clock, sender: Sender) -> list[Consumes]:
             ev.TaskOverdue: notices,
             ev.PlanAccepted: notices,
         }),
-        "registry": HandlerTable({
+        "registry": Screened({
             ev.OrganizationFiled: notices,
             ev.OrganizationRegistered: notices,
             ev.OrganizationUpdated: notices,
@@ -134,7 +147,7 @@ def tables(runtime: Runtime, clock: Clock, sender: Sender) -> list[Consumes]:
             ev.PartyOrganizationFormed: notices,
             ev.PartyOrganizationDissolved: notices,
         }),
-        "training": HandlerTable({
+        "training": Screened({
             ev.TrainingSessionScheduled: notices,
             ev.TrainingCompleted: notices,
             ev.TalentPoolMemberAdded: notices,

@@ -235,6 +235,15 @@ async def subscribers_for(conn: AsyncConnection, kinds: Iterable[str]) -> list[S
     return [_subscriber(r) for r in rows]
 
 
+async def subscribed_regions(conn: AsyncConnection) -> list[tuple[str, str, bool]]:
+    """(event kind, region, include_subregions) of every live subscription, each once: what the
+    consumer's screen (domain.Screen) decides on."""
+    rows = (await conn.execute(text(
+        f"SELECT DISTINCT kind, region, include_subregions FROM {SCHEMA}.subscription, "
+        "unnest(events) AS kind WHERE deleted_at IS NULL"))).all()
+    return [(str(r[0]), str(r[1]), bool(r[2])) for r in rows]
+
+
 async def digest_subscribers(conn: AsyncConnection) -> list[Subscriber]:
     """Digest subscriptions, and any other that still holds undigested items (it switched)."""
     rows = (await conn.execute(text(

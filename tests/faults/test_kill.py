@@ -20,7 +20,7 @@ from tests.faults.harness import (
     kill_mid_batch,
     run_case,
     say,
-    scalar,
+    taken,
     until,
 )
 
@@ -40,8 +40,7 @@ async def test_kill_9_each_service_repeatedly(cluster_of: ClusterFactory) -> Non
             starting: dict[str, asyncio.Task[None]] = {}
             for share, service in schedule:
                 async def reached(service: str = service, share: float = share) -> bool:
-                    n = await scalar(cluster.dsn, f"SELECT count(*) FROM {service}.inbox")
-                    return bool(n >= share * total)
+                    return await taken(cluster, service) >= share * total
 
                 await until(reached, 600, f"{service} reaching {share:.0%} of the intake", cluster.check_alive,
                             interval=0.2)

@@ -21,7 +21,7 @@ from tests.faults.harness import (
     kill_mid_batch,
     run_case,
     say,
-    scalar,
+    taken,
     until,
 )
 
@@ -40,7 +40,7 @@ async def test_two_replicas_one_killed_mid_batch(cluster_of: ClusterFactory) -> 
                 share = rng.uniform(0.1, 0.5)
 
                 async def reached(service: str = service, share: float = share) -> bool:
-                    return bool(await scalar(cluster.dsn, f"SELECT count(*) FROM {service}.inbox") >= share * total)
+                    return await taken(cluster, service) >= share * total
 
                 await until(reached, 600, f"{service} reaching {share:.0%}", cluster.check_alive, interval=0.2)
                 victim = rng.choice(cluster.of(service))
