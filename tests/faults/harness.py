@@ -1110,10 +1110,10 @@ async def kill_mid_batch(cluster: Cluster, victim: Replica, rng: random.Random, 
 
     A consumer that keeps up with the publisher is inside a batch only briefly, and polling for that
     moment could miss it for the whole patience (the faster consumer then went unmeasured). So the
-    victim is made to hold one: stopped (SIGSTOP) for a moment, work queues up for it; let go, it
-    takes a batch; stopped again as soon as its transaction is seen open, somewhere inside it. The
-    check is then made on the frozen process, so the kill surely lands where the check saw it; a
-    check that fails lets it go on, and it tries again."""
+    victim is made to hold one: stopped (SIGSTOP) for a moment with its service's other replicas,
+    work queues up for it; let go alone, it takes a batch; stopped again as soon as its transaction
+    is seen open, somewhere inside it. The check is then made on the frozen process, so the kill
+    surely lands where the check saw it; a check that fails lets it go on, and it tries again."""
     deadline = time.monotonic() + patience
 
     async def holding() -> bool:
@@ -1126,11 +1126,14 @@ async def kill_mid_batch(cluster: Cluster, victim: Replica, rng: random.Random, 
     async def caught() -> bool:
         return await cluster.mid_batch(victim) and (not unacked or await holding())
 
+    # Its service's other replicas are stopped with it, or they would drain what queues up.
+    held = [victim, *(r for r in cluster.of(victim.service) if r is not victim and not r.down)]
     while time.monotonic() < deadline:
         cluster.check_alive()
         try:
             with contextlib.suppress(*AWAY):
-                cluster.pause(victim)
+                for r in held:
+                    cluster.pause(r)
                 if await caught():
                     await cluster.kill(victim, "mid-transaction")
                     return "mid-transaction"
@@ -1148,8 +1151,9 @@ async def kill_mid_batch(cluster: Cluster, victim: Replica, rng: random.Random, 
                         cluster.resume(victim)
                     await asyncio.sleep(0.01)
         finally:
-            if not victim.down:
-                cluster.resume(victim)
+            for r in held:
+                if not r.down:
+                    cluster.resume(r)
     await cluster.kill(victim, "at a random moment")
     return "random"
 
