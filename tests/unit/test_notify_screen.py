@@ -10,7 +10,8 @@ from contracts import PAYLOAD_BY_TYPE, Topology
 from services.notify.domain import SUBSCRIBABLE, Screen, region_matches
 
 TOPOLOGY = Topology("ns1")
-SCREENED = sorted(t for t in SUBSCRIBABLE if t in PAYLOAD_BY_TYPE and PAYLOAD_BY_TYPE[t].CONTEXT in ("registry", "training"))
+SCREENED = sorted(t for t in SUBSCRIBABLE
+                  if t in PAYLOAD_BY_TYPE and PAYLOAD_BY_TYPE[t].CONTEXT in ("registry", "training"))
 LENGTHS = (2, 4, 6, 9, 12)
 
 
