@@ -19,8 +19,8 @@ from cso.consumer import Consumer, Rejected, Subscription
 from cso.database import make_engine
 from cso.settings import Settings
 from services.notify.app import run_migrations
-from tests.integration.test_notify import publish_status, status_changed
 from tests.support import eventually
+from tests.support.events import publish_status, status_changed
 
 pytestmark = pytest.mark.integration
 
