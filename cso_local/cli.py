@@ -808,6 +808,16 @@ def behind(
         console.print(part)
 
 
+def _target_cell(target: dict[str, Any]) -> str:
+    """A task's target in the ledger: its metric and status; a community task's counted one with
+    its value against the threshold (orgs_charity 1/3 pending), since nothing else shows it."""
+    text_ = f"{target['metric']} {target.get('status') or ''}".strip()
+    if target.get("counted") and target.get("value") is not None:
+        text_ = (f"{target['metric']} {target['value']:g}/{target['threshold']:g} "
+                 f"{target.get('status') or ''}").strip()
+    return text_
+
+
 def ledger_table(body: dict[str, Any]) -> Table:
     """A plan's tasks, overdue first, with their state, lead units (joint leads as 市委组织部、市民政局),
     deadline and targets."""
@@ -823,7 +833,7 @@ def ledger_table(body: dict[str, Any]) -> Table:
         lines = t.get("lines") or {}
         if lines:
             state += f" ({lines.get('accepted', 0)}/{lines.get('total', 0)} lines)"
-        targets = ", ".join(f"{x['metric']} {x.get('status') or ''}".strip() for x in t.get("targets") or [])
+        targets = ", ".join(_target_cell(x) for x in t.get("targets") or [])
         leads = "、".join(t.get("leads") or [t.get("lead") or ""])   # joint leads: 市委组织部、市民政局
         table.add_row(str(t["no"]), f"[{style}]{state}[/{style}]" if style else state, escape(leads),
                       str(t.get("deadline") or ""), escape(targets), escape(str(t.get("title") or "")))

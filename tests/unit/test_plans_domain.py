@@ -204,8 +204,15 @@ BAD: list[tuple[str, Any, str, str]] = [
     ("month 13", set_in("1.1", due="2024-13"), "tasks[0].due", "a month"),
     ("no title", set_in("1.1", title=None), "tasks[0].title", "required"),
     ("unknown field", set_in("1.1", deadline="2024-05"), "tasks[0].deadline", "unknown field"),
-    ("community task with targets", set_in("2.1", targets=[{"metric": "orgs", "threshold": 1}]),
-     "tasks[9].targets", "one community cannot carry targets"),
+    ("community metric unknown", set_in("2.1", targets=[{"metric": "streets_with_hub_share", "threshold": 1}]),
+     "tasks[9].targets[0].metric", "unknown metric 'streets_with_hub_share' for a community task"),
+    ("community target on every county", set_in("2.1", targets=[{"metric": "orgs", "threshold": 1,
+                                                                  "each": "county"}]),
+     "tasks[9].targets[0].each", "counts at its community"),
+    ("community target without threshold", set_in("2.3", targets=[{"metric": "evidence_count"}]),
+     "tasks[11].targets[0].threshold", "a target needs a threshold"),
+    ("community yearly figure", set_in("2.1", targets=[{"metric": "new_filings_interest", "threshold": 3}]),
+     "tasks[9].targets[0].metric", "for a community task"),
     ("lead also co", set_in("1.1", co=["市民政局"]), "tasks[0].co", "is the lead unit"),
     ("no issue date", plan_field(issued=None), "plan.issued", "required"),
     ("bad plan id", plan_field(id="广汉 plan"), "plan.id", "letters, digits"),
@@ -234,6 +241,35 @@ def test_bad_files_are_rejected_naming_file_task_and_field(change: Any, path: st
     if path.startswith("tasks["):
         index = path.split("]")[0] + "]"
         assert f"{index} (no " in line  # the task, by index and number
+
+
+def test_community_tasks_carry_counted_targets_with_their_quotes() -> None:
+    """Guanghan's community sentences are targets of their community tasks, counted there (a
+    figure's growth, or confirmed evidence numbers), never catalogue targets."""
+    plan = d.parse_plan(guanghan(), GUANGHAN, REGIONS)
+    counted = {(t.no, x.quote): (x.metric, x.threshold, x.counted, x.target_id)
+               for t in plan.tasks for x in t.targets if x.counted}
+    assert counted == {
+        ("2.1", "孵化培育公益慈善类社区社会组织3个"): ("orgs_charity", 3.0, "figure", None),
+        ("2.1", "至少5家"): ("orgs", 5.0, "figure", None),
+        ("2.3", "常态化志愿服务活动开展不少于10次"): ("evidence_count", 10.0, "evidence", None),
+    }
+    assert {i["figure"] for i in plan.catalogue_items()} == {"brand_organizations", "brand_projects"}
+    assert {"orgs_charity", "orgs", "evidence_count"} <= set(d.COMMUNITY_METRICS)
+    assert "streets_with_hub_share" not in d.COMMUNITY_METRICS   # a share of one community: no promise
+
+
+def test_community_figures_and_evidence_numbers() -> None:
+    assert d.grown("orgs_charity", {"orgs_cat_charity": 5}, {"orgs_cat_charity": 2}) == 3
+    assert d.grown("orgs", {"orgs": 4}, {}) == 4
+    assert d.confirmed_total([(4, True), (7, False), (6, True)]) == 10
+    assert d.community_status(10, 10, ">=", date(2024, 12, 31), date(2024, 6, 1)) == "met"
+    assert d.community_status(9, 10, ">=", date(2024, 12, 31), date(2024, 6, 1)) == "pending"
+    assert d.community_status(9, 10, ">=", date(2024, 12, 31), date(2025, 1, 1)) == "missed"
+    assert d.check_count("12") == 12 and d.check_count(None) is None
+    for bad in (-1, 1.5, "ten", True, d.MAX_EVIDENCE_COUNT + 1):
+        with pytest.raises(d.EvidenceError, match="count: expected a whole number"):
+            d.check_count(bad)
 
 
 def test_every_problem_is_reported_at_once() -> None:

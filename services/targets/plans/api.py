@@ -258,7 +258,7 @@ async def _read_limited(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def _inline_evidence(body: dict[str, Any]) -> list[tuple[d.EvidenceFile, bytes]]:
+def _inline_evidence(body: dict[str, Any]) -> list[tuple[d.EvidenceFile, bytes, int | None]]:
     raw = body.get("evidence")
     if raw is None:
         return []
@@ -274,7 +274,8 @@ def _inline_evidence(body: dict[str, Any]) -> list[tuple[d.EvidenceFile, bytes]]
         except (binascii.Error, ValueError) as e:
             raise ViewError(422, f"evidence[{i}].content_base64", f"not base64: {e}") from None
         try:
-            out.append((d.check_evidence(item["filename"], content), content))
+            out.append((d.check_evidence(item["filename"], content), content,
+                        d.check_count(item.get("count"))))
         except d.EvidenceError as e:
             raise d.EvidenceError(f"evidence[{i}].{e.field}", e.message, e.status) from None
     return out
@@ -427,18 +428,37 @@ async def upload(ctx: Plans, request: Request, plan_id: str, task_no: str, line:
     filename = request.query_params.get("filename") or header_text(request, "x-cso-filename") or ""
     content = await _read_limited(request)
     file = d.check_evidence(filename, content)
+    count = d.check_count(request.query_params.get("count"))
     async with ctx.runtime.engine.begin() as conn:
         if (region := await store.progress_region(conn, plan_id, task_no, line)) is not None:
             who.require_region(region)
         stored = await store.add_evidence(conn, plan_id, task_no, line, file, content,
-                                          header_text(request, BY_HEADER), ctx.clock.today())
+                                          header_text(request, BY_HEADER), ctx.clock.today(), count)
     return _json(201, {"ok": True, **stored})
+
+
+@router.post("/plans/{plan_id}/evidence/{evidence_id}/confirm", **WRITE)
+async def post_confirm(ctx: Ctx, who: Planner, plan_id: str, evidence_id: str, request: Request) -> JSONResponse:
+    """An accepter confirms the number an evidence file carries (body {by}, or X-Cso-By): reviewing
+    is the plan's issuer's, so within the plan's region, like accept."""
+    async def work() -> JSONResponse:
+        body = await _object(request)
+        by = _actor(request, body)
+        if by is None:
+            raise ViewError(422, "by", f"who confirms: give 'by' in the body or the {BY_HEADER} header")
+        async with ctx.runtime.engine.begin() as conn:
+            if (region := await store.plan_scope(conn, plan_id)) is not None:
+                who.require_region(region)
+            confirmed = await store.confirm_count(conn, plan_id, evidence_id, by, ctx.clock.today())
+        return _json(200, {"ok": True, **confirmed})
+    return await _guarded(work)
 
 
 @router.post("/plans/{plan_id}/tasks/{task_no}/evidence", **WRITE)
 async def post_evidence(ctx: Ctx, who: Planner, plan_id: str, task_no: str, request: Request) -> JSONResponse:
-    """Attach an evidence file (the raw body; `?filename=report.pdf`): pdf, jpg, png, docx or
-    xlsx by content, at most 10 MB; kept with its SHA-256."""
+    """Attach an evidence file (the raw body; `?filename=report.pdf`, `&count=12`: the number it
+    carries, activities held): pdf, jpg, png, docx or xlsx by content, at most 10 MB; kept with its
+    SHA-256."""
     return await _guarded(lambda: upload(ctx, request, plan_id, task_no, "", who))
 
 

@@ -111,6 +111,8 @@ plan_evidence = Table(
     Column("sha256", Text, nullable=False), Column("content", LargeBinary, nullable=False),
     Column("uploaded_by", Text), Column("uploaded_on", Date, nullable=False),
     Column("uploaded_at", _TZ, nullable=False, server_default=_NOW), Column("submission", Integer),
+    # The number it carries (activities held) and the accepter who confirmed it (migration 0009).
+    Column("count", Integer), Column("confirmed_by", Text), Column("confirmed_on", Date),
     ForeignKeyConstraint(["plan_id", "task_no", "line"],
                          ["plan_progress.plan_id", "plan_progress.task_no", "plan_progress.line"]),
     Index("plan_evidence_task", "plan_id", "task_no", "line"))
@@ -192,7 +194,8 @@ async def import_plan(conn: AsyncConnection, plan: d.Plan, origin: str, by: str 
             {"p": plan.id, "no": task.no, "pos": position, "title": task.title, "lead": task.lead,
              "leads": list(task.leads), "co": list(task.co), "deadline": task.deadline, "region": task.scope_region,
              "expands": task.expands, "wp": task.work_plan,
-             "targets": _json([t.to_json() | ({} if t.untracked else {"own": d.catalogue_item(plan, task, t)})
+             "targets": _json([t.to_json() | ({} if t.untracked or t.counted else
+                                              {"own": d.catalogue_item(plan, task, t)})
                                for t in task.targets])})
         await conn.execute(text(
             f"INSERT INTO {sql_name(plan_progress)} (plan_id, task_no, line, region, unit) "
@@ -300,7 +303,7 @@ async def link_targets(conn: AsyncConnection) -> None:
             # A task imported before links were kept has no "own": its own spec is in the catalogue.
             item = t.get("own") or {k: v for k, v in (stored.get(t.get("target_id") or "") or ({}, False))[0].items()
                                     if k != "retired"}
-            if not t.get("untracked") and item:
+            if not t.get("untracked") and not t.get("counted") and item:
                 t["own"] = item
                 spec = parse_catalogue({"targets": [item]}, f"plan {task.plan_id}")[0]
                 found = t.get("link") if t.get("link") in catalogue else by_promise.get(promise(spec))
@@ -382,22 +385,56 @@ def describe(task_no: str, line: str, unit: str) -> str:
 
 
 async def _store_evidence(conn: AsyncConnection, plan_id: str, task_no: str, line: str, file: d.EvidenceFile,
-                          content: bytes, by: str | None, today: date) -> dict[str, Any]:
+                          content: bytes, by: str | None, today: date, count: int | None = None) -> dict[str, Any]:
     evidence_id = uuid.uuid4()
     await conn.execute(text(
         f"INSERT INTO {sql_name(plan_evidence)} (id, plan_id, task_no, line, filename, file_type, media_type, "
-        "size, sha256, content, uploaded_by, uploaded_on) VALUES (:id, :p, :no, :line, :fn, :ft, :mt, :size, "
-        ":sha, :content, :by, :day)"),
+        "size, sha256, content, uploaded_by, uploaded_on, count) VALUES (:id, :p, :no, :line, :fn, :ft, :mt, "
+        ":size, :sha, :content, :by, :day, :count)"),
         {"id": evidence_id, "p": plan_id, "no": task_no, "line": line, "fn": file.filename,
          "ft": file.file_type, "mt": file.media_type, "size": file.size, "sha": file.sha256,
-         "content": content, "by": by, "day": today})
+         "content": content, "by": by, "day": today, "count": count})
     return {"id": str(evidence_id), "filename": file.filename, "type": file.file_type,
             "media_type": file.media_type, "size": file.size, "sha256": file.sha256, "uploaded_by": by,
-            "uploaded_on": today.isoformat()}
+            "uploaded_on": today.isoformat(), "count": count, "confirmed_by": None}
+
+
+async def confirm_count(conn: AsyncConnection, plan_id: str, evidence_id: str, by: str, today: date
+                        ) -> dict[str, Any]:
+    """An accepter confirms the number an evidence file carries: only then does it count towards
+    the task's `evidence_count` target. The file must carry a number (422), have gone in with a
+    submission, and be confirmed by someone other than who uploaded it (409); confirming twice
+    keeps the first confirmation."""
+    try:
+        key = uuid.UUID(evidence_id)
+    except ValueError:
+        raise NotFound("evidence", f"no evidence {evidence_id!r}") from None
+    row = (await conn.execute(text(
+        f"SELECT id, task_no, line, filename, count, uploaded_by, submission, confirmed_by, confirmed_on "
+        f"FROM {sql_name(plan_evidence)} WHERE id = :id AND plan_id = :p FOR UPDATE"),
+        {"id": key, "p": plan_id})).first()
+    if row is None:
+        raise NotFound("evidence", f"plan {plan_id!r} has no evidence {evidence_id!r}")
+    count: int | None = row._mapping["count"]   # by name: a Row's .count is tuple.count
+    if count is None:
+        raise d.EvidenceError("count", f"{row.filename!r} carries no number to confirm")
+    if row.submission is None:
+        raise Conflict("submission", f"{row.filename!r} is not submitted yet: a number is confirmed when "
+                       "the accepter reviews the submission it went in with")
+    if row.uploaded_by is not None and row.uploaded_by == by:
+        raise Conflict("by", f"{by!r} uploaded {row.filename!r}; its number is confirmed by someone else")
+    if row.confirmed_by is None:
+        await conn.execute(text(
+            f"UPDATE {sql_name(plan_evidence)} SET confirmed_by = :by, confirmed_on = :day WHERE id = :id"),
+            {"by": by, "day": today, "id": key})
+    confirmed_by = row.confirmed_by or by
+    confirmed_on = row.confirmed_on or today
+    return {"id": str(row.id), "task_no": row.task_no, "line": row.line, "filename": row.filename,
+            "count": count, "confirmed_by": confirmed_by, "confirmed_on": confirmed_on.isoformat()}
 
 
 async def add_evidence(conn: AsyncConnection, plan_id: str, task_no: str, line: str, file: d.EvidenceFile,
-                       content: bytes, by: str | None, today: date) -> dict[str, Any]:
+                       content: bytes, by: str | None, today: date, count: int | None = None) -> dict[str, Any]:
     """Attach a checked file to a task or line that is being worked on (not submitted or accepted:
     a submission under review and an accepted task keep the evidence they had)."""
     _, row = await _progress(conn, plan_id, task_no, line, lock=True)
@@ -405,7 +442,7 @@ async def add_evidence(conn: AsyncConnection, plan_id: str, task_no: str, line: 
     if state in (d.TaskState.SUBMITTED, d.TaskState.ACCEPTED):
         raise Conflict("state", f"cannot add evidence to {describe(task_no, line, row.unit)}: it is "
                         f"{state.value}; evidence is added before submitting")
-    return await _store_evidence(conn, plan_id, task_no, line, file, content, by, today)
+    return await _store_evidence(conn, plan_id, task_no, line, file, content, by, today, count)
 
 
 def _event(payload: Any, event_id: uuid.UUID | None = None, occurred_at: datetime | None = None) -> Envelope[Any]:
@@ -414,7 +451,7 @@ def _event(payload: Any, event_id: uuid.UUID | None = None, occurred_at: datetim
 
 async def transition(conn: AsyncConnection, topology: Topology, *, plan_id: str, task_no: str, line: str,
                      action: str, by: str, note: str | None, today: date,
-                     evidence: Sequence[tuple[d.EvidenceFile, bytes]] = ()) -> dict[str, Any]:
+                     evidence: Sequence[tuple[d.EvidenceFile, bytes, int | None]] = ()) -> dict[str, Any]:
     """Apply an action to a task (line '') or one of its lines; stage TaskStatusChanged per step,
     and PlanAccepted when the last task of a plan is accepted. Raises NotFound or
     TransitionError (409/422)."""
@@ -429,8 +466,8 @@ async def transition(conn: AsyncConnection, topology: Topology, *, plan_id: str,
     if evidence and act is not d.Action.SUBMIT:
         raise d.TransitionError(422, "evidence", f"evidence comes with a submission, not with {act.value}")
     if evidence and state is d.TaskState.IN_PROGRESS:
-        for file, content in evidence:
-            await _store_evidence(conn, plan_id, task_no, line, file, content, by, today)
+        for file, content, count in evidence:
+            await _store_evidence(conn, plan_id, task_no, line, file, content, by, today, count)
     files = int((await conn.execute(text(
         f"SELECT count(*) FROM {sql_name(plan_evidence)} WHERE plan_id = :p AND task_no = :no AND line = :line"),
         {"p": plan_id, "no": task_no, "line": line})).scalar_one())

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -55,14 +55,53 @@ async def _target_status(conn: AsyncConnection, ids: set[str]) -> dict[str, dict
     return out
 
 
-def _targets(task: Any, live: dict[str, dict[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:
+async def _community_values(conn: AsyncConnection, plan_id: str, tasks: list[Any], today: date
+                            ) -> dict[tuple[str, str], float]:
+    """(task, metric) -> the value of each community task's target, live: a figure's growth at
+    the community since the plan's start (its counters, read on demand), or the task's confirmed
+    evidence numbers summed (domain.community)."""
+    wanted = [(t, x) for t in tasks for x in t.targets if x.get("counted")]
+    if not wanted:
+        return {}
+    starts_text = str((await conn.execute(text(
+        f"SELECT document->>'starts' FROM {sql_name(store.plan_table)} WHERE id = :p"), {"p": plan_id})).scalar_one())
+    before = date.fromisoformat(starts_text) - timedelta(days=1)
+    regions = {t.scope_region for t, x in wanted if x["counted"] == "figure"}
+    counters = await targets_store.counters_on(conn, [(r, day) for r in regions for day in (today, before)])
+    numbers: dict[str, list[tuple[int | None, bool]]] = defaultdict(list)
+    if any(x["counted"] == "evidence" for _, x in wanted):
+        for r in (await conn.execute(text(
+                f"SELECT task_no, count, confirmed_by IS NOT NULL AS confirmed FROM {sql_name(store.plan_evidence)} "
+                "WHERE plan_id = :p AND count IS NOT NULL"), {"p": plan_id})).mappings():
+            numbers[r["task_no"]].append((r["count"], r["confirmed"]))
+    out: dict[tuple[str, str], float] = {}
+    for t, x in wanted:
+        if x["counted"] == "evidence":
+            out[(t.task_no, x["metric"])] = d.confirmed_total(numbers[t.task_no])
+        else:
+            out[(t.task_no, x["metric"])] = d.grown(x["metric"], counters[(t.scope_region, today)],
+                                                    counters[(t.scope_region, before)])
+    return out
+
+
+def _targets(task: Any, live: dict[str, dict[str, Any]], community: dict[tuple[str, str], float],
+             today: date) -> tuple[list[dict[str, Any]], str | None]:
     out = []
     statuses = []
     for t in task.targets:
         item = {k: t.get(k) for k in ("metric", "threshold", "comparison", "deadline", "untracked", "target_id")}
         # linked: target_id is a catalogue target stating the same promise (one instance, one status).
         item["linked"] = bool(t.get("linked"))
-        if t.get("untracked"):
+        if t.get("quote"):
+            item["quote"] = t["quote"]
+        if t.get("counted"):
+            # A community task's target: counted live at the community, not a catalogue target.
+            value = community[(task.task_no, t["metric"])]
+            status = d.community_status(value, t["threshold"], t["comparison"],
+                                        date.fromisoformat(t["deadline"]), today)
+            item.update(counted=t["counted"], status=status, value=value, evaluated_at=None, instances=1)
+            statuses.append(status)
+        elif t.get("untracked"):
             item.update(status="untracked", value=None, evaluated_at=None)
         else:
             inst = live.get(t["target_id"])
@@ -103,14 +142,15 @@ async def _tasks(conn: AsyncConnection, plan_id: str, today: date, only: str | N
         else:
             own[p.task_no] = p
     live = await _target_status(conn, {t["target_id"] for task in tasks for t in task.targets
-                                       if not t.get("untracked")})
+                                       if t.get("target_id")})
+    community = await _community_values(conn, plan_id, list(tasks), today)
     names = await _names(conn, {t.scope_region for t in tasks})
     out = []
     for t in tasks:
         p = own[t.task_no]
         state = d.TaskState(p.state)
         line_states = [d.TaskState(x.state) for x in lines[t.task_no]]
-        targets, worst = _targets(t, live)
+        targets, worst = _targets(t, live, community, today)
         summary: dict[str, Any] | None = None
         if t.expands:
             summary = d.rollup(line_states)
@@ -194,8 +234,8 @@ async def task(conn: AsyncConnection, plan_id: str, task_no: str, today: date) -
         "WHERE plan_id = :p AND task_no = :no ORDER BY id"), {"p": plan_id, "no": task_no})).mappings().all()
     evidence = (await conn.execute(text(
         f"SELECT id, line, filename, file_type, media_type, size, sha256, uploaded_by, uploaded_on, uploaded_at, "
-        f"submission FROM {sql_name(store.plan_evidence)} WHERE plan_id = :p AND task_no = :no "
-        "ORDER BY uploaded_at, id"),
+        f"submission, count, confirmed_by, confirmed_on FROM {sql_name(store.plan_evidence)} "
+        "WHERE plan_id = :p AND task_no = :no ORDER BY uploaded_at, id"),
         {"p": plan_id, "no": task_no})).mappings().all()
     out = _public(item)
     out["line_progress"] = item["_lines"]

@@ -81,3 +81,21 @@ def check_evidence(filename: str, content: bytes) -> EvidenceFile:
         raise EvidenceError("content", f"{name!r} is named .{ext} but its content is a {kind} file", 415)
     return EvidenceFile(filename=name, file_type=kind, media_type=MEDIA_TYPES[kind], size=len(content),
                         sha256=hashlib.sha256(content).hexdigest())
+
+
+# A number an evidence file carries (活动开展10次: the activities it documents): a whole number,
+# at most this (no community holds a million activities: a typo, not a record).
+MAX_EVIDENCE_COUNT = 1_000_000
+
+
+def check_count(value: object, field_: str = "count") -> int | None:
+    """The number an evidence file carries, None when it carries none; raise `EvidenceError` (422)
+    for anything but a whole number from 0 to MAX_EVIDENCE_COUNT (digits, when it comes as text:
+    a query parameter)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_EVIDENCE_COUNT:
+        raise EvidenceError(field_, f"expected a whole number from 0 to {MAX_EVIDENCE_COUNT}, got {value!r}")
+    return value

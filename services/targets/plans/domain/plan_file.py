@@ -28,6 +28,7 @@ from contracts.codes import TIERS
 
 from ...domain.catalogue import CatalogueError, parse_catalogue
 from ...domain.metrics import FIGURES
+from .community import COMMUNITY_METRICS, EVIDENCE_METRIC
 from .file_models import (
     Comparison,
     ExpandTier,
@@ -118,6 +119,10 @@ class PlanTarget:
     # target's instances instead of its own. Without it, a catalogue target stating the same
     # promise (catalogue.promise) is found by itself.
     link: str | None = None
+    # A community task's target (COMMUNITY_METRICS): not a catalogue target (figures are kept for
+    # provinces through townships); counted live at the community: "figure" (the metric's counters
+    # grown since the plan's start) or "evidence" (the task's confirmed evidence numbers summed).
+    counted: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -125,7 +130,7 @@ class PlanTarget:
             "due": self.due, "deadline": self.deadline.isoformat(), "untracked": self.untracked,
             "target_id": self.target_id}
         # Only what a file states: a plan of before keeps its canonical document (no new revision).
-        for key in ("each", "counts", "new", "quote", "link"):
+        for key in ("each", "counts", "new", "quote", "link", "counted"):
             value = getattr(self, key)
             if value is not None:
                 out[key] = list(value) if isinstance(value, tuple) else value
@@ -202,7 +207,7 @@ class Plan:
     def catalogue_items(self) -> list[dict[str, Any]]:
         """Target catalogue entries (services/targets/catalogue.yaml format) of tracked targets."""
         return [catalogue_item(self, task, target) for task in self.tasks for target in task.targets
-                if not target.untracked]
+                if not target.untracked and target.counted is None]
 
 
 def catalogue_item(plan: Plan, task: Task, target: PlanTarget) -> dict[str, Any]:
@@ -370,8 +375,9 @@ def _expansion(units: Sequence[str]) -> tuple[ExpandTier, str] | None:
 
 def _parse_target(raw: object, p: _Problems, loc: str, label: str, name: str, plan: Mapping[str, Any],
                   task_no: str | None, task_deadline: date | None, strict: bool,
-                  warnings: list[str]) -> PlanTarget | None:
-    """One target, validated by `TargetModel`, then checked against its task and plan."""
+                  warnings: list[str], community: bool = False) -> PlanTarget | None:
+    """One target, validated by `TargetModel`, then checked against its task and plan. A
+    community task's target counts one of `COMMUNITY_METRICS` at its community."""
     if not isinstance(raw, dict):
         p.add(loc, label, name, f"expected {{metric, threshold}}, got {raw!r}")
         return None
@@ -383,8 +389,19 @@ def _parse_target(raw: object, p: _Problems, loc: str, label: str, name: str, pl
         return None
     ok = True
     untracked = model.untracked
-    if model.metric not in FIGURES and not untracked:
-        if strict:
+    known = COMMUNITY_METRICS if community else FIGURES
+    if community and not untracked:
+        for key in ("each", "counts", "new", "target"):
+            if getattr(model, key) is not None:
+                p.add(loc, label, f"{name}.{key}", "a community task's target counts at its community: it "
+                      "takes no each, counts, new or target")
+                ok = False
+    if model.metric not in known and not untracked:
+        if community:
+            p.add(loc, label, f"{name}.metric",
+                  f"unknown metric {model.metric!r} for a community task; known: {', '.join(COMMUNITY_METRICS)}")
+            ok = False
+        elif strict:
             p.add(loc, label, f"{name}.metric",
                   f"unknown metric {model.metric!r}; known metrics: {', '.join(FIGURES)}. A figure cso does "
                   "not compute can be recorded with `untracked: true`")
@@ -410,9 +427,11 @@ def _parse_target(raw: object, p: _Problems, loc: str, label: str, name: str, pl
         return None
     return PlanTarget(metric=model.metric, threshold=model.threshold, comparison=model.comparison, due=due,
                       deadline=deadline, untracked=untracked,
-                      target_id=None if untracked else target_id(plan["id"], task_no, model.metric),
+                      target_id=None if untracked or community else target_id(plan["id"], task_no, model.metric),
                       each=model.each, counts=model.counts, new=model.new, quote=model.quote,
-                      link=model.target)
+                      link=model.target,
+                      counted=None if untracked or not community else
+                      "evidence" if model.metric == EVIDENCE_METRIC else "figure")
 
 
 def _within(deadline: date, plan: Mapping[str, Any], p: _Problems, loc: str, label: str, name: str) -> bool:
@@ -548,14 +567,11 @@ def parse_plan(data: object, origin: str, regions: Mapping[str, str], *, strict:
 
         targets: list[PlanTarget] = []
         raw_targets = model.targets or []
-        if raw_targets and model.community is not None:
-            p.add(loc, label, "targets", "a task scoped to one community cannot carry targets: figures are kept "
-                  "for provinces, cities, counties and townships")
-            raw_targets = []
         seen_metrics: dict[str, int] = {}
         for t_index, t_raw in enumerate(raw_targets):
             name = f"targets[{t_index}]"
-            target = _parse_target(t_raw, p, loc, label, name, plan, no, deadline, strict, warnings)
+            target = _parse_target(t_raw, p, loc, label, name, plan, no, deadline, strict, warnings,
+                                   community=model.community is not None)
             if target is None:
                 continue
             if target.metric in seen_metrics:
@@ -622,7 +638,7 @@ def _check_catalogue(plan: Plan, p: _Problems) -> None:
     """Tracked targets must make valid catalogue entries (e.g. a share's threshold is at most 1)."""
     for index, task in enumerate(plan.tasks):
         for t_index, target in enumerate(task.targets):
-            if target.untracked:
+            if target.untracked or target.counted is not None:
                 continue
             try:
                 parse_catalogue({"targets": [catalogue_item(plan, task, target)]}, p.origin)
