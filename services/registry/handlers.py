@@ -95,6 +95,25 @@ def waking(runtime: Runtime, room: waiting.Room) -> CountiesArrived:
     return wake
 
 
+class DivisionChangesHandler:
+    """DivisionChanged: each change is kept by code and day (a redelivery keeps it once), and the
+    records at a code it retires (organizations, hubs, bases, party organizations, funded
+    projects) move to the code standing for it now, with an audit row each keeping the old code.
+    Facts naming a retired code are checked against the kept changes (domain/divisions.py)."""
+
+    async def apply(self, conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> dict[UUID, consumer.Rejected]:
+        rows: list[dict[str, Any]] = [{"code": c.code, "effective_on": c.effective_on, "change": c.change,
+                 "successor_code": c.successor_code, "name": c.name, "event_id": e.event_id}
+                for e in events if isinstance(c := e.payload, ev.DivisionChanged)]
+        if rows:
+            await store.keep_changes(conn, rows)
+            # Every county of the batch, so a change that arrived before its chain's next link
+            # (in another batch) is followed through when that link comes.
+            retired = await store.retired_codes(conn, sorted({r["code"][:6] for r in rows}))
+            await store.follow_changes(conn, retired, source="divisions")
+        return {}
+
+
 @dataclass(frozen=True)
 class Consumes:
     """A subscription of registry, its handler table, and who hears of what no handler sees."""
@@ -124,6 +143,7 @@ def tables(runtime: Runtime, room: waiting.Room) -> list[Consumes]:
     }, otherwise=NotAFactHandler(runtime, room.clock))
     divisions = HandlerTable({
         ev.DivisionsImported: DivisionsHandler(store.DIVISIONS, then=waking(runtime, room)),
+        ev.DivisionChanged: DivisionChangesHandler(),
     })
     return [
         Consumes(Subscription("CSO_INTAKE", topology.context_subjects("intake"), "registry-intake"), intake,

@@ -83,6 +83,8 @@ async def load(conn: AsyncConnection, facts: Sequence[ev.Payload]) -> Ledger:
             case ev.FundedProjectEnded():
                 project_ids.add(fact.project_id)
     regions.update(c[:6] for c in communities)
+    # Retired codes (DivisionChanged) of every county the batch names, a project's region included.
+    named = communities | regions | {f.region_code for f in facts if isinstance(f, ev.ProjectFunded)}
     intervals: dict[tuple[str, UUID], Interval | None] = {}
     for kind, ids in interval_ids.items():
         if ids:
@@ -95,7 +97,8 @@ async def load(conn: AsyncConnection, facts: Sequence[ev.Payload]) -> Ledger:
         counties=await store.known_regions(conn, sorted(r for r in regions if len(r) == 6)),
         townships=await store.known_regions(conn, sorted(r for r in regions if len(r) == 9)),
         intervals=intervals,
-        projects=await funding_store.load_projects(conn, sorted(project_ids)) if project_ids else {})
+        projects=await funding_store.load_projects(conn, sorted(project_ids)) if project_ids else {},
+        retired=await store.retired_codes(conn, sorted({c[:6] for c in named})))
 
 
 async def save(conn: AsyncConnection, ledger: Ledger, topology: Topology) -> None:

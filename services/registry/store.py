@@ -8,6 +8,7 @@ the same change here.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
@@ -40,6 +41,7 @@ from cso.reference import DivisionTables
 from cso.tables import idempotency_table, outbox_table, runtime_tables
 
 from .domain import Interval, NewInterval, Organization
+from .domain.divisions import Retired, Retirement
 
 SCHEMA = "registry"
 METADATA = MetaData(schema=SCHEMA)
@@ -80,6 +82,16 @@ community = Table(
     Column("township_code", CHAR(9), nullable=False),
     Column("edition", Text, nullable=False))
 DIVISIONS = DivisionTables(county, township, community)
+# What changed in the divisions (DivisionChanged): a retired code's successor from its day on.
+division_change = Table(
+    "division_change", METADATA,
+    Column("code", Text, primary_key=True),
+    Column("effective_on", Date, primary_key=True),
+    Column("change", Text, CheckConstraint("change IN ('renamed', 'merged', 'recoded', 'abolished')"),
+           nullable=False),
+    Column("successor_code", Text),
+    Column("name", Text),
+    Column("event_id", Uuid, nullable=False))
 
 # --- the record ---------------------------------------------------------------------------------
 
@@ -612,3 +624,76 @@ async def organizations_named(conn: AsyncConnection, pairs: Sequence[tuple[str, 
         f"SELECT o.community_code, o.name, o.id FROM {organization.fullname} o JOIN unnest("
         "CAST(:c AS text[]), CAST(:n AS text[])) AS p(c, n) ON o.community_code = p.c AND o.name = p.n"),
         {"c": list(communities), "n": list(names)})).all()}
+
+
+# --- division changes (DivisionChanged: divisions.py) -------------------------------------------
+
+
+async def retired_codes(conn: AsyncConnection, counties: list[str]) -> Retired:
+    """The codes retired in these counties, and in the counties their successors lie in (a chain
+    of changes may cross a county line)."""
+    found: dict[tuple[str, Any], Retirement] = {}
+    todo, seen = set(counties), set[str]()
+    while todo:
+        seen |= todo
+        rows = (await conn.execute(text(
+            f"SELECT code, effective_on, change, successor_code FROM {division_change.fullname} "
+            "WHERE left(code, 6) = ANY(:c) AND change <> 'renamed'"), {"c": sorted(todo)})).all()
+        for code, on, change, successor in rows:
+            found[(code, on)] = Retirement(code, on, change, successor)
+        todo = {r.successor[:6] for r in found.values() if r.successor} - seen
+    return Retired(found.values())
+
+
+async def keep_changes(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """Each change once by code and day: a redelivered or re-imported change is kept as it was."""
+    if rows:
+        await bulk.upsert(conn, division_change, rows, update=[])
+
+
+# What moves when a code retires: each table's code column, and the audit's name for its records.
+# A funded project counts where its recipient (or its hub) is; its table is funding_store's, in
+# this MetaData (funding_store imports this module, so it is looked up by name).
+_FOLLOWING = (("organization", "organization", "community_code"), ("hub", "hub", "region_code"),
+              ("base", "incubation_base", "region_code"), ("party", "party_organization", "region_code"),
+              ("project", "funded_project", "region_code"))
+
+
+async def follow_changes(conn: AsyncConnection, retired: Retired, source: str) -> int:
+    """Move every record at a retired code to the code standing for it now, one statement per
+    table, with an audit row per record naming the old and the new code (and the change's event).
+    Records already moved are not touched again: applying the changes twice moves nothing twice.
+    Returns how many records moved."""
+    moves = {code: now for code in retired.codes() if (now := retired.current(code)) != code}
+    if not moves:
+        return 0
+    events: dict[str, UUID] = dict((await conn.execute(text(
+        f"SELECT DISTINCT ON (code) code, event_id FROM {division_change.fullname} "
+        "WHERE code = ANY(:c) AND change <> 'renamed' ORDER BY code, effective_on"),
+        {"c": sorted(moves)})).all())
+    params = {"old": sorted(moves), "new": [moves[c] for c in sorted(moves)],
+              "event": [events[c] for c in sorted(moves)]}
+    moved = 0
+    for kind, name, column in _FOLLOWING:
+        table = METADATA.tables[f"{SCHEMA}.{name}"]
+        touched = "updated_by = :source" + (", updated_at = now(), last_event_id = m.event"
+                                            if kind == "organization" else "")
+        rows = (await conn.execute(text(
+            f"UPDATE {table.fullname} t SET {column} = m.new, {touched} "
+            "FROM unnest(CAST(:old AS text[]), CAST(:new AS text[]), CAST(:event AS uuid[])) AS m(old, new, event) "
+            f"WHERE t.{column} = m.old RETURNING t.id, m.old, m.new, m.event"),
+            params | {"source": source})).all()
+        moved += len(rows)
+        await insert_audit(conn, [{
+            "event_id": event, "record_kind": kind, "record_id": ident, "type": "DivisionChanged",
+            "actor": source, "source": source, "region": new,
+            "changes": json.dumps({column: [old, new]})} for ident, old, new, event in rows])
+    # A base's townships: the successor once, the retired code no more.
+    await conn.execute(text(
+        f"INSERT INTO {base_township.fullname} (base_id, township_code) "
+        f"SELECT b.base_id, m.new FROM {base_township.fullname} b "
+        "JOIN unnest(CAST(:old AS text[]), CAST(:new AS text[])) AS m(old, new) ON b.township_code = m.old "
+        "ON CONFLICT DO NOTHING"), {"old": params["old"], "new": params["new"]})
+    await conn.execute(text(
+        f"DELETE FROM {base_township.fullname} WHERE township_code = ANY(:old)"), {"old": params["old"]})
+    return moved

@@ -73,8 +73,8 @@ def test_registry_table_names_every_registry_fact_and_divisions() -> None:
     assert isinstance(intake.handler_of("TrainingCompleted"), handlers.NotAFactHandler)
     assert consumed["registry-intake"].verdicts is not None
     divisions = consumed["registry-divisions"].table
-    assert set(divisions.handlers) == {ev.DivisionsImported}
-    assert divisions.handler_of("DivisionChanged") is None  # not registry's business: acked, no effect
+    assert set(divisions.handlers) == {ev.DivisionsImported, ev.DivisionChanged}
+    assert isinstance(divisions.handler_of("DivisionChanged"), handlers.DivisionChangesHandler)
 
 
 def test_domain_refusals_become_the_consumers_at_the_edge() -> None:

@@ -9,7 +9,7 @@ raises (.errors) and leaves nothing behind. `record.save` then writes the ledger
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import date
 from typing import Any
 from uuid import UUID
@@ -18,6 +18,7 @@ from contracts import Envelope
 from contracts import events as ev
 
 from . import funding, rules
+from .divisions import Retired
 from .errors import NotYet, OutOfScope, Rejected
 from .funding import FundedProject
 from .rules import Interval, Organization
@@ -59,6 +60,8 @@ class Ledger:
     townships: set[str]
     intervals: dict[tuple[str, UUID], Interval | None]
     projects: dict[UUID, FundedProject | None] = field(default_factory=dict)
+    # Codes retired by merges, recodes and abolitions (DivisionChanged) among those the batch names.
+    retired: Retired = field(default_factory=Retired)
     # Each changed project after the batch, with the organizations a new one supports through a hub.
     changed_projects: dict[UUID, tuple[FundedProject, list[UUID], str]] = field(default_factory=dict)
     changed_orgs: dict[UUID, tuple[Organization, UUID, str]] = field(default_factory=dict)
@@ -105,8 +108,9 @@ def _changes(before: Organization | Interval | FundedProject | None,
     return {k: [old, new] for k in names if (old := getattr(before, k)) != (new := getattr(after, k))}
 
 
-def _same_region(envelope: Envelope[Any], region: str, check: bool) -> None:
-    if check and envelope.region != region:
+def _same_region(envelope: Envelope[Any], region: str, check: bool, retired: Retired | None = None) -> None:
+    # A fact of a past day may name its record's region by the code it had then.
+    if check and envelope.region != region and (retired is None or retired.current(envelope.region) != region):
         raise Rejected("region", f"{envelope.region} is not the record's region {region}", code="region_mismatch")
 
 
@@ -122,6 +126,7 @@ def decide(ledger: Ledger, envelope: Envelope[Any], check_region: bool = True,
     created: NewInterval | None = None
     ended: tuple[str, Interval] | None = None
     project: FundedProject | None = None
+    _check_current(ledger.retired, fact)
     match fact:
         case ev.OrganizationFiled():
             org = rules.file(ledger.orgs.get(fact.organization_id),
@@ -135,14 +140,15 @@ def decide(ledger: Ledger, envelope: Envelope[Any], check_region: bool = True,
             known = fact.community_code is None or ledger.community_known(fact.community_code)
             org = rules.update(before, known, fact)
             if fact.community_code is None:
-                _same_region(envelope, before.community_code if before else "", check_region)
+                _same_region(envelope, before.community_code if before else "", check_region, ledger.retired)
         case ev.OrganizationDeregistered():
             before = ledger.orgs.get(fact.organization_id)
             org = rules.deregister(before, fact)
         case ev.HubEstablished():
             hub = rules.establish_hub(ledger.interval("hub", fact.hub_id),
                                        ledger.orgs.get(fact.organization_id),
-                                       ledger.region_known(fact.region_code), fact)
+                                       ledger.region_known(fact.region_code), fact,
+                                       now_code=ledger.retired.current(fact.region_code))
             created = NewInterval("hub", hub, envelope.source, name=fact.name, leader=fact.leader_person_id)
         case ev.HubDissolved():
             before = ledger.interval("hub", fact.hub_id)
@@ -166,6 +172,8 @@ def decide(ledger: Ledger, envelope: Envelope[Any], check_region: bool = True,
             before = ledger.interval("party", fact.party_organization_id)
             ended = ("party", rules.dissolve_party(before, fact))
         case ev.ProjectFunded():
+            if (now := ledger.retired.current(fact.region_code)) != fact.region_code:
+                fact = fact.model_copy(update={"region_code": now})   # awarded before the change
             project = funding.fund(
                 ledger.projects.get(fact.project_id), ledger.orgs.get(fact.recipient_organization_id),
                 ledger.interval("hub", fact.hub_id) if fact.hub_id else None,
@@ -192,13 +200,13 @@ def decide(ledger: Ledger, envelope: Envelope[Any], check_region: bool = True,
         done = Recorded(str(after.id), after.region_code)
     if scope is not None and not done.region.startswith(scope):
         raise OutOfScope("region", f"{done.region} is outside the caller's region {scope}")
-    _same_region(envelope, done.region, check_region)
+    _same_region(envelope, done.region, check_region, ledger.retired)
     if isinstance(before, Organization):
         # A change of an existing organization is also its current county's business: a move or
         # an upgrade names the new community, and must not let another county take the record.
         if scope is not None and not before.community_code.startswith(scope):
             raise OutOfScope("region", f"{before.community_code} is outside the caller's region {scope}")
-        if check_region and before.community_code[:6] != envelope.region[:6]:
+        if check_region and before.community_code[:6] != ledger.retired.current(envelope.region)[:6]:
             raise Rejected("region", f"organization {before.id} is in county {before.community_code[:6]}, "
                                      f"not {envelope.region[:6]}", code="region_mismatch")
 
@@ -210,11 +218,16 @@ def decide(ledger: Ledger, envelope: Envelope[Any], check_region: bool = True,
         ledger.projects[project.id] = project
         ledger.changed_projects[project.id] = (project, supported, envelope.source)
     elif org is not None:
+        moved = ledger.retired.current(org.community_code)
+        if moved != org.community_code:   # accepted at a code retired since: a late filing of a past fact
+            org = replace(org, community_code=moved)
         ledger.orgs[org.id] = org
         ledger.changed_orgs[org.id] = (org, envelope.event_id, envelope.source)
         if org.social_credit_code is not None:
             ledger.credit_holders[org.social_credit_code] = org.id
     elif created is not None:
+        created.interval = replace(created.interval, region_code=ledger.retired.current(created.interval.region_code))
+        created.townships = sorted({ledger.retired.current(t) for t in created.townships})
         ledger.intervals[(kind, created.interval.id)] = created.interval
         ledger.new_intervals[(kind, created.interval.id)] = created
     elif ended is not None:
@@ -232,7 +245,36 @@ def decide(ledger: Ledger, envelope: Envelope[Any], check_region: bool = True,
         "event_id": envelope.event_id, "record_kind": kind, "record_id": after.id, "type": envelope.type,
         "actor": actor or envelope.source, "source": envelope.source, "region": done.region,
         "changes": json.dumps(_changes(before, after), default=_json_value)})
+    if org is not None and org.community_code != done.region:
+        # The organization follows the code that stands for its community now; the audit keeps
+        # the code the fact named in the row above and the move in this one.
+        ledger.audit.append({
+            "event_id": envelope.event_id, "record_kind": "organization", "record_id": org.id,
+            "type": "DivisionChanged", "actor": actor or envelope.source, "source": envelope.source,
+            "region": org.community_code,
+            "changes": json.dumps({"community_code": [done.region, org.community_code]})})
     return done
+
+
+def _check_current(retired: Retired, fact: Any) -> None:
+    """Refuse a fact that names, on or after its day, a code retired by then (naming its successor)."""
+    if not retired:
+        return
+    match fact:
+        case ev.OrganizationFiled():
+            retired.check("community_code", fact.community_code, fact.filed_on)
+        case ev.OrganizationRegistered():
+            retired.check("community_code", fact.community_code, fact.registered_on)
+        case ev.OrganizationUpdated() if fact.community_code is not None:
+            retired.check("community_code", fact.community_code, fact.effective_on)
+        case ev.HubEstablished():
+            retired.check("region_code", fact.region_code, fact.established_on)
+        case ev.IncubationBaseOpened():
+            retired.check("region_code", fact.region_code, fact.opened_on)
+            for township in fact.covered_townships:
+                retired.check("covered_townships", township, fact.opened_on)
+        case ev.ProjectFunded():
+            retired.check("region_code", fact.region_code, fact.awarded_on)
 
 
 def _json_value(value: Any) -> str:

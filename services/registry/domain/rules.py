@@ -148,14 +148,16 @@ def deregister(existing: Organization | None, fact: OrganizationDeregistered) ->
 
 
 def establish_hub(existing: Interval | None, org: Organization | None, region_known: bool,
-                  fact: HubEstablished) -> Interval:
+                  fact: HubEstablished, now_code: str | None = None) -> Interval:
+    """`now_code`: the code standing for the hub's region now, when a division change retired it
+    since the hub's day (its organization already follows the successor)."""
     if existing is not None:
         raise Rejected("hub_id", f"hub {fact.hub_id} is already on record", code="already_on_record")
     if not region_known:
         raise Rejected("region_code", f"{fact.region_code} is not a known township or county",
                        code="unknown_division")
     member = _require_active(org, fact.organization_id)
-    if not member.community_code.startswith(fact.region_code):
+    if not member.community_code.startswith((fact.region_code, now_code or fact.region_code)):
         raise Rejected("region_code", f"organization {member.id} is in community {member.community_code}, "
                                       f"outside township/county {fact.region_code}")
     if fact.established_on < member.started_on:
