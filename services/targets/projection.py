@@ -72,6 +72,8 @@ async def recompute(conn: AsyncConnection, direct: set[str],
         # Hubs and bases count at their region, which a merge or recode moves (domain/lineage.py).
         by_kind.setdefault("hub", set()).update(await store.entity_keys_in(conn, ["hub"], county))
         by_kind.setdefault("base", set()).update(await store.entity_keys_in(conn, ["base"], county))
+        # So do funded projects, at their recipient's community or their hub's region.
+        by_kind.setdefault("fund", set()).update(await store.entity_keys_in(conn, ["fund"], county))
         townships = await store.townships_under(conn, county)
         hubcov.update(townships)
         basecov.update(townships)
@@ -94,9 +96,10 @@ async def recompute(conn: AsyncConnection, direct: set[str],
              + await store.owners_of(conn, basecov, "base:") + await store.owners_of(conn, supported, "fund:"))
     facts = await store.facts_of(conn, targets | {o for o, _ in links} | {f"org:{s[10:]}" for s in supported},
                                  known)
-    communities = {getattr(f.payload, "community_code", None) for o in orgs for f in facts.get(o, [])}
-    places = {getattr(f.payload, "region_code", None) for k, fs in facts.items() if k[:4] in ("hub:", "base")
-              for f in fs}
+    communities = {getattr(f.payload, "community_code", None)
+                   for o in orgs | {f"org:{s[10:]}" for s in supported} for f in facts.get(o, [])}
+    places = {getattr(f.payload, "region_code", None) for k, fs in facts.items()
+              if k[:4] in ("hub:", "base", "fund") for f in fs}
     # Division changes of these places (merges, recodes): organizations follow their community,
     # a township's successor takes over what served it (its predecessors' hubs and bases).
     lineage = await history.lineage_for(conn, {c for c in communities | places if c} | hubcov | basecov)

@@ -74,6 +74,32 @@ async def assert_recount(api: httpx.AsyncClient, orgs: list[str], day: date | No
     return county
 
 
+async def assert_funding(api: httpx.AsyncClient, projects: list[tuple[str, int]], day: date | None,
+                         divisions_of: date | None = None) -> None:
+    """Funding of 盐田区, each township and each community (as of `day`, else now) equal to a recount
+    of the projects at their community's code in the divisions of `divisions_of` (default: that day's)."""
+    on = divisions_of or day or date.today()
+    params = {"as_of": day.isoformat()} if day else {}
+
+    def expected(region: str) -> tuple[int, int, int]:
+        mine = [amount for community, amount in projects if changes.resolve(community, on).startswith(region)]
+        return sum(mine), len(mine), len(mine)
+
+    county = await ok(await api.get(f"/funding/{changes.COUNTY}", params=params))
+    assert (county["amount_fen"], county["projects"], county["projects_active"]) == expected(changes.COUNTY)
+    for township in county["children"]:
+        got = (township["amount_fen"], township["projects"], township["projects_active"])
+        assert got == expected(township["code"]), (day, township["code"], got)
+        assert township["orgs_supported"] == expected(township["code"])[1], (day, township)
+        if township["code"].endswith("403"):
+            continue
+        body = await ok(await api.get(f"/funding/{township['code']}", params=params))
+        for community in body["children"]:
+            got = (community["amount_fen"], community["projects"], community["projects_active"])
+            assert got == expected(community["code"]), (day, community["code"], got)
+            assert community["orgs_supported"] == expected(community["code"])[1], (day, community)
+
+
 def cli_import(env: dict[str, str], tmp: Path, *args: str) -> str:
     result = CliRunner().invoke(cli, ["divisions", "import", *args, "--data-dir", str(tmp)], env=env)
     assert result.exit_code == 0, result.output
@@ -100,11 +126,22 @@ async def test_counts_follow_their_communities_and_the_past_keeps_its_divisions(
         communities = [r["code"] for r in rows if not r["code"].startswith("440308403")]
         orgs = [c for c in communities for _ in range(2)]
         t, js = settings.topology, nc.jetstream()
+        projects: list[tuple[str, int]] = []       # (community, amount in fen) of each funded project
         for i, community in enumerate(orgs):
             filed = ev.OrganizationFiled(name=f"盐田组织{i}", community_code=community, category="charity",
                                          tier="filed", filed_on=date(2023, 3, 1))
             await js.publish(t.event_subject(filed.TYPE, community), make_event(filed, source="registry")
                              .model_dump_json().encode())
+            if i % 2 == 0:     # one project in each community, running through the change
+                amount = (i + 1) * 1000_00
+                funded = ev.ProjectFunded(
+                    name=f"公益创投{i}", program="venture_philanthropy", funder_region=changes.COUNTY,
+                    funder_department="区民政局", recipient_organization_id=filed.organization_id,
+                    region_code=community, amount_fen=amount, awarded_on=date(2023, 9, 1),
+                    starts_on=date(2023, 9, 1), ends_on=date(2025, 8, 31))
+                await js.publish(t.event_subject(funded.TYPE, community), make_event(funded, source="registry")
+                                 .model_dump_json().encode())
+                projects.append((community, amount))
         hub = ev.HubEstablished(organization_id=filed.organization_id, region_code=changes.MERGED,
                                 established_on=date(2023, 5, 1))
         await js.publish(t.event_subject(hub.TYPE, changes.MERGED),
@@ -115,6 +152,13 @@ async def test_counts_follow_their_communities_and_the_past_keeps_its_divisions(
             return c.get("orgs", 0) == len(orgs) and c.get("streets_with_hub", 0) == 1
 
         await eventually(counted, timeout=60, interval=0.3)
+
+        async def funded() -> bool:
+            answer = await api.get(f"/funding/{changes.COUNTY}")
+            return answer.status_code == 200 and answer.json()["projects"] == len(projects)
+
+        await eventually(funded, timeout=60, interval=0.3)
+        await assert_funding(api, projects, None, divisions_of=BEFORE)
         before = await assert_recount(api, orgs, None, divisions_of=BEFORE)   # no change imported yet
         assert [k["code"] for k in before["children"]] == [
             "440308001", "440308002", "440308003", "440308004", "440308403"]
@@ -132,8 +176,11 @@ async def test_counts_follow_their_communities_and_the_past_keeps_its_divisions(
                 await coverage_of(api, changes.NEW_TOWNSHIP, None))["counters"].get("orgs", 0) == 4
 
         await eventually(moved, timeout=60, interval=0.3)
-        # Today: in the new divisions, each organization at its community's new code.
+        # Today: in the new divisions, each organization at its community's new code, and each
+        # project too: its amount, its count and its running state moved on the change's day.
         after = await assert_recount(api, orgs, None)
+        await assert_funding(api, projects, None)
+        await assert_funding(api, projects, BEFORE)
         names = {k["code"]: k["name"] for k in after["children"]}
         assert names["440308004"] == "海山湾街道" and names[changes.NEW_TOWNSHIP] == "中英街街道"
         assert after["counters"]["streets"] == 4

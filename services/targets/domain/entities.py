@@ -546,8 +546,8 @@ def timelines_for(keys: Iterable[str], facts: Mapping[str, Sequence[Fact]], link
         elif kind == "outstanding":
             out[key] = outstanding_timeline(facts.get(key, ()))
         elif kind == "fund":
-            out[key] = funding.project_timeline([(f.payload, f.order) for f in facts.get(key, ())])
+            out[key] = funding.project_timeline([(f.payload, f.order) for f in facts.get(key, ())], lineage)
         elif kind == "supported":
             out[key] = funding.supported_timeline(
-                [(f.payload, f.order) for f in facts.get(f"org:{ident}", ())], awards.get(key, []))
+                [(f.payload, f.order) for f in facts.get(f"org:{ident}", ())], awards.get(key, []), lineage)
     return out

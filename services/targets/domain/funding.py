@@ -17,6 +17,12 @@ up from community to province the way organizations do:
 
 Both pulses fall on the day of the award, never earlier, so a figure as of a past day counts only
 what was known to have happened by then.
+
+Division changes (domain/lineage.py): a project or a supported organization at a community (or
+township) recoded or merged counts at the successor from the change's day: the running project's
+state moves then, and what it was awarded moves with a pair of pulses on that day (taken off the
+old code, added at the new one), so a region's figures after the change equal a recount of the
+projects at their codes of that day, and the figures as of a day before are unchanged.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ from datetime import date
 from contracts import events as ev
 
 from .coverage import State, Timeline, Vector, coverage_regions, squash, vectors
+from .lineage import Lineage
+
+NO_LINEAGE = Lineage()
 
 PROGRAMS = tuple(p.value for p in ev.FundingProgram)
 FUNDING_COUNTERS: tuple[str, ...] = (
@@ -46,7 +55,20 @@ def anniversary(day: date) -> date:
         return date(day.year + 1, 3, 1)
 
 
-def project_timeline(facts: Sequence[tuple[ev.Payload, tuple[object, ...]]]) -> Timeline:
+def _moves(region: str, since: date, lineage: Lineage) -> list[tuple[date, str, str]]:
+    """(day, old, new) for each change after `since` of the code standing for `region`."""
+    out: list[tuple[date, str, str]] = []
+    where = lineage.resolve(region, since)
+    for day in lineage.days(region):
+        now = lineage.resolve(region, day)
+        if day > since and now != where:
+            out.append((day, where, now))
+            where = now
+    return out
+
+
+def project_timeline(facts: Sequence[tuple[ev.Payload, tuple[object, ...]]],
+                     lineage: Lineage = NO_LINEAGE) -> Timeline:
     """A project from its facts (payload, sort key): nothing until its award is known; ended by the
     earliest end recorded (registry records one, a redelivery repeats it)."""
     awarded = next((p for p, _ in sorted(facts, key=lambda f: f[1]) if isinstance(p, ev.ProjectFunded)), None)
@@ -54,11 +76,18 @@ def project_timeline(facts: Sequence[tuple[ev.Payload, tuple[object, ...]]]) -> 
         return Timeline("fund")
     ends = [p.ended_on for p, _ in facts if isinstance(p, ev.FundedProjectEnded)]
     end = max(min(ends), awarded.starts_on) if ends else None
-    segments: list[tuple[date, State | None]] = [(awarded.starts_on, (awarded.region_code, awarded.program.value))]
+    region, program = awarded.region_code, awarded.program.value
+    segments: list[tuple[date, State | None]] = [(awarded.starts_on, (lineage.resolve(region, awarded.starts_on),
+                                                                       program))]
+    segments += [(day, (new, program)) for day, _, new in _moves(region, awarded.starts_on, lineage)
+                 if end is None or day < end]
     if end is not None:
         segments.append((end, None))
-    pulse = (awarded.region_code, awarded.program.value, awarded.amount_fen)
-    return Timeline("fund", squash(segments), ((awarded.awarded_on, pulse),))
+    pulses: list[tuple[date, State]] = [
+        (awarded.awarded_on, (lineage.resolve(region, awarded.awarded_on), program, awarded.amount_fen))]
+    for day, old, new in _moves(region, awarded.awarded_on, lineage):
+        pulses += [(day, (old, program, -awarded.amount_fen, -1)), (day, (new, program, awarded.amount_fen))]
+    return Timeline("fund", squash(segments), tuple(pulses))
 
 
 def _project_state(state: State) -> Vector:
@@ -67,13 +96,15 @@ def _project_state(state: State) -> Vector:
 
 
 def _project_pulse(pulse: State) -> Vector:
-    region, program, amount = pulse
+    # (region, program, amount), or with -1 when a division change takes it off its old code.
+    region, program, amount = pulse[:3]
+    n = pulse[3] if len(pulse) > 3 else 1
     out: Vector = Counter()
     for r in coverage_regions(region):
         out[(r, "funding_fen")] += amount
         out[(r, f"funding_fen_{program}")] += amount
-        out[(r, "funded_projects")] += 1
-        out[(r, f"funded_projects_{program}")] += 1
+        out[(r, "funded_projects")] += n
+        out[(r, f"funded_projects_{program}")] += n
     return out
 
 
@@ -104,7 +135,7 @@ def community_on(facts: Sequence[tuple[ev.Payload, tuple[object, ...]]], day: da
 
 
 def supported_timeline(org_facts: Sequence[tuple[ev.Payload, tuple[object, ...]]],
-                       awards: Sequence[ev.ProjectFunded]) -> Timeline:
+                       awards: Sequence[ev.ProjectFunded], lineage: Lineage = NO_LINEAGE) -> Timeline:
     """An organization supported by projects: a pulse on its first award at its community then (and,
     within its first year, the first-year pulse). Nothing until the organization's start is known,
     or when the first award falls before it (registry refuses that; a late filing may correct it)."""
@@ -116,29 +147,35 @@ def supported_timeline(org_facts: Sequence[tuple[ev.Payload, tuple[object, ...]]
     if first < start[0] or community is None:
         return Timeline("supported")
     first_year = first < anniversary(start[0])
-    return Timeline("supported", (), ((first, (community, first_year)),))
+    pulses: list[tuple[date, State]] = [(first, (lineage.resolve(community, first), first_year))]
+    for day, old, new in _moves(community, first, lineage):
+        pulses += [(day, (old, first_year, -1)), (day, (new, first_year))]
+    return Timeline("supported", (), tuple(pulses))
 
 
 def _supported_pulse(pulse: State) -> Vector:
-    community, first_year = pulse
+    # (community, first year), or with -1 when a division change takes it off its old code.
+    community, first_year = pulse[:2]
+    n = pulse[2] if len(pulse) > 2 else 1
     out: Vector = Counter()
     for r in coverage_regions(community):
-        out[(r, "orgs_supported")] += 1
+        out[(r, "orgs_supported")] += n
         if first_year:
-            out[(r, "orgs_new_supported_first_year")] += 1
+            out[(r, "orgs_new_supported_first_year")] += n
     return out
 
 
 vectors("supported", lambda _: Counter(), _supported_pulse)
 
 
-def recount(projects: Sequence[ev.ProjectFunded], ended: dict[str, date], region: str, day: date
-            ) -> dict[str, int]:
+def recount(projects: Sequence[ev.ProjectFunded], ended: dict[str, date], region: str, day: date,
+            lineage: Lineage = NO_LINEAGE) -> dict[str, int]:
     """A region's project counters as of the end of `day`, counted from the projects themselves (the
-    oracle the projection is tested against): fen and projects awarded by then, projects running."""
+    oracle the projection is tested against): fen and projects awarded by then, projects running,
+    each project at the code standing for its region on `day`."""
     out: Counter[str] = Counter()
     for p in projects:
-        if not p.region_code.startswith(region):
+        if not lineage.resolve(p.region_code, day).startswith(region):
             continue
         if p.awarded_on <= day:
             out["funding_fen"] += p.amount_fen
