@@ -59,7 +59,8 @@ def _moves(region: str, since: date, lineage: Lineage) -> list[tuple[date, str, 
     """(day, old, new) for each change after `since` of the code standing for `region`."""
     out: list[tuple[date, str, str]] = []
     where = lineage.resolve(region, since)
-    for day in lineage.days(region):
+    # In day order: a chain's later link may have taken effect first (days() follows the chain).
+    for day in sorted(set(lineage.days(region))):
         now = lineage.resolve(region, day)
         if day > since and now != where:
             out.append((day, where, now))
