@@ -443,8 +443,11 @@ async def division_children(conn: AsyncConnection, code: str, after: str | None,
     else:
         table = {6: county, 9: township, 12: community}[child]
         kind = "NULL" if child == 6 else "kind"
+        # The divisions in force: a code retired by a merge, recode or abolition (DivisionChanged)
+        # is no child any more, though filings of its past days still name it.
         source = (f"SELECT code, name, {kind} AS kind FROM {table.fullname} "
-                  "WHERE code BETWEEN :low AND :high")
+                  "WHERE code BETWEEN :low AND :high AND code NOT IN ("
+                  f"SELECT code FROM {division_change.fullname} WHERE change <> 'renamed')")
     rows = (await conn.execute(text(
         f"SELECT code, name, kind FROM ({source}) c WHERE code > :after ORDER BY code LIMIT :limit"),
         params | {"after": after or "", "limit": limit})).all()

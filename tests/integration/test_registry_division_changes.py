@@ -87,6 +87,12 @@ async def test_registry_follows_division_changes(settings: Settings, nc: nats.NA
             assert await listed(registry, OLD) == set()
             assert set(orgs) <= await listed(registry, changes.INTO)
             assert await listed(registry, changes.MERGED) == set()
+            # The divisions in force: the merged township and the moved community are no children.
+            county = (await registry.get(f"/divisions/{changes.COUNTY}")).json()
+            assert changes.MERGED not in {k["code"] for k in county["children"]}
+            into = (await registry.get(f"/divisions/{changes.INTO}")).json()
+            assert NEW in {k["code"] for k in into["children"]}
+            assert (await registry.get(f"/divisions/{changes.MERGED}")).json()["children"] == []
             view = (await registry.get(f"/organizations/{orgs[1]}")).json()
             assert view["community_code"] == NEW
             hubs = await db.fetch("SELECT region_code FROM registry.hub WHERE id = $1", UUID(hub.json()["id"]))
