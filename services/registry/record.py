@@ -90,8 +90,12 @@ async def load(conn: AsyncConnection, facts: Sequence[ev.Payload]) -> Ledger:
         if ids:
             found = await store.load_intervals(conn, kind, sorted(ids))
             intervals.update({(kind, i): found.get(i) for i in ids})
+    orgs = await store.load_organizations(conn, sorted(org_ids)) if org_ids else {}
+    # ... and of the organizations' own communities: a fact of a past day may name its record's
+    # region by the code it had then (domain/ledger.py, _same_region).
+    named |= {o.community_code for o in orgs.values() if o is not None}
     return Ledger(
-        orgs=await store.load_organizations(conn, sorted(org_ids)) if org_ids else {},
+        orgs=orgs,
         credit_holders=await store.credit_code_holders(conn, sorted(credit_codes)) if credit_codes else {},
         communities=await store.known_communities(conn, sorted(communities)) if communities else set(),
         counties=await store.known_regions(conn, sorted(r for r in regions if len(r) == 6)),

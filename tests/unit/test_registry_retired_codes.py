@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from datetime import date
+from uuid import uuid4
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.registry.domain import Rejected
+from contracts import events as ev
+from contracts import make_event
+from services.registry.domain import Ledger, Organization, Rejected, decide
 from services.registry.domain.divisions import Retired, Retirement
 
 DAY = date(2024, 6, 30)
@@ -46,3 +49,21 @@ def test_following_a_code_twice_moves_nothing_more(rows: list[tuple[str, str, da
     for code in retired.codes():
         now = retired.current(code)
         assert now not in retired.codes() and retired.current(now) == now
+
+
+def test_a_late_fact_may_name_its_records_region_by_its_old_code() -> None:
+    """An update of a past day from outside names the region the organization had then; the
+    organization has moved to the successor since: accepted, and recorded at the new code."""
+    org = Organization(id=uuid4(), name="梅沙组织", community_code="440308002011", tier="filed",
+                       category="charity", filed_on=date(2023, 3, 1))
+    retired = Retired([Retirement("440308001002", DAY, "recoded", "440308002011")])
+    ledger = Ledger(orgs={org.id: org}, credit_holders={}, communities=set(), counties={"440308"},
+                    townships=set(), intervals={}, retired=retired)
+    fact = ev.OrganizationUpdated(organization_id=org.id, effective_on=date(2024, 1, 5), brand=True)
+    done = decide(ledger, make_event(fact, source="county-system", region="440308001002"))
+    assert done.region == "440308002011" and ledger.orgs[org.id].brand     # type: ignore[union-attr]
+    # Without the change known, the old code is another region: refused.
+    plain = Ledger(orgs={org.id: org}, credit_holders={}, communities=set(), counties={"440308"},
+                   townships=set(), intervals={})
+    with pytest.raises(Rejected, match="region"):
+        decide(plain, make_event(fact, source="county-system", region="440308001002"))
