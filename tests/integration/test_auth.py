@@ -90,7 +90,7 @@ ANY_ROLE = {("GET", "/people/{person_id}"), ("GET", "/people/{person_id}/trainin
 PARAMS = {"command": "file", "session_id": str(uuid.uuid4()), "person_id": str(uuid.uuid4()),
           "target_id": "t", "plan_id": "p", "task_no": "1", "line": TOWNSHIP, "action": "start",
           "sub_id": str(uuid.uuid4()), "recipient": "someone.else", "message_id": str(uuid.uuid4()),
-          "code": COUNTY}
+          "code": COUNTY, "evidence_id": str(uuid.uuid4())}
 
 
 async def test_every_write_endpoint_refuses_missing_bad_and_expired_tokens_and_wrong_roles() -> None:
