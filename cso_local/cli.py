@@ -23,6 +23,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from cso.settings import env
+
 from .stack import BACKENDS, Part, Stack, StackError, http_get, recorded, redact
 from .supervisor import Supervisor
 
@@ -68,19 +70,15 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _env(name: str) -> str | None:
-    return os.environ.get(name) or None
-
-
 def _namespace(data_dir: Path) -> str:
-    if (value := _env("CSO_NAMESPACE")) is not None:
+    if value := env("CSO_NAMESPACE", ""):
         return value
     state = Stack(data_dir).state
     return str(state.get("namespace") or "") if not state.get("stopped_at") else ""
 
 
 def _nats_url(data_dir: Path) -> str:
-    url = _env("CSO_NATS_URL") or recorded(data_dir, "nats")
+    url = env("CSO_NATS_URL", "") or recorded(data_dir, "nats")
     if url is None:
         raise fail(f"no NATS: set CSO_NATS_URL, or start the local stack (`cso up --data-dir {data_dir}`)")
     return url
@@ -91,7 +89,7 @@ def _nats_login(data_dir: Path, url: str) -> tuple[str, str]:
     ("", "") here), else `admin` of the local stack whose NATS url is, from its data dir."""
     from .localnats import credentials
 
-    if _env("CSO_NATS_USER") or url != recorded(data_dir, "nats"):
+    if env("CSO_NATS_USER", "") or url != recorded(data_dir, "nats"):
         return "", ""
     return credentials(data_dir, "admin") or ("", "")
 
@@ -155,11 +153,11 @@ def up(
     stack = Stack(data_dir, registry_port=registry_port, targets_port=targets_port,
                   training_port=training_port, notify_port=notify_port, console_port=console_port, demo=demo,
                   nats_auth=nats_auth is OnOff.on, publishers=tuple(publisher or ()),
-                  nats_url=_env("CSO_NATS_URL"), database_url=_env("CSO_DATABASE_URL"),
-                  namespace=_env("CSO_NAMESPACE") or "", owner_pid=os.getpid(),
+                  nats_url=env("CSO_NATS_URL", "") or None, database_url=env("CSO_DATABASE_URL", "") or None,
+                  namespace=env("CSO_NAMESPACE", ""), owner_pid=os.getpid(),
                   log=lambda m: console.print(f"[dim]· {escape(m)}[/dim]"))
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    if (_env("CSO_AUTH") or "").strip().lower() == "off":
+    if env("CSO_AUTH", "").strip().lower() == "off":
         _err_console().print("[bold red]CSO_AUTH=off:[/bold red] the services will take HTTP requests without "
                              "tokens; anyone who reaches them may write anywhere (unset CSO_AUTH to require tokens)")
     try:
@@ -303,12 +301,12 @@ def migrate(
 
     nats_url = None
     if which is Which.all and with_streams:
-        nats_url = _env("CSO_NATS_URL") or recorded(data_dir, "nats")
+        nats_url = env("CSO_NATS_URL", "") or recorded(data_dir, "nats")
         if nats_url is None:
             raise fail("no NATS for the streams: set CSO_NATS_URL (and CSO_NATS_USER=admin, "
                        "CSO_NATS_PASSWORD), or pass --no-streams", 2)
 
-    url = _env("CSO_DATABASE_URL") or recorded(data_dir, "database")
+    url = env("CSO_DATABASE_URL", "") or recorded(data_dir, "database")
     if url is None:
         raise fail("no database: set CSO_DATABASE_URL, or start the local stack "
                    f"(`cso up --data-dir {data_dir}`)", 2)
@@ -368,7 +366,7 @@ def rebuild(
     from cso.database import make_engine
     from services.targets.rebuild import rebuild as run_rebuild
 
-    url = _env("CSO_DATABASE_URL") or recorded(data_dir, "database")
+    url = env("CSO_DATABASE_URL", "") or recorded(data_dir, "database")
     if url is None:
         raise fail("no database: set CSO_DATABASE_URL, or start the local stack", 2)
 
@@ -413,7 +411,7 @@ def db_roles(
     """
     from cso.roles import DASHBOARD, SERVICES, ProvisionError, passwords_from_env, provision, scoped
 
-    url = _env("CSO_ADMIN_DATABASE_URL") or recorded(data_dir, "database")
+    url = env("CSO_ADMIN_DATABASE_URL", "") or recorded(data_dir, "database")
     if url is None:
         raise fail("no database: set CSO_ADMIN_DATABASE_URL (a superuser of the cso database), or start "
                    f"the local stack (`cso up --data-dir {data_dir}`)", 2)
@@ -762,7 +760,7 @@ def targets_table(body: dict[str, Any], width: int = 200) -> Table:
 
 
 def _targets_url(url: str | None, data_dir: Path) -> str:
-    return (url or _env("CSO_TARGETS_URL") or recorded(data_dir, "targets")
+    return (url or env("CSO_TARGETS_URL", "") or recorded(data_dir, "targets")
             or "http://127.0.0.1:8002").rstrip("/")
 
 
@@ -855,7 +853,7 @@ def replay(
 
     if service is Which.all:
         raise fail("name one service", 2)
-    url = _env("CSO_DATABASE_URL") or recorded(data_dir, "database")
+    url = env("CSO_DATABASE_URL", "") or recorded(data_dir, "database")
     if url is None:
         raise fail("no database: set CSO_DATABASE_URL, or start the local stack", 2)
     if since.isdigit():
@@ -946,12 +944,12 @@ def import_sheet(
 
     from .upload import counts_line, verdicts_table, with_progress
 
-    base = (url or _env("CSO_REGISTRY_URL") or recorded(data_dir, "registry") or "http://127.0.0.1:8001")
+    base = (url or env("CSO_REGISTRY_URL", "") or recorded(data_dir, "registry") or "http://127.0.0.1:8001")
     try:
         data = file.read_bytes()
     except OSError as e:
         raise fail(f"{file}: {e.strerror or e}", 2) from None
-    given = token or _env("CSO_TOKEN")
+    given = token or env("CSO_TOKEN", "")
     headers = {"Authorization": f"Bearer {given}"} if given else bearer(data_dir, roles=("registrar",))
     console = _console()
     try:
@@ -1038,7 +1036,7 @@ def nats_config(
 
     try:
         users = Users(publishers=tuple(Publisher.parse(p) for p in publisher or ()))
-        topology = Topology(namespace if namespace is not None else (_env("CSO_NAMESPACE") or ""))
+        topology = Topology(namespace if namespace is not None else env("CSO_NAMESPACE", ""))
         if explain:
             typer.echo(explain_permissions(topology, users))
             return

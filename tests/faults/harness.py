@@ -51,7 +51,7 @@ from bench.generator import Workload as Generator
 from contracts import Topology, ancestors, encode, make_event, snake
 from cso import bus
 from cso.divisions import DEMO_DIVISIONS, publish_divisions
-from cso.settings import Settings
+from cso.settings import Settings, env
 from cso_local import servers
 from cso_local.stack import BACKENDS as SERVICES
 from cso_local.stack import ROOT, ensure_database, migrate_one, tail, with_database
@@ -64,20 +64,16 @@ log = logging.getLogger("faults")
 # ------------------------------------------------------------------ sizes
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name) or default
-
-
-FULL = _env("CSO_FAULT_FULL", "") == "1"
-EVENTS = int(_env("CSO_FAULT_EVENTS", "100000" if FULL else "1500"))
-OUTAGE_SECONDS = float(_env("CSO_FAULT_OUTAGE_SECONDS", "30" if FULL else "6"))
-KILLS_PER_SERVICE = int(_env("CSO_FAULT_KILLS", "4" if FULL else "2"))
-SEED = int(_env("CSO_FAULT_SEED", "2026"))
+FULL = env("CSO_FAULT_FULL", "") == "1"
+EVENTS = int(env("CSO_FAULT_EVENTS", "100000" if FULL else "1500"))
+OUTAGE_SECONDS = float(env("CSO_FAULT_OUTAGE_SECONDS", "30" if FULL else "6"))
+KILLS_PER_SERVICE = int(env("CSO_FAULT_KILLS", "4" if FULL else "2"))
+SEED = int(env("CSO_FAULT_SEED", "2026"))
 # Under a 1 s ack wait most batches are delivered again while they are applied, and the pipeline
 # slows down accordingly: the storm case is capped unless told otherwise.
-STORM_EVENTS = int(_env("CSO_FAULT_STORM_EVENTS", str(min(EVENTS, 20_000))))
+STORM_EVENTS = int(env("CSO_FAULT_STORM_EVENTS", str(min(EVENTS, 20_000))))
 # Generous: the pipeline does 100-400 events/s on a shared 2-core machine; allow 15/s plus faults.
-SETTLE_SECONDS = float(_env("CSO_FAULT_SETTLE_SECONDS", str(max(240.0, EVENTS / 15))))
+SETTLE_SECONDS = float(env("CSO_FAULT_SETTLE_SECONDS", str(max(240.0, EVENTS / 15))))
 READY_SECONDS = 120.0
 
 TRAINING_COUNTERS = {"training_person_times", "pool_members", "pool_members_trained"}

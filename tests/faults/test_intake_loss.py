@@ -30,6 +30,7 @@ from typer.testing import CliRunner
 from contracts import events as ev
 from contracts.receipts import MAX_NATS_IDS
 from cso.divisions import DEMO_DIVISIONS
+from cso.settings import env
 from cso_local.cli import app as cli
 from tests.faults.harness import (
     Cluster,
@@ -37,7 +38,6 @@ from tests.faults.harness import (
     Fact,
     OutsidePublisher,
     Report,
-    _env,
     coverage_equals_recount,
     new_fact,
     say,
@@ -49,7 +49,7 @@ from tests.faults.harness import (
 
 pytestmark = pytest.mark.integration
 
-FACTS = int(_env("CSO_FAULT_INTAKE_LOSS_FACTS", "2000"))
+FACTS = int(env("CSO_FAULT_INTAKE_LOSS_FACTS", "2000"))
 SOURCE = "faults-city-register"   # as a publisher's NATS user is named: its source
 CATEGORIES = list(ev.Category)
 
