@@ -1,25 +1,28 @@
-"""The AsyncAPI 3.0 document of cso's bus, generated from the contracts: contracts/asyncapi.json.
+"""The AsyncAPI 3.0 document of cso's bus, built from the contracts: contracts/asyncapi.json.
 
-    python -m contracts.asyncapi          # writes contracts/asyncapi.json
+    python -m cso_local.asyncapi          # writes contracts/asyncapi.json
 
-A test fails when the committed file drifts from this generator, and validates it with the AsyncAPI
+A test fails when the committed file drifts from the generator, and validates it with the AsyncAPI
 initiative's own parser (tests/asyncapi/). registry serves it at `GET /asyncapi.json`.
 
 The document describes cso as one application: what it receives (intake facts, commands, the
 receipts query) and what it sends (accepted events, receipts, dead letters, operational events).
 Messages reuse the JSON Schemas of contracts/schema.py, their `$defs` moved to
 `components.schemas`. Channel parameters carry their pattern in `x-pattern` (AsyncAPI 3 parameters
-have no schema); the NATS users, and what each may publish and subscribe, are the security schemes,
-generated from cso/natsauth.py. New channels are one entry: a receipt is one `Receipt` in RECEIPTS.
+have no schema). New channels are one entry: a receipt is one `Receipt` in RECEIPTS.
+
+What is not the contracts' own is passed in, so the contracts depend on nothing of cso: the services'
+commands (their models live in the services) and the security schemes, one per kind of NATS user
+(what each may publish and subscribe, from cso/natsauth.py). cso_local/asyncapi.py gathers both and
+writes the file.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import re
-import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -296,19 +299,16 @@ def _receipts(b: _Builder) -> None:
                 reply=("reply.receipts", "ReceiptsAnswer"))
 
 
-def _commands(b: _Builder) -> None:
-    # The models that answer: registry's commands are event payloads; training's its own models.
-    # (Imported by name: the contracts do not depend on the services, only this generator does.)
-    registry: dict[str, type[BaseModel]] = importlib.import_module("services.registry.commands").COMMANDS
-    training: dict[str, type[BaseModel]] = importlib.import_module("services.training.commands").COMMANDS
-
+def _commands(b: _Builder, commands: Mapping[str, Mapping[str, type[BaseModel]]]) -> None:
+    """`commands`: per service, the model of each command's body (registry's are event payloads;
+    training's its own models)."""
     b.schemas["FieldError"] = FIELD_ERROR
     b.schemas["CommandReply"] = COMMAND_REPLY
     b.add_message("CommandReply", "CommandReply", "Done, or refused naming the fields",
                   "#/components/schemas/CommandReply", None)
     b.channel("reply.command", None, ["CommandReply"], "The reply subject the request names (an inbox).")
-    for service, commands in (("registry", registry), ("training", training)):
-        for command, model in commands.items():
+    for service, models in commands.items():
+        for command, model in models.items():
             name = f"{_pascal(service)}{_pascal(command)}Command"
             # An event's own payload class (registry's commands); training's schedule command is a
             # payload's subclass with its own rules (no unknown field), so it is described itself.
@@ -340,47 +340,16 @@ def _deadletters(b: _Builder) -> None:
                 ["registry", "targets", "training", "notify"])
 
 
-def _security() -> dict[str, Any]:
-    """One scheme per kind of NATS user, saying what it may publish and subscribe (cso/natsauth.py)."""
-    from contracts.subjects import Topology
-    from cso import natsauth
-
-    example = natsauth.Publisher("example-register", "510681")
-    users = natsauth.permissions(Topology(), natsauth.Users(publishers=(example,)))
-    out: dict[str, Any] = {}
-    for perm in users:
-        key = "publisher" if perm.role == "outside publisher" else perm.user
-
-        def shown(subjects: tuple[str, ...]) -> list[str]:
-            return [s.replace("example-register", "<user>").replace("51.5106.510681", "<region>")
-                    for s in subjects]
-
-        if perm.unrestricted:
-            may = "Everything: streams (cso migrate), commands, intake version 1, the dead letters."
-            permissions: dict[str, Any] = {"publish": [">"], "subscribe": [">"]}
-        else:
-            permissions = {"publish": shown(perm.publish), "subscribe": shown(perm.subscribe)}
-            may = "Publish " + ", ".join(f"`{s}`" for s in permissions["publish"]) + "; subscribe " + \
-                ", ".join(f"`{s}`" for s in permissions["subscribe"]) + "."
-        who = {"publisher": "An outside system's user, bound to a region (province, city or county), named "
-                            "by the operator (`cso nats-config --publisher <user>=<region>`). <region> "
-                            "stands for its region's subject tokens: 51.5106.510681 for a county; a city's "
-                            "and a province's end in wildcards (contracts/README.md, Your NATS user).",
-               "admin": "The operators' user."}.get(key, f"The {perm.role} `{perm.user}`.")
-        out[key] = {"type": "userPassword",
-                    "description": f"{who} Connect with the inbox prefix `_INBOX_<user>`. {may}",
-                    "x-nats-permissions": permissions}
-    return out
-
-
-def document() -> dict[str, Any]:
+def document(commands: Mapping[str, Mapping[str, type[BaseModel]]],
+             security: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    """The document. `commands`: per service, each command's body model; `security`: the security
+    schemes by name (`components.securitySchemes`), which both servers require."""
     b = _Builder()
     _events(b)
     _receipts(b)
-    _commands(b)
+    _commands(b, commands)
     _deadletters(b)
     b.schemas.update(HEADERS)
-    security = _security()
     return {
         "asyncapi": "3.0.0",
         "info": {
@@ -389,7 +358,7 @@ def document() -> dict[str, Any]:
             "description": (
                 "The bus of cso, the community social organization platform: what outside systems "
                 "publish (intake), the events its services publish, receipts, commands, dead letters and "
-                "operational events. Generated from `contracts/` (`python -m contracts.asyncapi`); the "
+                "operational events. Generated from `contracts/` (`python -m cso_local.asyncapi`); the "
                 "rules behind the schemas, the versioning and deprecation policy and the examples are in "
                 "contracts/README.md. Errors name a field by its path in the event "
                 f"({', '.join(f'`{f}`' for f in ENVELOPE_FIELDS[:2])}, …, `payload.<field>`)."),
@@ -410,19 +379,10 @@ def document() -> dict[str, Any]:
             "schemas": dict(sorted(b.schemas.items())),
             "messages": dict(sorted(b.messages.items())),
             "parameters": PARAMETERS,
-            "securitySchemes": security,
+            "securitySchemes": dict(security),
         },
     }
 
 
-def rendered() -> str:
-    return json.dumps(document(), ensure_ascii=False, indent=2) + "\n"
-
-
-def write(path: Path = DOCUMENT) -> Path:
-    path.write_text(rendered(), encoding="utf-8")
-    return path
-
-
-if __name__ == "__main__":
-    print(write(Path(sys.argv[1]) if len(sys.argv) > 1 else DOCUMENT))
+def rendered(commands: Mapping[str, Mapping[str, type[BaseModel]]], security: Mapping[str, dict[str, Any]]) -> str:
+    return json.dumps(document(commands, security), ensure_ascii=False, indent=2) + "\n"

@@ -17,6 +17,7 @@ from contracts import asyncapi
 from contracts.envelope import ENVELOPE_FIELDS, event_field
 from contracts.events import PAYLOADS
 from contracts.subjects import snake
+from cso_local import asyncapi as generator
 from services.registry.commands import COMMANDS as REGISTRY_COMMANDS
 from services.training.commands import COMMANDS as TRAINING_COMMANDS
 from tests.support import missing
@@ -25,8 +26,8 @@ CHECKER = Path(__file__).parents[1] / "asyncapi"
 
 
 def test_the_committed_document_is_the_generated_one() -> None:
-    assert asyncapi.DOCUMENT.read_text(encoding="utf-8") == asyncapi.rendered(), \
-        "contracts/asyncapi.json drifted from the contracts: run `python -m contracts.asyncapi`"
+    assert asyncapi.DOCUMENT.read_text(encoding="utf-8") == generator.rendered(), \
+        "contracts/asyncapi.json drifted from the contracts: run `python -m cso_local.asyncapi`"
 
 
 def validate(documents: list[dict[str, Any]], tmp_path: Path) -> tuple[int, list[dict[str, Any]]]:
@@ -71,7 +72,7 @@ def test_the_asyncapi_parser_refuses_a_broken_document(tmp_path: Path) -> None:
 
 
 def test_every_channel_is_there() -> None:
-    document = asyncapi.document()
+    document = generator.document()
     addresses = {c["address"] for c in document["channels"].values()}
     for payload in PAYLOADS:
         event = snake(payload.TYPE)
@@ -98,7 +99,7 @@ def test_a_new_receipt_is_one_entry(monkeypatch: pytest.MonkeyPatch) -> None:
     from contracts.receipts import Receipt
 
     monkeypatch.setattr(asyncapi, "RECEIPTS", (asyncapi.Receipt("refused", Receipt, "A fact was refused."),))
-    document = asyncapi.document()
+    document = generator.document()
     assert document["channels"]["receipts.refused"]["address"] == "cso.receipts.{source}.refused"
     assert "send.receipts.refused" in document["operations"]
 

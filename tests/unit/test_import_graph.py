@@ -2,10 +2,13 @@
 
 - the runtime (`cso`) and the contracts import no service and nothing of the local stack
   (`cso_local`), so the runtime runs without the stack and its servers;
+- the contracts import nothing of the runtime either: cso depends on the contracts, never the
+  reverse (what a contract's document needs of cso is passed in, as cso_local/asyncapi.py does);
 - a service imports no other service (`services/<a>` → `services/<b>`) and not the local stack:
   services are coupled by their events only (`contracts` is shared);
 - no circle among the modules of contracts, cso, cso_local, services, bench and tests; imports inside
-  functions and under `if TYPE_CHECKING:` count (a circle put off until call time is still one);
+  functions and under `if TYPE_CHECKING:` count (a circle put off until call time is still one), and so
+  does `importlib.import_module("a.literal.name")` (an import by name is still an import);
 - no test module (`test_*.py`, or a `conftest.py`) is imported by another module (bench/ included):
   tests share helpers through tests/support and fixtures through conftest; shipped code imports
   nothing of tests/.
@@ -87,6 +90,19 @@ def _imported_names(node: ast.Import | ast.ImportFrom, package: str) -> Iterator
         yield base
 
 
+def _import_module_literal(node: ast.AST) -> str | None:
+    """The module an `importlib.import_module("name")` (or `import_module("name")`) call names, when
+    it is a literal; a name computed at run time cannot be read here."""
+    if not isinstance(node, ast.Call) or not node.args:
+        return None
+    func = node.func
+    called = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+    first = node.args[0]
+    if called == "import_module" and isinstance(first, ast.Constant) and isinstance(first.value, str):
+        return first.value
+    return None
+
+
 def read_graph(root: Path, packages: Iterable[str] = PACKAGES) -> Graph:
     graph = Graph(root)
     for top in packages:
@@ -97,6 +113,10 @@ def read_graph(root: Path, packages: Iterable[str] = PACKAGES) -> Graph:
     for name, path in graph.modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if (by_name := _import_module_literal(node)) is not None:
+                if target := _resolve(graph.modules, by_name):
+                    graph.imports.append(Import(name, target, path, node.lineno))
+                continue
             if not isinstance(node, ast.Import | ast.ImportFrom):
                 continue
             names = list(_imported_names(node, package))
@@ -130,6 +150,8 @@ def layer_breaches(graph: Graph) -> list[str]:
             why = "the runtime imports no service and nothing of the local stack"
         elif _top(i.source) == "contracts" and _top(i.target) in ("services", "cso_local"):
             why = "the contracts import no service and nothing of the local stack"
+        elif _top(i.source) == "contracts" and _top(i.target) == "cso":
+            why = "the contracts import nothing of the runtime: cso depends on them, not the reverse"
         elif _top(i.source) == "services" and _top(i.target) == "cso_local":
             why = "a service does not import the local stack"
         elif (a := _service(i.source)) and (b := _service(i.target)) and a != b:
@@ -259,6 +281,14 @@ def test_a_good_tree_has_no_breach(tmp_path: Path) -> None:
      "services/b/api.py:1: services.b.api → services.a.store (services.b imports another service, a"),
     ("contracts/asyncapi.py", "from services.a import store\n",
      "contracts/asyncapi.py:1: contracts.asyncapi → services.a.store (the contracts import no service"),
+    ("contracts/asyncapi.py", "import importlib\ndef f():\n    return importlib.import_module('services.a.store')\n",
+     "contracts/asyncapi.py:3: contracts.asyncapi → services.a.store (the contracts import no service"),
+    ("contracts/asyncapi.py", "from cso.settings import x\n",
+     "contracts/asyncapi.py:1: contracts.asyncapi → cso.settings (the contracts import nothing of the runtime"),
+    ("contracts/asyncapi.py", "def security():\n    from cso import settings\n",
+     "contracts/asyncapi.py:2: contracts.asyncapi → cso.settings (the contracts import nothing of the runtime"),
+    ("contracts/asyncapi.py", "from importlib import import_module\nM = import_module('cso.settings')\n",
+     "contracts/asyncapi.py:2: contracts.asyncapi → cso.settings (the contracts import nothing of the runtime"),
     ("services/b/api.py", "import cso_local.cli\n",
      "services/b/api.py:1: services.b.api → cso_local.cli (a service does not import the local stack)"),
     ("tests/unit/test_b.py", "from tests.unit.test_a import helper\n",
