@@ -454,6 +454,10 @@ def divisions_import(
              "published as DivisionChanged. Default: the newest shipped edition older than --edition.")] = None,
     effective_on: Annotated[str | None, typer.Option(
         help="The day the changes took effect (YYYY-MM-DD). Default: 30 June of the edition's year.")] = None,
+    changes: Annotated[Path | None, typer.Option(
+        "--changes", exists=True, dir_okay=False,
+        help="A change-set file (CSV: old_code,new_code) for changes the names do not reveal; they "
+             "override what the names say. Needs a previous edition.")] = None,
     data_dir: DataDir = DEFAULT_DATA_DIR,
 ) -> None:
     """Publish DivisionsImported, one event per county, to CSO_NATS_URL (else the local stack's),
@@ -466,6 +470,7 @@ def divisions_import(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from cso.divisions import DEMO_DIVISIONS, NbsFormatError, editions
+    from cso.divisions.changes import read_declared
 
     from .stack import import_edition
 
@@ -482,6 +487,9 @@ def divisions_import(
         if before is not None:
             day = (date.fromisoformat(effective_on) if effective_on
                    else editions.effective_day(name, date.today()))
+        if changes is not None and before is None:
+            raise ValueError("--changes: a change set needs the edition before (--previous)")
+        declared = read_declared(changes) if changes is not None else None
     except ValueError as e:
         raise fail(str(e), 2) from None
     prefixes = [p.strip() for p in scope.split(",") if p.strip()] if scope else None
@@ -497,7 +505,7 @@ def divisions_import(
         try:
             report = asyncio.run(import_edition(url, _namespace(data_dir), directory, prefixes, user=user,
                                                 password=password, edition=name, previous=before,
-                                                effective_on=day, progress=progress))
+                                                effective_on=day, progress=progress, declared=declared))
         except (NbsFormatError, ValueError) as e:
             raise fail(str(e), 2) from None
         except ConnectionError as e:

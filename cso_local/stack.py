@@ -895,14 +895,15 @@ def migrate_one(name: str, settings: Settings) -> None:
 async def import_divisions(nats_url: str, namespace: str, directory: Path,
                            only: Sequence[str] | None = None, *, user: str = "", password: str = "",
                            edition: str = "2023", previous: Path | None = None,
-                           effective_on: date | None = None, progress: Any = None) -> int:
+                           effective_on: date | None = None, progress: Any = None,
+                           declared: Mapping[str, str] | None = None) -> int:
     """Publish DivisionsImported per county; how many counties. The stream must exist: the operator's
     migrate step makes it (ValueError otherwise, before anything is published). With `previous`
     (the edition before, a directory), the counties count in this edition from `effective_on` and
     each change between the two is published as a DivisionChanged after them (`import_edition`)."""
     report = await import_edition(nats_url, namespace, directory, only, user=user, password=password,
                                   edition=edition, previous=previous, effective_on=effective_on,
-                                  progress=progress)
+                                  progress=progress, declared=declared)
     return report.counties
 
 
@@ -915,7 +916,8 @@ class EditionImport:
 async def import_edition(nats_url: str, namespace: str, directory: Path,
                          only: Sequence[str] | None = None, *, user: str = "", password: str = "",
                          edition: str = "2023", previous: Path | None = None,
-                         effective_on: date | None = None, progress: Any = None) -> EditionImport:
+                         effective_on: date | None = None, progress: Any = None,
+                         declared: Mapping[str, str] | None = None) -> EditionImport:
     """The import of an edition: its counties, then, against `previous`, its changes. The changes
     are computed before anything is published, so an edition that cannot be compared publishes
     nothing; they go out after the counties, whose new codes they name."""
@@ -929,7 +931,7 @@ async def import_edition(nats_url: str, namespace: str, directory: Path,
     if previous is not None:
         if effective_on is None:
             raise ValueError("effective_on: the day the new edition's changes took effect is needed")
-        changes = list(edition_changes(previous, directory, only, edition, effective_on))
+        changes = list(edition_changes(previous, directory, only, edition, effective_on, declared))
     topology = Topology(namespace)
     nc = await connect_nats(nats_url, "cso-divisions", user=user, password=password)
     try:

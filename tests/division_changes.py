@@ -59,3 +59,73 @@ def write_2024(target: Path) -> Path:
 def resolve(community: str, day: date) -> str:
     """Where a 2023 community of 盐田区 counts on `day`."""
     return RECODED.get(community, community) if day >= EFFECTIVE else community
+
+
+# --- across counties: 乐山市 (5111) ---------------------------------------------------------------
+"""A second synthetic "2024" edition, of 四川省 乐山市 (5111), next to its real 2023 rows, with the
+changes that cross county lines, effective 30 June 2024 (the kinds NBS editions bring when a
+county becomes a district or a district is re-drawn):
+
+5. 县改区: 犍为县 (511123) becomes 犍为区 (511114). Every township is re-coded under the new code
+   with its number kept (511123101 孝姑镇 → 511114101 孝姑镇, …), and every community with it
+   (511123101001 → 511114101001, …), names unchanged; except
+6. 镇改街道 with it: 玉津镇 (511123100), the county seat, becomes 玉津街道 (511114001), a street
+   code and another name; its communities keep their names under it (511123100001 → 511114001001, …);
+7. 井研县's 集益镇 (511124110) is transferred to 五通桥区 (511112) as 511112111 集益镇, its communities
+   re-coded under it (511124110001 → 511112111001, …), names unchanged.
+
+Everything else of 乐山市 is as in 2023. No code of this set is named by the first one.
+"""
+
+CITY = "5111"
+COUNTY_RECODED = ("511123", "511114", "犍为县", "犍为区")
+SEAT = ("511123100", "511114001", "玉津街道")
+MOVED = ("511124110", "511112111")                     # 集益镇: 井研县 → 五通桥区
+
+
+def _cross_county(code: str) -> str:
+    """Where a 2023 code of 乐山市 stands in the 2024 edition (itself where unchanged)."""
+    old_county, new_county = COUNTY_RECODED[:2]
+    if code.startswith(SEAT[0]):
+        return SEAT[1] + code[len(SEAT[0]):]
+    if code.startswith(MOVED[0]):
+        return MOVED[1] + code[len(MOVED[0]):]
+    if code.startswith(old_county):
+        return new_county + code[len(old_county):]
+    return code
+
+
+def write_leshan_2023(target: Path) -> Path:
+    """The real 2023 rows of 乐山市 and its ancestors, as plain CSV."""
+    write_subset(editions.edition("2023"), target, [CITY])
+    return target
+
+
+def _rewrite(path: Path, columns: tuple[int, ...], names: dict[str, str]) -> None:
+    """Re-code every row, its parents' columns from its new code (a moved township's county is
+    its new county's), rename by new code, and sort by code."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = []
+    for line in lines[1:]:
+        cells = line.split(",")
+        code = _cross_county(cells[0])
+        for i in columns:
+            cells[i] = code[:len(cells[i])]
+        if cells[0] in names:
+            cells[1] = f'"{names[cells[0]]}"'
+        rows.append(",".join(cells))
+    path.write_text("\n".join([lines[0], *sorted(rows)]) + "\n", encoding="utf-8")
+
+
+def write_leshan_2024(target: Path) -> Path:
+    write_leshan_2023(target)
+    names = {COUNTY_RECODED[1]: COUNTY_RECODED[3], SEAT[1]: SEAT[2]}
+    _rewrite(target / "areas.csv", (0,), names)                 # code,name,cityCode,provinceCode
+    _rewrite(target / "streets.csv", (0, 2), names)             # code,name,areaCode,…
+    _rewrite(target / "villages.csv", (0, 2, 5), names)         # code,name,streetCode,…,areaCode
+    return target
+
+
+def resolve_leshan(code: str, day: date) -> str:
+    """Where a 2023 code of 乐山市 counts on `day`."""
+    return _cross_county(code) if day >= EFFECTIVE else code

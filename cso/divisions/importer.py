@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -28,7 +29,7 @@ from contracts.events import (
 from contracts.subjects import Topology
 
 from . import nbs
-from .changes import change_id, county_changes
+from .changes import Divisions, change_id, changes_between
 from .classify import community_kind, township_kind
 
 if TYPE_CHECKING:
@@ -246,19 +247,35 @@ async def publish_divisions(
     return published
 
 
-def edition_changes(previous: Path | str, directory: Path | str, only: Sequence[str] | None,
-                    edition: str, effective_on: date) -> Iterator[DivisionChanged]:
-    """The `DivisionChanged` of every county in both editions under `only`, in code order.
+def _by_province(payloads: Iterator[DivisionsImported]) -> Iterator[tuple[str, Divisions]]:
+    """The divisions of each province in turn (payloads come in code order)."""
+    for province, group in itertools.groupby(payloads, key=lambda p: p.province.code):
+        yield province, Divisions.of(group)
 
-    Both editions are streamed a county at a time, side by side (both come sorted by code).
+
+def edition_changes(previous: Path | str, directory: Path | str, only: Sequence[str] | None,
+                    edition: str, effective_on: date,
+                    declared: Mapping[str, str] | None = None) -> Iterator[DivisionChanged]:
+    """The `DivisionChanged` of every province in both editions under `only`, in code order.
+
+    A province at a time, both editions side by side (both come sorted by code): a change may
+    cross county and city lines (a township moved, a county recoded), so a county is compared
+    with its whole province, not with itself. `declared` (old → new code, `changes.read_declared`)
+    overrides what the names say.
     """
-    old = county_payloads(previous, only=only, edition="previous")
+    old = _by_province(county_payloads(previous, only=only, edition="previous"))
     pending = next(old, None)
-    for payload in county_payloads(directory, only=only, edition=edition):
-        while pending is not None and pending.county.code < payload.county.code:
+    unused = dict(declared or {})
+    for province, divisions in _by_province(county_payloads(directory, only=only, edition=edition)):
+        while pending is not None and pending[0] < province:
             pending = next(old, None)
-        if pending is not None and pending.county.code == payload.county.code:
-            yield from county_changes(pending, payload, effective_on)
+        if pending is not None and pending[0] == province:
+            mine = {c: unused.pop(c) for c in [c for c in unused if c.startswith(province)]}
+            yield from changes_between(pending[1], divisions, effective_on, mine)
+    if unused:
+        # A declared change the import never compared would be dropped without a word.
+        raise ValueError(f"declared: {', '.join(sorted(unused))} not in a province both editions hold in "
+                         "the scope (a change crosses no province line)")
 
 
 async def publish_changes(
