@@ -7,9 +7,12 @@ routing.py."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 import secrets
+from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID, uuid4
 
@@ -207,13 +210,41 @@ async def delete_subscription(runtime: RuntimeDep, sub_id: UUID, who: Manager) -
         return _not_found("id", f"no subscription {sub_id}")
     return _json({"ok": True, "id": sub_id, "cancelled_deliveries": cancelled})
 
+def inbox_cursor(at: datetime, message_id: UUID) -> str:
+    """A page's `next`: where the following page starts (the last message's created_at and id).
+    Opaque to clients, who hand it back as `before`."""
+    return base64.urlsafe_b64encode(f"{at.isoformat()}|{message_id}".encode()).decode().rstrip("=")
+
+
+def read_inbox_cursor(value: str) -> tuple[datetime, UUID]:
+    """`before` back into (created_at, id); ValueError when it is no cursor this API gave."""
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
+        at, _, message_id = raw.partition("|")
+        moment = datetime.fromisoformat(at)
+        if moment.tzinfo is None:
+            raise ValueError("no time zone")
+        return moment, UUID(message_id)
+    except (ValueError, UnicodeDecodeError, binascii.Error) as e:
+        raise ValueError(f"not a cursor of this inbox ({e})") from None
+
+
 @router.get("/inbox/{recipient}", **PERSONAL)
 async def inbox(runtime: RuntimeDep, recipient: str, who: Caller, unread: bool = False,
-                limit: int = Query(50, ge=1, le=500)) -> JSONResponse:
-    """A recipient's in-app messages, newest first (only the unread ones with unread=true)."""
+                limit: int = Query(50, ge=1, le=500),
+                before: str | None = Query(None, max_length=200)) -> JSONResponse:
+    """A recipient's in-app messages, newest first (only the unread ones with unread=true), a page
+    of `limit` at a time: `next` is the cursor of the following page (give it as `before`, with the
+    same `unread`), null on the last one."""
     who.require_self_or(recipient, "notify_admin")
+    try:
+        cursor = read_inbox_cursor(before) if before is not None else None
+    except ValueError as e:
+        return JSONResponse(errors_body([FieldError(field="before", message=str(e))]), status_code=422)
     async with runtime.engine.connect() as conn:
-        return _json(await store.inbox(conn, recipient, unread, limit))
+        page = await store.inbox(conn, recipient, unread, limit, cursor)
+    page["next"] = inbox_cursor(*page["next"]) if page["next"] is not None else None
+    return _json(page)
 
 @router.post("/inbox/{recipient}/{message_id}/read", **WRITE)
 async def read(runtime: RuntimeDep, recipient: str, message_id: UUID, who: Caller) -> JSONResponse:

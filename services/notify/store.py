@@ -32,6 +32,7 @@ from sqlalchemy import (
     Uuid,
     delete,
     func,
+    or_,
     select,
     text,
     update,
@@ -506,16 +507,32 @@ async def queue_depth(conn: AsyncConnection) -> int:
 
 # --- read side --------------------------------------------------------------------------------
 
-async def inbox(conn: AsyncConnection, recipient: str, unread: bool, limit: int) -> dict[str, Any]:
-    rows = (await conn.execute(text(
-        f"SELECT id, subscription_id, event_id, kind, region, subject, body, data, created_at, read_at "
-        f"FROM {SCHEMA}.inbox_message WHERE recipient = :r AND (NOT :unread OR read_at IS NULL) "
-        "ORDER BY created_at DESC, id LIMIT :limit"),
-        {"r": recipient, "unread": unread, "limit": limit})).mappings().all()
-    count = (await conn.execute(text(
-        f"SELECT count(*) FROM {SCHEMA}.inbox_message WHERE recipient = :r AND read_at IS NULL"),
-        {"r": recipient})).scalar_one()
-    return {"recipient": recipient, "unread": int(count), "items": [dict(r) for r in rows]}
+async def inbox(conn: AsyncConnection, recipient: str, unread: bool, limit: int,
+                before: tuple[datetime, UUID] | None = None) -> dict[str, Any]:
+    """One page of a recipient's messages, newest first: by created_at descending, then id (index
+    inbox_recipient). `before`: the (created_at, id) of the previous page's last message, whose
+    successors in that order this page holds; `next`: the same of this page's last message, None
+    on the last page. The order is total and a message's key never changes, so paging on reads
+    each message once, and one recorded meanwhile (created_at: its transaction's start, after the
+    pages already read) comes before the cursor, for a read from the top."""
+    m = inbox_message.c
+    query = (select(m.id, m.subscription_id, m.event_id, m.kind, m.region, m.subject, m.body, m.data,
+                    m.created_at, m.read_at)
+             .where(m.recipient == recipient).order_by(m.created_at.desc(), m.id).limit(limit + 1))
+    if unread:
+        query = query.where(m.read_at.is_(None))
+    if before is not None:
+        at, last = before
+        # Strictly after (at, last) in (created_at desc, id asc); `created_at <= at` alone bounds
+        # the index scan, the rest drops the cursor's own timestamp's ids up to and with its own.
+        query = query.where(m.created_at <= at, or_(m.created_at < at, m.id > last))
+    # One more than asked: whether a next page exists, without a second query.
+    rows = (await conn.execute(query)).mappings().all()
+    page = rows[:limit]
+    count = (await conn.execute(select(func.count()).select_from(inbox_message)
+                                .where(m.recipient == recipient, m.read_at.is_(None)))).scalar_one()
+    return {"recipient": recipient, "unread": int(count), "items": [dict(r) for r in page],
+            "next": (page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit else None}
 
 
 async def mark_read(conn: AsyncConnection, recipient: str, message_id: UUID) -> Any:

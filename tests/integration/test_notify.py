@@ -5,6 +5,7 @@ failures, a crash mid-send, digests, reminders, and the subscription API."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import email
 import email.policy
@@ -433,6 +434,77 @@ async def test_killed_mid_send_loses_and_repeats_nothing(migrated: Settings, nc:
         assert await scalar(settings, "SELECT count(*) FROM notify.delivery WHERE status = 'sent'") == 30
         assert await scalar(settings, "SELECT count(*) FROM notify.delivery") == 30
         assert await scalar(settings, "SELECT count(*) FROM notify.inbox_message") == 10
+
+
+async def test_the_inbox_is_read_page_by_page(migrated: Settings, nc: NATS) -> None:
+    """More messages than one page: reading on from each page's `next` gives every message once,
+    newest first, while more arrive between the pages (they come in a read from the top); messages
+    sharing a created_at (recorded in one transaction) are told apart by id across a page's edge."""
+    settings = migrated
+    recipient, per_page = "pager", 7
+
+    async def recorded(n: int) -> bool:
+        return bool(await scalar(settings, "SELECT count(*) = $1 FROM notify.inbox_message WHERE recipient = $2",
+                                 n, recipient))
+
+    async def arrive(first: int, n: int, total: int) -> list[str]:
+        envelopes = [status_changed(target=f"t{i}", value=float(i)) for i in range(first, first + n)]
+        for envelope in envelopes:
+            await publish_status(nc, settings, envelope)
+        await eventually(lambda: recorded(total))
+        return [str(r["id"]) for r in await db_fetch(
+            settings, "SELECT id FROM notify.inbox_message WHERE event_id = ANY($1::uuid[])",
+            [e.event_id for e in envelopes])]
+
+    async with notify(settings, test_config()) as (_, api):
+        await subscribe(api, recipient=recipient, region="511102", events=["TargetStatusChanged"],
+                        channels={"inbox": True})
+        await arrive(0, 23, 23)
+        # The 6th to 10th newest share one created_at: the first page's edge (7) falls among them.
+        await scalar(settings, """
+            WITH ranked AS (SELECT id, created_at, row_number() OVER (ORDER BY created_at DESC, id) AS n
+                            FROM notify.inbox_message WHERE recipient = $1)
+            UPDATE notify.inbox_message m SET created_at = (SELECT created_at FROM ranked WHERE n = 6)
+            FROM ranked WHERE ranked.id = m.id AND ranked.n BETWEEN 6 AND 10""", recipient)
+        expected = [str(r["id"]) for r in await db_fetch(
+            settings, "SELECT id FROM notify.inbox_message WHERE recipient = $1 ORDER BY created_at DESC, id",
+            recipient)]
+        assert len({r["created_at"] for r in await db_fetch(
+            settings, "SELECT created_at FROM notify.inbox_message WHERE recipient = $1", recipient)}) == 23 - 4
+
+        pages: list[list[str]] = []
+        later: list[str] = []
+        page = (await api.get(f"/inbox/{recipient}", params={"limit": per_page})).json()
+        while True:
+            pages.append([m["id"] for m in page["items"]])
+            assert page["unread"] == 23 + len(later)
+            if page["next"] is None:
+                break
+            later += await arrive(100 + len(later), 2, 23 + len(later) + 2)   # between every two pages
+            page = (await api.get(f"/inbox/{recipient}", params={"limit": per_page, "before": page["next"]})).json()
+        assert [len(p) for p in pages] == [7, 7, 7, 2]
+        assert [i for p in pages for i in p] == expected
+        top = (await api.get(f"/inbox/{recipient}", params={"limit": per_page})).json()["items"]
+        assert {m["id"] for m in top[:len(later)]} == set(later) and len(later) == 6
+
+        # Unread only, paging on while the next page's first message is marked read: the rest follow.
+        everything = [str(r["id"]) for r in await db_fetch(
+            settings, "SELECT id FROM notify.inbox_message WHERE recipient = $1 ORDER BY created_at DESC, id",
+            recipient)]
+        assert len(everything) == 29 and everything[len(later):] == expected
+        first = (await api.get(f"/inbox/{recipient}", params={"limit": 10, "unread": "true"})).json()
+        assert (await api.post(f"/inbox/{recipient}/{everything[10]}/read")).status_code == 200
+        unread, page = [m["id"] for m in first["items"]], first
+        while page["next"] is not None:
+            page = (await api.get(f"/inbox/{recipient}", params={
+                "limit": 10, "unread": "true", "before": page["next"]})).json()
+            unread += [m["id"] for m in page["items"]]
+        assert unread == everything[:10] + everything[11:]
+
+        naive = base64.urlsafe_b64encode(f"2026-03-02T01:00:00|{uuid4()}".encode()).decode()
+        for bad in ("nonsense", "bm90IGEgY3Vyc29y", naive):
+            refused = await api.get(f"/inbox/{recipient}", params={"before": bad})
+            assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "before", refused.text
 
 
 async def test_digest_one_message_per_day(migrated: Settings, nc: NATS, smtp: tuple[Mailbox, int]) -> None:
