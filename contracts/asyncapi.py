@@ -39,7 +39,7 @@ from .subjects import SOURCE_TOKEN, snake
 DOCUMENT = Path(__file__).parent / "asyncapi.json"
 # The contracts' version: the major number changes only with a breaking change (contracts/README.md,
 # Versions and deprecation); the minor with anything added.
-CONTRACTS_VERSION = "1.7.0"
+CONTRACTS_VERSION = "1.8.0"
 EXAMPLE_SOURCE = "guanghan-register"
 
 

@@ -441,6 +441,64 @@ class FundedProjectEnded(Payload):
     reason: Reason | None = None
 
 
+# --- facilities (since 1.8.0) -------------------------------------------------------------------
+
+
+class FacilityKind(StrEnum):
+    """A facility that plans count by tier and coverage: 社区社会组织创新发展基地, 社会组织创新示范园,
+    社工站 (a township's, county's or city's social-work station), 社工室 (a community's social-work room)."""
+
+    INNOVATION_BASE = "innovation_base"
+    DEMONSTRATION_PARK = "demonstration_park"
+    SOCIAL_WORK_STATION = "social_work_station"
+    SOCIAL_WORK_ROOM = "social_work_room"
+
+
+# The tiers each kind opens at. A 社工室 is a community's; a 社工站 a township's (乡镇社工站), a
+# county's or a city's (县级社工总站, 市级指导中心); bases and parks at any of the four.
+FACILITY_TIERS: dict[FacilityKind, tuple[str, ...]] = {
+    FacilityKind.INNOVATION_BASE: ("city", "county", "township", "community"),
+    FacilityKind.DEMONSTRATION_PARK: ("city", "county", "township", "community"),
+    FacilityKind.SOCIAL_WORK_STATION: ("city", "county", "township"),
+    FacilityKind.SOCIAL_WORK_ROOM: ("community",),
+}
+
+
+class FacilityOpened(Payload):
+    """A facility running from `opened_on` at `region_code`, the division whose tier the plans name
+    it by (a county's innovation base, a township's social-work station), until a FacilityClosed."""
+
+    TYPE = "FacilityOpened"
+    CONTEXT = "registry"
+    facility_id: UUID = Field(default_factory=uuid4)
+    kind: FacilityKind
+    name: Name
+    region_code: RegionCode = Field(description=(
+        "where it counts: a city (4 digits), county (6), township (9) or community (12), as its kind allows"))
+    opened_on: PastOrToday
+
+    @model_validator(mode="after")
+    def _tier_fits_kind(self) -> FacilityOpened:
+        allowed = FACILITY_TIERS[self.kind]
+        if tier_of(self.region_code) not in allowed:
+            raise ValueError(f"region_code: a {self.kind.value} opens at a {', '.join(allowed)}, "
+                             f"not a {tier_of(self.region_code)}")
+        return self
+
+    def region_of(self) -> str:
+        return self.region_code
+
+
+class FacilityClosed(Payload):
+    """A facility stops running (停止运行: closed, or merged into another)."""
+
+    TYPE = "FacilityClosed"
+    CONTEXT = "registry"
+    facility_id: UUID
+    closed_on: PastOrToday
+    reason: Reason | None = None
+
+
 # --- divisions --------------------------------------------------------------------------------
 
 
@@ -844,7 +902,7 @@ PAYLOADS: tuple[type[Payload], ...] = (
     OrganizationFiled, OrganizationRegistered, OrganizationUpdated, OrganizationDeregistered,
     HubEstablished, HubDissolved, IncubationBaseOpened, IncubationBaseClosed,
     PartyOrganizationFormed, PartyOrganizationDissolved, ProjectFunded, FundedProjectEnded,
-    DivisionsImported, DivisionChanged,
+    FacilityOpened, FacilityClosed, DivisionsImported, DivisionChanged,
     TrainingSessionScheduled, TrainingCompleted, TalentPoolMemberAdded, TalentPoolMemberRemoved,
     QualificationExamRecorded, OutstandingOrganizationSelected,
     CoverageChanged, TargetStatusChanged, TargetDeadlineApproaching,

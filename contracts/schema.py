@@ -107,6 +107,13 @@ EXPRESSIBLE_RULES: dict[str, dict[str, Any]] = {
                                       for f in UPDATED_FIELDS]},
     "HubEstablished": {"properties": {"region_code": {"pattern": "^([0-9]{6}|[0-9]{9})$"}}},
     "IncubationBaseOpened": {"properties": {"region_code": {"pattern": "^([0-9]{4}|[0-9]{6}|[0-9]{9})$"}}},
+    # A facility's tier by its kind (events.FACILITY_TIERS): a 社工室 at a community, a 社工站 above.
+    "FacilityOpened": {"properties": {"region_code": {"pattern": "^([0-9]{4}|[0-9]{6}|[0-9]{9}|[0-9]{12})$"}},
+                       "allOf": [
+        {"if": {"properties": {"kind": {"const": "social_work_room"}}, "required": ["kind"]},
+         "then": {"properties": {"region_code": {"pattern": "^[0-9]{12}$"}}}},
+        {"if": {"properties": {"kind": {"const": "social_work_station"}}, "required": ["kind"]},
+         "then": {"properties": {"region_code": {"pattern": "^([0-9]{4}|[0-9]{6}|[0-9]{9})$"}}}}]},
     "PartyOrganizationFormed": {"allOf": [{
         "if": {"properties": {"kind": {"const": "independent_branch"}}, "required": ["kind"]},
         "then": {"required": ["members"], "properties": {"members": {"minimum": 3},

@@ -33,6 +33,8 @@ COMMANDS: dict[str, type[ev.Payload]] = {
     "dissolve_party": ev.PartyOrganizationDissolved,
     "fund_project": ev.ProjectFunded,
     "end_project": ev.FundedProjectEnded,
+    "open_facility": ev.FacilityOpened,
+    "close_facility": ev.FacilityClosed,
 }
 
 

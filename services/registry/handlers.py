@@ -140,6 +140,8 @@ def tables(runtime: Runtime, room: waiting.Room) -> list[Consumes]:
         ev.PartyOrganizationDissolved: facts,
         ev.ProjectFunded: facts,
         ev.FundedProjectEnded: facts,
+        ev.FacilityOpened: facts,
+        ev.FacilityClosed: facts,
     }, otherwise=NotAFactHandler(runtime, room.clock))
     divisions = HandlerTable({
         ev.DivisionsImported: DivisionsHandler(store.DIVISIONS, then=waking(runtime, room)),

@@ -35,7 +35,7 @@ REGISTRY_FACTS: tuple[type[ev.Payload], ...] = (
     ev.OrganizationFiled, ev.OrganizationRegistered, ev.OrganizationUpdated,
     ev.OrganizationDeregistered, ev.HubEstablished, ev.HubDissolved, ev.IncubationBaseOpened,
     ev.IncubationBaseClosed, ev.PartyOrganizationFormed, ev.PartyOrganizationDissolved,
-    ev.ProjectFunded, ev.FundedProjectEnded,
+    ev.ProjectFunded, ev.FundedProjectEnded, ev.FacilityOpened, ev.FacilityClosed,
 )
 
 
@@ -44,7 +44,8 @@ async def load(conn: AsyncConnection, facts: Sequence[ev.Payload]) -> Ledger:
     communities: set[str] = set()
     regions: set[str] = set()
     credit_codes: set[str] = set()
-    interval_ids: dict[str, set[UUID]] = {"hub": set(), "base": set(), "party": set()}
+    interval_ids: dict[str, set[UUID]] = {"hub": set(), "base": set(), "party": set(),
+                                               "facility": set()}
     project_ids: set[UUID] = set()
     for fact in facts:
         match fact:
@@ -82,9 +83,16 @@ async def load(conn: AsyncConnection, facts: Sequence[ev.Payload]) -> Ledger:
                     interval_ids["hub"].add(fact.hub_id)
             case ev.FundedProjectEnded():
                 project_ids.add(fact.project_id)
+            case ev.FacilityOpened():
+                (communities if len(fact.region_code) == 12 else regions).add(fact.region_code)
+                interval_ids["facility"].add(fact.facility_id)
+            case ev.FacilityClosed():
+                interval_ids["facility"].add(fact.facility_id)
     regions.update(c[:6] for c in communities)
     # Retired codes (DivisionChanged) of every county the batch names, a project's region included.
-    named = communities | regions | {f.region_code for f in facts if isinstance(f, ev.ProjectFunded)}
+    # (A city names no county: retired codes are read by county.)
+    named = (communities | {r for r in regions if len(r) > 4}
+             | {f.region_code for f in facts if isinstance(f, ev.ProjectFunded)})
     intervals: dict[tuple[str, UUID], Interval | None] = {}
     for kind, ids in interval_ids.items():
         if ids:
@@ -100,6 +108,7 @@ async def load(conn: AsyncConnection, facts: Sequence[ev.Payload]) -> Ledger:
         communities=await store.known_communities(conn, sorted(communities)) if communities else set(),
         counties=await store.known_regions(conn, sorted(r for r in regions if len(r) == 6)),
         townships=await store.known_regions(conn, sorted(r for r in regions if len(r) == 9)),
+        cities=await store.known_regions(conn, sorted(r for r in regions if len(r) == 4)),
         intervals=intervals,
         projects=await funding_store.load_projects(conn, sorted(project_ids)) if project_ids else {},
         retired=await store.retired_codes(conn, sorted({c[:6] for c in named})))
@@ -108,7 +117,7 @@ async def load(conn: AsyncConnection, facts: Sequence[ev.Payload]) -> Ledger:
 async def save(conn: AsyncConnection, ledger: Ledger, topology: Topology) -> None:
     """Write the batch's changes set-based: organizations first (hubs and parties refer to them)."""
     await store.save_organizations(conn, list(ledger.changed_orgs.values()))
-    for kind in ("hub", "base", "party"):
+    for kind in ("hub", "base", "party", "facility"):
         await store.insert_intervals(conn, kind, [n for (k, _), n in ledger.new_intervals.items() if k == kind])
         await store.end_intervals(conn, kind, [v for (k, _), v in ledger.ended_intervals.items() if k == kind])
     await funding_store.save_projects(conn, list(ledger.changed_projects.values()))

@@ -142,6 +142,20 @@ base_township = Table(
     "base_township", METADATA,
     Column("base_id", Uuid, ForeignKey(incubation_base.c.id), primary_key=True),
     Column("township_code", CHAR(9), primary_key=True))
+# Innovation bases, demonstration parks, social-work stations and rooms (FacilityOpened): running
+# from started_on until ended_on, counted by targets at region_code's tier.
+facility = Table(
+    "facility", METADATA,
+    Column("id", Uuid, primary_key=True),
+    Column("kind", Text, CheckConstraint(
+        "kind IN ('innovation_base', 'demonstration_park', 'social_work_station', 'social_work_room')"),
+           nullable=False),
+    Column("name", Text, nullable=False),
+    Column("region_code", Text, nullable=False),
+    Column("started_on", Date, nullable=False),
+    Column("ended_on", Date),
+    Column("updated_by", Text, nullable=False))
+Index("facility_region", facility.c.region_code)
 party_organization = Table(
     "party_organization", METADATA,
     Column("id", Uuid, primary_key=True),
@@ -162,7 +176,8 @@ audit = Table(
     "audit", METADATA,
     Column("seq", BigInteger, primary_key=True, autoincrement=True),
     Column("event_id", Uuid, nullable=False),
-    Column("record_kind", Text, CheckConstraint("record_kind IN ('organization', 'hub', 'base', 'party', 'project')"),
+    Column("record_kind", Text, CheckConstraint(
+               "record_kind IN ('organization', 'hub', 'base', 'party', 'project', 'facility')"),
            nullable=False),
     Column("record_id", Uuid, nullable=False),
     Column("type", Text, nullable=False),
@@ -246,8 +261,14 @@ async def known_communities(conn: AsyncConnection, codes: list[str]) -> set[str]
 
 
 async def known_regions(conn: AsyncConnection, codes: list[str]) -> set[str]:
-    """Which of these township (9-digit) or county (6-digit) codes divisions have loaded."""
+    """Which of these township (9-digit), county (6-digit) or city (4-digit: some county of it)
+    codes divisions have loaded."""
     known: set[str] = set()
+    cities = [c for c in codes if len(c) == 4]
+    if cities:
+        known.update((await conn.execute(text(
+            f"SELECT DISTINCT city_code FROM {county.fullname} WHERE city_code = ANY(:c)"),
+            {"c": cities})).scalars())
     for length, table in ((6, county), (9, township)):
         subset = [c for c in codes if len(c) == length]
         if subset:
@@ -263,7 +284,7 @@ async def credit_code_holders(conn: AsyncConnection, codes: list[str]) -> dict[s
     return {code: ident for code, ident in rows}
 
 
-_INTERVAL_TABLES = {"hub": hub, "base": incubation_base, "party": party_organization}
+_INTERVAL_TABLES = {"hub": hub, "base": incubation_base, "party": party_organization, "facility": facility}
 
 
 async def load_intervals(conn: AsyncConnection, kind: str, ids: list[UUID]) -> dict[UUID, Interval]:
@@ -281,10 +302,12 @@ async def insert_intervals(conn: AsyncConnection, kind: str, created: Sequence[N
         return
     rows = [{"id": n.interval.id, "region": n.interval.region_code, "started": n.interval.started_on,
              "ended": n.interval.ended_on, "source": n.source, "name": n.name, "org": n.interval.organization_id,
-             "leader": n.leader, "kind": n.party_kind, "members": n.members} for n in created]
+             "leader": n.leader, "kind": n.facility_kind if kind == "facility" else n.party_kind,
+             "members": n.members} for n in created]
     columns = {"hub": "organization_id, name, leader_person_id", "base": "name",
-               "party": "kind, members"}[kind]
-    values = {"hub": ":org, :name, :leader", "base": ":name", "party": ":kind, :members"}[kind]
+               "party": "kind, members", "facility": "kind, name"}[kind]
+    values = {"hub": ":org, :name, :leader", "base": ":name", "party": ":kind, :members",
+              "facility": ":kind, :name"}[kind]
     await conn.execute(text(
         f"INSERT INTO {_INTERVAL_TABLES[kind].fullname} (id, region_code, started_on, ended_on, updated_by, "
         f"{columns}) VALUES (:id, :region, :started, :ended, :source, {values})"), rows)
@@ -582,7 +605,7 @@ _SATISFIED = " OR ".join(
     f"WHERE x.{column}::text = split_part(w.waits_for, ':', 2)))"
     for kind, table, column in (("organization", organization, "id"), ("county", county, "code"),
                                 ("hub", hub, "id"), ("base", incubation_base, "id"),
-                                ("party", party_organization, "id")))
+                                ("party", party_organization, "id"), ("facility", facility, "id")))
 # Funded projects (funding_store.py, which builds on this module): named, not imported.
 _SATISFIED += (" OR (split_part(w.waits_for, ':', 1) = 'project' AND EXISTS (SELECT 1 FROM "
                f"{SCHEMA}.funded_project x WHERE x.id::text = split_part(w.waits_for, ':', 2)))")
@@ -659,7 +682,7 @@ async def keep_changes(conn: AsyncConnection, rows: list[dict[str, Any]]) -> Non
 # this MetaData (funding_store imports this module, so it is looked up by name).
 _FOLLOWING = (("organization", "organization", "community_code"), ("hub", "hub", "region_code"),
               ("base", "incubation_base", "region_code"), ("party", "party_organization", "region_code"),
-              ("project", "funded_project", "region_code"))
+              ("project", "funded_project", "region_code"), ("facility", "facility", "region_code"))
 
 
 async def follow_changes(conn: AsyncConnection, retired: Retired, source: str) -> int:

@@ -56,7 +56,8 @@ def key_of(envelope: Envelope[Any], recorded: Recorded) -> str:
     kind = ("organization" if envelope.type.startswith("Organization") else
             "hub" if envelope.type.startswith("Hub") else
             "base" if envelope.type.startswith("IncubationBase") else
-            "project" if envelope.type in ("ProjectFunded", "FundedProjectEnded") else "party")
+            "project" if envelope.type in ("ProjectFunded", "FundedProjectEnded") else
+            "facility" if envelope.type.startswith("Facility") else "party")
     return f"{kind}:{recorded.aggregate_id}"
 
 

@@ -116,6 +116,10 @@ def registry_facts() -> list[ev.Payload]:
                          funder_department="广汉市民政局", recipient_organization_id=ORG, region_code=COMMUNITY,
                          amount_fen=12_345_67, awarded_on=date(2023, 9, 1), starts_on=date(2023, 10, 1),
                          ends_on=date(2024, 9, 30)),
+        ev.FacilityOpened(kind="social_work_station", name="雒城街道社工站", region_code=TOWNSHIP,
+                          opened_on=date(2022, 6, 1)),
+        ev.FacilityOpened(kind="social_work_room", name="西城社区社工室", region_code=COMMUNITY,
+                          opened_on=date(2022, 7, 1)),
     ]
 
 
@@ -129,6 +133,7 @@ def registry_facts_without_region() -> list[tuple[ev.Payload, str]]:
         (ev.IncubationBaseClosed(base_id=uuid.uuid4(), closed_on=date(2024, 2, 1)), COUNTY),
         (ev.PartyOrganizationDissolved(party_organization_id=uuid.uuid4(), dissolved_on=date(2024, 1, 1)), COUNTY),
         (ev.FundedProjectEnded(project_id=uuid.uuid4(), outcome="completed", ended_on=date(2024, 9, 30)), COMMUNITY),
+        (ev.FacilityClosed(facility_id=uuid.uuid4(), closed_on=date(2024, 3, 1)), TOWNSHIP),
     ]
 
 

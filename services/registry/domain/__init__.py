@@ -7,6 +7,7 @@ from .rules import (
     Interval,
     Organization,
     close_base,
+    close_facility,
     deregister,
     dissolve_hub,
     dissolve_party,
@@ -14,12 +15,13 @@ from .rules import (
     file,
     form_party,
     open_base,
+    open_facility,
     register,
     update,
 )
 
 __all__ = [
     "Interval", "Ledger", "NewInterval", "NotYet", "Organization", "OutOfScope", "Recorded", "Rejected",
-    "close_base", "decide", "deregister", "dissolve_hub", "dissolve_party", "establish_hub", "file",
-    "form_party", "open_base", "register", "update",
+    "close_base", "close_facility", "decide", "deregister", "dissolve_hub", "dissolve_party", "establish_hub", "file",
+    "form_party", "open_base", "open_facility", "register", "update",
 ]

@@ -40,6 +40,7 @@ class NewInterval:
     name: str | None = None
     leader: UUID | None = None
     party_kind: str | None = None
+    facility_kind: str | None = None
     members: int = 0
     townships: list[str] = field(default_factory=list)
     organization_ids: list[UUID] = field(default_factory=list)
@@ -60,6 +61,7 @@ class Ledger:
     townships: set[str]
     intervals: dict[tuple[str, UUID], Interval | None]
     projects: dict[UUID, FundedProject | None] = field(default_factory=dict)
+    cities: set[str] = field(default_factory=set)     # cities some county of which divisions loaded
     # Codes retired by merges, recodes and abolitions (DivisionChanged) among those the batch names.
     retired: Retired = field(default_factory=Retired)
     # Each changed project after the batch, with the organizations a new one supports through a hub.
@@ -81,7 +83,8 @@ class Ledger:
         return False
 
     def region_known(self, code: str) -> bool:
-        return code in (self.townships if len(code) == 9 else self.counties if len(code) == 6 else ())
+        return code in (self.townships if len(code) == 9 else self.counties if len(code) == 6
+                        else self.cities if len(code) == 4 else ())
 
     def interval(self, kind: str, ident: UUID) -> Interval | None:
         return self.intervals.get((kind, ident))
@@ -163,6 +166,15 @@ def decide(ledger: Ledger, envelope: Envelope[Any], check_region: bool = True,
         case ev.IncubationBaseClosed():
             before = ledger.interval("base", fact.base_id)
             ended = ("base", rules.close_base(before, fact))
+        case ev.FacilityOpened():
+            known = (ledger.community_known(fact.region_code) if len(fact.region_code) == 12
+                     else ledger.region_known(fact.region_code))
+            facility = rules.open_facility(ledger.interval("facility", fact.facility_id), known, fact)
+            created = NewInterval("facility", facility, envelope.source, name=fact.name,
+                                  facility_kind=fact.kind.value)
+        case ev.FacilityClosed():
+            before = ledger.interval("facility", fact.facility_id)
+            ended = ("facility", rules.close_facility(before, fact))
         case ev.PartyOrganizationFormed():
             members = {i: ledger.orgs.get(i) for i in fact.organization_ids}
             party = rules.form_party(ledger.interval("party", fact.party_organization_id), members, fact)
@@ -275,6 +287,8 @@ def _check_current(retired: Retired, fact: Any) -> None:
                 retired.check("covered_townships", township, fact.opened_on)
         case ev.ProjectFunded():
             retired.check("region_code", fact.region_code, fact.awarded_on)
+        case ev.FacilityOpened():
+            retired.check("region_code", fact.region_code, fact.opened_on)
 
 
 def _json_value(value: Any) -> str:

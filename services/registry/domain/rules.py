@@ -9,6 +9,8 @@ from uuid import UUID
 
 from contracts.events import (
     EndKind,
+    FacilityClosed,
+    FacilityOpened,
     HubDissolved,
     HubEstablished,
     IncubationBaseClosed,
@@ -168,7 +170,7 @@ def establish_hub(existing: Interval | None, org: Organization | None, region_kn
 
 
 # What a waiting fact's key calls each kind of interval (services/registry/waiting.py).
-_KIND = {"hub": "hub", "incubation base": "base", "party organization": "party"}
+_KIND = {"hub": "hub", "incubation base": "base", "party organization": "party", "facility": "facility"}
 
 
 def _close(existing: Interval | None, what: str, field: str, ident: UUID, day: date, day_field: str) -> Interval:
@@ -196,6 +198,19 @@ def open_base(existing: Interval | None, unknown_townships: list[str], fact: Inc
 
 def close_base(existing: Interval | None, fact: IncubationBaseClosed) -> Interval:
     return _close(existing, "incubation base", "base_id", fact.base_id, fact.closed_on, "closed_on")
+
+
+def open_facility(existing: Interval | None, region_known: bool, fact: FacilityOpened) -> Interval:
+    """A facility at a known division of the tier its kind allows (the contract checks the tier)."""
+    if existing is not None:
+        raise Rejected("facility_id", f"facility {fact.facility_id} is already on record", code="already_on_record")
+    if not region_known:
+        raise Rejected("region_code", f"unknown division {fact.region_code}", code="unknown_division")
+    return Interval(id=fact.facility_id, region_code=fact.region_code, started_on=fact.opened_on)
+
+
+def close_facility(existing: Interval | None, fact: FacilityClosed) -> Interval:
+    return _close(existing, "facility", "facility_id", fact.facility_id, fact.closed_on, "closed_on")
 
 
 def form_party(existing: Interval | None, members: dict[UUID, Organization | None],
