@@ -64,6 +64,11 @@ async def record_changes(conn: AsyncConnection, events: Sequence[Envelope[Any]])
             "VALUES (:c, :on, :change, :s, :n, :id) ON CONFLICT DO NOTHING"),
             {"c": c.code, "on": c.effective_on, "change": c.change, "s": c.successor_code, "n": c.name,
              "id": e.event_id})
+        if c.change == "recoded" and c.successor_code and len(c.successor_code) == 6:
+            # A new county (县改区) and everything under it did not exist before the change's day.
+            await conn.execute(text(
+                f"UPDATE {SCHEMA}.division SET valid_from = :on WHERE code LIKE :p "
+                "AND (valid_from IS NULL OR valid_from < :on)"), {"p": c.successor_code + "%", "on": c.effective_on})
         if c.change in ENDING:
             await conn.execute(text(
                 f"UPDATE {SCHEMA}.division SET valid_until = :on WHERE code = :c "

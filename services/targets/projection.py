@@ -34,6 +34,11 @@ async def apply_facts(conn: AsyncConnection, events: Sequence[Envelope[Any]]) ->
                      e.payload.model_dump_json()))
         pairs += ent.memberships(key, e.payload)
         direct.add(key)
+        if isinstance(e.payload, ev.DivisionChanged) and e.payload.successor_code \
+                and len(e.payload.successor_code) >= 6:
+            # Its successor may lie in another county (a township transferred, a county recoded):
+            # that county's hubs and bases now serve, and its divisions count from, the change.
+            direct.add(f"div:{e.payload.successor_code[:6]}")
     await store.insert_facts(conn, rows)
     await store.insert_memberships(conn, pairs)
     return await recompute(conn, direct, {e.event_id: e.payload for e in events})
@@ -102,7 +107,9 @@ async def recompute(conn: AsyncConnection, direct: set[str],
               if k[:4] in ("hub:", "base", "fund") for f in fs}
     # Division changes of these places (merges, recodes): organizations follow their community,
     # a township's successor takes over what served it (its predecessors' hubs and bases).
-    lineage = await history.lineage_for(conn, {c for c in communities | places if c} | hubcov | basecov)
+    counties = {k.split(":", 1)[1] for k in by_kind.get("div", ())}   # a county recoded begins or ends
+    lineage = await history.lineage_for(conn, {c for c in communities | places if c} | hubcov | basecov
+                                        | counties)
     if lineage:
         before_hub = {p for t in hubcov for p, _ in lineage.predecessors(t)}
         before_base = {p for t in basecov for p, _ in lineage.predecessors(t)}

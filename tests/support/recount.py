@@ -13,6 +13,11 @@ from contracts import events as ev
 FUNCTIONAL = ("resident_services", "mediation", "rural_revitalization")
 
 # Each query yields (region code, counter, value) for one tier's code length.
+# A township or community retired by a division change (merged, recoded, abolished: registry moved
+# what was there to its successor) is no division of today: it stays in registry's tables for
+# filings of its past days, and is left out here.
+_RETIRED = ("SELECT code FROM registry.division_change WHERE change <> 'renamed' "
+            "AND effective_on <= current_date")
 _ORGS = """
 SELECT left(o.community_code, {n}) AS region, x.counter, count(*) FROM registry.organization o
 LEFT JOIN registry.community c ON c.code = o.community_code
@@ -35,17 +40,20 @@ SELECT left(community_code, {n}), 'brand_projects', sum(brand_projects) FROM reg
 WHERE status = 'active' GROUP BY 1
 UNION ALL
 SELECT left(code, {n}), 'communities_' || kind, count(*) FROM registry.community
-WHERE kind IN ('urban', 'rural') GROUP BY 1, 2
+WHERE kind IN ('urban', 'rural') AND code NOT IN ({retired}) GROUP BY 1, 2
 UNION ALL
 SELECT left(code, {n}), CASE kind WHEN 'street' THEN 'streets' ELSE 'towns' END, count(*)
-FROM registry.township WHERE kind IN ('street', 'town', 'township') AND length(code) >= {n} GROUP BY 1, 2
+FROM registry.township WHERE kind IN ('street', 'town', 'township') AND length(code) >= {n}
+AND code NOT IN ({retired}) GROUP BY 1, 2
 UNION ALL
 SELECT left(t.code, {n}), CASE t.kind WHEN 'street' THEN 'streets_with_hub' ELSE 'towns_with_hub' END, count(*)
 FROM registry.township t WHERE t.kind IN ('street', 'town', 'township') AND length(t.code) >= {n}
+AND t.code NOT IN ({retired})
 AND EXISTS (SELECT 1 FROM registry.hub h WHERE h.region_code = t.code AND h.ended_on IS NULL) GROUP BY 1, 2
 UNION ALL
 SELECT left(t.code, {n}), CASE t.kind WHEN 'street' THEN 'streets_with_base' ELSE 'towns_with_base' END, count(*)
 FROM registry.township t WHERE t.kind IN ('street', 'town', 'township') AND length(t.code) >= {n}
+AND t.code NOT IN ({retired})
 AND EXISTS (SELECT 1 FROM registry.base_township bt JOIN registry.incubation_base b ON b.id = bt.base_id
             WHERE bt.township_code = t.code AND b.ended_on IS NULL) GROUP BY 1, 2
 UNION ALL
@@ -78,7 +86,7 @@ async def recount(dsn: str) -> Counter[tuple[str, str]]:
     try:
         out: Counter[tuple[str, str]] = Counter()
         for n in (2, 4, 6, 9, 12):
-            for region, counter, value in await db.fetch(_ORGS.format(n=n)):
+            for region, counter, value in await db.fetch(_ORGS.format(n=n, retired=_RETIRED)):
                 if value:
                     out[(region, counter)] += int(value)
         return out

@@ -94,3 +94,30 @@ def test_a_county_counts_in_each_edition_from_its_day() -> None:
     counts = cov.contribution(timeline)
     assert cov.as_of(counts, date(2024, 6, 29))[("440308", "streets")] == 2
     assert cov.as_of(counts, date(2024, 6, 30))[("440308", "streets")] == 1
+
+
+def test_a_recoded_county_ends_and_its_new_code_begins_on_the_day() -> None:
+    """县改区: 犍为县 511123 recoded to 犍为区 511114 (tests/division_changes.py). The old county's
+    divisions stop counting on the day, the new one's count from it (its only edition, 2024, would
+    otherwise count from the beginning, beside the old county's: twice the city's townships)."""
+    def edition(name: str, county: str, townships: list[str]) -> ev.DivisionsImported:
+        return ev.DivisionsImported(
+            edition=name, province=ev.DivisionRef(code="51", name="四川省"),
+            city=ev.DivisionRef(code="5111", name="乐山市"), county=ev.DivisionRef(code=county, name=county),
+            townships=[ev.TownshipDivision(code=t, name=t, kind="town") for t in townships], communities=[])
+
+    day = date(2024, 6, 30)
+    lineage = Lineage([Change("511123", day, "recoded", "511114"),
+                       Change("511123101", day, "recoded", "511114101")])
+    assert lineage.began_on("511114") == day and lineage.began_on("511114101") == day
+    assert lineage.began_on("511123") is None and lineage.ended_on("511123") == day
+    old = fact(0, edition("2023", "511123", ["511123101", "511123102"]))
+    new = fact(1, edition("2024", "511114", ["511114101", "511114102"]), datetime(2024, 6, 30, tzinfo=ev.CHINA))
+    timelines = ent.timelines_for(["div:511123", "div:511114"], {"div:511123": [old], "div:511114": [new]},
+                                  [], {}, lineage)
+    counts = cov.total([cov.contribution(t) for t in timelines.values()])
+    for on in (date(2023, 1, 1), day - timedelta(days=1), day, date(2026, 1, 1)):
+        got = cov.as_of(counts, on)
+        assert got[("5111", "towns")] == 2, on
+        assert got[("511123", "towns")] == (2 if on < day else 0), on
+        assert got[("511114", "towns")] == (0 if on < day else 2), on

@@ -98,9 +98,10 @@ def entity_key(p: ev.Payload) -> str | None:
             return f"fund:{p.project_id}"
         case ev.DivisionsImported():
             return f"div:{p.county.code}"
-        case ev.DivisionChanged() if len(p.code) > 6:
-            # A change of a township or community is a fact of its county's divisions: applying it
-            # recomputes what counts in the county (organizations, hubs and bases follow).
+        case ev.DivisionChanged() if len(p.code) >= 6:
+            # A change of a county, township or community is a fact of its county's divisions:
+            # applying it recomputes what counts in the county (organizations, hubs and bases
+            # follow), and a county's own end (recoded, merged) ends what its divisions count.
             return f"div:{p.code[:6]}"
         case ev.OutstandingOrganizationSelected():
             return f"outstanding:{p.county_code}:{p.year}:{p.organization_id}"
@@ -225,10 +226,13 @@ vectors("basecov", _coverage_vector("base"))
 
 # --- divisions: communities and townships ------------------------------------------------------
 
-def divisions_timeline(facts: Sequence[Fact]) -> Timeline:
+def divisions_timeline(facts: Sequence[Fact], began: date | None = None, ended: date | None = None) -> Timeline:
     """A county's townships and communities as counted, edition by edition: the oldest edition
     from the beginning, each later one from the day it took effect (its import's `occurred_at`,
-    which the importer sets to the day of its changes); within an edition the newest import wins."""
+    which the importer sets to the day of its changes); within an edition the newest import wins.
+    A county that came into being as another's new code on `began` (县改区: domain/lineage.py)
+    counts from that day, not from the beginning; one recoded, merged or abolished on `ended`
+    counts until that day (its townships count under their new codes, in their new county)."""
     by_edition: dict[str, list[tuple[Fact, ev.DivisionsImported]]] = {}
     for f in facts:
         if isinstance(f.payload, ev.DivisionsImported):
@@ -243,6 +247,11 @@ def divisions_timeline(facts: Sequence[Fact]) -> Timeline:
         if n:
             since = max(since, min(f.occurred_at.astimezone(ev.CHINA).date() for f, _ in chosen))
         segments.append((since, _county_state(latest)))
+    if began is not None:
+        # Nothing before the day the county began (squash keeps the last state of a day).
+        segments = [(max(day, began), state) for day, state in segments]
+    if ended is not None:
+        segments = [s for s in segments if s[0] < ended] + [(ended, None)]
     return Timeline("div", squash(segments))
 
 
@@ -540,7 +549,7 @@ def timelines_for(keys: Iterable[str], facts: Mapping[str, Sequence[Fact]], link
                 served += _inherited(members.get(before, []), since)
             out[key] = covered_timeline(kind, ident, kinds.get(ident), served, lineage.ended_on(ident))
         elif kind == "div":
-            out[key] = divisions_timeline(facts.get(key, ()))
+            out[key] = divisions_timeline(facts.get(key, ()), lineage.began_on(ident), lineage.ended_on(ident))
         elif kind == "person":
             out[key] = person_timeline(facts.get(key, ()))
         elif kind == "outstanding":

@@ -4,7 +4,8 @@ A community recoded on day D (it moved to another township, or its township was 
 under its new code from D; before D under the old one. A township merged or recoded on D stops
 counting on D, and what served it (a hub, a base) serves its successor from D. An abolished code
 has no successor: what was recorded there stays there, and a township abolished stops counting.
-Renames change names only, not counts.
+Renames change names only, not counts. A county recoded on D (县改区) ends on D, and its new
+code's divisions count from D, not before.
 """
 
 from __future__ import annotations
@@ -71,6 +72,12 @@ class Lineage:
         """The day a code stops counting (merged, recoded or abolished), if it does."""
         c = self._ending.get(code)
         return c.on if c else None
+
+    def began_on(self, code: str) -> date | None:
+        """The day `code` came into being as another's new code (a county recoded to a district,
+        县改区: the district has no divisions before that day), if it did."""
+        days = [c.on for c in self._before.get(code, ()) if c.change == "recoded"]
+        return min(days) if days else None
 
     def predecessors(self, code: str) -> list[tuple[str, date]]:
         """Every code that came to stand for `code`, with the day it did (transitively: a code
