@@ -22,8 +22,8 @@ from contracts import events as ev
 from cso import outbox
 from cso.clock import Clock as Clock  # the runtime's, where api and app look for it
 
-from . import store
-from .domain.catalogue import TargetInstance, TargetSpec, expand
+from . import history, store
+from .domain.catalogue import TargetInstance, TargetSpec, at_current_codes, expand
 from .domain.metrics import FIGURES, figure, figures
 from .domain.status import evaluate
 from .domain.status import inputs as status_inputs
@@ -60,6 +60,10 @@ async def sync_instances(conn: AsyncConnection, specs: Sequence[TargetSpec], tod
     instance that is new, changed or gone gets a version from `today` (target_instance_version), so
     a past day is evaluated with the definition in force that day."""
     tiers: dict[tuple[str, str], list[str]] = {}
+    # The regions a spec names, at their codes of today: a county recoded (县改区) keeps its targets.
+    lineage = await history.lineage_for(conn, {r for s in specs for r in (s.scope_region, *(s.regions or ()))})
+    if lineage:
+        specs = [at_current_codes(s, lambda code: lineage.resolve(code, today)) for s in specs]
 
     def regions_of_tier(under: str, tier: str) -> list[str]:
         return tiers[(under, tier)]

@@ -185,6 +185,21 @@ async def test_records_follow_their_divisions_across_county_lines(
             funding = await ok(await tgt.get(f"/funding/{region}"))
             assert funding["amount_fen"] == amount, (region, funding)
 
+        # The catalogue's targets follow: one set on every county of the city (expanded over the
+        # divisions in force) and one naming 犍为县 by its code (Leshan's class B) apply to 犍为区 now.
+        async def targets_of(region: str, **params: str) -> set[str]:
+            body = await ok(await tgt.get(f"/regions/{region}/targets", params=params))
+            return {t["target_id"] for t in body}
+
+        wanted = {"city-2021-2023-avg-urban-per-county", "leshan-avg-urban-class-b"}
+
+        async def followed() -> bool:
+            return await targets_of(NEW_COUNTY) >= wanted
+
+        await eventually(followed, timeout=30, interval=0.5)
+        assert not await targets_of(OLD_COUNTY)
+        assert await targets_of(OLD_COUNTY, as_of=BEFORE.isoformat()) >= wanted
+
         # --- as of the day before: 2023's divisions and the counts they had -----------------
         def then(region: str) -> Counter[str]:
             out: Counter[str] = Counter()

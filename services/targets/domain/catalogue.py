@@ -17,7 +17,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -427,6 +427,17 @@ def load_catalogue(path: Path = DEFAULT_CATALOGUE) -> list[TargetSpec]:
 
 
 # --- expansion --------------------------------------------------------------------------------
+
+
+def at_current_codes(spec: TargetSpec, current: Callable[[str], str]) -> TargetSpec:
+    """The spec with the regions it names (`scope_region`, `regions`) at the codes standing for
+    them now (`current`: domain/lineage.py): a county recoded to a district (县改区) keeps the
+    promises made for it, under its new code, as a region named by a plan keeps its place."""
+    scope = current(spec.scope_region)
+    regions = tuple(dict.fromkeys(current(r) for r in spec.regions)) if spec.regions is not None else None
+    if scope == spec.scope_region and regions == spec.regions:
+        return spec
+    return replace(spec, scope_region=scope, regions=regions)
 
 
 def expand(spec: TargetSpec, regions_of_tier: Callable[[str, str], Sequence[str]]
