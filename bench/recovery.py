@@ -27,6 +27,7 @@ from rich.table import Table
 
 from contracts import Topology, encode, make_event
 from contracts import events as ev
+from cso.outbox import count_pending
 from cso_local import servers
 from cso_local.stack import Stack, recorded
 
@@ -44,7 +45,7 @@ def rows(n: int, topology: Topology) -> tuple[list[tuple[object, ...]], list[tup
         envelope = make_event(fact, source="bench-recovery")
         subject = topology.event_subject(envelope.type, envelope.region)
         outbox.append((envelope.event_id, subject, envelope.type, str(fact.organization_id), encode(envelope),
-                       now, now, stream, i + 1))
+                       now))
         inbox.append((envelope.event_id, stream, i + 1, now))
     return outbox, inbox
 
@@ -53,9 +54,16 @@ async def seed(dsn: str, n: int, topology: Topology) -> None:
     outbox, inbox = rows(n, topology)
     db = await asyncpg.connect(dsn)
     try:
-        await db.copy_records_to_table("outbox", schema_name="registry", records=outbox, columns=[
-            "event_id", "subject", "type", "aggregate_id", "data", "created_at", "published_at", "stream",
-            "stream_seq"])
+        async with db.transaction():   # published as it is written: the relay never sees it pending
+            await db.copy_records_to_table("outbox", schema_name="registry", records=outbox, columns=[
+                "event_id", "subject", "type", "aggregate_id", "data", "created_at"])
+            # Published before the loss: the relay's position past every row, the stream at n.
+            await db.execute("UPDATE registry.outbox_relay r SET (txid, seq) = (m.txid, m.seq) FROM "
+                             "(SELECT txid, seq FROM registry.outbox ORDER BY txid DESC, seq DESC LIMIT 1) m "
+                             "WHERE r.outbox = 'outbox'")
+            await db.execute("INSERT INTO registry.outbox_stream (outbox, stream, last_seq, first_published_at, "
+                             "published_at) VALUES ('outbox', $1, $2, now(), now()) ON CONFLICT (outbox, stream) "
+                             "DO UPDATE SET last_seq = excluded.last_seq", topology.stream("CSO_REGISTRY"), n)
         await db.copy_records_to_table("inbox", schema_name="targets", records=inbox,
                                        columns=["event_id", "stream", "stream_seq", "applied_at"])
         # What targets had applied: the stream's last sequence before the loss.
@@ -96,7 +104,7 @@ async def main(events: int) -> dict[str, object]:
             detected = await wait_for(
                 dsn, "SELECT count(*) > 0 FROM registry.outbox WHERE type = 'BusGapDetected'", True)
             republished = await wait_for(
-                dsn, "SELECT count(*) FROM registry.outbox WHERE published_at IS NULL", 0)
+                dsn, count_pending("registry"), 0)
             caught_up = await wait_for(
                 dsn, f"SELECT last_seq >= {events} FROM targets.consumer_position "
                      f"WHERE stream = '{topology.stream('CSO_REGISTRY')}'", True)

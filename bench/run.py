@@ -42,6 +42,7 @@ from rich.table import Table
 
 from contracts import Topology
 from cso.divisions import DEMO_DIVISIONS, editions, publish_divisions
+from cso.outbox import count_pending
 from cso.roles import role_url
 from cso.tokens import service_env
 from cso_local import localnats, servers
@@ -256,7 +257,7 @@ def check_alive(ctx: Context) -> None:
 async def outbox_backlog(db_dsn: str) -> int:
     db = await asyncpg.connect(db_dsn)
     try:
-        return int(await db.fetchval("SELECT count(*) FROM registry.outbox WHERE published_at IS NULL"))
+        return int(await db.fetchval(count_pending('registry')))
     finally:
         await db.close()
 

@@ -2,10 +2,11 @@
 
 JetStream acknowledges a publish before it is on disk, and a lost or truncated store loses
 acknowledged messages. Every service therefore compares, on start and periodically, what it knows
-it published (its outbox's acked sequences) and applied (its consumer positions) with what each
-stream now holds. A stream that was recreated, whose last sequence went backwards, or that reports
-lost messages is a gap: it is logged with the numbers, counted, announced as BusGapDetected, and
-repaired — the producer republishes its outbox (kept for its retention period), and the consumer
+it published (the last sequence each stream acknowledged to its outbox relay, outbox_stream) and
+applied (its consumer positions) with what each stream now holds. A stream that was recreated,
+whose last sequence went backwards, or that reports lost messages is a gap: it is logged with the
+numbers, counted, announced as BusGapDetected, and repaired — the producer republishes its outbox
+(kept for its retention period: its relay's position moves back to the start), and the consumer
 starts over from the stream's beginning; event-id deduplication makes both harmless.
 """
 
@@ -99,8 +100,7 @@ class BusWatch:
         # Read what we know before asking the server: anything acked later is within the stream.
         async with rt.engine.connect() as conn:
             acked: dict[str, int] = dict((await conn.execute(text(
-                f'SELECT stream, max(stream_seq) FROM "{schema}".outbox WHERE published_at IS NOT NULL '
-                "AND stream IS NOT NULL GROUP BY stream"))).all())
+                f'SELECT stream, last_seq FROM "{schema}".outbox_stream WHERE outbox = \'outbox\''))).all())
             applied: dict[str, int] = dict((await conn.execute(text(
                 f'SELECT stream, last_seq FROM "{schema}".consumer_position'))).all())
             seen = {r[0]: (r[1], r[2], r[3], r[4]) for r in (await conn.execute(text(
@@ -128,8 +128,9 @@ class BusWatch:
                 # own record says it too, if events we published were acknowledged before it existed.
                 async with rt.engine.connect() as conn:
                     older = (await conn.execute(text(
-                        f'SELECT max(stream_seq) FROM "{schema}".outbox WHERE stream = :s '
-                        "AND published_at < :t"), {"s": stream, "t": created - CLOCK_SKEW})).scalar()
+                        f'SELECT last_seq FROM "{schema}".outbox_stream WHERE outbox = \'outbox\' '
+                        "AND stream = :s AND first_published_at < :t"),
+                        {"s": stream, "t": created - CLOCK_SKEW})).scalar()
                 if older:
                     log.warning("%s: %s was made at %s, after events we published to it were acknowledged: "
                                 "it was made again", rt.name, stream, created.isoformat())
@@ -179,9 +180,10 @@ class BusWatch:
         GAPS.labels(rt.name, gap.stream, gap.side).inc()
         async with rt.engine.begin() as conn:
             if gap.side == "producer":
-                await conn.execute(text(
-                    f'UPDATE "{rt.schema}".outbox SET published_at = NULL, stream_seq = NULL WHERE stream = :s'),
-                    {"s": gap.stream})
+                # The whole outbox from its first row: a position cannot skip the rows of other
+                # streams (mostly none: a service's outbox feeds its own stream, and CSO_OPS with
+                # these announcements); what they already hold is dropped as a duplicate.
+                await outbox.rewind(conn, rt.schema, stream=gap.stream)
             else:
                 await conn.execute(text(
                     f'UPDATE "{rt.schema}".consumer_position SET last_seq = 0 WHERE stream = :s'), {"s": gap.stream})

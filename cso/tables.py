@@ -25,10 +25,26 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSON
+from sqlalchemy.dialects.postgresql.base import ischema_names
+from sqlalchemy.types import UserDefinedType
+
+
+class Xid8(UserDefinedType[str]):
+    """PostgreSQL's 64-bit transaction id (an outbox row's `txid`, cso/outbox.py); read as text."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: object) -> str:
+        return "XID8"
+
+
+# So that reflection (tests/integration/test_schema.py) names the type as this MetaData does.
+ischema_names.setdefault("xid8", Xid8)
 
 
 def outbox_table(metadata: MetaData, schema: str, name: str = "outbox") -> Table:
-    """An outbox (cso/outbox.py): messages staged in a transaction, published by a relay."""
+    """An outbox (cso/outbox.py): messages written once in a transaction, published by a relay up
+to a position (`outbox_relay`) in (txid, seq) order."""
     table = Table(
         name, metadata,
         Column("seq", BigInteger, primary_key=True, autoincrement=True),
@@ -38,17 +54,42 @@ def outbox_table(metadata: MetaData, schema: str, name: str = "outbox") -> Table
         Column("aggregate_id", Text),
         Column("data", LargeBinary, nullable=False),
         Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-        Column("published_at", DateTime(timezone=True)),
+        Column("txid", Xid8, nullable=False, server_default=text("pg_current_xact_id()")),
+        # Read and written only by replicas of the version before the position (cso/outbox.py
+        # `written_once_ddl`): a new row's published_at is its creation time. A later migration
+        # drops them, and the index, once no such replica is left.
+        Column("published_at", DateTime(timezone=True), server_default=func.now()),
         Column("stream", Text),
         Column("stream_seq", BigInteger),
         schema=schema)
     Index(f"{name}_unpublished", table.c.seq, postgresql_where=table.c.published_at.is_(None))
+    Index(f"{name}_position", table.c.txid, table.c.seq)
     return table
 
 
+def outbox_positions(metadata: MetaData, schema: str) -> None:
+    """How far each outbox of the schema is published (cso/outbox.py): its relay's position, and per
+    stream the last sequence JetStream gave it."""
+    Table("outbox_relay", metadata,
+          Column("outbox", Text, primary_key=True),
+          Column("txid", Xid8, nullable=False),
+          Column("seq", BigInteger, nullable=False),
+          Column("published_at", DateTime(timezone=True)),
+          schema=schema)
+    Table("outbox_stream", metadata,
+          Column("outbox", Text, primary_key=True),
+          Column("stream", Text, primary_key=True),
+          Column("last_seq", BigInteger, nullable=False),
+          Column("first_published_at", DateTime(timezone=True), nullable=False),
+          Column("published_at", DateTime(timezone=True), nullable=False),
+          schema=schema)
+
+
 def runtime_tables(metadata: MetaData, schema: str) -> None:
-    """outbox, inbox, consumer_position and bus_stream (cso/outbox.py `ddl`)."""
+    """outbox (with outbox_relay and outbox_stream), inbox, consumer_position and bus_stream
+    (cso/outbox.py `ddl` and `written_once_ddl`)."""
     outbox = outbox_table(metadata, schema)
+    outbox_positions(metadata, schema)
     Index("outbox_aggregate", outbox.c.aggregate_id, outbox.c.seq)
     Table("inbox", metadata,
           Column("event_id", Uuid, primary_key=True),

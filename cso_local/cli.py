@@ -873,12 +873,15 @@ def replay(
             raise fail(f"--since: {since!r} is neither a time (ISO 8601) nor a sequence number", 2) from None
         where, arg = "created_at >= $1", moment if moment.tzinfo else moment.astimezone()
 
+    from cso import outbox
+
     async def go() -> int:
         db = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
         try:
-            status = await db.execute(
-                f'UPDATE "{service.value}".outbox SET published_at = NULL, stream_seq = NULL WHERE {where}', arg)
-            return int(status.split()[-1])
+            # The relay publishes what lies above its position: the position moves back.
+            await db.execute(outbox.replay_sql(service.value, where), arg)
+            return int(await db.fetchval(
+                f'SELECT count(*) FROM "{service.value}".outbox o WHERE {outbox.pending(service.value, alias="o")}'))
         finally:
             await db.close()
 

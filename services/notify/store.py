@@ -47,7 +47,7 @@ from .domain import Channel, Deadline, Language, Message, Notice, Rule, delivery
 
 SCHEMA = "notify"
 METADATA = MetaData(schema=SCHEMA)
-runtime_tables(METADATA, SCHEMA)        # outbox, inbox, consumer_position, bus_stream
+runtime_tables(METADATA, SCHEMA)        # outbox (outbox_relay, outbox_stream), inbox, consumer_position, bus_stream
 
 
 def _at(name: str, nullable: bool = False) -> Column[Any]:

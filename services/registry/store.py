@@ -45,7 +45,7 @@ from .domain.divisions import Retired, Retirement
 
 SCHEMA = "registry"
 METADATA = MetaData(schema=SCHEMA)
-runtime_tables(METADATA, SCHEMA)        # outbox, inbox, consumer_position, bus_stream
+runtime_tables(METADATA, SCHEMA)        # outbox (outbox_relay, outbox_stream), inbox, consumer_position, bus_stream
 idempotency_table(METADATA, SCHEMA)     # kept command replies (cso/idempotency.py)
 # Receipts to publishers have an outbox of their own (verdicts.py): `outbox` stays registry's events.
 receipt_outbox = outbox_table(METADATA, SCHEMA, "receipt_outbox")

@@ -55,7 +55,7 @@ SCHEMA = "targets"
 COMMUNITY_LENGTH = TIER_LENGTH["community"]
 
 METADATA = MetaData(schema=SCHEMA)
-runtime_tables(METADATA, SCHEMA)        # outbox, inbox, consumer_position, bus_stream (cso/tables.py)
+runtime_tables(METADATA, SCHEMA)        # outbox (outbox_relay, outbox_stream), inbox, consumer_position, bus_stream
 TIMESTAMPTZ = TIMESTAMP(timezone=True)
 NOW = text("now()")
 

@@ -45,7 +45,7 @@ from .domain import Completion, Enrolment, Membership, Organization, Person, Ses
 
 SCHEMA = "training"
 METADATA = MetaData(schema=SCHEMA)
-runtime_tables(METADATA, SCHEMA)        # outbox, inbox, consumer_position, bus_stream
+runtime_tables(METADATA, SCHEMA)        # outbox (outbox_relay, outbox_stream), inbox, consumer_position, bus_stream
 idempotency_table(METADATA, SCHEMA)     # kept command replies (cso/idempotency.py)
 
 

@@ -20,6 +20,7 @@ import pytest
 from contracts import make_event
 from cso import bus
 from cso.divisions import DEMO_DIVISIONS, publish_divisions
+from cso.outbox import count_pending
 from cso.settings import Settings
 from cso_local import servers
 from services.registry.app import create_app as registry_app
@@ -74,7 +75,7 @@ async def caught_up(dsn: str, fed: int) -> bool:
         recorded = await db.fetchval(f"SELECT count(*) FROM registry.outbox WHERE {facts}")
         if recorded < fed:
             return False
-        pending = await db.fetchval(f"SELECT count(*) FROM registry.outbox WHERE published_at IS NULL AND {facts}")
+        pending = await db.fetchval(count_pending('registry', where=facts))
         accepted = set(await db.fetch(f"SELECT event_id FROM registry.outbox WHERE {facts}"))
         applied = set(await db.fetch("SELECT event_id FROM targets.inbox"))
         return pending == 0 and accepted <= applied

@@ -1,6 +1,7 @@
 """The outbox survives a crash between publish and commit: a registry process dies right after
-JetStream acknowledged its events but before it marked them published; the restarted process
-publishes them again, and JetStream's duplicate window (Nats-Msg-Id = event id) keeps exactly one."""
+JetStream acknowledged its events but before its relay recorded its new position; the restarted
+process publishes them again, and JetStream's duplicate window (Nats-Msg-Id = event id) keeps
+exactly one. And the relay's position never passes a row that commits late (cso/outbox.py)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import asyncpg
 import httpx
 import nats
 import pytest
 
+from cso.outbox import count_pending, pending
 from cso.settings import Settings
 from cso_local.servers import free_port
 from services.registry.app import run_migrations
@@ -69,9 +72,9 @@ async def test_crash_between_publish_and_commit_publishes_once(settings: Setting
         assert proc.returncode == 137
     db = await asyncpg.connect(settings.database_url)
     try:
-        row = await db.fetchrow("SELECT published_at FROM registry.outbox WHERE event_id = $1",
-                                uuid.UUID(str(reply["event_id"])))
-        assert row is not None and row["published_at"] is None, "the crash came before the commit"
+        row = await db.fetchrow(f"SELECT {pending('registry', alias='o')} AS pending FROM registry.outbox o "
+                                "WHERE event_id = $1", uuid.UUID(str(reply["event_id"])))
+        assert row is not None and row["pending"], "the crash came before the commit"
         js = nc.jetstream()
         stream = t.stream("CSO_REGISTRY")
         assert (await js.stream_info(stream)).state.messages == 1, "JetStream had the event before the crash"
@@ -79,13 +82,13 @@ async def test_crash_between_publish_and_commit_publishes_once(settings: Setting
             await eventually(lambda: ready(url), timeout=30)
 
             async def marked() -> bool:
-                return await db.fetchval("SELECT count(*) FROM registry.outbox WHERE published_at IS NULL") == 0
+                return await db.fetchval(count_pending("registry")) == 0
 
             await eventually(marked, timeout=20)
         info = await js.stream_info(stream)
         assert info.state.messages == 1, "published again, but kept once"
-        seq = await db.fetchval("SELECT stream_seq FROM registry.outbox WHERE event_id = $1",
-                                uuid.UUID(str(reply["event_id"])))
+        seq = await db.fetchval("SELECT last_seq FROM registry.outbox_stream WHERE outbox = 'outbox' "
+                                "AND stream = $1", stream)
         assert seq == 1
     finally:
         await db.close()
@@ -101,14 +104,84 @@ async def test_purge_drops_only_published_rows_past_retention(settings: Settings
     engine = make_engine(settings.database_url)
     db = await asyncpg.connect(settings.database_url)
     try:
-        await db.execute(
-            "INSERT INTO registry.outbox (event_id, subject, type, data, published_at) VALUES "
+        # Made 40 days ago and published; made a day ago and published; made 40 days ago, not
+        # published yet (its relay's position is below it).
+        made = await db.fetch(
+            "INSERT INTO registry.outbox (event_id, subject, type, data, created_at) VALUES "
             "(gen_random_uuid(), 's', 'T', '', now() - interval '40 days'), "
             "(gen_random_uuid(), 's', 'T', '', now() - interval '1 day'), "
-            "(gen_random_uuid(), 's', 'T', '', NULL)")
+            "(gen_random_uuid(), 's', 'T', '', now() - interval '40 days') RETURNING txid::text, seq")
+        await db.execute("UPDATE registry.outbox_relay SET txid = $1::text::xid8, seq = $2 WHERE outbox = 'outbox'",
+                         made[1]["txid"], made[1]["seq"])
         relay = Relay(engine, None, "registry", "registry", retention=timedelta(days=30))  # type: ignore[arg-type]
         assert await relay.purge() == 1
         assert await db.fetchval("SELECT count(*) FROM registry.outbox") == 2
+        assert await db.fetchval(count_pending("registry")) == 1
     finally:
         await db.close()
+        await engine.dispose()
+
+
+@dataclass
+class Ack:
+    stream: str
+    seq: int
+
+
+class Bus:
+    """What the relay publishes, in order (a JetStream that acknowledges everything)."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def publish(self, subject: str, data: bytes, headers: dict[str, str]) -> Ack:
+        self.sent.append(headers["Nats-Msg-Id"])
+        return Ack("S", len(self.sent))
+
+
+@pytest.mark.parametrize("first_xid", ["late", "early"])
+async def test_a_row_committed_late_is_published(settings: Settings, first_xid: str) -> None:
+    """Two transactions write the outbox; the one that took the lower seq commits last, and the
+    relay publishes in between. Its position must not pass the late row: it is published once it
+    commits, and nothing twice. `first_xid`: which of the two took its transaction id first (the
+    late one: its row sorts first by (txid, seq); the early one: its row sorts first)."""
+    from cso.database import make_engine
+    from cso.outbox import Relay
+
+    await asyncio.to_thread(run_migrations, settings)
+    engine = make_engine(settings.database_url)
+    late, early = await asyncpg.connect(settings.database_url), await asyncpg.connect(settings.database_url)
+    insert = "INSERT INTO registry.outbox (event_id, subject, type, data) VALUES ($1, 's', 'T', '') RETURNING seq"
+    late_id, early_id = uuid.uuid4(), uuid.uuid4()
+    bus = Bus()
+    relay = Relay(engine, bus, "registry", "registry")  # type: ignore[arg-type]
+    try:
+        late_tx, early_tx = late.transaction(), early.transaction()
+        await late_tx.start()
+        await early_tx.start()
+        for conn in (late, early) if first_xid == "late" else (early, late):
+            await conn.fetchval("SELECT pg_current_xact_id()")   # takes its transaction id now
+        assert await late.fetchval(insert, late_id) < await early.fetchval(insert, early_id)
+        await early_tx.commit()
+        # The relay's turns while the late transaction is open (other tests' transactions in the
+        # cluster may hold it back longer: it tries until the early row is out, or for a while).
+        for _ in range(50):
+            await relay.publish_pending()
+            if bus.sent or first_xid == "late":
+                break
+            await asyncio.sleep(0.1)
+        assert str(late_id) not in bus.sent
+        assert bus.sent == ([str(early_id)] if first_xid == "early" else []), bus.sent
+        await late_tx.commit()
+
+        async def published() -> bool:
+            await relay.publish_pending()
+            return str(late_id) in bus.sent
+
+        await eventually(published, timeout=30, describe=lambda: bus.sent)
+        assert sorted(bus.sent) == sorted([str(late_id), str(early_id)]), "each once"
+        assert await late.fetchval(count_pending("registry")) == 0
+    finally:
+        await late.close()
+        await early.close()
         await engine.dispose()

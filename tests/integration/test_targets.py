@@ -24,6 +24,7 @@ from contracts import make_event
 from contracts.codes import TIER_LENGTH
 from cso.database import make_engine
 from cso.divisions import DEMO_DIVISIONS, publish_divisions
+from cso.outbox import count_pending
 from cso.settings import Settings
 from services.registry.app import create_app as registry_app
 from services.registry.app import run_migrations as registry_migrations
@@ -69,8 +70,8 @@ async def settled(dsn: str, extra: int, intake: int) -> None:
     async def caught_up() -> bool:
         if await count(dsn, "SELECT count(*) FROM registry.inbox WHERE stream LIKE '%CSO_INTAKE'") < intake:
             return False
-        published = await count(dsn, "SELECT count(*) FROM registry.outbox WHERE published_at IS NOT NULL")
-        pending = await count(dsn, "SELECT count(*) FROM registry.outbox WHERE published_at IS NULL")
+        pending = await count(dsn, count_pending('registry'))
+        published = await count(dsn, "SELECT count(*) FROM registry.outbox") - pending
         applied = await count(dsn, "SELECT count(*) FROM targets.inbox")
         return pending == 0 and applied == published + extra
 

@@ -56,7 +56,8 @@ def errors(response: httpx.Response) -> list[tuple[str, str]]:
 
 # --- the service's tables, hashed: "nothing written" ---------------------------------------------
 
-INFRA = ("inbox", "consumer_position", "bus_stream", "outbox")
+# The relay moves outbox_relay and outbox_stream by itself, request or not.
+INFRA = ("inbox", "consumer_position", "bus_stream", "outbox", "outbox_relay", "outbox_stream")
 
 
 async def snapshot(settings: Settings, schema: str, tables: tuple[str, ...] | None = None,
