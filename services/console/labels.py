@@ -52,7 +52,25 @@ FIGURES = {
     "funded_projects_active": "在实施资助项目（个）",
     "orgs_supported": "获资助组织（个）",
     "new_orgs_supported_first_year_share": "新成立组织当年获资助比例",
+    "innovation_bases_counties": "打造创新发展基地的县区（个）",
+    "innovation_bases_townships": "打造创新发展基地的街道（乡镇）（个）",
+    "innovation_bases_communities": "打造创新发展基地的社区（村）（个）",
 }
+# Facilities (FacilityOpened): each kind, at the tiers it opens at, and the divisions with one.
+_FACILITIES = {"innovation_base": ("社区社会组织创新发展基地", ("city", "county", "township", "community")),
+               "demonstration_park": ("社会组织创新示范园", ("city", "county", "township", "community")),
+               "social_work_station": ("社工站", ("city", "county", "township")),
+               "social_work_room": ("社工室", ("community",))}
+_TIER_WORDS = {"city": ("市级", "cities", "市（州）"), "county": ("县级", "counties", "县（市、区）"),
+               "township": ("镇（街道）级", "townships", "乡镇（街道）"),
+               "community": ("村（社区）", "communities", "村（社区）")}
+for _kind, (_name, _tiers) in _FACILITIES.items():
+    FIGURES[f"{_kind}s"] = f"运行中的{_name}（个）"
+    for _tier in _tiers:
+        _level, _plural, _division = _TIER_WORDS[_tier]
+        FIGURES[f"{_kind}s_{_tier}"] = f"{_level}{_name}（个）"
+        FIGURES[f"{_plural}_with_{_kind}"] = f"设有{_name}的{_division}（个）"
+        FIGURES[f"{_plural}_with_{_kind}_share"] = f"设有{_name}的{_division}比例"
 # The columns of the region tree: what an official asks first.
 KEY_FIGURES = ("orgs", "avg_orgs_per_urban_community", "avg_orgs_per_rural_community",
                "townships_with_hub_share", "streets_with_base_share", "towns_with_base_share",

@@ -89,6 +89,8 @@ def tables(topology: Topology, regions_changed: Callable[[], None]) -> list[Cons
         ev.PartyOrganizationDissolved: facts,
         ev.ProjectFunded: facts,            # funding (domain/funding.py)
         ev.FundedProjectEnded: facts,
+        ev.FacilityOpened: facts,           # facilities (domain/entities.py)
+        ev.FacilityClosed: facts,
     })
     training = HandlerTable({
         ev.TalentPoolMemberAdded: facts,

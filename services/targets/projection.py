@@ -61,14 +61,18 @@ async def recompute(conn: AsyncConnection, direct: set[str],
     hubcov: set[str] = set()
     basecov: set[str] = set()
     supported: set[str] = set()     # "supported:<organization>": funded by a project (domain/funding.py)
+    faccov: set[str] = set()        # "<kind>:<code>": a division with a facility of that kind
     for owner, member in await store.members_of(conn, by_kind.get("party", set()) | by_kind.get("hub", set())
-                                                | by_kind.get("base", set()) | by_kind.get("fund", set())):
+                                                | by_kind.get("base", set()) | by_kind.get("fund", set())
+                                                | by_kind.get("facility", set())):
         if owner.startswith("party:"):
             orgs.add(member)
         elif owner.startswith("hub:"):
             hubcov.add(member)
         elif owner.startswith("fund:"):
             supported.add(member)
+        elif owner.startswith("facility:"):
+            faccov.add(member)
         else:
             basecov.add(member)
     for div in by_kind.get("div", ()):
@@ -79,16 +83,23 @@ async def recompute(conn: AsyncConnection, direct: set[str],
         by_kind.setdefault("base", set()).update(await store.entity_keys_in(conn, ["base"], county))
         # So do funded projects, at their recipient's community or their hub's region.
         by_kind.setdefault("fund", set()).update(await store.entity_keys_in(conn, ["fund"], county))
+        # And facilities, and the divisions they cover (a merged township's successor takes them).
+        by_kind.setdefault("facility", set()).update(await store.entity_keys_in(conn, ["facility"], county))
+        faccov.update(k.split(":", 1)[1] for k in await store.entity_keys_in(conn, ["faccov"], county))
         townships = await store.townships_under(conn, county)
         hubcov.update(townships)
         basecov.update(townships)
         # Communities with an incubation point count by their kind, which the divisions say.
         basecov.update(k.split(":", 1)[1] for k in await store.entity_keys_in(conn, ["basecov"], county))
 
+    if faccov:   # ... and the codes standing for those divisions since (domain/lineage.py)
+        faccov = ent.facility_coverage_members(
+            faccov, await history.lineage_for(conn, {m.split(":", 1)[1] for m in faccov}))
     # An organization's start and community decide how its funding counts: recompute it when it changes.
     supported.update(m for _, m in await store.owners_of(conn, {f"supported:{o[4:]}" for o in orgs}, "fund:"))
     targets = (orgs | supported | by_kind.get("fund", set())
                | {f"hubcov:{t}" for t in hubcov} | {f"basecov:{t}" for t in basecov}
+               | {f"faccov:{m}" for m in faccov} | by_kind.get("facility", set())
                | by_kind.get("hub", set()) | by_kind.get("base", set()) | by_kind.get("div", set())
                | by_kind.get("person", set()) | by_kind.get("outstanding", set()))
     if not targets:
@@ -98,26 +109,32 @@ async def recompute(conn: AsyncConnection, direct: set[str],
     # Inputs: facts of the entities, of the party organizations covering the organizations, of the
     # hubs and bases serving the townships; kinds of their communities and townships.
     links = (await store.owners_of(conn, orgs, "party:") + await store.owners_of(conn, hubcov, "hub:")
-             + await store.owners_of(conn, basecov, "base:") + await store.owners_of(conn, supported, "fund:"))
+             + await store.owners_of(conn, basecov, "base:") + await store.owners_of(conn, supported, "fund:")
+             + await store.owners_of(conn, faccov, "facility:"))
     facts = await store.facts_of(conn, targets | {o for o, _ in links} | {f"org:{s[10:]}" for s in supported},
                                  known)
     communities = {getattr(f.payload, "community_code", None)
                    for o in orgs | {f"org:{s[10:]}" for s in supported} for f in facts.get(o, [])}
     places = {getattr(f.payload, "region_code", None) for k, fs in facts.items()
-              if k[:4] in ("hub:", "base", "fund") for f in fs}
+              if k[:4] in ("hub:", "base", "fund", "faci") for f in fs}
     # Division changes of these places (merges, recodes): organizations follow their community,
     # a township's successor takes over what served it (its predecessors' hubs and bases).
     counties = {k.split(":", 1)[1] for k in by_kind.get("div", ())}   # a county recoded begins or ends
+    faccov_codes = {m.split(":", 1)[1] for m in faccov}
     lineage = await history.lineage_for(conn, {c for c in communities | places if c} | hubcov | basecov
-                                        | counties)
+                                        | counties | faccov_codes)
     if lineage:
         before_hub = {p for t in hubcov for p, _ in lineage.predecessors(t)}
         before_base = {p for t in basecov for p, _ in lineage.predecessors(t)}
+        before_facility = {f"{m.split(':', 1)[0]}:{p}" for m in faccov
+                           for p, _ in lineage.predecessors(m.split(":", 1)[1])}
         more = [x for x in await store.owners_of(conn, before_hub, "hub:")
-                + await store.owners_of(conn, before_base, "base:") if x not in links]
+                + await store.owners_of(conn, before_base, "base:")
+                + await store.owners_of(conn, before_facility, "facility:") if x not in links]
         links += more
         facts.update(await store.facts_of(conn, {o for o, _ in more} - set(facts), known))
-    kinds = await store.division_kinds(conn, {c for c in communities if c} | hubcov | basecov | lineage.codes())
+    kinds = await store.division_kinds(conn, {c for c in communities if c} | hubcov | basecov | faccov_codes
+                                       | lineage.codes())
     new = ent.timelines_for(targets, facts, links, kinds, lineage)
 
     delta: cov.Contribution = Counter()
@@ -134,5 +151,7 @@ def _fallback_region(key: str) -> str | None:
     ident = key.split(":", 1)[1]
     if key.startswith("outstanding:"):   # outstanding:<county>:<year>:<organization>
         return ident.split(":", 1)[0]
+    if key.startswith("faccov:"):        # faccov:<kind>:<division>
+        return ident.split(":", 1)[1]
     return ident if ident.isdigit() else None
 

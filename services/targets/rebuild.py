@@ -60,8 +60,10 @@ async def _rebuilt(conn: AsyncConnection) -> tuple[dict[str, cov.Timeline], cov.
     # A township that took over a merged one is served by what served it (domain/lineage.py).
     townships = {m for o, m in links if o.startswith(("hub:", "base:"))}
     townships |= {c for c in lineage.codes() if len(c) == 9}
+    facilities = ent.facility_coverage_members({m for o, m in links if o.startswith("facility:")}, lineage)
     keys = ({k for k in facts if not k.startswith("party:")} | {m for o, m in links if o.startswith("fund:")}
-            | {f"hubcov:{t}" for t in townships} | {f"basecov:{t}" for t in townships})
+            | {f"hubcov:{t}" for t in townships} | {f"basecov:{t}" for t in townships}
+            | {f"faccov:{m}" for m in facilities})
     timelines = ent.timelines_for(keys, facts, sorted(links), kinds, lineage)
     return timelines, cov.total(cov.contribution(t) for t in timelines.values()), count
 

@@ -146,10 +146,22 @@ async def test_counts_follow_their_communities_and_the_past_keeps_its_divisions(
                                 established_on=date(2023, 5, 1))
         await js.publish(t.event_subject(hub.TYPE, changes.MERGED),
                          make_event(hub, source="registry").model_dump_json().encode())
+        # Facilities: a social-work station in 梅沙街道 and one in 盐田街道, which 梅沙 merges into
+        # (two townships with a station before, one after, still two stations); a social-work room
+        # in a community of 梅沙 that is recoded.
+        room_before, room_after = "440308001002", changes.RECODED["440308001002"]
+        for place, kind in ((changes.MERGED, "social_work_station"), (changes.INTO, "social_work_station"),
+                            (room_before, "social_work_room")):
+            opened = ev.FacilityOpened(kind=kind, name=f"{place}社工站点", region_code=place,
+                                       opened_on=date(2023, 4, 1))
+            await js.publish(t.event_subject(opened.TYPE, place),
+                             make_event(opened, source="registry").model_dump_json().encode())
 
         async def counted() -> bool:
             c = (await coverage_of(api, changes.COUNTY, None))["counters"]
-            return c.get("orgs", 0) == len(orgs) and c.get("streets_with_hub", 0) == 1
+            return (c.get("orgs", 0) == len(orgs) and c.get("streets_with_hub", 0) == 1
+                    and c.get("townships_with_social_work_station") == 2
+                    and c.get("communities_with_social_work_room") == 1)
 
         await eventually(counted, timeout=60, interval=0.3)
 
@@ -188,6 +200,11 @@ async def test_counts_follow_their_communities_and_the_past_keeps_its_divisions(
         into = await coverage_of(api, changes.INTO, None)
         assert into["counters"].get("streets_with_hub") == 1 and into["counters"]["orgs"] == 20
         assert after["counters"]["streets_with_hub"] == 1
+        # ... and so do its stations: one township with a station now, and both stations there.
+        assert (after["counters"]["townships_with_social_work_station"], after["counters"]["social_work_stations"],
+                into["counters"]["social_work_stations_township"]) == (1, 2, 2)
+        room = (await coverage_of(api, room_after, None))["counters"]
+        assert (room.get("communities_with_social_work_room"), room.get("social_work_rooms")) == (1, 1)
 
         # As of the day before: the 2023 divisions, their names, and the counts they had.
         then = await assert_recount(api, orgs, BEFORE)
@@ -195,6 +212,9 @@ async def test_counts_follow_their_communities_and_the_past_keeps_its_divisions(
             "440308001", "440308002", "440308003", "440308004", "440308403"]
         assert {k["code"]: k["name"] for k in then["children"]}["440308004"] == "海山街道"
         assert next(k for k in then["children"] if k["code"] == changes.MERGED)["counters"]["streets_with_hub"] == 1
+        assert then["counters"]["townships_with_social_work_station"] == 2
+        assert next(k for k in then["children"] if k["code"] == changes.MERGED)["counters"][
+            "townships_with_social_work_station"] == 1
         township = await coverage_of(api, "440308004", BEFORE)
         assert {k["code"]: k["name"] for k in township["children"]}["440308004007"] == "海涛居委会"
         gone = await api.get(f"/coverage/{changes.NEW_TOWNSHIP}", params={"as_of": BEFORE.isoformat()})

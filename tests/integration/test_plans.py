@@ -71,9 +71,10 @@ async def test_plans_ledger_end_to_end(settings: Settings, nc: nats.NATS) -> Non
 
         await eventually(loaded, timeout=30, interval=0.2)
         city = await ok(await api.get(f"/plans/{CITY}"))
-        assert len(city["tasks"]) == 19 and city["plan"]["warnings"]  # innovation_bases_*: untracked
+        # innovation_bases_*: tracked since facilities are recorded (test_facilities), untracked before
+        assert len(city["tasks"]) == 19 and not city["plan"]["warnings"]
         t18 = next(x for x in city["tasks"] if x["no"] == "18")
-        assert {x["status"] for x in t18["targets"]} == {"untracked"}
+        assert all(x["status"] != "untracked" and x["target_id"] for x in t18["targets"]), t18["targets"]
         ledger = await ok(await api.get(f"/plans/{GUANGHAN}"))
         assert len(ledger["tasks"]) == 13 and ledger["plan"]["scope_name"] == "广汉市"
         assert ledger["completion"]["share"] == 0 and ledger["by_state"]["not_started"][0] == "1.1"
@@ -257,7 +258,9 @@ async def test_plans_ledger_end_to_end(settings: Settings, nc: nats.NATS) -> Non
         # 1.5's brand organizations are the catalogue's guanghan-brand-orgs (one promise, one target)
         assert "guanghan-brand-orgs" in catalogue and f"{GUANGHAN}-1.5-brand_organizations" not in catalogue
         assert f"{GUANGHAN}-1.6-orgs" not in catalogue
-        assert (await ok(await api.get(f"/plans/{GUANGHAN}/tasks/1.6")))["targets"] == []
+        # 1.6 keeps its own targets (its stations: test_facilities), not the rejected file's
+        assert [x["metric"] for x in (await ok(await api.get(f"/plans/{GUANGHAN}/tasks/1.6")))["targets"]] == [
+            "counties_with_social_work_station", "townships_with_social_work_station_share"]
         revisions = await ok(await api.get(f"/plans/{GUANGHAN}/revisions"))
         assert [r["revision"] for r in revisions] == [1, 2]
         after = await ok(await api.get(f"/plans/{GUANGHAN}/tasks/2.1"))

@@ -63,6 +63,19 @@ UNION ALL
 SELECT left(region_code, {n}), 'bases', count(*) FROM registry.incubation_base
 WHERE ended_on IS NULL AND length(region_code) >= {n} GROUP BY 1
 UNION ALL
+SELECT left(region_code, {n}), x.counter, count(*) FROM registry.facility
+CROSS JOIN LATERAL (VALUES (kind || 's'), (kind || 's_' || CASE length(region_code) WHEN 4 THEN 'city'
+    WHEN 6 THEN 'county' WHEN 9 THEN 'township' ELSE 'community' END)) AS x(counter)
+WHERE ended_on IS NULL AND length(region_code) >= {n} GROUP BY 1, 2
+UNION ALL
+SELECT left(f.region_code, {n}), CASE length(f.region_code) WHEN 4 THEN 'cities' WHEN 6 THEN 'counties'
+    WHEN 9 THEN 'townships' ELSE 'communities' END || '_with_' || f.kind, count(DISTINCT f.region_code)
+FROM registry.facility f LEFT JOIN registry.township t ON t.code = f.region_code
+LEFT JOIN registry.community c ON c.code = f.region_code
+WHERE f.ended_on IS NULL AND length(f.region_code) >= {n}
+AND (length(f.region_code) < 9 OR t.kind IN ('street', 'town', 'township') OR c.kind IN ('urban', 'rural'))
+GROUP BY 1, 2
+UNION ALL
 SELECT left(region, {n}), 'filings_' || CASE WHEN payload->'payload'->>'category' IN
     ('resident_services', 'mediation', 'rural_revitalization') THEN 'functional' ELSE 'interest' END, count(*)
 FROM (SELECT convert_from(data, 'UTF8')::jsonb AS payload, convert_from(data, 'UTF8')::jsonb->>'region' AS region

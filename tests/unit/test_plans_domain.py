@@ -84,13 +84,17 @@ def test_reference_plans_load(path: Path) -> None:
         t7 = next(t for t in plan.tasks if t.no == "7")
         assert [(x.metric, x.deadline) for x in t7.targets] == [
             ("streets_with_hub_share", date(2021, 12, 31)), ("towns_with_hub_share", date(2022, 12, 31))]
+        # "在2个县区、10个街道(乡镇)、20个社区(村)打造市级社区社会组织创新发展基地": tracked since facilities
+        # are recorded (FacilityOpened; untracked before, with a warning each).
         t18 = next(t for t in plan.tasks if t.no == "18")
-        assert all(x.untracked and x.target_id is None for x in t18.targets)
-        assert len(plan.warnings) == 3 and "innovation_bases_counties" in plan.warnings[0]
-        assert "tasks[17] (no '18')" in plan.warnings[0]
+        assert [(x.metric, x.threshold, x.untracked) for x in t18.targets] == [
+            ("innovation_bases_counties", 2.0, False), ("innovation_bases_townships", 10.0, False),
+            ("innovation_bases_communities", 20.0, False)]
+        assert all(x.target_id for x in t18.targets) and not plan.warnings
         items = plan.catalogue_items()
         assert {i["figure"] for i in items} == {"streets_with_hub_share", "towns_with_hub_share",
-                                                "pool_trained_share"}
+                                                "pool_trained_share", "innovation_bases_counties",
+                                                "innovation_bases_townships", "innovation_bases_communities"}
 
 
 # What the bundled copies correct in the shared files: Guanghan's joint leads (issue 21), which
@@ -125,17 +129,17 @@ def test_bundled_copies_carry_their_corrections() -> None:
 
 
 def test_unknown_metric_is_an_error_in_a_users_file_unless_untracked() -> None:
-    source = (BUNDLED / CITY).read_text(encoding="utf-8")
+    # Task 18 naming figures targets does not compute (as all three were before facilities).
+    source = (BUNDLED / CITY).read_text(encoding="utf-8").replace("metric: innovation_bases_", "metric: pilot_bases_")
     with pytest.raises(d.PlanError) as e:
         d.load_plan(source, "upload.yaml", REGIONS)
     lines = [str(p) for p in e.value.problems]
     assert len(lines) == 3
     assert lines[0].startswith("upload.yaml: tasks[17] (no '18'): targets[0].metric: unknown metric "
-                               "'innovation_bases_counties'")
+                               "'pilot_bases_counties'")
     assert e.value.problems[0].path == "tasks[17].targets[0].metric"
-    marked = source.replace("{metric: innovation_bases_counties, threshold: 2}",
-                            "{metric: innovation_bases_counties, threshold: 2, untracked: true}")
-    marked = marked.replace("threshold: 10}", "threshold: 10, untracked: true}").replace(
+    marked = source.replace("threshold: 2}", "threshold: 2, untracked: true}").replace(
+        "threshold: 10}", "threshold: 10, untracked: true}").replace(
         "threshold: 20}]", "threshold: 20, untracked: true}]")
     plan = d.load_plan(marked, "upload.yaml", REGIONS)
     assert not plan.warnings and all(x.untracked for x in plan.tasks[17].targets)
@@ -254,7 +258,9 @@ def test_community_tasks_carry_counted_targets_with_their_quotes() -> None:
         ("2.1", "至少5家"): ("orgs", 5.0, "figure", None),
         ("2.3", "常态化志愿服务活动开展不少于10次"): ("evidence_count", 10.0, "evidence", None),
     }
-    assert {i["figure"] for i in plan.catalogue_items()} == {"brand_organizations", "brand_projects"}
+    assert {i["figure"] for i in plan.catalogue_items()} == {
+        "brand_organizations", "brand_projects", "counties_with_social_work_station",
+        "townships_with_social_work_station_share"}
     assert {"orgs_charity", "orgs", "evidence_count"} <= set(d.COMMUNITY_METRICS)
     assert "streets_with_hub_share" not in d.COMMUNITY_METRICS   # a share of one community: no promise
 
@@ -431,12 +437,14 @@ def test_a_catalogue_item_per_tracked_target() -> None:
     plan = d.parse_plan(guanghan(), "a.yaml", REGIONS)
     items = plan.catalogue_items()
     assert [i["id"] for i in items] == ["guanghan-2024-chuangtese-1.5-brand_organizations",
-                                        "guanghan-2024-chuangtese-1.5-brand_projects"]
+                                        "guanghan-2024-chuangtese-1.5-brand_projects",
+                                        "guanghan-2024-chuangtese-1.6-counties_with_social_work_station",
+                                        "guanghan-2024-chuangtese-1.6-townships_with_social_work_station_share"]
     assert items[0]["scope_region"] == "510681" and items[0]["start"] == date(2024, 2, 21)
     assert items[0]["deadline"] == date(2024, 11, 30) and items[0]["threshold"] == 3.0
     from services.targets.domain.catalogue import parse_catalogue
 
-    assert len(parse_catalogue(yaml.safe_load(yaml.safe_dump({"targets": items}, allow_unicode=True)), "x")) == 2
+    assert len(parse_catalogue(yaml.safe_load(yaml.safe_dump({"targets": items}, allow_unicode=True)), "x")) == 4
 
 
 def test_guangdong_plan_is_a_ledger_of_its_phases_pilots_and_evaluation() -> None:

@@ -21,6 +21,7 @@ from contracts.codes import tier_of
 from . import funding
 from .coverage import EPOCH, State, Timeline, Vector, coverage_regions, squash, vectors
 from .lineage import Lineage
+from .metrics import TIER_PLURAL
 
 NO_LINEAGE = Lineage()
 
@@ -78,6 +79,10 @@ def effective_date(p: ev.Payload) -> date:
             return p.awarded_on
         case ev.FundedProjectEnded():
             return p.ended_on
+        case ev.FacilityOpened():
+            return p.opened_on
+        case ev.FacilityClosed():
+            return p.closed_on
         case _:
             return EPOCH
 
@@ -96,6 +101,8 @@ def entity_key(p: ev.Payload) -> str | None:
             return f"party:{p.party_organization_id}"
         case ev.ProjectFunded() | ev.FundedProjectEnded():
             return f"fund:{p.project_id}"
+        case ev.FacilityOpened() | ev.FacilityClosed():
+            return f"facility:{p.facility_id}"
         case ev.DivisionsImported():
             return f"div:{p.county.code}"
         case ev.DivisionChanged() if len(p.code) >= 6:
@@ -123,7 +130,7 @@ class Interval:
     region: str
     start: date
     end: date | None
-    members: tuple[str, ...] = ()   # covered townships (base) or organization ids (party)
+    members: tuple[str, ...] = ()   # covered townships (base), organization ids (party), kind (facility)
 
     def active_on(self, day: date) -> bool:
         return self.start <= day and (self.end is None or day < self.end)
@@ -143,7 +150,10 @@ def interval(facts: Sequence[Fact]) -> Interval | None:
             case ev.PartyOrganizationFormed():
                 opened = Interval("", p.formed_on, None,
                                   tuple(sorted(str(o) for o in p.organization_ids)))
-            case ev.HubDissolved() | ev.IncubationBaseClosed() | ev.PartyOrganizationDissolved():
+            case ev.FacilityOpened():
+                opened = Interval(p.region_code, p.opened_on, None, (p.kind.value,))
+            case (ev.HubDissolved() | ev.IncubationBaseClosed() | ev.PartyOrganizationDissolved()
+                  | ev.FacilityClosed()):
                 day = effective_date(p)
                 end = day if end is None else min(end, day)
     if opened is None:
@@ -155,13 +165,14 @@ def interval(facts: Sequence[Fact]) -> Interval | None:
 
 def interval_timeline(kind: str, iv: Interval | None, lineage: Lineage = NO_LINEAGE) -> Timeline:
     """Counted at its region while open; where that region is merged or recoded, at the successor
-    from the change's day."""
+    from the change's day. A facility's state carries its kind too."""
     if iv is None:
         return Timeline(kind)
-    segments: list[tuple[date, State | None]] = [(iv.start, (lineage.resolve(iv.region, iv.start),))]
+    extra = iv.members if kind == "facility" else ()
+    segments: list[tuple[date, State | None]] = [(iv.start, (lineage.resolve(iv.region, iv.start), *extra))]
     for day in lineage.days(iv.region):
         if day > iv.start and (iv.end is None or day < iv.end):
-            segments.append((day, (lineage.resolve(iv.region, day),)))
+            segments.append((day, (lineage.resolve(iv.region, day), *extra)))
     if iv.end is not None:
         segments.append((iv.end, None))
     return Timeline(kind, squash(segments))
@@ -181,6 +192,54 @@ def _base_vector(state: State) -> Vector:
 
 
 vectors("base", _base_vector)
+
+
+# --- facilities: innovation bases, demonstration parks, social-work stations and rooms -----------
+
+
+def _facility_vector(state: State) -> Vector:
+    """A running facility counts in `<kind>s` and, by the tier it opened at, `<kind>s_<tier>`."""
+    region, kind = state[0], state[1]
+    out = _count_at(region, f"{kind}s")
+    out.update(_count_at(region, f"{kind}s_{tier_of(region)}"))
+    return out
+
+
+vectors("facility", _facility_vector)
+
+# A township counts when it is a street, town or township, a community when urban or rural: what
+# the denominators (streets, towns, communities_<kind>) count, so a share stays within 1.
+_COUNTED_KINDS = {"township": ("street", "town", "township"), "community": ("urban", "rural")}
+
+
+def facility_covered_timeline(member: str, region_kind: str | None, intervals: Sequence[Interval],
+                              ended_on: date | None = None) -> Timeline:
+    """A division (`member` is "<kind>:<code>") has a facility of that kind while at least one of
+    `intervals` (the facilities opened there, and at its predecessors from the day it took them
+    over) runs, until the day its code ends (merged, recoded, abolished)."""
+    kind, code = member.split(":", 1)
+    counted = _COUNTED_KINDS.get(tier_of(code))
+    if counted is not None and region_kind not in counted:
+        return Timeline("faccov")
+    days = sorted({iv.start for iv in intervals} | {iv.end for iv in intervals if iv.end}
+                  | ({ended_on} if ended_on else set()))
+    segments = [(d, (code, kind) if (ended_on is None or d < ended_on)
+                 and any(iv.active_on(d) for iv in intervals) else None) for d in days]
+    return Timeline("faccov", squash(segments))
+
+
+vectors("faccov", lambda s: _count_at(s[0], f"{TIER_PLURAL[tier_of(s[0])]}_with_{s[1]}"))
+
+
+def facility_coverage_members(members: Iterable[str], lineage: Lineage) -> set[str]:
+    """The divisions whose facility coverage a facility's place touches ("<kind>:<code>"): its own
+    and each code that comes to stand for it (a merged township's successor takes its stations)."""
+    out = set()
+    for member in members:
+        kind, code = member.split(":", 1)
+        out.add(member)
+        out.update(f"{kind}:{lineage.resolve(code, day)}" for day in lineage.days(code))
+    return out
 
 
 # --- a township's hub or base coverage ---------------------------------------------------------
@@ -512,6 +571,8 @@ def memberships(key: str, p: ev.Payload) -> list[tuple[str, str]]:
             return [(key, t) for t in p.covered_townships] + own
         case ev.ProjectFunded():
             return [(key, f"supported:{o}") for o in p.supported()]
+        case ev.FacilityOpened():
+            return [(key, f"{p.kind.value}:{p.region_code}")]
         case _:
             return []
 
@@ -522,7 +583,7 @@ def timelines_for(keys: Iterable[str], facts: Mapping[str, Sequence[Fact]], link
     organizations, hubs and bases linked to them, the kinds of communities and townships, and the
     division changes of their places (`lineage`: links to a township's predecessors serve it too,
     from the day it took them over)."""
-    owners = {o for o, _ in links} | {k for k in keys if k.split(":", 1)[0] in ("hub", "base")}
+    owners = {o for o, _ in links} | {k for k in keys if k.split(":", 1)[0] in ("hub", "base", "facility")}
     intervals = {o: interval(facts.get(o, ())) for o in owners}
     by_member: dict[str, dict[str, list[Interval]]] = {}
     for owner, member in links:
@@ -540,8 +601,15 @@ def timelines_for(keys: Iterable[str], facts: Mapping[str, Sequence[Fact]], link
         if kind == "org":
             out[key] = organization_timeline(facts.get(key, ()), by_member.get("party", {}).get(key, []),
                                              kinds, lineage)
-        elif kind in ("hub", "base"):
+        elif kind in ("hub", "base", "facility"):
             out[key] = interval_timeline(kind, intervals.get(key), lineage)
+        elif kind == "faccov":
+            running = by_member.get("facility", {})
+            place, code = ident.split(":", 1)
+            served = list(running.get(ident, []))
+            for before, since in lineage.predecessors(code):
+                served += _inherited(running.get(f"{place}:{before}", []), since)
+            out[key] = facility_covered_timeline(ident, kinds.get(code), served, lineage.ended_on(code))
         elif kind in ("hubcov", "basecov"):
             members = by_member.get(kind[:-3], {})
             served = list(members.get(ident, []))

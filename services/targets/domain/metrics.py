@@ -11,9 +11,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from contracts.events import Category, CommunityKind, ManagementTier, OrganizationClass
+from contracts.events import FACILITY_TIERS, Category, CommunityKind, ManagementTier, OrganizationClass
 
 from .funding import FUNDING_COUNTERS
+
+# Facilities (FacilityOpened): each kind running, by the tier it opened at, and the divisions of
+# each tier with one running (domain/entities.py: "在2个县区、10个街道(乡镇)、20个社区(村)").
+FACILITY_KINDS = tuple(k.value for k in FACILITY_TIERS)
+TIERS_OF = {k.value: tiers for k, tiers in FACILITY_TIERS.items()}   # the tiers each kind opens at
+TIER_PLURAL = {"city": "cities", "county": "counties", "township": "townships", "community": "communities"}
+FACILITY_COUNTERS = (
+    *(f"{k}s" for k in FACILITY_KINDS),
+    *(f"{k}s_{t}" for k in FACILITY_KINDS for t in TIERS_OF[k]),
+    *(f"{TIER_PLURAL[t]}_with_{k}" for k in FACILITY_KINDS for t in TIERS_OF[k]),
+)
+_FACILITY_WORDS = {"innovation_base": "innovation bases (社区社会组织创新发展基地)",
+                   "demonstration_park": "demonstration parks (社会组织创新示范园)",
+                   "social_work_station": "social-work stations (社工站)",
+                   "social_work_room": "social-work rooms (社工室)"}
 
 CATEGORY_COUNTERS = tuple(f"orgs_cat_{c.value}" for c in Category)
 COUNTERS: tuple[str, ...] = (
@@ -40,6 +55,7 @@ COUNTERS: tuple[str, ...] = (
     "exam_passes",
     "outstanding_orgs",                       # cumulative selections (优秀社区社会组织), per county
     *FUNDING_COUNTERS,                        # funded projects, fen, organizations supported (funding.py)
+    *FACILITY_COUNTERS,                       # facilities running, by tier, and divisions with one
 )
 COMMUNITY_KINDS = {CommunityKind.URBAN.value, CommunityKind.RURAL.value}
 
@@ -128,6 +144,26 @@ FIGURES: dict[str, Figure] = {f.name: f for f in (
     Figure("funded_projects_active", ("funded_projects_active",), description="funded projects running"),
     Figure("orgs_supported", ("orgs_supported",),
            description="organizations a funded project has supported, cumulative"),
+    # The city plan's task 18 by the names its ledger gave them: divisions with an innovation base.
+    Figure("innovation_bases_counties", ("counties_with_innovation_base",),
+           description="counties (县区) with a running innovation base of their own (创新发展基地)"),
+    Figure("innovation_bases_townships", ("townships_with_innovation_base",),
+           description="streets, towns and townships with a running innovation base of their own"),
+    Figure("innovation_bases_communities", ("communities_with_innovation_base",),
+           description="urban and rural communities with a running innovation base of their own"),
+    *(Figure(f"{k}s", (f"{k}s",), description=f"running {_FACILITY_WORDS[k]}") for k in FACILITY_KINDS),
+    *(Figure(f"{k}s_{t}", (f"{k}s_{t}",), description=f"running {_FACILITY_WORDS[k]} opened at the {t} tier")
+      for k in FACILITY_KINDS for t in TIERS_OF[k] if len(TIERS_OF[k]) > 1),
+    *(Figure(f"{TIER_PLURAL[t]}_with_{k}", (f"{TIER_PLURAL[t]}_with_{k}",),
+             description=f"{TIER_PLURAL[t]} with running {_FACILITY_WORDS[k]} of their own")
+      for k in FACILITY_KINDS for t in TIERS_OF[k]),
+    # "镇两级社工站点全部运行": every street, town and township with a station running (share 1.0).
+    *(Figure(f"townships_with_{k}_share", (f"townships_with_{k}",), ("streets", "towns"), "share",
+             description=f"share of streets, towns and townships with running {_FACILITY_WORDS[k]}",
+             unit="township") for k in FACILITY_KINDS if k != "social_work_room"),
+    *(Figure(f"communities_with_{k}_share", (f"communities_with_{k}",), ("communities_urban", "communities_rural"),
+             "share", description=f"share of urban and rural communities with running {_FACILITY_WORDS[k]}",
+             unit="community") for k in FACILITY_KINDS if k != "social_work_station"),
     Figure("new_orgs_supported_first_year_share", ("orgs_new_supported_first_year",), ("orgs_new",), "share",
            description="share of new organizations funded within their first year"),
 )}
