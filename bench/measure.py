@@ -76,10 +76,11 @@ class Progress:
     cpu: dict[str, float]
 
 
+# A partition's row is `<stream>#p<i>` (cso/consumer.py): a stream's position is the partitions' largest.
 POSITIONS = """
-SELECT 'registry:' || stream, last_seq FROM registry.consumer_position
-UNION ALL SELECT 'targets:' || stream, last_seq FROM targets.consumer_position
-UNION ALL SELECT 'training:' || stream, last_seq FROM training.consumer_position
+SELECT 'registry:' || split_part(stream, '#', 1), max(last_seq) FROM registry.consumer_position GROUP BY 1
+UNION ALL SELECT 'targets:' || split_part(stream, '#', 1), max(last_seq) FROM targets.consumer_position GROUP BY 1
+UNION ALL SELECT 'training:' || split_part(stream, '#', 1), max(last_seq) FROM training.consumer_position GROUP BY 1
 """
 
 

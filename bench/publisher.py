@@ -149,6 +149,15 @@ async def consumer_idle(js: JetStreamContext, stream: str, durable: str) -> bool
     return bool(info.num_pending == 0 and info.num_ack_pending == 0)
 
 
+def durables(stream: str, durable: str) -> list[tuple[str, str]]:
+    """(stream, durable) of a consumer, or of each of its partitions when the run's registry and
+    targets replicas split it (CSO_PARTITIONS, set by bench.run for --replicas N: cso/partitions.py)."""
+    count = int(os.environ.get("CSO_PARTITIONS") or 1)
+    if count == 1:
+        return [(stream, durable)]
+    return [(stream, f"{durable}-p{i}") for i in range(count)]
+
+
 async def wait_idle(js: JetStreamContext, consumers: Sequence[tuple[str, str]], limit: float, what: str,
                     alive: Callable[[], None] = lambda: None) -> float:
     """Until every (stream, durable) has nothing pending nor unacked, twice in a row; returns when.
@@ -180,7 +189,7 @@ async def publish_backfill(publisher: Publisher, items: Iterable[Item], js: JetS
     for item in items:
         if item.barrier:
             await publisher.flush()
-            await wait_idle(js, [("CSO_INTAKE", "registry-intake")], limit, "barrier", alive)
+            await wait_idle(js, durables("CSO_INTAKE", "registry-intake"), limit, "barrier", alive)
             barriers += 1
             continue
         await publisher.publish(item)

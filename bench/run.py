@@ -50,7 +50,7 @@ from cso_local.stack import ROOT, SERVICES, Stack, StackError, http_get
 
 from . import floor, measure, profile
 from .generator import TRAINING_COUNTERS, Workload
-from .publisher import Backfill, Publisher, outside_process, paced, wait_idle
+from .publisher import Backfill, Publisher, durables, outside_process, paced, wait_idle
 
 NATIONAL_DIVISIONS = editions.edition("2023")   # package data: every install has it
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -73,6 +73,7 @@ class Options:
     divisions: Path
     seed: int = 2023
     replicas: int = 1
+    shared: bool = False              # replicas on one durable instead of a partition each
     rates: tuple[float, ...] = DEFAULT_RATES
     fresh_seconds: float = 15.0
     poll_interval: float = 0.02
@@ -115,7 +116,10 @@ def options(argv: Sequence[str] | None = None) -> Options:
                         "2023 edition shipped with cso)")
     p.add_argument("--seed", type=int, default=2023)
     p.add_argument("--replicas", type=int, default=1, choices=(1, 2, 3, 4),
-                   help="registry and targets processes each (default 1)")
+                   help="registry and targets processes each (default 1), each a partition of their hot "
+                        "consumers (CSO_PARTITIONS=N, cso/partitions.py)")
+    p.add_argument("--shared", action="store_true",
+                   help="replicas share one durable consumer instead of a partition each (as before issue 23)")
     p.add_argument("--rates", default=",".join(f"{r:g}" for r in DEFAULT_RATES),
                    help="steady rates for the freshness probes, events/s; empty for none")
     p.add_argument("--fresh-seconds", type=float, default=15.0, help="seconds per steady rate")
@@ -138,7 +142,8 @@ def options(argv: Sequence[str] | None = None) -> Options:
     demo_scope = a.scope is not None and all(c.startswith(("5111", "510681")) for c in a.scope)
     divisions = a.divisions or (DEMO_DIVISIONS if demo_scope else NATIONAL_DIVISIONS)
     rates = tuple(float(r) for r in a.rates.split(",") if r.strip())
-    return Options(scope=a.scope, divisions=divisions, seed=a.seed, replicas=a.replicas, rates=rates,
+    return Options(scope=a.scope, divisions=divisions, seed=a.seed, replicas=a.replicas, shared=a.shared,
+                   rates=rates,
                    fresh_seconds=a.fresh_seconds, poll_interval=a.poll_interval, floor=not a.no_floor,
                    profile_seconds=a.profile, profile_delay=a.profile_delay, profile_dir=a.profile_dir,
                    gap=a.gap, window=a.window, timeout=a.timeout, output=a.output, keep=a.keep, label=a.label,
@@ -174,6 +179,8 @@ def start_replica(name: str, index: int, state: dict[str, Any], logs: Path) -> R
     users = localnats.load(Path(state["data_dir"]))
     if users is not None and state["nats"].get("auth") == "users":
         env.update(localnats.service_env(users, name))
+    if os.environ.get("CSO_PARTITIONS"):
+        env["CSO_PARTITION"] = str(index - 1)   # replica 2 is partition 1, …
     log = logs / f"{name}-{index}.log"
     cmd = [sys.executable, "-m", "uvicorn", "--factory", spec.factory, "--host", "127.0.0.1",
            "--port", str(port), "--no-access-log"]
@@ -254,6 +261,11 @@ def check_alive(ctx: Context) -> None:
             raise StackError(f"{r.name} exited with code {r.proc.returncode}; see {r.log}")
 
 
+async def wal_bytes(dsn: str) -> int:
+    """The WAL position in bytes (pg_current_wal_lsn − 0/0): the difference of two is what was written."""
+    return int(await fetchval(dsn, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint"))
+
+
 async def outbox_backlog(db_dsn: str) -> int:
     db = await asyncpg.connect(db_dsn)
     try:
@@ -273,14 +285,16 @@ async def fetchval(dsn: str, sql: str) -> Any:
 async def settle(js: JetStreamContext, ctx: Context, limit: float) -> dict[str, float]:
     """Wait until registry took all intake, published its outbox, and targets and training applied it."""
     done: dict[str, float] = {}
-    done["registry"] = await wait_idle(js, [("CSO_INTAKE", "registry-intake")], limit, "registry intake", alive(ctx))
+    done["registry"] = await wait_idle(js, durables("CSO_INTAKE", "registry-intake"), limit, "registry intake",
+                                       alive(ctx))
     deadline = time.monotonic() + limit
     while await outbox_backlog(ctx.dsn):
         check_alive(ctx)
         if time.monotonic() > deadline:
             raise TimeoutError("registry's outbox was not published in time")
         await asyncio.sleep(0.25)
-    done["targets"] = await wait_idle(js, [("CSO_REGISTRY", "targets-registry"), ("CSO_TRAINING", "targets-training")],
+    done["targets"] = await wait_idle(js, durables("CSO_REGISTRY", "targets-registry")
+                                      + durables("CSO_TRAINING", "targets-training"),
                                       limit, "targets", alive(ctx))
     done["training"] = await wait_idle(js, [("CSO_REGISTRY", "training-registry")], limit, "training", alive(ctx))
     return done
@@ -318,6 +332,7 @@ async def run(ctx: Context) -> dict[str, Any]:
         workload = Workload(opts.divisions, opts.scope, seed=opts.seed, gap=opts.gap)
         metrics_before = {s: [measure.scrape(u) for u in ctx.service_urls(s)] for s in ("registry", "targets")}
         cpu_before, machine_before = sampler.cpu_now(), measure.Machine.busy()
+        wal_before = await wal_bytes(ctx.dsn)
         profiling = asyncio.create_task(run_profiles(ctx, opts)) if opts.profile_seconds else None
         say("backfill: publishing the workload (the outside publisher's own process, at the lowest priority)")
         t0 = time.monotonic()
@@ -328,6 +343,7 @@ async def run(ctx: Context) -> dict[str, Any]:
             "waiting for the services")
         done = await settle(js, ctx, opts.timeout)
         cpu_after, machine_after = sampler.cpu_now(), measure.Machine.busy()
+        wal = await wal_bytes(ctx.dsn) - wal_before
         metrics_after = {s: [measure.scrape(u) for u in ctx.service_urls(s)] for s in ("registry", "targets")}
         await sampler.sample()
         profiles = await profiling if profiling else {}
@@ -339,6 +355,9 @@ async def run(ctx: Context) -> dict[str, Any]:
         r["backfill"] = backfill_report(ctx, sampler, workload, pub, t0, done, metrics_before, metrics_after,
                                         cpu_before, cpu_after, machine_after - machine_before)
         r["profiles"] = profiles
+        # What PostgreSQL wrote to its WAL over the backfill (for sizing disks: bench/README.md).
+        r["backfill"]["wal_bytes"] = wal
+        r["backfill"]["wal_bytes_per_event"] = wal / max(pub.count, 1)
         b = r["backfill"]
         say(f"backfill done: {b['end_to_end']['events_per_second']:,.0f} events/s end to end "
             f"({b['end_to_end']['seconds']:.1f}s)")
@@ -629,7 +648,8 @@ def num(v: float | None, digits: int = 0) -> str:
 
 def render(r: dict[str, Any], out: Console) -> None:
     w, b = r["workload"], r["backfill"]
-    t = Table(title=f"cso benchmark · scope {r['scope']} · {r['replicas']} replica(s) of registry and targets · "
+    t = Table(title=f"cso benchmark · scope {r['scope']} · {r['replicas']} replica(s) of registry and targets"
+                    f"{' (partitioned by province)' if r.get('partitions', 1) > 1 else ''} · "
                     f"{r['machine']['cpus']} CPUs", title_justify="left", show_lines=False)
     t.add_column("measure")
     t.add_column("value", justify="right")
@@ -671,6 +691,9 @@ def render(r: dict[str, Any], out: Console) -> None:
     pg = r["options"].get("postgres_settings")
     t.add_row("PostgreSQL database", mb(r["sizes"]["postgres_database_bytes"]), "pg_database_size; " + (
         ", ".join(f"{k}={v}" for k, v in pg.items()) if isinstance(pg, dict) else "PostgreSQL's default settings"))
+    if "wal_bytes" in b:
+        t.add_row("PostgreSQL WAL in backfill", mb(b["wal_bytes"]),
+                  f"{b['wal_bytes_per_event'] / 1024:,.1f} KB per event (pg_current_wal_lsn before and after)")
     t.add_row("JetStream storage", mb(js.get("jsz_storage_bytes")),
               f"store dir {mb(js.get('store_dir_bytes'))}; {js.get('messages', 0):,} messages")
     h = r["recount_vs_incremental"]
@@ -734,6 +757,10 @@ def benchmark(opts: Options) -> dict[str, Any]:
                   postgres_settings=opts.postgres_settings)
     replicas: list[Replica] = []
     load_start = measure.load_average()
+    if opts.replicas > 1 and not opts.shared:
+        # The stack's registry and targets (and the outside publisher, for its barriers) read it
+        # from the environment; the stack's processes are partition 0, replica i partition i − 1.
+        os.environ.update(CSO_PARTITIONS=str(opts.replicas), CSO_PARTITION="0")
     try:
         state = stack.start()
         for i in range(2, opts.replicas + 1):
@@ -745,6 +772,7 @@ def benchmark(opts: Options) -> dict[str, Any]:
         ctx = Context(opts, stack, state, replicas)
         ctx.result.update({
             "scope": opts.scope_name, "replicas": opts.replicas, "label": opts.label,
+            "partitions": 1 if opts.shared else opts.replicas,
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "options": {"seed": opts.seed, "divisions": str(opts.divisions), "rates": list(opts.rates),
                         "fresh_seconds": opts.fresh_seconds, "gap": opts.gap, "window": opts.window,

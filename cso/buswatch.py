@@ -29,7 +29,7 @@ from contracts import Topology, make_event
 from contracts import events as ev
 
 from . import outbox
-from .consumer import Consumer
+from .consumer import POSITION_SEPARATOR, Consumer
 
 log = logging.getLogger(__name__)
 GAPS = Counter("cso_bus_gaps_total", "Streams found to have lost messages", ["service", "stream", "side"])
@@ -101,8 +101,13 @@ class BusWatch:
         async with rt.engine.connect() as conn:
             acked: dict[str, int] = dict((await conn.execute(text(
                 f'SELECT stream, last_seq FROM "{schema}".outbox_stream WHERE outbox = \'outbox\''))).all())
-            applied: dict[str, int] = dict((await conn.execute(text(
-                f'SELECT stream, last_seq FROM "{schema}".consumer_position'))).all())
+            applied: dict[str, int] = {}
+            for key, last in (await conn.execute(text(
+                    f'SELECT stream, last_seq FROM "{schema}".consumer_position'))).all():
+                # A partition's row (`<stream>#p<i>`, cso/consumer.py): the stream held at least
+                # what any partition applied.
+                stream_name = key.split(POSITION_SEPARATOR)[0]
+                applied[stream_name] = max(applied.get(stream_name, 0), last)
             seen = {r[0]: (r[1], r[2], r[3], r[4]) for r in (await conn.execute(text(
                 f'SELECT stream, created, last_seq, messages, checked_at FROM "{schema}".bus_stream'))).all()}
         gaps: list[Gap] = []
@@ -186,7 +191,8 @@ class BusWatch:
                 await outbox.rewind(conn, rt.schema, stream=gap.stream)
             else:
                 await conn.execute(text(
-                    f'UPDATE "{rt.schema}".consumer_position SET last_seq = 0 WHERE stream = :s'), {"s": gap.stream})
+                    f'UPDATE "{rt.schema}".consumer_position SET last_seq = 0 WHERE stream = :s OR stream LIKE :p'),
+                    {"s": gap.stream, "p": f"{gap.stream}{POSITION_SEPARATOR}%"})
             announcement = make_event(ev.BusGapDetected(
                 stream=gap.stream, consumer=f"{rt.name}:{gap.side}", applied_sequence=gap.known_seq,
                 stream_last_sequence=gap.stream_last_seq, lost_after_sequence=gap.known_seq,

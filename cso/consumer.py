@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -36,11 +37,13 @@ from contracts.deadletter import MAX_DATA_CHARACTERS, event_id_of
 from contracts.subjects import region_tokens
 
 from . import database
+from .partitions import MAX_PARTITIONS, Partition, PartitionError, partition_filters
 from .pull import Pull
 from .streams import MIGRATE_HINT
 
 log = logging.getLogger(__name__)
 STREAM_NOT_FOUND = 10059   # JetStream's error code
+POSITION_SEPARATOR = "#"   # consumer_position's key of a partition: `<stream>#p<i>`
 
 APPLIED = Counter("cso_events_applied_total", "Events applied", ["service", "type"])
 SCREENED = Counter("cso_events_screened_total", "Events acked unparsed: no handler of them by subject",
@@ -106,10 +109,31 @@ class Subscription:
     # The event types the handler acts on (None: every event on `subject`). JetStream then delivers
     # only those (the consumer's filter_subjects), so the rest is never sent, parsed, claimed nor acked.
     types: frozenset[str] | None = None
+    # A hot consumer that replicas may split by province (cso/partitions.py); `partition` is the
+    # share this replica takes (its durable then `<durable>-p<i>`), None: the whole stream.
+    partitionable: bool = False
+    partition: Partition | None = None
+    base: str = ""       # the durable's name before partitioning (its siblings share it)
+
+    def partitioned(self, partition: Partition | None) -> Subscription:
+        """This subscription as `partition` takes it (itself when not partitionable or None)."""
+        if not self.partitionable or partition is None:
+            return self
+        return dataclasses.replace(self, durable=partition.durable(self.durable), partition=partition,
+                                   base=self.durable)
+
+    @property
+    def family(self) -> str:
+        return self.base or self.durable
 
     def filters(self) -> list[str]:
         """The consumer's filter subjects: one per event type, `<context prefix>.<event>.>`, or the
-        subject itself. The types' subjects are disjoint, as JetStream requires of a filter list."""
+        subject itself. The types' subjects are disjoint, as JetStream requires of a filter list.
+        A partition's: its provinces' subjects, every type of the context (partition_filters)."""
+        if self.partition is not None:
+            if not self.subject.endswith(".>"):
+                raise ValueError(f"{self.durable}: a partition needs a subject ending in '.>', not {self.subject!r}")
+            return partition_filters(self.subject.removesuffix(">"), None, self.partition)
         if self.types is None:
             return [self.subject]
         if not self.subject.endswith(".>") or not self.types:
@@ -215,6 +239,10 @@ class Consumer:
         self.sub, self.handler = subscription, handler
         self.batch, self.max_deliver, self.ack_wait = batch, max_deliver, ack_wait
         self.stream = topology.stream(subscription.stream)
+        # Its row in consumer_position: one per partition, so partitions never wait on each
+        # other's update of a shared row (the stream's position is the largest of them: BusWatch).
+        self.position_key = self.stream if subscription.partition is None else \
+            f"{self.stream}{POSITION_SEPARATOR}p{subscription.partition.index}"
         self._task: asyncio.Task[None] | None = None
         self.idle = asyncio.Event()
         # The stream's last sequence as this consumer saw it (when, what), newest last: what a
@@ -231,25 +259,121 @@ class Consumer:
             # The consumer dead-letters by itself; JetStream must keep redelivering until then.
             max_deliver=-1, max_ack_pending=self.batch * 4)
         filters = self.sub.filters()
-        if self.sub.types is None:
+        if self.sub.types is None and self.sub.partition is None:
             config.filter_subject = filters[0]   # nats-py names it in the create subject (natsauth)
         else:
             config.filter_subjects = filters
+        label = self.sub.partition.label if self.sub.partition is not None else ""
+        config.description = label or None
         try:
             info = await self.js.consumer_info(self.stream, self.sub.durable)
         except NotFoundError as e:
             if e.err_code == STREAM_NOT_FOUND:
                 raise
-            await self.js.add_consumer(self.stream, config)
+            info = None
+        if info is not None and self.sub.partitionable and (info.config.description or "") != label:
+            # A durable of this name made by another partition layout: its position is of other
+            # provinces. It is made again below, from where the old layout had got to.
+            await self._refuse_if_pulled(self.sub.durable, info)
+            log.warning("%s: %s is %r, not %r: making it again for the new layout", self.service,
+                        self.sub.durable, info.config.description or "unpartitioned", label or "unpartitioned")
+            start = int(info.ack_floor.stream_seq or 0) + 1 if info.ack_floor else 1
+            others = await self._other_layouts()
+            start = min([start, *(s for _, s in others)])
+            await self.js.delete_consumer(self.stream, self.sub.durable)
+            await self._create(config, start)
+        elif info is None:
+            start = None
+            if self.sub.partitionable:
+                others = await self._other_layouts()
+                start = min((s for _, s in others), default=None)
+            await self._create(config, start)
         else:
             have = info.config.filter_subjects or [info.config.filter_subject or ""]
             if sorted(have) != sorted(filters):
                 # Made by an earlier version with other filters: an update keeps its position.
                 log.info("%s: %s filters %s, not %s: updating it", self.service, self.sub.durable, have, filters)
                 await self.js.add_consumer(self.stream, config)
+        if self.sub.partitionable:
+            await self._retire_other_layouts()
         pull = Pull(self.nc, self.stream, self.sub.durable)
         await pull.start()
         return pull
+
+    def _family(self) -> list[str]:
+        """Every durable name a layout of this subscription may use: unpartitioned and each partition."""
+        base = self.sub.family
+        return [base, *(f"{base}-p{i}" for i in range(MAX_PARTITIONS))]
+
+    def _layout(self) -> tuple[int, str]:
+        """(partition count, this durable's description) of the layout this replica runs."""
+        if self.sub.partition is None:
+            return 1, ""
+        return self.sub.partition.count, self.sub.partition.label
+
+    async def _siblings(self) -> list[tuple[str, Any]]:
+        """(name, info) of the durables of this subscription's family on the server, ours excepted."""
+        found = []
+        for name in self._family():
+            if name == self.sub.durable:
+                continue
+            try:
+                found.append((name, await self.js.consumer_info(self.stream, name)))
+            except NotFoundError:
+                continue
+        return found
+
+    def _same_layout(self, info: Any) -> bool:
+        count, _ = self._layout()
+        description = info.config.description or ""
+        if count == 1:
+            return False   # the unpartitioned layout has one durable: any sibling is another layout
+        return description.endswith(f" of {count}")
+
+    async def _refuse_if_pulled(self, name: str, info: Any) -> None:
+        """A durable of another layout that a replica still pulls from: two layouts at once would
+        split the provinces two ways; the operator stops the old replicas first."""
+        if int(getattr(info, "num_waiting", 0) or 0) > 0:
+            count, _ = self._layout()
+            raise PartitionError(
+                f"CSO_PARTITIONS={count}, but {name} ({info.config.description or 'unpartitioned'}) is still "
+                f"pulled by a replica of the old layout: stop every replica of {self.service} before changing "
+                "CSO_PARTITIONS (infra/README.md, Partitions)")
+
+    async def _other_layouts(self) -> list[tuple[str, int]]:
+        """(name, first sequence not yet acknowledged) of the durables of other layouts."""
+        result = []
+        for name, info in await self._siblings():
+            if self._same_layout(info):
+                continue
+            await self._refuse_if_pulled(name, info)
+            floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
+            result.append((name, floor + 1))
+        return result
+
+    async def _create(self, config: ConsumerConfig, start: int | None) -> None:
+        """Make our durable: from `start` (where the old layout had acknowledged everything before:
+        what follows comes again, the inbox skips what was applied) or from the stream's first."""
+        if start is not None:
+            config.deliver_policy, config.opt_start_seq = DeliverPolicy.BY_START_SEQUENCE, start
+            log.warning("%s: %s starts at stream sequence %d, where the previous layout had got to",
+                        self.service, self.sub.durable, start)
+        await self.js.add_consumer(self.stream, config)
+
+    async def _retire_other_layouts(self) -> None:
+        """Once every partition of this layout exists, the durables of other layouts (pulled by no
+        one: checked) are deleted, so they neither pile up pending messages nor come back stale."""
+        siblings = await self._siblings()
+        count, _ = self._layout()
+        mine = [name for name, info in siblings if self._same_layout(info)]
+        if len(mine) + 1 < count:
+            return
+        for name, info in siblings:
+            if not self._same_layout(info) and not int(getattr(info, "num_waiting", 0) or 0):
+                log.warning("%s: deleting %s (%s), of the previous layout", self.service, name,
+                            info.config.description or "unpartitioned")
+                with contextlib.suppress(NotFoundError):
+                    await self.js.delete_consumer(self.stream, name)
 
     async def run(self) -> None:
         pull: Pull | None = None
@@ -448,7 +572,7 @@ class Consumer:
             await conn.execute(text(
                 f'INSERT INTO "{self.schema}".consumer_position (stream, last_seq) VALUES (:s, :q) '
                 "ON CONFLICT (stream) DO UPDATE SET last_seq = GREATEST(consumer_position.last_seq, "
-                "excluded.last_seq), updated_at = now()"), {"s": self.stream, "q": last})
+                "excluded.last_seq), updated_at = now()"), {"s": self.position_key, "q": last})
         applied = {e.event_id for e in fresh} - rejected.keys()
         for _, env in valid:
             if env.event_id in applied:

@@ -37,6 +37,8 @@ from typing import Literal
 from contracts import Topology, tier_of
 from contracts.subjects import region_tokens
 
+from .partitions import MAX_PARTITIONS
+
 SERVICES = ("registry", "targets", "training", "notify")
 ADMIN = "admin"
 DIVISIONS = "divisions"
@@ -58,6 +60,8 @@ SERVICE_CONSUMERS: dict[str, tuple[tuple[str, str, str], ...]] = {
                ("CSO_TRAINING", "notify-training", "training"),
                ("CSO_DIVISIONS", "notify-divisions", "divisions")),
 }
+# The durables replicas may split by province (Subscription.partitionable; a test checks it).
+PARTITIONABLE = frozenset({"registry-intake", "targets-registry", "targets-training"})
 # The request-reply subjects each service answers: cso.cmd.<service>.… and/or cso.query.<service>.…
 SERVICE_REQUESTS: dict[str, tuple[Literal["cmd", "query"], ...]] = {
     "registry": ("cmd", "query"),  # query: receipts (services/registry/receipts.py)
@@ -190,6 +194,18 @@ def service_streams(service: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def service_durables(service: str) -> list[tuple[str, str, str]]:
+    """SERVICE_CONSUMERS, and for each partitionable one (PARTITIONABLE) the durable of every
+    partition a replica may take (`<durable>-p<i>`, cso/partitions.py): named one by one, as a
+    permission cannot match part of a token."""
+    durables = []
+    for base, durable, context in SERVICE_CONSUMERS[service]:
+        durables.append((base, durable, context))
+        if durable in PARTITIONABLE:
+            durables += [(base, f"{durable}-p{i}", context) for i in range(MAX_PARTITIONS)]
+    return durables
+
+
 def _stream_info(topology: Topology, bases: Iterable[str]) -> list[str]:
     """STREAM.INFO only: streams belong to the operator (cso/streams.py). CREATE and UPDATE are
     the admin's alone, since an UPDATE to `max_msgs=1` deletes messages as surely as a PURGE."""
@@ -207,7 +223,7 @@ def service_permissions(topology: Topology, service: str) -> Permissions:
     ]
     if service == "registry":
         publish.append(_ns(topology, "cso.receipts.>"))  # receipts and IntakeLost, to each publisher
-    for base, durable, context in SERVICE_CONSUMERS[service]:
+    for base, durable, context in service_durables(service):
         stream = topology.stream(base)
         publish += [
             f"$JS.API.CONSUMER.INFO.{stream}.{durable}",

@@ -39,6 +39,7 @@ from .buswatch import BusWatch, GapListener
 from .consumer import Consumer, Handler, Subscription, Verdicts, handled_types
 from .database import make_engine
 from .outbox import Relay
+from .partitions import Partition, partition_from_settings
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,9 @@ class Runtime:
         self.name, self.schema = name, schema
         self.settings = settings or Settings()
         self.topology: Topology = self.settings.topology
+        # Refused here, before anything starts, when CSO_PARTITIONS and CSO_PARTITION disagree.
+        self.partition: Partition | None = partition_from_settings(self.settings.partitions,
+                                                                   self.settings.partition)
         self.auth = Auth.from_settings(self.settings)  # who may call the HTTP API (cso/auth.py)
         if not self.auth.enabled:
             # Loud on purpose: nobody is asked who they are, and nothing else would show it.
@@ -108,6 +112,7 @@ class Runtime:
         if subscription.types is None:
             types = handled_types(subscription.subject, getattr(handler, "handles", None))
             subscription = dataclasses.replace(subscription, types=types)
+        subscription = subscription.partitioned(self.partition)
         self._subscriptions.append((subscription, handler))
         if verdicts is not None:
             self._verdicts[subscription.durable] = verdicts

@@ -32,6 +32,10 @@ class Settings:
     # A message is retried this many times before it is dead-lettered.
     max_deliver: int = field(default_factory=lambda: int(env("CSO_MAX_DELIVER", "5")))
     batch_size: int = field(default_factory=lambda: int(env("CSO_BATCH_SIZE", "500")))
+    # Replicas of a service that split its hot consumers by province (cso/partitions.py): how many
+    # partitions, and which one this replica takes (0…N−1). Unset: one durable shared by all.
+    partitions: str = field(default_factory=lambda: env("CSO_PARTITIONS", ""))
+    partition: str = field(default_factory=lambda: env("CSO_PARTITION", ""))
     # How long JetStream waits for a pulled message's ack before it delivers the message again.
     ack_wait_seconds: float = field(default_factory=lambda: float(env("CSO_ACK_WAIT_SECONDS", "30")))
     # How often a service compares what it published and applied with what the streams hold.

@@ -148,7 +148,8 @@ def tables(runtime: Runtime, room: waiting.Room) -> list[Consumes]:
         ev.DivisionChanged: DivisionChangesHandler(),
     })
     return [
-        Consumes(Subscription("CSO_INTAKE", topology.context_subjects("intake"), "registry-intake"), intake,
+        Consumes(Subscription("CSO_INTAKE", topology.context_subjects("intake"), "registry-intake",
+                              partitionable=True), intake,   # by province: CSO_PARTITIONS (cso/partitions.py)
                  # Receipts of what the handlers never see: broken messages, event ids taken before.
                  verdicts=verdicts.IntakeVerdicts(topology, room.clock)),
         Consumes(Subscription("CSO_DIVISIONS", topology.context_subjects("divisions"), "registry-divisions"),

@@ -103,7 +103,10 @@ def tables(topology: Topology, regions_changed: Callable[[], None]) -> list[Cons
         ev.DivisionsImported: ImportDivisions(regions_changed),
         ev.DivisionChanged: ChangeDivisions(regions_changed),
     })
-    return [Consumes(Subscription(stream, topology.context_subjects(context), f"targets-{context}"), table)
-            for stream, context, table in (("CSO_REGISTRY", "registry", registry),
-                                           ("CSO_TRAINING", "training", training),
-                                           ("CSO_DIVISIONS", "divisions", divisions))]
+    # The facts' consumers split by province when replicas are partitioned (CSO_PARTITIONS,
+    # cso/partitions.py); divisions, rare and national, stay one durable that every replica shares.
+    return [Consumes(Subscription(stream, topology.context_subjects(context), f"targets-{context}",
+                                  partitionable=hot), table)
+            for stream, context, table, hot in (("CSO_REGISTRY", "registry", registry, True),
+                                                ("CSO_TRAINING", "training", training, True),
+                                                ("CSO_DIVISIONS", "divisions", divisions, False))]

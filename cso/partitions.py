@@ -1,0 +1,126 @@
+"""Partitions of a hot consumer by province: N replicas on disjoint regions, each its own durable.
+
+Replicas that share one durable consumer get interleaved batches of every region, and two batches
+of neighbouring organizations move the same coverage rows (county, city, province): the second
+waits for the first's commit. With `CSO_PARTITIONS=N` and `CSO_PARTITION=i` (0 ≤ i < N) replica i
+owns the durable `<durable>-p<i>` instead, whose filter subjects take only the provinces assigned
+to partition i. Every subject carries the province as a token (contracts/subjects.py), so the
+split is the server's: each partition receives, parses and applies only its own provinces, in
+stream order, and all events of one region (hence of one organization) go to one partition.
+
+The assignment (`provinces_of`) is stable for a given N: the 31 provinces, heaviest first by
+their communities in the 2023 edition, each to the partition with the least weight so far; every
+other two-digit token (no province today, but an envelope's region may carry one, and registry
+must still answer it) by its number modulo N. Subjects of any other shape on intake (not an
+intake fact's four or five tokens) go to partition 0, which dead-letters them as before.
+
+Changing N: see infra/README.md, "Partitions". A durable of a new layout starts at the lowest
+point every durable of the old layout had acknowledged (its ack floor): what lies between comes
+again and the inbox takes it for the duplicate it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .settings import env
+
+# Provinces by communities (村/社区) in the 2023 edition, the load's rough weight (cso/divisions/data).
+PROVINCE_WEIGHTS: tuple[tuple[str, int], ...] = (
+    ("37", 62074), ("13", 54145), ("41", 52378), ("51", 34412), ("43", 29534), ("42", 27057),
+    ("44", 26842), ("33", 25547), ("36", 22080), ("32", 21958), ("14", 21895), ("61", 20356),
+    ("34", 18334), ("52", 17964), ("62", 17718), ("35", 17498), ("21", 16727), ("45", 16681),
+    ("53", 14888), ("65", 14721), ("15", 14592), ("23", 13877), ("22", 11860), ("50", 11270),
+    ("11", 7535), ("31", 6509), ("12", 5617), ("54", 5580), ("63", 4716), ("46", 3296), ("64", 2912))
+# The most partitions a service may be split in: the NATS users' permissions name each durable
+# (cso/natsauth.py), and a partition's filter list stays under nats-server's proposed 100 subjects.
+MAX_PARTITIONS = 8
+PARTITIONS_SETTING, PARTITION_SETTING = "CSO_PARTITIONS", "CSO_PARTITION"
+
+
+class PartitionError(ValueError):
+    """The partition settings contradict themselves or the durables already on the server."""
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Partition `index` of `count` (count ≥ 2: one partition is no partitioning)."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.count <= MAX_PARTITIONS:
+            raise PartitionError(f"{PARTITIONS_SETTING}={self.count}: from 2 to {MAX_PARTITIONS} "
+                                 f"(or 1, or unset, for none)")
+        if not 0 <= self.index < self.count:
+            raise PartitionError(f"{PARTITION_SETTING}={self.index} with {PARTITIONS_SETTING}={self.count}: "
+                                 f"a partition is numbered 0 to {self.count - 1}")
+
+    def durable(self, base: str) -> str:
+        return f"{base}-p{self.index}"
+
+    @property
+    def label(self) -> str:
+        """Said in the durable's description, so a replica of another layout is recognised."""
+        return f"cso partition {self.index} of {self.count}"
+
+    def provinces(self) -> tuple[str, ...]:
+        return provinces_of(self.count)[self.index]
+
+
+def partition_from_settings(partitions: str, partition: str) -> Partition | None:
+    """The partition the settings give (CSO_PARTITIONS, CSO_PARTITION), None when unpartitioned;
+    a clear error, naming the setting, for any other combination."""
+    try:
+        count = int(partitions or "1")
+    except ValueError:
+        raise PartitionError(f"{PARTITIONS_SETTING}={partitions!r}: a whole number of partitions") from None
+    if count == 1:
+        if partition not in ("", "0"):
+            raise PartitionError(f"{PARTITION_SETTING}={partition!r} but {PARTITIONS_SETTING} is 1 (or unset): "
+                                 f"set {PARTITIONS_SETTING} to the number of partitions")
+        return None
+    if partition == "":
+        raise PartitionError(f"{PARTITIONS_SETTING}={count} needs {PARTITION_SETTING}: which of the {count} "
+                             f"partitions (0 to {count - 1}) this replica takes")
+    try:
+        index = int(partition)
+    except ValueError:
+        raise PartitionError(f"{PARTITION_SETTING}={partition!r}: a number from 0 to {count - 1}") from None
+    return Partition(index, count)
+
+
+def partition_from_env() -> Partition | None:
+    return partition_from_settings(env(PARTITIONS_SETTING, ""), env(PARTITION_SETTING, ""))
+
+
+def provinces_of(count: int) -> tuple[tuple[str, ...], ...]:
+    """Every two-digit province token, split in `count` disjoint sets (each sorted)."""
+    loads, shares = [0] * count, [set[str]() for _ in range(count)]
+    for code, weight in PROVINCE_WEIGHTS:
+        least = min(range(count), key=lambda i: (loads[i], i))
+        loads[least] += weight
+        shares[least].add(code)
+    known = {code for code, _ in PROVINCE_WEIGHTS}
+    for n in range(100):
+        token = f"{n:02d}"
+        if token not in known:
+            shares[n % count].add(token)
+    return tuple(tuple(sorted(s)) for s in shares)
+
+
+def partition_filters(prefix: str, types: list[str] | None, partition: Partition) -> list[str]:
+    """The filter subjects of `partition` on a context `prefix` (`cso.<context>.`, namespace
+    included): `<prefix><event>.<province>.>` for its provinces, the event token a wildcard when
+    `types` is None (every event of the context: one subject per province, not per type and
+    province, so the list stays short). On intake (`cso.intake.`) both intake forms, with and
+    without the publisher's name; partition 0 takes the subjects of any other shape as well."""
+    provinces = partition.provinces()
+    if prefix.endswith(".intake."):
+        filters = [f"{prefix}*.{p}.*.*" for p in provinces] + [f"{prefix}*.*.{p}.*.*" for p in provinces]
+        if partition.index == 0:
+            filters += [f"{prefix}*", f"{prefix}*.*", f"{prefix}*.*.*", f"{prefix}*.*.*.*.*.*.>"]
+        return filters
+    events = types or ["*"]
+    return [f"{prefix}{e}.{p}.>" for e in events for p in provinces]

@@ -1,0 +1,212 @@
+"""Partitions of a consumer by province (cso/partitions.py) on a real nats-server and PostgreSQL:
+two partitions take disjoint shares that together are every event, each in stream order; a
+stopped partition's share waits for it alone and it resumes there; a durable of another layout
+hands its position over, and one still pulled is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js.api import AckPolicy, ConsumerConfig
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from contracts import Envelope, Topology
+from cso import bus
+from cso.consumer import Consumer, Rejected, Subscription
+from cso.database import make_engine
+from cso.partitions import Partition, PartitionError
+from cso.settings import Settings
+from services.notify.app import run_migrations
+from tests.support import eventually
+from tests.support.events import publish_status, status_changed
+
+pytestmark = pytest.mark.integration
+
+# Counties of provinces spread over both partitions of two, and a token that is no province (99).
+COUNTIES = ("110101", "130102", "370102", "410102", "440103", "510104", "511102", "650102", "990101")
+
+
+class Seen:
+    def __init__(self) -> None:
+        self.events: list[tuple[UUID, str]] = []
+
+    async def apply(self, conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> dict[UUID, Rejected]:
+        self.events += [(e.event_id, e.region) for e in events]
+        return {}
+
+
+def consumer(nc: NATS, engine: Any, topology: Topology, durable: str, seen: Seen,
+             partition: Partition | None) -> Consumer:
+    sub = Subscription("CSO_TARGETS", topology.context_subjects("targets"), durable, partitionable=True)
+    return Consumer(nc=nc, engine=engine, topology=topology, schema="notify", service="notify",
+                    subscription=sub.partitioned(partition), handler=seen)
+
+
+async def publish(nc: NATS, settings: Settings, rounds: int) -> list[tuple[UUID, str]]:
+    published = []
+    for i in range(rounds):
+        for county in COUNTIES:
+            event = status_changed(region=county, value=float(i))
+            await publish_status(nc, settings, event)
+            published.append((event.event_id, county))
+    return published
+
+
+def share(events: list[tuple[UUID, str]], partition: Partition) -> list[tuple[UUID, str]]:
+    mine = set(partition.provinces())
+    return [(e, region) for e, region in events if region[:2] in mine]
+
+
+async def test_two_partitions_take_disjoint_shares_and_resume_their_own(settings: Settings, nc: NATS) -> None:
+    await asyncio.to_thread(run_migrations, settings)
+    topology = settings.topology
+    await bus.ensure_streams(nc, topology)
+    engine = make_engine(settings.database_url, pool_size=4)
+    js = nc.jetstream()
+    base = f"parts-{uuid.uuid4().hex[:6]}"
+    parts = [Partition(0, 2), Partition(1, 2)]
+    seen = [Seen(), Seen()]
+    consumers = [consumer(nc, engine, topology, base, seen[p.index], p) for p in parts]
+    try:
+        # The counties cover both partitions, or the test proves nothing.
+        assert all(share([(uuid.uuid4(), c) for c in COUNTIES], p) for p in parts)
+        first = await publish(nc, settings, 3)
+        for c in consumers:
+            c.start()
+        await eventually(lambda: asyncio.sleep(0, sum(len(s.events) for s in seen) == len(first)), timeout=15)
+        # Disjoint, all of them, each partition its own provinces in stream (publish) order.
+        for p in parts:
+            assert seen[p.index].events == share(first, p)
+        assert {e for e, _ in seen[0].events}.isdisjoint({e for e, _ in seen[1].events})
+        assert sorted(seen[0].events + seen[1].events) == sorted(first)
+        for p in parts:
+            info = await js.consumer_info(topology.stream("CSO_TARGETS"), f"{base}-p{p.index}")
+            assert info.config.description == f"cso partition {p.index} of 2"
+            await eventually(lambda p=p: _settled(js, topology.stream("CSO_TARGETS"), f"{base}-p{p.index}"))
+
+        # Partition 1 stops; what is published meanwhile: partition 0 takes its share only, and
+        # partition 1's share waits on its durable until it comes back, then is taken, once.
+        await consumers[1].stop()
+        second = await publish(nc, settings, 2)
+        await eventually(lambda: asyncio.sleep(0, len(seen[0].events) == len(share(first + second, parts[0]))),
+                         timeout=15)
+        info = await js.consumer_info(topology.stream("CSO_TARGETS"), f"{base}-p1")
+        assert info.num_pending == len(share(second, parts[1]))
+        assert seen[1].events == share(first, parts[1])
+        consumers[1] = consumer(nc, engine, topology, base, seen[1], parts[1])
+        consumers[1].start()
+        await eventually(lambda: asyncio.sleep(0, len(seen[1].events) == len(share(first + second, parts[1]))),
+                         timeout=15)
+        await asyncio.sleep(0.5)
+        assert seen[1].events == share(first + second, parts[1])
+        assert seen[0].events == share(first + second, parts[0])
+        # Each partition's own row in consumer_position: none waits on another's update.
+        async with engine.connect() as conn:
+            keys = set((await conn.execute(text("SELECT stream FROM notify.consumer_position"))).scalars())
+        stream = topology.stream("CSO_TARGETS")
+        assert {f"{stream}#p0", f"{stream}#p1"} <= keys
+    finally:
+        for c in consumers:
+            await c.stop()
+        await engine.dispose()
+
+
+async def test_a_new_layout_starts_where_the_old_had_got_to(settings: Settings, nc: NATS) -> None:
+    """Unpartitioned, then two partitions: they start at the old durable's ack floor (nothing
+    applied before it comes again, nothing after it is lost), and the old durable is deleted once
+    both exist. A durable of the old layout that a replica still pulls is refused, by name."""
+    await asyncio.to_thread(run_migrations, settings)
+    topology = settings.topology
+    await bus.ensure_streams(nc, topology)
+    engine = make_engine(settings.database_url, pool_size=4)
+    js = nc.jetstream()
+    stream = topology.stream("CSO_TARGETS")
+    base = f"layout-{uuid.uuid4().hex[:6]}"
+    old_seen, seen = Seen(), [Seen(), Seen()]
+    old = consumer(nc, engine, topology, base, old_seen, None)
+    parts: list[Consumer] = []
+    try:
+        first = await publish(nc, settings, 2)
+        old.start()
+        await eventually(lambda: asyncio.sleep(0, len(old_seen.events) == len(first)), timeout=15)
+        # A partition while the old layout is still pulled: refused, naming the setting.
+        early = consumer(nc, engine, topology, base, seen[0], Partition(0, 2))
+        await eventually(lambda: _waiting(js, stream, base), timeout=10)
+        with pytest.raises(PartitionError, match=r"CSO_PARTITIONS=2.*still pulled"):
+            await early._subscribe()
+        assert f"{base}-p0" not in {c.name for c in await js.consumers_info(stream)}
+        floor = (await js.consumer_info(stream, base)).ack_floor.stream_seq
+        assert floor >= len(first)
+        await old.stop()
+        second = await publish(nc, settings, 2)
+        parts = [consumer(nc, engine, topology, base, seen[i], Partition(i, 2)) for i in range(2)]
+        for c in parts:
+            c.start()
+        await eventually(lambda: asyncio.sleep(0, sum(len(s.events) for s in seen) == len(second)), timeout=15)
+        await asyncio.sleep(0.5)
+        assert sorted(seen[0].events + seen[1].events) == sorted(second)
+        # Delivered from the old floor on, not from the stream's first message again.
+        for i in range(2):
+            info = await js.consumer_info(stream, f"{base}-p{i}")
+            assert info.delivered.consumer_seq == len(share(second, Partition(i, 2)))
+        names = {c.name for c in await js.consumers_info(stream)}
+        assert base not in names and {f"{base}-p0", f"{base}-p1"} <= names
+    finally:
+        for c in [old, *parts]:
+            await c.stop()
+        await engine.dispose()
+
+
+async def _settled(js: Any, stream: str, durable: str) -> bool:
+    """Nothing pending nor unacknowledged (acks follow the commit, a moment after the handler)."""
+    info = await js.consumer_info(stream, durable)
+    return (info.num_pending, info.num_ack_pending) == (0, 0)
+
+
+async def _waiting(js: Any, stream: str, durable: str) -> bool:
+    return int((await js.consumer_info(stream, durable)).num_waiting or 0) > 0
+
+
+async def test_intake_partitions_route_every_shape_to_exactly_one(settings: Settings, nc: NATS) -> None:
+    """registry's intake split in two: nats-server takes each partition's filter list (both intake
+    forms, over a hundred subjects), and every subject, of a province or not, of an intake fact's
+    shape or not, is pending on exactly one partition."""
+    topology = settings.topology
+    await bus.ensure_streams(nc, topology)
+    js = nc.jetstream()
+    stream = topology.stream("CSO_INTAKE")
+    intake = Subscription("CSO_INTAKE", topology.context_subjects("intake"), f"in-{uuid.uuid4().hex[:6]}",
+                          partitionable=True)
+    parts = [intake.partitioned(Partition(i, 2)) for i in range(2)]
+    assert max(len(p.filters()) for p in parts) > 100
+    for p in parts:
+        await js.add_consumer(stream, ConsumerConfig(name=p.durable, durable_name=p.durable,
+                                                     ack_policy=AckPolicy.EXPLICIT, filter_subjects=p.filters()))
+    prefix = topology.context_subjects("intake").removesuffix(">")
+    subjects = [f"{prefix}organization_filed.51.5111.511102", f"{prefix}bench.organization_filed.13.1301.130102",
+                f"{prefix}bench.hub_established.37._._", f"{prefix}bench.organization_filed.99.9901.990101",
+                f"{prefix}odd", f"{prefix}a.b.c.d.e.f.g"]
+    for subject in subjects:
+        await js.publish(subject, b"{}")
+    pending = [(await js.consumer_info(stream, p.durable)).num_pending for p in parts]
+    assert sum(pending) == len(subjects)
+    for subject in subjects:
+        matched = [p.durable for p in parts if any(_matches(f, subject) for f in p.filters())]
+        assert len(matched) == 1, (subject, matched)
+
+
+def _matches(pattern: str, subject: str) -> bool:
+    ps, ss = pattern.split("."), subject.split(".")
+    for i, p in enumerate(ps):
+        if p == ">":
+            return len(ss) > i
+        if i >= len(ss) or (p != "*" and p != ss[i]):
+            return False
+    return len(ps) == len(ss)
