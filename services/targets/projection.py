@@ -78,6 +78,8 @@ async def recompute(conn: AsyncConnection, direct: set[str],
     for div in by_kind.get("div", ()):
         county = div.split(":", 1)[1]
         orgs.update(await store.entity_keys_in(conn, ["org"], county))
+        # A pool's county recoded (县改区): its members count in the new county from the day.
+        by_kind.setdefault("person", set()).update(await store.entity_keys_in(conn, ["person"], county))
         # Hubs and bases count at their region, which a merge or recode moves (domain/lineage.py).
         by_kind.setdefault("hub", set()).update(await store.entity_keys_in(conn, ["hub"], county))
         by_kind.setdefault("base", set()).update(await store.entity_keys_in(conn, ["base"], county))
@@ -119,7 +121,10 @@ async def recompute(conn: AsyncConnection, direct: set[str],
               if k[:4] in ("hub:", "base", "fund", "faci") for f in fs}
     # Division changes of these places (merges, recodes): organizations follow their community,
     # a township's successor takes over what served it (its predecessors' hubs and bases).
-    counties = {k.split(":", 1)[1] for k in by_kind.get("div", ())}   # a county recoded begins or ends
+    # A county recoded begins or ends; a pool's county may be recoded.
+    counties = {k.split(":", 1)[1] for k in by_kind.get("div", ())} | {
+        getattr(f.payload, "county_code", None) or "" for k in by_kind.get("person", ()) for f in facts.get(k, [])}
+    counties.discard("")
     faccov_codes = {m.split(":", 1)[1] for m in faccov}
     lineage = await history.lineage_for(conn, {c for c in communities | places if c} | hubcov | basecov
                                         | counties | faccov_codes)

@@ -74,6 +74,22 @@ class RegistryHandler:
         return rejected
 
 
+class DivisionChangesHandler:
+    """DivisionChanged: what training keeps at a code that was merged or recoded follows it, as
+    registry's records do (registry moves its organizations without an event of theirs): an
+    organization of a recoded community is in its new community, so a county's pool takes it; a
+    county recoded to a district (县改区) keeps its pool under the new code. Renames and
+    abolitions move nothing."""
+
+    async def apply(self, conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> dict[UUID, consumer.Rejected]:
+        for envelope in events:
+            change = envelope.payload
+            if isinstance(change, ev.DivisionChanged) and change.change in ("merged", "recoded") \
+                    and change.successor_code:
+                await store.follow_division_change(conn, change.code, change.successor_code)
+        return {}
+
+
 @dataclass(frozen=True)
 class Consumes:
     """A subscription of training and its handler table."""
@@ -88,7 +104,8 @@ def tables(runtime: Runtime, pii_key: bytes) -> list[Consumes]:
     registry = RegistryHandler(runtime, pii_key)
     return [
         Consumes(Subscription("CSO_DIVISIONS", topology.context_subjects("divisions"), "training-divisions"),
-                 HandlerTable({ev.DivisionsImported: DivisionsHandler(store.DIVISIONS)})),
+                 HandlerTable({ev.DivisionsImported: DivisionsHandler(store.DIVISIONS),
+                               ev.DivisionChanged: DivisionChangesHandler()})),
         Consumes(Subscription("CSO_REGISTRY", topology.context_subjects("registry"), "training-registry"),
                  HandlerTable({
                      ev.OrganizationFiled: registry,

@@ -235,6 +235,20 @@ async def update_organizations(conn: AsyncConnection,
             [{"id": i, "c": c, "s": s, "e": e} for i, c, s, e in rows])
 
 
+async def follow_division_change(conn: AsyncConnection, code: str, successor: str) -> None:
+    """A code merged or recoded into `successor` (DivisionChanged): the organizations of a
+    community, and the current pool members and trainees of a county (县改区), are there now. A
+    second application finds nothing at the old code and moves nothing."""
+    if len(code) == 12:
+        await conn.execute(organization.update().where(organization.c.community_code == code)
+                           .values(community_code=successor))
+    elif len(code) == 6 and len(successor) == 6:
+        await conn.execute(membership.update().where(membership.c.county_code == code,
+                                                     membership.c.removed_on.is_(None))
+                           .values(county_code=successor))
+        await conn.execute(trainee.update().where(trainee.c.county_code == code).values(county_code=successor))
+
+
 async def load_organization(conn: AsyncConnection, org_id: UUID | None) -> Organization | None:
     if org_id is None:
         return None

@@ -31,6 +31,9 @@ from cso_local.cli import app as cli
 from services.registry.app import create_app as registry_app
 from services.registry.app import run_migrations as registry_migrations
 from services.targets import app as targets
+from services.training import domain as training_domain
+from services.training.app import create_app as training_app
+from services.training.app import run_migrations as training_migrations
 from tests import division_changes as changes
 from tests.support import eventually, running
 from tests.support.recount import REGISTRY_COUNTERS, projected, recount
@@ -64,6 +67,14 @@ async def command(registry: httpx.AsyncClient, name: str, body: dict[str, Any]) 
     return str(answer.json()["id"])
 
 
+def member(county: str, organization: str, serial: int) -> dict[str, Any]:
+    """A pool member's command: a CSO leader of `organization`, with a valid ID number."""
+    first17 = f"{county}19850312{serial:03d}"
+    return {"county_code": county, "role": "cso_leader", "name": f"骨干{serial}", "organization_id": organization,
+            "id_number": first17 + training_domain.id_check_character(first17), "phone": f"1380838{serial:04d}",
+            "added_on": "2023-07-01"}
+
+
 async def listed(registry: httpx.AsyncClient, region: str) -> set[str]:
     body = await ok(await registry.get(f"/regions/{region}/organizations", params={"limit": 1000}))
     return {item["id"] for item in body["items"]}
@@ -95,6 +106,7 @@ async def test_records_follow_their_divisions_across_county_lines(
     new = changes.write_leshan_2024(tmp_path / "2024")
     await asyncio.to_thread(registry_migrations, settings)
     await asyncio.to_thread(targets.run_migrations, settings)
+    await asyncio.to_thread(training_migrations, settings)
     env = {"CSO_NATS_URL": settings.nats_url, "CSO_NAMESPACE": settings.namespace}
     dsn = settings.database_url
     villages = [row["code"] for row in csv.DictReader((old / "villages.csv").read_text(encoding="utf-8")
@@ -102,6 +114,7 @@ async def test_records_follow_their_divisions_across_county_lines(
     async with AsyncExitStack() as stack:
         _, reg = await stack.enter_async_context(running(registry_app, settings))
         _, tgt = await stack.enter_async_context(running(targets.create_app, settings))
+        _, trn = await stack.enter_async_context(running(training_app, settings))
         await asyncio.to_thread(cli_import, env, tmp_path, str(old), "--edition", "2023")
 
         async def known() -> bool:
@@ -140,6 +153,14 @@ async def test_records_follow_their_divisions_across_county_lines(
                 "funder_department": "县民政局", "recipient_organization_id": first[community],
                 "region_code": community, "amount_fen": amount, "awarded_on": "2023-09-01",
                 "starts_on": "2023-09-01", "ends_on": "2025-08-31"})
+
+        # A core-talent pool member of 犍为县, a leader of one of its organizations (training knows
+        # registry's organizations from its events).
+        async def pooled() -> bool:
+            answer = await trn.post("/commands/add_member", json=member(OLD_COUNTY, first[f"{XIAOGU}001"], 1))
+            return answer.status_code == 200
+
+        await eventually(pooled, timeout=60, interval=0.5)
 
         async def counted() -> bool:
             body = await ok(await tgt.get(f"/coverage/{changes.CITY}"))
@@ -200,6 +221,22 @@ async def test_records_follow_their_divisions_across_county_lines(
         assert not await targets_of(OLD_COUNTY)
         assert await targets_of(OLD_COUNTY, as_of=BEFORE.isoformat()) >= wanted
 
+        # training: 犍为县's pool is 犍为区's now, counted there from the day; the organizations of
+        # the recoded communities are the new county's, so its pool takes their leaders.
+        async def pool_moved() -> bool:
+            now = (await ok(await tgt.get(f"/coverage/{NEW_COUNTY}")))["counters"]
+            return now.get("pool_members") == 1
+        await eventually(pool_moved, timeout=30, interval=0.5)
+        assert not (await ok(await tgt.get(f"/coverage/{OLD_COUNTY}")))["counters"].get("pool_members")
+        xiaogu_2 = next(o for o, c in orgs if c == f"{XIAOGU}002")
+        joined = await trn.post("/commands/add_member", json=member(NEW_COUNTY, xiaogu_2, 2) | {
+            "added_on": D.isoformat()})
+        assert joined.status_code == 200, joined.text
+        chosen = await trn.post("/commands/select_outstanding", json={
+            "county_code": NEW_COUNTY, "year": 2024, "kind": "organization", "organization_id": xiaogu_2,
+            "title": "优秀社区社会组织"})
+        assert chosen.status_code == 200, chosen.text
+
         # --- as of the day before: 2023's divisions and the counts they had -----------------
         def then(region: str) -> Counter[str]:
             out: Counter[str] = Counter()
@@ -215,6 +252,7 @@ async def test_records_follow_their_divisions_across_county_lines(
         for county in (OLD_COUNTY, FROM_COUNTY, TO_COUNTY):
             assert kids[county]["counters"].get("orgs", 0) == then(county)["orgs"], county
         assert kids[OLD_COUNTY]["counters"]["towns"] == 15 and not kids[OLD_COUNTY]["counters"].get("streets")
+        assert kids[OLD_COUNTY]["counters"].get("pool_members") == 1
         for region in (MOVED, SEAT, f"{MOVED}001"):
             body = await ok(await tgt.get(f"/coverage/{region}", params={"as_of": BEFORE.isoformat()}))
             assert body["counters"].get("orgs", 0) == then(region)["orgs"], region

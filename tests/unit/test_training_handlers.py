@@ -20,6 +20,7 @@ def test_the_table_names_each_event_training_applies() -> None:
     by_durable = {c.subscription.durable: c.table for c in handlers.tables(runtime(), b"key")}
     assert set(by_durable) == {"training-divisions", "training-registry"}
     assert isinstance(by_durable["training-divisions"].handler_of("DivisionsImported"), DivisionsHandler)
+    assert isinstance(by_durable["training-divisions"].handler_of("DivisionChanged"), handlers.DivisionChangesHandler)
     registry = by_durable["training-registry"]
     for kind in ("OrganizationFiled", "OrganizationRegistered", "OrganizationUpdated", "OrganizationDeregistered",
                  "HubEstablished"):

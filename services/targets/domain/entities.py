@@ -484,16 +484,18 @@ vectors("outstanding", lambda _: Counter(), lambda pulse: _count_at(pulse[0], "o
 
 # --- people in talent pools --------------------------------------------------------------------
 
-def person_timeline(facts: Sequence[Fact]) -> Timeline:
+def person_timeline(facts: Sequence[Fact], lineage: Lineage = NO_LINEAGE) -> Timeline:
     """In the pool (of a county) between additions and removals; trained from the first completion;
-    each completion a person-time at the organizer's region."""
+    each completion a person-time at the organizer's region. A pool's county recoded (县改区) on D
+    is the new county's pool from D (`lineage`); what happened before D stays where it was."""
     ordered = _sorted(facts)
     completions: dict[UUID, ev.TrainingCompleted] = {}
     for f in ordered:
         if isinstance(f.payload, ev.TrainingCompleted):
             completions.setdefault(f.payload.completion_id, f.payload)
     first_trained = min((c.completed_on for c in completions.values()), default=None)
-    days = sorted({f.effective for f in ordered})
+    counties = {f.payload.county_code for f in ordered if isinstance(f.payload, ev.TalentPoolMemberAdded)}
+    days = sorted({f.effective for f in ordered} | {d for c in counties for d in lineage.days(c)})
     segments: list[tuple[date, State | None]] = []
     for day in days:
         county: str | None = None
@@ -505,7 +507,7 @@ def person_timeline(facts: Sequence[Fact]) -> Timeline:
             elif isinstance(f.payload, ev.TalentPoolMemberRemoved):
                 county = None
         trained = first_trained is not None and first_trained <= day
-        segments.append((day, (county, trained) if county else None))
+        segments.append((day, (lineage.resolve(county, day), trained) if county else None))
     # Every completion is a person-time; the pool-only figure counts those by pool members. An event
     # of before contracts 1.2.0 says nothing (None): only pool members could complete a session then.
     pulses = tuple((c.completed_on, (c.organizer_region, POOL if c.pool_member is not False else OUTSIDE))
@@ -619,7 +621,7 @@ def timelines_for(keys: Iterable[str], facts: Mapping[str, Sequence[Fact]], link
         elif kind == "div":
             out[key] = divisions_timeline(facts.get(key, ()), lineage.began_on(ident), lineage.ended_on(ident))
         elif kind == "person":
-            out[key] = person_timeline(facts.get(key, ()))
+            out[key] = person_timeline(facts.get(key, ()), lineage)
         elif kind == "outstanding":
             out[key] = outstanding_timeline(facts.get(key, ()))
         elif kind == "fund":
