@@ -26,11 +26,13 @@ import nats
 import pytest
 from typer.testing import CliRunner
 
+from cso.database import make_engine
 from cso.settings import Settings
 from cso_local.cli import app as cli
 from services.registry.app import create_app as registry_app
 from services.registry.app import run_migrations as registry_migrations
 from services.targets import app as targets
+from services.targets.rebuild import rebuild
 from services.training import domain as training_domain
 from services.training.app import create_app as training_app
 from services.training.app import run_migrations as training_migrations
@@ -297,6 +299,14 @@ async def test_records_follow_their_divisions_across_county_lines(
         await eventually(lambda: _count_is(tgt, f"{MOVED_TO}001", sum(
             c == jiyi for _, c in orgs) + 2), timeout=60, interval=0.3)
         await agreed(dsn)
+
+        # The live projection is what the fact log rebuilds to, the changes across counties included.
+        engine = make_engine(dsn)
+        try:
+            report = await rebuild(engine)
+        finally:
+            await engine.dispose()
+        assert report.equal, report.differences[:10]
 
 
 async def _count_is(api: httpx.AsyncClient, region: str, n: int) -> bool:
