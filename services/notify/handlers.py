@@ -12,6 +12,7 @@ unparsed (`Screened`).
   of at each subscription's own lead times (routing.Scheduler.reminders); an accepted task's is
   dropped.
 - `DivisionNames`: the names of the divisions, to name a region by its full path.
+- `FollowDivisions`: a subscription to a region merged or recoded follows it to its successor.
 
 notify refuses nothing it consumes (a message it cannot read is dead-lettered by the consumer).
 """
@@ -93,6 +94,21 @@ class DivisionNames:
         return {}
 
 
+class FollowDivisions:
+    """DivisionChanged: a subscription to a region merged or recoded follows it to its successor
+    (a county recoded to a district, 县改区; a township transferred to another county), so its
+    subscriber hears of the records registry moved there and of what is filed there from then on.
+    Renames and abolitions move nothing."""
+
+    async def apply(self, conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> dict[UUID, Rejected]:
+        for envelope in events:
+            change = envelope.payload
+            if isinstance(change, ev.DivisionChanged) and change.change in ("merged", "recoded") \
+                    and change.successor_code:
+                await store.follow_division_change(conn, change.code, change.successor_code)
+        return {}
+
+
 class Both:
     """Two handlers of the same events, in order, in the same transaction."""
 
@@ -153,7 +169,7 @@ def tables(runtime: Runtime, clock: Clock, sender: Sender) -> list[Consumes]:
             ev.TalentPoolMemberAdded: notices,
             ev.TalentPoolMemberRemoved: notices,
         }),
-        "divisions": HandlerTable({ev.DivisionsImported: DivisionNames()}),
+        "divisions": HandlerTable({ev.DivisionsImported: DivisionNames(), ev.DivisionChanged: FollowDivisions()}),
     }
     topology = runtime.topology
     return [Consumes(Subscription(stream, topology.context_subjects(context), f"notify-{context}"),

@@ -236,6 +236,15 @@ async def subscribers_for(conn: AsyncConnection, kinds: Iterable[str]) -> list[S
     return [_subscriber(r) for r in rows]
 
 
+async def follow_division_change(conn: AsyncConnection, code: str, successor: str) -> int:
+    """Subscriptions to a region merged or recoded into `successor` (DivisionChanged) are to the
+    successor now; how many moved (a second application finds none at the old code)."""
+    moved = await conn.execute(subscription.update().where(
+        subscription.c.region == code, subscription.c.deleted_at.is_(None))
+        .values(region=successor, updated_at=func.now()))
+    return moved.rowcount or 0
+
+
 async def subscribed_regions(conn: AsyncConnection) -> list[tuple[str, str, bool]]:
     """(event kind, region, include_subregions) of every live subscription, each once: what the
     consumer's screen (domain.Screen) decides on."""

@@ -593,6 +593,38 @@ async def test_organization_filed_reaches_its_township(migrated: Settings, nc: N
         assert here["include_subregions"] is True
 
 
+async def test_a_subscription_follows_its_township_into_another_county(migrated: Settings, nc: NATS) -> None:
+    """A township transferred to another county (DivisionChanged, as `cso divisions import
+    --previous` reads it off two editions: 集益镇 511124110 → 五通桥区 511112111 in the synthetic
+    乐山市 of tests/division_changes.py; here 大佛街道 511102004 of the test's 市中区 → 511112112):
+    its subscribers hear what is filed under its new code; the old county's, with its subregions,
+    no longer do."""
+    settings = migrated
+    async with notify(settings, test_config()) as (_, api):
+        events = ["OrganizationFiled"]
+        await subscribe(api, recipient="dafo.street", region="511102004", include_subregions=True,
+                        events=events, channels={"inbox": True})
+        await subscribe(api, recipient="shizhong.county", region="511102", include_subregions=True,
+                        events=events, channels={"inbox": True})
+        change = make_event(ev.DivisionChanged(code="511102004", change="recoded", successor_code="511112112",
+                                               effective_on=date(2024, 6, 30)), source="cso-divisions")
+        await publish(nc, settings.topology.event_subject("DivisionChanged", "511102004"), change)
+        await eventually(lambda: scalar(settings, "SELECT count(*) = 1 FROM notify.subscription "
+                                                  "WHERE region = '511112112'"))
+        filing = make_event(ev.OrganizationFiled(
+            name="篦子街社区舞蹈队", community_code="511112112001", category="culture_sports",
+            filing_number="WTQ-2026-001", filed_on=date(2026, 3, 1)), source="cso-registry")
+        await publish(nc, settings.topology.event_subject("OrganizationFiled", "511112112001"), filing)
+        await eventually(lambda: inbox_count(api, "dafo.street", 1))
+        await asyncio.sleep(0.3)
+        assert await inbox_count(api, "shizhong.county", 0)
+        # Applied again (a redelivery, a re-import): nothing moves twice.
+        await publish(nc, settings.topology.event_subject("DivisionChanged", "511102004"),
+                      make_event(change.payload, source="cso-divisions"))
+        await asyncio.sleep(0.5)
+        assert await scalar(settings, "SELECT count(*) FROM notify.subscription WHERE region = '511112112'") == 1
+
+
 async def test_a_target_put_over_http_is_reminded_of_with_its_title(migrated: Settings) -> None:
     """notify keeps no catalogue: a target added with PUT /targets (which notify never read) gets
     its reminders 30 and 7 days before its deadline (the default lead times), learned from targets'

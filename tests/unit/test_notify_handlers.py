@@ -42,6 +42,7 @@ def test_deadlines_come_from_targets_events() -> None:
                  "TaskStatusChanged"):
         assert handlers.Deadlines in handler_kinds(targets.handler_of(kind)), kind
     assert table()["notify-divisions"].handler_of("DivisionsImported") is not None
+    assert isinstance(table()["notify-divisions"].handler_of("DivisionChanged"), handlers.FollowDivisions)
     # Not notify's business: acknowledged, no effect.
     assert targets.handler_of("NotificationSent") is None
     assert table()["notify-training"].handler_of("QualificationExamRecorded") is None
