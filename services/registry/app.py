@@ -17,7 +17,7 @@ from cso.outbox import Relay
 from cso.service import Runtime
 from cso.settings import Settings
 
-from . import api, funding_api, handlers, sheet, store, verdicts, waiting
+from . import api, facility_api, funding_api, handlers, sheet, store, verdicts, waiting
 from .losses import IntakeLosses
 from .settings import RegistrySettings
 from .waiting import Clock, utc_now
@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None, clock: Clock = utc_now) -> Fast
     app.state.runtime = runtime  # api.RuntimeDep
     app.include_router(api.router)
     app.include_router(funding_api.router)
+    app.include_router(facility_api.router)
     return app
 
 

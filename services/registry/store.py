@@ -30,6 +30,7 @@ from sqlalchemy import (
     Text,
     Uuid,
     func,
+    select,
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, CHAR, JSONB
@@ -382,6 +383,21 @@ async def organizations_in(conn: AsyncConnection, region: str, status: str | Non
         "AND (CAST(:after AS uuid) IS NULL OR id > :after) ORDER BY id LIMIT :limit"),
         {"prefix": region + "%", "status": status, "after": after, "limit": limit})).mappings().all()
     return [dict(r) for r in rows]
+
+
+async def facilities_in(conn: AsyncConnection, region: str, limit: int, after: UUID | None = None,
+                        kind: str | None = None, running: bool | None = None) -> list[dict[str, Any]]:
+    """Keyset paging on id of the facilities at a region and below it, each with its operating
+    status (running while it has not closed)."""
+    query = select(facility).where(facility.c.region_code.startswith(region, autoescape=True))
+    if after is not None:
+        query = query.where(facility.c.id > after)
+    if kind is not None:
+        query = query.where(facility.c.kind == kind)
+    if running is not None:
+        query = query.where(facility.c.ended_on.is_(None) if running else facility.c.ended_on.is_not(None))
+    rows = (await conn.execute(query.order_by(facility.c.id).limit(limit))).mappings().all()
+    return [dict(r) | {"status": "running" if r["ended_on"] is None else "closed"} for r in rows]
 
 
 async def division_known(conn: AsyncConnection, code: str) -> bool:

@@ -146,6 +146,12 @@ async def test_records_follow_their_divisions_across_county_lines(
                                          "covered_townships": [MOVED], "opened_on": "2023-06-01"})
         await command(reg, "open_base", {"name": "犍为县社会组织培育基地", "region_code": OLD_COUNTY,
                                          "covered_townships": [SEAT, XIAOGU], "opened_on": "2023-06-01"})
+        # Facilities in what moves: a station in the moved township and at the seat, the county's
+        # innovation base, a social-work room in a community of 孝姑镇 (recoded with its county).
+        for kind, place in (("social_work_station", MOVED), ("social_work_station", SEAT),
+                            ("innovation_base", OLD_COUNTY), ("social_work_room", f"{XIAOGU}001")):
+            await command(reg, "open_facility", {"kind": kind, "name": f"{place}{kind}", "region_code": place,
+                                                 "opened_on": "2023-06-01"})
         # Funded projects running through the change: one in the moved township (funded by the
         # county it leaves), one in the recoded county.
         projects = [(jiyi, FROM_COUNTY, 50_000_00), (f"{XIAOGU}001", OLD_COUNTY, 30_000_00)]
@@ -204,6 +210,10 @@ async def test_records_follow_their_divisions_across_county_lines(
         recoded = (await ok(await tgt.get(f"/coverage/{NEW_COUNTY}")))["counters"]
         assert recoded.get("streets_with_hub") == 1 and recoded.get("streets_with_base") == 1, recoded
         assert recoded.get("towns_with_base") == 1 and recoded.get("bases") == 1, recoded
+        # ... and so do the facilities (the recount above compares every facility counter too).
+        assert (to.get("townships_with_social_work_station"), recoded.get("townships_with_social_work_station"),
+                recoded.get("counties_with_innovation_base"), recoded.get("communities_with_social_work_room"),
+                frm.get("townships_with_social_work_station") or 0) == (1, 1, 1, 1, 0), (to, recoded)
         for region, amount in ((MOVED_TO, 50_000_00), (NEW_COUNTY, 30_000_00), (FROM_COUNTY, 0)):
             funding = await ok(await tgt.get(f"/funding/{region}"))
             assert funding["amount_fen"] == amount, (region, funding)

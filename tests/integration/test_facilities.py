@@ -27,10 +27,9 @@ from cso.settings import Settings
 from services.registry.app import create_app as registry_app
 from services.registry.app import run_migrations as registry_migrations
 from services.targets import app as targets
-from services.targets.domain.metrics import FACILITY_COUNTERS
 from services.targets.evaluation import Clock
 from tests.support import eventually, running
-from tests.support.recount import projected, recount
+from tests.support.recount import FACILITY_COUNTERS, projected, recount
 
 pytestmark = pytest.mark.integration
 
@@ -158,9 +157,22 @@ async def test_plans_sentences_on_facilities_are_tracked_and_equal_a_recount(set
             rooms = (await api.get("/coverage/510681")).json()["counters"]
             assert rooms["communities_with_social_work_room"] == len(guanghan_villages), ROOMS
 
+            # registry lists them with their operating status: 2 + 10 + 21 bases running, 1 closed.
+            async def listed(**params: str) -> list[dict[str, Any]]:
+                answer = await registry.get("/regions/5111/facilities", params={"limit": "1000", **params})
+                assert answer.status_code == 200, answer.text
+                return list(answer.json()["items"])
+
+            running_bases = await listed(kind="innovation_base", status="running")
+            assert len(running_bases) == 33 and {x["status"] for x in running_bases} == {"running"}
+            [closed] = await listed(kind="innovation_base", status="closed")
+            assert (closed["id"], closed["status"], closed["ended_on"]) == (ids[-1], "closed", "2023-06-30")
+            assert [x["kind"] for x in await listed(kind="demonstration_park")] == ["demonstration_park"]
+            assert (await registry.get("/regions/5111/facilities", params={"kind": "gym"})).status_code == 422
+
             # Every facility counter at every tier, province to community, equals the recount.
             async def same() -> bool:
-                got = await projected(settings.database_url, set(FACILITY_COUNTERS))
+                got = await projected(settings.database_url, FACILITY_COUNTERS)
                 want = +type(got)({k: v for k, v in (await recount(settings.database_url)).items()
                                    if k[1] in FACILITY_COUNTERS})
                 return got == want

@@ -155,3 +155,9 @@ REGISTRY_COUNTERS = {"orgs", "orgs_registered", "orgs_filed", "orgs_guided", "or
                      "filings_interest", "registrations_functional", "registrations_interest",
                      *(f"orgs_{k}_{t.value}" for k in ("urban", "rural") for t in ev.ManagementTier),
                      } | {f"orgs_cat_{c.value}" for c in ev.Category}
+# Facilities (FacilityOpened): each kind running, by the tier it opened at, and the divisions with one.
+_PLURAL = {"city": "cities", "county": "counties", "township": "townships", "community": "communities"}
+FACILITY_COUNTERS = {f"{k.value}s" for k in ev.FacilityKind} | {
+    name for k, tiers in ev.FACILITY_TIERS.items() for t in tiers
+    for name in (f"{k.value}s_{t}", f"{_PLURAL[t]}_with_{k.value}")}
+REGISTRY_COUNTERS |= FACILITY_COUNTERS
