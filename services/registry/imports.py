@@ -165,6 +165,8 @@ def _identify(rows: Sequence[template.Row], by_code: dict[str, UUID],
             r.body["hub_id"] = str(uuid5(template.NAMESPACE, f"{r.county}|hub|{r.key}"))
         elif r.kind.command == "open_base":
             r.body["base_id"] = str(uuid5(template.NAMESPACE, f"{r.county}|base|{r.key}"))
+        elif r.kind.command == "open_facility":
+            r.body["facility_id"] = str(uuid5(template.NAMESPACE, f"{r.county}|facility|{r.key}"))
 
 
 def _refusal(row: template.Row, field_name: str, reason: str) -> tuple[str, str, str]:

@@ -48,8 +48,15 @@ LEGAL_FORM = {
     "基金会": ev.LegalForm.FOUNDATION,
 }
 TIER = {"备案": ev.ManagementTier.FILED, "引导": ev.ManagementTier.GUIDED, "引导类": ev.ManagementTier.GUIDED}
+FACILITY_KIND = {
+    "创新发展基地": ev.FacilityKind.INNOVATION_BASE, "社区社会组织创新发展基地": ev.FacilityKind.INNOVATION_BASE,
+    "创新示范园": ev.FacilityKind.DEMONSTRATION_PARK, "社会组织创新示范园": ev.FacilityKind.DEMONSTRATION_PARK,
+    "社工站": ev.FacilityKind.SOCIAL_WORK_STATION, "社会工作服务站": ev.FacilityKind.SOCIAL_WORK_STATION,
+    "社工室": ev.FacilityKind.SOCIAL_WORK_ROOM, "社会工作室": ev.FacilityKind.SOCIAL_WORK_ROOM,
+}
 # The value words the template shows (the first Chinese word of each value).
-WORDS: dict[str, dict[str, Any]] = {"category": CATEGORY, "legal_form": LEGAL_FORM, "tier": TIER}
+WORDS: dict[str, dict[str, Any]] = {"category": CATEGORY, "legal_form": LEGAL_FORM, "tier": TIER,
+                                    "kind": FACILITY_KIND}
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,14 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
                "510681001、510681002"),
         Column("开办日期", "opened_on", True, "YYYY-MM-DD", "2022-05-01"),
     ), also={"base_id": "基地名称", "region": "所在区域代码"}),
+    # Facilities (FacilityOpened): the city plan's 创新发展基地 and 示范园, the 社工站 and 社工室.
+    Kind("社工站点与基地", "open_facility", ev.FacilityOpened, (
+        Column("站点名称", "name", True, "创新发展基地、示范园、社工站或社工室的名称", "雒城街道社会工作服务站"),
+        Column("站点类型", "kind", True, "创新发展基地、创新示范园、社工站（乡镇、县、市）、社工室（村、社区）",
+               "社工站"),
+        Column("所在区域代码", "region_code", True, "开办所在的社区12位、乡镇9位、县6位或市4位代码", "510681001"),
+        Column("开办日期", "opened_on", True, "YYYY-MM-DD", "2023-02-01"),
+    ), also={"facility_id": "站点名称", "region": "所在区域代码"}),
 )}
 
 
@@ -245,6 +260,8 @@ def read_row(sheet_name: str, number: int, kind: Kind, cells: list[str], header:
                            "name the organization: its credit code, or its name and community code")
         ident = lookup.get("credit_code") or f"{lookup['community_code']}|{lookup['name']}"
         return Row(sheet_name, number, kind, body, county, f"{region}|{ident}", lookup)
+    if kind.command == "open_facility":   # a station and a room may share a name: the kind keys it too
+        return Row(sheet_name, number, kind, body, county, f"{region}|{body.get('kind', '')}|{body.get('name', '')}")
     return Row(sheet_name, number, kind, body, county, f"{region}|{body.get('name', '')}")
 
 
@@ -278,7 +295,7 @@ def template_xlsx() -> bytes:
             guide.append([name, word, value.value])
     guide.append([])
     guide.append(["重复上传", "同一张表再次上传不会重复记录：每行的编号由县（市、区）与该行的关键字段生成"
-                          "（登记：统一社会信用代码；备案：社区代码+名称；枢纽：服务区域+依托组织；基地：区域+名称）。"])
+                          "（登记：统一社会信用代码；备案：社区代码+名称；枢纽：服务区域+依托组织；基地：区域+名称；站点：区域+类型+名称）。"])
     for cell in guide[1]:
         cell.font = Font(bold=True)
     out = io.BytesIO()

@@ -294,7 +294,7 @@ async def test_template_csv_region_progress_and_the_cli(registry: tuple[httpx.As
     xlsx = await client.get("/imports/template.xlsx")
     assert xlsx.status_code == 200
     book = openpyxl.load_workbook(io.BytesIO(xlsx.content))
-    assert book.sheetnames == ["说明", "备案", "登记", "枢纽型组织", "孵化基地"]
+    assert book.sheetnames == ["说明", "备案", "登记", "枢纽型组织", "孵化基地", "社工站点与基地"]
     assert [c.value for c in book["登记"][1]] == ["组织名称", "社区代码", "统一社会信用代码", "组织形式", "类别",
                                                  "登记日期"]
     template_csv = await client.get("/imports/template.csv")
@@ -345,3 +345,17 @@ async def test_template_csv_region_progress_and_the_cli(registry: tuple[httpx.As
         again = await asyncio.to_thread(runner.invoke, cli, ["import", str(path), "--url", url, "--apply",
                                                             "--partial", "--json"])
         assert json.loads(again.output[again.output.index("{"):])["counts"]["already_applied"] == 2
+
+    # Facilities (社工站点与基地): a township's station and a community's room applied; a room at a
+    # township refused, naming its column.
+    out = io.StringIO()
+    csv.writer(out).writerows([["类型", "站点名称", "站点类型", "所在区域代码", "开办日期"],
+                               ["社工站点与基地", "雒城街道社工站", "社工站", "510681001", "2023/2/1"],
+                               ["社工站点与基地", "西城社区社工室", "社工室", "510681001014", "2023-03-01"],
+                               ["社工站点与基地", "雒城街道社工室", "社工室", "510681001", "2023-03-01"]])
+    stations = (await client.post("/imports", params={"dry_run": "false", "partial": "true"},
+                                  content=out.getvalue().encode(), headers=token)).json()
+    assert stations["counts"]["applied"] == 2, stations
+    [refused] = [v for v in stations["verdicts"] if v["status"] == "refused"]
+    assert (refused["row"], refused["header"]) == (4, "所在区域代码"), refused
+    assert await _count(settings, "SELECT count(*) FROM registry.facility") == 2

@@ -72,3 +72,24 @@ def test_the_templates_headers_are_the_kinds_columns() -> None:
     [csv_sheet] = spreadsheet.read(sheet.template_csv(), 10)
     header = sheet.find_header(csv_sheet.rows)
     assert header is not None and header.ignored == [] and "类型" in header.columns
+
+
+def test_a_facility_row_takes_its_kind_by_its_chinese_word() -> None:
+    """社工站点与基地 (FacilityOpened): 社工站, 社工室, 创新发展基地, 创新示范园; another word names the
+    column."""
+    rows = [(1, ["类型", "站点名称", "站点类型", "所在区域代码", "开办日期"]),
+            (2, ["社工站点与基地", "雒城街道社工站", "社工站", "510681001", "2023/2/1"]),
+            (3, ["社工站点与基地", "雒城街道社工站", "社工室", "510681001014", "2023-03-01"]),
+            (4, ["社工站点与基地", "活动中心", "活动中心", "510681001", "2023-03-01"])]
+    header = sheet.find_header(rows)
+    assert header is not None
+    kind = sheet.kind_of("CSV", rows[1][1], header)
+    assert kind is sheet.KINDS["社工站点与基地"] and kind.command == "open_facility"
+    station = sheet.read_row("CSV", 2, kind, rows[1][1], header)
+    assert station.body == {"name": "雒城街道社工站", "kind": "social_work_station", "region_code": "510681001",
+                            "opened_on": "2023-02-01"}
+    room = sheet.read_row("CSV", 3, kind, rows[2][1], header)
+    assert room.body["kind"] == "social_work_room" and room.event_id != station.event_id
+    with pytest.raises(sheet.RowError) as e:
+        sheet.read_row("CSV", 4, kind, rows[3][1], header)
+    assert (e.value.header, e.value.field) == ("站点类型", "kind") and "社工站" in e.value.reason
