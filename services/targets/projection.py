@@ -75,6 +75,12 @@ async def recompute(conn: AsyncConnection, direct: set[str],
             faccov.add(member)
         else:
             basecov.add(member)
+    if hubcov or basecov:
+        # A hub or base that serves a township merged or recoded serves its successor (whatever
+        # county it lies in) from the change: a dissolution or closing after it moves that one's.
+        moved = await history.lineage_for(conn, hubcov | basecov)
+        hubcov.update(s for t in list(hubcov) for s in moved.successors(t))
+        basecov.update(s for t in list(basecov) for s in moved.successors(t))
     for div in by_kind.get("div", ()):
         county = div.split(":", 1)[1]
         orgs.update(await store.entity_keys_in(conn, ["org"], county))

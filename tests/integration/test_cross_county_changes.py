@@ -21,6 +21,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import nats
 import pytest
@@ -138,8 +139,8 @@ async def test_records_follow_their_divisions_across_county_lines(
         jiyi = f"{MOVED}001"
         # The moved township's hub and base; a hub at the seat (a town that becomes a street); a
         # county-wide base of 犍为县 covering two of its townships.
-        await command(reg, "establish_hub", {"organization_id": first[jiyi], "region_code": MOVED,
-                                             "established_on": "2023-05-01"})
+        jiyi_hub = await command(reg, "establish_hub", {"organization_id": first[jiyi], "region_code": MOVED,
+                                                        "established_on": "2023-05-01"})
         await command(reg, "establish_hub", {"organization_id": first[f"{SEAT}001"], "region_code": SEAT,
                                              "established_on": "2023-05-01"})
         await command(reg, "open_base", {"name": "集益镇社会组织孵化基地", "region_code": MOVED,
@@ -308,6 +309,22 @@ async def test_records_follow_their_divisions_across_county_lines(
         assert {past_one, fresh} <= await listed(reg, f"{MOVED_TO}001")
         await eventually(lambda: _count_is(tgt, f"{MOVED_TO}001", sum(
             c == jiyi for _, c in orgs) + 2), timeout=60, interval=0.3)
+
+        # Facts of moved records after the day: their events name the new codes (the county token
+        # of their subjects is the new county's), and coverage follows.
+        later = (D + timedelta(days=10)).isoformat()
+        await command(reg, "dissolve_hub", {"hub_id": jiyi_hub, "reason": "撤并", "dissolved_on": later})
+        leaving = [o for o, c in orgs if c.startswith(XIAOGU)][-1]
+        await command(reg, "deregister", {"organization_id": leaving, "reason": "自行解散", "ended_on": later})
+        db = await asyncpg.connect(dsn)
+        try:
+            subjects = {r["type"]: r["subject"] for r in await db.fetch(
+                "SELECT type, subject FROM registry.outbox WHERE type IN ('HubDissolved', 'OrganizationDeregistered')")}
+        finally:
+            await db.close()
+        assert subjects["HubDissolved"].endswith(f".51.5111.{TO_COUNTY}"), subjects
+        assert subjects["OrganizationDeregistered"].endswith(f".51.5111.{NEW_COUNTY}"), subjects
+        await eventually(lambda: _hubs_are(tgt, TO_COUNTY, 0), timeout=60, interval=0.3)
         await agreed(dsn)
 
         # The live projection is what the fact log rebuilds to, the changes across counties included.
@@ -317,6 +334,11 @@ async def test_records_follow_their_divisions_across_county_lines(
         finally:
             await engine.dispose()
         assert report.equal, report.differences[:10]
+
+
+async def _hubs_are(api: httpx.AsyncClient, region: str, n: int) -> bool:
+    body = await ok(await api.get(f"/coverage/{region}"))
+    return bool(body["counters"].get("towns_with_hub", 0) == n)
 
 
 async def _count_is(api: httpx.AsyncClient, region: str, n: int) -> bool:

@@ -35,6 +35,8 @@ def test_a_chain_of_changes_is_followed_in_order() -> None:
     assert lineage.resolve("440308001001", date(2030, 1, 1)) == "440308005001"
     assert lineage.days("440308001001") == [date(2024, 6, 30), date(2025, 6, 30)]
     assert lineage.ended_on("440308001") == date(2024, 6, 30) and lineage.ended_on("440308004") is None
+    assert lineage.successors("440308001001") == ["440308002011", "440308005001"]
+    assert lineage.successors("440308004") == [] and lineage.successors("440308005001") == []
     assert lineage.predecessors("440308005001") == [("440308001001", date(2025, 6, 30)),
                                                     ("440308002011", date(2025, 6, 30))]
 

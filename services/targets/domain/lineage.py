@@ -68,6 +68,16 @@ class Lineage:
             seen.add(code)
         return out
 
+    def successors(self, code: str) -> list[str]:
+        """Every code that came to stand for `code`, in order (a chain: recoded, then merged)."""
+        out: list[str] = []
+        seen = {code}
+        while (c := self._ending.get(code)) is not None and c.successor and c.successor not in seen:
+            code = c.successor
+            out.append(code)
+            seen.add(code)
+        return out
+
     def ended_on(self, code: str) -> date | None:
         """The day a code stops counting (merged, recoded or abolished), if it does."""
         c = self._ending.get(code)
