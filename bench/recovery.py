@@ -58,9 +58,8 @@ async def seed(dsn: str, n: int, topology: Topology) -> None:
             await db.copy_records_to_table("outbox", schema_name="registry", records=outbox, columns=[
                 "event_id", "subject", "type", "aggregate_id", "data", "created_at"])
             # Published before the loss: the relay's position past every row, the stream at n.
-            await db.execute("UPDATE registry.outbox_relay r SET (txid, seq) = (m.txid, m.seq) FROM "
-                             "(SELECT txid, seq FROM registry.outbox ORDER BY txid DESC, seq DESC LIMIT 1) m "
-                             "WHERE r.outbox = 'outbox'")
+            await db.execute("UPDATE registry.outbox_relay SET seq = (SELECT max(seq) FROM registry.outbox) "
+                             "WHERE outbox = 'outbox'")
             await db.execute("INSERT INTO registry.outbox_stream (outbox, stream, last_seq, first_published_at, "
                              "published_at) VALUES ('outbox', $1, $2, now(), now()) ON CONFLICT (outbox, stream) "
                              "DO UPDATE SET last_seq = excluded.last_seq", topology.stream("CSO_REGISTRY"), n)

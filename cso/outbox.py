@@ -2,30 +2,31 @@
 
 An event is written once: its row is inserted in the transaction that makes it and never updated.
 What has been published is a position, not a flag on each row: `outbox_relay` holds, per outbox
-table, the position (txid, seq) of the last row its relay published, and every row at or below it
-is published. A batch of 500 costs the relay one statement (that position, and per stream the last
-sequence JetStream gave the batch, `outbox_stream`), not an UPDATE of 500 rows.
+table, the `seq` of the last row its relay published, and every row at or below it is published.
+A batch of 500 costs the relay one statement (the new position, and per stream the last sequence
+JetStream gave the batch, `outbox_stream`), not an UPDATE of 500 rows.
 
-Why the position is (txid, seq) and not seq alone: `seq` is taken at insert, a transaction
-commits later, so a transaction that took seq 10 can commit after one that took seq 11. A relay
-that published 11 and moved its mark to 11 would never see 10. So every row also carries the id
-of the transaction that wrote it (`txid`, `pg_current_xact_id()`, 64 bits, never wraps), and the
-relay takes only rows whose transaction is below its snapshot's xmin
-(`pg_snapshot_xmin(pg_current_snapshot())`): every transaction below xmin has ended, so no row can
-still appear there, and every row that will ever appear has a txid at or above it, i.e. beyond any
-position the relay has recorded. Rows are published in (txid, seq) order (a transaction's rows in
-the order it wrote them). The alternatives were worse: a lock serialising every writer of the
-outbox until it commits (every transaction that emits an event would queue behind the others),
-or polling for gaps in `seq` (a gap from a rolled-back transaction never fills).
+Rows are published in `seq` order, which keeps cause before effect: a transaction that read what
+another committed draws its seqs after all of the other's. But `seq` is drawn at insert and a
+transaction commits later, so a row can appear below rows already visible (its transaction took
+seq 10 and commits after the one that took 11), and a seq may never appear at all (its
+transaction rolled back, or an insert met a conflict). So the relay publishes the rows that follow
+its position without a hole, and stops at a hole. A hole is settled by a probe: the relay reads the
+sequence's last value L, then takes a transaction id X of its own (`pg_current_xact_id()`, above
+every id assigned before); once every transaction below X has ended (`pg_snapshot_xmin` ≥ X), every
+seq up to L is either visible or never will be, and the relay goes on past the holes up to L. This holds
+because a row's transaction has its id before it draws its seq (the seq's default asks for the
+transaction id first, `seq_position_ddl`): whoever drew a seq ≤ L had an id below X.
 
-What it costs: a row is published only once every transaction that began writing before it has
-ended, in any database of the cluster (xmin is the cluster's), so a long writing transaction
-delays publishing (not throughput: the relay then publishes a larger batch). Order: a
-transaction's events are published in order; two transactions' events in the order of their
-transaction ids (when they began writing), which for two transactions contending for one row may
-differ from their commit order. It did not guarantee more before: `seq` is not commit order either,
-and the relays of several replicas published side by side. Consumers order facts by their own
-dates (targets' timelines) or park what comes early (registry's waiting room).
+What it costs: nothing while rows come without holes; a hole (a transaction still writing below
+others that committed, or one that rolled back) holds the rows after it until the transactions
+that were running at the probe have ended, in any database of the server (transaction ids are the
+server's): a long writing transaction delays publishing past a hole (not throughput: the relay
+then publishes a larger batch). The alternatives were worse: a lock serialising every writer of
+the outbox until it commits (every transaction that emits an event would queue behind the
+others); ordering by transaction id instead of seq (two transactions that contend for one row
+commit in lock order, not in the order of their ids: an update could go out before the filing it
+updates, and training skips an update of an organization it has not seen).
 
 Republishing (BusWatch after the bus lost a stream, `cso replay`) moves the position back
 (`rewind`): the relay publishes every row above it again; JetStream's duplicate window
@@ -45,6 +46,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
@@ -107,6 +109,7 @@ def written_once_ddl(schema: str, tables: Sequence[str] = ("outbox",)) -> list[s
     order below every later one; the position starts just below the first row not yet published
     (rows published after it are published again: harmless, see the module's docstring).
     `published_at`, `stream` and `stream_seq` stay for the replicas of before (see below).
+    The txid went again in `seq_position_ddl` (a position in seq order).
     History, like `ddl`: a later change is a migration of its own."""
     s = f'"{schema}"'
     out = [
@@ -146,12 +149,32 @@ def written_once_ddl(schema: str, tables: Sequence[str] = ("outbox",)) -> list[s
     return out
 
 
+def seq_position_ddl(schema: str, tables: Sequence[str] = ("outbox",)) -> list[str]:
+    """The position becomes a seq (see the module's docstring); the txid column of
+    `written_once_ddl` goes. A row's seq is drawn after its transaction has its id. The new
+    position is just below the first row the old one had not passed (some are published again:
+    harmless). History, like `ddl`."""
+    s = f'"{schema}"'
+    out = []
+    for table in tables:
+        out += [
+            f"""UPDATE {s}.outbox_relay r SET seq = coalesce(
+                    (SELECT min(o.seq) - 1 FROM {s}.{table} o WHERE (o.txid, o.seq) > (r.txid, r.seq)),
+                    (SELECT max(o.seq) FROM {s}.{table} o), r.seq)
+                WHERE r.outbox = '{table}'""",
+            f"DROP INDEX {s}.{table}_position",
+            f"ALTER TABLE {s}.{table} DROP COLUMN txid",
+            f"""ALTER TABLE {s}.{table} ALTER COLUMN seq SET DEFAULT
+                CASE WHEN pg_current_xact_id() IS NOT NULL THEN nextval('{s}.{table}_seq_seq'::regclass) END""",
+        ]
+    return out + [f"ALTER TABLE {s}.outbox_relay DROP COLUMN txid"]
+
+
 def pending(schema: str, table: str = "outbox", alias: str = "") -> str:
     """A condition on `table`'s rows (named `alias` in the query, if it names them): not yet
     published. For counts (the backlog, tests, the benchmark)."""
     row = f"{alias}." if alias else ""
-    return (f"({row}txid, {row}seq) > (SELECT r.txid, r.seq FROM \"{schema}\".outbox_relay r "
-            f"WHERE r.outbox = '{table}')")
+    return f"{row}seq > (SELECT r.seq FROM \"{schema}\".outbox_relay r WHERE r.outbox = '{table}')"
 
 
 def count_pending(schema: str, table: str = "outbox", where: str = "TRUE") -> str:
@@ -162,8 +185,7 @@ def count_pending(schema: str, table: str = "outbox", where: str = "TRUE") -> st
 async def rewind(conn: AsyncConnection, schema: str, table: str = "outbox", stream: str | None = None) -> None:
     """Publish every row of `table` again, from the first (BusWatch, when the bus lost `stream`:
     what was recorded as acknowledged there is forgotten until the relay publishes it again)."""
-    await conn.execute(text(f'UPDATE "{schema}".outbox_relay SET txid = \'0\', seq = 0 WHERE outbox = :o'),
-                       {"o": table})
+    await conn.execute(text(f'UPDATE "{schema}".outbox_relay SET seq = 0 WHERE outbox = :o'), {"o": table})
     if stream is not None:
         await conn.execute(text(f'DELETE FROM "{schema}".outbox_stream WHERE outbox = :o AND stream = :s'),
                            {"o": table, "s": stream})
@@ -171,12 +193,12 @@ async def rewind(conn: AsyncConnection, schema: str, table: str = "outbox", stre
 
 def replay_sql(schema: str, where: str, table: str = "outbox") -> str:
     """For `cso replay` (asyncpg, `where` on the outbox's rows with $1): move the position back to
-    just below the first row `where` holds, so that every row from there on is published again
-    (a few others too: rows of later transactions that took a lower seq). Never moves it forward."""
+    just below the first row `where` holds, so that every row from there on is published again.
+    Never moves it forward."""
     s = f'"{schema}"'
-    return (f"WITH first AS (SELECT txid, seq FROM {s}.{table} WHERE {where} ORDER BY txid, seq LIMIT 1) "
-            f"UPDATE {s}.outbox_relay r SET txid = first.txid, seq = first.seq - 1 FROM first "
-            f"WHERE r.outbox = '{table}' AND (first.txid, first.seq - 1) < (r.txid, r.seq)")
+    return (f"UPDATE {s}.outbox_relay r SET seq = first.seq - 1 FROM "
+            f"(SELECT min(seq) AS seq FROM {s}.{table} WHERE {where}) first "
+            f"WHERE r.outbox = '{table}' AND first.seq - 1 < r.seq")
 
 
 async def add(conn: AsyncConnection, schema: str, topology: Topology,
@@ -204,8 +226,32 @@ async def add_messages(conn: AsyncConnection, schema: str,
     return len(rows)
 
 
+@dataclass(frozen=True)
+class Probe:
+    """Every seq up to `last_seq` was drawn by a transaction whose id is below `xid` (an id the
+    relay took after reading `last_seq`): once none below it runs any more, the holes up to
+    `last_seq` are final (the module's docstring)."""
+
+    last_seq: int
+    xid: str   # the relay's own transaction id (xid8), as text
+
+
+def publishable(position: int, seqs: Sequence[int], settled: int) -> tuple[int, int]:
+    """Of the visible seqs above `position` (ascending), how many to publish now and the position
+    after them. Every seq up to `settled` is final (holes there will stay holes): its rows are
+    taken, then the rows that follow without a hole. The caller passes a `settled` no further than
+    the seqs it has seen."""
+    taken, at = 0, position
+    for seq in seqs:
+        if seq <= settled or seq == max(at, settled) + 1:
+            taken, at = taken + 1, seq
+        else:
+            break
+    return taken, max(at, settled)
+
+
 class Relay:
-    """Publishes the outbox's rows above its position, in (txid, seq) order, pipelined, each with
+    """Publishes the outbox's rows above its position in seq order, pipelined, each with
     `Nats-Msg-Id` = event id, then records the new position: one statement a batch.
 
     JetStream drops a second publish of the same id inside its duplicate window, and every consumer
@@ -222,6 +268,7 @@ class Relay:
         self.wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._waiting = False   # for a stream: said once, not every second
+        self._probe: Probe | None = None   # of the hole the relay stopped at, if any
 
     def notify(self) -> None:
         self.wake.set()
@@ -229,24 +276,47 @@ class Relay:
     async def publish_pending(self) -> int:
         """Publish one batch; returns how many rows it published."""
         s = f'"{self.schema}"'
+        probe = self._probe
         async with self.engine.begin() as conn:
             # One statement: the turn (one relay of the service's replicas at a time, the others
-            # skip theirs: no row), the position, and the rows above it whose transactions are
-            # below the snapshot's xmin: every one of those has ended, so no row can still
-            # appear below the new position (the module's docstring).
+            # skip theirs: no row), the position, the rows above it, and whether the probe's
+            # transactions have all ended, all in one snapshot.
             rows = (await conn.execute(text(
-                f"SELECT r.txid::text AS mark_txid, r.seq AS mark_seq, o.txid::text AS txid, o.seq, "
-                f"o.event_id, o.subject, o.data FROM {s}.outbox_relay r JOIN {s}.{self.table} o "
-                "ON (o.txid, o.seq) > (r.txid, r.seq) AND o.txid < pg_snapshot_xmin(pg_current_snapshot()) "
-                "WHERE r.outbox = :o AND pg_try_advisory_xact_lock(hashtext(:k)) "
-                "ORDER BY o.txid, o.seq LIMIT :n"),
-                {"o": self.table, "k": f"cso outbox relay {self.schema}.{self.table}", "n": self.batch})).all()
+                f"SELECT r.seq AS position, o.seq, o.event_id, o.subject, o.data, "
+                "pg_snapshot_xmin(pg_current_snapshot()) >= CAST(CAST(:xid AS text) AS xid8) AS settled "
+                f"FROM {s}.outbox_relay r LEFT JOIN LATERAL (SELECT seq, event_id, subject, data "
+                f"FROM {s}.{self.table} WHERE seq > r.seq ORDER BY seq LIMIT :n) o ON true "
+                "WHERE r.outbox = :o AND pg_try_advisory_xact_lock(hashtext(:k)) ORDER BY o.seq"),
+                {"o": self.table, "k": f"cso outbox relay {self.schema}.{self.table}", "n": self.batch,
+                 "xid": probe.xid if probe else None})).all()
             if not rows:
+                return 0   # another replica's turn
+            position = rows[0].position
+            visible = [r for r in rows if r.seq is not None]
+            settled = position
+            if probe is not None and rows[0].settled:
+                # Every seq up to the probe's is final; rows beyond a batch are not seen yet.
+                settled = probe.last_seq if len(visible) < self.batch else min(probe.last_seq, visible[-1].seq)
+            taken, new_position = publishable(position, [r.seq for r in visible], settled)
+            if taken < len(visible) and probe is None:
+                # Stopped at a hole: probe it. The sequence's last value first, then a transaction
+                # id of our own, assigned after every id of a transaction that drew a seq up to it
+                # (a snapshot's xmax will not do: it is the last ended transaction's id + 1, and
+                # transactions running with later ids are not in it).
+                last_seq = (await conn.execute(text(
+                    f"SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END "
+                    f"FROM {s}.{self.table}_seq_seq"))).scalar_one()
+                xid = (await conn.execute(text("SELECT pg_current_xact_id()::text"))).scalar_one()
+                self._probe = Probe(int(last_seq), str(xid))
+            elif probe is not None and new_position >= probe.last_seq:
+                self._probe = None
+            if new_position == position:
                 return 0
+            publish = visible[:taken]
             acks = await asyncio.gather(*(
                 self.js.publish(r.subject, bytes(r.data), headers={"Nats-Msg-Id": str(r.event_id)})
-                for r in rows))
-            if CRASH_AFTER_PUBLISH:
+                for r in publish))
+            if CRASH_AFTER_PUBLISH and publish:
                 # Fault injection (tests/faults): die between publish and commit, as a kill -9 would.
                 os._exit(137)
             last: dict[str, int] = {}
@@ -254,18 +324,17 @@ class Relay:
                 last[ack.stream] = max(last.get(ack.stream, 0), ack.seq)
             # Compare and set: a rewind (BusWatch, cso replay) since the position was read stands.
             await conn.execute(text(
-                f"WITH moved AS (UPDATE {s}.outbox_relay SET txid = CAST(CAST(:t2 AS text) AS xid8), seq = :s2, "
-                "published_at = now() WHERE outbox = :o AND txid = CAST(CAST(:t AS text) AS xid8) AND seq = :s "
-                "RETURNING outbox) "
+                f"WITH moved AS (UPDATE {s}.outbox_relay SET seq = :new, published_at = now() "
+                "WHERE outbox = :o AND seq = :old RETURNING outbox) "
                 f"INSERT INTO {s}.outbox_stream AS k (outbox, stream, last_seq, first_published_at, published_at) "
                 "SELECT moved.outbox, u.stream, u.last_seq, now(), now() FROM moved, "
                 "unnest(CAST(:streams AS text[]), CAST(:seqs AS bigint[])) AS u(stream, last_seq) "
                 "ON CONFLICT (outbox, stream) DO UPDATE SET last_seq = GREATEST(k.last_seq, excluded.last_seq), "
                 "published_at = excluded.published_at"),
-                {"o": self.table, "t": rows[0].mark_txid, "s": rows[0].mark_seq, "t2": rows[-1].txid,
-                 "s2": rows[-1].seq, "streams": list(last), "seqs": list(last.values())})
-        PUBLISHED.labels(self.service).inc(len(rows))
-        return len(rows)
+                {"o": self.table, "old": position, "new": new_position,
+                 "streams": list(last), "seqs": list(last.values())})
+        PUBLISHED.labels(self.service).inc(len(publish))
+        return len(publish)
 
     async def backlog(self) -> int:
         async with self.engine.connect() as conn:
@@ -281,7 +350,7 @@ class Relay:
         async with self.engine.begin() as conn:
             result = await conn.execute(text(
                 f"DELETE FROM {s}.{self.table} o USING {s}.outbox_relay r WHERE r.outbox = :o "
-                "AND (o.txid, o.seq) <= (r.txid, r.seq) AND o.created_at < now() - CAST(:keep AS interval)"),
+                "AND o.seq <= r.seq AND o.created_at < now() - CAST(:keep AS interval)"),
                 {"o": self.table, "keep": self.retention})
         return int(result.rowcount)
 
@@ -289,8 +358,8 @@ class Relay:
         """Its migration made the position's row; made here too, so that a missing row cannot stop
         the relay for good (it would find nothing above a position that is not there)."""
         async with self.engine.begin() as conn:
-            await conn.execute(text(f'INSERT INTO "{self.schema}".outbox_relay (outbox, txid, seq) '
-                                    "VALUES (:o, '0', 0) ON CONFLICT DO NOTHING"), {"o": self.table})
+            await conn.execute(text(f'INSERT INTO "{self.schema}".outbox_relay (outbox, seq) '
+                                    "VALUES (:o, 0) ON CONFLICT DO NOTHING"), {"o": self.table})
 
     async def run(self) -> None:
         last_purge = 0.0

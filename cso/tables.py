@@ -25,26 +25,11 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSON
-from sqlalchemy.dialects.postgresql.base import ischema_names
-from sqlalchemy.types import UserDefinedType
-
-
-class Xid8(UserDefinedType[str]):
-    """PostgreSQL's 64-bit transaction id (an outbox row's `txid`, cso/outbox.py); read as text."""
-
-    cache_ok = True
-
-    def get_col_spec(self, **kw: object) -> str:
-        return "XID8"
-
-
-# So that reflection (tests/integration/test_schema.py) names the type as this MetaData does.
-ischema_names.setdefault("xid8", Xid8)
 
 
 def outbox_table(metadata: MetaData, schema: str, name: str = "outbox") -> Table:
-    """An outbox (cso/outbox.py): messages written once in a transaction, published by a relay up
-to a position (`outbox_relay`) in (txid, seq) order."""
+    """An outbox (cso/outbox.py): messages written once in a transaction, published by a relay in
+    seq order up to its position (`outbox_relay`)."""
     table = Table(
         name, metadata,
         Column("seq", BigInteger, primary_key=True, autoincrement=True),
@@ -54,7 +39,6 @@ to a position (`outbox_relay`) in (txid, seq) order."""
         Column("aggregate_id", Text),
         Column("data", LargeBinary, nullable=False),
         Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-        Column("txid", Xid8, nullable=False, server_default=text("pg_current_xact_id()")),
         # Read and written only by replicas of the version before the position (cso/outbox.py
         # `written_once_ddl`): a new row's published_at is its creation time. A later migration
         # drops them, and the index, once no such replica is left.
@@ -63,7 +47,6 @@ to a position (`outbox_relay`) in (txid, seq) order."""
         Column("stream_seq", BigInteger),
         schema=schema)
     Index(f"{name}_unpublished", table.c.seq, postgresql_where=table.c.published_at.is_(None))
-    Index(f"{name}_position", table.c.txid, table.c.seq)
     return table
 
 
@@ -72,7 +55,6 @@ def outbox_positions(metadata: MetaData, schema: str) -> None:
     stream the last sequence JetStream gave it."""
     Table("outbox_relay", metadata,
           Column("outbox", Text, primary_key=True),
-          Column("txid", Xid8, nullable=False),
           Column("seq", BigInteger, nullable=False),
           Column("published_at", DateTime(timezone=True)),
           schema=schema)

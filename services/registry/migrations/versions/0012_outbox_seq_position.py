@@ -1,0 +1,18 @@
+"""The outbox's position is a seq (issue 23): its relay publishes in seq order, which keeps cause
+before effect, and settles the holes a late or rolled-back transaction leaves with a probe of the
+transactions running (cso/outbox.py). A row's seq is drawn once its transaction has an id; the
+txid column of the previous migration goes.
+
+Revision ID: 0012
+"""
+from alembic import op
+
+from cso import outbox
+
+revision = "0012"
+down_revision = "0011"
+
+
+def upgrade(schema: str) -> None:
+    for statement in outbox.seq_position_ddl(schema, ("outbox", "receipt_outbox")):
+        op.execute(statement)
