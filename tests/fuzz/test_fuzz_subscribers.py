@@ -54,7 +54,10 @@ SERVICES: dict[str, tuple[Callable[[Settings], FastAPI], Callable[[Settings], No
 # Besides the consumers' own: registry's record of each refusal and of who publishes, which receipts
 # read (services/registry/receipts.py, losses.py), and the receipts staged for publishers
 # (receipt_outbox, services/registry/verdicts.py): a refused fact writes them, and nothing else.
-BOOKKEEPING = ("inbox", "consumer_position", "bus_stream", "intake_refusal", "intake_source", "receipt_outbox")
+# And where each outbox's relay has got to (cso/outbox.py: outbox_relay, outbox_stream), which moves
+# when those receipts are published; an event a refusal wrongly staged still shows in `outbox` itself.
+BOOKKEEPING = ("inbox", "consumer_position", "bus_stream", "intake_refusal", "intake_source", "receipt_outbox",
+               "outbox_relay", "outbox_stream")
 # When a background job last looked, not what it found: targets' coalescer re-evaluates instances
 # whenever it runs (status and value are compared; target_history records every change).
 WHEN_LOOKED = {"target_instance": "evaluated_at"}
