@@ -731,6 +731,17 @@ def exam_county(person: Person | None, person_id: UUID, membership: Membership |
     return membership.county_code
 
 
+def not_retired(field: str, code: str, retired: tuple[date, str, str | None] | None) -> None:
+    """Refuse a county named by a command of a day on or after it was merged, recoded or
+    abolished (DivisionChanged: 犍为县 511123 is 犍为区 511114 from 2024-06-30), naming its successor."""
+    if retired is None:
+        return
+    on, change, successor = retired
+    if successor is None:
+        raise Rejected(field, f"{code} was abolished on {on}")
+    raise Rejected(field, f"{code} was {change} on {on}: its successor is {successor}")
+
+
 def select_outstanding(county_known: bool, county: str, kind: str, subject: UUID,
                        organization: Organization | None, person: Person | None,
                        membership: Membership | None, already: bool, year: int) -> None:

@@ -78,14 +78,19 @@ class DivisionChangesHandler:
     """DivisionChanged: what training keeps at a code that was merged or recoded follows it, as
     registry's records do (registry moves its organizations without an event of theirs): an
     organization of a recoded community is in its new community, so a county's pool takes it; a
-    county recoded to a district (县改区) keeps its pool under the new code. Renames and
-    abolitions move nothing."""
+    county recoded to a district (县改区) keeps its pool under the new code. Each merge, recode or
+    abolition is kept: a pool member or trainee added to a retired county on or after its day is
+    refused, naming the successor. Renames change nothing."""
 
     async def apply(self, conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> dict[UUID, consumer.Rejected]:
         for envelope in events:
             change = envelope.payload
-            if isinstance(change, ev.DivisionChanged) and change.change in ("merged", "recoded") \
-                    and change.successor_code:
+            if not isinstance(change, ev.DivisionChanged) or change.change == "renamed":
+                continue
+            # Kept, so that a command naming the county on or after its day is refused.
+            await store.keep_division_change(conn, change.code, change.effective_on, change.change,
+                                             change.successor_code)
+            if change.successor_code:
                 await store.follow_division_change(conn, change.code, change.successor_code)
         return {}
 

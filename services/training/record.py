@@ -214,6 +214,7 @@ async def _identity(conn: AsyncConnection, cmd: AddMember | AddTrainee, digest: 
 
 
 async def _add_member(conn: AsyncConnection, cmd: AddMember, ctx: Context) -> Done:
+    domain.not_retired("county_code", cmd.county_code, await store.retirement(conn, cmd.county_code, cmd.added_on))
     digest, masked = _hash(ctx, cmd.id_number)
     identity, matched = await _identity(conn, cmd, digest)
     added = domain.add_member(
@@ -229,13 +230,23 @@ async def _add_member(conn: AsyncConnection, cmd: AddMember, ctx: Context) -> Do
         person_id=added.person.id, county_code=cmd.county_code, role=cmd.role, added_on=cmd.added_on),
         str(added.person.id), None)])
     await store.insert_membership(conn, added.record, events[0].event_id, ctx.source)
+    await _follow_later_change(conn, cmd.county_code)
     log.info("%s person %s joined the pool of %s as %s", "new" if added.new_person else "known",
              added.person.masked(), cmd.county_code, cmd.role)
     return Done(str(added.person.id), cmd.county_code, events,
                 extra={"person_id": str(added.person.id), "new_person": added.new_person})
 
 
+async def _follow_later_change(conn: AsyncConnection, county: str) -> None:
+    """A person added on a day before their county was recoded or merged (a late record of a past
+    fact) is in the successor's pool now, like those the change moved (its event keeps the code)."""
+    later = await store.retirement(conn, county, date.max)
+    if later is not None and later[2] is not None:
+        await store.follow_division_change(conn, county, later[2])
+
+
 async def _add_trainee(conn: AsyncConnection, cmd: AddTrainee, ctx: Context, scope: str | None) -> Done:
+    domain.not_retired("county_code", cmd.county_code, await store.retirement(conn, cmd.county_code, cmd.added_on))
     digest, masked = _hash(ctx, cmd.id_number)
     identity, matched = await _identity(conn, cmd, digest)
     if matched is not None:
@@ -249,6 +260,7 @@ async def _add_trainee(conn: AsyncConnection, cmd: AddTrainee, ctx: Context, sco
         uuid4())
     await store.save_person(conn, added.person, ctx.source)
     await store.save_trainee(conn, added.record, ctx.source)
+    await _follow_later_change(conn, cmd.county_code)
     log.info("%s person %s recorded as a trainee (%s) of %s", "new" if added.new_person else "known",
              added.person.masked(), cmd.role, cmd.county_code)
     return Done(str(added.person.id), cmd.county_code,

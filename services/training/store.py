@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, fields
+from datetime import date
 from typing import Any
 from uuid import UUID
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     Date,
     DateTime,
@@ -73,6 +75,13 @@ township = Table(
     Column("county_code", CHAR(6), nullable=False),
     Column("edition", Text, nullable=False))
 DIVISIONS = DivisionTables(county=county, township=township)
+# Merges, recodes and abolitions heard of (DivisionChanged), by code and day.
+division_change = Table(
+    "division_change", METADATA,
+    Column("code", Text, primary_key=True),
+    Column("effective_on", Date, primary_key=True),
+    Column("change", Text, CheckConstraint("change IN ('merged', 'recoded', 'abolished')"), nullable=False),
+    Column("successor_code", Text))
 # Organizations registry created, where they are and whether active (registry's events).
 organization = Table(
     "organization", METADATA,
@@ -233,6 +242,22 @@ async def update_organizations(conn: AsyncConnection,
             f"UPDATE {SCHEMA}.organization SET community_code = coalesce(:c, community_code), "
             "status = coalesce(:s, status), last_event_id = :e WHERE id = :id"),
             [{"id": i, "c": c, "s": s, "e": e} for i, c, s, e in rows])
+
+
+async def keep_division_change(conn: AsyncConnection, code: str, on: date, change: str,
+                               successor: str | None) -> None:
+    """A change once by code and day (a redelivery keeps it as it was)."""
+    await conn.execute(insert(division_change).values(code=code, effective_on=on, change=change,
+                                                      successor_code=successor).on_conflict_do_nothing())
+
+
+async def retirement(conn: AsyncConnection, code: str, day: date) -> tuple[date, str, str | None] | None:
+    """The first change that retired `code` on or before `day` (its day, kind and successor)."""
+    row = (await conn.execute(select(division_change.c.effective_on, division_change.c.change,
+                                     division_change.c.successor_code)
+                              .where(division_change.c.code == code, division_change.c.effective_on <= day)
+                              .order_by(division_change.c.effective_on).limit(1))).first()
+    return (row[0], row[1], row[2]) if row else None
 
 
 async def follow_division_change(conn: AsyncConnection, code: str, successor: str) -> None:

@@ -20,6 +20,7 @@ from contextlib import AsyncExitStack
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 import httpx
@@ -70,7 +71,7 @@ async def command(registry: httpx.AsyncClient, name: str, body: dict[str, Any]) 
     return str(answer.json()["id"])
 
 
-def member(county: str, organization: str, serial: int) -> dict[str, Any]:
+def member(county: str, organization: str | None, serial: int) -> dict[str, Any]:
     """A pool member's command: a CSO leader of `organization`, with a valid ID number."""
     first17 = f"{county}19850312{serial:03d}"
     return {"county_code": county, "role": "cso_leader", "name": f"骨干{serial}", "organization_id": organization,
@@ -245,6 +246,21 @@ async def test_records_follow_their_divisions_across_county_lines(
         joined = await trn.post("/commands/add_member", json=member(NEW_COUNTY, xiaogu_2, 2) | {
             "added_on": D.isoformat()})
         assert joined.status_code == 200, joined.text
+        # A pool member added to 犍为县 on or after the day: refused, naming the field and 犍为区;
+        # one of the day before (a late record): accepted, and in 犍为区's pool now.
+        refused = await trn.post("/commands/add_member", json=member(OLD_COUNTY, None, 3) | {
+            "added_on": D.isoformat()})
+        assert refused.status_code == 409 and "county_code" in refused.text and NEW_COUNTY in refused.text, \
+            refused.text
+        late_member = await trn.post("/commands/add_member", json=member(OLD_COUNTY, None, 4) | {
+            "added_on": BEFORE.isoformat()})
+        assert late_member.status_code == 200, late_member.text
+        pool_db = await asyncpg.connect(dsn)
+        try:
+            assert await pool_db.fetchval("SELECT county_code FROM training.membership WHERE person_id = $1",
+                                          UUID(late_member.json()["person_id"])) == NEW_COUNTY
+        finally:
+            await pool_db.close()
         chosen = await trn.post("/commands/select_outstanding", json={
             "county_code": NEW_COUNTY, "year": 2024, "kind": "organization", "organization_id": xiaogu_2,
             "title": "优秀社区社会组织"})
@@ -265,7 +281,7 @@ async def test_records_follow_their_divisions_across_county_lines(
         for county in (OLD_COUNTY, FROM_COUNTY, TO_COUNTY):
             assert kids[county]["counters"].get("orgs", 0) == then(county)["orgs"], county
         assert kids[OLD_COUNTY]["counters"]["towns"] == 15 and not kids[OLD_COUNTY]["counters"].get("streets")
-        assert kids[OLD_COUNTY]["counters"].get("pool_members") == 1
+        assert kids[OLD_COUNTY]["counters"].get("pool_members") == 2   # one of them recorded late
         for region in (MOVED, SEAT, f"{MOVED}001"):
             body = await ok(await tgt.get(f"/coverage/{region}", params={"as_of": BEFORE.isoformat()}))
             assert body["counters"].get("orgs", 0) == then(region)["orgs"], region
