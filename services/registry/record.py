@@ -85,6 +85,8 @@ async def load(conn: AsyncConnection, facts: Sequence[ev.Payload]) -> Ledger:
                 project_ids.add(fact.project_id)
             case ev.FacilityOpened():
                 (communities if len(fact.region_code) == 12 else regions).add(fact.region_code)
+                if len(fact.region_code) == 9:      # its county: loaded yet, or the fact waits for it
+                    regions.add(fact.region_code[:6])
                 interval_ids["facility"].add(fact.facility_id)
             case ev.FacilityClosed():
                 interval_ids["facility"].add(fact.facility_id)

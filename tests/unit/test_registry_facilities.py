@@ -50,16 +50,20 @@ def test_each_kind_is_recorded_at_a_known_division_of_its_tier(kind: str, region
     assert book.audit[-1]["record_kind"] == "facility"
 
 
-@pytest.mark.parametrize("region", ["510681002", "510682", "5107"])
+@pytest.mark.parametrize("region", ["510681002", "5107"])
 def test_an_unknown_division_is_refused_naming_region_code(region: str) -> None:
     with pytest.raises(Rejected) as refused:
         decide(ledger(), make_event(opened("innovation_base", region), source="test"))
     assert refused.value.field == "region_code" and refused.value.code == "unknown_division"
 
 
-def test_a_community_of_a_county_not_loaded_yet_waits() -> None:
-    with pytest.raises(NotYet):
-        decide(ledger(), make_event(opened("social_work_room", "510682001001"), source="test"))
+@pytest.mark.parametrize(("kind", "region"), [("social_work_room", "510682001001"),
+                                              ("social_work_station", "510682001"), ("innovation_base", "510682")])
+def test_a_division_of_a_county_not_loaded_yet_waits_for_it(kind: str, region: str) -> None:
+    """A fact may overtake its county's divisions (another stream): it waits, it is not refused."""
+    with pytest.raises(NotYet) as waits:
+        decide(ledger(), make_event(opened(kind, region), source="test"))
+    assert waits.value.field == "region_code" and waits.value.waits_for == "county:510682"
 
 
 def test_a_facility_opens_once_and_closes_once_not_before_it_opened() -> None:

@@ -82,6 +82,14 @@ class Ledger:
                          waits_for=f"county:{code[:6]}")
         return False
 
+    def division_known(self, code: str) -> bool:
+        """A community, township or county known (NotYet while its county's divisions have not
+        arrived, as for a community), or a city one of whose counties is."""
+        if len(code) in (6, 9, 12) and code[:6] not in self.counties:
+            raise NotYet("region_code", f"divisions of county {code[:6]} are not loaded yet",
+                         waits_for=f"county:{code[:6]}")
+        return code in self.communities if len(code) == 12 else self.region_known(code)
+
     def region_known(self, code: str) -> bool:
         return code in (self.townships if len(code) == 9 else self.counties if len(code) == 6
                         else self.cities if len(code) == 4 else ())
@@ -167,9 +175,8 @@ def decide(ledger: Ledger, envelope: Envelope[Any], check_region: bool = True,
             before = ledger.interval("base", fact.base_id)
             ended = ("base", rules.close_base(before, fact))
         case ev.FacilityOpened():
-            known = (ledger.community_known(fact.region_code) if len(fact.region_code) == 12
-                     else ledger.region_known(fact.region_code))
-            facility = rules.open_facility(ledger.interval("facility", fact.facility_id), known, fact)
+            facility = rules.open_facility(ledger.interval("facility", fact.facility_id),
+                                           ledger.division_known(fact.region_code), fact)
             created = NewInterval("facility", facility, envelope.source, name=fact.name,
                                   facility_kind=fact.kind.value)
         case ev.FacilityClosed():
