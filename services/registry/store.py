@@ -388,8 +388,11 @@ async def organizations_in(conn: AsyncConnection, region: str, status: str | Non
 async def facilities_in(conn: AsyncConnection, region: str, limit: int, after: UUID | None = None,
                         kind: str | None = None, running: bool | None = None) -> list[dict[str, Any]]:
     """Keyset paging on id of the facilities at a region and below it, each with its operating
-    status (running while it has not closed)."""
-    query = select(facility).where(facility.c.region_code.startswith(region, autoescape=True))
+    status (running while it has not closed). Who recorded it (`updated_by`, a token's subject may be
+    a person's) is not for every reader of the region, as with organizations."""
+    query = select(facility.c.id, facility.c.kind, facility.c.name, facility.c.region_code,
+                   facility.c.started_on, facility.c.ended_on).where(
+        facility.c.region_code.startswith(region, autoescape=True))
     if after is not None:
         query = query.where(facility.c.id > after)
     if kind is not None:

@@ -167,6 +167,7 @@ async def test_plans_sentences_on_facilities_are_tracked_and_equal_a_recount(set
             assert len(running_bases) == 33 and {x["status"] for x in running_bases} == {"running"}
             [closed] = await listed(kind="innovation_base", status="closed")
             assert (closed["id"], closed["status"], closed["ended_on"]) == (ids[-1], "closed", "2023-06-30")
+            assert "updated_by" not in closed, closed  # who recorded it is not for every reader of the region
             assert [x["kind"] for x in await listed(kind="demonstration_park")] == ["demonstration_park"]
             assert (await registry.get("/regions/5111/facilities", params={"kind": "gym"})).status_code == 422
 
