@@ -7,6 +7,8 @@ import pytest
 from contracts import Topology
 from cso.consumer import Subscription
 from cso.partitions import PROVINCE_WEIGHTS, Partition, PartitionError, partition_from_settings, provinces_of
+from cso.service import Runtime
+from cso.settings import Settings
 
 
 def test_the_assignment_covers_every_token_once_and_is_balanced() -> None:
@@ -57,3 +59,10 @@ def test_a_partition_filters_its_provinces_on_every_shape() -> None:
     # Not partitionable: as it was, whatever the setting.
     divisions = Subscription("CSO_DIVISIONS", t.context_subjects("divisions"), "targets-divisions")
     assert divisions.partitioned(Partition(0, 2)) is divisions
+
+
+def test_a_service_with_an_inconsistent_setting_does_not_start() -> None:
+    with pytest.raises(PartitionError, match="CSO_PARTITIONS=4 needs CSO_PARTITION"):
+        Runtime("targets", "targets", Settings(auth="off", partitions="4", partition=""))
+    runtime = Runtime("targets", "targets", Settings(auth="off", partitions="4", partition="3"))
+    assert runtime.partition == Partition(3, 4)
