@@ -150,10 +150,11 @@ async def test_records_follow_their_divisions_across_county_lines(
                                          "covered_townships": [SEAT, XIAOGU], "opened_on": "2023-06-01"})
         # Facilities in what moves: a station in the moved township and at the seat, the county's
         # innovation base, a social-work room in a community of 孝姑镇 (recoded with its county).
+        facilities = {}
         for kind, place in (("social_work_station", MOVED), ("social_work_station", SEAT),
                             ("innovation_base", OLD_COUNTY), ("social_work_room", f"{XIAOGU}001")):
-            await command(reg, "open_facility", {"kind": kind, "name": f"{place}{kind}", "region_code": place,
-                                                 "opened_on": "2023-06-01"})
+            facilities[place] = await command(reg, "open_facility", {
+                "kind": kind, "name": f"{place}{kind}", "region_code": place, "opened_on": "2023-06-01"})
         # Funded projects running through the change: one in the moved township (funded by the
         # county it leaves), one in the recoded county.
         projects = [(jiyi, FROM_COUNTY, 50_000_00), (f"{XIAOGU}001", OLD_COUNTY, 30_000_00)]
@@ -332,15 +333,25 @@ async def test_records_follow_their_divisions_across_county_lines(
         await command(reg, "dissolve_hub", {"hub_id": jiyi_hub, "reason": "撤并", "dissolved_on": later})
         leaving = [o for o, c in orgs if c.startswith(XIAOGU)][-1]
         await command(reg, "deregister", {"organization_id": leaving, "reason": "自行解散", "ended_on": later})
+        # ... and the moved township's station closes: 五通桥区 has no township with one any more.
+        await command(reg, "close_facility", {"facility_id": facilities[MOVED], "closed_on": later})
         db = await asyncpg.connect(dsn)
         try:
             subjects = {r["type"]: r["subject"] for r in await db.fetch(
-                "SELECT type, subject FROM registry.outbox WHERE type IN ('HubDissolved', 'OrganizationDeregistered')")}
+                "SELECT type, subject FROM registry.outbox WHERE type IN ('HubDissolved', 'OrganizationDeregistered', "
+                "'FacilityClosed')")}
         finally:
             await db.close()
         assert subjects["HubDissolved"].endswith(f".51.5111.{TO_COUNTY}"), subjects
         assert subjects["OrganizationDeregistered"].endswith(f".51.5111.{NEW_COUNTY}"), subjects
+        assert subjects["FacilityClosed"].endswith(f".51.5111.{TO_COUNTY}"), subjects
         await eventually(lambda: _hubs_are(tgt, TO_COUNTY, 0), timeout=60, interval=0.3)
+
+        async def no_station() -> bool:
+            counters = (await ok(await tgt.get(f"/coverage/{TO_COUNTY}")))["counters"]
+            return not counters.get("townships_with_social_work_station")
+
+        await eventually(no_station, timeout=60, interval=0.3)
         await agreed(dsn)
 
         # The live projection is what the fact log rebuilds to, the changes across counties included.
