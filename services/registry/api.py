@@ -56,6 +56,20 @@ async def caller(request: Request, runtime: RuntimeDep) -> Principal:
 
 Registrar = Annotated[Principal, Depends(registrar)]
 Reader = Annotated[Principal, Depends(reader)]
+
+
+async def known_region(code: str, runtime: RuntimeDep) -> str:
+    """A route's region `{code}`: a division code (422 naming `code` otherwise) that the divisions
+    registry holds (404). The reads of a region's organizations, facilities and projects share it."""
+    if not is_digits(code) or len(code) not in (2, 4, 6, 9, 12):
+        raise HTTPException(422, detail=f"code: {code!r} is not a division code")
+    async with runtime.engine.connect() as conn:
+        if not await store.division_known(conn, code):
+            raise HTTPException(404, detail=f"code: unknown region {code}")
+    return code
+
+
+KnownRegion = Annotated[str, Depends(known_region)]
 Caller = Annotated[Principal, Depends(caller)]
 
 router = APIRouter()
@@ -251,16 +265,12 @@ async def division(code: str, runtime: RuntimeDep, limit: int = Query(100, ge=1,
 
 
 @router.get("/regions/{code}/organizations", **SCOPED)
-async def organizations(code: str, runtime: RuntimeDep, limit: int = Query(50, ge=1, le=1000),
+async def organizations(code: KnownRegion, runtime: RuntimeDep, limit: int = Query(50, ge=1, le=1000),
                         after: UUID | None = None,
                         status: str | None = Query(None, pattern="^(active|deregistered|revoked)$"),
                         ) -> dict[str, Any]:
     """The organizations of a region, `limit` at a time in id order (the next page: `after`)."""
-    if not is_digits(code) or len(code) not in (2, 4, 6, 9, 12):
-        raise HTTPException(422, detail=f"code: {code!r} is not a division code")
     async with runtime.engine.connect() as conn:
-        if not await store.division_known(conn, code):
-            raise HTTPException(404, detail=f"code: unknown region {code}")
         items = await store.organizations_in(conn, code, status, limit, after)
     return {"region": code, "items": items,
             "next_after": str(items[-1]["id"]) if len(items) == limit else None}

@@ -8,11 +8,10 @@ from uuid import UUID
 
 from fastapi import APIRouter, HTTPException, Query
 
-from contracts.codes import is_digits
 from cso.auth import SCOPED
 
-from . import funding_store, store
-from .api import Reader, RuntimeDep
+from . import funding_store
+from .api import KnownRegion, Reader, RuntimeDep
 
 router = APIRouter()
 
@@ -36,17 +35,13 @@ async def funded_project(project_id: UUID, runtime: RuntimeDep, who: Reader) -> 
 
 
 @router.get("/regions/{code}/projects", **SCOPED)
-async def funded_projects(code: str, runtime: RuntimeDep, who: Reader, limit: int = Query(50, ge=1, le=1000),
+async def funded_projects(code: KnownRegion, runtime: RuntimeDep, who: Reader, limit: int = Query(50, ge=1, le=1000),
                           after: UUID | None = None,
                           status: str | None = Query(None, pattern="^(active|completed|terminated)$"),
                           ) -> dict[str, Any]:
     """The projects counted in a region and below, in id order (`after` = `next_after` pages on)."""
-    if not is_digits(code) or len(code) not in (2, 4, 6, 9, 12):
-        raise HTTPException(422, detail=f"code: {code!r} is not a division code")
     who.require_region(code, "code")
     async with runtime.engine.connect() as conn:
-        if not await store.division_known(conn, code):
-            raise HTTPException(404, detail=f"code: unknown region {code}")
         items = await funding_store.projects_in(conn, code, limit, after, status)
     return {"region": code, "items": [_money(i) for i in items],
             "next_after": str(items[-1]["id"]) if len(items) == limit else None}
