@@ -188,26 +188,28 @@ def test_every_figure_targets_computes_has_a_chinese_name() -> None:
 
 
 def test_the_upload_page_offers_the_template_from_registry(client: TestClient, seen: list[httpx.Request]) -> None:
-    page = signed(client, tok("510681")).get("/upload")
+    token = tok("510681")   # once: a token minted a second later is another (its iat)
+    page = signed(client, token).get("/upload")
     assert page.status_code == 200 and '<a href="/upload">上传表格</a>' in page.text
     assert 'enctype="multipart/form-data"' in page.text and 'href="/upload/template.xlsx"' in page.text
     template = client.get("/upload/template.xlsx")
     assert template.status_code == 200 and template.content == b"PK-template"
     assert template.headers["content-type"] == XLSX and "organizations.xlsx" in template.headers["content-disposition"]
     assert seen[-1].url.path == "/imports/template.xlsx"
-    assert seen[-1].headers["authorization"] == f"Bearer {tok('510681')}"
+    assert seen[-1].headers["authorization"] == f"Bearer {token}"
 
 
 def test_an_uploaded_file_goes_to_registry_as_the_body_and_each_refused_row_is_shown(
         client: TestClient, seen: list[httpx.Request]) -> None:
     sheet = "类型,组织名称\n备案,西城舞蹈队\n".encode("gb18030")
     files = {"file": ("orgs.csv", sheet, "text/csv")}
-    dry = signed(client, tok("510681")).post("/upload", files=files, data={"action": "dry_run"})
+    token = tok("510681")   # once: a token minted a second later is another (its iat)
+    dry = signed(client, token).post("/upload", files=files, data={"action": "dry_run"})
     assert dry.status_code == 200, dry.text
     sent = seen[-1]
     assert (sent.method, sent.url.path, sent.content) == ("POST", "/imports", sheet)
     assert dict(sent.url.params) == {"dry_run": "true", "partial": "false"}
-    assert sent.headers["authorization"] == f"Bearer {tok('510681')}"
+    assert sent.headers["authorization"] == f"Bearer {token}"
     assert "核验结果（未导入）" in dry.text and "可导入 1 行，拒绝 1 行" in dry.text
     assert "<td>备案</td><td class=\"num\">3</td>" in dry.text and "类别（category）" in dry.text
     assert "&lt;b&gt;公益慈善&lt;/b&gt;" in dry.text   # registry's words are escaped
