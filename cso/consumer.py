@@ -10,8 +10,9 @@ The inbox keeps a row per event id, written by one INSERT a batch (issue 23 aske
 batch would cost less; `bench/dedup.py` measures both). A row per batch with the ids in a `uuid[]`
 has no unique constraint to decide a race between replicas: to stay exact it needs a lock per id
 taken before the lookup (in a statement of its own, as a statement sees only what committed
-before it started), then a GIN probe per id, then the insert: 10 to 20 times slower than the
-primary key, which does lock, lookup and insert in one index descent per id. A watermark on the
+before it started), then a GIN probe per id, then the insert: 10 to 50 times slower than the
+primary key (1,700 to 7,300 events/s against 14,000 to 99,000 in the runs of bench/README.md),
+which does lock, lookup and insert in one index descent per id. A watermark on the
 stream sequence is not exact either: a redelivery and a republished event (a new sequence, the
 same id) come in any order.
 """
