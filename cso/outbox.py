@@ -45,6 +45,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -66,6 +67,8 @@ log = logging.getLogger(__name__)
 CRASH_AFTER_PUBLISH = os.environ.get("CSO_FAULT_CRASH_AFTER_PUBLISH") == "1"
 PUBLISHED = Counter("cso_outbox_published_total", "Outbox events published", ["service"])
 BACKLOG = Gauge("cso_outbox_backlog", "Outbox events not yet published", ["service"])
+HOLE_WAIT = Gauge("cso_outbox_hole_wait_seconds",
+                  "How long the relay has waited at a hole not yet settled (0: none)", ["service", "outbox"])
 
 
 def ddl(schema: str) -> list[str]:
@@ -220,7 +223,13 @@ async def add_messages(conn: AsyncConnection, schema: str,
         await conn.execute(text(
             f'INSERT INTO "{schema}".{table} (event_id, subject, type, aggregate_id, data) '
             "SELECT e, s, t, a, d FROM unnest(CAST(:e AS uuid[]), CAST(:s AS text[]), CAST(:t AS text[]), "
-            "CAST(:a AS text[]), CAST(:d AS bytea[])) WITH ORDINALITY AS u(e, s, t, a, d, n) ORDER BY n "
+            "CAST(:a AS text[]), CAST(:d AS bytea[])) WITH ORDINALITY AS u(e, s, t, a, d, n) "
+            # An id already in the outbox is filtered out before the insert, so it draws no seq:
+            # ON CONFLICT alone evaluates the seq's default first, and every re-staged id (a
+            # command retried, a message redelivered) would leave a hole that holds the relay
+            # until every transaction of the server running then has ended (module docstring).
+            # ON CONFLICT stays for the race (a transaction staging the same id, not committed yet).
+            f'WHERE NOT EXISTS (SELECT 1 FROM "{schema}".{table} x WHERE x.event_id = u.e) ORDER BY n '
             "ON CONFLICT (event_id) DO NOTHING"),
             {"e": ids, "s": subjects, "t": types, "a": aggregates, "d": data})
     return len(rows)
@@ -269,6 +278,7 @@ class Relay:
         self._task: asyncio.Task[None] | None = None
         self._waiting = False   # for a stream: said once, not every second
         self._probe: Probe | None = None   # of the hole the relay stopped at, if any
+        self._probed_at = 0.0   # monotonic time of that probe, for cso_outbox_hole_wait_seconds
 
     def notify(self) -> None:
         self.wake.set()
@@ -308,8 +318,13 @@ class Relay:
                     f"FROM {s}.{self.table}_seq_seq"))).scalar_one()
                 xid = (await conn.execute(text("SELECT pg_current_xact_id()::text"))).scalar_one()
                 self._probe = Probe(int(last_seq), str(xid))
+                self._probed_at = time.monotonic()
             elif probe is not None and new_position >= probe.last_seq:
                 self._probe = None
+            # A hole waits for transactions anywhere on the server (one idle in transaction holds
+            # every relay): the operators see how long (an alert, infra/prometheus/rules.yml).
+            HOLE_WAIT.labels(self.service, self.table).set(
+                time.monotonic() - self._probed_at if self._probe is not None else 0)
             if new_position == position:
                 return 0
             publish = visible[:taken]

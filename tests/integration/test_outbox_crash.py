@@ -213,3 +213,32 @@ async def test_a_hole_rolled_back_is_passed(settings: Settings) -> None:
     finally:
         await db.close()
         await engine.dispose()
+
+
+async def test_staging_a_published_id_again_leaves_no_hole(settings: Settings) -> None:
+    """An event id staged again (a command retried, a message redelivered) draws no seq: the next
+    row follows the last without a hole and the relay publishes it at once, without a probe (a hole
+    would wait for every transaction of the server running at the probe, review finding 6)."""
+    from cso.database import make_engine
+    from cso.outbox import HOLE_WAIT, Relay, add_messages
+
+    await asyncio.to_thread(run_migrations, settings)
+    engine = make_engine(settings.database_url)
+    bus = Bus()
+    relay = Relay(engine, bus, "registry", "registry")  # type: ignore[arg-type]
+    first, second = uuid.uuid4(), uuid.uuid4()
+
+    async def stage(event_id: uuid.UUID) -> None:
+        async with engine.begin() as conn:
+            await add_messages(conn, "registry", [(event_id, "s", "T", None, b"")])
+
+    try:
+        await stage(first)
+        assert await relay.publish_pending() == 1
+        await stage(first)
+        await stage(second)
+        assert await relay.publish_pending() == 1
+        assert bus.sent == [str(first), str(second)]
+        assert HOLE_WAIT.labels("registry", "outbox")._value.get() == 0
+    finally:
+        await engine.dispose()
