@@ -29,10 +29,10 @@ commit in lock order, not in the order of their ids: an update could go out befo
 updates, and training skips an update of an organization it has not seen).
 
 Republishing (BusWatch after the bus lost a stream, `cso replay`) moves the position back
-(`rewind`): the relay publishes every row above it again; JetStream's duplicate window
-(`Nats-Msg-Id` = event id) and every consumer's inbox drop what was already there. Rows are kept
-for `outbox_retention_days` after they were made, so the outbox is also a log the service can
-replay if the bus ever loses messages.
+(`rewind`: to the first row of the lost stream since the loss): the relay publishes every row
+above it again; JetStream's duplicate window (`Nats-Msg-Id` = event id) and every consumer's
+inbox drop what was already there. Rows are kept for `outbox_retention_days` after they were made,
+so the outbox is also a log the service can replay if the bus ever loses messages.
 
 Relays of several replicas take turns (a transaction-scoped advisory lock, tried: a replica whose
 neighbour is publishing skips its turn), and a relay moves the position only from where it read it
@@ -45,10 +45,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -185,12 +186,38 @@ def count_pending(schema: str, table: str = "outbox", where: str = "TRUE") -> st
     return f'SELECT count(*) FROM "{schema}".{table} o WHERE {pending(schema, table, "o")} AND ({where})'
 
 
-async def rewind(conn: AsyncConnection, schema: str, table: str = "outbox", stream: str | None = None) -> None:
-    """Publish every row of `table` again, from the first (BusWatch, when the bus lost `stream`:
-    what was recorded as acknowledged there is forgotten until the relay publishes it again)."""
-    await conn.execute(text(f'UPDATE "{schema}".outbox_relay SET seq = 0 WHERE outbox = :o'), {"o": table})
+def subjects_regex(patterns: Sequence[str]) -> str:
+    """A PostgreSQL regular expression (`~`) matching the subjects NATS subject `patterns` take
+    (`*` one token, `>` one or more at the end): which of the outbox's rows go to a stream."""
+    def one(pattern: str) -> str:
+        tokens = []
+        for token in pattern.split("."):
+            tokens.append("[^.]+" if token == "*" else ".+" if token == ">" else re.escape(token))
+        return r"\.".join(tokens)
+    return "^(" + "|".join(one(p) for p in patterns) + ")$"
+
+
+async def rewind(conn: AsyncConnection, schema: str, table: str = "outbox", stream: str | None = None,
+                 subjects: Sequence[str] = (), since: datetime | None = None) -> None:
+    """Publish again the rows of `table` from the first one whose subject goes to `stream`
+    (`subjects`, its NATS subjects) made at or after `since` (all it holds, if None): BusWatch,
+    when the bus lost `stream`. What was recorded as acknowledged there is forgotten until the relay
+    publishes it again. The position is one for every stream, so the rows of other streams above
+    that row go out again too (JetStream's duplicate window and every consumer's inbox drop them);
+    not from the outbox's first row (review finding 5: a gap on CSO_OPS republished every stream's
+    30 days). Never moves the position forward. Without `subjects`, from the first row."""
+    s = f'"{schema}"'
+    if not subjects:
+        await conn.execute(text(f"UPDATE {s}.outbox_relay SET seq = 0 WHERE outbox = :o"), {"o": table})
+    else:
+        await conn.execute(text(
+            f"UPDATE {s}.outbox_relay r SET seq = first.seq - 1 FROM "
+            f"(SELECT min(seq) AS seq FROM {s}.{table} WHERE subject ~ :re "
+            "AND created_at >= coalesce(CAST(:since AS timestamptz), '-infinity')) first "
+            "WHERE r.outbox = :o AND first.seq - 1 < r.seq"),
+            {"o": table, "re": subjects_regex(subjects), "since": since})
     if stream is not None:
-        await conn.execute(text(f'DELETE FROM "{schema}".outbox_stream WHERE outbox = :o AND stream = :s'),
+        await conn.execute(text(f'DELETE FROM {s}.outbox_stream WHERE outbox = :o AND stream = :s'),
                            {"o": table, "s": stream})
 
 

@@ -8,6 +8,7 @@ import asyncio
 import csv
 import dataclasses
 import shutil
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -228,3 +229,44 @@ async def test_every_stream_is_watched_before_anything_is_published_there(settin
 
 async def _contains(found: Any, wanted: set[str]) -> bool:
     return wanted <= await found
+
+
+async def test_a_lost_ops_stream_is_refilled_without_the_whole_outbox(settings: Settings) -> None:
+    """CSO_OPS lost (deleted and made again): registry republishes from its first row on CSO_OPS,
+    not its whole outbox (review finding 5: every gap rewound the relay to 0, up to 30 days of
+    every stream, far past JetStream's duplicate window)."""
+    from cso.outbox import PUBLISHED
+
+    settings = dataclasses.replace(settings, bus_check_seconds=0.5)
+    await asyncio.to_thread(registry_migrations, settings)
+    t = settings.topology
+    ops, facts = t.stream("CSO_OPS"), t.context_subjects("registry").replace(">", "test.51.11.02")
+    nc = await nats.connect(settings.nats_url)
+    db = await asyncpg.connect(settings.database_url)
+
+    async def stage(subject: str, n: int) -> None:
+        await db.executemany("INSERT INTO registry.outbox (event_id, subject, type, data) VALUES ($1, $2, 'T', '')",
+                             [(uuid.uuid4(), subject) for _ in range(n)])
+        await eventually(lambda: _drained(db), timeout=30, interval=0.2)
+
+    try:
+        await bus.ensure_streams(nc, t)
+        async with running(registry_app, settings):
+            await stage(facts, 60)
+            await stage(t.context_subjects("ops").replace(">", "test"), 1)
+            await stage(facts, 5)
+            before = PUBLISHED.labels("registry")._value.get()
+            await nc.jetstream().delete_stream(ops)
+            await bus.ensure_streams(nc, t)
+            await eventually(lambda: gap_announced(settings.database_url), timeout=30, interval=0.3)
+            await eventually(lambda: _drained(db), timeout=30, interval=0.2)
+            # The CSO_OPS row, the 5 after it and the announcement; not the 60 before.
+            assert PUBLISHED.labels("registry")._value.get() - before == 7
+            assert (await nc.jetstream().stream_info(ops)).state.messages == 2
+    finally:
+        await db.close()
+        await nc.close()
+
+
+async def _drained(db: asyncpg.Connection) -> bool:
+    return await db.fetchval(count_pending("registry")) == 0
