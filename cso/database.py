@@ -63,6 +63,9 @@ def run_env(config: Config) -> None:
             # owner: the service's role (cso.roles). A role that may not become it fails here.
             connection.execute(text(connection.execute(text("SELECT format('SET ROLE %I', CAST(:o AS text))"),
                                                        {"o": owner}).scalar_one()))
+        # Alembic then opens a transaction per migration of its own, which a migration may commit
+        # early (op.get_context().autocommit_block(), registry 0010); SET ROLE outlasts the commit.
+        connection.commit()
         context.configure(connection=connection, version_table_schema=schema,
                           include_schemas=True, transaction_per_migration=True)
         with context.begin_transaction():

@@ -200,3 +200,25 @@ async def test_a_drift_is_named(service: str, postgres_url: str) -> None:
     for changed, expected in _drifted(store.METADATA, store.SCHEMA):
         found = differences(described(changed, store.SCHEMA), database)
         assert any(line.startswith(expected) for line in found), (expected, found)
+
+
+async def test_registry_audit_check_is_validated_and_the_txid_index_gone(postgres_url: str) -> None:
+    """registry 0010 adds audit's widened CHECK NOT VALID and validates it in a transaction of its
+    own (review finding 10): the end is the same validated constraint. 0011 no longer builds the
+    (txid, seq) index 0012 dropped (finding 10/11)."""
+    import asyncpg
+
+    app = importlib.import_module("services.registry.app")
+    async with fresh_database(postgres_url) as url:
+        await asyncio.to_thread(app.run_migrations, Settings(database_url=url))
+        db = await asyncpg.connect(url)
+        try:
+            check = await db.fetchrow(
+                "SELECT convalidated, pg_get_constraintdef(oid) AS definition FROM pg_constraint "
+                "WHERE conname = 'audit_record_kind_check' AND conrelid = 'registry.audit'::regclass")
+            assert check["convalidated"] and "'facility'" in check["definition"]
+            assert await db.fetchval(
+                "SELECT count(*) FROM pg_indexes WHERE schemaname = 'registry' "
+                "AND indexname LIKE '%outbox_position'") == 0
+        finally:
+            await db.close()
