@@ -6,15 +6,14 @@ it published (the last sequence each stream acknowledged to its outbox relay, ou
 applied (its consumer positions) with what each stream now holds. A stream that was recreated,
 whose last sequence went backwards, or that reports lost messages is a gap: it is logged with the
 numbers, counted, announced as BusGapDetected, and repaired — the producer republishes its outbox
-(kept for its retention period) from its first row of that stream made since the loss (its relay's
-position moves back there, `outbox.rewind`, `BusWatch.lost_since`), and the consumer
+(kept for its retention period) from its first row bound for that stream (its relay's position
+moves back there, `outbox.rewind`), and the consumer
 starts over from the stream's beginning; event-id deduplication makes both harmless.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -51,9 +50,6 @@ class Gap:
     intact_at: datetime | None = None
     stream_first_seq: int = 0
     stream_created: datetime | None = None
-    # When the last message the stream still holds was stored, if it holds any and was not made
-    # again: what it lost came after it.
-    survivor_at: datetime | None = None
 
     @property
     def lost_at_least(self) -> int:
@@ -65,11 +61,6 @@ class Gap:
 # PostgreSQL may differ by up to CLOCK_SKEW.
 YOUNG_STREAM = timedelta(minutes=10)
 CLOCK_SKEW = timedelta(seconds=2)
-
-# A producer republishes its rows of a lost stream made since the loss: the stream's last look intact
-# (or its last message left), less this, for rows made before but published after (a relay held at
-# a hole, or the bus away for a while).
-REFILL_MARGIN = timedelta(minutes=10)
 
 # Told, inside the repair's transaction, of each gap found (registry announces lost intake).
 GapListener = Callable[[AsyncConnection, Gap], Awaitable[None]]
@@ -170,15 +161,11 @@ class BusWatch:
                                               if c.stream == stream)])
             # A consumer that had applied nothing of a stream that held messages lost them all.
             consumer_known = applied.get(stream) or (0 if stream in consumed and seen_last else None)
-            survivor_at: datetime | None = None
             for side, known in (("producer", acked.get(stream)), ("consumer", consumer_known)):
                 if known is not None and (known or side == "consumer") and (recreated or last < known or lost):
-                    if not recreated and last and survivor_at is None:
-                        with contextlib.suppress(Exception):   # deleted meanwhile: the last look stands
-                            survivor_at = (await js.get_msg(stream, last)).time
                     gap = Gap(stream, side, int(known), last, recreated, lost, seen_last_seq=seen_last,
                               intact_at=before[3] if before is not None else None, stream_first_seq=first,
-                              stream_created=created, survivor_at=survivor_at)
+                              stream_created=created)
                     # Repair before recording the stream's new state: if this check dies
                     # half-way, the next one still sees the gap.
                     await self.repair(gap)
@@ -199,11 +186,13 @@ class BusWatch:
         GAPS.labels(rt.name, gap.stream, gap.side).inc()
         async with rt.engine.begin() as conn:
             if gap.side == "producer":
-                # From the first row of the lost stream made since the loss, not the outbox's first
+                # From the first row the outbox keeps of the lost stream, not the outbox's first
                 # (review finding 5): the rows of other streams above it go out again too (one
-                # position for all), and what they already hold is dropped as a duplicate.
-                await outbox.rewind(conn, rt.schema, stream=gap.stream, subjects=self.subjects(gap.stream),
-                                    since=self.lost_since(gap))
+                # position for all), and what they already hold is dropped as a duplicate. Not
+                # only the rows made since the loss: a consumer lagging behind it (targets during a
+                # backfill, a service that was down) had not read what the stream held before, and
+                # every inbox keeps its event ids, so a longer refill applies nothing twice.
+                await outbox.rewind(conn, rt.schema, stream=gap.stream, subjects=self.subjects(gap.stream))
             else:
                 await conn.execute(text(
                     f'UPDATE "{rt.schema}".consumer_position SET last_seq = 0 WHERE stream = :s OR stream LIKE :p'),
@@ -230,16 +219,6 @@ class BusWatch:
             if spec.name == stream:
                 return spec.subjects
         return (">",)   # a stream cso does not make: every row may have gone there
-
-    @staticmethod
-    def lost_since(gap: Gap) -> datetime | None:
-        """From when a producer republishes its rows of `gap`'s stream: the stream was whole at its
-        last look (and held what came before its last message left), so what it lost was published
-        after. Messages it held before went to the consumers that were reading then; a consumer
-        that lagged further behind, or one added later, needs `cso replay --since`. None (all the
-        outbox keeps) if the stream was never looked at before."""
-        known = [t for t in (gap.intact_at, gap.survivor_at) if t is not None]
-        return min(known) - REFILL_MARGIN if known else None
 
     def action(self, gap: Gap) -> str:
         """What the gap means and what is done about it, in the announcement's words."""

@@ -29,7 +29,7 @@ commit in lock order, not in the order of their ids: an update could go out befo
 updates, and training skips an update of an organization it has not seen).
 
 Republishing (BusWatch after the bus lost a stream, `cso replay`) moves the position back
-(`rewind`: to the first row of the lost stream since the loss): the relay publishes every row
+(`rewind`: to the first row it keeps of the lost stream): the relay publishes every row
 above it again; JetStream's duplicate window (`Nats-Msg-Id` = event id) and every consumer's
 inbox drop what was already there. Rows are kept for `outbox_retention_days` after they were made,
 so the outbox is also a log the service can replay if the bus ever loses messages.

@@ -270,3 +270,36 @@ async def test_a_lost_ops_stream_is_refilled_without_the_whole_outbox(settings: 
 
 async def _drained(db: asyncpg.Connection) -> bool:
     return await db.fetchval(count_pending("registry")) == 0
+
+
+async def test_a_lost_stream_is_refilled_with_what_a_lagging_consumer_had_not_read(settings: Settings) -> None:
+    """CSO_REGISTRY lost an hour after its rows were published: a consumer behind by that much
+    (targets during a backfill, a service that was down) had not read them, so the refill is every
+    row the outbox keeps of the stream, not only those made since the loss (a refill bounded to ten
+    minutes before the loss lost these 60 for such a consumer)."""
+    settings = dataclasses.replace(settings, bus_check_seconds=0.5)
+    await asyncio.to_thread(registry_migrations, settings)
+    t = settings.topology
+    stream, facts = t.stream("CSO_REGISTRY"), t.context_subjects("registry").replace(">", "test.51.11.02")
+    nc = await nats.connect(settings.nats_url)
+    db = await asyncpg.connect(settings.database_url)
+    try:
+        await bus.ensure_streams(nc, t)
+        async with running(registry_app, settings):
+            await db.executemany("INSERT INTO registry.outbox (event_id, subject, type, data) VALUES ($1, $2, 'T', '')",
+                                 [(uuid.uuid4(), facts) for _ in range(60)])
+            await eventually(lambda: _drained(db), timeout=30, interval=0.2)
+            await db.execute("UPDATE registry.outbox SET created_at = created_at - interval '1 hour'")
+            await asyncio.sleep(1.5)   # the watch has looked at the stream whole since
+            await nc.jetstream().delete_stream(stream)
+            await bus.ensure_streams(nc, t)
+            await eventually(lambda: gap_announced(settings.database_url), timeout=30, interval=0.3)
+            await eventually(lambda: _drained(db), timeout=30, interval=0.2)
+
+            async def refilled() -> bool:
+                return int((await nc.jetstream().stream_info(stream)).state.messages) >= 60
+
+            await eventually(refilled, timeout=30, interval=0.3)
+    finally:
+        await db.close()
+        await nc.close()
