@@ -47,7 +47,7 @@ from contracts.deadletter import MAX_DATA_CHARACTERS, event_id_of
 from contracts.subjects import region_tokens
 
 from . import database
-from .partitions import MAX_PARTITIONS, Partition, PartitionError, partition_filters
+from .partitions import Partition, PartitionError, family_durables, layout_durables, partition_filters
 from .pull import Pull
 from .streams import MIGRATE_HINT
 
@@ -120,7 +120,7 @@ class Subscription:
     # only those (the consumer's filter_subjects), so the rest is never sent, parsed, claimed nor acked.
     types: frozenset[str] | None = None
     # A hot consumer that replicas may split by province (cso/partitions.py); `partition` is the
-    # share this replica takes (its durable then `<durable>-p<i>`), None: the whole stream.
+    # share this replica takes (its durable then `<durable>-p<i>of<N>-<assignment>`), None: the whole stream.
     partitionable: bool = False
     partition: Partition | None = None
     base: str = ""       # the durable's name before partitioning (its siblings share it)
@@ -281,18 +281,11 @@ class Consumer:
             if e.err_code == STREAM_NOT_FOUND:
                 raise
             info = None
-        if info is not None and self.sub.partitionable and (info.config.description or "") != label:
-            # A durable of this name made by another partition layout: its position is of other
-            # provinces. It is made again below, from where the old layout had got to.
-            await self._refuse_if_pulled(self.sub.durable, info)
-            log.warning("%s: %s is %r, not %r: making it again for the new layout", self.service,
-                        self.sub.durable, info.config.description or "unpartitioned", label or "unpartitioned")
-            start = int(info.ack_floor.stream_seq or 0) + 1 if info.ack_floor else 1
-            others = await self._other_layouts()
-            start = min([start, *(s for _, s in others)])
-            await self.js.delete_consumer(self.stream, self.sub.durable)
-            await self._create(config, start)
-        elif info is None:
+        if info is None:
+            # A durable of this layout made for the first time (or again, by BusWatch's repair): from
+            # the lowest ack floor of every durable of the other layouts, so that no province,
+            # whichever partition of the old layout held it, skips what its old durable had not
+            # acknowledged (what comes twice the inbox drops); from the stream's first when none.
             start = None
             if self.sub.partitionable:
                 others = await self._other_layouts()
@@ -301,7 +294,8 @@ class Consumer:
         else:
             have = info.config.filter_subjects or [info.config.filter_subject or ""]
             if sorted(have) != sorted(filters):
-                # Made by an earlier version with other filters: an update keeps its position.
+                # Made by an earlier version with other type filters (a partition's name says its
+                # provinces, so its filters never change): an update keeps its position.
                 log.info("%s: %s filters %s, not %s: updating it", self.service, self.sub.durable, have, filters)
                 await self.js.add_consumer(self.stream, config)
         if self.sub.partitionable:
@@ -310,22 +304,17 @@ class Consumer:
         await pull.start()
         return pull
 
-    def _family(self) -> list[str]:
-        """Every durable name a layout of this subscription may use: unpartitioned and each partition."""
-        base = self.sub.family
-        return [base, *(f"{base}-p{i}" for i in range(MAX_PARTITIONS))]
+    def _layout(self) -> list[str]:
+        """The durables of the layout this replica runs (ours among them)."""
+        count = 1 if self.sub.partition is None else self.sub.partition.count
+        return layout_durables(self.sub.family, count)
 
-    def _layout(self) -> tuple[int, str]:
-        """(partition count, this durable's description) of the layout this replica runs."""
-        if self.sub.partition is None:
-            return 1, ""
-        return self.sub.partition.count, self.sub.partition.label
-
-    async def _siblings(self) -> list[tuple[str, Any]]:
-        """(name, info) of the durables of this subscription's family on the server, ours excepted."""
+    async def _other_layouts_info(self) -> list[tuple[str, Any]]:
+        """(name, info) of the durables of this subscription's other layouts on the server."""
         found = []
-        for name in self._family():
-            if name == self.sub.durable:
+        mine = set(self._layout())
+        for name in family_durables(self.sub.family):
+            if name in mine:
                 continue
             try:
                 found.append((name, await self.js.consumer_info(self.stream, name)))
@@ -333,18 +322,17 @@ class Consumer:
                 continue
         return found
 
-    def _same_layout(self, info: Any) -> bool:
-        count, _ = self._layout()
-        description = info.config.description or ""
-        if count == 1:
-            return False   # the unpartitioned layout has one durable: any sibling is another layout
-        return description.endswith(f" of {count}")
+    @staticmethod
+    def _in_use(info: Any) -> bool:
+        """A replica pulls from it (a request waiting) or holds messages it has not acknowledged:
+        one busy applying a batch has no request waiting at that moment (review finding 7)."""
+        return bool(int(getattr(info, "num_waiting", 0) or 0) or int(getattr(info, "num_ack_pending", 0) or 0))
 
     async def _refuse_if_pulled(self, name: str, info: Any) -> None:
         """A durable of another layout that a replica still pulls from: two layouts at once would
         split the provinces two ways; the operator stops the old replicas first."""
         if int(getattr(info, "num_waiting", 0) or 0) > 0:
-            count, _ = self._layout()
+            count = 1 if self.sub.partition is None else self.sub.partition.count
             raise PartitionError(
                 f"CSO_PARTITIONS={count}, but {name} ({info.config.description or 'unpartitioned'}) is still "
                 f"pulled by a replica of the old layout: stop every replica of {self.service} before changing "
@@ -353,9 +341,7 @@ class Consumer:
     async def _other_layouts(self) -> list[tuple[str, int]]:
         """(name, first sequence not yet acknowledged) of the durables of other layouts."""
         result = []
-        for name, info in await self._siblings():
-            if self._same_layout(info):
-                continue
+        for name, info in await self._other_layouts_info():
             await self._refuse_if_pulled(name, info)
             floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
             result.append((name, floor + 1))
@@ -366,24 +352,34 @@ class Consumer:
         what follows comes again, the inbox skips what was applied) or from the stream's first."""
         if start is not None:
             config.deliver_policy, config.opt_start_seq = DeliverPolicy.BY_START_SEQUENCE, start
-            log.warning("%s: %s starts at stream sequence %d, where the previous layout had got to",
+            log.warning("%s: %s starts at stream sequence %d, the lowest ack floor of the previous layout",
                         self.service, self.sub.durable, start)
         await self.js.add_consumer(self.stream, config)
 
     async def _retire_other_layouts(self) -> None:
-        """Once every partition of this layout exists, the durables of other layouts (pulled by no
-        one: checked) are deleted, so they neither pile up pending messages nor come back stale."""
-        siblings = await self._siblings()
-        count, _ = self._layout()
-        mine = [name for name, info in siblings if self._same_layout(info)]
-        if len(mine) + 1 < count:
-            return
-        for name, info in siblings:
-            if not self._same_layout(info) and not int(getattr(info, "num_waiting", 0) or 0):
-                log.warning("%s: deleting %s (%s), of the previous layout", self.service, name,
-                            info.config.description or "unpartitioned")
-                with contextlib.suppress(NotFoundError):
-                    await self.js.delete_consumer(self.stream, name)
+        """Once every durable of this layout exists, those of other layouts are deleted, so they
+        neither pile up pending messages nor come back stale; but only when no replica of theirs is
+        alive (nothing waiting, nothing unacknowledged): a replica of the old layout still running
+        keeps its durable, said in the log, and the next subscription looks again."""
+        for name in self._layout():
+            if name == self.sub.durable:
+                continue
+            try:
+                await self.js.consumer_info(self.stream, name)
+            except NotFoundError:
+                return
+        for name, info in await self._other_layouts_info():
+            if self._in_use(info):
+                log.warning("%s: keeping %s (%s), of a previous layout: %d requests waiting, %d messages "
+                            "unacknowledged; a replica of that layout is still alive (stop it; once it has "
+                            "stopped for ack_wait, `nats consumer rm` it if it crashed mid-batch)",
+                            self.service, name, info.config.description or "unpartitioned",
+                            int(info.num_waiting or 0), int(info.num_ack_pending or 0))
+                continue
+            log.warning("%s: deleting %s (%s), of a previous layout: no replica pulls from it and nothing "
+                        "of it is unacknowledged", self.service, name, info.config.description or "unpartitioned")
+            with contextlib.suppress(NotFoundError):
+                await self.js.delete_consumer(self.stream, name)
 
     async def run(self) -> None:
         pull: Pull | None = None

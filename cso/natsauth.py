@@ -37,7 +37,7 @@ from typing import Literal
 from contracts import Topology, tier_of
 from contracts.subjects import region_tokens
 
-from .partitions import MAX_PARTITIONS
+from .partitions import family_durables
 
 SERVICES = ("registry", "targets", "training", "notify")
 ADMIN = "admin"
@@ -196,13 +196,16 @@ def service_streams(service: str) -> tuple[str, ...]:
 
 def service_durables(service: str) -> list[tuple[str, str, str]]:
     """SERVICE_CONSUMERS, and for each partitionable one (PARTITIONABLE) the durable of every
-    partition a replica may take (`<durable>-p<i>`, cso/partitions.py): named one by one, as a
-    permission cannot match part of a token."""
+    partition of every layout a replica may take (`<durable>-p<i>of<N>-<assignment>`, and the
+    `<durable>-p<i>` of the first partitioned release, which it retires: cso/partitions.py): named
+    one by one, as a permission cannot match part of a token. A change of the assignment changes
+    the names: generate the configuration again (`cso nats-config`)."""
     durables = []
     for base, durable, context in SERVICE_CONSUMERS[service]:
-        durables.append((base, durable, context))
         if durable in PARTITIONABLE:
-            durables += [(base, f"{durable}-p{i}", context) for i in range(MAX_PARTITIONS)]
+            durables += [(base, name, context) for name in family_durables(durable)]
+        else:
+            durables.append((base, durable, context))
     return durables
 
 

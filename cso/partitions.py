@@ -3,7 +3,7 @@
 Replicas that share one durable consumer get interleaved batches of every region, and two batches
 of neighbouring organizations move the same coverage rows (county, city, province): the second
 waits for the first's commit. With `CSO_PARTITIONS=N` and `CSO_PARTITION=i` (0 ≤ i < N) replica i
-owns the durable `<durable>-p<i>` instead, whose filter subjects take only the provinces assigned
+owns the durable `<durable>-p<i>of<N>-<assignment>` instead, whose filter subjects take only the provinces assigned
 to partition i. Every subject carries the province as a token (contracts/subjects.py), so the
 split is the server's: each partition receives, parses and applies only its own provinces, in
 stream order, and all events of one region (hence of one organization) go to one partition.
@@ -14,13 +14,16 @@ other two-digit token (no province today, but an envelope's region may carry one
 must still answer it) by its number modulo N. Subjects of any other shape on intake (not an
 intake fact's four or five tokens) go to partition 0, which dead-letters them as before.
 
-Changing N: see infra/README.md, "Partitions". A durable of a new layout starts at the lowest
-point every durable of the old layout had acknowledged (its ack floor): what lies between comes
-again and the inbox takes it for the duplicate it is.
+Changing N: see infra/README.md, "Partitions". The layout (N and a hash of the assignment) is in
+every durable's name, so no two layouts share one. A durable of a new layout starts at the lowest
+point every durable of the old layout had acknowledged (the lowest of their ack floors), whichever
+old partition held its provinces: what lies between comes again and the inbox takes it for the
+duplicate it is. Old durables are deleted once no replica holds them (cso/consumer.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from .settings import env
@@ -58,12 +61,15 @@ class Partition:
                                  f"a partition is numbered 0 to {self.count - 1}")
 
     def durable(self, base: str) -> str:
-        return f"{base}-p{self.index}"
+        """`<base>-p<i>of<N>-<assignment>`: the layout is in the name, so no durable of one layout
+        ever bears the name of another's (whose position is of other provinces), whether N or the
+        assignment of provinces to partitions (PROVINCE_WEIGHTS, the dealing rule) changed."""
+        return f"{base}-p{self.index}of{self.count}-{layout_hash(self.count)}"
 
     @property
     def label(self) -> str:
-        """Said in the durable's description, so a replica of another layout is recognised."""
-        return f"cso partition {self.index} of {self.count}"
+        """Said in the durable's description, for whoever lists the consumers."""
+        return f"cso partition {self.index} of {self.count}, assignment {layout_hash(self.count)}"
 
     def provinces(self) -> tuple[str, ...]:
         return provinces_of(self.count)[self.index]
@@ -108,6 +114,29 @@ def provinces_of(count: int) -> tuple[tuple[str, ...], ...]:
         if token not in known:
             shares[n % count].add(token)
     return tuple(tuple(sorted(s)) for s in shares)
+
+
+def layout_hash(count: int) -> str:
+    """A short digest of the assignment `provinces_of(count)`: it changes when any province moves."""
+    text = "|".join(",".join(share) for share in provinces_of(count))
+    return hashlib.sha256(text.encode()).hexdigest()[:6]
+
+
+def layout_durables(base: str, count: int) -> list[str]:
+    """The durables of every partition of the `count`-partition layout of `base` (1: `base` itself)."""
+    if count == 1:
+        return [base]
+    return [Partition(i, count).durable(base) for i in range(count)]
+
+
+def family_durables(base: str) -> list[str]:
+    """Every durable name a layout of `base` may bear: unpartitioned, each partition of each count
+    (the current assignment), and `<base>-p<i>` of the first partitioned release (c31a3b0), whose
+    name did not say its layout: never the current layout, so always retired."""
+    names = [base, *(f"{base}-p{i}" for i in range(MAX_PARTITIONS))]
+    for count in range(2, MAX_PARTITIONS + 1):
+        names += layout_durables(base, count)
+    return names
 
 
 def partition_filters(prefix: str, types: list[str] | None, partition: Partition) -> list[str]:

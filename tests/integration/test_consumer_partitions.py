@@ -21,7 +21,7 @@ from contracts import Envelope, Topology
 from cso import bus
 from cso.consumer import Consumer, Rejected, Subscription
 from cso.database import make_engine
-from cso.partitions import Partition, PartitionError
+from cso.partitions import Partition, PartitionError, layout_durables
 from cso.settings import Settings
 from services.notify.app import run_migrations
 from tests.support import eventually
@@ -87,9 +87,9 @@ async def test_two_partitions_take_disjoint_shares_and_resume_their_own(settings
         assert {e for e, _ in seen[0].events}.isdisjoint({e for e, _ in seen[1].events})
         assert sorted(seen[0].events + seen[1].events) == sorted(first)
         for p in parts:
-            info = await js.consumer_info(topology.stream("CSO_TARGETS"), f"{base}-p{p.index}")
-            assert info.config.description == f"cso partition {p.index} of 2"
-            await eventually(lambda p=p: _settled(js, topology.stream("CSO_TARGETS"), f"{base}-p{p.index}"))
+            info = await js.consumer_info(topology.stream("CSO_TARGETS"), p.durable(base))
+            assert info.config.description.startswith(f"cso partition {p.index} of 2, assignment ")
+            await eventually(lambda p=p: _settled(js, topology.stream("CSO_TARGETS"), p.durable(base)))
 
         # Partition 1 stops; what is published meanwhile: partition 0 takes its share only, and
         # partition 1's share waits on its durable until it comes back, then is taken, once.
@@ -97,7 +97,7 @@ async def test_two_partitions_take_disjoint_shares_and_resume_their_own(settings
         second = await publish(nc, settings, 2)
         await eventually(lambda: asyncio.sleep(0, len(seen[0].events) == len(share(first + second, parts[0]))),
                          timeout=15)
-        info = await js.consumer_info(topology.stream("CSO_TARGETS"), f"{base}-p1")
+        info = await js.consumer_info(topology.stream("CSO_TARGETS"), parts[1].durable(base))
         assert info.num_pending == len(share(second, parts[1]))
         assert seen[1].events == share(first, parts[1])
         consumers[1] = consumer(nc, engine, topology, base, seen[1], parts[1])
@@ -141,7 +141,7 @@ async def test_a_new_layout_starts_where_the_old_had_got_to(settings: Settings, 
         await eventually(lambda: _waiting(js, stream, base), timeout=10)
         with pytest.raises(PartitionError, match=r"CSO_PARTITIONS=2.*still pulled"):
             await early._subscribe()
-        assert f"{base}-p0" not in {c.name for c in await js.consumers_info(stream)}
+        assert Partition(0, 2).durable(base) not in {c.name for c in await js.consumers_info(stream)}
         floor = (await js.consumer_info(stream, base)).ack_floor.stream_seq
         assert floor >= len(first)
         await old.stop()
@@ -154,14 +154,114 @@ async def test_a_new_layout_starts_where_the_old_had_got_to(settings: Settings, 
         assert sorted(seen[0].events + seen[1].events) == sorted(second)
         # Delivered from the old floor on, not from the stream's first message again.
         for i in range(2):
-            info = await js.consumer_info(stream, f"{base}-p{i}")
+            info = await js.consumer_info(stream, Partition(i, 2).durable(base))
             assert info.delivered.consumer_seq == len(share(second, Partition(i, 2)))
         names = {c.name for c in await js.consumers_info(stream)}
-        assert base not in names and {f"{base}-p0", f"{base}-p1"} <= names
+        assert base not in names and set(layout_durables(base, 2)) <= names
     finally:
         for c in [old, *parts]:
             await c.stop()
         await engine.dispose()
+
+
+@pytest.mark.parametrize(("old_count", "new_count"), [(2, 3), (3, 2)])
+async def test_a_change_of_partition_count_loses_nothing_and_replays_no_stream(
+        settings: Settings, nc: NATS, old_count: int, new_count: int) -> None:
+    """N -> M partitions while old partition 0 lags (stopped, the others went on): every new
+    partition starts at the lowest ack floor of the old layout, so what old partition 0 had not
+    acknowledged reaches the new partition of each province (none lost, whichever new partition
+    takes it), the rest comes again and the inbox drops it, and no new partition starts from the
+    stream's first message. The old durables are deleted once every new one exists."""
+    await asyncio.to_thread(run_migrations, settings)
+    topology = settings.topology
+    await bus.ensure_streams(nc, topology)
+    engine = make_engine(settings.database_url, pool_size=4)
+    js = nc.jetstream()
+    stream = topology.stream("CSO_TARGETS")
+    base = f"count-{uuid.uuid4().hex[:6]}"
+    olds = [Partition(i, old_count) for i in range(old_count)]
+    news = [Partition(i, new_count) for i in range(new_count)]
+    old_seen = [Seen() for _ in olds]
+    seen = [Seen() for _ in news]
+    running = [consumer(nc, engine, topology, base, old_seen[p.index], p) for p in olds]
+    try:
+        before = (await js.stream_info(stream)).state.last_seq
+        history = await publish(nc, settings, 1)   # applied by every old partition
+        for c in running:
+            c.start()
+        for p in olds:
+            await eventually(lambda p=p: asyncio.sleep(0, len(old_seen[p.index].events) == len(share(history, p))),
+                             timeout=15)
+            await eventually(lambda p=p: _settled(js, stream, p.durable(base)), timeout=15)
+            assert old_seen[p.index].events == share(history, p)
+        await running[0].stop()                      # old partition 0 lags from here on
+        mid = await publish(nc, settings, 1)
+        await eventually(lambda: asyncio.sleep(0, all(len(old_seen[p.index].events) == len(share(history + mid, p))
+                                                      for p in olds[1:])), timeout=15)
+        for p in olds[1:]:
+            await eventually(lambda p=p: _settled(js, stream, p.durable(base)), timeout=15)
+        for c in running:
+            await c.stop()
+        later = await publish(nc, settings, 1)
+        running = [consumer(nc, engine, topology, base, seen[p.index], p) for p in news]
+        for c in running:
+            c.start()
+        # Not applied before: old partition 0's share of `mid`, and all of `later`.
+        unapplied = share(mid, olds[0]) + later
+        unapplied.sort(key=(mid + later).index)
+        await eventually(lambda: asyncio.sleep(0, sum(len(s.events) for s in seen) == len(unapplied)), timeout=20)
+        await asyncio.sleep(0.5)
+        for p in news:
+            assert seen[p.index].events == share(unapplied, p)
+            # Delivered from old partition 0's ack floor (within `history`), not the stream's first.
+            info = await js.consumer_info(stream, p.durable(base))
+            assert info.config.opt_start_seq is not None and info.config.opt_start_seq > before + 1
+        await eventually(lambda: _gone(js, stream, [p.durable(base) for p in olds]), timeout=10)
+    finally:
+        for c in running:
+            await c.stop()
+        await engine.dispose()
+
+
+async def test_an_old_durable_a_replica_is_applying_from_is_kept(settings: Settings, nc: NATS) -> None:
+    """A replica of the old layout busy with a batch has no request waiting, only messages not yet
+    acknowledged: its durable is kept (said in the log) while the idle one of the same layout is
+    deleted once every new durable exists (review finding 7)."""
+    await asyncio.to_thread(run_migrations, settings)
+    topology = settings.topology
+    await bus.ensure_streams(nc, topology)
+    engine = make_engine(settings.database_url, pool_size=4)
+    js = nc.jetstream()
+    stream = topology.stream("CSO_TARGETS")
+    base = f"busy-{uuid.uuid4().hex[:6]}"
+    sub = Subscription("CSO_TARGETS", topology.context_subjects("targets"), base, partitionable=True)
+    olds = [sub.partitioned(Partition(i, 2)) for i in range(2)]
+    for old in olds:
+        await js.add_consumer(stream, ConsumerConfig(name=old.durable, durable_name=old.durable,
+                                                     ack_policy=AckPolicy.EXPLICIT, filter_subjects=old.filters()))
+    await publish(nc, settings, 1)
+    busy = await js.pull_subscribe_bind(olds[0].durable, stream)
+    held = await busy.fetch(1, timeout=5)      # in hand, not acknowledged: a batch being applied
+    info = await js.consumer_info(stream, olds[0].durable)
+    assert (info.num_waiting, info.num_ack_pending) == (0, 1)
+    seen = [Seen() for _ in range(3)]
+    news = [consumer(nc, engine, topology, base, seen[i], Partition(i, 3)) for i in range(3)]
+    try:
+        for c in news:
+            c.start()
+        await eventually(lambda: _gone(js, stream, [olds[1].durable]), timeout=15)
+        names = {c.name for c in await js.consumers_info(stream)}
+        assert olds[0].durable in names and set(layout_durables(base, 3)) <= names
+        await held[0].ack()
+    finally:
+        for c in news:
+            await c.stop()
+        await busy.unsubscribe()
+        await engine.dispose()
+
+
+async def _gone(js: Any, stream: str, durables: list[str]) -> bool:
+    return not set(durables) & {c.name for c in await js.consumers_info(stream)}
 
 
 async def _settled(js: Any, stream: str, durable: str) -> bool:

@@ -5,8 +5,18 @@ from __future__ import annotations
 import pytest
 
 from contracts import Topology
+from cso import partitions
 from cso.consumer import Subscription
-from cso.partitions import PROVINCE_WEIGHTS, Partition, PartitionError, partition_from_settings, provinces_of
+from cso.partitions import (
+    PROVINCE_WEIGHTS,
+    Partition,
+    PartitionError,
+    family_durables,
+    layout_durables,
+    layout_hash,
+    partition_from_settings,
+    provinces_of,
+)
 from cso.service import Runtime
 from cso.settings import Settings
 
@@ -47,7 +57,7 @@ def test_a_partition_filters_its_provinces_on_every_shape() -> None:
     t = Topology("ns")
     intake = Subscription("CSO_INTAKE", t.context_subjects("intake"), "registry-intake", partitionable=True)
     p1 = intake.partitioned(Partition(1, 2))
-    assert p1.durable == "registry-intake-p1" and p1.family == "registry-intake"
+    assert p1.durable == f"registry-intake-p1of2-{layout_hash(2)}" and p1.family == "registry-intake"
     filters = p1.filters()
     assert "ns.cso.intake.*.13.*.*" in filters and "ns.cso.intake.*.*.13.*.*" in filters   # 河北
     assert not any(f.startswith("ns.cso.intake.*.37.") for f in filters)   # 山东 is partition 0's
@@ -66,3 +76,24 @@ def test_a_service_with_an_inconsistent_setting_does_not_start() -> None:
         Runtime("targets", "targets", Settings(auth="off", partitions="4", partition=""))
     runtime = Runtime("targets", "targets", Settings(auth="off", partitions="4", partition="3"))
     assert runtime.partition == Partition(3, 4)
+
+
+def test_no_two_layouts_share_a_durable_name() -> None:
+    """The layout (N and its assignment) is in each partition's name: a durable of one layout is
+    never taken for another's, whose position is of other provinces (review finding 1)."""
+    layouts = [layout_durables("registry-intake", n) for n in range(1, 9)]
+    names = [name for layout in layouts for name in layout]
+    assert len(names) == len(set(names)) == sum(range(1, 9))
+    assert set(names) <= set(family_durables("registry-intake"))
+    assert "registry-intake-p0" in family_durables("registry-intake")   # the first release's, retired
+
+
+def test_a_changed_assignment_is_a_new_layout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Moving one province (other weights) changes the names, so no durable keeps a position of
+    provinces it no longer takes while its filters are updated in place (review finding 3)."""
+    before = {n: layout_durables("targets-registry", n) for n in range(2, 9)}
+    swapped = list(PROVINCE_WEIGHTS)
+    swapped[0], swapped[1] = (swapped[0][0], swapped[1][1]), (swapped[1][0], swapped[0][1])
+    monkeypatch.setattr(partitions, "PROVINCE_WEIGHTS", tuple(swapped))
+    for n in range(2, 9):
+        assert set(layout_durables("targets-registry", n)).isdisjoint(before[n]), n
