@@ -38,6 +38,7 @@ SHARED = {
     ("5111", "towns_with_hub_share", "2022-12-31"): "city-2021-2023-towns-hub",
     ("511102", "pool_trained_share", "2023-12-31"): "city-2021-2023-pool-trained-per-county",
 }
+SHARED_FIGURES = {figure for _, figure, _ in SHARED}
 
 
 async def promises(api: httpx.AsyncClient) -> Counter[tuple[str, str, str]]:
@@ -88,7 +89,10 @@ async def test_a_promise_in_the_catalogue_and_a_plan_is_one_instance(settings: S
         hubs = await task_target(api, CITY, "7", "streets_with_hub_share")
         assert (hubs["target_id"], hubs["linked"]) == ("city-2021-2023-streets-hub", True)
         catalogue = {x["id"]: x for x in await ok(await api.get("/targets"))}
-        assert not [i for i, x in catalogue.items() if i.startswith((GUANGHAN, CITY)) and not x["retired"]]
+        # A plan's own target (`<plan>-<task>-<metric>`) only for a promise the catalogue does not
+        # state (the facilities of the city plan's 18 and Guanghan's 1.6 have one), never a shared one.
+        own = [i for i, x in catalogue.items() if i.startswith((GUANGHAN, CITY)) and not x["retired"]]
+        assert not [i for i in own if i.rsplit("-", 1)[1] in SHARED_FIGURES], own
 
         # One alert: every TargetStatusChanged of a shared promise is the catalogue's instance.
         async def alerted() -> bool:
@@ -97,7 +101,8 @@ async def test_a_promise_in_the_catalogue_and_a_plan_is_one_instance(settings: S
 
         await eventually(alerted, timeout=30, interval=0.2)
         assert not [e for e in bus.events("TargetStatusChanged")
-                    if e["payload"]["target_id"].startswith((GUANGHAN, CITY))]
+                    if e["payload"]["target_id"].startswith((GUANGHAN, CITY))
+                    and e["payload"]["target_id"].split("@")[0].rsplit("-", 1)[1] in SHARED_FIGURES]
 
         # Importing the plan again (a changed title) keeps one instance.
         source = (DATA / f"{GUANGHAN}.yaml").read_text(encoding="utf-8")
