@@ -630,6 +630,11 @@ _SATISFIED += (" OR (split_part(w.waits_for, ':', 1) = 'project' AND EXISTS (SEL
                f"{SCHEMA}.funded_project x WHERE x.id::text = split_part(w.waits_for, ':', 2)))")
 
 
+def count_satisfied_waiting() -> str:
+    """SQL: how many waiting facts have their need on record now (the next sweep decides them)."""
+    return f"SELECT count(*) FROM {waiting.fullname} w WHERE {_SATISFIED}"
+
+
 async def take_due_waiting(conn: AsyncConnection, now: Any, limit: int) -> list[Any]:
     """Take up to `limit` facts, oldest first, whose need is on record now or whose time is up
     (`until` <= now); facts another transaction holds are left to it."""

@@ -9,7 +9,8 @@ longer rides on JetStream redeliveries, which gave up after about 30 s. It is de
   divisions of its county (`handlers.waking`, after `cso.reference.DivisionsHandler`), each woken
   fact waking those that wait for it in turn;
 - by the periodic sweep (`Room.sweep`, every CSO_WAITING_SWEEP_SECONDS), for what arrived another
-  way (a command, an import) and for facts that waited too long: after CSO_WAITING_MAX_DAYS (7)
+  way (a command, an import), for a fact one replica parked while another applied what it waits
+  for (neither transaction saw the other's row), and for facts that waited too long: after CSO_WAITING_MAX_DAYS (7)
   such a fact is refused (`waited_too_long`), with a receipt and a dead letter.
 
 The publisher hears `waiting` (with what it waits for and until when), then `accepted` or

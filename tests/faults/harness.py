@@ -59,6 +59,7 @@ from cso_local.stack import BACKENDS as SERVICES
 from cso_local.stack import ROOT, ensure_database, migrate_one, tail, with_database
 from services.notify.api import CONSUMED as NOTIFY_CONSUMED
 from services.notify.domain import Screen
+from services.registry import store as registry_store
 from tests.support.recount import REGISTRY_COUNTERS, projected, recount
 
 log = logging.getLogger("faults")
@@ -226,6 +227,9 @@ class Cluster:
             # Redelivery after a kill comes within seconds, not the default 30.
             "CSO_ACK_WAIT_SECONDS": "10",
             "CSO_BUS_CHECK_SECONDS": "2",
+            # A fact one replica parks while another applies what it waits for is decided by the
+            # sweep (services/registry/waiting.py): within a second here, not the default minute.
+            "CSO_WAITING_SWEEP_SECONDS": "1",
             "CSO_SMTP_HOST": "127.0.0.1", "CSO_SMTP_PORT": str(self.smtp.port),
             "CSO_SMTP_FROM": "cso-notify@faults.test",
             # A killed sender's lease expires in seconds; no delivery gives up while a server is away.
@@ -776,6 +780,8 @@ async def outstanding(cluster: Cluster, publisher: OutsidePublisher) -> list[str
         missing = publisher.intake_ids - inbox - dead
         if missing:
             out.append(f"registry: {len(missing)} intake facts not yet taken")
+    if n := await scalar(dsn, registry_store.count_satisfied_waiting()):
+        out.append(f"registry: {n} waiting facts whose need is on record (the sweep decides them)")
     for service in ("registry", "training", "targets", "notify"):
         for stream, durable in DURABLES[service]:
             state = await cluster.consumer_state(stream, durable)
