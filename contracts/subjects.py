@@ -12,6 +12,7 @@ server; production uses the empty namespace and exactly the subjects documented 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -23,6 +24,9 @@ ABSENT = "_"
 CONTEXTS = ("registry", "divisions", "training", "targets", "notify", "intake", "ops", "receipts")
 # A source that can stand in a subject: the shape of a NATS user name (cso.natsauth.USER_NAME).
 SOURCE_TOKEN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+# Every token a subject's province may be: two digits (a region's code starts with its province's).
+PROVINCE_TOKENS = tuple(f"{n:02d}" for n in range(100))
+INTAKE_PREFIX = "cso.intake."
 
 
 def snake(event_type: str) -> str:
@@ -153,6 +157,36 @@ class Topology:
         return self.query_subject("registry", f"receipts.{source_token(source)}")
 
 
+def intake_fact_subjects(prefix: str, provinces: Iterable[str]) -> list[str]:
+    """The subjects of intake facts about `provinces` under `prefix` (`cso.intake.`, namespace
+    included): version 1, `<prefix><event>.<p>.<city>.<county>`, then version 2,
+    `<prefix><source>.<event>.<p>.<city>.<county>`, one wildcard subject per province and version."""
+    provinces = list(provinces)
+    return [f"{prefix}*.{p}.*.*" for p in provinces] + [f"{prefix}*.*.{p}.*.*" for p in provinces]
+
+
+def intake_other_shapes(prefix: str) -> list[str]:
+    """The intake subjects of neither fact's shape: fewer than four tokens after `prefix`, or more
+    than five. CSO_INTAKE takes them, so that registry dead-letters them (with a receipt when the
+    envelope names its publisher), and so does partition 0 of a partitioned registry."""
+    return [f"{prefix}*", f"{prefix}*.*", f"{prefix}*.*.*", f"{prefix}*.*.*.*.*.>"]
+
+
+def intake_stream_subjects(prefix: str = INTAKE_PREFIX) -> list[str]:
+    """CSO_INTAKE's subjects: a fact's two shapes with a two-digit province token, and every other
+    shape; not a fact's shape whose province token is anything else (`5x`, `5`, `guangdong`).
+
+    No wildcard can tell a two-digit token from another, so a consumer split by province
+    (cso/partitions.py) lists its tokens, and a subject of a fact's shape with another token would
+    be taken by no partition: stored, never delivered, never answered. The stream does not take it
+    instead, so nothing holds it silently: a JetStream publish there fails at once ("no response
+    from stream", nats-py's NoStreamResponseError), which the sender sees, partitioned or not (a
+    core NATS publish, which nothing acknowledges, is lost, as is any that no stream takes). Only
+    the operators' user may publish such a subject at all (a publisher's permission names its own
+    province token, cso/natsauth.py), and Topology.intake_subject never makes one."""
+    return intake_fact_subjects(prefix, PROVINCE_TOKENS) + intake_other_shapes(prefix)
+
+
 def source_token(source: str) -> str:
     """A source usable as one subject token, or ValueError naming it."""
     if not SOURCE_TOKEN.fullmatch(source):
@@ -162,7 +196,9 @@ def source_token(source: str) -> str:
 
 
 STREAMS: tuple[StreamSpec, ...] = (
-    StreamSpec("CSO_INTAKE", ("cso.intake.>",),
+    # Not `cso.intake.>`: a fact's shape with a province token of other than two digits is no
+    # intake subject (intake_stream_subjects), so that its publish fails where the sender sees it.
+    StreamSpec("CSO_INTAKE", tuple(intake_stream_subjects()),
                "Registry facts published by outside systems, before registry validates them"),
     StreamSpec("CSO_REGISTRY", ("cso.registry.>",), "Accepted registry facts (registry's outbox)"),
     StreamSpec("CSO_DIVISIONS", ("cso.divisions.>",), "Division reference data, per county"),

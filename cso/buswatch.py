@@ -8,7 +8,9 @@ whose last sequence went backwards, or that reports lost messages is a gap: it i
 numbers, counted, announced as BusGapDetected, and repaired — the producer republishes its outbox
 (kept for its retention period) from its first row bound for that stream (its relay's position
 moves back there, `outbox.rewind`), and the consumer
-starts over from the stream's beginning; event-id deduplication makes both harmless.
+starts over from the stream's beginning; event-id deduplication makes both harmless. A partitioned
+consumer starts over in every partition (Consumer.restart deletes every durable of its layout):
+the replica that found the gap records it in tables all partitions share, so no other would.
 """
 
 from __future__ import annotations
@@ -209,6 +211,8 @@ class BusWatch:
         if gap.side == "consumer":
             for consumer in rt.consumers:
                 if consumer.stream == gap.stream:
+                    # Every partition's durable, not only this replica's: the others' replicas
+                    # read the reset positions and the stream's new state, and see no gap.
                     await consumer.restart(from_start=True)
         if rt.relay:
             rt.relay.notify()

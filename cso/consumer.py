@@ -436,12 +436,20 @@ class Consumer:
             await asyncio.sleep(1)
 
     async def restart(self, from_start: bool = False) -> None:
-        """Start pulling again; from the stream's first message when the bus lost what we had."""
+        """Start pulling again; from the stream's first message when the bus lost what we had.
+
+        From the start, every durable of our layout goes, not only ours: BusWatch, which calls
+        this, runs in each replica, but the gap is recorded in tables all partitions share (every
+        partition's consumer_position row is reset, bus_stream holds the stream's new state), so
+        the other partitions' replicas never see it. Their pulls then fail (the durable is gone)
+        and they subscribe afresh: with no durable of another layout left, from the stream's first
+        message (_subscribe); the inbox drops what they had applied."""
         await self.stop()
         if from_start:
             self.seen.clear()  # what it saw was of the stream that is gone
-            with contextlib.suppress(Exception):
-                await self.js.delete_consumer(self.stream, self.sub.durable)
+            for durable in self._layout():
+                with contextlib.suppress(Exception):
+                    await self.js.delete_consumer(self.stream, durable)
         self.start()
 
     def _saw(self, last_seq: int) -> None:

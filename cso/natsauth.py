@@ -235,7 +235,8 @@ def service_permissions(topology: Topology, service: str) -> Permissions:
             # A consumer filtered to the event types its handler acts on (several filter subjects,
             # which nats-py cannot name in the subject): any filter, within a stream it may read.
             f"$JS.API.CONSUMER.CREATE.{stream}.{durable}",
-            f"$JS.API.CONSUMER.DELETE.{stream}.{durable}",   # BusWatch restarts it from the start
+            # BusWatch restarts it from the start (every partition's: Consumer.restart).
+            f"$JS.API.CONSUMER.DELETE.{stream}.{durable}",
             f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}",
             f"$JS.ACK.{stream}.{durable}.>",
         ]

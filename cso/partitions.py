@@ -14,17 +14,30 @@ other two-digit token (no province today, but an envelope's region may carry one
 must still answer it) by its number modulo N. Subjects of any other shape on intake (not an
 intake fact's four or five tokens) go to partition 0, which dead-letters them as before.
 
+A subject of an intake fact's shape whose province token is not two digits (`…organization_filed.
+5x.5101.510104`, or `.5.`) matches no partition's filters, and no wildcard can take "any other
+token" without taking every one: it would wait in the stream for ever, never dead-lettered, its
+publisher never answered. So CSO_INTAKE does not take such subjects at all
+(contracts.subjects.intake_stream_subjects, the union of every layout's intake filters): their
+JetStream publish fails at once with "no response from stream", an error the sender sees,
+partitioned or not. Contexts' subjects (`cso.<context>.<event>.<province>.…`) are made by the
+services' outboxes from validated regions only.
+
 Changing N: see infra/README.md, "Partitions". The layout (N and a hash of the assignment) is in
 every durable's name, so no two layouts share one. A durable of a new layout starts at the lowest
 point every durable of the old layout had acknowledged (the lowest of their ack floors), whichever
 old partition held its provinces: what lies between comes again and the inbox takes it for the
-duplicate it is. Old durables are deleted once no replica holds them (cso/consumer.py).
+duplicate it is. Old durables are deleted once no replica holds them (cso/consumer.py). When the
+bus lost what a partition had read (BusWatch), every durable of the layout is deleted, so that
+every partition, not only the one whose replica saw the gap, reads the stream again from its start.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+
+from contracts.subjects import PROVINCE_TOKENS, intake_fact_subjects, intake_other_shapes
 
 from .settings import env
 
@@ -36,8 +49,15 @@ PROVINCE_WEIGHTS: tuple[tuple[str, int], ...] = (
     ("53", 14888), ("65", 14721), ("15", 14592), ("23", 13877), ("22", 11860), ("50", 11270),
     ("11", 7535), ("31", 6509), ("12", 5617), ("54", 5580), ("63", 4716), ("46", 3296), ("64", 2912))
 # The most partitions a service may be split in: the NATS users' permissions name each durable
-# (cso/natsauth.py), and a partition's filter list stays under nats-server's proposed 100 subjects.
+# (cso/natsauth.py). The longest filter lists (MAX_FILTERS, pinned by tests/unit/test_partitions.py)
+# are intake's at N=2: 108 subjects for partition 0 (its 52 tokens in both intake forms, and the 4
+# other shapes), 96 for partition 1; at N=3 72, then fewer; a context's at most 52. nats-server
+# 2.15 takes them (test_intake_partitions_route_every_shape_to_exactly_one), but the limit of 100
+# filter subjects proposed for it (nats-server issue 6046, a server option up to 1,000) would refuse
+# intake's N=2; no shorter list splits the same way (each partition names each of its tokens once
+# per intake form), so N=2 for registry would need that option, or N ≥ 3.
 MAX_PARTITIONS = 8
+MAX_FILTERS = 108
 PARTITIONS_SETTING, PARTITION_SETTING = "CSO_PARTITIONS", "CSO_PARTITION"
 
 
@@ -109,8 +129,7 @@ def provinces_of(count: int) -> tuple[tuple[str, ...], ...]:
         loads[least] += weight
         shares[least].add(code)
     known = {code for code, _ in PROVINCE_WEIGHTS}
-    for n in range(100):
-        token = f"{n:02d}"
+    for n, token in enumerate(PROVINCE_TOKENS):
         if token not in known:
             shares[n % count].add(token)
     return tuple(tuple(sorted(s)) for s in shares)
@@ -147,9 +166,10 @@ def partition_filters(prefix: str, types: list[str] | None, partition: Partition
     without the publisher's name; partition 0 takes the subjects of any other shape as well."""
     provinces = partition.provinces()
     if prefix.endswith(".intake."):
-        filters = [f"{prefix}*.{p}.*.*" for p in provinces] + [f"{prefix}*.*.{p}.*.*" for p in provinces]
+        # Together, for any N: CSO_INTAKE's subjects (contracts.subjects.intake_stream_subjects).
+        filters = intake_fact_subjects(prefix, provinces)
         if partition.index == 0:
-            filters += [f"{prefix}*", f"{prefix}*.*", f"{prefix}*.*.*", f"{prefix}*.*.*.*.*.*.>"]
+            filters += intake_other_shapes(prefix)
         return filters
     events = types or ["*"]
     return [f"{prefix}{e}.{p}.>" for e in events for p in provinces]

@@ -1,24 +1,29 @@
 """Partitions of a consumer by province (cso/partitions.py) on a real nats-server and PostgreSQL:
 two partitions take disjoint shares that together are every event, each in stream order; a
 stopped partition's share waits for it alone and it resumes there; a durable of another layout
-hands its position over, and one still pulled is refused."""
+hands its position over, and one still pulled is refused; a bus loss one partition's replica finds
+makes every partition read again; an intake subject no partition would take cannot be published."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
 import pytest
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.errors import NoStreamResponseError
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contracts import Envelope, Topology
-from cso import bus
+from cso import bus, outbox
+from cso.buswatch import BusWatch, GapListener
 from cso.consumer import Consumer, Rejected, Subscription
 from cso.database import make_engine
 from cso.partitions import Partition, PartitionError, layout_durables
@@ -42,11 +47,24 @@ class Seen:
         return {}
 
 
+class Again:
+    """The verdicts on what a consumer is handed again: the event ids its inbox already held."""
+
+    def __init__(self) -> None:
+        self.events: list[UUID] = []
+
+    async def broken(self, conn: AsyncConnection, broken: Sequence[tuple[Msg, str]]) -> None:
+        pass
+
+    async def duplicates(self, conn: AsyncConnection, duplicates: Sequence[tuple[Msg, Envelope[Any]]]) -> None:
+        self.events += [env.event_id for _, env in duplicates]
+
+
 def consumer(nc: NATS, engine: Any, topology: Topology, durable: str, seen: Seen,
-             partition: Partition | None) -> Consumer:
+             partition: Partition | None, again: Again | None = None) -> Consumer:
     sub = Subscription("CSO_TARGETS", topology.context_subjects("targets"), durable, partitionable=True)
     return Consumer(nc=nc, engine=engine, topology=topology, schema="notify", service="notify",
-                    subscription=sub.partitioned(partition), handler=seen)
+                    subscription=sub.partitioned(partition), handler=seen, verdicts=again)
 
 
 async def publish(nc: NATS, settings: Settings, rounds: int) -> list[tuple[UUID, str]]:
@@ -276,8 +294,8 @@ async def _waiting(js: Any, stream: str, durable: str) -> bool:
 
 async def test_intake_partitions_route_every_shape_to_exactly_one(settings: Settings, nc: NATS) -> None:
     """registry's intake split in two: nats-server takes each partition's filter list (both intake
-    forms, over a hundred subjects), and every subject, of a province or not, of an intake fact's
-    shape or not, is pending on exactly one partition."""
+    forms, over a hundred subjects), and every subject the stream takes, of a province or not, of an
+    intake fact's shape or not (six tokens too), is pending on exactly one partition."""
     topology = settings.topology
     await bus.ensure_streams(nc, topology)
     js = nc.jetstream()
@@ -292,7 +310,7 @@ async def test_intake_partitions_route_every_shape_to_exactly_one(settings: Sett
     prefix = topology.context_subjects("intake").removesuffix(">")
     subjects = [f"{prefix}organization_filed.51.5111.511102", f"{prefix}bench.organization_filed.13.1301.130102",
                 f"{prefix}bench.hub_established.37._._", f"{prefix}bench.organization_filed.99.9901.990101",
-                f"{prefix}odd", f"{prefix}a.b.c.d.e.f.g"]
+                f"{prefix}odd", f"{prefix}a.b", f"{prefix}a.b.c", f"{prefix}a.b.c.d.e.f", f"{prefix}a.b.c.d.e.f.g"]
     for subject in subjects:
         await js.publish(subject, b"{}")
     pending = [(await js.consumer_info(stream, p.durable)).num_pending for p in parts]
@@ -310,3 +328,88 @@ def _matches(pattern: str, subject: str) -> bool:
         if i >= len(ss) or (p != "*" and p != ss[i]):
             return False
     return len(ps) == len(ss)
+
+
+@dataclass
+class Replica:
+    """What BusWatch reads of a service (cso.buswatch.Watched): one replica, its own partition's consumer."""
+
+    name: str
+    schema: str
+    topology: Topology
+    engine: AsyncEngine
+    nc: NATS | None
+    consumers: list[Consumer]
+    relay: outbox.Relay | None = None
+    gap_listeners: list[GapListener] = field(default_factory=list)
+
+    @property
+    def needed_streams(self) -> tuple[str, ...]:
+        return ()
+
+    async def check_streams(self) -> list[str]:
+        return []
+
+
+async def test_a_bus_loss_one_partition_finds_makes_every_partition_read_again(settings: Settings, nc: NATS) -> None:
+    """The stream lost messages and survived: the replica of partition 0 finds the gap and records
+    it in the tables both partitions share (their positions reset, the stream's new state), so
+    partition 1's replica never sees it. Its durable must start over too: both partitions are
+    handed their whole share again (the inbox drops it: nothing applied twice)."""
+    await asyncio.to_thread(run_migrations, settings)
+    topology = settings.topology
+    await bus.ensure_streams(nc, topology)
+    engine = make_engine(settings.database_url, pool_size=4)
+    js = nc.jetstream()
+    stream = topology.stream("CSO_TARGETS")
+    base = f"gap-{uuid.uuid4().hex[:6]}"
+    parts = [Partition(0, 2), Partition(1, 2)]
+    seen, again = [Seen(), Seen()], [Again(), Again()]
+    consumers = [consumer(nc, engine, topology, base, seen[p.index], p, again[p.index]) for p in parts]
+    try:
+        before = (await js.stream_info(stream)).state.last_seq
+        published = await publish(nc, settings, 2)
+        for c in consumers:
+            c.start()
+        await eventually(lambda: asyncio.sleep(0, sum(len(s.events) for s in seen) == len(published)), timeout=15)
+        for p in parts:
+            await eventually(lambda p=p: _settled(js, stream, p.durable(base)), timeout=15)
+        watch = BusWatch(Replica("notify", "notify", topology, engine, nc, consumers=[consumers[0]]))
+        assert await watch.check() == []       # the stream as it is, recorded
+        # The bus loses one message of each partition's share; the stream stays.
+        lost = [next(published.index(e) for e in published if e in share(published, p)) for p in parts]
+        for index in lost:
+            assert await js.delete_msg(stream, before + 1 + index)
+        gaps = await watch.check()
+        assert [(g.side, g.lost) for g in gaps] == [("consumer", 2)]
+        kept = [e for i, e in enumerate(published) if i not in lost]
+        for p in parts:
+            mine = {e for e, _ in share(kept, p)}
+            await eventually(lambda p=p, mine=mine: asyncio.sleep(0, set(again[p.index].events) == mine),
+                             timeout=20)
+            assert seen[p.index].events == share(published, p)   # applied once, before the loss
+        assert await watch.check() == []
+    finally:
+        for c in consumers:
+            await c.stop()
+        await engine.dispose()
+
+
+async def test_an_intake_fact_without_a_two_digit_province_cannot_be_published(settings: Settings, nc: NATS) -> None:
+    """A subject of an intake fact's shape whose province token is not two digits matches no
+    partition's filters: CSO_INTAKE does not take it, so its publish fails where the sender sees it
+    (partitioned or not: the stream is one), instead of waiting in the stream for no one."""
+    topology = settings.topology
+    await bus.ensure_streams(nc, topology)
+    js = nc.jetstream()
+    stream = topology.stream("CSO_INTAKE")
+    prefix = topology.context_subjects("intake").removesuffix(">")
+    messages = (await js.stream_info(stream)).state.messages
+    for subject in (f"{prefix}bench.organization_filed.5x.510104.510104",
+                    f"{prefix}bench.organization_filed.5.5101.510104",
+                    f"{prefix}organization_filed.sichuan.5101.510104"):
+        with pytest.raises(NoStreamResponseError):
+            await js.publish(subject, b"{}")
+    assert (await js.stream_info(stream)).state.messages == messages
+    await js.publish(f"{prefix}bench.organization_filed.51.5101.510104", b"{}")
+    assert (await js.stream_info(stream)).state.messages == messages + 1

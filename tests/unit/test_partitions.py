@@ -5,9 +5,12 @@ from __future__ import annotations
 import pytest
 
 from contracts import Topology
+from contracts.subjects import PROVINCE_TOKENS
 from cso import partitions
 from cso.consumer import Subscription
 from cso.partitions import (
+    MAX_FILTERS,
+    MAX_PARTITIONS,
     PROVINCE_WEIGHTS,
     Partition,
     PartitionError,
@@ -19,13 +22,14 @@ from cso.partitions import (
 )
 from cso.service import Runtime
 from cso.settings import Settings
+from cso.streams import base_streams
 
 
 def test_the_assignment_covers_every_token_once_and_is_balanced() -> None:
     weight = dict(PROVINCE_WEIGHTS)
-    for count in range(2, 9):
+    for count in range(2, MAX_PARTITIONS + 1):
         shares = provinces_of(count)
-        assert sorted(t for s in shares for t in s) == [f"{n:02d}" for n in range(100)]
+        assert sorted(t for s in shares for t in s) == list(PROVINCE_TOKENS)
         loads = [sum(weight.get(t, 0) for t in s) for s in shares]
         # Within the heaviest province (山东, 62,074 communities) of each other.
         assert max(loads) - min(loads) <= max(weight.values()), (count, loads)
@@ -97,3 +101,88 @@ def test_a_changed_assignment_is_a_new_layout(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(partitions, "PROVINCE_WEIGHTS", tuple(swapped))
     for n in range(2, 9):
         assert set(layout_durables("targets-registry", n)).isdisjoint(before[n]), n
+
+
+def _collide(a: str, b: str) -> bool:
+    """Does some subject match both patterns (NATS wildcards: `*` one token, `>` one or more)?"""
+    ta, tb = a.split("."), b.split(".")
+    for i in range(max(len(ta), len(tb))):
+        x, y = (ta[i] if i < len(ta) else None), (tb[i] if i < len(tb) else None)
+        if x == ">" or y == ">":
+            return x is not None and y is not None
+        if x is None or y is None:
+            return False
+        if x != y and "*" not in (x, y):
+            return False
+    return True
+
+
+def _takes(pattern: str, subject: str) -> bool:
+    return _collide(pattern, subject)   # a subject has no wildcards: colliding is matching
+
+
+CONTEXTS = (("CSO_INTAKE", "intake"), ("CSO_REGISTRY", "registry"), ("CSO_TRAINING", "training"))
+
+
+@pytest.mark.parametrize("count", range(2, MAX_PARTITIONS + 1))
+@pytest.mark.parametrize(("stream", "context"), CONTEXTS)
+def test_every_layout_splits_every_token_into_disjoint_filters(count: int, stream: str, context: str) -> None:
+    """For every N and every partitionable consumer: no subject is taken by two partitions (nor by
+    two filters of one, which nats-server refuses), and every two-digit province token, in every
+    shape a subject of the context carries it, is taken by exactly one partition: its own."""
+    t = Topology("ns")
+    sub = Subscription(stream, t.context_subjects(context), "c", partitionable=True)
+    parts = [sub.partitioned(Partition(i, count)) for i in range(count)]
+    lists = [p.filters() for p in parts]
+    for i, mine in enumerate(lists):
+        assert len(mine) == len(set(mine))
+        assert not any(_collide(a, b) for k, a in enumerate(mine) for b in mine[k + 1:]), (count, i)
+        for theirs in lists[i + 1:]:
+            assert not any(_collide(a, b) for a in mine for b in theirs), (count, i)
+    prefix = t.context_subjects(context).removesuffix(">")
+    for token in PROVINCE_TOKENS:
+        owner = next(i for i, share in enumerate(provinces_of(count)) if token in share)
+        shapes = ([f"{prefix}organization_filed.{token}.5111.511102",
+                   f"{prefix}leshan.organization_filed.{token}.5111.511102",
+                   f"{prefix}leshan.hub_established.{token}._._"] if context == "intake"
+                  else [f"{prefix}organization_filed.{token}.5111.511102", f"{prefix}hub_established.{token}._._"])
+        for subject in shapes:
+            taken = [i for i, mine in enumerate(lists) if any(_takes(f, subject) for f in mine)]
+            assert taken == [owner], (count, subject, taken)
+    if context == "intake":
+        # Together exactly what CSO_INTAKE takes, so nothing the stream holds waits for no one.
+        spec = dict(base_streams(t))["CSO_INTAKE"]
+        assert sorted(f for mine in lists for f in mine) == sorted(spec.subjects)
+        for tokens in range(1, 9):   # every other shape: partition 0's
+            subject = prefix + ".".join(["x"] * tokens)
+            taken = [i for i, mine in enumerate(lists) if any(_takes(f, subject) for f in mine)]
+            assert taken == ([] if tokens in (4, 5) else [0]), (count, subject, taken)
+
+
+def test_a_fact_shape_without_a_two_digit_province_is_no_intake_subject() -> None:
+    """No partition's filters take `…organization_filed.5x.…` (no wildcard tells two digits from
+    anything else), so CSO_INTAKE does not take it either: its publish fails, where the sender
+    sees it, instead of waiting in the stream for a consumer that never comes."""
+    subjects = dict(base_streams(Topology("ns")))["CSO_INTAKE"].subjects
+    for odd in ("ns.cso.intake.leshan.organization_filed.5x.510104.510104",
+                "ns.cso.intake.leshan.organization_filed.5.5101.510104",
+                "ns.cso.intake.organization_filed.sichuan.5101.510104",
+                "ns.cso.intake.organization_filed.510.5101.510104"):
+        assert not any(_takes(s, odd) for s in subjects), odd
+    assert any(_takes(s, "ns.cso.intake.leshan.organization_filed.51.5101.510104") for s in subjects)
+
+
+def test_the_longest_filter_list_is_pinned() -> None:
+    """The numbers cso/partitions.py gives (MAX_FILTERS, intake at N=2): a change of the
+    assignment or of the shapes that lengthens a list must say so there."""
+    t = Topology()
+    longest = {}
+    for stream, context in CONTEXTS:
+        sub = Subscription(stream, t.context_subjects(context), "c", partitionable=True)
+        longest[context] = {n: max(len(sub.partitioned(Partition(i, n)).filters()) for i in range(n))
+                            for n in range(2, MAX_PARTITIONS + 1)}
+    assert longest["intake"] == {2: 108, 3: 72, 4: 58, 5: 46, 6: 40, 7: 32, 8: 30}
+    assert longest["registry"] == longest["training"] == {2: 52, 3: 34, 4: 27, 5: 22, 6: 18, 7: 16, 8: 14}
+    assert max(max(by_n.values()) for by_n in longest.values()) == MAX_FILTERS
+    assert [len(Subscription("CSO_INTAKE", t.context_subjects("intake"), "c", partitionable=True)
+                .partitioned(Partition(i, 2)).filters()) for i in range(2)] == [108, 96]

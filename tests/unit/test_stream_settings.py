@@ -9,7 +9,7 @@ import pytest
 from nats.js.api import StorageType
 
 from contracts import Topology
-from contracts.subjects import STREAMS
+from contracts.subjects import STREAMS, intake_stream_subjects
 from cso.streams import (
     Replicas,
     StreamMigrationError,
@@ -63,7 +63,9 @@ def test_a_cluster_is_known_by_the_servers_greeting() -> None:
 def test_the_configuration_a_stream_is_kept_at() -> None:
     specs = dict(base_streams(Topology("ns")))
     intake = stream_config(specs["CSO_INTAKE"], replicas=3)
-    assert intake.name == "NS_CSO_INTAKE" and intake.subjects == ["ns.cso.intake.>"]
+    assert intake.name == "NS_CSO_INTAKE" and intake.subjects == intake_stream_subjects("ns.cso.intake.")
+    # A fact's two shapes for each two-digit province token, and the four other shapes.
+    assert len(intake.subjects) == 204 and "ns.cso.intake.*.*.51.*.*" in intake.subjects
     assert intake.num_replicas == 3 and intake.storage == StorageType.FILE
     assert intake.duplicate_window == 120.0 and intake.max_age == 0
     # No limit lets JetStream drop a message cso did not ask it to drop.
