@@ -88,6 +88,7 @@ class Options:
     keep: bool = False
     label: str = ""
     postgres_settings: Mapping[str, str] = field(default_factory=dict)
+    statements: bool = False          # PostgreSQL's statements over the backfill (pg_stat_statements)
 
     @property
     def scope_name(self) -> str:
@@ -135,6 +136,9 @@ def options(argv: Sequence[str] | None = None) -> Options:
     p.add_argument("--output", type=Path, default=None, help="result JSON (default bench/results/<scope>-…json)")
     p.add_argument("--keep", action="store_true", help="keep the stack's temporary data dir")
     p.add_argument("--label", default="", help="a note stored in the result")
+    p.add_argument("--statements", action="store_true",
+                   help="load pg_stat_statements and report the statements of the backfill by PostgreSQL's "
+                        "time, with their WAL (what each service's SQL costs the database)")
     p.add_argument("--postgres-defaults", action="store_true",
                    help="PostgreSQL's own defaults (128 MB buffers, 1 GB of WAL between checkpoints) instead "
                         "of settings sized to this machine (cso_local.servers.postgres_sizing)")
@@ -147,7 +151,10 @@ def options(argv: Sequence[str] | None = None) -> Options:
                    fresh_seconds=a.fresh_seconds, poll_interval=a.poll_interval, floor=not a.no_floor,
                    profile_seconds=a.profile, profile_delay=a.profile_delay, profile_dir=a.profile_dir,
                    gap=a.gap, window=a.window, timeout=a.timeout, output=a.output, keep=a.keep, label=a.label,
-                   postgres_settings={} if a.postgres_defaults else servers.postgres_sizing())
+                   statements=a.statements,
+                   postgres_settings={**({} if a.postgres_defaults else servers.postgres_sizing()),
+                                      **({"shared_preload_libraries": "pg_stat_statements"}
+                                         if a.statements else {})})
 
 
 # ------------------------------------------------------------------ extra replicas
@@ -266,6 +273,44 @@ async def wal_bytes(dsn: str) -> int:
     return int(await fetchval(dsn, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint"))
 
 
+async def statements_reset(dsn: str) -> None:
+    db = await asyncpg.connect(dsn)
+    try:
+        await db.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        await db.execute("SELECT pg_stat_statements_reset()")
+    finally:
+        await db.close()
+
+
+async def statements_top(dsn: str, top: int = 25) -> list[dict[str, Any]]:
+    """The statements of every role since the reset, by PostgreSQL's execution time: what each
+    service's SQL costs the database (calls, rows, time, WAL, full-page images, buffers dirtied)."""
+    db = await asyncpg.connect(dsn)
+    try:
+        rows = await db.fetch(
+            "SELECT r.rolname AS role, s.calls, s.rows, s.total_exec_time AS ms, s.wal_bytes::bigint AS wal, "
+            "s.wal_fpi AS fpi, s.shared_blks_dirtied AS dirtied, left(regexp_replace(s.query, '\\s+', ' ', 'g'), 160) "
+            "AS query FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid "
+            "ORDER BY s.total_exec_time DESC LIMIT $1", top)
+        return [dict(r) | {"wal": int(r["wal"]), "ms": float(r["ms"])} for r in rows]
+    finally:
+        await db.close()
+
+
+async def table_writes(dsn: str, top: int = 15) -> list[dict[str, Any]]:
+    """Rows written per table since the start (pg_stat_user_tables): inserts, updates and how many
+    of those were HOT (no index entry written), the most written first."""
+    db = await asyncpg.connect(dsn)
+    try:
+        rows = await db.fetch(
+            "SELECT schemaname || '.' || relname AS name, n_tup_ins AS ins, n_tup_upd AS upd, "
+            "n_tup_hot_upd AS hot, n_tup_del AS del, pg_total_relation_size(relid) AS bytes "
+            "FROM pg_stat_user_tables ORDER BY n_tup_ins + n_tup_upd + n_tup_del DESC LIMIT $1", top)
+        return [dict(r) for r in rows]
+    finally:
+        await db.close()
+
+
 async def outbox_backlog(db_dsn: str) -> int:
     db = await asyncpg.connect(db_dsn)
     try:
@@ -333,6 +378,8 @@ async def run(ctx: Context) -> dict[str, Any]:
         metrics_before = {s: [measure.scrape(u) for u in ctx.service_urls(s)] for s in ("registry", "targets")}
         cpu_before, machine_before = sampler.cpu_now(), measure.Machine.busy()
         wal_before = await wal_bytes(ctx.dsn)
+        if opts.statements:
+            await statements_reset(ctx.dsn)
         profiling = asyncio.create_task(run_profiles(ctx, opts)) if opts.profile_seconds else None
         say("backfill: publishing the workload (the outside publisher's own process, at the lowest priority)")
         t0 = time.monotonic()
@@ -344,6 +391,8 @@ async def run(ctx: Context) -> dict[str, Any]:
         done = await settle(js, ctx, opts.timeout)
         cpu_after, machine_after = sampler.cpu_now(), measure.Machine.busy()
         wal = await wal_bytes(ctx.dsn) - wal_before
+        statements = await statements_top(ctx.dsn) if opts.statements else []
+        tables = await table_writes(ctx.dsn) if opts.statements else []
         metrics_after = {s: [measure.scrape(u) for u in ctx.service_urls(s)] for s in ("registry", "targets")}
         await sampler.sample()
         profiles = await profiling if profiling else {}
@@ -355,6 +404,7 @@ async def run(ctx: Context) -> dict[str, Any]:
         r["backfill"] = backfill_report(ctx, sampler, workload, pub, t0, done, metrics_before, metrics_after,
                                         cpu_before, cpu_after, machine_after - machine_before)
         r["profiles"] = profiles
+        r["statements"], r["table_writes"] = statements, tables
         # What PostgreSQL wrote to its WAL over the backfill (for sizing disks: bench/README.md).
         r["backfill"]["wal_bytes"] = wal
         r["backfill"]["wal_bytes_per_event"] = wal / max(pub.count, 1)
@@ -717,6 +767,23 @@ def render(r: dict[str, Any], out: Console) -> None:
               f"{c['training_counters_compared']:,} training counters vs the generator; "
               f"{c['registry_rejected']} facts rejected, {c['dead_letters']} dead letters")
     out.print(t)
+    if r.get("statements"):
+        events = max(r["workload"]["events"], 1)
+        st = Table(title="PostgreSQL statements in the backfill (pg_stat_statements), by time",
+                   title_justify="left")
+        for col in ("role", "calls", "µs/event", "WAL B/event", "FPI", "query"):
+            st.add_column(col, justify="left" if col in ("role", "query") else "right")
+        for s in r["statements"]:
+            st.add_row(s["role"], f"{s['calls']:,}", f"{1000 * s['ms'] / events:,.1f}",
+                       f"{s['wal'] / events:,.0f}", f"{s['fpi']:,}", s["query"])
+        out.print(st)
+        tt = Table(title="rows written per table (pg_stat_user_tables, divisions included)", title_justify="left")
+        for col in ("table", "inserted", "updated", "of which HOT", "deleted", "per event", "size"):
+            tt.add_column(col, justify="left" if col == "table" else "right")
+        for w in r.get("table_writes", []):
+            tt.add_row(w["name"], f"{w['ins']:,}", f"{w['upd']:,}", f"{w['hot']:,}", f"{w['del']:,}",
+                       f"{(w['ins'] + w['upd'] + w['del']) / events:,.1f}", mb(w["bytes"]))
+        out.print(tt)
     if r.get("profiles"):
         for name, p in r["profiles"].items():
             pt = Table(title=f"py-spy {name}: {p['samples']} samples", title_justify="left")
