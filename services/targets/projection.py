@@ -53,7 +53,7 @@ async def recompute(conn: AsyncConnection, direct: set[str],
     # Lock the entities the facts are about first: a replica that is applying other facts of the
     # same hub, base or party organization commits before we read which townships or organizations
     # they link to, so a link it has just written is not missed.
-    await store.lock_timelines(conn, direct)
+    held = await store.lock_timelines(conn, direct)
     by_kind: dict[str, set[str]] = {}
     for key in direct:
         by_kind.setdefault(key.split(":", 1)[0], set()).add(key)
@@ -112,7 +112,7 @@ async def recompute(conn: AsyncConnection, direct: set[str],
                | by_kind.get("person", set()) | by_kind.get("outstanding", set()))
     if not targets:
         return set()
-    stored = await store.lock_timelines(conn, targets)
+    stored = held | await store.lock_timelines(conn, targets - held.keys())   # the held are locked and read
 
     # Inputs: facts of the entities, of the party organizations covering the organizations, of the
     # hubs and bases serving the townships; kinds of their communities and townships.

@@ -244,13 +244,21 @@ async def lock_timelines(conn: AsyncConnection, keys: Iterable[str]) -> dict[str
     ordered = sorted(set(keys))
     if not ordered:
         return {}
-    await conn.execute(text(
+    # A row this statement makes is ours until we commit (another transaction inserting the same key
+    # waits for us on the primary key), and it has no timeline yet: only the rows that were there
+    # are locked and read. In a backfill most entities are new, so that is most of the lock's work.
+    made = set((await conn.execute(text(
         f"INSERT INTO {sql_name(entity)} (key, kind) SELECT k, split_part(k, ':', 1) "
-        "FROM unnest(CAST(:k AS text[])) AS k ORDER BY k ON CONFLICT DO NOTHING"), {"k": ordered})
-    rows = await conn.execute(text(
-        f"SELECT key, timeline FROM {sql_name(entity)} WHERE key = ANY(:k) ORDER BY key FOR UPDATE"),
-        {"k": ordered})
-    return {key: Timeline.from_json(tl) if tl else None for key, tl in rows}
+        "FROM unnest(CAST(:k AS text[])) AS k ORDER BY k ON CONFLICT DO NOTHING RETURNING key"),
+        {"k": ordered})).scalars())
+    out: dict[str, Timeline | None] = dict.fromkeys(made)
+    there = [k for k in ordered if k not in made]
+    if there:
+        rows = await conn.execute(text(
+            f"SELECT key, timeline FROM {sql_name(entity)} WHERE key = ANY(:k) ORDER BY key FOR UPDATE"),
+            {"k": there})
+        out.update((key, Timeline.from_json(tl) if tl else None) for key, tl in rows)
+    return out
 
 
 async def save_timelines(conn: AsyncConnection, timelines: dict[str, tuple[Timeline, str | None]]) -> None:
