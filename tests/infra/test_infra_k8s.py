@@ -6,6 +6,7 @@ their consumers against the durable consumers the services really create."""
 from __future__ import annotations
 
 import importlib
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -20,6 +21,9 @@ from tests.support import missing
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "infra" / "k8s"
 SERVICES = ("registry", "targets", "training", "notify")
+PARTITIONED = ("registry", "targets")   # whose hot consumers split by province (cso/partitions.py)
+# overlays/partitions-<N>: registry and targets in N partitions, a Deployment each.
+PARTITION_OVERLAYS = sorted({K8S / "overlays" / "partitions-2", *(K8S / "overlays").glob("partitions-*")})
 KUBERNETES_VERSION = "1.30.0"  # the oldest release the manifests are meant for
 
 Doc = dict[str, Any]
@@ -47,11 +51,29 @@ def resources(root: Path) -> Iterator[tuple[Path, Doc]]:
 
 
 def objects(root: Path) -> dict[tuple[str, str], Doc]:
+    """The objects `kustomize build root` emits, by (kind, name): each resource's, then the
+    kustomization's deletions (`patches` of `$patch: delete`), level by level. Other patches are
+    not resolved here: the test fails on one (kubectl kustomize, where installed, builds them)."""
+    kustomization = yaml.safe_load((root / "kustomization.yaml").read_text())
     out: dict[tuple[str, str], Doc] = {}
-    for path, doc in resources(root):
-        key = (doc["kind"], doc["metadata"]["name"])
-        assert key not in out, f"{path}: {key} twice"
-        out[key] = doc
+    for entry in kustomization.get("resources", []):
+        target = (root / entry).resolve()
+        assert target.exists(), f"{root}: resource {entry} does not exist"
+        if target.is_dir():
+            found = list(objects(target).items())
+        else:
+            assert root.resolve() in target.parents, f"{root}: {entry} is outside the root"
+            found = [((doc["kind"], doc["metadata"]["name"]), doc) for doc in load(target)]
+        for key, doc in found:
+            assert key not in out, f"{root}/{entry}: {key} twice"
+            out[key] = doc
+    for entry in kustomization.get("patches", []):
+        patch = yaml.safe_load(entry["patch"]) if "patch" in entry else load(root / entry["path"])[0]
+        assert patch.get("$patch") == "delete", f"{root}: only deletions are resolved here, not {entry}"
+        selector = entry.get("target") or {"kind": patch["kind"], "name": patch["metadata"]["name"]}
+        assert set(selector) <= {"kind", "name"}, f"{root}: a target by {set(selector)}"
+        out = {(kind, name): doc for (kind, name), doc in out.items()
+               if not (kind == selector["kind"] and re.fullmatch(selector["name"], name))}
     return out
 
 
@@ -87,12 +109,13 @@ def test_core_kinds_match_the_kubernetes_schema(path: Path) -> None:
 
 
 def test_every_manifest_belongs_to_a_kustomization() -> None:
-    listed = {path for root in (K8S, K8S / "overlays" / "hpa", K8S / "migrate")
+    listed = {path for root in (K8S, K8S / "overlays" / "hpa", K8S / "migrate", *PARTITION_OVERLAYS)
               for path, _ in resources(root)}
     assert set(manifest_files()) == listed
 
 
-@pytest.mark.parametrize("variant", [".", "overlays/hpa", "migrate"])
+@pytest.mark.parametrize("variant", [".", "overlays/hpa", "migrate",
+                                     *(str(p.relative_to(K8S)) for p in PARTITION_OVERLAYS)])
 def test_kubectl_kustomize_builds_and_validates(variant: str) -> None:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
@@ -109,6 +132,8 @@ def test_kubectl_kustomize_builds_and_validates(variant: str) -> None:
     names = {"cso-operator"} if variant == "migrate" else {f"cso-{s}" for s in SERVICES}
     assert {i.rsplit("/", 1)[-1].split(":")[0] for i in images} == names, images
     assert all(i.endswith(":0.1.0") for i in images), images
+    # What the resolver here makes of it: the same objects (kustomize's deletions included).
+    assert {(d["kind"], d["metadata"]["name"]) for d in docs} == set(objects(K8S / variant))
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
     for doc in docs:
         if not doc["apiVersion"].startswith("keda.sh/"):
@@ -181,7 +206,8 @@ def test_service_and_pdb_select_the_pods(default: dict[tuple[str, str], Doc], se
 
 @pytest.mark.parametrize(("root", "expected"), [
     (".", {f"cso-{s}" for s in SERVICES}), ("overlays/hpa", {f"cso-{s}" for s in SERVICES}),
-    ("migrate", {"cso-operator"})])
+    ("migrate", {"cso-operator"}),
+    *((str(p.relative_to(K8S)), {f"cso-{s}" for s in SERVICES}) for p in PARTITION_OVERLAYS)])
 def test_each_workload_runs_its_own_image_and_the_kustomization_pins_it(root: str, expected: set[str]) -> None:
     """A service's pods run its own image (infra/Dockerfile with SERVICE=<service>: the runtime and
     that service only); the migration Job runs the operator's (SERVICE=operator). Each image name
@@ -191,8 +217,10 @@ def test_each_workload_runs_its_own_image_and_the_kustomization_pins_it(root: st
     for (kind, name), doc in docs.items():
         if kind in ("Deployment", "Job"):
             pod = doc["spec"]["template"]["spec"]
+            # The service a Deployment runs (a partition's, `registry-p0`, is registry's).
+            service = doc["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/name", name)
             for c in pod.get("initContainers", []) + pod["containers"]:
-                used.setdefault(c["image"], set()).add(name)
+                used.setdefault(c["image"], set()).add(service if kind == "Deployment" else name)
     assert set(used) == expected, used
     if root != "migrate":
         assert {name for image, names in used.items() for name in names if image != f"cso-{name}"} == set()
@@ -255,6 +283,103 @@ def test_only_the_migration_job_holds_the_nats_admin(default: dict[tuple[str, st
         if kind == "Deployment":
             assert "cso-nats-admin" not in yaml.safe_dump(doc), name
     assert "cso-nats-admin" in text  # the Job, and nothing else, names it
+
+
+# --- partitions -------------------------------------------------------------------------------
+
+def partition_of(deployment: Doc) -> Any:
+    """The cso Partition its pods take (CSO_PARTITIONS, CSO_PARTITION in the container's env), or None."""
+    from cso.partitions import partition_from_settings
+
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container.get("env", [])}
+    return partition_from_settings(env.get("CSO_PARTITIONS", ""), env.get("CSO_PARTITION", ""))
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return selector.items() <= labels.items()
+
+
+@pytest.mark.parametrize("overlay", PARTITION_OVERLAYS, ids=lambda p: p.name)
+def test_partition_overlay_runs_each_partition_once(overlay: Path) -> None:
+    """Registry and targets run only as partitions: a Deployment each, CSO_PARTITIONS=N and each
+    CSO_PARTITION of 0 … N−1 exactly once, one replica and no autoscaler (a second replica of a
+    partition shares its durable: safe, but contended again); the unpartitioned Deployments and
+    their autoscalers are gone (two layouts at once split the provinces two ways). The service's
+    Service and PodDisruptionBudget take every partition's pods; each Deployment only its own."""
+    count = int(overlay.name.removeprefix("partitions-"))
+    docs = objects(overlay)
+    deployments = {name: d for (kind, name), d in docs.items() if kind == "Deployment"}
+    scaled = {d["spec"]["scaleTargetRef"]["name"] for (kind, _), d in docs.items()
+              if kind in ("ScaledObject", "HorizontalPodAutoscaler")}
+    for service in PARTITIONED:
+        assert service not in deployments, f"the unpartitioned {service} still runs"
+        family = {name: d for name, d in deployments.items()
+                  if d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"] == service}
+        indices = []
+        for name, deployment in family.items():
+            partition = partition_of(deployment)
+            assert partition is not None and partition.count == count, name
+            indices.append(partition.index)
+            assert name == f"{service}-p{partition.index}"
+            assert deployment["spec"]["replicas"] == 1, name
+            assert name not in scaled, f"{name}: an autoscaler would add pullers to one partition"
+            selector = deployment["spec"]["selector"]["matchLabels"]
+            for other, pod in family.items():
+                assert selects(selector, pod["spec"]["template"]["metadata"]["labels"]) == (other == name)
+            labels = deployment["spec"]["template"]["metadata"]["labels"]
+            assert selects(docs[("Service", service)]["spec"]["selector"], labels), name
+            assert selects(docs[("PodDisruptionBudget", service)]["spec"]["selector"]["matchLabels"], labels)
+        assert sorted(indices) == list(range(count)), (service, indices)
+    for service in ("training", "notify"):      # not partitioned: as in the default variant
+        assert partition_of(deployments[service]) is None
+        assert service in scaled
+    assert scaled <= set(deployments), "an autoscaler of a Deployment that is not there"
+
+
+@pytest.mark.parametrize("overlay", PARTITION_OVERLAYS, ids=lambda p: p.name)
+def test_partition_deployments_are_their_services_but_for_the_partition(
+        overlay: Path, default: dict[tuple[str, str], Doc]) -> None:
+    """Each partition's Deployment is base/<service>/deployment.yaml with only its name, an
+    instance label, one replica and the partition's env added: nothing drifts. Its image is pinned
+    as the base pins its service's (the base's `images` reach the base's own resources only)."""
+    docs = objects(overlay)
+    for (kind, name), deployment in docs.items():
+        service = deployment["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"] \
+            if kind == "Deployment" else None
+        if service not in PARTITIONED:
+            continue
+        same = yaml.safe_load(yaml.safe_dump(deployment))
+        same["metadata"]["name"] = service
+        for labels in (same["metadata"]["labels"], same["spec"]["selector"]["matchLabels"],
+                       same["spec"]["template"]["metadata"]["labels"]):
+            assert labels.pop("app.kubernetes.io/instance") == name
+        del same["spec"]["replicas"]
+        env = same["spec"]["template"]["spec"]["containers"][0].pop("env")
+        assert [e["name"] for e in env] == ["CSO_PARTITIONS", "CSO_PARTITION"], name
+        assert same == default[("Deployment", service)], name
+    pins = {i["name"]: i for i in yaml.safe_load((overlay / "kustomization.yaml").read_text())["images"]}
+    base_pins = {i["name"]: i for i in yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())["images"]}
+    assert {f"cso-{s}" for s in PARTITIONED} <= set(pins)
+    assert all(pins[name] == base_pins[name] for name in pins), (pins, base_pins)
+
+
+@pytest.mark.parametrize("overlay", PARTITION_OVERLAYS, ids=lambda p: p.name)
+def test_partition_users_may_use_their_durables(overlay: Path) -> None:
+    """The NATS user of each partition's pods (its service's Secret) may create, pull from, ack and
+    delete that partition's durables in auth.conf, which the NATS release loads (cso-nats-auth)."""
+    from tests.support.partitions import refused
+
+    docs = objects(overlay)
+    for (kind, name), deployment in docs.items():
+        partition = partition_of(deployment) if kind == "Deployment" else None
+        if partition is None:
+            continue
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        service = container["name"]
+        (secret,) = [ref["secretRef"]["name"] for ref in container["envFrom"] if "secretRef" in ref]
+        user = docs[("Secret", secret)]["stringData"]["CSO_NATS_USER"]
+        assert refused(user, service, partition) == [], name
 
 
 # --- KEDA -------------------------------------------------------------------------------------
