@@ -297,36 +297,54 @@ async def load_intervals(conn: AsyncConnection, kind: str, ids: list[UUID]) -> d
     return {r["id"]: Interval(**r) for r in rows}
 
 
+_INTERVAL_COLUMNS = ["id", "region_code", "started_on", "ended_on", "updated_by"]
+_INTERVAL_OWN = {"hub": ["organization_id", "name", "leader_person_id"], "base": ["name"],
+                 "party": ["kind", "members"], "facility": ["kind", "name"]}
+
+
 async def insert_intervals(conn: AsyncConnection, kind: str, created: Sequence[NewInterval]) -> None:
-    """Hubs, bases or party organizations created in a batch (already ended, if the batch ended them)."""
+    """Hubs, bases or party organizations created in a batch (already ended, if the batch ended
+    them), with the townships a base covers and the organizations a party organization covers:
+    one statement over arrays per table, however many the batch created."""
     if not created:
         return
-    rows = [{"id": n.interval.id, "region": n.interval.region_code, "started": n.interval.started_on,
-             "ended": n.interval.ended_on, "source": n.source, "name": n.name, "org": n.interval.organization_id,
-             "leader": n.leader, "kind": n.facility_kind if kind == "facility" else n.party_kind,
-             "members": n.members} for n in created]
-    columns = {"hub": "organization_id, name, leader_person_id", "base": "name",
-               "party": "kind, members", "facility": "kind, name"}[kind]
-    values = {"hub": ":org, :name, :leader", "base": ":name", "party": ":kind, :members",
-              "facility": ":kind, :name"}[kind]
-    await conn.execute(text(
-        f"INSERT INTO {_INTERVAL_TABLES[kind].fullname} (id, region_code, started_on, ended_on, updated_by, "
-        f"{columns}) VALUES (:id, :region, :started, :ended, :source, {values})"), rows)
-    covered = [{"b": n.interval.id, "t": t} for n in created for t in n.townships]
-    if kind == "base" and covered:  # a base at a community covers no township
-        await conn.execute(text(
-            f"INSERT INTO {base_township.fullname} (base_id, township_code) VALUES (:b, :t)"), covered)
+    table = _INTERVAL_TABLES[kind]
+    columns = _INTERVAL_COLUMNS + _INTERVAL_OWN[kind]
+    rows = [{"id": n.interval.id, "region_code": n.interval.region_code, "started_on": n.interval.started_on,
+             "ended_on": n.interval.ended_on, "updated_by": n.source, "name": n.name,
+             "organization_id": n.interval.organization_id, "leader_person_id": n.leader,
+             "kind": n.facility_kind if kind == "facility" else n.party_kind, "members": n.members}
+            for n in created]
+    await _insert_rows(conn, table, columns, rows)
+    if kind == "base":  # a base at a community covers no township
+        await _insert_rows(conn, base_township, ["base_id", "township_code"],
+                           [{"base_id": n.interval.id, "township_code": t} for n in created for t in n.townships])
     elif kind == "party":
+        await _insert_rows(conn, party_coverage, ["party_organization_id", "organization_id"],
+                           [{"party_organization_id": n.interval.id, "organization_id": o}
+                            for n in created for o in n.organization_ids])
+
+
+async def _insert_rows(conn: AsyncConnection, table: Table, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    """A plain INSERT of `rows` in one statement over arrays (a key there already is an error, as
+    it was row by row)."""
+    if rows:
         await conn.execute(text(
-            f"INSERT INTO {party_coverage.fullname} (party_organization_id, organization_id) VALUES (:p, :o)"),
-            [{"p": n.interval.id, "o": o} for n in created for o in n.organization_ids])
+            f"INSERT INTO {table.fullname} ({', '.join(columns)}) SELECT * FROM {bulk.unnest(table, columns)}"),
+            bulk.arrays(rows, columns))
 
 
 async def end_intervals(conn: AsyncConnection, kind: str, ended: Sequence[tuple[Interval, str]]) -> None:
+    """Hubs, bases, party organizations or facilities the batch ended, each once (the ledger keeps
+    them by id), in one statement over arrays."""
     if ended:
+        table = _INTERVAL_TABLES[kind]
+        columns = ["id", "ended_on", "updated_by"]
         await conn.execute(text(
-            f"UPDATE {_INTERVAL_TABLES[kind].fullname} SET ended_on = :ended, updated_by = :source "
-            "WHERE id = :id"), [{"id": i.id, "ended": i.ended_on, "source": source} for i, source in ended])
+            f"UPDATE {table.fullname} t SET ended_on = u.ended_on, updated_by = u.updated_by "
+            f"FROM {bulk.unnest(table, columns)} AS u({', '.join(columns)}) WHERE t.id = u.id"),
+            bulk.arrays([{"id": i.id, "ended_on": i.ended_on, "updated_by": source} for i, source in ended],
+                        columns))
 
 
 async def insert_audit(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:

@@ -370,7 +370,9 @@ class OrganizationChange:
 
 def fold_organization_facts(envelopes: Sequence[Envelope[Any]]) -> dict[UUID, OrganizationChange]:
     """Where organizations are and whether they are active (to link pool members and selections),
-    folded per organization in order, so a whole batch is saved with two statements."""
+    folded per organization in stream order (the last community named, the last end, the last
+    event), so a whole batch is saved set-based, one statement over arrays touching each row once
+    (store.save_organizations, store.update_organizations)."""
     changes: dict[UUID, OrganizationChange] = {}
     for envelope in envelopes:
         fact = envelope.payload

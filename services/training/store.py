@@ -40,6 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, CHAR, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cso import bulk
 from cso.reference import DivisionTables
 from cso.tables import idempotency_table, runtime_tables
 
@@ -201,6 +202,7 @@ personal_data_request = Table(
     _at("at"))
 Index("personal_data_request_person", personal_data_request.c.person_id, personal_data_request.c.at)
 
+_ORGANIZATION = ["id", "community_code", "status", "last_event_id"]   # as save_ and update_organizations take them
 _PERSON = [f.name for f in fields(Person)]
 _MEMBERSHIP = [f.name for f in fields(Membership)]
 _SESSION = [f.name for f in fields(Session)]
@@ -223,25 +225,35 @@ async def county_known(conn: AsyncConnection, code: str) -> bool:
 
 async def save_organizations(conn: AsyncConnection,
                              rows: list[tuple[UUID, str | None, str | None, UUID]]) -> None:
-    """Organizations registry created (id, community, status if it ended too, last event)."""
-    if rows:
+    """Organizations registry created (id, community, status if it ended too, last event), each id
+    once (record.fold_organization_facts). One statement over arrays for those that did not end in
+    the batch, one for those that did: ON CONFLICT sees only the row as inserted (status 'active'
+    in place of none), so whether the batch gave a status decides the statement, not the row. A
+    redelivered creation keeps the status on record; one that ended in the batch takes its end."""
+    for ended in (False, True):
+        part = [r for r in rows if (r[2] is not None) == ended]
+        if not part:
+            continue
+        status = "excluded.status" if ended else "organization.status"
         await conn.execute(text(
-            f"INSERT INTO {SCHEMA}.organization (id, community_code, status, last_event_id) "
-            "VALUES (:id, :c, coalesce(:s, 'active'), :e) ON CONFLICT (id) DO UPDATE SET "
-            "community_code = excluded.community_code, status = coalesce(:s, organization.status), "
-            "last_event_id = excluded.last_event_id"),
-            [{"id": i, "c": c, "s": s, "e": e} for i, c, s, e in rows])
+            f"INSERT INTO {organization.fullname} (id, community_code, status, last_event_id) "
+            f"SELECT id, community_code, coalesce(status, 'active'), last_event_id FROM "
+            f"{bulk.unnest(organization, _ORGANIZATION)} AS u({', '.join(_ORGANIZATION)}) "
+            "ON CONFLICT (id) DO UPDATE SET community_code = excluded.community_code, "
+            f"status = {status}, last_event_id = excluded.last_event_id"),
+            bulk.arrays([dict(zip(_ORGANIZATION, r, strict=True)) for r in part], _ORGANIZATION))
 
 
 async def update_organizations(conn: AsyncConnection,
                                rows: list[tuple[UUID, str | None, str | None, UUID]]) -> None:
-    """Moves and endings of organizations. One not seen yet is skipped (registry publishes its
-    creation first)."""
+    """Moves and endings of organizations, each id once (record.fold_organization_facts), in one
+    statement over arrays. One not seen yet is skipped (registry publishes its creation first)."""
     if rows:
         await conn.execute(text(
-            f"UPDATE {SCHEMA}.organization SET community_code = coalesce(:c, community_code), "
-            "status = coalesce(:s, status), last_event_id = :e WHERE id = :id"),
-            [{"id": i, "c": c, "s": s, "e": e} for i, c, s, e in rows])
+            f"UPDATE {organization.fullname} o SET community_code = coalesce(u.community_code, o.community_code), "
+            "status = coalesce(u.status, o.status), last_event_id = u.last_event_id "
+            f"FROM {bulk.unnest(organization, _ORGANIZATION)} AS u({', '.join(_ORGANIZATION)}) WHERE o.id = u.id"),
+            bulk.arrays([dict(zip(_ORGANIZATION, r, strict=True)) for r in rows], _ORGANIZATION))
 
 
 async def keep_division_change(conn: AsyncConnection, code: str, on: date, change: str,

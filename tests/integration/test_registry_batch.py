@@ -199,3 +199,76 @@ async def test_another_county_cannot_take_an_organization(two_registries: tuple[
         done = await record_batch(conn, [make_event(moved, source="http-api")], TOPOLOGY, check_region=False)
     await engine.dispose()
     assert verdict(done[0]) == ("recorded", str(filed.organization_id), leshan)
+
+
+async def test_a_batch_saves_its_hubs_bases_parties_and_facilities(two_registries: tuple[str, str]) -> None:
+    """What a batch creates and ends in hubs, bases (with their townships), party organizations
+    (with the organizations they cover) and facilities is on record as the facts say: several of
+    each in one batch, one created and ended in the same batch, others ended in the next."""
+    url, _ = two_registries
+    community, township = GUANGHAN.communities[0].code, GUANGHAN.townships[0].code
+    townships = sorted({c.code[:9] for c in GUANGHAN.communities if c.code.startswith(township[:6])})[:3]
+    orgs = [ev.OrganizationFiled(organization_id=uuid.uuid4(), name=f"舞蹈队{i}", community_code=community,
+                                 category="culture_sports", filed_on="2023-03-01") for i in range(4)]
+    ids = [o.organization_id for o in orgs]
+    hubs = [ev.HubEstablished(organization_id=ids[i], region_code=township, name=f"枢纽{i}",
+                              leader_person_id=uuid.uuid4() if i else None, established_on="2023-04-01")
+            for i in range(3)]
+    bases = [ev.IncubationBaseOpened(name="孵化基地", region_code=township[:6], covered_townships=townships,
+                                     opened_on="2023-04-01"),
+             ev.IncubationBaseOpened(name="孵化点", region_code=community, opened_on="2023-04-02")]
+    parties = [ev.PartyOrganizationFormed(kind=ev.PartyKind.JOINT_BRANCH, organization_ids=ids[:3], members=7,
+                                          formed_on="2023-05-01"),
+               ev.PartyOrganizationFormed(kind=ev.PartyKind.INDEPENDENT_BRANCH, organization_ids=[ids[3]],
+                                          members=3, formed_on="2023-05-02"),
+               ev.PartyOrganizationFormed(kind=ev.PartyKind.LIAISON, organization_ids=ids[1:], formed_on="2023-05-03")]
+    facilities = [ev.FacilityOpened(kind=ev.FacilityKind.SOCIAL_WORK_STATION, name="社工站", region_code=township,
+                                    opened_on="2023-06-01"),
+                  ev.FacilityOpened(kind=ev.FacilityKind.SOCIAL_WORK_ROOM, name="社工室", region_code=community,
+                                    opened_on="2023-06-02")]
+    first = [*orgs, *hubs, *bases, *parties, *facilities,
+             ev.HubDissolved(hub_id=hubs[2].hub_id, dissolved_on="2023-07-01")]
+    second = [ev.HubDissolved(hub_id=hubs[0].hub_id, dissolved_on="2023-08-01"),
+              ev.IncubationBaseClosed(base_id=bases[0].base_id, closed_on="2023-08-02"),
+              ev.PartyOrganizationDissolved(party_organization_id=parties[0].party_organization_id,
+                                            dissolved_on="2023-08-03"),
+              ev.PartyOrganizationDissolved(party_organization_id=parties[2].party_organization_id,
+                                            dissolved_on="2023-08-04"),
+              ev.FacilityClosed(facility_id=facilities[1].facility_id, closed_on="2023-08-05")]
+    # The region of a record a fact names only by id: a party organization is its county's.
+    region = {"PartyOrganizationFormed": community[:6], "PartyOrganizationDissolved": community[:6],
+              "HubDissolved": township, "IncubationBaseClosed": township[:6], "FacilityClosed": community}
+    engine = create_async_engine(async_url(url))
+    for batch in (first, second):
+        async with engine.begin() as conn:
+            results = await record_batch(conn, [make_event(f, source="city", region=f.region_of() or region[f.TYPE])
+                                                for f in batch], TOPOLOGY)
+        refused = [(f.TYPE, r) for f, r in zip(batch, results, strict=True) if isinstance(r, Rejected)]
+        assert not refused, refused
+    await engine.dispose()
+    db = await asyncpg.connect(url)
+    try:
+        hub_rows = {tuple(r) for r in await db.fetch(
+            "SELECT id, organization_id, region_code, name, leader_person_id, started_on::text, ended_on::text, "
+            "updated_by FROM registry.hub")}
+        base_rows = {tuple(r) for r in await db.fetch(
+            "SELECT id, name, region_code, started_on::text, ended_on::text FROM registry.incubation_base")}
+        covered = {tuple(r) for r in await db.fetch("SELECT base_id, township_code FROM registry.base_township")}
+        party_rows = {tuple(r) for r in await db.fetch(
+            "SELECT id, kind, members, started_on::text, ended_on::text FROM registry.party_organization")}
+        coverage = {tuple(r) for r in await db.fetch(
+            "SELECT party_organization_id, organization_id FROM registry.party_coverage")}
+        facility_rows = {tuple(r) for r in await db.fetch(
+            "SELECT id, kind, name, region_code, started_on::text, ended_on::text FROM registry.facility")}
+    finally:
+        await db.close()
+    assert hub_rows == {(h.hub_id, h.organization_id, h.region_code, h.name, h.leader_person_id, "2023-04-01", end,
+                         "city") for h, end in zip(hubs, ["2023-08-01", None, "2023-07-01"], strict=True)}
+    assert base_rows == {(bases[0].base_id, "孵化基地", township[:6], "2023-04-01", "2023-08-02"),
+                         (bases[1].base_id, "孵化点", community, "2023-04-02", None)}
+    assert len(townships) > 1 and covered == {(bases[0].base_id, t) for t in townships}
+    assert party_rows == {(p.party_organization_id, p.kind.value, p.members, p.formed_on.isoformat(), end)
+                          for p, end in zip(parties, ["2023-08-03", None, "2023-08-04"], strict=True)}
+    assert coverage == {(p.party_organization_id, o) for p in parties for o in p.organization_ids}
+    assert facility_rows == {(f.facility_id, f.kind.value, f.name, f.region_code, f.opened_on.isoformat(), end)
+                             for f, end in zip(facilities, [None, "2023-08-05"], strict=True)}
