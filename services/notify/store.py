@@ -41,6 +41,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts.events import DivisionsImported
+from cso import bulk
 from cso.tables import runtime_tables
 
 from .domain import Channel, Deadline, Language, Message, Notice, Rule, delivery_id
@@ -399,15 +400,23 @@ def webhook_data(notice: Notice, message: Message, path: str) -> dict[str, Any]:
             "payload": json.loads(json.dumps(dict(notice.payload), default=str))}
 
 
+_DELIVERY = ["id", "event_id", "subscription_id", "channel", "kind", "region", "recipient", "subject", "body",
+             "data"]
+_DIGEST_ITEM = ["subscription_id", "event_id", "kind", "region", "headline", "recorded_at"]
+
+
 async def enqueue(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> int:
-    """Insert deliveries; one that exists already (same event, subscription, channel) is skipped."""
+    """Insert deliveries, one statement over arrays for all of a notice's subscribers; one that
+    exists already (same event, subscription, channel) is skipped."""
     if not rows:
         return 0
+    # `data` travels as JSON text (text[]) and becomes jsonb row by row.
+    casts = [f"CAST(:{c} AS {bulk.array_type(delivery, c) if c != 'data' else 'text[]'})" for c in _DELIVERY]
     result = await conn.execute(text(
-        f"INSERT INTO {SCHEMA}.delivery (id, event_id, subscription_id, channel, kind, region, recipient, "
-        "subject, body, data) VALUES (:id, :event_id, :subscription_id, :channel, :kind, :region, "
-        ":recipient, :subject, :body, CAST(:data AS jsonb)) "
-        "ON CONFLICT (event_id, subscription_id, channel) DO NOTHING"), list(rows))
+        f"INSERT INTO {delivery.fullname} ({', '.join(_DELIVERY)}) "
+        f"SELECT {', '.join(_DELIVERY[:-1])}, CAST(data AS jsonb) FROM unnest({', '.join(casts)}) "
+        f"AS u({', '.join(_DELIVERY)}) ON CONFLICT (event_id, subscription_id, channel) DO NOTHING"),
+        bulk.arrays(rows, _DELIVERY))
     return int(result.rowcount)
 
 
@@ -420,11 +429,12 @@ def delivery_rows(sub: Subscriber, notice: Notice, message: Message, path: str) 
 
 
 async def add_digest_items(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """A notice's digest items, one statement over arrays; one there already is skipped."""
     if rows:
         await conn.execute(text(
-            f"INSERT INTO {SCHEMA}.digest_item (subscription_id, event_id, kind, region, headline, "
-            "recorded_at) VALUES (:subscription_id, :event_id, :kind, :region, :headline, :recorded_at) "
-            "ON CONFLICT (subscription_id, event_id) DO NOTHING"), list(rows))
+            f"INSERT INTO {digest_item.fullname} ({', '.join(_DIGEST_ITEM)}) "
+            f"SELECT * FROM {bulk.unnest(digest_item, _DIGEST_ITEM)} "
+            "ON CONFLICT (subscription_id, event_id) DO NOTHING"), bulk.arrays(rows, _DIGEST_ITEM))
 
 
 async def start_digest(conn: AsyncConnection, sub_id: UUID, day: date, event_id: UUID) -> bool:

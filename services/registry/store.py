@@ -564,12 +564,17 @@ async def intake_sources(conn: AsyncConnection) -> list[str]:
         f"SELECT source FROM {intake_source.fullname} ORDER BY source"))).scalars())
 
 
+_REFUSAL = ["event_id", "source", "type", "field", "reason", "code"]
+
+
 async def note_refusals(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-    """Refusals for good (event_id, source, type, field, reason, code); the first refusal of an id stands."""
+    """Refusals for good (event_id, source, type, field, reason, code), in one statement over
+    arrays; the first refusal of an id stands (inserted in the order of the rows)."""
     if rows:
         await conn.execute(text(
-            f"INSERT INTO {intake_refusal.fullname} (event_id, source, type, field, reason, code) "
-            "VALUES (:event_id, :source, :type, :field, :reason, :code) ON CONFLICT DO NOTHING"), list(rows))
+            f"INSERT INTO {intake_refusal.fullname} ({', '.join(_REFUSAL)}) SELECT {', '.join(_REFUSAL)} "
+            f"FROM {bulk.unnest(intake_refusal, _REFUSAL)} WITH ORDINALITY AS u({', '.join(_REFUSAL)}, n) "
+            "ORDER BY n ON CONFLICT DO NOTHING"), bulk.arrays(rows, _REFUSAL))
 
 
 _MINE = "(CAST(:source AS text) IS NULL OR source = :source)"

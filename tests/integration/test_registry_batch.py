@@ -272,3 +272,30 @@ async def test_a_batch_saves_its_hubs_bases_parties_and_facilities(two_registrie
     assert coverage == {(p.party_organization_id, o) for p in parties for o in p.organization_ids}
     assert facility_rows == {(f.facility_id, f.kind.value, f.name, f.region_code, f.opened_on.isoformat(), end)
                              for f, end in zip(facilities, [None, "2023-08-05"], strict=True)}
+
+
+async def test_refusals_are_noted_at_once_and_the_first_of_an_id_stands(two_registries: tuple[str, str]) -> None:
+    """A batch's refusals for good are kept in one statement: every one, the first of an id (in
+    the order given, before any later one), whether its id comes as a UUID or as text (a message
+    refused by the contract)."""
+    url, _ = two_registries
+    ids = [uuid.uuid4() for _ in range(3)]
+
+    def refusal(event_id: uuid.UUID | str, reason: str, code: str = "rule") -> dict[str, Any]:
+        return {"event_id": event_id, "source": "city", "type": "OrganizationFiled", "field": "payload.name",
+                "reason": reason, "code": code}
+
+    engine = create_async_engine(async_url(url))
+    async with engine.begin() as conn:
+        await store.note_refusals(conn, [refusal(ids[0], "first"), refusal(ids[1], "only"),
+                                         refusal(ids[0], "second")])
+    async with engine.begin() as conn:
+        await store.note_refusals(conn, [refusal(str(ids[2]), "broken", "contract"), refusal(ids[1], "again")])
+    await engine.dispose()
+    db = await asyncpg.connect(url)
+    try:
+        noted = {r["event_id"]: (r["reason"], r["code"]) for r in await db.fetch(
+            "SELECT event_id, reason, code FROM registry.intake_refusal")}
+    finally:
+        await db.close()
+    assert noted == {ids[0]: ("first", "rule"), ids[1]: ("only", "rule"), ids[2]: ("broken", "contract")}
