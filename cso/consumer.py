@@ -2,9 +2,10 @@
 
 Per pull: parse and validate every message (a broken one is dead-lettered at once), claim the event
 ids in the service's inbox (an id already there is a duplicate: skipped), let the handler apply the
-fresh ones inside the same transaction, commit, then ack. Any number of replicas may share the
-durable consumer: JetStream hands each message to one of them, and the inbox's primary key makes a
-redelivered message that another replica already applied a no-op.
+fresh ones inside the same transaction, commit (then the handler's `after_commit`, if it has one),
+then ack. Any number of replicas may share the durable consumer: JetStream hands each message to
+one of them, and the inbox's primary key makes a redelivered message that another replica already
+applied a no-op.
 
 The inbox keeps a row per event id, written by one INSERT a batch (issue 23 asked whether a row per
 batch would cost less; `bench/dedup.py` measures both). A row per batch with the ids in a `uuid[]`
@@ -105,6 +106,9 @@ class Verdicts(Protocol):
 
 
 class Handler(Protocol):
+    """A handler may also have an `after_commit(engine)`: called once a transaction in which it
+    applied fresh events committed, before the acks (Consumer._after_commit)."""
+
     async def apply(self, conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> dict[UUID, Rejected]:
         """Apply fresh events in the caller's transaction. Return the rejected ones; a rejected
         event must leave no effect behind (use a savepoint per event where that is possible)."""
@@ -591,7 +595,24 @@ class Consumer:
         for _, env in valid:
             if env.event_id in applied:
                 APPLIED.labels(self.service, env.type).inc()
+        if fresh:
+            await self._after_commit()
         return rejected
+
+    async def _after_commit(self) -> None:
+        """The handler's work once its batch committed, if it has any (an `after_commit(engine)`:
+        registry decides the waiting facts a concurrent replica's batch kept from this one,
+        services/registry/waiting.py). The batch is applied: a failure here is logged, never a
+        reason to take the batch again."""
+        after_commit = getattr(self.handler, "after_commit", None)
+        if after_commit is None:
+            return
+        try:
+            await after_commit(self.engine)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: the work after committing a batch from %s failed", self.service, self.stream)
 
     async def _claim(self, conn: AsyncConnection, valid: list[tuple[Msg, Envelope[Any]]]
                      ) -> tuple[list[Envelope[Any]], list[tuple[Msg, Envelope[Any]]]]:

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contracts import Envelope, Payload
 
@@ -54,3 +54,12 @@ class HandlerTable:
         for handler, share in shares.values():
             rejected |= await handler.apply(conn, share)
         return rejected
+
+    async def after_commit(self, engine: AsyncEngine) -> None:
+        """Once the consumer committed a batch: each handler that has an `after_commit` does its
+        part (cso/consumer.py, Consumer._apply)."""
+        handlers = {id(h): h for h in [*self.handlers.values(), self.otherwise] if h is not None}
+        for handler in handlers.values():
+            after_commit = getattr(handler, "after_commit", None)
+            if after_commit is not None:
+                await after_commit(engine)

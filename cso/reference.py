@@ -21,7 +21,7 @@ from typing import Any
 from uuid import UUID
 
 from sqlalchemy import Table
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contracts import Envelope
 from contracts.events import DivisionsImported
@@ -56,7 +56,8 @@ async def upsert_divisions(conn: AsyncConnection, tables: DivisionTables, d: Div
              "edition": d.edition} for c in d.communities]))
 
 
-# Told, in the same transaction, which counties (`county:<code>`) a batch brought.
+# Told, in the same transaction, which counties (`county:<code>`) a batch brought (it may also have
+# an `after_commit(engine)`, called once that transaction committed).
 CountiesArrived = Callable[[AsyncConnection, set[str]], Awaitable[None]]
 
 
@@ -77,3 +78,10 @@ class DivisionsHandler:
         if counties and self.then is not None:
             await self.then(conn, counties)
         return {}
+
+    async def after_commit(self, engine: AsyncEngine) -> None:
+        """Once the batch committed: `then`'s own `after_commit`, if it has one (registry decides
+        the facts a concurrent transaction parked for these counties, services/registry/waiting.py)."""
+        after_commit = getattr(self.then, "after_commit", None)
+        if after_commit is not None:
+            await after_commit(engine)

@@ -9,7 +9,6 @@ from datetime import timedelta
 from pathlib import Path
 
 from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cso import idempotency
 from cso.database import migrate
@@ -32,7 +31,7 @@ def create_app(settings: Settings | None = None, clock: Clock = utc_now) -> Fast
     runtime = Runtime(SERVICE, store.SCHEMA, config)
     room = waiting.Room(runtime.topology, clock, timedelta(days=config.waiting_max_days))
     handlers.subscribe(runtime, room)  # every event registry consumes, and its handler
-    runtime.every(waiting.sweeping(runtime.engine, room, _telling(runtime, room), config.waiting_sweep_seconds))
+    runtime.every(waiting.sweeping(runtime.engine, room, handlers.telling(runtime, room), config.waiting_sweep_seconds))
     runtime.every(_receipts_relay(runtime))
     # Kept command replies expire (CSO_IDEMPOTENCY_HOURS; a value that cannot work stops the start).
     runtime.every(idempotency.pruning(runtime.engine, store.SCHEMA, idempotency.ttl_of(config.idempotency_hours)))
@@ -44,17 +43,6 @@ def create_app(settings: Settings | None = None, clock: Clock = utc_now) -> Fast
     app.include_router(funding_api.router)
     app.include_router(facility_api.router)
     return app
-
-
-def _telling(runtime: Runtime, room: waiting.Room) -> Callable[[AsyncConnection, waiting.Settled], Awaitable[None]]:
-    """What the sweep of the waiting room decided, told: receipts, and the relay woken."""
-
-    async def tell(conn: AsyncConnection, settled: waiting.Settled) -> None:
-        await verdicts.tell(conn, runtime.topology, room.clock, settled)
-        if (settled.accepted or settled.refused) and runtime.relay:
-            runtime.relay.notify()
-
-    return tell
 
 
 def _receipts_relay(runtime: Runtime) -> Callable[[], Awaitable[None]]:

@@ -12,25 +12,63 @@ it hands back is a refusal for good.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contracts import Envelope
 from contracts import events as ev
 from cso import consumer
 from cso.consumer import Subscription, Verdicts
 from cso.dispatch import HandlerTable
-from cso.reference import CountiesArrived, DivisionsHandler
+from cso.reference import DivisionsHandler
 from cso.service import Runtime
 
 from . import domain, store, verdicts, waiting
 from .losses import note_sources
 from .record import record_batch
 from .verdicts import in_event
+
+# What the transaction in progress applied or parked facts for (waiting.Settled.unchecked), kept
+# until the consumer has committed it and calls `after_commit`: per task, as each consumer pulls
+# and applies its batches in a task of its own, one after another (cso/consumer.py). Keys left by
+# a transaction that rolled back are looked at after the next commit: for nothing, at no harm.
+_UNCHECKED: ContextVar[frozenset[str]] = ContextVar("registry_unchecked", default=frozenset())
+
+
+def telling(runtime: Runtime, room: waiting.Room) -> Callable[[AsyncConnection, waiting.Settled], Awaitable[None]]:
+    """What the room decided outside a batch (the sweep, the check after a commit), told:
+    receipts, and the relay woken."""
+
+    async def tell(conn: AsyncConnection, settled: waiting.Settled) -> None:
+        await verdicts.tell(conn, runtime.topology, room.clock, settled)
+        if (settled.accepted or settled.refused) and runtime.relay:
+            runtime.relay.notify()
+
+    return tell
+
+
+class Rechecking:
+    """The check after a commit (waiting.rechecking): what the committed transaction applied or
+    parked facts for, looked at again in a short transaction of its own."""
+
+    def __init__(self, runtime: Runtime, room: waiting.Room) -> None:
+        self.runtime, self.room = runtime, room
+
+    @staticmethod
+    def note(settled: waiting.Settled) -> None:
+        """In the transaction: what to look at again once it commits."""
+        _UNCHECKED.set(_UNCHECKED.get() | settled.unchecked)
+
+    async def after_commit(self, engine: AsyncEngine) -> None:
+        keys = _UNCHECKED.get()
+        _UNCHECKED.set(frozenset())
+        if keys:
+            await waiting.rechecking(engine, self.room, telling(self.runtime, self.room), keys)
 
 
 def to_consumer(refusal: domain.Rejected) -> consumer.Rejected:
@@ -43,19 +81,18 @@ def to_consumer(refusal: domain.Rejected) -> consumer.Rejected:
     return consumer.Rejected(refusal.field, refusal.message, code=refusal.code)
 
 
-class FactsHandler:
+class FactsHandler(Rechecking):
     """Facts published by outside systems on `cso.intake.…`: decided in order and saved as one
     batch (record.record_batch); a rejected fact leaves nothing behind while its batch commits. A
     fact that cannot be decided yet waits in the room (waiting.py) and is acked; facts waiting for
-    what this batch applied are decided in its transaction. Every verdict gets a receipt
+    what this batch applied are decided in its transaction, and once it committed, those a
+    concurrent transaction kept from it (`after_commit`). Every verdict gets a receipt
     (verdicts.py)."""
-
-    def __init__(self, runtime: Runtime, room: waiting.Room) -> None:
-        self.runtime, self.room = runtime, room
 
     async def apply(self, conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> dict[UUID, consumer.Rejected]:
         results = await record_batch(conn, events, self.runtime.topology)
         settled = await self.room.settle(conn, list(zip(events, results, strict=True)))
+        self.note(settled)
         # Receipts (verdicts.py, receipts.py) and loss announcements (losses.py) read these.
         await note_sources(conn, events)
         await verdicts.tell(conn, self.runtime.topology, self.room.clock, settled)
@@ -81,18 +118,18 @@ class NotAFactHandler:
         return {e.event_id: to_consumer(r) for e, r in refused}
 
 
-def waking(runtime: Runtime, room: waiting.Room) -> CountiesArrived:
-    """What registry does once a county's divisions are kept (cso.reference.DivisionsHandler): the
-    facts that waited for them are decided in the same transaction, with their receipts."""
+class Waking(Rechecking):
+    """What registry does once a county's divisions are kept (cso.reference.DivisionsHandler's
+    `then`): the facts that waited for them are decided in the same transaction, with their
+    receipts, and once it committed, those a concurrent transaction kept from it (`after_commit`)."""
 
-    async def wake(conn: AsyncConnection, counties: set[str]) -> None:
-        settled = await room.settle(conn, [], keys=counties)
+    async def __call__(self, conn: AsyncConnection, counties: set[str]) -> None:
+        settled = await self.room.settle(conn, [], keys=counties)
+        self.note(settled)
         if settled.accepted or settled.refused:
-            await verdicts.tell(conn, runtime.topology, room.clock, settled)
-            if runtime.relay:
-                runtime.relay.notify()
-
-    return wake
+            await verdicts.tell(conn, self.runtime.topology, self.room.clock, settled)
+            if self.runtime.relay:
+                self.runtime.relay.notify()
 
 
 class DivisionChangesHandler:
@@ -144,7 +181,7 @@ def tables(runtime: Runtime, room: waiting.Room) -> list[Consumes]:
         ev.FacilityClosed: facts,
     }, otherwise=NotAFactHandler(runtime, room.clock))
     divisions = HandlerTable({
-        ev.DivisionsImported: DivisionsHandler(store.DIVISIONS, then=waking(runtime, room)),
+        ev.DivisionsImported: DivisionsHandler(store.DIVISIONS, then=Waking(runtime, room)),
         ev.DivisionChanged: DivisionChangesHandler(),
     })
     return [

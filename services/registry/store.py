@@ -658,6 +658,18 @@ def count_satisfied_waiting() -> str:
     return f"SELECT count(*) FROM {waiting.fullname} w WHERE {_SATISFIED}"
 
 
+async def take_satisfied_waiting(conn: AsyncConnection, keys: Sequence[str]) -> list[Any]:
+    """Take the facts waiting for these keys whose need is on record now (a batch's check after it
+    committed, waiting.Room.recheck: the `waits_for` index, not the whole room); facts another
+    transaction holds are left to it."""
+    if not keys:
+        return []
+    return list((await conn.execute(text(
+        f"DELETE FROM {waiting.fullname} WHERE seq IN (SELECT seq FROM {waiting.fullname} w "
+        f"WHERE w.waits_for = ANY(:keys) AND ({_SATISFIED}) ORDER BY seq FOR UPDATE SKIP LOCKED) {_TAKEN}"),
+        {"keys": list(keys)})).mappings().all())
+
+
 async def take_due_waiting(conn: AsyncConnection, now: Any, limit: int) -> list[Any]:
     """Take up to `limit` facts, oldest first, whose need is on record now or whose time is up
     (`until` <= now); facts another transaction holds are left to it."""

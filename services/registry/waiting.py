@@ -6,12 +6,30 @@ before its establishment) or its county's divisions, which come on another strea
 longer rides on JetStream redeliveries, which gave up after about 30 s. It is decided again:
 
 - in the transaction that applies what it waits for: a batch of intake facts (`settle`), the
-  divisions of its county (`handlers.waking`, after `cso.reference.DivisionsHandler`), each woken
+  divisions of its county (`handlers.Waking`, after `cso.reference.DivisionsHandler`), each woken
   fact waking those that wait for it in turn;
+- once that transaction has committed, in a short one of its own (`rechecking`, from the
+  handlers' `after_commit`, which the consumer calls after its commit): the facts waiting for the
+  keys it applied, and for what the facts it parked wait for, whose need is on record now
+  (`recheck`, by the `waits_for` index: a batch does not read the whole room). Decided as the
+  sweep decides them (`settle`: same verdicts, receipts, wake-ups in turn);
 - by the periodic sweep (`Room.sweep`, every CSO_WAITING_SWEEP_SECONDS), for what arrived another
-  way (a command, an import), for a fact one replica parked while another applied what it waits
-  for (neither transaction saw the other's row), and for facts that waited too long: after CSO_WAITING_MAX_DAYS (7)
-  such a fact is refused (`waited_too_long`), with a receipt and a dead letter.
+  way (a command, an import), for what a failed check after a commit left, and for facts that
+  waited too long: after CSO_WAITING_MAX_DAYS (7) such a fact is refused (`waited_too_long`), with
+  a receipt and a dead letter.
+
+Why the check after the commit: with two replicas, A may park a fact F waiting for X while B, in a
+concurrent transaction, applies X. B looked for facts waiting on X before A committed F, and A
+looked for X before B committed it: neither transaction sees the other's row, and F would wait for
+the sweep (up to a minute; the publisher's `accepted` receipt that late). Each side looks again
+once it has committed: A for X (the key F waits for), B for facts waiting on X. One of the two
+commits second, and its check starts after both commits; each of its statements (READ COMMITTED)
+sees every row committed before it began, so it finds F and X both on record, takes F out of the
+room and decides it. F held at that moment by another transaction (the other side's check, the
+sweep, a batch that applied X: each decides it, and should it fail, the sweep does) is skipped
+(SKIP LOCKED), never decided twice. Facts the check accepts apply keys in turn, looked at again the same way. A check
+that fails is logged; the committed batch is acked as usual, and the sweep decides what it left
+(tests/integration/test_registry_waiting_race.py drives both orders by hand).
 
 The publisher hears `waiting` (with what it waits for and until when), then `accepted` or
 `refused` (services/registry/verdicts.py); operators see the count and the oldest (metrics below,
@@ -23,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -84,6 +102,16 @@ class Settled:
     refused: list[tuple[Envelope[Any], Rejected, bool]] = field(default_factory=list)
     waiting: list[Waiter] = field(default_factory=list)        # newly parked: a `waiting` receipt each
     refused_after: dict[Any, datetime] = field(default_factory=dict)  # event_id -> waited since
+    # For the check once the transaction commits (Room.recheck): the keys it applied, and what the
+    # facts it parked wait for.
+    applied: set[str] = field(default_factory=set)
+    parked_for: set[str] = field(default_factory=set)
+
+    @property
+    def unchecked(self) -> set[str]:
+        """The keys to look at again after the commit: another replica may have parked a fact for
+        what this transaction applied, or applied what a fact parked here waits for."""
+        return self.applied | self.parked_for
 
 
 class Room:
@@ -110,6 +138,7 @@ class Room:
                 settled.accepted.append((envelope, result))
                 keys.add(key_of(envelope, result))
         retry = list(woken)
+        settled.applied |= keys
         while keys or retry:
             retry += await self._take(conn, sorted(keys))
             retry += [w for w in pending if w.reason.waits_for in keys]
@@ -136,8 +165,10 @@ class Room:
                 else:
                     settled.accepted.append((waiter.envelope, result))
                     keys.add(key_of(waiter.envelope, result))
+            settled.applied |= keys
             retry = []
         settled.waiting = [w for w in pending if not w.in_room]
+        settled.parked_for = {w.reason.waits_for for w in pending}
         await self._park(conn, pending)
         return settled
 
@@ -173,6 +204,12 @@ class Room:
         woken = self._waiters(await store.take_due_waiting(conn, self.clock(), limit))
         return await self.settle(conn, [], woken=woken)
 
+    async def recheck(self, conn: AsyncConnection, keys: Collection[str]) -> Settled:
+        """Decide again the facts waiting for these keys whose need is on record now, as the sweep
+        does (and those they let go on); run after a transaction committed (`rechecking`)."""
+        woken = self._waiters(await store.take_satisfied_waiting(conn, sorted(keys)))
+        return await self.settle(conn, [], woken=woken)
+
     async def measure(self, conn: AsyncConnection) -> tuple[int, float]:
         """(how many wait, seconds the oldest has waited), set on the metrics."""
         count, oldest = await store.waiting_extent(conn)
@@ -180,6 +217,31 @@ class Room:
         WAITING.labels("registry").set(count)
         OLDEST.labels("registry").set(age)
         return int(count), age
+
+
+async def rechecking(engine: AsyncEngine, room: Room, tell: Callable[[AsyncConnection, Settled], Any],
+                     keys: Collection[str]) -> None:
+    """After a transaction that applied or parked facts committed: decide, each in a short
+    transaction of its own, the waiting facts it let go on that another replica's concurrent
+    transaction kept from it (module docstring). Facts it accepts apply keys in turn, which another
+    replica may be parking for at the same moment: those are looked at again, until nothing is
+    accepted. A failure is only logged: the sweep decides what is left, and the batch (committed,
+    acked) is not taken again."""
+    unchecked = set(keys)
+    try:
+        while unchecked:
+            async with engine.begin() as conn:
+                settled = await room.recheck(conn, unchecked)
+                if settled.accepted or settled.refused:
+                    await tell(conn, settled)
+            # Only what was applied: a fact taken again that still waits (its need on record but
+            # not as it needs it) is back in the room, and would be taken again and again.
+            unchecked = settled.applied
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("registry: deciding the waiting facts of %d keys after a commit failed; "
+                      "the sweep decides them", len(keys))
 
 
 def sweeping(engine: AsyncEngine, room: Room, tell: Callable[[AsyncConnection, Settled], Any],

@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Any, cast
 from uuid import UUID
 
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contracts import Envelope, make_event
 from contracts import events as ev
@@ -61,6 +61,24 @@ def test_a_type_the_table_does_not_name_goes_to_otherwise_or_is_ignored() -> Non
     rejected = asyncio.run(HandlerTable({ev.OrganizationFiled: orgs}, otherwise=rest).apply(
         cast(AsyncConnection, None), batch))
     assert rest.calls == [["h"]] and set(rejected) == {batch[0].event_id}
+
+
+class AfterCommit(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.after: list[object] = []
+
+    async def after_commit(self, engine: AsyncEngine) -> None:
+        self.after.append(engine)
+
+
+def test_after_commit_reaches_each_handler_that_has_one_once() -> None:
+    shared, rest, plain = AfterCommit(), AfterCommit(), Recorder()
+    table = HandlerTable({ev.OrganizationFiled: shared, ev.OrganizationUpdated: shared, ev.HubEstablished: plain},
+                         otherwise=rest)
+    engine = cast(AsyncEngine, object())
+    asyncio.run(table.after_commit(engine))
+    assert shared.after == [engine] and rest.after == [engine]
 
 
 def test_registry_table_names_every_registry_fact_and_divisions() -> None:

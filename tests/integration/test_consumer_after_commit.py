@@ -1,0 +1,78 @@
+"""A handler's `after_commit(engine)` (cso/consumer.py) runs once its batch committed, and a failure
+there is only logged: the batch is acked, applied once, never redelivered (registry's check of the
+waiting room after a commit, services/registry/waiting.py, leans on this)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+import pytest
+from nats.aio.client import Client as NATS
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from contracts import Envelope
+from cso import bus
+from cso.consumer import Consumer, Rejected, Subscription
+from cso.database import make_engine
+from cso.settings import Settings
+from services.notify.app import run_migrations
+from tests.support import eventually
+from tests.support.events import publish_status, status_changed
+
+pytestmark = pytest.mark.integration
+
+
+class Failing:
+    """Applies by noting; after the commit, sees whether its events' inbox rows are committed, then fails."""
+
+    def __init__(self) -> None:
+        self.applied: list[UUID] = []
+        self.committed_before_after_commit: list[bool] = []
+
+    async def apply(self, conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> dict[UUID, Rejected]:
+        self.applied += [e.event_id for e in events]
+        return {}
+
+    async def after_commit(self, engine: AsyncEngine) -> None:
+        async with engine.connect() as conn:
+            n = (await conn.execute(text("SELECT count(*) FROM notify.inbox WHERE event_id = ANY(:ids)"),
+                                    {"ids": self.applied})).scalar_one()
+        self.committed_before_after_commit.append(n == len(self.applied))
+        raise RuntimeError("the check after the commit broke")
+
+
+async def test_a_failing_after_commit_only_logs(settings: Settings, nc: NATS, caplog: pytest.LogCaptureFixture) -> None:
+    await asyncio.to_thread(run_migrations, settings)
+    topology = settings.topology
+    await bus.ensure_streams(nc, topology)
+    stream = topology.stream("CSO_TARGETS")
+    engine = make_engine(settings.database_url, pool_size=2)
+    durable = f"after-{uuid.uuid4().hex[:6]}"
+    handler = Failing()
+    consumer = Consumer(nc=nc, engine=engine, topology=topology, schema="notify", service="notify",
+                        subscription=Subscription("CSO_TARGETS", topology.context_subjects("targets"), durable,
+                                                  frozenset({"TargetStatusChanged"})), handler=handler)
+    try:
+        consumer.start()
+        first, second = status_changed(), status_changed()
+        await publish_status(nc, settings, first)
+        await eventually(lambda: asyncio.sleep(0, handler.committed_before_after_commit == [True]), timeout=10)
+        await publish_status(nc, settings, second)
+        await eventually(lambda: asyncio.sleep(0, len(handler.committed_before_after_commit) == 2), timeout=10)
+
+        async def all_acked() -> bool:
+            info = await nc.jetstream().consumer_info(stream, durable)
+            return bool(info.num_ack_pending == 0 and info.num_redelivered == 0 and info.delivered.consumer_seq == 2)
+
+        await eventually(all_acked, timeout=10)
+        assert handler.applied == [first.event_id, second.event_id]
+        assert handler.committed_before_after_commit == [True, True]
+        assert "the work after committing a batch" in caplog.text
+        await consumer.stop()
+    finally:
+        await engine.dispose()
