@@ -227,8 +227,9 @@ class Cluster:
             # Redelivery after a kill comes within seconds, not the default 30.
             "CSO_ACK_WAIT_SECONDS": "10",
             "CSO_BUS_CHECK_SECONDS": "2",
-            # A fact one replica parks while another applies what it waits for is decided by the
-            # sweep (services/registry/waiting.py): within a second here, not the default minute.
+            # What the check after a commit leaves to the sweep (a replica killed between its commit
+            # and that check, services/registry/waiting.py) is decided within a second here, not
+            # the default minute. The storm (test_redelivery.py) sets an hour: no sweep helps it.
             "CSO_WAITING_SWEEP_SECONDS": "1",
             "CSO_SMTP_HOST": "127.0.0.1", "CSO_SMTP_PORT": str(self.smtp.port),
             "CSO_SMTP_FROM": "cso-notify@faults.test",
