@@ -133,9 +133,11 @@ class Bus:
     def __init__(self) -> None:
         self.sent: list[str] = []
 
-    async def publish(self, subject: str, data: bytes, headers: dict[str, str]) -> Ack:
+    async def publish_async(self, subject: str, data: bytes, headers: dict[str, str]) -> asyncio.Future[Ack]:
         self.sent.append(headers["Nats-Msg-Id"])
-        return Ack("S", len(self.sent))
+        acked: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
+        acked.set_result(Ack("S", len(self.sent)))
+        return acked
 
 
 @pytest.mark.parametrize("first_xid", ["late", "early"])
