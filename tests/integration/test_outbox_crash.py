@@ -244,3 +244,45 @@ async def test_staging_a_published_id_again_leaves_no_hole(settings: Settings) -
         assert HOLE_WAIT.labels("registry", "outbox")._value.get() == 0
     finally:
         await engine.dispose()
+
+
+async def test_a_refused_publish_keeps_the_position(settings: Settings, nc: nats.NATS) -> None:
+    """On the real JetStream: a batch in which one row's subject no stream takes raises that
+    refusal, and the relay's position stays below the batch. Once a stream takes the subject, the
+    next turn publishes the whole batch again and JetStream keeps each event once (the rows before
+    the refused one went out the first time, and are dropped as copies by Nats-Msg-Id)."""
+    from nats.js.errors import NoStreamResponseError
+
+    from cso.database import make_engine
+    from cso.outbox import Relay, add_messages
+
+    await asyncio.to_thread(run_migrations, settings)
+    js = nc.jetstream()
+    root = f"relaytest{uuid.uuid4().hex[:8]}"
+    stream = root.upper()
+    await js.add_stream(name=stream, subjects=[f"{root}.ok.>"])
+    engine = make_engine(settings.database_url)
+    relay = Relay(engine, js, "registry", "registry")
+    ids = [uuid.uuid4() for _ in range(3)]
+    try:
+        async with engine.begin() as conn:
+            await add_messages(conn, "registry", [
+                (ids[0], f"{root}.ok.a", "T", None, b"1"),
+                (ids[1], f"{root}.refused.b", "T", None, b"2"),
+                (ids[2], f"{root}.ok.c", "T", None, b"3")])
+        with pytest.raises(NoStreamResponseError):
+            await relay.publish_pending()
+        db = await asyncpg.connect(settings.database_url)
+        try:
+            assert await db.fetchval(count_pending("registry")) == 3, "the position passed a refused row"
+        finally:
+            await db.close()
+        await js.update_stream(name=stream, subjects=[f"{root}.ok.>", f"{root}.refused.>"])
+        assert await relay.publish_pending() == 3
+        info = await js.stream_info(stream)
+        assert info.state.messages == 3, "each event kept once"
+        held = [(await js.get_msg(stream, seq)).headers or {} for seq in range(1, 4)]
+        assert sorted(h["Nats-Msg-Id"] for h in held) == sorted(str(i) for i in ids)
+    finally:
+        await js.delete_stream(stream)
+        await engine.dispose()
