@@ -68,7 +68,12 @@ log = logging.getLogger(__name__)
 
 CRASH_AFTER_PUBLISH = os.environ.get("CSO_FAULT_CRASH_AFTER_PUBLISH") == "1"
 PUBLISHED = Counter("cso_outbox_published_total", "Outbox events published", ["service"])
-BACKLOG = Gauge("cso_outbox_backlog", "Outbox events not yet published", ["service"])
+# Counted up to BACKLOG_CAP: past it the gauge says "more than BACKLOG_CAP - 1" (Relay.backlog),
+# which is all the alerts ask (infra/prometheus/rules.yml: CsoOutboxBacklog fires above 1000).
+BACKLOG_CAP = 1001
+BACKLOG = Gauge("cso_outbox_backlog",
+                f"Outbox events not yet published, counted up to {BACKLOG_CAP} "
+                f"({BACKLOG_CAP}: more than {BACKLOG_CAP - 1})", ["service"])
 # How long a batch's publishes may wait for JetStream's acknowledgements (as js.publish's timeout did).
 PUBLISH_ACK_SECONDS = 10.0
 HOLE_WAIT = Gauge("cso_outbox_hole_wait_seconds",
@@ -408,15 +413,20 @@ class Relay:
                     future.cancel()
 
     async def backlog(self) -> int:
-        """The rows above the position, from the last seq: one index probe, where a count(*) of the
-        rows pending read each of them after every drained batch (14.6 µs of PostgreSQL per event for
-        registry's receipts on a Sichuan backfill, bench/README.md). It is 0 exactly when nothing is
-        pending (the alerts' condition) and may count a seq rolled back between pending rows."""
+        """How many rows wait above the position, counted up to BACKLOG_CAP (1001: "more than
+        1000"). A count(*) of every row pending read each of them after every drained batch (14.6 µs
+        of PostgreSQL per event for registry's receipts on a Sichuan backfill, bench/README.md);
+        the LIMIT bounds it to 1001 entries of the seq index (the primary key), however deep the
+        backlog. The last seq less the position, one index probe, was cheaper but counted seqs, not
+        rows: every hole (a transaction rolled back, an insert that met a conflict) and, after a
+        rewind, every hole ever left between the new position and the last row. The count is 0
+        exactly when nothing is pending and above 1000 exactly when more than 1000 rows are: the
+        alerts' conditions (CsoOutboxStalled, CsoOutboxBacklog)."""
         async with self.engine.connect() as conn:
             n = (await conn.execute(text(
-                f'SELECT GREATEST(coalesce((SELECT max(seq) FROM "{self.schema}".{self.table}), 0) - r.seq, 0) '
-                f'FROM "{self.schema}".outbox_relay r WHERE r.outbox = :o'),
-                {"o": self.table})).scalar_one_or_none() or 0
+                f'SELECT count(*) FROM (SELECT 1 FROM "{self.schema}".{self.table} o '
+                f"WHERE {pending(self.schema, self.table, 'o')} LIMIT :cap) p"),
+                {"cap": BACKLOG_CAP})).scalar_one()
         BACKLOG.labels(self.service).set(n)
         return int(n)
 

@@ -286,3 +286,34 @@ async def test_a_refused_publish_keeps_the_position(settings: Settings, nc: nats
     finally:
         await js.delete_stream(stream)
         await engine.dispose()
+
+
+async def test_backlog_counts_rows_up_to_its_cap(settings: Settings) -> None:
+    """cso_outbox_backlog counts the rows waiting, not the seqs: a seq rolled back between two
+    pending rows is no event (the last seq less the position said 3 here). Past BACKLOG_CAP rows it
+    says BACKLOG_CAP ("more than 1000"), which is what the alerts compare with."""
+    from cso.database import make_engine
+    from cso.outbox import BACKLOG, BACKLOG_CAP, Relay
+
+    await asyncio.to_thread(run_migrations, settings)
+    engine = make_engine(settings.database_url)
+    db = await asyncpg.connect(settings.database_url)
+    insert = "INSERT INTO registry.outbox (event_id, subject, type, data) VALUES ($1, 's', 'T', '') RETURNING seq"
+    relay = Relay(engine, Bus(), "registry", "registry")  # type: ignore[arg-type]
+    try:
+        first = await db.fetchval(insert, uuid.uuid4())
+        tx = db.transaction()
+        await tx.start()
+        hole = await db.fetchval(insert, uuid.uuid4())
+        await tx.rollback()
+        assert await db.fetchval(insert, uuid.uuid4()) == hole + 1 == first + 2
+        assert await relay.backlog() == 2
+        assert BACKLOG.labels("registry")._value.get() == 2
+        await db.execute("INSERT INTO registry.outbox (event_id, subject, type, data) "
+                         "SELECT gen_random_uuid(), 's', 'T', '' FROM generate_series(1, 1100)")
+        assert BACKLOG_CAP == 1001
+        assert await relay.backlog() == BACKLOG_CAP
+        assert BACKLOG.labels("registry")._value.get() == BACKLOG_CAP
+    finally:
+        await db.close()
+        await engine.dispose()
