@@ -172,9 +172,29 @@ class StreamChange:
 
     def __str__(self) -> str:
         if self.action == "updated":
-            changes = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in self.fields.items())
+            changes = ", ".join(_field_change(k, old, new) for k, (old, new) in self.fields.items())
             return f"{self.stream}: updated ({changes})"
         return f"{self.stream}: {self.action}, {self.replicas} replica{'s' if self.replicas > 1 else ''}"
+
+
+LISTED_AT_MOST = 10   # of the subjects a change adds or removes, named in the log line
+
+
+def _field_change(key: str, old: Any, new: Any) -> str:
+    """One setting's change for the log. A list (the subjects: CSO_INTAKE has 204) as its counts
+    and what it gains and loses, not both lists whole: the line stays readable."""
+    if not (isinstance(old, list) and isinstance(new, list)):
+        return f"{key} {old!r} -> {new!r}"
+    had, has = set(old), set(new)
+    added, removed = [v for v in new if v not in had], [v for v in old if v not in has]
+
+    def named(values: list[Any]) -> str:
+        shown = ", ".join(str(v) for v in values[:LISTED_AT_MOST])
+        more = len(values) - LISTED_AT_MOST
+        return shown + (f" and {more} more" if more > 0 else "")
+
+    parts = [f"{sign}{len(values)}: {named(values)}" for sign, values in (("+", added), ("-", removed)) if values]
+    return f"{key} {len(old)} -> {len(new)} ({'; '.join(parts) or 'reordered'})"
 
 
 async def migrate_streams(nc: Client, topology: Topology, replicas: Replicas | None = None,

@@ -12,6 +12,7 @@ from contracts import Topology
 from contracts.subjects import STREAMS, intake_stream_subjects
 from cso.streams import (
     Replicas,
+    StreamChange,
     StreamMigrationError,
     base_streams,
     clustered,
@@ -86,3 +87,21 @@ def test_drift_names_what_was_changed_behind_the_operators_back() -> None:
     assert drift(reported, want) == {}
     moved = dataclasses.replace(want, storage=StorageType.MEMORY)
     assert drift(moved, want) == {"storage": ("memory", "file")}
+
+
+def test_a_subjects_change_logs_what_it_adds_and_removes_not_both_lists() -> None:
+    """CSO_INTAKE has 204 subjects: a change of two of them is said as counts, the two added and the
+    one removed, in a line that names none of the subjects that stay."""
+    spec = dict(base_streams(Topology("ns")))["CSO_INTAKE"]
+    want = stream_config(spec, 1)
+    subjects = sorted(want.subjects or [])
+    kept, added = subjects[2:], subjects[:2]
+    have = dataclasses.replace(want, subjects=[*kept, "ns.cso.intake.old.>"], max_msgs=1)
+    line = str(StreamChange(str(want.name), "updated", 1, drift(have, want)))
+    assert f"subjects {len(kept) + 1} -> {len(subjects)} (+2: {added[0]}, {added[1]}; -1: ns.cso.intake.old.>)" in line
+    assert "max_msgs 1 -> -1" in line
+    assert kept[0] not in line and len(line) < 400, line
+    # A whole new list (from one wildcard) names its first ten and counts the rest.
+    first = str(StreamChange("S", "updated", 1, drift(dataclasses.replace(want, subjects=["ns.cso.intake.>"]), want)))
+    assert f"+{len(subjects)}: " in first and f"and {len(subjects) - 10} more; -1: ns.cso.intake.>" in first, first
+    assert subjects[9] in first and subjects[10] not in first and len(first) < 1000, first
