@@ -62,8 +62,11 @@ SCREENED = Counter("cso_events_screened_total", "Events acked unparsed: no handl
 DUPLICATES = Counter("cso_events_duplicate_total", "Events skipped as already applied", ["service"])
 DEADLETTERED = Counter("cso_deadletter_total", "Messages sent to the dead-letter subject",
                        ["service", "stream"])
-LAG = Gauge("cso_consumer_lag", "Messages in the stream not yet delivered to the consumer",
-            ["service", "stream"])
+# Per durable: the replicas of one durable report the same value (max them), while the partitions
+# of a service (cso/partitions.py) each have a durable of their own over disjoint provinces (sum
+# them): infra/prometheus/rules.yml.
+LAG = Gauge("cso_consumer_lag", "Messages in the stream not yet delivered to the durable consumer",
+            ["service", "stream", "durable"])
 # How a consumer is stopped (see Consumer.stop): cancelled up to this many times, waiting each time.
 STOP_ATTEMPTS, STOP_WAIT_SECONDS = 5, 2.0
 BATCH_SECONDS = Histogram("cso_batch_seconds", "Time to apply one pulled batch", ["service"])
@@ -418,7 +421,7 @@ class Consumer:
                     continue
                 last = msgs[-1].metadata
                 # Delivered but not yet acknowledged (this batch), plus what the stream holds beyond.
-                LAG.labels(self.service, self.stream).set(last.num_pending + len(msgs))
+                LAG.labels(self.service, self.stream, self.sub.durable).set(last.num_pending + len(msgs))
                 self._saw(last.sequence.stream + last.num_pending)
                 await self._take(msgs)
         finally:
@@ -468,7 +471,7 @@ class Consumer:
     async def _record_lag(self) -> None:
         with contextlib.suppress(Exception):
             info = await self.js.consumer_info(self.stream, self.sub.durable)
-            LAG.labels(self.service, self.stream).set(info.num_pending + info.num_ack_pending)
+            LAG.labels(self.service, self.stream, self.sub.durable).set(info.num_pending + info.num_ack_pending)
             self._saw(int(info.delivered.stream_seq) + int(info.num_pending))
 
     async def _screened(self, msgs: list[Msg]) -> list[Msg]:

@@ -497,8 +497,10 @@ def pipeline_dashboard() -> db.Dashboard:
         .with_row(db.Row("Lag and latency"))
         .with_panel(timeseries.Panel().title("Consumer lag (messages not yet delivered)")
                     .datasource(PROMETHEUS).span(12).height(8)
-                    .with_target(promql(f"max by (service, stream) (cso_consumer_lag{{{svc}}})",
-                                        "{{service}} ← {{stream}}")))
+                    # Max over a durable's replicas, summed over a partitioned service's durables
+                    # (infra/prometheus/rules.yml, CsoConsumerLagHigh); per durable: the panel below.
+                    .with_target(promql(f"sum by (service, stream) (max by (service, stream, durable) "
+                                        f"(cso_consumer_lag{{{svc}}}))", "{{service}} ← {{stream}}")))
         .with_panel(timeseries.Panel().title("JetStream pending per durable consumer (NATS)")
                     .datasource(PROMETHEUS).span(12).height(8)
                     .with_target(promql("max by (stream_name, consumer_name) "
@@ -533,6 +535,8 @@ def pipeline_dashboard() -> db.Dashboard:
                     .with_target(promql(f"sum by (service, stream) (rate(cso_deadletter_total"
                                         f"{{{svc}}}[$__rate_interval]))", "{{service}} ← {{stream}}")))
         .with_panel(timeseries.Panel().title("Outbox backlog and published /s").datasource(PROMETHEUS)
+                    .description("The backlog is counted up to 1001 (cso/outbox.py): 1001 reads "
+                                 "\"more than 1000\".")
                     .span(8).height(8)
                     .with_target(promql(f"max by (service) (cso_outbox_backlog{{{svc}}})",
                                         "{{service}} backlog", ref_id="A"))

@@ -62,6 +62,9 @@ def test_the_alerts_the_operators_need() -> None:
     for alert, needle in wanted.items():
         assert needle in by_name[alert]["expr"], alert
     assert "deriv(" in by_name["CsoConsumerLagGrowing"]["expr"]
+    # cso_consumer_lag is per durable: a partitioned service has one per partition (rules.yml's head).
+    for alert in ("CsoConsumerLagGrowing", "CsoConsumerLagHigh"):
+        assert "by (service, stream, durable)" in by_name[alert]["expr"], alert
     assert "increase(" in by_name["CsoNotificationsFailing"]["expr"]
     for name, rule in by_name.items():
         assert rule["labels"]["severity"] in {"warning", "critical"}, name
