@@ -58,6 +58,7 @@ class Rechecking:
 
     def __init__(self, runtime: Runtime, room: waiting.Room) -> None:
         self.runtime, self.room = runtime, room
+        self.tell = telling(runtime, room)
 
     @staticmethod
     def note(settled: waiting.Settled) -> None:
@@ -68,7 +69,7 @@ class Rechecking:
         keys = _UNCHECKED.get()
         _UNCHECKED.set(frozenset())
         if keys:
-            await waiting.rechecking(engine, self.room, telling(self.runtime, self.room), keys)
+            await waiting.rechecking(engine, self.room, self.tell, keys)
 
 
 def to_consumer(refusal: domain.Rejected) -> consumer.Rejected:
@@ -127,9 +128,7 @@ class Waking(Rechecking):
         settled = await self.room.settle(conn, [], keys=counties)
         self.note(settled)
         if settled.accepted or settled.refused:
-            await verdicts.tell(conn, self.runtime.topology, self.room.clock, settled)
-            if self.runtime.relay:
-                self.runtime.relay.notify()
+            await self.tell(conn, settled)
 
 
 class DivisionChangesHandler:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import fields
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
@@ -34,6 +35,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, CHAR, JSONB
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts.events import DivisionsImported
@@ -690,6 +692,21 @@ async def park_waiting(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) ->
             ":waits_for, :field, :reason, :data, :arrived_at, :until) "
             "ON CONFLICT (event_id) DO UPDATE SET waits_for = excluded.waits_for, field = excluded.field, "
             "reason = excluded.reason"), list(rows))
+
+
+LOCK_NOT_AVAILABLE = "55P03"   # PostgreSQL's lock_not_available: a lock_timeout ran out
+
+
+async def wait_for_locks_at_most(conn: AsyncConnection, wait: timedelta) -> None:
+    """For the rest of this transaction only (a pooled connection keeps nothing of it), a statement
+    that waits longer than `wait` for a lock fails (LOCK_NOT_AVAILABLE) instead of waiting on."""
+    await conn.execute(text("SELECT set_config('lock_timeout', :wait, true)"),
+                       {"wait": f"{max(1, round(wait / timedelta(milliseconds=1)))}ms"})
+
+
+def lock_not_available(error: BaseException) -> bool:
+    """The statement gave up waiting for a lock (wait_for_locks_at_most); its transaction is lost."""
+    return isinstance(error, DBAPIError) and getattr(error.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE
 
 
 async def waiting_extent(conn: AsyncConnection) -> tuple[int, Any]:

@@ -31,6 +31,22 @@ sweep, a batch that applied X: each decides it, and should it fail, the sweep do
 that fails is logged; the committed batch is acked as usual, and the sweep decides what it left
 (tests/integration/test_registry_waiting_race.py drives both orders by hand).
 
+Lock order, and why the check and the sweep wait for a lock only briefly: a batch (and `Waking`)
+locks the records its facts touch first (record_batch: organizations, hubs, … FOR UPDATE, in id
+order), then takes the facts waiting for what it applied out of the room (store.take_waiting: the
+DELETE locks their rows). The check after a commit and the sweep lock the other way round: a
+waiting fact's row first (store.take_satisfied_waiting, take_due_waiting), then, deciding it, the
+records it touches. A check holding fact F and waiting for organization X, while a batch holds X
+and waits to take F, is a deadlock; PostgreSQL breaks it only after deadlock_timeout (1 s), by
+aborting either side: the batch, then, fails and is delivered again. So the check's and the
+sweep's transactions (theirs only: never a batch's, which waits as long as it takes) wait at most
+LOCK_WAIT (200 ms) for any lock (store.wait_for_locks_at_most): one that waits longer gives way
+before a deadlock is even looked for, rolls back (what it took is back in the room), and leaves
+its facts to the transaction holding the lock (a batch decides the facts waiting for what it
+applies, and checks again after its commit) or to the next sweep. This is no failure, only a
+debug line: the check is a shortcut, the sweep decides whatever it leaves
+(tests/integration/test_registry_waiting_race.py holds an organization's row and runs both).
+
 The publisher hears `waiting` (with what it waits for and until when), then `accepted` or
 `refused` (services/registry/verdicts.py); operators see the count and the oldest (metrics below,
 the pipeline dashboard). The clock is injected, so that tests can let days pass.
@@ -40,13 +56,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from prometheus_client import Counter, Gauge
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contracts import ContractError, Envelope, Topology, encode, parse_event
@@ -64,6 +82,9 @@ OLDEST = Gauge("cso_waiting_oldest_seconds", "How long the oldest fact in the wa
                ["service"])
 EXPIRED = Counter("cso_waiting_expired_total", "Waiting facts refused for having waited too long", ["service"])
 SWEEP_BATCH = 500
+# How long the check after a commit and the sweep wait for a lock (module docstring): well under
+# PostgreSQL's deadlock_timeout (1 s), so that they give way before a deadlock is even looked for.
+LOCK_WAIT = timedelta(milliseconds=200)
 
 
 def utc_now() -> datetime:
@@ -219,6 +240,25 @@ class Room:
         return int(count), age
 
 
+async def _deciding(engine: AsyncEngine, decide: Callable[[AsyncConnection], Awaitable[Settled]],
+                    tell: Callable[[AsyncConnection, Settled], Any]) -> Settled | None:
+    """One short transaction of the check after a commit or of the sweep: `decide`, then tell what
+    it decided. It waits at most LOCK_WAIT for a lock (module docstring: it locks in the order
+    opposite to a batch's); None when it waited longer, rolled back: what it took is back in the
+    room, for the next check or the sweep."""
+    try:
+        async with engine.begin() as conn:
+            await store.wait_for_locks_at_most(conn, LOCK_WAIT)
+            settled = await decide(conn)
+            if settled.accepted or settled.refused:
+                await tell(conn, settled)
+        return settled
+    except DBAPIError as e:
+        if not store.lock_not_available(e):
+            raise
+        return None
+
+
 async def rechecking(engine: AsyncEngine, room: Room, tell: Callable[[AsyncConnection, Settled], Any],
                      keys: Collection[str]) -> None:
     """After a transaction that applied or parked facts committed: decide, each in a short
@@ -230,10 +270,12 @@ async def rechecking(engine: AsyncEngine, room: Room, tell: Callable[[AsyncConne
     unchecked = set(keys)
     try:
         while unchecked:
-            async with engine.begin() as conn:
-                settled = await room.recheck(conn, unchecked)
-                if settled.accepted or settled.refused:
-                    await tell(conn, settled)
+            settled = await _deciding(engine, functools.partial(room.recheck, keys=unchecked), tell)
+            if settled is None:
+                log.debug("registry: the check after a commit met a lock held by another transaction; "
+                          "the facts waiting for %d keys are left to that transaction's check or the sweep",
+                          len(unchecked))
+                return
             # Only what was applied: a fact taken again that still waits (its need on record but
             # not as it needs it) is back in the room, and would be taken again and again.
             unchecked = settled.applied
@@ -244,6 +286,18 @@ async def rechecking(engine: AsyncEngine, room: Room, tell: Callable[[AsyncConne
                       "the sweep decides them", len(keys))
 
 
+async def sweep(engine: AsyncEngine, room: Room, tell: Callable[[AsyncConnection, Settled], Any]) -> None:
+    """One sweep of the room: SWEEP_BATCH facts a transaction, until a transaction decides fewer.
+    One that meets a lock held longer than LOCK_WAIT leaves the rest to the next sweep."""
+    while True:
+        settled = await _deciding(engine, room.sweep, tell)
+        if settled is None:
+            log.debug("registry: the sweep met a lock held by another transaction; the next sweep goes on")
+            return
+        if len(settled.accepted) + len(settled.refused) < SWEEP_BATCH:
+            return
+
+
 def sweeping(engine: AsyncEngine, room: Room, tell: Callable[[AsyncConnection, Settled], Any],
              interval: float) -> Callable[[], Any]:
     """The background job: sweep, tell (receipts), measure; every `interval` seconds."""
@@ -251,12 +305,7 @@ def sweeping(engine: AsyncEngine, room: Room, tell: Callable[[AsyncConnection, S
     async def run() -> None:
         while True:
             try:
-                while True:
-                    async with engine.begin() as conn:
-                        settled = await room.sweep(conn)
-                        await tell(conn, settled)
-                    if len(settled.accepted) + len(settled.refused) < SWEEP_BATCH:
-                        break
+                await sweep(engine, room, tell)
                 async with engine.connect() as conn:
                     await room.measure(conn)
             except asyncio.CancelledError:

@@ -13,14 +13,21 @@ batch (cso/consumer.py). So the running replica, having decided its batch, waits
 transaction and commits second, as a replica that comes second does. The test's side runs no check
 of its own after committing (it would find nothing: the other side has not committed yet), so the
 running replica's check alone must decide F: accepted within seconds, with its `accepted` receipt.
+
+The check after a commit and the sweep lock a waiting fact's row before the organization it
+touches, a batch the other way round (waiting.py's docstring): so they wait for a lock at most
+waiting.LOCK_WAIT, and a transaction of the test holding the organization's row, as a batch
+does, must see them give way at once, nothing lost, while a batch waits for it as long as it takes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import fields
 from datetime import date, timedelta
 from typing import Any, cast
@@ -37,6 +44,8 @@ from cso.service import Runtime
 from cso.settings import Settings, async_url
 from services.registry import handlers, waiting
 from services.registry.app import create_app, run_migrations
+from services.registry.domain import Rejected
+from services.registry.record import record_batch
 from services.registry.settings import RegistrySettings
 from tests.support import eventually, publish, publish_divisions, running
 
@@ -171,4 +180,109 @@ async def test_the_replica_that_parked_a_fact_commits_second(stage: Stage) -> No
         assert await db.fetchval("SELECT count(*) FROM registry.waiting") == 0
         assert await db.fetchval("SELECT status FROM registry.organization WHERE id = $1", org) != "active"
     finally:
+        await db.close()
+
+
+def updating(org: uuid.UUID) -> Envelope[Any]:
+    return make_event(ev.OrganizationUpdated(organization_id=org, effective_on=date(2024, 5, 1),
+                                             name=f"新{str(org)[:6]}"), source=SOURCE, region=COMMUNITY)
+
+
+async def waits(db: asyncpg.Connection, envelope: Envelope[Any]) -> bool:
+    return bool(await db.fetchval("SELECT count(*) FROM registry.waiting WHERE event_id = $1", envelope.event_id))
+
+
+def errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize("check", ["after a commit", "sweep"])
+async def test_the_check_gives_way_to_a_batch_holding_the_organization_it_would_lock(
+        stage: Stage, check: str, caplog: pytest.LogCaptureFixture) -> None:
+    """F waits for X with X on record (its filing applied by a transaction that did not look at the
+    room, as when the race above went unseen). A transaction of the test does what a batch applying
+    a fact of X does: it holds X's row, then takes F out of the room. The check (or the sweep) took F
+    and waits for X: a deadlock, unless it gives way. It must, within waiting.LOCK_WAIT (well before
+    PostgreSQL's deadlock_timeout breaks the deadlock, perhaps by failing the batch), without an
+    error; the batch's transaction then takes F. With that rolled back (F in the room again) and X
+    free, the same check decides F."""
+    caplog.set_level(logging.DEBUG, logger="services.registry.waiting")
+    org = uuid.uuid4()
+    follow_up, filed = deregistration(org), filing(org)
+    room, tell = stage.handler.room, stage.handler.tell
+    decide: Callable[[], Awaitable[None]] = (
+        (lambda: waiting.rechecking(stage.engine, room, tell, {f"organization:{org}"})) if check == "after a commit"
+        else (lambda: waiting.sweep(stage.engine, room, tell)))
+    async with stage.engine.begin() as conn:
+        assert await stage.handler.apply(conn, [follow_up]) == {}
+    async with stage.engine.begin() as conn:
+        [recorded] = await record_batch(conn, [filed], stage.settings.topology)
+        assert not isinstance(recorded, Rejected)
+    db = await asyncpg.connect(stage.settings.database_url)
+    batch = await asyncpg.connect(stage.settings.database_url)
+
+    async def check_waits_or_gave_way() -> bool:
+        return deciding.done() or bool(await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))", batch.get_server_pid()))
+
+    try:
+        deadlock_timeout = await db.fetchval("SELECT setting::int FROM pg_settings WHERE name = 'deadlock_timeout'")
+        holding = batch.transaction()
+        await holding.start()
+        await batch.execute("SELECT 1 FROM registry.organization WHERE id = $1 FOR UPDATE", org)
+        started = time.monotonic()
+        deciding = asyncio.create_task(asyncio.wait_for(decide(), timeout=10))
+        # The check holds F and waits for X (or, giving way, has already let go of F).
+        await eventually(check_waits_or_gave_way, timeout=5)
+        taken = await batch.fetchval("DELETE FROM registry.waiting WHERE event_id = $1 RETURNING 1",
+                                     follow_up.event_id)
+        await deciding
+        took = time.monotonic() - started
+        assert took < deadlock_timeout / 1000 * 0.8, f"{took:.2f} s"
+        assert taken == 1
+        assert errors(caplog) == []
+        assert any("met a lock" in r.getMessage() for r in caplog.records)
+        await holding.rollback()
+        await asyncio.wait_for(decide(), timeout=10)
+        assert not await waits(db, follow_up)
+        assert await db.fetchval("SELECT status FROM registry.organization WHERE id = $1", org) != "active"
+        assert errors(caplog) == []
+        # Its connection went back to the pool (of the test's engine, which used that one only)
+        # without the short wait: the next transaction on it may be a batch's.
+        async with stage.engine.connect() as conn:
+            assert await conn.scalar(text("SHOW lock_timeout")) == "0"
+    finally:
+        await batch.close()
+        await db.close()
+
+
+async def test_a_batch_waits_for_the_organization_it_locks_as_long_as_it_takes(
+        stage: Stage, caplog: pytest.LogCaptureFixture) -> None:
+    """The running replica's checks after its commits and its sweep wait briefly for locks; its
+    batches do not: one that waits for X's row several times waiting.LOCK_WAIT is applied once X is
+    free, in its first delivery (no failed batch, no redelivery)."""
+    org = uuid.uuid4()
+    filed, updated = filing(org), updating(org)
+    await stage.send(filed)
+    await stage.heard({filed.event_id: ["accepted"]}, timeout=30)
+    db = await asyncpg.connect(stage.settings.database_url)
+    batch = await asyncpg.connect(stage.settings.database_url)
+    try:
+        holding = batch.transaction()
+        await holding.start()
+        await batch.execute("SELECT 1 FROM registry.organization WHERE id = $1 FOR UPDATE", org)
+        await stage.send(updated)
+        await eventually(lambda: stage.blocked(db), timeout=30)
+        await asyncio.sleep(5 * waiting.LOCK_WAIT.total_seconds())
+        # Still the same statement waiting for the test's lock: a batch that had given up would
+        # be failed, its message put back for a redelivery seconds later.
+        waited = await db.fetchval(
+            "SELECT extract(epoch FROM max(clock_timestamp() - query_start)) FROM pg_stat_activity "
+            "WHERE $1 = ANY(pg_blocking_pids(pid))", batch.get_server_pid())
+        assert waited is not None and waited > 4 * waiting.LOCK_WAIT.total_seconds(), waited
+        await holding.rollback()
+        await stage.heard({updated.event_id: ["accepted"]}, timeout=5)
+        assert errors(caplog) == []
+    finally:
+        await batch.close()
         await db.close()
