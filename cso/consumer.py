@@ -2,10 +2,10 @@
 
 Per pull: parse and validate every message (a broken one is dead-lettered at once), claim the event
 ids in the service's inbox (an id already there is a duplicate: skipped), let the handler apply the
-fresh ones inside the same transaction, commit (then the handler's `after_commit`, if it has one),
-then ack. Any number of replicas may share the durable consumer: JetStream hands each message to
-one of them, and the inbox's primary key makes a redelivered message that another replica already
-applied a no-op.
+fresh ones inside the same transaction, commit, ack, then run the handler's `after_commit`, if it
+has one (after the acks: its further transaction must not hold them back). Any number of replicas
+may share the durable consumer: JetStream hands each message to one of them, and the inbox's
+primary key makes a redelivered message that another replica already applied a no-op.
 
 The inbox keeps a row per event id, written by one INSERT a batch (issue 23 asked whether a row per
 batch would cost less; `bench/dedup.py` measures both). A row per batch with the ids in a `uuid[]`
@@ -110,7 +110,8 @@ class Verdicts(Protocol):
 
 class Handler(Protocol):
     """A handler may also have an `after_commit(engine)`: called once a transaction in which it
-    applied fresh events committed, before the acks (Consumer._after_commit)."""
+    applied fresh events committed and the batch's messages were settled (acked, put back or
+    dead-lettered), so that its own transaction never delays the acks (Consumer._after_commit)."""
 
     async def apply(self, conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> dict[UUID, Rejected]:
         """Apply fresh events in the caller's transaction. Return the rejected ones; a rejected
@@ -517,7 +518,7 @@ class Consumer:
             return
         while True:
             try:
-                rejected = await self._apply(valid)
+                rejected, applied = await self._apply(valid)
             except Exception as e:
                 if await self._waited_for_database(valid, e):
                     continue  # the database is back: the whole batch again
@@ -529,6 +530,8 @@ class Consumer:
                 await self._failed(valid[0][0], f"{type(e).__name__}: {e}")
                 return
             await self._settle(valid, rejected)
+            if applied:
+                await self._after_commit()
             return
 
     async def _tell_broken(self, broken: list[tuple[Msg, str]]) -> None:
@@ -549,7 +552,7 @@ class Consumer:
     async def _apply_alone(self, one: tuple[Msg, Envelope[Any]]) -> None:
         while True:
             try:
-                rejected = await self._apply([one])
+                rejected, applied = await self._apply([one])
             except Exception as e:
                 if await self._waited_for_database([one], e):
                     continue
@@ -557,6 +560,8 @@ class Consumer:
                 await self._failed(one[0], f"{type(e).__name__}: {e}")
                 return
             await self._settle([one], rejected)
+            if applied:
+                await self._after_commit()
             return
 
     async def _database_answers(self) -> bool:
@@ -578,7 +583,9 @@ class Consumer:
         log.info("%s: the database answers again; applying the held messages", self.service)
         return True
 
-    async def _apply(self, valid: list[tuple[Msg, Envelope[Any]]]) -> dict[UUID, Rejected]:
+    async def _apply(self, valid: list[tuple[Msg, Envelope[Any]]]) -> tuple[dict[UUID, Rejected], bool]:
+        """Apply the batch in one transaction: the rejected events, and whether the handler was given
+        fresh ones (the committed transaction then calls for its `after_commit`, once settled)."""
         async with self.engine.begin() as conn:
             fresh, duplicates = await self._claim(conn, valid)
             rejected = await self.handler.apply(conn, fresh) if fresh else {}
@@ -598,15 +605,15 @@ class Consumer:
         for _, env in valid:
             if env.event_id in applied:
                 APPLIED.labels(self.service, env.type).inc()
-        if fresh:
-            await self._after_commit()
-        return rejected
+        return rejected, bool(fresh)
 
     async def _after_commit(self) -> None:
         """The handler's work once its batch committed, if it has any (an `after_commit(engine)`:
         registry decides the waiting facts a concurrent replica's batch kept from this one,
-        services/registry/waiting.py). The batch is applied: a failure here is logged, never a
-        reason to take the batch again."""
+        services/registry/waiting.py). Called after the batch's messages are settled: a further
+        transaction, slow or failing, must not keep them unacknowledged towards ack_wait and a
+        redelivery. The batch is applied: a failure here is logged, never a reason to take the
+        batch again."""
         after_commit = getattr(self.handler, "after_commit", None)
         if after_commit is None:
             return

@@ -57,7 +57,7 @@ class HandlerTable:
 
     async def after_commit(self, engine: AsyncEngine) -> None:
         """Once the consumer committed a batch: each handler that has an `after_commit` does its
-        part (cso/consumer.py, Consumer._apply)."""
+        part (cso/consumer.py, Consumer._after_commit)."""
         handlers = {id(h): h for h in [*self.handlers.values(), self.otherwise] if h is not None}
         for handler in handlers.values():
             after_commit = getattr(handler, "after_commit", None)

@@ -1,6 +1,7 @@
-"""A handler's `after_commit(engine)` (cso/consumer.py) runs once its batch committed, and a failure
-there is only logged: the batch is acked, applied once, never redelivered (registry's check of the
-waiting room after a commit, services/registry/waiting.py, leans on this)."""
+"""A handler's `after_commit(engine)` (cso/consumer.py) runs once its batch committed and was acked,
+and a failure there is only logged: the batch is acked, applied once, never redelivered (registry's
+check of the waiting room after a commit, services/registry/waiting.py, leans on this); a slow one
+holds no ack back."""
 
 from __future__ import annotations
 
@@ -75,4 +76,73 @@ async def test_a_failing_after_commit_only_logs(settings: Settings, nc: NATS, ca
         assert "the work after committing a batch" in caplog.text
         await consumer.stop()
     finally:
+        await engine.dispose()
+
+
+class Holding:
+    """Applies by noting; its work after the commit lasts until the test lets it end (a slow check
+    of the waiting room, a database that answers late). `alone`: it breaks on a batch of more than
+    one event, so that the consumer applies each by itself (Consumer._apply_alone)."""
+
+    def __init__(self, alone: bool) -> None:
+        self.alone = alone
+        self.applied: list[UUID] = []
+        self.started, self.release = asyncio.Event(), asyncio.Event()
+
+    async def apply(self, conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> dict[UUID, Rejected]:
+        if self.alone and len(events) > 1:
+            raise RuntimeError("one at a time")
+        self.applied += [e.event_id for e in events]
+        return {}
+
+    async def after_commit(self, engine: AsyncEngine) -> None:
+        self.started.set()
+        await self.release.wait()
+
+
+@pytest.mark.parametrize("alone", [False, True], ids=["batch", "alone"])
+async def test_the_acks_do_not_wait_for_after_commit(settings: Settings, nc: NATS, alone: bool) -> None:
+    """While a handler's after_commit is still at work, the server already holds every message of
+    the committed transaction acknowledged: its further transaction never keeps them pending
+    towards ack_wait and a redelivery (review: after_commit ran before the acks). A batch, and an
+    event applied alone once its batch broke."""
+    await asyncio.to_thread(run_migrations, settings)
+    topology = settings.topology
+    await bus.ensure_streams(nc, topology)
+    js = nc.jetstream()
+    stream = topology.stream("CSO_TARGETS")
+    engine = make_engine(settings.database_url, pool_size=2)
+    durable = f"held-{uuid.uuid4().hex[:6]}"
+    handler = Holding(alone)
+    consumer = Consumer(nc=nc, engine=engine, topology=topology, schema="notify", service="notify",
+                        subscription=Subscription("CSO_TARGETS", topology.context_subjects("targets"), durable,
+                                                  frozenset({"TargetStatusChanged"})), handler=handler)
+    events = [status_changed() for _ in range(3)]
+    for event in events:
+        await publish_status(nc, settings, event)
+    try:
+        consumer.start()
+        await asyncio.wait_for(handler.started.wait(), 10)
+        # Committed: the batch, or its first event by itself (the others wait behind it).
+        committed = events[:1] if alone else events
+        assert handler.applied == [e.event_id for e in committed]
+
+        seen: list[Any] = []
+
+        async def acked() -> bool:
+            info = await js.consumer_info(stream, durable)
+            seen[:] = [info]
+            return bool(info.delivered.consumer_seq == len(events)
+                        and info.num_ack_pending == len(events) - len(committed)
+                        and info.ack_floor.stream_seq == info.delivered.stream_seq - len(events) + len(committed))
+
+        # after_commit is still waiting for the release: the acks came before it.
+        await eventually(acked, timeout=5, describe=lambda: seen)
+        handler.release.set()
+        await asyncio.sleep(0.5)
+        assert handler.applied == [e.event_id for e in events]
+        assert (await js.consumer_info(stream, durable)).num_redelivered == 0
+    finally:
+        handler.release.set()
+        await consumer.stop()
         await engine.dispose()
