@@ -293,17 +293,17 @@ class Consumer:
             # A durable of this layout made for the first time (or again, by BusWatch's repair): from
             # the lowest ack floor of every durable of the other layouts, so that no province,
             # whichever partition of the old layout held it, skips what its old durable had not
-            # acknowledged (what comes twice the inbox drops); from the stream's first when none.
-            start = None
-            if self.sub.partitionable:
-                others = await self._other_layouts()
-                start = min((s for _, s in others), default=None)
+            # acknowledged (what comes twice the inbox drops); from the stream's first when none,
+            # or when their floors do not fit the stream as it is now (_handed_over_start).
+            start = await self._handed_over_start() if self.sub.partitionable else None
             await self._create(config, start)
         else:
             have = info.config.filter_subjects or [info.config.filter_subject or ""]
             if sorted(have) != sorted(filters):
-                # Made by an earlier version with other type filters (a partition's name says its
-                # provinces, so its filters never change): an update keeps its position.
+                # Made by an earlier version with other filters: other event types (the handler's
+                # `handles` changed), or a partition's subjects derived otherwise (partition_filters;
+                # its name fixes which provinces it takes, not how their subjects are written). An
+                # update keeps its position.
                 log.info("%s: %s filters %s, not %s: updating it", self.service, self.sub.durable, have, filters)
                 await self.js.add_consumer(self.stream, config)
         if self.sub.partitionable:
@@ -347,20 +347,47 @@ class Consumer:
                 "CSO_PARTITIONS (infra/README.md, Partitions)")
 
     async def _other_layouts(self) -> list[tuple[str, int]]:
-        """(name, first sequence not yet acknowledged) of the durables of other layouts."""
+        """(name, ack floor: the stream sequence up to which it acknowledged everything) of the
+        durables of other layouts."""
         result = []
         for name, info in await self._other_layouts_info():
             await self._refuse_if_pulled(name, info)
             floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
-            result.append((name, floor + 1))
+            result.append((name, floor))
         return result
+
+    async def _handed_over_start(self) -> int | None:
+        """Where a new durable of this layout starts: after the lowest ack floor of the other
+        layouts' durables, when there are any and every floor fits the stream as it is now (from
+        the sequence before its first to its last); None, the stream's first, otherwise.
+
+        A floor beyond the stream's last sequence is of messages the stream no longer has (a store
+        that lost its tail, a stream made again): starting after it would skip whatever is
+        published, or republished from an outbox, up to it. A floor below the sequence before the
+        stream's first is of messages the stream has since dropped (purged, aged out): no position
+        in it (the server would start at its first anyway). Either way the durable is a stale
+        leftover, and so may be the others: reading the stream from its first loses nothing, and
+        the inbox drops what comes twice."""
+        others = await self._other_layouts()
+        if not others:
+            return None
+        state = (await self.js.stream_info(self.stream)).state
+        first, last = int(state.first_seq or 0), int(state.last_seq or 0)
+        stale = [(name, floor) for name, floor in others if not first - 1 <= floor <= last]
+        if stale:
+            log.warning("%s: %s starts at the stream's first message, not at the lowest ack floor of the "
+                        "previous layout: %s, outside what the stream holds now (sequences %d to %d), so "
+                        "of a stream since lost or cut", self.service, self.sub.durable,
+                        ", ".join(f"{name} acknowledged up to {floor}" for name, floor in stale), first, last)
+            return None
+        return min(floor for _, floor in others) + 1
 
     async def _create(self, config: ConsumerConfig, start: int | None) -> None:
         """Make our durable: from `start` (where the old layout had acknowledged everything before:
         what follows comes again, the inbox skips what was applied) or from the stream's first."""
         if start is not None:
             config.deliver_policy, config.opt_start_seq = DeliverPolicy.BY_START_SEQUENCE, start
-            log.warning("%s: %s starts at stream sequence %d, the lowest ack floor of the previous layout",
+            log.warning("%s: %s starts at stream sequence %d, after the lowest ack floor of the previous layout",
                         self.service, self.sub.durable, start)
         await self.js.add_consumer(self.stream, config)
 
@@ -376,6 +403,10 @@ class Consumer:
                 await self.js.consumer_info(self.stream, name)
             except NotFoundError:
                 return
+        await self._delete_idle_other_layouts()
+
+    async def _delete_idle_other_layouts(self) -> None:
+        """Delete the durables of other layouts that no replica holds (see _retire_other_layouts)."""
         for name, info in await self._other_layouts_info():
             if self._in_use(info):
                 log.warning("%s: keeping %s (%s), of a previous layout: %d requests waiting, %d messages "
@@ -450,11 +481,20 @@ class Consumer:
         this, runs in each replica, but the gap is recorded in tables all partitions share (every
         partition's consumer_position row is reset, bus_stream holds the stream's new state), so
         the other partitions' replicas never see it. Their pulls then fail (the durable is gone)
-        and they subscribe afresh: with no durable of another layout left, from the stream's first
-        message (_subscribe); the inbox drops what they had applied."""
+        and they subscribe afresh, from the stream's first message (_subscribe); the inbox drops
+        what they had applied. So that nothing hands them a position over instead, the idle
+        durables of other layouts (left while a partition of ours had not yet subscribed) go
+        first: their ack floors are of the stream before the loss."""
         await self.stop()
         if from_start:
             self.seen.clear()  # what it saw was of the stream that is gone
+            if self.sub.partitionable:
+                try:
+                    await self._delete_idle_other_layouts()
+                except Exception as e:
+                    # The new durables still check a floor handed over against the stream.
+                    log.warning("%s: deleting the idle durables of other layouts on %s failed (%s)",
+                                self.service, self.stream, e)
             for durable in self._layout():
                 with contextlib.suppress(Exception):
                     await self.js.delete_consumer(self.stream, durable)

@@ -27,9 +27,11 @@ Changing N: see infra/README.md, "Partitions". The layout (N and a hash of the a
 every durable's name, so no two layouts share one. A durable of a new layout starts at the lowest
 point every durable of the old layout had acknowledged (the lowest of their ack floors), whichever
 old partition held its provinces: what lies between comes again and the inbox takes it for the
-duplicate it is. Old durables are deleted once no replica holds them (cso/consumer.py). When the
-bus lost what a partition had read (BusWatch), every durable of the layout is deleted, so that
-every partition, not only the one whose replica saw the gap, reads the stream again from its start.
+duplicate it is; from the stream's first message when a floor does not fit the stream as it is
+now (a leftover of a stream since lost or cut). Old durables are deleted once no replica holds them
+(cso/consumer.py). When the bus lost what a partition had read (BusWatch), every durable of the
+layout is deleted, and every idle one of another layout, so that every partition, not only the one
+whose replica saw the gap, reads the stream again from its start.
 """
 
 from __future__ import annotations

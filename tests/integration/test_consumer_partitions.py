@@ -1,8 +1,10 @@
 """Partitions of a consumer by province (cso/partitions.py) on a real nats-server and PostgreSQL:
 two partitions take disjoint shares that together are every event, each in stream order; a
 stopped partition's share waits for it alone and it resumes there; a durable of another layout
-hands its position over, and one still pulled is refused; a bus loss one partition's replica finds
-makes every partition read again; an intake subject no partition would take cannot be published."""
+hands its position over, unless its floor does not fit the stream, and one still pulled is
+refused; a bus loss one partition's replica finds makes every partition read again, an idle
+durable of another layout deleted rather than handing its floor over; an intake subject no
+partition would take cannot be published."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from uuid import UUID
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NoStreamResponseError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -391,6 +393,91 @@ async def test_a_bus_loss_one_partition_finds_makes_every_partition_read_again(s
         assert await watch.check() == []
     finally:
         for c in consumers:
+            await c.stop()
+        await engine.dispose()
+
+
+async def test_a_floor_beyond_the_stream_is_not_handed_over(
+        settings: Settings, nc: NATS, caplog: pytest.LogCaptureFixture) -> None:
+    """An idle durable of another layout whose ack floor lies beyond the stream's last sequence (a
+    leftover of a stream since lost or cut: its floor counts messages the stream no longer has):
+    the new partitions start at the stream's first message, not after that floor, which would
+    skip everything published up to it; the stale durable is deleted once both exist."""
+    await asyncio.to_thread(run_migrations, settings)
+    topology = settings.topology
+    await bus.ensure_streams(nc, topology)
+    engine = make_engine(settings.database_url, pool_size=4)
+    js = nc.jetstream()
+    stream = topology.stream("CSO_TARGETS")
+    base = f"stale-{uuid.uuid4().hex[:6]}"
+    seen = [Seen(), Seen()]
+    parts: list[Consumer] = []
+    try:
+        first = await publish(nc, settings, 1)
+        last = (await js.stream_info(stream)).state.last_seq
+        # The unpartitioned layout's durable, acknowledged (it says) up to far past the stream's end.
+        await js.add_consumer(stream, ConsumerConfig(
+            name=base, durable_name=base, ack_policy=AckPolicy.EXPLICIT, filter_subject=topology.context_subjects(
+                "targets"), deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=last + 100))
+        assert (await js.consumer_info(stream, base)).ack_floor.stream_seq > last
+        second = await publish(nc, settings, 2)   # all below that floor
+        parts = [consumer(nc, engine, topology, base, seen[i], Partition(i, 2)) for i in range(2)]
+        for c in parts:
+            c.start()
+        everything = first + second
+        await eventually(lambda: asyncio.sleep(0, sum(len(s.events) for s in seen) == len(everything)), timeout=15,
+                         describe=lambda: [len(s.events) for s in seen])
+        await asyncio.sleep(0.5)
+        for i in range(2):
+            assert seen[i].events == share(everything, Partition(i, 2))
+            info = await js.consumer_info(stream, Partition(i, 2).durable(base))
+            assert info.config.opt_start_seq is None   # from the stream's first
+        assert f"{base} acknowledged up to {last + 99}" in caplog.text
+        await eventually(lambda: _gone(js, stream, [base]), timeout=10)
+    finally:
+        for c in parts:
+            await c.stop()
+        await engine.dispose()
+
+
+async def test_a_restart_from_the_start_deletes_an_idle_durable_of_another_layout(settings: Settings, nc: NATS) -> None:
+    """Unpartitioned, then two partitions of which only partition 0 has come up: the old durable
+    is kept (not every new one exists) and partition 0 starts after its floor. The bus loses what
+    partition 0 had read (BusWatch restarts it from the start): the idle old durable goes too,
+    so that its floor, of the stream before the loss, is handed to no new durable, and
+    partition 0 is handed its whole share again from the stream's first (the inbox drops it)."""
+    await asyncio.to_thread(run_migrations, settings)
+    topology = settings.topology
+    await bus.ensure_streams(nc, topology)
+    engine = make_engine(settings.database_url, pool_size=4)
+    js = nc.jetstream()
+    stream = topology.stream("CSO_TARGETS")
+    base = f"idle-{uuid.uuid4().hex[:6]}"
+    old_seen, seen, again = Seen(), Seen(), Again()
+    old = consumer(nc, engine, topology, base, old_seen, None)
+    part = consumer(nc, engine, topology, base, seen, Partition(0, 2), again)
+    try:
+        published = await publish(nc, settings, 2)
+        old.start()
+        await eventually(lambda: asyncio.sleep(0, len(old_seen.events) == len(published)), timeout=15)
+        await eventually(lambda: _settled(js, stream, base), timeout=15)
+        await old.stop()
+        part.start()
+        durable = Partition(0, 2).durable(base)
+        await asyncio.wait_for(part.idle.wait(), 10)
+        info = await js.consumer_info(stream, durable)
+        assert info.config.opt_start_seq is not None and info.delivered.consumer_seq == 0   # after the old floor
+        assert base in {c.name for c in await js.consumers_info(stream)}                   # partition 1 missing
+
+        await part.restart(from_start=True)
+        mine = {e for e, _ in share(published, Partition(0, 2))}
+        await eventually(lambda: asyncio.sleep(0, set(again.events) == mine), timeout=15,
+                         describe=lambda: len(again.events))
+        assert seen.events == []                        # applied once, by the old layout
+        assert (await js.consumer_info(stream, durable)).config.opt_start_seq is None
+        assert base not in {c.name for c in await js.consumers_info(stream)}
+    finally:
+        for c in (old, part):
             await c.stop()
         await engine.dispose()
 
