@@ -50,6 +50,7 @@ from sqlalchemy import text
 from cso import outbox
 from cso.database import make_engine
 from cso_local import servers
+from tests.support.jetstream import AckingJetStream
 
 BATCH = 500
 STREAM = "CSO_REGISTRY"
@@ -66,23 +67,6 @@ class Result:
     @property
     def per_second(self) -> float:
         return self.events / self.seconds
-
-
-@dataclass
-class Ack:
-    stream: str
-    seq: int
-
-
-class Bus:
-    """Acknowledges every publish at once, with the next sequence."""
-
-    def __init__(self) -> None:
-        self.seq = 0
-
-    async def publish(self, subject: str, data: bytes, headers: dict[str, str]) -> Ack:
-        self.seq += 1
-        return Ack(STREAM, self.seq)
 
 
 async def wal(db: asyncpg.Connection) -> int:
@@ -141,7 +125,7 @@ async def outbox_written(db: asyncpg.Connection, url: str, rows: list[tuple[Any,
                          relay: type[outbox.Relay]) -> None:
     """Each batch written (its own transaction, as a consumer's), then published by `relay`."""
     engine = make_engine(url)
-    publisher = relay(engine, Bus(), schema, "bench", batch=BATCH)  # type: ignore[arg-type]
+    publisher = relay(engine, AckingJetStream(STREAM), schema, "bench", batch=BATCH)  # type: ignore[arg-type]
     try:
         for i in range(0, len(rows), BATCH):
             await db.execute(INSERT_OUTBOX.format(s=schema), *map(list, zip(*rows[i:i + BATCH], strict=True)))

@@ -13,7 +13,6 @@ import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import asyncpg
 import httpx
@@ -25,6 +24,7 @@ from cso.settings import Settings
 from cso_local.servers import free_port
 from services.registry.app import run_migrations
 from tests.support import eventually, publish_divisions
+from tests.support.jetstream import AckingJetStream
 
 pytestmark = pytest.mark.integration
 
@@ -121,25 +121,6 @@ async def test_purge_drops_only_published_rows_past_retention(settings: Settings
         await engine.dispose()
 
 
-@dataclass
-class Ack:
-    stream: str
-    seq: int
-
-
-class Bus:
-    """What the relay publishes, in order (a JetStream that acknowledges everything)."""
-
-    def __init__(self) -> None:
-        self.sent: list[str] = []
-
-    async def publish_async(self, subject: str, data: bytes, headers: dict[str, str]) -> asyncio.Future[Ack]:
-        self.sent.append(headers["Nats-Msg-Id"])
-        acked: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
-        acked.set_result(Ack("S", len(self.sent)))
-        return acked
-
-
 @pytest.mark.parametrize("first_xid", ["late", "early"])
 async def test_a_row_committed_late_is_published(settings: Settings, first_xid: str) -> None:
     """Two transactions write the outbox; the one that took the lower seq commits last, and the
@@ -154,7 +135,7 @@ async def test_a_row_committed_late_is_published(settings: Settings, first_xid: 
     late, early = await asyncpg.connect(settings.database_url), await asyncpg.connect(settings.database_url)
     insert = "INSERT INTO registry.outbox (event_id, subject, type, data) VALUES ($1, 's', 'T', '') RETURNING seq"
     late_id, early_id = uuid.uuid4(), uuid.uuid4()
-    bus = Bus()
+    bus = AckingJetStream()
     relay = Relay(engine, bus, "registry", "registry")  # type: ignore[arg-type]
     try:
         late_tx, early_tx = late.transaction(), early.transaction()
@@ -196,7 +177,7 @@ async def test_a_hole_rolled_back_is_passed(settings: Settings) -> None:
     db = await asyncpg.connect(settings.database_url)
     insert = "INSERT INTO registry.outbox (event_id, subject, type, data) VALUES ($1, 's', 'T', '') RETURNING seq"
     kept = uuid.uuid4()
-    bus = Bus()
+    bus = AckingJetStream()
     relay = Relay(engine, bus, "registry", "registry")  # type: ignore[arg-type]
     try:
         tx = db.transaction()
@@ -226,7 +207,7 @@ async def test_staging_a_published_id_again_leaves_no_hole(settings: Settings) -
 
     await asyncio.to_thread(run_migrations, settings)
     engine = make_engine(settings.database_url)
-    bus = Bus()
+    bus = AckingJetStream()
     relay = Relay(engine, bus, "registry", "registry")  # type: ignore[arg-type]
     first, second = uuid.uuid4(), uuid.uuid4()
 
@@ -299,7 +280,7 @@ async def test_backlog_counts_rows_up_to_its_cap(settings: Settings) -> None:
     engine = make_engine(settings.database_url)
     db = await asyncpg.connect(settings.database_url)
     insert = "INSERT INTO registry.outbox (event_id, subject, type, data) VALUES ($1, 's', 'T', '') RETURNING seq"
-    relay = Relay(engine, Bus(), "registry", "registry")  # type: ignore[arg-type]
+    relay = Relay(engine, AckingJetStream(), "registry", "registry")  # type: ignore[arg-type]
     try:
         first = await db.fetchval(insert, uuid.uuid4())
         tx = db.transaction()
