@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NoStreamResponseError
 from sqlalchemy import text
@@ -69,6 +70,28 @@ def consumer(nc: NATS, engine: Any, topology: Topology, durable: str, seen: Seen
                     subscription=sub.partitioned(partition), handler=seen, verdicts=again)
 
 
+class Targets(NamedTuple):
+    """What each test of consumers here starts from: notify's tables migrated, the streams, a pool
+    (disposed after the test, once its consumers stopped), JetStream and CSO_TARGETS' name."""
+
+    topology: Topology
+    engine: AsyncEngine
+    js: JetStreamContext
+    stream: str
+
+
+@pytest.fixture
+async def targets(settings: Settings, nc: NATS) -> AsyncIterator[Targets]:
+    await asyncio.to_thread(run_migrations, settings)
+    topology = settings.topology
+    await bus.ensure_streams(nc, topology)
+    engine = make_engine(settings.database_url, pool_size=4)
+    try:
+        yield Targets(topology, engine, nc.jetstream(), topology.stream("CSO_TARGETS"))
+    finally:
+        await engine.dispose()
+
+
 async def publish(nc: NATS, settings: Settings, rounds: int) -> list[tuple[UUID, str]]:
     published = []
     for i in range(rounds):
@@ -84,12 +107,9 @@ def share(events: list[tuple[UUID, str]], partition: Partition) -> list[tuple[UU
     return [(e, region) for e, region in events if region[:2] in mine]
 
 
-async def test_two_partitions_take_disjoint_shares_and_resume_their_own(settings: Settings, nc: NATS) -> None:
-    await asyncio.to_thread(run_migrations, settings)
-    topology = settings.topology
-    await bus.ensure_streams(nc, topology)
-    engine = make_engine(settings.database_url, pool_size=4)
-    js = nc.jetstream()
+async def test_two_partitions_take_disjoint_shares_and_resume_their_own(
+        settings: Settings, nc: NATS, targets: Targets) -> None:
+    topology, engine, js, stream = targets
     base = f"parts-{uuid.uuid4().hex[:6]}"
     parts = [Partition(0, 2), Partition(1, 2)]
     seen = [Seen(), Seen()]
@@ -130,24 +150,17 @@ async def test_two_partitions_take_disjoint_shares_and_resume_their_own(settings
         # Each partition's own row in consumer_position: none waits on another's update.
         async with engine.connect() as conn:
             keys = set((await conn.execute(text("SELECT stream FROM notify.consumer_position"))).scalars())
-        stream = topology.stream("CSO_TARGETS")
         assert {f"{stream}#p0", f"{stream}#p1"} <= keys
     finally:
         for c in consumers:
             await c.stop()
-        await engine.dispose()
 
 
-async def test_a_new_layout_starts_where_the_old_had_got_to(settings: Settings, nc: NATS) -> None:
+async def test_a_new_layout_starts_where_the_old_had_got_to(settings: Settings, nc: NATS, targets: Targets) -> None:
     """Unpartitioned, then two partitions: they start at the old durable's ack floor (nothing
     applied before it comes again, nothing after it is lost), and the old durable is deleted once
     both exist. A durable of the old layout that a replica still pulls is refused, by name."""
-    await asyncio.to_thread(run_migrations, settings)
-    topology = settings.topology
-    await bus.ensure_streams(nc, topology)
-    engine = make_engine(settings.database_url, pool_size=4)
-    js = nc.jetstream()
-    stream = topology.stream("CSO_TARGETS")
+    topology, engine, js, stream = targets
     base = f"layout-{uuid.uuid4().hex[:6]}"
     old_seen, seen = Seen(), [Seen(), Seen()]
     old = consumer(nc, engine, topology, base, old_seen, None)
@@ -181,23 +194,17 @@ async def test_a_new_layout_starts_where_the_old_had_got_to(settings: Settings, 
     finally:
         for c in [old, *parts]:
             await c.stop()
-        await engine.dispose()
 
 
 @pytest.mark.parametrize(("old_count", "new_count"), [(2, 3), (3, 2)])
 async def test_a_change_of_partition_count_loses_nothing_and_replays_no_stream(
-        settings: Settings, nc: NATS, old_count: int, new_count: int) -> None:
+        settings: Settings, nc: NATS, targets: Targets, old_count: int, new_count: int) -> None:
     """N -> M partitions while old partition 0 lags (stopped, the others went on): every new
     partition starts at the lowest ack floor of the old layout, so what old partition 0 had not
     acknowledged reaches the new partition of each province (none lost, whichever new partition
     takes it), the rest comes again and the inbox drops it, and no new partition starts from the
     stream's first message. The old durables are deleted once every new one exists."""
-    await asyncio.to_thread(run_migrations, settings)
-    topology = settings.topology
-    await bus.ensure_streams(nc, topology)
-    engine = make_engine(settings.database_url, pool_size=4)
-    js = nc.jetstream()
-    stream = topology.stream("CSO_TARGETS")
+    topology, engine, js, stream = targets
     base = f"count-{uuid.uuid4().hex[:6]}"
     olds = [Partition(i, old_count) for i in range(old_count)]
     news = [Partition(i, new_count) for i in range(new_count)]
@@ -240,19 +247,14 @@ async def test_a_change_of_partition_count_loses_nothing_and_replays_no_stream(
     finally:
         for c in running:
             await c.stop()
-        await engine.dispose()
 
 
-async def test_an_old_durable_a_replica_is_applying_from_is_kept(settings: Settings, nc: NATS) -> None:
+async def test_an_old_durable_a_replica_is_applying_from_is_kept(
+        settings: Settings, nc: NATS, targets: Targets) -> None:
     """A replica of the old layout busy with a batch has no request waiting, only messages not yet
     acknowledged: its durable is kept (said in the log) while the idle one of the same layout is
     deleted once every new durable exists (review finding 7)."""
-    await asyncio.to_thread(run_migrations, settings)
-    topology = settings.topology
-    await bus.ensure_streams(nc, topology)
-    engine = make_engine(settings.database_url, pool_size=4)
-    js = nc.jetstream()
-    stream = topology.stream("CSO_TARGETS")
+    topology, engine, js, stream = targets
     base = f"busy-{uuid.uuid4().hex[:6]}"
     sub = Subscription("CSO_TARGETS", topology.context_subjects("targets"), base, partitionable=True)
     olds = [sub.partitioned(Partition(i, 2)) for i in range(2)]
@@ -277,7 +279,6 @@ async def test_an_old_durable_a_replica_is_applying_from_is_kept(settings: Setti
         for c in news:
             await c.stop()
         await busy.unsubscribe()
-        await engine.dispose()
 
 
 async def _gone(js: Any, stream: str, durables: list[str]) -> bool:
@@ -353,17 +354,13 @@ class Replica:
         return []
 
 
-async def test_a_bus_loss_one_partition_finds_makes_every_partition_read_again(settings: Settings, nc: NATS) -> None:
+async def test_a_bus_loss_one_partition_finds_makes_every_partition_read_again(
+        settings: Settings, nc: NATS, targets: Targets) -> None:
     """The stream lost messages and survived: the replica of partition 0 finds the gap and records
     it in the tables both partitions share (their positions reset, the stream's new state), so
     partition 1's replica never sees it. Its durable must start over too: both partitions are
     handed their whole share again (the inbox drops it: nothing applied twice)."""
-    await asyncio.to_thread(run_migrations, settings)
-    topology = settings.topology
-    await bus.ensure_streams(nc, topology)
-    engine = make_engine(settings.database_url, pool_size=4)
-    js = nc.jetstream()
-    stream = topology.stream("CSO_TARGETS")
+    topology, engine, js, stream = targets
     base = f"gap-{uuid.uuid4().hex[:6]}"
     parts = [Partition(0, 2), Partition(1, 2)]
     seen, again = [Seen(), Seen()], [Again(), Again()]
@@ -394,21 +391,15 @@ async def test_a_bus_loss_one_partition_finds_makes_every_partition_read_again(s
     finally:
         for c in consumers:
             await c.stop()
-        await engine.dispose()
 
 
 async def test_a_floor_beyond_the_stream_is_not_handed_over(
-        settings: Settings, nc: NATS, caplog: pytest.LogCaptureFixture) -> None:
+        settings: Settings, nc: NATS, targets: Targets, caplog: pytest.LogCaptureFixture) -> None:
     """An idle durable of another layout whose ack floor lies beyond the stream's last sequence (a
     leftover of a stream since lost or cut: its floor counts messages the stream no longer has):
     the new partitions start at the stream's first message, not after that floor, which would
     skip everything published up to it; the stale durable is deleted once both exist."""
-    await asyncio.to_thread(run_migrations, settings)
-    topology = settings.topology
-    await bus.ensure_streams(nc, topology)
-    engine = make_engine(settings.database_url, pool_size=4)
-    js = nc.jetstream()
-    stream = topology.stream("CSO_TARGETS")
+    topology, engine, js, stream = targets
     base = f"stale-{uuid.uuid4().hex[:6]}"
     seen = [Seen(), Seen()]
     parts: list[Consumer] = []
@@ -437,21 +428,16 @@ async def test_a_floor_beyond_the_stream_is_not_handed_over(
     finally:
         for c in parts:
             await c.stop()
-        await engine.dispose()
 
 
-async def test_a_restart_from_the_start_deletes_an_idle_durable_of_another_layout(settings: Settings, nc: NATS) -> None:
+async def test_a_restart_from_the_start_deletes_an_idle_durable_of_another_layout(
+        settings: Settings, nc: NATS, targets: Targets) -> None:
     """Unpartitioned, then two partitions of which only partition 0 has come up: the old durable
     is kept (not every new one exists) and partition 0 starts after its floor. The bus loses what
     partition 0 had read (BusWatch restarts it from the start): the idle old durable goes too,
     so that its floor, of the stream before the loss, is handed to no new durable, and
     partition 0 is handed its whole share again from the stream's first (the inbox drops it)."""
-    await asyncio.to_thread(run_migrations, settings)
-    topology = settings.topology
-    await bus.ensure_streams(nc, topology)
-    engine = make_engine(settings.database_url, pool_size=4)
-    js = nc.jetstream()
-    stream = topology.stream("CSO_TARGETS")
+    topology, engine, js, stream = targets
     base = f"idle-{uuid.uuid4().hex[:6]}"
     old_seen, seen, again = Seen(), Seen(), Again()
     old = consumer(nc, engine, topology, base, old_seen, None)
@@ -479,7 +465,6 @@ async def test_a_restart_from_the_start_deletes_an_idle_durable_of_another_layou
     finally:
         for c in (old, part):
             await c.stop()
-        await engine.dispose()
 
 
 async def test_an_intake_fact_without_a_two_digit_province_cannot_be_published(settings: Settings, nc: NATS) -> None:
