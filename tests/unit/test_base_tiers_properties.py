@@ -6,7 +6,7 @@ it has; equal to a recount at every tier, in any order."""
 from __future__ import annotations
 
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter
 from datetime import date, timedelta
 
 import pytest
@@ -16,8 +16,7 @@ from pydantic import ValidationError
 
 from contracts import events as ev
 from services.targets.domain import coverage as cov
-from services.targets.domain import entities as ent
-from tests.support.coverage_facts import COMMUNITIES, TOWNSHIPS, day, regions, to_facts
+from tests.support.coverage_facts import COMMUNITIES, TOWNSHIPS, day, moved_in_batches, project, regions, to_facts
 
 PLACES = sorted(COMMUNITIES) + sorted(TOWNSHIPS) + ["510681", "5106"]
 COUNTERS = {"bases", "bases_city", "bases_county", "bases_township", "bases_community",
@@ -42,18 +41,6 @@ def bases(draw: st.DrawFn) -> tuple[list[ev.Payload], list[int]]:
         if draw(st.booleans()):
             facts.append(ev.IncubationBaseClosed(base_id=base, closed_on=day(start + draw(st.integers(0, 400)))))
     return facts, draw(st.permutations(range(len(facts))))
-
-
-def project(facts: list[ent.Fact]) -> dict[str, cov.Timeline]:
-    by_key: dict[str, list[ent.Fact]] = defaultdict(list)
-    links: set[tuple[str, str]] = set()
-    for f in facts:
-        key = ent.entity_key(f.payload)
-        if key:
-            by_key[key].append(f)
-            links.update(ent.memberships(key, f.payload))
-    keys = set(by_key) | {f"basecov:{m}" for o, m in links if o.startswith("base:")}
-    return ent.timelines_for(keys, by_key, sorted(links), COMMUNITIES | TOWNSHIPS)
 
 
 def recount(facts: list[ev.Payload], on: date) -> Counter[tuple[str, str]]:
@@ -83,17 +70,8 @@ def recount(facts: list[ev.Payload], on: date) -> Counter[tuple[str, str]]:
 def test_bases_at_every_tier_roll_up_to_a_recount(stream: tuple[list[ev.Payload], list[int]], batches: int) -> None:
     payloads, order = stream
     facts = to_facts(payloads)
-    shuffled = [facts[i] for i in order]
-    deltas: cov.Contribution = Counter()
-    stored: dict[str, cov.Timeline] = {}
-    size = max(1, len(shuffled) // batches)
-    for i in range(0, len(shuffled), size):
-        new = project(shuffled[:i + size])
-        for key in new.keys() | stored.keys():
-            deltas.update(cov.difference(stored.get(key), new.get(key)))
-        stored = new
     from_scratch = cov.total(cov.contribution(t) for t in project(facts).values())
-    assert Counter({k: v for k, v in deltas.items() if v}) == from_scratch
+    assert moved_in_batches(facts, order, batches, project) == from_scratch
     moved = {d for _, _, d in from_scratch}
     for d in sorted(moved | {d - timedelta(days=1) for d in moved}):
         got = Counter({k: v for k, v in cov.as_of(from_scratch, d).items() if k[1] in COUNTERS})

@@ -17,7 +17,9 @@ from tests.support.coverage_facts import (
     COMMUNITIES,
     TOWNSHIPS,
     day,
+    moved_in_batches,
     org_facts,
+    project,
     regions,
     to_facts,
 )
@@ -60,20 +62,6 @@ def streams(draw: st.DrawFn) -> tuple[list[ev.Payload], list[int]]:
                                                        dissolved_on=day(start + draw(st.integers(0, 400)))))
     order = draw(st.permutations(range(len(facts))))
     return facts, order
-
-
-def project(facts: list[ent.Fact]) -> dict[str, cov.Timeline]:
-    """Every entity's timeline from a set of facts, through the same function the service uses."""
-    by_key: dict[str, list[ent.Fact]] = defaultdict(list)
-    links: list[tuple[str, str]] = []
-    for f in facts:
-        key = ent.entity_key(f.payload)
-        if key:
-            by_key[key].append(f)
-            links += ent.memberships(key, f.payload)
-    keys = ({k for k in by_key if not k.startswith("party:")}
-            | {f"hubcov:{t}" for t in TOWNSHIPS} | {f"basecov:{t}" for t in TOWNSHIPS})
-    return ent.timelines_for(keys, by_key, sorted(set(links)), COMMUNITIES | TOWNSHIPS)
 
 
 def month_end(m: date) -> date:
@@ -178,22 +166,9 @@ def test_any_order_and_batching_equals_recount(stream: tuple[list[ev.Payload], l
                                                batches: int) -> None:
     payloads, order = stream
     facts = to_facts(payloads)
-    shuffled = [facts[i] for i in order]
     # Incremental: apply in shuffled batches, moving coverage by new − old contribution each time.
-    deltas: cov.Contribution = Counter()
-    stored: dict[str, cov.Timeline] = {}
-    seen: list[ent.Fact] = []
-    size = max(1, len(shuffled) // batches)
-    for i in range(0, len(shuffled), size):
-        seen += shuffled[i:i + size]
-        seen.append(shuffled[i])  # a redelivered duplicate changes nothing: facts are a set
-        unique = list({f.event_id: f for f in seen}.values())
-        new = project(unique)
-        for key in new.keys() | stored.keys():
-            deltas.update(cov.difference(stored.get(key), new.get(key)))
-        stored = new
     from_scratch = cov.total(cov.contribution(t) for t in project(facts).values())
-    assert Counter({k: v for k, v in deltas.items() if v}) == from_scratch
+    assert moved_in_batches(facts, order, batches, project) == from_scratch
     # Day-exact: on every day something moved, the day before it and a few month ends, the sum
     # of deltas equals the recount on that very day (not the end of its month).
     moved = {d for _, _, d in from_scratch}

@@ -8,7 +8,7 @@ day), the projection equals a recount on every day something moved."""
 from __future__ import annotations
 
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter
 from datetime import date, timedelta
 
 from hypothesis import given, settings
@@ -16,10 +16,9 @@ from hypothesis import strategies as st
 
 from contracts import events as ev
 from services.targets.domain import coverage as cov
-from services.targets.domain import entities as ent
 from services.targets.domain.lineage import Change, Lineage
 from services.targets.domain.metrics import FACILITY_COUNTERS, TIER_PLURAL
-from tests.support.coverage_facts import COMMUNITIES, TOWNSHIPS, day, regions, to_facts
+from tests.support.coverage_facts import COMMUNITIES, TOWNSHIPS, day, moved_in_batches, project, regions, to_facts
 
 TIER = {12: "community", 9: "township", 6: "county", 4: "city"}
 KINDS = {k.value: ev.FACILITY_TIERS[k] for k in ev.FacilityKind}
@@ -41,19 +40,6 @@ def facilities(draw: st.DrawFn) -> tuple[list[ev.Payload], list[int]]:
         if draw(st.booleans()):
             facts.append(ev.FacilityClosed(facility_id=facility, closed_on=day(start + draw(st.integers(0, 400)))))
     return facts, draw(st.permutations(range(len(facts))))
-
-
-def project(facts: list[ent.Fact], lineage: Lineage) -> dict[str, cov.Timeline]:
-    by_key: dict[str, list[ent.Fact]] = defaultdict(list)
-    links: set[tuple[str, str]] = set()
-    for f in facts:
-        key = ent.entity_key(f.payload)
-        if key:
-            by_key[key].append(f)
-            links.update(ent.memberships(key, f.payload))
-    members = ent.facility_coverage_members({m for o, m in links if o.startswith("facility:")}, lineage)
-    keys = set(by_key) | {f"faccov:{m}" for m in members}
-    return ent.timelines_for(keys, by_key, sorted(links), KINDS_OF, lineage)
 
 
 def recount(facts: list[ev.Payload], on: date, lineage: Lineage) -> Counter[tuple[str, str]]:
@@ -85,17 +71,8 @@ def test_facilities_roll_up_to_a_recount_in_any_order_and_under_a_merge(
     payloads, order = stream
     lineage = Lineage([Change(MERGED, day(merged_on), "merged", SUCCESSOR)] if merged_on is not None else [])
     facts = to_facts(payloads)
-    shuffled = [facts[i] for i in order]
-    deltas: cov.Contribution = Counter()
-    stored: dict[str, cov.Timeline] = {}
-    size = max(1, len(shuffled) // batches)
-    for i in range(0, len(shuffled), size):
-        new = project(shuffled[:i + size], lineage)
-        for key in new.keys() | stored.keys():
-            deltas.update(cov.difference(stored.get(key), new.get(key)))
-        stored = new
-    from_scratch = cov.total(cov.contribution(t) for t in project(facts, lineage).values())
-    assert Counter({k: v for k, v in deltas.items() if v}) == from_scratch
+    from_scratch = cov.total(cov.contribution(t) for t in project(facts, KINDS_OF, lineage).values())
+    assert moved_in_batches(facts, order, batches, lambda fs: project(fs, KINDS_OF, lineage)) == from_scratch
     moved = {d for _, _, d in from_scratch} | ({day(merged_on)} if merged_on is not None else set())
     for d in sorted(moved | {d - timedelta(days=1) for d in moved}):
         got = Counter({k: v for k, v in cov.as_of(from_scratch, d).items() if k[1] in FACILITY_COUNTERS})

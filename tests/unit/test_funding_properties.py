@@ -4,7 +4,7 @@ province to community, on generated organizations and projects in any order and 
 from __future__ import annotations
 
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter
 from datetime import date, timedelta
 
 from hypothesis import given, settings
@@ -12,25 +12,10 @@ from hypothesis import strategies as st
 
 from contracts import events as ev
 from services.targets.domain import coverage as cov
-from services.targets.domain import entities as ent
 from services.targets.domain import funding
-from tests.support.coverage_facts import COMMUNITIES, TOWNSHIPS, day, org_facts, regions, to_facts
+from tests.support.coverage_facts import COMMUNITIES, day, moved_in_batches, org_facts, project, regions, to_facts
 
 FUNDING = set(funding.FUNDING_COUNTERS)
-
-
-def project(facts: list[ent.Fact]) -> dict[str, cov.Timeline]:
-    """Every entity's timeline, as the service's recompute and rebuild find them: a project's
-    supported organizations are entities of their own (`supported:<organization>`)."""
-    by_key: dict[str, list[ent.Fact]] = defaultdict(list)
-    links: set[tuple[str, str]] = set()
-    for f in facts:
-        key = ent.entity_key(f.payload)
-        if key:
-            by_key[key].append(f)
-            links.update(ent.memberships(key, f.payload))
-    keys = set(by_key) | {m for o, m in links if o.startswith("fund:")}
-    return ent.timelines_for(keys, by_key, sorted(links), COMMUNITIES | TOWNSHIPS)
 
 
 @st.composite
@@ -151,17 +136,8 @@ def test_funding_rolls_up_to_a_recount_at_every_tier(stream: tuple[list[ev.Paylo
     equals a recount from the facts at each of the five tiers, on every day something moved."""
     payloads, order = stream
     facts = to_facts(payloads)
-    shuffled = [facts[i] for i in order]
-    deltas: cov.Contribution = Counter()
-    stored: dict[str, cov.Timeline] = {}
-    size = max(1, len(shuffled) // batches)
-    for i in range(0, len(shuffled), size):
-        new = project(shuffled[:i + size])
-        for key in new.keys() | stored.keys():
-            deltas.update(cov.difference(stored.get(key), new.get(key)))
-        stored = new
     from_scratch = cov.total(cov.contribution(t) for t in project(facts).values())
-    assert Counter({k: v for k, v in deltas.items() if v}) == from_scratch
+    assert moved_in_batches(facts, order, batches, project) == from_scratch
     moved = {d for _, _, d in from_scratch}
     for d in sorted(moved | {d - timedelta(days=1) for d in moved} | {date(2030, 1, 1)}):
         assert only_funding(cov.as_of(from_scratch, d)) == recount(payloads, d), d
