@@ -8,10 +8,10 @@ the key come from the one description of the schema (a service's store.py), neve
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import String, Table, text
+from sqlalchemy import JSON, String, Table, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -25,14 +25,39 @@ def array_type(table: Table, column: str) -> str:
     return "text[]" if isinstance(kind, String) else f"{kind.compile(dialect=_DIALECT)}[]"
 
 
-def unnest(table: Table, columns: Sequence[str]) -> str:
-    """`unnest(CAST(:a AS uuid[]), CAST(:b AS text[]), …)`: rows from one array parameter per column."""
-    return "unnest(" + ", ".join(f"CAST(:{c} AS {array_type(table, c)})" for c in columns) + ")"
+def unnest(table: Table, columns: Sequence[str], as_text: Collection[str] = ()) -> str:
+    """`unnest(CAST(:a AS uuid[]), CAST(:b AS text[]), …)`: rows from one array parameter per column;
+    the columns `as_text` travel as text[] whatever their type (JSON text, cast by the statement)."""
+    return "unnest(" + ", ".join(f"CAST(:{c} AS {'text[]' if c in as_text else array_type(table, c)})"
+                                 for c in columns) + ")"
 
 
 def arrays(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> dict[str, list[Any]]:
     """Row dicts as the array parameters of `unnest`."""
     return {c: [row[c] for row in rows] for c in columns}
+
+
+async def insert(conn: AsyncConnection, table: Table, rows: Sequence[Mapping[str, Any]],
+                 columns: Sequence[str] | None = None, on_conflict: str = "", in_order: bool = False) -> int:
+    """Insert `rows` (each with every name of `columns`, default: the keys of the first row); the
+    number inserted. `on_conflict` is what follows ON CONFLICT (e.g. "(event_id, channel) DO
+    NOTHING"); without it a key there already is an error, as it was row by row. `in_order`: the
+    rows go in in the order given (WITH ORDINALITY … ORDER BY), for a serial key that must follow
+    them, or so that of two rows of one key under DO NOTHING the first stands. A JSON column's values
+    are JSON text: they travel as text[] and become the column's type row by row."""
+    if not rows:
+        return 0
+    columns = list(columns or rows[0])
+    json = {c for c in columns if isinstance(table.c[c].type, JSON)}
+    values = [f"CAST(u.{c} AS {table.c[c].type.compile(dialect=_DIALECT)})" if c in json else f"u.{c}"
+              for c in columns]
+    names = ", ".join(columns)
+    source = (f"{unnest(table, columns, json)} WITH ORDINALITY AS u({names}, ordinal) ORDER BY u.ordinal"
+              if in_order else f"{unnest(table, columns, json)} AS u({names})")
+    result = await conn.execute(text(
+        f"INSERT INTO {table.fullname} ({names}) SELECT {', '.join(values)} FROM {source}"
+        + (f" ON CONFLICT {on_conflict}" if on_conflict else "")), arrays(rows, columns))
+    return int(result.rowcount)
 
 
 async def upsert(conn: AsyncConnection, table: Table, rows: Sequence[Mapping[str, Any]],

@@ -408,16 +408,9 @@ _DIGEST_ITEM = ["subscription_id", "event_id", "kind", "region", "headline", "re
 async def enqueue(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> int:
     """Insert deliveries, one statement over arrays for all of a notice's subscribers; one that
     exists already (same event, subscription, channel) is skipped."""
-    if not rows:
-        return 0
-    # `data` travels as JSON text (text[]) and becomes jsonb row by row.
-    casts = [f"CAST(:{c} AS {bulk.array_type(delivery, c) if c != 'data' else 'text[]'})" for c in _DELIVERY]
-    result = await conn.execute(text(
-        f"INSERT INTO {delivery.fullname} ({', '.join(_DELIVERY)}) "
-        f"SELECT {', '.join(_DELIVERY[:-1])}, CAST(data AS jsonb) FROM unnest({', '.join(casts)}) "
-        f"AS u({', '.join(_DELIVERY)}) ON CONFLICT (event_id, subscription_id, channel) DO NOTHING"),
-        bulk.arrays(rows, _DELIVERY))
-    return int(result.rowcount)
+    # `data` travels as JSON text and becomes jsonb row by row (bulk.insert).
+    return await bulk.insert(conn, delivery, rows, _DELIVERY,
+                             on_conflict="(event_id, subscription_id, channel) DO NOTHING")
 
 
 def delivery_rows(sub: Subscriber, notice: Notice, message: Message, path: str) -> list[dict[str, Any]]:
@@ -430,11 +423,7 @@ def delivery_rows(sub: Subscriber, notice: Notice, message: Message, path: str) 
 
 async def add_digest_items(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
     """A notice's digest items, one statement over arrays; one there already is skipped."""
-    if rows:
-        await conn.execute(text(
-            f"INSERT INTO {digest_item.fullname} ({', '.join(_DIGEST_ITEM)}) "
-            f"SELECT * FROM {bulk.unnest(digest_item, _DIGEST_ITEM)} "
-            "ON CONFLICT (subscription_id, event_id) DO NOTHING"), bulk.arrays(rows, _DIGEST_ITEM))
+    await bulk.insert(conn, digest_item, rows, _DIGEST_ITEM, on_conflict="(subscription_id, event_id) DO NOTHING")
 
 
 async def start_digest(conn: AsyncConnection, sub_id: UUID, day: date, event_id: UUID) -> bool:

@@ -317,23 +317,14 @@ async def insert_intervals(conn: AsyncConnection, kind: str, created: Sequence[N
              "organization_id": n.interval.organization_id, "leader_person_id": n.leader,
              "kind": n.facility_kind if kind == "facility" else n.party_kind, "members": n.members}
             for n in created]
-    await _insert_rows(conn, table, columns, rows)
+    # Plain inserts: a key there already is an error, as it was row by row.
+    await bulk.insert(conn, table, rows, columns)
     if kind == "base":  # a base at a community covers no township
-        await _insert_rows(conn, base_township, ["base_id", "township_code"],
-                           [{"base_id": n.interval.id, "township_code": t} for n in created for t in n.townships])
+        await bulk.insert(conn, base_township, [{"base_id": n.interval.id, "township_code": t}
+                                                for n in created for t in n.townships])
     elif kind == "party":
-        await _insert_rows(conn, party_coverage, ["party_organization_id", "organization_id"],
-                           [{"party_organization_id": n.interval.id, "organization_id": o}
-                            for n in created for o in n.organization_ids])
-
-
-async def _insert_rows(conn: AsyncConnection, table: Table, columns: list[str], rows: list[dict[str, Any]]) -> None:
-    """A plain INSERT of `rows` in one statement over arrays (a key there already is an error, as
-    it was row by row)."""
-    if rows:
-        await conn.execute(text(
-            f"INSERT INTO {table.fullname} ({', '.join(columns)}) SELECT * FROM {bulk.unnest(table, columns)}"),
-            bulk.arrays(rows, columns))
+        await bulk.insert(conn, party_coverage, [{"party_organization_id": n.interval.id, "organization_id": o}
+                                                 for n in created for o in n.organization_ids])
 
 
 async def end_intervals(conn: AsyncConnection, kind: str, ended: Sequence[tuple[Interval, str]]) -> None:
@@ -352,14 +343,10 @@ async def end_intervals(conn: AsyncConnection, kind: str, ended: Sequence[tuple[
 async def insert_audit(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
     """Who changed which record, when, from which system, and what changed: kept with the record,
     in the order of the rows (their seq)."""
-    if rows:
-        columns = ["event_id", "record_kind", "record_id", "type", "actor", "source", "region", "changes"]
-        # `changes` travels as JSON text (text[]) and becomes jsonb row by row.
-        casts = [f"CAST(:{c} AS {bulk.array_type(audit, c) if c != 'changes' else 'text[]'})" for c in columns]
-        await conn.execute(text(
-            f"INSERT INTO {audit.fullname} ({', '.join(columns)}) SELECT e, k, i, t, a, s, r, CAST(c AS jsonb) "
-            f"FROM unnest({', '.join(casts)}) WITH ORDINALITY AS u(e, k, i, t, a, s, r, c, n) ORDER BY n"),
-            bulk.arrays(rows, columns))
+    # `changes` travels as JSON text and becomes jsonb row by row (bulk.insert).
+    await bulk.insert(conn, audit, rows,
+                      ["event_id", "record_kind", "record_id", "type", "actor", "source", "region", "changes"],
+                      in_order=True)
 
 
 async def upsert_divisions(conn: AsyncConnection, d: DivisionsImported) -> None:
@@ -572,11 +559,7 @@ _REFUSAL = ["event_id", "source", "type", "field", "reason", "code"]
 async def note_refusals(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
     """Refusals for good (event_id, source, type, field, reason, code), in one statement over
     arrays; the first refusal of an id stands (inserted in the order of the rows)."""
-    if rows:
-        await conn.execute(text(
-            f"INSERT INTO {intake_refusal.fullname} ({', '.join(_REFUSAL)}) SELECT {', '.join(_REFUSAL)} "
-            f"FROM {bulk.unnest(intake_refusal, _REFUSAL)} WITH ORDINALITY AS u({', '.join(_REFUSAL)}, n) "
-            "ORDER BY n ON CONFLICT DO NOTHING"), bulk.arrays(rows, _REFUSAL))
+    await bulk.insert(conn, intake_refusal, rows, _REFUSAL, on_conflict="DO NOTHING", in_order=True)
 
 
 _MINE = "(CAST(:source AS text) IS NULL OR source = :source)"

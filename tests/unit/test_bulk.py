@@ -20,6 +20,7 @@ def test_arrays_take_the_columns_types_and_strings_travel_as_text() -> None:
     assert [bulk.array_type(T, c) for c in ("id", "code", "name", "on", "n")] == \
         ["UUID[]", "text[]", "text[]", "DATE[]", "BIGINT[]"]
     assert bulk.unnest(T, ["id", "code"]) == "unnest(CAST(:id AS UUID[]), CAST(:code AS text[]))"
+    assert bulk.unnest(T, ["n", "on"], as_text={"n"}) == "unnest(CAST(:n AS text[]), CAST(:on AS DATE[]))"
     assert bulk.arrays([{"id": 1, "code": "a"}, {"id": 2, "code": "b"}], ["id", "code"]) == \
         {"id": [1, 2], "code": ["a", "b"]}
 
