@@ -50,6 +50,7 @@ from cso.tables import runtime_tables
 from .domain.catalogue import TargetInstance, TargetSpec, parse_catalogue
 from .domain.coverage import Contribution, Timeline
 from .domain.entities import Fact
+from .domain.metrics import DERIVED, history_counters, with_derived
 
 SCHEMA = "targets"
 COMMUNITY_LENGTH = TIER_LENGTH["community"]
@@ -280,13 +281,17 @@ async def add_coverage(conn: AsyncConnection, delta: Contribution) -> set[str]:
     items = [(k, v) for k, v in delta.items() if v]
     if not items:
         return set()
-    await conn.execute(text(
-        f"INSERT INTO {sql_name(coverage)} (region, counter, month, delta) "
-        "SELECT * FROM unnest(CAST(:r AS text[]), CAST(:c AS text[]), CAST(:m AS date[]), "
-        "CAST(:d AS bigint[])) ORDER BY 1, 2, 3 ON CONFLICT (region, counter, month) "
-        "DO UPDATE SET delta = coverage.delta + excluded.delta"),
-        {"r": [k[0] for k, _ in items], "c": [k[1] for k, _ in items], "m": [k[2] for k, _ in items],
-         "d": [v for _, v in items]})
+    # The history keeps no derived counter (metrics.DERIVED: its reads sum the parts); coverage_now
+    # keeps every counter.
+    kept = [(k, v) for k, v in items if k[1] not in DERIVED]
+    if kept:
+        await conn.execute(text(
+            f"INSERT INTO {sql_name(coverage)} (region, counter, month, delta) "
+            "SELECT * FROM unnest(CAST(:r AS text[]), CAST(:c AS text[]), CAST(:m AS date[]), "
+            "CAST(:d AS bigint[])) ORDER BY 1, 2, 3 ON CONFLICT (region, counter, month) "
+            "DO UPDATE SET delta = coverage.delta + excluded.delta"),
+            {"r": [k[0] for k, _ in kept], "c": [k[1] for k, _ in kept], "m": [k[2] for k, _ in kept],
+             "d": [v for _, v in kept]})
     now: dict[tuple[str, str], int] = defaultdict(int)
     for (region, counter, _), v in items:
         now[(region, counter)] += v
@@ -412,16 +417,27 @@ async def counters_on(conn: AsyncConnection, asked: Iterable[tuple[str, date]]
     for region, day, counter, value in rows:
         if value:
             out[(region, day)][counter] = int(value)
-    return out
+    return {pair: with_derived(values) for pair, values in out.items()}
 
 
 async def monthly(conn: AsyncConnection, region: str, counters: Sequence[str]) -> list[tuple[date, str, int]]:
-    """Each month's net move of `counters` in `region` (the day deltas of the month, summed)."""
+    """Each month's net move of `counters` in `region` (the day deltas of the month, summed), by
+    month and counter; a derived counter's as the sum of its parts' (metrics.DERIVED)."""
     rows = await conn.execute(text(
         f"SELECT CAST(date_trunc('month', month) AS date) AS m, counter, sum(delta) "
         f"FROM {sql_name(coverage)} WHERE region = :r AND counter = ANY(:c) GROUP BY 1, 2 ORDER BY 1, 2"),
-        {"r": region, "c": list(counters)})
-    return [(r[0], r[1], int(r[2])) for r in rows]
+        {"r": region, "c": history_counters(counters)})
+    moves: dict[date, dict[str, int]] = defaultdict(dict)
+    for month, counter, value in rows:
+        moves[month][counter] = int(value)
+    out = []
+    for month in sorted(moves):
+        kept = moves[month]
+        for counter in sorted(set(counters)):
+            parts = [kept[p] for p in DERIVED.get(counter, (counter,)) if p in kept]
+            if parts:
+                out.append((month, counter, sum(parts)))
+    return out
 
 
 # --- the catalogue -------------------------------------------------------------------------------
@@ -669,9 +685,12 @@ async def all_division_kinds(conn: AsyncConnection) -> dict[str, str]:
 
 
 async def coverage_deltas(conn: AsyncConnection) -> dict[tuple[str, str, date], int]:
-    """Every non-zero delta: (region, counter, day) -> delta."""
+    """Every non-zero delta of a counter the history keeps: (region, counter, day) -> delta. Rows of
+    a derived counter (metrics.DERIVED), which a targets of before kept, are never read: a rebuild
+    with --apply clears them."""
     c = coverage.c
-    rows = await conn.execute(select(c.region, c.counter, c.month, c.delta).where(c.delta != 0))
+    rows = await conn.execute(select(c.region, c.counter, c.month, c.delta)
+                              .where(c.delta != 0, c.counter.not_in(list(DERIVED))))
     return {(r, k, m): int(d) for r, k, m, d in rows}
 
 

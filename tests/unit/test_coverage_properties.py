@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from contracts import events as ev
 from services.targets.domain import coverage as cov
 from services.targets.domain import entities as ent
+from services.targets.domain.metrics import DERIVED, history_counters, with_derived
 from tests.support.coverage_facts import (
     COMMUNITIES,
     TOWNSHIPS,
@@ -228,3 +229,23 @@ def test_a_divisions_state_stored_before_communities_counted_still_counts() -> N
     assert cov.as_of(cov.contribution(legacy), date(2030, 1, 1)) == Counter(
         {(r, c): n for r in ("51", "5106", "510681", "510681001")
          for c, n in (("streets", 1), ("communities_urban", 2), ("communities_rural", 1))})
+
+
+@settings(max_examples=150, deadline=None)
+@given(streams())
+def test_the_history_without_derived_counters_reads_the_same(stream: tuple[list[ev.Payload], list[int]]) -> None:
+    """targets.coverage keeps no derived counter (metrics.DERIVED); a read sums its parts. On every
+    day something moved, and in every region, what the kept counters read with the derived ones
+    summed equals every counter the engine counts: no derived counter is ever more or less than its
+    parts (a tier, a class or a community kind left out of DERIVED would fail here)."""
+    payloads, _ = stream
+    full = cov.total(cov.contribution(t) for t in project(to_facts(payloads)).values())
+    kept = Counter({k: v for k, v in full.items() if k[1] not in DERIVED})
+    for d in sorted({d for _, _, d in full}):
+        read, counted = cov.as_of(kept, d), cov.as_of(full, d)
+        for region in {r for r, _ in counted} | {r for r, _ in read}:
+            assert with_derived({c: v for (r, c), v in read.items() if r == region}) == \
+                {c: v for (r, c), v in counted.items() if r == region}, (region, d)
+    # A read of a derived counter asks the history for its parts, and only them.
+    assert history_counters(["orgs", "brand_orgs"]) == sorted({*DERIVED["orgs"], "brand_orgs"})
+    assert not set(history_counters(DERIVED)) & set(DERIVED)

@@ -7,11 +7,18 @@ from counters at read time, never stored, so they cannot disagree with the count
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from contracts.events import FACILITY_TIERS, Category, CommunityKind, ManagementTier, OrganizationClass
+from contracts.events import (
+    CLASS_OF_CATEGORY,
+    FACILITY_TIERS,
+    Category,
+    CommunityKind,
+    ManagementTier,
+    OrganizationClass,
+)
 
 from .funding import FUNDING_COUNTERS
 
@@ -58,6 +65,35 @@ COUNTERS: tuple[str, ...] = (
     *FACILITY_COUNTERS,                       # facilities running, by tier, and divisions with one
 )
 COMMUNITY_KINDS = {CommunityKind.URBAN.value, CommunityKind.RURAL.value}
+
+# Counters the history (targets.coverage, a delta per region, counter and day) does not keep: each
+# is the sum of counters it keeps, for every organization state (domain/entities.py
+# `_organization_vector` counts an organization once under each). A filing moved 8 counters at 5
+# tiers on its day, 54% of PostgreSQL's time on a backfill (bench/README.md); these are 3 of the 8.
+# `coverage_now` keeps them all (dashboards read it as it is); a read of the history sums them.
+DERIVED: dict[str, tuple[str, ...]] = {
+    "orgs": tuple(f"orgs_{t.value}" for t in ManagementTier),
+    **{f"orgs_{k.value}": tuple(f"orgs_cat_{c.value}" for c in Category if CLASS_OF_CATEGORY[c] is k)
+       for k in OrganizationClass},
+    **{f"orgs_{k}": tuple(f"orgs_{k}_{t.value}" for t in ManagementTier) for k in ("urban", "rural")},
+}
+
+
+def history_counters(counters: Iterable[str]) -> list[str]:
+    """The counters the history keeps that `counters` are read from (each derived one by its parts)."""
+    return sorted({part for c in counters for part in DERIVED.get(c, (c,))})
+
+
+def with_derived(values: Mapping[str, int]) -> dict[str, int]:
+    """A region's counters as the history keeps them, with the derived ones summed from their parts
+    (a derived counter's own value, if any, is not trusted: it is summed again). Zeros are left out,
+    as the history leaves them out."""
+    out = {c: v for c, v in values.items() if c not in DERIVED}
+    for name, parts in DERIVED.items():
+        total = sum(out.get(p, 0) for p in parts)
+        if total:
+            out[name] = total
+    return out
 
 
 @dataclass(frozen=True)
