@@ -17,8 +17,10 @@ from services.targets.domain import coverage as cov
 from services.targets.domain import entities as ent
 from services.targets.domain.lineage import Lineage
 
+# One community of neither kind (a farm's living quarters, 生活区): its organizations count in
+# orgs_other_<tier>, not in orgs_urban or orgs_rural.
 COMMUNITIES = {"510681001014": "urban", "510681001011": "urban", "510681101201": "rural",
-               "511102001001": "urban"}
+               "511102001001": "urban", "510681101299": "other"}
 TOWNSHIPS = {"510681001": "street", "510681101": "town", "511102001": "street"}
 CATEGORIES = list(ev.Category)
 DAY0 = date(2021, 1, 1)

@@ -25,7 +25,8 @@ CROSS JOIN LATERAL (VALUES ('orgs'), ('orgs_' || o.tier), ('orgs_cat_' || o.cate
     (CASE WHEN o.category IN ('resident_services', 'mediation', 'rural_revitalization')
           THEN 'orgs_functional' ELSE 'orgs_interest' END),
     (CASE WHEN c.kind IN ('urban', 'rural') THEN 'orgs_' || c.kind END),
-    (CASE WHEN c.kind IN ('urban', 'rural') THEN 'orgs_' || c.kind || '_' || o.tier END),
+    (CASE WHEN c.kind IN ('urban', 'rural') THEN 'orgs_' || c.kind || '_' || o.tier
+          ELSE 'orgs_other_' || o.tier END),
     (CASE WHEN EXISTS (SELECT 1 FROM registry.party_coverage pc JOIN registry.party_organization p
                        ON p.id = pc.party_organization_id
                        WHERE pc.organization_id = o.id AND p.ended_on IS NULL)
@@ -153,7 +154,7 @@ REGISTRY_COUNTERS = {"orgs", "orgs_registered", "orgs_filed", "orgs_guided", "or
                      "brand_orgs", "brand_projects", "hub_demo_orgs", "orgs_rated", "orgs_rated_3a_plus",
                      "filings_functional",
                      "filings_interest", "registrations_functional", "registrations_interest",
-                     *(f"orgs_{k}_{t.value}" for k in ("urban", "rural") for t in ev.ManagementTier),
+                     *(f"orgs_{k}_{t.value}" for k in ("urban", "rural", "other") for t in ev.ManagementTier),
                      } | {f"orgs_cat_{c.value}" for c in ev.Category}
 # Facilities (FacilityOpened): each kind running, by the tier it opened at, and the divisions with one.
 _PLURAL = {"city": "cities", "county": "counties", "township": "townships", "community": "communities"}

@@ -59,6 +59,8 @@ def recount(facts: list[ev.Payload], on: date) -> Counter[tuple[str, str]]:
         if len(p.region_code) == 12:
             covered.add(p.region_code)
     for community in covered:
+        if COMMUNITIES[community] == "other":   # a community of neither kind is no plan's unit
+            continue
         for r in regions(community):
             out[(r, "communities_with_base")] += 1
             out[(r, f"communities_{COMMUNITIES[community]}_with_base")] += 1

@@ -122,9 +122,10 @@ def recount(payloads: list[ev.Payload], on: date) -> Counter[tuple[str, str]]:
         covered = any(oid in p.organization_ids and p.formed_on <= on
                       and (party_end.get(pid) is None or on < max(party_end[pid], p.formed_on))
                       for pid, p in parties.items())
+        kind = COMMUNITIES[community]
         names = ["orgs", f"orgs_{tier}", f"orgs_cat_{category.value}",
-                 f"orgs_{ev.CLASS_OF_CATEGORY[category].value}", f"orgs_{COMMUNITIES[community]}",
-                 f"orgs_{COMMUNITIES[community]}_{tier}"]
+                 f"orgs_{ev.CLASS_OF_CATEGORY[category].value}", f"orgs_{kind}_{tier}"]
+        names += [f"orgs_{kind}"] * (kind != "other")
         names += ["orgs_party_covered"] * covered + ["brand_orgs"] * brand
         for r in regions(community):
             for n in names:

@@ -435,6 +435,8 @@ def _organization_vector(state: State) -> Vector:
                 f"orgs_{ev.CLASS_OF_CATEGORY[ev.Category(category)].value}"]
     if community_kind in ("urban", "rural"):
         counters += [f"orgs_{community_kind}", f"orgs_{community_kind}_{tier}"]
+    else:   # so that orgs_<tier> is the sum of three kinds' (metrics.DERIVED)
+        counters.append(f"orgs_other_{tier}")
     if party:
         counters.append("orgs_party_covered")
     if brand:

@@ -45,6 +45,8 @@ COUNTERS: tuple[str, ...] = (
     *(f"orgs_{k.value}" for k in OrganizationClass),  # functional / interest & volunteer
     "orgs_urban", "orgs_rural",               # organizations in urban / rural communities
     *(f"orgs_{k}_{t.value}" for k in ("urban", "rural") for t in ManagementTier),  # … by tier
+    # … and those in no urban or rural community (another unit, or one the divisions do not know)
+    *(f"orgs_other_{t.value}" for t in ManagementTier),
     "communities_urban", "communities_rural",
     "streets", "towns",                       # towns = 镇 + 乡 (plans' 乡镇)
     "streets_with_hub", "towns_with_hub",
@@ -68,15 +70,21 @@ COMMUNITY_KINDS = {CommunityKind.URBAN.value, CommunityKind.RURAL.value}
 
 # Counters the history (targets.coverage, a delta per region, counter and day) does not keep: each
 # is the sum of counters it keeps, for every organization state (domain/entities.py
-# `_organization_vector` counts an organization once under each). A filing moved 8 counters at 5
-# tiers on its day, 54% of PostgreSQL's time on a backfill (bench/README.md); these are 3 of the 8.
-# `coverage_now` keeps them all (dashboards read it as it is); a read of the history sums them.
+# `_organization_vector` counts an organization once under each), and every part named is kept
+# (none is derived itself). A filing moved 8 counters at 5 tiers on its day, 54% of PostgreSQL's
+# time on a backfill (bench/README.md); these are 4 of the 8: an organization's tier is read from
+# its community kind's (urban, rural or other) by tier. `coverage_now` keeps them all (dashboards
+# read it as it is); a read of the history sums them.
+_BY_KIND_AND_TIER = {t.value: tuple(f"orgs_{k}_{t.value}" for k in ("urban", "rural", "other"))
+                     for t in ManagementTier}
 DERIVED: dict[str, tuple[str, ...]] = {
-    "orgs": tuple(f"orgs_{t.value}" for t in ManagementTier),
+    "orgs": tuple(p for parts in _BY_KIND_AND_TIER.values() for p in parts),
+    **{f"orgs_{t}": parts for t, parts in _BY_KIND_AND_TIER.items()},
     **{f"orgs_{k.value}": tuple(f"orgs_cat_{c.value}" for c in Category if CLASS_OF_CATEGORY[c] is k)
        for k in OrganizationClass},
     **{f"orgs_{k}": tuple(f"orgs_{k}_{t.value}" for t in ManagementTier) for k in ("urban", "rural")},
 }
+assert not {p for parts in DERIVED.values() for p in parts} & DERIVED.keys(), "a part is derived itself"
 
 
 def history_counters(counters: Iterable[str]) -> list[str]:
