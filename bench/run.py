@@ -843,7 +843,7 @@ def benchmark(opts: Options) -> dict[str, Any]:
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "options": {"seed": opts.seed, "divisions": str(opts.divisions), "rates": list(opts.rates),
                         "fresh_seconds": opts.fresh_seconds, "gap": opts.gap, "window": opts.window,
-                        "batch_size": os.environ.get("CSO_BATCH_SIZE", "500 (default)"),
+                        "batch_size": os.environ.get("CSO_BATCH_SIZE", "1000 (default)"),
                         "postgres_settings": dict(opts.postgres_settings) or "PostgreSQL's defaults"},
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                         "platform": platform.platform(), "load_average_at_start": load_start},
