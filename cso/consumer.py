@@ -27,6 +27,7 @@ import dataclasses
 import io
 import json
 import logging
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -249,7 +250,7 @@ def check_intake_subject(topology: Topology, subject: str, envelope: Envelope[An
 class Consumer:
     def __init__(self, *, nc: Client, engine: AsyncEngine, topology: Topology, schema: str,
                  service: str, subscription: Subscription, handler: Handler,
-                 batch: int = 500, max_deliver: int = 5, ack_wait: float = 30.0,
+                 batch: int = 1000, max_deliver: int = 5, ack_wait: float = 30.0,
                  verdicts: Verdicts | None = None) -> None:
         self.nc, self.js = nc, nc.jetstream()
         self.verdicts = verdicts
@@ -275,7 +276,11 @@ class Consumer:
             name=self.sub.durable, durable_name=self.sub.durable, ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL, ack_wait=self.ack_wait,
             # The consumer dead-letters by itself; JetStream must keep redelivering until then.
-            max_deliver=-1, max_ack_pending=self.batch * 4)
+            # Two batches in hand at once (two replicas of a shared durable, or one applying while
+            # the next is pulled; partitions have a durable each). It also bounds how far a killed
+            # replica's batch, back after ack_wait, can be overtaken by later messages: 2,000 at the
+            # default batch, below the fault workload's gap (tests/faults/harness.py Workload.build).
+            max_deliver=-1, max_ack_pending=self.batch * 2)
         filters = self.sub.filters()
         if self.sub.types is None and self.sub.partition is None:
             config.filter_subject = filters[0]   # nats-py names it in the create subject (natsauth)
@@ -299,12 +304,13 @@ class Consumer:
             await self._create(config, start)
         else:
             have = info.config.filter_subjects or [info.config.filter_subject or ""]
-            if sorted(have) != sorted(filters):
+            if sorted(have) != sorted(filters) or info.config.max_ack_pending != config.max_ack_pending:
                 # Made by an earlier version with other filters: other event types (the handler's
                 # `handles` changed), or a partition's subjects derived otherwise (partition_filters;
-                # its name fixes which provinces it takes, not how their subjects are written). An
-                # update keeps its position.
-                log.info("%s: %s filters %s, not %s: updating it", self.service, self.sub.durable, have, filters)
+                # its name fixes which provinces it takes, not how their subjects are written); or
+                # with another batch size (CSO_BATCH_SIZE). An update keeps its position.
+                log.info("%s: %s filters %s, max_ack_pending %s, not %s, %s: updating it", self.service,
+                         self.sub.durable, have, info.config.max_ack_pending, filters, config.max_ack_pending)
                 await self.js.add_consumer(self.stream, config)
         if self.sub.partitionable:
             await self._retire_other_layouts()
@@ -564,8 +570,7 @@ class Consumer:
                     continue  # the database is back: the whole batch again
                 if len(valid) > 1:
                     # Isolate the message that breaks the batch; the others still apply.
-                    for one in valid:
-                        await self._apply_alone(one)
+                    await self._isolate(valid)
                     return
                 await self._failed(valid[0][0], f"{type(e).__name__}: {e}")
                 return
@@ -588,6 +593,19 @@ class Consumer:
                     continue
                 log.exception("%s: recording the verdicts of %d broken messages failed", self.service, len(broken))
                 return
+
+    async def _isolate(self, valid: list[tuple[Msg, Envelope[Any]]]) -> None:
+        """Each message of a broken batch applied alone, a transaction each. A batch of a thousand
+        takes longer than ack_wait that way: the ones still waiting are marked in progress (the
+        ack wait starts again) before and then every third of it, so that JetStream does not hand
+        them to another replica meanwhile, nor spend their deliveries towards max_deliver."""
+        loop = asyncio.get_running_loop()
+        marked = -math.inf
+        for i, one in enumerate(valid):
+            if loop.time() - marked >= self.ack_wait / 3:
+                marked = loop.time()
+                await asyncio.gather(*(msg.in_progress() for msg, _ in valid[i:]), return_exceptions=True)
+            await self._apply_alone(one)
 
     async def _apply_alone(self, one: tuple[Msg, Envelope[Any]]) -> None:
         while True:

@@ -3,8 +3,8 @@
 An event is written once: its row is inserted in the transaction that makes it and never updated.
 What has been published is a position, not a flag on each row: `outbox_relay` holds, per outbox
 table, the `seq` of the last row its relay published, and every row at or below it is published.
-A batch of 500 costs the relay one statement (the new position, and per stream the last sequence
-JetStream gave the batch, `outbox_stream`), not an UPDATE of 500 rows.
+A batch of rows costs the relay one statement (the new position, and per stream the last sequence
+JetStream gave the batch, `outbox_stream`), not an UPDATE of each row.
 
 Rows are published in `seq` order, which keeps cause before effect: a transaction that read what
 another committed draws its seqs after all of the other's. But `seq` is drawn at insert and a
@@ -74,10 +74,10 @@ BACKLOG_CAP = 1001
 BACKLOG = Gauge("cso_outbox_backlog",
                 f"Outbox events not yet published, counted up to {BACKLOG_CAP} "
                 f"({BACKLOG_CAP}: more than {BACKLOG_CAP - 1})", ["service"])
-# While the relay is busy the backlog is counted at most this often: after every drained round it
-# cost 1,054 counts of 6.6 ms of PostgreSQL each on a Sichuan backfill (registry, bench --statements),
-# for a gauge Prometheus scrapes every 15 s. A round that publishes nothing (idle, or held at a
-# hole: when the count matters) always counts, so the gauge reads 0 a poll after the relay drained.
+# The backlog is counted at most this often (Relay.run): after every drained round it cost 1,054
+# counts of 6.6 ms of PostgreSQL each on a Sichuan backfill (registry, bench --statements), for a
+# gauge Prometheus scrapes every 15 s. The round that finds nothing left after publishing counts
+# too, so the gauge reads 0 a poll after the relay drained.
 BACKLOG_SECONDS = 1.0
 # How long a batch's publishes may wait for JetStream's acknowledgements (as js.publish's timeout did).
 PUBLISH_ACK_SECONDS = 10.0
@@ -455,19 +455,28 @@ class Relay:
     async def run(self) -> None:
         last_purge = last_count = 0.0
         ensured = False
+        drained = True      # the last round found nothing to publish
         loop = asyncio.get_running_loop()
+
+        async def count(now: bool = False) -> None:
+            # Once a BACKLOG_SECONDS while the relay publishes, waits at a hole, is not the one
+            # whose turn it is (another replica's relay publishes), or fails (the bus away: the
+            # alerts must see the rows pile up); and as soon as it has drained.
+            nonlocal last_count
+            if now or loop.time() - last_count >= BACKLOG_SECONDS:
+                last_count = loop.time()
+                await self.backlog()
+
         while True:
             try:
                 if not ensured:
                     await self._ensure_position()
                     ensured = True
-                published = 0
                 while (n := await self.publish_pending()) == self.batch:
-                    published += n
-                published += n
-                if not published or loop.time() - last_count >= BACKLOG_SECONDS:
-                    last_count = loop.time()
-                    await self.backlog()
+                    drained = False
+                    await count()
+                await count(now=not n and not drained)
+                drained = not n
                 if loop.time() - last_purge > 3600:
                     last_purge = loop.time()
                     await self.purge()
@@ -480,11 +489,15 @@ class Relay:
                     log.warning("outbox relay of %s: no stream takes its events yet (%s); holding them",
                                 self.service, MIGRATE_HINT)
                 self._waiting = True
+                with contextlib.suppress(Exception):
+                    await count()
                 await asyncio.sleep(1)
                 continue
             except Exception:
                 # The bus or the database is away; the rows wait in the outbox.
                 log.exception("outbox relay of %s failed; retrying", self.service)
+                with contextlib.suppress(Exception):   # the database may be the one away
+                    await count()
                 await asyncio.sleep(1)
             self._waiting = False
             with contextlib.suppress(TimeoutError):

@@ -32,10 +32,10 @@ class Settings:
     # A message is retried this many times before it is dead-lettered.
     max_deliver: int = field(default_factory=lambda: int(env("CSO_MAX_DELIVER", "5")))
     # Messages per pull, and per transaction when that many wait (a backfill, a backlog): a quiet
-    # stream gives what it has. 1,000 rather than 500: on a Sichuan backfill the per-batch work
-    # (statements, round trips, a coverage row per day merged over more events) cost 11% less CPU
-    # per event at 2,000 than at 500 (bench/README.md, issue 23); a transaction of 1,000 holds its
-    # locks about 0.4 s, a clerk's command waits no longer than that.
+    # stream gives what it has. 1,000 rather than 500: the work of a batch (its statements and
+    # round trips) spread over more events, 0.97 → 0.91 ms of CPU per event on a Sichuan backfill,
+    # the same hour (bench/README.md, issue 23); registry applied such a batch in about 0.35 s
+    # there. A consumer holds two batches unacknowledged at most (cso/consumer.py).
     batch_size: int = field(default_factory=lambda: int(env("CSO_BATCH_SIZE", "1000")))
     # Replicas of a service that split its hot consumers by province (cso/partitions.py): how many
     # partitions, and which one this replica takes (0…N−1). Unset: one durable shared by all.

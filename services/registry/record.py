@@ -6,8 +6,8 @@ they are checked by the same rules and produce the same events: a command is a b
 accepted event keeps the incoming `event_id`: the outside system sees its own id come back on
 `cso.registry.…` as the receipt.
 
-Why a batch and not a fact at a time: a pulled batch of 500 facts costs a handful of queries to
-load and a handful to save, where a fact at a time cost a savepoint and four or five round trips
+Why a batch and not a fact at a time: a pulled batch of facts (up to CSO_BATCH_SIZE) costs a
+handful of queries to load and a handful to save, where a fact at a time cost a savepoint and four or five round trips
 each (about 9 ms per fact). The facts are still decided one after another against the batch's
 ledger, which each accepted fact updates, so a registration sees the filing just before it and a
 fact that breaks a rule leaves nothing behind: it is rejected before the ledger changes

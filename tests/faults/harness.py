@@ -603,7 +603,7 @@ class Workload:
     def build(cls, events: int = EVENTS, seed: int = SEED, gap: int = 5000) -> Workload:
         # The gap keeps follow-ups further behind what they follow than a kill can reorder: the
         # messages a killed consumer held come back after the ack wait, while the next ones, up to
-        # max_ack_pending (4 batches, 2,000), are delivered meanwhile. Within that window a
+        # max_ack_pending (2 batches, 2,000 at the default batch), are delivered meanwhile. Within that window a
         # registration overtaking its filing is taken for a new registration, and the late filing
         # is refused (see test_redelivery.py). Below 5,000 events the follow-ups wait behind the
         # generator's barriers instead.

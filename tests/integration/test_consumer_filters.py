@@ -63,6 +63,14 @@ async def test_only_the_handled_types_are_delivered(settings: Settings, nc: NATS
             await asyncio.wait_for(c.idle.wait(), 10)
         info = await js.consumer_info(stream, wanted)
         assert info.config.filter_subjects == [f"{topology.context_subjects('targets')[:-1]}target_status_changed.>"]
+        # So is one made with another batch size (CSO_BATCH_SIZE changed): two batches in hand.
+        assert info.config.max_ack_pending == 2 * consumers[0].batch
+        await consumers[0].stop()
+        consumers[0] = consumer(wanted, frozenset({"TargetStatusChanged"}))
+        consumers[0].batch = 30
+        consumers[0].start()
+        await asyncio.wait_for(consumers[0].idle.wait(), 10)
+        assert (await js.consumer_info(stream, wanted)).config.max_ack_pending == 60
         event = status_changed()
         await publish_status(nc, settings, event)
         await eventually(lambda: asyncio.sleep(0, seen[wanted].events == [event.event_id]), timeout=10)

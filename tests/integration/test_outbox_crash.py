@@ -303,8 +303,8 @@ async def test_backlog_counts_rows_up_to_its_cap(settings: Settings) -> None:
 async def test_a_busy_relay_counts_its_backlog_once_a_second(settings: Settings,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """The backlog is counted at most every BACKLOG_SECONDS while the relay publishes (a count after
-    every drained round cost registry 6.6 ms of PostgreSQL a time on a backfill), and always on a
-    round that publishes nothing: the gauge reads 0 a poll after the relay has drained."""
+    every drained round cost registry 6.6 ms of PostgreSQL a time on a backfill), while the bus is
+    away (the alerts must see the rows pile up), and at once when the relay has drained."""
     from cso import outbox
     from cso.database import make_engine
     from cso.outbox import BACKLOG, BACKLOG_SECONDS, Relay
@@ -322,31 +322,45 @@ async def test_a_busy_relay_counts_its_backlog_once_a_second(settings: Settings,
         counts += 1
         return await count()
 
+    async def drained(n: int) -> bool:
+        return bool(BACKLOG.labels("registry")._value.get() == 0 and len(js.sent) == n)
+
+    async def commit(rows: int = 1) -> None:
+        await db.execute("INSERT INTO registry.outbox (event_id, subject, type, data) "
+                         "SELECT gen_random_uuid(), 's', 'T', '' FROM generate_series(1, $1)", rows)
+        relay.wake.set()
+
+    class Away:
+        async def publish_async(self, *args: object, **kwargs: object) -> None:
+            raise OSError("the bus is away")
+
     relay.backlog = counted  # type: ignore[method-assign]
     try:
-        await db.execute("INSERT INTO registry.outbox (event_id, subject, type, data) "
-                         "SELECT gen_random_uuid(), 's', 'T', '' FROM generate_series(1, 5)")
+        await commit(5)
         relay.start()
-        async def drained(n: int) -> bool:
-            return bool(BACKLOG.labels("registry")._value.get() == 0 and len(js.sent) == n)
-
         await eventually(lambda: drained(5), timeout=10)
         counts = 0
         loop = asyncio.get_running_loop()
         began = loop.time()
         while loop.time() - began < 2 * BACKLOG_SECONDS:   # a commit every 10 ms, each waking the relay
-            await db.execute("INSERT INTO registry.outbox (event_id, subject, type, data) "
-                             "VALUES (gen_random_uuid(), 's', 'T', '')")
-            relay.wake.set()
+            await commit()
             await asyncio.sleep(0.01)
         busy, sent = counts, len(js.sent)
         assert sent > 5 + 50, "the relay published in many rounds"
-        assert 1 <= busy <= 4, f"{busy} backlog counts in {sent - 5} events over 2 s"
-        # However long since the last count, a round that publishes nothing counts.
+        # A count a second, and one when a stall (a slow round) let the relay drain for a moment:
+        # not one a round.
+        assert 1 <= busy <= 12, f"{busy} backlog counts in {sent - 5} events over 2 s"
+        await eventually(lambda: drained(sent), timeout=2)
+        # The bus away: every publish fails, and the gauge shows the rows waiting.
+        relay.js = Away()  # type: ignore[assignment]
+        await commit(3)
+        await eventually(lambda: asyncio.sleep(0, BACKLOG.labels("registry")._value.get() == 3), timeout=5)
+        # Back, and drained: the gauge says 0 at once, however long since the last count.
+        relay.js = js  # type: ignore[assignment]
         monkeypatch.setattr(outbox, "BACKLOG_SECONDS", 3600.0)
         BACKLOG.labels("registry").set(7)
-        total = await db.fetchval("SELECT count(*) FROM registry.outbox")
-        await eventually(lambda: drained(total), timeout=2)
+        await commit()
+        await eventually(lambda: drained(sent + 4), timeout=2)
     finally:
         await relay.stop()
         await db.close()
