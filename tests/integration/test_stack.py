@@ -152,14 +152,12 @@ def test_stack_up_file_coverage_restart_and_cli(tmp_path: Path, monkeypatch: pyt
         result = runner.invoke(app, ["coverage", "999999", "--url", targets], env=env)
         assert result.exit_code == 2 and "unknown region 999999" in result.output
         # cso behind: 市中区's townships and communities under the city's per-community targets
-        # (an empty community is 12 organizations short); 广汉 has no per-unit target.
+        # (an empty community is 12 organizations short).
         result = runner.invoke(app, ["behind", "511102", "--limit", "3", "--url", targets], env=env)
         assert result.exit_code == 0, result.output
         assert "leshan-avg-urban " in result.output
         assert re.search(r"communities (\d+) of \1 behind \(first 3\)", result.output), result.output
         assert "orgs short" in result.output and " 12 " in result.output
-        result = runner.invoke(app, ["behind", "510681", "--url", targets], env=env)
-        assert result.exit_code == 0 and "no per-community or per-township target applies" in result.output
         result = runner.invoke(app, ["behind", "511102", "--limit", "0", "--url", targets], env=env)
         assert result.exit_code == 2 and "limit:" in result.output
 
@@ -169,6 +167,13 @@ def test_stack_up_file_coverage_restart_and_cli(tmp_path: Path, monkeypatch: pyt
             return r.exit_code == 0 and "1.4" in r.output and "市民政局" in r.output
 
         eventually(ledger, timeout=45)  # plans load once divisions and the catalogue are in
+        # 广汉's catalogue targets are county-wide; its plan's 1.6 (a social-work station in every
+        # town and street) is per township: behind once the plan is in, not before (a race the
+        # test lost in CI when it asked before the plan had loaded).
+        result = runner.invoke(app, ["behind", "510681", "--url", targets], env=env)
+        assert result.exit_code == 0, result.output
+        assert "guanghan-2024-chuangtese-1.6-townships_with_social_work_station_share" in result.output
+        assert "南丰镇" in result.output and "no per-community or per-township target applies" not in result.output
         result = runner.invoke(app, ["plan", "no-such-plan", "--url", targets], env=env)
         assert result.exit_code == 2
 
