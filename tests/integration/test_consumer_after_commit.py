@@ -6,7 +6,6 @@ holds no ack back."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
@@ -17,13 +16,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contracts import Envelope
-from cso import bus
-from cso.consumer import Consumer, Rejected, Subscription
-from cso.database import make_engine
+from cso.consumer import Rejected
 from cso.settings import Settings
-from services.notify.app import run_migrations
 from tests.support import eventually
 from tests.support.events import publish_status, status_changed
+from tests.support.status_consumers import durable, status_consumers
 
 pytestmark = pytest.mark.integration
 
@@ -48,35 +45,29 @@ class Failing:
 
 
 async def test_a_failing_after_commit_only_logs(settings: Settings, nc: NATS, caplog: pytest.LogCaptureFixture) -> None:
-    await asyncio.to_thread(run_migrations, settings)
-    topology = settings.topology
-    await bus.ensure_streams(nc, topology)
-    stream = topology.stream("CSO_TARGETS")
-    engine = make_engine(settings.database_url, pool_size=2)
-    durable = f"after-{uuid.uuid4().hex[:6]}"
     handler = Failing()
-    consumer = Consumer(nc=nc, engine=engine, topology=topology, schema="notify", service="notify",
-                        subscription=Subscription("CSO_TARGETS", topology.context_subjects("targets"), durable,
-                                                  frozenset({"TargetStatusChanged"})), handler=handler)
-    try:
-        consumer.start()
-        first, second = status_changed(), status_changed()
-        await publish_status(nc, settings, first)
-        await eventually(lambda: asyncio.sleep(0, handler.committed_before_after_commit == [True]), timeout=10)
-        await publish_status(nc, settings, second)
-        await eventually(lambda: asyncio.sleep(0, len(handler.committed_before_after_commit) == 2), timeout=10)
+    async with status_consumers(settings, nc) as consumers:
+        stream, name = consumers.stream, durable("after")
+        consumer = consumers.consumer(name, handler)
+        try:
+            consumer.start()
+            first, second = status_changed(), status_changed()
+            await publish_status(nc, settings, first)
+            await eventually(lambda: asyncio.sleep(0, handler.committed_before_after_commit == [True]), timeout=10)
+            await publish_status(nc, settings, second)
+            await eventually(lambda: asyncio.sleep(0, len(handler.committed_before_after_commit) == 2), timeout=10)
 
-        async def all_acked() -> bool:
-            info = await nc.jetstream().consumer_info(stream, durable)
-            return bool(info.num_ack_pending == 0 and info.num_redelivered == 0 and info.delivered.consumer_seq == 2)
+            async def all_acked() -> bool:
+                info = await nc.jetstream().consumer_info(stream, name)
+                return bool(info.num_ack_pending == 0 and info.num_redelivered == 0
+                            and info.delivered.consumer_seq == 2)
 
-        await eventually(all_acked, timeout=10)
-        assert handler.applied == [first.event_id, second.event_id]
-        assert handler.committed_before_after_commit == [True, True]
-        assert "the work after committing a batch" in caplog.text
-        await consumer.stop()
-    finally:
-        await engine.dispose()
+            await eventually(all_acked, timeout=10)
+            assert handler.applied == [first.event_id, second.event_id]
+            assert handler.committed_before_after_commit == [True, True]
+            assert "the work after committing a batch" in caplog.text
+        finally:
+            await consumer.stop()
 
 
 class Holding:
@@ -106,43 +97,36 @@ async def test_the_acks_do_not_wait_for_after_commit(settings: Settings, nc: NAT
     the committed transaction acknowledged: its further transaction never keeps them pending
     towards ack_wait and a redelivery (review: after_commit ran before the acks). A batch, and an
     event applied alone once its batch broke."""
-    await asyncio.to_thread(run_migrations, settings)
-    topology = settings.topology
-    await bus.ensure_streams(nc, topology)
     js = nc.jetstream()
-    stream = topology.stream("CSO_TARGETS")
-    engine = make_engine(settings.database_url, pool_size=2)
-    durable = f"held-{uuid.uuid4().hex[:6]}"
     handler = Holding(alone)
-    consumer = Consumer(nc=nc, engine=engine, topology=topology, schema="notify", service="notify",
-                        subscription=Subscription("CSO_TARGETS", topology.context_subjects("targets"), durable,
-                                                  frozenset({"TargetStatusChanged"})), handler=handler)
     events = [status_changed() for _ in range(3)]
-    for event in events:
-        await publish_status(nc, settings, event)
-    try:
-        consumer.start()
-        await asyncio.wait_for(handler.started.wait(), 10)
-        # Committed: the batch, or its first event by itself (the others wait behind it).
-        committed = events[:1] if alone else events
-        assert handler.applied == [e.event_id for e in committed]
+    async with status_consumers(settings, nc) as consumers:
+        stream, name = consumers.stream, durable("held")
+        consumer = consumers.consumer(name, handler)
+        for event in events:
+            await publish_status(nc, settings, event)
+        try:
+            consumer.start()
+            await asyncio.wait_for(handler.started.wait(), 10)
+            # Committed: the batch, or its first event by itself (the others wait behind it).
+            committed = events[:1] if alone else events
+            assert handler.applied == [e.event_id for e in committed]
 
-        seen: list[Any] = []
+            seen: list[Any] = []
 
-        async def acked() -> bool:
-            info = await js.consumer_info(stream, durable)
-            seen[:] = [info]
-            return bool(info.delivered.consumer_seq == len(events)
-                        and info.num_ack_pending == len(events) - len(committed)
-                        and info.ack_floor.stream_seq == info.delivered.stream_seq - len(events) + len(committed))
+            async def acked() -> bool:
+                info = await js.consumer_info(stream, name)
+                seen[:] = [info]
+                return bool(info.delivered.consumer_seq == len(events)
+                            and info.num_ack_pending == len(events) - len(committed)
+                            and info.ack_floor.stream_seq == info.delivered.stream_seq - len(events) + len(committed))
 
-        # after_commit is still waiting for the release: the acks came before it.
-        await eventually(acked, timeout=5, describe=lambda: seen)
-        handler.release.set()
-        await asyncio.sleep(0.5)
-        assert handler.applied == [e.event_id for e in events]
-        assert (await js.consumer_info(stream, durable)).num_redelivered == 0
-    finally:
-        handler.release.set()
-        await consumer.stop()
-        await engine.dispose()
+            # after_commit is still waiting for the release: the acks came before it.
+            await eventually(acked, timeout=5, describe=lambda: seen)
+            handler.release.set()
+            await asyncio.sleep(0.5)
+            assert handler.applied == [e.event_id for e in events]
+            assert (await js.consumer_info(stream, name)).num_redelivered == 0
+        finally:
+            handler.release.set()
+            await consumer.stop()

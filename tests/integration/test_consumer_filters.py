@@ -4,7 +4,6 @@ and a durable made before with the whole context's filter is updated in place.""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
@@ -14,13 +13,11 @@ from nats.aio.client import Client as NATS
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import Envelope
-from cso import bus
-from cso.consumer import Consumer, Rejected, Subscription
-from cso.database import make_engine
+from cso.consumer import Consumer, Rejected
 from cso.settings import Settings
-from services.notify.app import run_migrations
 from tests.support import eventually
 from tests.support.events import publish_status, status_changed
+from tests.support.status_consumers import durable, status_consumers
 
 pytestmark = pytest.mark.integration
 
@@ -35,21 +32,15 @@ class Seen:
 
 
 async def test_only_the_handled_types_are_delivered(settings: Settings, nc: NATS) -> None:
-    await asyncio.to_thread(run_migrations, settings)
-    topology = settings.topology
-    await bus.ensure_streams(nc, topology)
-    stream = topology.stream("CSO_TARGETS")
-    engine = make_engine(settings.database_url, pool_size=2)
     js = nc.jetstream()
-    wanted, other = f"wants-{uuid.uuid4().hex[:6]}", f"other-{uuid.uuid4().hex[:6]}"
+    wanted, other = durable("wants"), durable("other")
     seen = {wanted: Seen(), other: Seen()}
+    async with status_consumers(settings, nc) as bus:
+        stream, topology = bus.stream, settings.topology
 
-    def consumer(durable: str, types: frozenset[str] | None) -> Consumer:
-        return Consumer(nc=nc, engine=engine, topology=topology, schema="notify", service="notify",
-                        subscription=Subscription("CSO_TARGETS", topology.context_subjects("targets"),
-                                                  durable, types), handler=seen[durable])
+        def consumer(name: str, types: frozenset[str] | None) -> Consumer:
+            return bus.consumer(name, seen[name], types)
 
-    try:
         # `wanted` first exists with the whole context's filter, as an earlier version made it.
         first = consumer(wanted, None)
         first.start()
@@ -80,5 +71,3 @@ async def test_only_the_handled_types_are_delivered(settings: Settings, nc: NATS
         assert seen[other].events == []
         for c in consumers:
             await c.stop()
-    finally:
-        await engine.dispose()

@@ -5,7 +5,6 @@ progress, so JetStream neither redelivers them meanwhile nor spends their delive
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
@@ -15,13 +14,11 @@ from nats.aio.client import Client as NATS
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import Envelope
-from cso import bus
-from cso.consumer import Consumer, Rejected, Subscription
-from cso.database import make_engine
+from cso.consumer import Rejected
 from cso.settings import Settings
-from services.notify.app import run_migrations
 from tests.support import eventually
 from tests.support.events import publish_status, status_changed
+from tests.support.status_consumers import durable, status_consumers
 
 pytestmark = pytest.mark.integration
 
@@ -43,33 +40,24 @@ class BreaksBatches:
 
 async def test_a_broken_batch_applied_alone_outlasts_ack_wait_without_redelivery(
         settings: Settings, nc: NATS) -> None:
-    await asyncio.to_thread(run_migrations, settings)
-    topology = settings.topology
-    await bus.ensure_streams(nc, topology)
-    js = nc.jetstream()
-    stream = topology.stream("CSO_TARGETS")
-    engine = make_engine(settings.database_url, pool_size=2)
-    durable = f"alone-{uuid.uuid4().hex[:6]}"
     handler = BreaksBatches(0.12)
-    # 40 events alone at 0.12 s each: 4.8 s, more than twice the ack wait.
-    consumer = Consumer(nc=nc, engine=engine, topology=topology, schema="notify", service="notify",
-                        subscription=Subscription("CSO_TARGETS", topology.context_subjects("targets"), durable,
-                                                  frozenset({"TargetStatusChanged"})),
-                        handler=handler, ack_wait=2.0)
     events = [status_changed() for _ in range(40)]
-    for event in events:
-        await publish_status(nc, settings, event)
-    try:
-        consumer.start()
-        loop = asyncio.get_running_loop()
-        began = loop.time()
-        await eventually(lambda: asyncio.sleep(0, len(handler.applied) >= len(events)), timeout=20)
-        assert handler.applied == [e.event_id for e in events], "each applied once, in order"
-        assert loop.time() - began > 2 * consumer.ack_wait
-        await asyncio.sleep(consumer.ack_wait + 0.5)   # a redelivery would have come by now
-        info = await js.consumer_info(stream, durable)
-        assert (info.num_redelivered, info.num_ack_pending, info.delivered.consumer_seq) == (0, 0, len(events))
-        assert handler.applied == [e.event_id for e in events]
-    finally:
-        await consumer.stop()
-        await engine.dispose()
+    async with status_consumers(settings, nc) as bus:
+        name = durable("alone")
+        # 40 events alone at 0.12 s each: 4.8 s, more than twice the ack wait.
+        consumer = bus.consumer(name, handler, ack_wait=2.0)
+        for event in events:
+            await publish_status(nc, settings, event)
+        try:
+            consumer.start()
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            await eventually(lambda: asyncio.sleep(0, len(handler.applied) >= len(events)), timeout=20)
+            assert handler.applied == [e.event_id for e in events], "each applied once, in order"
+            assert loop.time() - began > 2 * consumer.ack_wait
+            await asyncio.sleep(consumer.ack_wait + 0.5)   # a redelivery would have come by now
+            info = await nc.jetstream().consumer_info(bus.stream, name)
+            assert (info.num_redelivered, info.num_ack_pending, info.delivered.consumer_seq) == (0, 0, len(events))
+            assert handler.applied == [e.event_id for e in events]
+        finally:
+            await consumer.stop()
