@@ -89,6 +89,7 @@ class Options:
     label: str = ""
     postgres_settings: Mapping[str, str] = field(default_factory=dict)
     statements: bool = False          # PostgreSQL's statements over the backfill (pg_stat_statements)
+    progress_seconds: float = 60.0    # a progress line (and sample) this often during the backfill
 
     @property
     def scope_name(self) -> str:
@@ -136,6 +137,8 @@ def options(argv: Sequence[str] | None = None) -> Options:
     p.add_argument("--output", type=Path, default=None, help="result JSON (default bench/results/<scope>-…json)")
     p.add_argument("--keep", action="store_true", help="keep the stack's temporary data dir")
     p.add_argument("--label", default="", help="a note stored in the result")
+    p.add_argument("--progress", type=float, default=60.0, metavar="SECONDS",
+                   help="during the backfill, say this often how many events registry and targets have applied")
     p.add_argument("--statements", action="store_true",
                    help="load pg_stat_statements and report the statements of the backfill by PostgreSQL's "
                         "time, with their WAL (what each service's SQL costs the database)")
@@ -151,7 +154,7 @@ def options(argv: Sequence[str] | None = None) -> Options:
                    fresh_seconds=a.fresh_seconds, poll_interval=a.poll_interval, floor=not a.no_floor,
                    profile_seconds=a.profile, profile_delay=a.profile_delay, profile_dir=a.profile_dir,
                    gap=a.gap, window=a.window, timeout=a.timeout, output=a.output, keep=a.keep, label=a.label,
-                   statements=a.statements,
+                   statements=a.statements, progress_seconds=a.progress,
                    postgres_settings={**({} if a.postgres_defaults else servers.postgres_sizing()),
                                       **({"shared_preload_libraries": "pg_stat_statements"}
                                          if a.statements else {})})
@@ -383,12 +386,17 @@ async def run(ctx: Context) -> dict[str, Any]:
         profiling = asyncio.create_task(run_profiles(ctx, opts)) if opts.profile_seconds else None
         say("backfill: publishing the workload (the outside publisher's own process, at the lowest priority)")
         t0 = time.monotonic()
-        backfill = await publish_outside(ctx, workload, sampler)
-        pub, barriers, workload = backfill.stats, backfill.barriers, backfill.workload
-        t0 = pub.first_at or t0   # from the first publish, not from starting the publisher's process
-        say(f"published {pub.count:,} events in {pub.seconds:.1f}s ({pub.count / max(pub.seconds, 1e-9):,.0f}/s); "
-            "waiting for the services")
-        done = await settle(js, ctx, opts.timeout)
+        progress: list[dict[str, float]] = []
+        reporting = asyncio.create_task(report_progress(ctx, metrics_before, progress))
+        try:
+            backfill = await publish_outside(ctx, workload, sampler)
+            pub, barriers, workload = backfill.stats, backfill.barriers, backfill.workload
+            t0 = pub.first_at or t0   # from the first publish, not from starting the publisher's process
+            say(f"published {pub.count:,} events in {pub.seconds:.1f}s "
+                f"({pub.count / max(pub.seconds, 1e-9):,.0f}/s); waiting for the services")
+            done = await settle(js, ctx, opts.timeout)
+        finally:
+            reporting.cancel()
         cpu_after, machine_after = sampler.cpu_now(), measure.Machine.busy()
         wal = await wal_bytes(ctx.dsn) - wal_before
         statements = await statements_top(ctx.dsn) if opts.statements else []
@@ -403,6 +411,7 @@ async def run(ctx: Context) -> dict[str, Any]:
                          "duplicates_acked": pub.duplicates, "barriers": barriers}
         r["backfill"] = backfill_report(ctx, sampler, workload, pub, t0, done, metrics_before, metrics_after,
                                         cpu_before, cpu_after, machine_after - machine_before)
+        r["backfill"]["progress"] = progress
         r["profiles"] = profiles
         r["statements"], r["table_writes"] = statements, tables
         # What PostgreSQL wrote to its WAL over the backfill (for sizing disks: bench/README.md).
@@ -457,6 +466,36 @@ async def run(ctx: Context) -> dict[str, Any]:
     finally:
         await sampler.stop()
         await nc.close()
+
+
+async def report_progress(ctx: Context, before: Mapping[str, list[Any]], into: list[dict[str, float]]) -> None:
+    """Every `progress_seconds` of the backfill: how many events registry and targets have applied
+    since it began (their cso_events_applied_total, replicas summed) and at what rate over the last
+    interval, said on the console and kept in `into` (the result's backfill.progress). A national
+    run is over an hour of waiting: this is what shows it moving, and whether it slows."""
+    started = last_at = time.monotonic()
+    last = {"registry": 0.0, "targets": 0.0}
+    while True:
+        await asyncio.sleep(ctx.opts.progress_seconds)
+        try:
+            now = {s: await asyncio.to_thread(applied_since, ctx, s, before[s]) for s in last}
+        except OSError as e:          # a service busy past the scrape's timeout: say so, go on
+            say(f"progress: metrics not read ({e})")
+            continue
+        at = time.monotonic()
+        rates = {s: (now[s] - last[s]) / max(at - last_at, 1e-9) for s in now}
+        into.append({"seconds": round(at - started, 1), **{f"{s}_applied": now[s] for s in now},
+                     **{f"{s}_per_second": round(rates[s], 1) for s in now}})
+        say(f"progress: registry applied {now['registry']:,.0f} ({rates['registry']:,.0f}/s), "
+            f"targets {now['targets']:,.0f} ({rates['targets']:,.0f}/s)")
+        last, last_at = now, at
+
+
+def applied_since(ctx: Context, service: str, before: list[Any]) -> float:
+    """Events `service` (all its replicas) applied since the `before` scrapes."""
+    return sum(measure.metric_sum(measure.scrape(url), "cso_events_applied_total", service=service)
+               for url in ctx.service_urls(service)) \
+        - sum(measure.metric_sum(b, "cso_events_applied_total", service=service) for b in before)
 
 
 async def publish_outside(ctx: Context, workload: Workload, sampler: measure.Sampler) -> Backfill:

@@ -39,10 +39,11 @@ def test_workload_is_valid_deterministic_and_causal() -> None:
     assert alone <= set(again)
 
 
-def test_small_benchmark_is_exact(tmp_path: Path) -> None:
+def test_small_benchmark_is_exact(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     opts = Options(scope=SCOPE, divisions=DEMO_DIVISIONS, seed=11, rates=(100.0,), fresh_seconds=2.0,
-                   gap=500, output=tmp_path / "result.json")
+                   gap=500, output=tmp_path / "result.json", progress_seconds=0.2)
     result = benchmark(opts)
+    said = capsys.readouterr().out
     path = write(result, opts.output)
     with (tmp_path / "table.txt").open("w") as out:
         render(result, Console(file=out, width=160))
@@ -60,3 +61,8 @@ def test_small_benchmark_is_exact(tmp_path: Path) -> None:
     assert result["floor"]["copy"]["rows"] >= w["by_type"]["OrganizationFiled"]
     assert result["floor"]["jetstream"]["messages"] == w["events"]
     assert json.loads(path.read_text())["correctness"]["equal"] is True
+    # The backfill said how far it had come while it ran, and kept those samples.
+    progress = result["backfill"]["progress"]
+    assert progress and "progress: registry applied" in said, said
+    applied = [p["targets_applied"] for p in progress]
+    assert applied == sorted(applied) and 0 <= applied[-1] <= result["backfill"]["targets"]["events"]
