@@ -43,7 +43,7 @@ def test_small_benchmark_is_exact(tmp_path: Path, capsys: pytest.CaptureFixture[
     opts = Options(scope=SCOPE, divisions=DEMO_DIVISIONS, seed=11, rates=(100.0,), fresh_seconds=2.0,
                    gap=500, output=tmp_path / "result.json", progress_seconds=0.2)
     result = benchmark(opts)
-    said = capsys.readouterr().out
+    said = capsys.readouterr().err   # bench.run says on stderr (its console)
     path = write(result, opts.output)
     with (tmp_path / "table.txt").open("w") as out:
         render(result, Console(file=out, width=160))
