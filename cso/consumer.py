@@ -124,8 +124,9 @@ class Handler(Protocol):
 # hundred times a filing: a batch of them is held in memory at once (the messages, the parsed
 # payloads, the statements' parameters). The national import at batches of 1,000 took targets to
 # 681 MB at its peak and left it at 462 MB; at 100, 313 MB and 305 MB, in about the same time
-# (67 s against 72 s). Every service's divisions consumer takes this many at most.
-DIVISIONS_BATCH = 100
+# (67 s against 72 s). Every consumer of the stream takes this many at most, whatever the
+# service's batch size (CSO_BATCH_SIZE).
+STREAM_BATCH = {"CSO_DIVISIONS": 100}
 
 
 @dataclass(frozen=True)
@@ -141,9 +142,6 @@ class Subscription:
     partitionable: bool = False
     partition: Partition | None = None
     base: str = ""       # the durable's name before partitioning (its siblings share it)
-    # At most this many messages a batch, whatever the service's batch size (CSO_BATCH_SIZE) is:
-    # for streams whose events are large, a batch of which is held in memory at once.
-    batch: int | None = None
 
     def partitioned(self, partition: Partition | None) -> Subscription:
         """This subscription as `partition` takes it (itself when not partitionable or None)."""
@@ -267,7 +265,7 @@ class Consumer:
         self.verdicts = verdicts
         self.engine, self.topology, self.schema, self.service = engine, topology, schema, service
         self.sub, self.handler = subscription, handler
-        self.batch = min(batch, subscription.batch or batch)
+        self.batch = min(batch, STREAM_BATCH.get(subscription.stream, batch))
         self.max_deliver, self.ack_wait = max_deliver, ack_wait
         self.stream = topology.stream(subscription.stream)
         # Its row in consumer_position: one per partition, so partitions never wait on each

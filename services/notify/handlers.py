@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contracts import Envelope, ancestors
 from contracts import events as ev
-from cso.consumer import DIVISIONS_BATCH, Handler, Rejected, Subscription
+from cso.consumer import Handler, Rejected, Subscription
 from cso.dispatch import HandlerTable
 from cso.service import Runtime
 
@@ -172,8 +172,7 @@ def tables(runtime: Runtime, clock: Clock, sender: Sender) -> list[Consumes]:
         "divisions": HandlerTable({ev.DivisionsImported: DivisionNames(), ev.DivisionChanged: FollowDivisions()}),
     }
     topology = runtime.topology
-    return [Consumes(Subscription(stream, topology.context_subjects(context), f"notify-{context}",
-                                  batch=DIVISIONS_BATCH if stream == "CSO_DIVISIONS" else None),
+    return [Consumes(Subscription(stream, topology.context_subjects(context), f"notify-{context}"),
                      by_context[context]) for stream, context in CONSUMED]
 
 

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from contracts import Envelope
 from contracts import events as ev
 from cso import consumer
-from cso.consumer import DIVISIONS_BATCH, Subscription, Verdicts
+from cso.consumer import Subscription, Verdicts
 from cso.dispatch import HandlerTable
 from cso.reference import DivisionsHandler
 from cso.service import Runtime
@@ -188,8 +188,7 @@ def tables(runtime: Runtime, room: waiting.Room) -> list[Consumes]:
                               partitionable=True), intake,   # by province: CSO_PARTITIONS (cso/partitions.py)
                  # Receipts of what the handlers never see: broken messages, event ids taken before.
                  verdicts=verdicts.IntakeVerdicts(topology, room.clock)),
-        Consumes(Subscription("CSO_DIVISIONS", topology.context_subjects("divisions"), "registry-divisions",
-                              batch=DIVISIONS_BATCH),
+        Consumes(Subscription("CSO_DIVISIONS", topology.context_subjects("divisions"), "registry-divisions"),
                  divisions),
     ]
 

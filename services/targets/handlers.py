@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import Envelope, Topology
 from contracts import events as ev
-from cso.consumer import DIVISIONS_BATCH, Rejected, Subscription
+from cso.consumer import Rejected, Subscription
 from cso.dispatch import HandlerTable
 
 from . import history, projection, store
@@ -106,7 +106,7 @@ def tables(topology: Topology, regions_changed: Callable[[], None]) -> list[Cons
     # The facts' consumers split by province when replicas are partitioned (CSO_PARTITIONS,
     # cso/partitions.py); divisions, rare and national, stay one durable that every replica shares.
     return [Consumes(Subscription(stream, topology.context_subjects(context), f"targets-{context}",
-                                  partitionable=hot, batch=None if hot else DIVISIONS_BATCH), table)
+                                  partitionable=hot), table)
             for stream, context, table, hot in (("CSO_REGISTRY", "registry", registry, True),
                                                 ("CSO_TRAINING", "training", training, True),
                                                 ("CSO_DIVISIONS", "divisions", divisions, False))]

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from contracts import Envelope
 from contracts import events as ev
 from cso import consumer
-from cso.consumer import DIVISIONS_BATCH, Subscription
+from cso.consumer import Subscription
 from cso.dispatch import HandlerTable
 from cso.reference import DivisionsHandler
 from cso.service import Runtime
@@ -108,8 +108,7 @@ def tables(runtime: Runtime, pii_key: bytes) -> list[Consumes]:
     topology = runtime.topology
     registry = RegistryHandler(runtime, pii_key)
     return [
-        Consumes(Subscription("CSO_DIVISIONS", topology.context_subjects("divisions"), "training-divisions",
-                              batch=DIVISIONS_BATCH),
+        Consumes(Subscription("CSO_DIVISIONS", topology.context_subjects("divisions"), "training-divisions"),
                  HandlerTable({ev.DivisionsImported: DivisionsHandler(store.DIVISIONS),
                                ev.DivisionChanged: DivisionChangesHandler()})),
         Consumes(Subscription("CSO_REGISTRY", topology.context_subjects("registry"), "training-registry"),
